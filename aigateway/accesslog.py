@@ -1,0 +1,88 @@
+"""The outermost middleware: a request id, one access-log line per request, and JSON
+errors for everything the gateway itself answers (never a traceback to the client)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .appkeys import CLIENT_GONE, MODEL, PRINCIPAL, REQUEST_ID
+from .errors import GatewayError, json_error
+
+access_log = logging.getLogger("aigateway.access")
+log = logging.getLogger("aigateway")
+
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request"
+
+
+@web.middleware
+async def access_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request_id = secrets.token_hex(6)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    error = ""
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        error = exc.message
+        response = json_error(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error_message(request, exc)
+        response = json_error(exc.status, error)
+    except asyncio.CancelledError:
+        request[CLIENT_GONE] = True
+        _log_line(request, CLIENT_CLOSED, 0, started, "client went away")
+        raise
+    except Exception:
+        log.exception("rid=%s unhandled error on %s %s", request_id, request.method, request.path)
+        error = f"internal gateway error (request id {request_id})"
+        response = json_error(500, error)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
+    _log_line(request, status, _bytes_out(response), started, error)
+    return response
+
+
+def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no such route: {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return exc.reason
+
+
+def _bytes_out(response: web.StreamResponse) -> int:
+    if response.prepared:
+        return response.body_length
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, bytes) else 0
+
+
+def _log_line(request: web.Request, status: int, nbytes: int, started: float, error: str) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    principal = request.get(PRINCIPAL)
+    access_log.info(
+        "rid=%s user=%s key=%s method=%s path=%s model=%s status=%d bytes=%d ms=%.1f%s",
+        request[REQUEST_ID],
+        principal.user if principal else "-",
+        principal.name if principal else "-",
+        request.method,
+        request.path,
+        request.get(MODEL) or "-",
+        status,
+        nbytes,
+        (time.perf_counter() - started) * 1000,
+        f' error="{error}"' if error else "",
+    )

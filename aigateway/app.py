@@ -1,0 +1,83 @@
+"""The application factory: middlewares, routes, and the resources they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .accesslog import access_middleware
+from .appkeys import KEY_TABLE, SETTINGS, STARTED_AT, STORE, UPSTREAM
+from .auth import auth_middleware
+from .health import health, health_ollama, root
+from .keytable import KeyTable, flush_last_used, keep_fresh, load
+from .proxy import relay_handler, upstream_session
+from .routes import RELAY_ROUTES
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("aigateway")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[access_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[KEY_TABLE] = KeyTable()
+    app[STARTED_AT] = time.time()
+    app.cleanup_ctx.append(_key_store)
+    app.cleanup_ctx.append(_upstream)
+    _add_routes(app, settings)
+    return app
+
+
+def _add_routes(app: web.Application, settings: Settings) -> None:
+    router = app.router
+    probe_paths = ["/"]
+    if settings.ollama_prefix:
+        # A client with host http://gw/ollama probes /ollama, not /.
+        probe_paths += [settings.ollama_prefix, settings.ollama_prefix + "/"]
+    for path in probe_paths:
+        router.add_route("GET", path, root)
+        router.add_route("HEAD", path, root)
+    router.add_route("GET", "/health", health)
+    router.add_route("GET", "/health/ollama", health_ollama)
+    for route in RELAY_ROUTES:
+        handler = relay_handler(route)
+        for method in route.methods:
+            router.add_route(method, settings.base_path + route.path, handler)
+
+
+async def _key_store(app: web.Application) -> AsyncIterator[None]:
+    store = await Store.open(app[SETTINGS].token_db_path)
+    table = app[KEY_TABLE]
+    app[STORE] = store
+    await load(store, table)
+    if len(table) == 0:
+        log.warning(
+            "the key database has no keys yet: make one with ./gen_api_key_cli.py -g USER KEY_NAME"
+        )
+    refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await flush_last_used(store, table)
+        await store.close()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    session = upstream_session(app[SETTINGS])
+    app[UPSTREAM] = session
+    try:
+        yield
+    finally:
+        await session.close()

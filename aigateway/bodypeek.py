@@ -1,0 +1,26 @@
+"""Read the `model` a request names, without changing the bytes that are sent on."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+# Bodies up to this size are parsed fully; bigger ones (large embed batches) are only
+# searched near the start, because parsing 50 MB on the event loop would stall streams.
+FULL_PARSE_LIMIT = 1024 * 1024
+_MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
+
+
+def peek_model(body: bytes) -> str | None:
+    if not body or body.lstrip()[:1] != b"{":
+        return None
+    if len(body) <= FULL_PARSE_LIMIT:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        model = doc.get("model") if isinstance(doc, dict) else None
+        return model if isinstance(model, str) else None
+    match = _MODEL_RE.search(body, 0, 64 * 1024)
+    return match.group(1).decode("utf-8", "replace") if match else None

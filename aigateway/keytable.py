@@ -1,0 +1,95 @@
+"""The in-memory key table the hot path reads, and the task that keeps it fresh.
+
+Authentication is a SHA-256 and a dict lookup: no disk I/O per request. A background
+task polls `PRAGMA data_version` (cheap, and it changes only when another process such
+as the CLI commits) and swaps in a freshly loaded table, so a key made or revoked
+elsewhere works or stops working within about one poll interval. The same task writes
+`last_used_at` in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .keys import hash_key, looks_like_key
+from .store import KeyRecord, Store, StoreError
+
+log = logging.getLogger("aigateway.keys")
+
+RELOAD_INTERVAL_S = 0.25
+LAST_USED_FLUSH_S = 5.0
+
+
+class AuthError(Exception):
+    """Why a presented key was refused; the message never contains the key."""
+
+
+class KeyTable:
+    def __init__(self) -> None:
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._last_used: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def replace(self, records: list[KeyRecord]) -> None:
+        self._by_hash = {record.key_hash: record for record in records}
+
+    def authenticate(self, token: str) -> KeyRecord:
+        if not looks_like_key(token):
+            raise AuthError("malformed API key: expected aig_ followed by 43 characters")
+        record = self._by_hash.get(hash_key(token))
+        if record is None:
+            raise AuthError("unknown API key")
+        if record.revoked:
+            raise AuthError("this API key has been revoked")
+        now = time.time()
+        if record.expires_at is not None and record.expires_at <= now:
+            raise AuthError("this API key has expired")
+        self._last_used[record.id] = now
+        return record
+
+    def take_last_used(self) -> dict[int, float]:
+        used, self._last_used = self._last_used, {}
+        return used
+
+    def give_back_last_used(self, used: dict[int, float]) -> None:
+        """Keep a batch that could not be written, for the next flush."""
+        for key_id, when in used.items():
+            self._last_used[key_id] = max(when, self._last_used.get(key_id, 0.0))
+
+
+async def load(store: Store, table: KeyTable) -> None:
+    table.replace(await store.list_keys())
+
+
+async def flush_last_used(store: Store, table: KeyTable) -> None:
+    used = table.take_last_used()
+    try:
+        await store.record_last_used(used)
+    except StoreError as exc:
+        table.give_back_last_used(used)
+        log.warning("could not record key use times yet: %s", exc)
+
+
+async def keep_fresh(store: Store, table: KeyTable) -> None:
+    """Run until cancelled: reload on outside changes, flush use times now and then."""
+    # Read the version before loading so a change made in between is not missed.
+    version = await store.data_version()
+    await load(store, table)
+    last_flush = time.monotonic()
+    while True:
+        await asyncio.sleep(RELOAD_INTERVAL_S)
+        try:
+            current = await store.data_version()
+            if current != version:
+                version = current
+                await load(store, table)
+                log.info("key table reloaded: %d keys", len(table))
+        except StoreError as exc:
+            log.warning("could not reload keys (keeping the current table): %s", exc)
+        if time.monotonic() - last_flush >= LAST_USED_FLUSH_S:
+            last_flush = time.monotonic()
+            await flush_last_used(store, table)

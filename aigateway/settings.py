@@ -1,0 +1,193 @@
+"""Gateway settings: the environment first, then `.env`, then defaults.
+
+Nothing here runs at import time; `Settings.from_env()` is called by whoever starts
+the server or a CLI. A bad value raises `SettingsError` whose message names the
+variable and what was expected, so start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+from yarl import URL
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    ollama_base_url: str = "http://localhost:11434"
+    base_path: str = "/api"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_db_path: str = "tokens.db"
+    log_level: str = "INFO"
+    log_file: str | None = None
+    log_file_level: str = "INFO"
+    max_body_bytes: int = 100 * 1024**2
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    upstream_api_key: str | None = None
+
+    @property
+    def upstream_api_base(self) -> str:
+        """Where Ollama's own `/api` routes live, without a trailing slash."""
+        return self.ollama_base_url.rstrip("/") + "/api"
+
+    @property
+    def ollama_prefix(self) -> str:
+        """The path an Ollama client puts after its host: `/ollama` for
+        `BASE_PATH=/ollama/api`, "" when BASE_PATH is `/api` or does not end in `/api`."""
+        if self.base_path == "/api":
+            return ""
+        if self.base_path.endswith("/api"):
+            return self.base_path[: -len("/api")]
+        return ""
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read settings: `environ` (default `os.environ`) wins over `env_file`."""
+        return cls.from_mapping(merged_environment(environ, env_file))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        def get(name: str) -> str | None:
+            value = values.get(name)
+            if value is None or value.strip() == "":
+                return None
+            return value.strip()
+
+        d = cls()
+        return cls(
+            ollama_base_url=_http_url("OLLAMA_BASE_URL", get("OLLAMA_BASE_URL"), d.ollama_base_url),
+            base_path=_base_path("BASE_PATH", get("BASE_PATH"), d.base_path),
+            host=get("HOST") or d.host,
+            port=_int("PORT", get("PORT"), d.port, low=1, high=65535),
+            token_db_path=get("TOKEN_DB_PATH") or d.token_db_path,
+            log_level=_log_level("LOG_LEVEL", get("LOG_LEVEL"), d.log_level),
+            log_file=get("LOG_FILE"),
+            log_file_level=_log_level("LOG_FILE_LEVEL", get("LOG_FILE_LEVEL"), d.log_file_level),
+            max_body_bytes=_size("MAX_BODY_SIZE", get("MAX_BODY_SIZE"), d.max_body_bytes),
+            upstream_connect_timeout=_seconds(
+                "UPSTREAM_CONNECT_TIMEOUT",
+                get("UPSTREAM_CONNECT_TIMEOUT"),
+                d.upstream_connect_timeout,
+            ),
+            upstream_read_timeout=_seconds(
+                "UPSTREAM_READ_TIMEOUT", get("UPSTREAM_READ_TIMEOUT"), d.upstream_read_timeout
+            ),
+            upstream_api_key=get("UPSTREAM_API_KEY"),
+        )
+
+
+def merged_environment(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> dict[str, str]:
+    """The environment laid over the `.env` file: what every setting is read from."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def token_db_path(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> str:
+    """TOKEN_DB_PATH exactly as the server resolves it, without judging other settings."""
+    value = merged_environment(environ, env_file).get("TOKEN_DB_PATH", "").strip()
+    return value or Settings().token_db_path
+
+
+def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: expected a number from {low} to {high}, got {value}")
+    return value
+
+
+def _seconds(name: str, raw: str | None, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name}: expected a number of seconds above 0, got {raw!r}")
+    return value
+
+
+def _size(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    match = _SIZE_RE.match(raw)
+    if match is None or int(match.group(1)) == 0:
+        raise SettingsError(
+            f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _log_level(name: str, raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return level
+
+
+def _http_url(name: str, raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    try:
+        url = URL(raw)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise SettingsError(
+            f"{name}: expected an http:// or https:// URL such as http://localhost:11434, "
+            f"got {raw!r}"
+        )
+    if url.query_string or url.fragment:
+        raise SettingsError(f"{name}: expected a URL without a query or fragment, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _base_path(name: str, raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    if not raw.startswith("/") or raw.startswith("//"):
+        raise SettingsError(f"{name}: expected a path starting with a single '/', got {raw!r}")
+    if any(c in raw for c in "?#{} ") or "//" in raw:
+        raise SettingsError(
+            f"{name}: expected a plain path such as /api or /ollama/api, got {raw!r}"
+        )
+    path = raw.rstrip("/")
+    if not path:
+        raise SettingsError(f"{name}: expected a path below '/', such as /api, got {raw!r}")
+    return path
+
+
+def log_level_number(level: str) -> int:
+    return logging.getLevelNamesMapping()[level]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from aigateway import Settings, create_app
+from aigateway.store import Role, Store
+from aigateway.testing.fake_ollama import FakeOllama
+
+MakeKey = Callable[..., Awaitable[str]]
+
+
+async def make_key(
+    db_path: str,
+    user: str = "alice",
+    name: str = "laptop",
+    role: Role = "user",
+    expires_at: float | None = None,
+) -> str:
+    """Create a key through its own connection, as the CLI would."""
+    store = await Store.open(db_path)
+    try:
+        _, secret = await store.create_key(user, name, role, expires_at)
+    finally:
+        await store.close()
+    return secret
+
+
+@pytest.fixture
+def fake() -> FakeOllama:
+    return FakeOllama()
+
+
+@pytest.fixture
+async def upstream(aiohttp_server, fake: FakeOllama) -> TestServer:  # type: ignore[no-untyped-def]
+    return await aiohttp_server(fake.app())
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    return str(tmp_path / "tokens.db")
+
+
+@pytest.fixture
+def settings(upstream: TestServer, db_path: str) -> Settings:
+    return Settings(ollama_base_url=str(upstream.make_url("")).rstrip("/"), token_db_path=db_path)
+
+
+@pytest.fixture
+async def key(db_path: str) -> str:
+    return await make_key(db_path)
+
+
+@pytest.fixture
+async def gateway(aiohttp_server, settings: Settings, key: str) -> TestServer:  # type: ignore[no-untyped-def]
+    return await aiohttp_server(create_app(settings))
+
+
+@pytest.fixture
+async def client(aiohttp_client, gateway: TestServer, key: str) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+async def anon(aiohttp_client, gateway: TestServer) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(gateway)
