@@ -11,6 +11,7 @@ upstream connection, which is how Ollama learns to stop generating.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -57,6 +58,7 @@ REQUEST_DROP = HOP_BY_HOP | {
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 NDJSON = "application/x-ndjson"
+LARGE_BODY_BYTES = 1024 * 1024
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
@@ -87,14 +89,16 @@ def relay_handler(route: RelayRoute) -> Handler:
 
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    data: bytes | aiohttp.StreamReader | None
+    data: bytes | io.BytesIO | aiohttp.StreamReader
     if route.stream_request_body:
         data = request.content
     else:
-        data = await _read_body(request, settings.max_body_bytes)
-        model = peek_model(data)
+        body = await _read_body(request, settings.max_body_bytes)
+        model = peek_model(body)
         if model is not None:
             request[MODEL] = model
+        # aiohttp writes a BytesIO in slices, yielding to the loop between them.
+        data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     url = _upstream_url(request, settings)
     headers = _request_headers(request, settings)
     try:

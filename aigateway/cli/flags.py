@@ -15,6 +15,7 @@ import click
 
 from ..settings import token_db_path
 from ..store import Role, Store, StoreError
+from .common import OneLineErrors
 
 T = TypeVar("T")
 CLI_BUSY_TIMEOUT_S = 2.0  # how long to wait for a database locked by a long write
@@ -36,8 +37,8 @@ def run_with_store(db_path: str, action: Callable[[Store], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-def expiry_timestamp(days: int | None, date: dt.date | None) -> float | None:
-    if days is not None and date is not None:
+def expiry_timestamp(days: int | None, date_text: str | None) -> float | None:
+    if days is not None and date_text is not None:
         raise click.UsageError("give --expires-days or --expires, not both")
     now = dt.datetime.now(dt.UTC)
     if days is not None:
@@ -46,7 +47,13 @@ def expiry_timestamp(days: int | None, date: dt.date | None) -> float | None:
                 "must be a whole number of days above 0", param_hint="--expires-days"
             )
         return (now + dt.timedelta(days=days)).timestamp()
-    if date is not None:
+    if date_text is not None:
+        try:
+            date = dt.date.fromisoformat(date_text)
+        except ValueError:
+            raise click.BadParameter(
+                f"expected a date as YYYY-MM-DD, got {date_text!r}", param_hint="--expires"
+            ) from None
         # A key "expiring on" a date works through that whole day (UTC).
         end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         if end <= now:
@@ -69,7 +76,9 @@ tokens.db, exactly as the server finds it.
 """
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=OneLineErrors, help=HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "-g", "--generate", nargs=2, metavar="USER KEY_NAME", help="Create a key and print it once."
 )
@@ -90,7 +99,6 @@ tokens.db, exactly as the server finds it.
 @click.option("--expires-days", type=int, metavar="N", help="A new key expires after N days.")
 @click.option(
     "--expires",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
     metavar="YYYY-MM-DD",
     help="A new key expires after this day (UTC).",
 )
@@ -102,7 +110,7 @@ def cli(
     delete: tuple[str, str] | None,
     role: Role,
     expires_days: int | None,
-    expires: dt.datetime | None,
+    expires: str | None,
     db_path: str | None,
 ) -> None:
     actions = [a for a in (generate, delete) if a]
@@ -111,7 +119,7 @@ def cli(
     path = db_path or token_db_path()
     if generate:
         user, name = generate
-        expires_at = expiry_timestamp(expires_days, expires.date() if expires else None)
+        expires_at = expiry_timestamp(expires_days, expires)
         record, secret = run_with_store(
             path, lambda store: store.create_key(user, name, role, expires_at)
         )

@@ -10,6 +10,7 @@ away before it finished. The `model` in a request body picks a behaviour:
     slow            a stream with one line every `slow_interval` seconds
     silent          no byte at all for a minute (a long prompt evaluation)
     stall           one stream line, then nothing until the client leaves
+    broken          one stream line, then the connection drops
     anything else   the fixture for the route, streamed unless "stream": false
 """
 
@@ -85,7 +86,7 @@ class FakeOllama:
         body = await request.read() if request.can_read_body else b""
         if self.record:
             self.requests.append(
-                Recorded(request.method, request.path_qs, dict(request.headers), body)
+                Recorded(request.method, request.raw_path, dict(request.headers), body)
             )
         request[BODY] = body
         if not _local_host(request.host):
@@ -146,6 +147,10 @@ class FakeOllama:
             await response.write(line)
             if model == "stall":
                 await asyncio.sleep(3600)
+            if model == "broken":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             if model == "slow" and number < len(lines) - 1:
                 await asyncio.sleep(self.slow_interval)
         await response.write_eof()

@@ -1,0 +1,78 @@
+"""Settings: environment over .env over defaults; a bad value stops start-up with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aigateway.settings import Settings, SettingsError, token_db_path
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({}, env_file=None)
+    assert settings == Settings()
+    assert settings.ollama_base_url == "http://localhost:11434"
+    assert (settings.base_path, settings.port, settings.token_db_path) == (
+        "/api",
+        8000,
+        "tokens.db",
+    )
+
+
+def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9000\nBASE_PATH=/ollama/api\nLOG_LEVEL=debug\nMAX_BODY_SIZE=2M\n")
+    settings = Settings.from_env({"PORT": "9100"}, env_file=env_file)
+    assert settings.port == 9100
+    assert settings.base_path == "/ollama/api"
+    assert settings.ollama_prefix == "/ollama"
+    assert settings.log_level == "DEBUG"
+    assert settings.max_body_bytes == 2 * 1024 * 1024
+    assert settings.host == "127.0.0.1"
+    assert token_db_path({"TOKEN_DB_PATH": "/x/keys.db"}, env_file) == "/x/keys.db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("OLLAMA_BASE_URL", "localhost:11434"),
+        ("OLLAMA_BASE_URL", "ftp://host"),
+        ("BASE_PATH", "api"),
+        ("BASE_PATH", "/"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FILE_LEVEL", "verbose"),
+        ("MAX_BODY_SIZE", "lots"),
+        ("UPSTREAM_CONNECT_TIMEOUT", "-1"),
+        ("UPSTREAM_READ_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value}, env_file=None)
+    assert str(info.value).startswith(f"{name}: expected")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("PORT", "abc"), ("BASE_PATH", "api")])
+def test_server_stops_with_one_line_on_a_bad_value(tmp_path: Path, name: str, value: str) -> None:
+    env = {**os.environ, name: value, "TOKEN_DB_PATH": str(tmp_path / "t.db")}
+    result = subprocess.run(
+        [sys.executable, "-m", "aigateway"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "t.db").exists()
