@@ -4,6 +4,7 @@ errors for everything the gateway itself answers (never a traceback to the clien
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -19,12 +20,16 @@ log = logging.getLogger("aigateway")
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"
 
+# Request ids: a random prefix per process and a counter, unique and cheap to make.
+_RUN_PREFIX = secrets.token_hex(3)
+_request_numbers = itertools.count(1)
+
 
 @web.middleware
 async def access_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request_id = secrets.token_hex(6)
+    request_id = f"{_RUN_PREFIX}-{next(_request_numbers):x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     response: web.StreamResponse | None = None

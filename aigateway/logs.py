@@ -1,34 +1,130 @@
-"""Logging set-up: the console at LOG_LEVEL, and LOG_FILE (if set) at LOG_FILE_LEVEL."""
+"""Logging set-up: the console at LOG_LEVEL, and LOG_FILE (if set) at LOG_FILE_LEVEL.
+
+One access line per request is the busiest thing the gateway logs, so lines are
+formatted at once but written in batches from the event loop (at most FLUSH_DELAY_S
+late; warnings and errors are written immediately), sparing a write syscall per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import logging.handlers
+import os
+import sys
+from typing import TextIO
 
 from .settings import Settings, log_level_number
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+FLUSH_DELAY_S = 0.05
+MAX_PENDING = 1000
+
+
+class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
+    """Holds INFO/DEBUG lines until the event loop flushes them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        if record.levelno >= logging.WARNING or len(self._pending) >= MAX_PENDING:
+            self.flush()
+            return
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the loop (start-up, shutdown): write now
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(FLUSH_DELAY_S, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        lines, self._pending = "".join(self._pending), []
+        self.acquire()
+        try:
+            self._before_write()
+            self.stream.write(lines)
+            self.stream.flush()
+        except Exception:
+            pass  # a full disk or a closed console must not take the gateway down
+        finally:
+            self.release()
+
+    def _before_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+class ConsoleHandler(_Batching):
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+
+class FileHandler(_Batching):
+    """Appends to LOG_FILE, and reopens it when logrotate has moved it away."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        stream = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        stat = os.fstat(stream.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
+        return stream
+
+    def _before_write(self) -> None:
+        try:
+            stat = os.stat(self._path)
+            moved = (stat.st_dev, stat.st_ino) != self._identity
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.stream.close()
+            self.stream = self._open()
+
+    def close(self) -> None:
+        super().close()
+        self.stream.close()
 
 
 def configure_logging(settings: Settings) -> None:
+    # The logging HOWTO's optimisations: no caller lookup, no thread/process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logger = logging.getLogger("aigateway")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(FORMAT)
-    console = logging.StreamHandler()
+    handlers: list[logging.Handler] = []
+    console = ConsoleHandler()
     console.setLevel(log_level_number(settings.log_level))
-    console.setFormatter(formatter)
-    logger.addHandler(console)
-    levels = [console.level]
+    handlers.append(console)
     if settings.log_file:
-        # WatchedFileHandler reopens the file after logrotate moves it.
-        file_handler = logging.handlers.WatchedFileHandler(settings.log_file, encoding="utf-8")
+        file_handler = FileHandler(settings.log_file)
         file_handler.setLevel(log_level_number(settings.log_file_level))
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
-        levels.append(file_handler.level)
-    logger.setLevel(min(levels))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(min(handler.level for handler in handlers))
     logger.propagate = False
-    # aiohttp's own errors (e.g. a malformed request) still reach the console.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

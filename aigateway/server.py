@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
+import signal
 
 from aiohttp import web
 
@@ -28,11 +31,38 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def raise_open_file_limit() -> None:
+    """Each open stream holds two sockets (client and Ollama); the usual soft limit of
+    1024 files would cap the gateway near 500 streams, so lift it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings)
-    app = create_app(settings)
+    raise_open_file_limit()
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(_serve(settings))
+    finally:
+        loop.close()
 
-    async def announce(_: web.Application) -> None:
+
+async def _serve(settings: Settings) -> None:
+    runner = web.AppRunner(
+        create_app(settings),
+        access_log=None,  # we write our own access line, without keys
+        # Cancel a handler when its client disconnects, so a silent upstream request
+        # (a long prompt evaluation) is closed at once instead of running for nobody.
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()  # opens the key store: a bad database stops us here
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
         log.info(
             "aigateway %s listening on http://%s:%d; %s/* -> %s",
             __version__,
@@ -41,17 +71,11 @@ def serve(settings: Settings) -> None:
             settings.base_path,
             settings.upstream_api_base,
         )
-
-    app.on_startup.append(announce)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,  # we write our own access line, without keys
-        # Cancel a handler when its client disconnects, so a silent upstream request
-        # (a long prompt evaluation) is closed at once instead of running for nobody.
-        handler_cancellation=True,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=None,
-        loop=new_event_loop(),
-    )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: finishing open requests (at most %g s)", SHUTDOWN_TIMEOUT_S)
+    finally:
+        await runner.cleanup()  # drains requests, flushes key use times, closes the store

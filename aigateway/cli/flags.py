@@ -137,3 +137,7 @@ def cli(
 
 def main() -> None:
     cli(prog_name="gen_api_key_cli.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""python -m aigateway.bench: throughput, latency and memory, gateway against the floor.
+
+Three processes serve on loopback: the fake Ollama, the floor (a bare aiohttp
+pass-through) and the gateway as `python -m aigateway` runs it (auth, access log to a
+file). This process is the load: N connections, each sending a request as soon as the
+previous answer is complete. Floor and gateway are measured in alternating rounds and
+the median round is kept, so drift on a shared machine hits both alike. Besides
+requests/s and latency it prints the proxy's own CPU time per request (from /proc),
+which does not depend on how much CPU the load generator took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from ..server import new_event_loop, raise_open_file_limit
+
+CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
+STREAM = b'{"model":"stall","prompt":"hold this stream open"}'
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    latencies: list[float]
+    cpu_seconds: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / max(self.requests, 1) * 1e6
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    headers: dict[str, str]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def started(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"bench: {url} exited with {process.returncode} at start")
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    return
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bench: {url} did not start") from None
+                await asyncio.sleep(0.1)
+
+
+async def load(target: Target, connections: int, seconds: float, path: str) -> Run:
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=connector, headers=target.headers) as session:
+        url = target.url + path
+
+        async def one() -> None:
+            async with session.post(url, data=CHAT) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"bench: {target.name} answered {resp.status}")
+
+        for _ in range(connections * 5):  # warm connections and caches
+            await one()
+        stop = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < stop:
+                began = time.perf_counter()
+                await one()
+                latencies.append(time.perf_counter() - began)
+
+        cpu_before = cpu_seconds(target.process.pid)
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - began
+        cpu = cpu_seconds(target.process.pid) - cpu_before
+    return Run(len(latencies), elapsed, latencies, cpu)
+
+
+async def open_streams(target: Target, count: int) -> float:
+    """Hold `count` streams open through the target; return its RSS growth in MB."""
+    await asyncio.sleep(0.5)
+    idle = rss_mb(target.process.pid)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, headers=target.headers) as session:
+        release, all_open = asyncio.Event(), asyncio.Event()
+        opened = 0
+
+        async def hold() -> None:
+            nonlocal opened
+            async with session.post(target.url + "/api/generate", data=STREAM) as resp:
+                await resp.content.readline()
+                opened += 1
+                if opened == count:
+                    all_open.set()
+                await release.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(count)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_open.wait(), timeout=60)
+        await asyncio.sleep(0.5)
+        held = rss_mb(target.process.pid)
+        if opened < count:
+            print(f"  ({target.name}: only {opened} of {count} streams opened)")
+        release.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return held - idle
+
+
+def make_key(db: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "aigateway.cli.flags", "-g", "bench", "load", "--db", str(db)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
+    raise_open_file_limit()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    py = sys.executable
+    up_port, floor_port, gw_port = free_port(), free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    db = work / "tokens.db"
+    gw_env = {
+        **env,
+        "OLLAMA_BASE_URL": upstream_url,
+        "PORT": str(gw_port),
+        "TOKEN_DB_PATH": str(db),
+        "LOG_LEVEL": os.environ.get("BENCH_GATEWAY_LOG_LEVEL", "INFO"),
+        "LOG_FILE": "",
+    }
+    with (
+        started(
+            [py, "-m", "aigateway.testing.fake_ollama", "--port", str(up_port)],
+            env,
+            work / "upstream.log",
+        ) as upstream,
+        started(
+            [
+                py,
+                "-m",
+                "aigateway.bench.floor",
+                "--port",
+                str(floor_port),
+                "--upstream",
+                upstream_url,
+            ],
+            env,
+            work / "floor.log",
+        ) as floor,
+        started(
+            [py, "-m", "aigateway", "--env-file", str(work / "none.env")],
+            gw_env,
+            work / "gateway.log",
+        ) as gateway,
+    ):
+        await wait_ready(upstream_url + "/", upstream)
+        floor_t = Target("floor", f"http://127.0.0.1:{floor_port}", floor, {})
+        gw_t = Target(
+            "gateway", f"http://127.0.0.1:{gw_port}", gateway, {"Authorization": f"Bearer {key}"}
+        )
+        await wait_ready(floor_t.url + "/", floor)
+        await wait_ready(gw_t.url + "/health", gateway)
+
+        results: dict[tuple[str, int], list[Run]] = {}
+        for round_no in range(args.rounds):
+            for connections in (1, 32):
+                for target in (floor_t, gw_t):
+                    run = await load(target, connections, args.seconds, "/api/chat")
+                    results.setdefault((target.name, connections), []).append(run)
+            print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
+
+        def median(name: str, connections: int) -> Run:
+            runs = sorted(results[(name, connections)], key=lambda r: r.rps)
+            return runs[len(runs) // 2]
+
+        print()
+        print(f"POST /api/chat (stream=false), {args.seconds:g} s x {args.rounds} rounds, median")
+        print(f"{'':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}")
+        for connections in (1, 32):
+            for name in ("floor", "gateway"):
+                r = median(name, connections)
+                print(
+                    f"{name:<10}{connections:>6}{r.rps:>10.0f}{r.pct(0.5):>9.2f}"
+                    f"{r.pct(0.99):>9.2f}{r.cpu_us_per_request:>12.0f}"
+                )
+
+        mem_floor = await open_streams(floor_t, args.streams)
+        mem_gw = await open_streams(gw_t, args.streams)
+        print()
+        print(
+            f"{args.streams} open streams: floor +{mem_floor:.1f} MB, gateway +{mem_gw:.1f} MB"
+            " resident over idle"
+        )
+
+        tput = median("gateway", 32).rps / median("floor", 32).rps
+        p50 = median("gateway", 1).pct(0.5) / median("floor", 1).pct(0.5)
+        cpu = median("gateway", 32).cpu_us_per_request / median("floor", 32).cpu_us_per_request
+        print()
+        print("gateway / floor")
+        checks = [
+            (f"throughput, 32 connections: {tput:.3f}x", tput >= 0.9, "target >= 0.9x"),
+            (f"p50 latency, 1 connection:  {p50:.3f}x", p50 <= 1.1, "target <= 1.1x"),
+            (
+                f"memory, {args.streams} streams:     +{mem_gw:.1f} MB",
+                mem_gw <= 60,
+                "target <= 60 MB",
+            ),
+        ]
+        for text, ok, target_text in checks:
+            print(f"  {text:<42} {target_text:<16} {'ok' if ok else 'MISSED'}")
+        print(f"  cpu per request, 32 conns:  {cpu:.3f}x  (for information)")
+        del upstream
+        return 0 if all(ok for _, ok, _ in checks) or not args.strict else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m aigateway.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per figure")
+    parser.add_argument("--streams", type=int, default=1000, help="open streams for memory")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aigateway-bench-") as tmp:
+        loop = new_event_loop()
+        try:
+            key = make_key(Path(tmp) / "tokens.db")
+            code = loop.run_until_complete(bench(args, Path(tmp), key))
+        finally:
+            loop.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
