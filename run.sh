@@ -50,7 +50,7 @@ case "${1:-}" in
         ensure_venv
         install ""
         if [ ! -f .env ]; then
-            cp .env.example .env
+            cp .env.example .env && chmod 600 .env  # it may come to hold UPSTREAM_API_KEY
             echo "run.sh: created .env from .env.example; edit it to change settings" >&2
         fi
         "$VENV/bin/python" -m aigateway --init-db
