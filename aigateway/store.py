@@ -177,6 +177,23 @@ class Store:
                 raise KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
         return _record(row)
 
+    async def purge_revoked(self, user: str, name: str) -> int:
+        """Delete the revoked rows of `user`/`name` for good; return how many went."""
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                "DELETE FROM keys WHERE user = ? AND name = ? AND revoked = 1", (user, name)
+            ) as cur:
+                purged = cur.rowcount
+            if purged == 0:
+                if await self._exists(
+                    "SELECT 1 FROM keys WHERE user = ? AND name = ? AND revoked = 0", (user, name)
+                ):
+                    raise KeyNotFoundError(
+                        f"the key {user}/{name} is active: revoke it first (-d), then purge"
+                    )
+                raise KeyNotFoundError(f"user {user!r} has no revoked key named {name!r}")
+        return purged
+
     async def list_keys(self) -> list[KeyRecord]:
         with _friendly_errors(self.path):
             async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY id") as cur:

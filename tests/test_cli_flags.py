@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -82,7 +86,7 @@ def test_delete_revokes_and_keeps_the_row(db_path: str) -> None:
         (["-g", "bad\x07", "k"], "control characters"),
         (["-g", "a", "k", "--role", "root"], "root"),
         (["-g", "a", "k", "--expires-days", "-2"], "above 0"),
-        (["-g", "a", "k", "--expires", "2020-01-01"], "today or a later date"),
+        (["-g", "a", "k", "--expires", "2020-01-01"], "after today"),
         (["-g", "a", "k", "--expires", "tomorrow"], "YYYY-MM-DD"),
         (["-d", "nobody", "k"], "no user 'nobody'"),
         (["-d", "alice", "phone"], "no active key named 'phone'"),
@@ -123,3 +127,123 @@ def test_db_comes_from_token_db_path_like_the_server(
     monkeypatch.setenv("TOKEN_DB_PATH", str(tmp_path / "from-environ.db"))
     assert run("-g", "a", "k")[0] == 0
     assert (tmp_path / "from-environ.db").exists()
+
+
+def test_list_on_an_empty_database(db_path: str) -> None:
+    assert run("-l", "--db", db_path) == (0, "No keys.\n", "")
+    assert run("-l", "--format", "json", "--db", db_path)[1] == "[]\n"
+
+
+def test_list_formats(db_path: str) -> None:
+    key = run("-g", "alice", "laptop", "--db", db_path)[1].strip()
+    run("-g", "root", "ops", "--role", "admin", "--expires", "2999-12-31", "--db", db_path)
+    run("-d", "alice", "laptop", "--db", db_path)
+    code, table, _ = run("--list", "--db", db_path)
+    assert code == 0
+    header, _rule, *rows = table.splitlines()
+    for title in (
+        "ID",
+        "User",
+        "Key name",
+        "Prefix",
+        "Role",
+        "Created",
+        "Expires",
+        "Last used",
+        "Status",
+    ):
+        assert title in header
+    assert "alice" in rows[0] and "revoked" in rows[0] and key[:12] in rows[0]
+    assert "admin" in rows[1] and "2999-12-31" in rows[1] and "active" in rows[1]
+    listed = json.loads(run("-l", "--format", "json", "--db", db_path)[1])
+    assert [(k["user"], k["status"]) for k in listed] == [("alice", "revoked"), ("root", "active")]
+    csv_rows = list(csv.DictReader(io.StringIO(run("-l", "--format", "csv", "--db", db_path)[1])))
+    assert csv_rows[1]["expires"] == "2999-12-31T00:00:00Z"
+    for output in (table, json.dumps(listed), str(csv_rows)):
+        assert key not in output and hash_key(key) not in output
+
+
+@pytest.mark.parametrize("name", ["keys.json", "keys.csv", "keys.txt"])
+def test_export_reads_back_as_the_database(db_path: str, tmp_path: Path, name: str) -> None:
+    secrets = [run("-g", user, "k", "--db", db_path)[1].strip() for user in ("ann", "ben")]
+    run("-d", "ben", "k", "--db", db_path)
+    target = tmp_path / name
+    args = ["-e", str(target), "--db", db_path]
+    if name.endswith(".txt"):
+        assert "cannot tell the format" in run(*args)[2]
+        args += ["--format", "json"]
+    code, out, err = run(*args)
+    assert (code, out) == (0, "")
+    assert "Exported 2 keys" in err
+    text = target.read_text()
+    records = keys_in(db_path)
+    if name.endswith(".csv"):
+        exported = list(csv.DictReader(io.StringIO(text)))
+        assert [int(row["id"]) for row in exported] == [r.id for r in records]
+    else:
+        doc = json.loads(text)
+        exported = doc["keys"]
+        assert [row["id"] for row in exported] == [r.id for r in records]
+        assert doc["users"] == [
+            {"user": "ann", "keys": 1, "active_keys": 1},
+            {"user": "ben", "keys": 1, "active_keys": 0},
+        ]
+    assert [
+        (row["user"], row["key_name"], row["prefix"], row["role"], row["status"])
+        for row in exported
+    ] == [(r.user, r.name, r.prefix, r.role, r.status()) for r in records]
+    for record, secret in zip(records, secrets, strict=True):
+        assert secret not in text and secret[12:20] not in text
+        assert record.key_hash not in text
+
+
+def test_export_refuses_to_overwrite_without_force(db_path: str, tmp_path: Path) -> None:
+    run("-g", "ann", "k", "--db", db_path)
+    target = tmp_path / "keys.json"
+    target.write_text("precious")
+    code, _, err = run("-e", str(target), "--db", db_path)
+    assert code == 1 and "--force" in err
+    assert target.read_text() == "precious"
+    assert run("-e", str(target), "--force", "--db", db_path)[0] == 0
+    assert json.loads(target.read_text())["keys"][0]["user"] == "ann"
+    code, _, err = run("-e", str(tmp_path / "nowhere" / "k.csv"), "--db", db_path)
+    assert code == 1 and "does not exist" in err
+
+
+def test_purge_deletes_only_revoked_rows(db_path: str) -> None:
+    run("-g", "ann", "k", "--db", db_path)
+    code, _, err = run("--purge", "ann", "k", "--db", db_path)
+    assert code == 1 and "revoke it first" in err
+    run("-d", "ann", "k", "--db", db_path)
+    assert run("--purge", "ann", "k", "--db", db_path)[0] == 0
+    assert keys_in(db_path) == []
+
+
+def test_one_action_at_a_time(db_path: str) -> None:
+    code, _, err = run("-l", "-d", "a", "b", "--db", db_path)
+    assert code == 1 and "choose one action" in err
+    code, _, err = run("-l", "--expires-days", "3", "--db", db_path)
+    assert code == 1 and "go with -g" in err
+
+
+def test_a_locked_database_fails_clearly(db_path: str) -> None:
+    run("-g", "ann", "k", "--db", db_path)
+    before = dump(db_path)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        code, out, err = run("-g", "ben", "k", "--db", db_path)
+        assert time.monotonic() - started < 10
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert code == 1 and out == ""
+    assert "locked" in err and len(err.strip().splitlines()) == 1
+    assert dump(db_path) == before
+
+
+def test_help_shows_examples_and_how_to_purge() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    assert "KEY=$(gen_api_key_cli.py -g" in out and "--purge" in out

@@ -1,0 +1,197 @@
+"""What both key CLIs do, written once: store access, expiry rules, tables and exports.
+
+The flag CLI and the interactive menu only ask and print; every change goes through
+`Store`, the same code the server uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+from tabulate import tabulate
+
+from .. import __version__
+from ..migrations import SCHEMA_VERSION
+from ..store import KeyRecord, Store, StoreError
+
+T = TypeVar("T")
+Format = Literal["table", "csv", "json"]
+FORMATS: tuple[Format, ...] = ("table", "csv", "json")
+EXPORT_FORMATS: tuple[Format, ...] = ("csv", "json")
+BUSY_TIMEOUT_S = 2.0  # how long a CLI waits for a database locked by a long write
+COLUMNS = (
+    ("id", "ID"),
+    ("user", "User"),
+    ("key_name", "Key name"),
+    ("prefix", "Prefix"),
+    ("role", "Role"),
+    ("created", "Created"),
+    ("expires", "Expires"),
+    ("last_used", "Last used"),
+    ("status", "Status"),
+)
+
+
+class AdminError(Exception):
+    """A user mistake or an unusable database: one line for the person at the terminal."""
+
+
+def with_store(db_path: str, action: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store, run one action, close it. StoreError becomes AdminError."""
+
+    async def go() -> T:
+        store = await Store.open(db_path, busy_timeout_s=BUSY_TIMEOUT_S)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as exc:
+        raise AdminError(str(exc)) from None
+
+
+# --- expiry ----------------------------------------------------------------------------
+
+
+def expiry_from_days(text: str) -> float:
+    """`N` days from now; N a whole number above 0."""
+    try:
+        days = int(text.strip())
+    except ValueError:
+        raise AdminError(f"expiry days must be a whole number, got {text!r}") from None
+    if days <= 0:
+        raise AdminError(f"expiry days must be above 0, got {days}")
+    if days > 36500:
+        raise AdminError("expiry days must be at most 36500 (100 years)")
+    return time.time() + days * 86400
+
+
+def expiry_from_date(text: str) -> float:
+    """00:00 UTC on `YYYY-MM-DD`: the key stops working as that day begins."""
+    try:
+        date = dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise AdminError(f"expiry date must be YYYY-MM-DD, got {text!r}") from None
+    start = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
+    if start.timestamp() <= time.time():
+        raise AdminError(f"expiry date must be after today (UTC), got {text}")
+    return start.timestamp()
+
+
+def parse_expiry(text: str) -> float | None:
+    """What the menu accepts: empty (never), a number of days, or a date."""
+    text = text.strip()
+    if not text or text.lower() == "never":
+        return None
+    if text.lstrip("-").isdigit():
+        return expiry_from_days(text)
+    return expiry_from_date(text)
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def _when(timestamp: float | None, iso: bool) -> str:
+    if timestamp is None:
+        return "" if iso else "-"
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if iso else "%Y-%m-%d %H:%M")
+
+
+def key_row(record: KeyRecord, *, iso: bool) -> dict[str, Any]:
+    """One key as shown and exported: metadata only, never the key or its hash."""
+    return {
+        "id": record.id,
+        "user": record.user,
+        "key_name": record.name,
+        "prefix": record.prefix,
+        "role": record.role,
+        "created": _when(record.created_at, iso),
+        "expires": _when(record.expires_at, iso),
+        "last_used": _when(record.last_used_at, iso),
+        "status": record.status(),
+    }
+
+
+def render(records: Sequence[KeyRecord], fmt: Format) -> str:
+    if fmt == "json":
+        return orjson.dumps(
+            [key_row(r, iso=True) for r in records], option=orjson.OPT_INDENT_2
+        ).decode()
+    if fmt == "csv":
+        return _csv([key_row(r, iso=True) for r in records])
+    if not records:
+        return "No keys."
+    rows = [[key_row(r, iso=False)[name] for name, _ in COLUMNS] for r in records]
+    return tabulate(rows, headers=[title for _, title in COLUMNS], tablefmt="simple")
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[name for name, _ in COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().rstrip("\n")
+
+
+# --- export ----------------------------------------------------------------------------
+
+
+def export_format(path: str, requested: str | None) -> Format:
+    """`requested`, else the file's extension (.csv or .json)."""
+    if requested is not None:
+        if requested not in EXPORT_FORMATS:
+            raise AdminError(f"export format must be csv or json, got {requested!r}")
+        return requested
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in EXPORT_FORMATS:
+        return suffix
+    raise AdminError(f"cannot tell the format of {path!r}: name it .csv or .json, or give a format")
+
+
+def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
+    """Users and key metadata. JSON also summarises each user; CSV is one row per key."""
+    rows = [key_row(r, iso=True) for r in records]
+    if fmt == "csv":
+        return _csv(rows) + "\n"
+    users: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = users.setdefault(record.user, {"user": record.user, "keys": 0, "active_keys": 0})
+        entry["keys"] += 1
+        entry["active_keys"] += record.status() == "active"
+    document = {
+        "exported_at": _when(time.time(), True),
+        "aigateway_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "users": sorted(users.values(), key=lambda u: u["user"]),
+        "keys": rows,
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def write_export(db_path: str, path: str, fmt: Format, *, force: bool) -> int:
+    """Write the export to `path`; return how many keys it holds."""
+    target = Path(path)
+    if target.is_dir():
+        raise AdminError(f"{path}: is a folder")
+    if not target.parent.is_dir():
+        raise AdminError(f"{path}: the folder {str(target.parent)!r} does not exist")
+    if target.exists() and not force:
+        raise AdminError(f"{path} exists; choose another name or pass --force to overwrite it")
+    records = with_store(db_path, lambda store: store.list_keys())
+    text = export_document(records, fmt)
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AdminError(f"{path}: cannot write: {exc.strerror}") from None
+    return len(records)

@@ -1,0 +1,225 @@
+"""gen_api_key_cli_inter.py: the same key administration as a menu, for people who
+don't remember the flags. Ctrl-C or Esc in a prompt goes back to the menu; in the menu
+itself it leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import questionary
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
+from prompt_toolkit.output import Output
+
+from ..settings import token_db_path
+from ..store import InvalidInputError, KeyRecord, check_name
+from .admin import AdminError, export_format, parse_expiry, render, with_store, write_export
+from .common import OneLineErrors
+
+GENERATE, LIST, REVOKE, EXPORT, EXIT = (
+    "Generate a key",
+    "List keys",
+    "Revoke a key",
+    "Export to file",
+    "Exit",
+)
+
+
+class Cancelled(Exception):
+    """Ctrl-C or Esc in a prompt, or the input ended."""
+
+
+def _escape_cancels() -> KeyBindings:
+    bindings = KeyBindings()
+
+    # eager: act on Esc at once instead of waiting to see if it starts a sequence
+    @bindings.add("escape", eager=True)
+    def _(event: Any) -> None:
+        event.app.exit(exception=KeyboardInterrupt, style="class:aborting")
+
+    return bindings
+
+
+class Menu:
+    def __init__(
+        self,
+        db_path: str,
+        *,
+        input: Input | None = None,
+        output: Output | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.db_path = db_path
+        self._io: dict[str, Any] = {}
+        if input is not None:
+            self._io["input"] = input
+        if output is not None:
+            self._io["output"] = output
+        self.echo = echo
+
+    def run(self) -> None:
+        actions = {
+            GENERATE: self.generate,
+            LIST: self.list_keys,
+            REVOKE: self.revoke,
+            EXPORT: self.export,
+        }
+        while True:
+            try:
+                choice = self._ask(
+                    questionary.select, "What do you want to do?", choices=[*actions, EXIT]
+                )
+            except (Cancelled, KeyboardInterrupt):
+                return
+            if choice == EXIT:
+                return
+            try:
+                actions[choice]()
+            # KeyboardInterrupt: Ctrl-C that lands between prompts, outside raw mode
+            except (Cancelled, KeyboardInterrupt):
+                self.echo("Cancelled.")
+            except AdminError as exc:
+                self.echo(f"Error: {exc}")
+
+    # --- the four actions -------------------------------------------------------------
+
+    def generate(self) -> None:
+        active = {(k.user, k.name) for k in self._keys() if k.status() == "active"}
+        user = self._ask(questionary.text, "User:", validate=_valid_name("user"))
+        name = self._ask(questionary.text, "Key name:", validate=_valid_key_name(user, active))
+        role = self._ask(questionary.select, "Role:", choices=["user", "admin"], default="user")
+        expiry_text = self._ask(
+            questionary.text,
+            "Expires (days, YYYY-MM-DD, or empty for never):",
+            validate=_valid_expiry,
+        )
+        expires_at = parse_expiry(expiry_text)
+        record, secret = with_store(
+            self.db_path, lambda store: store.create_key(user, name, role, expires_at)
+        )
+        self.echo(f"New {record.role} key for {record.user}/{record.name}:")
+        self.echo(secret)
+        self.echo("Store it now: it will not be shown again.")
+
+    def list_keys(self) -> None:
+        self.echo(render(self._keys(), "table"))
+
+    def revoke(self) -> None:
+        active = [k for k in self._keys() if k.status() == "active"]
+        if not active:
+            self.echo("No active keys.")
+            return
+        choices = [
+            questionary.Choice(f"{k.user} / {k.name}  ({k.prefix}..., {k.role})", value=k)
+            for k in active
+        ]
+        key: KeyRecord = self._ask(questionary.select, "Revoke which key?", choices=choices)
+        if not self._ask(
+            questionary.confirm,
+            f"Revoke {key.user}/{key.name}? Clients using it stop working.",
+            default=False,
+        ):
+            self.echo("Nothing revoked.")
+            return
+        with_store(self.db_path, lambda store: store.revoke_key(key.user, key.name))
+        self.echo(f"Revoked {key.user}/{key.name}.")
+
+    def export(self) -> None:
+        path = self._ask(questionary.text, "Export to file:", validate=_valid_export_path)
+        try:
+            guessed = export_format(path, None)
+        except AdminError:
+            guessed = "json"
+        fmt = self._ask(questionary.select, "Format:", choices=["csv", "json"], default=guessed)
+        force = False
+        if Path(path).exists():
+            force = self._ask(questionary.confirm, f"{path} exists. Overwrite it?", default=False)
+            if not force:
+                self.echo("Nothing exported.")
+                return
+        count = write_export(self.db_path, path, fmt, force=force)
+        self.echo(f"Exported {count} keys to {path} ({fmt}).")
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _keys(self) -> list[KeyRecord]:
+        return with_store(self.db_path, lambda store: store.list_keys())
+
+    def _ask(self, kind: Callable[..., questionary.Question], *args: Any, **kwargs: Any) -> Any:
+        """Ask one question; Ctrl-C, Esc or the end of input raise Cancelled."""
+        question = kind(*args, **kwargs, **self._io)
+        app = question.application
+        app.key_bindings = merge_key_bindings(
+            [b for b in (app.key_bindings, _escape_cancels()) if b is not None]
+        )
+        try:
+            answer = question.unsafe_ask()
+        except (KeyboardInterrupt, EOFError):
+            raise Cancelled from None
+        if answer is None:
+            raise Cancelled
+        return answer
+
+
+def _valid_name(what: str) -> Callable[[str], bool | str]:
+    def validate(text: str) -> bool | str:
+        try:
+            check_name(what, text)
+        except InvalidInputError as exc:
+            return str(exc)
+        return True
+
+    return validate
+
+
+def _valid_key_name(user: str, active: set[tuple[str, str]]) -> Callable[[str], bool | str]:
+    def validate(text: str) -> bool | str:
+        verdict = _valid_name("key name")(text)
+        if verdict is True and (user, text) in active:
+            return f"{user} already has an active key named {text!r}"
+        return verdict
+
+    return validate
+
+
+def _valid_expiry(text: str) -> bool | str:
+    try:
+        parse_expiry(text)
+    except AdminError as exc:
+        return str(exc)
+    return True
+
+
+def _valid_export_path(text: str) -> bool | str:
+    if not text.strip():
+        return "give a file name, such as keys.csv or keys.json"
+    target = Path(text)
+    if target.is_dir():
+        return f"{text} is a folder"
+    if not target.parent.is_dir():
+        return f"the folder {str(target.parent)!r} does not exist"
+    return True
+
+
+@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db_path", metavar="PATH", help="Key database (default: TOKEN_DB_PATH).")
+def cli(db_path: str | None) -> None:
+    """An interactive menu to generate, list, revoke and export aigateway API keys."""
+    path = db_path or token_db_path()
+    try:
+        with_store(path, lambda store: store.list_keys())  # refuse a bad database up front
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    Menu(path).run()
+
+
+def main() -> None:
+    cli(prog_name="gen_api_key_cli_inter.py")
+
+
+if __name__ == "__main__":
+    main()

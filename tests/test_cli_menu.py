@@ -1,0 +1,191 @@
+"""The interactive menu, driven for real: keys typed into prompt_toolkit's pipe input
+from another thread, and once through a pseudo-terminal with the real script."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from aigateway.cli.menu import Menu
+from aigateway.keys import looks_like_key
+
+from .test_cli_flags import dump, keys_in, run
+
+ROOT = Path(__file__).resolve().parent.parent
+DOWN, UP, ENTER, CTRL_C, ESC, BACKSPACE = "\x1b[B", "\x1b[A", "\r", "\x03", "\x1b", "\x7f"
+# Menu positions: Generate, List, Revoke, Export, Exit.
+TO_EXIT = [DOWN] * 4 + [ENTER]
+
+
+class Session:
+    def __init__(self, pipe: PipeInput, said: list[str], thread: threading.Thread) -> None:
+        self.pipe, self.said, self.thread = pipe, said, thread
+
+    def type(self, *keys: str) -> None:
+        for key in keys:
+            self.pipe.send_text(key)
+            # A lone Esc is only taken for Esc once nothing follows it for a moment.
+            time.sleep(0.8 if key == ESC else 0.05)
+
+    def output(self) -> str:
+        return "\n".join(self.said)
+
+
+@contextmanager
+def menu(db_path: str) -> Iterator[Session]:
+    said: list[str] = []
+    with create_pipe_input() as pipe:
+        runner = Menu(db_path, input=pipe, output=DummyOutput(), echo=said.append)
+        failures: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                runner.run()
+            except BaseException as exc:  # surfaced by the test, never swallowed
+                failures.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        session = Session(pipe, said, thread)
+        yield session
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the menu did not finish:\n" + session.output()
+        assert failures == []
+
+
+@pytest.fixture
+def seeded(db_path: str) -> str:
+    assert run("-g", "alice", "laptop", "--db", db_path)[0] == 0
+    return db_path
+
+
+def test_generate_asks_validates_and_shows_the_key_once(seeded: str) -> None:
+    with menu(seeded) as session:
+        session.type(ENTER)  # Generate a key
+        session.type("", ENTER)  # an empty user is refused, the prompt stays
+        session.type("alice", ENTER)
+        session.type("laptop", ENTER)  # alice already has an active "laptop": refused
+        session.type(*[BACKSPACE] * 6, "x" * 65, ENTER)  # too long: refused
+        session.type(*[BACKSPACE] * 65, "desktop", ENTER)
+        session.type(DOWN, ENTER)  # role: admin
+        session.type("-3", ENTER)  # refused
+        session.type(BACKSPACE, BACKSPACE, "2999-01-01", ENTER)
+        session.type(*TO_EXIT)
+    secrets = [line for line in session.said if looks_like_key(line)]
+    assert len(secrets) == 1
+    assert "will not be shown again" in session.output()
+    _, desktop = keys_in(seeded)
+    assert (desktop.user, desktop.name, desktop.role) == ("alice", "desktop", "admin")
+    assert desktop.expires_at == 32472144000.0  # 2999-01-01T00:00:00Z
+
+
+def test_list_shows_the_same_table_as_the_flag(seeded: str) -> None:
+    with menu(seeded) as session:
+        session.type(DOWN, ENTER, *TO_EXIT)
+    assert run("-l", "--db", seeded)[1].strip() in session.output()
+
+
+def test_revoke_picks_an_active_key_and_asks_first(seeded: str) -> None:
+    with menu(seeded) as session:
+        session.type(DOWN, DOWN, ENTER, ENTER, "n")  # declined
+        session.type(DOWN, DOWN, ENTER, ENTER, "y")  # confirmed
+        session.type(*TO_EXIT)
+    assert "Nothing revoked." in session.output()
+    assert "Revoked alice/laptop." in session.output()
+    (record,) = keys_in(seeded)
+    assert record.revoked
+
+
+def test_export_asks_for_a_file_and_a_format(seeded: str, tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    with menu(seeded) as session:
+        session.type(DOWN, DOWN, DOWN, ENTER, str(target), ENTER, ENTER)  # json, from the name
+        session.type(DOWN, DOWN, DOWN, ENTER, str(target), ENTER, ENTER, "n")  # exists: keep it
+        session.type(*TO_EXIT)
+    doc = json.loads(target.read_text())
+    assert [k["user"] for k in doc["keys"]] == ["alice"]
+    assert "Exported 1 keys" in session.output()
+    assert "Nothing exported." in session.output()
+
+
+@pytest.mark.parametrize("cancel", [CTRL_C, ESC], ids=["ctrl-c", "esc"])
+def test_cancel_in_a_prompt_goes_back_to_the_menu(seeded: str, cancel: str) -> None:
+    before = dump(seeded)
+    with menu(seeded) as session:
+        session.type(ENTER, "bob", ENTER, cancel)  # Generate, then cancel at the key name
+        session.type(DOWN, DOWN, ENTER, cancel)  # Revoke, then cancel the choice
+        session.type(*TO_EXIT)
+    assert session.output().count("Cancelled.") == 2
+    assert dump(seeded) == before
+
+
+@pytest.mark.parametrize("cancel", [CTRL_C, ESC], ids=["ctrl-c", "esc"])
+def test_cancel_in_the_menu_leaves(seeded: str, cancel: str) -> None:
+    with menu(seeded) as session:
+        session.type(cancel)
+    assert session.said == []
+
+
+def test_the_real_script_in_a_terminal(seeded: str) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real script, as a person starts it
+        os.execv(
+            sys.executable, [sys.executable, str(ROOT / "gen_api_key_cli_inter.py"), "--db", seeded]
+        )
+    screen = b""
+
+    def read_until(text: bytes, timeout: float = 20) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while text not in screen:
+            assert time.monotonic() < deadline, screen.decode(errors="replace")
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"What do you want to do?")
+        os.write(fd, DOWN.encode())
+        time.sleep(0.2)
+        os.write(fd, ENTER.encode())
+        read_until(b"aig_")  # the list, with alice's display prefix
+        read_until(b"What do you want to do?")
+        time.sleep(0.3)  # let the prompt take the terminal
+        screen = b""
+        os.write(fd, CTRL_C.encode())
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"Traceback" not in screen
+
+
+def test_the_real_script_refuses_a_bad_database_in_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "gen_api_key_cli_inter.py"), "--db", str(junk)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {junk}: not an aigateway database (not an SQLite file)"
+    ]
