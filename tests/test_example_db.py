@@ -1,0 +1,51 @@
+"""tokens.db.example stays at the current schema and holds no usable key."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from aigateway.migrations import APPLICATION_ID, SCHEMA_VERSION
+from aigateway.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "tokens.db.example"
+
+
+def schema(path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return sorted(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+
+
+def test_example_is_at_the_current_schema(tmp_path: Path) -> None:
+    with sqlite3.connect(f"file:{EXAMPLE}?mode=ro", uri=True) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    assert (version, app_id) == (SCHEMA_VERSION, APPLICATION_ID), (
+        "tokens.db.example is behind the migrations: run scripts/make_example_db.py"
+    )
+    fresh = tmp_path / "fresh.db"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_example_db.py"), str(fresh)],
+        check=True,
+        capture_output=True,
+    )
+    assert schema(EXAMPLE) == schema(fresh)
+
+
+async def test_example_opens_and_holds_only_metadata(tmp_path: Path) -> None:
+    copy = tmp_path / "tokens.db"
+    shutil.copy(EXAMPLE, copy)
+    store = await Store.open(str(copy))
+    records = await store.list_keys()
+    await store.close()
+    assert {r.user for r in records} >= {"ops", "alice", "bob"}
+    assert {r.status() for r in records} == {"active", "revoked"}
+    assert all(len(r.key_hash) == 64 for r in records)
+    # Display prefixes only: nothing shaped like a whole key.
+    assert re.search(rb"aig_[A-Za-z0-9_-]{43}", EXAMPLE.read_bytes()) is None
+    assert schema(copy) == schema(EXAMPLE)  # opening it needed no migration
