@@ -8,6 +8,7 @@ import io
 import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def keys_in(db_path: str) -> list[KeyRecord]:
 
 
 def dump(db_path: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         return list(db.execute("SELECT * FROM keys ORDER BY id"))
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ async def test_new_database_is_private_wal_and_versioned(db_path: str) -> None:
         if os.path.exists(db_path + suffix):
             assert stat.S_IMODE(os.stat(db_path + suffix).st_mode) == 0o600
     await store.close()
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
@@ -35,7 +36,7 @@ async def test_reopening_applies_no_migration_twice(db_path: str) -> None:
     for _ in range(3):
         store = await Store.open(db_path)
         await store.close()
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
 
 
@@ -101,7 +102,7 @@ async def test_files_that_are_not_our_database_are_refused(tmp_path) -> None:  #
     with pytest.raises(StoreError, match="not an aigateway database"):
         await Store.open(str(text))
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as db:
+    with closing(sqlite3.connect(other)) as db:
         db.execute("CREATE TABLE photos (id INTEGER)")
     with pytest.raises(StoreError, match="not an aigateway database"):
         await Store.open(str(other))
@@ -113,7 +114,7 @@ async def test_files_that_are_not_our_database_are_refused(tmp_path) -> None:  #
 async def test_a_newer_schema_is_refused(db_path: str) -> None:
     store = await Store.open(db_path)
     await store.close()
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer"):
         await Store.open(db_path)
