@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import CLIENT_GONE, MODEL, PRINCIPAL, REQUEST_ID
+from .appkeys import CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID
 from .errors import GatewayError, json_error
 
 access_log = logging.getLogger("aigateway.access")
@@ -31,7 +31,7 @@ async def access_middleware(
 ) -> web.StreamResponse:
     request_id = f"{_RUN_PREFIX}-{next(_request_numbers):x}"
     request[REQUEST_ID] = request_id
-    started = time.perf_counter()
+    started = request[RECEIVED_AT] = time.perf_counter()
     response: web.StreamResponse | None = None
     error = ""
     try:

@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .accesslog import access_middleware
-from .appkeys import KEY_TABLE, SETTINGS, STARTED_AT, STORE, UPSTREAM
+from .appkeys import KEY_TABLE, LIMITER, SETTINGS, STARTED_AT, STORE, UPSTREAM, USAGE
 from .auth import auth_middleware
 from .health import health, health_ollama, root
 from .keytable import KeyTable, flush_last_used, keep_fresh, load
+from .limits import DAY, Limiter, Limits
 from .proxy import relay_handler, upstream_session
 from .routes import RELAY_ROUTES
 from .settings import Settings
 from .store import Store
+from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")
 
@@ -29,7 +31,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[KEY_TABLE] = KeyTable()
+    app[KEY_TABLE] = KeyTable(settings.gateway_admin_key)
+    app[LIMITER] = Limiter(
+        Limits(
+            rpm=settings.default_rpm,
+            rph=settings.default_rph,
+            tokens_per_day=settings.default_tokens_per_day,
+            max_concurrent=settings.default_max_concurrent,
+        )
+    )
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_key_store)
     app.cleanup_ctx.append(_upstream)
@@ -55,21 +65,30 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
 
 
 async def _key_store(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[SETTINGS].token_db_path)
+    settings = app[SETTINGS]
+    store = await Store.open(settings.token_db_path)
     table = app[KEY_TABLE]
     app[STORE] = store
     await load(store, table)
     if len(table) == 0:
         log.warning(
-            "the key database has no keys yet: make one with ./gen_api_key_cli.py -g USER KEY_NAME"
+            "the key database has no keys yet: make one with"
+            " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
         )
+    now = time.time()
+    app[LIMITER].preload_tokens(await store.tokens_since(now - now % DAY), now)
+    usage = app[USAGE] = UsageWriter(store, settings.usage_retention_days)
+    usage.start()
     refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
     try:
         yield
     finally:
+        # Runs after the server stopped taking requests and finished (or cancelled)
+        # the open ones, so every usage record is queued by now.
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        await usage.close()
         await flush_last_used(store, table)
         await store.close()
 

@@ -1,8 +1,12 @@
 """The gateway's own errors, answered as Ollama answers its errors: `{"error": "..."}`.
 
     GatewayError (status 500)
+    ├── BadRequest (400)
     ├── Unauthorized (401, with WWW-Authenticate: Bearer)
+    ├── Forbidden (403)
+    ├── NotFound (404)
     ├── PayloadTooLarge (413)
+    ├── TooManyRequests (429, with Retry-After and X-RateLimit-*)
     ├── UpstreamUnreachable (502)
     └── UpstreamTimeout (504)
 
@@ -12,6 +16,7 @@ limit) are rendered the same way by the access middleware.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import orjson
@@ -20,16 +25,33 @@ from aiohttp import web
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
-    headers: ClassVar[dict[str, str]] = {}
+    default_headers: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = {**self.default_headers, **(headers or {})}
+
+
+class BadRequest(GatewayError):
+    status = 400
 
 
 class Unauthorized(GatewayError):
     status = 401
-    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="aigateway"'}
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": 'Bearer realm="aigateway"'}
+
+
+class Forbidden(GatewayError):
+    status = 403
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class TooManyRequests(GatewayError):
+    status = 429
 
 
 class PayloadTooLarge(GatewayError):
@@ -44,7 +66,7 @@ class UpstreamTimeout(GatewayError):
     status = 504
 
 
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
         body=orjson.dumps({"error": message}),

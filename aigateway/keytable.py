@@ -26,29 +26,54 @@ class AuthError(Exception):
     """Why a presented key was refused; the message never contains the key."""
 
 
+BOOTSTRAP_KEY_ID = 0  # usage of GATEWAY_ADMIN_KEY is recorded under this key id
+
+
+def bootstrap_record(secret: str) -> KeyRecord:
+    """GATEWAY_ADMIN_KEY as an admin key that lives only in memory (hashed at start-up)."""
+    return KeyRecord(
+        id=BOOTSTRAP_KEY_ID,
+        user="admin",
+        name="GATEWAY_ADMIN_KEY",
+        key_hash=hash_key(secret),
+        prefix="(settings)",
+        role="admin",
+        created_at=time.time(),
+        expires_at=None,
+        last_used_at=None,
+        revoked=False,
+        revoked_at=None,
+    )
+
+
 class KeyTable:
-    def __init__(self) -> None:
+    def __init__(self, bootstrap_secret: str | None = None) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
         self._last_used: dict[int, float] = {}
+        self._bootstrap = bootstrap_record(bootstrap_secret) if bootstrap_secret else None
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
     def replace(self, records: list[KeyRecord]) -> None:
-        self._by_hash = {record.key_hash: record for record in records}
+        table = {record.key_hash: record for record in records}
+        if self._bootstrap is not None:
+            table[self._bootstrap.key_hash] = self._bootstrap
+        self._by_hash = table
 
     def authenticate(self, token: str) -> KeyRecord:
-        if not looks_like_key(token):
-            raise AuthError("malformed API key: expected aig_ followed by 43 characters")
         record = self._by_hash.get(hash_key(token))
         if record is None:
+            if not looks_like_key(token):
+                raise AuthError("malformed API key: expected aig_ followed by 43 characters")
             raise AuthError("unknown API key")
         if record.revoked:
             raise AuthError("this API key has been revoked")
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthError("this API key has expired")
-        self._last_used[record.id] = now
+        if record.id != BOOTSTRAP_KEY_ID:
+            self._last_used[record.id] = now
         return record
 
     def take_last_used(self) -> dict[int, float]:

@@ -41,7 +41,39 @@ async def m001_keys(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_keys]
+async def m002_limits_and_usage(db: aiosqlite.Connection) -> None:
+    # Per-key limits: NULL means "the gateway's default", 0 means "no limit".
+    for column in ("rpm", "rph", "tokens_per_day", "max_concurrent"):
+        await db.execute(f"ALTER TABLE keys ADD COLUMN {column} INTEGER")
+    # A JSON list of model patterns; NULL means every model.
+    await db.execute("ALTER TABLE keys ADD COLUMN models TEXT")
+    await db.execute(
+        """
+        CREATE TABLE usage (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            key_id INTEGER NOT NULL,
+            user TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            method TEXT NOT NULL,
+            route TEXT NOT NULL,
+            model TEXT,
+            status INTEGER NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            duration_ms REAL NOT NULL,
+            ttfb_ms REAL,
+            bytes_in INTEGER NOT NULL,
+            bytes_out INTEGER NOT NULL,
+            client_gone INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    await db.execute("CREATE INDEX usage_ts ON usage(ts)")
+    await db.execute("CREATE INDEX usage_key_ts ON usage(key_id, ts)")
+
+
+MIGRATIONS: list[Migration] = [m001_keys, m002_limits_and_usage]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

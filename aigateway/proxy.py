@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,11 +23,30 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .appkeys import CLIENT_GONE, MODEL, REQUEST_ID, SETTINGS, UPSTREAM
+from .appkeys import (
+    CLIENT_GONE,
+    LIMITER,
+    MODEL,
+    PRINCIPAL,
+    RECEIVED_AT,
+    REQUEST_ID,
+    SETTINGS,
+    UPSTREAM,
+    USAGE,
+)
 from .bodypeek import peek_model
-from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from .errors import (
+    Forbidden,
+    PayloadTooLarge,
+    TooManyRequests,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from .modelaccess import check_request, filter_model_list
 from .routes import RelayRoute
 from .settings import Settings
+from .store import UsageRecord
+from .usage import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
 
@@ -88,27 +108,76 @@ def relay_handler(route: RelayRoute) -> Handler:
 
 
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings, principal = app[SETTINGS], request[PRINCIPAL]
+    if route.kind == "manage" and principal.role != "admin":
+        raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
     data: bytes | io.BytesIO | aiohttp.StreamReader
     if route.stream_request_body:
-        data = request.content
+        data, bytes_in = request.content, request.content_length or 0
+        model = None
+        if principal.models is not None:
+            raise Forbidden("this key may only use some models, and uploads name none")
     else:
         body = await _read_body(request, settings.max_body_bytes)
-        model = peek_model(body)
-        if model is not None:
-            request[MODEL] = model
+        bytes_in = len(body)
+        if principal.models is not None and route.model_fields:
+            model = await check_request(body, route.model_fields, principal.models)
+        else:
+            model = peek_model(body)
         # aiohttp writes a BytesIO in slices, yielding to the loop between them.
         data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
+    if model is not None:
+        request[MODEL] = model
+    limiter = app[LIMITER]
+    verdict = limiter.admit(principal, time.time())
+    if not verdict.allowed:
+        raise TooManyRequests(
+            verdict.reason, {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)}
+        )
+    exchange = _Exchange(verdict.headers)
+    try:
+        return await _forward(request, route, data, exchange)
+    finally:
+        limiter.release(principal.id)
+        _record_usage(request, route, model, bytes_in, exchange)
+
+
+class _Exchange:
+    """What one relayed request learned on its way, for its usage record."""
+
+    __slots__ = ("first_byte_at", "rate_headers", "response", "status", "tap")
+
+    def __init__(self, rate_headers: tuple[tuple[str, str], ...]) -> None:
+        self.rate_headers = rate_headers
+        self.tap = UsageTap()
+        self.status = 502
+        self.first_byte_at: float | None = None
+        self.response: web.StreamResponse | None = None
+
+
+async def _forward(
+    request: web.Request,
+    route: RelayRoute,
+    data: bytes | io.BytesIO | aiohttp.StreamReader,
+    exchange: _Exchange,
+) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
     url = _upstream_url(request, settings)
     headers = _request_headers(request, settings)
+    patterns = request[PRINCIPAL].models
     try:
         async with request.app[UPSTREAM].request(
             request.method, url, data=data, headers=headers, allow_redirects=False
         ) as upstream:
-            response = _response_for(upstream, request)
+            exchange.status = upstream.status
+            response = exchange.response = _response_for(upstream, request, exchange)
             try:
-                await response.prepare(request)
-                await _pump(upstream, response, request)
+                if route.lists_models and patterns is not None and request.method == "GET":
+                    await _send_filtered(upstream, response, request, exchange, patterns)
+                else:
+                    await response.prepare(request)
+                    await _pump(upstream, response, request, exchange)
             except ConnectionResetError:
                 # The client left: close (not pool) the upstream connection so Ollama stops.
                 request[CLIENT_GONE] = True
@@ -119,6 +188,7 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
             f"cannot reach Ollama at {settings.ollama_base_url}: {exc.os_error.strerror or exc}"
         ) from None
     except (aiohttp.ServerTimeoutError, TimeoutError):
+        exchange.status = 504
         raise UpstreamTimeout(
             f"Ollama at {settings.ollama_base_url} did not answer in time"
             f" (connect {settings.upstream_connect_timeout:g} s,"
@@ -128,6 +198,60 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
         raise UpstreamUnreachable(
             f"Ollama at {settings.ollama_base_url} failed before answering: {type(exc).__name__}"
         ) from None
+
+
+def _record_usage(
+    request: web.Request, route: RelayRoute, model: str | None, bytes_in: int, exchange: _Exchange
+) -> None:
+    """Queue the usage record (never awaits: this also runs when the handler is cancelled)
+    and charge the key's token quota."""
+    principal = request[PRINCIPAL]
+    now_perf, now = time.perf_counter(), time.time()
+    started = request[RECEIVED_AT]
+    prompt, completion = exchange.tap.counts()
+    tokens = (prompt or 0) + (completion or 0)
+    if tokens:
+        request.app[LIMITER].charge_tokens(principal.id, tokens, now)
+    response = exchange.response
+    request.app[USAGE].record(
+        UsageRecord(
+            ts=now,
+            key_id=principal.id,
+            user=principal.user,
+            key_name=principal.name,
+            method=request.method,
+            route=route.path,
+            model=model,
+            status=exchange.status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            duration_ms=round((now_perf - started) * 1000, 3),
+            ttfb_ms=None
+            if exchange.first_byte_at is None
+            else round((exchange.first_byte_at - started) * 1000, 3),
+            bytes_in=bytes_in,
+            bytes_out=response.body_length if response is not None and response.prepared else 0,
+            client_gone=bool(request.get(CLIENT_GONE)),
+        )
+    )
+
+
+async def _send_filtered(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    request: web.Request,
+    exchange: _Exchange,
+    patterns: tuple[str, ...],
+) -> None:
+    """A model list (tags, ps) cut down to what an allow-listed key may see."""
+    body = await upstream.read()
+    exchange.first_byte_at = time.perf_counter()
+    if upstream.status == 200:
+        body = filter_model_list(body, patterns)
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body)
+    await response.write_eof()
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -166,7 +290,9 @@ def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[st
     return headers
 
 
-def _response_for(upstream: aiohttp.ClientResponse, request: web.Request) -> web.StreamResponse:
+def _response_for(
+    upstream: aiohttp.ClientResponse, request: web.Request, exchange: _Exchange
+) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     drop = RESPONSE_DROP
     connection = upstream.headers.get("Connection")
@@ -176,17 +302,27 @@ def _response_for(upstream: aiohttp.ClientResponse, request: web.Request) -> web
         if name.lower() not in drop:
             response.headers.add(name, value)
     response.headers["X-Request-Id"] = request[REQUEST_ID]
+    for name, value in exchange.rate_headers:
+        response.headers[name] = value
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     return response
 
 
 async def _pump(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, request: web.Request
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    request: web.Request,
+    exchange: _Exchange,
 ) -> None:
-    """Copy upstream chunks to the client; a ConnectionResetError means the client left."""
+    """Copy upstream chunks to the client, letting the usage tap see each one in passing;
+    a ConnectionResetError means the client left."""
+    tap = exchange.tap
     try:
         async for chunk in upstream.content.iter_any():
+            if exchange.first_byte_at is None:
+                exchange.first_byte_at = time.perf_counter()
+            tap.feed(chunk)
             await response.write(chunk)
     except asyncio.CancelledError:
         request[CLIENT_GONE] = True

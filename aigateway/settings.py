@@ -40,6 +40,13 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     upstream_api_key: str | None = None
+    admin_path: str = "/admin"
+    gateway_admin_key: str | None = None
+    default_rpm: int = 0
+    default_rph: int = 0
+    default_tokens_per_day: int = 0
+    default_max_concurrent: int = 0
+    usage_retention_days: int = 90
 
     @property
     def upstream_api_base(self) -> str:
@@ -91,6 +98,23 @@ class Settings:
                 "UPSTREAM_READ_TIMEOUT", get("UPSTREAM_READ_TIMEOUT"), d.upstream_read_timeout
             ),
             upstream_api_key=get("UPSTREAM_API_KEY"),
+            admin_path=_base_path("ADMIN_PATH", get("ADMIN_PATH"), d.admin_path),
+            gateway_admin_key=_secret("GATEWAY_ADMIN_KEY", get("GATEWAY_ADMIN_KEY")),
+            default_rpm=_int("DEFAULT_RPM", get("DEFAULT_RPM"), 0, low=0, high=10**9),
+            default_rph=_int("DEFAULT_RPH", get("DEFAULT_RPH"), 0, low=0, high=10**9),
+            default_tokens_per_day=_int(
+                "DEFAULT_TOKENS_PER_DAY", get("DEFAULT_TOKENS_PER_DAY"), 0, low=0, high=10**12
+            ),
+            default_max_concurrent=_int(
+                "DEFAULT_MAX_CONCURRENT", get("DEFAULT_MAX_CONCURRENT"), 0, low=0, high=10**6
+            ),
+            usage_retention_days=_int(
+                "USAGE_RETENTION_DAYS",
+                get("USAGE_RETENTION_DAYS"),
+                d.usage_retention_days,
+                low=0,
+                high=36500,
+            ),
         )
 
 
@@ -146,6 +170,17 @@ def _size(name: str, raw: str | None, default: int) -> int:
             f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _secret(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) < 32 or not raw.isprintable() or " " in raw:
+        raise SettingsError(
+            f"{name}: expected at least 32 printable characters without spaces"
+            " (e.g. from: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return raw
 
 
 def _log_level(name: str, raw: str | None, default: str) -> str:

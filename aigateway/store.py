@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import aiosqlite
+import orjson
 
 from .keys import generate_key
 from .migrations import SchemaError, migrate
@@ -26,8 +27,11 @@ ROLES: tuple[Role, ...] = ("admin", "user")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _KEY_COLUMNS = (
     "id, user, name, key_hash, prefix, role, created_at, expires_at, last_used_at, revoked,"
-    " revoked_at"
+    " revoked_at, rpm, rph, tokens_per_day, max_concurrent, models"
 )
+LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
+MAX_LIMIT = 10**12
+MAX_MODEL_PATTERNS = 100
 
 
 class StoreError(Exception):
@@ -49,6 +53,33 @@ class InvalidInputError(StoreError):
 MAX_NAME_CHARS = 64
 
 
+def check_limits(limits: KeyLimits) -> KeyLimits:
+    for field in LIMIT_FIELDS:
+        value = getattr(limits, field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(f"{field} must be a whole number, not {value!r}")
+        if not 0 <= value <= MAX_LIMIT:
+            raise InvalidInputError(f"{field} must be 0 (no limit) or more, not {value}")
+    return limits
+
+
+def check_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Model patterns such as `llama3*` or `qwen2.5:0.5b`; None (or empty) allows every model."""
+    if models is None:
+        return None
+    if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+        raise InvalidInputError("models must be a list of model names or patterns")
+    cleaned = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
+    if len(cleaned) > MAX_MODEL_PATTERNS:
+        raise InvalidInputError(f"at most {MAX_MODEL_PATTERNS} model patterns")
+    for pattern in cleaned:
+        if len(pattern) > 200 or not pattern.isprintable() or " " in pattern:
+            raise InvalidInputError(f"not a model name or pattern: {pattern!r}")
+    return cleaned or None
+
+
 def check_name(what: str, value: str) -> str:
     """User and key names: 1 to 64 printable characters, no surrounding blanks."""
     if not value or not value.strip():
@@ -60,6 +91,40 @@ def check_name(what: str, value: str) -> str:
     if not value.isprintable():
         raise InvalidInputError(f"{what} must not contain control characters")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One relayed request. Tokens are None when Ollama reported no counts."""
+
+    ts: float
+    key_id: int
+    user: str
+    key_name: str
+    method: str
+    route: str
+    model: str | None
+    status: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    duration_ms: float
+    ttfb_ms: float | None
+    bytes_in: int
+    bytes_out: int
+    client_gone: bool
+
+
+USAGE_COLUMNS = tuple(UsageRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Per-key limits; None means "the gateway's default", 0 means "no limit"."""
+
+    rpm: int | None = None
+    rph: int | None = None
+    tokens_per_day: int | None = None
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +140,8 @@ class KeyRecord:
     last_used_at: float | None
     revoked: bool
     revoked_at: float | None
+    limits: KeyLimits = KeyLimits()
+    models: tuple[str, ...] | None = None  # allow-list patterns; None: every model
 
     def status(self, now: float | None = None) -> str:
         if self.revoked:
@@ -138,21 +205,43 @@ class Store:
     # --- keys -------------------------------------------------------------------------
 
     async def create_key(
-        self, user: str, name: str, role: Role = "user", expires_at: float | None = None
+        self,
+        user: str,
+        name: str,
+        role: Role = "user",
+        expires_at: float | None = None,
+        limits: KeyLimits = KeyLimits(),
+        models: Sequence[str] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return its record and the secret (shown once, never stored)."""
         check_name("user", user)
         check_name("key name", name)
         if role not in ROLES:
             raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        check_limits(limits)
+        patterns = check_models(models)
         new = generate_key()
         now = time.time()
         with _friendly_errors(self.path):
             try:
                 async with self._db.execute(
-                    "INSERT INTO keys (user, name, key_hash, prefix, role, created_at, expires_at)"
-                    f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
-                    (user, name, new.key_hash, new.display_prefix, role, now, expires_at),
+                    "INSERT INTO keys (user, name, key_hash, prefix, role, created_at, expires_at,"
+                    " rpm, rph, tokens_per_day, max_concurrent, models)"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
+                    (
+                        user,
+                        name,
+                        new.key_hash,
+                        new.display_prefix,
+                        role,
+                        now,
+                        expires_at,
+                        limits.rpm,
+                        limits.rph,
+                        limits.tokens_per_day,
+                        limits.max_concurrent,
+                        _models_json(patterns),
+                    ),
                 ) as cur:
                     row = await cur.fetchone()
             except sqlite3.IntegrityError:
@@ -161,6 +250,74 @@ class Store:
                 ) from None
         assert row is not None
         return _record(row), new.secret
+
+    async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
+        """Change role, expires_at, limits (rpm, rph, tokens_per_day, max_concurrent) or
+        models of an active key. Values are checked as in create_key."""
+        allowed = {"role", "expires_at", "models", *LIMIT_FIELDS}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))}")
+        values: dict[str, object] = {}
+        for field, value in changes.items():
+            if field == "role":
+                if value not in ROLES:
+                    raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
+                values[field] = value
+            elif field == "models":
+                values[field] = _models_json(check_models(value))  # type: ignore[arg-type]
+            elif field == "expires_at":
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                ):
+                    raise InvalidInputError("expires_at must be a Unix time or null")
+                values[field] = value
+            else:
+                check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
+                values[field] = value
+        record = await self.get_key(key_id)
+        if record.revoked:
+            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
+        if not values:
+            return record
+        assignments = ", ".join(f"{field} = ?" for field in values)
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                f"UPDATE keys SET {assignments} WHERE id = ? RETURNING {_KEY_COLUMNS}",
+                (*values.values(), key_id),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _record(row)
+
+    async def get_key(self, key_id: int) -> KeyRecord:
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,)
+            ) as cur:
+                row = await cur.fetchone()
+        if row is None:
+            raise KeyNotFoundError(f"no key with id {key_id}")
+        return _record(row)
+
+    async def find_active_key(self, user: str, name: str) -> KeyRecord:
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE user = ? AND name = ? AND revoked = 0",
+                (user, name),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                if not await self._exists("SELECT 1 FROM keys WHERE user = ?", (user,)):
+                    raise KeyNotFoundError(f"no user {user!r}")
+                raise KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
+        return _record(row)
+
+    async def revoke_key_id(self, key_id: int) -> KeyRecord:
+        record = await self.get_key(key_id)
+        if record.revoked:
+            return record
+        return await self.revoke_key(record.user, record.name)
 
     async def revoke_key(self, user: str, name: str) -> KeyRecord:
         """Mark the active key `user`/`name` revoked; the row stays for history."""
@@ -211,6 +368,100 @@ class Store:
                 [(when, key_id) for key_id, when in used.items()],
             )
 
+    # --- usage ------------------------------------------------------------------------
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        columns = ", ".join(USAGE_COLUMNS)
+        marks = ", ".join("?" for _ in USAGE_COLUMNS)
+        with _friendly_errors(self.path):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(
+                    f"INSERT INTO usage ({columns}) VALUES ({marks})",
+                    [tuple(getattr(r, c) for c in USAGE_COLUMNS) for r in records],
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def tokens_since(self, since: float) -> dict[int, int]:
+        """Prompt + completion tokens per key id since `since` (for daily quotas)."""
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                "SELECT key_id, SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))"
+                " FROM usage WHERE ts >= ? GROUP BY key_id",
+                (since,),
+            ) as cur:
+                rows = await cur.fetchall()
+        return {int(row[0]): int(row[1] or 0) for row in rows}
+
+    async def prune_usage(self, before: float) -> int:
+        with _friendly_errors(self.path):
+            async with self._db.execute("DELETE FROM usage WHERE ts < ?", (before,)) as cur:
+                return cur.rowcount
+
+    async def usage_rows(
+        self, since: float | None = None, until: float | None = None, key_id: int | None = None
+    ) -> list[UsageRecord]:
+        where, params = _usage_filter(since, until, key_id)
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage{where} ORDER BY ts, id", params
+            ) as cur:
+                rows = await cur.fetchall()
+        return [
+            UsageRecord(*row[:-1], client_gone=bool(row[-1]))  # type: ignore[misc]
+            for row in rows
+        ]
+
+    async def usage_summary(
+        self,
+        group_by: Sequence[str],
+        since: float | None = None,
+        until: float | None = None,
+        key_id: int | None = None,
+    ) -> list[dict[str, object]]:
+        """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
+        route; p95 is computed here because SQLite has no percentile function."""
+        allowed = {"user", "key_name", "key_id", "model", "route"}
+        if not set(group_by) <= allowed:
+            raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
+        where, params = _usage_filter(since, until, key_id)
+        keys = ", ".join(group_by)
+        select_keys = f"{keys}, " if group_by else ""
+        with _friendly_errors(self.path):
+            async with self._db.execute(
+                f"SELECT {select_keys}COUNT(*), SUM(COALESCE(prompt_tokens, 0)),"
+                " SUM(COALESCE(completion_tokens, 0)), AVG(duration_ms),"
+                " SUM(status >= 400), SUM(client_gone), GROUP_CONCAT(duration_ms)"
+                f" FROM usage{where}" + (f" GROUP BY {keys} ORDER BY {keys}" if group_by else ""),
+                params,
+            ) as cur:
+                rows = await cur.fetchall()
+        summary = []
+        for row in rows:
+            labels = dict(zip(group_by, row[: len(group_by)], strict=True))
+            count, prompt, completion, avg, errors, gone, durations = row[len(group_by) :]
+            if not count:
+                continue
+            summary.append(
+                {
+                    **labels,
+                    "requests": count,
+                    "prompt_tokens": prompt or 0,
+                    "completion_tokens": completion or 0,
+                    "total_tokens": (prompt or 0) + (completion or 0),
+                    "avg_ms": round(avg, 2),
+                    "p95_ms": _p95(durations),
+                    "errors": errors or 0,
+                    "client_gone": gone or 0,
+                }
+            )
+        return summary
+
     async def _exists(self, sql: str, params: tuple[object, ...]) -> bool:
         async with self._db.execute(sql, params) as cur:
             return await cur.fetchone() is not None
@@ -253,4 +504,28 @@ def _record(row: sqlite3.Row) -> KeyRecord:
         last_used_at=row[8],
         revoked=bool(row[9]),
         revoked_at=row[10],
+        limits=KeyLimits(rpm=row[11], rph=row[12], tokens_per_day=row[13], max_concurrent=row[14]),
+        models=tuple(orjson.loads(row[15])) if row[15] else None,
     )
+
+
+def _usage_filter(
+    since: float | None, until: float | None, key_id: int | None
+) -> tuple[str, tuple[object, ...]]:
+    clauses, params = [], []
+    for clause, value in (("ts >= ?", since), ("ts < ?", until), ("key_id = ?", key_id)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _p95(durations: str | None) -> float | None:
+    if not durations:
+        return None
+    ordered = sorted(float(d) for d in durations.split(","))
+    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)
+
+
+def _models_json(models: tuple[str, ...] | None) -> str | None:
+    return orjson.dumps(list(models)).decode() if models else None

@@ -54,7 +54,7 @@ async def key(db_path: str) -> str:
 
 
 @pytest.fixture
-async def gateway(aiohttp_server, settings: Settings, key: str) -> TestServer:  # type: ignore[no-untyped-def]
+async def gateway(aiohttp_server, settings: Settings, key: str, admin_key: str) -> TestServer:  # type: ignore[no-untyped-def]
     return await aiohttp_server(create_app(settings))
 
 
@@ -64,5 +64,17 @@ async def client(aiohttp_client, gateway: TestServer, key: str) -> TestClient:  
 
 
 @pytest.fixture
+async def admin_key(db_path: str) -> str:
+    return await make_key(db_path, "root", "ops", "admin")
+
+
+@pytest.fixture
+async def admin(aiohttp_client, gateway: TestServer, admin_key: str) -> TestClient:  # type: ignore[no-untyped-def]
+    """A client with an admin key, for model management and the admin API."""
+    return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {admin_key}"})
+
+
+@pytest.fixture
 async def anon(aiohttp_client, gateway: TestServer) -> TestClient:  # type: ignore[no-untyped-def]
     return await aiohttp_client(gateway)
+

@@ -68,8 +68,9 @@ async def _direct_and_relayed(
 
 @pytest.mark.parametrize(("method", "path"), ROUTE_CASES)
 async def test_every_route_and_method_is_relayed_unchanged(
-    client: TestClient, upstream: TestServer, fake: FakeOllama, method: str, path: str
+    admin: TestClient, upstream: TestServer, fake: FakeOllama, method: str, path: str
 ) -> None:
+    client = admin
     body = BODIES.get(path) if method in ("POST", "DELETE") else None
     concrete = path.replace("{digest}", BLOB_DIGEST)
     if method == "HEAD" and "blobs" in path:
@@ -95,8 +96,9 @@ async def test_every_route_and_method_is_relayed_unchanged(
     ],
 )
 async def test_streams_and_errors_are_byte_identical(
-    client: TestClient, upstream: TestServer, path: str, body: bytes
+    admin: TestClient, upstream: TestServer, path: str, body: bytes
 ) -> None:
+    client = admin
     want, got = await _direct_and_relayed(upstream, client, "POST", path, body)
     assert got == want
 
@@ -365,7 +367,9 @@ async def test_unknown_path_and_wrong_method(client: TestClient, fake: FakeOllam
     assert fake.requests == []
 
 
-async def test_blob_upload_is_streamed(client: TestClient, fake: FakeOllama) -> None:
+async def test_blob_upload_is_streamed(admin: TestClient, fake: FakeOllama) -> None:
+    client = admin
+
     async def chunks() -> object:
         for i in range(0, len(BLOB), 4):
             yield BLOB[i : i + 4]

@@ -1,0 +1,182 @@
+"""Per-key rate limits, token quotas and concurrency caps, held in memory.
+
+Windows are fixed and aligned to UTC: the minute, the hour, the day. Admission checks
+and counts in one step with no await in between, so on one event loop it is exact: with
+a limit of 50, exactly 50 of 100 simultaneous requests pass. Token quotas are charged
+when a response ends, from the counts Ollama reports, so one request may overshoot the
+quota; the next is refused. Today's tokens are reloaded from the usage table at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .store import KeyLimits, KeyRecord
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Effective limits for one key; 0 means no limit."""
+
+    rpm: int = 0
+    rph: int = 0
+    tokens_per_day: int = 0
+    max_concurrent: int = 0
+
+    @classmethod
+    def resolve(cls, own: KeyLimits, defaults: Limits) -> Limits:
+        return cls(
+            rpm=defaults.rpm if own.rpm is None else own.rpm,
+            rph=defaults.rph if own.rph is None else own.rph,
+            tokens_per_day=defaults.tokens_per_day
+            if own.tokens_per_day is None
+            else own.tokens_per_day,
+            max_concurrent=defaults.max_concurrent
+            if own.max_concurrent is None
+            else own.max_concurrent,
+        )
+
+
+@dataclass(slots=True)
+class _Window:
+    length: int
+    start: float = 0.0
+    used: int = 0
+
+    def roll(self, now: float) -> None:
+        start = now - now % self.length
+        if start != self.start:
+            self.start, self.used = start, 0
+
+    def reset_in(self, now: float) -> int:
+        return max(1, math.ceil(self.start + self.length - now))
+
+
+@dataclass(slots=True)
+class _KeyState:
+    minute: _Window
+    hour: _Window
+    day_tokens: _Window
+    in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a request may pass, and what to say in the X-RateLimit-* headers."""
+
+    allowed: bool
+    reason: str = ""
+    retry_after: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Limiter:
+    def __init__(self, defaults: Limits) -> None:
+        self.defaults = defaults
+        self._state: dict[int, _KeyState] = {}
+
+    def limits_for(self, record: KeyRecord) -> Limits:
+        return Limits.resolve(record.limits, self.defaults)
+
+    def _state_for(self, key_id: int) -> _KeyState:
+        state = self._state.get(key_id)
+        if state is None:
+            state = _KeyState(_Window(MINUTE), _Window(HOUR), _Window(DAY))
+            self._state[key_id] = state
+        return state
+
+    def admit(self, record: KeyRecord, now: float) -> Verdict:
+        """Check every limit, and if all pass, count the request and its slot."""
+        limits = self.limits_for(record)
+        state = self._state_for(record.id)
+        for window in (state.minute, state.hour, state.day_tokens):
+            window.roll(now)
+        if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
+            return Verdict(
+                False,
+                f"too many requests at once for this key (limit {limits.max_concurrent})",
+                1,
+                self._headers(limits, state, now),
+            )
+        for limit, window, what in (
+            (limits.rpm, state.minute, "requests per minute"),
+            (limits.rph, state.hour, "requests per hour"),
+        ):
+            if limit and window.used >= limit:
+                return Verdict(
+                    False,
+                    f"rate limit reached: {limit} {what} for this key",
+                    window.reset_in(now),
+                    self._headers(limits, state, now),
+                )
+        if limits.tokens_per_day and state.day_tokens.used >= limits.tokens_per_day:
+            return Verdict(
+                False,
+                f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
+                state.day_tokens.reset_in(now),
+                self._headers(limits, state, now),
+            )
+        state.minute.used += 1
+        state.hour.used += 1
+        state.in_flight += 1
+        return Verdict(True, headers=self._headers(limits, state, now))
+
+    def release(self, key_id: int) -> None:
+        state = self._state.get(key_id)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1
+
+    def charge_tokens(self, key_id: int, tokens: int, now: float) -> None:
+        window = self._state_for(key_id).day_tokens
+        window.roll(now)
+        window.used += tokens
+
+    def preload_tokens(self, used_today: dict[int, int], now: float) -> None:
+        for key_id, tokens in used_today.items():
+            self.charge_tokens(key_id, tokens, now)
+
+    def usage_of(self, record: KeyRecord, now: float) -> dict[str, object]:
+        """Current use against each limit, for /admin/me and the statistics."""
+        limits = self.limits_for(record)
+        state = self._state_for(record.id)
+        for window in (state.minute, state.hour, state.day_tokens):
+            window.roll(now)
+        return {
+            "requests_this_minute": state.minute.used,
+            "requests_this_hour": state.hour.used,
+            "tokens_today": state.day_tokens.used,
+            "in_flight": state.in_flight,
+            "limits": {
+                "rpm": limits.rpm,
+                "rph": limits.rph,
+                "tokens_per_day": limits.tokens_per_day,
+                "max_concurrent": limits.max_concurrent,
+            },
+        }
+
+    @staticmethod
+    def _headers(limits: Limits, state: _KeyState, now: float) -> tuple[tuple[str, str], ...]:
+        """X-RateLimit-* for the tightest limit: the one with the least share left."""
+        best: tuple[float, int, int, int] | None = None
+        for limit, window in (
+            (limits.rpm, state.minute),
+            (limits.rph, state.hour),
+            (limits.tokens_per_day, state.day_tokens),
+        ):
+            if not limit:
+                continue
+            remaining = max(0, limit - window.used)
+            candidate = (remaining / limit, limit, remaining, window.reset_in(now))
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+        if best is None:
+            return ()
+        _, limit, remaining, reset = best
+        return (
+            ("X-RateLimit-Limit", str(limit)),
+            ("X-RateLimit-Remaining", str(remaining)),
+            ("X-RateLimit-Reset", str(reset)),
+        )

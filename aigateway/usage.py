@@ -1,0 +1,186 @@
+"""Usage: read token counts as the bytes pass, and write one record per relayed request
+in batches, never on the request path.
+
+The tap keeps only the first chunk and the last TAIL_BYTES of a response (references to
+chunks already in memory, nothing copied while streaming). When the response ends it
+finds the counts: Ollama's final `done: true` line (`prompt_eval_count`, `eval_count`),
+`/api/embed`'s `prompt_eval_count`, an OpenAI `usage` object (the final usage chunk of a
+stream too), or Anthropic's `usage` (input tokens from `message_start` when the final
+`message_delta` lacks them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from .store import Store, StoreError, UsageRecord
+
+log = logging.getLogger("aigateway.usage")
+
+TAIL_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.25
+BATCH = 2000
+PRUNE_EVERY_S = 3600.0
+# Top-level fields after a (possibly cut) line start; `\\"` inside strings never matches.
+_NATIVE_RE = {
+    name: re.compile(rb'(?<!\\)"' + name.encode() + rb'":\s*(\d+)')
+    for name in ("prompt_eval_count", "eval_count")
+}
+_USAGE_RE = re.compile(rb'(?<!\\)"usage":\s*(\{[^{}]*\})')
+
+
+class UsageTap:
+    __slots__ = ("_size", "_tail", "head")
+
+    def __init__(self) -> None:
+        self.head: bytes | None = None
+        self._tail: deque[bytes] = deque()
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.head is None:
+            self.head = chunk
+        self._tail.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._tail[0]) >= TAIL_BYTES:
+            self._size -= len(self._tail.popleft())
+
+    def counts(self) -> tuple[int | None, int | None]:
+        """(prompt tokens, completion tokens) as the upstream reported them, or Nones."""
+        tail = b"".join(self._tail)
+        if not tail:
+            return None, None
+        return token_counts(self.head or b"", tail)
+
+
+def token_counts(head: bytes, tail: bytes) -> tuple[int | None, int | None]:
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            break  # a line cut by the tail window: fall back to searching the bytes
+        if not isinstance(doc, dict):
+            continue
+        found = _from_document(doc)
+        if found is not None:
+            prompt, completion = found
+            if prompt is None:
+                prompt = _anthropic_input_tokens(head)
+            return prompt, completion
+    return _search(tail)
+
+
+def _from_document(doc: dict[str, Any]) -> tuple[int | None, int | None] | None:
+    if "prompt_eval_count" in doc or "eval_count" in doc:
+        return _int(doc.get("prompt_eval_count")), _int(doc.get("eval_count"))
+    usage = doc.get("usage")
+    if isinstance(usage, dict):
+        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+        if prompt is not None or completion is not None:
+            return prompt, completion
+    return None
+
+
+def _anthropic_input_tokens(head: bytes) -> int | None:
+    for line in head.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:") and b"message_start" in line:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+                usage = orjson.loads(line[5:])["message"]["usage"]
+                return _int(usage.get("input_tokens"))
+    return None
+
+
+def _search(tail: bytes) -> tuple[int | None, int | None]:
+    window = tail[-4096:]
+    native = {name: rx.findall(window) for name, rx in _NATIVE_RE.items()}
+    if native["prompt_eval_count"] or native["eval_count"]:
+        prompt = native["prompt_eval_count"]
+        completion = native["eval_count"]
+        return (int(prompt[-1]) if prompt else None, int(completion[-1]) if completion else None)
+    usages = _USAGE_RE.findall(window)
+    if usages:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            doc = orjson.loads(usages[-1])
+            found = _from_document({"usage": doc})
+            if found is not None:
+                return found
+    return None, None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class UsageWriter:
+    """Collects records in memory and writes them in batches from one task; `close()`
+    writes everything still queued, so a graceful stop loses nothing."""
+
+    def __init__(self, store: Store, retention_days: int) -> None:
+        self._store = store
+        self._retention_s = retention_days * 86400
+        self._pending: list[UsageRecord] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.written = 0
+
+    def record(self, record: UsageRecord) -> None:
+        self._pending.append(record)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="aigateway-usage")
+
+    async def close(self) -> None:
+        # Ask the task to stop between writes rather than cancelling it inside one.
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        while self._pending:
+            if not await self.flush():
+                log.error("could not write %d usage records at shutdown", len(self._pending))
+                return
+
+    async def flush(self) -> bool:
+        """Write what is pending; on a database error keep it for the next try."""
+        while self._pending:
+            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            try:
+                await self._store.insert_usage(batch)
+            except StoreError as exc:
+                self._pending[:0] = batch
+                log.warning(
+                    "usage records not written yet (%d waiting): %s", len(self._pending), exc
+                )
+                return False
+            self.written += len(batch)
+        return True
+
+    async def _run(self) -> None:
+        next_prune = time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL_S)
+            await self.flush()
+            if self._retention_s and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_S
+                try:
+                    pruned = await self._store.prune_usage(time.time() - self._retention_s)
+                except StoreError as exc:
+                    log.warning("could not prune old usage records: %s", exc)
+                else:
+                    if pruned:
+                        log.info("pruned %d usage records older than the retention", pruned)
