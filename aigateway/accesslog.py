@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID
+from .appkeys import BYTES_OUT, CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID
 from .errors import GatewayError, json_error
 
 access_log = logging.getLogger("aigateway.access")
@@ -46,7 +46,7 @@ async def access_middleware(
         response = json_error(exc.status, error)
     except asyncio.CancelledError:
         request[CLIENT_GONE] = True
-        _log_line(request, CLIENT_CLOSED, 0, started, "client went away")
+        _log_line(request, CLIENT_CLOSED, request.get(BYTES_OUT, 0), started, "client went away")
         raise
     except Exception:
         log.exception("rid=%s unhandled error on %s %s", request_id, request.method, request.path)
@@ -55,7 +55,7 @@ async def access_middleware(
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
-    _log_line(request, status, _bytes_out(response), started, error)
+    _log_line(request, status, _bytes_out(request, response), started, error)
     return response
 
 
@@ -67,9 +67,10 @@ def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
     return exc.reason
 
 
-def _bytes_out(response: web.StreamResponse) -> int:
-    if response.prepared:
-        return response.body_length
+def _bytes_out(request: web.Request, response: web.StreamResponse) -> int:
+    """Response body bytes (what the relay counted, else what we are about to send)."""
+    if BYTES_OUT in request:
+        return request[BYTES_OUT]
     body = getattr(response, "body", None)
     return len(body) if isinstance(body, bytes) else 0
 

@@ -23,4 +23,5 @@ PRINCIPAL = web.RequestKey("principal", KeyRecord)
 MODEL = web.RequestKey("model", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_GONE = web.RequestKey("client_gone", bool)
+BYTES_OUT = web.RequestKey("bytes_out", int)  # response body bytes, set by the relay
 RECEIVED_AT = web.RequestKey("received_at", float)  # perf_counter() when the request came in

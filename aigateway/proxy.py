@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .appkeys import (
+    BYTES_OUT,
     CLIENT_GONE,
     LIMITER,
     MODEL,
@@ -212,7 +213,7 @@ def _record_usage(
     tokens = (prompt or 0) + (completion or 0)
     if tokens:
         request.app[LIMITER].charge_tokens(principal.id, tokens, now)
-    response = exchange.response
+    request[BYTES_OUT] = exchange.tap.total
     request.app[USAGE].record(
         UsageRecord(
             ts=now,
@@ -230,7 +231,7 @@ def _record_usage(
             if exchange.first_byte_at is None
             else round((exchange.first_byte_at - started) * 1000, 3),
             bytes_in=bytes_in,
-            bytes_out=response.body_length if response is not None and response.prepared else 0,
+            bytes_out=exchange.tap.total,
             client_gone=bool(request.get(CLIENT_GONE)),
         )
     )
@@ -248,6 +249,7 @@ async def _send_filtered(
     exchange.first_byte_at = time.perf_counter()
     if upstream.status == 200:
         body = filter_model_list(body, patterns)
+    exchange.tap.feed(body)
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body)

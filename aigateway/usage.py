@@ -38,16 +38,18 @@ _USAGE_RE = re.compile(rb'(?<!\\)"usage":\s*(\{[^{}]*\})')
 
 
 class UsageTap:
-    __slots__ = ("_size", "_tail", "head")
+    __slots__ = ("_size", "_tail", "head", "total")
 
     def __init__(self) -> None:
         self.head: bytes | None = None
         self._tail: deque[bytes] = deque()
         self._size = 0
+        self.total = 0  # body bytes seen
 
     def feed(self, chunk: bytes) -> None:
         if self.head is None:
             self.head = chunk
+        self.total += len(chunk)
         self._tail.append(chunk)
         self._size += len(chunk)
         while self._size - len(self._tail[0]) >= TAIL_BYTES:

@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
-from aigateway.store import Role, Store
+from aigateway.store import KeyLimits, Role, Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 MakeKey = Callable[..., Awaitable[str]]
@@ -18,11 +18,15 @@ async def make_key(
     name: str = "laptop",
     role: Role = "user",
     expires_at: float | None = None,
+    limits: KeyLimits | None = None,
+    models: list[str] | None = None,
 ) -> str:
     """Create a key through its own connection, as the CLI would."""
     store = await Store.open(db_path)
     try:
-        _, secret = await store.create_key(user, name, role, expires_at)
+        _, secret = await store.create_key(
+            user, name, role, expires_at, limits or KeyLimits(), models
+        )
     finally:
         await store.close()
     return secret
@@ -77,4 +81,3 @@ async def admin(aiohttp_client, gateway: TestServer, admin_key: str) -> TestClie
 @pytest.fixture
 async def anon(aiohttp_client, gateway: TestServer) -> TestClient:  # type: ignore[no-untyped-def]
     return await aiohttp_client(gateway)
-

@@ -32,8 +32,16 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, process: subprocess.Popen[str], url: str, log_file: Path) -> None:
-        self.process, self.url, self.log_file = process, url, log_file
+    def __init__(
+        self, process: subprocess.Popen[str], url: str, log_file: Path, console: Path
+    ) -> None:
+        self.process, self.url, self.log_file, self.console = process, url, log_file, console
+
+    async def stop(self, timeout: float = 60) -> str:
+        """SIGTERM, wait, and return what it wrote to the console."""
+        self.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(self.process.wait, timeout)
+        return self.console.read_text()
 
 
 @pytest.fixture
@@ -50,19 +58,23 @@ async def gateway_process(
         "LOG_FILE": str(log_file),
         "LOG_FILE_LEVEL": "DEBUG",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aigateway"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    console = tmp_path / "console.log"
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe
+    # would block the gateway's logging.
+    with console.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aigateway"],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         deadline = time.monotonic() + 30
         while True:
-            assert process.poll() is None, process.communicate()
+            assert process.poll() is None, console.read_text()
             try:
                 async with session.get(url + "/health") as resp:
                     if resp.status == 200:
@@ -71,10 +83,10 @@ async def gateway_process(
                 pass
             assert time.monotonic() < deadline, "gateway did not start"
             await asyncio.sleep(0.1)
-    yield Gateway(process, url, log_file)
+    yield Gateway(process, url, log_file, console)
     if process.poll() is None:
         process.kill()
-    process.communicate()
+    process.wait()
 
 
 async def test_serves_streams_and_stops_cleanly_on_sigterm(
@@ -89,8 +101,7 @@ async def test_serves_streams_and_stops_cleanly_on_sigterm(
     ):
         assert resp.headers["Content-Type"] == "application/x-ndjson"
         assert await resp.read() == fixture("generate-stream.ndjson")
-    gateway_process.process.send_signal(signal.SIGTERM)
-    _, stderr = await asyncio.to_thread(gateway_process.process.communicate, timeout=20)
+    stderr = await gateway_process.stop()
     assert gateway_process.process.returncode == 0, stderr
     assert "Traceback" not in stderr
     store = await Store.open(db_path)
@@ -153,3 +164,34 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot start")
+
+
+async def test_sigterm_after_10000_requests_loses_no_usage_record(
+    gateway_process: Gateway, key: str, db_path: str
+) -> None:
+    total, workers = 10_000, 32
+    connector = aiohttp.TCPConnector(limit=workers)
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": f"Bearer {key}"}
+    ) as session:
+        statuses: list[int] = []
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                async with session.post(
+                    gateway_process.url + "/api/chat", data=b'{"model":"llama3.2","stream":false}'
+                ) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+
+        await asyncio.gather(
+            *(worker(total // workers + (i < total % workers)) for i in range(workers))
+        )
+    assert statuses.count(200) == total
+    stderr = await gateway_process.stop()  # at once: records are still queued
+    assert gateway_process.process.returncode == 0, stderr
+    store = await Store.open(db_path)
+    rows = await store.usage_rows()
+    await store.close()
+    assert len(rows) == total
+    assert {(r.prompt_tokens, r.completion_tokens) for r in rows} == {(26, 6)}
