@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .accesslog import access_middleware
+from .adminapi import add_admin_routes
 from .appkeys import KEY_TABLE, LIMITER, SETTINGS, STARTED_AT, STORE, UPSTREAM, USAGE
 from .auth import auth_middleware
 from .health import health, health_ollama, root
@@ -58,6 +59,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         router.add_route("HEAD", path, root)
     router.add_route("GET", "/health", health)
     router.add_route("GET", "/health/ollama", health_ollama)
+    add_admin_routes(app, settings.admin_path)
     for route in RELAY_ROUTES:
         handler = relay_handler(route)
         for method in route.methods:

@@ -5,6 +5,7 @@
     ├── Unauthorized (401, with WWW-Authenticate: Bearer)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── Conflict (409)
     ├── PayloadTooLarge (413)
     ├── TooManyRequests (429, with Retry-After and X-RateLimit-*)
     ├── UpstreamUnreachable (502)
@@ -52,6 +53,10 @@ class NotFound(GatewayError):
 
 class TooManyRequests(GatewayError):
     status = 429
+
+
+class Conflict(GatewayError):
+    status = 409
 
 
 class PayloadTooLarge(GatewayError):

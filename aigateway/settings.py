@@ -79,7 +79,7 @@ class Settings:
             return value.strip()
 
         d = cls()
-        return cls(
+        settings = cls(
             ollama_base_url=_http_url("OLLAMA_BASE_URL", get("OLLAMA_BASE_URL"), d.ollama_base_url),
             base_path=_base_path("BASE_PATH", get("BASE_PATH"), d.base_path),
             host=get("HOST") or d.host,
@@ -116,6 +116,16 @@ class Settings:
                 high=36500,
             ),
         )
+        for a, b in (
+            (settings.admin_path, settings.base_path),
+            (settings.base_path, settings.admin_path),
+        ):
+            if a == b or a.startswith(b + "/"):
+                raise SettingsError(
+                    f"ADMIN_PATH: expected a path apart from BASE_PATH ({settings.base_path}),"
+                    f" got {settings.admin_path!r}"
+                )
+        return settings
 
 
 def merged_environment(

@@ -19,8 +19,9 @@ import orjson
 from tabulate import tabulate
 
 from .. import __version__
+from ..keyview import key_view, when
 from ..migrations import SCHEMA_VERSION
-from ..store import KeyRecord, Store, StoreError
+from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -37,6 +38,11 @@ COLUMNS = (
     ("expires", "Expires"),
     ("last_used", "Last used"),
     ("status", "Status"),
+    ("rpm", "Req/min"),
+    ("rph", "Req/hour"),
+    ("tokens_per_day", "Tokens/day"),
+    ("max_concurrent", "Parallel"),
+    ("models", "Models"),
 )
 
 
@@ -101,38 +107,32 @@ def parse_expiry(text: str) -> float | None:
 # --- rendering -------------------------------------------------------------------------
 
 
-def _when(timestamp: float | None, iso: bool) -> str:
-    if timestamp is None:
-        return "" if iso else "-"
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if iso else "%Y-%m-%d %H:%M")
+def _flat(view: dict[str, Any]) -> dict[str, Any]:
+    """A key view for CSV: the model list as one space-separated cell."""
+    models = view["models"]
+    return {**view, "models": " ".join(models) if models else ""}
 
 
-def key_row(record: KeyRecord, *, iso: bool) -> dict[str, Any]:
-    """One key as shown and exported: metadata only, never the key or its hash."""
-    return {
-        "id": record.id,
-        "user": record.user,
-        "key_name": record.name,
-        "prefix": record.prefix,
-        "role": record.role,
-        "created": _when(record.created_at, iso),
-        "expires": _when(record.expires_at, iso),
-        "last_used": _when(record.last_used_at, iso),
-        "status": record.status(),
-    }
+def _table_row(record: KeyRecord) -> list[Any]:
+    view = key_view(record)
+    view["created"] = when(record.created_at, iso=False)
+    view["expires"] = when(record.expires_at, iso=False) or "-"
+    view["last_used"] = when(record.last_used_at, iso=False) or "-"
+    for field in LIMIT_FIELDS:
+        view[field] = {None: "default", 0: "none"}.get(view[field], view[field])
+    view["models"] = ", ".join(view["models"]) if view["models"] else "all"
+    return [view[name] for name, _ in COLUMNS]
 
 
 def render(records: Sequence[KeyRecord], fmt: Format) -> str:
     if fmt == "json":
-        return orjson.dumps(
-            [key_row(r, iso=True) for r in records], option=orjson.OPT_INDENT_2
-        ).decode()
+        views = [key_view(r) for r in records]
+        return orjson.dumps(views, option=orjson.OPT_INDENT_2).decode()
     if fmt == "csv":
-        return _csv([key_row(r, iso=True) for r in records])
+        return _csv([_flat(key_view(r)) for r in records])
     if not records:
         return "No keys."
-    rows = [[key_row(r, iso=False)[name] for name, _ in COLUMNS] for r in records]
+    rows = [_table_row(r) for r in records]
     return tabulate(rows, headers=[title for _, title in COLUMNS], tablefmt="simple")
 
 
@@ -161,20 +161,20 @@ def export_format(path: str, requested: str | None) -> Format:
 
 def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
     """Users and key metadata. JSON also summarises each user; CSV is one row per key."""
-    rows = [key_row(r, iso=True) for r in records]
+    views = [key_view(r) for r in records]
     if fmt == "csv":
-        return _csv(rows) + "\n"
+        return _csv([_flat(v) for v in views]) + "\n"
     users: dict[str, dict[str, Any]] = {}
     for record in records:
         entry = users.setdefault(record.user, {"user": record.user, "keys": 0, "active_keys": 0})
         entry["keys"] += 1
         entry["active_keys"] += record.status() == "active"
     document = {
-        "exported_at": _when(time.time(), True),
+        "exported_at": when(time.time()),
         "aigateway_version": __version__,
         "schema_version": SCHEMA_VERSION,
         "users": sorted(users.values(), key=lambda u: u["user"]),
-        "keys": rows,
+        "keys": views,
     }
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
 

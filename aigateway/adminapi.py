@@ -1,0 +1,245 @@
+"""The admin HTTP API, under ADMIN_PATH (default /admin), outside BASE_PATH because
+Ollama keeps adding routes under /api. JSON in and out.
+
+    GET    /admin/me            any key: itself, its limits and current use, its usage
+    GET    /admin/keys          admin: every key (metadata only)
+    POST   /admin/keys          admin: create a key; the key is in the answer, once
+    GET    /admin/keys/{id}     admin: one key
+    PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
+    DELETE /admin/keys/{id}     admin: revoke (the row stays)
+    GET    /admin/stats         admin: usage statistics and current rate-limit use
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .appkeys import KEY_TABLE, LIMITER, PRINCIPAL, STORE
+from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .keytable import BOOTSTRAP_KEY_ID, load
+from .keyview import key_view
+from .limits import DAY
+from .store import (
+    LIMIT_FIELDS,
+    DuplicateKeyError,
+    InvalidInputError,
+    KeyLimits,
+    KeyNotFoundError,
+)
+
+CREATE_FIELDS = {"user", "name", "role", "expires_at", "expires_days", "models", *LIMIT_FIELDS}
+UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_admin_routes(app: web.Application, prefix: str) -> None:
+    router = app.router
+    router.add_get(prefix + "/me", me, allow_head=False)
+    router.add_get(prefix + "/keys", admin_only(list_keys), allow_head=False)
+    router.add_post(prefix + "/keys", admin_only(create_key))
+    router.add_get(prefix + "/keys/{id}", admin_only(get_key), allow_head=False)
+    router.add_patch(prefix + "/keys/{id}", admin_only(update_key))
+    router.add_delete(prefix + "/keys/{id}", admin_only(revoke_key))
+    router.add_get(prefix + "/stats", admin_only(stats), allow_head=False)
+
+
+def admin_only(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if request[PRINCIPAL].role != "admin":
+            raise Forbidden("this route needs an admin key")
+        try:
+            return await handler(request)
+        except InvalidInputError as exc:
+            raise BadRequest(str(exc)) from None
+        except KeyNotFoundError as exc:
+            raise NotFound(str(exc)) from None
+        except DuplicateKeyError as exc:
+            raise Conflict(str(exc)) from None
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+async def me(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    now = time.time()
+    store = request.app[STORE]
+    own = principal.id
+    return _json(
+        {
+            "key": key_view(principal),
+            "current": request.app[LIMITER].usage_of(principal, now),
+            "usage": {
+                "last_24h": _first(await store.usage_summary((), now - DAY, key_id=own)),
+                "last_7d": _first(await store.usage_summary((), now - 7 * DAY, key_id=own)),
+                "all_time": _first(await store.usage_summary((), key_id=own)),
+                "per_model_7d": await store.usage_summary(("model",), now - 7 * DAY, key_id=own),
+            },
+        }
+    )
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    return _json({"keys": [key_view(r) for r in await request.app[STORE].list_keys()]})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    return _json(key_view(await request.app[STORE].get_key(_key_id(request))))
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request, CREATE_FIELDS, required=frozenset({"user", "name"}))
+    for field in ("user", "name", "role"):
+        if field in body and not isinstance(body[field], str):
+            raise BadRequest(f"{field} must be a string")
+    expires_at = _expiry(body)
+    limits = KeyLimits(**{field: body.get(field) for field in LIMIT_FIELDS})
+    record, secret = await request.app[STORE].create_key(
+        body["user"],
+        body["name"],
+        body.get("role", "user"),
+        expires_at,
+        limits,
+        body.get("models"),
+    )
+    await _reload(request)
+    return _json({"key": secret, **key_view(record)}, status=201)
+
+
+async def update_key(request: web.Request) -> web.Response:
+    key_id = _key_id(request)
+    body = await _body(request, UPDATE_FIELDS | {"expires_days"})
+    changes = {field: body[field] for field in UPDATE_FIELDS if field in body}
+    if "expires_at" in body or "expires_days" in body:
+        changes["expires_at"] = _expiry(body)
+    record = await request.app[STORE].update_key(key_id, changes)
+    await _reload(request)
+    return _json(key_view(record))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    record = await request.app[STORE].revoke_key_id(_key_id(request))
+    await _reload(request)
+    return _json(key_view(record))
+
+
+async def stats(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    now = time.time()
+    since, until = _time_param(request, "since"), _time_param(request, "until")
+    limiter = request.app[LIMITER]
+    keys = [k for k in await store.list_keys() if k.status() == "active"]
+
+    async def summary(*group_by: str) -> list[dict[str, object]]:
+        return await store.usage_summary(group_by, since=since, until=until)
+
+    return _json(
+        {
+            "since": since,
+            "until": until,
+            "totals": _first(await summary()),
+            "last_24h": _first(await store.usage_summary((), since=now - DAY)),
+            "last_7d": _first(await store.usage_summary((), since=now - 7 * DAY)),
+            "per_user": await summary("user"),
+            "per_key": await summary("user", "key_name", "key_id"),
+            "per_model": await summary("model"),
+            "per_route": await summary("route"),
+            "rate_limits": [
+                {"key_id": k.id, "user": k.user, "key_name": k.name, **limiter.usage_of(k, now)}
+                for k in keys
+            ],
+        }
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _body(
+    request: web.Request, allowed: set[str], required: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+    missing = required - set(body)
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(sorted(missing))}")
+    return body
+
+
+def _expiry(body: dict[str, Any]) -> float | None:
+    if "expires_at" in body and "expires_days" in body:
+        raise BadRequest("give expires_at or expires_days, not both")
+    if body.get("expires_days") is not None:
+        days = body["expires_days"]
+        if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+            raise BadRequest("expires_days must be a whole number above 0")
+        return time.time() + days * DAY
+    value = body.get("expires_at")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= time.time():
+        raise BadRequest("expires_at must be a Unix time in the future, or null")
+    return float(value)
+
+
+def _key_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise BadRequest(f"a key id is a whole number, not {raw!r}")
+    if int(raw) == BOOTSTRAP_KEY_ID:
+        raise BadRequest("key 0 is GATEWAY_ADMIN_KEY; change it in the settings")
+    return int(raw)
+
+
+def _time_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a Unix time, not {raw!r}") from None
+
+
+async def _reload(request: web.Request) -> None:
+    # Our own writes do not change PRAGMA data_version for our connection: reload now.
+    await load(request.app[STORE], request.app[KEY_TABLE])
+
+
+def _first(rows: list[dict[str, object]]) -> dict[str, object]:
+    return (
+        rows[0]
+        if rows
+        else {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "avg_ms": None,
+            "p95_ms": None,
+            "errors": 0,
+            "client_gone": 0,
+        }
+    )
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")

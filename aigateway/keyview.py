@@ -1,0 +1,34 @@
+"""How a key is shown to people, in tables, exports and the admin API: metadata only,
+never the key or its hash."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from .store import LIMIT_FIELDS, KeyRecord
+
+
+def when(timestamp: float | None, iso: bool = True) -> str | None:
+    """ISO 8601 UTC (`2026-11-23T12:00:00Z`) or, for tables, `2026-11-23 12:00`."""
+    if timestamp is None:
+        return None
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if iso else "%Y-%m-%d %H:%M")
+
+
+def key_view(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "user": record.user,
+        "key_name": record.name,
+        "prefix": record.prefix,
+        "role": record.role,
+        "created": when(record.created_at),
+        "expires": when(record.expires_at),
+        "last_used": when(record.last_used_at),
+        "status": record.status(),
+        # None: the gateway's default applies; 0: no limit.
+        **{field: getattr(record.limits, field) for field in LIMIT_FIELDS},
+        "models": list(record.models) if record.models is not None else None,
+    }

@@ -1,0 +1,150 @@
+"""The admin HTTP API: keys and statistics for admins, /admin/me for everyone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from aigateway.keys import looks_like_key
+
+
+async def test_user_keys_get_403_on_admin_routes_but_may_see_themselves(
+    client: TestClient,
+) -> None:
+    for method, path in (
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/keys/1"),
+        ("PATCH", "/admin/keys/1"),
+        ("DELETE", "/admin/keys/1"),
+        ("GET", "/admin/stats"),
+    ):
+        resp = await client.request(method, path, json={})
+        assert resp.status == 403, path
+        assert "admin key" in (await resp.json())["error"]
+    me = await (await client.get("/admin/me")).json()
+    assert (me["key"]["user"], me["key"]["key_name"], me["key"]["role"]) == (
+        "alice",
+        "laptop",
+        "user",
+    )
+    assert "key_hash" not in me["key"]
+
+
+async def test_no_key_gets_401(anon: TestClient) -> None:
+    assert (await anon.get("/admin/me")).status == 401
+
+
+async def test_create_list_update_and_revoke(admin: TestClient, anon: TestClient) -> None:
+    resp = await admin.post(
+        "/admin/keys",
+        json={
+            "user": "zoe",
+            "name": "notebook",
+            "rpm": 1,
+            "models": ["llama3*"],
+            "expires_days": 30,
+        },
+    )
+    assert resp.status == 201
+    created = await resp.json()
+    secret = created["key"]
+    assert looks_like_key(secret)
+    assert (created["rpm"], created["models"], created["role"]) == (1, ["llama3*"], "user")
+    headers = {"Authorization": f"Bearer {secret}"}
+    # Usable at once, with its limit and allow-list.
+    assert (await anon.get("/api/tags", headers=headers)).status == 200
+    assert (await anon.get("/api/tags", headers=headers)).status == 429
+    listed = await (await admin.get("/admin/keys")).json()
+    assert [k["user"] for k in listed["keys"]] == ["alice", "root", "zoe"]
+    assert all("key" not in k and "key_hash" not in k for k in listed["keys"])
+    key_id = created["id"]
+    resp = await admin.patch(f"/admin/keys/{key_id}", json={"rpm": 0, "models": None})
+    assert resp.status == 200
+    assert (await resp.json())["rpm"] == 0
+    assert (await anon.get("/api/tags", headers=headers)).status == 200
+    one = await (await admin.get(f"/admin/keys/{key_id}")).json()
+    assert one["models"] is None and one["rpm"] == 0
+    resp = await admin.delete(f"/admin/keys/{key_id}")
+    assert (await resp.json())["status"] == "revoked"
+    assert (await anon.get("/api/tags", headers=headers)).status == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"user": "a"}, "missing field(s): name"),
+        ({"user": "a", "name": "b", "colour": "red"}, "unknown field(s): colour"),
+        ({"user": 7, "name": "b"}, "user must be a string"),
+        ({"user": "a", "name": "b", "rpm": -1}, "rpm must be 0 (no limit) or more"),
+        ({"user": "a", "name": "b", "rph": "10"}, "rph must be a whole number"),
+        ({"user": "a", "name": "b", "role": "root"}, "role must be one of"),
+        ({"user": "a", "name": "b", "models": "llama3"}, "models must be a list"),
+        ({"user": "a", "name": "b", "expires_days": 0}, "expires_days must be"),
+        ({"user": "a", "name": "b", "expires_at": 1}, "expires_at must be"),
+        ({"user": "", "name": "b"}, "user must not be empty"),
+        ([1, 2], "JSON object"),
+    ],
+)
+async def test_bad_input_is_400_with_a_clear_error(
+    admin: TestClient, body: object, message: str
+) -> None:
+    resp = await admin.post("/admin/keys", json=body)
+    assert resp.status == 400
+    assert message in (await resp.json())["error"]
+    assert len((await (await admin.get("/admin/keys")).json())["keys"]) == 2
+
+
+async def test_more_bad_requests(admin: TestClient) -> None:
+    assert (await admin.post("/admin/keys", data=b"{nope")).status == 400
+    resp = await admin.post("/admin/keys", json={"user": "alice", "name": "laptop"})
+    assert resp.status == 409
+    assert (await admin.get("/admin/keys/999")).status == 404
+    assert (await admin.get("/admin/keys/abc")).status == 400
+    resp = await admin.patch("/admin/keys/1", json={"max_concurrent": -5})
+    assert resp.status == 400
+    assert (await admin.patch("/admin/keys/1", json={"user": "eve"})).status == 400
+    assert (await admin.get("/admin/stats?since=yesterday")).status == 400
+
+
+async def test_stats_count_what_was_used(
+    admin: TestClient, client: TestClient, gateway: TestServer
+) -> None:
+    for _ in range(3):
+        assert (
+            await client.post("/api/chat", data=b'{"model":"llama3.2","stream":false}')
+        ).status == 200
+    assert (
+        await client.post("/api/embed", data=b'{"model":"all-minilm","input":"a"}')
+    ).status == 200
+    assert (await admin.get("/api/tags")).status == 200
+    deadline = time.monotonic() + 5
+    while True:  # usage is written in batches: wait for the writer
+        stats = await (await admin.get("/admin/stats")).json()
+        if stats["totals"]["requests"] == 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    totals = stats["totals"]
+    assert totals["requests"] == 5
+    assert totals["prompt_tokens"] == 3 * 26 + 16 and totals["completion_tokens"] == 3 * 6
+    assert stats["last_24h"]["requests"] == 5 and stats["last_7d"]["requests"] == 5
+    assert {u["user"]: u["requests"] for u in stats["per_user"]} == {"alice": 4, "root": 1}
+    assert {m["model"]: m["requests"] for m in stats["per_model"]} == {
+        None: 1,
+        "all-minilm": 1,
+        "llama3.2": 3,
+    }
+    assert {r["route"]: r["requests"] for r in stats["per_route"]} == {
+        "/chat": 3,
+        "/embed": 1,
+        "/tags": 1,
+    }
+    assert totals["avg_ms"] > 0 and totals["p95_ms"] >= totals["avg_ms"] * 0.5
+    alice = next(k for k in stats["rate_limits"] if k["user"] == "alice")
+    assert alice["requests_this_minute"] >= 4 or alice["requests_this_hour"] >= 4
+    me = await (await client.get("/admin/me")).json()
+    assert me["usage"]["last_24h"]["requests"] == 4
+    assert {m["model"] for m in me["usage"]["per_model_7d"]} == {"llama3.2", "all-minilm"}
