@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from aigateway.cli.flags import cli
 from aigateway.keys import hash_key, looks_like_key
-from aigateway.store import KeyRecord, Store
+from aigateway.store import KeyRecord, Store, UsageRecord
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -248,3 +248,183 @@ def test_help_shows_examples_and_how_to_purge() -> None:
     code, out, _ = run("--help")
     assert code == 0
     assert "KEY=$(gen_api_key_cli.py -g" in out and "--purge" in out
+
+
+def test_limits_roles_and_allow_lists_are_set_and_shown(db_path: str) -> None:
+    code, _, err = run(
+        "-g",
+        "bob",
+        "phone",
+        "--rpm",
+        "20",
+        "--tokens-per-day",
+        "100000",
+        "--models",
+        "llama3*, qwen2.5:0.5b",
+        "--db",
+        db_path,
+    )
+    assert code == 0, err
+    (record,) = keys_in(db_path)
+    assert (record.limits.rpm, record.limits.rph, record.limits.tokens_per_day) == (
+        20,
+        None,
+        100000,
+    )
+    assert record.models == ("llama3*", "qwen2.5:0.5b")
+    table = run("-l", "--db", db_path)[1]
+    assert "llama3*, qwen2.5:0.5b" in table and "100000" in table and "default" in table
+    code, out, err = run(
+        "--set",
+        "bob",
+        "phone",
+        "--rpm",
+        "none",
+        "--rph",
+        "default",
+        "--max-concurrent",
+        "2",
+        "--models",
+        "all",
+        "--role",
+        "admin",
+        "--expires-days",
+        "5",
+        "--db",
+        db_path,
+    )
+    assert code == 0, err
+    assert "bob" in out
+    (record,) = keys_in(db_path)
+    assert (record.limits.rpm, record.limits.rph, record.limits.max_concurrent) == (0, None, 2)
+    assert record.models is None and record.role == "admin" and record.expires_at is not None
+    assert run("--set", "bob", "phone", "--no-expiry", "--db", db_path)[0] == 0
+    assert keys_in(db_path)[0].expires_at is None
+    shown = json.loads(run("-l", "--format", "json", "--db", db_path)[1])[0]
+    assert (shown["rpm"], shown["max_concurrent"], shown["models"]) == (0, 2, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "bob", "phone", "--rpm", "-1"], "--rpm must be 0 (no limit) or more"),
+        (["--set", "bob", "phone", "--rph", "lots"], "--rph must be a whole number"),
+        (["--set", "bob", "tablet", "--rpm", "1"], "no active key named 'tablet'"),
+        (["--set", "bob", "phone"], "needs something to change"),
+        (["-l", "--rpm", "5"], "go with -g or --set"),
+        (["-g", "x", "y", "--models", "bad model"], "not a model name"),
+        (["--usage", "--since", "last week"], "--since must be YYYY-MM-DD"),
+        (["--usage", "--since", "2026-02-01", "--until", "2026-01-01"], "--until must be after"),
+        (["-l", "--since", "2026-01-01"], "go with --usage"),
+    ],
+)
+def test_bad_limit_and_usage_options(db_path: str, args: list[str], message: str) -> None:
+    run("-g", "bob", "phone", "--db", db_path)
+    before = dump(db_path)
+    code, out, err = run(*args, "--db", db_path)
+    assert (code, out) == (1, "")
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert dump(db_path) == before
+
+
+def _seed_usage(db_path: str) -> None:
+    async def go() -> None:
+        store = await Store.open(db_path)
+        day = 86400
+        base = 1_790_000_000.0  # 2026-09-21
+        rows = [
+            UsageRecord(
+                base,
+                1,
+                "ann",
+                "laptop",
+                "POST",
+                "/chat",
+                "llama3.2",
+                200,
+                10,
+                5,
+                100.0,
+                10.0,
+                50,
+                500,
+                False,
+            ),
+            UsageRecord(
+                base + 60,
+                1,
+                "ann",
+                "laptop",
+                "POST",
+                "/chat",
+                "llama3.2",
+                200,
+                20,
+                5,
+                300.0,
+                10.0,
+                50,
+                500,
+                False,
+            ),
+            UsageRecord(
+                base + day,
+                2,
+                "ben",
+                "ci",
+                "POST",
+                "/embed",
+                "all-minilm",
+                200,
+                7,
+                None,
+                50.0,
+                5.0,
+                40,
+                400,
+                True,
+            ),
+        ]
+        await store.insert_usage(rows)
+        await store.close()
+
+    asyncio.run(go())
+
+
+def test_usage_report(db_path: str) -> None:
+    _seed_usage(db_path)
+    by_key = json.loads(run("--usage", "--format", "json", "--db", db_path)[1])
+    assert [(r["user"], r["key_name"], r["requests"], r["total_tokens"]) for r in by_key] == [
+        ("ann", "laptop", 2, 40),
+        ("ben", "ci", 1, 7),
+    ]
+    assert by_key[0]["avg_ms"] == 200.0 and by_key[0]["p95_ms"] == 300.0
+    by_model = json.loads(run("--usage", "--by", "model", "--format", "json", "--db", db_path)[1])
+    assert {r["model"]: r["requests"] for r in by_model} == {"llama3.2": 2, "all-minilm": 1}
+    since_ben = json.loads(
+        run(
+            "--usage", "--by", "user", "--since", "2026-09-22", "--format", "json", "--db", db_path
+        )[1]
+    )
+    assert [r["user"] for r in since_ben] == ["ben"]
+    table = run("--usage", "--by", "user", "--until", "2026-09-22", "--db", db_path)[1]
+    assert "ann" in table and "ben" not in table
+    assert (
+        run("--usage", "--since", "2030-01-01", "--db", db_path)[1] == "No usage in this period.\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["usage.csv", "usage.json"])
+def test_usage_export(db_path: str, tmp_path: Path, name: str) -> None:
+    _seed_usage(db_path)
+    target = tmp_path / name
+    code, _, err = run(
+        "--usage-export", str(target), "--since", "2026-09-21T00:00:00", "--db", db_path
+    )
+    assert code == 0 and "Exported 3 usage records" in err
+    text = target.read_text()
+    rows = list(csv.DictReader(io.StringIO(text))) if name.endswith(".csv") else json.loads(text)
+    assert [r["user"] for r in rows] == ["ann", "ann", "ben"]
+    assert str(rows[2]["client_gone"]) in ("True", "true")
+    assert rows[0]["time"].startswith("2026-09-21T")
+    assert run("--usage-export", str(target), "--db", db_path)[0] == 1  # exists, no --force

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from .. import __version__
 from ..keyview import key_view, when
 from ..migrations import SCHEMA_VERSION
-from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError
+from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -104,6 +104,105 @@ def parse_expiry(text: str) -> float | None:
     return expiry_from_date(text)
 
 
+def parse_moment(text: str, what: str) -> float:
+    """`YYYY-MM-DD` (00:00 UTC) or an ISO 8601 date and time (UTC unless it says)."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise AdminError(
+            f"{what} must be YYYY-MM-DD or an ISO date and time, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def parse_limit(text: str, what: str) -> int | None:
+    """A limit as typed: a whole number (0 for none), or `default` to follow the settings."""
+    text = text.strip().lower()
+    if text == "default":
+        return None
+    if text == "none":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise AdminError(f"{what} must be a whole number, 0 or 'none', or 'default'") from None
+    if value < 0:
+        raise AdminError(f"{what} must be 0 (no limit) or more, got {value}")
+    return value
+
+
+def parse_models(text: str) -> list[str] | None:
+    """Comma-separated model patterns; empty or `all` allows every model."""
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    return None if not patterns or patterns == ["all"] else patterns
+
+
+# --- usage ---------------------------------------------------------------------------
+
+USAGE_GROUPS = {
+    "user": ("user",),
+    "key": ("user", "key_name"),
+    "model": ("model",),
+    "route": ("route",),
+}
+USAGE_COLUMNS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "avg_ms",
+    "p95_ms",
+    "errors",
+    "client_gone",
+)
+
+
+def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format) -> str:
+    if fmt == "json":
+        return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
+    columns = [*USAGE_GROUPS[group], *USAGE_COLUMNS]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    if not rows:
+        return "No usage in this period."
+    table = [[row[c] if row[c] is not None else "-" for c in columns] for row in rows]
+    return tabulate(table, headers=[c.replace("_", " ") for c in columns], tablefmt="simple")
+
+
+def write_usage_export(
+    db_path: str,
+    path: str,
+    fmt: Format,
+    since: float | None,
+    until: float | None,
+    *,
+    force: bool,
+) -> int:
+    """Every usage record in the period, one row (CSV) or object (JSON) each."""
+    _check_target(path, force)
+    records = with_store(db_path, lambda store: store.usage_rows(since, until))
+    rows = [
+        {**{f: getattr(r, f) for f in r.__dataclass_fields__}, "time": when(r.ts)} for r in records
+    ]
+    if fmt == "csv":
+        out = io.StringIO()
+        fields = ["time", *(f for f in UsageRecord.__dataclass_fields__)]
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = out.getvalue()
+    else:
+        text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
+    _write(path, text)
+    return len(rows)
+
+
 # --- rendering -------------------------------------------------------------------------
 
 
@@ -181,6 +280,13 @@ def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
 
 def write_export(db_path: str, path: str, fmt: Format, *, force: bool) -> int:
     """Write the export to `path`; return how many keys it holds."""
+    _check_target(path, force)
+    records = with_store(db_path, lambda store: store.list_keys())
+    _write(path, export_document(records, fmt))
+    return len(records)
+
+
+def _check_target(path: str, force: bool) -> None:
     target = Path(path)
     if target.is_dir():
         raise AdminError(f"{path}: is a folder")
@@ -188,10 +294,10 @@ def write_export(db_path: str, path: str, fmt: Format, *, force: bool) -> int:
         raise AdminError(f"{path}: the folder {str(target.parent)!r} does not exist")
     if target.exists() and not force:
         raise AdminError(f"{path} exists; choose another name or pass --force to overwrite it")
-    records = with_store(db_path, lambda store: store.list_keys())
-    text = export_document(records, fmt)
+
+
+def _write(path: str, text: str) -> None:
     try:
-        target.write_text(text, encoding="utf-8")
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise AdminError(f"{path}: cannot write: {exc.strerror}") from None
-    return len(records)

@@ -8,36 +8,51 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
 from ..settings import token_db_path
-from ..store import Role
+from ..store import KeyLimits, KeyRecord, Store
 from .admin import (
     FORMATS,
+    USAGE_GROUPS,
     AdminError,
-    Format,
     expiry_from_date,
     expiry_from_days,
     export_format,
+    parse_limit,
+    parse_models,
+    parse_moment,
     render,
+    render_usage,
     with_store,
     write_export,
+    write_usage_export,
 )
 from .common import OneLineErrors
 
-HELP = """Create, list, revoke and export aigateway API keys.
+HELP = """Create, list, change, revoke and export aigateway API keys; report usage.
 
 \b
 Examples:
   gen_api_key_cli.py -g alice laptop                 print a new key for alice
   KEY=$(gen_api_key_cli.py -g ci runner --expires-days 30)
   gen_api_key_cli.py -g root ops --role admin --expires 2027-12-31
-  gen_api_key_cli.py -l                              table of all keys
+  gen_api_key_cli.py -g bob phone --rpm 20 --tokens-per-day 100000 --models 'llama3*,qwen2.5:0.5b'
+  gen_api_key_cli.py --set bob phone --rpm none --max-concurrent 2 --models all
+  gen_api_key_cli.py -l                              table of all keys, limits, models
   gen_api_key_cli.py -l --format json | jq '.[] | select(.status == "active")'
   gen_api_key_cli.py -d alice laptop                 revoke alice's key "laptop"
   gen_api_key_cli.py -e keys.csv                     export users and key metadata
+  gen_api_key_cli.py --usage --by model --since 2026-11-01
+  gen_api_key_cli.py --usage-export nov.csv --since 2026-11-01 --until 2026-12-01
   gen_api_key_cli.py --purge alice laptop            delete a revoked key's row for good
+
+\b
+Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
+(or 0) for no limit, or 'default' to follow the gateway's DEFAULT_* settings.
+--models takes comma-separated patterns ('llama3*'); 'all' lifts the allow-list.
 
 \b
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
@@ -47,6 +62,8 @@ The database is --db, else TOKEN_DB_PATH from the environment or .env, else
 tokens.db, exactly as the server finds it. A new key is printed once, alone on
 stdout; it cannot be shown again. Exports never contain keys or their hashes.
 """
+
+ACTIONS = ("-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge")
 
 
 @contextmanager
@@ -69,95 +86,182 @@ def _clear_errors() -> Iterator[None]:
 )
 @click.option("-e", "--export", metavar="FILE", help="Export users and key metadata to FILE.")
 @click.option(
+    "--set",
+    "set_",
+    nargs=2,
+    metavar="USER KEY_NAME",
+    help="Change a key's role, limits, models, expiry.",
+)
+@click.option("--usage", is_flag=True, help="Usage report (see --by, --since, --until).")
+@click.option("--usage-export", metavar="FILE", help="Export usage records to FILE.")
+@click.option(
     "--purge", nargs=2, metavar="USER KEY_NAME", help="Delete a revoked key's row for good."
 )
+@click.option("--role", type=click.Choice(["user", "admin"]), help="Role (new keys: user).")
+@click.option("--expires-days", metavar="N", help="Expires after N days.")
+@click.option("--expires", metavar="YYYY-MM-DD", help="Stops working at 00:00 UTC on this day.")
+@click.option("--no-expiry", is_flag=True, help="With --set: never expires.")
+@click.option("--rpm", metavar="N", help="Requests per minute.")
+@click.option("--rph", metavar="N", help="Requests per hour.")
+@click.option("--tokens-per-day", metavar="N", help="Prompt + completion tokens per day (UTC).")
+@click.option("--max-concurrent", metavar="N", help="Requests at once.")
+@click.option("--models", metavar="PATTERNS", help="Allowed models, comma-separated; 'all'.")
 @click.option(
-    "--role",
-    type=click.Choice(["user", "admin"]),
-    default="user",
+    "--by",
+    type=click.Choice(list(USAGE_GROUPS)),
+    default="key",
     show_default=True,
-    help="Role of a new key.",
+    help="Grouping of --usage.",
 )
-@click.option("--expires-days", metavar="N", help="A new key expires after N days.")
-@click.option(
-    "--expires", metavar="YYYY-MM-DD", help="A new key stops working at 00:00 UTC on this day."
-)
+@click.option("--since", metavar="DATE", help="Usage from this UTC date or time.")
+@click.option("--until", metavar="DATE", help="Usage before this UTC date or time.")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="Output of -l (default table) or -e (default: from the file name).",
+    help="Output of -l and --usage (default table), or of exports (default: file name).",
 )
-@click.option("--force", is_flag=True, help="Let -e overwrite an existing file.")
+@click.option("--force", is_flag=True, help="Let exports overwrite an existing file.")
 @click.option("--db", "db_path", metavar="PATH", help="Key database (default: TOKEN_DB_PATH).")
-def cli(
-    generate: tuple[str, str] | None,
-    list_: bool,
-    delete: tuple[str, str] | None,
-    export: str | None,
-    purge: tuple[str, str] | None,
-    role: Role,
-    expires_days: str | None,
-    expires: str | None,
-    fmt: Format | None,
-    force: bool,
-    db_path: str | None,
-) -> None:
+def cli(**options: Any) -> None:
+    o = options
     chosen = [
         flag
-        for flag, value in (
-            ("-g", generate),
-            ("-l", list_),
-            ("-d", delete),
-            ("-e", export),
-            ("--purge", purge),
+        for flag, name in zip(
+            ACTIONS,
+            ("generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge"),
+            strict=True,
         )
-        if value
+        if o[name]
     ]
     if len(chosen) != 1:
         raise click.UsageError(
-            "choose one action: -g USER KEY_NAME, -l, -d USER KEY_NAME, -e FILE or --purge"
+            f"choose one action: {', '.join(ACTIONS)}"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
-    if (expires_days or expires) and not generate:
-        raise click.UsageError("--expires-days and --expires go with -g")
-    path = db_path or token_db_path()
+    action = chosen[0]
+    key_options = (
+        "role",
+        "expires_days",
+        "expires",
+        "rpm",
+        "rph",
+        "tokens_per_day",
+        "max_concurrent",
+        "models",
+    )
+    if action not in ("-g", "--set") and any(o[k] is not None for k in key_options):
+        raise click.UsageError("--role, --expires*, limits and --models go with -g or --set")
+    if o["no_expiry"] and action != "--set":
+        raise click.UsageError("--no-expiry goes with --set")
+    if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
+        raise click.UsageError("--since and --until go with --usage or --usage-export")
+    path = o["db_path"] or token_db_path()
     with _clear_errors():
-        if generate:
-            _generate(path, *generate, role, expires_days, expires)
-        elif list_:
+        if action == "-g":
+            user, name = o["generate"]
+            _generate(path, user, name, o)
+        elif action == "--set":
+            user, name = o["set_"]
+            _set(path, user, name, o)
+        elif action == "-l":
             records = with_store(path, lambda store: store.list_keys())
-            click.echo(render(records, fmt or "table"))
-        elif delete:
-            user, name = delete
+            click.echo(render(records, o["fmt"] or "table"))
+        elif action == "-d":
+            user, name = o["delete"]
             record = with_store(path, lambda store: store.revoke_key(user, name))
             click.echo(f"Revoked key {record.prefix}... of {record.user}/{record.name}.", err=True)
-        elif export:
-            count = write_export(path, export, export_format(export, fmt), force=force)
-            click.echo(f"Exported {count} keys to {export}.", err=True)
-        elif purge:
-            user, name = purge
+        elif action == "-e":
+            target = o["export"]
+            count = write_export(path, target, export_format(target, o["fmt"]), force=o["force"])
+            click.echo(f"Exported {count} keys to {target}.", err=True)
+        elif action == "--usage":
+            since, until = _period(o)
+            rows = with_store(
+                path, lambda store: store.usage_summary(USAGE_GROUPS[o["by"]], since, until)
+            )
+            click.echo(render_usage(rows, o["by"], o["fmt"] or "table"))
+        elif action == "--usage-export":
+            target = o["usage_export"]
+            since, until = _period(o)
+            count = write_usage_export(
+                path, target, export_format(target, o["fmt"]), since, until, force=o["force"]
+            )
+            click.echo(f"Exported {count} usage records to {target}.", err=True)
+        elif action == "--purge":
+            user, name = o["purge"]
             count = with_store(path, lambda store: store.purge_revoked(user, name))
             click.echo(f"Purged {count} revoked key(s) of {user}/{name}.", err=True)
 
 
-def _generate(
-    path: str, user: str, name: str, role: Role, days: str | None, date: str | None
-) -> None:
-    if days is not None and date is not None:
+def _period(o: dict[str, Any]) -> tuple[float | None, float | None]:
+    since = parse_moment(o["since"], "--since") if o["since"] else None
+    until = parse_moment(o["until"], "--until") if o["until"] else None
+    if since is not None and until is not None and until <= since:
+        raise AdminError("--until must be after --since")
+    return since, until
+
+
+def _expiry(o: dict[str, Any]) -> float | None:
+    if o["expires_days"] is not None and o["expires"] is not None:
         raise AdminError("give --expires-days or --expires, not both")
-    expires_at = None
-    if days is not None:
-        expires_at = expiry_from_days(days)
-    elif date is not None:
-        expires_at = expiry_from_date(date)
-    record, secret = with_store(path, lambda store: store.create_key(user, name, role, expires_at))
+    if o["expires_days"] is not None:
+        return expiry_from_days(o["expires_days"])
+    if o["expires"] is not None:
+        return expiry_from_date(o["expires"])
+    return None
+
+
+def _limits(o: dict[str, Any]) -> dict[str, int | None]:
+    """The limit options given, parsed; absent ones are left out."""
+    names = {
+        "rpm": "--rpm",
+        "rph": "--rph",
+        "tokens_per_day": "--tokens-per-day",
+        "max_concurrent": "--max-concurrent",
+    }
+    return {
+        field: parse_limit(o[field], flag) for field, flag in names.items() if o[field] is not None
+    }
+
+
+def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
+    expires_at = _expiry(o)
+    limits = KeyLimits(**_limits(o))
+    models = parse_models(o["models"]) if o["models"] is not None else None
+    record, secret = with_store(
+        path,
+        lambda store: store.create_key(user, name, o["role"] or "user", expires_at, limits, models),
+    )
     click.echo(secret)
     click.echo(
         f"Created {record.role} key {record.prefix}... for {record.user}/{record.name}."
         " Store it now: it will not be shown again.",
         err=True,
     )
+
+
+def _set(path: str, user: str, name: str, o: dict[str, Any]) -> None:
+    changes: dict[str, object] = dict(_limits(o))
+    if o["role"] is not None:
+        changes["role"] = o["role"]
+    if o["models"] is not None:
+        changes["models"] = parse_models(o["models"])
+    if o["no_expiry"]:
+        if o["expires_days"] is not None or o["expires"] is not None:
+            raise AdminError("give --no-expiry or a new expiry, not both")
+        changes["expires_at"] = None
+    elif o["expires_days"] is not None or o["expires"] is not None:
+        changes["expires_at"] = _expiry(o)
+    if not changes:
+        raise AdminError("--set needs something to change: --role, limits, --models or expiry")
+
+    async def change(store: Store) -> KeyRecord:
+        record = await store.find_active_key(user, name)
+        return await store.update_key(record.id, changes)
+
+    record = with_store(path, change)
+    click.echo(render([record], "table"))
 
 
 def main() -> None:
