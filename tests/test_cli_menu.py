@@ -26,8 +26,10 @@ from .test_cli_flags import dump, keys_in, run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOWN, UP, ENTER, CTRL_C, ESC, BACKSPACE = "\x1b[B", "\x1b[A", "\r", "\x03", "\x1b", "\x7f"
-# Menu positions: Generate, List, Revoke, Export, Exit.
-TO_EXIT = [DOWN] * 4 + [ENTER]
+# Menu positions: Generate, List, Change, Revoke, Export, Usage, Export usage, Exit.
+TO_EXIT = [DOWN] * 7 + [ENTER]
+TO_CHANGE, TO_REVOKE, TO_EXPORT = [DOWN] * 2, [DOWN] * 3, [DOWN] * 4
+TO_USAGE, TO_USAGE_EXPORT = [DOWN] * 5, [DOWN] * 6
 
 
 class Session:
@@ -100,8 +102,8 @@ def test_list_shows_the_same_table_as_the_flag(seeded: str) -> None:
 
 def test_revoke_picks_an_active_key_and_asks_first(seeded: str) -> None:
     with menu(seeded) as session:
-        session.type(DOWN, DOWN, ENTER, ENTER, "n")  # declined
-        session.type(DOWN, DOWN, ENTER, ENTER, "y")  # confirmed
+        session.type(*TO_REVOKE, ENTER, ENTER, "n")  # declined
+        session.type(*TO_REVOKE, ENTER, ENTER, "y")  # confirmed
         session.type(*TO_EXIT)
     assert "Nothing revoked." in session.output()
     assert "Revoked alice/laptop." in session.output()
@@ -112,8 +114,8 @@ def test_revoke_picks_an_active_key_and_asks_first(seeded: str) -> None:
 def test_export_asks_for_a_file_and_a_format(seeded: str, tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     with menu(seeded) as session:
-        session.type(DOWN, DOWN, DOWN, ENTER, str(target), ENTER, ENTER)  # json, from the name
-        session.type(DOWN, DOWN, DOWN, ENTER, str(target), ENTER, ENTER, "n")  # exists: keep it
+        session.type(*TO_EXPORT, ENTER, str(target), ENTER, ENTER)  # json, from the name
+        session.type(*TO_EXPORT, ENTER, str(target), ENTER, ENTER, "n")  # exists: keep it
         session.type(*TO_EXIT)
     doc = json.loads(target.read_text())
     assert [k["user"] for k in doc["keys"]] == ["alice"]
@@ -126,7 +128,7 @@ def test_cancel_in_a_prompt_goes_back_to_the_menu(seeded: str, cancel: str) -> N
     before = dump(seeded)
     with menu(seeded) as session:
         session.type(ENTER, "bob", ENTER, cancel)  # Generate, then cancel at the key name
-        session.type(DOWN, DOWN, ENTER, cancel)  # Revoke, then cancel the choice
+        session.type(*TO_REVOKE, ENTER, cancel)  # Revoke, then cancel the choice
         session.type(*TO_EXIT)
     assert session.output().count("Cancelled.") == 2
     assert dump(seeded) == before
@@ -189,3 +191,41 @@ def test_the_real_script_refuses_a_bad_database_in_one_line(tmp_path: Path) -> N
     assert result.stderr.strip().splitlines() == [
         f"Error: {junk}: not an aigateway database (not an SQLite file)"
     ]
+
+
+def test_change_limits_models_and_role(seeded: str) -> None:
+    with menu(seeded) as session:
+        # Limits: rpm 30, rph "lots" (refused, then none), tokens default, concurrency 2
+        session.type(*TO_CHANGE, ENTER, ENTER, DOWN, ENTER)
+        session.type(*[BACKSPACE] * 7, "30", ENTER)
+        session.type(*[BACKSPACE] * 7, "lots", ENTER, *[BACKSPACE] * 4, "none", ENTER)
+        session.type(ENTER, *[BACKSPACE] * 7, "2", ENTER)
+        # Models, then role
+        session.type(*TO_CHANGE, ENTER, ENTER, DOWN, DOWN, ENTER)
+        session.type(*[BACKSPACE] * 3, "llama3*, qwen3", ENTER)
+        session.type(*TO_CHANGE, ENTER, ENTER, ENTER, DOWN, ENTER)
+        session.type(*TO_EXIT)
+    (record,) = keys_in(seeded)
+    assert (
+        record.limits.rpm,
+        record.limits.rph,
+        record.limits.tokens_per_day,
+        record.limits.max_concurrent,
+    ) == (30, 0, None, 2)
+    assert record.models == ("llama3*", "qwen3")
+    assert record.role == "admin"
+    assert "must be a whole number" not in session.output()  # refused while typing, not after
+
+
+def test_usage_report_and_export(seeded: str, tmp_path: Path) -> None:
+    from .test_cli_flags import _seed_usage
+
+    _seed_usage(seeded)
+    target = tmp_path / "usage.csv"
+    with menu(seeded) as session:
+        session.type(*TO_USAGE, ENTER, DOWN, DOWN, ENTER, ENTER)  # by model, all time
+        session.type(*TO_USAGE_EXPORT, ENTER, str(target), ENTER, ENTER)
+        session.type(*TO_EXIT)
+    assert "llama3.2" in session.output() and "all-minilm" in session.output()
+    assert "Exported 3 usage records" in session.output()
+    assert target.read_text().count("\n") == 4

@@ -6,6 +6,7 @@ itself it leaves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,39 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..settings import token_db_path
-from ..store import InvalidInputError, KeyRecord, check_name
-from .admin import AdminError, export_format, parse_expiry, render, with_store, write_export
+from ..store import InvalidInputError, KeyRecord, check_models, check_name
+from .admin import (
+    USAGE_GROUPS,
+    AdminError,
+    Format,
+    export_format,
+    parse_expiry,
+    parse_limit,
+    parse_models,
+    parse_moment,
+    render,
+    render_usage,
+    with_store,
+    write_export,
+    write_usage_export,
+)
 from .common import OneLineErrors
 
-GENERATE, LIST, REVOKE, EXPORT, EXIT = (
+GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, EXIT = (
     "Generate a key",
     "List keys",
+    "Change a key (role, limits, models, expiry)",
     "Revoke a key",
     "Export to file",
+    "Usage report",
+    "Export usage to file",
     "Exit",
+)
+LIMIT_PROMPTS = (
+    ("rpm", "Requests per minute"),
+    ("rph", "Requests per hour"),
+    ("tokens_per_day", "Tokens per day"),
+    ("max_concurrent", "Requests at once"),
 )
 
 
@@ -65,8 +89,11 @@ class Menu:
         actions = {
             GENERATE: self.generate,
             LIST: self.list_keys,
+            CHANGE: self.change,
             REVOKE: self.revoke,
             EXPORT: self.export,
+            USAGE: self.usage,
+            USAGE_EXPORT: self.usage_export,
         }
         while True:
             try:
@@ -108,16 +135,71 @@ class Menu:
     def list_keys(self) -> None:
         self.echo(render(self._keys(), "table"))
 
-    def revoke(self) -> None:
-        active = [k for k in self._keys() if k.status() == "active"]
-        if not active:
-            self.echo("No active keys.")
+    def change(self) -> None:
+        key = self._pick_active("Change which key?")
+        if key is None:
             return
-        choices = [
-            questionary.Choice(f"{k.user} / {k.name}  ({k.prefix}..., {k.role})", value=k)
-            for k in active
-        ]
-        key: KeyRecord = self._ask(questionary.select, "Revoke which key?", choices=choices)
+        what = self._ask(
+            questionary.select, "Change what?", choices=["Role", "Limits", "Models", "Expiry"]
+        )
+        changes: dict[str, object] = {}
+        if what == "Role":
+            changes["role"] = self._ask(
+                questionary.select, "Role:", choices=["user", "admin"], default=key.role
+            )
+        elif what == "Limits":
+            for field, title in LIMIT_PROMPTS:
+                current = getattr(key.limits, field)
+                text = self._ask(
+                    questionary.text,
+                    f"{title} (number, none, or default):",
+                    default="default" if current is None else str(current),
+                    validate=_valid(partial(parse_limit, what=title)),
+                )
+                changes[field] = parse_limit(text, title)
+        elif what == "Models":
+            text = self._ask(
+                questionary.text,
+                "Allowed models, comma-separated patterns (all: every model):",
+                default=",".join(key.models) if key.models else "all",
+                validate=_valid(lambda t: check_models(parse_models(t))),
+            )
+            changes["models"] = parse_models(text)
+        else:
+            text = self._ask(
+                questionary.text,
+                "Expires (days, YYYY-MM-DD, or empty for never):",
+                validate=_valid_expiry,
+            )
+            changes["expires_at"] = parse_expiry(text)
+        record = with_store(self.db_path, lambda store: store.update_key(key.id, changes))
+        self.echo(render([record], "table"))
+
+    def usage(self) -> None:
+        group = self._ask(questionary.select, "Group by:", choices=list(USAGE_GROUPS))
+        since_text = self._ask(
+            questionary.text,
+            "Since (YYYY-MM-DD, empty for all time):",
+            validate=_valid(lambda t: parse_moment(t, "since") if t.strip() else None),
+        )
+        since = parse_moment(since_text, "since") if since_text.strip() else None
+        rows = with_store(
+            self.db_path, lambda store: store.usage_summary(USAGE_GROUPS[group], since)
+        )
+        self.echo(render_usage(rows, group, "table"))
+
+    def usage_export(self) -> None:
+        path = self._ask(questionary.text, "Export usage to file:", validate=_valid_export_path)
+        fmt, force = self._export_format_and_force(path)
+        if fmt is None:
+            return
+        count = write_usage_export(self.db_path, path, fmt, None, None, force=force)
+        self.echo(f"Exported {count} usage records to {path} ({fmt}).")
+
+    def revoke(self) -> None:
+        key = self._pick_active("Revoke which key?")
+        if key is None:
+            return
         if not self._ask(
             questionary.confirm,
             f"Revoke {key.user}/{key.name}? Clients using it stop working.",
@@ -130,19 +212,38 @@ class Menu:
 
     def export(self) -> None:
         path = self._ask(questionary.text, "Export to file:", validate=_valid_export_path)
+        fmt, force = self._export_format_and_force(path)
+        if fmt is None:
+            return
+        count = write_export(self.db_path, path, fmt, force=force)
+        self.echo(f"Exported {count} keys to {path} ({fmt}).")
+
+    def _export_format_and_force(self, path: str) -> tuple[Format | None, bool]:
+        """Ask for the format (guessed from the name) and, for an existing file, whether
+        to overwrite it; (None, False) when the person declines."""
         try:
             guessed = export_format(path, None)
         except AdminError:
             guessed = "json"
         fmt = self._ask(questionary.select, "Format:", choices=["csv", "json"], default=guessed)
-        force = False
-        if Path(path).exists():
-            force = self._ask(questionary.confirm, f"{path} exists. Overwrite it?", default=False)
-            if not force:
-                self.echo("Nothing exported.")
-                return
-        count = write_export(self.db_path, path, fmt, force=force)
-        self.echo(f"Exported {count} keys to {path} ({fmt}).")
+        if not Path(path).exists():
+            return fmt, False
+        if self._ask(questionary.confirm, f"{path} exists. Overwrite it?", default=False):
+            return fmt, True
+        self.echo("Nothing exported.")
+        return None, False
+
+    def _pick_active(self, question: str) -> KeyRecord | None:
+        active = [k for k in self._keys() if k.status() == "active"]
+        if not active:
+            self.echo("No active keys.")
+            return None
+        choices = [
+            questionary.Choice(f"{k.user} / {k.name}  ({k.prefix}..., {k.role})", value=k)
+            for k in active
+        ]
+        key: KeyRecord = self._ask(questionary.select, question, choices=choices)
+        return key
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -166,14 +267,7 @@ class Menu:
 
 
 def _valid_name(what: str) -> Callable[[str], bool | str]:
-    def validate(text: str) -> bool | str:
-        try:
-            check_name(what, text)
-        except InvalidInputError as exc:
-            return str(exc)
-        return True
-
-    return validate
+    return _valid(partial(check_name, what))
 
 
 def _valid_key_name(user: str, active: set[tuple[str, str]]) -> Callable[[str], bool | str]:
@@ -186,12 +280,20 @@ def _valid_key_name(user: str, active: set[tuple[str, str]]) -> Callable[[str], 
     return validate
 
 
-def _valid_expiry(text: str) -> bool | str:
-    try:
-        parse_expiry(text)
-    except AdminError as exc:
-        return str(exc)
-    return True
+def _valid(parse: Callable[[str], object]) -> Callable[[str], bool | str]:
+    """A questionary validator from a parser that raises AdminError or InvalidInputError."""
+
+    def validate(text: str) -> bool | str:
+        try:
+            parse(text)
+        except (AdminError, InvalidInputError) as exc:
+            return str(exc)
+        return True
+
+    return validate
+
+
+_valid_expiry = _valid(parse_expiry)
 
 
 def _valid_export_path(text: str) -> bool | str:
