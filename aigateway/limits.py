@@ -77,9 +77,13 @@ class Limiter:
     def __init__(self, defaults: Limits) -> None:
         self.defaults = defaults
         self._state: dict[int, _KeyState] = {}
+        self._resolved: dict[KeyLimits, Limits] = {}  # few distinct limit sets: cache them
 
     def limits_for(self, record: KeyRecord) -> Limits:
-        return Limits.resolve(record.limits, self.defaults)
+        resolved = self._resolved.get(record.limits)
+        if resolved is None:
+            resolved = self._resolved[record.limits] = Limits.resolve(record.limits, self.defaults)
+        return resolved
 
     def _state_for(self, key_id: int) -> _KeyState:
         state = self._state.get(key_id)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import TextIO
 
 from .settings import Settings, log_level_number
@@ -18,6 +19,22 @@ from .settings import Settings, log_level_number
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 FLUSH_DELAY_S = 0.05
 MAX_PENDING = 1000
+
+
+class _Formatter(logging.Formatter):
+    """The standard format, with the timestamp text made once per second, not per line."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
@@ -113,7 +130,7 @@ def configure_logging(settings: Settings) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter(FORMAT)
+    formatter = _Formatter()
     handlers: list[logging.Handler] = []
     console = ConsoleHandler()
     console.setLevel(log_level_number(settings.log_level))

@@ -257,15 +257,18 @@ async def _send_filtered(
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    too_large = PayloadTooLarge(
-        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)"
-    )
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)"
+    )
 
 
 def _upstream_url(request: web.Request, settings: Settings) -> URL:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import aiosqlite
 import orjson
@@ -93,9 +93,9 @@ def check_name(what: str, value: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    """One relayed request. Tokens are None when Ollama reported no counts."""
+class UsageRecord(NamedTuple):
+    """One relayed request. Tokens are None when Ollama reported no counts.
+    A tuple, so a batch goes to SQLite as it is, without copying field by field."""
 
     ts: float
     key_id: int
@@ -114,7 +114,7 @@ class UsageRecord:
     client_gone: bool
 
 
-USAGE_COLUMNS = tuple(UsageRecord.__dataclass_fields__)
+USAGE_COLUMNS = UsageRecord._fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +379,7 @@ class Store:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 await self._db.executemany(
-                    f"INSERT INTO usage ({columns}) VALUES ({marks})",
-                    [tuple(getattr(r, c) for c in USAGE_COLUMNS) for r in records],
+                    f"INSERT INTO usage ({columns}) VALUES ({marks})", records
                 )
                 await self._db.execute("COMMIT")
             except BaseException:
@@ -412,10 +411,7 @@ class Store:
                 f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage{where} ORDER BY ts, id", params
             ) as cur:
                 rows = await cur.fetchall()
-        return [
-            UsageRecord(*row[:-1], client_gone=bool(row[-1]))  # type: ignore[misc]
-            for row in rows
-        ]
+        return [UsageRecord(*row)._replace(client_gone=bool(row[-1])) for row in rows]
 
     async def usage_summary(
         self,

@@ -328,7 +328,7 @@ async def test_old_usage_is_pruned(settings: Settings, db_path: str, key: str) -
         1,
         False,
     )
-    await store.insert_usage([old, UsageRecord(**{**_fields(old), "ts": time.time()})])
+    await store.insert_usage([old, old._replace(ts=time.time())])
     await store.close()
     server = TestServer(create_app(Settings(**{**_fields(settings), "usage_retention_days": 30})))
     await server.start_server()

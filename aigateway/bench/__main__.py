@@ -197,6 +197,11 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
         "TOKEN_DB_PATH": str(db),
         "LOG_LEVEL": os.environ.get("BENCH_GATEWAY_LOG_LEVEL", "INFO"),
         "LOG_FILE": "",
+        # Limits on (high enough never to refuse) so every request is checked, counted and
+        # answered with X-RateLimit-* headers; usage records are always written.
+        "DEFAULT_RPM": "100000000",
+        "DEFAULT_RPH": "1000000000",
+        "DEFAULT_TOKENS_PER_DAY": "1000000000000",
     }
     with (
         started(

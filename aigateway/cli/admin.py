@@ -187,12 +187,10 @@ def write_usage_export(
     """Every usage record in the period, one row (CSV) or object (JSON) each."""
     _check_target(path, force)
     records = with_store(db_path, lambda store: store.usage_rows(since, until))
-    rows = [
-        {**{f: getattr(r, f) for f in r.__dataclass_fields__}, "time": when(r.ts)} for r in records
-    ]
+    rows = [{"time": when(r.ts), **r._asdict()} for r in records]
     if fmt == "csv":
         out = io.StringIO()
-        fields = ["time", *(f for f in UsageRecord.__dataclass_fields__)]
+        fields = ["time", *UsageRecord._fields]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
