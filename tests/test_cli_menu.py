@@ -223,9 +223,12 @@ def test_usage_report_and_export(seeded: str, tmp_path: Path) -> None:
     _seed_usage(seeded)
     target = tmp_path / "usage.csv"
     with menu(seeded) as session:
-        session.type(*TO_USAGE, ENTER, DOWN, DOWN, ENTER, ENTER)  # by model, all time
-        session.type(*TO_USAGE_EXPORT, ENTER, str(target), ENTER, ENTER)
+        session.type(*TO_USAGE, ENTER, DOWN, DOWN, ENTER, ENTER, ENTER)  # by model, all time
+        session.type(*TO_USAGE, ENTER, ENTER, "2026-09-22", ENTER, ENTER)  # by user, since
+        session.type(*TO_USAGE_EXPORT, ENTER, str(target), ENTER, "2026-09-21", ENTER, ENTER, ENTER)
         session.type(*TO_EXIT)
     assert "llama3.2" in session.output() and "all-minilm" in session.output()
+    by_user_since = session.said[1]
+    assert "ben" in by_user_since and "ann" not in by_user_since
     assert "Exported 3 usage records" in session.output()
     assert target.read_text().count("\n") == 4

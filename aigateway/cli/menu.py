@@ -177,23 +177,33 @@ class Menu:
 
     def usage(self) -> None:
         group = self._ask(questionary.select, "Group by:", choices=list(USAGE_GROUPS))
-        since_text = self._ask(
-            questionary.text,
-            "Since (YYYY-MM-DD, empty for all time):",
-            validate=_valid(lambda t: parse_moment(t, "since") if t.strip() else None),
-        )
-        since = parse_moment(since_text, "since") if since_text.strip() else None
+        since, until = self._ask_period()
         rows = with_store(
-            self.db_path, lambda store: store.usage_summary(USAGE_GROUPS[group], since)
+            self.db_path, lambda store: store.usage_summary(USAGE_GROUPS[group], since, until)
         )
         self.echo(render_usage(rows, group, "table"))
 
+    def _ask_period(self) -> tuple[float | None, float | None]:
+        def moment(what: str) -> float | None:
+            text = self._ask(
+                questionary.text,
+                f"{what.capitalize()} (YYYY-MM-DD or ISO time, UTC; empty: no bound):",
+                validate=_valid(lambda t: parse_moment(t, what) if t.strip() else None),
+            )
+            return parse_moment(text, what) if text.strip() else None
+
+        since, until = moment("since"), moment("until")
+        if since is not None and until is not None and until <= since:
+            raise AdminError("until must be after since")
+        return since, until
+
     def usage_export(self) -> None:
         path = self._ask(questionary.text, "Export usage to file:", validate=_valid_export_path)
+        since, until = self._ask_period()
         fmt, force = self._export_format_and_force(path)
         if fmt is None:
             return
-        count = write_usage_export(self.db_path, path, fmt, None, None, force=force)
+        count = write_usage_export(self.db_path, path, fmt, since, until, force=force)
         self.echo(f"Exported {count} usage records to {path} ({fmt}).")
 
     def revoke(self) -> None:
