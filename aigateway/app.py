@@ -63,7 +63,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
     for route in RELAY_ROUTES:
         handler = relay_handler(route)
         for method in route.methods:
-            router.add_route(method, settings.base_path + route.path, handler)
+            router.add_route(method, settings.client_prefix(route.native) + route.path, handler)
 
 
 async def _key_store(app: web.Application) -> AsyncIterator[None]:

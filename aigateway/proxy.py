@@ -38,12 +38,13 @@ from .appkeys import (
 from .bodypeek import peek_model
 from .errors import (
     Forbidden,
+    NotFound,
     PayloadTooLarge,
     TooManyRequests,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .modelaccess import check_request, filter_model_list
+from .modelaccess import check_request, filter_model_list, model_allowed
 from .routes import RelayRoute
 from .settings import Settings
 from .store import UsageRecord
@@ -111,6 +112,10 @@ def relay_handler(route: RelayRoute) -> Handler:
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     app = request.app
     settings, principal = app[SETTINGS], request[PRINCIPAL]
+    if route.model_in_path and principal.models is not None:
+        named = request.match_info["model"]
+        if not model_allowed(named, principal.models):
+            raise NotFound(f"model '{named}' not found")
     if route.kind == "manage" and principal.role != "admin":
         raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
     data: bytes | io.BytesIO | aiohttp.StreamReader
@@ -164,7 +169,7 @@ async def _forward(
     exchange: _Exchange,
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    url = _upstream_url(request, settings)
+    url = _upstream_url(request, settings, route)
     headers = _request_headers(request, settings)
     patterns = request[PRINCIPAL].models
     try:
@@ -271,12 +276,13 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _upstream_url(request: web.Request, settings: Settings) -> URL:
+def _upstream_url(request: web.Request, settings: Settings, route: RelayRoute) -> URL:
     # raw_path keeps the client's encoding and query string exactly.
+    prefix = settings.client_prefix(route.native)
     raw = request.raw_path
-    if not raw.startswith(settings.base_path):
+    if not raw.startswith(prefix):
         raw = request.rel_url.raw_path_qs
-    return URL(settings.upstream_api_base + raw[len(settings.base_path) :], encoded=True)
+    return URL(settings.upstream_prefix(route.native) + raw[len(prefix) :], encoded=True)
 
 
 def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[str]:

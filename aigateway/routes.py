@@ -1,6 +1,8 @@
 """Which Ollama routes the gateway relays, with their methods, in one table.
 
-Paths are relative to Ollama's `/api`; the gateway serves them under `BASE_PATH`.
+Native paths are relative to Ollama's `/api` and served under `BASE_PATH`; the OpenAI-
+and Anthropic-compatible ones are relative to Ollama's `/v1` and served beside it, the
+way Ollama's sit beside `/api` (`/ollama/v1` for `BASE_PATH=/ollama/api`).
 Ollama's account and cloud routes (`/api/me`, `/api/signout`, `/api/experimental/*`)
 are deliberately absent: they would let any key holder act with the GPU owner's
 ollama.com account.
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["inference", "read", "manage"]
+# Whose error shape a client of this route parses.
+Dialect = Literal["ollama", "openai", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +28,15 @@ class RelayRoute:
     # Body fields naming the models a request uses (each must pass a key's allow-list);
     # Ollama still accepts the older "name" where "model" is now used.
     model_fields: tuple[str, ...] = ("model", "name")
-    # Responses listing models (tags, ps), filtered down for keys with an allow-list.
+    # Responses listing models (tags, ps, /v1/models), cut down for keys with an allow-list.
     lists_models: bool = False
+    dialect: Dialect = "ollama"
+    # /v1/models/{model}: a key with an allow-list sees only the models it may use.
+    model_in_path: bool = False
+
+    @property
+    def native(self) -> bool:
+        return self.dialect == "ollama"
 
 
 RELAY_ROUTES: tuple[RelayRoute, ...] = (
@@ -45,4 +56,20 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("DELETE",), "/delete", "manage"),
     RelayRoute(("POST",), "/blobs/{digest}", "manage", stream_request_body=True),
     RelayRoute(("HEAD",), "/blobs/{digest}", "manage"),
+    # Ollama's /v1 routes (middleware/openai.go, middleware/anthropic.go).
+    RelayRoute(
+        ("POST",), "/chat/completions", "inference", model_fields=("model",), dialect="openai"
+    ),
+    RelayRoute(("POST",), "/completions", "inference", model_fields=("model",), dialect="openai"),
+    RelayRoute(("POST",), "/embeddings", "inference", model_fields=("model",), dialect="openai"),
+    RelayRoute(("POST",), "/responses", "inference", model_fields=("model",), dialect="openai"),
+    # multipart/form-data: not JSON, so keys with an allow-list cannot use it.
+    RelayRoute(
+        ("POST",), "/audio/transcriptions", "inference", model_fields=("model",), dialect="openai"
+    ),
+    RelayRoute(("GET",), "/models", "read", model_fields=(), lists_models=True, dialect="openai"),
+    RelayRoute(
+        ("GET",), "/models/{model}", "read", model_fields=(), dialect="openai", model_in_path=True
+    ),
+    RelayRoute(("POST",), "/messages", "inference", model_fields=("model",), dialect="anthropic"),
 )

@@ -47,6 +47,7 @@ class Settings:
     default_tokens_per_day: int = 0
     default_max_concurrent: int = 0
     usage_retention_days: int = 90
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def upstream_api_base(self) -> str:
@@ -62,6 +63,17 @@ class Settings:
         if self.base_path.endswith("/api"):
             return self.base_path[: -len("/api")]
         return ""
+
+    @property
+    def v1_path(self) -> str:
+        """Where clients reach Ollama's OpenAI/Anthropic-compatible `/v1` routes."""
+        return self.ollama_prefix + "/v1"
+
+    def client_prefix(self, native: bool) -> str:
+        return self.base_path if native else self.v1_path
+
+    def upstream_prefix(self, native: bool) -> str:
+        return self.upstream_api_base if native else self.ollama_base_url.rstrip("/") + "/v1"
 
     @classmethod
     def from_env(
@@ -108,6 +120,7 @@ class Settings:
             default_max_concurrent=_int(
                 "DEFAULT_MAX_CONCURRENT", get("DEFAULT_MAX_CONCURRENT"), 0, low=0, high=10**6
             ),
+            cors_origins=_origins("CORS_ORIGINS", get("CORS_ORIGINS")),
             usage_retention_days=_int(
                 "USAGE_RETENTION_DAYS",
                 get("USAGE_RETENTION_DAYS"),
@@ -180,6 +193,23 @@ def _size(name: str, raw: str | None, default: int) -> int:
             f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _origins(name: str, raw: str | None) -> tuple[str, ...]:
+    """Comma-separated browser origins (`https://app.example.com`), or `*` for any."""
+    if raw is None:
+        return ()
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin == "*":
+            continue
+        url = URL(origin) if "://" in origin else None
+        if url is None or not url.scheme or not url.host or url.path not in ("", "/"):
+            raise SettingsError(
+                f"{name}: expected origins such as https://app.example.com (comma-separated)"
+                f" or *, got {origin!r}"
+            )
+    return origins
 
 
 def _secret(name: str, raw: str | None) -> str | None:

@@ -37,9 +37,20 @@ BODIES: dict[str, bytes] = {
     "/copy": b'{"source":"llama3.2","destination":"mine"}',
     "/delete": b'{"model":"mine"}',
     "/blobs/{digest}": BLOB,
+    "/chat/completions": b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}',
+    "/completions": b'{"model":"llama3.2","prompt":"hi","stream":true}',
+    "/responses": b'{"model":"llama3.2","input":"hi"}',
+    "/audio/transcriptions": b'{"model":"whisper"}',
+    "/messages": b'{"model":"qwen3-coder","max_tokens":10,"messages":[],"stream":true}',
 }
+# /v1/embeddings shares its tail with /api/embeddings but wants an OpenAI body.
+V1_BODIES = {"/embeddings": b'{"model":"all-minilm","input":"a"}'}
 ROUTE_CASES = [
-    pytest.param(method, route.path, id=f"{method} {route.path}")
+    pytest.param(
+        method,
+        ("/api" if route.native else "/v1") + route.path,
+        id=f"{method} {'/api' if route.native else '/v1'}{route.path}",
+    )
     for route in RELAY_ROUTES
     for method in route.methods
 ]
@@ -54,14 +65,16 @@ async def _direct_and_relayed(
     fake: FakeOllama | None = None,
 ) -> tuple[tuple[int, str | None, bytes], tuple[int, str | None, bytes]]:
     blobs_before = set(fake.blobs) if fake else set()
+    if not path.startswith(("/api/", "/v1/")):
+        path = "/api" + path
     async with (
         aiohttp.ClientSession() as direct,
-        direct.request(method, upstream.make_url("/api" + path), data=body) as resp,
+        direct.request(method, upstream.make_url(path), data=body) as resp,
     ):
         want = (resp.status, resp.headers.get("Content-Type"), await resp.read())
     if fake:
         fake.blobs = blobs_before  # so a blob upload meets the same state twice
-    async with client.request(method, "/api" + path, data=body) as resp:
+    async with client.request(method, path, data=body) as resp:
         got = (resp.status, resp.headers.get("Content-Type"), await resp.read())
     return want, got
 
@@ -71,15 +84,18 @@ async def test_every_route_and_method_is_relayed_unchanged(
     admin: TestClient, upstream: TestServer, fake: FakeOllama, method: str, path: str
 ) -> None:
     client = admin
-    body = BODIES.get(path) if method in ("POST", "DELETE") else None
-    concrete = path.replace("{digest}", BLOB_DIGEST)
+    tail = path.removeprefix("/api").removeprefix("/v1")
+    body = None
+    if method in ("POST", "DELETE"):
+        body = (V1_BODIES.get(tail) if path.startswith("/v1") else None) or BODIES[tail]
+    concrete = path.replace("{digest}", BLOB_DIGEST).replace("{model}", "llama3.2")
     if method == "HEAD" and "blobs" in path:
         fake.blobs.add(BLOB_DIGEST)
     want, got = await _direct_and_relayed(upstream, client, method, concrete, body, fake)
     assert got == want
     assert want[0] in (200, 201)
     relayed = fake.requests[-1]
-    assert (relayed.method, relayed.path_qs) == (method, "/api" + concrete)
+    assert (relayed.method, relayed.path_qs) == (method, concrete)
     assert relayed.body == (body or b"")
 
 

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import ipaddress
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,16 @@ class FakeOllama:
         r.add_delete("/api/delete", self.empty_ok)
         r.add_post("/api/blobs/{digest}", self.blob_upload)
         r.add_head("/api/blobs/{digest}", self.blob_exists)
+        r.add_post("/v1/chat/completions", self.openai_chat)
+        r.add_post("/v1/completions", self.openai_completions)
+        r.add_post("/v1/embeddings", self.openai_embeddings)
+        r.add_post("/v1/responses", self.openai_responses)
+        r.add_post("/v1/audio/transcriptions", self.openai_transcription)
+        r.add_get(
+            "/v1/models", self.static("openai-models.json", "application/json"), allow_head=False
+        )
+        r.add_get("/v1/models/{model}", self.openai_model, allow_head=False)
+        r.add_post("/v1/messages", self.anthropic_messages)
         return app
 
     # --- Ollama's own checks, and recording -------------------------------------------
@@ -108,9 +119,9 @@ class FakeOllama:
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
-    def static(self, name: str):  # type: ignore[no-untyped-def]
+    def static(self, name: str, content_type: str = GIN_JSON):  # type: ignore[no-untyped-def]
         async def handler(request: web.Request) -> web.Response:
-            return _json(fixture(name))
+            return _json(fixture(name), content_type=content_type)
 
         return handler
 
@@ -190,6 +201,94 @@ class FakeOllama:
         found = request.match_info["digest"] in self.blobs
         return web.Response(status=200 if found else 404)
 
+    # --- OpenAI- and Anthropic-compatible routes (/v1) ----------------------------------
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(
+            request, "openai-chat.json", "openai-chat-stream-include-usage.sse"
+        )
+
+    async def openai_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(request, None, "openai-completions-stream-include-usage.sse")
+
+    async def _openai(
+        self, request: web.Request, whole: str | None, events: str
+    ) -> web.StreamResponse:
+        doc = _body(request)
+        if doc.get("model") == "llama9":
+            return _json(fixture("openai-error-404.json"), 404, "application/json")
+        if not doc.get("stream"):
+            body = fixture(whole) if whole else OPENAI_COMPLETION
+            return _json(body, content_type="application/json")
+        chunks = fixture(events).split(b"\n\n")[:-1]
+        options = doc.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage")):
+            # Without include_usage Ollama sends no usage chunk (and completions no usage).
+            chunks = [c for c in chunks if b'"choices":[]' not in c]
+            chunks = [re.sub(rb',"usage":\{[^}]*\}', b"", c) for c in chunks]
+        return await self._sse(request, [c + b"\n\n" for c in chunks], doc.get("model"))
+
+    async def openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        return _json(fixture("openai-embeddings.json"), content_type="application/json")
+
+    async def openai_responses(self, request: web.Request) -> web.StreamResponse:
+        return _json(OPENAI_RESPONSE, content_type="application/json")
+
+    async def openai_transcription(self, request: web.Request) -> web.StreamResponse:
+        return _json(b'{"text":"hello there"}', content_type="application/json")
+
+    async def openai_model(self, request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        known = [m["id"] for m in orjson.loads(fixture("openai-models.json"))["data"]]
+        if model not in known and f"{model}:latest" not in known:
+            return _json(
+                fixture("openai-error-404.json").replace(b"llama9", model.encode()),
+                404,
+                "application/json",
+            )
+        doc = orjson.loads(fixture("openai-model.json"))
+        doc["id"] = model
+        return _json(orjson.dumps(doc), content_type="application/json")
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        doc = _body(request)
+        if doc.get("model") == "llama9":
+            return _json(fixture("anthropic-error-404.json"), 404, "application/json")
+        if not doc.get("stream"):
+            return _json(fixture("anthropic-messages.json"), content_type="application/json")
+        events = fixture("anthropic-messages-stream.sse").split(b"\n\n")[:-1]
+        return await self._sse(request, [e + b"\n\n" for e in events], doc.get("model"))
+
+    async def _sse(
+        self, request: web.Request, events: list[bytes], model: object
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        for number, event in enumerate(events):
+            await response.write(event)
+            if model == "stall":
+                await asyncio.sleep(3600)
+            if model == "slow" and number < len(events) - 1:
+                await asyncio.sleep(self.slow_interval)
+        await response.write_eof()
+        return response
+
+
+OPENAI_COMPLETION = (
+    b'{"id":"cmpl-456","object":"text_completion","created":1761499000,"model":"llama3.2",'
+    b'"system_fingerprint":"fp_ollama","choices":[{"text":"Hello","index":0,'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":1,'
+    b'"total_tokens":12}}'
+)
+OPENAI_RESPONSE = (
+    b'{"id":"resp_123","object":"response","created_at":1761499000,"status":"completed",'
+    b'"model":"llama3.2","output":[{"type":"message","id":"msg_1","status":"completed",'
+    b'"role":"assistant","content":[{"type":"output_text","text":"Hello!","annotations":[]}]}],'
+    b'"usage":{"input_tokens":9,"output_tokens":2,"total_tokens":11}}'
+)
+
 
 def _body(request: web.Request) -> dict[str, object]:
     try:
@@ -199,8 +298,8 @@ def _body(request: web.Request) -> dict[str, object]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _json(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, headers={"Content-Type": GIN_JSON})
+def _json(body: bytes, status: int = 200, content_type: str = GIN_JSON) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
 
 def _error(status: int, message: str) -> web.Response:
