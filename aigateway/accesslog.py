@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import BYTES_OUT, CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID
+from .appkeys import BYTES_OUT, CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID, SETTINGS
 from .errors import GatewayError, json_error
 
 access_log = logging.getLogger("aigateway.access")
@@ -38,12 +38,12 @@ async def access_middleware(
         response = await handler(request)
     except GatewayError as exc:
         error = exc.message
-        response = json_error(exc.status, exc.message, exc.headers)
+        response = json_error(exc.status, exc.message, exc.headers, _dialect(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = _http_error_message(request, exc)
-        response = json_error(exc.status, error)
+        response = json_error(exc.status, error, dialect=_dialect(request))
     except asyncio.CancelledError:
         request[CLIENT_GONE] = True
         _log_line(request, CLIENT_CLOSED, request.get(BYTES_OUT, 0), started, "client went away")
@@ -51,12 +51,23 @@ async def access_middleware(
     except Exception:
         log.exception("rid=%s unhandled error on %s %s", request_id, request.method, request.path)
         error = f"internal gateway error (request id {request_id})"
-        response = json_error(500, error)
+        response = json_error(500, error, dialect=_dialect(request))
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
     _log_line(request, status, _bytes_out(request, response), started, error)
     return response
+
+
+def _dialect(request: web.Request) -> str:
+    """Whose error shape the caller's SDK parses, from the path it called."""
+    v1 = request.app[SETTINGS].v1_path
+    path = request.path
+    if path == v1 + "/messages" or path.startswith(v1 + "/messages/"):
+        return "anthropic"
+    if path == v1 or path.startswith(v1 + "/"):
+        return "openai"
+    return "ollama"
 
 
 def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:

@@ -14,6 +14,7 @@ from .accesslog import access_middleware
 from .adminapi import add_admin_routes
 from .appkeys import KEY_TABLE, LIMITER, SETTINGS, STARTED_AT, STORE, UPSTREAM, USAGE
 from .auth import auth_middleware
+from .cors import add_cors_headers, cors_preflight_middleware
 from .health import health, health_ollama, root
 from .keytable import KeyTable, flush_last_used, keep_fresh, load
 from .limits import DAY, Limiter, Limits
@@ -28,7 +29,7 @@ log = logging.getLogger("aigateway")
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[access_middleware, auth_middleware],
+        middlewares=[access_middleware, cors_preflight_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -42,6 +43,8 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[STARTED_AT] = time.time()
+    if settings.cors_origins:
+        app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_key_store)
     app.cleanup_ctx.append(_upstream)
     _add_routes(app, settings)

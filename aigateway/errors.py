@@ -71,10 +71,48 @@ class UpstreamTimeout(GatewayError):
     status = 504
 
 
-def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+# What the OpenAI and Anthropic SDKs expect in `type` (and OpenAI in `code`) by status.
+_OPENAI_TYPES = {
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("not_found_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def error_document(dialect: str, status: int, message: str) -> dict[str, object]:
+    """The error body a client of this dialect parses: Ollama's `{"error": "..."}`,
+    OpenAI's `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
+    `{"type": "error", "error": {"type", "message"}}`."""
+    fallback = "invalid_request_error" if status < 500 else "api_error"
+    if dialect == "openai":
+        kind, code = _OPENAI_TYPES.get(status, (fallback, None))
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    if dialect == "anthropic":
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(status, fallback), "message": message},
+        }
+    return {"error": message}
+
+
+def json_error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    dialect: str = "ollama",
+) -> web.Response:
     return web.Response(
         status=status,
-        body=orjson.dumps({"error": message}),
+        body=orjson.dumps(error_document(dialect, status, message)),
         content_type="application/json",
         headers=headers,
     )
