@@ -1,5 +1,5 @@
 """Per-key model allow-lists: which model a request names, whether a key may use it,
-and model lists (tags, ps) cut down to what the key may see."""
+and model lists (tags, ps, /v1/models) cut down to what the key may see."""
 
 from __future__ import annotations
 
@@ -58,16 +58,30 @@ async def _parse(body: bytes) -> Any:
 
 
 def filter_model_list(body: bytes, patterns: tuple[str, ...]) -> bytes:
-    """`{"models": [...]}` (tags, ps) keeping only allowed models; anything else as is."""
+    """A model list cut down to the allowed models: Ollama's `{"models": [...]}` (tags,
+    ps, entries named by `name`/`model`) or OpenAI's `{"data": [...]}` (/v1/models,
+    entries named by `id`). Anything else is returned as it is."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+    if not isinstance(doc, dict):
         return body
-    doc["models"] = [
-        m
-        for m in doc["models"]
-        if isinstance(m, dict) and model_allowed(str(m.get("name") or m.get("model")), patterns)
-    ]
-    return orjson.dumps(doc)
+    for field, names in (("models", ("name", "model")), ("data", ("id",))):
+        entries = doc.get(field)
+        if isinstance(entries, list):
+            doc[field] = [
+                entry
+                for entry in entries
+                if isinstance(entry, dict) and model_allowed(_entry_name(entry, names), patterns)
+            ]
+            return orjson.dumps(doc)
+    return body
+
+
+def _entry_name(entry: dict[str, Any], fields: tuple[str, ...]) -> str:
+    for field in fields:
+        value = entry.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return ""

@@ -112,6 +112,10 @@ def relay_handler(route: RelayRoute) -> Handler:
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     app = request.app
     settings, principal = app[SETTINGS], request[PRINCIPAL]
+    for value in request.match_info.values():
+        # A decoded %2F or a dot segment would make the path Ollama sees another route.
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise NotFound(f"no such route: {request.path}")
     if route.model_in_path and principal.models is not None:
         named = request.match_info["model"]
         if not model_allowed(named, principal.models):

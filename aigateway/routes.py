@@ -51,7 +51,8 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("GET",), "/status", "read", model_fields=()),
     RelayRoute(("POST",), "/pull", "manage"),
     RelayRoute(("POST",), "/push", "manage"),
-    RelayRoute(("POST",), "/create", "manage"),
+    # "from" names the base model a new one is made of: it must be allowed too.
+    RelayRoute(("POST",), "/create", "manage", model_fields=("model", "name", "from")),
     RelayRoute(("POST",), "/copy", "manage", model_fields=("source", "destination")),
     RelayRoute(("DELETE",), "/delete", "manage"),
     RelayRoute(("POST",), "/blobs/{digest}", "manage", stream_request_body=True),

@@ -124,6 +124,12 @@ async def limited(aiohttp_client, gateway: TestServer, db_path: str) -> TestClie
         ("POST", "/create", b'{"model":"llama3-mine","from":"llama3.2"}', b'{"model":"mine"}'),
         (
             "POST",
+            "/create",
+            b'{"model":"llama3-mine","from":"llama3.2"}',
+            b'{"model":"llama3-mine","from":"qwen3"}',
+        ),
+        (
+            "POST",
             "/copy",
             b'{"source":"llama3.2","destination":"llama3-copy"}',
             b'{"source":"llama3.2","destination":"qwen-copy"}',

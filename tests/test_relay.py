@@ -383,6 +383,25 @@ async def test_unknown_path_and_wrong_method(client: TestClient, fake: FakeOllam
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/..%2F..%2Fapi%2Fps",
+        "/v1/models/..",
+        "/v1/models/a%2Fb",
+        "/api/blobs/..%2Fpull",
+        "/api/blobs/sha256:00%5C..",
+    ],
+)
+async def test_a_path_parameter_cannot_reach_another_route(
+    admin: TestClient, fake: FakeOllama, path: str
+) -> None:
+    method = "HEAD" if "/blobs/" in path else "GET"
+    resp = await admin.request(method, URL(path, encoded=True))
+    assert resp.status == 404
+    assert fake.requests == []
+
+
 async def test_blob_upload_is_streamed(admin: TestClient, fake: FakeOllama) -> None:
     client = admin
 

@@ -114,6 +114,23 @@ async def test_openai_error_classes(gateway: TestServer, limited_key: str) -> No
     await limited.close()
 
 
+async def test_openai_models_show_an_allow_listed_key_only_its_models(
+    gateway: TestServer, db_path: str
+) -> None:
+    secret = await make_key(db_path, "lou", "llama-only", models=["llama3*"])
+    await eventually(lambda: secret_known(gateway, secret))
+    client = openai.AsyncOpenAI(
+        base_url=str(gateway.make_url("/v1")), api_key=secret, max_retries=0
+    )
+    try:
+        assert [m.id async for m in client.models.list()] == ["llama3.2:latest"]
+        assert (await client.models.retrieve("llama3.2")).id == "llama3.2"
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve("deepseek-r1")
+    finally:
+        await client.close()
+
+
 # --- anthropic ---------------------------------------------------------------------------
 
 
