@@ -16,10 +16,12 @@ ensure_venv() {
 }
 
 # Install the project (with extras $1) unless pyproject.toml is unchanged since the last install.
+# An install with the dev extras also serves, so switching between serve and test is free.
 install() {
-    local extras=$1 stamp="$VENV/.aigateway-install" want
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras]"
-    if [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
+    local extras=$1 stamp="$VENV/.aigateway-install" want hash
+    hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    want="$hash [$extras]"
+    if [ -f "$stamp" ] && { grep -qxF "$want" "$stamp" || grep -qxF "$hash [dev]" "$stamp"; }; then
         return
     fi
     echo "run.sh: installing aigateway${extras:+[$extras]} into $VENV" >&2

@@ -473,7 +473,9 @@ def _check_or_create_file(path: str, create: bool) -> None:
         raise StoreError(f"{path}: is a folder, not a database file")
     if not file.exists():
         if not create:
-            raise StoreError(f"{path}: no such database")
+            raise StoreError(
+                f"{path}: no such database (the server or the first key made creates it)"
+            )
         try:
             os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:

@@ -131,8 +131,32 @@ def test_db_comes_from_token_db_path_like_the_server(
 
 
 def test_list_on_an_empty_database(db_path: str) -> None:
+    keys_in(db_path)  # opening creates an empty database, as the server's start does
     assert run("-l", "--db", db_path) == (0, "No keys.\n", "")
     assert run("-l", "--format", "json", "--db", db_path)[1] == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-l"],
+        ["-d", "alice", "laptop"],
+        ["-e", "keys.json"],
+        ["--set", "alice", "laptop", "--rpm", "5"],
+        ["--usage"],
+        ["--usage-export", "usage.csv"],
+        ["--purge", "alice", "laptop"],
+    ],
+)
+def test_only_generate_creates_a_missing_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(*args, "--db", "typo.db")
+    assert code == 1 and out == ""
+    assert err == "Error: typo.db: no such database (the server or the first key made creates it)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert run("-g", "alice", "laptop", "--db", "typo.db")[0] == 0
 
 
 def test_list_formats(db_path: str) -> None:

@@ -232,6 +232,7 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     record, secret = with_store(
         path,
         lambda store: store.create_key(user, name, o["role"] or "user", expires_at, limits, models),
+        create=True,
     )
     click.echo(secret)
     click.echo(

@@ -322,8 +322,11 @@ def _valid_export_path(text: str) -> bool | str:
 def cli(db_path: str | None) -> None:
     """An interactive menu to generate, list, revoke and export aigateway API keys."""
     path = db_path or token_db_path()
+    if not Path(path).exists():
+        click.echo(f"{path} does not exist yet: making a new key database there.", err=True)
     try:
-        with_store(path, lambda store: store.list_keys())  # refuse a bad database up front
+        # Refuse a bad database up front; make a missing one, to generate the first key in.
+        with_store(path, lambda store: store.list_keys(), create=True)
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None
     Menu(path).run()
