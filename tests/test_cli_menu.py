@@ -21,6 +21,7 @@ from prompt_toolkit.output import DummyOutput
 
 from aigateway.cli.menu import Menu
 from aigateway.keys import looks_like_key
+from aigateway.store import KeyLimits
 
 from .test_cli_flags import dump, keys_in, run
 
@@ -85,6 +86,7 @@ def test_generate_asks_validates_and_shows_the_key_once(seeded: str) -> None:
         session.type(DOWN, ENTER)  # role: admin
         session.type("-3", ENTER)  # refused
         session.type(BACKSPACE, BACKSPACE, "2999-01-01", ENTER)
+        session.type(ENTER)  # no limits or allow-list now
         session.type(*TO_EXIT)
     secrets = [line for line in session.said if looks_like_key(line)]
     assert len(secrets) == 1
@@ -92,6 +94,24 @@ def test_generate_asks_validates_and_shows_the_key_once(seeded: str) -> None:
     _, desktop = keys_in(seeded)
     assert (desktop.user, desktop.name, desktop.role) == ("alice", "desktop", "admin")
     assert desktop.expires_at == 32472144000.0  # 2999-01-01T00:00:00Z
+    assert desktop.limits == KeyLimits() and desktop.models is None
+
+
+def test_generate_with_limits_and_an_allow_list(seeded: str) -> None:
+    with menu(seeded) as session:
+        session.type(ENTER, "bob", ENTER, "phone", ENTER, ENTER, ENTER)  # user role, never
+        session.type("y")  # set limits and models now
+        session.type(*[BACKSPACE] * 7, "20", ENTER)  # requests per minute
+        session.type(*[BACKSPACE] * 7, "-1", ENTER, *[BACKSPACE] * 2, "none", ENTER)
+        session.type(ENTER)  # tokens per day: default
+        session.type(*[BACKSPACE] * 7, "3", ENTER)  # at once
+        session.type(*[BACKSPACE] * 3, "llama3*,qwen2.5:0.5b", ENTER)
+        session.type(*TO_EXIT)
+    assert len([line for line in session.said if looks_like_key(line)]) == 1
+    _, phone = keys_in(seeded)
+    assert (phone.user, phone.name, phone.role) == ("bob", "phone", "user")
+    assert phone.limits == KeyLimits(rpm=20, rph=0, tokens_per_day=None, max_concurrent=3)
+    assert phone.models == ("llama3*", "qwen2.5:0.5b")
 
 
 def test_list_shows_the_same_table_as_the_flag(seeded: str) -> None:

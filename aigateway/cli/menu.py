@@ -17,7 +17,7 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..settings import token_db_path
-from ..store import InvalidInputError, KeyRecord, check_models, check_name
+from ..store import InvalidInputError, KeyLimits, KeyRecord, check_models, check_name
 from .admin import (
     USAGE_GROUPS,
     AdminError,
@@ -125,8 +125,17 @@ class Menu:
             validate=_valid_expiry,
         )
         expires_at = parse_expiry(expiry_text)
+        limits, models = KeyLimits(), None
+        if self._ask(
+            questionary.confirm,
+            "Set limits or a model allow-list now? (later too, with Change a key)",
+            default=False,
+        ):
+            limits = KeyLimits(**self._ask_limits(limits))
+            models = self._ask_models(None)
         record, secret = with_store(
-            self.db_path, lambda store: store.create_key(user, name, role, expires_at)
+            self.db_path,
+            lambda store: store.create_key(user, name, role, expires_at, limits, models),
         )
         self.echo(f"New {record.role} key for {record.user}/{record.name}:")
         self.echo(secret)
@@ -148,23 +157,9 @@ class Menu:
                 questionary.select, "Role:", choices=["user", "admin"], default=key.role
             )
         elif what == "Limits":
-            for field, title in LIMIT_PROMPTS:
-                current = getattr(key.limits, field)
-                text = self._ask(
-                    questionary.text,
-                    f"{title} (number, none, or default):",
-                    default="default" if current is None else str(current),
-                    validate=_valid(partial(parse_limit, what=title)),
-                )
-                changes[field] = parse_limit(text, title)
+            changes.update(self._ask_limits(key.limits))
         elif what == "Models":
-            text = self._ask(
-                questionary.text,
-                "Allowed models, comma-separated patterns (all: every model):",
-                default=",".join(key.models) if key.models else "all",
-                validate=_valid(lambda t: check_models(parse_models(t))),
-            )
-            changes["models"] = parse_models(text)
+            changes["models"] = self._ask_models(key.models)
         else:
             text = self._ask(
                 questionary.text,
@@ -174,6 +169,29 @@ class Menu:
             changes["expires_at"] = parse_expiry(text)
         record = with_store(self.db_path, lambda store: store.update_key(key.id, changes))
         self.echo(render([record], "table"))
+
+    def _ask_limits(self, current: KeyLimits) -> dict[str, int | None]:
+        """Each limit, offering the current one; None follows the DEFAULT_* setting."""
+        limits: dict[str, int | None] = {}
+        for field, title in LIMIT_PROMPTS:
+            now = getattr(current, field)
+            text = self._ask(
+                questionary.text,
+                f"{title} (number, none, or default):",
+                default="default" if now is None else str(now),
+                validate=_valid(partial(parse_limit, what=title)),
+            )
+            limits[field] = parse_limit(text, title)
+        return limits
+
+    def _ask_models(self, current: tuple[str, ...] | None) -> list[str] | None:
+        text = self._ask(
+            questionary.text,
+            "Allowed models, comma-separated patterns (all: every model):",
+            default=",".join(current) if current else "all",
+            validate=_valid(lambda t: check_models(parse_models(t))),
+        )
+        return parse_models(text)
 
     def usage(self) -> None:
         group = self._ask(questionary.select, "Group by:", choices=list(USAGE_GROUPS))
