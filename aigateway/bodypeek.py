@@ -1,4 +1,5 @@
-"""Read the `model` a request names, without changing the bytes that are sent on."""
+"""Read the model a request names, for the access log and usage records, without
+changing the bytes that are sent on."""
 
 from __future__ import annotations
 
@@ -12,15 +13,21 @@ FULL_PARSE_LIMIT = 1024 * 1024
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
 
-def peek_model(body: bytes) -> str | None:
-    if not body or body.lstrip()[:1] != b"{":
+def peek_model(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
+    """The first of `fields` that holds a string (`model`, or `name` in older clients)."""
+    if not fields or not body or body.lstrip()[:1] != b"{":
         return None
     if len(body) <= FULL_PARSE_LIMIT:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        model = doc.get("model") if isinstance(doc, dict) else None
-        return model if isinstance(model, str) else None
+        if not isinstance(doc, dict):
+            return None
+        for field in fields:
+            value = doc.get(field)
+            if isinstance(value, str) and value:
+                return value
+        return None
     match = _MODEL_RE.search(body, 0, 64 * 1024)
     return match.group(1).decode("utf-8", "replace") if match else None

@@ -134,7 +134,7 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
         if principal.models is not None and route.model_fields:
             model = await check_request(body, route.model_fields, principal.models)
         else:
-            model = peek_model(body)
+            model = peek_model(body, route.model_fields)
         # aiohttp writes a BytesIO in slices, yielding to the loop between them.
         data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     if model is not None:

@@ -263,6 +263,7 @@ async def test_default_limits_come_from_settings(
         ("/api/generate", b'{"model":"llama3.2"}', 11, 4),
         ("/api/generate", b'{"model":"llama3.2","stream":false}', 11, 4),
         ("/api/embed", b'{"model":"all-minilm","input":["a","b"]}', 16, None),
+        ("/api/show", b'{"name":"llama3.2"}', None, None),
         ("/api/tags", None, None, None),
     ],
 )
@@ -287,7 +288,8 @@ async def test_usage_records_carry_ollamas_token_counts(
     )
     assert record.status == 200 and record.bytes_out == len(sent)
     assert record.bytes_in == len(body or b"")
-    assert record.model == (orjson.loads(body)["model"] if body else None)
+    named = orjson.loads(body) if body else {}
+    assert record.model == (named.get("model") or named.get("name"))
     assert record.ttfb_ms is not None and 0 < record.ttfb_ms <= record.duration_ms
     assert not record.client_gone
 
