@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from . import logs
 from .appkeys import BYTES_OUT, CLIENT_GONE, MODEL, PRINCIPAL, RECEIVED_AT, REQUEST_ID, SETTINGS
 from .errors import GatewayError, json_error
 
@@ -87,19 +88,18 @@ def _bytes_out(request: web.Request, response: web.StreamResponse) -> int:
 
 
 def _log_line(request: web.Request, status: int, nbytes: int, started: float, error: str) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
+    sink = logs.access_sink
+    if sink is None and not access_log.isEnabledFor(logging.INFO):
         return
     principal = request.get(PRINCIPAL)
-    access_log.info(
-        "rid=%s user=%s key=%s method=%s path=%s model=%s status=%d bytes=%d ms=%.1f%s",
-        request[REQUEST_ID],
-        principal.user if principal else "-",
-        principal.name if principal else "-",
-        request.method,
-        request.path,
-        request.get(MODEL) or "-",
-        status,
-        nbytes,
-        (time.perf_counter() - started) * 1000,
-        f' error="{error}"' if error else "",
+    user, key_name = (principal.user, principal.name) if principal else ("-", "-")
+    message = (
+        f"rid={request[REQUEST_ID]} user={user} key={key_name} method={request.method}"
+        f" path={request.path} model={request.get(MODEL) or '-'} status={status}"
+        f" bytes={nbytes} ms={(time.perf_counter() - started) * 1000:.1f}"
+        + (f' error="{error}"' if error else "")
     )
+    if sink is not None:
+        sink.write(message)
+    else:
+        access_log.info("%s", message)

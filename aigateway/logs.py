@@ -3,6 +3,9 @@
 One access line per request is the busiest thing the gateway logs, so lines are
 formatted at once but written in batches from the event loop (at most FLUSH_DELAY_S
 late; warnings and errors are written immediately), sparing a write syscall per request.
+The access line also skips the logging module's record, lock and formatter machinery
+(about 15 us a request): `access_sink` puts it, in the same format, straight into the
+batches of the handlers that want INFO lines.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ class _Formatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
 
 class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
@@ -51,8 +57,12 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.add(line, urgent=record.levelno >= logging.WARNING)
+
+    def add(self, line: str, urgent: bool = False) -> None:
+        """Queue a formatted line; write at once if urgent or many are waiting."""
         self._pending.append(line)
-        if record.levelno >= logging.WARNING or len(self._pending) >= MAX_PENDING:
+        if urgent or len(self._pending) >= MAX_PENDING:
             self.flush()
             return
         if not self._scheduled:
@@ -120,7 +130,26 @@ class FileHandler(_Batching):
         self.stream.close()
 
 
+class AccessSink:
+    """Writes access lines as `aigateway.access` INFO records would look, without them."""
+
+    def __init__(self, handlers: list[_Batching], formatter: _Formatter) -> None:
+        self._handlers = handlers
+        self._formatter = formatter
+
+    def write(self, message: str) -> None:
+        line = f"{self._formatter.stamp(time.time())} INFO aigateway.access {message}\n"
+        for handler in self._handlers:
+            handler.add(line)
+
+
+# Set by configure_logging (the server); None leaves access lines to the logging module,
+# as in tests that capture records.
+access_sink: AccessSink | None = None
+
+
 def configure_logging(settings: Settings) -> None:
+    global access_sink
     # The logging HOWTO's optimisations: no caller lookup, no thread/process names.
     logging._srcfile = None
     logging.logThreads = False
@@ -131,7 +160,7 @@ def configure_logging(settings: Settings) -> None:
         logger.removeHandler(handler)
         handler.close()
     formatter = _Formatter()
-    handlers: list[logging.Handler] = []
+    handlers: list[_Batching] = []
     console = ConsoleHandler()
     console.setLevel(log_level_number(settings.log_level))
     handlers.append(console)
@@ -144,4 +173,6 @@ def configure_logging(settings: Settings) -> None:
         logger.addHandler(handler)
     logger.setLevel(min(handler.level for handler in handlers))
     logger.propagate = False
+    wants_access = [h for h in handlers if h.level <= logging.INFO]
+    access_sink = AccessSink(wants_access, formatter) if wants_access else None
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,7 +110,14 @@ async def test_serves_streams_and_stops_cleanly_on_sigterm(
     await store.close()
     assert record.last_used_at is not None  # flushed on the way out
     log_text = gateway_process.log_file.read_text()
-    assert "path=/api/generate model=llama3.2 status=200" in log_text
+    access_line = re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO aigateway.access rid=\w+-\w+"
+        r" user=alice key=laptop method=POST path=/api/generate model=llama3.2 status=200"
+        rf" bytes={len(fixture('generate-stream.ndjson'))} ms=\d+\.\d$",
+        re.MULTILINE,
+    )
+    assert access_line.search(log_text), log_text
+    assert access_line.search(stderr), stderr  # the console at LOG_LEVEL INFO
     assert key not in log_text and key not in stderr
 
 
