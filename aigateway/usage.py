@@ -1,7 +1,7 @@
 """Usage: read token counts as the bytes pass, and write one record per relayed request
 in batches, never on the request path.
 
-The tap keeps only the first chunk and the last TAIL_BYTES of a response (references to
+The tap keeps only the first HEAD_BYTES and the last TAIL_BYTES of a response (references to
 chunks already in memory, nothing copied while streaming). When the response ends it
 finds the counts: Ollama's final `done: true` line (`prompt_eval_count`, `eval_count`),
 `/api/embed`'s `prompt_eval_count`, an OpenAI `usage` object (the final usage chunk of a
@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from .store import Store, StoreError, UsageRecord
 log = logging.getLogger("aigateway.usage")
 
 TAIL_BYTES = 64 * 1024
+HEAD_BYTES = 4096
 FLUSH_INTERVAL_S = 0.25
 BATCH = 2000
 PRUNE_EVERY_S = 3600.0
@@ -38,17 +40,17 @@ _USAGE_RE = re.compile(rb'(?<!\\)"usage":\s*(\{[^{}]*\})')
 
 
 class UsageTap:
-    __slots__ = ("_size", "_tail", "head", "total")
+    __slots__ = ("_head", "_size", "_tail", "total")
 
     def __init__(self) -> None:
-        self.head: bytes | None = None
+        self._head: list[bytes] = []  # the first chunks, up to HEAD_BYTES
         self._tail: deque[bytes] = deque()
         self._size = 0
         self.total = 0  # body bytes seen
 
     def feed(self, chunk: bytes) -> None:
-        if self.head is None:
-            self.head = chunk
+        if self.total < HEAD_BYTES:  # the network may cut message_start anywhere
+            self._head.append(chunk)
         self.total += len(chunk)
         self._tail.append(chunk)
         self._size += len(chunk)
@@ -57,14 +59,26 @@ class UsageTap:
 
     def counts(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens) as the upstream reported them, or Nones."""
-        tail = b"".join(self._tail)
+        tail = self._tail[0] if len(self._tail) == 1 else b"".join(self._tail)
         if not tail:
             return None, None
-        return token_counts(self.head or b"", tail)
+        return token_counts(self._head, tail)
 
 
-def token_counts(head: bytes, tail: bytes) -> tuple[int | None, int | None]:
-    for line in reversed(tail.splitlines()):
+def _lines_from_end(data: bytes) -> Iterator[bytes]:
+    """The lines of `data`, last first, without splitting all of it (the counts are
+    nearly always on the last line of a 64 KiB tail)."""
+    end = len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end) + 1
+        yield data[start:end]
+        end = start - 1
+
+
+def token_counts(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
+    """Counts from the last line that has them; `head` (the first chunks) is read only
+    for Anthropic streams whose final usage lacks the input tokens."""
+    for line in _lines_from_end(tail):
         line = line.strip()
         if line.startswith(b"data:"):
             line = line[5:].strip()
@@ -97,8 +111,8 @@ def _from_document(doc: dict[str, Any]) -> tuple[int | None, int | None] | None:
     return None
 
 
-def _anthropic_input_tokens(head: bytes) -> int | None:
-    for line in head.splitlines():
+def _anthropic_input_tokens(head: Sequence[bytes]) -> int | None:
+    for line in b"".join(head).splitlines():
         line = line.strip()
         if line.startswith(b"data:") and b"message_start" in line:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
