@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .store import KeyLimits, KeyRecord
 
@@ -44,15 +45,17 @@ class Limits:
 class _Window:
     length: int
     start: float = 0.0
+    end: float = 0.0  # start + length: a new window begins once `now` reaches it
     used: int = 0
 
     def roll(self, now: float) -> None:
-        start = now - now % self.length
-        if start != self.start:
-            self.start, self.used = start, 0
+        if now >= self.end or now < self.start:  # the clock moved on (or back)
+            self.start = now - now % self.length
+            self.end = self.start + self.length
+            self.used = 0
 
     def reset_in(self, now: float) -> int:
-        return max(1, math.ceil(self.start + self.length - now))
+        return max(1, math.ceil(self.end - now))
 
 
 @dataclass(slots=True)
@@ -63,9 +66,9 @@ class _KeyState:
     in_flight: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Whether a request may pass, and what to say in the X-RateLimit-* headers."""
+class Verdict(NamedTuple):
+    """Whether a request may pass, and what to say in the X-RateLimit-* headers.
+    (A tuple: one is made per request, and a tuple is the cheapest record to make.)"""
 
     allowed: bool
     reason: str = ""
@@ -96,8 +99,10 @@ class Limiter:
         """Check every limit, and if all pass, count the request and its slot."""
         limits = self.limits_for(record)
         state = self._state_for(record.id)
-        for window in (state.minute, state.hour, state.day_tokens):
-            window.roll(now)
+        minute, hour, tokens = state.minute, state.hour, state.day_tokens
+        minute.roll(now)
+        hour.roll(now)
+        tokens.roll(now)
         if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
             return Verdict(
                 False,
@@ -105,28 +110,33 @@ class Limiter:
                 1,
                 self._headers(limits, state, now),
             )
-        for limit, window, what in (
-            (limits.rpm, state.minute, "requests per minute"),
-            (limits.rph, state.hour, "requests per hour"),
-        ):
-            if limit and window.used >= limit:
-                return Verdict(
-                    False,
-                    f"rate limit reached: {limit} {what} for this key",
-                    window.reset_in(now),
-                    self._headers(limits, state, now),
-                )
-        if limits.tokens_per_day and state.day_tokens.used >= limits.tokens_per_day:
+        if limits.rpm and minute.used >= limits.rpm:
+            return self._refuse(limits, state, now, minute, f"{limits.rpm} requests per minute")
+        if limits.rph and hour.used >= limits.rph:
+            return self._refuse(limits, state, now, hour, f"{limits.rph} requests per hour")
+        if limits.tokens_per_day and tokens.used >= limits.tokens_per_day:
             return Verdict(
                 False,
                 f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
-                state.day_tokens.reset_in(now),
+                tokens.reset_in(now),
                 self._headers(limits, state, now),
             )
-        state.minute.used += 1
-        state.hour.used += 1
+        minute.used += 1
+        hour.used += 1
         state.in_flight += 1
-        return Verdict(True, headers=self._headers(limits, state, now))
+        if not (limits.rpm or limits.rph or limits.tokens_per_day):
+            return _ALLOWED
+        return Verdict(True, "", 0, self._headers(limits, state, now))
+
+    def _refuse(
+        self, limits: Limits, state: _KeyState, now: float, window: _Window, what: str
+    ) -> Verdict:
+        return Verdict(
+            False,
+            f"rate limit reached: {what} for this key",
+            window.reset_in(now),
+            self._headers(limits, state, now),
+        )
 
     def release(self, key_id: int) -> None:
         state = self._state.get(key_id)
@@ -164,23 +174,26 @@ class Limiter:
     @staticmethod
     def _headers(limits: Limits, state: _KeyState, now: float) -> tuple[tuple[str, str], ...]:
         """X-RateLimit-* for the tightest limit: the one with the least share left."""
-        best: tuple[float, int, int, int] | None = None
+        best: tuple[int, int, _Window] | None = None
+        best_share = 2.0
         for limit, window in (
             (limits.rpm, state.minute),
             (limits.rph, state.hour),
             (limits.tokens_per_day, state.day_tokens),
         ):
-            if not limit:
-                continue
-            remaining = max(0, limit - window.used)
-            candidate = (remaining / limit, limit, remaining, window.reset_in(now))
-            if best is None or candidate[0] < best[0]:
-                best = candidate
+            if limit:
+                remaining = limit - window.used if window.used < limit else 0
+                share = remaining / limit
+                if share < best_share:
+                    best_share, best = share, (limit, remaining, window)
         if best is None:
             return ()
-        _, limit, remaining, reset = best
+        limit, remaining, window = best
         return (
             ("X-RateLimit-Limit", str(limit)),
             ("X-RateLimit-Remaining", str(remaining)),
-            ("X-RateLimit-Reset", str(reset)),
+            ("X-RateLimit-Reset", str(window.reset_in(now))),
         )
+
+
+_ALLOWED = Verdict(True)
