@@ -280,24 +280,40 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
+# URL objects for the paths clients send, which are few (/api/chat, /v1/models, ...):
+# building one costs more than the rest of the header work. Bounded, as query strings vary.
+_URL_CACHE: dict[tuple[bool, str, str, str], URL] = {}
+_URL_CACHE_SIZE = 1024
+
+
 def _upstream_url(request: web.Request, settings: Settings, route: RelayRoute) -> URL:
     # raw_path keeps the client's encoding and query string exactly.
-    prefix = settings.client_prefix(route.native)
     raw = request.raw_path
-    if not raw.startswith(prefix):
-        raw = request.rel_url.raw_path_qs
-    return URL(settings.upstream_prefix(route.native) + raw[len(prefix) :], encoded=True)
+    cache_key = (route.native, settings.base_path, settings.ollama_base_url, raw)
+    url = _URL_CACHE.get(cache_key)
+    if url is None:
+        prefix = settings.client_prefix(route.native)
+        tail = raw[len(prefix) :] if raw.startswith(prefix) else request.rel_url.raw_path_qs
+        url = URL(settings.upstream_prefix(route.native) + tail, encoded=True)
+        if len(_URL_CACHE) >= _URL_CACHE_SIZE:
+            _URL_CACHE.clear()
+        _URL_CACHE[cache_key] = url
+    return url
+
+
+def _without(headers: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """`headers` less `drop` and whatever their Connection header names (hop-by-hop)."""
+    connection = headers.get("Connection")
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    for name in drop:
+        if name in headers:
+            del headers[name]
+    return headers
 
 
 def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[str]:
-    drop = REQUEST_DROP
-    connection = request.headers.get("Connection")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        if name.lower() not in drop:
-            headers.add(name, value)
+    headers = _without(CIMultiDict(request.headers), REQUEST_DROP)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
     headers["Accept-Encoding"] = "identity"
     if settings.upstream_api_key:
@@ -308,17 +324,11 @@ def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[st
 def _response_for(
     upstream: aiohttp.ClientResponse, request: web.Request, exchange: _Exchange
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    drop = RESPONSE_DROP
-    connection = upstream.headers.get("Connection")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    for name, value in upstream.headers.items():
-        if name.lower() not in drop:
-            response.headers.add(name, value)
-    response.headers["X-Request-Id"] = request[REQUEST_ID]
-    for name, value in exchange.rate_headers:
-        response.headers[name] = value
+    headers = _without(CIMultiDict(upstream.headers), RESPONSE_DROP)
+    headers["X-Request-Id"] = request[REQUEST_ID]
+    if exchange.rate_headers:
+        headers.update(exchange.rate_headers)  # ours, replacing any from upstream
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     return response
