@@ -28,15 +28,18 @@ log = logging.getLogger("aigateway.usage")
 
 TAIL_BYTES = 64 * 1024
 HEAD_BYTES = 4096
+LONG_LINE_BYTES = 4096
 FLUSH_INTERVAL_S = 0.25
 BATCH = 2000
 PRUNE_EVERY_S = 3600.0
-# Top-level fields after a (possibly cut) line start; `\\"` inside strings never matches.
+# Fields searched for in bytes that could not be parsed (a line cut by the tail window, or
+# a long final object). Patterns start with their literal so `re` can skip ahead fast;
+# a match whose quote is escaped is inside a JSON string and is ignored.
 _NATIVE_RE = {
-    name: re.compile(rb'(?<!\\)"' + name.encode() + rb'":\s*(\d+)')
+    name: re.compile(b'"' + name.encode() + rb'":\s*(\d+)')
     for name in ("prompt_eval_count", "eval_count")
 }
-_USAGE_RE = re.compile(rb'(?<!\\)"usage":\s*(\{[^{}]*\})')
+_USAGE_RE = re.compile(rb'"usage":\s*(\{[^{}]*\})')
 
 
 class UsageTap:
@@ -84,13 +87,20 @@ def token_counts(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | 
             line = line[5:].strip()
         if not line.startswith(b"{"):
             continue
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            break  # a line cut by the tail window: fall back to searching the bytes
-        if not isinstance(doc, dict):
-            continue
-        found = _from_document(doc)
+        if len(line) > LONG_LINE_BYTES:
+            # Embeddings or a generate context: tens of KB to parse, while the counts
+            # are the object's last fields. Search its end instead.
+            found: tuple[int | None, int | None] | None = _search(line)
+            if found == (None, None):
+                continue
+        else:
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                break  # a line cut by the tail window: fall back to searching the bytes
+            if not isinstance(doc, dict):
+                continue
+            found = _from_document(doc)
         if found is not None:
             prompt, completion = found
             if prompt is None:
@@ -123,12 +133,12 @@ def _anthropic_input_tokens(head: Sequence[bytes]) -> int | None:
 
 def _search(tail: bytes) -> tuple[int | None, int | None]:
     window = tail[-4096:]
-    native = {name: rx.findall(window) for name, rx in _NATIVE_RE.items()}
+    native = {name: _unescaped(rx, window) for name, rx in _NATIVE_RE.items()}
     if native["prompt_eval_count"] or native["eval_count"]:
         prompt = native["prompt_eval_count"]
         completion = native["eval_count"]
         return (int(prompt[-1]) if prompt else None, int(completion[-1]) if completion else None)
-    usages = _USAGE_RE.findall(window)
+    usages = _unescaped(_USAGE_RE, window)
     if usages:
         with contextlib.suppress(orjson.JSONDecodeError):
             doc = orjson.loads(usages[-1])
@@ -136,6 +146,14 @@ def _search(tail: bytes) -> tuple[int | None, int | None]:
             if found is not None:
                 return found
     return None, None
+
+
+def _unescaped(pattern: re.Pattern[bytes], window: bytes) -> list[bytes]:
+    return [
+        m.group(1)
+        for m in pattern.finditer(window)
+        if m.start() == 0 or window[m.start() - 1] != 0x5C  # a backslash
+    ]
 
 
 def _int(value: object) -> int | None:

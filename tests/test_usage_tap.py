@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
 from aigateway.testing.fake_ollama import fixture
@@ -69,3 +70,23 @@ def test_anthropic_input_tokens_come_from_message_start_when_the_delta_lacks_the
     rng = random.Random(7)
     for _ in range(10):
         assert _counts(_split(data, rng)) == (12, 2)
+
+
+@pytest.mark.parametrize("name", ["generate-nonstream.json", "embed.json", "openai-chat.json"])
+def test_counts_of_a_long_final_object_are_found_at_its_end(name: str) -> None:
+    # A generate context or a batch of embeddings makes the final object tens of KB.
+    data = fixture(name)
+    doc = orjson.loads(data)
+    expected = _counts([data])
+    doc = {"padding": list(range(20_000)), **doc}
+    big = orjson.dumps(doc)
+    assert len(big) > 4 * 4096
+    assert _counts([big]) == expected
+    assert _counts([big[i : i + 1500] for i in range(0, len(big), 1500)]) == expected
+
+
+def test_counts_quoted_inside_a_string_are_not_taken_for_real_ones() -> None:
+    # A long answer that talks about Ollama's fields, cut before its final line arrives.
+    said = orjson.dumps({"message": {"content": 'x "eval_count": 7 "usage": {"a": 1}' * 300}})
+    assert b'\\"eval_count\\": 7' in said
+    assert _counts([said[:-10]]) == (None, None)
