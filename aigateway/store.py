@@ -308,9 +308,7 @@ class Store:
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
-                if not await self._exists("SELECT 1 FROM keys WHERE user = ?", (user,)):
-                    raise KeyNotFoundError(f"no user {user!r}")
-                raise KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
+                raise await self._no_active_key(user, name)
         return _record(row)
 
     async def revoke_key_id(self, key_id: int) -> KeyRecord:
@@ -329,9 +327,7 @@ class Store:
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
-                if not await self._exists("SELECT 1 FROM keys WHERE user = ?", (user,)):
-                    raise KeyNotFoundError(f"no user {user!r}")
-                raise KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
+                raise await self._no_active_key(user, name)
         return _record(row)
 
     async def purge_revoked(self, user: str, name: str) -> int:
@@ -459,6 +455,12 @@ class Store:
                 }
             )
         return summary
+
+    async def _no_active_key(self, user: str, name: str) -> KeyNotFoundError:
+        """Why `user`/`name` names no active key: no such user, or no such key."""
+        if not await self._exists("SELECT 1 FROM keys WHERE user = ?", (user,)):
+            return KeyNotFoundError(f"no user {user!r}")
+        return KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
 
     async def _exists(self, sql: str, params: tuple[object, ...]) -> bool:
         async with self._db.execute(sql, params) as cur:
