@@ -189,13 +189,16 @@ class UsageWriter:
                 return
 
     async def flush(self) -> bool:
-        """Write what is pending; on a database error keep it for the next try."""
-        while self._pending:
-            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+        """Write what is pending now, in batches; on a database error keep the rest for
+        the next try. Records that arrive meanwhile wait for the next flush: looping until
+        none were left kept the writer busy under load, in batches of a few rows."""
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), BATCH):
+            batch = pending[start : start + BATCH]
             try:
                 await self._store.insert_usage(batch)
             except StoreError as exc:
-                self._pending[:0] = batch
+                self._pending[:0] = pending[start:]  # in order, before any newer ones
                 log.warning(
                     "usage records not written yet (%d waiting): %s", len(self._pending), exc
                 )
