@@ -330,8 +330,10 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per figure")
+    # Many short rounds: on a shared machine a round's figures swing by 10% or more, and
+    # the median of many pairs is steadier than that of a few long ones.
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per figure")
     parser.add_argument("--streams", type=int, default=1000, help="open streams for memory")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
