@@ -4,6 +4,7 @@ changing the bytes that are sent on."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -22,12 +23,15 @@ def peek_model(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(doc, dict):
-            return None
-        for field in fields:
-            value = doc.get(field)
-            if isinstance(value, str) and value:
-                return value
-        return None
+        return first_name(doc, fields) if isinstance(doc, dict) else None
     match = _MODEL_RE.search(body, 0, 64 * 1024)
     return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    """The first of `fields` in `doc` that holds a non-empty string."""
+    for field in fields:
+        value = doc.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None

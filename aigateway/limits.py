@@ -104,39 +104,46 @@ class Limiter:
         hour.roll(now)
         tokens.roll(now)
         if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
-            return Verdict(
-                False,
+            return self._refuse(
+                limits,
+                state,
+                now,
                 f"too many requests at once for this key (limit {limits.max_concurrent})",
                 1,
-                self._headers(limits, state, now),
             )
         if limits.rpm and minute.used >= limits.rpm:
-            return self._refuse(limits, state, now, minute, f"{limits.rpm} requests per minute")
+            return self._refuse(
+                limits,
+                state,
+                now,
+                f"rate limit reached: {limits.rpm} requests per minute for this key",
+                minute.reset_in(now),
+            )
         if limits.rph and hour.used >= limits.rph:
-            return self._refuse(limits, state, now, hour, f"{limits.rph} requests per hour")
+            return self._refuse(
+                limits,
+                state,
+                now,
+                f"rate limit reached: {limits.rph} requests per hour for this key",
+                hour.reset_in(now),
+            )
         if limits.tokens_per_day and tokens.used >= limits.tokens_per_day:
-            return Verdict(
-                False,
+            return self._refuse(
+                limits,
+                state,
+                now,
                 f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
                 tokens.reset_in(now),
-                self._headers(limits, state, now),
             )
         minute.used += 1
         hour.used += 1
         state.in_flight += 1
-        if not (limits.rpm or limits.rph or limits.tokens_per_day):
-            return _ALLOWED
         return Verdict(True, "", 0, self._headers(limits, state, now))
 
     def _refuse(
-        self, limits: Limits, state: _KeyState, now: float, window: _Window, what: str
+        self, limits: Limits, state: _KeyState, now: float, reason: str, retry_after: int
     ) -> Verdict:
-        return Verdict(
-            False,
-            f"rate limit reached: {what} for this key",
-            window.reset_in(now),
-            self._headers(limits, state, now),
-        )
+        return Verdict(False, reason, retry_after, self._headers(limits, state, now))
 
     def release(self, key_id: int) -> None:
         state = self._state.get(key_id)
@@ -195,5 +202,3 @@ class Limiter:
             ("X-RateLimit-Reset", str(window.reset_in(now))),
         )
 
-
-_ALLOWED = Verdict(True)

@@ -138,7 +138,13 @@ class AccessSink:
         self._formatter = formatter
 
     def write(self, message: str) -> None:
-        line = f"{self._formatter.stamp(time.time())} INFO aigateway.access {message}\n"
+        line = FORMAT % {
+            "asctime": self._formatter.stamp(time.time()),
+            "levelname": "INFO",
+            "name": "aigateway.access",
+            "message": message,
+        }
+        line += "\n"
         for handler in self._handlers:
             handler.add(line)
 

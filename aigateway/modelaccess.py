@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .bodypeek import FULL_PARSE_LIMIT
+from .bodypeek import FULL_PARSE_LIMIT, first_name
 from .errors import BadRequest, Forbidden
 
 
@@ -73,15 +73,9 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...]) -> bytes:
             doc[field] = [
                 entry
                 for entry in entries
-                if isinstance(entry, dict) and model_allowed(_entry_name(entry, names), patterns)
+                if isinstance(entry, dict)
+                and model_allowed(first_name(entry, names) or "", patterns)
             ]
             return orjson.dumps(doc)
     return body
 
-
-def _entry_name(entry: dict[str, Any], fields: tuple[str, ...]) -> str:
-    for field in fields:
-        value = entry.get(field)
-        if isinstance(value, str) and value:
-            return value
-    return ""
