@@ -201,4 +201,3 @@ class Limiter:
             ("X-RateLimit-Remaining", str(remaining)),
             ("X-RateLimit-Reset", str(window.reset_in(now))),
         )
-

@@ -78,4 +78,3 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...]) -> bytes:
             ]
             return orjson.dumps(doc)
     return body
-

@@ -50,9 +50,7 @@ class AdminError(Exception):
     """A user mistake or an unusable database: one line for the person at the terminal."""
 
 
-def with_store(
-    db_path: str, action: Callable[[Store], Awaitable[T]], *, create: bool = False
-) -> T:
+def with_store(db_path: str, action: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
     """Open the store, run one action, close it. StoreError becomes AdminError.
     Only actions that make a key pass `create`: listing or exporting a mistyped path
     must say so, not leave an empty database there."""
