@@ -16,7 +16,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -47,8 +46,8 @@ class UsageTap:
 
     def __init__(self) -> None:
         self._head: list[bytes] = []  # the first chunks, up to HEAD_BYTES
-        self._tail: deque[bytes] = deque()
-        self._size = 0
+        self._tail: list[bytes] = []  # the last chunks: TAIL_BYTES and at most twice that
+        self._size = 0  # bytes in _tail
         self.total = 0  # body bytes seen
 
     def feed(self, chunk: bytes) -> None:
@@ -57,8 +56,17 @@ class UsageTap:
         self.total += len(chunk)
         self._tail.append(chunk)
         self._size += len(chunk)
-        while self._size - len(self._tail[0]) >= TAIL_BYTES:
-            self._size -= len(self._tail.popleft())
+        if self._size >= 2 * TAIL_BYTES:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Let go of the oldest chunks that the last TAIL_BYTES do not need (trimming
+        only past twice that keeps feed() to a few additions per chunk)."""
+        tail, drop = self._tail, 0
+        while self._size - len(tail[drop]) >= TAIL_BYTES:
+            self._size -= len(tail[drop])
+            drop += 1
+        del tail[:drop]
 
     def counts(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens) as the upstream reported them, or Nones."""
@@ -66,6 +74,24 @@ class UsageTap:
         if not tail:
             return None, None
         return token_counts(self._head, tail)
+
+
+def token_counts(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
+    """Counts from the last line that has them; `head` (the first chunks) is read only
+    for Anthropic streams whose final usage lacks the input tokens."""
+    # Nearly always Ollama's last line holds them: take it first, in as few steps as can be.
+    text = tail.rstrip()
+    last = text[text.rfind(b"\n") + 1 :]
+    if last[:1] == b"{" and len(last) <= LONG_LINE_BYTES:
+        try:
+            doc = orjson.loads(last)
+        except orjson.JSONDecodeError:
+            doc = None
+        if type(doc) is dict:
+            prompt, completion = doc.get("prompt_eval_count"), doc.get("eval_count")
+            if prompt is not None or completion is not None:
+                return _int(prompt), _int(completion)
+    return _counts_from_any_line(head, tail)
 
 
 def _lines_from_end(data: bytes) -> Iterator[bytes]:
@@ -78,9 +104,9 @@ def _lines_from_end(data: bytes) -> Iterator[bytes]:
         end = start - 1
 
 
-def token_counts(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
-    """Counts from the last line that has them; `head` (the first chunks) is read only
-    for Anthropic streams whose final usage lacks the input tokens."""
+def _counts_from_any_line(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
+    """The general way: parse lines from the end (SSE `data:` lines too) until one has
+    counts, searching the bytes where a line is too long or cut."""
     for line in _lines_from_end(tail):
         line = line.strip()
         if line.startswith(b"data:"):
