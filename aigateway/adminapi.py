@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, PRINCIPAL, STORE
+from .appkeys import KEY_TABLE, LIMITER, STORE
+from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .keytable import BOOTSTRAP_KEY_ID, load
 from .keyview import key_view
@@ -50,7 +51,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
 
 def admin_only(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if request[PRINCIPAL].role != "admin":
+        if principal(request).role != "admin":
             raise Forbidden("this route needs an admin key")
         try:
             return await handler(request)
@@ -69,14 +70,14 @@ def admin_only(handler: Handler) -> Handler:
 
 
 async def me(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
+    caller = principal(request)
     now = time.time()
     store = request.app[STORE]
-    own = principal.id
+    own = caller.id
     return _json(
         {
-            "key": key_view(principal),
-            "current": request.app[LIMITER].usage_of(principal, now),
+            "key": key_view(caller),
+            "current": request.app[LIMITER].usage_of(caller, now),
             "usage": {
                 "last_24h": _first(await store.usage_summary((), now - DAY, key_id=own)),
                 "last_7d": _first(await store.usage_summary((), now - 7 * DAY, key_id=own)),

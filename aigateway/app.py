@@ -1,4 +1,4 @@
-"""The application factory: middlewares, routes, and the resources they share."""
+"""The application factory: the middleware, routes, and the resources they share."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .accesslog import access_middleware
 from .adminapi import add_admin_routes
 from .appkeys import KEY_TABLE, LIMITER, SETTINGS, STARTED_AT, STORE, UPSTREAM, USAGE
-from .auth import auth_middleware
-from .cors import add_cors_headers, cors_preflight_middleware
+from .cors import add_cors_headers
 from .health import health, health_ollama, root
 from .keytable import KeyTable, flush_last_used, keep_fresh, load
 from .limits import DAY, Limiter, Limits
+from .middleware import gateway_middleware
 from .proxy import relay_handler, upstream_session
 from .routes import RELAY_ROUTES
 from .settings import Settings
@@ -28,10 +27,7 @@ log = logging.getLogger("aigateway")
 
 
 def create_app(settings: Settings) -> web.Application:
-    middlewares = [access_middleware, auth_middleware]
-    if settings.cors_origins:  # one layer less on every request when CORS is off
-        middlewares.insert(1, cors_preflight_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[KEY_TABLE] = KeyTable(settings.gateway_admin_key)
     app[LIMITER] = Limiter(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .context import RequestContext
 from .keytable import KeyTable
 from .limits import Limiter
 from .settings import Settings
-from .store import KeyRecord, Store
+from .store import Store
 from .usage import UsageWriter
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,9 +20,4 @@ STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 USAGE = web.AppKey("usage", UsageWriter)
 
-PRINCIPAL = web.RequestKey("principal", KeyRecord)
-MODEL = web.RequestKey("model", str)
-REQUEST_ID = web.RequestKey("request_id", str)
-CLIENT_GONE = web.RequestKey("client_gone", bool)
-BYTES_OUT = web.RequestKey("bytes_out", int)  # response body bytes, set by the relay
-RECEIVED_AT = web.RequestKey("received_at", float)  # perf_counter() when the request came in
+CONTEXT = web.RequestKey("context", RequestContext)

@@ -1,4 +1,8 @@
-"""The auth middleware: every route needs a valid key unless its handler is `@public`."""
+"""Who is calling: the key a request presents, checked against the in-memory key table.
+
+Every route needs a valid key unless its handler is `@public`; the gateway middleware
+calls `authenticate` before the handler runs.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, PRINCIPAL
+from .appkeys import CONTEXT, KEY_TABLE
 from .errors import Unauthorized
 from .keytable import AuthError
+from .store import KeyRecord
 
 _PUBLIC = "_aigateway_public"
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
@@ -19,6 +24,10 @@ def public(handler: H) -> H:
     """Mark a handler as reachable without a key (health checks, the root probe)."""
     setattr(handler, _PUBLIC, True)
     return handler
+
+
+def is_public(handler: Callable[..., object]) -> bool:
+    return getattr(handler, _PUBLIC, False)
 
 
 def presented_key(request: web.Request) -> str:
@@ -35,15 +44,17 @@ def presented_key(request: web.Request) -> str:
     raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>'")
 
 
-@web.middleware
-async def auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    # Unknown paths and wrong methods fall through to their 404/405.
-    if getattr(handler, _PUBLIC, False) or request.match_info.http_exception is not None:
-        return await handler(request)
+def authenticate(request: web.Request) -> KeyRecord:
+    """The record of the key the request presents, or Unauthorized saying why not."""
     try:
-        request[PRINCIPAL] = request.app[KEY_TABLE].authenticate(presented_key(request))
+        return request.app[KEY_TABLE].authenticate(presented_key(request))
     except AuthError as exc:
         raise Unauthorized(str(exc)) from None
-    return await handler(request)
+
+
+def principal(request: web.Request) -> KeyRecord:
+    """The authenticated caller of a handler that is not public."""
+    record = request[CONTEXT].principal
+    if record is None:  # only a @public handler runs without one
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>'")
+    return record

@@ -9,8 +9,6 @@ CORS headers (and a preflight from one gets 403).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from .appkeys import SETTINGS
@@ -55,12 +53,10 @@ def _header_allowed(name: str) -> bool:
     return name in ALLOWED_HEADERS or name.startswith("x-stainless-")
 
 
-@web.middleware
-async def cors_preflight_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def preflight_response(request: web.Request) -> web.StreamResponse | None:
+    """The answer to a CORS preflight, which needs no key; None for any other request."""
     if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
-        return await handler(request)
+        return None
     allow = allowed_origin(request)
     if allow is None:
         return json_error(403, "this origin is not allowed (CORS_ORIGINS)")

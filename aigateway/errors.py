@@ -12,7 +12,7 @@
     └── UpstreamTimeout (504)
 
 aiohttp's own HTTP exceptions (404 unknown path, 405 wrong method, 413 from the body
-limit) are rendered the same way by the access middleware.
+limit) are rendered the same way by the gateway middleware.
 """
 
 from __future__ import annotations

@@ -23,19 +23,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .appkeys import (
-    BYTES_OUT,
-    CLIENT_GONE,
-    LIMITER,
-    MODEL,
-    PRINCIPAL,
-    RECEIVED_AT,
-    REQUEST_ID,
-    SETTINGS,
-    UPSTREAM,
-    USAGE,
-)
+from .appkeys import CONTEXT, LIMITER, SETTINGS, UPSTREAM, USAGE
 from .bodypeek import peek_model
+from .context import RequestContext
 from .errors import (
     Forbidden,
     NotFound,
@@ -47,7 +37,7 @@ from .errors import (
 from .modelaccess import check_request, filter_model_list, model_allowed
 from .routes import RelayRoute
 from .settings import Settings
-from .store import UsageRecord
+from .store import KeyRecord, UsageRecord
 from .usage import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
@@ -111,7 +101,9 @@ def relay_handler(route: RelayRoute) -> Handler:
 
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     app = request.app
-    settings, principal = app[SETTINGS], request[PRINCIPAL]
+    settings, context = app[SETTINGS], request[CONTEXT]
+    principal = context.principal
+    assert principal is not None  # the middleware authenticated every relayed request
     for value in request.match_info.values():
         # A decoded %2F or a dot segment would make the path Ollama sees another route.
         if "/" in value or "\\" in value or value in (".", ".."):
@@ -137,28 +129,42 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
             model = peek_model(body, route.model_fields)
         # aiohttp writes a BytesIO in slices, yielding to the loop between them.
         data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-    if model is not None:
-        request[MODEL] = model
+    context.model = model
     limiter = app[LIMITER]
     verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise TooManyRequests(
             verdict.reason, {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)}
         )
-    exchange = _Exchange(verdict.headers)
+    exchange = _Exchange(context, principal, verdict.headers)
     try:
         return await _forward(request, route, data, exchange)
     finally:
         limiter.release(principal.id)
-        _record_usage(request, route, model, bytes_in, exchange)
+        _record_usage(request, route, bytes_in, exchange)
 
 
 class _Exchange:
     """What one relayed request learned on its way, for its usage record."""
 
-    __slots__ = ("first_byte_at", "rate_headers", "response", "status", "tap")
+    __slots__ = (
+        "context",
+        "first_byte_at",
+        "principal",
+        "rate_headers",
+        "response",
+        "status",
+        "tap",
+    )
 
-    def __init__(self, rate_headers: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self,
+        context: RequestContext,
+        principal: KeyRecord,
+        rate_headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.context = context
+        self.principal = principal
         self.rate_headers = rate_headers
         self.tap = UsageTap()
         self.status = 502
@@ -175,7 +181,7 @@ async def _forward(
     settings = request.app[SETTINGS]
     url = _upstream_url(request, settings, route)
     headers = _request_headers(request, settings)
-    patterns = request[PRINCIPAL].models
+    patterns = exchange.principal.models
     try:
         async with request.app[UPSTREAM].request(
             request.method, url, data=data, headers=headers, allow_redirects=False
@@ -190,7 +196,7 @@ async def _forward(
                     await _pump(upstream, response, request, exchange)
             except ConnectionResetError:
                 # The client left: close (not pool) the upstream connection so Ollama stops.
-                request[CLIENT_GONE] = True
+                exchange.context.client_gone = True
                 upstream.close()
             return response
     except aiohttp.ClientConnectorError as exc:
@@ -211,37 +217,35 @@ async def _forward(
 
 
 def _record_usage(
-    request: web.Request, route: RelayRoute, model: str | None, bytes_in: int, exchange: _Exchange
+    request: web.Request, route: RelayRoute, bytes_in: int, exchange: _Exchange
 ) -> None:
     """Queue the usage record (never awaits: this also runs when the handler is cancelled)
     and charge the key's token quota."""
-    principal = request[PRINCIPAL]
     now_perf, now = time.perf_counter(), time.time()
-    started = request[RECEIVED_AT]
-    prompt, completion = exchange.tap.counts()
-    tokens = (prompt or 0) + (completion or 0)
-    if tokens:
-        request.app[LIMITER].charge_tokens(principal.id, tokens, now)
-    request[BYTES_OUT] = exchange.tap.total
+    context, principal, tap = exchange.context, exchange.principal, exchange.tap
+    prompt, completion = tap.counts()
+    if prompt or completion:
+        request.app[LIMITER].charge_tokens(principal.id, (prompt or 0) + (completion or 0), now)
+    context.bytes_out = tap.total
+    started, first_byte_at = context.started, exchange.first_byte_at
+    # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     request.app[USAGE].record(
         UsageRecord(
-            ts=now,
-            key_id=principal.id,
-            user=principal.user,
-            key_name=principal.name,
-            method=request.method,
-            route=route.path,
-            model=model,
-            status=exchange.status,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            duration_ms=round((now_perf - started) * 1000, 3),
-            ttfb_ms=None
-            if exchange.first_byte_at is None
-            else round((exchange.first_byte_at - started) * 1000, 3),
-            bytes_in=bytes_in,
-            bytes_out=exchange.tap.total,
-            client_gone=bool(request.get(CLIENT_GONE)),
+            now,
+            principal.id,
+            principal.user,
+            principal.name,
+            request.method,
+            route.path,
+            context.model,
+            exchange.status,
+            prompt,
+            completion,
+            (now_perf - started) * 1000,  # duration_ms
+            None if first_byte_at is None else (first_byte_at - started) * 1000,  # ttfb_ms
+            bytes_in,
+            tap.total,  # bytes_out
+            context.client_gone,
         )
     )
 
@@ -325,7 +329,7 @@ def _response_for(
     upstream: aiohttp.ClientResponse, request: web.Request, exchange: _Exchange
 ) -> web.StreamResponse:
     headers = _without(CIMultiDict(upstream.headers), RESPONSE_DROP)
-    headers["X-Request-Id"] = request[REQUEST_ID]
+    headers["X-Request-Id"] = exchange.context.request_id
     if exchange.rate_headers:
         headers.update(exchange.rate_headers)  # ours, replacing any from upstream
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -350,7 +354,7 @@ async def _pump(
             tap.feed(chunk)
             await response.write(chunk)
     except asyncio.CancelledError:
-        request[CLIENT_GONE] = True
+        exchange.context.client_gone = True
         upstream.close()
         raise
     except ConnectionResetError:
@@ -359,7 +363,7 @@ async def _pump(
         reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
         log.warning(
             "rid=%s upstream stream broke after %d bytes: %s",
-            request[REQUEST_ID],
+            exchange.context.request_id,
             response.body_length,
             reason,
         )

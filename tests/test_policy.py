@@ -295,8 +295,13 @@ async def test_usage_records_carry_ollamas_token_counts(
 
 
 async def test_a_client_that_left_early_is_recorded(
-    gateway: TestServer, key: str, db_path: str, fake: FakeOllama
+    gateway: TestServer,
+    key: str,
+    db_path: str,
+    fake: FakeOllama,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aigateway.access")
     async def call() -> None:
         async with (
             aiohttp.ClientSession() as session,
@@ -315,6 +320,8 @@ async def test_a_client_that_left_early_is_recorded(
     task.cancel()
     (record,) = await _usage(db_path, 1)
     assert record.client_gone and record.completion_tokens is None
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
+    assert " user=alice " in line and " model=stall status=499 " in line, line
 
 
 async def test_old_usage_is_pruned(settings: Settings, db_path: str, key: str) -> None:

@@ -1,0 +1,22 @@
+"""What the gateway learns about one request on its way through, in one object.
+
+The middleware makes it when a request comes in; auth, the relay and the usage record
+fill it in; the access line reads it at the end. One object in the request's state
+instead of a key each costs one lookup per layer on every request.
+"""
+
+from __future__ import annotations
+
+from .store import KeyRecord
+
+
+class RequestContext:
+    __slots__ = ("bytes_out", "client_gone", "model", "principal", "request_id", "started")
+
+    def __init__(self, request_id: str, started: float) -> None:
+        self.request_id = request_id
+        self.started = started  # time.perf_counter() when the request came in
+        self.principal: KeyRecord | None = None  # the key's record, once authenticated
+        self.model: str | None = None  # the model the body names, when it names one
+        self.bytes_out: int | None = None  # response body bytes, counted by the relay
+        self.client_gone = False  # the client left before the response was complete

@@ -1,0 +1,107 @@
+"""The one middleware: everything the gateway does around each handler.
+
+In order: a request id and the request's context, CORS preflights (when CORS_ORIGINS is
+set), the key check for every handler not marked `@public`, JSON errors for whatever the
+gateway itself answers (never a traceback to the client), and one access line. One layer
+rather than one per concern: aiohttp calls each middleware through a partial and a
+coroutine of its own on every request, which cost the relay more than any of these jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .accesslog import CLIENT_CLOSED, log_access
+from .appkeys import CONTEXT, SETTINGS
+from .auth import authenticate, is_public
+from .context import RequestContext
+from .cors import preflight_response
+from .errors import GatewayError, json_error
+
+log = logging.getLogger("aigateway")
+
+# Request ids: a random prefix per process and a counter, unique and cheap to make.
+_RUN_PREFIX = secrets.token_hex(3)
+_request_numbers = itertools.count(1)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    context = request[CONTEXT] = RequestContext(
+        f"{_RUN_PREFIX}-{next(_request_numbers):x}", time.perf_counter()
+    )
+    error = ""
+    try:
+        preflight = _preflight(request)
+        if preflight is not None:
+            response = preflight
+        else:
+            # Unknown paths and wrong methods fall through to their 404/405 without a key.
+            if not is_public(handler) and request.match_info.http_exception is None:
+                context.principal = authenticate(request)
+            response = await handler(request)
+    except GatewayError as exc:
+        error = exc.message
+        response = json_error(exc.status, exc.message, exc.headers, _dialect(request))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error_message(request, exc)
+        response = json_error(exc.status, error, dialect=_dialect(request))
+    except asyncio.CancelledError:
+        context.client_gone = True
+        log_access(request, context, CLIENT_CLOSED, context.bytes_out or 0, "client went away")
+        raise
+    except Exception:
+        log.exception(
+            "rid=%s unhandled error on %s %s", context.request_id, request.method, request.path
+        )
+        error = f"internal gateway error (request id {context.request_id})"
+        response = json_error(500, error, dialect=_dialect(request))
+    if not response.prepared:
+        response.headers["X-Request-Id"] = context.request_id
+    status = CLIENT_CLOSED if context.client_gone else response.status
+    log_access(request, context, status, _bytes_out(context, response), error)
+    return response
+
+
+def _preflight(request: web.Request) -> web.StreamResponse | None:
+    if request.method != "OPTIONS" or not request.app[SETTINGS].cors_origins:
+        return None
+    return preflight_response(request)
+
+
+def _dialect(request: web.Request) -> str:
+    """Whose error shape the caller's SDK parses, from the path it called."""
+    v1 = request.app[SETTINGS].v1_path
+    path = request.path
+    if path == v1 + "/messages" or path.startswith(v1 + "/messages/"):
+        return "anthropic"
+    if path == v1 or path.startswith(v1 + "/"):
+        return "openai"
+    return "ollama"
+
+
+def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no such route: {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return exc.reason
+
+
+def _bytes_out(context: RequestContext, response: web.StreamResponse) -> int:
+    """Response body bytes (what the relay counted, else what we are about to send)."""
+    if context.bytes_out is not None:
+        return context.bytes_out
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, bytes) else 0
