@@ -64,6 +64,11 @@ class _KeyState:
     hour: _Window
     day_tokens: _Window
     in_flight: int = 0
+    # The key's effective limits, resolved from `source` (the record's own limits, a new
+    # object whenever the key table reloads), so admit() need not hash them each time.
+    source: KeyLimits | None = None
+    limits: Limits = Limits()
+    unlimited: bool = True
 
 
 class Verdict(NamedTuple):
@@ -74,6 +79,10 @@ class Verdict(NamedTuple):
     reason: str = ""
     retry_after: int = 0
     headers: tuple[tuple[str, str], ...] = ()
+
+
+NO_LIMITS = Limits()
+ADMITTED = Verdict(True)
 
 
 class Limiter:
@@ -97,11 +106,20 @@ class Limiter:
 
     def admit(self, record: KeyRecord, now: float) -> Verdict:
         """Check every limit, and if all pass, count the request and its slot."""
-        limits = self.limits_for(record)
         state = self._state_for(record.id)
+        if state.source is not record.limits:
+            state.limits = self.limits_for(record)
+            state.source = record.limits
+            state.unlimited = state.limits == NO_LIMITS
+        limits = state.limits
         minute, hour, tokens = state.minute, state.hour, state.day_tokens
         minute.roll(now)
         hour.roll(now)
+        if state.unlimited:  # counted for the statistics; nothing to check or to say
+            minute.used += 1
+            hour.used += 1
+            state.in_flight += 1
+            return ADMITTED
         tokens.roll(now)
         if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
             return self._refuse(
