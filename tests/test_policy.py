@@ -302,6 +302,7 @@ async def test_a_client_that_left_early_is_recorded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="aigateway.access")
+
     async def call() -> None:
         async with (
             aiohttp.ClientSession() as session,
