@@ -65,9 +65,12 @@ class _KeyState:
     day_tokens: _Window
     in_flight: int = 0
     # The key's effective limits, resolved from `source` (the record's own limits, a new
-    # object whenever the key table reloads), so admit() need not hash them each time.
+    # object whenever the key table reloads), so admit() need not hash them each time;
+    # `windowed` holds the set ones among rpm, rph and tokens per day, with their window
+    # and refusal, for both the checks and the X-RateLimit-* headers.
     source: KeyLimits | None = None
     limits: Limits = Limits()
+    windowed: tuple[tuple[int, _Window, str], ...] = ()
     unlimited: bool = True
 
 
@@ -81,7 +84,6 @@ class Verdict(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-NO_LIMITS = Limits()
 ADMITTED = Verdict(True)
 
 
@@ -108,60 +110,57 @@ class Limiter:
         """Check every limit, and if all pass, count the request and its slot."""
         state = self._state_for(record.id)
         if state.source is not record.limits:
-            state.limits = self.limits_for(record)
-            state.source = record.limits
-            state.unlimited = state.limits == NO_LIMITS
-        limits = state.limits
-        minute, hour, tokens = state.minute, state.hour, state.day_tokens
+            self._resolve(state, record)
+        minute, hour = state.minute, state.hour
         minute.roll(now)
         hour.roll(now)
-        if state.unlimited:  # counted for the statistics; nothing to check or to say
-            minute.used += 1
-            hour.used += 1
-            state.in_flight += 1
-            return ADMITTED
-        tokens.roll(now)
-        if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
-            return self._refuse(
-                limits,
-                state,
-                now,
-                f"too many requests at once for this key (limit {limits.max_concurrent})",
-                1,
-            )
-        if limits.rpm and minute.used >= limits.rpm:
-            return self._refuse(
-                limits,
-                state,
-                now,
-                f"rate limit reached: {limits.rpm} requests per minute for this key",
-                minute.reset_in(now),
-            )
-        if limits.rph and hour.used >= limits.rph:
-            return self._refuse(
-                limits,
-                state,
-                now,
-                f"rate limit reached: {limits.rph} requests per hour for this key",
-                hour.reset_in(now),
-            )
-        if limits.tokens_per_day and tokens.used >= limits.tokens_per_day:
-            return self._refuse(
-                limits,
-                state,
-                now,
-                f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
-                tokens.reset_in(now),
-            )
+        if not state.unlimited:  # else only counted, for the statistics
+            state.day_tokens.roll(now)
+            refusal = self._refusal(state, now)
+            if refusal is not None:
+                return refusal
         minute.used += 1
         hour.used += 1
         state.in_flight += 1
-        return Verdict(True, "", 0, self._headers(limits, state, now))
+        return ADMITTED if state.unlimited else Verdict(True, "", 0, self._headers(state, now))
 
-    def _refuse(
-        self, limits: Limits, state: _KeyState, now: float, reason: str, retry_after: int
-    ) -> Verdict:
-        return Verdict(False, reason, retry_after, self._headers(limits, state, now))
+    def _resolve(self, state: _KeyState, record: KeyRecord) -> None:
+        limits = self.limits_for(record)
+        state.source, state.limits = record.limits, limits
+        state.windowed = tuple(
+            (limit, window, reason)
+            for limit, window, reason in (
+                (
+                    limits.rpm,
+                    state.minute,
+                    f"rate limit reached: {limits.rpm} requests per minute for this key",
+                ),
+                (
+                    limits.rph,
+                    state.hour,
+                    f"rate limit reached: {limits.rph} requests per hour for this key",
+                ),
+                (
+                    limits.tokens_per_day,
+                    state.day_tokens,
+                    f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
+                ),
+            )
+            if limit
+        )
+        state.unlimited = not state.windowed and not limits.max_concurrent
+
+    def _refusal(self, state: _KeyState, now: float) -> Verdict | None:
+        """The first limit the request would break, in the order concurrency, minute,
+        hour, day; None when it breaks none."""
+        cap = state.limits.max_concurrent
+        if cap and state.in_flight >= cap:
+            reason = f"too many requests at once for this key (limit {cap})"
+            return Verdict(False, reason, 1, self._headers(state, now))
+        for limit, window, reason in state.windowed:
+            if window.used >= limit:
+                return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
+        return None
 
     def release(self, key_id: int) -> None:
         state = self._state.get(key_id)
@@ -197,20 +196,15 @@ class Limiter:
         }
 
     @staticmethod
-    def _headers(limits: Limits, state: _KeyState, now: float) -> tuple[tuple[str, str], ...]:
+    def _headers(state: _KeyState, now: float) -> tuple[tuple[str, str], ...]:
         """X-RateLimit-* for the tightest limit: the one with the least share left."""
         best: tuple[int, int, _Window] | None = None
         best_share = 2.0
-        for limit, window in (
-            (limits.rpm, state.minute),
-            (limits.rph, state.hour),
-            (limits.tokens_per_day, state.day_tokens),
-        ):
-            if limit:
-                remaining = limit - window.used if window.used < limit else 0
-                share = remaining / limit
-                if share < best_share:
-                    best_share, best = share, (limit, remaining, window)
+        for limit, window, _ in state.windowed:
+            remaining = limit - window.used if window.used < limit else 0
+            share = remaining / limit
+            if share < best_share:
+                best_share, best = share, (limit, remaining, window)
         if best is None:
             return ()
         limit, remaining, window = best
