@@ -17,6 +17,7 @@ from .keytable import AuthError
 from .store import KeyRecord
 
 _PUBLIC = "_aigateway_public"
+_MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
@@ -41,7 +42,7 @@ def presented_key(request: web.Request) -> str:
     api_key = request.headers.get("x-api-key")
     if api_key is not None and api_key.strip():
         return api_key.strip()
-    raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>'")
+    raise Unauthorized(_MISSING_KEY)
 
 
 def authenticate(request: web.Request) -> KeyRecord:
@@ -56,5 +57,5 @@ def principal(request: web.Request) -> KeyRecord:
     """The authenticated caller of a handler that is not public."""
     record = request[CONTEXT].principal
     if record is None:  # only a @public handler runs without one
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>'")
+        raise Unauthorized(_MISSING_KEY)
     return record

@@ -54,8 +54,11 @@ def _header_allowed(name: str) -> bool:
 
 
 def preflight_response(request: web.Request) -> web.StreamResponse | None:
-    """The answer to a CORS preflight, which needs no key; None for any other request."""
-    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+    """The answer to a CORS preflight, which needs no key; None for any other request
+    and when CORS is off (CORS_ORIGINS unset: an OPTIONS request is then relayed)."""
+    if request.method != "OPTIONS" or not request.app[SETTINGS].cors_origins:
+        return None
+    if "Access-Control-Request-Method" not in request.headers:
         return None
     allow = allowed_origin(request)
     if allow is None:

@@ -41,7 +41,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     )
     error = ""
     try:
-        preflight = _preflight(request)
+        preflight = preflight_response(request)
         if preflight is not None:
             response = preflight
         else:
@@ -72,12 +72,6 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     status = CLIENT_CLOSED if context.client_gone else response.status
     log_access(request, context, status, _bytes_out(context, response), error)
     return response
-
-
-def _preflight(request: web.Request) -> web.StreamResponse | None:
-    if request.method != "OPTIONS" or not request.app[SETTINGS].cors_origins:
-        return None
-    return preflight_response(request)
 
 
 def _dialect(request: web.Request) -> str:
