@@ -39,13 +39,8 @@ class _Formatter(logging.Formatter):
         second = int(created)
         if second != self._second:
             self._second = second
-            self._stamp = _second_text(second)
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._stamp},{int((created - second) * 1000):03d}"
-
-
-def _second_text(second: int) -> str:
-    """logging's default asctime, to the second (the milliseconds follow a comma)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
 
 
 class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
@@ -138,8 +133,9 @@ class FileHandler(_Batching):
 class AccessSink:
     """Writes access lines as `aigateway.access` INFO records would look, without them."""
 
-    def __init__(self, handlers: list[_Batching]) -> None:
+    def __init__(self, handlers: list[_Batching], formatter: _Formatter) -> None:
         self._handlers = handlers
+        self._stamp = formatter.stamp
         # FORMAT around the time and the message, filled in once: a line is then one
         # f-string instead of a %-format of a dict.
         probe = FORMAT % {
@@ -149,19 +145,9 @@ class AccessSink:
             "message": "\0",
         }
         self._before, self._between, self._after = probe.split("\0")
-        self._second = -1
-        self._second_text = ""
 
     def write(self, message: str) -> None:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = _second_text(second)
-        line = (
-            f"{self._before}{self._second_text},{int((now - second) * 1000):03d}"
-            f"{self._between}{message}{self._after}\n"
-        )
+        line = f"{self._before}{self._stamp(time.time())}{self._between}{message}{self._after}\n"
         for handler in self._handlers:
             handler.add(line)
 
@@ -197,5 +183,5 @@ def configure_logging(settings: Settings) -> None:
     logger.setLevel(min(handler.level for handler in handlers))
     logger.propagate = False
     wants_access = [h for h in handlers if h.level <= logging.INFO]
-    access_sink = AccessSink(wants_access) if wants_access else None
+    access_sink = AccessSink(wants_access, formatter) if wants_access else None
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ def test_access_lines_look_like_records_of_the_logging_module(
     handler.setFormatter(formatter)
     monkeypatch.setattr(logs.time, "time", lambda: created)
     message = "rid=ab12-1 user=alice key=laptop method=POST path=/api/chat status=200"
-    logs.AccessSink([handler]).write(message)  # off the event loop: written at once
+    logs.AccessSink([handler], formatter).write(message)  # off the event loop: written at once
     record = logging.LogRecord("aigateway.access", logging.INFO, __file__, 1, message, None, None)
     record.created = created
     assert stream.getvalue() == formatter.format(record) + "\n"
