@@ -16,7 +16,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -77,38 +77,16 @@ class UsageTap:
 
 
 def token_counts(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
-    """Counts from the last line that has them; `head` (the first chunks) is read only
-    for Anthropic streams whose final usage lacks the input tokens."""
-    # Nearly always Ollama's last line holds them: take it first, in as few steps as can be.
-    text = tail.rstrip()
-    last = text[text.rfind(b"\n") + 1 :]
-    if last[:1] == b"{" and len(last) <= LONG_LINE_BYTES:
-        try:
-            doc = orjson.loads(last)
-        except orjson.JSONDecodeError:
-            doc = None
-        if type(doc) is dict:
-            prompt, completion = doc.get("prompt_eval_count"), doc.get("eval_count")
-            if prompt is not None or completion is not None:
-                return _int(prompt), _int(completion)
-    return _counts_from_any_line(head, tail)
-
-
-def _lines_from_end(data: bytes) -> Iterator[bytes]:
-    """The lines of `data`, last first, without splitting all of it (the counts are
-    nearly always on the last line of a 64 KiB tail)."""
-    end = len(data)
+    """Counts from the last line that has them, parsing lines from the end (SSE `data:`
+    lines too) and searching the bytes where a line is too long or cut; `head` (the
+    first chunks) is read only for Anthropic streams whose final usage lacks the input
+    tokens. Nearly always the last line holds them, so lines are cut off one at a time
+    from the end rather than all split."""
+    end = len(tail)
     while end > 0:
-        start = data.rfind(b"\n", 0, end) + 1
-        yield data[start:end]
+        start = tail.rfind(b"\n", 0, end) + 1
+        line = tail[start:end].strip()
         end = start - 1
-
-
-def _counts_from_any_line(head: Sequence[bytes], tail: bytes) -> tuple[int | None, int | None]:
-    """The general way: parse lines from the end (SSE `data:` lines too) until one has
-    counts, searching the bytes where a line is too long or cut."""
-    for line in _lines_from_end(tail):
-        line = line.strip()
         if line.startswith(b"data:"):
             line = line[5:].strip()
         if not line.startswith(b"{"):
