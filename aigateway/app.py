@@ -11,9 +11,21 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .adminapi import add_admin_routes
-from .appkeys import KEY_TABLE, LIMITER, SETTINGS, STARTED_AT, STORE, UPSTREAM, USAGE
+from .appkeys import (
+    BODY_BUDGET,
+    IN_FLIGHT,
+    KEY_TABLE,
+    LIMITER,
+    SETTINGS,
+    STARTED_AT,
+    STORE,
+    UPSTREAM,
+    USAGE,
+)
+from .bodybudget import BodyBudget
 from .cors import add_cors_headers
 from .health import health, health_ollama, root
+from .inflight import InFlight
 from .keytable import KeyTable, flush_last_used, keep_fresh, load
 from .limits import DAY, Limiter, Limits
 from .middleware import gateway_middleware
@@ -39,6 +51,9 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[STARTED_AT] = time.time()
+    app[BODY_BUDGET] = BodyBudget(settings.max_body_memory)
+    app[IN_FLIGHT] = InFlight()
+    app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_key_store)
@@ -63,6 +78,13 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         handler = relay_handler(route)
         for method in route.methods:
             router.add_route(method, settings.client_prefix(route.native) + route.path, handler)
+
+
+async def _finish_open_requests(app: web.Application) -> None:
+    """On a graceful stop (the server no longer accepts connections): give open requests
+    all but a second of SHUTDOWN_TIMEOUT, then end the rest, each in its dialect, so that
+    the server's own wait (SHUTDOWN_TIMEOUT) ends with every response finished."""
+    await app[IN_FLIGHT].drain(max(0.0, app[SETTINGS].shutdown_timeout - 1.0))
 
 
 async def _key_store(app: web.Application) -> AsyncIterator[None]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .bodybudget import BodyBudget
 from .context import RequestContext
+from .inflight import InFlight
 from .keytable import KeyTable
 from .limits import Limiter
 from .settings import Settings
@@ -19,5 +21,7 @@ UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 USAGE = web.AppKey("usage", UsageWriter)
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 CONTEXT = web.RequestKey("context", RequestContext)

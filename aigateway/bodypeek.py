@@ -4,6 +4,7 @@ changing the bytes that are sent on."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,3 +36,45 @@ def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+class UndecidableBody(Exception):
+    """The body cannot be read the way Ollama will read it; the message says why."""
+
+
+@dataclass(slots=True)
+class BodyFields:
+    """What Ollama will read from a request body (interim: plain orjson reading)."""
+
+    models: tuple[str, ...] = ()
+    model: str | None = None
+    stream: bool | None = None
+    include_usage: bool | None = None
+    max_output: int | None = None
+
+
+def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UndecidableBody("the request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise UndecidableBody("the request body is not a JSON object")
+    models = tuple(doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f])
+    stream = doc.get("stream")
+    options = doc.get("stream_options")
+    include = options.get("include_usage") if isinstance(options, dict) else None
+    limit = None
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(doc.get(name), int):
+            limit = doc[name]
+    opts = doc.get("options")
+    if isinstance(opts, dict) and isinstance(opts.get("num_predict"), int):
+        limit = opts["num_predict"]
+    return BodyFields(
+        models,
+        models[0] if models else None,
+        stream if isinstance(stream, bool) else None,
+        include if isinstance(include, bool) else None,
+        limit,
+    )

@@ -7,8 +7,10 @@
     ├── NotFound (404)
     ├── Conflict (409)
     ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
     ├── TooManyRequests (429, with Retry-After and X-RateLimit-*)
     ├── UpstreamUnreachable (502)
+    ├── ServiceUnavailable (503, with Retry-After)
     └── UpstreamTimeout (504)
 
 aiohttp's own HTTP exceptions (404 unknown path, 405 wrong method, 413 from the body
@@ -63,8 +65,16 @@ class PayloadTooLarge(GatewayError):
     status = 413
 
 
+class UnsupportedMediaType(GatewayError):
+    status = 415
+
+
 class UpstreamUnreachable(GatewayError):
     status = 502
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
 
 
 class UpstreamTimeout(GatewayError):
@@ -85,6 +95,7 @@ _ANTHROPIC_TYPES = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    503: "overloaded_error",
 }
 
 

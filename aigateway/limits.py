@@ -2,9 +2,16 @@
 
 Windows are fixed and aligned to UTC: the minute, the hour, the day. Admission checks
 and counts in one step with no await in between, so on one event loop it is exact: with
-a limit of 50, exactly 50 of 100 simultaneous requests pass. Token quotas are charged
-when a response ends, from the counts Ollama reports, so one request may overshoot the
-quota; the next is refused. Today's tokens are reloaded from the usage table at start-up.
+a limit of 50, exactly 50 of 100 simultaneous requests pass.
+
+Token quotas cannot be checked that way, because a request's tokens are known only when
+its response ends. So a request to a key with a quota reserves an estimate once its body
+is read (`reserve_tokens`: its own output cap, else a setting, plus its prompt guessed
+from its size), and is admitted only while the tokens settled today plus those reserved
+by requests still running are below the quota; when it ends, `settle_tokens` replaces the
+reservation with what it really used. Parallel requests therefore cannot overrun a quota
+many times over: the day's tokens end below the quota plus what the requests admitted last
+used beyond their reservations. Today's tokens are reloaded from the usage table at start-up.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ class _Window:
     start: float = 0.0
     end: float = 0.0  # start + length: a new window begins once `now` reaches it
     used: int = 0
+    # Tokens reserved by requests still running (the day's token window only). Not reset by
+    # roll(): a request that began yesterday settles into today.
+    reserved: int = 0
 
     def roll(self, now: float) -> None:
         if now >= self.end or now < self.start:  # the clock moved on (or back)
@@ -158,14 +168,49 @@ class Limiter:
             reason = f"too many requests at once for this key (limit {cap})"
             return Verdict(False, reason, 1, self._headers(state, now))
         for limit, window, reason in state.windowed:
-            if window.used >= limit:
+            if window.used + window.reserved >= limit:
                 return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
         return None
+
+    def refund(self, key_id: int) -> None:
+        """Take back the count of an admitted request that was then refused for its body
+        (a model not allowed, too large, over the token quota): limits count requests
+        relayed, and admission had to come before the body was read."""
+        state = self._state.get(key_id)
+        if state is not None:
+            state.minute.used = max(0, state.minute.used - 1)
+            state.hour.used = max(0, state.hour.used - 1)
 
     def release(self, key_id: int) -> None:
         state = self._state.get(key_id)
         if state is not None and state.in_flight > 0:
             state.in_flight -= 1
+
+    def reserve_tokens(self, record: KeyRecord, estimate: int, now: float) -> int | Verdict:
+        """Reserve `estimate` tokens for an admitted request of a key with a token quota,
+        if settled and reserved tokens leave any of the quota; return what was reserved
+        (0 for a key without a quota), or the refusal. Checked and reserved with no await
+        in between, so simultaneous requests see each other's reservations."""
+        state = self._state_for(record.id)
+        if state.source is not record.limits:
+            self._resolve(state, record)
+        quota = state.limits.tokens_per_day
+        if not quota:
+            return 0
+        window = state.day_tokens
+        window.roll(now)
+        if window.used + window.reserved >= quota:
+            reason = f"token quota reached: {quota} tokens per day for this key"
+            return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
+        window.reserved += estimate
+        return estimate
+
+    def settle_tokens(self, key_id: int, reserved: int, tokens: int, now: float) -> None:
+        """A request ended: drop its reservation and charge what it used."""
+        window = self._state_for(key_id).day_tokens
+        window.reserved = max(0, window.reserved - reserved)
+        window.roll(now)
+        window.used += tokens
 
     def charge_tokens(self, key_id: int, tokens: int, now: float) -> None:
         window = self._state_for(key_id).day_tokens
@@ -186,6 +231,7 @@ class Limiter:
             "requests_this_minute": state.minute.used,
             "requests_this_hour": state.hour.used,
             "tokens_today": state.day_tokens.used,
+            "tokens_reserved": state.day_tokens.reserved,
             "in_flight": state.in_flight,
             "limits": {
                 "rpm": limits.rpm,
@@ -201,7 +247,8 @@ class Limiter:
         best: tuple[int, int, _Window] | None = None
         best_share = 2.0
         for limit, window, _ in state.windowed:
-            remaining = limit - window.used if window.used < limit else 0
+            taken = window.used + window.reserved
+            remaining = limit - taken if taken < limit else 0
             share = remaining / limit
             if share < best_share:
                 best_share, best = share, (limit, remaining, window)

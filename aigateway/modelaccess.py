@@ -3,15 +3,13 @@ and model lists (tags, ps, /v1/models) cut down to what the key may see."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any
 
 import orjson
 
-from .bodypeek import FULL_PARSE_LIMIT, first_name
-from .errors import BadRequest, Forbidden
+from .bodypeek import first_name
+from .errors import Forbidden
 
 
 def model_allowed(model: str, patterns: Iterable[str]) -> bool:
@@ -25,36 +23,20 @@ def model_allowed(model: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)
 
 
-async def check_request(body: bytes, fields: tuple[str, ...], patterns: tuple[str, ...]) -> str:
-    """The model the body names, if every model it names is allowed; else 400/403.
-    With an allow-list, a body we cannot read is refused, never passed on."""
-    doc = await _parse(body)
-    if not isinstance(doc, dict):
-        raise BadRequest(
-            "this key may only use some models, and the request body is not"
-            " a JSON object naming one"
-        )
-    named = [doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f]]
-    if not named:
+def check_models(
+    models: tuple[str, ...], fields: tuple[str, ...], patterns: tuple[str, ...]
+) -> None:
+    """Every model a body names must be allowed, and it must name one; else 403."""
+    if not models:
         raise Forbidden(
             f"this key may only use the models {', '.join(patterns)}; the request"
             f" names none (field {fields[0]!r})"
         )
-    for model in named:
+    for model in models:
         if not model_allowed(model, patterns):
             raise Forbidden(
                 f"this key may not use the model {model!r} (allowed: {', '.join(patterns)})"
             )
-    return str(named[0])
-
-
-async def _parse(body: bytes) -> Any:
-    try:
-        if len(body) > FULL_PARSE_LIMIT:  # big embed batches: off the event loop
-            return await asyncio.to_thread(orjson.loads, body)
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def filter_model_list(body: bytes, patterns: tuple[str, ...]) -> bytes:

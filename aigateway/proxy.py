@@ -14,30 +14,41 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .appkeys import CONTEXT, LIMITER, SETTINGS, UPSTREAM, USAGE
-from .bodypeek import peek_model
+from .appkeys import BODY_BUDGET, CONTEXT, IN_FLIGHT, LIMITER, SETTINGS, UPSTREAM, USAGE
+from .bodybudget import BodyBudget
+from .bodypeek import FULL_PARSE_LIMIT, BodyFields, UndecidableBody, read_body
 from .context import RequestContext
 from .errors import (
+    BadRequest,
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     TooManyRequests,
+    UnsupportedMediaType,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .modelaccess import check_request, filter_model_list, model_allowed
+from .limits import Verdict
+from .modelaccess import check_models, filter_model_list, model_allowed
 from .routes import RelayRoute
 from .settings import Settings
 from .store import KeyRecord, UsageRecord
+from .streams import (
+    NDJSON,
+    UsageStripper,
+    broken_stream_tail,
+    counted_tokens,
+    with_usage_requested,
+)
 from .usage import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
@@ -57,8 +68,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Besides hop-by-hop: the gateway's own credentials, what Ollama would refuse (Host,
-# Origin), what aiohttp recomputes (Content-Length, Expect), and cookies meant for us.
+# Origin), what aiohttp recomputes (Content-Length, Expect), cookies meant for us, and
+# Content-Encoding: aiohttp decoded the body, so it goes on as it now is.
 REQUEST_DROP = HOP_BY_HOP | {
+    "content-encoding",
     "host",
     "authorization",
     "x-api-key",
@@ -69,8 +82,12 @@ REQUEST_DROP = HOP_BY_HOP | {
     "accept-encoding",
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-NDJSON = "application/x-ndjson"
+# The request codings aiohttp's server decodes (identity: none to decode).
+DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 LARGE_BODY_BYTES = 1024 * 1024
+# A prompt's tokens are guessed at a quarter of its body's bytes, at most this many.
+PROMPT_ESTIMATE_CAP = 128 * 1024
+NO_FIELDS = BodyFields()
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
@@ -100,10 +117,36 @@ def relay_handler(route: RelayRoute) -> Handler:
 
 
 async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
+    """Admit, read the body, forward, settle: in that order, so that a key over its limits
+    is refused before a byte of its body is read (and held)."""
     app = request.app
-    settings, context = app[SETTINGS], request[CONTEXT]
+    context = request[CONTEXT]
     principal = context.principal
     assert principal is not None  # the middleware authenticated every relayed request
+    _check_path(request, route, principal)
+    _check_content_encoding(request)
+    limiter = app[LIMITER]
+    verdict = limiter.admit(principal, time.time())
+    if not verdict.allowed:
+        raise _too_many(verdict)
+    exchange = _Exchange(context, principal, verdict.headers)
+    in_flight = app[IN_FLIGHT]
+    in_flight.add(exchange)
+    try:
+        await _take_request(request, route, exchange)
+        return await _forward(request, route, exchange)
+    finally:
+        in_flight.discard(exchange)
+        app[BODY_BUDGET].give_back(exchange.body_held)
+        limiter.release(principal.id)
+        if exchange.relayed:
+            _settle(request, route, exchange)
+        else:
+            limiter.refund(principal.id)
+
+
+def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -> None:
+    """What the path and the key's role decide, before anything is counted or read."""
     for value in request.match_info.values():
         # A decoded %2F or a dot segment would make the path Ollama sees another route.
         if "/" in value or "\\" in value or value in (".", ".."):
@@ -114,47 +157,49 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
             raise NotFound(f"model '{named}' not found")
     if route.kind == "manage" and principal.role != "admin":
         raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
-    data: bytes | io.BytesIO | aiohttp.StreamReader
-    if route.stream_request_body:
-        data, bytes_in = request.content, request.content_length or 0
-        model = None
-        if principal.models is not None:
-            raise Forbidden("this key may only use some models, and uploads name none")
-    else:
-        body = await _read_body(request, settings.max_body_bytes)
-        bytes_in = len(body)
-        if principal.models is not None and route.model_fields:
-            model = await check_request(body, route.model_fields, principal.models)
-        else:
-            model = peek_model(body, route.model_fields)
-        # aiohttp writes a BytesIO in slices, yielding to the loop between them.
-        data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-    context.model = model
-    limiter = app[LIMITER]
-    verdict = limiter.admit(principal, time.time())
-    if not verdict.allowed:
-        raise TooManyRequests(
-            verdict.reason, {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)}
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    """aiohttp decodes gzip, deflate, br and zstd request bodies as they are read, and the
+    relay then sends them on decoded, without the header. Any other coding could be
+    neither read for the allow-list nor sent on honestly: refuse it."""
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.strip().lower() not in DECODED_CODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding!r} is not supported; send the body uncompressed"
+            " or as gzip, deflate, br or zstd"
         )
-    exchange = _Exchange(context, principal, verdict.headers)
-    try:
-        return await _forward(request, route, data, exchange)
-    finally:
-        limiter.release(principal.id)
-        _record_usage(request, route, bytes_in, exchange)
+
+
+def _too_many(verdict: Verdict) -> TooManyRequests:
+    return TooManyRequests(
+        verdict.reason, {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)}
+    )
 
 
 class _Exchange:
-    """What one relayed request learned on its way, for its usage record."""
+    """One relayed request on its way: what the usage record and the settlement need,
+    and how a graceful stop can end it."""
 
     __slots__ = (
+        "body_held",
+        "bytes_in",
         "context",
+        "cut",
+        "data",
         "first_byte_at",
         "principal",
+        "prompt_estimate",
         "rate_headers",
+        "relayed",
+        "reserved",
         "response",
         "status",
+        "stopping",
+        "stripper",
         "tap",
+        "task",
+        "upstream",
     )
 
     def __init__(
@@ -170,22 +215,113 @@ class _Exchange:
         self.status = 502
         self.first_byte_at: float | None = None
         self.response: web.StreamResponse | None = None
+        self.upstream: aiohttp.ClientResponse | None = None
+        self.data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
+        self.body_held = 0  # bytes of the body budget this request holds
+        self.bytes_in = 0
+        self.reserved = 0  # tokens reserved against the key's daily quota
+        self.prompt_estimate = 0
+        self.relayed = False  # admitted and sent on: settle it and record it
+        self.cut = False  # the stream was cut short (Ollama's side broke, or a stop)
+        self.stopping = False  # a graceful stop is ending this request
+        self.stripper: UsageStripper | None = None
+        self.task = asyncio.current_task()
+
+    def stop(self) -> None:
+        """End this request for a graceful stop: a response being relayed is cut the way
+        its dialect signals an error; one not begun yet is answered 503."""
+        self.stopping = True
+        if self.upstream is not None:
+            self.upstream.content.set_exception(GatewayStopping())
+        elif self.task is not None:
+            self.task.cancel()
+
+
+class GatewayStopping(Exception):
+    """Raised into a relayed stream when a graceful stop ends it."""
+
+
+async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exchange) -> None:
+    """Read the body (bounded, within the body budget), check it against the allow-list,
+    reserve the key's tokens, and decide what is sent on."""
+    app = request.app
+    principal = exchange.principal
+    if route.stream_request_body:
+        if principal.models is not None:
+            raise Forbidden("this key may only use some models, and uploads name none")
+        exchange.data = _counted(request.content, exchange)
+        exchange.relayed = True
+        return
+    settings = app[SETTINGS]
+    body = await _read_body(request, settings.max_body_bytes, app[BODY_BUDGET], exchange)
+    exchange.bytes_in = len(body)
+    fields = await _fields(body, route, principal.models)
+    exchange.context.model = fields.model
+    if route.kind == "inference":
+        exchange.prompt_estimate = min(len(body) // 4, PROMPT_ESTIMATE_CAP)
+        output = 0
+        if route.outputs_tokens:
+            output = fields.max_output if fields.max_output else settings.token_reserve
+            output = max(1, min(output, settings.token_reserve * 64))
+        reserved = app[LIMITER].reserve_tokens(
+            principal, exchange.prompt_estimate + output, time.time()
+        )
+        if not isinstance(reserved, int):
+            raise _too_many(reserved)
+        exchange.reserved = reserved
+        if route.usage_on_request and fields.stream and not fields.include_usage:
+            body = with_usage_requested(body)
+            exchange.stripper = UsageStripper()
+    # aiohttp writes a BytesIO in slices, yielding to the loop between them.
+    exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
+    exchange.relayed = True
+
+
+async def _fields(body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None) -> BodyFields:
+    """What Ollama will read from the body. With an allow-list, every model it names must
+    be allowed and a body that cannot be read is refused; without one, such a body passes
+    unchanged and its record names no model."""
+    if not route.model_fields or (not body and patterns is None):
+        return NO_FIELDS
+    try:
+        if len(body) > FULL_PARSE_LIMIT:  # big embed batches: off the event loop
+            fields = await asyncio.to_thread(read_body, body, route.model_fields)
+        else:
+            fields = read_body(body, route.model_fields)
+    except UndecidableBody as exc:
+        if patterns is None:
+            return NO_FIELDS
+        raise BadRequest(f"this key may only use some models, and {exc}") from None
+    if patterns is not None:
+        check_models(fields.models, route.model_fields, patterns)
+    return fields
+
+
+async def _counted(content: aiohttp.StreamReader, exchange: _Exchange) -> AsyncIterator[bytes]:
+    """An upload passed on as it arrives, counting what really came (not what
+    Content-Length claimed)."""
+    async for chunk in content.iter_any():
+        exchange.bytes_in += len(chunk)
+        yield chunk
 
 
 async def _forward(
-    request: web.Request,
-    route: RelayRoute,
-    data: bytes | io.BytesIO | aiohttp.StreamReader,
-    exchange: _Exchange,
+    request: web.Request, route: RelayRoute, exchange: _Exchange
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     url = _upstream_url(request, settings, route)
     headers = _request_headers(request, settings)
     patterns = exchange.principal.models
+    data, exchange.data = exchange.data, None
     try:
         async with request.app[UPSTREAM].request(
             request.method, url, data=data, headers=headers, allow_redirects=False
         ) as upstream:
+            # Ollama has the whole body now: let go of it and of its share of the budget.
+            del data
+            request.app[BODY_BUDGET].give_back(exchange.body_held)
+            exchange.body_held = 0
+            exchange.upstream = upstream
             exchange.status = upstream.status
             response = exchange.response = _response_for(upstream, request, exchange)
             try:
@@ -193,12 +329,21 @@ async def _forward(
                     await _send_filtered(upstream, response, request, exchange, patterns)
                 else:
                     await response.prepare(request)
-                    await _pump(upstream, response, request, exchange)
+                    await _pump(upstream, response, request, exchange, route)
             except ConnectionResetError:
                 # The client left: close (not pool) the upstream connection so Ollama stops.
                 exchange.context.client_gone = True
                 upstream.close()
             return response
+    except asyncio.CancelledError:
+        if not exchange.stopping:
+            raise
+        # A graceful stop ended a request still waiting for Ollama's first byte.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        exchange.status = 503
+        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnreachable(
             f"cannot reach Ollama at {settings.ollama_base_url}: {exc.os_error.strerror or exc}"
@@ -216,17 +361,31 @@ async def _forward(
         ) from None
 
 
-def _record_usage(
-    request: web.Request, route: RelayRoute, bytes_in: int, exchange: _Exchange
-) -> None:
-    """Queue the usage record (never awaits: this also runs when the handler is cancelled)
-    and charge the key's token quota."""
+def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> None:
+    """Charge the key's quota with what the request used, in place of its reservation,
+    and queue the usage record (never awaits: this also runs when the handler is
+    cancelled)."""
     now_perf, now = time.perf_counter(), time.time()
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
-    if prompt or completion:
-        request.app[LIMITER].charge_tokens(principal.id, (prompt or 0) + (completion or 0), now)
-    context.bytes_out = tap.total
+    if (
+        prompt is None
+        and completion is None
+        and exchange.first_byte_at is not None
+        and (context.client_gone or exchange.cut)
+        and route.kind == "inference"
+    ):
+        # A stream cut before its final counts: charge what it carried, and its prompt as
+        # estimated at admission (Ollama evaluated it before the first token).
+        response = exchange.response
+        content_type = response.content_type if response is not None else ""
+        completion = counted_tokens(tap.newlines, content_type, route.dialect)
+        prompt = exchange.prompt_estimate
+    request.app[LIMITER].settle_tokens(
+        principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
+    )
+    stripped = exchange.stripper.removed if exchange.stripper is not None else 0
+    context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     request.app[USAGE].record(
@@ -243,8 +402,8 @@ def _record_usage(
             completion,
             (now_perf - started) * 1000,  # duration_ms
             None if first_byte_at is None else (first_byte_at - started) * 1000,  # ttfb_ms
-            bytes_in,
-            tap.total,  # bytes_out
+            exchange.bytes_in,
+            context.bytes_out,
             context.client_gone,
         )
     )
@@ -269,13 +428,32 @@ async def _send_filtered(
     await response.write_eof()
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
+async def _read_body(
+    request: web.Request, limit: int, budget: BodyBudget, exchange: _Exchange
+) -> bytes:
+    """The whole body, at most `limit` bytes (after decoding), its bytes taken from the
+    body budget before they are held: all at once when its length is declared, else as
+    they arrive (chunked, or compressed so that the declared length is not its size)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise _too_large(limit)
+    if declared is not None and "Content-Encoding" not in request.headers:
+        await budget.take(declared)
+        exchange.body_held = declared
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(limit) from None
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            if size > exchange.body_held:
+                await budget.take(size - exchange.body_held)
+                exchange.body_held = size
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:  # e.g. a body that is not what its coding says
+        raise BadRequest(f"the request body cannot be read: {exc}") from None
+    return b"".join(chunks)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -343,34 +521,74 @@ async def _pump(
     response: web.StreamResponse,
     request: web.Request,
     exchange: _Exchange,
+    route: RelayRoute,
 ) -> None:
     """Copy upstream chunks to the client, letting the usage tap see each one in passing;
     a ConnectionResetError means the client left."""
-    tap = exchange.tap
+    tap, stripper = exchange.tap, exchange.stripper
     try:
         async for chunk in upstream.content.iter_any():
             if exchange.first_byte_at is None:
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
+            if stripper is not None:
+                chunk = stripper.feed(chunk)
+                if not chunk:
+                    continue
             await response.write(chunk)
+        if stripper is not None and (rest := stripper.flush()):
+            await response.write(rest)
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()
         raise
     except ConnectionResetError:
         raise
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-        log.warning(
-            "rid=%s upstream stream broke after %d bytes: %s",
-            exchange.context.request_id,
-            response.body_length,
-            reason,
-        )
-        upstream.close()
-        if response.content_type == NDJSON:
-            # Ollama reports mid-stream failures as a final {"error": ...} line; do the same
-            # so clients raise instead of taking a cut stream for a complete one.
-            line = orjson.dumps({"error": f"aigateway: the Ollama stream broke ({reason})"})
-            await response.write(line + b"\n")
+    except (aiohttp.ClientError, TimeoutError, GatewayStopping) as exc:
+        await _end_cut_stream(upstream, response, request, exchange, route, exc)
+        return
     await response.write_eof()
+
+
+async def _end_cut_stream(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    request: web.Request,
+    exchange: _Exchange,
+    route: RelayRoute,
+    exc: BaseException,
+) -> None:
+    """End a response whose upstream stopped short so that the client can tell: the
+    dialect's error in the stream, then for NDJSON a clean end (as Ollama ends its own
+    mid-stream errors) and for anything else a closed connection, so that a body framed
+    by Content-Length, or an SSE stream read by a client that ignores error events, is
+    seen as incomplete at once instead of waited on."""
+    exchange.cut = True
+    upstream.close()
+    if isinstance(exc, GatewayStopping):
+        reason, message = "gateway stopping", "aigateway: the gateway is shutting down"
+    else:
+        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        message = f"aigateway: the Ollama stream broke ({reason})"
+    log.warning(
+        "rid=%s upstream stream cut after %d bytes: %s",
+        exchange.context.request_id,
+        exchange.tap.total,
+        reason,
+    )
+    content_type = response.content_type
+    tail = None
+    if response.content_length is None:  # chunked: there is room for one more message
+        tail = broken_stream_tail(content_type, route.dialect, message)
+    try:
+        if tail is not None:
+            await response.write(tail)
+        if tail is not None and content_type == NDJSON:
+            await response.write_eof()
+            return
+    except ConnectionResetError:
+        exchange.context.client_gone = True
+        return
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # after what is buffered, the tail included, has gone out

@@ -33,6 +33,12 @@ class RelayRoute:
     dialect: Dialect = "ollama"
     # /v1/models/{model}: a key with an allow-list sees only the models it may use.
     model_in_path: bool = False
+    # Inference that generates tokens (not embeddings): its output is reserved against a
+    # token quota, from the request's own cap or TOKEN_RESERVE.
+    outputs_tokens: bool = True
+    # OpenAI streams that count tokens only when asked (stream_options.include_usage):
+    # the relay asks, and removes the answer before the client sees it.
+    usage_on_request: bool = False
 
     @property
     def native(self) -> bool:
@@ -42,8 +48,8 @@ class RelayRoute:
 RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("POST",), "/generate", "inference"),
     RelayRoute(("POST",), "/chat", "inference"),
-    RelayRoute(("POST",), "/embed", "inference"),
-    RelayRoute(("POST",), "/embeddings", "inference"),
+    RelayRoute(("POST",), "/embed", "inference", outputs_tokens=False),
+    RelayRoute(("POST",), "/embeddings", "inference", outputs_tokens=False),
     RelayRoute(("GET", "HEAD"), "/tags", "read", model_fields=(), lists_models=True),
     RelayRoute(("POST",), "/show", "read"),
     RelayRoute(("GET",), "/ps", "read", model_fields=(), lists_models=True),
@@ -59,10 +65,29 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("HEAD",), "/blobs/{digest}", "manage"),
     # Ollama's /v1 routes (middleware/openai.go, middleware/anthropic.go).
     RelayRoute(
-        ("POST",), "/chat/completions", "inference", model_fields=("model",), dialect="openai"
+        ("POST",),
+        "/chat/completions",
+        "inference",
+        model_fields=("model",),
+        dialect="openai",
+        usage_on_request=True,
     ),
-    RelayRoute(("POST",), "/completions", "inference", model_fields=("model",), dialect="openai"),
-    RelayRoute(("POST",), "/embeddings", "inference", model_fields=("model",), dialect="openai"),
+    RelayRoute(
+        ("POST",),
+        "/completions",
+        "inference",
+        model_fields=("model",),
+        dialect="openai",
+        usage_on_request=True,
+    ),
+    RelayRoute(
+        ("POST",),
+        "/embeddings",
+        "inference",
+        model_fields=("model",),
+        dialect="openai",
+        outputs_tokens=False,
+    ),
     RelayRoute(("POST",), "/responses", "inference", model_fields=("model",), dialect="openai"),
     # multipart/form-data: not JSON, so keys with an allow-list cannot use it.
     RelayRoute(

@@ -17,9 +17,6 @@ from .settings import Settings
 
 log = logging.getLogger("aigateway")
 
-# How long a graceful stop waits for open requests (long streams) before cancelling them.
-SHUTDOWN_TIMEOUT_S = 10.0
-
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (it serves noticeably more requests per core)."""
@@ -58,7 +55,9 @@ async def _serve(settings: Settings) -> None:
         # Cancel a handler when its client disconnects, so a silent upstream request
         # (a long prompt evaluation) is closed at once instead of running for nobody.
         handler_cancellation=True,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        # Open requests get SHUTDOWN_TIMEOUT on a stop; app.py ends the rest a second
+        # early, each in its dialect, so this wait rarely cancels anything.
+        shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()  # opens the key store: a bad database stops us here
     try:
@@ -76,6 +75,6 @@ async def _serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: finishing open requests (at most %g s)", SHUTDOWN_TIMEOUT_S)
+        log.info("stopping: finishing open requests (at most %g s)", settings.shutdown_timeout)
     finally:
         await runner.cleanup()  # drains requests, flushes key use times, closes the store

@@ -48,6 +48,9 @@ class Settings:
     default_max_concurrent: int = 0
     usage_retention_days: int = 90
     cors_origins: tuple[str, ...] = ()
+    max_body_memory: int = 1024**3
+    token_reserve: int = 2048
+    shutdown_timeout: float = 10.0
 
     @property
     def upstream_api_base(self) -> str:
@@ -128,7 +131,19 @@ class Settings:
                 low=0,
                 high=36500,
             ),
+            max_body_memory=_size("MAX_BODY_MEMORY", get("MAX_BODY_MEMORY"), d.max_body_memory),
+            token_reserve=_int(
+                "TOKEN_RESERVE", get("TOKEN_RESERVE"), d.token_reserve, low=1, high=10**7
+            ),
+            shutdown_timeout=_seconds(
+                "SHUTDOWN_TIMEOUT", get("SHUTDOWN_TIMEOUT"), d.shutdown_timeout
+            ),
         )
+        if settings.max_body_memory < settings.max_body_bytes:
+            raise SettingsError(
+                f"MAX_BODY_MEMORY: expected at least MAX_BODY_SIZE ({settings.max_body_bytes}"
+                f" bytes), got {settings.max_body_memory}"
+            )
         for a, b in (
             (settings.admin_path, settings.base_path),
             (settings.base_path, settings.admin_path),

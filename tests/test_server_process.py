@@ -45,10 +45,10 @@ class Gateway:
         return self.console.read_text()
 
 
-@pytest.fixture
-async def gateway_process(
-    upstream: TestServer, db_path: str, key: str, tmp_path: Path
-) -> AsyncIterator[Gateway]:
+async def start_gateway(
+    upstream: TestServer, db_path: str, tmp_path: Path, **settings: str
+) -> Gateway:
+    """`python -m aigateway` in front of `upstream`, once it answers /health."""
     port = free_port()
     log_file = tmp_path / "gateway.log"
     env = {
@@ -58,6 +58,7 @@ async def gateway_process(
         "TOKEN_DB_PATH": db_path,
         "LOG_FILE": str(log_file),
         "LOG_FILE_LEVEL": "DEBUG",
+        **settings,
     }
     console = tmp_path / "console.log"
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe
@@ -84,10 +85,18 @@ async def gateway_process(
                 pass
             assert time.monotonic() < deadline, "gateway did not start"
             await asyncio.sleep(0.1)
-    yield Gateway(process, url, log_file, console)
-    if process.poll() is None:
-        process.kill()
-    process.wait()
+    return Gateway(process, url, log_file, console)
+
+
+@pytest.fixture
+async def gateway_process(
+    upstream: TestServer, db_path: str, key: str, tmp_path: Path
+) -> AsyncIterator[Gateway]:
+    gateway = await start_gateway(upstream, db_path, tmp_path)
+    yield gateway
+    if gateway.process.poll() is None:
+        gateway.process.kill()
+    gateway.process.wait()
 
 
 async def test_serves_streams_and_stops_cleanly_on_sigterm(

@@ -10,8 +10,12 @@ away before it finished. The `model` in a request body picks a behaviour:
     slow            a stream with one line every `slow_interval` seconds
     silent          no byte at all for a minute (a long prompt evaluation)
     stall           one stream line, then nothing until the client leaves
-    broken          one stream line, then the connection drops
+    broken          one stream line (or SSE event), then the connection drops
+    short           a non-streamed answer whose Content-Length promises more than comes
     anything else   the fixture for the route, streamed unless "stream": false
+
+Like Ollama, it generates at most `options.num_predict` tokens: the fixture's eval_count
+is lowered to it.
 """
 
 from __future__ import annotations
@@ -147,9 +151,12 @@ class FakeOllama:
             return _error(404, "model 'llama9' not found")
         if model == "silent":
             await asyncio.sleep(60)
+        if model == "short":
+            return await _short_answer(request)
+        cap = _num_predict(doc)
         if doc.get("stream", True) is False:
-            return _json(fixture(f"{kind}-nonstream.json"))
-        lines = fixture(f"{kind}-stream.ndjson").splitlines(keepends=True)
+            return _json(_capped(fixture(f"{kind}-nonstream.json"), cap))
+        lines = _capped(fixture(f"{kind}-stream.ndjson"), cap).splitlines(keepends=True)
         if model == "midway-error":
             lines = fixture("stream-error-midway.ndjson").splitlines(keepends=True)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
@@ -270,6 +277,10 @@ class FakeOllama:
             await response.write(event)
             if model == "stall":
                 await asyncio.sleep(3600)
+            if model == "broken":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             if model == "slow" and number < len(events) - 1:
                 await asyncio.sleep(self.slow_interval)
         await response.write_eof()
@@ -296,6 +307,32 @@ def _body(request: web.Request) -> dict[str, object]:
     except orjson.JSONDecodeError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _num_predict(doc: dict[str, object]) -> int | None:
+    options = doc.get("options")
+    cap = options.get("num_predict") if isinstance(options, dict) else None
+    return cap if isinstance(cap, int) and cap >= 0 else None
+
+
+def _capped(body: bytes, cap: int | None) -> bytes:
+    """The fixture with eval_count lowered to num_predict, as Ollama stops there."""
+    if cap is None:
+        return body
+    return re.sub(
+        rb'"eval_count":(\d+)', lambda m: b'"eval_count":%d' % min(int(m[1]), cap), body
+    )
+
+
+async def _short_answer(request: web.Request) -> web.StreamResponse:
+    """Headers that promise 1,000 bytes, 100 of them, then the connection closes."""
+    response = web.StreamResponse(headers={"Content-Type": GIN_JSON})
+    response.content_length = 1000
+    await response.prepare(request)
+    await response.write(b"{" + b" " * 99)
+    assert request.transport is not None
+    request.transport.abort()
+    return response
 
 
 def _json(body: bytes, status: int = 200, content_type: str = GIN_JSON) -> web.Response:

@@ -1,0 +1,60 @@
+"""A cap on the request-body bytes held in memory by all requests together.
+
+MAX_BODY_SIZE bounds one body; this bounds their sum (MAX_BODY_MEMORY), so a few clients
+sending large bodies at once cannot make the gateway hold gigabytes. A request takes its
+bytes before it reads them (all at once when it declares a length, else as they arrive)
+and gives them back once Ollama has the body. When the cap is reached a request waits,
+up to WAIT_S seconds, for others to give bytes back, then is refused with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .errors import ServiceUnavailable
+
+WAIT_S = 10.0
+
+
+class BodyBudget:
+    def __init__(self, capacity: int, wait_s: float = WAIT_S) -> None:
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self.held = 0
+        self.peak = 0  # the most ever held at once, for tests and the curious
+        self._freed = asyncio.Event()
+
+    async def take(self, nbytes: int) -> None:
+        """Take `nbytes` of the budget, waiting for others to give some back if needed."""
+        if self.held + nbytes <= self.capacity:  # the usual case: no await at all
+            self.held += nbytes
+            self.peak = max(self.peak, self.held)
+            return
+        if nbytes > self.capacity:
+            raise _refusal(self.capacity)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while self.held + nbytes > self.capacity:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _refusal(self.capacity)
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), left)
+            except TimeoutError:
+                raise _refusal(self.capacity) from None
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    def give_back(self, nbytes: int) -> None:
+        if nbytes:
+            self.held = max(0, self.held - nbytes)
+            self._freed.set()
+
+
+def _refusal(capacity: int) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the gateway is holding as many request bodies as it may"
+        f" ({capacity} bytes, MAX_BODY_MEMORY); try again shortly",
+        {"Retry-After": "1"},
+    )
