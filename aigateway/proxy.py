@@ -369,18 +369,18 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
     if (
-        prompt is None
-        and completion is None
-        and exchange.first_byte_at is not None
+        exchange.first_byte_at is not None
         and (context.client_gone or exchange.cut)
         and route.kind == "inference"
+        and (completion is None or _without_final_anthropic_counts(route, tap))
     ):
         # A stream cut before its final counts: charge what it carried, and its prompt as
         # estimated at admission (Ollama evaluated it before the first token).
         response = exchange.response
         content_type = response.content_type if response is not None else ""
         completion = counted_tokens(tap.newlines, content_type, route.dialect)
-        prompt = exchange.prompt_estimate
+        if prompt is None:
+            prompt = exchange.prompt_estimate
     request.app[LIMITER].settle_tokens(
         principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
     )
@@ -407,6 +407,12 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
             context.client_gone,
         )
     )
+
+
+def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:
+    """An Anthropic stream's counts come from message_delta at its end; message_start's
+    (input tokens, output 0) are all a stream cut before it has."""
+    return route.dialect == "anthropic" and not tap.tail_contains(b'"message_delta"')
 
 
 async def _send_filtered(

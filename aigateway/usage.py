@@ -71,6 +71,9 @@ class UsageTap:
             drop += 1
         del tail[:drop]
 
+    def tail_contains(self, marker: bytes) -> bool:
+        return any(marker in chunk for chunk in self._tail) or marker in b"".join(self._tail)
+
     def counts(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens) as the upstream reported them, or Nones."""
         tail = self._tail[0] if len(self._tail) == 1 else b"".join(self._tail)

@@ -117,17 +117,25 @@ async def test_the_openai_sdk_raises_on_a_cut_stream(
     assert record.completion_tokens == 1 and record.prompt_tokens
 
 
-async def test_the_anthropic_sdk_raises_on_a_cut_stream(gateway: TestServer, key: str) -> None:
+async def test_the_anthropic_sdk_raises_on_a_cut_stream(
+    gateway: TestServer, key: str, db_path: str
+) -> None:
     client = anthropic.AsyncAnthropic(
         base_url=str(gateway.make_url("")).rstrip("/"), api_key=key, max_retries=0
     )
+    text = ""
     with pytest.raises(anthropic.APIError, match="the Ollama stream broke"):
         async with client.messages.stream(
             model="broken", max_tokens=10, messages=MESSAGES
         ) as stream:
-            async for _ in stream:
-                pass
+            async for event in stream:
+                if event.type == "text":
+                    text += event.text
     await client.close()
+    assert text == "Hello"
+    (record,) = await _usage(db_path, 1)
+    # message_start's input tokens, and the one text delta that came.
+    assert (record.prompt_tokens, record.completion_tokens) == (12, 1)
 
 
 async def test_the_ollama_client_raises_on_a_cut_stream(gateway: TestServer, key: str) -> None:

@@ -10,7 +10,8 @@ away before it finished. The `model` in a request body picks a behaviour:
     slow            a stream with one line every `slow_interval` seconds
     silent          no byte at all for a minute (a long prompt evaluation)
     stall           one stream line, then nothing until the client leaves
-    broken          one stream line (or SSE event), then the connection drops
+    broken          one stream line or OpenAI event (Anthropic: three events), then the
+                    connection drops
     short           a non-streamed answer whose Content-Length promises more than comes
     anything else   the fixture for the route, streamed unless "stream": false
 
@@ -264,10 +265,11 @@ class FakeOllama:
         if not doc.get("stream"):
             return _json(fixture("anthropic-messages.json"), content_type="application/json")
         events = fixture("anthropic-messages-stream.sse").split(b"\n\n")[:-1]
-        return await self._sse(request, [e + b"\n\n" for e in events], doc.get("model"))
+        # A broken Anthropic stream breaks after its first text delta.
+        return await self._sse(request, [e + b"\n\n" for e in events], doc.get("model"), 3)
 
     async def _sse(
-        self, request: web.Request, events: list[bytes], model: object
+        self, request: web.Request, events: list[bytes], model: object, broken_after: int = 1
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -277,7 +279,7 @@ class FakeOllama:
             await response.write(event)
             if model == "stall":
                 await asyncio.sleep(3600)
-            if model == "broken":
+            if model == "broken" and number + 1 == broken_after:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
@@ -319,9 +321,7 @@ def _capped(body: bytes, cap: int | None) -> bytes:
     """The fixture with eval_count lowered to num_predict, as Ollama stops there."""
     if cap is None:
         return body
-    return re.sub(
-        rb'"eval_count":(\d+)', lambda m: b'"eval_count":%d' % min(int(m[1]), cap), body
-    )
+    return re.sub(rb'"eval_count":(\d+)', lambda m: b'"eval_count":%d' % min(int(m[1]), cap), body)
 
 
 async def _short_answer(request: web.Request) -> web.StreamResponse:
