@@ -24,11 +24,18 @@ class BodyBudget:
         self.peak = 0  # the most ever held at once, for tests and the curious
         self._freed = asyncio.Event()
 
+    def try_take(self, nbytes: int) -> bool:
+        """Take `nbytes` if they are free now (the usual case, with no await at all)."""
+        if self.held + nbytes > self.capacity:
+            return False
+        self.held += nbytes
+        if self.held > self.peak:
+            self.peak = self.held
+        return True
+
     async def take(self, nbytes: int) -> None:
         """Take `nbytes` of the budget, waiting for others to give some back if needed."""
-        if self.held + nbytes <= self.capacity:  # the usual case: no await at all
-            self.held += nbytes
-            self.peak = max(self.peak, self.held)
+        if self.try_take(nbytes):
             return
         if nbytes > self.capacity:
             raise _refusal(self.capacity)
@@ -43,8 +50,7 @@ class BodyBudget:
                 await asyncio.wait_for(self._freed.wait(), left)
             except TimeoutError:
                 raise _refusal(self.capacity) from None
-        self.held += nbytes
-        self.peak = max(self.peak, self.held)
+        self.try_take(nbytes)
 
     def give_back(self, nbytes: int) -> None:
         if nbytes:

@@ -37,7 +37,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .limits import Verdict
+from .limits import ADMITTED, Verdict
 from .modelaccess import check_models, filter_model_list, model_allowed
 from .routes import RelayRoute
 from .settings import Settings
@@ -129,15 +129,26 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
-    exchange = _Exchange(context, principal, verdict.headers)
+    exchange = _Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
     in_flight = app[IN_FLIGHT]
     in_flight.add(exchange)
     try:
         await _take_request(request, route, exchange)
         return await _forward(request, route, exchange)
+    except asyncio.CancelledError:
+        if not exchange.stopping:
+            raise
+        # A graceful stop ended a request still reading its body or waiting for Ollama's
+        # first byte: answer it, rather than drop the connection.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        exchange.status = 503
+        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
     finally:
         in_flight.discard(exchange)
-        app[BODY_BUDGET].give_back(exchange.body_held)
+        if exchange.body_held:
+            app[BODY_BUDGET].give_back(exchange.body_held)
         limiter.release(principal.id)
         if exchange.relayed:
             _settle(request, route, exchange)
@@ -188,6 +199,7 @@ class _Exchange:
         "cut",
         "data",
         "first_byte_at",
+        "limited",
         "principal",
         "prompt_estimate",
         "rate_headers",
@@ -207,10 +219,12 @@ class _Exchange:
         context: RequestContext,
         principal: KeyRecord,
         rate_headers: tuple[tuple[str, str], ...],
+        limited: bool,
     ) -> None:
         self.context = context
         self.principal = principal
         self.rate_headers = rate_headers
+        self.limited = limited  # the key has limits (else no tokens to reserve)
         self.tap = UsageTap()
         self.status = 502
         self.first_byte_at: float | None = None
@@ -255,10 +269,17 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
     settings = app[SETTINGS]
     body = await _read_body(request, settings.max_body_bytes, app[BODY_BUDGET], exchange)
     exchange.bytes_in = len(body)
-    fields = await _fields(body, route, principal.models)
+    if len(body) > FULL_PARSE_LIMIT:  # big embed batches: read them off the event loop
+        fields = await asyncio.to_thread(_fields, body, route, principal.models)
+    else:
+        fields = _fields(body, route, principal.models)
     exchange.context.model = fields.model
     if route.kind == "inference":
         exchange.prompt_estimate = min(len(body) // 4, PROMPT_ESTIMATE_CAP)
+        if route.usage_on_request and fields.stream and not fields.include_usage:
+            body = with_usage_requested(body)
+            exchange.stripper = UsageStripper()
+    if exchange.limited and route.kind == "inference":
         output = 0
         if route.outputs_tokens:
             output = fields.max_output if fields.max_output else settings.token_reserve
@@ -269,25 +290,19 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
         if not isinstance(reserved, int):
             raise _too_many(reserved)
         exchange.reserved = reserved
-        if route.usage_on_request and fields.stream and not fields.include_usage:
-            body = with_usage_requested(body)
-            exchange.stripper = UsageStripper()
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     exchange.relayed = True
 
 
-async def _fields(body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None) -> BodyFields:
+def _fields(body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None) -> BodyFields:
     """What Ollama will read from the body. With an allow-list, every model it names must
     be allowed and a body that cannot be read is refused; without one, such a body passes
     unchanged and its record names no model."""
     if not route.model_fields or (not body and patterns is None):
         return NO_FIELDS
     try:
-        if len(body) > FULL_PARSE_LIMIT:  # big embed batches: off the event loop
-            fields = await asyncio.to_thread(read_body, body, route.model_fields)
-        else:
-            fields = read_body(body, route.model_fields)
+        fields = read_body(body, route.model_fields)
     except UndecidableBody as exc:
         if patterns is None:
             return NO_FIELDS
@@ -319,8 +334,9 @@ async def _forward(
         ) as upstream:
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
-            request.app[BODY_BUDGET].give_back(exchange.body_held)
-            exchange.body_held = 0
+            if exchange.body_held:
+                request.app[BODY_BUDGET].give_back(exchange.body_held)
+                exchange.body_held = 0
             exchange.upstream = upstream
             exchange.status = upstream.status
             response = exchange.response = _response_for(upstream, request, exchange)
@@ -335,15 +351,6 @@ async def _forward(
                 exchange.context.client_gone = True
                 upstream.close()
             return response
-    except asyncio.CancelledError:
-        if not exchange.stopping:
-            raise
-        # A graceful stop ended a request still waiting for Ollama's first byte.
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        exchange.status = 503
-        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnreachable(
             f"cannot reach Ollama at {settings.ollama_base_url}: {exc.os_error.strerror or exc}"
@@ -381,9 +388,10 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
         completion = counted_tokens(tap.newlines, content_type, route.dialect)
         if prompt is None:
             prompt = exchange.prompt_estimate
-    request.app[LIMITER].settle_tokens(
-        principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
-    )
+    if prompt or completion or exchange.reserved:
+        request.app[LIMITER].settle_tokens(
+            principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
+        )
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
@@ -443,12 +451,15 @@ async def _read_body(
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    if declared is not None and "Content-Encoding" not in request.headers:
-        await budget.take(declared)
-        exchange.body_held = declared
-    chunks: list[bytes] = []
-    size = 0
     try:
+        if declared is not None and "Content-Encoding" not in request.headers:
+            # The usual case, in one read: the length is known and is the body's size.
+            if not budget.try_take(declared):
+                await budget.take(declared)
+            exchange.body_held = declared
+            return await request.content.readexactly(declared) if declared else b""
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
@@ -457,6 +468,8 @@ async def _read_body(
                 await budget.take(size - exchange.body_held)
                 exchange.body_held = size
             chunks.append(chunk)
+    except asyncio.IncompleteReadError:
+        raise BadRequest("the request body ended before its Content-Length") from None
     except web.RequestPayloadError as exc:  # e.g. a body that is not what its coding says
         raise BadRequest(f"the request body cannot be read: {exc}") from None
     return b"".join(chunks)
