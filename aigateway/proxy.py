@@ -282,8 +282,10 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
     if exchange.limited and route.kind == "inference":
         output = 0
         if route.outputs_tokens:
-            output = fields.max_output if fields.max_output else settings.token_reserve
-            output = max(1, min(output, settings.token_reserve * 64))
+            # The request's own cap where it sets one (Ollama's -1 and -2 mean none).
+            cap = fields.max_output
+            output = cap if cap is not None and cap > 0 else settings.token_reserve
+            output = min(output, settings.token_reserve * 64)
         reserved = app[LIMITER].reserve_tokens(
             principal, exchange.prompt_estimate + output, time.time()
         )

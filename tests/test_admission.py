@@ -201,6 +201,17 @@ async def test_a_request_that_caps_its_output_reserves_that_much(
     assert gateway.app[LIMITER]._state_for(3).day_tokens.used == used
 
 
+async def test_an_unbounded_num_predict_reserves_the_default(
+    gateway: TestServer, db_path: str
+) -> None:
+    """num_predict -1 (generate until done) must not reserve next to nothing."""
+    secret = await make_key(db_path, "ula", "unbounded", limits=KeyLimits(tokens_per_day=5000))
+    await eventually(lambda: secret_known(gateway, secret))
+    body = CHAT[:-1] + b',"options":{"num_predict":-1}}'
+    statuses = await _parallel(gateway, secret, body, 5)
+    assert statuses.count(200) == 3  # 0, ~2070, ~4140 reserved when each was admitted
+
+
 # --- Content-Encoding -----------------------------------------------------------------------
 
 
