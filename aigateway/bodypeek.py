@@ -1,80 +1,230 @@
-"""Read the model a request names, for the access log and usage records, without
-changing the bytes that are sent on."""
+"""Read a request body exactly as Ollama will: what the allow-list, the usage record and
+the token reservation decide on is what Go's `encoding/json` hands Ollama.
+
+Ollama decodes bodies into Go structs. Go matches an object key to a struct field
+case-insensitively (fold.go `foldName`: ASCII letters upper-cased, any other rune r as
+`unicode.ToUpper(unicode.ToLower(r))`, so the Kelvin sign folds to K, the long s to S, and
+both Turkish I's to I), every matching key is decoded into the field and the last one
+wins, `null` leaves a string or bool field as it was (a pointer it sets to nil), and a
+value of the wrong type makes the whole decode fail, which Ollama answers with 400.
+Maps (`options`) match their keys exactly. A dict from orjson loses the order of keys
+that are spelled differently, so the fast path below is taken only when no key could
+be another spelling of a field we read and no such field is `null`; every other body is
+read again as ordered pairs. Bodies that cannot be decided (not a JSON object, invalid
+UTF-8 or JSON, data after the object) raise UndecidableBody.
+"""
 
 from __future__ import annotations
 
-import re
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-# Bodies up to this size are parsed fully; bigger ones (large embed batches) are only
-# searched near the start, because parsing 50 MB on the event loop would stall streams.
+# Bodies bigger than this are read off the event loop (large embed batches).
 FULL_PARSE_LIMIT = 1024 * 1024
-_MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
+# The only non-ASCII runes whose Go fold is an ASCII letter.
+_NON_ASCII_FOLDS = {"\u212a": "K", "\u017f": "S", "\u0130": "I", "\u0131": "I"}
 
-def peek_model(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
-    """The first of `fields` that holds a string (`model`, or `name` in older clients)."""
-    if not fields or not body or body.lstrip()[:1] != b"{":
-        return None
-    if len(body) <= FULL_PARSE_LIMIT:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return first_name(doc, fields) if isinstance(doc, dict) else None
-    match = _MODEL_RE.search(body, 0, 64 * 1024)
-    return match.group(1).decode("utf-8", "replace") if match else None
-
-
-def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
-    """The first of `fields` in `doc` that holds a non-empty string."""
-    for field in fields:
-        value = doc.get(field)
-        if isinstance(value, str) and value:
-            return value
-    return None
+# Fields whose value the gateway uses, by how Go decodes them (Ollama's structs):
+# strings (null: no change), optional bools (null: nil), and the output caps.
+MODEL_FIELDS = ("model", "name", "source", "destination", "from")
+_READ = (*MODEL_FIELDS, "stream", "stream_options", "options", "max_tokens", "max_output_tokens")
+# Top-level keys most bodies have: no need to fold them to see they are none of ours.
+_ORDINARY = frozenset(
+    (
+        *_READ,
+        "messages",
+        "prompt",
+        "system",
+        "template",
+        "context",
+        "images",
+        "format",
+        "tools",
+        "think",
+        "raw",
+        "keep_alive",
+        "input",
+        "truncate",
+        "dimensions",
+        "suffix",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "insecure",
+        "quantize",
+        "files",
+        "adapters",
+        "parameters",
+        "license",
+        "tool_choice",
+        "response_format",
+        "instructions",
+    )
+)
 
 
 class UndecidableBody(Exception):
     """The body cannot be read the way Ollama will read it; the message says why."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BodyFields:
-    """What Ollama will read from a request body (interim: plain orjson reading)."""
+    """What Ollama will read from a request body."""
 
-    models: tuple[str, ...] = ()
-    model: str | None = None
-    stream: bool | None = None
-    include_usage: bool | None = None
-    max_output: int | None = None
+    models: tuple[str, ...] = ()  # every model it names, in the route's field order
+    model: str | None = None  # the one Ollama uses (model, else the older name)
+    stream: bool | None = None  # None: absent (each route has its default)
+    include_usage: bool | None = None  # stream_options.include_usage (OpenAI)
+    max_output: int | None = None  # num_predict / max_tokens / max_output_tokens
+
+
+def go_fold(key: str) -> str:
+    """A key as Go's decoder compares it with a field name (fold.go foldName)."""
+    if key.isascii():
+        return key.upper()
+    return "".join(_NON_ASCII_FOLDS.get(c, c) if c >= "\x80" else c.upper() for c in key)
+
+
+_FOLDED = {go_fold(name): name for name in _READ}
+_READ_SET = frozenset(_READ)
 
 
 def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
+    """What Ollama will read from `body` for a route whose model fields are `fields`."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise UndecidableBody("the request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise UndecidableBody("the request body is not a JSON object")
-    models = tuple(doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f])
-    stream = doc.get("stream")
-    options = doc.get("stream_options")
+    values = doc if _plain(doc) else _resolve(_ordered_pairs(body))
+    return _fields(values, fields)
+
+
+def _plain(doc: dict[str, Any]) -> bool:
+    """True when the orjson dict says what Go would: no key is another spelling of a field
+    we read, and none of those fields is null (which Go skips but a dict keeps)."""
+    for key, value in doc.items():
+        if key in _ORDINARY:
+            if key in _READ_SET and (
+                value is None
+                or (key == "stream_options" and isinstance(value, dict) and _unusual(value))
+            ):
+                return False
+        elif go_fold(key) in _FOLDED:
+            return False
+    return True
+
+
+def _unusual(stream_options: dict[str, Any]) -> bool:
+    """A stream_options object with anything but one plain include_usage (a folded
+    spelling, or null) needs the ordered read."""
+    return any(k != "include_usage" or v is None for k, v in stream_options.items())
+
+
+def _ordered_pairs(body: bytes) -> list[tuple[str, Any]]:
+    """The top-level object as (key, value) pairs in order, duplicates kept; nested
+    objects as pair lists too."""
+
+    def no_constants(name: str) -> Any:
+        raise UndecidableBody(f"the request body is not valid JSON ({name})")
+
+    try:
+        pairs = json.loads(body, object_pairs_hook=_Pairs, parse_constant=no_constants)
+    except ValueError:
+        raise UndecidableBody("the request body is not valid JSON") from None
+    if not isinstance(pairs, _Pairs):
+        raise UndecidableBody("the request body is not a JSON object")
+    return pairs
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object's members in order, as the pairs hook hands them over."""
+
+
+def _resolve(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Go's decode of `pairs` into a struct with our fields: folded match, last wins,
+    null skipped for strings (and bools), nested stream_options folded the same way,
+    the options map merged with exact keys."""
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        name = _FOLDED.get(go_fold(key))
+        if name is None:
+            continue
+        if name == "options":
+            if isinstance(value, _Pairs):
+                merged = dict(values.get("options") or {})
+                merged.update(value)  # a map: exact keys, the last wins
+                values[name] = merged
+            elif value is None:
+                values.pop(name, None)
+            else:
+                raise UndecidableBody("options is not a JSON object")
+        elif name == "stream_options":
+            if isinstance(value, _Pairs):
+                nested = _resolve_include_usage(value, values.get(name))
+                values[name] = nested
+            elif value is None:  # a pointer: null makes it nil
+                values.pop(name, None)
+            else:
+                raise UndecidableBody("stream_options is not a JSON object")
+        elif value is not None:
+            values[name] = value
+    return values
+
+
+def _resolve_include_usage(pairs: Iterable[tuple[str, Any]], into: Any) -> dict[str, Any]:
+    result = dict(into) if isinstance(into, dict) else {}
+    for key, value in pairs:
+        if go_fold(key) == "INCLUDE_USAGE" and value is not None:
+            result["include_usage"] = value
+    return result
+
+
+def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
+    models: list[str] = []
+    for field in fields:
+        value = values.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            # Go fails the whole decode: Ollama answers 400 and runs nothing.
+            raise UndecidableBody(f"{field} is not a string")
+        if value:
+            models.append(value)
+    stream = values.get("stream")
+    options = values.get("stream_options")
     include = options.get("include_usage") if isinstance(options, dict) else None
-    limit = None
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(doc.get(name), int):
-            limit = doc[name]
-    opts = doc.get("options")
-    if isinstance(opts, dict) and isinstance(opts.get("num_predict"), int):
-        limit = opts["num_predict"]
+    cap = _int(values.get("max_tokens"))
+    if cap is None:
+        cap = _int(values.get("max_output_tokens"))
+    opts = values.get("options")
+    if isinstance(opts, dict):
+        predict = _int(opts.get("num_predict"))
+        cap = predict if predict is not None else cap
     return BodyFields(
-        models,
+        tuple(models),
         models[0] if models else None,
         stream if isinstance(stream, bool) else None,
         include if isinstance(include, bool) else None,
-        limit,
+        cap,
     )
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    """The first of `fields` in `doc` that holds a non-empty string (model lists)."""
+    for field in fields:
+        value = doc.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None

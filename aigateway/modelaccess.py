@@ -12,15 +12,38 @@ from .bodypeek import first_name
 from .errors import Forbidden
 
 
+def is_cloud(name: str) -> bool:
+    """Ollama's cloud models (`gpt-oss:120b-cloud`, `glm-4.6:cloud`) run on ollama.com
+    under the GPU owner's account. Compared without case, and without a digest, so that
+    no spelling Ollama would resolve to one slips by."""
+    bare = name.strip().split("@", 1)[0].lower()
+    return bare.endswith(("-cloud", ":cloud"))
+
+
 def model_allowed(model: str, patterns: Iterable[str]) -> bool:
     """Shell-style patterns (`llama3*`, `qwen2.5:0.5b`); `llama3` and `llama3:latest`
-    are the same model to Ollama, so they are to the allow-list too."""
+    are the same model to Ollama, so they are to the allow-list too. A cloud model is
+    matched only by a pattern that itself names the cloud tag (`*-cloud`,
+    `gpt-oss:120b-cloud`), never by `*` or `gpt-oss*`."""
     names = {model}
     if ":" not in model:
         names.add(model + ":latest")
     elif model.endswith(":latest"):
         names.add(model.removesuffix(":latest"))
+    if is_cloud(model):
+        patterns = [p for p in patterns if is_cloud(p)]
     return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)
+
+
+def check_cloud(models: Iterable[str]) -> None:
+    """Refuse cloud models (when ALLOW_CLOUD_MODELS is off)."""
+    for model in models:
+        if is_cloud(model):
+            raise Forbidden(
+                f"the model {model!r} is an Ollama cloud model, which would run on ollama.com"
+                " under the gateway owner's account; this gateway does not relay them"
+                " (ALLOW_CLOUD_MODELS)"
+            )
 
 
 def check_models(
@@ -39,24 +62,30 @@ def check_models(
             )
 
 
-def filter_model_list(body: bytes, patterns: tuple[str, ...]) -> bytes:
-    """A model list cut down to the allowed models: Ollama's `{"models": [...]}` (tags,
-    ps, entries named by `name`/`model`) or OpenAI's `{"data": [...]}` (/v1/models,
-    entries named by `id`). Anything else is returned as it is."""
+def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool) -> bytes:
+    """A model list cut down to the models the key may use (its allow-list, if any, and
+    cloud models only when `cloud`): Ollama's `{"models": [...]}` (tags, ps, entries named
+    by `name`/`model`) or OpenAI's `{"data": [...]}` (/v1/models, entries named by `id`).
+    Anything else is returned as it is."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body
     if not isinstance(doc, dict):
         return body
+
+    def usable(name: str) -> bool:
+        if not cloud and is_cloud(name):
+            return False
+        return patterns is None or model_allowed(name, patterns)
+
     for field, names in (("models", ("name", "model")), ("data", ("id",))):
         entries = doc.get(field)
         if isinstance(entries, list):
             doc[field] = [
                 entry
                 for entry in entries
-                if isinstance(entry, dict)
-                and model_allowed(first_name(entry, names) or "", patterns)
+                if isinstance(entry, dict) and usable(first_name(entry, names) or "")
             ]
             return orjson.dumps(doc)
     return body

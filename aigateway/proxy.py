@@ -38,7 +38,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .limits import ADMITTED, Verdict
-from .modelaccess import check_models, filter_model_list, model_allowed
+from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
 from .routes import RelayRoute
 from .settings import Settings
 from .store import KeyRecord, UsageRecord
@@ -162,9 +162,12 @@ def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -
         # A decoded %2F or a dot segment would make the path Ollama sees another route.
         if "/" in value or "\\" in value or value in (".", ".."):
             raise NotFound(f"no such route: {request.path}")
-    if route.model_in_path and principal.models is not None:
+    if route.model_in_path:
         named = request.match_info["model"]
-        if not model_allowed(named, principal.models):
+        cloud_refused = is_cloud(named) and not request.app[SETTINGS].allow_cloud_models
+        if cloud_refused or (
+            principal.models is not None and not model_allowed(named, principal.models)
+        ):
             raise NotFound(f"model '{named}' not found")
     if route.kind == "manage" and principal.role != "admin":
         raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
@@ -269,10 +272,11 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
     settings = app[SETTINGS]
     body = await _read_body(request, settings.max_body_bytes, app[BODY_BUDGET], exchange)
     exchange.bytes_in = len(body)
+    cloud = settings.allow_cloud_models
     if len(body) > FULL_PARSE_LIMIT:  # big embed batches: read them off the event loop
-        fields = await asyncio.to_thread(_fields, body, route, principal.models)
+        fields = await asyncio.to_thread(_fields, body, route, principal.models, cloud)
     else:
-        fields = _fields(body, route, principal.models)
+        fields = _fields(body, route, principal.models, cloud)
     exchange.context.model = fields.model
     if route.kind == "inference":
         exchange.prompt_estimate = min(len(body) // 4, PROMPT_ESTIMATE_CAP)
@@ -297,18 +301,26 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
     exchange.relayed = True
 
 
-def _fields(body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None) -> BodyFields:
-    """What Ollama will read from the body. With an allow-list, every model it names must
-    be allowed and a body that cannot be read is refused; without one, such a body passes
-    unchanged and its record names no model."""
+def _fields(
+    body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None, cloud: bool
+) -> BodyFields:
+    """What Ollama will read from the body, checked: cloud models unless `cloud`, and
+    with an allow-list, every model the body names. A body that cannot be read the way
+    Ollama will is refused, since it could name any model; only a key without an
+    allow-list may send one, and only while cloud models are allowed (its record then
+    names no model)."""
     if not route.model_fields or (not body and patterns is None):
         return NO_FIELDS
     try:
         fields = read_body(body, route.model_fields)
     except UndecidableBody as exc:
-        if patterns is None:
+        if patterns is None and cloud:
             return NO_FIELDS
-        raise BadRequest(f"this key may only use some models, and {exc}") from None
+        raise BadRequest(
+            f"{exc}; this gateway must read the model a request names before relaying it"
+        ) from None
+    if not cloud:
+        check_cloud(fields.models)
     if patterns is not None:
         check_models(fields.models, route.model_fields, patterns)
     return fields
@@ -343,7 +355,11 @@ async def _forward(
             exchange.status = upstream.status
             response = exchange.response = _response_for(upstream, request, exchange)
             try:
-                if route.lists_models and patterns is not None and request.method == "GET":
+                if (
+                    route.lists_models
+                    and request.method == "GET"
+                    and (patterns is not None or not settings.allow_cloud_models)
+                ):
                     await _send_filtered(upstream, response, request, exchange, patterns)
                 else:
                     await response.prepare(request)
@@ -430,13 +446,13 @@ async def _send_filtered(
     response: web.StreamResponse,
     request: web.Request,
     exchange: _Exchange,
-    patterns: tuple[str, ...],
+    patterns: tuple[str, ...] | None,
 ) -> None:
-    """A model list (tags, ps) cut down to what an allow-listed key may see."""
+    """A model list (tags, ps, /v1/models) cut down to what the key may use."""
     body = await upstream.read()
     exchange.first_byte_at = time.perf_counter()
     if upstream.status == 200:
-        body = filter_model_list(body, patterns)
+        body = filter_model_list(body, patterns, request.app[SETTINGS].allow_cloud_models)
     exchange.tap.feed(body)
     response.content_length = len(body)
     await response.prepare(request)

@@ -51,6 +51,7 @@ class Settings:
     max_body_memory: int = 1024**3
     token_reserve: int = 2048
     shutdown_timeout: float = 10.0
+    allow_cloud_models: bool = False
 
     @property
     def upstream_api_base(self) -> str:
@@ -138,6 +139,7 @@ class Settings:
             shutdown_timeout=_seconds(
                 "SHUTDOWN_TIMEOUT", get("SHUTDOWN_TIMEOUT"), d.shutdown_timeout
             ),
+            allow_cloud_models=_bool("ALLOW_CLOUD_MODELS", get("ALLOW_CLOUD_MODELS"), False),
         )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(
@@ -185,6 +187,17 @@ def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> in
     if not low <= value <= high:
         raise SettingsError(f"{name}: expected a number from {low} to {high}, got {value}")
     return value
+
+
+def _bool(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
 
 
 def _seconds(name: str, raw: str | None, default: float) -> float:

@@ -67,18 +67,28 @@ def check_limits(limits: KeyLimits) -> KeyLimits:
 
 
 def check_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Model patterns such as `llama3*` or `qwen2.5:0.5b`; None (or empty) allows every model."""
+    """Model patterns such as `llama3*` or `qwen2.5:0.5b`; None allows every model. An
+    empty list is refused: read as "every model" it would open what it means to close."""
     if models is None:
         return None
-    if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+    if (
+        isinstance(models, str)
+        or not isinstance(models, list | tuple)
+        or not all(isinstance(m, str) for m in models)
+    ):
         raise InvalidInputError("models must be a list of model names or patterns")
     cleaned = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
+    if not cleaned:
+        raise InvalidInputError(
+            "models must name at least one model or pattern (null, or 'all' in the CLIs,"
+            " allows every model)"
+        )
     if len(cleaned) > MAX_MODEL_PATTERNS:
         raise InvalidInputError(f"at most {MAX_MODEL_PATTERNS} model patterns")
     for pattern in cleaned:
         if len(pattern) > 200 or not pattern.isprintable() or " " in pattern:
             raise InvalidInputError(f"not a model name or pattern: {pattern!r}")
-    return cleaned or None
+    return cleaned
 
 
 def check_name(what: str, value: str) -> str:

@@ -1,42 +1,131 @@
-"""Reading the model a body names, by search where the bytes allow it, else by parsing."""
+"""Reading a body as Ollama's Go decoder will: against the fake's own Go decoder
+(aigateway/testing/go_json.py, written apart) and against Go's documented rules."""
 
 from __future__ import annotations
+
+import sys
 
 import orjson
 import pytest
 
-from aigateway.bodypeek import peek_model
+from aigateway.bodypeek import UndecidableBody, go_fold, read_body
+from aigateway.testing import go_json
 
-CASES = [
-    ({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}, "llama3.2"),
-    ({"messages": [{"role": "user", "content": "hi"}], "model": "qwen3"}, "qwen3"),  # openai
-    ({"model": 'a"quoted\\name', "prompt": "x"}, 'a"quoted\\name'),
-    ({"model": "ünïcode", "prompt": "x"}, "ünïcode"),
-    ({"model": "", "prompt": "x"}, None),
-    ({"model": 5, "prompt": "x"}, None),
-    ({"prompt": 'say "model": "fake"', "model": "real"}, "real"),
-    ({"options": {"model": "nested"}, "prompt": "x"}, None),
-    ({"model": "outer", "tools": [{"model": "inner"}]}, "outer"),
-    ({"tools": [{"model": "inner"}], "model": "outer"}, "outer"),
-    ({"messages": [{"role": "model", "content": "x"}], "model": "gemma"}, "gemma"),
+FIELDS = ("model", "name")
+
+# (body, the model Go decodes), each a way to say one thing and mean another.
+SPELLINGS = [
+    (b'{"model":"llama3.2","messages":[]}', "llama3.2"),
+    (b'{"model":"llama3.2","Model":"qwen3"}', "qwen3"),
+    (b'{"Model":"qwen3","model":"llama3.2"}', "llama3.2"),
+    (b'{"model":"a","MODEL":"b","model":"llama3.2"}', "llama3.2"),
+    (b'{"model":"llama3.2","MODEL":"b","model":"c","mOdEl":"qwen3"}', "qwen3"),
+    (b'{"model":"llama3.2","mo\\u0064el":"qwen3"}', "qwen3"),
+    (b'{"model":"llama3.2","MO\\u0044EL":"qwen3"}', "qwen3"),
+    ('{"model":"llama3.2","\u017fource":"x","model":"qwen3"}'.encode(), "qwen3"),
+    (b'{"model":"qwen3","model":null}', "qwen3"),
+    (b'{"model":"qwen3","Model":null}', "qwen3"),
+    (b'{"name":"qwen3"}', "qwen3"),
+    (b'{"model":"","name":"qwen3"}', "qwen3"),
+    (b'{"model":"llama3.2","NAME":"qwen3"}', "llama3.2"),
+    (b'{"prompt":"say \\"model\\": \\"qwen3\\"","model":"llama3.2"}', "llama3.2"),
+    (b'{"options":{"model":"qwen3"},"model":"llama3.2"}', "llama3.2"),
 ]
 
 
-@pytest.mark.parametrize(("doc", "expected"), CASES)
-def test_the_model_of_the_outer_object_or_none(doc: dict[str, object], expected: str) -> None:
-    compact = orjson.dumps(doc)
-    spaced = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-    assert peek_model(compact) == expected
-    assert peek_model(spaced) == expected
+@pytest.mark.parametrize(("body", "model"), SPELLINGS)
+def test_the_model_is_the_one_go_decodes(body: bytes, model: str) -> None:
+    fields = read_body(body, FIELDS)
+    decoded = go_json.decode(body)
+    assert (decoded.get("model") or decoded.get("name")) == model
+    assert fields.model == model
+    assert model in fields.models
 
 
-def test_older_clients_name_the_model_in_name() -> None:
-    assert peek_model(b'{"name":"llama3.2"}', ("model", "name")) == "llama3.2"
-    assert peek_model(b'{"name":"a","model":"b"}', ("model", "name")) == "b"
-    assert peek_model(b'{"model":"","name":"a"}', ("model", "name")) == "a"
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":5}',
+        b'{"model":"a","Model":{"x":1}}',
+        b'{"model":["qwen3"]}',
+        b'{"NAME":true}',
+    ],
+)
+def test_a_wrong_type_fails_as_in_go(body: bytes) -> None:
+    with pytest.raises(go_json.GoDecodeError):
+        go_json.decode(body)
+    with pytest.raises(UndecidableBody):
+        read_body(body, FIELDS)
 
 
-def test_no_model_in_what_is_not_an_object() -> None:
-    assert peek_model(b"") is None
-    assert peek_model(b'["model"]') is None
-    assert peek_model(b"not json") is None
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[1]", b'"model"', b'{"model":"a"} {"model":"qwen3"}', b'{"model":NaN}'],
+)
+def test_what_cannot_be_decided_is_said_so(body: bytes) -> None:
+    with pytest.raises(UndecidableBody):
+        read_body(body, FIELDS)
+
+
+def test_non_ascii_runes_fold_as_in_go() -> None:
+    """Every rune whose Go fold is an ASCII letter (the Kelvin sign, the long s, both
+    Turkish I's) folds the same in the gateway and in the fake's decoder, derived there
+    from Python's Unicode tables; no other non-ASCII rune folds to ASCII."""
+    to_ascii = {}
+    for code in range(0x80, sys.maxunicode + 1):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        c = chr(code)
+        if go_json.fold(c).isascii():
+            to_ascii[c] = go_json.fold(c)
+        assert go_fold(c) == go_json.fold(c) or not go_json.fold(c).isascii(), hex(code)
+    assert to_ascii == {"\u0130": "I", "\u0131": "I", "\u017f": "S", "\u212a": "K"}
+    assert go_fold("\u017ftream_option\u017f") == "STREAM_OPTIONS"
+    assert go_fold("max_to\u212aens") == "MAX_TOKENS"
+    assert go_fold("dest\u0131nat\u0130on") == "DESTINATION"
+
+
+@pytest.mark.parametrize(
+    ("body", "stream", "include_usage"),
+    [
+        (b'{"stream":true}', True, None),
+        (b'{"stream":true,"STREAM":false}', False, None),
+        (b'{"stream":true,"stream":null}', True, None),
+        (b'{"stream_options":{"include_usage":true}}', None, True),
+        (
+            b'{"stream_options":{"include_usage":true},"Stream_Options":{"INCLUDE_USAGE":false}}',
+            None,
+            False,
+        ),
+        (b'{"stream_options":{"include_usage":true},"stream_options":null}', None, None),
+        (b'{"stream_options":{"Include_Usage":true}}', None, True),
+    ],
+)
+def test_stream_and_include_usage_as_go_reads_them(
+    body: bytes, stream: bool | None, include_usage: bool | None
+) -> None:
+    fields = read_body(body, ("model",))
+    decoded = go_json.decode(body)
+    assert fields.stream == decoded.get("stream") == stream
+    options = decoded.get("stream_options")
+    assert fields.include_usage == (options or {}).get("include_usage") == include_usage
+
+
+@pytest.mark.parametrize(
+    ("body", "cap"),
+    [
+        (b'{"options":{"num_predict":7}}', 7),
+        (b'{"options":{"num_predict":7},"OPTIONS":{"temperature":1}}', 7),  # a map merges
+        (b'{"options":{"NUM_PREDICT":7}}', None),  # map keys are exact
+        (b'{"max_tokens":9}', 9),
+        (b'{"max_output_tokens":11}', 11),
+        (b'{"options":{"num_predict":-1}}', -1),
+    ],
+)
+def test_output_caps(body: bytes, cap: int | None) -> None:
+    assert read_body(body, ("model",)).max_output == cap
+
+
+def test_a_plain_body_takes_the_fast_path_and_agrees() -> None:
+    body = orjson.dumps({"model": "llama3.2", "messages": [], "stream": False, "options": {}})
+    assert read_body(body, FIELDS).model == "llama3.2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -166,12 +167,25 @@ async def test_allow_list_reads_the_model_from_the_body_only(
     assert fake.requests == []
 
 
-async def test_an_unreadable_body_passes_unchanged_without_an_allow_list(
-    client: TestClient, fake: FakeOllama
-) -> None:
-    resp = await client.post("/api/chat", data=b"not json")
-    assert resp.status == 200
-    assert fake.requests[-1].body == b"not json"
+async def test_an_unreadable_body_is_refused_unless_cloud_models_are_allowed(
+    aiohttp_server, aiohttp_client, settings: Settings, key: str, fake: FakeOllama
+) -> None:  # type: ignore[no-untyped-def]
+    """The gateway must know which model a body names before it lets it by (it could be
+    a cloud model); only with ALLOW_CLOUD_MODELS may a key without an allow-list send a
+    body it cannot read, which then passes unchanged (and Ollama answers 400)."""
+    for allow_cloud, status, relayed in ((False, 400, False), (True, 400, True)):
+        fake.requests.clear()
+        app = create_app(dataclasses.replace(settings, allow_cloud_models=allow_cloud))
+        client = await aiohttp_client(
+            await aiohttp_server(app), headers={"Authorization": f"Bearer {key}"}
+        )
+        resp = await client.post("/api/chat", data=b"not json")
+        assert resp.status == status
+        assert bool(fake.requests) == relayed
+        if relayed:
+            assert fake.requests[-1].body == b"not json"
+        else:
+            assert "must read the model" in (await resp.json())["error"]
 
 
 async def test_model_lists_show_only_allowed_models(

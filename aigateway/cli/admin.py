@@ -136,9 +136,10 @@ def parse_limit(text: str, what: str) -> int | None:
 
 
 def parse_models(text: str) -> list[str] | None:
-    """Comma-separated model patterns; empty or `all` allows every model."""
+    """Comma-separated model patterns; `all` allows every model. Nothing at all is an
+    empty list, which the store refuses: it must not quietly mean every model."""
     patterns = [p.strip() for p in text.split(",") if p.strip()]
-    return None if not patterns or patterns == ["all"] else patterns
+    return None if patterns == ["all"] else patterns
 
 
 # --- usage ---------------------------------------------------------------------------

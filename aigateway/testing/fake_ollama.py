@@ -33,10 +33,13 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from . import go_json
+
 FIXTURES = Path(__file__).with_name("fixtures")
 NDJSON = "application/x-ndjson"
 GIN_JSON = "application/json; charset=utf-8"
 BODY = web.RequestKey("body", bytes)
+DECODED = web.RequestKey("decoded", dict)
 
 
 def fixture(name: str) -> bytes:
@@ -51,6 +54,15 @@ class Recorded:
     path_qs: str
     headers: dict[str, str]
     body: bytes
+    # The body as Ollama's Go structs see it (go_json.decode); None when it is not JSON
+    # for a struct (Ollama then answers 400), or not meant to be (blobs, audio).
+    decoded: dict[str, object] | None = None
+
+    @property
+    def model(self) -> object:
+        """The model Ollama would use: model, else the older name."""
+        doc = self.decoded or {}
+        return doc.get("model") or doc.get("name")
 
 
 @dataclass
@@ -61,6 +73,7 @@ class FakeOllama:
     abandoned: list[tuple[str, float]] = field(default_factory=list)
     blobs: set[str] = field(default_factory=set)
     record: bool = True  # the benchmark turns this off to keep its memory flat
+    extra_models: list[str] = field(default_factory=list)  # listed besides the fixtures
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=1024**3)
@@ -68,7 +81,7 @@ class FakeOllama:
         for method in ("GET", "HEAD"):
             r.add_route(method, "/", self.root)
             r.add_route(method, "/api/version", self.static("version.json"))
-            r.add_route(method, "/api/tags", self.static("tags.json"))
+            r.add_route(method, "/api/tags", self.tags)
         r.add_get("/api/status", self.status, allow_head=False)
         r.add_get("/api/ps", self.static("ps.json"), allow_head=False)
         r.add_post("/api/show", self.show)
@@ -88,9 +101,7 @@ class FakeOllama:
         r.add_post("/v1/embeddings", self.openai_embeddings)
         r.add_post("/v1/responses", self.openai_responses)
         r.add_post("/v1/audio/transcriptions", self.openai_transcription)
-        r.add_get(
-            "/v1/models", self.static("openai-models.json", "application/json"), allow_head=False
-        )
+        r.add_get("/v1/models", self.openai_models, allow_head=False)
         r.add_get("/v1/models/{model}", self.openai_model, allow_head=False)
         r.add_post("/v1/messages", self.anthropic_messages)
         return app
@@ -100,11 +111,20 @@ class FakeOllama:
     @web.middleware
     async def _guard(self, request: web.Request, handler: object) -> web.StreamResponse:
         body = await request.read() if request.can_read_body else b""
+        decoded, error = None, None
+        if body and "/blobs/" not in request.path and "/audio/" not in request.path:
+            try:
+                decoded = go_json.decode(body)
+            except go_json.GoDecodeError as exc:
+                error = str(exc)
         if self.record:
             self.requests.append(
-                Recorded(request.method, request.raw_path, dict(request.headers), body)
+                Recorded(request.method, request.raw_path, dict(request.headers), body, decoded)
             )
+        if error is not None:  # Ollama's handlers answer a failed decode with 400
+            return _error(400, error)
         request[BODY] = body
+        request[DECODED] = decoded or {}
         if not _local_host(request.host):
             return web.Response(status=403)
         origin = request.headers.get("Origin")
@@ -129,6 +149,19 @@ class FakeOllama:
             return _json(fixture(name), content_type=content_type)
 
         return handler
+
+    async def tags(self, request: web.Request) -> web.Response:
+        doc = orjson.loads(fixture("tags.json"))
+        for name in self.extra_models:
+            doc["models"].append({**doc["models"][0], "name": name, "model": name})
+        return _json(orjson.dumps(doc) if self.extra_models else fixture("tags.json"))
+
+    async def openai_models(self, request: web.Request) -> web.Response:
+        doc = orjson.loads(fixture("openai-models.json"))
+        for name in self.extra_models:
+            doc["data"].append({**doc["data"][0], "id": name})
+        body = orjson.dumps(doc) if self.extra_models else fixture("openai-models.json")
+        return _json(body, content_type="application/json")
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(b'{"cloud":{"disabled":false,"source":"none"}}')
@@ -304,11 +337,8 @@ OPENAI_RESPONSE = (
 
 
 def _body(request: web.Request) -> dict[str, object]:
-    try:
-        doc = orjson.loads(request[BODY] or b"{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    """The request's fields as Ollama's Go decoder fills them."""
+    return request[DECODED]
 
 
 def _num_predict(doc: dict[str, object]) -> int | None:
