@@ -26,13 +26,14 @@ from .bodybudget import BodyBudget
 from .cors import add_cors_headers
 from .health import health, health_ollama, root
 from .inflight import InFlight
+from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh, load
 from .limits import DAY, Limiter, Limits
 from .middleware import gateway_middleware
 from .proxy import relay_handler, upstream_session
 from .routes import RELAY_ROUTES
 from .settings import Settings
-from .store import Store
+from .store import Store, StoreError
 from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")
@@ -100,8 +101,13 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         )
     now = time.time()
     app[LIMITER].preload_tokens(await store.tokens_since(now - now % DAY), now)
-    usage = app[USAGE] = UsageWriter(store, settings.usage_retention_days)
-    usage.start()
+    journal = Journal(settings.usage_journal_dir or settings.token_db_path + ".usage-journal")
+    try:
+        journal.open()
+    except OSError as exc:
+        raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
+    usage = app[USAGE] = UsageWriter(store, settings.usage_retention_days, journal)
+    await usage.start()  # first writes what an earlier run left in the journal
     refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
     try:
         yield

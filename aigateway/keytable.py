@@ -102,13 +102,14 @@ async def flush_last_used(store: Store, table: KeyTable) -> None:
 async def keep_fresh(store: Store, table: KeyTable) -> None:
     """Run until cancelled: reload on outside changes, flush use times now and then."""
     # Read the version before loading so a change made in between is not missed.
-    version = await store.data_version()
+    version = (store.generation, await store.data_version())
     await load(store, table)
     last_flush = time.monotonic()
     while True:
         await asyncio.sleep(RELOAD_INTERVAL_S)
         try:
-            current = await store.data_version()
+            # A replaced database file, once reopened, is another generation.
+            current = (store.generation, await store.data_version())
             if current != version:
                 version = current
                 await load(store, table)

@@ -73,7 +73,16 @@ async def m002_limits_and_usage(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX usage_key_ts ON usage(key_id, ts)")
 
 
-MIGRATIONS: list[Migration] = [m001_keys, m002_limits_and_usage]
+async def m003_usage_journal(db: aiosqlite.Connection) -> None:
+    # The journal segments whose records are in `usage`: replaying one is then a no-op.
+    await db.execute(
+        "CREATE TABLE usage_segments (name TEXT PRIMARY KEY, written_at REAL NOT NULL)"
+    )
+    # 1 when the counts were counted or estimated by the gateway (a stream cut short).
+    await db.execute("ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [m001_keys, m002_limits_and_usage, m003_usage_journal]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -150,10 +150,10 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
         if exchange.body_held:
             app[BODY_BUDGET].give_back(exchange.body_held)
         limiter.release(principal.id)
-        if exchange.relayed:
-            _settle(request, route, exchange)
-        else:
+        if not exchange.relayed:
             limiter.refund(principal.id)
+        elif not exchange.settled:
+            _settle(request, route, exchange)
 
 
 def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -> None:
@@ -209,6 +209,7 @@ class _Exchange:
         "relayed",
         "reserved",
         "response",
+        "settled",
         "status",
         "stopping",
         "stripper",
@@ -239,6 +240,7 @@ class _Exchange:
         self.reserved = 0  # tokens reserved against the key's daily quota
         self.prompt_estimate = 0
         self.relayed = False  # admitted and sent on: settle it and record it
+        self.settled = False  # its usage record is made (journaled)
         self.cut = False  # the stream was cut short (Ollama's side broke, or a stop)
         self.stopping = False  # a graceful stop is ending this request
         self.stripper: UsageStripper | None = None
@@ -360,7 +362,7 @@ async def _forward(
                     and request.method == "GET"
                     and (patterns is not None or not settings.allow_cloud_models)
                 ):
-                    await _send_filtered(upstream, response, request, exchange, patterns)
+                    await _send_filtered(upstream, response, request, exchange, route, patterns)
                 else:
                     await response.prepare(request)
                     await _pump(upstream, response, request, exchange, route)
@@ -390,9 +392,11 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
     """Charge the key's quota with what the request used, in place of its reservation,
     and queue the usage record (never awaits: this also runs when the handler is
     cancelled)."""
+    exchange.settled = True
     now_perf, now = time.perf_counter(), time.time()
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
+    estimated = False
     if (
         exchange.first_byte_at is not None
         and (context.client_gone or exchange.cut)
@@ -406,6 +410,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
         completion = counted_tokens(tap.newlines, content_type, route.dialect)
         if prompt is None:
             prompt = exchange.prompt_estimate
+        estimated = True
     if prompt or completion or exchange.reserved:
         request.app[LIMITER].settle_tokens(
             principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
@@ -431,6 +436,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
             exchange.bytes_in,
             context.bytes_out,
             context.client_gone,
+            estimated,
         )
     )
 
@@ -446,6 +452,7 @@ async def _send_filtered(
     response: web.StreamResponse,
     request: web.Request,
     exchange: _Exchange,
+    route: RelayRoute,
     patterns: tuple[str, ...] | None,
 ) -> None:
     """A model list (tags, ps, /v1/models) cut down to what the key may use."""
@@ -454,6 +461,7 @@ async def _send_filtered(
     if upstream.status == 200:
         body = filter_model_list(body, patterns, request.app[SETTINGS].allow_cloud_models)
     exchange.tap.feed(body)
+    _settle(request, route, exchange)
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body)
@@ -561,13 +569,18 @@ async def _pump(
     route: RelayRoute,
 ) -> None:
     """Copy upstream chunks to the client, letting the usage tap see each one in passing;
-    a ConnectionResetError means the client left."""
+    a ConnectionResetError means the client left. The usage record is made (and journaled)
+    before the bytes that complete the response go out, so that no client holds a whole
+    answer whose record a killed process could lose."""
     tap, stripper = exchange.tap, exchange.stripper
+    length = upstream.content_length
     try:
         async for chunk in upstream.content.iter_any():
             if exchange.first_byte_at is None:
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
+            if tap.total == length:  # the last bytes of a body with a length
+                _settle(request, route, exchange)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
@@ -575,6 +588,8 @@ async def _pump(
             await response.write(chunk)
         if stripper is not None and (rest := stripper.flush()):
             await response.write(rest)
+        if not exchange.settled:  # a chunked body: before its end goes out
+            _settle(request, route, exchange)
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()

@@ -52,6 +52,7 @@ class Settings:
     token_reserve: int = 2048
     shutdown_timeout: float = 10.0
     allow_cloud_models: bool = False
+    usage_journal_dir: str | None = None  # None: TOKEN_DB_PATH + ".usage-journal"
 
     @property
     def upstream_api_base(self) -> str:
@@ -140,6 +141,7 @@ class Settings:
                 "SHUTDOWN_TIMEOUT", get("SHUTDOWN_TIMEOUT"), d.shutdown_timeout
             ),
             allow_cloud_models=_bool("ALLOW_CLOUD_MODELS", get("ALLOW_CLOUD_MODELS"), False),
+            usage_journal_dir=get("USAGE_JOURNAL_DIR"),
         )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(

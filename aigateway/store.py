@@ -8,6 +8,7 @@ with the same clear message.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sqlite3
 import time
@@ -23,6 +24,7 @@ import orjson
 from .keys import generate_key
 from .migrations import SchemaError, migrate
 
+log = logging.getLogger("aigateway")
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -49,6 +51,11 @@ class KeyNotFoundError(StoreError):
 
 class InvalidInputError(StoreError):
     pass
+
+
+class UsageRejected(Exception):
+    """The database refused a batch of usage records for a value in one of them (not
+    because it is busy or away): retrying the same batch cannot help."""
 
 
 MAX_NAME_CHARS = 64
@@ -123,9 +130,64 @@ class UsageRecord(NamedTuple):
     bytes_in: int
     bytes_out: int
     client_gone: bool
+    # The counts were counted or estimated by the gateway (a stream cut before its
+    # final counts), not reported by the upstream.
+    estimated: bool = False
 
 
 USAGE_COLUMNS = UsageRecord._fields
+_MAX_INT = 2**63 - 1  # SQLite's INTEGER
+_MAX_TEXT = 1024
+
+
+def clean_usage_record(record: UsageRecord) -> UsageRecord:
+    """A record whose every value the database takes: whole numbers within 64 bits and
+    not negative, finite times, bounded text. Raises TypeError or ValueError for one that
+    cannot be made so (a journal line edited by hand, or torn)."""
+
+    def count(value: object, optional: bool = False) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected a whole number, got {value!r}")
+        return min(max(value, 0), _MAX_INT)
+
+    def seconds(value: object, optional: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def text(value: object, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise TypeError(f"expected text, got {value!r}")
+        return value[:_MAX_TEXT]
+
+    return UsageRecord(
+        seconds(record.ts),  # type: ignore[arg-type]
+        count(record.key_id),  # type: ignore[arg-type]
+        text(record.user),  # type: ignore[arg-type]
+        text(record.key_name),  # type: ignore[arg-type]
+        text(record.method),  # type: ignore[arg-type]
+        text(record.route),  # type: ignore[arg-type]
+        text(record.model, optional=True),
+        count(record.status),  # type: ignore[arg-type]
+        count(record.prompt_tokens, optional=True),
+        count(record.completion_tokens, optional=True),
+        seconds(record.duration_ms),  # type: ignore[arg-type]
+        seconds(record.ttfb_ms, optional=True),
+        count(record.bytes_in),  # type: ignore[arg-type]
+        count(record.bytes_out),  # type: ignore[arg-type]
+        bool(record.client_gone),
+        bool(record.estimated),
+    )
+
+
 # Durations are stored as measured and rounded to the microsecond when read back, so the
 # request path does not pay for round().
 _USAGE_SELECT = ", ".join(
@@ -196,28 +258,44 @@ def _friendly_errors(path: str) -> Iterator[None]:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str, busy_timeout_s: float) -> None:
         self._db = db
         self.path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._identity = _identity(path)
+        self.generation = 0  # goes up when a replaced database file is reopened
 
     @classmethod
     async def open(cls, path: str, *, create: bool = True, busy_timeout_s: float = 5.0) -> Store:
         """Open (and if needed create and migrate) the key database at `path`."""
         _check_or_create_file(path, create)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            with _friendly_errors(path):
-                await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")
-                await migrate(db)
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, path)
+        return cls(await _connect(path, busy_timeout_s), path, busy_timeout_s)
 
     async def close(self) -> None:
         await self._db.close()
+
+    async def check_file(self) -> None:
+        """Make sure writes go to the file at `path`: a database file deleted under the
+        running server raises StoreError (writes would go to a file nobody can open); one
+        replaced by another (a backup restored) is reopened."""
+        try:
+            identity = _identity(self.path)
+        except OSError:
+            raise StoreError(
+                f"{self.path}: the database file is gone (deleted while the gateway runs);"
+                " restore it or restart the gateway"
+            ) from None
+        if identity == self._identity:
+            return
+        _check_or_create_file(self.path, create=False)
+        replacement = await _connect(self.path, self._busy_timeout_s)
+        old, self._db = self._db, replacement
+        self._identity = identity
+        self.generation += 1
+        await old.close()
+        log.warning(
+            "%s: the database file was replaced; the gateway now uses the new one", self.path
+        )
 
     async def data_version(self) -> int:
         """Changes whenever *another* connection commits: the cheap reload signal."""
@@ -390,27 +468,47 @@ class Store:
 
     # --- usage ------------------------------------------------------------------------
 
-    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+    async def insert_usage(
+        self, records: Sequence[UsageRecord], segment: str | None = None
+    ) -> None:
         """Insert a batch in one transaction, ROWS_PER_INSERT rows a statement.
 
         Not executemany: it steps SQLite once a row, letting go of the GIL and taking it
         back each time, so under load the writer thread and the event loop traded the
         GIL hundreds of times a batch (5 futex calls a request, seen with strace). One
         statement of many rows binds them at once and steps once."""
-        if not records:
+        if not records and segment is None:
             return
         with _friendly_errors(self.path):
             await self._db.execute("BEGIN IMMEDIATE")
             try:
+                if segment is not None:  # the journal segment these come from: written
+                    await self._db.execute(
+                        "INSERT INTO usage_segments (name, written_at) VALUES (?, ?)",
+                        (segment, time.time()),
+                    )
                 for start in range(0, len(records), ROWS_PER_INSERT):
                     rows = records[start : start + ROWS_PER_INSERT]
                     await self._db.execute(
                         _insert_usage_sql(len(rows)), [value for row in rows for value in row]
                     )
                 await self._db.execute("COMMIT")
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError) as exc:
+                await self._db.execute("ROLLBACK")
+                raise UsageRejected(str(exc)) from None
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
+
+    async def segment_written(self, segment: str) -> bool:
+        """Whether the journal segment `segment` is in the database already."""
+        with _friendly_errors(self.path):
+            return await self._exists("SELECT 1 FROM usage_segments WHERE name = ?", (segment,))
+
+    async def forget_segments(self, before: float) -> None:
+        """Drop the names of segments written before `before` (their files are gone)."""
+        with _friendly_errors(self.path):
+            await self._db.execute("DELETE FROM usage_segments WHERE written_at < ?", (before,))
 
     async def tokens_since(self, since: float) -> dict[int, int]:
         """Prompt + completion tokens per key id since `since` (for daily quotas)."""
@@ -437,7 +535,10 @@ class Store:
                 f"SELECT {_USAGE_SELECT} FROM usage{where} ORDER BY ts, id", params
             ) as cur:
                 rows = await cur.fetchall()
-        return [UsageRecord(*row)._replace(client_gone=bool(row[-1])) for row in rows]
+        return [
+            UsageRecord(*row)._replace(client_gone=bool(row[-2]), estimated=bool(row[-1]))
+            for row in rows
+        ]
 
     async def usage_summary(
         self,
@@ -493,6 +594,25 @@ class Store:
     async def _exists(self, sql: str, params: tuple[object, ...]) -> bool:
         async with self._db.execute(sql, params) as cur:
             return await cur.fetchone() is not None
+
+
+async def _connect(path: str, busy_timeout_s: float) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        with _friendly_errors(path):
+            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await migrate(db)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def _identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 def _check_or_create_file(path: str, create: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from .store import Store, StoreError, UsageRecord
+from .journal import Journal, Segment, read_segment
+from .store import Store, StoreError, UsageRecord, UsageRejected, clean_usage_record
 
 log = logging.getLogger("aigateway.usage")
 
@@ -29,7 +31,6 @@ TAIL_BYTES = 64 * 1024
 HEAD_BYTES = 4096
 LONG_LINE_BYTES = 4096
 FLUSH_INTERVAL_S = 0.25
-BATCH = 2000
 PRUNE_EVERY_S = 3600.0
 # Fields searched for in bytes that could not be parsed (a line cut by the tail window, or
 # a long final object). Patterns start with their literal so `re` can skip ahead fast;
@@ -147,7 +148,10 @@ def _search(tail: bytes) -> tuple[int | None, int | None]:
     if native["prompt_eval_count"] or native["eval_count"]:
         prompt = native["prompt_eval_count"]
         completion = native["eval_count"]
-        return (int(prompt[-1]) if prompt else None, int(completion[-1]) if completion else None)
+        return (
+            _int(int(prompt[-1][:20])) if prompt else None,
+            _int(int(completion[-1][:20])) if completion else None,
+        )
     usages = _unescaped(_USAGE_RE, window)
     if usages:
         with contextlib.suppress(orjson.JSONDecodeError):
@@ -166,26 +170,70 @@ def _unescaped(pattern: re.Pattern[bytes], window: bytes) -> list[bytes]:
     ]
 
 
+# Counts an upstream reports beyond this are not believed (and could not be stored).
+MAX_COUNT = 2**53
+
+
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 class UsageWriter:
-    """Collects records in memory and writes them in batches from one task; `close()`
-    writes everything still queued, so a graceful stop loses nothing."""
+    """Journals each record at once (journal.py) and writes them to the database in
+    batches from one task. The writer never dies: a database that refuses (locked, gone,
+    replaced) leaves the records in the journal, retried every flush and at the next
+    start; a record the database cannot take is logged, set aside in the journal
+    folder's `rejected` file, and skipped."""
 
-    def __init__(self, store: Store, retention_days: int) -> None:
+    def __init__(self, store: Store, retention_days: int, journal: Journal) -> None:
         self._store = store
+        self._journal = journal
         self._retention_s = retention_days * 86400
-        self._pending: list[UsageRecord] = []
+        self._pending: list[UsageRecord] = []  # the records of the current segment
+        self._sealed: list[tuple[Segment, list[UsageRecord] | None]] = []  # to write
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._failing = ""  # why the database refuses, while it does (logged once)
+        self._journal_failing = False
         self.written = 0
 
     def record(self, record: UsageRecord) -> None:
+        try:
+            self._journal.append(record)
+        except TypeError:  # a value JSON cannot hold (a count beyond 64 bits)
+            try:
+                record = clean_usage_record(record)
+                self._journal.append(record)
+            except (TypeError, ValueError) as exc:
+                self._reject(record, exc)
+                return
+            except OSError as exc:
+                self._journal_error(exc)
+        except OSError as exc:  # a full disk must not cost the request, nor go unsaid
+            self._journal_error(exc)
         self._pending.append(record)
 
-    def start(self) -> None:
+    def _journal_error(self, exc: OSError) -> None:
+        if not self._journal_failing:
+            self._journal_failing = True
+            log.error("cannot write the usage journal (%s); records wait in memory", exc)
+
+    async def start(self) -> None:
+        """Write what earlier runs left in the journal, then start the flushing task."""
+        for segment in self._journal.leftovers():
+            try:
+                written = await self._store.segment_written(segment.name)
+            except StoreError:
+                written = False  # tried again when it is written
+            if written:  # killed between the database's commit and the file's removal
+                segment.remove()
+            else:
+                self._sealed.append((segment, None))
+        if self._sealed:
+            log.info("usage journal: %d segment(s) left by an earlier run", len(self._sealed))
+            await self._write_sealed()
         self._task = asyncio.create_task(self._run(), name="aigateway-usage")
 
     async def close(self) -> None:
@@ -193,41 +241,95 @@ class UsageWriter:
         self._stop.set()
         if self._task is not None:
             await self._task
-        while self._pending:
-            if not await self.flush():
-                log.error("could not write %d usage records at shutdown", len(self._pending))
-                return
+        if not await self.flush():
+            waiting = len(self._sealed)
+            log.error(
+                "usage records of %d journal segment(s) could not be written (%s); they stay"
+                " in %s and are written at the next start",
+                waiting,
+                self._failing,
+                self._journal.folder,
+            )
+            for segment, _ in self._sealed:
+                segment.close()
+        self._journal.close()
 
     async def flush(self) -> bool:
-        """Write what is pending now, in batches; on a database error keep the rest for
-        the next try. Records that arrive meanwhile wait for the next flush: looping until
-        none were left kept the writer busy under load, in batches of a few rows."""
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), BATCH):
-            batch = pending[start : start + BATCH]
+        """Seal the current segment and write every sealed one, oldest first; False when
+        the database refused (they stay for the next try)."""
+        if self._pending:
+            sealed = self._journal.seal()
+            if sealed is not None:
+                self._sealed.append((sealed, self._pending))
+            self._pending = []
+        return await self._write_sealed()
+
+    async def _write_sealed(self) -> bool:
+        while self._sealed:
+            segment, records = self._sealed[0]
+            if records is None:
+                records = read_segment(segment.path)
             try:
-                await self._store.insert_usage(batch)
+                # On disk for good (a machine crash) before the database may refuse it.
+                await asyncio.to_thread(os.fsync, segment.fd)
+                await self._insert(segment, records)
             except StoreError as exc:
-                self._pending[:0] = pending[start:]  # in order, before any newer ones
-                log.warning(
-                    "usage records not written yet (%d waiting): %s", len(self._pending), exc
-                )
+                # Keep the segment; let go of its records (re-read from the file later),
+                # so memory stays flat however long the database is away.
+                self._sealed[0] = (segment, None)
+                if str(exc) != self._failing:
+                    self._failing = str(exc)
+                    log.error("usage records wait in the journal: %s", exc)
                 return False
-            self.written += len(batch)
+            segment.remove()
+            self._sealed.pop(0)
+            self.written += len(records)
+            if self._failing:
+                self._failing = ""
+                log.warning("usage records are written to the database again")
         return True
+
+    async def _insert(self, segment: Segment, records: list[UsageRecord]) -> None:
+        await self._store.check_file()
+        try:
+            await self._store.insert_usage(records, segment.name)
+        except UsageRejected as exc:  # a value the database will not take: find it
+            log.error("usage segment %s: %s; checking its records one by one", segment.name, exc)
+            good = []
+            for record in records:
+                try:
+                    good.append(clean_usage_record(record))
+                except (TypeError, ValueError) as bad:
+                    self._reject(record, bad)
+            await self._store.insert_usage(good, segment.name)
+
+    def _reject(self, record: UsageRecord, why: Exception) -> None:
+        log.error("usage record set aside (in %s/rejected): %s", self._journal.folder, why)
+        try:
+            with (self._journal.folder / "rejected").open("ab") as out:
+                out.write(orjson.dumps(list(record), default=repr) + b"\n")
+        except OSError as exc:
+            log.error("cannot set the usage record aside: %s", exc)
 
     async def _run(self) -> None:
         next_prune = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL_S)
-            await self.flush()
-            if self._retention_s and time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + PRUNE_EVERY_S
-                try:
-                    pruned = await self._store.prune_usage(time.time() - self._retention_s)
-                except StoreError as exc:
-                    log.warning("could not prune old usage records: %s", exc)
-                else:
-                    if pruned:
-                        log.info("pruned %d usage records older than the retention", pruned)
+            try:
+                await self.flush()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    await self._prune()
+            except Exception:  # never let the writer die: log, and try again next time
+                log.exception("the usage writer hit an unexpected error; it goes on")
+
+    async def _prune(self) -> None:
+        try:
+            await self._store.forget_segments(time.time() - 7 * 86400)
+            if self._retention_s:
+                pruned = await self._store.prune_usage(time.time() - self._retention_s)
+                if pruned:
+                    log.info("pruned %d usage records older than the retention", pruned)
+        except StoreError as exc:
+            log.warning("could not prune old usage records: %s", exc)

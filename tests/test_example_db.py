@@ -54,3 +54,24 @@ async def test_example_opens_and_holds_only_metadata(tmp_path: Path) -> None:
     pristine = tmp_path / "pristine.db"
     shutil.copy(EXAMPLE, pristine)
     assert schema(copy) == schema(pristine)  # opening it needed no migration
+
+
+async def test_a_database_of_the_previous_schema_upgrades_losing_nothing(tmp_path: Path) -> None:
+    """tests/data/schema2-tokens.db is tokens.db.example as the release before the usage
+    journal made it (schema 2): opening it migrates it in place and keeps every row."""
+    old = tmp_path / "tokens.db"
+    shutil.copy(ROOT / "tests" / "data" / "schema2-tokens.db", old)
+    with closing(sqlite3.connect(old)) as db:
+        before = db.execute("SELECT * FROM keys ORDER BY id").fetchall()
+        usage_before = db.execute("SELECT * FROM usage ORDER BY id").fetchall()
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    store = await Store.open(str(old))
+    rows = await store.usage_rows()
+    await store.close()
+    with closing(sqlite3.connect(old)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT * FROM keys ORDER BY id").fetchall() == before
+        usage_after = db.execute("SELECT * FROM usage ORDER BY id").fetchall()
+    assert [row[:-1] for row in usage_after] == usage_before  # plus "estimated", 0
+    assert all(row[-1] == 0 for row in usage_after)
+    assert len(rows) == len(usage_before) and not any(r.estimated for r in rows)

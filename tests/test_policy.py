@@ -336,7 +336,7 @@ async def test_a_client_that_left_early_is_recorded(
     (record,) = await _usage(db_path, 1)
     # The final counts never came: the one line that did is one token, and the prompt is
     # charged as estimated at admission (a quarter of the body's 17 bytes).
-    assert record.client_gone
+    assert record.client_gone and record.estimated
     assert (record.prompt_tokens, record.completion_tokens) == (4, 1)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
     assert " user=alice " in line and " model=stall status=499 " in line, line

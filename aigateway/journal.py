@@ -1,0 +1,127 @@
+"""The usage journal: every finished usage record on disk at once, so none is lost.
+
+Records reach the database in batches (usage.py), which a killed process, a locked or
+missing database, or a database server that is away would otherwise lose. So each record
+is first appended, as one JSON line with one `write`, to the current *segment*, a file in
+the journal folder (USAGE_JOURNAL_DIR). A killed process leaves it in the page cache, and
+the writer fsyncs it every flush interval, so a machine crash loses at most that interval.
+
+The writer seals the current segment at each flush (new records go to a fresh one),
+writes its records to the database in one transaction together with a row naming the
+segment, and only then deletes the file. At start, segments left behind are replayed the
+same way; one whose name is already in the database was written and is only deleted, so
+replay is exactly-once. Segments are locked (flock) while their process owns them, so
+several gateways sharing a folder never replay each other's live segments.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .store import UsageRecord, clean_usage_record
+
+log = logging.getLogger("aigateway.usage")
+
+PREFIX, SUFFIX = "seg-", ".jsonl"
+
+
+@dataclass
+class Segment:
+    """A journal file and the descriptor that holds its lock."""
+
+    path: Path
+    fd: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.close()
+
+
+class Journal:
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self._numbers = itertools.count(1)
+        self._run = f"{time.time_ns():x}-{os.getpid()}"
+        self.current: Segment | None = None
+
+    def open(self) -> None:
+        """Create the folder (owner only) and start the first segment."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.current = self._new_segment()
+
+    def _new_segment(self) -> Segment:
+        path = self.folder / f"{PREFIX}{self._run}-{next(self._numbers):06d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return Segment(path, fd)
+
+    def append(self, record: UsageRecord) -> None:
+        """One line, one write: on disk (in the page cache) before the request is done."""
+        if self.current is not None:
+            os.write(self.current.fd, orjson.dumps(tuple(record)) + b"\n")
+
+    def seal(self) -> Segment | None:
+        """Close the current segment to new records and start the next; the sealed one
+        stays locked until it is removed."""
+        sealed, self.current = self.current, self._new_segment()
+        return sealed
+
+    def close(self) -> None:
+        """Close the current segment; one that holds nothing is removed."""
+        if self.current is not None:
+            if os.fstat(self.current.fd).st_size == 0:
+                self.current.remove()
+            else:
+                self.current.close()
+            self.current = None
+
+    def leftovers(self) -> Iterator[Segment]:
+        """Segments no live process holds: a killed run's, or one that could not be
+        written before its process stopped."""
+        for path in sorted(self.folder.glob(f"{PREFIX}*{SUFFIX}")):
+            if self.current is not None and path == self.current.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another gateway's live segment
+                os.close(fd)
+                continue
+            yield Segment(path, fd)
+
+
+def read_segment(path: Path) -> list[UsageRecord]:
+    """The records of a segment; a line torn by a crash, or otherwise unreadable, is
+    logged and skipped."""
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = clean_usage_record(UsageRecord(*orjson.loads(line)))
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            log.warning("usage journal %s line %d skipped: %s", path.name, number, exc)
+            continue
+        records.append(record)
+    return records
