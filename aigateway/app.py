@@ -27,7 +27,7 @@ from .cors import add_cors_headers
 from .health import health, health_ollama, root
 from .inflight import InFlight
 from .journal import Journal
-from .keytable import KeyTable, flush_last_used, keep_fresh, load
+from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import DAY, Limiter, Limits
 from .middleware import gateway_middleware
 from .proxy import relay_handler, upstream_session
@@ -93,7 +93,7 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(settings.token_db_path)
     table = app[KEY_TABLE]
     app[STORE] = store
-    await load(store, table)
+    await table.refresh(store)
     if len(table) == 0:
         log.warning(
             "the key database has no keys yet: make one with"

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE
 from .errors import Unauthorized
-from .keytable import AuthError
+from .keytable import AuthError, UnknownKeyError
 from .store import KeyRecord
 
 _PUBLIC = "_aigateway_public"
@@ -46,9 +46,23 @@ def presented_key(request: web.Request) -> str:
 
 
 def authenticate(request: web.Request) -> KeyRecord:
-    """The record of the key the request presents, or Unauthorized saying why not."""
+    """The record of the key the request presents, or Unauthorized saying why not;
+    UnknownKeyError for a well-formed key the table does not hold (yet)."""
     try:
         return request.app[KEY_TABLE].authenticate(presented_key(request))
+    except UnknownKeyError:
+        raise
+    except AuthError as exc:
+        raise Unauthorized(str(exc)) from None
+
+
+async def authenticate_after_a_look(request: web.Request) -> KeyRecord:
+    """A second try for a well-formed unknown key, once the database has been looked at
+    again: a key made by the CLI a moment ago works on its first request."""
+    table = request.app[KEY_TABLE]
+    await table.look_again()
+    try:
+        return table.authenticate(presented_key(request))
     except AuthError as exc:
         raise Unauthorized(str(exc)) from None
 

@@ -20,10 +20,18 @@ log = logging.getLogger("aigateway.keys")
 
 RELOAD_INTERVAL_S = 0.25
 LAST_USED_FLUSH_S = 5.0
+# A well-formed key the table does not know makes the gateway look in the database again
+# (a key made a moment ago by a CLI); such looks start at most this often, however many
+# unknown keys arrive, and each is one cheap PRAGMA unless the database changed.
+LOOK_AGAIN_GAP_S = 0.02
 
 
 class AuthError(Exception):
     """Why a presented key was refused; the message never contains the key."""
+
+
+class UnknownKeyError(AuthError):
+    """A well-formed key the table does not (yet) hold."""
 
 
 BOOTSTRAP_KEY_ID = 0  # usage of GATEWAY_ADMIN_KEY is recorded under this key id
@@ -51,6 +59,11 @@ class KeyTable:
         self._by_hash: dict[str, KeyRecord] = {}
         self._last_used: dict[int, float] = {}
         self._bootstrap = bootstrap_record(bootstrap_secret) if bootstrap_secret else None
+        self._store: Store | None = None
+        self._version: tuple[int, int] | None = None  # (store generation, data_version)
+        self._looking = asyncio.Lock()
+        self._last_look = 0.0
+        self.looks = 0  # database looks made for unknown keys
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -66,7 +79,7 @@ class KeyTable:
         if record is None:
             if not looks_like_key(token):
                 raise AuthError("malformed API key: expected aig_ followed by 43 characters")
-            raise AuthError("unknown API key")
+            raise UnknownKeyError("unknown API key")
         if record.revoked:
             raise AuthError("this API key has been revoked")
         now = time.time()
@@ -75,6 +88,34 @@ class KeyTable:
         if record.id != BOOTSTRAP_KEY_ID:
             self._last_used[record.id] = now
         return record
+
+    async def refresh(self, store: Store) -> bool:
+        """Reload from `store` if it changed since the last load; True if it did."""
+        self._store = store
+        version = (store.generation, await store.data_version())
+        if version == self._version:
+            return False
+        self._version = version
+        self.replace(await store.list_keys())
+        return True
+
+    async def look_again(self) -> None:
+        """After a miss on a well-formed key: make sure a look at the database *starts
+        after* the miss. Misses that arrive together share one look; looks are at least
+        LOOK_AGAIN_GAP_S apart."""
+        asked = time.monotonic()
+        async with self._looking:
+            if self._last_look >= asked or self._store is None:
+                return  # a look began after this miss, and has finished
+            wait = self._last_look + LOOK_AGAIN_GAP_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_look = time.monotonic()
+            self.looks += 1
+            try:
+                await self.refresh(self._store)
+            except StoreError as exc:
+                log.warning("could not look for a new key in the database: %s", exc)
 
     def take_last_used(self) -> dict[int, float]:
         used, self._last_used = self._last_used, {}
@@ -87,6 +128,7 @@ class KeyTable:
 
 
 async def load(store: Store, table: KeyTable) -> None:
+    """Load every key now (the admin API's own writes do not change data_version)."""
     table.replace(await store.list_keys())
 
 
@@ -101,18 +143,12 @@ async def flush_last_used(store: Store, table: KeyTable) -> None:
 
 async def keep_fresh(store: Store, table: KeyTable) -> None:
     """Run until cancelled: reload on outside changes, flush use times now and then."""
-    # Read the version before loading so a change made in between is not missed.
-    version = (store.generation, await store.data_version())
-    await load(store, table)
+    await table.refresh(store)
     last_flush = time.monotonic()
     while True:
         await asyncio.sleep(RELOAD_INTERVAL_S)
         try:
-            # A replaced database file, once reopened, is another generation.
-            current = (store.generation, await store.data_version())
-            if current != version:
-                version = current
-                await load(store, table)
+            if await table.refresh(store):
                 log.info("key table reloaded: %d keys", len(table))
         except StoreError as exc:
             log.warning("could not reload keys (keeping the current table): %s", exc)

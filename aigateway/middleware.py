@@ -20,10 +20,11 @@ from aiohttp import web
 
 from .accesslog import CLIENT_CLOSED, log_access
 from .appkeys import CONTEXT, SETTINGS
-from .auth import authenticate, is_public
+from .auth import authenticate, authenticate_after_a_look, is_public
 from .context import RequestContext
 from .cors import preflight_response
 from .errors import GatewayError, json_error
+from .keytable import UnknownKeyError
 
 log = logging.getLogger("aigateway")
 
@@ -47,7 +48,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         else:
             # Unknown paths and wrong methods fall through to their 404/405 without a key.
             if not is_public(handler) and request.match_info.http_exception is None:
-                context.principal = authenticate(request)
+                try:
+                    context.principal = authenticate(request)
+                except UnknownKeyError:
+                    context.principal = await authenticate_after_a_look(request)
             response = await handler(request)
     except GatewayError as exc:
         error = exc.message
