@@ -99,6 +99,20 @@ _ANTHROPIC_TYPES = {
 }
 
 
+def _openai_401(reason: str) -> str:
+    """OpenAI's own wording, which tools that sort errors by their text (LiteLLM)
+    recognise as an authentication error; the key itself is never repeated."""
+    if reason.startswith("missing API key"):
+        return (
+            "You didn't provide an API key. You need to provide your API key in an"
+            " Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    return (
+        f"Incorrect API key provided ({reason}). Ask the administrator of this gateway"
+        " for a valid key."
+    )
+
+
 def error_document(dialect: str, status: int, message: str) -> dict[str, object]:
     """The error body a client of this dialect parses: Ollama's `{"error": "..."}`,
     OpenAI's `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
@@ -106,6 +120,8 @@ def error_document(dialect: str, status: int, message: str) -> dict[str, object]
     fallback = "invalid_request_error" if status < 500 else "api_error"
     if dialect == "openai":
         kind, code = _OPENAI_TYPES.get(status, (fallback, None))
+        if status == 401:
+            message = _openai_401(message)
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
     if dialect == "anthropic":
         return {

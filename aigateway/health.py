@@ -10,7 +10,9 @@ from aiohttp import web
 
 from . import __version__
 from .appkeys import KEY_TABLE, SETTINGS, STARTED_AT, UPSTREAM
-from .auth import public
+from .auth import authenticate, public
+from .errors import GatewayError
+from .keytable import AuthError
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
 
@@ -21,8 +23,22 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
 
+def _is_admin(request: web.Request) -> bool:
+    """Whether the request presents a valid admin key (health routes need none, but an
+    admin's gets the details)."""
+    try:
+        record = authenticate(request)
+    except (GatewayError, AuthError):
+        return False
+    return record.role == "admin"
+
+
 @public
 async def health(request: web.Request) -> web.Response:
+    """Alive or not, for anyone (load balancers); with an admin key, the details. An
+    anonymous caller learns nothing an attacker could use (no key count, no version)."""
+    if not _is_admin(request):
+        return _json({"status": "ok"})
     return _json(
         {
             "status": "ok",
@@ -36,12 +52,15 @@ async def health(request: web.Request) -> web.Response:
 
 @public
 async def health_ollama(request: web.Request) -> web.Response:
+    """Whether Ollama answers (200, else 503); with an admin key, its URL, version,
+    round-trip time and what went wrong."""
     settings = request.app[SETTINGS]
     url = settings.upstream_api_base + "/version"
     started = time.perf_counter()
     headers = {}
     if settings.upstream_api_key:
         headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
+    details: dict[str, object] = {"ollama_url": settings.ollama_base_url}
     try:
         async with request.app[UPSTREAM].get(
             url, headers=headers, timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S)
@@ -50,15 +69,9 @@ async def health_ollama(request: web.Request) -> web.Response:
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        return _json(
-            {
-                "status": "unreachable",
-                "ollama_url": settings.ollama_base_url,
-                "error": f"Ollama did not answer: {reason}",
-            },
-            status=503,
-        )
-    rtt_ms = round((time.perf_counter() - started) * 1000, 2)
+        details["error"] = f"Ollama did not answer: {reason}"
+        return _answer(request, "unreachable", details, 503)
+    details["rtt_ms"] = round((time.perf_counter() - started) * 1000, 2)
     version = None
     try:
         doc = orjson.loads(body)
@@ -66,23 +79,18 @@ async def health_ollama(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError:
         pass
     if status != 200 or not isinstance(version, str):
-        return _json(
-            {
-                "status": "unhealthy",
-                "ollama_url": settings.ollama_base_url,
-                "rtt_ms": rtt_ms,
-                "error": f"Ollama answered /api/version with status {status}",
-            },
-            status=503,
-        )
-    return _json(
-        {
-            "status": "ok",
-            "ollama_url": settings.ollama_base_url,
-            "ollama_version": version,
-            "rtt_ms": rtt_ms,
-        }
-    )
+        details["error"] = f"Ollama answered /api/version with status {status}"
+        return _answer(request, "unhealthy", details, 503)
+    details["ollama_version"] = version
+    return _answer(request, "ok", details, 200)
+
+
+def _answer(
+    request: web.Request, status: str, details: dict[str, object], code: int
+) -> web.Response:
+    if _is_admin(request):
+        return _json({"status": status, **details}, status=code)
+    return _json({"status": status}, status=code)
 
 
 def _json(doc: object, status: int = 200) -> web.Response:

@@ -20,7 +20,9 @@ from .test_relay import _fields
             "/v1/chat/completions",
             {
                 "error": {
-                    "message": "missing API key: send 'Authorization: Bearer <API key>'",
+                    "message": "You didn't provide an API key. You need to provide your API"
+                    " key in an Authorization header using Bearer auth (i.e. Authorization:"
+                    " Bearer YOUR_KEY).",
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "invalid_api_key",

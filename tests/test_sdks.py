@@ -100,7 +100,11 @@ async def test_openai_error_classes(gateway: TestServer, limited_key: str) -> No
     bad = openai.AsyncOpenAI(base_url=url, api_key="aig_" + "x" * 43, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
         await bad.models.list()
-    assert auth.value.body["message"] == "unknown API key"  # type: ignore[index]
+    # OpenAI's wording, which LiteLLM and others sort as an authentication error.
+    message = auth.value.body["message"]  # type: ignore[index]
+    assert message.startswith("Incorrect API key provided (unknown API key).")
+    assert auth.value.code == "invalid_api_key"
+    assert "aig_" not in message
     await bad.close()
     limited = openai.AsyncOpenAI(base_url=url, api_key=limited_key, max_retries=0)
     messages: Any = [{"role": "user", "content": "hi"}]
