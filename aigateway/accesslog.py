@@ -6,6 +6,7 @@ Never the key: the user and key name stand for it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -17,6 +18,19 @@ access_log = logging.getLogger("aigateway.access")
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"
 
+# Anything but printable ASCII other than space, double quote and backslash: a value
+# with one could start a new line, colour a terminal, or pass for another field.
+_UNSAFE = re.compile(r'[^\x21-\x7e]|["\\]')
+
+
+def _escaped(value: str, quoted: bool = False) -> str:
+    """`value` with every character that could forge a line or a field escaped, as
+    Python writes them (\\n, \\x1b, \\u2028); spaces stay inside a quoted value."""
+    if not _UNSAFE.search(value):
+        return value
+    text = value.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return text if quoted else text.replace(" ", "\\x20")
+
 
 def log_access(
     request: web.Request, context: RequestContext, status: int, nbytes: int, error: str
@@ -26,11 +40,16 @@ def log_access(
         return
     principal = context.principal
     user, key_name = (principal.user, principal.name) if principal else ("-", "-")
+    model = context.model or "-"
+    # The path as sent (percent-encoded, so %0a stays %0a), without the query string.
+    path = request.rel_url.raw_path
+    if _UNSAFE.search(f"{user}{key_name}{model}{path}"):  # one check for the usual line
+        user, key_name, model, path = (_escaped(v) for v in (user, key_name, model, path))
     message = (
         f"rid={context.request_id} user={user} key={key_name} method={request.method}"
-        f" path={request.path} model={context.model or '-'} status={status}"
+        f" path={path} model={model} status={status}"
         f" bytes={nbytes} ms={(time.perf_counter() - context.started) * 1000:.1f}"
-        + (f' error="{error}"' if error else "")
+        + (f' error="{_escaped(error, quoted=True)}"' if error else "")
     )
     if sink is not None:
         sink.write(message)

@@ -24,6 +24,14 @@ FLUSH_DELAY_S = 0.05
 MAX_PENDING = 1000
 
 
+def _printable(text: str) -> str:
+    """`text` with each character str.isprintable() refuses (C0 and C1 controls, line and
+    paragraph separators, ...) written as Python escapes it."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 class _Formatter(logging.Formatter):
     """The standard format, with the timestamp text made once per second, not per line."""
 
@@ -31,6 +39,14 @@ class _Formatter(logging.Formatter):
         super().__init__(FORMAT)
         self._second = -1
         self._stamp = ""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A message carrying text from outside (a path, a model name, an upstream's error)
+        # must not start a line of its own or drive the terminal. Tracebacks are added
+        # after this, and keep their lines.
+        if not record.message.isprintable():
+            record.message = _printable(record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self.stamp(record.created)

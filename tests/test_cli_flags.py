@@ -452,3 +452,33 @@ def test_usage_export(db_path: str, tmp_path: Path, name: str) -> None:
     assert str(rows[2]["client_gone"]) in ("True", "true")
     assert rows[0]["time"].startswith("2026-09-21T")
     assert run("--usage-export", str(target), "--db", db_path)[0] == 1  # exists, no --force
+
+
+def test_csv_exports_neutralise_formulas(db_path: str, tmp_path: Path) -> None:
+    """User and key names are an admin's, but model names are any client's: no CSV cell
+    the CLIs write starts what a spreadsheet would run as a formula."""
+
+    async def seed() -> None:
+        store = await Store.open(db_path)
+        await store.create_key('=HYPERLINK("http://x")', "+cmd")
+        record = UsageRecord(
+            1.8e9, 1, "=u", "@k", "POST", "/chat", "-2+3|cmd", 200, 1, 1, 1.0, 1.0, 1, 1, False
+        )
+        await store.insert_usage([record])
+        await store.close()
+
+    asyncio.run(seed())
+    export, keys = tmp_path / "usage.csv", tmp_path / "keys.csv"
+    assert run("--usage-export", str(export), "--db", db_path)[0] == 0
+    assert run("-e", str(keys), "--db", db_path)[0] == 0
+    outputs = [
+        run("-l", "--format", "csv", "--db", db_path)[1],
+        run("--usage", "--by", "model", "--format", "csv", "--db", db_path)[1],
+        export.read_text(),
+        keys.read_text(),
+    ]
+    for text in outputs:
+        for row in csv.reader(io.StringIO(text)):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (cell, text)
+    assert "'=HYPERLINK" in outputs[0] and "'-2+3|cmd" in outputs[1] + outputs[2]

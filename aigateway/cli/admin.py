@@ -162,6 +162,23 @@ USAGE_COLUMNS = (
 )
 
 
+# A cell starting with one of these is a formula to a spreadsheet (the full-width forms
+# too, which some convert); any key can choose the model name it sends.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose text cells a spreadsheet would run as formulas, neutralised with a
+    leading quote (OWASP's advice); numbers stay numbers."""
+    return [
+        {
+            k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v
+            for k, v in row.items()
+        }
+        for row in rows
+    ]
+
+
 def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format) -> str:
     if fmt == "json":
         return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
@@ -170,7 +187,7 @@ def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe(rows))
         return out.getvalue().rstrip("\n")
     if not rows:
         return "No usage in this period."
@@ -196,7 +213,7 @@ def write_usage_export(
         fields = ["time", *UsageRecord._fields]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe(rows))
         text = out.getvalue()
     else:
         text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -240,7 +257,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[name for name, _ in COLUMNS], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_safe(rows))
     return out.getvalue().rstrip("\n")
 
 
