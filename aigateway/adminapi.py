@@ -22,6 +22,7 @@ from aiohttp import web
 from .appkeys import KEY_TABLE, LIMITER, STORE
 from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID, load
 from .keyview import key_view
 from .limits import DAY
@@ -40,13 +41,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def add_admin_routes(app: web.Application, prefix: str) -> None:
     router = app.router
-    router.add_get(prefix + "/me", me, allow_head=False)
-    router.add_get(prefix + "/keys", admin_only(list_keys), allow_head=False)
-    router.add_post(prefix + "/keys", admin_only(create_key))
-    router.add_get(prefix + "/keys/{id}", admin_only(get_key), allow_head=False)
-    router.add_patch(prefix + "/keys/{id}", admin_only(update_key))
-    router.add_delete(prefix + "/keys/{id}", admin_only(revoke_key))
-    router.add_get(prefix + "/stats", admin_only(stats), allow_head=False)
+    routes = (
+        ("GET", "/me", me),
+        ("GET", "/keys", admin_only(list_keys)),
+        ("POST", "/keys", admin_only(create_key)),
+        ("GET", "/keys/{id}", admin_only(get_key)),
+        ("PATCH", "/keys/{id}", admin_only(update_key)),
+        ("DELETE", "/keys/{id}", admin_only(revoke_key)),
+        ("GET", "/stats", admin_only(stats)),
+    )
+    for method, path, handler in routes:
+        router.add_route(method, prefix + path, handler, expect_handler=defer_continue)
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -167,6 +172,7 @@ async def stats(request: web.Request) -> web.Response:
 async def _body(
     request: web.Request, allowed: set[str], required: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
+    await send_continue(request)
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw else None

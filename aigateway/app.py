@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from . import httpguard
 from .adminapi import add_admin_routes
 from .appkeys import (
     BODY_BUDGET,
@@ -24,6 +25,7 @@ from .appkeys import (
 )
 from .bodybudget import BodyBudget
 from .cors import add_cors_headers
+from .expect import defer_continue
 from .health import health, health_ollama, root
 from .inflight import InFlight
 from .journal import Journal
@@ -40,6 +42,7 @@ log = logging.getLogger("aigateway")
 
 
 def create_app(settings: Settings) -> web.Application:
+    httpguard.install()
     app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[KEY_TABLE] = KeyTable(settings.gateway_admin_key)
@@ -70,15 +73,16 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         # A client with host http://gw/ollama probes /ollama, not /.
         probe_paths += [settings.ollama_prefix, settings.ollama_prefix + "/"]
     for path in probe_paths:
-        router.add_route("GET", path, root)
-        router.add_route("HEAD", path, root)
-    router.add_route("GET", "/health", health)
-    router.add_route("GET", "/health/ollama", health_ollama)
+        router.add_route("GET", path, root, expect_handler=defer_continue)
+        router.add_route("HEAD", path, root, expect_handler=defer_continue)
+    router.add_route("GET", "/health", health, expect_handler=defer_continue)
+    router.add_route("GET", "/health/ollama", health_ollama, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
     for route in RELAY_ROUTES:
         handler = relay_handler(route)
         for method in route.methods:
-            router.add_route(method, settings.client_prefix(route.native) + route.path, handler)
+            path = settings.client_prefix(route.native) + route.path
+            router.add_route(method, path, handler, expect_handler=defer_continue)
 
 
 async def _finish_open_requests(app: web.Application) -> None:

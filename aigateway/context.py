@@ -11,7 +11,15 @@ from .store import KeyRecord
 
 
 class RequestContext:
-    __slots__ = ("bytes_out", "client_gone", "model", "principal", "request_id", "started")
+    __slots__ = (
+        "bytes_out",
+        "client_gone",
+        "continue_sent",
+        "model",
+        "principal",
+        "request_id",
+        "started",
+    )
 
     def __init__(self, request_id: str, started: float) -> None:
         self.request_id = request_id
@@ -20,3 +28,4 @@ class RequestContext:
         self.model: str | None = None  # the model the body names, when it names one
         self.bytes_out: int | None = None  # response body bytes, counted by the relay
         self.client_gone = False  # the client left before the response was complete
+        self.continue_sent = False  # 100 Continue answered (expect.py)

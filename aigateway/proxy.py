@@ -37,6 +37,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .expect import send_continue
 from .limits import ADMITTED, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
 from .routes import RelayRoute
@@ -268,6 +269,7 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
     if route.stream_request_body:
         if principal.models is not None:
             raise Forbidden("this key may only use some models, and uploads name none")
+        await send_continue(request)
         exchange.data = _counted(request.content, exchange)
         exchange.relayed = True
         return
@@ -477,6 +479,7 @@ async def _read_body(
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    await send_continue(request)  # admitted: now the body may come
     try:
         if declared is not None and "Content-Encoding" not in request.headers:
             # The usual case, in one read: the length is known and is the body's size.

@@ -17,6 +17,10 @@ from .settings import Settings
 
 log = logging.getLogger("aigateway")
 
+# A request head is at most MAX_HEADERS headers of MAX_HEAD_LINE bytes (about 512 KiB).
+MAX_HEAD_LINE = 8190
+MAX_HEADERS = 64
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (it serves noticeably more requests per core)."""
@@ -58,6 +62,13 @@ async def _serve(settings: Settings) -> None:
         # Open requests get SHUTDOWN_TIMEOUT on a stop; app.py ends the rest a second
         # early, each in its dialect, so this wait rarely cancels anything.
         shutdown_timeout=settings.shutdown_timeout,
+        # A request head (line and headers) is bounded in size, and in time: a connection
+        # that has not sent a whole one within IDLE_TIMEOUT of opening, or of its last
+        # answer, is closed however slowly it trickles bytes (aiohttp's keep-alive timer).
+        keepalive_timeout=settings.idle_timeout,
+        max_line_size=MAX_HEAD_LINE,
+        max_field_size=MAX_HEAD_LINE,
+        max_headers=MAX_HEADERS,
     )
     await runner.setup()  # opens the key store: a bad database stops us here
     try:

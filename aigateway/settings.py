@@ -53,6 +53,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     allow_cloud_models: bool = False
     usage_journal_dir: str | None = None  # None: TOKEN_DB_PATH + ".usage-journal"
+    idle_timeout: float = 30.0
 
     @property
     def upstream_api_base(self) -> str:
@@ -142,6 +143,7 @@ class Settings:
             ),
             allow_cloud_models=_bool("ALLOW_CLOUD_MODELS", get("ALLOW_CLOUD_MODELS"), False),
             usage_journal_dir=get("USAGE_JOURNAL_DIR"),
+            idle_timeout=_seconds("IDLE_TIMEOUT", get("IDLE_TIMEOUT"), d.idle_timeout),
         )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(
