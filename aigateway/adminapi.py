@@ -12,6 +12,7 @@ Ollama keeps adding routes under /api. JSON in and out.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,12 +29,14 @@ from .keyview import key_view
 from .limits import DAY
 from .store import (
     LIMIT_FIELDS,
+    MAX_EXPIRES_AT,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
 )
 
+_KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {"user", "name", "role", "expires_at", "expires_days", "models", *LIMIT_FIELDS}
 UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -196,21 +199,25 @@ def _expiry(body: dict[str, Any]) -> float | None:
         raise BadRequest("give expires_at or expires_days, not both")
     if body.get("expires_days") is not None:
         days = body["expires_days"]
-        if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
-            raise BadRequest("expires_days must be a whole number above 0")
+        if isinstance(days, bool) or not isinstance(days, int) or not 0 < days <= 36500:
+            raise BadRequest("expires_days must be a whole number from 1 to 36500")
         return time.time() + days * DAY
     value = body.get("expires_at")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= time.time():
-        raise BadRequest("expires_at must be a Unix time in the future, or null")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not time.time() < value < MAX_EXPIRES_AT
+    ):
+        raise BadRequest("expires_at must be a Unix time in the future (before 10000), or null")
     return float(value)
 
 
 def _key_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise BadRequest(f"a key id is a whole number, not {raw!r}")
+    if not _KEY_ID.fullmatch(raw):  # ASCII digits only, and within SQLite's integers
+        raise NotFound(f"no key with id {raw[:40]!r}")
     if int(raw) == BOOTSTRAP_KEY_ID:
         raise BadRequest("key 0 is GATEWAY_ADMIN_KEY; change it in the settings")
     return int(raw)

@@ -75,7 +75,11 @@ class KeyTable:
         self._by_hash = table
 
     def authenticate(self, token: str) -> KeyRecord:
-        record = self._by_hash.get(hash_key(token))
+        try:
+            digest = hash_key(token)
+        except UnicodeEncodeError:  # bytes that are not text (a header is read as latin-1)
+            raise AuthError("malformed API key: expected aig_ followed by 43 characters") from None
+        record = self._by_hash.get(digest)
         if record is None:
             if not looks_like_key(token):
                 raise AuthError("malformed API key: expected aig_ followed by 43 characters")

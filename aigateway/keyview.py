@@ -13,7 +13,10 @@ def when(timestamp: float | None, iso: bool = True) -> str | None:
     """ISO 8601 UTC (`2026-11-23T12:00:00Z`) or, for tables, `2026-11-23 12:00`."""
     if timestamp is None:
         return None
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    try:
+        moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (old rows)
+        return None
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if iso else "%Y-%m-%d %H:%M")
 
 

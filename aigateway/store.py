@@ -59,6 +59,18 @@ class UsageRejected(Exception):
 
 
 MAX_NAME_CHARS = 64
+MAX_EXPIRES_AT = 253402300800.0  # 10000-01-01T00:00:00Z: every time before it can be shown
+
+
+def check_expiry(expires_at: object) -> float | None:
+    """None (never), or a finite Unix time before the year 10000."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        raise InvalidInputError("expires_at must be a Unix time or null")
+    if not 0 <= expires_at < MAX_EXPIRES_AT:  # also refuses NaN
+        raise InvalidInputError("expires_at must be a Unix time before the year 10000")
+    return float(expires_at)
 
 
 def check_limits(limits: KeyLimits) -> KeyLimits:
@@ -321,6 +333,7 @@ class Store:
         if role not in ROLES:
             raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         check_limits(limits)
+        expires_at = check_expiry(expires_at)
         patterns = check_models(models)
         new = generate_key()
         now = time.time()
@@ -369,11 +382,7 @@ class Store:
             elif field == "models":
                 values[field] = _models_json(check_models(value))  # type: ignore[arg-type]
             elif field == "expires_at":
-                if value is not None and (
-                    isinstance(value, bool) or not isinstance(value, int | float)
-                ):
-                    raise InvalidInputError("expires_at must be a Unix time or null")
-                values[field] = value
+                values[field] = check_expiry(value)
             else:
                 check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
                 values[field] = value
@@ -642,21 +651,48 @@ def _check_or_create_file(path: str, create: bool) -> None:
 
 
 def _record(row: sqlite3.Row) -> KeyRecord:
+    """A key row as a record, whatever an older version or a hand edit left in it: a
+    value that cannot be what its column means is read as the safest thing it could be
+    (no time, no limit of its own, no model allowed), never as an error for the listing."""
     return KeyRecord(
         id=row[0],
-        user=row[1],
-        name=row[2],
-        key_hash=row[3],
-        prefix=row[4],
-        role=row[5],
-        created_at=row[6],
-        expires_at=row[7],
-        last_used_at=row[8],
+        user=str(row[1]),
+        name=str(row[2]),
+        key_hash=str(row[3]),
+        prefix=str(row[4]),
+        role=row[5] if row[5] in ROLES else "user",
+        created_at=_time(row[6]) or 0.0,
+        expires_at=None if row[7] is None else _time(row[7]) or 0.0,  # unreadable: expired
+        last_used_at=_time(row[8]),
         revoked=bool(row[9]),
-        revoked_at=row[10],
-        limits=KeyLimits(rpm=row[11], rph=row[12], tokens_per_day=row[13], max_concurrent=row[14]),
-        models=tuple(orjson.loads(row[15])) if row[15] else None,
+        revoked_at=_time(row[10]),
+        limits=KeyLimits(*(_limit(value) for value in row[11:15])),
+        models=_models(row[15]),
     )
+
+
+def _time(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        return float(min(max(value, 0), MAX_EXPIRES_AT - 1))
+    return None
+
+
+def _limit(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LIMIT:
+        return value
+    return None
+
+
+def _models(value: object) -> tuple[str, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        patterns = orjson.loads(value) if isinstance(value, str | bytes) else None
+    except orjson.JSONDecodeError:
+        patterns = None
+    if not isinstance(patterns, list):
+        return ()  # unreadable: no model, never every model
+    return tuple(p for p in patterns if isinstance(p, str))
 
 
 def _usage_filter(
