@@ -217,7 +217,7 @@ def _expiry(body: dict[str, Any]) -> float | None:
 def _key_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not _KEY_ID.fullmatch(raw):  # ASCII digits only, and within SQLite's integers
-        raise NotFound(f"no key with id {raw[:40]!r}")
+        raise BadRequest(f"a key id is a whole number of 1 to 18 digits, not {raw[:40]!r}")
     if int(raw) == BOOTSTRAP_KEY_ID:
         raise BadRequest("key 0 is GATEWAY_ADMIN_KEY; change it in the settings")
     return int(raw)
