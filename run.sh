@@ -5,13 +5,40 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-python3}
 VENV=.venv
+NEEDS='import sys; sys.exit(sys.version_info < (3, 11))'
+
+# The Python to make .venv with: $PYTHON if set, else the first of python3, python3.13,
+# python3.12, python3.11 on PATH that is 3.11 or newer.
+find_python() {
+    local candidate found=""
+    for candidate in ${PYTHON:-python3 python3.13 python3.12 python3.11}; do
+        if ! command -v "$candidate" >/dev/null 2>&1; then
+            continue
+        fi
+        if "$candidate" -c "$NEEDS" 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+        found="$found $candidate ($("$candidate" --version 2>&1 | head -n1))"
+    done
+    echo "run.sh: aigateway needs Python 3.11 or newer; found:${found:- no python3 on PATH}." >&2
+    echo "run.sh: install one, or point PYTHON= at it: PYTHON=/usr/bin/python3.12 ./run.sh" >&2
+    return 1
+}
 
 ensure_venv() {
+    # A .venv made by a Python that is too old, or no longer there, is made again.
+    if [ -e "$VENV" ] && ! "$VENV/bin/python" -c "$NEEDS" 2>/dev/null; then
+        echo "run.sh: $VENV was made by $("$VENV/bin/python" --version 2>&1 | head -n1 ||
+            echo 'a Python that is gone'), not 3.11+; making it again" >&2
+        rm -rf "$VENV"
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
-        echo "run.sh: creating $VENV" >&2
-        "$PYTHON" -m venv "$VENV"
+        local python
+        python=$(find_python) || exit 1
+        echo "run.sh: creating $VENV with $python ($("$python" --version 2>&1))" >&2
+        "$python" -m venv "$VENV"
     fi
 }
 

@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .settings import Settings, SettingsError
+from .settings import AUTO, Settings, SettingsError
 from .store import Store, StoreError
 
 
@@ -18,19 +18,18 @@ from .store import Store, StoreError
 @click.option("--port", help="Listen port (overrides PORT).")
 @click.option(
     "--env-file",
-    default=".env",
-    show_default=True,
-    help="Settings file read after the environment.",
+    help="Settings file read after the environment (default: .env here, else in the"
+    " project folder).",
 )
 @click.option("--init-db", is_flag=True, help="Create and migrate the key database, then exit.")
 @click.version_option(__version__, prog_name="aigateway")
-def cli(host: str | None, port: str | None, env_file: str, init_db: bool) -> None:
+def cli(host: str | None, port: str | None, env_file: str | None, init_db: bool) -> None:
     """Serve the gateway in the foreground (settings: environment, then .env, then defaults)."""
     from .server import serve
 
     overrides = {k: v for k, v in {"HOST": host, "PORT": port}.items() if v is not None}
     try:
-        settings = Settings.from_env({**os.environ, **overrides}, env_file=env_file)
+        settings = Settings.from_env({**os.environ, **overrides}, env_file=env_file or AUTO)
         if init_db:
             asyncio.run(_init_db(settings.token_db_path))
             return

@@ -11,12 +11,16 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
 from yarl import URL
 
+# Read a .env the usual way (see find_env_file); None reads none.
+AUTO = "auto"
+_HERE = Path(__file__).resolve().parent.parent
+PROJECT_DIR: Path | None = _HERE if (_HERE / "run.sh").is_file() else None
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -83,10 +87,15 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
     ) -> Settings:
-        """Read settings: `environ` (default `os.environ`) wins over `env_file`."""
-        return cls.from_mapping(merged_environment(environ, env_file))
+        """Read settings: `environ` (default `os.environ`) wins over `env_file` (AUTO:
+        see `find_env_file`); a relative TOKEN_DB_PATH is resolved as `token_db_path`
+        says, so the server and the CLIs agree wherever they are started."""
+        env_path = find_env_file() if env_file == AUTO else env_file
+        settings = cls.from_mapping(merged_environment(environ, env_path))
+        path = token_db_path(environ, env_path)
+        return settings if path == settings.token_db_path else replace(settings, token_db_path=path)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
@@ -162,8 +171,17 @@ class Settings:
         return settings
 
 
+def find_env_file() -> Path | None:
+    """`.env` in the current folder, else in the project folder (the checkout holding
+    run.sh), else none: so a CLI started from another folder reads the server's."""
+    for folder in (Path.cwd(), PROJECT_DIR):
+        if folder is not None and (folder / ".env").is_file():
+            return folder / ".env"
+    return None
+
+
 def merged_environment(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
 ) -> dict[str, str]:
     """The environment laid over the `.env` file: what every setting is read from."""
     merged: dict[str, str] = {}
@@ -174,11 +192,23 @@ def merged_environment(
 
 
 def token_db_path(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
 ) -> str:
-    """TOKEN_DB_PATH exactly as the server resolves it, without judging other settings."""
-    value = merged_environment(environ, env_file).get("TOKEN_DB_PATH", "").strip()
-    return value or Settings().token_db_path
+    """TOKEN_DB_PATH exactly as the server resolves it, without judging other settings.
+    A relative path from the environment is relative to the current folder, as a shell
+    user means it; one from a `.env` file is relative to that file's folder; the default
+    (`tokens.db`) is in the folder of the `.env` in use, else in the project folder."""
+    env_path = find_env_file() if env_file == AUTO else env_file
+    environment = os.environ if environ is None else environ
+    value = environment.get("TOKEN_DB_PATH", "").strip()
+    if value:
+        return value
+    from_file = merged_environment({}, env_path).get("TOKEN_DB_PATH", "").strip()
+    base = Path(env_path).resolve().parent if env_path is not None else PROJECT_DIR
+    path = Path(from_file or Settings().token_db_path)
+    if path.is_absolute() or base is None:
+        return str(path)
+    return str(base / path)
 
 
 def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> int:

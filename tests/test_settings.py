@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +12,15 @@ import pytest
 
 from aigateway.settings import Settings, SettingsError, token_db_path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_defaults() -> None:
     settings = Settings.from_env({}, env_file=None)
-    assert settings == Settings()
+    # The default database is in the project folder, wherever the server is started.
+    assert settings == Settings(token_db_path=str(ROOT / "tokens.db"))
     assert settings.ollama_base_url == "http://localhost:11434"
-    assert (settings.base_path, settings.port, settings.token_db_path) == (
-        "/api",
-        8000,
-        "tokens.db",
-    )
+    assert (settings.base_path, settings.port) == ("/api", 8000)
 
 
 def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path) -> None:
@@ -76,3 +76,29 @@ def test_server_stops_with_one_line_on_a_bad_value(tmp_path: Path, name: str, va
     assert name in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "t.db").exists()
+
+
+def test_the_clis_and_the_server_find_one_database_from_any_folder(tmp_path: Path) -> None:
+    """Before: a CLI started from another folder quietly made a new tokens.db there."""
+    project = tmp_path / "project"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".venv", ".git", "*.db*"))
+    (project / ".env").write_text("TOKEN_DB_PATH=keys/tokens.db\n")
+    (project / "keys").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TOKEN_DB_PATH"}
+    env["PYTHONPATH"] = str(project)
+    result = subprocess.run(
+        [sys.executable, str(project / "gen_api_key_cli.py"), "-g", "a", "k"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (project / "keys" / "tokens.db").exists()
+    assert not list(elsewhere.iterdir())
+    assert f"in {project / 'keys' / 'tokens.db'}" in result.stderr
+    server = subprocess.run(
+        [sys.executable, "-m", "aigateway", "--init-db"], cwd=elsewhere, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert server.returncode == 0, server.stderr
+    assert not list(elsewhere.iterdir())

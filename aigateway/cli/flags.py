@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -58,8 +59,9 @@ Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
 reused. To delete revoked rows for good, use --purge USER KEY_NAME.
 
-The database is --db, else TOKEN_DB_PATH from the environment or .env, else
-tokens.db, exactly as the server finds it. A new key is printed once, alone on
+The database is --db, else TOKEN_DB_PATH from the environment or .env (here,
+else in the project folder), else tokens.db beside that .env or in the project
+folder, exactly as the server finds it. A new key is printed once, alone on
 stdout; it cannot be shown again. Exports never contain keys or their hashes.
 """
 
@@ -236,8 +238,8 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     )
     click.echo(secret)
     click.echo(
-        f"Created {record.role} key {record.prefix}... for {record.user}/{record.name}."
-        " Store it now: it will not be shown again.",
+        f"Created {record.role} key {record.prefix}... for {record.user}/{record.name}"
+        f" in {Path(path).resolve()}. Store it now: it will not be shown again.",
         err=True,
     )
 
