@@ -76,7 +76,8 @@ class Journal:
     def append(self, record: UsageRecord) -> None:
         """One line, one write: on disk (in the page cache) before the request is done."""
         if self.current is not None:
-            os.write(self.current.fd, orjson.dumps(tuple(record)) + b"\n")
+            line = orjson.dumps(tuple(record), option=orjson.OPT_APPEND_NEWLINE)
+            os.write(self.current.fd, line)
 
     def seal(self) -> Segment | None:
         """Close the current segment to new records and start the next; the sealed one

@@ -99,8 +99,11 @@ class KeyTable:
         version = (store.generation, await store.data_version())
         if version == self._version:
             return False
+        records = await store.list_keys()
+        # Only now: a look that starts while this load runs must not take the version
+        # for loaded and return with the table still old.
+        self.replace(records)
         self._version = version
-        self.replace(await store.list_keys())
         return True
 
     async def look_again(self) -> None:

@@ -479,7 +479,8 @@ async def _read_body(
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    await send_continue(request)  # admitted: now the body may come
+    if "Expect" in request.headers:
+        await send_continue(request)  # admitted: now the body may come
     try:
         if declared is not None and "Content-Encoding" not in request.headers:
             # The usual case, in one read: the length is known and is the body's size.
