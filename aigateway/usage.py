@@ -270,12 +270,15 @@ class UsageWriter:
             if records is None:
                 records = read_segment(segment.path)
             try:
-                # On disk for good (a machine crash) before the database may refuse it.
-                await asyncio.to_thread(os.fsync, segment.fd)
                 await self._insert(segment, records)
             except StoreError as exc:
-                # Keep the segment; let go of its records (re-read from the file later),
-                # so memory stays flat however long the database is away.
+                # Keep the segment, on disk for good (a machine crash) now that it is the
+                # only copy; let go of its records (re-read from the file later), so
+                # memory stays flat however long the database is away. (A segment the
+                # database takes at once needs no fsync: only the last flush interval's
+                # records are ever in the page cache alone.)
+                if records is not None:
+                    await asyncio.to_thread(os.fsync, segment.fd)
                 self._sealed[0] = (segment, None)
                 if str(exc) != self._failing:
                     self._failing = str(exc)
