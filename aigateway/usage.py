@@ -266,9 +266,8 @@ class UsageWriter:
 
     async def _write_sealed(self) -> bool:
         while self._sealed:
-            segment, records = self._sealed[0]
-            if records is None:
-                records = read_segment(segment.path)
+            segment, held = self._sealed[0]
+            records = held if held is not None else read_segment(segment.path)
             try:
                 await self._insert(segment, records)
             except StoreError as exc:
@@ -277,7 +276,7 @@ class UsageWriter:
                 # memory stays flat however long the database is away. (A segment the
                 # database takes at once needs no fsync: only the last flush interval's
                 # records are ever in the page cache alone.)
-                if records is not None:
+                if held is not None:  # the first refusal of this segment
                     await asyncio.to_thread(os.fsync, segment.fd)
                 self._sealed[0] = (segment, None)
                 if str(exc) != self._failing:
