@@ -318,7 +318,7 @@ def _fields(
     try:
         fields = read_body(body, route.model_fields)
     except UndecidableBody as exc:
-        if patterns is None and cloud:
+        if patterns is None and (cloud or not route.json_body):
             return NO_FIELDS
         raise BadRequest(
             f"{exc}; this gateway must read the model a request names before relaying it"

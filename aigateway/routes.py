@@ -39,6 +39,9 @@ class RelayRoute:
     # OpenAI streams that count tokens only when asked (stream_options.include_usage):
     # the relay asks, and removes the answer before the client sees it.
     usage_on_request: bool = False
+    # The body is JSON (else multipart: an upload whose model a key with an allow-list
+    # cannot be held to, and which passes unread for keys without one).
+    json_body: bool = True
 
     @property
     def native(self) -> bool:
@@ -91,7 +94,12 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("POST",), "/responses", "inference", model_fields=("model",), dialect="openai"),
     # multipart/form-data: not JSON, so keys with an allow-list cannot use it.
     RelayRoute(
-        ("POST",), "/audio/transcriptions", "inference", model_fields=("model",), dialect="openai"
+        ("POST",),
+        "/audio/transcriptions",
+        "inference",
+        model_fields=("model",),
+        dialect="openai",
+        json_body=False,
     ),
     RelayRoute(("GET",), "/models", "read", model_fields=(), lists_models=True, dialect="openai"),
     RelayRoute(

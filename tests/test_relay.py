@@ -40,7 +40,8 @@ BODIES: dict[str, bytes] = {
     "/chat/completions": b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}',
     "/completions": b'{"model":"llama3.2","prompt":"hi","stream":true}',
     "/responses": b'{"model":"llama3.2","input":"hi"}',
-    "/audio/transcriptions": b'{"model":"whisper"}',
+    "/audio/transcriptions": b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+    b"whisper\r\n--b--\r\n",
     "/messages": b'{"model":"qwen3-coder","max_tokens":10,"messages":[],"stream":true}',
 }
 # /v1/embeddings shares its tail with /api/embeddings but wants an OpenAI body.
