@@ -17,6 +17,7 @@ from .appkeys import (
     IN_FLIGHT,
     KEY_TABLE,
     LIMITER,
+    RELAY,
     SETTINGS,
     STARTED_AT,
     STORE,
@@ -33,6 +34,7 @@ from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import DAY, Limiter, Limits
 from .middleware import gateway_middleware
 from .proxy import relay_handler, upstream_session
+from .relaystate import Relay
 from .routes import RELAY_ROUTES
 from .settings import Settings
 from .store import Store, StoreError
@@ -57,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STARTED_AT] = time.time()
     app[BODY_BUDGET] = BodyBudget(settings.max_body_memory)
     app[IN_FLIGHT] = InFlight()
+    app[RELAY] = Relay(settings, app[LIMITER], app[BODY_BUDGET], app[IN_FLIGHT])
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
@@ -79,7 +82,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
     router.add_route("GET", "/health/ollama", health_ollama, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
     for route in RELAY_ROUTES:
-        handler = relay_handler(route)
+        handler = relay_handler(route, app[RELAY])
         for method in route.methods:
             path = settings.client_prefix(route.native) + route.path
             router.add_route(method, path, handler, expect_handler=defer_continue)
@@ -110,7 +113,9 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         journal.open()
     except OSError as exc:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
-    usage = app[USAGE] = UsageWriter(store, settings.usage_retention_days, journal)
+    usage = app[USAGE] = app[RELAY].usage = UsageWriter(
+        store, settings.usage_retention_days, journal
+    )
     await usage.start()  # first writes what an earlier run left in the journal
     refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
     try:
@@ -128,7 +133,7 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session = upstream_session(app[SETTINGS])
-    app[UPSTREAM] = session
+    app[UPSTREAM] = app[RELAY].upstream = session
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from .context import RequestContext
 from .inflight import InFlight
 from .keytable import KeyTable
 from .limits import Limiter
+from .relaystate import Relay
 from .settings import Settings
 from .store import Store
 from .usage import UsageWriter
@@ -23,5 +24,6 @@ LIMITER = web.AppKey("limiter", Limiter)
 USAGE = web.AppKey("usage", UsageWriter)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+RELAY = web.AppKey("relay", Relay)
 
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -17,31 +17,29 @@ class Stoppable(Protocol):
 
 class InFlight:
     def __init__(self) -> None:
-        self._requests: set[Stoppable] = set()
+        # Public so that the relay adds to it without a method call on every request.
+        self.requests: set[Stoppable] = set()
         self._idle: asyncio.Event | None = None  # made by drain(), set when none are left
 
     def __len__(self) -> int:
-        return len(self._requests)
-
-    def add(self, request: Stoppable) -> None:
-        self._requests.add(request)
+        return len(self.requests)
 
     def discard(self, request: Stoppable) -> None:
-        self._requests.discard(request)
-        if self._idle is not None and not self._requests:
+        self.requests.discard(request)
+        if self._idle is not None and not self.requests:
             self._idle.set()
 
     async def drain(self, grace_s: float) -> None:
         """Wait up to `grace_s` for open requests to finish, then stop those left."""
         self._idle = asyncio.Event()
-        if self._requests:
+        if self.requests:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-        if self._requests:
+        if self.requests:
             log.warning(
                 "stopping: ending %d open request(s) still running after %g s",
-                len(self._requests),
+                len(self.requests),
                 grace_s,
             )
-            for request in list(self._requests):
+            for request in list(self.requests):
                 request.stop()

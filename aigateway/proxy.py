@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .appkeys import BODY_BUDGET, CONTEXT, IN_FLIGHT, LIMITER, SETTINGS, UPSTREAM, USAGE
+from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
 from .bodypeek import FULL_PARSE_LIMIT, BodyFields, UndecidableBody, read_body
 from .context import RequestContext
@@ -40,6 +40,7 @@ from .errors import (
 from .expect import send_continue
 from .limits import ADMITTED, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
+from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
 from .store import KeyRecord, UsageRecord
@@ -109,33 +110,35 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def relay_handler(route: RelayRoute) -> Handler:
+def relay_handler(route: RelayRoute, relay_state: Relay) -> Handler:
     async def relay(request: web.Request) -> web.StreamResponse:
-        return await _relay(request, route)
+        return await _relay(request, route, relay_state)
 
     relay.__name__ = f"relay_{route.path.strip('/').split('/')[0]}"
     return relay
 
 
-async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
+async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.StreamResponse:
     """Admit, read the body, forward, settle: in that order, so that a key over its limits
     is refused before a byte of its body is read (and held)."""
-    app = request.app
     context = request[CONTEXT]
     principal = context.principal
     assert principal is not None  # the middleware authenticated every relayed request
-    _check_path(request, route, principal)
-    _check_content_encoding(request)
-    limiter = app[LIMITER]
+    if route.checks_path:
+        _check_path(request, route, principal, relay.settings)
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None:
+        _check_content_encoding(coding)
+    limiter = relay.limiter
     verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
     exchange = _Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
-    in_flight = app[IN_FLIGHT]
-    in_flight.add(exchange)
+    in_flight = relay.in_flight
+    in_flight.requests.add(exchange)
     try:
-        await _take_request(request, route, exchange)
-        return await _forward(request, route, exchange)
+        await _take_request(request, route, exchange, relay, coding)
+        return await _forward(request, route, exchange, relay)
     except asyncio.CancelledError:
         if not exchange.stopping:
             raise
@@ -149,15 +152,17 @@ async def _relay(request: web.Request, route: RelayRoute) -> web.StreamResponse:
     finally:
         in_flight.discard(exchange)
         if exchange.body_held:
-            app[BODY_BUDGET].give_back(exchange.body_held)
+            relay.budget.give_back(exchange.body_held)
         limiter.release(principal.id)
         if not exchange.relayed:
             limiter.refund(principal.id)
         elif not exchange.settled:
-            _settle(request, route, exchange)
+            _settle(request, route, exchange, relay)
 
 
-def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -> None:
+def _check_path(
+    request: web.Request, route: RelayRoute, principal: KeyRecord, settings: Settings
+) -> None:
     """What the path and the key's role decide, before anything is counted or read."""
     for value in request.match_info.values():
         # A decoded %2F or a dot segment would make the path Ollama sees another route.
@@ -165,7 +170,7 @@ def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -
             raise NotFound(f"no such route: {request.path}")
     if route.model_in_path:
         named = request.match_info["model"]
-        cloud_refused = is_cloud(named) and not request.app[SETTINGS].allow_cloud_models
+        cloud_refused = is_cloud(named) and not settings.allow_cloud_models
         if cloud_refused or (
             principal.models is not None and not model_allowed(named, principal.models)
         ):
@@ -174,12 +179,11 @@ def _check_path(request: web.Request, route: RelayRoute, principal: KeyRecord) -
         raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
 
 
-def _check_content_encoding(request: web.Request) -> None:
+def _check_content_encoding(coding: str) -> None:
     """aiohttp decodes gzip, deflate, br and zstd request bodies as they are read, and the
     relay then sends them on decoded, without the header. Any other coding could be
     neither read for the allow-list nor sent on honestly: refuse it."""
-    coding = request.headers.get("Content-Encoding")
-    if coding is not None and coding.strip().lower() not in DECODED_CODINGS:
+    if coding.strip().lower() not in DECODED_CODINGS:
         raise UnsupportedMediaType(
             f"Content-Encoding {coding!r} is not supported; send the body uncompressed"
             " or as gzip, deflate, br or zstd"
@@ -261,10 +265,11 @@ class GatewayStopping(Exception):
     """Raised into a relayed stream when a graceful stop ends it."""
 
 
-async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exchange) -> None:
+async def _take_request(
+    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay, coding: str | None
+) -> None:
     """Read the body (bounded, within the body budget), check it against the allow-list,
     reserve the key's tokens, and decide what is sent on."""
-    app = request.app
     principal = exchange.principal
     if route.stream_request_body:
         if principal.models is not None:
@@ -273,8 +278,8 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
         exchange.data = _counted(request.content, exchange)
         exchange.relayed = True
         return
-    settings = app[SETTINGS]
-    body = await _read_body(request, settings.max_body_bytes, app[BODY_BUDGET], exchange)
+    settings = relay.settings
+    body = await _read_body(request, settings.max_body_bytes, relay.budget, exchange, coding)
     exchange.bytes_in = len(body)
     cloud = settings.allow_cloud_models
     if len(body) > FULL_PARSE_LIMIT:  # big embed batches: read them off the event loop
@@ -294,7 +299,7 @@ async def _take_request(request: web.Request, route: RelayRoute, exchange: _Exch
             cap = fields.max_output
             output = cap if cap is not None and cap > 0 else settings.token_reserve
             output = min(output, settings.token_reserve * 64)
-        reserved = app[LIMITER].reserve_tokens(
+        reserved = relay.limiter.reserve_tokens(
             principal, exchange.prompt_estimate + output, time.time()
         )
         if not isinstance(reserved, int):
@@ -339,21 +344,23 @@ async def _counted(content: aiohttp.StreamReader, exchange: _Exchange) -> AsyncI
 
 
 async def _forward(
-    request: web.Request, route: RelayRoute, exchange: _Exchange
+    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
 ) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    settings = relay.settings
+    upstream_session = relay.upstream
+    assert upstream_session is not None  # set when the app started
     url = _upstream_url(request, settings, route)
     headers = _request_headers(request, settings)
     patterns = exchange.principal.models
     data, exchange.data = exchange.data, None
     try:
-        async with request.app[UPSTREAM].request(
+        async with upstream_session.request(
             request.method, url, data=data, headers=headers, allow_redirects=False
         ) as upstream:
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
             if exchange.body_held:
-                request.app[BODY_BUDGET].give_back(exchange.body_held)
+                relay.budget.give_back(exchange.body_held)
                 exchange.body_held = 0
             exchange.upstream = upstream
             exchange.status = upstream.status
@@ -364,10 +371,10 @@ async def _forward(
                     and request.method == "GET"
                     and (patterns is not None or not settings.allow_cloud_models)
                 ):
-                    await _send_filtered(upstream, response, request, exchange, route, patterns)
+                    await _send_filtered(upstream, response, request, exchange, route, relay)
                 else:
                     await response.prepare(request)
-                    await _pump(upstream, response, request, exchange, route)
+                    await _pump(upstream, response, request, exchange, route, relay)
             except ConnectionResetError:
                 # The client left: close (not pool) the upstream connection so Ollama stops.
                 exchange.context.client_gone = True
@@ -390,7 +397,7 @@ async def _forward(
         ) from None
 
 
-def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> None:
+def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay) -> None:
     """Charge the key's quota with what the request used, in place of its reservation,
     and queue the usage record (never awaits: this also runs when the handler is
     cancelled)."""
@@ -414,14 +421,16 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange) -> Non
             prompt = exchange.prompt_estimate
         estimated = True
     if prompt or completion or exchange.reserved:
-        request.app[LIMITER].settle_tokens(
+        relay.limiter.settle_tokens(
             principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
         )
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
-    request.app[USAGE].record(
+    usage = relay.usage
+    assert usage is not None  # set when the app started
+    usage.record(
         UsageRecord(
             now,
             principal.id,
@@ -455,15 +464,15 @@ async def _send_filtered(
     request: web.Request,
     exchange: _Exchange,
     route: RelayRoute,
-    patterns: tuple[str, ...] | None,
+    relay: Relay,
 ) -> None:
     """A model list (tags, ps, /v1/models) cut down to what the key may use."""
     body = await upstream.read()
     exchange.first_byte_at = time.perf_counter()
     if upstream.status == 200:
-        body = filter_model_list(body, patterns, request.app[SETTINGS].allow_cloud_models)
+        body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
     exchange.tap.feed(body)
-    _settle(request, route, exchange)
+    _settle(request, route, exchange, relay)
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body)
@@ -471,7 +480,7 @@ async def _send_filtered(
 
 
 async def _read_body(
-    request: web.Request, limit: int, budget: BodyBudget, exchange: _Exchange
+    request: web.Request, limit: int, budget: BodyBudget, exchange: _Exchange, coding: str | None
 ) -> bytes:
     """The whole body, at most `limit` bytes (after decoding), its bytes taken from the
     body budget before they are held: all at once when its length is declared, else as
@@ -482,7 +491,7 @@ async def _read_body(
     if "Expect" in request.headers:
         await send_continue(request)  # admitted: now the body may come
     try:
-        if declared is not None and "Content-Encoding" not in request.headers:
+        if declared is not None and coding is None:
             # The usual case, in one read: the length is known and is the body's size.
             if not budget.try_take(declared):
                 await budget.take(declared)
@@ -571,6 +580,7 @@ async def _pump(
     request: web.Request,
     exchange: _Exchange,
     route: RelayRoute,
+    relay: Relay,
 ) -> None:
     """Copy upstream chunks to the client, letting the usage tap see each one in passing;
     a ConnectionResetError means the client left. The usage record is made (and journaled)
@@ -584,7 +594,7 @@ async def _pump(
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
             if tap.total == length:  # the last bytes of a body with a length
-                _settle(request, route, exchange)
+                _settle(request, route, exchange, relay)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
@@ -593,7 +603,7 @@ async def _pump(
         if stripper is not None and (rest := stripper.flush()):
             await response.write(rest)
         if not exchange.settled:  # a chunked body: before its end goes out
-            _settle(request, route, exchange)
+            _settle(request, route, exchange, relay)
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()

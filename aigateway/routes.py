@@ -10,7 +10,7 @@ ollama.com account.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["inference", "read", "manage"]
@@ -42,10 +42,16 @@ class RelayRoute:
     # The body is JSON (else multipart: an upload whose model a key with an allow-list
     # cannot be held to, and which passes unread for keys without one).
     json_body: bool = True
+    # Worked out once here rather than on every request:
+    native: bool = field(init=False)  # Ollama's own /api, not a compatible dialect
+    # Whether the path or the key's role needs a look before admission: path parameters,
+    # a model in the path, model management.
+    checks_path: bool = field(init=False)
 
-    @property
-    def native(self) -> bool:
-        return self.dialect == "ollama"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "native", self.dialect == "ollama")
+        checks = "{" in self.path or self.model_in_path or self.kind == "manage"
+        object.__setattr__(self, "checks_path", checks)
 
 
 RELAY_ROUTES: tuple[RelayRoute, ...] = (

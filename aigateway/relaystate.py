@@ -1,0 +1,29 @@
+"""What every relayed request uses, in one object."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from .bodybudget import BodyBudget
+from .inflight import InFlight
+from .limits import Limiter
+from .settings import Settings
+from .usage import UsageWriter
+
+
+class Relay:
+    """What every relayed request uses, in one object that the handlers hold (an app
+    lookup each would cost more than most steps of the relay). The upstream session and
+    the usage writer are set when the app starts."""
+
+    __slots__ = ("budget", "in_flight", "limiter", "settings", "upstream", "usage")
+
+    def __init__(
+        self, settings: Settings, limiter: Limiter, budget: BodyBudget, in_flight: InFlight
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.budget = budget
+        self.in_flight = in_flight
+        self.upstream: aiohttp.ClientSession | None = None
+        self.usage: UsageWriter | None = None
