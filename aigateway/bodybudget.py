@@ -23,6 +23,7 @@ class BodyBudget:
         self.held = 0
         self.peak = 0  # the most ever held at once, for tests and the curious
         self._freed = asyncio.Event()
+        self._waiting = 0  # requests waiting in take(): only they need waking
 
     def try_take(self, nbytes: int) -> bool:
         """Take `nbytes` if they are free now (the usual case, with no await at all)."""
@@ -46,16 +47,20 @@ class BodyBudget:
             if left <= 0:
                 raise _refusal(self.capacity)
             self._freed.clear()
+            self._waiting += 1
             try:
                 await asyncio.wait_for(self._freed.wait(), left)
             except TimeoutError:
                 raise _refusal(self.capacity) from None
+            finally:
+                self._waiting -= 1
         self.try_take(nbytes)
 
     def give_back(self, nbytes: int) -> None:
         if nbytes:
             self.held = max(0, self.held - nbytes)
-            self._freed.set()
+            if self._waiting:
+                self._freed.set()
 
 
 def _refusal(capacity: int) -> ServiceUnavailable:

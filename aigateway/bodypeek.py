@@ -102,23 +102,21 @@ def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
         raise UndecidableBody("the request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise UndecidableBody("the request body is not a JSON object")
-    values = doc if _plain(doc) else _resolve(_ordered_pairs(body))
-    return _fields(values, fields)
-
-
-def _plain(doc: dict[str, Any]) -> bool:
-    """True when the orjson dict says what Go would: no key is another spelling of a field
-    we read, and none of those fields is null (which Go skips but a dict keeps)."""
-    for key, value in doc.items():
-        if key in _ORDINARY:
-            if key in _READ_SET and (
-                value is None
-                or (key == "stream_options" and isinstance(value, dict) and _unusual(value))
+    # The orjson dict is what Go would read unless a key could be another spelling of a
+    # field we read, or one of those fields is null (which Go skips but a dict keeps).
+    # (Set operations first: the usual body costs no loop over its keys.)
+    plain = _ORDINARY.issuperset(doc) or not any(
+        go_fold(key) in _FOLDED for key in doc if key not in _ORDINARY
+    )
+    if plain:
+        for key in _READ_SET.intersection(doc):
+            value = doc[key]
+            if value is None or (
+                key == "stream_options" and isinstance(value, dict) and _unusual(value)
             ):
-                return False
-        elif go_fold(key) in _FOLDED:
-            return False
-    return True
+                plain = False
+                break
+    return _fields(doc if plain else _resolve(_ordered_pairs(body)), fields)
 
 
 def _unusual(stream_options: dict[str, Any]) -> bool:
@@ -200,13 +198,15 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
     stream = values.get("stream")
     options = values.get("stream_options")
     include = options.get("include_usage") if isinstance(options, dict) else None
-    cap = _int(values.get("max_tokens"))
-    if cap is None:
-        cap = _int(values.get("max_output_tokens"))
-    opts = values.get("options")
-    if isinstance(opts, dict):
-        predict = _int(opts.get("num_predict"))
-        cap = predict if predict is not None else cap
+    cap = None
+    # num_predict, else max_tokens, else max_output_tokens: a later one here wins.
+    for value in (
+        values.get("max_output_tokens"),
+        values.get("max_tokens"),
+        opts.get("num_predict") if isinstance(opts := values.get("options"), dict) else None,
+    ):
+        if value.__class__ is int:  # (not bool, which Go would refuse for an int)
+            cap = value
     return BodyFields(
         tuple(models),
         models[0] if models else None,
@@ -214,10 +214,6 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
         include if isinstance(include, bool) else None,
         cap,
     )
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:

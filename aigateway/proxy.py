@@ -198,30 +198,23 @@ def _too_many(verdict: Verdict) -> TooManyRequests:
 
 class _Exchange:
     """One relayed request on its way: what the usage record and the settlement need,
-    and how a graceful stop can end it."""
+    and how a graceful stop can end it. (Defaults live on the class, so that making one
+    per request sets only what differs.)"""
 
-    __slots__ = (
-        "body_held",
-        "bytes_in",
-        "context",
-        "cut",
-        "data",
-        "first_byte_at",
-        "limited",
-        "principal",
-        "prompt_estimate",
-        "rate_headers",
-        "relayed",
-        "reserved",
-        "response",
-        "settled",
-        "status",
-        "stopping",
-        "stripper",
-        "tap",
-        "task",
-        "upstream",
-    )
+    status = 502
+    first_byte_at: float | None = None
+    response: web.StreamResponse | None = None
+    upstream: aiohttp.ClientResponse | None = None
+    data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
+    body_held = 0  # bytes of the body budget this request holds
+    bytes_in = 0
+    reserved = 0  # tokens reserved against the key's daily quota
+    prompt_estimate = 0
+    relayed = False  # admitted and sent on: settle it and record it
+    settled = False  # its usage record is made (journaled)
+    cut = False  # the stream was cut short (Ollama's side broke, or a stop)
+    stopping = False  # a graceful stop is ending this request
+    stripper: UsageStripper | None = None
 
     def __init__(
         self,
@@ -235,20 +228,6 @@ class _Exchange:
         self.rate_headers = rate_headers
         self.limited = limited  # the key has limits (else no tokens to reserve)
         self.tap = UsageTap()
-        self.status = 502
-        self.first_byte_at: float | None = None
-        self.response: web.StreamResponse | None = None
-        self.upstream: aiohttp.ClientResponse | None = None
-        self.data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
-        self.body_held = 0  # bytes of the body budget this request holds
-        self.bytes_in = 0
-        self.reserved = 0  # tokens reserved against the key's daily quota
-        self.prompt_estimate = 0
-        self.relayed = False  # admitted and sent on: settle it and record it
-        self.settled = False  # its usage record is made (journaled)
-        self.cut = False  # the stream was cut short (Ollama's side broke, or a stop)
-        self.stopping = False  # a graceful stop is ending this request
-        self.stripper: UsageStripper | None = None
         self.task = asyncio.current_task()
 
     def stop(self) -> None:
