@@ -31,7 +31,7 @@ def cli(host: str | None, port: str | None, env_file: str | None, init_db: bool)
     try:
         settings = Settings.from_env({**os.environ, **overrides}, env_file=env_file or AUTO)
         if init_db:
-            asyncio.run(_init_db(settings.token_db_path))
+            asyncio.run(_init_db(settings.database))
             return
         serve(settings)
     except (SettingsError, StoreError) as exc:

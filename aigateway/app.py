@@ -97,7 +97,7 @@ async def _finish_open_requests(app: web.Application) -> None:
 
 async def _key_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = await Store.open(settings.token_db_path)
+    store = await Store.open(settings.database)
     table = app[KEY_TABLE]
     app[STORE] = store
     await table.refresh(store)

@@ -17,6 +17,8 @@ from pathlib import Path
 from dotenv import dotenv_values
 from yarl import URL
 
+from .db.url import DatabaseURLError, database_from
+
 # Read a .env the usual way (see find_env_file); None reads none.
 AUTO = "auto"
 _HERE = Path(__file__).resolve().parent.parent
@@ -37,6 +39,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     token_db_path: str = "tokens.db"
+    # DATABASE_URL: sqlite:///path or postgresql://user:password@host:port/db; None: the
+    # SQLite file at TOKEN_DB_PATH.
+    database_url: str | None = None
     log_level: str = "INFO"
     log_file: str | None = None
     log_file_level: str = "INFO"
@@ -58,6 +63,11 @@ class Settings:
     allow_cloud_models: bool = False
     usage_journal_dir: str | None = None  # None: TOKEN_DB_PATH + ".usage-journal"
     idle_timeout: float = 30.0
+
+    @property
+    def database(self) -> str:
+        """What the store opens: DATABASE_URL, else the TOKEN_DB_PATH file."""
+        return self.database_url or self.token_db_path
 
     @property
     def upstream_api_base(self) -> str:
@@ -112,6 +122,7 @@ class Settings:
             host=get("HOST") or d.host,
             port=_int("PORT", get("PORT"), d.port, low=1, high=65535),
             token_db_path=get("TOKEN_DB_PATH") or d.token_db_path,
+            database_url=_database_url("DATABASE_URL", get("DATABASE_URL")),
             log_level=_log_level("LOG_LEVEL", get("LOG_LEVEL"), d.log_level),
             log_file=get("LOG_FILE"),
             log_file_level=_log_level("LOG_FILE_LEVEL", get("LOG_FILE_LEVEL"), d.log_file_level),
@@ -209,6 +220,26 @@ def token_db_path(
     if path.is_absolute() or base is None:
         return str(path)
     return str(base / path)
+
+
+def database_target(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
+) -> str:
+    """The database the server would open, for the CLIs: DATABASE_URL from the
+    environment or the `.env` file, else the TOKEN_DB_PATH file (see token_db_path)."""
+    env_path = find_env_file() if env_file == AUTO else env_file
+    url = merged_environment(environ, env_path).get("DATABASE_URL", "").strip()
+    return url or token_db_path(environ, env_file)
+
+
+def _database_url(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        database_from(raw)
+    except DatabaseURLError as exc:
+        raise SettingsError(str(exc)) from None
+    return raw
 
 
 def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> int:

@@ -1,36 +1,66 @@
-"""All SQL lives here: the key table, on one aiosqlite connection per process.
+"""Every query lives here, written once with SQLAlchemy Core for SQLite and PostgreSQL.
 
-The server and both CLIs open the same database through `Store.open`, so the file is
-created the same way everywhere (mode 0600, WAL, migrated) and bad files are refused
-with the same clear message.
+The server and both CLIs open the same database through `Store.open` (a SQLite path or
+DATABASE_URL), so it is created and migrated the same way everywhere (a SQLite file:
+mode 0600, WAL) and bad databases are refused with the same clear line, which never
+holds a password.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-import aiosqlite
 import orjson
+from sqlalchemy import (
+    Integer,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .db.migrate import SchemaError, is_current, upgrade
+from .db.schema import key_changes, keys, usage, usage_segments
+from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
-from .migrations import SchemaError, migrate
 
 log = logging.getLogger("aigateway")
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _KEY_COLUMNS = (
-    "id, user, name, key_hash, prefix, role, created_at, expires_at, last_used_at, revoked,"
-    " revoked_at, rpm, rph, tokens_per_day, max_concurrent, models"
+    keys.c.id,
+    keys.c.user,
+    keys.c.name,
+    keys.c.key_hash,
+    keys.c.prefix,
+    keys.c.role,
+    keys.c.created_at,
+    keys.c.expires_at,
+    keys.c.last_used_at,
+    keys.c.revoked,
+    keys.c.revoked_at,
+    keys.c.rpm,
+    keys.c.rph,
+    keys.c.tokens_per_day,
+    keys.c.max_concurrent,
+    keys.c.models,
 )
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
@@ -125,7 +155,7 @@ def check_name(what: str, value: str) -> str:
 
 class UsageRecord(NamedTuple):
     """One relayed request. Tokens are None when Ollama reported no counts.
-    A tuple, so a batch goes to SQLite as it is, without copying field by field."""
+    (A tuple: one is made per request, and a tuple is the cheapest record to make.)"""
 
     ts: float
     key_id: int
@@ -200,21 +230,6 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
     )
 
 
-# Durations are stored as measured and rounded to the microsecond when read back, so the
-# request path does not pay for round().
-_USAGE_SELECT = ", ".join(
-    f"ROUND({name}, 3)" if name in ("duration_ms", "ttfb_ms") else name for name in USAGE_COLUMNS
-)
-# Rows per INSERT statement: 1,500 parameters, well inside SQLite's limit of 32,766.
-ROWS_PER_INSERT = 100
-
-
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_usage_sql(rows: int) -> str:
-    row = "(" + ", ".join("?" for _ in USAGE_COLUMNS) + ")"
-    return f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES " + ", ".join([row] * rows)
-
-
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
     """Per-key limits; None means "the gateway's default", 0 means "no limit"."""
@@ -250,71 +265,121 @@ class KeyRecord:
 
 
 @contextmanager
-def _friendly_errors(path: str) -> Iterator[None]:
-    """Turn sqlite3's errors into StoreError lines that name the file, not a traceback."""
+def _friendly_errors(where: str) -> Iterator[None]:
+    """The database's errors as StoreError lines naming the file or the URL (password
+    masked), never a traceback, never the SQL or its values."""
     try:
         yield
     except SchemaError as exc:
-        raise StoreError(f"{path}: {exc}") from None
-    except sqlite3.OperationalError as exc:
-        text = str(exc)
+        raise StoreError(f"{where}: {exc}") from None
+    except DatabaseURLError as exc:
+        raise StoreError(str(exc)) from None
+    except sa_exc.DBAPIError as exc:
+        text = _first_line(exc.orig)
         if "locked" in text or "busy" in text:
             raise StoreError(
-                f"{path}: the database is locked by another writer; try again shortly"
+                f"{where}: the database is locked by another writer; try again shortly"
             ) from None
-        raise StoreError(f"{path}: {text}") from None
-    except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
-            raise StoreError(f"{path}: not an aigateway database (not an SQLite file)") from None
-        raise StoreError(f"{path}: {exc}") from None
+        if "not a database" in text:
+            raise StoreError(f"{where}: not an aigateway database (not an SQLite file)") from None
+        raise StoreError(f"{where}: {text}") from None
+    except (OSError, TimeoutError) as exc:  # PostgreSQL away: refused, reset, timed out
+        reason = getattr(exc, "strerror", None) or _first_line(exc) or type(exc).__name__
+        raise StoreError(f"{where}: cannot reach the database: {reason}") from None
+    except sa_exc.SQLAlchemyError as exc:
+        raise StoreError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, path: str, busy_timeout_s: float) -> None:
-        self._db = db
-        self.path = path
+    def __init__(self, database: Database, engine: AsyncEngine, busy_timeout_s: float) -> None:
+        self.database = database
+        self.where = database.display  # what errors and logs name: the file, or the URL
+        self._engine = engine
         self._busy_timeout_s = busy_timeout_s
-        self._identity = _identity(path)
+        self._identity = _identity(database.path) if database.backend == "sqlite" else None
         self.generation = 0  # goes up when a replaced database file is reopened
 
+    @property
+    def path(self) -> str:
+        """The SQLite file, or the masked URL: what a person reads as "the database"."""
+        return self.where
+
+    @property
+    def backend(self) -> str:
+        return self.database.backend
+
     @classmethod
-    async def open(cls, path: str, *, create: bool = True, busy_timeout_s: float = 5.0) -> Store:
-        """Open (and if needed create and migrate) the key database at `path`."""
-        _check_or_create_file(path, create)
-        return cls(await _connect(path, busy_timeout_s), path, busy_timeout_s)
+    async def open(
+        cls, target: str | Database, *, create: bool = True, busy_timeout_s: float = 5.0
+    ) -> Store:
+        """Open (and if needed create and migrate) the database: a SQLite path, or a
+        DATABASE_URL (sqlite:///path, postgresql://user:password@host:port/db)."""
+        try:
+            database = target if isinstance(target, Database) else database_from(target)
+        except DatabaseURLError as exc:
+            raise StoreError(str(exc)) from None
+        if database.backend == "sqlite":
+            _check_or_create_file(database.path, create)
+        engine = await _connect(database, busy_timeout_s)
+        return cls(database, engine, busy_timeout_s)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self._engine.dispose()
 
     async def check_file(self) -> None:
-        """Make sure writes go to the file at `path`: a database file deleted under the
-        running server raises StoreError (writes would go to a file nobody can open); one
-        replaced by another (a backup restored) is reopened."""
+        """Make sure writes go to the file at `path` (SQLite): a database file deleted under
+        the running server raises StoreError (writes would go to a file nobody can open);
+        one replaced by another (a backup restored) is reopened."""
+        if self.database.backend != "sqlite":
+            return
+        path = self.database.path
         try:
-            identity = _identity(self.path)
+            identity = _identity(path)
         except OSError:
             raise StoreError(
-                f"{self.path}: the database file is gone (deleted while the gateway runs);"
+                f"{path}: the database file is gone (deleted while the gateway runs);"
                 " restore it or restart the gateway"
             ) from None
         if identity == self._identity:
             return
-        _check_or_create_file(self.path, create=False)
-        replacement = await _connect(self.path, self._busy_timeout_s)
-        old, self._db = self._db, replacement
+        _check_or_create_file(path, create=False)
+        replacement = await _connect(self.database, self._busy_timeout_s)
+        old, self._engine = self._engine, replacement
         self._identity = identity
         self.generation += 1
-        await old.close()
-        log.warning(
-            "%s: the database file was replaced; the gateway now uses the new one", self.path
-        )
+        await old.dispose()
+        log.warning("%s: the database file was replaced; the gateway now uses the new one", path)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with _friendly_errors(self.where):
+            async with self._engine.connect() as conn, conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite it takes the write lock at BEGIN (IMMEDIATE), so
+        it waits for another writer instead of failing half-way."""
+        with _friendly_errors(self.where):
+            async with self._engine.connect() as conn:
+                await conn.execution_options(aigateway_write=True)
+                async with conn.begin():
+                    yield conn
 
     async def data_version(self) -> int:
-        """Changes whenever *another* connection commits: the cheap reload signal."""
-        with _friendly_errors(self.path):
-            async with self._db.execute("PRAGMA data_version") as cur:
-                row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        """Changes whenever keys may have changed elsewhere: the cheap reload signal.
+        SQLite: PRAGMA data_version (moves when *another* connection commits, hand edits
+        too). PostgreSQL: key_changes.version, which every key write moves."""
+        async with self._read() as conn:
+            if self.database.backend == "sqlite":
+                value = (await conn.exec_driver_sql("PRAGMA data_version")).scalar()
+            else:
+                value = (await conn.execute(select(key_changes.c.version))).scalar()
+        return int(value or 0)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -336,34 +401,32 @@ class Store:
         expires_at = check_expiry(expires_at)
         patterns = check_models(models)
         new = generate_key()
-        now = time.time()
-        with _friendly_errors(self.path):
-            try:
-                async with self._db.execute(
-                    "INSERT INTO keys (user, name, key_hash, prefix, role, created_at, expires_at,"
-                    " rpm, rph, tokens_per_day, max_concurrent, models)"
-                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
-                    (
-                        user,
-                        name,
-                        new.key_hash,
-                        new.display_prefix,
-                        role,
-                        now,
-                        expires_at,
-                        limits.rpm,
-                        limits.rph,
-                        limits.tokens_per_day,
-                        limits.max_concurrent,
-                        _models_json(patterns),
-                    ),
-                ) as cur:
-                    row = await cur.fetchone()
-            except sqlite3.IntegrityError:
+        values = {
+            "user": user,
+            "name": name,
+            "key_hash": new.key_hash,
+            "prefix": new.display_prefix,
+            "role": role,
+            "created_at": time.time(),
+            "expires_at": expires_at,
+            "rpm": limits.rpm,
+            "rph": limits.rph,
+            "tokens_per_day": limits.tokens_per_day,
+            "max_concurrent": limits.max_concurrent,
+            "models": _models_json(patterns),
+        }
+        try:
+            async with self._write() as conn:
+                row = (
+                    await conn.execute(insert(keys).values(values).returning(*_KEY_COLUMNS))
+                ).one()
+                await _keys_changed(conn)
+        except StoreError as exc:
+            if "UNIQUE" in str(exc).upper() or "DUPLICATE KEY" in str(exc).upper():
                 raise DuplicateKeyError(
                     f"user {user!r} already has an active key named {name!r}"
                 ) from None
-        assert row is not None
+            raise
         return _record(row), new.secret
 
     async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
@@ -391,35 +454,33 @@ class Store:
             raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
         if not values:
             return record
-        assignments = ", ".join(f"{field} = ?" for field in values)
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"UPDATE keys SET {assignments} WHERE id = ? RETURNING {_KEY_COLUMNS}",
-                (*values.values(), key_id),
-            ) as cur:
-                row = await cur.fetchone()
-        assert row is not None
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(keys).where(keys.c.id == key_id).values(values).returning(*_KEY_COLUMNS)
+                )
+            ).one()
+            await _keys_changed(conn)
         return _record(row)
 
     async def get_key(self, key_id: int) -> KeyRecord:
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,)
-            ) as cur:
-                row = await cur.fetchone()
+        async with self._read() as conn:
+            row = (await conn.execute(select(*_KEY_COLUMNS).where(keys.c.id == key_id))).first()
         if row is None:
             raise KeyNotFoundError(f"no key with id {key_id}")
         return _record(row)
 
     async def find_active_key(self, user: str, name: str) -> KeyRecord:
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM keys WHERE user = ? AND name = ? AND revoked = 0",
-                (user, name),
-            ) as cur:
-                row = await cur.fetchone()
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(*_KEY_COLUMNS).where(
+                        keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
+                    )
+                )
+            ).first()
             if row is None:
-                raise await self._no_active_key(user, name)
+                raise await _no_active_key(conn, user, name)
         return _record(row)
 
     async def revoke_key_id(self, key_id: int) -> KeyRecord:
@@ -430,49 +491,62 @@ class Store:
 
     async def revoke_key(self, user: str, name: str) -> KeyRecord:
         """Mark the active key `user`/`name` revoked; the row stays for history."""
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"UPDATE keys SET revoked = 1, revoked_at = ? WHERE user = ? AND name = ?"
-                f" AND revoked = 0 RETURNING {_KEY_COLUMNS}",
-                (time.time(), user, name),
-            ) as cur:
-                row = await cur.fetchone()
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(keys)
+                    .where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 0)
+                    .values(revoked=1, revoked_at=time.time())
+                    .returning(*_KEY_COLUMNS)
+                )
+            ).first()
             if row is None:
-                raise await self._no_active_key(user, name)
+                raise await _no_active_key(conn, user, name)
+            await _keys_changed(conn)
         return _record(row)
 
     async def purge_revoked(self, user: str, name: str) -> int:
         """Delete the revoked rows of `user`/`name` for good; return how many went."""
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                "DELETE FROM keys WHERE user = ? AND name = ? AND revoked = 1", (user, name)
-            ) as cur:
-                purged = cur.rowcount
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(keys).where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 1)
+            )
+            purged = result.rowcount
             if purged == 0:
-                if await self._exists(
-                    "SELECT 1 FROM keys WHERE user = ? AND name = ? AND revoked = 0", (user, name)
-                ):
+                active = await conn.execute(
+                    select(keys.c.id).where(
+                        keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
+                    )
+                )
+                if active.first() is not None:
                     raise KeyNotFoundError(
                         f"the key {user}/{name} is active: revoke it first (-d), then purge"
                     )
                 raise KeyNotFoundError(f"user {user!r} has no revoked key named {name!r}")
+            await _keys_changed(conn)
         return purged
 
     async def list_keys(self) -> list[KeyRecord]:
-        with _friendly_errors(self.path):
-            async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY id") as cur:
-                rows = await cur.fetchall()
+        async with self._read() as conn:
+            rows = (await conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.id))).all()
         return [_record(row) for row in rows]
 
     async def record_last_used(self, used: Mapping[int, float]) -> None:
-        """Write a batch of `key id -> last use time`; never moves a time backwards."""
+        """Write a batch of `key id -> last use time`; never moves a time backwards.
+        (Not a key change: other gateways need not reload for it.)"""
         if not used:
             return
-        with _friendly_errors(self.path):
-            await self._db.executemany(
-                "UPDATE keys SET last_used_at = ?1 WHERE id = ?2"
-                " AND (last_used_at IS NULL OR last_used_at < ?1)",
-                [(when, key_id) for key_id, when in used.items()],
+        statement = (
+            update(keys)
+            .where(
+                keys.c.id == bindparam("b_id"),
+                or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < bindparam("b_when")),
+            )
+            .values(last_used_at=bindparam("b_when"))
+        )
+        async with self._write() as conn:
+            await conn.execute(
+                statement, [{"b_id": key_id, "b_when": when} for key_id, when in used.items()]
             )
 
     # --- usage ------------------------------------------------------------------------
@@ -480,72 +554,81 @@ class Store:
     async def insert_usage(
         self, records: Sequence[UsageRecord], segment: str | None = None
     ) -> None:
-        """Insert a batch in one transaction, ROWS_PER_INSERT rows a statement.
-
-        Not executemany: it steps SQLite once a row, letting go of the GIL and taking it
-        back each time, so under load the writer thread and the event loop traded the
-        GIL hundreds of times a batch (5 futex calls a request, seen with strace). One
-        statement of many rows binds them at once and steps once."""
+        """Insert a batch in one transaction, with the name of the journal segment it
+        comes from (so that replaying the segment is a no-op). A value the database
+        refuses raises UsageRejected: retrying the same batch cannot help."""
         if not records and segment is None:
             return
-        with _friendly_errors(self.path):
-            await self._db.execute("BEGIN IMMEDIATE")
+        async with self._write() as conn:
             try:
-                if segment is not None:  # the journal segment these come from: written
-                    await self._db.execute(
-                        "INSERT INTO usage_segments (name, written_at) VALUES (?, ?)",
-                        (segment, time.time()),
+                if segment is not None:
+                    await conn.execute(
+                        insert(usage_segments).values(name=segment, written_at=time.time())
                     )
-                for start in range(0, len(records), ROWS_PER_INSERT):
-                    rows = records[start : start + ROWS_PER_INSERT]
-                    await self._db.execute(
-                        _insert_usage_sql(len(rows)), [value for row in rows for value in row]
-                    )
-                await self._db.execute("COMMIT")
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError) as exc:
-                await self._db.execute("ROLLBACK")
+                if records:
+                    # One statement of many rows (SQLAlchemy batches them), not a step
+                    # per row: per-row steps traded the GIL with the event loop each time.
+                    await conn.execute(insert(usage), [record._asdict() for record in records])
+            except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
+                raise UsageRejected(_first_line(exc.orig)) from None
+            except sa_exc.StatementError as exc:
+                if isinstance(exc, sa_exc.DBAPIError):
+                    raise  # the database is busy or away: the batch waits, not rejected
+                raise UsageRejected(_first_line(exc.orig)) from None  # a value not bindable
+            except (OverflowError, ValueError, TypeError) as exc:
                 raise UsageRejected(str(exc)) from None
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
 
     async def segment_written(self, segment: str) -> bool:
         """Whether the journal segment `segment` is in the database already."""
-        with _friendly_errors(self.path):
-            return await self._exists("SELECT 1 FROM usage_segments WHERE name = ?", (segment,))
+        async with self._read() as conn:
+            found = await conn.execute(
+                select(usage_segments.c.name).where(usage_segments.c.name == segment)
+            )
+            return found.first() is not None
 
     async def forget_segments(self, before: float) -> None:
         """Drop the names of segments written before `before` (their files are gone)."""
-        with _friendly_errors(self.path):
-            await self._db.execute("DELETE FROM usage_segments WHERE written_at < ?", (before,))
+        async with self._write() as conn:
+            await conn.execute(delete(usage_segments).where(usage_segments.c.written_at < before))
 
     async def tokens_since(self, since: float) -> dict[int, int]:
         """Prompt + completion tokens per key id since `since` (for daily quotas)."""
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                "SELECT key_id, SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))"
-                " FROM usage WHERE ts >= ? GROUP BY key_id",
-                (since,),
-            ) as cur:
-                rows = await cur.fetchall()
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    select(usage.c.key_id, func.sum(_TOKENS))
+                    .where(usage.c.ts >= since)
+                    .group_by(usage.c.key_id)
+                )
+            ).all()
         return {int(row[0]): int(row[1] or 0) for row in rows}
 
     async def prune_usage(self, before: float) -> int:
-        with _friendly_errors(self.path):
-            async with self._db.execute("DELETE FROM usage WHERE ts < ?", (before,)) as cur:
-                return cur.rowcount
+        async with self._write() as conn:
+            result = await conn.execute(delete(usage).where(usage.c.ts < before))
+            return result.rowcount
 
     async def usage_rows(
         self, since: float | None = None, until: float | None = None, key_id: int | None = None
     ) -> list[UsageRecord]:
-        where, params = _usage_filter(since, until, key_id)
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"SELECT {_USAGE_SELECT} FROM usage{where} ORDER BY ts, id", params
-            ) as cur:
-                rows = await cur.fetchall()
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    select(*columns)
+                    .where(*_usage_filter(since, until, key_id))
+                    .order_by(usage.c.ts, usage.c.id)
+                )
+            ).all()
+        # Durations are stored as measured and rounded to the microsecond when read back,
+        # so the request path does not pay for round().
         return [
-            UsageRecord(*row)._replace(client_gone=bool(row[-2]), estimated=bool(row[-1]))
+            UsageRecord(*row)._replace(
+                duration_ms=round(row.duration_ms, 3),
+                ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
+                client_gone=bool(row.client_gone),
+                estimated=bool(row.estimated),
+            )
             for row in rows
         ]
 
@@ -557,66 +640,113 @@ class Store:
         key_id: int | None = None,
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
-        route; p95 is computed here because SQLite has no percentile function."""
+        route; p95 is computed here, the same way on both databases."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
-        where, params = _usage_filter(since, until, key_id)
-        keys = ", ".join(group_by)
-        select_keys = f"{keys}, " if group_by else ""
-        with _friendly_errors(self.path):
-            async with self._db.execute(
-                f"SELECT {select_keys}COUNT(*), SUM(COALESCE(prompt_tokens, 0)),"
-                " SUM(COALESCE(completion_tokens, 0)), AVG(duration_ms),"
-                " SUM(status >= 400), SUM(client_gone), GROUP_CONCAT(duration_ms)"
-                f" FROM usage{where}" + (f" GROUP BY {keys} ORDER BY {keys}" if group_by else ""),
-                params,
-            ) as cur:
-                rows = await cur.fetchall()
+        labels = [usage.c[name] for name in group_by]
+        if self.database.backend == "sqlite":
+            durations = func.group_concat(usage.c.duration_ms)
+        else:
+            durations = func.string_agg(cast(usage.c.duration_ms, Text), ",")
+        statement = select(
+            *labels,
+            func.count(),
+            func.sum(func.coalesce(usage.c.prompt_tokens, 0)),
+            func.sum(func.coalesce(usage.c.completion_tokens, 0)),
+            func.avg(usage.c.duration_ms),
+            func.sum(case((usage.c.status >= 400, 1), else_=0)),
+            func.sum(cast(usage.c.client_gone, Integer)),
+            durations,
+        ).where(*_usage_filter(since, until, key_id))
+        if labels:
+            statement = statement.group_by(*labels).order_by(*labels)
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
         summary = []
         for row in rows:
-            labels = dict(zip(group_by, row[: len(group_by)], strict=True))
-            count, prompt, completion, avg, errors, gone, durations = row[len(group_by) :]
+            named = dict(zip(group_by, row[: len(group_by)], strict=True))
+            count, prompt, completion, avg, errors, gone, joined = row[len(group_by) :]
             if not count:
                 continue
             summary.append(
                 {
-                    **labels,
-                    "requests": count,
-                    "prompt_tokens": prompt or 0,
-                    "completion_tokens": completion or 0,
-                    "total_tokens": (prompt or 0) + (completion or 0),
-                    "avg_ms": round(avg, 2),
-                    "p95_ms": _p95(durations),
-                    "errors": errors or 0,
-                    "client_gone": gone or 0,
+                    **named,
+                    "requests": int(count),
+                    "prompt_tokens": int(prompt or 0),
+                    "completion_tokens": int(completion or 0),
+                    "total_tokens": int(prompt or 0) + int(completion or 0),
+                    "avg_ms": round(float(avg), 2),
+                    "p95_ms": _p95(joined),
+                    "errors": int(errors or 0),
+                    "client_gone": int(gone or 0),
                 }
             )
         return summary
 
-    async def _no_active_key(self, user: str, name: str) -> KeyNotFoundError:
-        """Why `user`/`name` names no active key: no such user, or no such key."""
-        if not await self._exists("SELECT 1 FROM keys WHERE user = ?", (user,)):
-            return KeyNotFoundError(f"no user {user!r}")
-        return KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
 
-    async def _exists(self, sql: str, params: tuple[object, ...]) -> bool:
-        async with self._db.execute(sql, params) as cur:
-            return await cur.fetchone() is not None
+_TOKENS = func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0)
 
 
-async def _connect(path: str, busy_timeout_s: float) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
+async def _keys_changed(conn: AsyncConnection) -> None:
+    """In the transaction of a key change: move the version other gateways poll."""
+    await conn.execute(update(key_changes).values(version=key_changes.c.version + 1))
+
+
+async def _no_active_key(conn: AsyncConnection, user: str, name: str) -> KeyNotFoundError:
+    """Why `user`/`name` names no active key: no such user, or no such key."""
+    found = await conn.execute(select(keys.c.id).where(keys.c.user == user).limit(1))
+    if found.first() is None:
+        return KeyNotFoundError(f"no user {user!r}")
+    return KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
+
+
+async def _connect(database: Database, busy_timeout_s: float) -> AsyncEngine:
+    """An engine for `database`, migrated to this release's schema."""
+    if database.backend == "sqlite":
+        # One connection, as before: SQLite has one writer at a time anyway, and PRAGMA
+        # data_version is per connection.
+        engine = create_async_engine(database.url, pool_size=1, max_overflow=0)
+        _sqlite_setup(engine, busy_timeout_s)
+    else:
+        engine = create_async_engine(
+            database.url,
+            pool_size=5,
+            pool_pre_ping=True,  # a connection PostgreSQL dropped is replaced, not used
+            connect_args={"timeout": busy_timeout_s, "command_timeout": 30},
+        )
     try:
-        with _friendly_errors(path):
-            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await migrate(db)
+        with _friendly_errors(database.display):
+            async with engine.connect() as conn:
+                async with conn.begin():
+                    current = await conn.run_sync(is_current)
+                if not current:
+                    await conn.execution_options(aigateway_write=True)
+                    async with conn.begin():
+                        await conn.run_sync(upgrade)
     except BaseException:
-        await db.close()
+        await engine.dispose()
         raise
-    return db
+    return engine
+
+
+def _sqlite_setup(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    """SQLite's settings on every new connection, and transactions begun by us: pysqlite's
+    own handling would not wrap DDL, and a write should wait for the lock at BEGIN."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("aigateway_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -650,7 +780,7 @@ def _check_or_create_file(path: str, create: bool) -> None:
         raise StoreError(f"{path}: not an aigateway database (not an SQLite file)")
 
 
-def _record(row: sqlite3.Row) -> KeyRecord:
+def _record(row: Sequence[Any]) -> KeyRecord:
     """A key row as a record, whatever an older version or a hand edit left in it: a
     value that cannot be what its column means is read as the safest thing it could be
     (no time, no limit of its own, no model allowed), never as an error for the listing."""
@@ -695,15 +825,15 @@ def _models(value: object) -> tuple[str, ...] | None:
     return tuple(p for p in patterns if isinstance(p, str))
 
 
-def _usage_filter(
-    since: float | None, until: float | None, key_id: int | None
-) -> tuple[str, tuple[object, ...]]:
-    clauses, params = [], []
-    for clause, value in (("ts >= ?", since), ("ts < ?", until), ("key_id = ?", key_id)):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+def _usage_filter(since: float | None, until: float | None, key_id: int | None) -> list[Any]:
+    clauses = []
+    if since is not None:
+        clauses.append(usage.c.ts >= since)
+    if until is not None:
+        clauses.append(usage.c.ts < until)
+    if key_id is not None:
+        clauses.append(usage.c.key_id == key_id)
+    return clauses
 
 
 def _p95(durations: str | None) -> float | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -8,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aigateway import Settings, create_app
 from aigateway.store import KeyLimits, Role, Store
 from aigateway.testing.fake_ollama import FakeOllama
+from aigateway.testing.pgserver import PostgresServer
 
 MakeKey = Callable[..., Awaitable[str]]
 
@@ -81,3 +83,32 @@ async def admin(aiohttp_client, gateway: TestServer, admin_key: str) -> TestClie
 @pytest.fixture
 async def anon(aiohttp_client, gateway: TestServer) -> TestClient:  # type: ignore[no-untyped-def]
     return await aiohttp_client(gateway)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test gets its own database)."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """DATABASE_URL of a fresh, empty PostgreSQL database."""
+    name = f"test_{next(_database_numbers)}"
+    postgres.sql(f"CREATE DATABASE {name}")
+    yield postgres.url(name)
+    postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A new database of each kind: a SQLite file path, or a PostgreSQL DATABASE_URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "tokens.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url

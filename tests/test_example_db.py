@@ -10,7 +10,9 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from aigateway.migrations import APPLICATION_ID, SCHEMA_VERSION
+import pytest
+
+from aigateway.db.migrate import APPLICATION_ID, HEAD, SCHEMA_VERSION, head_revision
 from aigateway.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,22 +58,54 @@ async def test_example_opens_and_holds_only_metadata(tmp_path: Path) -> None:
     assert schema(copy) == schema(pristine)  # opening it needed no migration
 
 
-async def test_a_database_of_the_previous_schema_upgrades_losing_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "version", "added"),
+    [("schema2-tokens.db", 2, 1), ("schema3-tokens.db", 3, 0)],
+)
+async def test_a_database_of_an_earlier_release_upgrades_losing_nothing(
+    tmp_path: Path, name: str, version: int, added: int
+) -> None:
     """tests/data/schema2-tokens.db is tokens.db.example as the release before the usage
-    journal made it (schema 2): opening it migrates it in place and keeps every row."""
+    journal made it; schema3-tokens.db as the last release before Alembic made it (its
+    own numbered migrations, PRAGMA user_version 3). Opening either migrates it in place,
+    stamps it with the matching Alembic revision, and keeps every row."""
     old = tmp_path / "tokens.db"
-    shutil.copy(ROOT / "tests" / "data" / "schema2-tokens.db", old)
+    shutil.copy(ROOT / "tests" / "data" / name, old)
     with closing(sqlite3.connect(old)) as db:
         before = db.execute("SELECT * FROM keys ORDER BY id").fetchall()
         usage_before = db.execute("SELECT * FROM usage ORDER BY id").fetchall()
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
     store = await Store.open(str(old))
     rows = await store.usage_rows()
+    keys = await store.list_keys()
     await store.close()
     with closing(sqlite3.connect(old)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
         assert db.execute("SELECT * FROM keys ORDER BY id").fetchall() == before
         usage_after = db.execute("SELECT * FROM usage ORDER BY id").fetchall()
-    assert [row[:-1] for row in usage_after] == usage_before  # plus "estimated", 0
-    assert all(row[-1] == 0 for row in usage_after)
+    width = len(usage_before[0]) if usage_before else 0
+    assert [row[:width] for row in usage_after] == usage_before  # plus "estimated", 0
+    assert all(row[-1] == 0 for row in usage_after) or not added
     assert len(rows) == len(usage_before) and not any(r.estimated for r in rows)
+    assert len(keys) == len(before)
+
+
+async def test_a_database_migrated_by_the_old_migrations_opens_under_the_cli(
+    tmp_path: Path,
+) -> None:
+    """The flag CLI lists the keys of a schema-3 file (migrating it) with no error."""
+    old = tmp_path / "tokens.db"
+    shutil.copy(ROOT / "tests" / "data" / "schema3-tokens.db", old)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "gen_api_key_cli.py"), "-l", "--db", str(old)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alice" in done.stdout
+
+
+def test_the_schema_number_is_alembics_head() -> None:
+    assert head_revision() == HEAD == f"{SCHEMA_VERSION:04d}"

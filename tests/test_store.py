@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from aigateway.db.migrate import APPLICATION_ID, SCHEMA_VERSION, head_revision
 from aigateway.keys import KEY_PREFIX, generate_key, hash_key
-from aigateway.migrations import APPLICATION_ID, SCHEMA_VERSION
 from aigateway.store import DuplicateKeyError, InvalidInputError, Store, StoreError
 
 
@@ -28,8 +28,8 @@ async def test_new_database_is_private_wal_and_versioned(db_path: str) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1))
+        versions = [row[0] for row in db.execute("SELECT version_num FROM alembic_version")]
+    assert versions == [f"{SCHEMA_VERSION:04d}"] == [head_revision()]
 
 
 async def test_reopening_applies_no_migration_twice(db_path: str) -> None:
@@ -37,7 +37,9 @@ async def test_reopening_applies_no_migration_twice(db_path: str) -> None:
         store = await Store.open(db_path)
         await store.close()
     with closing(sqlite3.connect(db_path)) as db:
-        assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (head_revision(),)
+        ]
 
 
 def test_key_format_has_a_prefix_and_256_random_bits() -> None:

@@ -19,8 +19,8 @@ import orjson
 from tabulate import tabulate
 
 from .. import __version__
+from ..db.migrate import head_revision
 from ..keyview import key_view, when
-from ..migrations import SCHEMA_VERSION
 from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord
 
 T = TypeVar("T")
@@ -289,7 +289,7 @@ def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
     document = {
         "exported_at": when(time.time()),
         "aigateway_version": __version__,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": int(head_revision()),
         "users": sorted(users.values(), key=lambda u: u["user"]),
         "keys": views,
     }

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..settings import token_db_path
+from ..settings import database_target
 from ..store import KeyLimits, KeyRecord, Store
 from .admin import (
     FORMATS,
@@ -124,7 +124,12 @@ def _clear_errors() -> Iterator[None]:
     help="Output of -l and --usage (default table), or of exports (default: file name).",
 )
 @click.option("--force", is_flag=True, help="Let exports overwrite an existing file.")
-@click.option("--db", "db_path", metavar="PATH", help="Key database (default: TOKEN_DB_PATH).")
+@click.option(
+    "--db",
+    "db_path",
+    metavar="PATH|URL",
+    help="Key database: a SQLite file or DATABASE_URL (default: DATABASE_URL, else TOKEN_DB_PATH).",
+)
 def cli(**options: Any) -> None:
     o = options
     chosen = [
@@ -158,7 +163,7 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
         raise click.UsageError("--since and --until go with --usage or --usage-export")
-    path = o["db_path"] or token_db_path()
+    path = o["db_path"] or database_target()
     with _clear_errors():
         if action == "-g":
             user, name = o["generate"]

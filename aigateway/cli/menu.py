@@ -16,7 +16,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
-from ..settings import token_db_path
+from ..settings import database_target
 from ..store import InvalidInputError, KeyLimits, KeyRecord, check_models, check_name
 from .admin import (
     USAGE_GROUPS,
@@ -336,11 +336,16 @@ def _valid_export_path(text: str) -> bool | str:
 
 
 @click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db_path", metavar="PATH", help="Key database (default: TOKEN_DB_PATH).")
+@click.option(
+    "--db",
+    "db_path",
+    metavar="PATH|URL",
+    help="Key database: a SQLite file or DATABASE_URL (default: DATABASE_URL, else TOKEN_DB_PATH).",
+)
 def cli(db_path: str | None) -> None:
     """An interactive menu to generate, list, revoke and export aigateway API keys."""
-    path = db_path or token_db_path()
-    if not Path(path).exists():
+    path = db_path or database_target()
+    if "://" not in path and not Path(path).exists():
         click.echo(f"{path} does not exist yet: making a new key database there.", err=True)
     try:
         # Refuse a bad database up front; make a missing one, to generate the first key in.

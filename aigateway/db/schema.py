@@ -1,0 +1,98 @@
+"""The tables, once, for both databases. Alembic's revisions (alembic/versions) make
+them; this module is what the queries are written against. Times are seconds since the
+epoch as floats; flags are 0/1 integers, as the first SQLite-only releases stored them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+# SQLite's rowid alias must be spelled INTEGER; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+keys = Table(
+    "keys",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("user", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("prefix", Text, nullable=False),
+    Column("role", Text, CheckConstraint("role IN ('admin', 'user')"), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("last_used_at", Double),
+    Column(
+        "revoked", Integer, CheckConstraint("revoked IN (0, 1)"), nullable=False, server_default="0"
+    ),
+    Column("revoked_at", Double),
+    # Per-key limits: NULL means "the gateway's default", 0 means "no limit".
+    Column("rpm", BigInteger),
+    Column("rph", BigInteger),
+    Column("tokens_per_day", BigInteger),
+    Column("max_concurrent", BigInteger),
+    Column("models", Text),  # a JSON list of model patterns; NULL means every model
+)
+# Revoked rows stay for history, so only one *active* key may carry a user + name.
+Index(
+    "keys_active_user_name",
+    keys.c.user,
+    keys.c.name,
+    unique=True,
+    sqlite_where=text("revoked = 0"),
+    postgresql_where=text("revoked = 0"),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("ts", Double, nullable=False),
+    Column("key_id", BigInteger, nullable=False),
+    Column("user", Text, nullable=False),
+    Column("key_name", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("route", Text, nullable=False),
+    Column("model", Text),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("duration_ms", Double, nullable=False),
+    Column("ttfb_ms", Double),
+    Column("bytes_in", BigInteger, nullable=False),
+    Column("bytes_out", BigInteger, nullable=False),
+    Column("client_gone", Integer, nullable=False, server_default="0"),
+    # 1 when the counts were counted or estimated by the gateway (a stream cut short).
+    Column("estimated", Integer, nullable=False, server_default="0"),
+)
+Index("usage_ts", usage.c.ts)
+Index("usage_key_ts", usage.c.key_id, usage.c.ts)
+
+# The journal segments whose records are in `usage`: replaying one is then a no-op.
+usage_segments = Table(
+    "usage_segments",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("written_at", Double, nullable=False),
+)
+
+# One row whose version goes up in the transaction of every change to `keys`: what
+# other gateways poll (PostgreSQL has no PRAGMA data_version).
+key_changes = Table(
+    "key_changes",
+    metadata,
+    Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)

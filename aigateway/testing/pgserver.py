@@ -1,0 +1,140 @@
+"""A real PostgreSQL server for tests (and the benchmark), in a temporary folder.
+
+Uses the machine's own PostgreSQL binaries (Debian's `postgresql` package puts them in
+/usr/lib/postgresql/<version>/bin). As root, `initdb` and `postgres` refuse to run, so
+they run as the `postgres` user. The server listens on 127.0.0.1 only, on a free port,
+and asks for a password (scram-sha-256), as a real deployment would.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+USER = "aigateway"
+PASSWORD = "s3cret-pw"  # a test server's, on loopback: never a real one
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL binaries on this machine."""
+
+
+def find_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
+    if not candidates:
+        raise PostgresUnavailable(
+            f"{name} not found: install PostgreSQL (apt-get install -y postgresql)"
+        )
+    return candidates[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="aigateway-pg-"))
+        self.data = self.folder / "data"
+        self.port = _free_port()
+        self._as_root = os.geteuid() == 0
+
+    def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        if self._as_root:
+            command = ("runuser", "-u", "postgres", "--", *command)
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    def start(self) -> PostgresServer:
+        pwfile = self.folder / "pw"
+        pwfile.write_text(PASSWORD + "\n")
+        if self._as_root:
+            shutil.chown(self.folder, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+            self.folder.chmod(0o700)
+        done = self._run(
+            find_bin("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.folder} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        done = self._run(
+            find_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        if done.returncode != 0:
+            log = (self.folder / "log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"PostgreSQL did not start: {done.stderr.strip()}\n{log}")
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run one statement with psql; its output."""
+        done = subprocess.run(
+            [find_bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", database,
+             "-c", statement],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "PGPASSWORD": PASSWORD},
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"psql: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(find_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def start_again(self) -> None:
+        """Start the stopped server again on the same port (a database that came back)."""
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200"
+        )
+        for _ in range(50):
+            done = self._run(
+                find_bin("pg_ctl"), "-D", str(self.data), "-o", options,
+                "-l", str(self.folder / "log"), "-w", "start",
+            )  # fmt: skip
+            if done.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"PostgreSQL did not start again: {done.stderr.strip()}")
+
+    def close(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
