@@ -555,13 +555,18 @@ class Store:
         self, records: Sequence[UsageRecord], segment: str | None = None
     ) -> None:
         """Insert a batch in one transaction, with the name of the journal segment it
-        comes from (so that replaying the segment is a no-op). A value the database
-        refuses raises UsageRejected: retrying the same batch cannot help."""
+        comes from; a segment written before is not written again (exactly once). A value
+        the database refuses raises UsageRejected: retrying the same batch cannot help."""
         if not records and segment is None:
             return
         async with self._write() as conn:
             try:
                 if segment is not None:
+                    already = await conn.execute(
+                        select(usage_segments.c.name).where(usage_segments.c.name == segment)
+                    )
+                    if already.first() is not None:
+                        return  # written before (a replay): exactly once
                     await conn.execute(
                         insert(usage_segments).values(name=segment, written_at=time.time())
                     )

@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from .. import __version__
 from ..db.migrate import head_revision
+from ..db.url import DatabaseURLError, database_from
 from ..keyview import key_view, when
 from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord
 
@@ -66,6 +67,17 @@ def with_store(db_path: str, action: Callable[[Store], Awaitable[T]], *, create:
         return asyncio.run(go())
     except StoreError as exc:
         raise AdminError(str(exc)) from None
+
+
+def shown(target: str) -> str:
+    """The database as a person should see it: a SQLite file's full path, or the URL with
+    its password masked (never the password, on a terminal or in a log)."""
+    if "://" in target:
+        try:
+            return database_from(target).display
+        except DatabaseURLError as exc:
+            raise AdminError(str(exc)) from None
+    return str(Path(target).resolve())
 
 
 # --- expiry ----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -27,6 +26,7 @@ from .admin import (
     parse_moment,
     render,
     render_usage,
+    shown,
     with_store,
     write_export,
     write_usage_export,
@@ -244,7 +244,7 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     click.echo(secret)
     click.echo(
         f"Created {record.role} key {record.prefix}... for {record.user}/{record.name}"
-        f" in {Path(path).resolve()}. Store it now: it will not be shown again.",
+        f" in {shown(path)}. Store it now: it will not be shown again.",
         err=True,
     )
 
