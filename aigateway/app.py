@@ -13,8 +13,6 @@ from aiohttp import web
 from . import httpguard
 from .adminapi import add_admin_routes
 from .appkeys import (
-    BODY_BUDGET,
-    IN_FLIGHT,
     KEY_TABLE,
     LIMITER,
     RELAY,
@@ -22,7 +20,6 @@ from .appkeys import (
     STARTED_AT,
     STORE,
     UPSTREAM,
-    USAGE,
 )
 from .bodybudget import BodyBudget
 from .cors import add_cors_headers
@@ -57,9 +54,7 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[STARTED_AT] = time.time()
-    app[BODY_BUDGET] = BodyBudget(settings.max_body_memory)
-    app[IN_FLIGHT] = InFlight()
-    app[RELAY] = Relay(settings, app[LIMITER], app[BODY_BUDGET], app[IN_FLIGHT])
+    app[RELAY] = Relay(settings, app[LIMITER], BodyBudget(settings.max_body_memory), InFlight())
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
@@ -92,7 +87,7 @@ async def _finish_open_requests(app: web.Application) -> None:
     """On a graceful stop (the server no longer accepts connections): give open requests
     all but a second of SHUTDOWN_TIMEOUT, then end the rest, each in its dialect, so that
     the server's own wait (SHUTDOWN_TIMEOUT) ends with every response finished."""
-    await app[IN_FLIGHT].drain(max(0.0, app[SETTINGS].shutdown_timeout - 1.0))
+    await app[RELAY].in_flight.drain(max(0.0, app[SETTINGS].shutdown_timeout - 1.0))
 
 
 async def _key_store(app: web.Application) -> AsyncIterator[None]:
@@ -113,9 +108,7 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         journal.open()
     except OSError as exc:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
-    usage = app[USAGE] = app[RELAY].usage = UsageWriter(
-        store, settings.usage_retention_days, journal
-    )
+    usage = app[RELAY].usage = UsageWriter(store, settings.usage_retention_days, journal)
     await usage.start()  # first writes what an earlier run left in the journal
     refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
     try:

@@ -229,7 +229,7 @@ def database_target(
     environment or the `.env` file, else the TOKEN_DB_PATH file (see token_db_path)."""
     env_path = find_env_file() if env_file == AUTO else env_file
     url = merged_environment(environ, env_path).get("DATABASE_URL", "").strip()
-    return url or token_db_path(environ, env_file)
+    return url or token_db_path(environ, env_path)
 
 
 def _database_url(name: str, raw: str | None) -> str | None:

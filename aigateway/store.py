@@ -19,7 +19,6 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 from sqlalchemy import (
-    Integer,
     Text,
     bindparam,
     case,
@@ -297,20 +296,13 @@ def _first_line(exc: object) -> str:
 class Store:
     def __init__(self, database: Database, engine: AsyncEngine, busy_timeout_s: float) -> None:
         self.database = database
-        self.where = database.display  # what errors and logs name: the file, or the URL
+        # What errors and logs name as "the database": the SQLite file, or the URL with
+        # its password masked.
+        self.path = database.display
         self._engine = engine
         self._busy_timeout_s = busy_timeout_s
         self._identity = _identity(database.path) if database.backend == "sqlite" else None
         self.generation = 0  # goes up when a replaced database file is reopened
-
-    @property
-    def path(self) -> str:
-        """The SQLite file, or the masked URL: what a person reads as "the database"."""
-        return self.where
-
-    @property
-    def backend(self) -> str:
-        return self.database.backend
 
     @classmethod
     async def open(
@@ -356,7 +348,7 @@ class Store:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        with _friendly_errors(self.where):
+        with _friendly_errors(self.path):
             async with self._engine.connect() as conn, conn.begin():
                 yield conn
 
@@ -364,7 +356,7 @@ class Store:
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite it takes the write lock at BEGIN (IMMEDIATE), so
         it waits for another writer instead of failing half-way."""
-        with _friendly_errors(self.where):
+        with _friendly_errors(self.path):
             async with self._engine.connect() as conn:
                 await conn.execution_options(aigateway_write=True)
                 async with conn.begin():
@@ -415,18 +407,15 @@ class Store:
             "max_concurrent": limits.max_concurrent,
             "models": _models_json(patterns),
         }
-        try:
-            async with self._write() as conn:
-                row = (
-                    await conn.execute(insert(keys).values(values).returning(*_KEY_COLUMNS))
-                ).one()
-                await _keys_changed(conn)
-        except StoreError as exc:
-            if "UNIQUE" in str(exc).upper() or "DUPLICATE KEY" in str(exc).upper():
+        async with self._write() as conn:
+            try:
+                statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
+                row = (await conn.execute(statement)).one()
+            except sa_exc.IntegrityError:  # the one active key per user and name
                 raise DuplicateKeyError(
                     f"user {user!r} already has an active key named {name!r}"
                 ) from None
-            raise
+            await _keys_changed(conn)
         return _record(row), new.secret
 
     async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
@@ -579,7 +568,7 @@ class Store:
             except sa_exc.StatementError as exc:
                 if isinstance(exc, sa_exc.DBAPIError):
                     raise  # the database is busy or away: the batch waits, not rejected
-                raise UsageRejected(_first_line(exc.orig)) from None  # a value not bindable
+                raise UsageRejected(_first_line(exc.orig or exc)) from None  # not bindable
             except (OverflowError, ValueError, TypeError) as exc:
                 raise UsageRejected(str(exc)) from None
 
@@ -661,7 +650,7 @@ class Store:
             func.sum(func.coalesce(usage.c.completion_tokens, 0)),
             func.avg(usage.c.duration_ms),
             func.sum(case((usage.c.status >= 400, 1), else_=0)),
-            func.sum(cast(usage.c.client_gone, Integer)),
+            func.sum(usage.c.client_gone),
             durations,
         ).where(*_usage_filter(since, until, key_id))
         if labels:

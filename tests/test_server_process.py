@@ -19,17 +19,11 @@ from aiohttp.test_utils import TestServer
 
 from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
+from aigateway.testing.ports import free_port
 
 from .helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Gateway:

@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import aiohttp
 
 from ..server import new_event_loop, raise_open_file_limit
+from ..testing.ports import free_port
 
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
 STREAM = b'{"model":"stall","prompt":"hold this stream open"}'
@@ -65,13 +65,6 @@ class Target:
     url: str
     process: subprocess.Popen[bytes]
     headers: dict[str, str]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:

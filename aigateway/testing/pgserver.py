@@ -11,11 +11,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from .ports import free_port
 
 USER = "aigateway"
 PASSWORD = "s3cret-pw"  # a test server's, on loopback: never a real one
@@ -37,18 +37,11 @@ def find_bin(name: str) -> str:
     return candidates[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="aigateway-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_root = os.geteuid() == 0
 
     def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
@@ -77,6 +70,7 @@ class PostgresServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        # Loopback only, and no durability: a test server's data lives for one run.
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port}"
             f" -c unix_socket_directories={self.folder} -c fsync=off"
@@ -118,22 +112,6 @@ class PostgresServer:
 
     def stop(self, mode: str = "fast") -> None:
         self._run(find_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def start_again(self) -> None:
-        """Start the stopped server again on the same port (a database that came back)."""
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
-            f" -c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200"
-        )
-        for _ in range(50):
-            done = self._run(
-                find_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-                "-l", str(self.folder / "log"), "-w", "start",
-            )  # fmt: skip
-            if done.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"PostgreSQL did not start again: {done.stderr.strip()}")
 
     def close(self) -> None:
         self.stop("immediate")
