@@ -8,6 +8,7 @@ holds a password.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -551,18 +552,22 @@ class Store:
         async with self._write() as conn:
             try:
                 if segment is not None:
-                    already = await conn.execute(
-                        select(usage_segments.c.name).where(usage_segments.c.name == segment)
-                    )
-                    if already.first() is not None:
+                    if await _segment_exists(conn, segment):
                         return  # written before (a replay): exactly once
                     await conn.execute(
                         insert(usage_segments).values(name=segment, written_at=time.time())
                     )
-                if records:
-                    # One statement of many rows (SQLAlchemy batches them), not a step
-                    # per row: per-row steps traded the GIL with the event loop each time.
-                    await conn.execute(insert(usage), [record._asdict() for record in records])
+                # Statements of ROWS_PER_INSERT rows, the records passed as they are: built
+                # with insert(usage), SQLAlchemy processed every value in Python on the
+                # event loop's thread (9% more CPU per relayed request); and not a step
+                # per row, which traded the GIL with the event loop for each one.
+                numbered = conn.dialect.paramstyle.startswith("numeric")
+                for start in range(0, len(records), ROWS_PER_INSERT):
+                    rows = records[start : start + ROWS_PER_INSERT]
+                    await conn.exec_driver_sql(
+                        _insert_usage_sql(len(rows), numbered),
+                        tuple(value for row in rows for value in row),
+                    )
             except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
                 raise UsageRejected(_first_line(exc.orig)) from None
             except sa_exc.StatementError as exc:
@@ -575,10 +580,7 @@ class Store:
     async def segment_written(self, segment: str) -> bool:
         """Whether the journal segment `segment` is in the database already."""
         async with self._read() as conn:
-            found = await conn.execute(
-                select(usage_segments.c.name).where(usage_segments.c.name == segment)
-            )
-            return found.first() is not None
+            return await _segment_exists(conn, segment)
 
     async def forget_segments(self, before: float) -> None:
         """Drop the names of segments written before `before` (their files are gone)."""
@@ -680,6 +682,33 @@ class Store:
 
 
 _TOKENS = func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0)
+
+
+# Rows per INSERT statement: 1,600 parameters, well inside SQLite's limit of 32,766 and
+# PostgreSQL's of 65,535.
+ROWS_PER_INSERT = 100
+
+
+@functools.lru_cache(maxsize=2 * ROWS_PER_INSERT)
+def _insert_usage_sql(rows: int, numbered: bool) -> str:
+    """INSERT of `rows` usage records; placeholders `?` (SQLite) or `$1, $2...` (asyncpg)."""
+    width = len(USAGE_COLUMNS)
+    if numbered:
+        values = ", ".join(
+            "(" + ", ".join(f"${row * width + n}" for n in range(1, width + 1)) + ")"
+            for row in range(rows)
+        )
+    else:
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * rows)
+    columns = ", ".join(f'"{name}"' for name in USAGE_COLUMNS)  # "user" is a keyword
+    return f"INSERT INTO usage ({columns}) VALUES {values}"
+
+
+async def _segment_exists(conn: AsyncConnection, segment: str) -> bool:
+    found = await conn.execute(
+        select(usage_segments.c.name).where(usage_segments.c.name == segment)
+    )
+    return found.first() is not None
 
 
 async def _keys_changed(conn: AsyncConnection) -> None:
