@@ -23,6 +23,7 @@ from .appkeys import (
 )
 from .bodybudget import BodyBudget
 from .cors import add_cors_headers
+from .db.notify import ChangeListener
 from .expect import defer_continue
 from .health import health, health_ollama, root
 from .inflight import InFlight
@@ -110,7 +111,11 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
     usage = app[RELAY].usage = UsageWriter(store, settings.usage_retention_days, journal)
     await usage.start()  # first writes what an earlier run left in the journal
-    refresher = asyncio.create_task(keep_fresh(store, table), name="aigateway-keys")
+    listener = None
+    if store.database.backend == "postgresql":
+        listener = ChangeListener(store.database)
+        listener.start()
+    refresher = asyncio.create_task(keep_fresh(store, table, listener), name="aigateway-keys")
     try:
         yield
     finally:
@@ -119,6 +124,8 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        if listener is not None:
+            await listener.close()
         await usage.close()
         await flush_last_used(store, table)
         await store.close()

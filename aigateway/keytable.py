@@ -1,24 +1,29 @@
 """The in-memory key table the hot path reads, and the task that keeps it fresh.
 
 Authentication is a SHA-256 and a dict lookup: no disk I/O per request. A background
-task polls `PRAGMA data_version` (cheap, and it changes only when another process such
-as the CLI commits) and swaps in a freshly loaded table, so a key made or revoked
-elsewhere works or stops working within about one poll interval. The same task writes
+task swaps in a freshly loaded table when the keys changed elsewhere (a CLI, the admin
+API, another gateway): on PostgreSQL a notification wakes it at once; on SQLite it polls
+`PRAGMA data_version`, cheap and changed only when another connection commits. So a key
+made or revoked elsewhere works or stops working within a second. The same task writes
 `last_used_at` in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from .db.notify import ChangeListener
 from .keys import hash_key, looks_like_key
 from .store import KeyRecord, Store, StoreError
 
 log = logging.getLogger("aigateway.keys")
 
 RELOAD_INTERVAL_S = 0.25
+LISTENING_POLL_S = 5.0
+FULL_RELOAD_S = 60.0
 LAST_USED_FLUSH_S = 5.0
 # A well-formed key the table does not know makes the gateway look in the database again
 # (a key made a moment ago by a CLI); such looks start at most this often, however many
@@ -93,11 +98,12 @@ class KeyTable:
             self._last_used[record.id] = now
         return record
 
-    async def refresh(self, store: Store) -> bool:
-        """Reload from `store` if it changed since the last load; True if it did."""
+    async def refresh(self, store: Store, force: bool = False) -> bool:
+        """Reload from `store` if it changed since the last load (or `force`); True if
+        it did."""
         self._store = store
         version = (store.generation, await store.data_version())
-        if version == self._version:
+        if version == self._version and not force:
             return False
         records = await store.list_keys()
         # Only now: a look that starts while this load runs must not take the version
@@ -148,15 +154,27 @@ async def flush_last_used(store: Store, table: KeyTable) -> None:
         log.warning("could not record key use times yet: %s", exc)
 
 
-async def keep_fresh(store: Store, table: KeyTable) -> None:
-    """Run until cancelled: reload on outside changes, flush use times now and then."""
+async def keep_fresh(store: Store, table: KeyTable, listener: ChangeListener | None = None) -> None:
+    """Run until cancelled: reload on outside changes, flush use times now and then.
+    With a listener (PostgreSQL) a change wakes the table at once, the version is checked
+    every LISTENING_POLL_S anyway and the whole table reloaded every FULL_RELOAD_S, in case
+    a notification was lost or a row edited by hand; without one, or while it is down,
+    the version is polled every RELOAD_INTERVAL_S."""
     await table.refresh(store)
-    last_flush = time.monotonic()
+    last_flush = last_full = time.monotonic()
     while True:
-        await asyncio.sleep(RELOAD_INTERVAL_S)
+        if listener is not None and listener.listening:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.changed.wait(), LISTENING_POLL_S)
+            listener.changed.clear()  # before the reload: a change during it wakes us again
+        else:
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+        full = time.monotonic() - last_full >= FULL_RELOAD_S
         try:
-            if await table.refresh(store):
+            if await table.refresh(store, force=full):
                 log.info("key table reloaded: %d keys", len(table))
+            if full:
+                last_full = time.monotonic()
         except StoreError as exc:
             log.warning("could not reload keys (keeping the current table): %s", exc)
         if time.monotonic() - last_flush >= LAST_USED_FLUSH_S:

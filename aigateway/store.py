@@ -39,6 +39,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .db.migrate import SchemaError, is_current, upgrade
+from .db.notify import CHANNEL as KEYS_CHANNEL
 from .db.schema import key_changes, keys, usage, usage_segments
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
@@ -744,8 +745,11 @@ async def _segment_exists(conn: AsyncConnection, segment: str) -> bool:
 
 
 async def _keys_changed(conn: AsyncConnection) -> None:
-    """In the transaction of a key change: move the version other gateways poll."""
+    """In the transaction of a key change: move the version other gateways poll, and on
+    PostgreSQL wake those that listen (the notification leaves at commit)."""
     await conn.execute(update(key_changes).values(version=key_changes.c.version + 1))
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(f"NOTIFY {KEYS_CHANNEL}")
 
 
 async def _no_active_key(conn: AsyncConnection, user: str, name: str) -> KeyNotFoundError:
