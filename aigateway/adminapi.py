@@ -20,13 +20,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, STORE
+from .appkeys import KEY_TABLE, LIMITER, RELAY, STORE
 from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID, load
 from .keyview import key_view
 from .limits import DAY
+from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
@@ -34,6 +35,7 @@ from .store import (
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
+    KeyRecord,
 )
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -77,6 +79,23 @@ def admin_only(handler: Handler) -> Handler:
 # --- handlers ------------------------------------------------------------------------------
 
 
+async def _current_use(
+    request: web.Request, records: list[KeyRecord], now: float
+) -> list[dict[str, object]]:
+    """Each key's use against its limits: across all gateways where they share limits
+    (PostgreSQL), else this gateway's own counts (also while the database is away)."""
+    limiter = request.app[LIMITER]
+    own = [limiter.usage_of(record, now) for record in records]
+    shared = request.app[RELAY].shared
+    if shared is None or not records:
+        return own
+    try:
+        counts = await shared.current([record.id for record in records])
+    except SHARED_LIMITS_AWAY:
+        return own
+    return [{**use, **counts.get(record.id, {})} for record, use in zip(records, own, strict=True)]
+
+
 async def me(request: web.Request) -> web.Response:
     caller = principal(request)
     now = time.time()
@@ -85,7 +104,7 @@ async def me(request: web.Request) -> web.Response:
     return _json(
         {
             "key": key_view(caller),
-            "current": request.app[LIMITER].usage_of(caller, now),
+            "current": (await _current_use(request, [caller], now))[0],
             "usage": {
                 "last_24h": _first(await store.usage_summary((), now - DAY, key_id=own)),
                 "last_7d": _first(await store.usage_summary((), now - 7 * DAY, key_id=own)),
@@ -144,7 +163,6 @@ async def stats(request: web.Request) -> web.Response:
     store = request.app[STORE]
     now = time.time()
     since, until = _time_param(request, "since"), _time_param(request, "until")
-    limiter = request.app[LIMITER]
     keys = [k for k in await store.list_keys() if k.status() == "active"]
 
     async def summary(*group_by: str) -> list[dict[str, object]]:
@@ -162,8 +180,8 @@ async def stats(request: web.Request) -> web.Response:
             "per_model": await summary("model"),
             "per_route": await summary("route"),
             "rate_limits": [
-                {"key_id": k.id, "user": k.user, "key_name": k.name, **limiter.usage_of(k, now)}
-                for k in keys
+                {"key_id": k.id, "user": k.user, "key_name": k.name, **use}
+                for k, use in zip(keys, await _current_use(request, keys, now), strict=True)
             ],
         }
     )

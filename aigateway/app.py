@@ -35,6 +35,7 @@ from .proxy import relay_handler, upstream_session
 from .relaystate import Relay
 from .routes import RELAY_ROUTES
 from .settings import Settings
+from .sharedlimits import SharedLimits
 from .store import Store, StoreError
 from .usage import UsageWriter
 
@@ -111,8 +112,11 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
     usage = app[RELAY].usage = UsageWriter(store, settings.usage_retention_days, journal)
     await usage.start()  # first writes what an earlier run left in the journal
-    listener = None
+    listener = shared = None
     if store.database.backend == "postgresql":
+        shared = SharedLimits(store.database, settings.limits_when_database_away)
+        await shared.start()
+        app[RELAY].shared = shared
         listener = ChangeListener(store.database)
         listener.start()
     refresher = asyncio.create_task(keep_fresh(store, table, listener), name="aigateway-keys")
@@ -126,6 +130,8 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
             await refresher
         if listener is not None:
             await listener.close()
+        if shared is not None:
+            await shared.close()
         await usage.close()
         await flush_last_used(store, table)
         await store.close()

@@ -162,6 +162,7 @@ async def keep_fresh(store: Store, table: KeyTable, listener: ChangeListener | N
     the version is polled every RELOAD_INTERVAL_S."""
     await table.refresh(store)
     last_flush = last_full = time.monotonic()
+    failing = False  # said once while the database refuses, not four times a second
     while True:
         if listener is not None and listener.listening:
             with contextlib.suppress(TimeoutError):
@@ -175,8 +176,13 @@ async def keep_fresh(store: Store, table: KeyTable, listener: ChangeListener | N
                 log.info("key table reloaded: %d keys", len(table))
             if full:
                 last_full = time.monotonic()
+            if failing:
+                failing = False
+                log.warning("keys are read from the database again")
         except StoreError as exc:
-            log.warning("could not reload keys (keeping the current table): %s", exc)
+            if not failing:
+                failing = True
+                log.warning("could not reload keys (keeping the current table): %s", exc)
         if time.monotonic() - last_flush >= LAST_USED_FLUSH_S:
             last_flush = time.monotonic()
             await flush_last_used(store, table)

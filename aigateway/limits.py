@@ -48,6 +48,27 @@ class Limits:
         )
 
 
+UNLIMITED = Limits()
+
+
+def refusal_reasons(limits: Limits) -> dict[str, str]:
+    """What a refusal says for each limit: `concurrent`, `minute`, `hour`, `day`."""
+    return {
+        "concurrent": f"too many requests at once for this key (limit {limits.max_concurrent})",
+        "minute": f"rate limit reached: {limits.rpm} requests per minute for this key",
+        "hour": f"rate limit reached: {limits.rph} requests per hour for this key",
+        "day": f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
+    }
+
+
+def rate_limit_headers(limit: int, remaining: int, reset_in: int) -> tuple[tuple[str, str], ...]:
+    return (
+        ("X-RateLimit-Limit", str(limit)),
+        ("X-RateLimit-Remaining", str(remaining)),
+        ("X-RateLimit-Reset", str(reset_in)),
+    )
+
+
 @dataclass(slots=True)
 class _Window:
     length: int
@@ -136,36 +157,39 @@ class Limiter:
 
     def _resolve(self, state: _KeyState, record: KeyRecord) -> None:
         limits = self.limits_for(record)
+        reasons = refusal_reasons(limits)
         state.source, state.limits = record.limits, limits
         state.windowed = tuple(
-            (limit, window, reason)
-            for limit, window, reason in (
-                (
-                    limits.rpm,
-                    state.minute,
-                    f"rate limit reached: {limits.rpm} requests per minute for this key",
-                ),
-                (
-                    limits.rph,
-                    state.hour,
-                    f"rate limit reached: {limits.rph} requests per hour for this key",
-                ),
-                (
-                    limits.tokens_per_day,
-                    state.day_tokens,
-                    f"token quota reached: {limits.tokens_per_day} tokens per day for this key",
-                ),
+            (limit, window, reasons[kind])
+            for limit, window, kind in (
+                (limits.rpm, state.minute, "minute"),
+                (limits.rph, state.hour, "hour"),
+                (limits.tokens_per_day, state.day_tokens, "day"),
             )
             if limit
         )
         state.unlimited = not state.windowed and not limits.max_concurrent
+
+    def limited(self, record: KeyRecord) -> bool:
+        """Whether any limit applies to the key (else admission only counts)."""
+        return self.limits_for(record) != UNLIMITED
+
+    def count(self, record: KeyRecord, now: float) -> None:
+        """Count a request admitted elsewhere (by the shared limits), so that this
+        gateway's own counts stay right for when it must decide alone."""
+        state = self._state_for(record.id)
+        state.minute.roll(now)
+        state.hour.roll(now)
+        state.minute.used += 1
+        state.hour.used += 1
+        state.in_flight += 1
 
     def _refusal(self, state: _KeyState, now: float) -> Verdict | None:
         """The first limit the request would break, in the order concurrency, minute,
         hour, day; None when it breaks none."""
         cap = state.limits.max_concurrent
         if cap and state.in_flight >= cap:
-            reason = f"too many requests at once for this key (limit {cap})"
+            reason = refusal_reasons(state.limits)["concurrent"]
             return Verdict(False, reason, 1, self._headers(state, now))
         for limit, window, reason in state.windowed:
             if window.used + window.reserved >= limit:
@@ -200,7 +224,7 @@ class Limiter:
         window = state.day_tokens
         window.roll(now)
         if window.used + window.reserved >= quota:
-            reason = f"token quota reached: {quota} tokens per day for this key"
+            reason = refusal_reasons(state.limits)["day"]
             return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
         window.reserved += estimate
         return estimate
@@ -255,8 +279,4 @@ class Limiter:
         if best is None:
             return ()
         limit, remaining, window = best
-        return (
-            ("X-RateLimit-Limit", str(limit)),
-            ("X-RateLimit-Remaining", str(remaining)),
-            ("X-RateLimit-Reset", str(window.reset_in(now))),
-        )
+        return rate_limit_headers(limit, remaining, window.reset_in(now))

@@ -43,6 +43,7 @@ from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud,
 from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
+from .sharedlimits import Admission, SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
     NDJSON,
@@ -130,10 +131,15 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
     if coding is not None:
         _check_content_encoding(coding)
     limiter = relay.limiter
-    verdict = limiter.admit(principal, time.time())
+    ticket = None
+    if relay.shared is not None and limiter.limited(principal):
+        verdict, ticket = await _admit_shared(request, route, principal, relay)
+    else:
+        verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
     exchange = _Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
+    exchange.ticket = ticket
     in_flight = relay.in_flight
     in_flight.requests.add(exchange)
     try:
@@ -156,8 +162,56 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         limiter.release(principal.id)
         if not exchange.relayed:
             limiter.refund(principal.id)
+            if exchange.ticket is not None and relay.shared is not None:
+                relay.shared.give_back(exchange.ticket, 0, relayed=False)
         elif not exchange.settled:
             _settle(request, route, exchange, relay)
+
+
+async def _admit_shared(
+    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: Relay
+) -> tuple[Verdict, Ticket | None]:
+    """Admission by the limits several gateways share (PostgreSQL): one round trip,
+    reserving the tokens the request is likely to use by what is known before its body
+    is read (its length, and TOKEN_RESERVE for the output). On this gateway's own counts
+    while the database is away, if LIMITS_WHEN_DATABASE_AWAY says so."""
+    shared, limiter, settings = relay.shared, relay.limiter, relay.settings
+    assert shared is not None
+    reserve = 0
+    if route.kind == "inference":
+        reserve = min((request.content_length or 0) // 4, PROMPT_ESTIMATE_CAP)
+        if route.outputs_tokens:
+            reserve += settings.token_reserve
+    admitting = asyncio.ensure_future(
+        shared.admit(principal.id, limiter.limits_for(principal), reserve)
+    )
+    try:
+        # Shielded: a request cancelled meanwhile (a graceful stop) must still give back
+        # what the database counted for it.
+        admission = await asyncio.shield(admitting)
+    except asyncio.CancelledError:
+        admitting.add_done_callback(_give_back_unused(shared))
+        raise
+    if admission is None:  # the database is away: decide on this gateway's counts
+        return limiter.admit(principal, time.time()), None
+    if admission.away:
+        raise ServiceUnavailable(admission.verdict.reason, {"Retry-After": "5"})
+    if admission.ticket is not None:
+        limiter.count(principal, time.time())
+    return admission.verdict, admission.ticket
+
+
+def _give_back_unused(
+    shared: SharedLimits,
+) -> Callable[[asyncio.Future[Admission | None]], None]:
+    def give_back(admitting: asyncio.Future[Admission | None]) -> None:
+        if admitting.cancelled() or admitting.exception() is not None:
+            return
+        admission = admitting.result()
+        if admission is not None and admission.ticket is not None:
+            shared.give_back(admission.ticket, 0, relayed=False)
+
+    return give_back
 
 
 def _check_path(
@@ -208,7 +262,8 @@ class _Exchange:
     data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
     body_held = 0  # bytes of the body budget this request holds
     bytes_in = 0
-    reserved = 0  # tokens reserved against the key's daily quota
+    reserved = 0  # tokens reserved against the key's daily quota (this gateway's)
+    ticket: Ticket | None = None  # admitted by the shared limits: what to give back
     prompt_estimate = 0
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
@@ -278,12 +333,19 @@ async def _take_request(
             cap = fields.max_output
             output = cap if cap is not None and cap > 0 else settings.token_reserve
             output = min(output, settings.token_reserve * 64)
-        reserved = relay.limiter.reserve_tokens(
-            principal, exchange.prompt_estimate + output, time.time()
-        )
-        if not isinstance(reserved, int):
-            raise _too_many(reserved)
-        exchange.reserved = reserved
+        estimate = exchange.prompt_estimate + output
+        ticket = exchange.ticket
+        if ticket is not None and relay.shared is not None:
+            limits = relay.limiter.limits_for(principal)
+            more = await relay.shared.top_up(ticket, limits, estimate - ticket.reserved)
+            if isinstance(more, Verdict):
+                raise _too_many(more)
+            exchange.ticket = more
+        else:
+            reserved = relay.limiter.reserve_tokens(principal, estimate, time.time())
+            if not isinstance(reserved, int):
+                raise _too_many(reserved)
+            exchange.reserved = reserved
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     exchange.relayed = True
@@ -403,6 +465,8 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
         relay.limiter.settle_tokens(
             principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
         )
+    if exchange.ticket is not None and relay.shared is not None:
+        relay.shared.give_back(exchange.ticket, (prompt or 0) + (completion or 0), relayed=True)
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at

@@ -8,6 +8,7 @@ from .bodybudget import BodyBudget
 from .inflight import InFlight
 from .limits import Limiter
 from .settings import Settings
+from .sharedlimits import SharedLimits
 from .usage import UsageWriter
 
 
@@ -16,7 +17,7 @@ class Relay:
     lookup each would cost more than most steps of the relay). The upstream session and
     the usage writer are set when the app starts."""
 
-    __slots__ = ("budget", "in_flight", "limiter", "settings", "upstream", "usage")
+    __slots__ = ("budget", "in_flight", "limiter", "settings", "shared", "upstream", "usage")
 
     def __init__(
         self, settings: Settings, limiter: Limiter, budget: BodyBudget, in_flight: InFlight
@@ -27,3 +28,5 @@ class Relay:
         self.in_flight = in_flight
         self.upstream: aiohttp.ClientSession | None = None
         self.usage: UsageWriter | None = None
+        # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
+        self.shared: SharedLimits | None = None

@@ -63,6 +63,9 @@ class Settings:
     allow_cloud_models: bool = False
     usage_journal_dir: str | None = None  # None: TOKEN_DB_PATH + ".usage-journal"
     idle_timeout: float = 30.0
+    # PostgreSQL away while serving: admit keys with limits on this gateway's own counts
+    # ("local"), or refuse them with 503 ("refuse").
+    limits_when_database_away: str = "local"
 
     @property
     def database(self) -> str:
@@ -164,6 +167,12 @@ class Settings:
             allow_cloud_models=_bool("ALLOW_CLOUD_MODELS", get("ALLOW_CLOUD_MODELS"), False),
             usage_journal_dir=get("USAGE_JOURNAL_DIR"),
             idle_timeout=_seconds("IDLE_TIMEOUT", get("IDLE_TIMEOUT"), d.idle_timeout),
+            limits_when_database_away=_choice(
+                "LIMITS_WHEN_DATABASE_AWAY",
+                get("LIMITS_WHEN_DATABASE_AWAY"),
+                d.limits_when_database_away,
+                ("local", "refuse"),
+            ),
         )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(
@@ -252,6 +261,14 @@ def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> in
     if not low <= value <= high:
         raise SettingsError(f"{name}: expected a number from {low} to {high}, got {value}")
     return value
+
+
+def _choice(name: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise SettingsError(f"{name}: expected {' or '.join(choices)}, got {raw!r}")
+    return raw.lower()
 
 
 def _bool(name: str, raw: str | None, default: bool) -> bool:

@@ -11,8 +11,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from aigateway import sharedlimits
 from aigateway.store import Store
-from aigateway.testing.pgserver import PASSWORD
+from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 from .test_server_process import ROOT, Gateway, start_gateway
 
@@ -96,3 +97,147 @@ async def test_postgresql_away_at_start_is_one_line_and_exit_1(tmp_path: Path) -
     output = done.stdout + done.stderr
     assert PASSWORD not in output and "Traceback" not in output
     assert "postgresql://aigateway:***@127.0.0.1:1/aigateway" in output
+
+
+STALL = b'{"model":"stall","prompt":"hold this open"}'
+
+
+async def _three_gateways(
+    upstream: TestServer, pg_url: str, tmp_path: Path, **settings: str
+) -> list[Gateway]:
+    gateways = []
+    for n in range(3):
+        folder = tmp_path / f"gw{n}"
+        folder.mkdir()
+        gateways.append(
+            await start_gateway(
+                upstream, str(folder / "unused.db"), folder, DATABASE_URL=pg_url, **settings
+            )
+        )
+    return gateways
+
+
+def _key(pg_url: str, user: str, *limits: str) -> str:
+    made = cli("-g", user, "k", *limits, "--db", pg_url)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+async def _hold_streams(
+    session: aiohttp.ClientSession, gateways: list[Gateway], key: str, count: int
+) -> tuple[list[int], list[aiohttp.ClientResponse]]:
+    """`count` simultaneous streams to the stall model, spread over the gateways: the
+    statuses, and the responses left open (the streams that were admitted)."""
+
+    async def one(i: int) -> aiohttp.ClientResponse:
+        resp = await session.post(
+            gateways[i % len(gateways)].url + "/api/generate",
+            data=STALL,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        if resp.status == 200:
+            await resp.content.readline()  # the first line: relayed, and held open
+        else:
+            await resp.read()
+        return resp
+
+    responses = await asyncio.gather(*(one(i) for i in range(count)))
+    return [r.status for r in responses], [r for r in responses if r.status == 200]
+
+
+async def test_limits_hold_exactly_across_instances(
+    upstream: TestServer, pg_url: str, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    reserve = 100
+    gateways = await _three_gateways(upstream, pg_url, tmp_path, TOKEN_RESERVE=str(reserve))
+    per_minute = _key(pg_url, "rate", "--rpm", "50")
+    at_once = _key(pg_url, "slots", "--max-concurrent", "3")
+    quota = 1000
+    tokens = _key(pg_url, "tokens", "--tokens-per-day", str(quota))
+    unlimited = _key(pg_url, "free")
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            # 100 at once over three gateways against 50 a minute: exactly 50.
+            statuses = await asyncio.gather(
+                *(status_of(session, gateways[i % 3], per_minute) for i in range(100))
+            )
+            assert (statuses.count(200), statuses.count(429)) == (50, 50)
+            # Any gateway shows the key's use across all of them.
+            async with session.get(
+                gateways[2].url + "/admin/me", headers={"Authorization": f"Bearer {per_minute}"}
+            ) as resp:
+                current = (await resp.json())["current"]
+            assert current["requests_this_minute"] == 50, current
+
+            # 12 streams at once against 3 at once: exactly 3, and the slots come back
+            # when they end.
+            statuses, held = await _hold_streams(session, gateways, at_once, 12)
+            assert (statuses.count(200), statuses.count(429)) == (3, 9)
+            for resp in held:
+                resp.close()
+            started = time.monotonic()
+            while True:
+                statuses, held = await _hold_streams(session, gateways, at_once, 3)
+                for resp in held:
+                    resp.close()
+                if statuses == [200, 200, 200]:
+                    break
+                assert time.monotonic() - started < 2.0, statuses
+                await asyncio.sleep(0.05)
+
+            # Tokens per day: each stream reserves its prompt (bytes / 4) and TOKEN_RESERVE
+            # while it runs, so the quota admits exactly ceil(quota / reservation).
+            each = len(STALL) // 4 + reserve
+            statuses, held = await _hold_streams(session, gateways, tokens, 30)
+            assert statuses.count(200) == -(-quota // each), statuses
+            for resp in held:
+                resp.close()
+
+            # The database's own statistics: one admission statement per request of a
+            # key with limits, none for a key without.
+            if postgres.has_statement_statistics:
+                database = pg_url.rsplit("/", 1)[1]
+                like = "%INSERT INTO limit_counters%"
+                before = postgres.statement_calls(database, like)
+                for i in range(20):
+                    assert await status_of(session, gateways[i % 3], unlimited) == 200
+                assert postgres.statement_calls(database, like) == before
+                light = _key(pg_url, "light", "--rpm", "1000")
+                for i in range(20):
+                    assert await status_of(session, gateways[i % 3], light) == 200
+                assert postgres.statement_calls(database, like) == before + 20
+    finally:
+        for gw in gateways:
+            await gw.stop()
+
+
+async def test_a_killed_gateways_slots_are_given_back(
+    upstream: TestServer, pg_url: str, tmp_path: Path
+) -> None:
+    gateways = await _three_gateways(upstream, pg_url, tmp_path)
+    key = _key(pg_url, "slots", "--max-concurrent", "2")
+    try:
+        async with aiohttp.ClientSession() as session:
+            statuses, held = await _hold_streams(session, gateways[:1], key, 2)
+            assert statuses == [200, 200]
+            await asyncio.sleep(2 * sharedlimits.HEARTBEAT_S + 0.5)  # it said it holds them
+            gateways[0].process.kill()  # no chance to give them back
+            for resp in held:
+                resp.close()
+            statuses, _ = await _hold_streams(session, gateways[1:], key, 1)
+            assert statuses == [429]  # the database still counts them
+            started = time.monotonic()
+            while True:
+                statuses, held = await _hold_streams(session, gateways[1:], key, 2)
+                for resp in held:
+                    resp.close()
+                if statuses == [200, 200]:
+                    break
+                limit = sharedlimits.DEAD_AFTER_S + 3 * sharedlimits.HEARTBEAT_S
+                assert time.monotonic() - started < limit, statuses
+                await asyncio.sleep(0.5)
+    finally:
+        for gw in gateways:
+            if gw.process.poll() is None:
+                await gw.stop()

@@ -96,3 +96,36 @@ key_changes = Table(
     Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
+
+# Shared limit counters, one row per key (PostgreSQL, several gateways): the windows
+# start at whole minutes, hours and UTC days (Unix seconds), read off the database's
+# clock so that gateways whose clocks differ still share one window.
+limit_counters = Table(
+    "limit_counters",
+    metadata,
+    Column("key_id", BigInteger, primary_key=True),
+    Column("minute_start", BigInteger, nullable=False),
+    Column("minute_used", BigInteger, nullable=False),
+    Column("hour_start", BigInteger, nullable=False),
+    Column("hour_used", BigInteger, nullable=False),
+    Column("day_start", BigInteger, nullable=False),
+    Column("day_tokens", BigInteger, nullable=False),
+    Column("day_reserved", BigInteger, nullable=False),  # by requests still running
+    Column("in_flight", BigInteger, nullable=False),
+)
+
+# Gateways sharing the counters, and the requests each holds per key as it last said: a
+# gateway that stops saying (killed, its machine gone) has its slots given back.
+gateway_instances = Table(
+    "gateway_instances",
+    metadata,
+    Column("instance", Text, primary_key=True),
+    Column("seen_at", Double, nullable=False),
+)
+instance_in_flight = Table(
+    "instance_in_flight",
+    metadata,
+    Column("instance", Text, primary_key=True),
+    Column("key_id", BigInteger, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+)

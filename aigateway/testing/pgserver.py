@@ -70,12 +70,19 @@ class PostgresServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server (again, after stop(): the same data, port and password)."""
         # Loopback only, and no durability: a test server's data lives for one run.
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port}"
             f" -c unix_socket_directories={self.folder} -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
+        if self.has_statement_statistics:
+            # Statements counted by the server itself: the round trips a request waits for.
+            options += " -c shared_preload_libraries=pg_stat_statements"
         done = self._run(
             find_bin("pg_ctl"),
             "-D",
@@ -93,6 +100,24 @@ class PostgresServer:
             log = (self.folder / "log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"PostgreSQL did not start: {done.stderr.strip()}\n{log}")
         return self
+
+    @property
+    def has_statement_statistics(self) -> bool:
+        """Whether the pg_stat_statements extension is installed beside the binaries."""
+        library = Path(os.path.realpath(find_bin("initdb"))).parent.parent / "lib"
+        return (library / "pg_stat_statements.so").exists()
+
+    def statement_calls(self, database: str, like: str) -> int:
+        """How often statements whose text matches `like` ran in `database`, by the
+        server's own count (pg_stat_statements)."""
+        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database)
+        out = self.sql(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid"
+            f" WHERE d.datname = '{database}' AND s.query LIKE '{like}'",
+            database,
+        )
+        return int(out.strip() or 0)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"

@@ -1,0 +1,478 @@
+"""Limits shared by several gateways on one PostgreSQL database, exactly.
+
+A key with limits is admitted by one statement (one round trip): an upsert of its row in
+`limit_counters` whose WHERE clause checks every limit against the row as it is after
+any simultaneous admission committed (PostgreSQL re-reads a row it had to wait for), and
+counts the request, its slot and its token reservation only if all pass. So 100
+simultaneous requests over three gateways against 50 a minute admit exactly 50. The
+windows follow the database's clock, so gateways whose clocks differ share them.
+
+What a request gives back when it ends (its slot, its reservation replaced by the tokens
+it used, or its count when its body was then refused) is never waited for: it is queued
+and written in batches, one statement per batch. Each gateway also says every few seconds
+which slots it holds (`instance_in_flight`); the slots of a gateway that stopped saying so
+(killed, its machine gone) are given back by the others.
+
+While the database cannot be reached, LIMITS_WHENDATABASE_AWAY decides: `local` admits
+on this gateway's own counts (kept all along), `refuse` answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from .db.notify import asyncpg_dsn
+from .db.url import Database
+from .limits import DAY, HOUR, MINUTE, Limits, Verdict, rate_limit_headers, refusal_reasons
+from .store import StoreError
+
+log = logging.getLogger("aigateway.limits")
+
+ADMIT_TIMEOUT_S = 2.0  # then the database counts as away
+AWAY_RECHECK_S = 1.0  # while away, one admission in this long tries the database again
+HEARTBEAT_S = 2.0
+DEAD_AFTER_S = 15.0  # a gateway silent this long has its slots given back
+
+_NOW = "extract(epoch FROM clock_timestamp())"
+
+# $1 key, $2 rpm, $3 rph, $4 tokens per day, $5 requests at once, $6 tokens to reserve.
+_ADMIT = f"""
+WITH clock AS (SELECT {_NOW} AS now)
+INSERT INTO limit_counters AS c (key_id, minute_start, minute_used, hour_start, hour_used,
+    day_start, day_tokens, day_reserved, in_flight)
+SELECT $1, (floor(now / {MINUTE}) * {MINUTE})::bigint, 1, (floor(now / {HOUR}) * {HOUR})::bigint,
+    1, (floor(now / {DAY}) * {DAY})::bigint, 0, $6, 1
+FROM clock
+ON CONFLICT (key_id) DO UPDATE SET
+    minute_start = excluded.minute_start,
+    minute_used = CASE WHEN c.minute_start = excluded.minute_start
+        THEN c.minute_used + 1 ELSE 1 END,
+    hour_start = excluded.hour_start,
+    hour_used = CASE WHEN c.hour_start = excluded.hour_start THEN c.hour_used + 1 ELSE 1 END,
+    day_start = excluded.day_start,
+    day_tokens = CASE WHEN c.day_start = excluded.day_start THEN c.day_tokens ELSE 0 END,
+    day_reserved = c.day_reserved + excluded.day_reserved,
+    in_flight = c.in_flight + 1
+WHERE ($5 = 0 OR c.in_flight < $5)
+    AND ($2 = 0 OR CASE WHEN c.minute_start = excluded.minute_start
+        THEN c.minute_used ELSE 0 END < $2)
+    AND ($3 = 0 OR CASE WHEN c.hour_start = excluded.hour_start
+        THEN c.hour_used ELSE 0 END < $3)
+    AND ($4 = 0 OR CASE WHEN c.day_start = excluded.day_start
+        THEN c.day_tokens ELSE 0 END + c.day_reserved < $4)
+RETURNING minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
+    day_reserved, in_flight, (SELECT now FROM clock)
+"""
+
+# Why a request was refused: the row as it is now, and the clock.
+_STATE = f"""
+SELECT minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
+    day_reserved, in_flight, {_NOW}
+FROM limit_counters WHERE key_id = $1
+"""
+
+# More tokens for a request whose body asks for more than admission reserved:
+# $1 key, $2 tokens per day, $3 tokens.
+_TOP_UP = f"""
+UPDATE limit_counters SET day_reserved = day_reserved + $3
+WHERE key_id = $1 AND (day_start < (floor({_NOW} / {DAY}) * {DAY})::bigint
+    OR day_tokens + day_reserved < $2)
+RETURNING day_tokens, day_reserved
+"""
+
+# What ended requests give back, per key: $1 keys, $2 slots, $3 reserved tokens, $4 tokens
+# used, $5 refunded counts, $6 and $7 the minute and hour those counts were made in.
+_SETTLE = f"""
+UPDATE limit_counters AS c SET
+    in_flight = greatest(0, c.in_flight - u.released),
+    day_reserved = greatest(0, c.day_reserved - u.reserved),
+    day_tokens = CASE WHEN c.day_start = today.start THEN c.day_tokens + u.tokens
+        ELSE u.tokens END,
+    day_start = today.start,
+    minute_used = CASE WHEN c.minute_start = u.minute
+        THEN greatest(0, c.minute_used - u.refunds) ELSE c.minute_used END,
+    hour_used = CASE WHEN c.hour_start = u.hour
+        THEN greatest(0, c.hour_used - u.refunds) ELSE c.hour_used END
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+        $6::bigint[], $7::bigint[])
+        AS u(key_id, released, reserved, tokens, refunds, minute, hour),
+    (SELECT (floor({_NOW} / {DAY}) * {DAY})::bigint AS start) AS today
+WHERE c.key_id = u.key_id
+"""
+_LEDGER_RELEASE = """
+UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released)
+FROM unnest($2::bigint[], $3::bigint[]) AS u(key_id, released)
+WHERE l.instance = $1 AND l.key_id = u.key_id
+"""
+
+# The slots of gateways that stopped saying which they hold.
+_REAP = f"""
+WITH dead AS (
+    DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1 RETURNING instance
+), held AS (
+    DELETE FROM instance_in_flight WHERE instance IN (SELECT instance FROM dead)
+    RETURNING key_id, requests
+)
+UPDATE limit_counters AS c SET in_flight = greatest(0, c.in_flight - h.requests)
+FROM (SELECT key_id, sum(requests) AS requests FROM held GROUP BY key_id) AS h
+WHERE c.key_id = h.key_id
+"""
+
+
+class Ticket(NamedTuple):
+    """A request admitted by the database: what it must give back when it ends."""
+
+    key_id: int
+    reserved: int  # tokens reserved at admission (more may be added: see top_up)
+    minute_start: int
+    hour_start: int
+
+
+class Admission(NamedTuple):
+    verdict: Verdict
+    ticket: Ticket | None = None  # None: refused
+    away: bool = False  # refused because the database is away (503, not 429)
+
+
+@dataclass(slots=True)
+class _Return:
+    """What ended requests of one key give back, gathered until the next batch."""
+
+    released: int = 0
+    reserved: int = 0
+    tokens: int = 0
+    refunds: int = 0
+    minute: int = 0
+    hour: int = 0
+
+
+class SharedLimits:
+    def __init__(self, database: Database, when_away: str = "local") -> None:
+        self._database = database
+        self.when_away = when_away
+        self.instance = uuid.uuid4().hex
+        self._pool: asyncpg.Pool | None = None
+        self._returns: dict[int, _Return] = {}
+        self._held: dict[int, int] = {}  # slots this gateway holds in the database, per key
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # a batch and the ledger are never written at once
+        self._tasks: list[asyncio.Task[None]] = []
+        self._away_until = 0.0
+        self._away_reason = ""
+        self.round_trips = 0  # statements admissions waited for
+
+    async def start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                asyncpg_dsn(self._database),
+                min_size=0,  # no floor kept up: asyncpg would log tracebacks while away
+                max_size=10,
+                timeout=ADMIT_TIMEOUT_S,
+                command_timeout=30,
+            )
+        except DATABASE_AWAY as exc:
+            raise StoreError(
+                f"{self._database.display}: cannot reach the database: {_why(exc)}"
+            ) from None
+        self._tasks = [
+            asyncio.create_task(self._write_returns(), name="aigateway-limit-returns"),
+            asyncio.create_task(self._heartbeat(), name="aigateway-limit-heartbeat"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pool is None:
+            return
+        try:
+            await self._flush()
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "DELETE FROM gateway_instances WHERE instance = $1", self.instance
+                )
+                await conn.execute(
+                    "DELETE FROM instance_in_flight WHERE instance = $1", self.instance
+                )
+        except DATABASE_AWAY as exc:
+            log.warning("could not give back this gateway's limit slots: %s", _why(exc))
+        await self._pool.close()
+
+    @property
+    def away(self) -> bool:
+        return time.monotonic() < self._away_until
+
+    async def admit(self, key_id: int, limits: Limits, reserve: int) -> Admission | None:
+        """Check and count one request of a key with limits; None when the database
+        cannot be reached and LIMITS_WHENDATABASE_AWAY is `local`."""
+        if time.monotonic() < self._away_until:
+            return self._while_away()
+        assert self._pool is not None
+        args = (key_id, limits.rpm, limits.rph, limits.tokens_per_day, limits.max_concurrent)
+        reserve = reserve if limits.tokens_per_day else 0
+        try:
+            async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
+                self.round_trips += 1
+                row = await conn.fetchrow(_ADMIT, *args, reserve, timeout=ADMIT_TIMEOUT_S)
+                if row is None:
+                    state = await conn.fetchrow(_STATE, key_id, timeout=ADMIT_TIMEOUT_S)
+        except DATABASE_AWAY as exc:
+            self._went_away(exc)
+            return self._while_away()
+        if self._away_reason:
+            self._away_reason = ""
+            log.warning("limits are shared through the database again")
+        if row is None:
+            return Admission(_refusal(limits, state))
+        self._held[key_id] = self._held.get(key_id, 0) + 1
+        ticket = Ticket(key_id, reserve, row[0], row[2])
+        return Admission(Verdict(True, "", 0, _headers(limits, row)), ticket)
+
+    async def top_up(self, ticket: Ticket, limits: Limits, tokens: int) -> Ticket | Verdict:
+        """Reserve `tokens` more for an admitted request (its body asks for more output
+        than admission reserved): the ticket with them, or the refusal."""
+        if tokens <= 0 or not limits.tokens_per_day:
+            return ticket
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
+                self.round_trips += 1
+                row = await conn.fetchrow(
+                    _TOP_UP, ticket.key_id, limits.tokens_per_day, tokens, timeout=ADMIT_TIMEOUT_S
+                )
+        except DATABASE_AWAY as exc:
+            self._went_away(exc)
+            return ticket  # admitted already; the reservation it has stands
+        if row is None:
+            reason = refusal_reasons(limits)["day"]
+            return Verdict(False, reason, _until_next(DAY))
+        return ticket._replace(reserved=ticket.reserved + tokens)
+
+    def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
+        """A request admitted by the database ended: free its slot, replace its
+        reservation with the tokens it used, and take back its count if it was refused
+        after admission (its body). Written with the next batch, never waited for."""
+        back = self._returns.get(ticket.key_id)
+        if back is None:
+            back = self._returns[ticket.key_id] = _Return()
+        back.released += 1
+        back.reserved += ticket.reserved
+        back.tokens += tokens
+        if not relayed:
+            if ticket.minute_start > back.minute:  # an older minute's refunds are dropped
+                back.refunds, back.minute, back.hour = 0, ticket.minute_start, ticket.hour_start
+            if ticket.minute_start == back.minute:
+                back.refunds += 1
+        self._wake.set()
+
+    async def current(self, key_ids: list[int]) -> dict[int, dict[str, int]]:
+        """Each key's use across all gateways, as the limits see it now (the same fields
+        as Limiter.usage_of); keys never admitted here are left out."""
+        assert self._pool is not None
+        async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
+            rows = await conn.fetch(
+                _STATE.replace("key_id = $1", "key_id = ANY($1::bigint[])").replace(
+                    "SELECT ", "SELECT key_id, ", 1
+                ),
+                key_ids,
+                timeout=ADMIT_TIMEOUT_S,
+            )
+        current = {}
+        for row in rows:
+            state = tuple(row)[1:]
+            now = float(state[8])
+            current[int(row[0])] = {
+                "requests_this_minute": state[1] if state[0] == _start(now, MINUTE) else 0,
+                "requests_this_hour": state[3] if state[2] == _start(now, HOUR) else 0,
+                "tokens_today": state[5] if state[4] == _start(now, DAY) else 0,
+                "tokens_reserved": state[6],
+                "in_flight": state[7],
+            }
+        return current
+
+    def _while_away(self) -> Admission | None:
+        if self.when_away == "local":
+            return None
+        reason = "limits cannot be checked: the database is unreachable"
+        return Admission(Verdict(False, reason, 5), None, away=True)
+
+    def _went_away(self, exc: BaseException) -> None:
+        self._away_until = time.monotonic() + AWAY_RECHECK_S
+        reason = _why(exc)
+        if not self._away_reason:
+            log.error(
+                "cannot check shared limits on %s (%s); %s until it is back",
+                self._database.display,
+                reason,
+                "admitting on this gateway's own counts"
+                if self.when_away == "local"
+                else "refusing requests of keys with limits",
+            )
+        self._away_reason = reason
+
+    async def _write_returns(self) -> None:
+        """Write what ended requests give back, a batch at a time, as soon as there is
+        any; while the database is away the returns wait (one entry per key at most)."""
+        pause = 0.0
+        while True:
+            await self._wake.wait()
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                await self._flush()
+                pause = 0.0
+            except DATABASE_AWAY as exc:
+                self._went_away(exc)
+                pause = min(max(pause * 2, 0.1), 2.0)
+            except Exception:  # never let it die: log, and try again
+                log.exception("could not write limit returns; trying again")
+                pause = 1.0
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            self._wake.clear()
+            if not self._returns or self._pool is None:
+                return
+            batch, self._returns = self._returns, {}
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    keys = list(batch)
+                    columns = [
+                        [getattr(batch[k], name) for k in keys]
+                        for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
+                    ]
+                    await conn.execute(_SETTLE, keys, *columns)
+                    await conn.execute(_LEDGER_RELEASE, self.instance, keys, columns[0])
+            except BaseException:
+                for key_id, back in batch.items():  # keep them for the next try
+                    self._merge(key_id, back)
+                raise
+            for key_id, back in batch.items():
+                left = self._held.get(key_id, 0) - back.released
+                if left > 0:
+                    self._held[key_id] = left
+                else:
+                    self._held.pop(key_id, None)
+
+    def _merge(self, key_id: int, back: _Return) -> None:
+        now = self._returns.get(key_id)
+        if now is None:
+            self._returns[key_id] = back
+            return
+        now.released += back.released
+        now.reserved += back.reserved
+        now.tokens += back.tokens
+        if back.minute == now.minute:
+            now.refunds += back.refunds
+        elif back.minute > now.minute:
+            now.refunds, now.minute, now.hour = back.refunds, back.minute, back.hour
+
+    async def _heartbeat(self) -> None:
+        """Say which slots this gateway holds, and give back those of silent gateways."""
+        while True:
+            try:
+                async with self._lock:
+                    assert self._pool is not None
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await conn.execute(
+                            f"INSERT INTO gateway_instances (instance, seen_at) VALUES ($1, {_NOW})"
+                            " ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
+                            self.instance,
+                        )
+                        await conn.execute(
+                            "DELETE FROM instance_in_flight WHERE instance = $1", self.instance
+                        )
+                        held = [(k, n) for k, n in self._held.items() if n > 0]
+                        if held:
+                            await conn.executemany(
+                                "INSERT INTO instance_in_flight (instance, key_id, requests)"
+                                " VALUES ($1, $2, $3)",
+                                [(self.instance, k, n) for k, n in held],
+                            )
+                        await conn.execute(_REAP, DEAD_AFTER_S)
+            except DATABASE_AWAY as exc:
+                self._went_away(exc)
+            except Exception:
+                log.exception("could not write this gateway's limit slots; trying again")
+            await asyncio.sleep(HEARTBEAT_S)
+
+
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _until_next(length: int, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return max(1, math.ceil(length - now % length))
+
+
+def _refusal(limits: Limits, state: Any) -> Verdict:
+    """Which limit a refused request broke (in the order concurrency, minute, hour, day),
+    from the row as it is now."""
+    reasons = refusal_reasons(limits)
+    if state is None:  # the row is gone (a reset): nothing to say but try again
+        return Verdict(False, reasons["concurrent"], 1)
+    now = float(state[8])
+    minute = state[1] if state[0] == _start(now, MINUTE) else 0
+    hour = state[3] if state[2] == _start(now, HOUR) else 0
+    tokens = (state[5] if state[4] == _start(now, DAY) else 0) + state[6]
+    headers = _headers(limits, state)
+    if limits.max_concurrent and state[7] >= limits.max_concurrent:
+        return Verdict(False, reasons["concurrent"], 1, headers)
+    if limits.rpm and minute >= limits.rpm:
+        return Verdict(False, reasons["minute"], _until_next(MINUTE, now), headers)
+    if limits.rph and hour >= limits.rph:
+        return Verdict(False, reasons["hour"], _until_next(HOUR, now), headers)
+    if limits.tokens_per_day and tokens >= limits.tokens_per_day:
+        return Verdict(False, reasons["day"], _until_next(DAY, now), headers)
+    # Freed between the two statements: say so, and let the client try again at once.
+    return Verdict(False, reasons["concurrent"], 1, headers)
+
+
+def _start(now: float, length: int) -> int:
+    return int(now // length * length)
+
+
+def _headers(limits: Limits, row: Any) -> tuple[tuple[str, str], ...]:
+    """X-RateLimit-* for the tightest limit (the least share left), as the local
+    limiter sends them."""
+    now = float(row[8])
+    minute = row[1] if row[0] == _start(now, MINUTE) else 0
+    hour = row[3] if row[2] == _start(now, HOUR) else 0
+    tokens = (row[5] if row[4] == _start(now, DAY) else 0) + row[6]
+    best: tuple[int, int, int] | None = None
+    best_share = 2.0
+    for limit, taken, length in (
+        (limits.rpm, minute, MINUTE),
+        (limits.rph, hour, HOUR),
+        (limits.tokens_per_day, tokens, DAY),
+    ):
+        if not limit:
+            continue
+        remaining = max(0, limit - taken)
+        if remaining / limit < best_share:
+            best_share, best = remaining / limit, (limit, remaining, length)
+    if best is None:
+        return ()
+    limit, remaining, length = best
+    return rate_limit_headers(limit, remaining, _until_next(length, now))
