@@ -7,13 +7,14 @@ import contextlib
 import logging
 import resource
 import signal
+import ssl
 
 from aiohttp import web
 
 from . import __version__
 from .app import create_app
 from .logs import configure_logging
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 log = logging.getLogger("aigateway")
 
@@ -42,17 +43,39 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context from TLS_CERT_FILE and TLS_KEY_FILE, or None; a file
+    that cannot be used is one clear line (SettingsError), before anything starts."""
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"TLS: {exc.filename}: no such file") from None
+    except PermissionError as exc:
+        raise SettingsError(f"TLS: {exc.filename}: not readable by this user") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(
+            f"TLS_CERT_FILE / TLS_KEY_FILE: not a PEM certificate chain and its private key"
+            f" ({exc.__class__.__name__}: {getattr(exc, 'reason', None) or exc})"
+        ) from None
+    return context
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings)
     raise_open_file_limit()
+    tls = tls_context(settings)
     loop = new_event_loop()
     try:
-        loop.run_until_complete(_serve(settings))
+        loop.run_until_complete(_serve(settings, tls))
     finally:
         loop.close()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
     runner = web.AppRunner(
         create_app(settings),
         access_log=None,  # we write our own access line, without keys
@@ -72,10 +95,11 @@ async def _serve(settings: Settings) -> None:
     )
     await runner.setup()  # opens the key store: a bad database stops us here
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, ssl_context=tls).start()
         log.info(
-            "aigateway %s listening on http://%s:%d; %s/* -> %s",
+            "aigateway %s listening on %s://%s:%d; %s/* -> %s",
             __version__,
+            settings.scheme,
             settings.host,
             settings.port,
             settings.base_path,

@@ -66,11 +66,18 @@ class Settings:
     # PostgreSQL away while serving: admit keys with limits on this gateway's own counts
     # ("local"), or refuse them with 503 ("refuse").
     limits_when_database_away: str = "local"
+    # Serve HTTPS with this certificate chain and private key (PEM files); both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @property
     def database(self) -> str:
         """What the store opens: DATABASE_URL, else the TOKEN_DB_PATH file."""
         return self.database_url or self.token_db_path
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
     @property
     def upstream_api_base(self) -> str:
@@ -173,7 +180,13 @@ class Settings:
                 d.limits_when_database_away,
                 ("local", "refuse"),
             ),
+            tls_cert_file=get("TLS_CERT_FILE"),
+            tls_key_file=get("TLS_KEY_FILE"),
         )
+        if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+            raise SettingsError(
+                "TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither"
+            )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(
                 f"MAX_BODY_MEMORY: expected at least MAX_BODY_SIZE ({settings.max_body_bytes}"
