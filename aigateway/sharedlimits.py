@@ -49,8 +49,9 @@ _ADMIT = f"""
 WITH clock AS (SELECT {_NOW} AS now)
 INSERT INTO limit_counters AS c (key_id, minute_start, minute_used, hour_start, hour_used,
     day_start, day_tokens, day_reserved, in_flight)
-SELECT $1, (floor(now / {MINUTE}) * {MINUTE})::bigint, 1, (floor(now / {HOUR}) * {HOUR})::bigint,
-    1, (floor(now / {DAY}) * {DAY})::bigint, 0, $6, 1
+SELECT $1::bigint, (floor(now / {MINUTE}) * {MINUTE})::bigint, 1,
+    (floor(now / {HOUR}) * {HOUR})::bigint, 1, (floor(now / {DAY}) * {DAY})::bigint, 0,
+    $6::bigint, 1
 FROM clock
 ON CONFLICT (key_id) DO UPDATE SET
     minute_start = excluded.minute_start,
@@ -62,13 +63,13 @@ ON CONFLICT (key_id) DO UPDATE SET
     day_tokens = CASE WHEN c.day_start = excluded.day_start THEN c.day_tokens ELSE 0 END,
     day_reserved = c.day_reserved + excluded.day_reserved,
     in_flight = c.in_flight + 1
-WHERE ($5 = 0 OR c.in_flight < $5)
-    AND ($2 = 0 OR CASE WHEN c.minute_start = excluded.minute_start
-        THEN c.minute_used ELSE 0 END < $2)
-    AND ($3 = 0 OR CASE WHEN c.hour_start = excluded.hour_start
-        THEN c.hour_used ELSE 0 END < $3)
-    AND ($4 = 0 OR CASE WHEN c.day_start = excluded.day_start
-        THEN c.day_tokens ELSE 0 END + c.day_reserved < $4)
+WHERE ($5::bigint = 0 OR c.in_flight < $5::bigint)
+    AND ($2::bigint = 0 OR CASE WHEN c.minute_start = excluded.minute_start
+        THEN c.minute_used ELSE 0 END < $2::bigint)
+    AND ($3::bigint = 0 OR CASE WHEN c.hour_start = excluded.hour_start
+        THEN c.hour_used ELSE 0 END < $3::bigint)
+    AND ($4::bigint = 0 OR CASE WHEN c.day_start = excluded.day_start
+        THEN c.day_tokens ELSE 0 END + c.day_reserved < $4::bigint)
 RETURNING minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
     day_reserved, in_flight, (SELECT now FROM clock)
 """
@@ -77,21 +78,31 @@ RETURNING minute_start, minute_used, hour_start, hour_used, day_start, day_token
 _STATE = f"""
 SELECT minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
     day_reserved, in_flight, {_NOW}
-FROM limit_counters WHERE key_id = $1
+FROM limit_counters WHERE key_id = $1::bigint
 """
 
 # More tokens for a request whose body asks for more than admission reserved:
 # $1 key, $2 tokens per day, $3 tokens.
 _TOP_UP = f"""
-UPDATE limit_counters SET day_reserved = day_reserved + $3
-WHERE key_id = $1 AND (day_start < (floor({_NOW} / {DAY}) * {DAY})::bigint
-    OR day_tokens + day_reserved < $2)
+UPDATE limit_counters SET day_reserved = day_reserved + $3::bigint
+WHERE key_id = $1::bigint AND (day_start < (floor({_NOW} / {DAY}) * {DAY})::bigint
+    OR day_tokens + day_reserved < $2::bigint)
 RETURNING day_tokens, day_reserved
 """
 
-# What ended requests give back, per key: $1 keys, $2 slots, $3 reserved tokens, $4 tokens
-# used, $5 refunded counts, $6 and $7 the minute and hour those counts were made in.
+# What ended requests give back, per key, and the same taken off this gateway's ledger, in
+# one statement (one round trip, atomic): $1 keys, $2 slots, $3 reserved tokens, $4 tokens
+# used, $5 refunded counts, $6 and $7 the minute and hour those counts were made in, $8
+# this gateway.
 _SETTLE = f"""
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+        $5::bigint[], $6::bigint[], $7::bigint[])
+        AS u(key_id, released, reserved, tokens, refunds, minute, hour)
+), ledger AS (
+    UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released)
+    FROM u WHERE l.instance = $8::text AND l.key_id = u.key_id
+)
 UPDATE limit_counters AS c SET
     in_flight = greatest(0, c.in_flight - u.released),
     day_reserved = greatest(0, c.day_reserved - u.reserved),
@@ -102,22 +113,14 @@ UPDATE limit_counters AS c SET
         THEN greatest(0, c.minute_used - u.refunds) ELSE c.minute_used END,
     hour_used = CASE WHEN c.hour_start = u.hour
         THEN greatest(0, c.hour_used - u.refunds) ELSE c.hour_used END
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-        $6::bigint[], $7::bigint[])
-        AS u(key_id, released, reserved, tokens, refunds, minute, hour),
-    (SELECT (floor({_NOW} / {DAY}) * {DAY})::bigint AS start) AS today
+FROM u, (SELECT (floor({_NOW} / {DAY}) * {DAY})::bigint AS start) AS today
 WHERE c.key_id = u.key_id
-"""
-_LEDGER_RELEASE = """
-UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released)
-FROM unnest($2::bigint[], $3::bigint[]) AS u(key_id, released)
-WHERE l.instance = $1 AND l.key_id = u.key_id
 """
 
 # The slots of gateways that stopped saying which they hold.
 _REAP = f"""
 WITH dead AS (
-    DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1 RETURNING instance
+    DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1::float8 RETURNING instance
 ), held AS (
     DELETE FROM instance_in_flight WHERE instance IN (SELECT instance FROM dead)
     RETURNING key_id, requests
@@ -178,6 +181,10 @@ class SharedLimits:
                 max_size=10,
                 timeout=ADMIT_TIMEOUT_S,
                 command_timeout=30,
+                # Nothing to reset: these connections take no locks, hold no cursors, set
+                # nothing. asyncpg's default reset would be a second round trip a request
+                # waits for, on every admission.
+                reset=_no_reset,
             )
         except DATABASE_AWAY as exc:
             raise StoreError(
@@ -282,7 +289,7 @@ class SharedLimits:
         assert self._pool is not None
         async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
             rows = await conn.fetch(
-                _STATE.replace("key_id = $1", "key_id = ANY($1::bigint[])").replace(
+                _STATE.replace("key_id = $1::bigint", "key_id = ANY($1::bigint[])").replace(
                     "SELECT ", "SELECT key_id, ", 1
                 ),
                 key_ids,
@@ -346,14 +353,13 @@ class SharedLimits:
                 return
             batch, self._returns = self._returns, {}
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    keys = list(batch)
-                    columns = [
-                        [getattr(batch[k], name) for k in keys]
-                        for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
-                    ]
-                    await conn.execute(_SETTLE, keys, *columns)
-                    await conn.execute(_LEDGER_RELEASE, self.instance, keys, columns[0])
+                keys = list(batch)
+                columns = [
+                    [getattr(batch[k], name) for k in keys]
+                    for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
+                ]
+                async with self._pool.acquire() as conn:
+                    await conn.execute(_SETTLE, keys, *columns, self.instance)
             except BaseException:
                 for key_id, back in batch.items():  # keep them for the next try
                     self._merge(key_id, back)
@@ -406,6 +412,10 @@ class SharedLimits:
             except Exception:
                 log.exception("could not write this gateway's limit slots; trying again")
             await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 DATABASE_AWAY: tuple[type[BaseException], ...] = (

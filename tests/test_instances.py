@@ -203,7 +203,8 @@ async def test_limits_hold_exactly_across_instances(
                 for i in range(20):
                     assert await status_of(session, gateways[i % 3], unlimited) == 200
                 assert postgres.statement_calls(database, like) == before
-                light = _key(pg_url, "light", "--rpm", "1000")
+                # (Limits beyond 32 bits too: the statement's numbers are 64-bit.)
+                light = _key(pg_url, "light", "--rpm", "1000", "--tokens-per-day", "10000000000")
                 for i in range(20):
                     assert await status_of(session, gateways[i % 3], light) == 200
                 assert postgres.statement_calls(database, like) == before + 20

@@ -2,7 +2,9 @@
 
 Four processes serve on loopback: the fake Ollama, the floor (a bare aiohttp
 pass-through), and the gateway as `python -m aigateway` runs it, twice: the core (keys,
-the access log, usage records) and the same with per-key limits on every request. This
+the access log, usage records) and the same with per-key limits on every request; and,
+where PostgreSQL is installed, a third time with limits on PostgreSQL (a server the
+benchmark starts), whose round trips per request it counts from pg_stat_statements. This
 process is the load: N connections, each sending a request as soon as the previous
 answer is complete. In each round floor and gateways are measured back to back, taking
 turns at going first, and each ratio is the median of the ratios within a round, so
@@ -32,6 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from ..server import new_event_loop, raise_open_file_limit
+from ..testing.pgserver import PostgresServer, PostgresUnavailable
 from ..testing.ports import free_port
 
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
@@ -171,13 +174,15 @@ async def open_streams(target: Target, count: int) -> float:
     return held - idle
 
 
-def make_key(db: Path) -> str:
+def make_key(db: Path | str, *limits: str) -> str:
+    """A key made by the CLI in `db` (a SQLite path or a DATABASE_URL)."""
     return subprocess.run(
-        [sys.executable, "-m", "aigateway.cli.flags", "-g", "bench", "load", "--db", str(db)],
+        [sys.executable, "-m", "aigateway.cli.flags", "-g", "bench", f"load{len(limits)}",
+         *limits, "--db", str(db)],
         check=True,
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    ).stdout.strip()  # fmt: skip
 
 
 # The gateway is measured twice: as the core (keys, the access log, usage records) that
@@ -188,14 +193,52 @@ LIMITS = {
     "DEFAULT_RPH": "1000000000",
     "DEFAULT_TOKENS_PER_DAY": "1000000000000",
 }
-FLOOR, CORE, FULL = "floor", "gateway", "gw+limits"
+FLOOR, CORE, FULL, POSTGRES = "floor", "gateway", "gw+limits", "pg+limits"
+# The same limits as a key's own (the PostgreSQL gateway has no defaults, so that one of
+# its keys can have none: the round trips of both kinds are counted).
+KEY_LIMITS = ("--rpm", LIMITS["DEFAULT_RPM"], "--rph", LIMITS["DEFAULT_RPH"],
+              "--tokens-per-day", LIMITS["DEFAULT_TOKENS_PER_DAY"])  # fmt: skip
+# Statements a request waits for: its admission, a token top-up, the state of a refusal.
+WAITED = (
+    "%INSERT INTO limit_counters%",
+    "%UPDATE limit_counters SET day_reserved = day_reserved +%",
+    "%FROM limit_counters WHERE key_id = $1%",
+)
+
+
+@contextmanager
+def postgres_database(work: Path) -> Iterator[tuple[PostgresServer, str] | None]:
+    """A PostgreSQL server of the benchmark's own and the URL of its database, or None
+    where PostgreSQL is not installed (the figure is then left out)."""
+    try:
+        server = PostgresServer().start()
+    except (PostgresUnavailable, RuntimeError) as exc:
+        print(f"  (no PostgreSQL configuration: {exc})")
+        yield None
+        return
+    try:
+        server.sql("CREATE DATABASE bench")
+        url = server.url("bench")
+        if server.has_statement_statistics:
+            server.sql("CREATE EXTENSION pg_stat_statements", "bench")
+        yield server, url
+    finally:
+        server.close()
+
+
+def round_trips(server: PostgresServer, requests: int) -> tuple[float, float]:
+    """(statements each relayed request waited for, all statements per request) since
+    the last reset, by the server's own count."""
+    waited = sum(server.statement_calls("bench", like) for like in WAITED)
+    everything = server.statement_calls("bench", "%")
+    return waited / max(requests, 1), everything / max(requests, 1)
 
 
 async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
     raise_open_file_limit()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
-    up_port, floor_port, core_port, full_port = (free_port() for _ in range(4))
+    up_port, floor_port, core_port, full_port, pg_port = (free_port() for _ in range(5))
     upstream_url = f"http://127.0.0.1:{up_port}"
     # One key database each, so the two gateways' usage writers do not queue for one file.
     shutil.copy(work / "tokens.db", work / "tokens-limits.db")
@@ -213,18 +256,25 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
 
     gateway_cmd = [py, "-m", "aigateway", "--env-file", str(work / "none.env")]
     floor_cmd = [py, "-m", "aigateway.bench.floor", "--port", str(floor_port)]
-    with (
-        started(
-            [py, "-m", "aigateway.testing.fake_ollama", "--port", str(up_port)],
-            env,
-            work / "upstream.log",
-        ) as upstream,
-        started([*floor_cmd, "--upstream", upstream_url], env, work / "floor.log") as floor,
-        started(gateway_cmd, gateway_env(core_port, "tokens.db", {}), work / "core.log") as core,
-        started(
-            gateway_cmd, gateway_env(full_port, "tokens-limits.db", LIMITS), work / "full.log"
-        ) as full,
-    ):
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(
+            started(
+                [py, "-m", "aigateway.testing.fake_ollama", "--port", str(up_port)],
+                env,
+                work / "upstream.log",
+            )
+        )
+        floor = stack.enter_context(
+            started([*floor_cmd, "--upstream", upstream_url], env, work / "floor.log")
+        )
+        core = stack.enter_context(
+            started(gateway_cmd, gateway_env(core_port, "tokens.db", {}), work / "core.log")
+        )
+        full = stack.enter_context(
+            started(
+                gateway_cmd, gateway_env(full_port, "tokens-limits.db", LIMITS), work / "full.log"
+            )
+        )
         await wait_ready(upstream_url + "/", upstream)
         auth = {"Authorization": f"Bearer {key}"}
         targets = [
@@ -232,6 +282,16 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             Target(CORE, f"http://127.0.0.1:{core_port}", core, auth),
             Target(FULL, f"http://127.0.0.1:{full_port}", full, auth),
         ]
+        postgres = stack.enter_context(postgres_database(work))
+        free_key = ""
+        if postgres is not None:
+            server, url = postgres
+            limited_key = make_key(url, *KEY_LIMITS)
+            free_key = make_key(url, "--rpm", "0")  # no limits: no round trip
+            pg_env = gateway_env(pg_port, "unused.db", {"DATABASE_URL": url})
+            pg = stack.enter_context(started(gateway_cmd, pg_env, work / "postgres.log"))
+            limited = {"Authorization": f"Bearer {limited_key}"}
+            targets.append(Target(POSTGRES, f"http://127.0.0.1:{pg_port}", pg, limited))
         for target in targets:
             await wait_ready(target.url + "/", target.process)
 
@@ -263,6 +323,23 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                     f"{r.pct(0.99):>9.2f}{r.cpu_us_per_request:>12.0f}"
                 )
 
+        trips: list[tuple[str, float, float]] = []
+        if postgres is not None and postgres[0].has_statement_statistics:
+            server = postgres[0]
+            pg_target = targets[-1]
+            for what, headers in (
+                ("key with limits", pg_target.headers),
+                ("key without limits", {"Authorization": f"Bearer {free_key}"}),
+            ):
+                measured = Target(POSTGRES, pg_target.url, pg_target.process, headers)
+                await load(measured, 32, 0.5, "/api/chat")  # warm, before the count
+                await asyncio.sleep(0.5)  # what the warm-up gives back is written
+                server.sql("SELECT pg_stat_statements_reset()", "bench")
+                run = await load(measured, 32, args.seconds, "/api/chat")
+                # Counted before the batches catch up with the last requests: the share
+                # of all statements is a little low, the waited-for ones are exact.
+                trips.append((what, *round_trips(server, run.requests + 32 * 5)))
+
         memory = {t.name: await open_streams(t, args.streams) for t in targets}
         print()
         print(
@@ -270,10 +347,12 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             + ", ".join(f"{name} +{mb:.1f} MB" for name, mb in memory.items())
         )
 
-        def paired(name: str, connections: int, figure: Callable[[Run], float]) -> list[float]:
-            """name/floor within each round: the two ran back to back, so a round's ratio
-            is free of the drift between rounds."""
-            pairs = zip(results[(name, connections)], results[(FLOOR, connections)], strict=True)
+        def paired(
+            name: str, connections: int, figure: Callable[[Run], float], against: str = FLOOR
+        ) -> list[float]:
+            """name/against within each round: the two ran back to back, so a round's
+            ratio is free of the drift between rounds."""
+            pairs = zip(results[(name, connections)], results[(against, connections)], strict=True)
             return [figure(g) / figure(f) for g, f in pairs]
 
         def rps(r: Run) -> float:
@@ -294,8 +373,20 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             ("+limits p50 latency, 1", paired(FULL, 1, p50), None, ""),
             ("+limits CPU/request, 32", paired(FULL, 32, cpu), None, ""),
         ]
+        if postgres is not None:
+            checks += [
+                (
+                    "pg/sqlite throughput, 32",
+                    paired(POSTGRES, 32, rps, against=FULL),
+                    lambda x: x >= 0.85,
+                    ">= 0.85x",
+                ),
+                ("pg/sqlite p50 latency, 1", paired(POSTGRES, 1, p50, against=FULL), None, ""),
+                ("pg/sqlite CPU/request, 32", paired(POSTGRES, 32, cpu, against=FULL), None, ""),
+            ]
         print()
-        print("against the floor: the median of the ratios within each round (each round's)")
+        print("ratios: the median of the ratios within each round (each round's);")
+        print("against the floor, and PostgreSQL's gateway against SQLite's, both with limits")
         passed = True
         for what, ratios, test, goal in checks:
             middle = statistics.median(ratios)
@@ -305,14 +396,25 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 passed = passed and ok
                 verdict = f"target {goal:<8} {'ok' if ok else 'MISSED':<6}"
             each = " ".join(f"{r:.2f}" for r in ratios)
-            print(f"  {what:<24} {middle:.3f}x  {verdict} ({each})")
+            print(f"  {what:<26} {middle:.3f}x  {verdict} ({each})")
         for name in (CORE, FULL):
             ok = memory[name] <= 60
             passed = passed and ok
             print(
-                f"  {name + ', ' + str(args.streams) + ' streams':<24} +{memory[name]:.1f} MB"
+                f"  {name + ', ' + str(args.streams) + ' streams':<26} +{memory[name]:.1f} MB"
                 f"  target <= 60 MB  {'ok' if ok else 'MISSED'}"
             )
+        if trips:
+            print()
+            print("PostgreSQL statements per relayed request (pg_stat_statements):")
+            for what, waited, everything in trips:
+                most = 1 if what == "key with limits" else 0
+                ok = waited <= most + 0.01
+                passed = passed and ok
+                print(
+                    f"  {what:<20} waited for {waited:.3f} (target <= {most}:"
+                    f" {'ok' if ok else 'MISSED'}), all statements {everything:.3f}"
+                )
         del upstream
         return 0 if passed or not args.strict else 1
 
