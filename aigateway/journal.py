@@ -79,6 +79,15 @@ class Journal:
             line = orjson.dumps(tuple(record), option=orjson.OPT_APPEND_NEWLINE)
             os.write(self.current.fd, line)
 
+    def current_size(self) -> int:
+        return os.fstat(self.current.fd).st_size if self.current is not None else 0
+
+    def sync_current(self) -> None:
+        """The current segment on disk for good (while the database is away it is the
+        only copy of its records, and it is not sealed each flush)."""
+        if self.current is not None:
+            os.fsync(self.current.fd)
+
     def seal(self) -> Segment | None:
         """Close the current segment to new records and start the next; the sealed one
         stays locked until it is removed."""

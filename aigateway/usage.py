@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,9 @@ HEAD_BYTES = 4096
 LONG_LINE_BYTES = 4096
 FLUSH_INTERVAL_S = 0.25
 PRUNE_EVERY_S = 3600.0
+AWAY_SEGMENT_BYTES = 16 * 1024**2  # a journal file's size while the database is away
+WAITING_REPORT_S = 60.0  # how often to say how much waits, while it waits
+LOW_DISK_BYTES = 1024**3  # below this free on the journal's disk, the report is an error
 # Fields searched for in bytes that could not be parsed (a line cut by the tail window, or
 # a long final object). Patterns start with their literal so `re` can skip ahead fast;
 # a match whose quote is escaped is inside a JSON string and is ignored.
@@ -196,6 +200,8 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._failing = ""  # why the database refuses, while it does (logged once)
+        self._in_file_only = False  # records of the current segment not held in memory
+        self._next_report = time.monotonic() + WAITING_REPORT_S
         self._journal_failing = False
         self.written = 0
 
@@ -256,13 +262,59 @@ class UsageWriter:
 
     async def flush(self) -> bool:
         """Seal the current segment and write every sealed one, oldest first; False when
-        the database refused (they stay for the next try)."""
-        if self._pending:
-            sealed = self._journal.seal()
-            if sealed is not None:
-                self._sealed.append((sealed, self._pending))
-            self._pending = []
-        return await self._write_sealed()
+        the database refused (they stay for the next try). While the database is away
+        the current segment is not sealed each flush but grows (synced to disk each
+        time) up to AWAY_SEGMENT_BYTES: a long outage makes a few files, not four a
+        second, and holds no record in memory."""
+        if self._pending or self._in_file_only:
+            if self._failing and self._journal.current_size() < AWAY_SEGMENT_BYTES:
+                self._pending, self._in_file_only = [], True
+                try:
+                    await asyncio.to_thread(self._journal.sync_current)
+                except OSError as exc:
+                    self._journal_error(exc)
+            else:
+                self._seal()
+        written = await self._write_sealed()
+        if written and self._in_file_only:  # the database is back: the grown one now
+            self._seal()
+            written = await self._write_sealed()
+        if not written:
+            self._report_waiting()
+        return written
+
+    def _seal(self) -> None:
+        sealed = self._journal.seal()
+        if sealed is not None:
+            held = None if self._in_file_only else self._pending
+            self._sealed.append((sealed, held))
+        self._pending, self._in_file_only = [], False
+
+    def _report_waiting(self) -> None:
+        """Now and then while the database is away: how much waits in the journal, and
+        whether its disk can hold more (a full disk is the bound on what can wait)."""
+        now = time.monotonic()
+        if now < self._next_report:
+            return
+        self._next_report = now + WAITING_REPORT_S
+        paths = [segment.path for segment, _ in self._sealed]
+        if self._journal.current is not None:
+            paths.append(self._journal.current.path)
+        waiting = sum(p.stat().st_size for p in paths if p.exists())
+        try:
+            free = shutil.disk_usage(self._journal.folder).free
+        except OSError:
+            return
+        level = logging.ERROR if free < LOW_DISK_BYTES else logging.WARNING
+        log.log(
+            level,
+            "%.1f MB of usage records are waiting in the journal (%s) for the database;"
+            " %.0f MB free on its disk%s",
+            waiting / 1e6,
+            self._journal.folder,
+            free / 1e6,
+            ": records will be lost when it is full" if level == logging.ERROR else "",
+        )
 
     async def _write_sealed(self) -> bool:
         while self._sealed:

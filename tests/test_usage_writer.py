@@ -88,6 +88,30 @@ async def test_a_locked_database_keeps_the_records_in_order(db_path: str) -> Non
     assert [r.prompt_tokens for r in rows] == [0, 1, 2, 3, 4, 5]
 
 
+async def test_while_the_database_is_away_one_file_grows_and_memory_holds_nothing(
+    db_path: str,
+) -> None:
+    store = await Store.open(db_path, busy_timeout_s=0.05)
+    writer = _writer(store)
+    try:
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            for flush in range(20):  # five seconds of flushes, the database locked
+                for number in range(10):
+                    writer.record(_record(flush * 10 + number))
+                assert await writer.flush() is False
+                assert writer._pending == []  # in the journal file only
+            # The first refused segment, and the one that grows: not one per flush.
+            assert len(_segments(db_path)) == 2
+            other.execute("ROLLBACK")
+        assert await writer.flush() is True  # the database is back: all written, in order
+        rows = await store.usage_rows()
+        assert [r.prompt_tokens for r in rows] == list(range(200))
+        assert len(_segments(db_path)) == 1  # the new, empty current segment
+    finally:
+        await store.close()
+
+
 async def test_a_database_locked_at_shutdown_loses_nothing(db_path: str) -> None:
     """Before: 1,000 of 1,000 records were dropped. Now they wait in the journal and the
     next start writes them, once."""
