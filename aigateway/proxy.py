@@ -38,12 +38,12 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .expect import send_continue
-from .limits import ADMITTED, Verdict
+from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
 from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
-from .sharedlimits import Admission, SharedLimits, Ticket
+from .sharedlimits import SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
     NDJSON,
@@ -182,16 +182,7 @@ async def _admit_shared(
         reserve = min((request.content_length or 0) // 4, PROMPT_ESTIMATE_CAP)
         if route.outputs_tokens:
             reserve += settings.token_reserve
-    admitting = asyncio.ensure_future(
-        shared.admit(principal.id, limiter.limits_for(principal), reserve)
-    )
-    try:
-        # Shielded: a request cancelled meanwhile (a graceful stop) must still give back
-        # what the database counted for it.
-        admission = await asyncio.shield(admitting)
-    except asyncio.CancelledError:
-        admitting.add_done_callback(_give_back_unused(shared))
-        raise
+    admission = await shared.admit(principal.id, limiter.limits_for(principal), reserve)
     if admission is None:  # the database is away: decide on this gateway's counts
         return limiter.admit(principal, time.time()), None
     if admission.away:
@@ -201,17 +192,27 @@ async def _admit_shared(
     return admission.verdict, admission.ticket
 
 
-def _give_back_unused(
-    shared: SharedLimits,
-) -> Callable[[asyncio.Future[Admission | None]], None]:
-    def give_back(admitting: asyncio.Future[Admission | None]) -> None:
-        if admitting.cancelled() or admitting.exception() is not None:
-            return
-        admission = admitting.result()
-        if admission is not None and admission.ticket is not None:
-            shared.give_back(admission.ticket, 0, relayed=False)
+async def _top_up(
+    shared: SharedLimits, ticket: Ticket, limits: Limits, estimate: int
+) -> Ticket | Verdict:
+    """The ticket with `estimate` reserved in all (a second round trip, only when the body
+    asks for more than admission reserved), or the refusal; shielded like admission."""
+    if estimate <= ticket.reserved:
+        return ticket
+    topping = asyncio.ensure_future(shared.top_up(ticket, limits, estimate - ticket.reserved))
+    try:
+        return await asyncio.shield(topping)
+    except asyncio.CancelledError:
 
-    return give_back
+        def give_back(done: asyncio.Future[Ticket | Verdict]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            more = done.result()
+            if isinstance(more, Ticket) and more.reserved > ticket.reserved:
+                shared.give_back_tokens(ticket.key_id, more.reserved - ticket.reserved)
+
+        topping.add_done_callback(give_back)
+        raise
 
 
 def _check_path(
@@ -336,8 +337,9 @@ async def _take_request(
         estimate = exchange.prompt_estimate + output
         ticket = exchange.ticket
         if ticket is not None and relay.shared is not None:
-            limits = relay.limiter.limits_for(principal)
-            more = await relay.shared.top_up(ticket, limits, estimate - ticket.reserved)
+            more = await _top_up(
+                relay.shared, ticket, relay.limiter.limits_for(principal), estimate
+            )
             if isinstance(more, Verdict):
                 raise _too_many(more)
             exchange.ticket = more

@@ -25,6 +25,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -40,41 +41,21 @@ log = logging.getLogger("aigateway.limits")
 ADMIT_TIMEOUT_S = 2.0  # then the database counts as away
 AWAY_RECHECK_S = 1.0  # while away, one admission in this long tries the database again
 HEARTBEAT_S = 2.0
+GIVE_BACK_GATHER_S = 0.01
 DEAD_AFTER_S = 15.0  # a gateway silent this long has its slots given back
 
 _NOW = "extract(epoch FROM clock_timestamp())"
 
-# $1 key, $2 rpm, $3 rph, $4 tokens per day, $5 requests at once, $6 tokens to reserve.
-_ADMIT = f"""
-WITH clock AS (SELECT {_NOW} AS now)
-INSERT INTO limit_counters AS c (key_id, minute_start, minute_used, hour_start, hour_used,
-    day_start, day_tokens, day_reserved, in_flight)
-SELECT $1::bigint, (floor(now / {MINUTE}) * {MINUTE})::bigint, 1,
-    (floor(now / {HOUR}) * {HOUR})::bigint, 1, (floor(now / {DAY}) * {DAY})::bigint, 0,
-    $6::bigint, 1
-FROM clock
-ON CONFLICT (key_id) DO UPDATE SET
-    minute_start = excluded.minute_start,
-    minute_used = CASE WHEN c.minute_start = excluded.minute_start
-        THEN c.minute_used + 1 ELSE 1 END,
-    hour_start = excluded.hour_start,
-    hour_used = CASE WHEN c.hour_start = excluded.hour_start THEN c.hour_used + 1 ELSE 1 END,
-    day_start = excluded.day_start,
-    day_tokens = CASE WHEN c.day_start = excluded.day_start THEN c.day_tokens ELSE 0 END,
-    day_reserved = c.day_reserved + excluded.day_reserved,
-    in_flight = c.in_flight + 1
-WHERE ($5::bigint = 0 OR c.in_flight < $5::bigint)
-    AND ($2::bigint = 0 OR CASE WHEN c.minute_start = excluded.minute_start
-        THEN c.minute_used ELSE 0 END < $2::bigint)
-    AND ($3::bigint = 0 OR CASE WHEN c.hour_start = excluded.hour_start
-        THEN c.hour_used ELSE 0 END < $3::bigint)
-    AND ($4::bigint = 0 OR CASE WHEN c.day_start = excluded.day_start
-        THEN c.day_tokens ELSE 0 END + c.day_reserved < $4::bigint)
-RETURNING minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
-    day_reserved, in_flight, (SELECT now FROM clock)
+# Admits the first of the requests of one key that waited meanwhile (their token
+# reservations in $6), as many as its limits allow: a function of the schema's
+# (migration 0005), under the key's row lock. One call, one round trip, for them all.
+_ADMIT = """
+SELECT * FROM aigateway_admit($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint,
+    $6::bigint[])
 """
+MAX_BATCH = 256
 
-# Why a request was refused: the row as it is now, and the clock.
+# A key's row as it is now, and the clock.
 _STATE = f"""
 SELECT minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
     day_reserved, in_flight, {_NOW}
@@ -100,7 +81,8 @@ WITH u AS (
         $5::bigint[], $6::bigint[], $7::bigint[])
         AS u(key_id, released, reserved, tokens, refunds, minute, hour)
 ), ledger AS (
-    UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released)
+    UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released),
+        reserved = greatest(0, l.reserved - u.reserved)
     FROM u WHERE l.instance = $8::text AND l.key_id = u.key_id
 )
 UPDATE limit_counters AS c SET
@@ -123,10 +105,12 @@ WITH dead AS (
     DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1::float8 RETURNING instance
 ), held AS (
     DELETE FROM instance_in_flight WHERE instance IN (SELECT instance FROM dead)
-    RETURNING key_id, requests
+    RETURNING key_id, requests, reserved
 )
-UPDATE limit_counters AS c SET in_flight = greatest(0, c.in_flight - h.requests)
-FROM (SELECT key_id, sum(requests) AS requests FROM held GROUP BY key_id) AS h
+UPDATE limit_counters AS c SET in_flight = greatest(0, c.in_flight - h.requests),
+    day_reserved = greatest(0, c.day_reserved - h.reserved)
+FROM (SELECT key_id, sum(requests) AS requests, sum(reserved) AS reserved
+    FROM held GROUP BY key_id) AS h
 WHERE c.key_id = h.key_id
 """
 
@@ -144,6 +128,16 @@ class Admission(NamedTuple):
     verdict: Verdict
     ticket: Ticket | None = None  # None: refused
     away: bool = False  # refused because the database is away (503, not 429)
+
+
+# A request waiting for its key's next admission call: its token reservation, its answer.
+_Waiter = tuple[int, "asyncio.Future[Admission | None]"]
+
+
+@dataclass(slots=True)
+class _Held:
+    requests: int = 0
+    reserved: int = 0
 
 
 @dataclass(slots=True)
@@ -165,7 +159,11 @@ class SharedLimits:
         self.instance = uuid.uuid4().hex
         self._pool: asyncpg.Pool | None = None
         self._returns: dict[int, _Return] = {}
-        self._held: dict[int, int] = {}  # slots this gateway holds in the database, per key
+        # Per key, the slots and reserved tokens this gateway holds in the database.
+        self._held: dict[int, _Held] = {}
+        # Requests waiting for their key's next admission call, and the calls' tasks.
+        self._waiting: dict[tuple[int, Limits], list[_Waiter]] = {}
+        self._senders: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # a batch and the ledger are never written at once
         self._tasks: list[asyncio.Task[None]] = []
@@ -205,7 +203,7 @@ class SharedLimits:
             return
         try:
             await self._flush()
-            async with self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 await conn.execute(
                     "DELETE FROM gateway_instances WHERE instance = $1", self.instance
                 )
@@ -216,35 +214,125 @@ class SharedLimits:
             log.warning("could not give back this gateway's limit slots: %s", _why(exc))
         await self._pool.close()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """A pooled connection; one an error left in an unknown state (a query cut by the
+        server going away) is closed, not given to the next caller: with no reset on
+        release, nothing else would notice."""
+        assert self._pool is not None
+        async with self._pool.acquire(timeout=timeout) as conn:
+            try:
+                yield conn
+            except BaseException:
+                conn.terminate()
+                raise
+
     @property
     def away(self) -> bool:
         return time.monotonic() < self._away_until
 
     async def admit(self, key_id: int, limits: Limits, reserve: int) -> Admission | None:
         """Check and count one request of a key with limits; None when the database
-        cannot be reached and LIMITS_WHENDATABASE_AWAY is `local`."""
+        cannot be reached and LIMITS_WHEN_DATABASE_AWAY is `local`. Requests of one key
+        that arrive while its previous call is out wait for the next call together (one
+        round trip for all of them: a busy key costs the database less, not more). A
+        request cancelled meanwhile is taken out, or given back if it was admitted."""
         if time.monotonic() < self._away_until:
             return self._while_away()
-        assert self._pool is not None
-        args = (key_id, limits.rpm, limits.rph, limits.tokens_per_day, limits.max_concurrent)
         reserve = reserve if limits.tokens_per_day else 0
-        try:
-            async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
-                self.round_trips += 1
-                row = await conn.fetchrow(_ADMIT, *args, reserve, timeout=ADMIT_TIMEOUT_S)
-                if row is None:
-                    state = await conn.fetchrow(_STATE, key_id, timeout=ADMIT_TIMEOUT_S)
-        except DATABASE_AWAY as exc:
-            self._went_away(exc)
-            return self._while_away()
+        batch = (key_id, limits)
+        future: asyncio.Future[Admission | None] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(batch)
+        if waiting is None:
+            waiting = self._waiting[batch] = []
+            sender = asyncio.create_task(self._send(batch), name="aigateway-admit")
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        waiting.append((reserve, future))
+        return await future
+
+    async def _send(self, batch: tuple[int, Limits]) -> None:
+        """Send what waits for one key, call after call, until nothing does."""
+        key_id, limits = batch
+        waiting = self._waiting[batch]
+        while True:
+            taken = [(r, f) for r, f in waiting[:MAX_BATCH] if not f.cancelled()]
+            del waiting[:MAX_BATCH]
+            if not taken:
+                if not waiting:
+                    del self._waiting[batch]  # no await since the check: a newcomer sends
+                    return
+                continue
+            if time.monotonic() < self._away_until:
+                _resolve(taken, self._while_away())
+                continue
+            try:
+                row = await self._call_admit(key_id, limits, [r for r, _ in taken])
+            except DATABASE_AWAY as exc:
+                self._went_away(exc)
+                _resolve(taken, self._while_away())
+                continue
+            except BaseException as exc:  # a fault of ours: the requests must not hang
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self._admitted(key_id, limits, taken, row)
+
+    async def _call_admit(self, key_id: int, limits: Limits, reserves: list[int]) -> Any:
+        assert self._pool is not None
+        async with self._connection(ADMIT_TIMEOUT_S) as conn:
+            self.round_trips += 1
+            row = await conn.fetchrow(
+                _ADMIT,
+                key_id,
+                limits.rpm,
+                limits.rph,
+                limits.tokens_per_day,
+                limits.max_concurrent,
+                reserves,
+                timeout=ADMIT_TIMEOUT_S,
+            )
         if self._away_reason:
             self._away_reason = ""
             log.warning("limits are shared through the database again")
-        if row is None:
-            return Admission(_refusal(limits, state))
-        self._held[key_id] = self._held.get(key_id, 0) + 1
-        ticket = Ticket(key_id, reserve, row[0], row[2])
-        return Admission(Verdict(True, "", 0, _headers(limits, row)), ticket)
+        return row
+
+    def _admitted(
+        self,
+        key_id: int,
+        limits: Limits,
+        taken: list[_Waiter],
+        row: Any,
+    ) -> None:
+        """Hand each waiting request its answer: the first `admitted` are in, each with
+        the headers of the count as it stood after it; the rest are refused."""
+        admitted, state = row[0], tuple(row)[1:]
+        refusal = _refusal(limits, state) if admitted < len(taken) else None
+        later_reserved = sum(r for r, _ in taken[:admitted])
+        held = self._held.get(key_id)
+        if held is None and admitted:
+            held = self._held[key_id] = _Held()
+        for n, (reserve, future) in enumerate(taken):
+            if n >= admitted:
+                if not future.done():
+                    future.set_result(Admission(refusal or Verdict(False)))
+                continue
+            assert held is not None
+            held.requests += 1
+            held.reserved += reserve
+            later_reserved -= reserve
+            ticket = Ticket(key_id, reserve, state[0], state[2])
+            if future.done():  # its request was cancelled meanwhile
+                self.give_back(ticket, 0, relayed=False)
+                continue
+            behind = admitted - 1 - n  # requests counted after this one
+            at_the_time = _before(state, behind, later_reserved)
+            future.set_result(
+                Admission(Verdict(True, "", 0, _headers(limits, at_the_time)), ticket)
+            )
 
     async def top_up(self, ticket: Ticket, limits: Limits, tokens: int) -> Ticket | Verdict:
         """Reserve `tokens` more for an admitted request (its body asks for more output
@@ -253,7 +341,7 @@ class SharedLimits:
             return ticket
         assert self._pool is not None
         try:
-            async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
+            async with self._connection(ADMIT_TIMEOUT_S) as conn:
                 self.round_trips += 1
                 row = await conn.fetchrow(
                     _TOP_UP, ticket.key_id, limits.tokens_per_day, tokens, timeout=ADMIT_TIMEOUT_S
@@ -264,6 +352,9 @@ class SharedLimits:
         if row is None:
             reason = refusal_reasons(limits)["day"]
             return Verdict(False, reason, _until_next(DAY))
+        held = self._held.get(ticket.key_id)
+        if held is not None:
+            held.reserved += tokens
         return ticket._replace(reserved=ticket.reserved + tokens)
 
     def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
@@ -287,7 +378,7 @@ class SharedLimits:
         """Each key's use across all gateways, as the limits see it now (the same fields
         as Limiter.usage_of); keys never admitted here are left out."""
         assert self._pool is not None
-        async with self._pool.acquire(timeout=ADMIT_TIMEOUT_S) as conn:
+        async with self._connection(ADMIT_TIMEOUT_S) as conn:
             rows = await conn.fetch(
                 _STATE.replace("key_id = $1::bigint", "key_id = ANY($1::bigint[])").replace(
                     "SELECT ", "SELECT key_id, ", 1
@@ -307,6 +398,15 @@ class SharedLimits:
                 "in_flight": state[7],
             }
         return current
+
+    def give_back_tokens(self, key_id: int, tokens: int) -> None:
+        """Return a reservation made for a request that then went away before its
+        ticket could carry it (a top-up finishing after a cancel)."""
+        back = self._returns.get(key_id)
+        if back is None:
+            back = self._returns[key_id] = _Return()
+        back.reserved += tokens
+        self._wake.set()
 
     def _while_away(self) -> Admission | None:
         if self.when_away == "local":
@@ -334,8 +434,9 @@ class SharedLimits:
         pause = 0.0
         while True:
             await self._wake.wait()
-            if pause:
-                await asyncio.sleep(pause)
+            # Gather for a moment: under load one statement then gives back for many
+            # requests (a slot comes back at most this much later).
+            await asyncio.sleep(pause or GIVE_BACK_GATHER_S)
             try:
                 await self._flush()
                 pause = 0.0
@@ -358,18 +459,20 @@ class SharedLimits:
                     [getattr(batch[k], name) for k in keys]
                     for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
                 ]
-                async with self._pool.acquire() as conn:
+                async with self._connection() as conn:
                     await conn.execute(_SETTLE, keys, *columns, self.instance)
             except BaseException:
                 for key_id, back in batch.items():  # keep them for the next try
                     self._merge(key_id, back)
                 raise
             for key_id, back in batch.items():
-                left = self._held.get(key_id, 0) - back.released
-                if left > 0:
-                    self._held[key_id] = left
-                else:
-                    self._held.pop(key_id, None)
+                held = self._held.get(key_id)
+                if held is None:
+                    continue
+                held.requests -= back.released
+                held.reserved -= back.reserved
+                if held.requests <= 0 and held.reserved <= 0:
+                    del self._held[key_id]
 
     def _merge(self, key_id: int, back: _Return) -> None:
         now = self._returns.get(key_id)
@@ -390,7 +493,7 @@ class SharedLimits:
             try:
                 async with self._lock:
                     assert self._pool is not None
-                    async with self._pool.acquire() as conn, conn.transaction():
+                    async with self._connection() as conn, conn.transaction():
                         await conn.execute(
                             f"INSERT INTO gateway_instances (instance, seen_at) VALUES ($1, {_NOW})"
                             " ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
@@ -399,12 +502,15 @@ class SharedLimits:
                         await conn.execute(
                             "DELETE FROM instance_in_flight WHERE instance = $1", self.instance
                         )
-                        held = [(k, n) for k, n in self._held.items() if n > 0]
+                        held = [
+                            (self.instance, key_id, max(0, h.requests), max(0, h.reserved))
+                            for key_id, h in self._held.items()
+                        ]
                         if held:
                             await conn.executemany(
-                                "INSERT INTO instance_in_flight (instance, key_id, requests)"
-                                " VALUES ($1, $2, $3)",
-                                [(self.instance, k, n) for k, n in held],
+                                "INSERT INTO instance_in_flight"
+                                " (instance, key_id, requests, reserved) VALUES ($1, $2, $3, $4)",
+                                held,
                             )
                         await conn.execute(_REAP, DEAD_AFTER_S)
             except DATABASE_AWAY as exc:
@@ -423,12 +529,32 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-query by a server going away
 )
 
 
 def _why(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _resolve(taken: list[_Waiter], answer: Admission | None) -> None:
+    for _, future in taken:
+        if not future.done():
+            future.set_result(answer)
+
+
+def _before(state: tuple[Any, ...], requests: int, reserved: int) -> tuple[Any, ...]:
+    """A key's row as it stood before the last `requests` admissions (with `reserved`
+    tokens) of a call: what an earlier request of the call is told it has left."""
+    if not requests and not reserved:
+        return state
+    row = list(state)
+    row[1] -= requests
+    row[3] -= requests
+    row[6] -= reserved
+    row[7] -= requests
+    return tuple(row)
 
 
 def _until_next(length: int, now: float | None = None) -> int:

@@ -194,11 +194,12 @@ async def test_limits_hold_exactly_across_instances(
             for resp in held:
                 resp.close()
 
-            # The database's own statistics: one admission statement per request of a
-            # key with limits, none for a key without.
+            # The database's own statistics: one admission call per request of a key with
+            # limits (requests one after the other: none waits for another's call), none
+            # for a key without.
             if postgres.has_statement_statistics:
                 database = pg_url.rsplit("/", 1)[1]
-                like = "%INSERT INTO limit_counters%"
+                like = "%aigateway_admit(%"
                 before = postgres.statement_calls(database, like)
                 for i in range(20):
                     assert await status_of(session, gateways[i % 3], unlimited) == 200
@@ -213,11 +214,13 @@ async def test_limits_hold_exactly_across_instances(
             await gw.stop()
 
 
-async def test_a_killed_gateways_slots_are_given_back(
+async def test_a_killed_gateways_slots_and_reservations_are_given_back(
     upstream: TestServer, pg_url: str, tmp_path: Path
 ) -> None:
     gateways = await _three_gateways(upstream, pg_url, tmp_path)
-    key = _key(pg_url, "slots", "--max-concurrent", "2")
+    # Two streams take both slots and, with what they reserve, the whole token quota.
+    quota = 2 * (len(STALL) // 4 + 2048)  # TOKEN_RESERVE's default
+    key = _key(pg_url, "slots", "--max-concurrent", "2", "--tokens-per-day", str(quota))
     try:
         async with aiohttp.ClientSession() as session:
             statuses, held = await _hold_streams(session, gateways[:1], key, 2)

@@ -74,7 +74,11 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
         client = ollama.AsyncClient(
             host=url, headers={"Authorization": f"Bearer {key}"}, verify=trust
         )
-        answer = await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+        try:
+            chat = [{"role": "user", "content": "hi"}]
+            answer = await client.chat(model="llama3.2", messages=chat)
+        finally:
+            await client.close()
         assert answer.message.content
         # The container's HEALTHCHECK, with the server's own settings.
         assert _healthcheck(tmp_path, tls_env).returncode == 0

@@ -198,11 +198,11 @@ FLOOR, CORE, FULL, POSTGRES = "floor", "gateway", "gw+limits", "pg+limits"
 # its keys can have none: the round trips of both kinds are counted).
 KEY_LIMITS = ("--rpm", LIMITS["DEFAULT_RPM"], "--rph", LIMITS["DEFAULT_RPH"],
               "--tokens-per-day", LIMITS["DEFAULT_TOKENS_PER_DAY"])  # fmt: skip
-# Statements a request waits for: its admission, a token top-up, the state of a refusal.
+# Statements a request waits for: its admission (one call for all the requests of a key
+# that arrived while the previous one was out), and a token top-up.
 WAITED = (
-    "%INSERT INTO limit_counters%",
+    "%aigateway_admit(%",
     "%UPDATE limit_counters SET day_reserved = day_reserved +%",
-    "%FROM limit_counters WHERE key_id = $1%",
 )
 
 
@@ -323,7 +323,7 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                     f"{r.pct(0.99):>9.2f}{r.cpu_us_per_request:>12.0f}"
                 )
 
-        trips: list[tuple[str, float, float]] = []
+        trips: list[tuple[str, float, float, float]] = []
         if postgres is not None and postgres[0].has_statement_statistics:
             server = postgres[0]
             pg_target = targets[-1]
@@ -335,10 +335,13 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 await load(measured, 32, 0.5, "/api/chat")  # warm, before the count
                 await asyncio.sleep(0.5)  # what the warm-up gives back is written
                 server.sql("SELECT pg_stat_statements_reset()", "bench")
+                cpu_before = server.cpu_seconds()
                 run = await load(measured, 32, args.seconds, "/api/chat")
+                requests = run.requests + 32 * 5
+                server_cpu = (server.cpu_seconds() - cpu_before) / requests * 1e6
                 # Counted before the batches catch up with the last requests: the share
                 # of all statements is a little low, the waited-for ones are exact.
-                trips.append((what, *round_trips(server, run.requests + 32 * 5)))
+                trips.append((what, *round_trips(server, requests), server_cpu))
 
         memory = {t.name: await open_streams(t, args.streams) for t in targets}
         print()
@@ -407,13 +410,14 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
         if trips:
             print()
             print("PostgreSQL statements per relayed request (pg_stat_statements):")
-            for what, waited, everything in trips:
+            for what, waited, everything, server_cpu in trips:
                 most = 1 if what == "key with limits" else 0
                 ok = waited <= most + 0.01
                 passed = passed and ok
                 print(
                     f"  {what:<20} waited for {waited:.3f} (target <= {most}:"
-                    f" {'ok' if ok else 'MISSED'}), all statements {everything:.3f}"
+                    f" {'ok' if ok else 'MISSED'}), all statements {everything:.3f},"
+                    f" server CPU {server_cpu:.0f} us/request"
                 )
         del upstream
         return 0 if passed or not args.strict else 1

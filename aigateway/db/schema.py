@@ -128,4 +128,5 @@ instance_in_flight = Table(
     Column("instance", Text, primary_key=True),
     Column("key_id", BigInteger, primary_key=True),
     Column("requests", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),  # tokens those requests reserved
 )

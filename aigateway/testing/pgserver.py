@@ -119,6 +119,25 @@ class PostgresServer:
         )
         return int(out.strip() or 0)
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its backends (from /proc): what the
+        database costs the machine, which a benchmark on one machine shares with it."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            pid = int(stat.parent.name)
+            if pid == postmaster or int(fields[1]) == postmaster:  # fields[1]: the parent
+                total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
