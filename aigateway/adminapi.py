@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from typing import Any
 
 import orjson
@@ -25,7 +25,7 @@ from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID, load
-from .keyview import key_view
+from .keyview import key_view, user_view
 from .limits import DAY
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
@@ -41,6 +41,7 @@ from .store import (
 _KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {"user", "name", "role", "expires_at", "expires_days", "models", *LIMIT_FIELDS}
 UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
+USER_FIELDS = frozenset({"user", "email", "note", "disabled"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,6 +55,10 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("PATCH", "/keys/{id}", admin_only(update_key)),
         ("DELETE", "/keys/{id}", admin_only(revoke_key)),
         ("GET", "/stats", admin_only(stats)),
+        ("GET", "/users", admin_only(list_users)),
+        ("POST", "/users", admin_only(create_user)),
+        ("GET", "/users/{name}", admin_only(get_user)),
+        ("PATCH", "/users/{name}", admin_only(update_user)),
     )
     for method, path, handler in routes:
         router.add_route(method, prefix + path, handler, expect_handler=defer_continue)
@@ -159,6 +164,44 @@ async def revoke_key(request: web.Request) -> web.Response:
     return _json(key_view(record))
 
 
+async def list_users(request: web.Request) -> web.Response:
+    return _json({"users": [user_view(u) for u in await request.app[STORE].list_users()]})
+
+
+async def get_user(request: web.Request) -> web.Response:
+    return _json(user_view(await request.app[STORE].get_user(request.match_info["name"])))
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = await _body(request, USER_FIELDS - {"disabled"}, required=frozenset({"user"}))
+    _check_strings(body, ("user", "email", "note"))
+    user = await request.app[STORE].create_user(body["user"], body.get("email"), body.get("note"))
+    return _json(user_view(user), status=201)
+
+
+async def update_user(request: web.Request) -> web.Response:
+    """Change email or note, and disable (`"disabled": true`: every key of the user stops
+    working, on every gateway within a second) or enable the user."""
+    name = request.match_info["name"]
+    body = await _body(request, USER_FIELDS - {"user"})
+    _check_strings(body, ("email", "note"))
+    store = request.app[STORE]
+    changes: dict[str, str | None] = {f: body[f] for f in ("email", "note") if f in body}
+    user = await store.update_user(name, changes)
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise BadRequest("disabled must be true or false")
+        user = await store.set_user_disabled(name, body["disabled"])
+        await _reload(request)
+    return _json(user_view(user))
+
+
+def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:
+    for field in fields:
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise BadRequest(f"{field} must be a string")
+
+
 async def stats(request: web.Request) -> web.Response:
     store = request.app[STORE]
     now = time.time()
@@ -191,7 +234,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def _body(
-    request: web.Request, allowed: set[str], required: frozenset[str] = frozenset()
+    request: web.Request, allowed: Set[str], required: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     await send_continue(request)
     raw = await request.read()

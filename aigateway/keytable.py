@@ -91,6 +91,8 @@ class KeyTable:
             raise UnknownKeyError("unknown API key")
         if record.revoked:
             raise AuthError("this API key has been revoked")
+        if record.user_disabled:
+            raise AuthError("this API key's user is disabled")
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthError("this API key has expired")

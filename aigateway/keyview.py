@@ -1,12 +1,12 @@
-"""How a key is shown to people, in tables, exports and the admin API: metadata only,
-never the key or its hash."""
+"""How a key and a user are shown to people, in tables, exports and the admin API: a
+key's metadata only, never the key or its hash."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from .store import LIMIT_FIELDS, KeyRecord
+from .store import LIMIT_FIELDS, KeyRecord, UserRecord
 
 
 def when(timestamp: float | None, iso: bool = True) -> str | None:
@@ -34,4 +34,17 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         # None: the gateway's default applies; 0: no limit.
         **{field: getattr(record.limits, field) for field in LIMIT_FIELDS},
         "models": list(record.models) if record.models is not None else None,
+    }
+
+
+def user_view(record: UserRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "user": record.name,
+        "email": record.email,
+        "note": record.note,
+        "status": "disabled" if record.disabled else "active",
+        "created": when(record.created_at),
+        "disabled": when(record.disabled_at),
+        "active_keys": record.active_keys,
     }

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
-from .db.schema import key_changes, keys, usage, usage_segments
+from .db.schema import key_changes, keys, usage, usage_segments, users
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
 
@@ -259,10 +259,13 @@ class KeyRecord:
     revoked_at: float | None
     limits: KeyLimits = KeyLimits()
     models: tuple[str, ...] | None = None  # allow-list patterns; None: every model
+    user_disabled: bool = False  # its user is disabled: the key does not work
 
     def status(self, now: float | None = None) -> str:
         if self.revoked:
             return "revoked"
+        if self.user_disabled:
+            return "user disabled"
         if self.expires_at is not None and self.expires_at <= (now or time.time()):
             return "expired"
         return "active"
@@ -286,6 +289,47 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InterfaceError,
 )
 _DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, *_DRIVER_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    name: str
+    email: str | None
+    note: str | None
+    disabled: bool
+    created_at: float
+    disabled_at: float | None
+    active_keys: int = 0
+
+
+MAX_EMAIL_CHARS = 254
+MAX_NOTE_CHARS = 1000
+
+
+def check_email(email: str | None) -> str | None:
+    if email is None or email == "":
+        return None
+    if (
+        len(email) > MAX_EMAIL_CHARS
+        or not email.isprintable()
+        or " " in email
+        or email.count("@") != 1
+        or email.startswith("@")
+        or email.endswith("@")
+    ):
+        raise InvalidInputError(f"not an email address: {email!r}")
+    return email
+
+
+def check_note(note: str | None) -> str | None:
+    if note is None or note == "":
+        return None
+    if len(note) > MAX_NOTE_CHARS or not note.isprintable():
+        raise InvalidInputError(
+            f"a note is at most {MAX_NOTE_CHARS} printable characters, on one line"
+        )
+    return note
 
 
 @contextmanager
@@ -433,6 +477,7 @@ class Store:
             "models": _models_json(patterns),
         }
         async with self._write() as conn:
+            values["user_id"] = await _user_for_new_key(conn, user)
             try:
                 statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
                 row = (await conn.execute(statement)).one()
@@ -479,7 +524,7 @@ class Store:
 
     async def get_key(self, key_id: int) -> KeyRecord:
         async with self._read() as conn:
-            row = (await conn.execute(select(*_KEY_COLUMNS).where(keys.c.id == key_id))).first()
+            row = (await conn.execute(_key_select().where(keys.c.id == key_id))).first()
         if row is None:
             raise KeyNotFoundError(f"no key with id {key_id}")
         return _record(row)
@@ -488,7 +533,7 @@ class Store:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    select(*_KEY_COLUMNS).where(
+                    _key_select().where(
                         keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
                     )
                 )
@@ -542,8 +587,72 @@ class Store:
 
     async def list_keys(self) -> list[KeyRecord]:
         async with self._read() as conn:
-            rows = (await conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.id))).all()
+            rows = (await conn.execute(_key_select().order_by(keys.c.id))).all()
         return [_record(row) for row in rows]
+
+    # --- users ------------------------------------------------------------------------
+
+    async def create_user(
+        self, name: str, email: str | None = None, note: str | None = None
+    ) -> UserRecord:
+        check_name("user", name)
+        values = {
+            "name": name,
+            "email": check_email(email),
+            "note": check_note(note),
+            "created_at": time.time(),
+        }
+        async with self._write() as conn:
+            try:
+                await conn.execute(insert(users).values(values))
+            except sa_exc.IntegrityError:
+                raise DuplicateKeyError(f"user {name!r} exists already") from None
+        return await self.get_user(name)
+
+    async def get_user(self, name: str) -> UserRecord:
+        async with self._read() as conn:
+            row = (await conn.execute(_user_select().where(users.c.name == name))).first()
+        if row is None:
+            raise KeyNotFoundError(f"no user {name!r}")
+        return _user(row)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self._read() as conn:
+            rows = (await conn.execute(_user_select().order_by(users.c.name))).all()
+        return [_user(row) for row in rows]
+
+    async def update_user(self, name: str, changes: Mapping[str, str | None]) -> UserRecord:
+        """Change a user's email or note ("" or None clears one)."""
+        unknown = set(changes) - {"email", "note"}
+        if unknown:
+            raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))} of a user")
+        values: dict[str, object] = {}
+        if "email" in changes:
+            values["email"] = check_email(changes["email"])
+        if "note" in changes:
+            values["note"] = check_note(changes["note"])
+        if values:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    update(users).where(users.c.name == name).values(values)
+                )
+                if result.rowcount == 0:
+                    raise KeyNotFoundError(f"no user {name!r}")
+        return await self.get_user(name)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> UserRecord:
+        """Disable a user (all its keys stop working, on every gateway within a second)
+        or enable it again."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(users)
+                .where(users.c.name == name)
+                .values(disabled=int(disabled), disabled_at=time.time() if disabled else None)
+            )
+            if result.rowcount == 0:
+                raise KeyNotFoundError(f"no user {name!r}")
+            await _keys_changed(conn)
+        return await self.get_user(name)
 
     async def record_last_used(self, used: Mapping[int, float]) -> None:
         """Write a batch of `key id -> last use time`; never moves a time backwards.
@@ -737,6 +846,61 @@ async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecor
             await driver.execute(sql, values)
 
 
+def _user_select() -> Any:
+    active = (
+        select(func.count())
+        .where(keys.c.user_id == users.c.id, keys.c.revoked == 0)
+        .scalar_subquery()
+    )
+    return select(
+        users.c.id,
+        users.c.name,
+        users.c.email,
+        users.c.note,
+        users.c.disabled,
+        users.c.created_at,
+        users.c.disabled_at,
+        active,
+    )
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        id=int(row[0]),
+        name=str(row[1]),
+        email=row[2],
+        note=row[3],
+        disabled=bool(row[4]),
+        created_at=_time(row[5]) or 0.0,
+        disabled_at=_time(row[6]),
+        active_keys=int(row[7] or 0),
+    )
+
+
+def _key_select() -> Any:
+    """Keys with their user's disabled flag (a key row written before users existed, or
+    by hand, may have no user record: it counts as not disabled)."""
+    return select(*_KEY_COLUMNS, users.c.disabled).select_from(
+        keys.outerjoin(users, users.c.id == keys.c.user_id)
+    )
+
+
+async def _user_for_new_key(conn: AsyncConnection, name: str) -> int:
+    """The id of user `name`, made now if it has no record yet; a disabled user gets no
+    new key (it would not work)."""
+    row = (
+        await conn.execute(select(users.c.id, users.c.disabled).where(users.c.name == name))
+    ).first()
+    if row is None:
+        made = await conn.execute(
+            insert(users).values(name=name, created_at=time.time()).returning(users.c.id)
+        )
+        return int(made.scalar_one())
+    if row.disabled:
+        raise InvalidInputError(f"user {name!r} is disabled: enable it first")
+    return int(row.id)
+
+
 async def _segment_exists(conn: AsyncConnection, segment: str) -> bool:
     found = await conn.execute(
         select(usage_segments.c.name).where(usage_segments.c.name == segment)
@@ -857,6 +1021,7 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         revoked_at=_time(row[10]),
         limits=KeyLimits(*(_limit(value) for value in row[11:15])),
         models=_models(row[15]),
+        user_disabled=len(row) > 16 and bool(row[16]),
     )
 
 

@@ -27,10 +27,10 @@ from .test_cli_flags import dump, keys_in, run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOWN, UP, ENTER, CTRL_C, ESC, BACKSPACE = "\x1b[B", "\x1b[A", "\r", "\x03", "\x1b", "\x7f"
-# Menu positions: Generate, List, Change, Revoke, Export, Usage, Export usage, Exit.
-TO_EXIT = [DOWN] * 7 + [ENTER]
+# Menu positions: Generate, List, Change, Revoke, Export, Usage, Export usage, Users, Exit.
+TO_EXIT = [DOWN] * 8 + [ENTER]
 TO_CHANGE, TO_REVOKE, TO_EXPORT = [DOWN] * 2, [DOWN] * 3, [DOWN] * 4
-TO_USAGE, TO_USAGE_EXPORT = [DOWN] * 5, [DOWN] * 6
+TO_USAGE, TO_USAGE_EXPORT, TO_USERS = [DOWN] * 5, [DOWN] * 6, [DOWN] * 7
 
 
 class Session:
@@ -252,3 +252,23 @@ def test_usage_report_and_export(seeded: str, tmp_path: Path) -> None:
     assert "ben" in by_user_since and "ann" not in by_user_since
     assert "Exported 3 usage records" in session.output()
     assert target.read_text().count("\n") == 4
+
+
+def test_users_are_listed_added_disabled_and_enabled(seeded: str) -> None:
+    with menu(seeded) as session:
+        # Add: name, email, note.
+        session.type(*TO_USERS, ENTER, DOWN, ENTER, "acme", ENTER, "ops@acme.example", ENTER)
+        session.type("net 30", ENTER)
+        # Disable: the only enabled users are acme and alice, in name order.
+        session.type(*TO_USERS, ENTER, DOWN, DOWN, DOWN, ENTER, DOWN, ENTER)
+        # List.
+        session.type(*TO_USERS, ENTER, ENTER)
+        # Enable: alice is the only disabled one.
+        session.type(*TO_USERS, ENTER, DOWN, DOWN, DOWN, DOWN, ENTER, ENTER)
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "Created user acme." in said
+    assert "Disabled alice: its keys stop within a second." in said
+    assert "Enabled alice: its keys work again within a second." in said
+    assert "ops@acme.example" in said and "disabled" in said
+    assert run("--users", "--format", "json", "--db", seeded)[1].count('"active"') == 2

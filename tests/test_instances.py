@@ -70,6 +70,19 @@ async def test_three_instances_share_keys_and_usage(
                     break
                 assert time.monotonic() - started < 1.0, statuses
                 await asyncio.sleep(0.05)
+            # A user disabled by the CLI: every key of it refused everywhere within a second.
+            other = cli("-g", "erin", "pc", "--db", pg_url).stdout.strip()
+            assert [await status_of(session, gw, other) for gw in gateways] == [200, 200, 200]
+            sent += 3
+            assert cli("--disable-user", "erin", "--db", pg_url).returncode == 0
+            started = time.monotonic()
+            while True:
+                statuses = [await status_of(session, gw, other) for gw in gateways]
+                sent += statuses.count(200)
+                if statuses == [401, 401, 401]:
+                    break
+                assert time.monotonic() - started < 1.0, statuses
+                await asyncio.sleep(0.05)
     finally:
         for gw in gateways:
             await gw.stop()

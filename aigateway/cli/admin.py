@@ -21,8 +21,8 @@ from tabulate import tabulate
 from .. import __version__
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
-from ..keyview import key_view, when
-from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord
+from ..keyview import key_view, user_view, when
+from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord, UserRecord
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -192,19 +192,29 @@ def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format) -> str:
+    columns = [*USAGE_GROUPS[group], *USAGE_COLUMNS]
+    return render_rows(rows, columns, fmt, "No usage in this period.")
+
+
+def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format, empty: str) -> str:
+    """Rows as JSON (every field), CSV or a table (`columns`, a missing value as -)."""
     if fmt == "json":
         return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
-    columns = [*USAGE_GROUPS[group], *USAGE_COLUMNS]
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(csv_safe(rows))
-        return out.getvalue().rstrip("\n")
+        return csv_text(rows, columns).rstrip("\n")
     if not rows:
-        return "No usage in this period."
+        return empty
     table = [[row[c] if row[c] is not None else "-" for c in columns] for row in rows]
     return tabulate(table, headers=[c.replace("_", " ") for c in columns], tablefmt="simple")
+
+
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A header and the rows' `columns`, cells a spreadsheet would run neutralised."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_safe(rows))
+    return out.getvalue()
 
 
 def write_usage_export(
@@ -221,12 +231,7 @@ def write_usage_export(
     records = with_store(db_path, lambda store: store.usage_rows(since, until))
     rows = [{"time": when(r.ts), **r._asdict()} for r in records]
     if fmt == "csv":
-        out = io.StringIO()
-        fields = ["time", *UsageRecord._fields]
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(csv_safe(rows))
-        text = out.getvalue()
+        text = csv_text(rows, ["time", *UsageRecord._fields])
     else:
         text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
     _write(path, text)
@@ -265,12 +270,16 @@ def render(records: Sequence[KeyRecord], fmt: Format) -> str:
     return tabulate(rows, headers=[title for _, title in COLUMNS], tablefmt="simple")
 
 
+USER_COLUMNS = ("user", "email", "note", "status", "created", "disabled", "active_keys")
+
+
+def render_users(records: Sequence[UserRecord], fmt: Format) -> str:
+    empty = "No users yet: -g USER KEY_NAME makes one with its first key, --add-user alone."
+    return render_rows([user_view(r) for r in records], USER_COLUMNS, fmt, empty)
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[name for name, _ in COLUMNS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_safe(rows))
-    return out.getvalue().rstrip("\n")
+    return csv_text(rows, [name for name, _ in COLUMNS]).rstrip("\n")
 
 
 # --- export ----------------------------------------------------------------------------

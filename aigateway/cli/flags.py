@@ -26,6 +26,7 @@ from .admin import (
     parse_moment,
     render,
     render_usage,
+    render_users,
     shown,
     with_store,
     write_export,
@@ -49,6 +50,9 @@ Examples:
   gen_api_key_cli.py --usage --by model --since 2026-11-01
   gen_api_key_cli.py --usage-export nov.csv --since 2026-11-01 --until 2026-12-01
   gen_api_key_cli.py --purge alice laptop            delete a revoked key's row for good
+  gen_api_key_cli.py --add-user acme --email ops@acme.example --note 'invoice monthly'
+  gen_api_key_cli.py --users                          users (customers), status, keys
+  gen_api_key_cli.py --disable-user acme              every key of acme stops working
 
 \b
 Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
@@ -65,7 +69,14 @@ folder, exactly as the server finds it. A new key is printed once, alone on
 stdout; it cannot be shown again. Exports never contain keys or their hashes.
 """
 
-ACTIONS = ("-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge")
+ACTIONS = (
+    "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
+    "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
+)  # fmt: skip
+ACTION_OPTIONS = (
+    "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
+    "add_user", "users", "set_user", "disable_user", "enable_user",
+)  # fmt: skip
 
 
 @contextmanager
@@ -99,6 +110,15 @@ def _clear_errors() -> Iterator[None]:
 @click.option(
     "--purge", nargs=2, metavar="USER KEY_NAME", help="Delete a revoked key's row for good."
 )
+@click.option(
+    "--add-user", metavar="USER", help="Create a user (customer) with no key yet (see --email)."
+)
+@click.option("--users", is_flag=True, help="List users, their status and keys (see --format).")
+@click.option("--set-user", metavar="USER", help="Change a user's --email or --note.")
+@click.option("--disable-user", metavar="USER", help="Disable a user: all its keys stop working.")
+@click.option("--enable-user", metavar="USER", help="Enable a disabled user again.")
+@click.option("--email", metavar="ADDRESS", help="With --add-user or --set-user ('' clears).")
+@click.option("--note", metavar="TEXT", help="With --add-user or --set-user ('' clears).")
 @click.option("--role", type=click.Choice(["user", "admin"]), help="Role (new keys: user).")
 @click.option("--expires-days", metavar="N", help="Expires after N days.")
 @click.option("--expires", metavar="YYYY-MM-DD", help="Stops working at 00:00 UTC on this day.")
@@ -132,15 +152,7 @@ def _clear_errors() -> Iterator[None]:
 )
 def cli(**options: Any) -> None:
     o = options
-    chosen = [
-        flag
-        for flag, name in zip(
-            ACTIONS,
-            ("generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge"),
-            strict=True,
-        )
-        if o[name]
-    ]
+    chosen = [flag for flag, name in zip(ACTIONS, ACTION_OPTIONS, strict=True) if o[name]]
     if len(chosen) != 1:
         raise click.UsageError(
             f"choose one action: {', '.join(ACTIONS)}"
@@ -159,6 +171,10 @@ def cli(**options: Any) -> None:
     )
     if action not in ("-g", "--set") and any(o[k] is not None for k in key_options):
         raise click.UsageError("--role, --expires*, limits and --models go with -g or --set")
+    if action not in ("--add-user", "--set-user") and (
+        o["email"] is not None or o["note"] is not None
+    ):
+        raise click.UsageError("--email and --note go with --add-user or --set-user")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
@@ -195,10 +211,42 @@ def cli(**options: Any) -> None:
                 path, target, export_format(target, o["fmt"]), since, until, force=o["force"]
             )
             click.echo(f"Exported {count} usage records to {target}.", err=True)
+        elif action in ("--add-user", "--users", "--set-user", "--disable-user", "--enable-user"):
+            _users(path, action, o)
         elif action == "--purge":
             user, name = o["purge"]
             count = with_store(path, lambda store: store.purge_revoked(user, name))
             click.echo(f"Purged {count} revoked key(s) of {user}/{name}.", err=True)
+
+
+def _users(path: str, action: str, o: dict[str, Any]) -> None:
+    if action == "--users":
+        users = with_store(path, lambda store: store.list_users())
+        click.echo(render_users(users, o["fmt"] or "table"))
+        return
+    if action == "--add-user":
+        name = o["add_user"]
+        user = with_store(
+            path, lambda store: store.create_user(name, o["email"], o["note"]), create=True
+        )
+        click.echo(f"Created user {user.name} in {shown(path)}.", err=True)
+    elif action == "--set-user":
+        name = o["set_user"]
+        changes = {k: o[k] for k in ("email", "note") if o[k] is not None}
+        if not changes:
+            raise AdminError("--set-user needs something to change: --email or --note")
+        user = with_store(path, lambda store: store.update_user(name, changes))
+    else:
+        disable = action == "--disable-user"
+        name = o["disable_user"] if disable else o["enable_user"]
+        user = with_store(path, lambda store: store.set_user_disabled(name, disable))
+        click.echo(
+            f"{'Disabled' if disable else 'Enabled'} user {user.name}: its"
+            f" {user.active_keys} active key(s) {'stop' if disable else 'work again'}"
+            " on every gateway within a second.",
+            err=True,
+        )
+    click.echo(render_users([user], "table"))
 
 
 def _period(o: dict[str, Any]) -> tuple[float | None, float | None]:

@@ -17,7 +17,16 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..settings import database_target
-from ..store import InvalidInputError, KeyLimits, KeyRecord, check_models, check_name
+from ..store import (
+    InvalidInputError,
+    KeyLimits,
+    KeyRecord,
+    UserRecord,
+    check_email,
+    check_models,
+    check_name,
+    check_note,
+)
 from .admin import (
     USAGE_GROUPS,
     AdminError,
@@ -29,13 +38,14 @@ from .admin import (
     parse_moment,
     render,
     render_usage,
+    render_users,
     with_store,
     write_export,
     write_usage_export,
 )
 from .common import OneLineErrors
 
-GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, EXIT = (
+GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, EXIT = (
     "Generate a key",
     "List keys",
     "Change a key (role, limits, models, expiry)",
@@ -43,7 +53,15 @@ GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, EXIT = (
     "Export to file",
     "Usage report",
     "Export usage to file",
+    "Users: list, add, change, disable, enable",
     "Exit",
+)
+LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER = (
+    "List users",
+    "Add a user",
+    "Change a user's email or note",
+    "Disable a user (all its keys stop working)",
+    "Enable a user",
 )
 LIMIT_PROMPTS = (
     ("rpm", "Requests per minute"),
@@ -94,6 +112,7 @@ class Menu:
             EXPORT: self.export,
             USAGE: self.usage,
             USAGE_EXPORT: self.usage_export,
+            USERS: self.users,
         }
         while True:
             try:
@@ -245,6 +264,66 @@ class Menu:
             return
         count = write_export(self.db_path, path, fmt, force=force)
         self.echo(f"Exported {count} keys to {path} ({fmt}).")
+
+    def users(self) -> None:
+        choice = self._ask(
+            questionary.select,
+            "Users:",
+            choices=[LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER],
+        )
+        if choice == LIST_USERS:
+            users = with_store(self.db_path, lambda store: store.list_users())
+            self.echo(render_users(users, "table"))
+        elif choice == ADD_USER:
+            name = self._ask(questionary.text, "User:", validate=_valid_name("user"))
+            email = self._ask(questionary.text, "Email (or empty):", validate=_valid(check_email))
+            note = self._ask(questionary.text, "Note (or empty):", validate=_valid(check_note))
+            made = with_store(
+                self.db_path, lambda store: store.create_user(name, email or None, note or None)
+            )
+            self.echo(f"Created user {made.name}.")
+        else:
+            wanted = {CHANGE_USER: None, DISABLE_USER: False, ENABLE_USER: True}[choice]
+            user = self._pick_user(wanted)
+            if user is None:
+                return
+            if choice == CHANGE_USER:
+                changes = {
+                    "email": self._ask(
+                        questionary.text,
+                        "Email (or empty):",
+                        default=user.email or "",
+                        validate=_valid(check_email),
+                    ),
+                    "note": self._ask(
+                        questionary.text,
+                        "Note (or empty):",
+                        default=user.note or "",
+                        validate=_valid(check_note),
+                    ),
+                }
+                with_store(self.db_path, lambda store: store.update_user(user.name, changes))
+                self.echo(f"Changed user {user.name}.")
+                return
+            disable = choice == DISABLE_USER
+            with_store(self.db_path, lambda store: store.set_user_disabled(user.name, disable))
+            self.echo(
+                f"{'Disabled' if disable else 'Enabled'} {user.name}: its keys"
+                f" {'stop' if disable else 'work again'} within a second."
+            )
+
+    def _pick_user(self, disabled: bool | None) -> UserRecord | None:
+        """A user to act on: any (None), or only enabled (False) or disabled (True) ones."""
+        users = with_store(self.db_path, lambda store: store.list_users())
+        users = [u for u in users if disabled is None or u.disabled == disabled]
+        if not users:
+            self.echo("No such users.")
+            return None
+        choices = [
+            questionary.Choice(f"{u.name}  ({u.active_keys} active keys)", value=u) for u in users
+        ]
+        user: UserRecord = self._ask(questionary.select, "Which user?", choices=choices)
+        return user
 
     def _export_format_and_force(self, path: str) -> tuple[Format | None, bool]:
         """Ask for the format (guessed from the name) and, for an existing file, whether

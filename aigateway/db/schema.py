@@ -22,6 +22,26 @@ metadata = MetaData()
 # SQLite's rowid alias must be spelled INTEGER; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+# Users (customers): a record of their own, which their keys refer to. `name` is what
+# keys, usage records and the CLIs call the user; a disabled user's keys stop working.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("email", Text),
+    Column("note", Text),
+    Column(
+        "disabled",
+        Integer,
+        CheckConstraint("disabled IN (0, 1)"),
+        nullable=False,
+        server_default="0",
+    ),
+    Column("created_at", Double, nullable=False),
+    Column("disabled_at", Double),
+)
+
 keys = Table(
     "keys",
     metadata,
@@ -44,7 +64,10 @@ keys = Table(
     Column("tokens_per_day", BigInteger),
     Column("max_concurrent", BigInteger),
     Column("models", Text),  # a JSON list of model patterns; NULL means every model
+    # The user's record (its name is also in `user`, which usage records and queries use).
+    Column("user_id", BigInteger),
 )
+Index("keys_user_id", keys.c.user_id)
 # Revoked rows stay for history, so only one *active* key may carry a user + name.
 Index(
     "keys_active_user_name",
