@@ -56,7 +56,13 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[STARTED_AT] = time.time()
-    app[RELAY] = Relay(settings, app[LIMITER], BodyBudget(settings.max_body_memory), InFlight())
+    app[RELAY] = Relay(
+        settings,
+        app[LIMITER],
+        BodyBudget(settings.max_body_memory),
+        InFlight(),
+        app[KEY_TABLE],
+    )
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)

@@ -17,6 +17,7 @@ import time
 
 from .db.notify import ChangeListener
 from .keys import hash_key, looks_like_key
+from .pricing import PriceList
 from .store import KeyRecord, Store, StoreError
 
 log = logging.getLogger("aigateway.keys")
@@ -69,6 +70,9 @@ class KeyTable:
         self._looking = asyncio.Lock()
         self._last_look = 0.0
         self.looks = 0  # database looks made for unknown keys
+        # The prices in force, loaded with the keys (a price change moves the same
+        # version): what a request starting now will pay.
+        self.prices = PriceList()
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -108,9 +112,11 @@ class KeyTable:
         if version == self._version and not force:
             return False
         records = await store.list_keys()
+        price_list = await store.list_prices()
         # Only now: a look that starts while this load runs must not take the version
         # for loaded and return with the table still old.
         self.replace(records)
+        self.prices = PriceList(price_list)
         self._version = version
         return True
 
@@ -143,8 +149,10 @@ class KeyTable:
 
 
 async def load(store: Store, table: KeyTable) -> None:
-    """Load every key now (the admin API's own writes do not change data_version)."""
+    """Load every key and price now (the admin API's own writes do not change
+    data_version)."""
     table.replace(await store.list_keys())
+    table.prices = PriceList(await store.list_prices())
 
 
 async def flush_last_used(store: Store, table: KeyTable) -> None:

@@ -40,6 +40,7 @@ from .errors import (
 from .expect import send_continue
 from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
+from .pricing import Price
 from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
@@ -265,6 +266,7 @@ class _Exchange:
     bytes_in = 0
     reserved = 0  # tokens reserved against the key's daily quota (this gateway's)
     ticket: Ticket | None = None  # admitted by the shared limits: what to give back
+    price: Price | None = None  # the model's price when the request started (None: free)
     prompt_estimate = 0
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
@@ -322,6 +324,7 @@ async def _take_request(
     else:
         fields = _fields(body, route, principal.models, cloud)
     exchange.context.model = fields.model
+    exchange.price = relay.key_table.prices.for_model(fields.model)  # in force as it starts
     if route.kind == "inference":
         exchange.prompt_estimate = min(len(body) // 4, PROMPT_ESTIMATE_CAP)
         if route.usage_on_request and fields.stream and not fields.include_usage:
@@ -472,6 +475,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
+    cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     usage = relay.usage
     assert usage is not None  # set when the app started
@@ -493,8 +497,31 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
             context.bytes_out,
             context.client_gone,
             estimated,
+            cost,
+            model_ns,
         )
     )
+
+
+def _cost(
+    exchange: _Exchange,
+    tap: UsageTap,
+    prompt: int | None,
+    completion: int | None,
+    seconds: float,
+) -> tuple[int, int | None]:
+    """What the request cost by the price in force when it started, and the model time
+    Ollama reported (read only when the price has a per-second part). A request Ollama
+    answered with an error costs nothing; model time Ollama did not report (its /v1
+    dialects) is the request's time through the gateway."""
+    price = exchange.price
+    if price is None or exchange.status >= 400:
+        return 0, None
+    model_ns = tap.model_ns() if price.per_second else None
+    charged_ns = 0
+    if price.per_second:
+        charged_ns = model_ns if model_ns is not None else int(seconds * 1e9)
+    return price.cost(prompt or 0, completion or 0, charged_ns), model_ns
 
 
 def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:

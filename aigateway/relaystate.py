@@ -6,6 +6,7 @@ import aiohttp
 
 from .bodybudget import BodyBudget
 from .inflight import InFlight
+from .keytable import KeyTable
 from .limits import Limiter
 from .settings import Settings
 from .sharedlimits import SharedLimits
@@ -17,12 +18,20 @@ class Relay:
     lookup each would cost more than most steps of the relay). The upstream session and
     the usage writer are set when the app starts."""
 
-    __slots__ = ("budget", "in_flight", "limiter", "settings", "shared", "upstream", "usage")
+    __slots__ = (
+        "budget", "in_flight", "key_table", "limiter", "settings", "shared", "upstream", "usage",
+    )  # fmt: skip
 
     def __init__(
-        self, settings: Settings, limiter: Limiter, budget: BodyBudget, in_flight: InFlight
+        self,
+        settings: Settings,
+        limiter: Limiter,
+        budget: BodyBudget,
+        in_flight: InFlight,
+        key_table: KeyTable,
     ) -> None:
         self.settings = settings
+        self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.budget = budget
         self.in_flight = in_flight

@@ -32,6 +32,9 @@ class SettingsError(ValueError):
     """A setting has a value the gateway cannot use."""
 
 
+DEFAULT_CURRENCY = "USD"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     ollama_base_url: str = "http://localhost:11434"
@@ -66,6 +69,8 @@ class Settings:
     # PostgreSQL away while serving: admit keys with limits on this gateway's own counts
     # ("local"), or refuse them with 503 ("refuse").
     limits_when_database_away: str = "local"
+    # The currency of prices and costs (ISO 4217 code); amounts are micro-units of it.
+    currency: str = DEFAULT_CURRENCY
     # Serve HTTPS with this certificate chain and private key (PEM files); both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -180,6 +185,7 @@ class Settings:
                 d.limits_when_database_away,
                 ("local", "refuse"),
             ),
+            currency=_currency("CURRENCY", get("CURRENCY"), d.currency),
             tls_cert_file=get("TLS_CERT_FILE"),
             tls_key_file=get("TLS_KEY_FILE"),
         )
@@ -274,6 +280,25 @@ def _int(name: str, raw: str | None, default: int, *, low: int, high: int) -> in
     if not low <= value <= high:
         raise SettingsError(f"{name}: expected a number from {low} to {high}, got {value}")
     return value
+
+
+def _currency(name: str, raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    if len(raw) != 3 or not raw.isascii() or not raw.isalpha():
+        raise SettingsError(
+            f"{name}: expected a three-letter currency code such as USD, got {raw!r}"
+        )
+    return raw.upper()
+
+
+def currency_setting(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
+) -> str:
+    """CURRENCY as the server reads it, for the CLIs' reports."""
+    env_path = find_env_file() if env_file == AUTO else env_file
+    raw = merged_environment(environ, env_path).get("CURRENCY", "").strip()
+    return _currency("CURRENCY", raw or None, DEFAULT_CURRENCY)
 
 
 def _choice(name: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:

@@ -40,9 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
-from .db.schema import key_changes, keys, usage, usage_segments, users
+from .db.schema import key_changes, keys, prices, usage, usage_segments, users
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
+from .pricing import PRICE_FIELDS, Price, PriceError, check_price
 
 log = logging.getLogger("aigateway")
 Role = Literal["admin", "user"]
@@ -66,6 +67,7 @@ _KEY_COLUMNS = (
     keys.c.max_concurrent,
     keys.c.models,
 )
+_PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS))
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
 MAX_MODEL_PATTERNS = 100
@@ -179,6 +181,10 @@ class UsageRecord(NamedTuple):
     # The counts were counted or estimated by the gateway (a stream cut before its
     # final counts), not reported by the upstream.
     estimated: bool = False
+    # What it cost, in micro-units (0: free; None: made before prices existed), and the
+    # model time Ollama reported (total_duration, ns), when it did.
+    cost: int | None = None
+    model_ns: int | None = None
 
 
 USAGE_COLUMNS = UsageRecord._fields
@@ -231,6 +237,8 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
         count(record.bytes_out),  # type: ignore[arg-type]
         bool(record.client_gone),
         bool(record.estimated),
+        count(record.cost, optional=True),
+        count(record.model_ns, optional=True),
     )
 
 
@@ -654,6 +662,41 @@ class Store:
             await _keys_changed(conn)
         return await self.get_user(name)
 
+    # --- prices -------------------------------------------------------------------------
+
+    async def list_prices(self) -> list[Price]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(*_PRICE_COLUMNS).order_by(prices.c.pattern))).all()
+        return [Price(*row) for row in rows]
+
+    async def set_price(self, price: Price) -> Price:
+        """Add or replace the price of a model pattern. Usage already recorded keeps the
+        cost it was given; requests that start from now on pay this."""
+        try:
+            price = check_price(price)
+        except PriceError as exc:
+            raise InvalidInputError(str(exc)) from None
+        values = {field: getattr(price, field) for field in PRICE_FIELDS}
+        async with self._write() as conn:
+            found = await conn.execute(
+                update(prices)
+                .where(prices.c.pattern == price.pattern)
+                .values(**values, updated_at=time.time())
+            )
+            if found.rowcount == 0:
+                await conn.execute(
+                    insert(prices).values(pattern=price.pattern, **values, updated_at=time.time())
+                )
+            await _keys_changed(conn)  # gateways reload prices with keys
+        return price
+
+    async def remove_price(self, pattern: str) -> None:
+        async with self._write() as conn:
+            result = await conn.execute(delete(prices).where(prices.c.pattern == pattern))
+            if result.rowcount == 0:
+                raise KeyNotFoundError(f"no price for {pattern!r}")
+            await _keys_changed(conn)
+
     async def record_last_used(self, used: Mapping[int, float]) -> None:
         """Write a batch of `key id -> last use time`; never moves a time backwards.
         (Not a key change: other gateways need not reload for it.)"""
@@ -776,6 +819,7 @@ class Store:
             func.avg(usage.c.duration_ms),
             func.sum(case((usage.c.status >= 400, 1), else_=0)),
             func.sum(usage.c.client_gone),
+            func.sum(usage.c.cost),
             durations,
         ).where(*_usage_filter(since, until, key_id))
         if labels:
@@ -785,7 +829,7 @@ class Store:
         summary = []
         for row in rows:
             named = dict(zip(group_by, row[: len(group_by)], strict=True))
-            count, prompt, completion, avg, errors, gone, joined = row[len(group_by) :]
+            count, prompt, completion, avg, errors, gone, cost, joined = row[len(group_by) :]
             if not count:
                 continue
             summary.append(
@@ -798,6 +842,8 @@ class Store:
                     "avg_ms": round(float(avg), 2),
                     "p95_ms": _p95(joined),
                     "errors": int(errors or 0),
+                    # micro-units; None when no record of the group has a cost yet
+                    "cost": None if cost is None else int(cost),
                     "client_gone": int(gone or 0),
                 }
             )

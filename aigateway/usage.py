@@ -44,6 +44,7 @@ _NATIVE_RE = {
     for name in ("prompt_eval_count", "eval_count")
 }
 _USAGE_RE = re.compile(rb'"usage":\s*(\{[^{}]*\})')
+_DURATION_RE = re.compile(rb'"total_duration":\s*(\d+)')
 
 
 class UsageTap:
@@ -78,6 +79,13 @@ class UsageTap:
 
     def tail_contains(self, marker: bytes) -> bool:
         return any(marker in chunk for chunk in self._tail) or marker in b"".join(self._tail)
+
+    def model_ns(self) -> int | None:
+        """Ollama's total_duration (nanoseconds) from the end of the response, if it
+        reported one (its native API does; its OpenAI and Anthropic dialects do not)."""
+        tail = b"".join(self._tail)[-LONG_LINE_BYTES:]
+        found = _unescaped(_DURATION_RE, tail)
+        return _int(int(found[-1][:20])) if found else None
 
     def counts(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens) as the upstream reported them, or Nones."""
@@ -201,6 +209,7 @@ class UsageWriter:
         self._stop = asyncio.Event()
         self._failing = ""  # why the database refuses, while it does (logged once)
         self._in_file_only = False  # records of the current segment not held in memory
+        self._flushing = asyncio.Lock()
         self._next_report = time.monotonic() + WAITING_REPORT_S
         self._journal_failing = False
         self.written = 0
@@ -266,6 +275,10 @@ class UsageWriter:
         the current segment is not sealed each flush but grows (synced to disk each
         time) up to AWAY_SEGMENT_BYTES: a long outage makes a few files, not four a
         second, and holds no record in memory."""
+        async with self._flushing:  # the task's flushes and close()'s never interleave
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         if self._pending or self._in_file_only:
             if self._failing and self._journal.current_size() < AWAY_SEGMENT_BYTES:
                 self._pending, self._in_file_only = [], True

@@ -22,6 +22,7 @@ from .. import __version__
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
 from ..keyview import key_view, user_view, when
+from ..pricing import PRICE_FIELDS, Price, money
 from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord, UserRecord
 
 T = TypeVar("T")
@@ -171,6 +172,8 @@ USAGE_COLUMNS = (
     "p95_ms",
     "errors",
     "client_gone",
+    "cost",
+    "currency",
 )
 
 
@@ -191,9 +194,32 @@ def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format) -> str:
+def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format, currency: str) -> str:
+    """Usage rows; costs as amounts of `currency` with six decimals (never floats)."""
     columns = [*USAGE_GROUPS[group], *USAGE_COLUMNS]
-    return render_rows(rows, columns, fmt, "No usage in this period.")
+    shown_rows = [
+        {**row, "cost": None if row["cost"] is None else money(row["cost"]), "currency": currency}
+        for row in rows
+    ]
+    return render_rows(shown_rows, columns, fmt, "No usage in this period.")
+
+
+PRICE_COLUMNS = ("pattern", *PRICE_FIELDS, "currency")
+
+
+def render_prices(prices: Sequence[Price], fmt: Format, currency: str) -> str:
+    """Prices as amounts of `currency` (per request, per million input and output
+    tokens, per second of model time)."""
+    rows = [
+        {
+            "pattern": p.pattern,
+            **{field: money(getattr(p, field)) for field in PRICE_FIELDS},
+            "currency": currency,
+        }
+        for p in prices
+    ]
+    empty = "No prices: every model is free. Set one with --set-price PATTERN --per-request ..."
+    return render_rows(rows, PRICE_COLUMNS, fmt, empty)
 
 
 def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format, empty: str) -> str:
@@ -205,7 +231,23 @@ def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format,
     if not rows:
         return empty
     table = [[row[c] if row[c] is not None else "-" for c in columns] for row in rows]
-    return tabulate(table, headers=[c.replace("_", " ") for c in columns], tablefmt="simple")
+    # Amounts are text with six decimals: shown as written (tabulate would make 0.000001
+    # a float, 1e-06), aligned right like the numbers.
+    amounts = [n for n, c in enumerate(columns) if c in MONEY_COLUMNS]
+    align = [
+        "right" if n in amounts or isinstance(table[0][n], int | float) else "left"
+        for n in range(len(columns))
+    ]
+    return tabulate(
+        table,
+        headers=[c.replace("_", " ") for c in columns],
+        tablefmt="simple",
+        disable_numparse=amounts or False,
+        colalign=align,
+    )
+
+
+MONEY_COLUMNS = frozenset({"cost", *PRICE_FIELDS})
 
 
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

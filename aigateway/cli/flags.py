@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from ..settings import database_target
+from ..pricing import PRICE_FIELDS, Price, PriceError, parse_money
+from ..settings import currency_setting, database_target
 from ..store import KeyLimits, KeyRecord, Store
 from .admin import (
     FORMATS,
@@ -25,6 +26,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_prices,
     render_usage,
     render_users,
     shown,
@@ -53,6 +55,9 @@ Examples:
   gen_api_key_cli.py --add-user acme --email ops@acme.example --note 'invoice monthly'
   gen_api_key_cli.py --users                          users (customers), status, keys
   gen_api_key_cli.py --disable-user acme              every key of acme stops working
+  gen_api_key_cli.py --set-price 'llama3*' --per-million-input 0.10 --per-million-output 0.40
+  gen_api_key_cli.py --set-price '*' --per-second 0.0005      a GPU's time, for every model
+  gen_api_key_cli.py --prices                         prices in CURRENCY (default USD)
 
 \b
 Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
@@ -72,10 +77,12 @@ stdout; it cannot be shown again. Exports never contain keys or their hashes.
 ACTIONS = (
     "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
     "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
+    "--set-price", "--prices", "--remove-price",
 )  # fmt: skip
 ACTION_OPTIONS = (
     "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
     "add_user", "users", "set_user", "disable_user", "enable_user",
+    "set_price", "prices", "remove_price",
 )  # fmt: skip
 
 
@@ -117,6 +124,21 @@ def _clear_errors() -> Iterator[None]:
 @click.option("--set-user", metavar="USER", help="Change a user's --email or --note.")
 @click.option("--disable-user", metavar="USER", help="Disable a user: all its keys stop working.")
 @click.option("--enable-user", metavar="USER", help="Enable a disabled user again.")
+@click.option(
+    "--set-price",
+    metavar="PATTERN",
+    help="Set the price of models matching PATTERN ('llama3*', 'qwen2.5:0.5b', '*').",
+)
+@click.option("--prices", is_flag=True, help="List prices (see --format).")
+@click.option("--remove-price", metavar="PATTERN", help="Remove a price.")
+@click.option("--per-request", metavar="AMOUNT", help="With --set-price: per request.")
+@click.option(
+    "--per-million-input", metavar="AMOUNT", help="With --set-price: per 1M prompt tokens."
+)
+@click.option(
+    "--per-million-output", metavar="AMOUNT", help="With --set-price: per 1M output tokens."
+)
+@click.option("--per-second", metavar="AMOUNT", help="With --set-price: per second of model time.")
 @click.option("--email", metavar="ADDRESS", help="With --add-user or --set-user ('' clears).")
 @click.option("--note", metavar="TEXT", help="With --add-user or --set-user ('' clears).")
 @click.option("--role", type=click.Choice(["user", "admin"]), help="Role (new keys: user).")
@@ -175,6 +197,8 @@ def cli(**options: Any) -> None:
         o["email"] is not None or o["note"] is not None
     ):
         raise click.UsageError("--email and --note go with --add-user or --set-user")
+    if action != "--set-price" and any(o[field] is not None for field in PRICE_FIELDS):
+        raise click.UsageError("--per-* amounts go with --set-price")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
@@ -203,7 +227,7 @@ def cli(**options: Any) -> None:
             rows = with_store(
                 path, lambda store: store.usage_summary(USAGE_GROUPS[o["by"]], since, until)
             )
-            click.echo(render_usage(rows, o["by"], o["fmt"] or "table"))
+            click.echo(render_usage(rows, o["by"], o["fmt"] or "table", currency_setting()))
         elif action == "--usage-export":
             target = o["usage_export"]
             since, until = _period(o)
@@ -213,6 +237,8 @@ def cli(**options: Any) -> None:
             click.echo(f"Exported {count} usage records to {target}.", err=True)
         elif action in ("--add-user", "--users", "--set-user", "--disable-user", "--enable-user"):
             _users(path, action, o)
+        elif action in ("--set-price", "--prices", "--remove-price"):
+            _prices(path, action, o)
         elif action == "--purge":
             user, name = o["purge"]
             count = with_store(path, lambda store: store.purge_revoked(user, name))
@@ -247,6 +273,39 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
             err=True,
         )
     click.echo(render_users([user], "table"))
+
+
+def _prices(path: str, action: str, o: dict[str, Any]) -> None:
+    currency = currency_setting()
+    if action == "--prices":
+        prices = with_store(path, lambda store: store.list_prices())
+        click.echo(render_prices(prices, o["fmt"] or "table", currency))
+        return
+    if action == "--remove-price":
+        pattern = o["remove_price"]
+        with_store(path, lambda store: store.remove_price(pattern))
+        click.echo(f"Removed the price of {pattern}; requests from now on are free.", err=True)
+        return
+    amounts = {field: o[field] for field in PRICE_FIELDS if o[field] is not None}
+    if not amounts:
+        raise AdminError("--set-price needs an amount: --per-request, --per-million-input,"
+                         " --per-million-output or --per-second")  # fmt: skip
+    try:
+        micro = {
+            field: parse_money(text, "--" + field.replace("_", "-"))
+            for field, text in amounts.items()
+        }
+    except PriceError as exc:
+        raise AdminError(str(exc)) from None
+    price = with_store(
+        path, lambda store: store.set_price(Price(o["set_price"], **micro)), create=True
+    )
+    click.echo(render_prices([price], "table", currency))
+    click.echo(
+        f"Requests to models matching {price.pattern} that start from now on pay this;"
+        " what was recorded keeps its cost.",
+        err=True,
+    )
 
 
 def _period(o: dict[str, Any]) -> tuple[float | None, float | None]:

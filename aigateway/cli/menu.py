@@ -16,7 +16,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
-from ..settings import database_target
+from ..settings import currency_setting, database_target
 from ..store import (
     InvalidInputError,
     KeyLimits,
@@ -218,7 +218,7 @@ class Menu:
         rows = with_store(
             self.db_path, lambda store: store.usage_summary(USAGE_GROUPS[group], since, until)
         )
-        self.echo(render_usage(rows, group, "table"))
+        self.echo(render_usage(rows, group, "table", currency_setting()))
 
     def _ask_period(self) -> tuple[float | None, float | None]:
         def moment(what: str) -> float | None:

@@ -99,6 +99,11 @@ usage = Table(
     Column("client_gone", Integer, nullable=False, server_default="0"),
     # 1 when the counts were counted or estimated by the gateway (a stream cut short).
     Column("estimated", Integer, nullable=False, server_default="0"),
+    # What the request cost, in micro-units of CURRENCY, by the price in force when it
+    # started (0: free); NULL for records made before prices existed.
+    Column("cost", BigInteger),
+    # Model time as Ollama reported it (total_duration, nanoseconds), when it did.
+    Column("model_ns", BigInteger),
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)
@@ -152,4 +157,16 @@ instance_in_flight = Table(
     Column("key_id", BigInteger, primary_key=True),
     Column("requests", BigInteger, nullable=False),
     Column("reserved", BigInteger, nullable=False),  # tokens those requests reserved
+)
+
+# Prices per model pattern, in micro-units of CURRENCY (see pricing.py).
+prices = Table(
+    "prices",
+    metadata,
+    Column("pattern", Text, primary_key=True),
+    Column("per_request", BigInteger, nullable=False),
+    Column("per_million_input", BigInteger, nullable=False),
+    Column("per_million_output", BigInteger, nullable=False),
+    Column("per_second", BigInteger, nullable=False),
+    Column("updated_at", Double, nullable=False),
 )

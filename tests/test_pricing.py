@@ -1,0 +1,145 @@
+"""Prices and the cost of every request, to the micro-unit, from a hand calculation."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import ollama
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+
+from aigateway.pricing import MICRO, Price, PriceError, PriceList, money, parse_money
+from aigateway.store import InvalidInputError, Store
+
+from .helpers import eventually
+from .test_instances import cli
+
+# chat-nonstream.json (what the fake Ollama answers a non-streamed /api/chat with):
+PROMPT, OUTPUT, TOTAL_NS = 26, 6, 4883583458
+
+
+def _by_hand(price: Price, prompt: int, output: int, ns: int) -> int:
+    """The cost in exact fractions, rounded half up once: what the gateway must match."""
+    exact = (
+        Fraction(price.per_request)
+        + Fraction(prompt * price.per_million_input, 10**6)
+        + Fraction(output * price.per_million_output, 10**6)
+        + Fraction(ns * price.per_second, 10**9)
+    )
+    return int(exact + Fraction(1, 2))
+
+
+def test_costs_are_whole_micro_units_rounded_once() -> None:
+    price = Price("llama3*", 1000, 100_000, 400_000, 500)
+    assert price.cost(PROMPT, OUTPUT, TOTAL_NS) == _by_hand(price, PROMPT, OUTPUT, TOTAL_NS)
+    assert _by_hand(price, PROMPT, OUTPUT, TOTAL_NS) == 3447  # 3446.791729 by hand
+    assert Price("x", per_million_output=1).cost(0, 499_999, 0) == 0  # 0.499999 -> 0
+    assert Price("x", per_million_output=1).cost(0, 500_000, 0) == 1  # 0.5 -> 1 (half up)
+    huge = Price("x", 10**15, 10**15, 10**15, 10**15)
+    assert huge.cost(2**40, 2**40, 2**60) == _by_hand(huge, 2**40, 2**40, 2**60)
+
+
+def test_amounts_are_read_exactly_and_refused_clearly() -> None:
+    assert parse_money("0.15", "x") == 150_000
+    assert parse_money("2", "x") == 2 * MICRO
+    assert parse_money(" 0.000001 ", "x") == 1
+    assert money(3447) == "0.003447" and money(12 * MICRO + 5) == "12.000005"
+    for bad in ("0.0000001", "-1", "nan", "inf", "1e400", "abc", ""):
+        with pytest.raises(PriceError):
+            parse_money(bad, "--per-request")
+
+
+def test_the_most_specific_price_wins() -> None:
+    prices = PriceList(
+        [
+            Price("*", per_request=1),
+            Price("llama3*", per_request=2),
+            Price("llama3.2*", per_request=3),
+            Price("llama3.2:1b", per_request=4),
+        ]
+    )
+    assert prices.for_model("llama3.2:1b").per_request == 4  # type: ignore[union-attr]
+    assert prices.for_model("llama3.2").per_request == 3  # type: ignore[union-attr]
+    assert prices.for_model("llama3.1:8b").per_request == 2  # type: ignore[union-attr]
+    assert prices.for_model("qwen2.5:0.5b").per_request == 1  # type: ignore[union-attr]
+    assert prices.for_model(None) is None  # no model named: free
+    assert PriceList([Price("llama3", per_request=5)]).for_model("llama3:latest") is not None
+    assert PriceList([Price("llama3*", per_request=5)]).for_model("qwen3") is None  # free
+
+
+async def test_bad_prices_are_refused(database: str) -> None:
+    store = await Store.open(database)
+    try:
+        for bad in (Price(""), Price("two words"), Price("x", per_request=-1)):
+            with pytest.raises(InvalidInputError):
+                await store.set_price(bad)
+        await store.set_price(Price("llama3*", 1, 2, 3, 4))
+        await store.set_price(Price("llama3*", 5))  # replaced, not added
+        assert await store.list_prices() == [Price("llama3*", 5)]
+        await store.remove_price("llama3*")
+        assert await store.list_prices() == []
+    finally:
+        await store.close()
+
+
+async def test_every_request_carries_its_cost_by_the_price_when_it_started(
+    gateway: TestServer, key: str, db_path: str
+) -> None:
+    store = await Store.open(db_path)
+    first = Price("llama3*", 1000, 100_000, 400_000, 500)
+    await store.set_price(first)
+    table = gateway.app[_key_table()]
+    await eventually(lambda: table.prices.for_model("llama3.2") == first)
+    headers = {"Authorization": f"Bearer {key}"}
+    host = str(gateway.make_url("")).rstrip("/")
+    client = ollama.AsyncClient(host=host, headers=headers)
+    try:
+        await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+        # A price change: what was recorded keeps its cost, the next request pays the new.
+        second = Price("llama3*", 2000, 100_000, 400_000, 0)
+        await store.set_price(second)
+        await eventually(lambda: table.prices.for_model("llama3.2") == second)
+        await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+        # OpenAI's dialect, streamed without include_usage: counted, so priced.
+        sdk = openai.AsyncOpenAI(base_url=host + "/v1", api_key=key)
+        stream = await sdk.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        async for _ in stream:
+            pass
+        await sdk.close()
+        # A model no price matches is free; a request Ollama refuses costs nothing.
+        await client.chat(model="qwen3", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(ollama.ResponseError):
+            await client.chat(model="llama9", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        await client._client.aclose()
+
+    await gateway.app[_relay()].usage.flush()  # type: ignore[union-attr]
+    rows = await store.usage_rows()
+    await store.close()
+    costs = [(r.model, r.status, r.cost, r.model_ns) for r in rows]
+    # The CLI's report adds them up per model, as amounts of CURRENCY.
+    report = cli("--usage", "--by", "model", "--format", "csv", "--db", db_path).stdout
+    llama = next(line for line in report.splitlines() if line.startswith("llama3.2,"))
+    assert llama.endswith(f",{money(sum(c for m, _, c, _ in costs if m == 'llama3.2'))},USD")
+    assert costs == [
+        ("llama3.2", 200, _by_hand(first, PROMPT, OUTPUT, TOTAL_NS), TOTAL_NS),
+        ("llama3.2", 200, _by_hand(second, PROMPT, OUTPUT, 0), None),
+        ("llama3.2", 200, _by_hand(second, 26, 2, 0), None),
+        ("qwen3", 200, 0, None),
+        ("llama9", 404, 0, None),
+    ]
+
+
+def _key_table():  # type: ignore[no-untyped-def]
+    from aigateway.appkeys import KEY_TABLE
+
+    return KEY_TABLE
+
+
+def _relay():  # type: ignore[no-untyped-def]
+    from aigateway.appkeys import RELAY
+
+    return RELAY
