@@ -20,13 +20,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, RELAY, STORE
+from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID, load
 from .keyview import key_view, user_view
 from .limits import DAY
+from .pricing import PRICE_FIELDS, Price
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
     LIMIT_FIELDS,
@@ -59,6 +60,9 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("POST", "/users", admin_only(create_user)),
         ("GET", "/users/{name}", admin_only(get_user)),
         ("PATCH", "/users/{name}", admin_only(update_user)),
+        ("GET", "/prices", admin_only(list_prices)),
+        ("POST", "/prices", admin_only(set_price)),
+        ("DELETE", "/prices", admin_only(remove_price)),
     )
     for method, path, handler in routes:
         router.add_route(method, prefix + path, handler, expect_handler=defer_continue)
@@ -194,6 +198,39 @@ async def update_user(request: web.Request) -> web.Response:
         user = await store.set_user_disabled(name, body["disabled"])
         await _reload(request)
     return _json(user_view(user))
+
+
+async def list_prices(request: web.Request) -> web.Response:
+    prices = await request.app[STORE].list_prices()
+    return _json(
+        {"currency": request.app[SETTINGS].currency, "prices": [_price(p) for p in prices]}
+    )
+
+
+async def set_price(request: web.Request) -> web.Response:
+    """Add or replace a pattern's price; amounts are whole micro-units (1.5 USD is
+    1500000), absent ones 0. (Patterns go in the body: model names may hold slashes.)"""
+    body = await _body(request, {"pattern", *PRICE_FIELDS}, required=frozenset({"pattern"}))
+    _check_strings(body, ("pattern",))
+    if body["pattern"] is None:
+        raise BadRequest("pattern must be a string")
+    price = Price(body["pattern"], **{f: body.get(f, 0) for f in PRICE_FIELDS})
+    stored = await request.app[STORE].set_price(price)
+    await _reload(request)
+    return _json(_price(stored))
+
+
+async def remove_price(request: web.Request) -> web.Response:
+    pattern = request.query.get("pattern")
+    if not pattern:
+        raise BadRequest("name the price to remove: DELETE /admin/prices?pattern=llama3*")
+    await request.app[STORE].remove_price(pattern)
+    await _reload(request)
+    return _json({"removed": pattern})
+
+
+def _price(price: Price) -> dict[str, Any]:
+    return {"pattern": price.pattern, **{f: getattr(price, f) for f in PRICE_FIELDS}}
 
 
 def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:

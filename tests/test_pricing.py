@@ -7,7 +7,7 @@ from fractions import Fraction
 import ollama
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway.pricing import MICRO, Price, PriceError, PriceList, money, parse_money
 from aigateway.store import InvalidInputError, Store
@@ -143,3 +143,30 @@ def _relay():  # type: ignore[no-untyped-def]
     from aigateway.appkeys import RELAY
 
     return RELAY
+
+
+async def test_prices_through_the_admin_api(admin: TestClient, client: TestClient) -> None:
+    resp = await admin.post(
+        "/admin/prices", json={"pattern": "hf.co/acme/llama3*", "per_million_output": 400_000}
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["per_million_output"] == 400_000
+    listed = await (await admin.get("/admin/prices")).json()
+    assert listed["currency"] == "USD"
+    assert [p["pattern"] for p in listed["prices"]] == ["hf.co/acme/llama3*"]
+    for bad in (
+        {"pattern": "x", "per_request": 1.5},
+        {"pattern": "x", "per_request": -1},
+        {"pattern": "x", "per_request": True},
+        {"pattern": "", "per_request": 1},
+        {"pattern": 7},
+        {"per_request": 1},
+        {"pattern": "x", "per_token": 1},
+    ):
+        assert (await admin.post("/admin/prices", json=bad)).status == 400, bad
+    assert (await admin.delete("/admin/prices?pattern=nope")).status == 404
+    assert (await admin.delete("/admin/prices")).status == 400
+    resp = await admin.delete("/admin/prices", params={"pattern": "hf.co/acme/llama3*"})
+    assert resp.status == 200
+    assert (await (await admin.get("/admin/prices")).json())["prices"] == []
+    assert (await client.get("/admin/prices")).status == 403
