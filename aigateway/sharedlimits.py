@@ -169,7 +169,6 @@ class SharedLimits:
         self._tasks: list[asyncio.Task[None]] = []
         self._away_until = 0.0
         self._away_reason = ""
-        self.round_trips = 0  # statements admissions waited for
 
     async def start(self) -> None:
         try:
@@ -227,10 +226,6 @@ class SharedLimits:
                 conn.terminate()
                 raise
 
-    @property
-    def away(self) -> bool:
-        return time.monotonic() < self._away_until
-
     async def admit(self, key_id: int, limits: Limits, reserve: int) -> Admission | None:
         """Check and count one request of a key with limits; None when the database
         cannot be reached and LIMITS_WHEN_DATABASE_AWAY is `local`. Requests of one key
@@ -284,7 +279,6 @@ class SharedLimits:
     async def _call_admit(self, key_id: int, limits: Limits, reserves: list[int]) -> Any:
         assert self._pool is not None
         async with self._connection(ADMIT_TIMEOUT_S) as conn:
-            self.round_trips += 1
             row = await conn.fetchrow(
                 _ADMIT,
                 key_id,
@@ -342,7 +336,6 @@ class SharedLimits:
         assert self._pool is not None
         try:
             async with self._connection(ADMIT_TIMEOUT_S) as conn:
-                self.round_trips += 1
                 row = await conn.fetchrow(
                     _TOP_UP, ticket.key_id, limits.tokens_per_day, tokens, timeout=ADMIT_TIMEOUT_S
                 )

@@ -207,6 +207,27 @@ async def test_limits_hold_exactly_across_instances(
             for resp in held:
                 resp.close()
 
+            # A body asking for more output than TOKEN_RESERVE tops its reservation up:
+            # (15 + 100) at admission, +200 after the body; the third is refused.
+            capped = _key(pg_url, "capped", "--tokens-per-day", "500")
+            body = b'{"model":"stall","prompt":"hold","options":{"num_predict":300}}'
+            assert len(body) // 4 == 15
+            opened = []
+            for n in range(3):
+                resp = await session.post(
+                    gateways[n].url + "/api/generate",
+                    data=body,
+                    headers={"Authorization": f"Bearer {capped}"},
+                )
+                if resp.status == 200:
+                    await resp.content.readline()
+                else:
+                    await resp.read()
+                opened.append(resp)
+            assert [r.status for r in opened] == [200, 200, 429]
+            for resp in opened:
+                resp.close()
+
             # The database's own statistics: one admission call per request of a key with
             # limits (requests one after the other: none waits for another's call), none
             # for a key without.
