@@ -27,10 +27,11 @@ from .test_cli_flags import dump, keys_in, run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOWN, UP, ENTER, CTRL_C, ESC, BACKSPACE = "\x1b[B", "\x1b[A", "\r", "\x03", "\x1b", "\x7f"
-# Menu positions: Generate, List, Change, Revoke, Export, Usage, Export usage, Users, Exit.
-TO_EXIT = [DOWN] * 8 + [ENTER]
+# Menu positions: Generate, List, Change, Revoke, Export, Usage, Export usage, Users,
+# Prices, Exit.
+TO_EXIT = [DOWN] * 9 + [ENTER]
 TO_CHANGE, TO_REVOKE, TO_EXPORT = [DOWN] * 2, [DOWN] * 3, [DOWN] * 4
-TO_USAGE, TO_USAGE_EXPORT, TO_USERS = [DOWN] * 5, [DOWN] * 6, [DOWN] * 7
+TO_USAGE, TO_USAGE_EXPORT, TO_USERS, TO_PRICES = [DOWN] * 5, [DOWN] * 6, [DOWN] * 7, [DOWN] * 8
 
 
 class Session:
@@ -272,3 +273,23 @@ def test_users_are_listed_added_disabled_and_enabled(seeded: str) -> None:
     assert "Enabled alice: its keys work again within a second." in said
     assert "ops@acme.example" in said and "disabled" in said
     assert run("--users", "--format", "json", "--db", seeded)[1].count('"active"') == 2
+
+
+def test_prices_are_set_listed_and_removed(seeded: str) -> None:
+    clear = [BACKSPACE] * 12
+    with menu(seeded) as session:
+        # Set: pattern, then the four amounts (each shown as 0.000000 to start with).
+        session.type(*TO_PRICES, ENTER, DOWN, ENTER, "llama3*", ENTER)
+        session.type(*clear, "0.001", ENTER, *clear, "0.10", ENTER)
+        session.type(*clear, "0.40", ENTER, ENTER)
+        # A bad amount is refused as typed: fixed, then accepted.
+        session.type(*TO_PRICES, ENTER, DOWN, ENTER, "*", ENTER, ENTER, ENTER, ENTER)
+        session.type(*clear, "-1", ENTER, *clear, "0.0005", ENTER)
+        session.type(*TO_PRICES, ENTER, ENTER)  # list
+        session.type(*TO_PRICES, ENTER, DOWN, DOWN, ENTER, DOWN, ENTER)  # remove llama3*
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "0.001000" in said and "0.400000" in said and "0.000500" in said
+    assert "Removed the price of llama3*." in said
+    listed = run("--prices", "--format", "json", "--db", seeded)[1]
+    assert '"pattern": "*"' in listed and "llama3" not in listed

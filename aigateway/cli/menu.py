@@ -16,6 +16,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
+from ..pricing import Price, PriceError, check_price, money, parse_money
 from ..settings import currency_setting, database_target
 from ..store import (
     InvalidInputError,
@@ -37,6 +38,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_prices,
     render_usage,
     render_users,
     with_store,
@@ -45,7 +47,7 @@ from .admin import (
 )
 from .common import OneLineErrors
 
-GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, EXIT = (
+GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, PRICES, EXIT = (
     "Generate a key",
     "List keys",
     "Change a key (role, limits, models, expiry)",
@@ -54,7 +56,15 @@ GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, EXIT = (
     "Usage report",
     "Export usage to file",
     "Users: list, add, change, disable, enable",
+    "Prices: list, set, remove",
     "Exit",
+)
+LIST_PRICES, SET_PRICE, REMOVE_PRICE = ("List prices", "Set a price", "Remove a price")
+PRICE_PROMPTS = (
+    ("per_request", "Per request"),
+    ("per_million_input", "Per million input (prompt) tokens"),
+    ("per_million_output", "Per million output tokens"),
+    ("per_second", "Per second of model time"),
 )
 LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER = (
     "List users",
@@ -113,6 +123,7 @@ class Menu:
             USAGE: self.usage,
             USAGE_EXPORT: self.usage_export,
             USERS: self.users,
+            PRICES: self.prices,
         }
         while True:
             try:
@@ -312,6 +323,46 @@ class Menu:
                 f" {'stop' if disable else 'work again'} within a second."
             )
 
+    def prices(self) -> None:
+        currency = currency_setting()
+        choice = self._ask(
+            questionary.select, "Prices:", choices=[LIST_PRICES, SET_PRICE, REMOVE_PRICE]
+        )
+        known = with_store(self.db_path, lambda store: store.list_prices())
+        if choice == LIST_PRICES:
+            self.echo(render_prices(known, "table", currency))
+        elif choice == SET_PRICE:
+            pattern = self._ask(
+                questionary.text,
+                "Model or pattern (llama3*, qwen2.5:0.5b, * for every other model):",
+                validate=_valid(lambda t: check_price(Price(t))),
+            )
+            current = next((p for p in known if p.pattern == pattern), Price(pattern))
+            amounts = {
+                field: parse_money(
+                    self._ask(
+                        questionary.text,
+                        f"{title} ({currency}):",
+                        default=money(getattr(current, field)),
+                        validate=_valid(partial(parse_money, what=title)),
+                    ),
+                    title,
+                )
+                for field, title in PRICE_PROMPTS
+            }
+            price = with_store(
+                self.db_path, lambda store: store.set_price(Price(pattern, **amounts))
+            )
+            self.echo(render_prices([price], "table", currency))
+        else:
+            if not known:
+                self.echo("No prices: every model is free.")
+                return
+            choices = [questionary.Choice(p.pattern, value=p.pattern) for p in known]
+            pattern = self._ask(questionary.select, "Remove which price?", choices=choices)
+            with_store(self.db_path, lambda store: store.remove_price(pattern))
+            self.echo(f"Removed the price of {pattern}.")
+
     def _pick_user(self, disabled: bool | None) -> UserRecord | None:
         """A user to act on: any (None), or only enabled (False) or disabled (True) ones."""
         users = with_store(self.db_path, lambda store: store.list_users())
@@ -388,12 +439,13 @@ def _valid_key_name(user: str, active: set[tuple[str, str]]) -> Callable[[str], 
 
 
 def _valid(parse: Callable[[str], object]) -> Callable[[str], bool | str]:
-    """A questionary validator from a parser that raises AdminError or InvalidInputError."""
+    """A questionary validator from a parser that raises AdminError, InvalidInputError or
+    PriceError."""
 
     def validate(text: str) -> bool | str:
         try:
             parse(text)
-        except (AdminError, InvalidInputError) as exc:
+        except (AdminError, InvalidInputError, PriceError) as exc:
             return str(exc)
         return True
 
