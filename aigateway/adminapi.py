@@ -17,16 +17,18 @@ import time
 from collections.abc import Awaitable, Callable, Set
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
+from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE, UPSTREAM
 from .auth import principal
-from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID, load
 from .keyview import key_view, user_view
 from .limits import DAY
+from .modelaccess import filter_model_list
 from .pricing import PRICE_FIELDS, Price
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
@@ -43,6 +45,7 @@ _KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {"user", "name", "role", "expires_at", "expires_days", "models", *LIMIT_FIELDS}
 UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
 USER_FIELDS = frozenset({"user", "email", "note", "disabled"})
+MODELS_TIMEOUT_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,6 +63,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("POST", "/users", admin_only(create_user)),
         ("GET", "/users/{name}", admin_only(get_user)),
         ("PATCH", "/users/{name}", admin_only(update_user)),
+        ("GET", "/models", models),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
@@ -198,6 +202,55 @@ async def update_user(request: web.Request) -> web.Response:
         user = await store.set_user_disabled(name, body["disabled"])
         await _reload(request)
     return _json(user_view(user))
+
+
+async def models(request: web.Request) -> web.Response:
+    """For any key: the models Ollama has that the key may use (its allow-list, and cloud
+    models only where they are allowed), each with what Ollama says of it and its price
+    (micro-units of the currency; null: free)."""
+    caller = principal(request)
+    settings = request.app[SETTINGS]
+    headers = {}
+    if settings.upstream_api_key:
+        headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
+    try:
+        async with request.app[UPSTREAM].get(
+            settings.upstream_api_base + "/tags",
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
+        ) as response:
+            body = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError):
+        raise UpstreamUnreachable("Ollama did not answer /api/tags") from None
+    if status != 200:
+        raise UpstreamUnreachable(f"Ollama answered /api/tags with status {status}")
+    usable = filter_model_list(body, caller.models, settings.allow_cloud_models)
+    try:
+        listed = orjson.loads(usable).get("models")
+    except (orjson.JSONDecodeError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        raise UpstreamUnreachable("Ollama's /api/tags is not a model list")
+    prices = request.app[KEY_TABLE].prices
+    shown = []
+    for entry in listed:
+        name = entry.get("name") or entry.get("model")
+        if not isinstance(name, str):
+            continue
+        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        price = prices.for_model(name)
+        shown.append(
+            {
+                "name": name,
+                "family": details.get("family"),
+                "parameter_size": details.get("parameter_size"),
+                "quantization_level": details.get("quantization_level"),
+                "size": entry.get("size"),
+                "price": None if price is None else _price(price),
+            }
+        )
+    return _json({"currency": settings.currency, "models": shown})
 
 
 async def list_prices(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aigateway.pricing import MICRO, Price, PriceError, PriceList, money, parse_money
 from aigateway.store import InvalidInputError, Store
 
+from .conftest import make_key
 from .helpers import eventually
 from .test_instances import cli
 
@@ -170,3 +171,22 @@ async def test_prices_through_the_admin_api(admin: TestClient, client: TestClien
     assert resp.status == 200
     assert (await (await admin.get("/admin/prices")).json())["prices"] == []
     assert (await client.get("/admin/prices")).status == 403
+
+
+async def test_any_key_sees_the_models_it_may_use_with_their_prices(
+    gateway: TestServer,
+    admin: TestClient,
+    db_path: str,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    held = await make_key(db_path, "bea", "tablet", models=["llama3*"])
+    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {held}"})
+    await admin.post("/admin/prices", json={"pattern": "llama3*", "per_million_output": 400_000})
+    seen = await (await client.get("/admin/models")).json()
+    assert seen["currency"] == "USD"
+    assert [m["name"] for m in seen["models"]] == ["llama3.2:latest"]
+    (model,) = seen["models"]
+    assert model["family"] == "llama" and model["price"]["per_million_output"] == 400_000
+    everything = await (await admin.get("/admin/models")).json()
+    names = {m["name"]: m for m in everything["models"]}
+    assert "deepseek-r1:latest" in names and names["deepseek-r1:latest"]["price"] is None
