@@ -25,7 +25,7 @@ from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE, UPSTREAM
 from .auth import principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
-from .keytable import BOOTSTRAP_KEY_ID, load
+from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view
 from .limits import DAY
 from .modelaccess import filter_model_list
@@ -210,13 +210,10 @@ async def models(request: web.Request) -> web.Response:
     (micro-units of the currency; null: free)."""
     caller = principal(request)
     settings = request.app[SETTINGS]
-    headers = {}
-    if settings.upstream_api_key:
-        headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
     try:
         async with request.app[UPSTREAM].get(
             settings.upstream_api_base + "/tags",
-            headers=headers,
+            headers=settings.upstream_auth,
             timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
         ) as response:
             body = await response.read()
@@ -386,7 +383,7 @@ def _time_param(request: web.Request, name: str) -> float | None:
 
 async def _reload(request: web.Request) -> None:
     # Our own writes do not change PRAGMA data_version for our connection: reload now.
-    await load(request.app[STORE], request.app[KEY_TABLE])
+    await request.app[KEY_TABLE].load(request.app[STORE])
 
 
 def _first(rows: list[dict[str, object]]) -> dict[str, object]:

@@ -57,13 +57,12 @@ async def health_ollama(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     url = settings.upstream_api_base + "/version"
     started = time.perf_counter()
-    headers = {}
-    if settings.upstream_api_key:
-        headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
     details: dict[str, object] = {"ollama_url": settings.ollama_base_url}
     try:
         async with request.app[UPSTREAM].get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S)
+            url,
+            headers=settings.upstream_auth,
+            timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S),
         ) as response:
             body = await response.read()
             status = response.status

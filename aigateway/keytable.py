@@ -111,12 +111,9 @@ class KeyTable:
         version = (store.generation, await store.data_version())
         if version == self._version and not force:
             return False
-        records = await store.list_keys()
-        price_list = await store.list_prices()
-        # Only now: a look that starts while this load runs must not take the version
-        # for loaded and return with the table still old.
-        self.replace(records)
-        self.prices = PriceList(price_list)
+        # Only after the load: a look that starts while it runs must not take the
+        # version for loaded and return with the table still old.
+        await self.load(store)
         self._version = version
         return True
 
@@ -138,6 +135,13 @@ class KeyTable:
             except StoreError as exc:
                 log.warning("could not look for a new key in the database: %s", exc)
 
+    async def load(self, store: Store) -> None:
+        """Load every key and price now (the admin API's own writes do not change
+        data_version, so it loads after each)."""
+        records, price_list = await store.list_keys(), await store.list_prices()
+        self.replace(records)
+        self.prices = PriceList(price_list)
+
     def take_last_used(self) -> dict[int, float]:
         used, self._last_used = self._last_used, {}
         return used
@@ -146,13 +150,6 @@ class KeyTable:
         """Keep a batch that could not be written, for the next flush."""
         for key_id, when in used.items():
             self._last_used[key_id] = max(when, self._last_used.get(key_id, 0.0))
-
-
-async def load(store: Store, table: KeyTable) -> None:
-    """Load every key and price now (the admin API's own writes do not change
-    data_version)."""
-    table.replace(await store.list_keys())
-    table.prices = PriceList(await store.list_prices())
 
 
 async def flush_last_used(store: Store, table: KeyTable) -> None:

@@ -180,7 +180,7 @@ async def _admit_shared(
     assert shared is not None
     reserve = 0
     if route.kind == "inference":
-        reserve = min((request.content_length or 0) // 4, PROMPT_ESTIMATE_CAP)
+        reserve = _prompt_estimate(request.content_length or 0)
         if route.outputs_tokens:
             reserve += settings.token_reserve
     admission = await shared.admit(principal.id, limiter.limits_for(principal), reserve)
@@ -244,6 +244,11 @@ def _check_content_encoding(coding: str) -> None:
             f"Content-Encoding {coding!r} is not supported; send the body uncompressed"
             " or as gzip, deflate, br or zstd"
         )
+
+
+def _prompt_estimate(body_bytes: int) -> int:
+    """Prompt tokens guessed from a body's size (about four bytes a token), capped."""
+    return min(body_bytes // 4, PROMPT_ESTIMATE_CAP)
 
 
 def _too_many(verdict: Verdict) -> TooManyRequests:
@@ -326,7 +331,7 @@ async def _take_request(
     exchange.context.model = fields.model
     exchange.price = relay.key_table.prices.for_model(fields.model)  # in force as it starts
     if route.kind == "inference":
-        exchange.prompt_estimate = min(len(body) // 4, PROMPT_ESTIMATE_CAP)
+        exchange.prompt_estimate = _prompt_estimate(len(body))
         if route.usage_on_request and fields.stream and not fields.include_usage:
             body = with_usage_requested(body)
             exchange.stripper = UsageStripper()
@@ -628,7 +633,7 @@ def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[st
     headers = _without(CIMultiDict(request.headers), REQUEST_DROP)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
     headers["Accept-Encoding"] = "identity"
-    if settings.upstream_api_key:
+    if settings.upstream_api_key:  # (not settings.upstream_auth: no dict per request)
         headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
     return headers
 

@@ -85,6 +85,13 @@ class Settings:
         return "https" if self.tls_cert_file else "http"
 
     @property
+    def upstream_auth(self) -> dict[str, str]:
+        """The headers that authenticate the gateway to Ollama (UPSTREAM_API_KEY), if any."""
+        if self.upstream_api_key:
+            return {"Authorization": f"Bearer {self.upstream_api_key}"}
+        return {}
+
+    @property
     def upstream_api_base(self) -> str:
         """Where Ollama's own `/api` routes live, without a trailing slash."""
         return self.ollama_base_url.rstrip("/") + "/api"

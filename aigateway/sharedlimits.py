@@ -1,11 +1,12 @@
 """Limits shared by several gateways on one PostgreSQL database, exactly.
 
-A key with limits is admitted by one statement (one round trip): an upsert of its row in
-`limit_counters` whose WHERE clause checks every limit against the row as it is after
-any simultaneous admission committed (PostgreSQL re-reads a row it had to wait for), and
-counts the request, its slot and its token reservation only if all pass. So 100
-simultaneous requests over three gateways against 50 a minute admit exactly 50. The
-windows follow the database's clock, so gateways whose clocks differ share them.
+A request of a key with limits is admitted by one call (one round trip) of the function
+`aigateway_admit` (migration 0005), which takes the key's row lock in `limit_counters`,
+checks every limit and counts the request, its slot and its token reservation only if
+all pass; calls from every gateway are serialised on the row, so 100 simultaneous
+requests over three gateways against 50 a minute admit exactly 50. Requests of one key
+that arrive while its call is out go together in the next call. The windows follow the
+database's clock, so gateways whose clocks differ share them.
 
 What a request gives back when it ends (its slot, its reservation replaced by the tokens
 it used, or its count when its body was then refused) is never waited for: it is queued
@@ -13,7 +14,7 @@ and written in batches, one statement per batch. Each gateway also says every fe
 which slots it holds (`instance_in_flight`); the slots of a gateway that stopped saying so
 (killed, its machine gone) are given back by the others.
 
-While the database cannot be reached, LIMITS_WHENDATABASE_AWAY decides: `local` admits
+While the database cannot be reached, LIMITS_WHEN_DATABASE_AWAY decides: `local` admits
 on this gateway's own counts (kept all along), `refuse` answers 503.
 """
 
@@ -33,7 +34,15 @@ import asyncpg
 
 from .db.notify import asyncpg_dsn
 from .db.url import Database
-from .limits import DAY, HOUR, MINUTE, Limits, Verdict, rate_limit_headers, refusal_reasons
+from .limits import (
+    DAY,
+    HOUR,
+    MINUTE,
+    Limits,
+    Verdict,
+    rate_limit_headers,
+    refusal_reasons,
+)
 from .store import StoreError
 
 log = logging.getLogger("aigateway.limits")
@@ -55,11 +64,11 @@ SELECT * FROM aigateway_admit($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5
 """
 MAX_BATCH = 256
 
-# A key's row as it is now, and the clock.
+# Keys' rows as they are now, and the clock (for the admin API's current use).
 _STATE = f"""
-SELECT minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
+SELECT key_id, minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
     day_reserved, in_flight, {_NOW}
-FROM limit_counters WHERE key_id = $1::bigint
+FROM limit_counters WHERE key_id = ANY($1::bigint[])
 """
 
 # More tokens for a request whose body asks for more than admission reserved:
@@ -150,6 +159,17 @@ class _Return:
     refunds: int = 0
     minute: int = 0
     hour: int = 0
+
+    def add(self, other: _Return) -> None:
+        self.released += other.released
+        self.reserved += other.reserved
+        self.tokens += other.tokens
+        # Counts are taken back only in the minute (and hour) they were made in: an
+        # older minute's refunds are dropped (they no longer count against anything).
+        if other.minute > self.minute:
+            self.refunds, self.minute, self.hour = other.refunds, other.minute, other.hour
+        elif other.minute == self.minute:
+            self.refunds += other.refunds
 
 
 class SharedLimits:
@@ -304,7 +324,7 @@ class SharedLimits:
         """Hand each waiting request its answer: the first `admitted` are in, each with
         the headers of the count as it stood after it; the rest are refused."""
         admitted, state = row[0], tuple(row)[1:]
-        refusal = _refusal(limits, state) if admitted < len(taken) else None
+        refusal: Verdict | None = None
         later_reserved = sum(r for r, _ in taken[:admitted])
         held = self._held.get(key_id)
         if held is None and admitted:
@@ -312,7 +332,8 @@ class SharedLimits:
         for n, (reserve, future) in enumerate(taken):
             if n >= admitted:
                 if not future.done():
-                    future.set_result(Admission(refusal or Verdict(False)))
+                    refusal = refusal or _refusal(limits, state)
+                    future.set_result(Admission(refusal))
                 continue
             assert held is not None
             held.requests += 1
@@ -354,17 +375,22 @@ class SharedLimits:
         """A request admitted by the database ended: free its slot, replace its
         reservation with the tokens it used, and take back its count if it was refused
         after admission (its body). Written with the next batch, never waited for."""
-        back = self._returns.get(ticket.key_id)
-        if back is None:
-            back = self._returns[ticket.key_id] = _Return()
-        back.released += 1
-        back.reserved += ticket.reserved
-        back.tokens += tokens
+        back = _Return(released=1, reserved=ticket.reserved, tokens=tokens)
         if not relayed:
-            if ticket.minute_start > back.minute:  # an older minute's refunds are dropped
-                back.refunds, back.minute, back.hour = 0, ticket.minute_start, ticket.hour_start
-            if ticket.minute_start == back.minute:
-                back.refunds += 1
+            back.refunds, back.minute, back.hour = 1, ticket.minute_start, ticket.hour_start
+        self._give(ticket.key_id, back)
+
+    def give_back_tokens(self, key_id: int, tokens: int) -> None:
+        """Return a reservation made for a request that then went away before its
+        ticket could carry it (a top-up finishing after a cancel)."""
+        self._give(key_id, _Return(reserved=tokens))
+
+    def _give(self, key_id: int, back: _Return) -> None:
+        gathered = self._returns.get(key_id)
+        if gathered is None:
+            self._returns[key_id] = back
+        else:
+            gathered.add(back)
         self._wake.set()
 
     async def current(self, key_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -372,34 +398,18 @@ class SharedLimits:
         as Limiter.usage_of); keys never admitted here are left out."""
         assert self._pool is not None
         async with self._connection(ADMIT_TIMEOUT_S) as conn:
-            rows = await conn.fetch(
-                _STATE.replace("key_id = $1::bigint", "key_id = ANY($1::bigint[])").replace(
-                    "SELECT ", "SELECT key_id, ", 1
-                ),
-                key_ids,
-                timeout=ADMIT_TIMEOUT_S,
-            )
+            rows = await conn.fetch(_STATE, key_ids, timeout=ADMIT_TIMEOUT_S)
         current = {}
         for row in rows:
-            state = tuple(row)[1:]
-            now = float(state[8])
+            use = _Use.of(tuple(row)[1:])
             current[int(row[0])] = {
-                "requests_this_minute": state[1] if state[0] == _start(now, MINUTE) else 0,
-                "requests_this_hour": state[3] if state[2] == _start(now, HOUR) else 0,
-                "tokens_today": state[5] if state[4] == _start(now, DAY) else 0,
-                "tokens_reserved": state[6],
-                "in_flight": state[7],
+                "requests_this_minute": use.minute,
+                "requests_this_hour": use.hour,
+                "tokens_today": use.tokens,
+                "tokens_reserved": use.reserved,
+                "in_flight": use.in_flight,
             }
         return current
-
-    def give_back_tokens(self, key_id: int, tokens: int) -> None:
-        """Return a reservation made for a request that then went away before its
-        ticket could carry it (a top-up finishing after a cancel)."""
-        back = self._returns.get(key_id)
-        if back is None:
-            back = self._returns[key_id] = _Return()
-        back.reserved += tokens
-        self._wake.set()
 
     def _while_away(self) -> Admission | None:
         if self.when_away == "local":
@@ -456,7 +466,7 @@ class SharedLimits:
                     await conn.execute(_SETTLE, keys, *columns, self.instance)
             except BaseException:
                 for key_id, back in batch.items():  # keep them for the next try
-                    self._merge(key_id, back)
+                    self._give(key_id, back)
                 raise
             for key_id, back in batch.items():
                 held = self._held.get(key_id)
@@ -466,19 +476,6 @@ class SharedLimits:
                 held.reserved -= back.reserved
                 if held.requests <= 0 and held.reserved <= 0:
                     del self._held[key_id]
-
-    def _merge(self, key_id: int, back: _Return) -> None:
-        now = self._returns.get(key_id)
-        if now is None:
-            self._returns[key_id] = back
-            return
-        now.released += back.released
-        now.reserved += back.reserved
-        now.tokens += back.tokens
-        if back.minute == now.minute:
-            now.refunds += back.refunds
-        elif back.minute > now.minute:
-            now.refunds, now.minute, now.hour = back.refunds, back.minute, back.hour
 
     async def _heartbeat(self) -> None:
         """Say which slots this gateway holds, and give back those of silent gateways."""
@@ -555,27 +552,44 @@ def _until_next(length: int, now: float | None = None) -> int:
     return max(1, math.ceil(length - now % length))
 
 
-def _refusal(limits: Limits, state: Any) -> Verdict:
+class _Use(NamedTuple):
+    """A key's row read as its use now: counts of windows that have ended are 0."""
+
+    minute: int
+    hour: int
+    tokens: int  # settled today
+    reserved: int  # by requests still running
+    in_flight: int
+    now: float
+
+    @classmethod
+    def of(cls, state: tuple[Any, ...]) -> _Use:
+        """From (minute_start, minute_used, hour_start, hour_used, day_start, day_tokens,
+        day_reserved, in_flight, now), as the admission function and _STATE give it."""
+        now = float(state[8])
+        return cls(
+            state[1] if state[0] == _start(now, MINUTE) else 0,
+            state[3] if state[2] == _start(now, HOUR) else 0,
+            state[5] if state[4] == _start(now, DAY) else 0,
+            state[6],
+            state[7],
+            now,
+        )
+
+
+def _refusal(limits: Limits, state: tuple[Any, ...]) -> Verdict:
     """Which limit a refused request broke (in the order concurrency, minute, hour, day),
-    from the row as it is now."""
+    from the row as the admission call left it."""
     reasons = refusal_reasons(limits)
-    if state is None:  # the row is gone (a reset): nothing to say but try again
-        return Verdict(False, reasons["concurrent"], 1)
-    now = float(state[8])
-    minute = state[1] if state[0] == _start(now, MINUTE) else 0
-    hour = state[3] if state[2] == _start(now, HOUR) else 0
-    tokens = (state[5] if state[4] == _start(now, DAY) else 0) + state[6]
+    use = _Use.of(state)
     headers = _headers(limits, state)
-    if limits.max_concurrent and state[7] >= limits.max_concurrent:
+    if limits.max_concurrent and use.in_flight >= limits.max_concurrent:
         return Verdict(False, reasons["concurrent"], 1, headers)
-    if limits.rpm and minute >= limits.rpm:
-        return Verdict(False, reasons["minute"], _until_next(MINUTE, now), headers)
-    if limits.rph and hour >= limits.rph:
-        return Verdict(False, reasons["hour"], _until_next(HOUR, now), headers)
-    if limits.tokens_per_day and tokens >= limits.tokens_per_day:
-        return Verdict(False, reasons["day"], _until_next(DAY, now), headers)
-    # Freed between the two statements: say so, and let the client try again at once.
-    return Verdict(False, reasons["concurrent"], 1, headers)
+    if limits.rpm and use.minute >= limits.rpm:
+        return Verdict(False, reasons["minute"], _until_next(MINUTE, use.now), headers)
+    if limits.rph and use.hour >= limits.rph:
+        return Verdict(False, reasons["hour"], _until_next(HOUR, use.now), headers)
+    return Verdict(False, reasons["day"], _until_next(DAY, use.now), headers)
 
 
 def _start(now: float, length: int) -> int:
@@ -585,16 +599,14 @@ def _start(now: float, length: int) -> int:
 def _headers(limits: Limits, row: Any) -> tuple[tuple[str, str], ...]:
     """X-RateLimit-* for the tightest limit (the least share left), as the local
     limiter sends them."""
-    now = float(row[8])
-    minute = row[1] if row[0] == _start(now, MINUTE) else 0
-    hour = row[3] if row[2] == _start(now, HOUR) else 0
-    tokens = (row[5] if row[4] == _start(now, DAY) else 0) + row[6]
+    use = _Use.of(row)
+    now = use.now
     best: tuple[int, int, int] | None = None
     best_share = 2.0
     for limit, taken, length in (
-        (limits.rpm, minute, MINUTE),
-        (limits.rph, hour, HOUR),
-        (limits.tokens_per_day, tokens, DAY),
+        (limits.rpm, use.minute, MINUTE),
+        (limits.rph, use.hour, HOUR),
+        (limits.tokens_per_day, use.tokens + use.reserved, DAY),
     ):
         if not limit:
             continue
