@@ -8,6 +8,17 @@ Ollama keeps adding routes under /api. JSON in and out.
     PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
     DELETE /admin/keys/{id}     admin: revoke (the row stays)
     GET    /admin/stats         admin: usage statistics and current rate-limit use
+    GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
+                                admin: users (customers), their budgets, disabling
+    GET    /admin/users/{name}/budget
+                                admin: a user's budget, spent, remaining, per key
+    GET    /admin/models        any key: the models it may use, with their prices
+    GET, POST, DELETE /admin/prices
+                                admin: prices per model pattern
+
+Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API. A
+budget is `{"amount": 50000000, "period": "monthly", "alert_percent": 80}` (period
+total, daily, weekly or monthly; alert optional), or null for none.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from aiohttp import web
 
 from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE, UPSTREAM
 from .auth import principal
+from .budgetreport import user_budget_report
+from .budgets import Budget, BudgetError, check_budget
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID
@@ -42,9 +55,11 @@ from .store import (
 )
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
-CREATE_FIELDS = {"user", "name", "role", "expires_at", "expires_days", "models", *LIMIT_FIELDS}
+CREATE_FIELDS = {
+    "user", "name", "role", "expires_at", "expires_days", "models", "budget", *LIMIT_FIELDS,
+}  # fmt: skip
 UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
-USER_FIELDS = frozenset({"user", "email", "note", "disabled"})
+USER_FIELDS = frozenset({"user", "email", "note", "disabled", "budget"})
 MODELS_TIMEOUT_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,6 +78,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("POST", "/users", admin_only(create_user)),
         ("GET", "/users/{name}", admin_only(get_user)),
         ("PATCH", "/users/{name}", admin_only(update_user)),
+        ("GET", "/users/{name}/budget", admin_only(user_budget)),
         ("GET", "/models", models),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
@@ -114,10 +130,17 @@ async def me(request: web.Request) -> web.Response:
     now = time.time()
     store = request.app[STORE]
     own = caller.id
+    relay_budgets = request.app[RELAY].budgets
     return _json(
         {
             "key": key_view(caller),
             "current": (await _current_use(request, [caller], now))[0],
+            # The key's own budget and its user's, as this gateway reckons them now.
+            "currency": request.app[SETTINGS].currency,
+            "budgets": [
+                {"owner": line.owner.partition(":")[0], **relay_budgets.view(line, now)}
+                for line in caller.budgets
+            ],
             "usage": {
                 "last_24h": _first(await store.usage_summary((), now - DAY, key_id=own)),
                 "last_7d": _first(await store.usage_summary((), now - 7 * DAY, key_id=own)),
@@ -151,17 +174,22 @@ async def create_key(request: web.Request) -> web.Response:
         limits,
         body.get("models"),
     )
+    if body.get("budget") is not None:
+        record = await request.app[STORE].set_key_budget(record.id, _budget(body))
     await _reload(request)
     return _json({"key": secret, **key_view(record)}, status=201)
 
 
 async def update_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    body = await _body(request, UPDATE_FIELDS | {"expires_days"})
+    body = await _body(request, UPDATE_FIELDS | {"expires_days", "budget"})
     changes = {field: body[field] for field in UPDATE_FIELDS if field in body}
     if "expires_at" in body or "expires_days" in body:
         changes["expires_at"] = _expiry(body)
+    budget = _budget(body) if "budget" in body else None
     record = await request.app[STORE].update_key(key_id, changes)
+    if "budget" in body:
+        record = await request.app[STORE].set_key_budget(key_id, budget)
     await _reload(request)
     return _json(key_view(record))
 
@@ -183,7 +211,12 @@ async def get_user(request: web.Request) -> web.Response:
 async def create_user(request: web.Request) -> web.Response:
     body = await _body(request, USER_FIELDS - {"disabled"}, required=frozenset({"user"}))
     _check_strings(body, ("user", "email", "note"))
-    user = await request.app[STORE].create_user(body["user"], body.get("email"), body.get("note"))
+    budget = _budget(body)
+    store = request.app[STORE]
+    user = await store.create_user(body["user"], body.get("email"), body.get("note"))
+    if budget is not None:
+        user = await store.set_user_budget(user.name, budget)
+        await _reload(request)
     return _json(user_view(user), status=201)
 
 
@@ -195,13 +228,26 @@ async def update_user(request: web.Request) -> web.Response:
     _check_strings(body, ("email", "note"))
     store = request.app[STORE]
     changes: dict[str, str | None] = {f: body[f] for f in ("email", "note") if f in body}
+    budget = _budget(body) if "budget" in body else None
     user = await store.update_user(name, changes)
+    if "budget" in body:
+        user = await store.set_user_budget(name, budget)
+        await _reload(request)
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise BadRequest("disabled must be true or false")
         user = await store.set_user_disabled(name, body["disabled"])
         await _reload(request)
     return _json(user_view(user))
+
+
+async def user_budget(request: web.Request) -> web.Response:
+    """A user's budget and what it and each of its keys spent in its period, by the
+    usage records written so far."""
+    report = await user_budget_report(
+        request.app[STORE], request.match_info["name"], request.app[SETTINGS].currency
+    )
+    return _json(report)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -340,6 +386,24 @@ async def _body(
     if missing:
         raise BadRequest(f"missing field(s): {', '.join(sorted(missing))}")
     return body
+
+
+def _budget(body: dict[str, Any]) -> Budget | None:
+    """The body's `budget`: null (none), or an object of amount, period, alert_percent."""
+    value = body.get("budget")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"amount", "period", "alert_percent"}:
+        raise BadRequest(
+            'budget must be null or {"amount": micro-units, "period": "total", "daily",'
+            ' "weekly" or "monthly", "alert_percent": 1-100 (optional)}'
+        )
+    try:
+        return check_budget(
+            value.get("amount"), value.get("period", "monthly"), value.get("alert_percent")
+        )
+    except BudgetError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _expiry(body: dict[str, Any]) -> float | None:

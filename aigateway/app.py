@@ -22,6 +22,7 @@ from .appkeys import (
     UPSTREAM,
 )
 from .bodybudget import BodyBudget
+from .budgets import Budgets
 from .cors import add_cors_headers
 from .db.notify import ChangeListener
 from .expect import defer_continue
@@ -35,8 +36,9 @@ from .proxy import relay_handler, upstream_session
 from .relaystate import Relay
 from .routes import RELAY_ROUTES
 from .settings import Settings
+from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
-from .store import Store, StoreError
+from .store import KeyRecord, Store, StoreError
 from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
         BodyBudget(settings.max_body_memory),
         InFlight(),
         app[KEY_TABLE],
+        Budgets(settings.currency),
     )
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
@@ -118,11 +121,14 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
     usage = app[RELAY].usage = UsageWriter(store, settings.usage_retention_days, journal)
     await usage.start()  # first writes what an earlier run left in the journal
-    listener = shared = None
+    await _prepare_budgets(app[RELAY].budgets, table, store)
+    listener = shared = shared_budgets = None
     if store.database.backend == "postgresql":
         shared = SharedLimits(store.database, settings.limits_when_database_away)
         await shared.start()
         app[RELAY].shared = shared
+        shared_budgets = app[RELAY].shared_budgets = SharedBudgets(shared, app[RELAY].budgets)
+        shared_budgets.start()
         listener = ChangeListener(store.database)
         listener.start()
     refresher = asyncio.create_task(keep_fresh(store, table, listener), name="aigateway-keys")
@@ -136,11 +142,25 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
             await refresher
         if listener is not None:
             await listener.close()
+        if shared_budgets is not None:
+            await shared_budgets.close()
         if shared is not None:
             await shared.close()
         await usage.close()
         await flush_last_used(store, table)
         await store.close()
+
+
+async def _prepare_budgets(budgets: Budgets, table: KeyTable, store: Store) -> None:
+    """Load what every budget's owner spent in its period (after the journal's records
+    are written), and again for budgets that appear or change with each key reload."""
+
+    async def prepare(records: list[KeyRecord]) -> None:
+        lines = (line for record in records if not record.revoked for line in record.budgets)
+        await budgets.prepare(lines, store.spend_since)
+
+    await prepare(table.records())
+    table.before_use = prepare
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:

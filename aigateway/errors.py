@@ -3,6 +3,7 @@
     GatewayError (status 500)
     ├── BadRequest (400)
     ├── Unauthorized (401, with WWW-Authenticate: Bearer)
+    ├── BudgetExhausted (402; 429 insufficient_quota on /v1)
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── Conflict (409)
@@ -29,11 +30,30 @@ from aiohttp import web
 class GatewayError(Exception):
     status: ClassVar[int] = 500
     default_headers: ClassVar[Mapping[str, str]] = {}
+    billing: ClassVar[bool] = False  # a billing error: its own type in every dialect
 
     def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = {**self.default_headers, **(headers or {})}
+
+    def status_in(self, dialect: str) -> int:
+        return self.status
+
+
+class BudgetExhausted(GatewayError):
+    """A budget has nothing left. What each dialect's SDKs surface as a billing error,
+    not one to retry: 402 Payment Required (the Anthropic SDK's PaymentRequiredError with
+    `billing_error`; the ollama clients' ResponseError), and on OpenAI's paths OpenAI's
+    own answer to an exhausted quota, 429 `insufficient_quota`, with `x-should-retry:
+    false` so that its SDKs (which retry a 429) do not."""
+
+    status = 402
+    billing = True
+    default_headers: ClassVar[Mapping[str, str]] = {"x-should-retry": "false"}
+
+    def status_in(self, dialect: str) -> int:
+        return 429 if dialect == "openai" else 402
 
 
 class BadRequest(GatewayError):
@@ -113,20 +133,32 @@ def _openai_401(reason: str) -> str:
     )
 
 
-def error_document(dialect: str, status: int, message: str) -> dict[str, object]:
+def error_document(
+    dialect: str, status: int, message: str, billing: bool = False
+) -> dict[str, object]:
     """The error body a client of this dialect parses: Ollama's `{"error": "..."}`,
     OpenAI's `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
     `{"type": "error", "error": {"type", "message"}}`."""
     fallback = "invalid_request_error" if status < 500 else "api_error"
+    if billing:
+        fallback = "billing_error"
     if dialect == "openai":
-        kind, code = _OPENAI_TYPES.get(status, (fallback, None))
+        kind: str
+        code: str | None
+        if billing:
+            kind = code = "insufficient_quota"
+        else:
+            kind, code = _OPENAI_TYPES.get(status, (fallback, None))
         if status == 401:
             message = _openai_401(message)
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
     if dialect == "anthropic":
         return {
             "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, fallback), "message": message},
+            "error": {
+                "type": fallback if billing else _ANTHROPIC_TYPES.get(status, fallback),
+                "message": message,
+            },
         }
     return {"error": message}
 
@@ -136,10 +168,11 @@ def json_error(
     message: str,
     headers: Mapping[str, str] | None = None,
     dialect: str = "ollama",
+    billing: bool = False,
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=orjson.dumps(error_document(dialect, status, message)),
+        body=orjson.dumps(error_document(dialect, status, message, billing)),
         content_type="application/json",
         headers=headers,
     )

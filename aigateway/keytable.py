@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from .db.notify import ChangeListener
 from .keys import hash_key, looks_like_key
@@ -73,6 +74,8 @@ class KeyTable:
         # The prices in force, loaded with the keys (a price change moves the same
         # version): what a request starting now will pay.
         self.prices = PriceList()
+        # Run with each loaded table before it is used (budgets load their spend).
+        self.before_use: Callable[[list[KeyRecord]], Awaitable[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -135,10 +138,15 @@ class KeyTable:
             except StoreError as exc:
                 log.warning("could not look for a new key in the database: %s", exc)
 
+    def records(self) -> list[KeyRecord]:
+        return list(self._by_hash.values())
+
     async def load(self, store: Store) -> None:
         """Load every key and price now (the admin API's own writes do not change
         data_version, so it loads after each)."""
         records, price_list = await store.list_keys(), await store.list_prices()
+        if self.before_use is not None:
+            await self.before_use(records)
         self.replace(records)
         self.prices = PriceList(price_list)
 

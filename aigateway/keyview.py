@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from .budgets import budget_json
 from .store import LIMIT_FIELDS, KeyRecord, UserRecord
 
 
@@ -34,6 +35,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         # None: the gateway's default applies; 0: no limit.
         **{field: getattr(record.limits, field) for field in LIMIT_FIELDS},
         "models": list(record.models) if record.models is not None else None,
+        "budget": budget_json(record.budget),  # the key's own; its user's is on the user
     }
 
 
@@ -47,4 +49,5 @@ def user_view(record: UserRecord) -> dict[str, Any]:
         "created": when(record.created_at),
         "disabled": when(record.disabled_at),
         "active_keys": record.active_keys,
+        "budget": budget_json(record.budget),
     }

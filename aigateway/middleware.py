@@ -55,7 +55,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
     except GatewayError as exc:
         error = exc.message
-        response = json_error(exc.status, exc.message, exc.headers, _dialect(request))
+        dialect = _dialect(request)
+        response = json_error(
+            exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -25,9 +25,11 @@ from yarl import URL
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
 from .bodypeek import FULL_PARSE_LIMIT, BodyFields, UndecidableBody, read_body
+from .budgets import Refusal
 from .context import RequestContext
 from .errors import (
     BadRequest,
+    BudgetExhausted,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -159,7 +161,7 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
     finally:
         in_flight.discard(exchange)
         if exchange.body_held:
-            relay.budget.give_back(exchange.body_held)
+            relay.body_budget.give_back(exchange.body_held)
         limiter.release(principal.id)
         if not exchange.relayed:
             limiter.refund(principal.id)
@@ -272,6 +274,9 @@ class _Exchange:
     reserved = 0  # tokens reserved against the key's daily quota (this gateway's)
     ticket: Ticket | None = None  # admitted by the shared limits: what to give back
     price: Price | None = None  # the model's price when the request started (None: free)
+    budgeted = False  # counted against budgets: settle its cost into them
+    budget_reserved = 0  # its per-request price, reserved against each budget
+    budget_shared = False  # reserved in the database (several gateways), not here
     prompt_estimate = 0
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
@@ -321,7 +326,7 @@ async def _take_request(
         exchange.relayed = True
         return
     settings = relay.settings
-    body = await _read_body(request, settings.max_body_bytes, relay.budget, exchange, coding)
+    body = await _read_body(request, settings.max_body_bytes, relay.body_budget, exchange, coding)
     exchange.bytes_in = len(body)
     cloud = settings.allow_cloud_models
     if len(body) > FULL_PARSE_LIMIT:  # big embed batches: read them off the event loop
@@ -329,8 +334,8 @@ async def _take_request(
     else:
         fields = _fields(body, route, principal.models, cloud)
     exchange.context.model = fields.model
-    exchange.price = relay.key_table.prices.for_model(fields.model)  # in force as it starts
     if route.kind == "inference":
+        exchange.price = relay.key_table.prices.for_model(fields.model)  # as it starts
         exchange.prompt_estimate = _prompt_estimate(len(body))
         if route.usage_on_request and fields.stream and not fields.include_usage:
             body = with_usage_requested(body)
@@ -356,9 +361,51 @@ async def _take_request(
             if not isinstance(reserved, int):
                 raise _too_many(reserved)
             exchange.reserved = reserved
+    if principal.budgets and exchange.price is not None:
+        await _reserve_budget(exchange, exchange.price.per_request, relay)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     exchange.relayed = True
+
+
+async def _reserve_budget(exchange: _Exchange, price: int, relay: Relay) -> None:
+    """Check the budgets of the key and its user, and reserve the request's per-request
+    price against them: across gateways on PostgreSQL (one round trip, shielded from
+    cancellation like admission), else, or while the database is away and
+    LIMITS_WHEN_DATABASE_AWAY is `local`, on this gateway's reckoning."""
+    lines = exchange.principal.budgets
+    now = time.time()
+    shared = relay.shared_budgets
+    verdict: Refusal | bool | None = None
+    if shared is not None:
+        reserving = asyncio.ensure_future(shared.reserve(lines, price, now))
+        try:
+            verdict = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+
+            def give_back(done: asyncio.Future[Refusal | bool | None]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result() is True:
+                    shared.give_back(lines, price, 0, time.time())
+
+            reserving.add_done_callback(give_back)
+            raise
+        if verdict is None and shared.when_away == "refuse":
+            raise ServiceUnavailable(
+                "budgets cannot be checked: the database is unreachable", {"Retry-After": "5"}
+            )
+    if verdict is True:
+        exchange.budget_shared = True
+    else:
+        if verdict is None:
+            verdict = relay.budgets.reserve(lines, price, now)
+        if verdict is not None:
+            assert isinstance(verdict, Refusal)
+            headers = (
+                {} if verdict.retry_after is None else {"Retry-After": str(verdict.retry_after)}
+            )
+            raise BudgetExhausted(verdict.message, headers)
+    exchange.budget_reserved = price
+    exchange.budgeted = True
 
 
 def _fields(
@@ -411,7 +458,7 @@ async def _forward(
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
             if exchange.body_held:
-                relay.budget.give_back(exchange.body_held)
+                relay.body_budget.give_back(exchange.body_held)
                 exchange.body_held = 0
             exchange.upstream = upstream
             exchange.status = upstream.status
@@ -481,6 +528,8 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
     cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
+    if exchange.budgeted:
+        _settle_budgets(exchange, relay, cost, now)
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     usage = relay.usage
     assert usage is not None  # set when the app started
@@ -506,6 +555,21 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
             model_ns,
         )
     )
+
+
+def _settle_budgets(exchange: _Exchange, relay: Relay, cost: int, now: float) -> None:
+    """Give back the request's reservation and spend its cost, where it was reserved;
+    the shared reckoning also learns of costs spent while it was away."""
+    lines, reserved = exchange.principal.budgets, exchange.budget_reserved
+    shared = relay.shared_budgets
+    if exchange.budget_shared:
+        assert shared is not None
+        shared.give_back(lines, reserved, cost, now)
+        relay.budgets.settle(lines, 0, cost, now)
+    else:
+        relay.budgets.settle(lines, reserved, cost, now)
+        if shared is not None:
+            shared.give_back(lines, 0, cost, now)
 
 
 def _cost(

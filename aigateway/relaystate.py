@@ -5,10 +5,12 @@ from __future__ import annotations
 import aiohttp
 
 from .bodybudget import BodyBudget
+from .budgets import Budgets
 from .inflight import InFlight
 from .keytable import KeyTable
 from .limits import Limiter
 from .settings import Settings
+from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .usage import UsageWriter
 
@@ -19,23 +21,28 @@ class Relay:
     the usage writer are set when the app starts."""
 
     __slots__ = (
-        "budget", "in_flight", "key_table", "limiter", "settings", "shared", "upstream", "usage",
+        "body_budget", "budgets", "in_flight", "key_table", "limiter", "settings", "shared",
+        "shared_budgets", "upstream", "usage",
     )  # fmt: skip
 
     def __init__(
         self,
         settings: Settings,
         limiter: Limiter,
-        budget: BodyBudget,
+        body_budget: BodyBudget,
         in_flight: InFlight,
         key_table: KeyTable,
+        budgets: Budgets,
     ) -> None:
         self.settings = settings
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
-        self.budget = budget
+        self.body_budget = body_budget
         self.in_flight = in_flight
         self.upstream: aiohttp.ClientSession | None = None
         self.usage: UsageWriter | None = None
         # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
         self.shared: SharedLimits | None = None
+        # Spend against budgets: this gateway's reckoning, and the shared one (PostgreSQL).
+        self.budgets = budgets
+        self.shared_budgets: SharedBudgets | None = None

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -213,16 +213,12 @@ class SharedLimits:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(self._tasks)
         if self._pool is None:
             return
         try:
             await self._flush()
-            async with self._connection() as conn:
+            async with self.connection() as conn:
                 await conn.execute(
                     "DELETE FROM gateway_instances WHERE instance = $1", self.instance
                 )
@@ -234,7 +230,7 @@ class SharedLimits:
         await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def _connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """A pooled connection; one an error left in an unknown state (a query cut by the
         server going away) is closed, not given to the next caller: with no reset on
         release, nothing else would notice."""
@@ -284,7 +280,7 @@ class SharedLimits:
             try:
                 row = await self._call_admit(key_id, limits, [r for r, _ in taken])
             except DATABASE_AWAY as exc:
-                self._went_away(exc)
+                self.went_away(exc)
                 _resolve(taken, self._while_away())
                 continue
             except BaseException as exc:  # a fault of ours: the requests must not hang
@@ -298,7 +294,7 @@ class SharedLimits:
 
     async def _call_admit(self, key_id: int, limits: Limits, reserves: list[int]) -> Any:
         assert self._pool is not None
-        async with self._connection(ADMIT_TIMEOUT_S) as conn:
+        async with self.connection(ADMIT_TIMEOUT_S) as conn:
             row = await conn.fetchrow(
                 _ADMIT,
                 key_id,
@@ -356,12 +352,12 @@ class SharedLimits:
             return ticket
         assert self._pool is not None
         try:
-            async with self._connection(ADMIT_TIMEOUT_S) as conn:
+            async with self.connection(ADMIT_TIMEOUT_S) as conn:
                 row = await conn.fetchrow(
                     _TOP_UP, ticket.key_id, limits.tokens_per_day, tokens, timeout=ADMIT_TIMEOUT_S
                 )
         except DATABASE_AWAY as exc:
-            self._went_away(exc)
+            self.went_away(exc)
             return ticket  # admitted already; the reservation it has stands
         if row is None:
             reason = refusal_reasons(limits)["day"]
@@ -397,7 +393,7 @@ class SharedLimits:
         """Each key's use across all gateways, as the limits see it now (the same fields
         as Limiter.usage_of); keys never admitted here are left out."""
         assert self._pool is not None
-        async with self._connection(ADMIT_TIMEOUT_S) as conn:
+        async with self.connection(ADMIT_TIMEOUT_S) as conn:
             rows = await conn.fetch(_STATE, key_ids, timeout=ADMIT_TIMEOUT_S)
         current = {}
         for row in rows:
@@ -411,13 +407,17 @@ class SharedLimits:
             }
         return current
 
+    def away(self) -> bool:
+        """Whether the database was found away a moment ago (not tried again yet)."""
+        return time.monotonic() < self._away_until
+
     def _while_away(self) -> Admission | None:
         if self.when_away == "local":
             return None
         reason = "limits cannot be checked: the database is unreachable"
         return Admission(Verdict(False, reason, 5), None, away=True)
 
-    def _went_away(self, exc: BaseException) -> None:
+    def went_away(self, exc: BaseException) -> None:
         self._away_until = time.monotonic() + AWAY_RECHECK_S
         reason = _why(exc)
         if not self._away_reason:
@@ -432,23 +432,7 @@ class SharedLimits:
         self._away_reason = reason
 
     async def _write_returns(self) -> None:
-        """Write what ended requests give back, a batch at a time, as soon as there is
-        any; while the database is away the returns wait (one entry per key at most)."""
-        pause = 0.0
-        while True:
-            await self._wake.wait()
-            # Gather for a moment: under load one statement then gives back for many
-            # requests (a slot comes back at most this much later).
-            await asyncio.sleep(pause or GIVE_BACK_GATHER_S)
-            try:
-                await self._flush()
-                pause = 0.0
-            except DATABASE_AWAY as exc:
-                self._went_away(exc)
-                pause = min(max(pause * 2, 0.1), 2.0)
-            except Exception:  # never let it die: log, and try again
-                log.exception("could not write limit returns; trying again")
-                pause = 1.0
+        await write_batches(self._wake, self._flush, self.went_away, "limit returns")
 
     async def _flush(self) -> None:
         async with self._lock:
@@ -462,7 +446,7 @@ class SharedLimits:
                     [getattr(batch[k], name) for k in keys]
                     for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
                 ]
-                async with self._connection() as conn:
+                async with self.connection() as conn:
                     await conn.execute(_SETTLE, keys, *columns, self.instance)
             except BaseException:
                 for key_id, back in batch.items():  # keep them for the next try
@@ -483,7 +467,7 @@ class SharedLimits:
             try:
                 async with self._lock:
                     assert self._pool is not None
-                    async with self._connection() as conn, conn.transaction():
+                    async with self.connection() as conn, conn.transaction():
                         await conn.execute(
                             f"INSERT INTO gateway_instances (instance, seen_at) VALUES ($1, {_NOW})"
                             " ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
@@ -504,10 +488,42 @@ class SharedLimits:
                             )
                         await conn.execute(_REAP, DEAD_AFTER_S)
             except DATABASE_AWAY as exc:
-                self._went_away(exc)
+                self.went_away(exc)
             except Exception:
                 log.exception("could not write this gateway's limit slots; trying again")
             await asyncio.sleep(HEARTBEAT_S)
+
+
+async def write_batches(
+    wake: asyncio.Event,
+    flush: Callable[[], Awaitable[None]],
+    went_away: Callable[[BaseException], None],
+    what: str,
+) -> None:
+    """Run `flush` whenever `wake` is set, gathering for a moment first (under load one
+    statement then writes for many requests); while the database is away, try again
+    after a growing pause. Never dies: a fault of ours is logged and tried again."""
+    pause = 0.0
+    while True:
+        await wake.wait()
+        await asyncio.sleep(pause or GIVE_BACK_GATHER_S)
+        try:
+            await flush()
+            pause = 0.0
+        except DATABASE_AWAY as exc:
+            went_away(exc)
+            pause = min(max(pause * 2, 0.1), 2.0)
+        except Exception:
+            log.exception("could not write %s; trying again", what)
+            pause = 1.0
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:

@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .budgets import PERIODS, Budget, BudgetError, BudgetLine, budget_lines, check_budget
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
 from .db.schema import key_changes, keys, prices, usage, usage_segments, users
@@ -66,7 +67,12 @@ _KEY_COLUMNS = (
     keys.c.tokens_per_day,
     keys.c.max_concurrent,
     keys.c.models,
+    keys.c.user_id,
+    keys.c.budget,
+    keys.c.budget_period,
+    keys.c.budget_alert,
 )
+_USER_BUDGET_COLUMNS = (users.c.budget, users.c.budget_period, users.c.budget_alert)
 _PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS))
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
@@ -268,6 +274,10 @@ class KeyRecord:
     limits: KeyLimits = KeyLimits()
     models: tuple[str, ...] | None = None  # allow-list patterns; None: every model
     user_disabled: bool = False  # its user is disabled: the key does not work
+    user_id: int | None = None
+    budget: Budget | None = None  # the key's own budget
+    user_budget: Budget | None = None  # its user's, for all the user's keys together
+    budgets: tuple[BudgetLine, ...] = ()  # the two above, as admission checks them
 
     def status(self, now: float | None = None) -> str:
         if self.revoked:
@@ -309,6 +319,7 @@ class UserRecord:
     created_at: float
     disabled_at: float | None
     active_keys: int = 0
+    budget: Budget | None = None
 
 
 MAX_EMAIL_CHARS = 254
@@ -697,6 +708,50 @@ class Store:
                 raise KeyNotFoundError(f"no price for {pattern!r}")
             await _keys_changed(conn)
 
+    # --- budgets ------------------------------------------------------------------------
+
+    async def set_user_budget(self, name: str, budget: Budget | None) -> UserRecord:
+        """Set (or with None remove) the budget of a user, all its keys together."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(users).where(users.c.name == name).values(_budget_values(budget))
+            )
+            if result.rowcount == 0:
+                raise KeyNotFoundError(f"no user {name!r}")
+            await _keys_changed(conn)  # gateways reload budgets with keys
+        return await self.get_user(name)
+
+    async def set_key_budget(self, key_id: int, budget: Budget | None) -> KeyRecord:
+        """Set (or with None remove) the budget of one key, besides its user's."""
+        record = await self.get_key(key_id)
+        if record.revoked:
+            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
+        async with self._write() as conn:
+            await conn.execute(
+                update(keys).where(keys.c.id == key_id).values(_budget_values(budget))
+            )
+            await _keys_changed(conn)
+        return await self.get_key(key_id)
+
+    async def spend_since(self, owner: str, since: float) -> int:
+        """What a budget's owner (`key:ID` or `user:ID`) has spent since `since`, by the
+        usage records written so far."""
+        kind, _, number = owner.partition(":")
+        owner_id = int(number)
+        if kind == "key":
+            which = usage.c.key_id == owner_id
+        else:
+            which = usage.c.key_id.in_(select(keys.c.id).where(keys.c.user_id == owner_id))
+        async with self._read() as conn:
+            spent = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(usage.c.cost), 0)).where(
+                        which, usage.c.ts >= since
+                    )
+                )
+            ).scalar()
+        return int(spent or 0)
+
     async def record_last_used(self, used: Mapping[int, float]) -> None:
         """Write a batch of `key id -> last use time`; never moves a time backwards.
         (Not a key change: other gateways need not reload for it.)"""
@@ -907,6 +962,7 @@ def _user_select() -> Any:
         users.c.created_at,
         users.c.disabled_at,
         active,
+        *_USER_BUDGET_COLUMNS,
     )
 
 
@@ -920,13 +976,14 @@ def _user(row: Sequence[Any]) -> UserRecord:
         created_at=_time(row[5]) or 0.0,
         disabled_at=_time(row[6]),
         active_keys=int(row[7] or 0),
+        budget=_budget(row[8:11]),
     )
 
 
 def _key_select() -> Any:
     """Keys with their user's disabled flag (a key row written before users existed, or
     by hand, may have no user record: it counts as not disabled)."""
-    return select(*_KEY_COLUMNS, users.c.disabled).select_from(
+    return select(*_KEY_COLUMNS, users.c.disabled, *_USER_BUDGET_COLUMNS).select_from(
         keys.outerjoin(users, users.c.id == keys.c.user_id)
     )
 
@@ -1052,11 +1109,17 @@ def _check_or_create_file(path: str, create: bool) -> None:
 def _record(row: Sequence[Any]) -> KeyRecord:
     """A key row as a record, whatever an older version or a hand edit left in it: a
     value that cannot be what its column means is read as the safest thing it could be
-    (no time, no limit of its own, no model allowed), never as an error for the listing."""
+    (no time, no limit of its own, no model allowed), never as an error for the listing.
+    The user's columns are there when the row was read with _key_select."""
+    joined = len(row) > 20
+    user, name = str(row[1]), str(row[2])
+    user_id = row[16] if isinstance(row[16], int) else None
+    budget = _budget(row[17:20])
+    user_budget = _budget(row[21:24]) if joined else None
     return KeyRecord(
         id=row[0],
-        user=str(row[1]),
-        name=str(row[2]),
+        user=user,
+        name=name,
         key_hash=str(row[3]),
         prefix=str(row[4]),
         role=row[5] if row[5] in ROLES else "user",
@@ -1067,8 +1130,35 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         revoked_at=_time(row[10]),
         limits=KeyLimits(*(_limit(value) for value in row[11:15])),
         models=_models(row[15]),
-        user_disabled=len(row) > 16 and bool(row[16]),
+        user_disabled=joined and bool(row[20]),
+        user_id=user_id,
+        budget=budget,
+        user_budget=user_budget,
+        budgets=budget_lines(row[0], user, name, user_id, budget, user_budget),
     )
+
+
+def _budget_values(budget: Budget | None) -> dict[str, object]:
+    if budget is None:
+        return {"budget": None, "budget_period": None, "budget_alert": None}
+    try:
+        budget = check_budget(budget.amount, budget.period, budget.alert)
+    except BudgetError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return {"budget": budget.amount, "budget_period": budget.period, "budget_alert": budget.alert}
+
+
+def _budget(values: Sequence[Any]) -> Budget | None:
+    """A budget as stored; one a hand edit made unreadable is read as 0 (nothing may be
+    spent), never as no budget."""
+    amount, period, alert = values
+    if amount is None:
+        return None
+    try:
+        return check_budget(amount, period, alert)
+    except BudgetError:
+        amount = amount if isinstance(amount, int) and 0 <= amount <= 10**15 else 0
+        return Budget(amount, period if period in PERIODS else "total")
 
 
 def _time(value: object) -> float | None:

@@ -61,7 +61,7 @@ async def test_a_key_at_its_limit_is_refused_before_its_body_is_sent(
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 429 "), answer[:80]
         assert b"rate limit reached" in answer
-    assert gateway.app[RELAY].budget.peak < 1000  # only the first, small body was ever held
+    assert gateway.app[RELAY].body_budget.peak < 1000  # only the first, small body was ever held
 
 
 async def test_refused_bodies_do_not_count_against_the_rate_limit(
@@ -105,7 +105,7 @@ async def test_bodies_held_at_once_stay_within_max_body_memory(
     that cannot get room in time are told to retry (503), the rest are relayed whole."""
     limited = replace(settings, max_body_bytes=512 * 1024, max_body_memory=1024 * 1024)
     app = create_app(limited)
-    app[RELAY].budget = BodyBudget(1024 * 1024, wait_s=0.5)
+    app[RELAY].body_budget = BodyBudget(1024 * 1024, wait_s=0.5)
     server = await aiohttp_server(app)
     body = b'{"model":"all-minilm","input":"' + b"x" * 400_000 + b'"}'
 
@@ -122,7 +122,7 @@ async def test_bodies_held_at_once_stay_within_max_body_memory(
 
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         statuses = await asyncio.gather(*(upload(session, i % 2 == 0) for i in range(12)))
-    budget = app[RELAY].budget
+    budget = app[RELAY].body_budget
     assert budget.peak <= 1024 * 1024
     assert budget.held == 0
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 2
@@ -146,7 +146,7 @@ async def test_a_chunked_body_over_the_limit_is_413(
         session.post(server.make_url("/api/chat"), data=chunks()) as resp,
     ):
         assert resp.status == 413
-        assert server.app[RELAY].budget.held == 0
+        assert server.app[RELAY].body_budget.held == 0
 
 
 # --- token quotas reserve before they relay ------------------------------------------------
@@ -275,5 +275,5 @@ async def test_a_gzip_bomb_stops_at_max_body_size(
         ) as resp,
     ):
         assert resp.status == 413
-    assert server.app[RELAY].budget.peak <= 2 * 1024 * 1024
+    assert server.app[RELAY].body_budget.peak <= 2 * 1024 * 1024
     assert not fake.requests

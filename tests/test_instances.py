@@ -279,3 +279,43 @@ async def test_a_killed_gateways_slots_and_reservations_are_given_back(
         for gw in gateways:
             if gw.process.poll() is None:
                 await gw.stop()
+
+
+async def test_a_budget_holds_exactly_across_instances(
+    upstream: TestServer, pg_url: str, tmp_path: Path
+) -> None:
+    """A user budget covering 50 per-request prices, 100 requests at once over three
+    gateways, from two keys of the user: exactly 50 relayed; spent as recorded agrees;
+    raising the budget lets the user in again everywhere."""
+    assert cli("--add-user", "acme", "--budget", "0.50", "--db", pg_url).returncode == 0
+    priced = cli("--set-price", "llama3*", "--per-request", "0.01", "--db", pg_url)
+    assert priced.returncode == 0, priced.stderr
+    key = _key(pg_url, "acme")
+    second = cli("-g", "acme", "phone", "--db", pg_url).stdout.strip()  # the same user
+    gateways = await _three_gateways(upstream, pg_url, tmp_path)
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            statuses = await asyncio.gather(
+                *(status_of(session, gateways[i % 3], key if i % 2 else second) for i in range(100))
+            )
+            assert (statuses.count(200), statuses.count(402)) == (50, 50)
+            report = ""
+            deadline = time.monotonic() + 5
+            while '"spent": 500000' not in report:  # once every record is written
+                assert time.monotonic() < deadline, report
+                await asyncio.sleep(0.1)
+                report = cli("--check-budget", "acme", "--format", "json", "--db", pg_url).stdout
+            assert '"exhausted": true' in report
+
+            # Raised by the CLI: every gateway lets the user spend again, within a second.
+            assert cli("--set-user", "acme", "--budget", "0.52", "--db", pg_url).returncode == 0
+            started = time.monotonic()
+            while await status_of(session, gateways[2], key) != 200:
+                assert time.monotonic() - started < 1.5
+                await asyncio.sleep(0.05)
+            assert await status_of(session, gateways[0], key) == 200
+            assert await status_of(session, gateways[1], key) == 402
+    finally:
+        for gw in gateways:
+            await gw.stop()

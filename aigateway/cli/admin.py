@@ -19,6 +19,7 @@ import orjson
 from tabulate import tabulate
 
 from .. import __version__
+from ..budgets import Budget, describe
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
 from ..keyview import key_view, user_view, when
@@ -45,6 +46,7 @@ COLUMNS = (
     ("tokens_per_day", "Tokens/day"),
     ("max_concurrent", "Parallel"),
     ("models", "Models"),
+    ("budget", "Budget"),
 )
 
 
@@ -247,7 +249,7 @@ def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format,
     )
 
 
-MONEY_COLUMNS = frozenset({"cost", *PRICE_FIELDS})
+MONEY_COLUMNS = frozenset({"cost", "spent", "budget_spent", "remaining", *PRICE_FIELDS})
 
 
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -286,7 +288,14 @@ def write_usage_export(
 def _flat(view: dict[str, Any]) -> dict[str, Any]:
     """A key view for CSV: the model list as one space-separated cell."""
     models = view["models"]
-    return {**view, "models": " ".join(models) if models else ""}
+    return {**view, "models": " ".join(models) if models else "", "budget": _budget_cell(view)}
+
+
+def _budget_cell(view: dict[str, Any]) -> str:
+    budget = view["budget"]
+    if budget is None:
+        return ""
+    return describe(Budget(budget["amount"], budget["period"], budget["alert_percent"]))
 
 
 def _table_row(record: KeyRecord) -> list[Any]:
@@ -297,6 +306,7 @@ def _table_row(record: KeyRecord) -> list[Any]:
     for field in LIMIT_FIELDS:
         view[field] = {None: "default", 0: "none"}.get(view[field], view[field])
     view["models"] = ", ".join(view["models"]) if view["models"] else "all"
+    view["budget"] = _budget_cell(view) or "-"
     return [view[name] for name, _ in COLUMNS]
 
 
@@ -312,12 +322,62 @@ def render(records: Sequence[KeyRecord], fmt: Format) -> str:
     return tabulate(rows, headers=[title for _, title in COLUMNS], tablefmt="simple")
 
 
-USER_COLUMNS = ("user", "email", "note", "status", "created", "disabled", "active_keys")
+USER_COLUMNS = (
+    "user", "email", "note", "status", "created", "disabled", "active_keys", "budget",
+)  # fmt: skip
 
 
 def render_users(records: Sequence[UserRecord], fmt: Format) -> str:
     empty = "No users yet: -g USER KEY_NAME makes one with its first key, --add-user alone."
-    return render_rows([user_view(r) for r in records], USER_COLUMNS, fmt, empty)
+    views = [user_view(r) for r in records]
+    if fmt != "json":
+        views = [{**view, "budget": _budget_cell(view) or None} for view in views]
+    return render_rows(views, USER_COLUMNS, fmt, empty)
+
+
+BUDGET_KEY_COLUMNS = (
+    "key_name", "spent", "budget", "budget_spent", "remaining", "resets_at",
+)  # fmt: skip
+
+
+def render_budget_report(report: dict[str, Any], fmt: Format) -> str:
+    """check-budget: the user's budget line, then one row per active key (its spend in
+    the user's period, and its own budget where it has one)."""
+    if fmt == "json":
+        return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    currency = report["currency"]
+    rows = []
+    for key in report["keys"]:
+        own = key["budget"]
+        rows.append(
+            {
+                "key_name": key["key_name"],
+                "spent": money(key["spent"]),
+                "budget": _budget_cell(key) or None,
+                "budget_spent": None if own is None else money(own["spent"]),
+                "remaining": None if own is None else money(own["remaining"]),
+                "resets_at": None if own is None else own["resets_at"] or "never",
+            }
+        )
+    if fmt == "csv":
+        return render_rows(rows, BUDGET_KEY_COLUMNS, fmt, "")
+    budget = report["budget"]
+    if budget is None:
+        head = (
+            f"User {report['user']} has no budget; spent {money(report['spent'])} {currency}"
+            f" this {report['period'].removesuffix('ly')} (since {report['period_start']})."
+        )
+    else:
+        state = "EXHAUSTED" if budget["exhausted"] else "ok"
+        alert = "" if budget["alert_percent"] is None else f", alert at {budget['alert_percent']}%"
+        head = (
+            f"User {report['user']}: {budget['period']} budget {money(budget['amount'])}"
+            f" {currency}, spent {money(budget['spent'])}, remaining"
+            f" {money(budget['remaining'])}, resets {budget['resets_at'] or 'never'}"
+            f"{alert} [{state}]"
+        )
+    table = render_rows(rows, BUDGET_KEY_COLUMNS, "table", "(no active keys)")
+    return f"{head}\n{table}"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

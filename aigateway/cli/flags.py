@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
+from ..budgetreport import user_budget_report
+from ..budgets import PERIODS, Budget, BudgetError, check_budget
 from ..pricing import PRICE_FIELDS, Price, PriceError, parse_money
 from ..settings import currency_setting, database_target
-from ..store import KeyLimits, KeyRecord, Store
+from ..store import KeyLimits, KeyRecord, Store, UserRecord
 from .admin import (
     FORMATS,
     USAGE_GROUPS,
@@ -26,6 +28,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_budget_report,
     render_prices,
     render_usage,
     render_users,
@@ -58,11 +61,19 @@ Examples:
   gen_api_key_cli.py --set-price 'llama3*' --per-million-input 0.10 --per-million-output 0.40
   gen_api_key_cli.py --set-price '*' --per-second 0.0005      a GPU's time, for every model
   gen_api_key_cli.py --prices                         prices in CURRENCY (default USD)
+  gen_api_key_cli.py --set-user acme --budget 50 --period monthly --alert 80
+  gen_api_key_cli.py --set bob phone --budget 2.50 --period daily   a key's own budget
+  gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
 
 \b
 Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
 (or 0) for no limit, or 'default' to follow the gateway's DEFAULT_* settings.
 --models takes comma-separated patterns ('llama3*'); 'all' lifts the allow-list.
+
+\b
+Budgets (--budget AMOUNT in CURRENCY, or 'none') go on a user (--add-user, --set-user:
+all its keys together) or on one key (-g, --set). --period is total, daily, weekly or
+monthly (default), starting at 00:00 UTC; --alert PCT logs a warning once per period.
 
 \b
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
@@ -77,12 +88,12 @@ stdout; it cannot be shown again. Exports never contain keys or their hashes.
 ACTIONS = (
     "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
     "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
-    "--set-price", "--prices", "--remove-price",
+    "--set-price", "--prices", "--remove-price", "--check-budget",
 )  # fmt: skip
 ACTION_OPTIONS = (
     "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
     "add_user", "users", "set_user", "disable_user", "enable_user",
-    "set_price", "prices", "remove_price",
+    "set_price", "prices", "remove_price", "check_budget",
 )  # fmt: skip
 
 
@@ -139,6 +150,16 @@ def _clear_errors() -> Iterator[None]:
     "--per-million-output", metavar="AMOUNT", help="With --set-price: per 1M output tokens."
 )
 @click.option("--per-second", metavar="AMOUNT", help="With --set-price: per second of model time.")
+@click.option(
+    "--check-budget", metavar="USER", help="A user's budget: spent, remaining, reset, per key."
+)
+@click.option("--budget", metavar="AMOUNT", help="A budget in CURRENCY, or 'none' (see below).")
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    help="With --budget: when it resets (default monthly).",
+)
+@click.option("--alert", metavar="PCT", help="With --budget: log when this % is spent.")
 @click.option("--email", metavar="ADDRESS", help="With --add-user or --set-user ('' clears).")
 @click.option("--note", metavar="TEXT", help="With --add-user or --set-user ('' clears).")
 @click.option("--role", type=click.Choice(["user", "admin"]), help="Role (new keys: user).")
@@ -199,6 +220,10 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--email and --note go with --add-user or --set-user")
     if action != "--set-price" and any(o[field] is not None for field in PRICE_FIELDS):
         raise click.UsageError("--per-* amounts go with --set-price")
+    if (o["period"] is not None or o["alert"] is not None) and o["budget"] is None:
+        raise click.UsageError("--period and --alert go with --budget")
+    if o["budget"] is not None and action not in ("-g", "--set", "--add-user", "--set-user"):
+        raise click.UsageError("--budget goes with -g, --set, --add-user or --set-user")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
@@ -239,6 +264,10 @@ def cli(**options: Any) -> None:
             _users(path, action, o)
         elif action in ("--set-price", "--prices", "--remove-price"):
             _prices(path, action, o)
+        elif action == "--check-budget":
+            name, currency = o["check_budget"], currency_setting()
+            report = with_store(path, lambda store: user_budget_report(store, name, currency))
+            click.echo(render_budget_report(report, o["fmt"] or "table"))
         elif action == "--purge":
             user, name = o["purge"]
             count = with_store(path, lambda store: store.purge_revoked(user, name))
@@ -250,18 +279,31 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
         users = with_store(path, lambda store: store.list_users())
         click.echo(render_users(users, o["fmt"] or "table"))
         return
+    budget = _budget(o)
     if action == "--add-user":
         name = o["add_user"]
-        user = with_store(
-            path, lambda store: store.create_user(name, o["email"], o["note"]), create=True
-        )
+
+        async def add(store: Store) -> UserRecord:
+            user = await store.create_user(name, o["email"], o["note"])
+            if budget is not None:
+                user = await store.set_user_budget(name, budget.value)
+            return user
+
+        user = with_store(path, add, create=True)
         click.echo(f"Created user {user.name} in {shown(path)}.", err=True)
     elif action == "--set-user":
         name = o["set_user"]
         changes = {k: o[k] for k in ("email", "note") if o[k] is not None}
-        if not changes:
-            raise AdminError("--set-user needs something to change: --email or --note")
-        user = with_store(path, lambda store: store.update_user(name, changes))
+        if not changes and budget is None:
+            raise AdminError("--set-user needs something to change: --email, --note or --budget")
+
+        async def change(store: Store) -> UserRecord:
+            user = await store.update_user(name, changes)
+            if budget is not None:
+                user = await store.set_user_budget(name, budget.value)
+            return user
+
+        user = with_store(path, change)
     else:
         disable = action == "--disable-user"
         name = o["disable_user"] if disable else o["enable_user"]
@@ -308,6 +350,37 @@ def _prices(path: str, action: str, o: dict[str, Any]) -> None:
     )
 
 
+class _NewBudget(NamedTuple):
+    value: Budget | None  # None: remove the budget
+
+
+def _budget(o: dict[str, Any]) -> _NewBudget | None:
+    """--budget with its --period and --alert, parsed; None when --budget is absent."""
+    text = o["budget"]
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        if o["period"] is not None or o["alert"] is not None:
+            raise AdminError("--budget none takes no --period or --alert")
+        return _NewBudget(None)
+    try:
+        amount = parse_money(text, "--budget")
+    except PriceError as exc:
+        raise AdminError(str(exc)) from None
+    alert = None
+    if o["alert"] is not None:
+        try:
+            alert = int(o["alert"].strip().rstrip("%"))
+        except ValueError:
+            raise AdminError(
+                f"--alert must be a percentage such as 80, not {o['alert']!r}"
+            ) from None
+    try:
+        return _NewBudget(check_budget(amount, o["period"] or "monthly", alert))
+    except BudgetError as exc:
+        raise AdminError(str(exc)) from None
+
+
 def _period(o: dict[str, Any]) -> tuple[float | None, float | None]:
     since = parse_moment(o["since"], "--since") if o["since"] else None
     until = parse_moment(o["until"], "--until") if o["until"] else None
@@ -343,11 +416,17 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     expires_at = _expiry(o)
     limits = KeyLimits(**_limits(o))
     models = parse_models(o["models"]) if o["models"] is not None else None
-    record, secret = with_store(
-        path,
-        lambda store: store.create_key(user, name, o["role"] or "user", expires_at, limits, models),
-        create=True,
-    )
+    budget = _budget(o)
+
+    async def make(store: Store) -> tuple[KeyRecord, str]:
+        record, secret = await store.create_key(
+            user, name, o["role"] or "user", expires_at, limits, models
+        )
+        if budget is not None and budget.value is not None:
+            record = await store.set_key_budget(record.id, budget.value)
+        return record, secret
+
+    record, secret = with_store(path, make, create=True)
     click.echo(secret)
     click.echo(
         f"Created {record.role} key {record.prefix}... for {record.user}/{record.name}"
@@ -368,12 +447,18 @@ def _set(path: str, user: str, name: str, o: dict[str, Any]) -> None:
         changes["expires_at"] = None
     elif o["expires_days"] is not None or o["expires"] is not None:
         changes["expires_at"] = _expiry(o)
-    if not changes:
-        raise AdminError("--set needs something to change: --role, limits, --models or expiry")
+    budget = _budget(o)
+    if not changes and budget is None:
+        raise AdminError(
+            "--set needs something to change: --role, limits, --models, expiry or --budget"
+        )
 
     async def change(store: Store) -> KeyRecord:
         record = await store.find_active_key(user, name)
-        return await store.update_key(record.id, changes)
+        record = await store.update_key(record.id, changes)
+        if budget is not None:
+            record = await store.set_key_budget(record.id, budget.value)
+        return record
 
     record = with_store(path, change)
     click.echo(render([record], "table"))

@@ -22,6 +22,16 @@ metadata = MetaData()
 # SQLite's rowid alias must be spelled INTEGER; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+
+def budget_columns() -> list[Column[object]]:
+    """A budget (see budgets.py): NULL amount means none; micro-units of CURRENCY."""
+    return [
+        Column("budget", BigInteger),
+        Column("budget_period", Text),  # total, daily, weekly, monthly
+        Column("budget_alert", Integer),  # percent
+    ]
+
+
 # Users (customers): a record of their own, which their keys refer to. `name` is what
 # keys, usage records and the CLIs call the user; a disabled user's keys stop working.
 users = Table(
@@ -40,6 +50,7 @@ users = Table(
     ),
     Column("created_at", Double, nullable=False),
     Column("disabled_at", Double),
+    *budget_columns(),
 )
 
 keys = Table(
@@ -66,6 +77,7 @@ keys = Table(
     Column("models", Text),  # a JSON list of model patterns; NULL means every model
     # The user's record (its name is also in `user`, which usage records and queries use).
     Column("user_id", BigInteger),
+    *budget_columns(),  # the key's own budget, besides its user's
 )
 Index("keys_user_id", keys.c.user_id)
 # Revoked rows stay for history, so only one *active* key may carry a user + name.
@@ -169,4 +181,25 @@ prices = Table(
     Column("per_million_output", BigInteger, nullable=False),
     Column("per_second", BigInteger, nullable=False),
     Column("updated_at", Double, nullable=False),
+)
+
+# What each budget's owner ("user:ID", "key:ID") has spent in its current period and what
+# requests still running have reserved: shared by gateways on one PostgreSQL database
+# (on SQLite the one gateway holds this in memory). Made by aigateway_budget_reserve().
+budget_spend = Table(
+    "budget_spend",
+    metadata,
+    Column("owner", Text, primary_key=True),
+    Column("period", Text, nullable=False),
+    Column("period_start", BigInteger, nullable=False),
+    Column("spent", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+)
+# The reservations each gateway holds, as it last said (given back when it goes silent).
+instance_budget_held = Table(
+    "instance_budget_held",
+    metadata,
+    Column("instance", Text, primary_key=True),
+    Column("owner", Text, primary_key=True),
+    Column("reserved", BigInteger, nullable=False),
 )

@@ -1,0 +1,280 @@
+"""Budgets: how much a user (all its keys together) or a single key may spend per period.
+
+A budget is an amount in micro-units of CURRENCY, a period (`total`, `daily`, `weekly`,
+`monthly`; each begins at 00:00 UTC: of the day, of Monday, of the 1st) and an optional
+alert threshold in percent, logged once per period. What has been spent is held in memory
+per owner and period (no disk I/O per request), loaded from the usage table when a budget
+appears or changes its period, and set to 0 when a new period begins.
+
+A request of a model with a price is checked before it is relayed: it passes only while
+what its owners have spent, plus what requests still running have reserved, leaves room
+for its per-request price, which it then reserves. So 100 simultaneous requests against a
+budget that covers 50 per-request prices relay exactly 50. Token and time costs are known
+only at the end: they are charged then, so one request may go past a budget, and the next
+is refused. (On PostgreSQL several gateways share the same reckoning: sharedbudgets.py.)
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from .pricing import money
+
+log = logging.getLogger("aigateway.budgets")
+
+PERIODS = ("total", "daily", "weekly", "monthly")
+DAY = 86400
+# 1970-01-01 was a Thursday: days since the epoch plus this, modulo 7, is 0 on Mondays.
+_MONDAY_SHIFT = 3
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be stored; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    amount: int  # micro-units of CURRENCY
+    period: str = "monthly"
+    alert: int | None = None  # percent of the amount; logged once per period when reached
+
+
+def check_budget(amount: object, period: object, alert: object = None) -> Budget:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= 10**15:
+        raise BudgetError("a budget must be a whole number of micro-units from 0 to 10^15")
+    if period not in PERIODS:
+        raise BudgetError(f"a budget's period must be one of {', '.join(PERIODS)}, not {period!r}")
+    if alert is not None and (
+        isinstance(alert, bool) or not isinstance(alert, int) or not 1 <= alert <= 100
+    ):
+        raise BudgetError("a budget's alert must be a whole percentage from 1 to 100")
+    return Budget(amount, str(period), alert)
+
+
+def budget_json(budget: Budget | None) -> dict[str, object] | None:
+    """A budget as the admin API and JSON exports show it (amount in micro-units)."""
+    if budget is None:
+        return None
+    return {"amount": budget.amount, "period": budget.period, "alert_percent": budget.alert}
+
+
+def describe(budget: Budget | None) -> str:
+    """`50.000000 monthly, alert 80%`, for tables and CSV cells ("" for none)."""
+    if budget is None:
+        return ""
+    text = f"{money(budget.amount)} {budget.period}"
+    return text if budget.alert is None else f"{text}, alert {budget.alert}%"
+
+
+def period_start(period: str, now: float) -> int:
+    """When the period holding `now` began (Unix seconds, UTC); 0 for `total`."""
+    if period == "total":
+        return 0
+    day = int(now // DAY)
+    if period == "daily":
+        return day * DAY
+    if period == "weekly":
+        return (day - (day + _MONDAY_SHIFT) % 7) * DAY
+    moment = datetime.fromtimestamp(now, UTC)
+    return calendar.timegm((moment.year, moment.month, 1, 0, 0, 0))
+
+
+def period_end(period: str, now: float) -> int | None:
+    """When the period holding `now` ends and the budget is whole again (None: never)."""
+    if period == "total":
+        return None
+    start = period_start(period, now)
+    if period == "daily":
+        return start + DAY
+    if period == "weekly":
+        return start + 7 * DAY
+    moment = datetime.fromtimestamp(start, UTC)
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0))
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BudgetLine(NamedTuple):
+    """One budget a key's requests count against: the key's own, or its user's."""
+
+    owner: str  # "key:12" or "user:3": the spend's name in memory and in the database
+    label: str  # what messages call it: user 'alice', key 'alice/laptop'
+    budget: Budget
+
+
+def budget_lines(
+    key_id: int,
+    user: str,
+    key_name: str,
+    user_id: int | None,
+    key_budget: Budget | None,
+    user_budget: Budget | None,
+) -> tuple[BudgetLine, ...]:
+    lines = []
+    if key_budget is not None:
+        lines.append(BudgetLine(f"key:{key_id}", f"key '{user}/{key_name}'", key_budget))
+    if user_budget is not None and user_id is not None:
+        lines.append(BudgetLine(f"user:{user_id}", f"user '{user}'", user_budget))
+    return tuple(lines)
+
+
+class Refusal(NamedTuple):
+    """A request over a budget: what the error says, and when to try again."""
+
+    message: str
+    retry_after: int | None  # seconds until the period ends; None for `total`
+
+
+def refusal(line: BudgetLine, spent: int, reserved: int, currency: str, now: float) -> Refusal:
+    budget = line.budget
+    end = period_end(budget.period, now)
+    message = (
+        f"budget exhausted: {line.label} has spent {money(spent)} {currency}"
+        f" of its {budget.period} budget of {money(budget.amount)} {currency}"
+    )
+    if reserved:
+        message += f" ({money(reserved)} more reserved by requests still running)"
+    if end is None:
+        message += "; it does not reset (an administrator can raise it)"
+        return Refusal(message, None)
+    return Refusal(f"{message}; it resets at {iso(end)}", max(1, math.ceil(end - now)))
+
+
+def allows(budget: Budget, spent: int, reserved: int, price: int) -> bool:
+    """Whether a request whose per-request price is `price` fits: with a per-request
+    price, if that price fits whole; without one, while anything of the budget is left."""
+    taken = spent + reserved
+    return taken + price <= budget.amount if price else taken < budget.amount
+
+
+@dataclass(slots=True)
+class _Spend:
+    period: str
+    start: int
+    end: float  # when the period ends (infinity for `total`)
+    spent: int = 0
+    reserved: int = 0  # per-request prices of requests still running
+    alerted: int = -1  # the period start whose alert was logged
+
+
+def _new_spend(period: str, now: float) -> _Spend:
+    end = period_end(period, now)
+    return _Spend(period, period_start(period, now), math.inf if end is None else end)
+
+
+SpendLoader = Callable[[str, float], Awaitable[int]]
+
+
+class Budgets:
+    """Spend per owner for the current period, held in memory (this gateway's own view;
+    with shared budgets, the view the database last gave plus what ran here since)."""
+
+    def __init__(self, currency: str) -> None:
+        self.currency = currency
+        self._spend: dict[str, _Spend] = {}
+
+    async def prepare(self, lines: Iterable[BudgetLine], load: SpendLoader) -> None:
+        """Before a key table with these budgets is used: load what each owner whose
+        budget is new, or has a new period, has spent in its current period; forget the
+        spend of owners that no longer have a budget."""
+        now = time.time()
+        wanted: dict[str, BudgetLine] = {line.owner: line for line in lines}
+        for owner in list(self._spend):
+            if owner not in wanted:
+                del self._spend[owner]
+        for owner, line in wanted.items():
+            spend = self._spend.get(owner)
+            if spend is not None and spend.period == line.budget.period:
+                continue
+            fresh = _new_spend(line.budget.period, now)
+            fresh.spent = await load(owner, fresh.start)
+            if spend is not None:
+                fresh.reserved = spend.reserved
+            self._spend[owner] = fresh
+
+    def _current(self, line: BudgetLine, now: float) -> _Spend:
+        period = line.budget.period
+        spend = self._spend.get(line.owner)
+        if spend is None or spend.period != period:
+            # Not prepared (a key made a moment ago: it has spent nothing yet).
+            spend = self._spend[line.owner] = _new_spend(period, now)
+        elif not spend.start <= now < spend.end:  # a new period began (or the clock went back)
+            rolled = _new_spend(period, now)
+            spend.start, spend.end, spend.spent = rolled.start, rolled.end, 0
+        return spend
+
+    def reserve(self, lines: tuple[BudgetLine, ...], price: int, now: float) -> Refusal | None:
+        """Check every budget of a request and, if all leave room, reserve its
+        per-request price against each: no await in between, so simultaneous requests
+        see each other's reservations."""
+        spends = [self._current(line, now) for line in lines]
+        for line, spend in zip(lines, spends, strict=True):
+            if not allows(line.budget, spend.spent, spend.reserved, price):
+                return refusal(line, spend.spent, spend.reserved, self.currency, now)
+        if price:
+            for spend in spends:
+                spend.reserved += price
+        return None
+
+    def settle(self, lines: tuple[BudgetLine, ...], reserved: int, cost: int, now: float) -> None:
+        """A request ended: its reservation goes, its cost is spent."""
+        for line in lines:
+            spend = self._current(line, now)
+            spend.reserved = max(0, spend.reserved - reserved)
+            spend.spent += cost
+            self._maybe_alert(line, spend)
+
+    def observe(self, line: BudgetLine, spent: int, now: float) -> None:
+        """What the shared reckoning says the owner has spent (PostgreSQL): kept as this
+        gateway's view for when the database is away."""
+        spend = self._current(line, now)
+        spend.spent = spent
+        self._maybe_alert(line, spend)
+
+    def _maybe_alert(self, line: BudgetLine, spend: _Spend) -> None:
+        budget = line.budget
+        if budget.alert is None or spend.alerted == spend.start:
+            return
+        if spend.spent * 100 >= budget.amount * budget.alert:
+            spend.alerted = spend.start
+            log.warning(
+                "budget alert: %s has spent %s of its %s budget of %s %s (alert at %d%%)",
+                line.label,
+                money(spend.spent),
+                budget.period,
+                money(budget.amount),
+                self.currency,
+                budget.alert,
+            )
+
+    def view(self, line: BudgetLine, now: float) -> dict[str, object]:
+        spend = self._current(line, now)
+        return budget_view(line, spend.spent, spend.reserved, now)
+
+
+def budget_view(line: BudgetLine, spent: int, reserved: int, now: float) -> dict[str, object]:
+    """A budget and its use, as the admin API and the CLIs show it (micro-units)."""
+    budget = line.budget
+    end = period_end(budget.period, now)
+    return {
+        "amount": budget.amount,
+        "period": budget.period,
+        "alert_percent": budget.alert,
+        "spent": spent,
+        "reserved": reserved,
+        "remaining": max(0, budget.amount - spent - reserved),
+        "period_start": period_start(budget.period, now),
+        "resets_at": end,
+        "alert_reached": budget.alert is not None and spent * 100 >= budget.amount * budget.alert,
+        "exhausted": not allows(budget, spent, reserved, 0),
+    }

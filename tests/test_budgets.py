@@ -1,0 +1,328 @@
+"""Budgets: exact under concurrency, charged from real SDK streams, refused in each
+dialect as its SDK understands, rolled over with the calendar, reloaded at start."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+
+import anthropic
+import httpx
+import httpx2
+import ollama
+import openai
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from aigateway import Settings, create_app
+from aigateway.appkeys import KEY_TABLE, RELAY
+from aigateway.budgets import (
+    Budget,
+    BudgetError,
+    BudgetLine,
+    Budgets,
+    check_budget,
+    period_end,
+    period_start,
+)
+from aigateway.pricing import Price, money
+from aigateway.store import Store
+from aigateway.testing.fake_ollama import FakeOllama
+
+from .conftest import make_key
+from .helpers import eventually
+from .test_instances import cli
+
+CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
+PRICE = 10_000  # micro-units per request (0.01 USD)
+
+
+def _t(*ymdhms: int) -> float:
+    return float(calendar.timegm((*ymdhms, 0, 0, 0)[:6]))
+
+
+def test_periods_begin_at_midnight_utc() -> None:
+    now = _t(2026, 12, 31, 23, 59, 59)  # a Thursday
+    assert period_start("total", now) == 0 and period_end("total", now) is None
+    assert period_start("daily", now) == _t(2026, 12, 31)
+    assert period_end("daily", now) == _t(2027, 1, 1)
+    assert period_start("weekly", now) == _t(2026, 12, 28)  # the Monday before
+    assert period_end("weekly", now) == _t(2027, 1, 4)
+    assert period_start("monthly", now) == _t(2026, 12, 1)
+    assert period_end("monthly", now) == _t(2027, 1, 1)
+    monday = _t(2026, 11, 30)
+    assert period_start("weekly", monday) == monday  # a Monday at 00:00 starts its week
+    assert period_start("weekly", monday - 1) == _t(2026, 11, 23)
+    assert period_end("monthly", _t(2028, 2, 10)) == _t(2028, 3, 1)
+
+
+def test_bad_budgets_are_refused() -> None:
+    for amount, period, alert in (
+        (-1, "monthly", None),
+        (1.5, "monthly", None),
+        (True, "monthly", None),
+        (10**16, "monthly", None),
+        (1, "yearly", None),
+        (1, "daily", 0),
+        (1, "daily", 101),
+        (1, "daily", 50.5),
+    ):
+        with pytest.raises(BudgetError):
+            check_budget(amount, period, alert)
+    assert check_budget(0, "total") == Budget(0, "total")
+
+
+def test_the_period_rolls_over_with_the_clock_and_the_alert_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A controlled clock: spend in one day, the next day starts at 0; the alert at 80%
+    is logged once a day, however many requests pass it."""
+    budgets = Budgets("USD")
+    line = BudgetLine("user:1", "user 'acme'", Budget(100, "daily", 80))
+    late = _t(2026, 12, 1, 23, 59, 58)
+    caplog.set_level(logging.WARNING, "aigateway.budgets")
+    for n in range(10):
+        assert budgets.reserve((line,), 10, late + n * 0.1) is None
+        budgets.settle((line,), 10, 10, late + n * 0.1)
+    refused = budgets.reserve((line,), 10, late + 1)
+    assert refused is not None and refused.retry_after == 1
+    assert "has spent 0.000100 USD of its daily budget of 0.000100 USD" in refused.message
+    assert "resets at 2026-12-02T00:00:00Z" in refused.message
+    alerts = [r for r in caplog.records if "budget alert" in r.getMessage()]
+    assert len(alerts) == 1 and "user 'acme' has spent 0.000080" in alerts[0].getMessage()
+    # Midnight UTC: a new day, the whole budget again, and the alert may be said again.
+    tomorrow = _t(2026, 12, 2, 0, 0, 1)
+    assert budgets.reserve((line,), 10, tomorrow) is None
+    assert budgets.view(line, tomorrow)["spent"] == 0
+    assert budgets.view(line, tomorrow)["reserved"] == 10
+    for _ in range(8):
+        budgets.settle((line,), 10, 10, tomorrow)
+        budgets.reserve((line,), 10, tomorrow)
+    alerts = [r for r in caplog.records if "budget alert" in r.getMessage()]
+    assert len(alerts) == 2
+    # Without a per-request price, a request passes while anything is left: one may go
+    # past the budget (its tokens are known only at its end), the next may not.
+    tokens = BudgetLine("key:2", "key 'acme/x'", Budget(5, "total"))
+    assert budgets.reserve((tokens,), 0, tomorrow) is None
+    budgets.settle((tokens,), 0, 7, tomorrow)
+    refused = budgets.reserve((tokens,), 0, tomorrow)
+    assert refused is not None and refused.retry_after is None
+    assert "does not reset" in refused.message
+
+
+async def _gateway_with_budget(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+    budget: Budget,
+    price: Price,
+) -> tuple[TestServer, str]:
+    secret = await make_key(db_path, "acme", "laptop")
+    store = await Store.open(db_path)
+    try:
+        await store.set_user_budget("acme", budget)
+        await store.set_price(price)
+    finally:
+        await store.close()
+    return await aiohttp_server(create_app(settings)), secret
+
+
+async def test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fifty(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+    fake: FakeOllama,
+) -> None:
+    gateway, key = await _gateway_with_budget(
+        aiohttp_server, settings, db_path, Budget(50 * PRICE, "monthly"), Price("llama3*", PRICE)
+    )
+    url = str(gateway.make_url("/api/chat"))
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ClientSession() as session:
+
+        async def one() -> int:
+            async with session.post(url, data=CHAT, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(100)))
+        assert sorted(statuses) == [200] * 50 + [402] * 50
+        assert len([r for r in fake.requests if r.path_qs == "/api/chat"]) == 50
+        # Refused in Ollama's shape, saying which budget, what was spent, when it resets.
+        async with session.post(url, data=CHAT, headers=headers) as resp:
+            assert resp.status == 402
+            error = (await resp.json())["error"]
+            assert error.startswith("budget exhausted: user 'acme' has spent 0.500000 USD")
+            assert "monthly budget of 0.500000 USD" in error and "resets at" in error
+            assert int(resp.headers["Retry-After"]) > 0
+            assert resp.headers["x-should-retry"] == "false"
+        # A model without a price costs nothing, so the budget does not hold it back.
+        free = CHAT.replace(b"llama3.2", b"qwen3")
+        async with session.post(url, data=free, headers=headers) as resp:
+            assert resp.status == 200
+    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    made = cli("--check-budget", "acme", "--format", "json", "--db", db_path)
+    assert made.returncode == 0, made.stderr
+    assert '"spent": 500000' in made.stdout and '"exhausted": true' in made.stdout
+    await gateway.close()
+
+    # A gateway started again reloads what was spent from the usage records.
+    again = await aiohttp_server(create_app(settings))
+    async with (
+        ClientSession() as session,
+        session.post(str(again.make_url("/api/chat")), data=CHAT, headers=headers) as resp,
+    ):
+        assert resp.status == 402
+
+
+async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_refused(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+    fake: FakeOllama,
+) -> None:
+    """Per output token, with the official SDKs streaming (OpenAI with and without
+    include_usage): each key's first request passes with the whole budget left, its cost
+    is charged when it ends, and the second is refused as each SDK understands it,
+    without retrying."""
+    per_token = Price("llama3*", per_million_input=1_000_000, per_million_output=2_000_000)
+    gateway = await aiohttp_server(create_app(settings))
+    store = await Store.open(db_path)
+    keys = {}
+    for sdk in ("ollama", "openai", "openai_usage", "anthropic"):
+        keys[sdk] = await make_key(db_path, "tokens", sdk)
+        record = await store.find_active_key("tokens", sdk)
+        await store.set_key_budget(record.id, Budget(1, "daily"))
+    await store.set_price(per_token)
+    table = gateway.app[KEY_TABLE]
+    await eventually(lambda: table.prices.for_model("llama3.2") == per_token)
+    host = str(gateway.make_url("")).rstrip("/")
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    async def count2(request: httpx2.Request) -> None:
+        sent.append(request.url.path)
+
+    messages = [{"role": "user", "content": "hi"}]
+    try:
+        native = ollama.AsyncClient(
+            host=host, headers={"Authorization": f"Bearer {keys['ollama']}"}
+        )
+        async for _ in await native.chat(model="llama3.2", messages=messages, stream=True):
+            pass
+        with pytest.raises(ollama.ResponseError) as refused:
+            await native.chat(model="llama3.2", messages=messages)
+        assert refused.value.status_code == 402
+        assert "budget exhausted: key 'tokens/ollama'" in refused.value.error
+        await native._client.aclose()
+
+        for name, options in (("openai", None), ("openai_usage", {"include_usage": True})):
+            http = httpx.AsyncClient(event_hooks={"request": [count]})
+            sdk = openai.AsyncOpenAI(base_url=host + "/v1", api_key=keys[name], http_client=http)
+            stream = await sdk.chat.completions.create(
+                model="llama3.2",
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                stream_options=options,  # type: ignore[arg-type]
+            )
+            async for _ in stream:
+                pass
+            sent.clear()
+            with pytest.raises(openai.RateLimitError) as quota:
+                await sdk.chat.completions.create(model="llama3.2", messages=messages)  # type: ignore[arg-type]
+            assert quota.value.code == "insufficient_quota"
+            assert quota.value.type == "insufficient_quota"
+            assert "budget exhausted" in quota.value.message
+            assert len(sent) == 1  # the SDK (max_retries 2) did not retry
+            await sdk.close()
+
+        # (this SDK carries its own fork of httpx)
+        counted = httpx2.AsyncClient(event_hooks={"request": [count2]})
+        claude = anthropic.AsyncAnthropic(
+            base_url=host, api_key=keys["anthropic"], http_client=counted
+        )
+        async with claude.messages.stream(
+            model="llama3.2",
+            max_tokens=64,
+            messages=messages,  # type: ignore[arg-type]
+        ) as stream:
+            async for _ in stream:
+                pass
+        sent.clear()
+        with pytest.raises(anthropic.PaymentRequiredError) as billing:
+            await claude.messages.create(model="llama3.2", max_tokens=64, messages=messages)  # type: ignore[arg-type]
+        assert billing.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
+        assert len(sent) == 1
+        await claude.close()
+    finally:
+        await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    # What each key spent is what its usage record costs, to the micro-unit, by hand.
+    rows = [r for r in await store.usage_rows() if r.status == 200]
+    assert len(rows) == 4
+    now = rows[-1].ts
+    budgets = gateway.app[RELAY].budgets
+    for row in rows:
+        assert row.prompt_tokens and row.completion_tokens
+        by_hand = row.prompt_tokens * 1 + row.completion_tokens * 2
+        assert row.cost == by_hand
+        record = await store.get_key(row.key_id)
+        assert budgets.view(record.budgets[0], now)["spent"] == by_hand
+        assert await store.spend_since(f"key:{row.key_id}", 0) == by_hand
+    await store.close()
+
+
+async def test_budgets_through_the_admin_api(
+    admin,  # type: ignore[no-untyped-def]
+    client,  # type: ignore[no-untyped-def]
+    gateway: TestServer,
+) -> None:
+    resp = await admin.patch(
+        "/admin/users/alice",
+        json={"budget": {"amount": 2 * PRICE, "period": "weekly", "alert_percent": 50}},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["budget"] == {
+        "amount": 2 * PRICE,
+        "period": "weekly",
+        "alert_percent": 50,
+    }
+    for bad in (
+        {"amount": -1},
+        {"amount": 1, "period": "hourly"},
+        {"amount": 1, "alert_percent": 0},
+        {"amount": "1"},
+        {"amount": 1, "currency": "EUR"},
+        [1],
+    ):
+        assert (await admin.patch("/admin/users/alice", json={"budget": bad})).status == 400, bad
+    assert (
+        await admin.post("/admin/prices", json={"pattern": "*", "per_request": PRICE})
+    ).status == 200
+    for _ in range(2):
+        assert (await client.post("/api/chat", data=CHAT)).status == 200
+    over = await client.post("/v1/chat/completions", json={"model": "llama3.2", "messages": []})
+    assert over.status == 429
+    assert (await over.json())["error"]["type"] == "insufficient_quota"
+    over = await client.post(
+        "/v1/messages", json={"model": "llama3.2", "max_tokens": 1, "messages": []}
+    )
+    assert over.status == 402
+    assert (await over.json())["error"]["type"] == "billing_error"
+    me = await (await client.get("/admin/me")).json()
+    assert me["currency"] == "USD"
+    (mine,) = me["budgets"]
+    assert mine["owner"] == "user" and mine["spent"] == 2 * PRICE and mine["exhausted"]
+    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    report = await (await admin.get("/admin/users/alice/budget")).json()
+    assert report["budget"]["spent"] == 2 * PRICE and report["budget"]["remaining"] == 0
+    assert report["keys"][0]["spent"] == 2 * PRICE
+    # Removing the budget lets the user spend again at once.
+    assert (await admin.patch("/admin/users/alice", json={"budget": None})).status == 200
+    assert (await client.post("/api/chat", data=CHAT)).status == 200
+    assert (await client.get("/admin/users/alice/budget")).status == 403
+    assert (await admin.get("/admin/users/nobody/budget")).status == 404
+    assert money(PRICE) == "0.010000"
