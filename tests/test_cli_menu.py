@@ -275,6 +275,25 @@ def test_users_are_listed_added_disabled_and_enabled(seeded: str) -> None:
     assert run("--users", "--format", "json", "--db", seeded)[1].count('"active"') == 2
 
 
+def test_a_users_budget_is_set_and_checked(seeded: str) -> None:
+    clear = [BACKSPACE] * 12
+    with menu(seeded) as session:
+        # Set: alice (the first user), 25 a week, alert at 80%.
+        session.type(*TO_USERS, ENTER, *[DOWN] * 5, ENTER, ENTER, *clear, "25", ENTER)
+        session.type(UP, ENTER, "80", ENTER)  # (from monthly, the default)
+        # Check.
+        session.type(*TO_USERS, ENTER, *[DOWN] * 6, ENTER, ENTER)
+        # A bad amount is refused where it is typed, and Esc leaves it unchanged.
+        session.type(*TO_USERS, ENTER, *[DOWN] * 5, ENTER, ENTER, *clear, "-3", ENTER, ESC)
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "Set the budget of alice: 25.000000 weekly, alert 80%." in said
+    assert "User alice: weekly budget 25.000000 USD, spent 0.000000" in said
+    assert said.endswith("Cancelled.")
+    listed = run("--users", "--format", "json", "--db", seeded)[1]
+    assert '"period": "weekly"' in listed and '"amount": 25000000' in listed
+
+
 def test_prices_are_set_listed_and_removed(seeded: str) -> None:
     clear = [BACKSPACE] * 12
     with menu(seeded) as session:

@@ -16,6 +16,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
+from ..budgetreport import user_budget_report
+from ..budgets import PERIODS, BudgetError, check_budget, describe
 from ..pricing import Price, PriceError, check_price, money, parse_money
 from ..settings import currency_setting, database_target
 from ..store import (
@@ -38,6 +40,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_budget_report,
     render_prices,
     render_usage,
     render_users,
@@ -55,7 +58,7 @@ GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, PRICES, EXIT
     "Export to file",
     "Usage report",
     "Export usage to file",
-    "Users: list, add, change, disable, enable",
+    "Users: list, add, change, disable, enable, budgets",
     "Prices: list, set, remove",
     "Exit",
 )
@@ -66,13 +69,18 @@ PRICE_PROMPTS = (
     ("per_million_output", "Per million output tokens"),
     ("per_second", "Per second of model time"),
 )
-LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER = (
+LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER, SET_BUDGET, CHECK_BUDGET = (
     "List users",
     "Add a user",
     "Change a user's email or note",
     "Disable a user (all its keys stop working)",
     "Enable a user",
+    "Set a user's budget",
+    "Check a user's budget (spent, remaining, reset, per key)",
 )
+USER_CHOICES = [
+    LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER, SET_BUDGET, CHECK_BUDGET,
+]  # fmt: skip
 LIMIT_PROMPTS = (
     ("rpm", "Requests per minute"),
     ("rph", "Requests per hour"),
@@ -280,7 +288,7 @@ class Menu:
         choice = self._ask(
             questionary.select,
             "Users:",
-            choices=[LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER],
+            choices=USER_CHOICES,
         )
         if choice == LIST_USERS:
             users = with_store(self.db_path, lambda store: store.list_users())
@@ -294,9 +302,12 @@ class Menu:
             )
             self.echo(f"Created user {made.name}.")
         else:
-            wanted = {CHANGE_USER: None, DISABLE_USER: False, ENABLE_USER: True}[choice]
+            wanted = {DISABLE_USER: False, ENABLE_USER: True}.get(choice)
             user = self._pick_user(wanted)
             if user is None:
+                return
+            if choice in (SET_BUDGET, CHECK_BUDGET):
+                self._budget(user, choice)
                 return
             if choice == CHANGE_USER:
                 changes = {
@@ -322,6 +333,40 @@ class Menu:
                 f"{'Disabled' if disable else 'Enabled'} {user.name}: its keys"
                 f" {'stop' if disable else 'work again'} within a second."
             )
+
+    def _budget(self, user: UserRecord, choice: str) -> None:
+        currency = currency_setting()
+        if choice == SET_BUDGET:
+            current = user.budget
+            text = self._ask(
+                questionary.text,
+                f"Budget in {currency}, for all the user's keys together ('none': no budget):",
+                default=money(current.amount) if current is not None else "none",
+                validate=_valid(_budget_amount),
+            )
+            budget = None
+            amount = _budget_amount(text)
+            if amount is not None:
+                period = self._ask(
+                    questionary.select,
+                    "Resets (at 00:00 UTC):",
+                    choices=list(PERIODS),
+                    default=current.period if current is not None else "monthly",
+                )
+                alert = self._ask(
+                    questionary.text,
+                    "Alert at this % spent (or empty):",
+                    default=str(current.alert) if current and current.alert else "",
+                    validate=_valid(lambda t: check_budget(0, "total", _percent(t))),
+                )
+                budget = check_budget(amount, period, _percent(alert))
+            with_store(self.db_path, lambda store: store.set_user_budget(user.name, budget))
+            self.echo(f"Set the budget of {user.name}: {describe(budget) or 'none'}.")
+            return
+        report = with_store(
+            self.db_path, lambda store: user_budget_report(store, user.name, currency)
+        )
+        self.echo(render_budget_report(report, "table"))
 
     def prices(self) -> None:
         currency = currency_setting()
@@ -438,6 +483,22 @@ def _valid_key_name(user: str, active: set[tuple[str, str]]) -> Callable[[str], 
     return validate
 
 
+def _budget_amount(text: str) -> int | None:
+    """An amount of CURRENCY in micro-units; None for 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    return parse_money(text, "the budget")
+
+
+def _percent(text: str) -> int | None:
+    if not text.strip():
+        return None
+    try:
+        return int(text.strip().rstrip("%"))
+    except ValueError:
+        raise AdminError(f"a percentage such as 80, not {text!r}") from None
+
+
 def _valid(parse: Callable[[str], object]) -> Callable[[str], bool | str]:
     """A questionary validator from a parser that raises AdminError, InvalidInputError or
     PriceError."""
@@ -445,7 +506,7 @@ def _valid(parse: Callable[[str], object]) -> Callable[[str], bool | str]:
     def validate(text: str) -> bool | str:
         try:
             parse(text)
-        except (AdminError, InvalidInputError, PriceError) as exc:
+        except (AdminError, InvalidInputError, PriceError, BudgetError) as exc:
             return str(exc)
         return True
 
