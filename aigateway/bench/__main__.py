@@ -2,7 +2,8 @@
 
 Four processes serve on loopback: the fake Ollama, the floor (a bare aiohttp
 pass-through), and the gateway as `python -m aigateway` runs it, twice: the core (keys,
-the access log, usage records) and the same with per-key limits on every request; and,
+the access log, usage records), the same with per-key limits on every request, and the
+same with billing (prices on every model, a budget on the key and on its user); and,
 where PostgreSQL is installed, a third time with limits on PostgreSQL (a server the
 benchmark starts), whose round trips per request it counts from pg_stat_statements. This
 process is the load: N connections, each sending a request as soon as the previous
@@ -193,7 +194,16 @@ LIMITS = {
     "DEFAULT_RPH": "1000000000",
     "DEFAULT_TOKENS_PER_DAY": "1000000000000",
 }
-FLOOR, CORE, FULL, POSTGRES = "floor", "gateway", "gw+limits", "pg+limits"
+FLOOR, CORE, FULL, BILLING, POSTGRES = "floor", "gateway", "gw+limits", "gw+billing", "pg+limits"
+# Billing: every model priced per request and per token, and budgets on the key and its
+# user (far above what a run spends), so every request is priced, checked against both
+# budgets, reserves and settles.
+BILLING_SETUP = (
+    ("--set-price", "*", "--per-request", "0.000001", "--per-million-input", "0.10",
+     "--per-million-output", "0.40"),
+    ("--set-user", "bench", "--budget", "1000000000", "--period", "monthly"),
+    ("--set", "bench", "load0", "--budget", "1000000000", "--period", "daily"),
+)  # fmt: skip
 # The same limits as a key's own (the PostgreSQL gateway has no defaults, so that one of
 # its keys can have none: the round trips of both kinds are counted).
 KEY_LIMITS = ("--rpm", LIMITS["DEFAULT_RPM"], "--rph", LIMITS["DEFAULT_RPH"],
@@ -204,6 +214,18 @@ WAITED = (
     "%aigateway_admit(%",
     "%UPDATE limit_counters SET day_reserved = day_reserved +%",
 )
+
+
+def billing_database(work: Path) -> None:
+    """tokens-billing.db: the key database with prices and budgets."""
+    shutil.copy(work / "tokens.db", work / "tokens-billing.db")
+    for setup in BILLING_SETUP:
+        subprocess.run(
+            [sys.executable, "-m", "aigateway.cli.flags", *setup,
+             "--db", str(work / "tokens-billing.db")],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
 
 
 @contextmanager
@@ -238,7 +260,7 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
     raise_open_file_limit()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
-    up_port, floor_port, core_port, full_port, pg_port = (free_port() for _ in range(5))
+    up_port, floor_port, core_port, full_port, bill_port, pg_port = (free_port() for _ in range(6))
     upstream_url = f"http://127.0.0.1:{up_port}"
     # One key database each, so the two gateways' usage writers do not queue for one file.
     shutil.copy(work / "tokens.db", work / "tokens-limits.db")
@@ -275,12 +297,18 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 gateway_cmd, gateway_env(full_port, "tokens-limits.db", LIMITS), work / "full.log"
             )
         )
+        billing = stack.enter_context(
+            started(
+                gateway_cmd, gateway_env(bill_port, "tokens-billing.db", {}), work / "billing.log"
+            )
+        )
         await wait_ready(upstream_url + "/", upstream)
         auth = {"Authorization": f"Bearer {key}"}
         targets = [
             Target(FLOOR, f"http://127.0.0.1:{floor_port}", floor, {}),
             Target(CORE, f"http://127.0.0.1:{core_port}", core, auth),
             Target(FULL, f"http://127.0.0.1:{full_port}", full, auth),
+            Target(BILLING, f"http://127.0.0.1:{bill_port}", billing, auth),
         ]
         postgres = stack.enter_context(postgres_database(work))
         free_key = ""
@@ -375,6 +403,13 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             ("+limits throughput, 32", paired(FULL, 32, rps), lambda x: x >= 0.85, ">= 0.85x"),
             ("+limits p50 latency, 1", paired(FULL, 1, p50), None, ""),
             ("+limits CPU/request, 32", paired(FULL, 32, cpu), None, ""),
+            (
+                "billing/core throughput, 32",
+                paired(BILLING, 32, rps, against=CORE),
+                lambda x: x >= 0.95,
+                ">= 0.95x",
+            ),
+            ("billing/core CPU/req, 32", paired(BILLING, 32, cpu, against=CORE), None, ""),
         ]
         if postgres is not None:
             checks += [
@@ -389,7 +424,10 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             ]
         print()
         print("ratios: the median of the ratios within each round (each round's);")
-        print("against the floor, and PostgreSQL's gateway against SQLite's, both with limits")
+        print(
+            "against the floor; billing against the core gateway; PostgreSQL's gateway"
+            " against SQLite's, both with limits"
+        )
         passed = True
         for what, ratios, test, goal in checks:
             middle = statistics.median(ratios)
@@ -440,6 +478,7 @@ def main() -> None:
         loop = new_event_loop()
         try:
             key = make_key(Path(tmp) / "tokens.db")
+            billing_database(Path(tmp))
             code = loop.run_until_complete(bench(args, Path(tmp), key))
         finally:
             loop.close()

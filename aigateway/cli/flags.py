@@ -76,6 +76,11 @@ all its keys together) or on one key (-g, --set). --period is total, daily, week
 monthly (default), starting at 00:00 UTC; --alert PCT logs a warning once per period.
 
 \b
+The billing seed's commands: create-customer = --add-user, list-customers = --users,
+generate-key = -g, revoke-key = -d, list-keys = -l, usage-report = --usage,
+check-budget = --check-budget, export-usage = --usage-export, set-pricing = --set-price.
+
+\b
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
 reused. To delete revoked rows for good, use --purge USER KEY_NAME.
 
