@@ -826,14 +826,18 @@ class Store:
             return result.rowcount
 
     async def usage_rows(
-        self, since: float | None = None, until: float | None = None, key_id: int | None = None
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        key_id: int | None = None,
+        user: str | None = None,
     ) -> list[UsageRecord]:
         columns = [usage.c[name] for name in USAGE_COLUMNS]
         async with self._read() as conn:
             rows = (
                 await conn.execute(
                     select(*columns)
-                    .where(*_usage_filter(since, until, key_id))
+                    .where(*_usage_filter(since, until, key_id, user))
                     .order_by(usage.c.ts, usage.c.id)
                 )
             ).all()
@@ -855,9 +859,11 @@ class Store:
         since: float | None = None,
         until: float | None = None,
         key_id: int | None = None,
+        user: str | None = None,
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
-        route; p95 is computed here, the same way on both databases."""
+        route (of one user's records, with `user`); p95 is computed here, the same way on
+        both databases."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
@@ -876,7 +882,7 @@ class Store:
             func.sum(usage.c.client_gone),
             func.sum(usage.c.cost),
             durations,
-        ).where(*_usage_filter(since, until, key_id))
+        ).where(*_usage_filter(since, until, key_id, user))
         if labels:
             statement = statement.group_by(*labels).order_by(*labels)
         async with self._read() as conn:
@@ -1185,8 +1191,12 @@ def _models(value: object) -> tuple[str, ...] | None:
     return tuple(p for p in patterns if isinstance(p, str))
 
 
-def _usage_filter(since: float | None, until: float | None, key_id: int | None) -> list[Any]:
+def _usage_filter(
+    since: float | None, until: float | None, key_id: int | None, user: str | None = None
+) -> list[Any]:
     clauses = []
+    if user is not None:
+        clauses.append(usage.c.user == user)
     if since is not None:
         clauses.append(usage.c.ts >= since)
     if until is not None:

@@ -436,6 +436,14 @@ def test_usage_report(db_path: str) -> None:
     assert (
         run("--usage", "--since", "2030-01-01", "--db", db_path)[1] == "No usage in this period.\n"
     )
+    # One user's usage in a period, per model: what an invoice lists.
+    ann = json.loads(
+        run("--usage", "--user", "ann", "--by", "model", "--format", "json", "--db", db_path)[1]
+    )
+    assert [(r["model"], r["requests"]) for r in ann] == [("llama3.2", 2)]
+    assert run("--usage", "--user", "nobody", "--db", db_path)[1] == "No usage in this period.\n"
+    code, _, err = run("-l", "--user", "ann", "--db", db_path)
+    assert code == 1 and "--user go with --usage or --usage-export" in err
 
 
 @pytest.mark.parametrize("name", ["usage.csv", "usage.json"])
@@ -452,6 +460,8 @@ def test_usage_export(db_path: str, tmp_path: Path, name: str) -> None:
     assert str(rows[2]["client_gone"]) in ("True", "true")
     assert rows[0]["time"].startswith("2026-09-21T")
     assert run("--usage-export", str(target), "--db", db_path)[0] == 1  # exists, no --force
+    code, _, err = run("--usage-export", str(target), "--user", "ben", "--force", "--db", db_path)
+    assert code == 0 and "Exported 1 usage records" in err
 
 
 def test_csv_exports_neutralise_formulas(db_path: str, tmp_path: Path) -> None:

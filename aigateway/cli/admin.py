@@ -269,10 +269,12 @@ def write_usage_export(
     until: float | None,
     *,
     force: bool,
+    user: str | None = None,
 ) -> int:
-    """Every usage record in the period, one row (CSV) or object (JSON) each."""
+    """Every usage record in the period (of one user, with `user`), one row (CSV) or
+    object (JSON) each."""
     _check_target(path, force)
-    records = with_store(db_path, lambda store: store.usage_rows(since, until))
+    records = with_store(db_path, lambda store: store.usage_rows(since, until, user=user))
     rows = [{"time": when(r.ts), **r._asdict()} for r in records]
     if fmt == "csv":
         text = csv_text(rows, ["time", *UsageRecord._fields])

@@ -64,6 +64,9 @@ Examples:
   gen_api_key_cli.py --set-user acme --budget 50 --period monthly --alert 80
   gen_api_key_cli.py --set bob phone --budget 2.50 --period daily   a key's own budget
   gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
+  gen_api_key_cli.py --usage --user acme --by model --since 2026-11-01 --until 2026-12-01
+                                                      an invoice: requests, tokens, cost
+  gen_api_key_cli.py --usage-export acme-nov.csv --user acme --since 2026-11-01 --until 2026-12-01
 
 \b
 Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
@@ -183,6 +186,7 @@ def _clear_errors() -> Iterator[None]:
     show_default=True,
     help="Grouping of --usage.",
 )
+@click.option("--user", metavar="USER", help="With --usage or --usage-export: one user's usage.")
 @click.option("--since", metavar="DATE", help="Usage from this UTC date or time.")
 @click.option("--until", metavar="DATE", help="Usage before this UTC date or time.")
 @click.option(
@@ -231,8 +235,8 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--budget goes with -g, --set, --add-user or --set-user")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
-    if action not in ("--usage", "--usage-export") and (o["since"] or o["until"]):
-        raise click.UsageError("--since and --until go with --usage or --usage-export")
+    if action not in ("--usage", "--usage-export") and (o["since"] or o["until"] or o["user"]):
+        raise click.UsageError("--since, --until and --user go with --usage or --usage-export")
     path = o["db_path"] or database_target()
     with _clear_errors():
         if action == "-g":
@@ -255,14 +259,23 @@ def cli(**options: Any) -> None:
         elif action == "--usage":
             since, until = _period(o)
             rows = with_store(
-                path, lambda store: store.usage_summary(USAGE_GROUPS[o["by"]], since, until)
+                path,
+                lambda store: store.usage_summary(
+                    USAGE_GROUPS[o["by"]], since, until, user=o["user"]
+                ),
             )
             click.echo(render_usage(rows, o["by"], o["fmt"] or "table", currency_setting()))
         elif action == "--usage-export":
             target = o["usage_export"]
             since, until = _period(o)
             count = write_usage_export(
-                path, target, export_format(target, o["fmt"]), since, until, force=o["force"]
+                path,
+                target,
+                export_format(target, o["fmt"]),
+                since,
+                until,
+                force=o["force"],
+                user=o["user"],
             )
             click.echo(f"Exported {count} usage records to {target}.", err=True)
         elif action in ("--add-user", "--users", "--set-user", "--disable-user", "--enable-user"):
