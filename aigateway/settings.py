@@ -308,6 +308,20 @@ def currency_setting(
     return _currency("CURRENCY", raw or None, DEFAULT_CURRENCY)
 
 
+def ollama_setting(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
+) -> tuple[str, dict[str, str]]:
+    """OLLAMA_BASE_URL and the headers UPSTREAM_API_KEY adds, as the server reads them,
+    for the CLIs' model sync."""
+    env_path = find_env_file() if env_file == AUTO else env_file
+    merged = merged_environment(environ, env_path)
+    url = _http_url(
+        "OLLAMA_BASE_URL", merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url
+    )
+    key = merged.get("UPSTREAM_API_KEY", "").strip()
+    return url, {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _choice(name: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:
     if raw is None:
         return default

@@ -41,9 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .budgets import PERIODS, Budget, BudgetError, BudgetLine, budget_lines, check_budget
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
-from .db.schema import key_changes, keys, prices, usage, usage_segments, users
+from .db.schema import key_changes, keys, models, prices, usage, usage_segments, users
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
+from .modelsync import MODEL_FIELDS, ModelInfo
 from .pricing import PRICE_FIELDS, Price, PriceError, check_price
 
 log = logging.getLogger("aigateway")
@@ -707,6 +708,30 @@ class Store:
             if result.rowcount == 0:
                 raise KeyNotFoundError(f"no price for {pattern!r}")
             await _keys_changed(conn)
+
+    # --- models -------------------------------------------------------------------------
+
+    async def replace_models(self, found: Sequence[ModelInfo]) -> None:
+        """What a sync found, in place of what the last one did (one transaction)."""
+        now = time.time()
+        rows = [
+            {field: getattr(info, field) for field in MODEL_FIELDS} | {"synced_at": now}
+            for info in found
+        ]
+        async with self._write() as conn:
+            await conn.execute(delete(models))
+            if rows:
+                await conn.execute(insert(models), rows)
+
+    async def list_models(self) -> tuple[list[ModelInfo], float | None]:
+        """The models of the last sync, by name, and when it ran (None: never)."""
+        fields = [models.c[field] for field in MODEL_FIELDS]
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(select(*fields, models.c.synced_at).order_by(models.c.name))
+            ).all()
+        synced = max((row[-1] for row in rows), default=None)
+        return [ModelInfo(*row[:-1]) for row in rows], synced
 
     # --- budgets ------------------------------------------------------------------------
 

@@ -312,3 +312,18 @@ def test_prices_are_set_listed_and_removed(seeded: str) -> None:
     assert "Removed the price of llama3*." in said
     listed = run("--prices", "--format", "json", "--db", seeded)[1]
     assert '"pattern": "*"' in listed and "llama3" not in listed
+
+
+def test_models_are_synced_from_ollama_and_listed(
+    seeded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sync asks OLLAMA_BASE_URL, as the server would; here nothing answers there: one
+    clear line, and the menu goes on to list what was synced before (nothing)."""
+    monkeypatch.setenv("OLLAMA_BASE_URL", "http://127.0.0.1:1")
+    with menu(seeded) as session:
+        session.type(*TO_PRICES, ENTER, *[DOWN] * 4, ENTER)  # sync
+        session.type(*TO_PRICES, ENTER, *[DOWN] * 3, ENTER)  # list
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "Error: cannot reach Ollama at http://127.0.0.1:1/api/tags" in said
+    assert said.endswith("No models yet: --sync-models asks Ollama for them.")

@@ -23,7 +23,8 @@ from ..budgets import Budget, describe
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
 from ..keyview import key_view, user_view, when
-from ..pricing import PRICE_FIELDS, Price, money
+from ..modelsync import MODEL_FIELDS, ModelInfo, ModelSyncError, fetch_models
+from ..pricing import PRICE_FIELDS, Price, PriceList, money
 from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord, UserRecord
 
 T = TypeVar("T")
@@ -335,6 +336,47 @@ def render_users(records: Sequence[UserRecord], fmt: Format) -> str:
     if fmt != "json":
         views = [{**view, "budget": _budget_cell(view) or None} for view in views]
     return render_rows(views, USER_COLUMNS, fmt, empty)
+
+
+def sync_models(db_path: str, url: str, headers: dict[str, str]) -> int:
+    """Ask Ollama at `url` for its models and store what it says; how many there were."""
+    try:
+        found = asyncio.run(fetch_models(url, headers))
+    except ModelSyncError as exc:
+        raise AdminError(str(exc)) from None
+    with_store(db_path, lambda store: store.replace_models(found), create=True)
+    return len(found)
+
+
+MODEL_COLUMNS = (
+    "name", "family", "parameter_size", "quantization", "context_length", "size_gb",
+    *PRICE_FIELDS, "currency",
+)  # fmt: skip
+
+
+def render_models(
+    found: Sequence[ModelInfo], prices: Sequence[Price], fmt: Format, currency: str
+) -> str:
+    """Models as the last sync-models found them, each with the price it pays (the most
+    specific pattern; empty when free)."""
+    price_list = PriceList(list(prices))
+    rows = []
+    for info in found:
+        price = price_list.for_model(info.name)
+        rows.append(
+            {
+                **{field: getattr(info, field) for field in MODEL_FIELDS},
+                "size_gb": None if info.size is None else round(info.size / 1e9, 2),
+                **{
+                    field: None if price is None else money(getattr(price, field))
+                    for field in PRICE_FIELDS
+                },
+                "price_pattern": None if price is None else price.pattern,
+                "currency": currency,
+            }
+        )
+    empty = "No models yet: --sync-models asks Ollama for them."
+    return render_rows(rows, MODEL_COLUMNS, fmt, empty)
 
 
 BUDGET_KEY_COLUMNS = (

@@ -14,8 +14,9 @@ import click
 
 from ..budgetreport import user_budget_report
 from ..budgets import PERIODS, Budget, BudgetError, check_budget
+from ..modelsync import ModelInfo
 from ..pricing import PRICE_FIELDS, Price, PriceError, parse_money
-from ..settings import currency_setting, database_target
+from ..settings import currency_setting, database_target, ollama_setting
 from ..store import KeyLimits, KeyRecord, Store, UserRecord
 from .admin import (
     FORMATS,
@@ -29,10 +30,12 @@ from .admin import (
     parse_moment,
     render,
     render_budget_report,
+    render_models,
     render_prices,
     render_usage,
     render_users,
     shown,
+    sync_models,
     with_store,
     write_export,
     write_usage_export,
@@ -64,6 +67,8 @@ Examples:
   gen_api_key_cli.py --set-user acme --budget 50 --period monthly --alert 80
   gen_api_key_cli.py --set bob phone --budget 2.50 --period daily   a key's own budget
   gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
+  gen_api_key_cli.py --sync-models                    store what Ollama says of its models
+  gen_api_key_cli.py --list-models                    those models, with their prices
   gen_api_key_cli.py --usage --user acme --by model --since 2026-11-01 --until 2026-12-01
                                                       an invoice: requests, tokens, cost
   gen_api_key_cli.py --usage-export acme-nov.csv --user acme --since 2026-11-01 --until 2026-12-01
@@ -81,7 +86,8 @@ monthly (default), starting at 00:00 UTC; --alert PCT logs a warning once per pe
 \b
 The billing seed's commands: create-customer = --add-user, list-customers = --users,
 generate-key = -g, revoke-key = -d, list-keys = -l, usage-report = --usage,
-check-budget = --check-budget, export-usage = --usage-export, set-pricing = --set-price.
+check-budget = --check-budget, export-usage = --usage-export, set-pricing = --set-price,
+list-models = --list-models, sync-models = --sync-models.
 
 \b
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
@@ -97,11 +103,13 @@ ACTIONS = (
     "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
     "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
     "--set-price", "--prices", "--remove-price", "--check-budget",
+    "--sync-models", "--list-models",
 )  # fmt: skip
 ACTION_OPTIONS = (
     "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
     "add_user", "users", "set_user", "disable_user", "enable_user",
     "set_price", "prices", "remove_price", "check_budget",
+    "sync_models", "list_models",
 )  # fmt: skip
 
 
@@ -160,6 +168,17 @@ def _clear_errors() -> Iterator[None]:
 @click.option("--per-second", metavar="AMOUNT", help="With --set-price: per second of model time.")
 @click.option(
     "--check-budget", metavar="USER", help="A user's budget: spent, remaining, reset, per key."
+)
+@click.option(
+    "--sync-models",
+    is_flag=True,
+    help="Store what Ollama says of each of its models (family, size, context length).",
+)
+@click.option("--list-models", is_flag=True, help="The synced models with their prices.")
+@click.option(
+    "--ollama",
+    metavar="URL",
+    help="With --sync-models: Ollama's address (default: OLLAMA_BASE_URL, as the server).",
 )
 @click.option("--budget", metavar="AMOUNT", help="A budget in CURRENCY, or 'none' (see below).")
 @click.option(
@@ -233,6 +252,8 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--period and --alert go with --budget")
     if o["budget"] is not None and action not in ("-g", "--set", "--add-user", "--set-user"):
         raise click.UsageError("--budget goes with -g, --set, --add-user or --set-user")
+    if o["ollama"] is not None and action != "--sync-models":
+        raise click.UsageError("--ollama goes with --sync-models")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export") and (o["since"] or o["until"] or o["user"]):
@@ -282,6 +303,8 @@ def cli(**options: Any) -> None:
             _users(path, action, o)
         elif action in ("--set-price", "--prices", "--remove-price"):
             _prices(path, action, o)
+        elif action in ("--sync-models", "--list-models"):
+            _models(path, action, o)
         elif action == "--check-budget":
             name, currency = o["check_budget"], currency_setting()
             report = with_store(path, lambda store: user_budget_report(store, name, currency))
@@ -333,6 +356,23 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
             err=True,
         )
     click.echo(render_users([user], "table"))
+
+
+def _models(path: str, action: str, o: dict[str, Any]) -> None:
+    currency = currency_setting()
+    if action == "--sync-models":
+        url, headers = ollama_setting()
+        if o["ollama"] is not None:
+            url = o["ollama"].rstrip("/")
+        count = sync_models(path, url, headers)
+        click.echo(f"Synced {count} models from {url}.", err=True)
+
+    async def listing(store: Store) -> tuple[list[ModelInfo], list[Price]]:
+        found, _ = await store.list_models()
+        return found, await store.list_prices()
+
+    found, prices = with_store(path, listing)
+    click.echo(render_models(found, prices, o["fmt"] or "table", currency))
 
 
 def _prices(path: str, action: str, o: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from prompt_toolkit.output import Output
 from ..budgetreport import user_budget_report
 from ..budgets import PERIODS, BudgetError, check_budget, describe
 from ..pricing import Price, PriceError, check_price, money, parse_money
-from ..settings import currency_setting, database_target
+from ..settings import currency_setting, database_target, ollama_setting
 from ..store import (
     InvalidInputError,
     KeyLimits,
@@ -41,9 +41,11 @@ from .admin import (
     parse_moment,
     render,
     render_budget_report,
+    render_models,
     render_prices,
     render_usage,
     render_users,
+    sync_models,
     with_store,
     write_export,
     write_usage_export,
@@ -59,10 +61,16 @@ GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, PRICES, EXIT
     "Usage report",
     "Export usage to file",
     "Users: list, add, change, disable, enable, budgets",
-    "Prices: list, set, remove",
+    "Prices and models: list, set, remove; models from Ollama",
     "Exit",
 )
-LIST_PRICES, SET_PRICE, REMOVE_PRICE = ("List prices", "Set a price", "Remove a price")
+LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS = (
+    "List prices",
+    "Set a price",
+    "Remove a price",
+    "List models with their prices",
+    "Sync models from Ollama (family, size, context length)",
+)
 PRICE_PROMPTS = (
     ("per_request", "Per request"),
     ("per_million_input", "Per million input (prompt) tokens"),
@@ -334,6 +342,14 @@ class Menu:
                 f" {'stop' if disable else 'work again'} within a second."
             )
 
+    def _models(self, sync: bool, prices: list[Price], currency: str) -> None:
+        if sync:
+            url, headers = ollama_setting()
+            count = sync_models(self.db_path, url, headers)
+            self.echo(f"Synced {count} models from {url}.")
+        stored, _ = with_store(self.db_path, lambda store: store.list_models())
+        self.echo(render_models(stored, prices, "table", currency))
+
     def _budget(self, user: UserRecord, choice: str) -> None:
         currency = currency_setting()
         if choice == SET_BUDGET:
@@ -371,10 +387,14 @@ class Menu:
     def prices(self) -> None:
         currency = currency_setting()
         choice = self._ask(
-            questionary.select, "Prices:", choices=[LIST_PRICES, SET_PRICE, REMOVE_PRICE]
+            questionary.select,
+            "Prices:",
+            choices=[LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS],
         )
         known = with_store(self.db_path, lambda store: store.list_prices())
-        if choice == LIST_PRICES:
+        if choice in (LIST_MODELS, SYNC_MODELS):
+            self._models(choice == SYNC_MODELS, known, currency)
+        elif choice == LIST_PRICES:
             self.echo(render_prices(known, "table", currency))
         elif choice == SET_PRICE:
             pattern = self._ask(

@@ -203,3 +203,17 @@ instance_budget_held = Table(
     Column("owner", Text, primary_key=True),
     Column("reserved", BigInteger, nullable=False),
 )
+
+# What Ollama said of each model at the last sync-models (/api/tags and /api/show).
+models = Table(
+    "models",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("family", Text),
+    Column("parameter_size", Text),  # as Ollama writes it: "3.2B"
+    Column("quantization", Text),  # "Q4_K_M"
+    Column("context_length", BigInteger),
+    Column("size", BigInteger),  # bytes on disk
+    Column("digest", Text),
+    Column("synced_at", Double, nullable=False),
+)
