@@ -255,16 +255,24 @@ async def test_a_killed_gateways_slots_and_reservations_are_given_back(
     # Two streams take both slots and, with what they reserve, the whole token quota.
     quota = 2 * (len(STALL) // 4 + 2048)  # TOKEN_RESERVE's default
     key = _key(pg_url, "slots", "--max-concurrent", "2", "--tokens-per-day", str(quota))
+    # And two streams that reserve a budget of two per-request prices whole.
+    assert cli("--set-price", "stall", "--per-request", "0.01", "--db", pg_url).returncode == 0
+    assert cli("--add-user", "spender", "--budget", "0.02", "--db", pg_url).returncode == 0
+    priced = _key(pg_url, "spender")
     try:
         async with aiohttp.ClientSession() as session:
             statuses, held = await _hold_streams(session, gateways[:1], key, 2)
             assert statuses == [200, 200]
+            statuses, held_priced = await _hold_streams(session, gateways[:1], priced, 2)
+            assert statuses == [200, 200]
             await asyncio.sleep(2 * sharedlimits.HEARTBEAT_S + 0.5)  # it said it holds them
             gateways[0].process.kill()  # no chance to give them back
-            for resp in held:
+            for resp in held + held_priced:
                 resp.close()
             statuses, _ = await _hold_streams(session, gateways[1:], key, 1)
             assert statuses == [429]  # the database still counts them
+            statuses, _ = await _hold_streams(session, gateways[1:], priced, 1)
+            assert statuses == [402]  # and the reserved budget
             started = time.monotonic()
             while True:
                 statuses, held = await _hold_streams(session, gateways[1:], key, 2)
@@ -274,6 +282,16 @@ async def test_a_killed_gateways_slots_and_reservations_are_given_back(
                     break
                 limit = sharedlimits.DEAD_AFTER_S + 3 * sharedlimits.HEARTBEAT_S
                 assert time.monotonic() - started < limit, statuses
+                await asyncio.sleep(0.5)
+            # The dead gateway's budget reservations come back with its slots (within a
+            # heartbeat: the budgets' own reaping follows the limits' one).
+            while True:
+                statuses, held = await _hold_streams(session, gateways[1:], priced, 1)
+                for resp in held:
+                    resp.close()
+                if statuses == [200]:
+                    break
+                assert time.monotonic() - started < limit + sharedlimits.HEARTBEAT_S, statuses
                 await asyncio.sleep(0.5)
     finally:
         for gw in gateways:
