@@ -77,6 +77,9 @@ class SharedBudgets:
         self.local = local
         self._held: dict[str, int] = {}  # reservations this gateway holds, per owner
         self._returns: dict[str, _Back] = {}
+        # Costs given back here and not yet written (waiting, or in a batch on its way):
+        # what the database's spend does not include yet.
+        self._unwritten: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,7 +131,9 @@ class SharedBudgets:
             return None
         passed, spent, reserved = row[0], list(row[1]), list(row[2])
         for line, owner_spent in zip(ordered, spent, strict=True):
-            self.local.observe(line, owner_spent, now)
+            # (A batch written just before this call may be counted twice until the
+            # next: the view kept for an outage errs on the side of refusing.)
+            self.local.observe(line, owner_spent + self._unwritten.get(line.owner, 0), now)
         if passed:
             if price:
                 for line in ordered:
@@ -156,6 +161,8 @@ class SharedBudgets:
                 back.period, back.start = line.budget.period, start
             back.reserved += reserved
             back.cost += cost
+            if cost:
+                self._unwritten[line.owner] = self._unwritten.get(line.owner, 0) + cost
         self._wake.set()
 
     async def _write_returns(self) -> None:
@@ -193,6 +200,11 @@ class SharedBudgets:
                     self._held[owner] = left
                 else:
                     self._held.pop(owner, None)
+                unwritten = self._unwritten.get(owner, 0) - back.cost
+                if unwritten > 0:
+                    self._unwritten[owner] = unwritten
+                else:
+                    self._unwritten.pop(owner, None)
 
     async def _heartbeat(self) -> None:
         """Say which reservations this gateway holds; give back those of gone gateways."""

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from aigateway.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
-from .test_instances import CHAT, _key
+from .test_instances import CHAT, _key, cli, status_of
 from .test_server_process import start_gateway
 
 # The issue's figure; OUTAGE_SECONDS shortens it when trying things out by hand.
@@ -138,3 +138,50 @@ async def test_an_outage_under_load_loses_no_record(
     assert "usage records are written to the database again" in consoles[0]
     assert "admitting on this gateway's own counts" in consoles[0]
     assert "refusing requests of keys with limits" in consoles[2]
+
+
+async def test_budgets_while_the_database_is_away(
+    upstream: TestServer, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A budget of five per-request prices, two spent before the outage: the gateway set
+    to `local` serves three more on the spend it last heard plus its own, then refuses
+    (402); the one set to `refuse` answers 503. Back, the database learns what was spent
+    meanwhile, and every gateway refuses."""
+    url = own_postgres.url("outage")
+    assert cli("--set-price", "llama3*", "--per-request", "0.01", "--db", url).returncode == 0
+    assert cli("--add-user", "budgeted", "--budget", "0.05", "--db", url).returncode == 0
+    key = _key(url, "budgeted")
+    gateways = []
+    for n, when_away in enumerate(("local", "refuse")):
+        folder = tmp_path / f"gw{n}"
+        folder.mkdir()
+        gateways.append(
+            await start_gateway(
+                upstream,
+                str(folder / "unused.db"),
+                folder,
+                DATABASE_URL=url,
+                LIMITS_WHEN_DATABASE_AWAY=when_away,
+            )
+        )
+    local, refuser = gateways
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert [await status_of(session, local, key) for _ in range(2)] == [200, 200]
+            own_postgres.stop("fast")
+            assert [await status_of(session, local, key) for _ in range(4)] == [
+                200,
+                200,
+                200,
+                402,
+            ]
+            assert await status_of(session, refuser, key) == 503
+            own_postgres.resume()
+            deadline = time.monotonic() + 15
+            while await status_of(session, refuser, key) != 402:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.5)
+    finally:
+        consoles = [await gw.stop() for gw in gateways]
+    for console in consoles:
+        assert "Traceback" not in console
