@@ -18,7 +18,7 @@ from aigateway.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 from .test_instances import CHAT, _key, cli, status_of
-from .test_server_process import start_gateway
+from .test_server_process import Gateway, start_gateway
 
 # The issue's figure; OUTAGE_SECONDS shortens it when trying things out by hand.
 OUTAGE_S = float(os.environ.get("OUTAGE_SECONDS", "30"))
@@ -31,6 +31,26 @@ def own_postgres() -> Iterator[PostgresServer]:
     server.sql("CREATE DATABASE outage")
     yield server
     server.close()
+
+
+async def _gateways(
+    upstream: TestServer, url: str, tmp_path: Path, *when_away: str
+) -> list[Gateway]:
+    """One gateway on `url` for each LIMITS_WHEN_DATABASE_AWAY given."""
+    gateways = []
+    for n, mode in enumerate(when_away):
+        folder = tmp_path / f"gw{n}"
+        folder.mkdir()
+        gateways.append(
+            await start_gateway(
+                upstream,
+                str(folder / "unused.db"),
+                folder,
+                DATABASE_URL=url,
+                LIMITS_WHEN_DATABASE_AWAY=mode,
+            )
+        )
+    return gateways
 
 
 def _rss_mb(pid: int) -> float:
@@ -46,19 +66,7 @@ async def test_an_outage_under_load_loses_no_record(
     url = own_postgres.url("outage")
     free = _key(url, "free")
     limited = _key(url, "limited", "--rpm", "100000")
-    gateways = []
-    for n, when_away in enumerate(("local", "local", "refuse")):
-        folder = tmp_path / f"gw{n}"
-        folder.mkdir()
-        gateways.append(
-            await start_gateway(
-                upstream,
-                str(folder / "unused.db"),
-                folder,
-                DATABASE_URL=url,
-                LIMITS_WHEN_DATABASE_AWAY=when_away,
-            )
-        )
+    gateways = await _gateways(upstream, url, tmp_path, "local", "local", "refuse")
     statuses: Counter[tuple[str, int]] = Counter()
     phase = "before"
     stop = asyncio.Event()
@@ -151,19 +159,7 @@ async def test_budgets_while_the_database_is_away(
     assert cli("--set-price", "llama3*", "--per-request", "0.01", "--db", url).returncode == 0
     assert cli("--add-user", "budgeted", "--budget", "0.05", "--db", url).returncode == 0
     key = _key(url, "budgeted")
-    gateways = []
-    for n, when_away in enumerate(("local", "refuse")):
-        folder = tmp_path / f"gw{n}"
-        folder.mkdir()
-        gateways.append(
-            await start_gateway(
-                upstream,
-                str(folder / "unused.db"),
-                folder,
-                DATABASE_URL=url,
-                LIMITS_WHEN_DATABASE_AWAY=when_away,
-            )
-        )
+    gateways = await _gateways(upstream, url, tmp_path, "local", "refuse")
     local, refuser = gateways
     try:
         async with aiohttp.ClientSession() as session:
