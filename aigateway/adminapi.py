@@ -252,8 +252,9 @@ async def user_budget(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     """For any key: the models Ollama has that the key may use (its allow-list, and cloud
-    models only where they are allowed), each with what Ollama says of it and its price
-    (micro-units of the currency; null: free)."""
+    models only where they are allowed), each with what Ollama says of it, its context
+    length as the last sync-models found it, and its price (micro-units of the currency;
+    null: free)."""
     caller = principal(request)
     settings = request.app[SETTINGS]
     try:
@@ -276,6 +277,8 @@ async def models(request: web.Request) -> web.Response:
     if not isinstance(listed, list):
         raise UpstreamUnreachable("Ollama's /api/tags is not a model list")
     prices = request.app[KEY_TABLE].prices
+    synced, _ = await request.app[STORE].list_models()  # what sync-models found
+    context = {info.name: info.context_length for info in synced}
     shown = []
     for entry in listed:
         name = entry.get("name") or entry.get("model")
@@ -290,6 +293,7 @@ async def models(request: web.Request) -> web.Response:
                 "parameter_size": details.get("parameter_size"),
                 "quantization_level": details.get("quantization_level"),
                 "size": entry.get("size"),
+                "context_length": context.get(name),  # null until sync-models
                 "price": None if price is None else _price(price),
             }
         )

@@ -9,6 +9,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from aigateway.modelsync import ModelInfo
 from aigateway.pricing import MICRO, Price, PriceError, PriceList, money, parse_money
 from aigateway.store import InvalidInputError, Store
 
@@ -187,6 +188,12 @@ async def test_any_key_sees_the_models_it_may_use_with_their_prices(
     assert [m["name"] for m in seen["models"]] == ["llama3.2:latest"]
     (model,) = seen["models"]
     assert model["family"] == "llama" and model["price"]["per_million_output"] == 400_000
+    assert model["context_length"] is None  # until sync-models
+    store = await Store.open(db_path)
+    await store.replace_models([ModelInfo("llama3.2:latest", context_length=131072)])
+    await store.close()
+    seen = await (await client.get("/admin/models")).json()
+    assert seen["models"][0]["context_length"] == 131072
     everything = await (await admin.get("/admin/models")).json()
     names = {m["name"]: m for m in everything["models"]}
     assert "deepseek-r1:latest" in names and names["deepseek-r1:latest"]["price"] is None
