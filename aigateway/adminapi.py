@@ -12,6 +12,8 @@ Ollama keeps adding routes under /api. JSON in and out.
                                 admin: users (customers), their budgets, disabling
     GET    /admin/users/{name}/budget
                                 admin: a user's budget, spent, remaining, per key
+    GET    /admin/users/{name}/invoice[?since=&until=]
+                                admin: a user's usage per model and total cost
     GET    /admin/models        any key: the models it may use, with their prices
     GET, POST, DELETE /admin/prices
                                 admin: prices per model pattern
@@ -23,6 +25,7 @@ total, daily, weekly or monthly; alert optional), or null for none.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Set
@@ -34,8 +37,8 @@ from aiohttp import web
 
 from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE, UPSTREAM
 from .auth import principal
-from .budgetreport import user_budget_report
-from .budgets import Budget, BudgetError, check_budget
+from .budgetreport import user_budget_report, user_invoice
+from .budgets import Budget, BudgetError, check_budget, period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
 from .keytable import BOOTSTRAP_KEY_ID
@@ -79,6 +82,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/users/{name}", admin_only(get_user)),
         ("PATCH", "/users/{name}", admin_only(update_user)),
         ("GET", "/users/{name}/budget", admin_only(user_budget)),
+        ("GET", "/users/{name}/invoice", admin_only(invoice)),
         ("GET", "/models", models),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
@@ -248,6 +252,21 @@ async def user_budget(request: web.Request) -> web.Response:
         request.app[STORE], request.match_info["name"], request.app[SETTINGS].currency
     )
     return _json(report)
+
+
+async def invoice(request: web.Request) -> web.Response:
+    """A user's usage per model and its total cost from `since` (default: the start of
+    this month, UTC) until `until` (default: now), Unix times."""
+    until = _time_param(request, "until")
+    since = _time_param(request, "since")
+    if since is None:
+        since = float(period_start("monthly", until or time.time()))
+    if until is not None and until <= since:
+        raise BadRequest("until must be after since")
+    document = await user_invoice(
+        request.app[STORE], request.match_info["name"], request.app[SETTINGS].currency, since, until
+    )
+    return _json(document)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -444,9 +463,12 @@ def _time_param(request: web.Request, name: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a Unix time, not {raw!r}") from None
+        value = math.nan
+    if not 0 <= value < MAX_EXPIRES_AT:  # (also refuses nan and inf)
+        raise BadRequest(f"{name} must be a Unix time, not {raw[:40]!r}")
+    return value
 
 
 async def _reload(request: web.Request) -> None:

@@ -57,3 +57,38 @@ def _shown(view: dict[str, Any]) -> dict[str, Any]:
         "period_start": when(view["period_start"]),
         "resets_at": when(view["resets_at"]),
     }
+
+
+async def user_invoice(
+    store: Store, name: str, currency: str, since: float, until: float | None
+) -> dict[str, Any]:
+    """A user's usage in a period as invoice lines, one per model (requests, tokens,
+    cost in micro-units), and their total. Records made before prices existed have no
+    cost: their lines say null and the total counts them as `unpriced_requests`."""
+    user = await store.get_user(name)
+    rows = await store.usage_summary(("model",), since, until, user=name)
+    lines = [
+        {
+            "model": row["model"],
+            "requests": row["requests"],
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cost": row["cost"],
+        }
+        for row in rows
+    ]
+    return {
+        "user": user.name,
+        "email": user.email,
+        "since": when(since),
+        "until": when(until),
+        "currency": currency,
+        "lines": lines,
+        "total": {
+            "requests": sum(line["requests"] for line in lines),
+            "prompt_tokens": sum(line["prompt_tokens"] for line in lines),
+            "completion_tokens": sum(line["completion_tokens"] for line in lines),
+            "cost": sum(line["cost"] or 0 for line in lines),
+            "unpriced_requests": sum(line["requests"] for line in lines if line["cost"] is None),
+        },
+    }

@@ -282,11 +282,11 @@ async def test_budgets_through_the_admin_api(
 ) -> None:
     resp = await admin.patch(
         "/admin/users/alice",
-        json={"budget": {"amount": 2 * PRICE, "period": "weekly", "alert_percent": 50}},
+        json={"budget": {"amount": 3 * PRICE, "period": "weekly", "alert_percent": 50}},
     )
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["budget"] == {
-        "amount": 2 * PRICE,
+        "amount": 3 * PRICE,
         "period": "weekly",
         "alert_percent": 50,
     }
@@ -299,11 +299,13 @@ async def test_budgets_through_the_admin_api(
         [1],
     ):
         assert (await admin.patch("/admin/users/alice", json={"budget": bad})).status == 400, bad
-    assert (
-        await admin.post("/admin/prices", json={"pattern": "*", "per_request": PRICE})
-    ).status == 200
-    for _ in range(2):
-        assert (await client.post("/api/chat", data=CHAT)).status == 200
+    prices = {"pattern": "*", "per_request": PRICE}
+    assert (await admin.post("/admin/prices", json=prices)).status == 200
+    assert (await client.post("/api/chat", data=CHAT)).status == 200
+    # A price change mid-period: what was spent keeps its cost, the next pays the new.
+    prices["per_request"] = 2 * PRICE
+    assert (await admin.post("/admin/prices", json=prices)).status == 200
+    assert (await client.post("/api/chat", data=CHAT)).status == 200
     over = await client.post("/v1/chat/completions", json={"model": "llama3.2", "messages": []})
     assert over.status == 429
     assert (await over.json())["error"]["type"] == "insufficient_quota"
@@ -315,14 +317,51 @@ async def test_budgets_through_the_admin_api(
     me = await (await client.get("/admin/me")).json()
     assert me["currency"] == "USD"
     (mine,) = me["budgets"]
-    assert mine["owner"] == "user" and mine["spent"] == 2 * PRICE and mine["exhausted"]
+    assert mine["owner"] == "user" and mine["spent"] == 3 * PRICE and mine["exhausted"]
     await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
     report = await (await admin.get("/admin/users/alice/budget")).json()
-    assert report["budget"]["spent"] == 2 * PRICE and report["budget"]["remaining"] == 0
-    assert report["keys"][0]["spent"] == 2 * PRICE
+    assert report["budget"]["spent"] == 3 * PRICE and report["budget"]["remaining"] == 0
+    assert report["keys"][0]["spent"] == 3 * PRICE
     # Removing the budget lets the user spend again at once.
     assert (await admin.patch("/admin/users/alice", json={"budget": None})).status == 200
     assert (await client.post("/api/chat", data=CHAT)).status == 200
     assert (await client.get("/admin/users/alice/budget")).status == 403
     assert (await admin.get("/admin/users/nobody/budget")).status == 404
     assert money(PRICE) == "0.010000"
+
+
+async def test_an_invoice_per_user_and_period(
+    admin,  # type: ignore[no-untyped-def]
+    client,  # type: ignore[no-untyped-def]
+    gateway: TestServer,
+    db_path: str,
+) -> None:
+    """Per model, the user's requests, tokens and cost in the period, and the total, the
+    same from the CLI (CSV with a TOTAL row) and the admin API (micro-units)."""
+    price = {"pattern": "llama3*", "per_request": PRICE, "per_million_output": 1_000_000}
+    assert (await admin.post("/admin/prices", json=price)).status == 200
+    for model in ("llama3.2", "llama3.2", "qwen3"):
+        body = CHAT.replace(b"llama3.2", model.encode())
+        assert (await client.post("/api/chat", data=body)).status == 200
+    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    document = await (await admin.get("/admin/users/alice/invoice")).json()
+    lines = {line["model"]: line for line in document["lines"]}
+    assert lines["llama3.2"]["requests"] == 2 and lines["qwen3"]["cost"] == 0
+    per_request = PRICE + lines["llama3.2"]["completion_tokens"] // 2  # 1 per output token
+    assert lines["llama3.2"]["cost"] == 2 * per_request
+    assert document["total"]["cost"] == 2 * per_request and document["total"]["requests"] == 3
+    assert document["currency"] == "USD" and document["user"] == "alice"
+    # Another period has nothing; the root's own admin requests are not alice's.
+    empty = await (await admin.get("/admin/users/alice/invoice?since=0&until=86400")).json()
+    assert empty["lines"] == [] and empty["total"]["cost"] == 0
+    for bad in ("since=nan", "until=inf", "since=-1", "since=10&until=5", "until=x"):
+        assert (await admin.get(f"/admin/users/alice/invoice?{bad}")).status == 400, bad
+    assert (await client.get("/admin/users/alice/invoice")).status == 403
+    made = cli("--invoice", "alice", "--format", "csv", "--db", db_path)
+    assert made.returncode == 0, made.stderr
+    rows = made.stdout.strip().splitlines()
+    assert rows[0] == "model,requests,prompt_tokens,completion_tokens,cost"
+    assert rows[-1].startswith("TOTAL,3,") and rows[-1].endswith(f",{money(2 * per_request)}")
+    table = cli("--invoice", "alice", "--since", "2026-01-01", "--db", db_path).stdout
+    assert table.startswith("Invoice for alice, from 2026-01-01T00:00:00Z until now, in USD")
+    assert cli("--invoice", "nobody", "--db", db_path).returncode == 1

@@ -443,7 +443,7 @@ def test_usage_report(db_path: str) -> None:
     assert [(r["model"], r["requests"]) for r in ann] == [("llama3.2", 2)]
     assert run("--usage", "--user", "nobody", "--db", db_path)[1] == "No usage in this period.\n"
     code, _, err = run("-l", "--user", "ann", "--db", db_path)
-    assert code == 1 and "--user go with --usage or --usage-export" in err
+    assert code == 1 and "--user goes with --usage or --usage-export" in err
 
 
 @pytest.mark.parametrize("name", ["usage.csv", "usage.json"])

@@ -379,6 +379,29 @@ def render_models(
     return render_rows(rows, MODEL_COLUMNS, fmt, empty)
 
 
+INVOICE_COLUMNS = ("model", "requests", "prompt_tokens", "completion_tokens", "cost")
+
+
+def render_invoice(invoice: dict[str, Any], fmt: Format) -> str:
+    """An invoice: JSON as built (costs in micro-units); CSV its lines and a TOTAL row;
+    a table under a heading naming the user, the period and the currency."""
+    if fmt == "json":
+        return orjson.dumps(invoice, option=orjson.OPT_INDENT_2).decode()
+    rows = [{**line, "cost": money(line["cost"])} for line in invoice["lines"]]
+    total = invoice["total"]
+    rows.append({"model": "TOTAL", **total, "cost": money(total["cost"])})
+    if fmt == "csv":
+        return render_rows(rows, INVOICE_COLUMNS, fmt, "")
+    email = f" <{invoice['email']}>" if invoice["email"] else ""
+    head = (
+        f"Invoice for {invoice['user']}{email}, from {invoice['since']}"
+        f" until {invoice['until'] or 'now'}, in {invoice['currency']}"
+    )
+    if total["unpriced_requests"]:
+        head += f" ({total['unpriced_requests']} requests made before prices have no cost)"
+    return f"{head}\n{render_rows(rows, INVOICE_COLUMNS, 'table', '')}"
+
+
 BUDGET_KEY_COLUMNS = (
     "key_name", "spent", "budget", "budget_spent", "remaining", "resets_at",
 )  # fmt: skip

@@ -6,14 +6,15 @@ with one line on stderr and exit status 1; the database is left as it was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import click
 
-from ..budgetreport import user_budget_report
-from ..budgets import PERIODS, Budget, BudgetError, check_budget
+from ..budgetreport import user_budget_report, user_invoice
+from ..budgets import PERIODS, Budget, BudgetError, check_budget, period_start
 from ..modelsync import ModelInfo
 from ..pricing import PRICE_FIELDS, Price, PriceError, parse_money
 from ..settings import currency_setting, database_target, ollama_setting
@@ -30,6 +31,7 @@ from .admin import (
     parse_moment,
     render,
     render_budget_report,
+    render_invoice,
     render_models,
     render_prices,
     render_usage,
@@ -69,8 +71,8 @@ Examples:
   gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
   gen_api_key_cli.py --sync-models                    store what Ollama says of its models
   gen_api_key_cli.py --list-models                    those models, with their prices
-  gen_api_key_cli.py --usage --user acme --by model --since 2026-11-01 --until 2026-12-01
-                                                      an invoice: requests, tokens, cost
+  gen_api_key_cli.py --invoice acme --since 2026-11-01 --until 2026-12-01 --format csv
+                                                      per model: requests, tokens, cost; total
   gen_api_key_cli.py --usage-export acme-nov.csv --user acme --since 2026-11-01 --until 2026-12-01
 
 \b
@@ -103,13 +105,13 @@ ACTIONS = (
     "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
     "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
     "--set-price", "--prices", "--remove-price", "--check-budget",
-    "--sync-models", "--list-models",
+    "--sync-models", "--list-models", "--invoice",
 )  # fmt: skip
 ACTION_OPTIONS = (
     "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
     "add_user", "users", "set_user", "disable_user", "enable_user",
     "set_price", "prices", "remove_price", "check_budget",
-    "sync_models", "list_models",
+    "sync_models", "list_models", "invoice",
 )  # fmt: skip
 
 
@@ -179,6 +181,11 @@ def _clear_errors() -> Iterator[None]:
     "--ollama",
     metavar="URL",
     help="With --sync-models: Ollama's address (default: OLLAMA_BASE_URL, as the server).",
+)
+@click.option(
+    "--invoice",
+    metavar="USER",
+    help="A user's usage per model and the total cost, for --since/--until (default: this month).",
 )
 @click.option("--budget", metavar="AMOUNT", help="A budget in CURRENCY, or 'none' (see below).")
 @click.option(
@@ -256,8 +263,10 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--ollama goes with --sync-models")
     if o["no_expiry"] and action != "--set":
         raise click.UsageError("--no-expiry goes with --set")
-    if action not in ("--usage", "--usage-export") and (o["since"] or o["until"] or o["user"]):
-        raise click.UsageError("--since, --until and --user go with --usage or --usage-export")
+    if action not in ("--usage", "--usage-export", "--invoice") and (o["since"] or o["until"]):
+        raise click.UsageError("--since and --until go with --usage, --usage-export or --invoice")
+    if action not in ("--usage", "--usage-export") and o["user"]:
+        raise click.UsageError("--user goes with --usage or --usage-export")
     path = o["db_path"] or database_target()
     with _clear_errors():
         if action == "-g":
@@ -305,6 +314,15 @@ def cli(**options: Any) -> None:
             _prices(path, action, o)
         elif action in ("--sync-models", "--list-models"):
             _models(path, action, o)
+        elif action == "--invoice":
+            since, until = _period(o)
+            if since is None:  # this month so far
+                since = float(period_start("monthly", until or time.time()))
+            name, currency = o["invoice"], currency_setting()
+            invoice = with_store(
+                path, lambda store: user_invoice(store, name, currency, since, until)
+            )
+            click.echo(render_invoice(invoice, o["fmt"] or "table"))
         elif action == "--check-budget":
             name, currency = o["check_budget"], currency_setting()
             report = with_store(path, lambda store: user_budget_report(store, name, currency))
