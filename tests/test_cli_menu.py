@@ -294,6 +294,21 @@ def test_a_users_budget_is_set_and_checked(seeded: str) -> None:
     assert '"period": "weekly"' in listed and '"amount": 25000000' in listed
 
 
+def test_a_users_invoice_for_a_period(seeded: str) -> None:
+    from .test_cli_flags import _seed_usage
+
+    _seed_usage(seeded)
+    assert run("--add-user", "ann", "--db", seeded)[0] == 0  # (the seeded records' user)
+    with menu(seeded) as session:
+        # alice, ann: the second; since 2026-09-01, until 2026-10-01.
+        session.type(*TO_USERS, ENTER, *[DOWN] * 7, ENTER, DOWN, ENTER)
+        session.type("2026-09-01", ENTER, "2026-10-01", ENTER)
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "Invoice for ann, from 2026-09-01T00:00:00Z until 2026-10-01T00:00:00Z" in said
+    assert "llama3.2" in said and "TOTAL" in said and "ben" not in said
+
+
 def test_prices_are_set_listed_and_removed(seeded: str) -> None:
     clear = [BACKSPACE] * 12
     with menu(seeded) as session:

@@ -5,6 +5,7 @@ itself it leaves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -16,8 +17,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
-from ..budgetreport import user_budget_report
-from ..budgets import PERIODS, BudgetError, check_budget, describe
+from ..budgetreport import user_budget_report, user_invoice
+from ..budgets import PERIODS, BudgetError, check_budget, describe, period_start
 from ..pricing import Price, PriceError, check_price, money, parse_money
 from ..settings import currency_setting, database_target, ollama_setting
 from ..store import (
@@ -41,6 +42,7 @@ from .admin import (
     parse_moment,
     render,
     render_budget_report,
+    render_invoice,
     render_models,
     render_prices,
     render_usage,
@@ -77,17 +79,21 @@ PRICE_PROMPTS = (
     ("per_million_output", "Per million output tokens"),
     ("per_second", "Per second of model time"),
 )
-LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER, SET_BUDGET, CHECK_BUDGET = (
+LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER = (
     "List users",
     "Add a user",
     "Change a user's email or note",
     "Disable a user (all its keys stop working)",
     "Enable a user",
+)
+SET_BUDGET, CHECK_BUDGET, INVOICE = (
     "Set a user's budget",
     "Check a user's budget (spent, remaining, reset, per key)",
+    "A user's invoice (usage per model and total cost for a period)",
 )
 USER_CHOICES = [
     LIST_USERS, ADD_USER, CHANGE_USER, DISABLE_USER, ENABLE_USER, SET_BUDGET, CHECK_BUDGET,
+    INVOICE,
 ]  # fmt: skip
 LIMIT_PROMPTS = (
     ("rpm", "Requests per minute"),
@@ -317,6 +323,9 @@ class Menu:
             if choice in (SET_BUDGET, CHECK_BUDGET):
                 self._budget(user, choice)
                 return
+            if choice == INVOICE:
+                self._invoice(user)
+                return
             if choice == CHANGE_USER:
                 changes = {
                     "email": self._ask(
@@ -349,6 +358,16 @@ class Menu:
             self.echo(f"Synced {count} models from {url}.")
         stored, _ = with_store(self.db_path, lambda store: store.list_models())
         self.echo(render_models(stored, prices, "table", currency))
+
+    def _invoice(self, user: UserRecord) -> None:
+        since, until = self._ask_period()
+        if since is None:  # this month so far
+            since = float(period_start("monthly", until or time.time()))
+        currency = currency_setting()
+        invoice = with_store(
+            self.db_path, lambda store: user_invoice(store, user.name, currency, since, until)
+        )
+        self.echo(render_invoice(invoice, "table"))
 
     def _budget(self, user: UserRecord, choice: str) -> None:
         currency = currency_setting()
