@@ -8,6 +8,7 @@ Ollama keeps adding routes under /api. JSON in and out.
     PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
     DELETE /admin/keys/{id}     admin: revoke (the row stays)
     GET    /admin/stats         admin: usage statistics and current rate-limit use
+    GET    /admin/series        any key: usage per hour (an admin: everyone's)
     GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
                                 admin: users (customers), their budgets, disabling
     GET    /admin/users/{name}/budget
@@ -77,6 +78,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("PATCH", "/keys/{id}", admin_only(update_key)),
         ("DELETE", "/keys/{id}", admin_only(revoke_key)),
         ("GET", "/stats", admin_only(stats)),
+        ("GET", "/series", series),
         ("GET", "/users", admin_only(list_users)),
         ("POST", "/users", admin_only(create_user)),
         ("GET", "/users/{name}", admin_only(get_user)),
@@ -245,6 +247,19 @@ async def update_user(request: web.Request) -> web.Response:
     return _json(user_view(user))
 
 
+async def series(request: web.Request) -> web.Response:
+    """Requests, tokens, cost, errors and early leaves per hour over the last `hours`
+    (default 24, at most 2160): an admin sees every key's, any other key its own."""
+    raw = request.query.get("hours", "24")
+    if not raw.isdigit() or not 1 <= int(raw) <= 2160:
+        raise BadRequest(f"hours must be a whole number from 1 to 2160, not {raw[:20]!r}")
+    caller = principal(request)
+    key_id = None if caller.role == "admin" else caller.id
+    since = time.time() - int(raw) * 3600
+    rows = await request.app[STORE].usage_series(since, 3600, key_id)
+    return _json({"bucket_seconds": 3600, "since": since, "series": rows})
+
+
 async def user_budget(request: web.Request) -> web.Response:
     """A user's budget and what it and each of its keys spent in its period, by the
     usage records written so far."""
@@ -371,6 +386,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             "since": since,
             "until": until,
+            "in_flight": len(request.app[RELAY].in_flight),  # on this gateway, now
             "totals": _first(await summary()),
             "last_24h": _first(await store.usage_summary((), since=now - DAY)),
             "last_7d": _first(await store.usage_summary((), since=now - 7 * DAY)),

@@ -24,6 +24,7 @@ from .appkeys import (
 from .bodybudget import BodyBudget
 from .budgets import Budgets
 from .cors import add_cors_headers
+from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .expect import defer_continue
 from .health import health, health_ollama, root
@@ -87,6 +88,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
     router.add_route("GET", "/health", health, expect_handler=defer_continue)
     router.add_route("GET", "/health/ollama", health_ollama, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
+    add_dashboard_routes(app, settings)
     for route in RELAY_ROUTES:
         handler = relay_handler(route, app[RELAY])
         for method in route.methods:

@@ -64,6 +64,7 @@ def bootstrap_record(secret: str) -> KeyRecord:
 class KeyTable:
     def __init__(self, bootstrap_secret: str | None = None) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[int, KeyRecord] = {}
         self._last_used: dict[int, float] = {}
         self._bootstrap = bootstrap_record(bootstrap_secret) if bootstrap_secret else None
         self._store: Store | None = None
@@ -85,6 +86,7 @@ class KeyTable:
         if self._bootstrap is not None:
             table[self._bootstrap.key_hash] = self._bootstrap
         self._by_hash = table
+        self._by_id = {record.id: record for record in table.values()}
 
     def authenticate(self, token: str) -> KeyRecord:
         try:
@@ -96,6 +98,17 @@ class KeyTable:
             if not looks_like_key(token):
                 raise AuthError("malformed API key: expected aig_ followed by 43 characters")
             raise UnknownKeyError("unknown API key")
+        return self._working(record)
+
+    def by_id(self, key_id: int) -> KeyRecord:
+        """The record of a key a dashboard session was made with, if it still works."""
+        record = self._by_id.get(key_id)
+        if record is None:
+            raise AuthError("this session's API key no longer exists")
+        return self._working(record, count_use=False)
+
+    def _working(self, record: KeyRecord, count_use: bool = True) -> KeyRecord:
+        """`record` if the key works now (not revoked, its user enabled, not expired)."""
         if record.revoked:
             raise AuthError("this API key has been revoked")
         if record.user_disabled:
@@ -103,7 +116,7 @@ class KeyTable:
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthError("this API key has expired")
-        if record.id != BOOTSTRAP_KEY_ID:
+        if count_use and record.id != BOOTSTRAP_KEY_ID:
             self._last_used[record.id] = now
         return record
 

@@ -23,8 +23,9 @@ from .appkeys import CONTEXT, SETTINGS
 from .auth import authenticate, authenticate_after_a_look, is_public
 from .context import RequestContext
 from .cors import preflight_response
-from .errors import GatewayError, json_error
+from .errors import GatewayError, Unauthorized, json_error
 from .keytable import UnknownKeyError
+from .sessions import session_principal, signed_in_browser
 
 log = logging.getLogger("aigateway")
 
@@ -52,6 +53,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                     context.principal = authenticate(request)
                 except UnknownKeyError:
                     context.principal = await authenticate_after_a_look(request)
+                except Unauthorized:
+                    # No key header: a signed-in dashboard (a session cookie) may stand in.
+                    if not signed_in_browser(request):
+                        raise
+                    context.principal = await session_principal(request)
             response = await handler(request)
     except GatewayError as exc:
         error = exc.message

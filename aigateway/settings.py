@@ -74,6 +74,11 @@ class Settings:
     # Serve HTTPS with this certificate chain and private key (PEM files); both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # The dashboard's path (None: no dashboard), and how long its sessions last: idle,
+    # and at most from sign-in.
+    ui_path: str | None = "/ui"
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
 
     @property
     def database(self) -> str:
@@ -195,6 +200,17 @@ class Settings:
             currency=_currency("CURRENCY", get("CURRENCY"), d.currency),
             tls_cert_file=get("TLS_CERT_FILE"),
             tls_key_file=get("TLS_KEY_FILE"),
+            ui_path=_ui_path(get("UI_PATH"), d.ui_path),
+            session_idle_minutes=_int(
+                "SESSION_IDLE_MINUTES",
+                get("SESSION_IDLE_MINUTES"),
+                d.session_idle_minutes,
+                low=1,
+                high=7 * 24 * 60,
+            ),
+            session_max_hours=_int(
+                "SESSION_MAX_HOURS", get("SESSION_MAX_HOURS"), d.session_max_hours, low=1, high=720
+            ),
         )
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise SettingsError(
@@ -205,16 +221,32 @@ class Settings:
                 f"MAX_BODY_MEMORY: expected at least MAX_BODY_SIZE ({settings.max_body_bytes}"
                 f" bytes), got {settings.max_body_memory}"
             )
-        for a, b in (
-            (settings.admin_path, settings.base_path),
-            (settings.base_path, settings.admin_path),
-        ):
-            if a == b or a.startswith(b + "/"):
-                raise SettingsError(
-                    f"ADMIN_PATH: expected a path apart from BASE_PATH ({settings.base_path}),"
-                    f" got {settings.admin_path!r}"
-                )
+        _apart("ADMIN_PATH", settings.admin_path, ("BASE_PATH", settings.base_path))
+        if settings.ui_path is not None:
+            _apart(
+                "UI_PATH",
+                settings.ui_path,
+                ("BASE_PATH", settings.base_path),
+                ("ADMIN_PATH", settings.admin_path),
+                ("the /v1 routes", settings.v1_path),
+            )
         return settings
+
+
+def _apart(name: str, path: str, *others: tuple[str, str]) -> None:
+    """`path` neither is nor holds nor lies under any of `others`."""
+    for other_name, other in others:
+        if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
+            raise SettingsError(
+                f"{name}: expected a path apart from {other_name} ({other}), got {path!r}"
+            )
+
+
+def _ui_path(raw: str | None, default: str | None) -> str | None:
+    """UI_PATH: a path such as /ui, or off (no dashboard)."""
+    if raw is not None and raw.strip().lower() in ("off", "none", "false", "0"):
+        return None
+    return _base_path("UI_PATH", raw, default or "/ui")
 
 
 def find_env_file() -> Path | None:

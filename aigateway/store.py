@@ -23,6 +23,8 @@ from typing import Any, Literal, NamedTuple
 import asyncpg
 import orjson
 from sqlalchemy import (
+    BigInteger,
+    Integer,
     Text,
     bindparam,
     case,
@@ -41,7 +43,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .budgets import PERIODS, Budget, BudgetError, BudgetLine, budget_lines, check_budget
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
-from .db.schema import key_changes, keys, models, prices, usage, usage_segments, users
+from .db.schema import (
+    key_changes,
+    keys,
+    models,
+    prices,
+    sessions,
+    usage,
+    usage_segments,
+    users,
+)
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
 from .modelsync import MODEL_FIELDS, ModelInfo
@@ -78,6 +89,7 @@ _PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS)
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
 MAX_MODEL_PATTERNS = 100
+DAY_S = 86400
 
 
 class StoreError(Exception):
@@ -709,6 +721,45 @@ class Store:
                 raise KeyNotFoundError(f"no price for {pattern!r}")
             await _keys_changed(conn)
 
+    # --- dashboard sessions -------------------------------------------------------------
+
+    async def create_session(self, id_hash: str, key_id: int, expires_at: float) -> None:
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                insert(sessions).values(
+                    id_hash=id_hash,
+                    key_id=key_id,
+                    created_at=now,
+                    seen_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            # Sessions that ended long ago go as new ones are made.
+            await conn.execute(delete(sessions).where(sessions.c.expires_at < now - DAY_S))
+
+    async def find_session(self, id_hash: str) -> tuple[int, float, float] | None:
+        """(key id, last seen, absolute expiry) of a session, or None."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions.c.key_id, sessions.c.seen_at, sessions.c.expires_at).where(
+                        sessions.c.id_hash == id_hash
+                    )
+                )
+            ).first()
+        return None if row is None else (int(row[0]), float(row[1]), float(row[2]))
+
+    async def touch_session(self, id_hash: str, seen_at: float) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(sessions).where(sessions.c.id_hash == id_hash).values(seen_at=seen_at)
+            )
+
+    async def end_session(self, id_hash: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.id_hash == id_hash))
+
     # --- models -------------------------------------------------------------------------
 
     async def replace_models(self, found: Sequence[ModelInfo]) -> None:
@@ -875,6 +926,42 @@ class Store:
                 client_gone=bool(row.client_gone),
                 estimated=bool(row.estimated),
             )
+            for row in rows
+        ]
+
+    async def usage_series(
+        self, since: float, bucket_s: int, key_id: int | None = None
+    ) -> list[dict[str, object]]:
+        """Requests, tokens, cost, errors and early leaves per `bucket_s` seconds since
+        `since` (buckets with no request are left out), oldest first."""
+        if self.database.backend == "sqlite":
+            bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
+        else:
+            bucket = cast(func.floor(usage.c.ts / bucket_s), BigInteger)
+        statement = (
+            select(
+                bucket,
+                func.count(),
+                func.sum(_TOKENS),
+                func.sum(func.coalesce(usage.c.cost, 0)),
+                func.sum(case((usage.c.status >= 400, 1), else_=0)),
+                func.sum(usage.c.client_gone),
+            )
+            .where(*_usage_filter(since, None, key_id))
+            .group_by(bucket)
+            .order_by(bucket)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            {
+                "start": int(row[0]) * bucket_s,
+                "requests": int(row[1]),
+                "tokens": int(row[2] or 0),
+                "cost": int(row[3] or 0),
+                "errors": int(row[4] or 0),
+                "client_gone": int(row[5] or 0),
+            }
             for row in rows
         ]
 

@@ -50,6 +50,12 @@ def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path)
         ("MAX_BODY_SIZE", "lots"),
         ("UPSTREAM_CONNECT_TIMEOUT", "-1"),
         ("UPSTREAM_READ_TIMEOUT", "soon"),
+        ("UI_PATH", "/api"),  # the relayed routes' own path
+        ("UI_PATH", "/admin/ui"),  # under the admin API
+        ("UI_PATH", "/v1"),
+        ("UI_PATH", "ui"),
+        ("SESSION_IDLE_MINUTES", "0"),
+        ("SESSION_MAX_HOURS", "forever"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -57,6 +63,12 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
         Settings.from_env({name: value}, env_file=None)
     assert str(info.value).startswith(f"{name}: expected")
     assert "\n" not in str(info.value)
+
+
+def test_the_dashboard_path_can_move_or_be_turned_off() -> None:
+    assert Settings.from_env({}, env_file=None).ui_path == "/ui"
+    assert Settings.from_env({"UI_PATH": "/console/"}, env_file=None).ui_path == "/console"
+    assert Settings.from_env({"UI_PATH": "off"}, env_file=None).ui_path is None
 
 
 @pytest.mark.parametrize(("name", "value"), [("PORT", "abc"), ("BASE_PATH", "api")])

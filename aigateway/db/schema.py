@@ -217,3 +217,17 @@ models = Table(
     Column("digest", Text),
     Column("synced_at", Double, nullable=False),
 )
+
+# Dashboard sessions: a key exchanged once for a random id, which the browser holds in an
+# HttpOnly cookie; only its SHA-256 is stored. A session ends idle (seen_at), at
+# expires_at, at sign-out, and when its key stops working.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", Text, primary_key=True),
+    Column("key_id", BigInteger, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("seen_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+Index("sessions_key_id", sessions.c.key_id)

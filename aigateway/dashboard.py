@@ -1,0 +1,88 @@
+"""The dashboard: a page and its script and styles, served by the gateway under UI_PATH.
+
+Nothing is built or installed: the files in `ui/` ship in the package and are read once
+at start. The page holds no data and no inline script; app.js asks the admin API (with
+the session cookie, see sessions.py) for everything and shows every string as text.
+Every answer carries a Content-Security-Policy that allows only this origin's script and
+styles, and forbids framing.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from aiohttp import web
+
+from .auth import public
+from .expect import defer_continue
+from .sessions import sign_in, sign_out
+from .settings import Settings
+
+UI_DIR = Path(__file__).parent / "ui"
+STATIC = {
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def add_dashboard_routes(app: web.Application, settings: Settings) -> None:
+    ui = settings.ui_path
+    if ui is None:
+        return
+    files = {name: (UI_DIR / name).read_bytes() for name in STATIC}
+    page = _page(settings)
+
+    @public
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(
+            body=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
+        )
+
+    @public
+    async def to_index(request: web.Request) -> web.Response:
+        raise web.HTTPFound(ui + "/")
+
+    @public
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound()
+        return web.Response(body=files[name], content_type=STATIC[name], headers=SECURITY_HEADERS)
+
+    router = app.router
+    for method, path, handler in (
+        ("GET", ui, to_index),
+        ("GET", ui + "/", index),
+        ("GET", ui + "/static/{name}", static),
+        ("POST", ui + "/session", public(sign_in)),
+        ("DELETE", ui + "/session", public(sign_out)),
+    ):
+        router.add_route(method, path, handler, expect_handler=defer_continue)
+
+
+def _page(settings: Settings) -> bytes:
+    """index.html with the gateway's paths in data attributes (escaped: they are
+    settings, but the page treats nothing as trusted)."""
+    assert settings.ui_path is not None
+    values = {
+        "UI": settings.ui_path,
+        "ADMIN": settings.admin_path,
+        "API": settings.base_path,
+        "CURRENCY": settings.currency,
+    }
+    text = (UI_DIR / "index.html").read_text()
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", html.escape(value, quote=True))
+    return text.encode()

@@ -1,0 +1,140 @@
+"""Dashboard sessions: a key exchanged once for a random id in an HttpOnly cookie.
+
+The browser never keeps the key: `POST {UI_PATH}/session` takes it once and answers with
+a cookie (HttpOnly, SameSite=Strict, Secure under HTTPS) holding 32 random bytes, of
+which the database keeps only the SHA-256, so sessions work on every gateway sharing it.
+A session ends when it is idle for SESSION_IDLE_MINUTES, SESSION_MAX_HOURS after sign-in,
+at sign-out, and at once when its key stops working (revoked, expired, its user
+disabled: the key table is checked on every request, as for a key).
+
+A request authenticated by the cookie rather than a key header may change something
+only with `X-Requested-With: aigateway` (a header no other site's page can send without
+a CORS preflight, which this gateway does not grant it) and, when it says where it comes
+from, from this gateway's own origin: so another site cannot make a signed-in browser
+act (cross-site request forgery), besides what SameSite=Strict already stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+import orjson
+from aiohttp import web
+
+from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, STORE
+from .errors import BadRequest, Forbidden, Unauthorized
+from .keytable import AuthError, UnknownKeyError
+from .keyview import key_view
+from .store import KeyRecord
+
+COOKIE = "aigateway_session"
+CSRF_HEADER, CSRF_VALUE = "X-Requested-With", "aigateway"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOUCH_EVERY_S = 60.0  # how often a session's last use is written (idle precision)
+MAX_SIGN_IN_BYTES = 4096
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def signed_in_browser(request: web.Request) -> bool:
+    """Whether a request without a key may be authenticated by its session cookie: the
+    dashboard is on, and the request sends no key (a bad key is never passed over)."""
+    return (
+        request.app[SETTINGS].ui_path is not None
+        and COOKIE in request.cookies
+        and "Authorization" not in request.headers
+        and "x-api-key" not in request.headers
+    )
+
+
+def check_same_origin(request: web.Request) -> None:
+    """Refuse a state-changing request that a cookie would authenticate unless this
+    gateway's own page sent it."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get(CSRF_HEADER) != CSRF_VALUE:
+        raise Forbidden(f"a signed-in browser request that changes something needs {CSRF_HEADER}")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise Forbidden("this request comes from another site")
+
+
+async def session_principal(request: web.Request) -> KeyRecord:
+    """The key behind the request's session cookie, if the session and the key are
+    both still good; Unauthorized saying why not."""
+    session_id = request.cookies.get(COOKIE, "")
+    if not session_id:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>' or sign in")
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    digest = _digest(session_id)
+    found = await store.find_session(digest)
+    now = time.time()
+    if found is None:
+        raise Unauthorized("the session has ended: sign in again")
+    key_id, seen_at, expires_at = found
+    if now >= expires_at or now - seen_at > settings.session_idle_minutes * 60:
+        await store.end_session(digest)
+        raise Unauthorized("the session has expired: sign in again")
+    try:
+        record = request.app[KEY_TABLE].by_id(key_id)
+    except AuthError as exc:
+        raise Unauthorized(f"{exc}: sign in again") from None
+    check_same_origin(request)
+    if now - seen_at > TOUCH_EVERY_S:
+        await store.touch_session(digest, now)
+    return record
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """`{"key": "aig_..."}` -> the key's view, and the session cookie."""
+    check_same_origin(request)
+    raw = await request.content.read(MAX_SIGN_IN_BYTES + 1)
+    if len(raw) > MAX_SIGN_IN_BYTES:
+        raise BadRequest("the sign-in body is too large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+        raise BadRequest('send {"key": "<API key>"}')
+    table = request.app[KEY_TABLE]
+    try:
+        try:
+            record = table.authenticate(body["key"].strip())
+        except UnknownKeyError:
+            await table.look_again()
+            record = table.authenticate(body["key"].strip())
+    except AuthError as exc:
+        raise Unauthorized(str(exc)) from None
+    request[CONTEXT].principal = record  # for the access line
+    settings = request.app[SETTINGS]
+    session_id = secrets.token_urlsafe(32)
+    await request.app[STORE].create_session(
+        _digest(session_id), record.id, time.time() + settings.session_max_hours * 3600
+    )
+    response = web.Response(body=orjson.dumps({"key": key_view(record)}))
+    response.content_type = "application/json"
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        max_age=settings.session_max_hours * 3600,
+    )
+    return response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    check_same_origin(request)
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        await request.app[STORE].end_session(_digest(session_id))
+    response = web.Response(body=b'{"signed_out": true}', content_type="application/json")
+    response.del_cookie(COOKIE, path="/")
+    return response

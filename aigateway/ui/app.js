@@ -1,0 +1,557 @@
+// aigateway dashboard. No framework: a few views built with DOM calls. Every string
+// from the server (user and key names, model names, error texts) is set as text, never
+// parsed as HTML, so a name like <img src=x onerror=...> shows as written.
+"use strict";
+
+const root = document.documentElement;
+const PATHS = {
+  ui: root.dataset.ui,
+  admin: root.dataset.admin,
+  api: root.dataset.api,
+  currency: root.dataset.currency,
+};
+const state = { me: null };
+
+// --- small helpers ------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function money(micro) {
+  if (micro === null || micro === undefined) return "-";
+  const sign = micro < 0 ? "-" : "";
+  const abs = Math.abs(micro);
+  return `${sign}${Math.floor(abs / 1e6)}.${String(abs % 1e6).padStart(6, "0")}`;
+}
+
+function number(n) {
+  return n === null || n === undefined ? "-" : Number(n).toLocaleString("en");
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function errorText(doc) {
+  if (!doc) return "";
+  if (typeof doc.error === "string") return doc.error;
+  if (doc.error && typeof doc.error.message === "string") return doc.error.message;
+  return "";
+}
+
+async function api(method, path, body) {
+  const headers = { "X-Requested-With": "aigateway" };
+  const init = { method, headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  let doc = null;
+  try {
+    doc = await resp.json();
+  } catch (_) {
+    doc = null;
+  }
+  if (!resp.ok) throw new ApiError(resp.status, errorText(doc) || `HTTP ${resp.status}`);
+  return doc;
+}
+
+function table(columns, rows, empty) {
+  if (!rows.length) return el("p", { class: "empty" }, empty);
+  const head = el("tr", {}, columns.map((c) => el("th", { class: c.num ? "num" : null, scope: "col" }, c.title)));
+  const body = rows.map((row) =>
+    el("tr", {}, columns.map((c) => el("td", { class: c.num ? "num" : null }, c.cell(row)))),
+  );
+  return el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
+}
+
+function stat(label, value) {
+  return el("div", { class: "stat" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
+}
+
+function usageStats(title, u) {
+  return [
+    el("h2", {}, title),
+    el(
+      "div",
+      { class: "grid" },
+      stat("Requests", number(u.requests)),
+      stat("Tokens", number(u.total_tokens)),
+      stat(`Cost (${PATHS.currency})`, money(u.cost)),
+      stat("Errors", number(u.errors)),
+      stat("Left early", number(u.client_gone)),
+      stat("Average ms", u.avg_ms === null ? "-" : u.avg_ms),
+      stat("p95 ms", u.p95_ms === null ? "-" : u.p95_ms),
+    ),
+  ];
+}
+
+// An SVG bar chart of requests per hour (errors on top), built with DOM calls.
+function chart(series, hours, label) {
+  const NS = "http://www.w3.org/2000/svg";
+  const width = 600;
+  const height = 140;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const now = Date.now() / 1000;
+  const first = Math.floor((now - hours * 3600) / 3600) * 3600;
+  const byStart = new Map(series.map((b) => [b.start, b]));
+  const max = Math.max(1, ...series.map((b) => b.requests));
+  const slot = width / (hours + 1);
+  for (let i = 0; i <= hours; i++) {
+    const bucket = byStart.get(first + i * 3600);
+    if (!bucket) continue;
+    const h = ((height - 14) * bucket.requests) / max;
+    const e = ((height - 14) * bucket.errors) / max;
+    for (const [cls, top, size] of [["bar", height - 14 - h, h - e], ["err", height - 14 - e, e]]) {
+      if (size <= 0) continue;
+      const rect = document.createElementNS(NS, "rect");
+      rect.setAttribute("class", cls);
+      rect.setAttribute("x", String(i * slot + 1));
+      rect.setAttribute("y", String(top));
+      rect.setAttribute("width", String(Math.max(1, slot - 2)));
+      rect.setAttribute("height", String(size));
+      const tip = document.createElementNS(NS, "title");
+      tip.textContent = `${new Date(bucket.start * 1000).toISOString().slice(0, 13)}:00 UTC: ${bucket.requests} requests, ${bucket.errors} errors`;
+      rect.append(tip);
+      svg.append(rect);
+    }
+  }
+  const caption = document.createElementNS(NS, "text");
+  caption.setAttribute("x", "2");
+  caption.setAttribute("y", String(height - 2));
+  caption.textContent = `${label} (max ${max} an hour)`;
+  svg.append(caption);
+  return svg;
+}
+
+// --- views ----------------------------------------------------------------------------
+
+const VIEWS = {
+  overview: { title: "Overview", admin: true, render: overview },
+  keys: { title: "Keys", admin: true, render: keysView },
+  me: { title: "My usage", admin: false, render: myUsage },
+  playground: { title: "Playground", admin: false, render: playground },
+};
+
+async function overview(view) {
+  const [stats, day, week] = await Promise.all([
+    api("GET", `${PATHS.admin}/stats`),
+    api("GET", `${PATHS.admin}/series?hours=24`),
+    api("GET", `${PATHS.admin}/series?hours=168`),
+  ]);
+  view.append(
+    el("h1", {}, "Overview"),
+    el("p", { class: "muted" }, `Requests in flight on this gateway now: ${stats.in_flight}`),
+    ...usageStats("Last 24 hours", stats.last_24h),
+    el("div", { class: "card" }, chart(day.series, 24, "Requests per hour, last 24 hours")),
+    ...usageStats("Last 7 days", stats.last_7d),
+    el("div", { class: "card" }, chart(week.series, 168, "Requests per hour, last 7 days")),
+    el("h2", {}, "Top users"),
+    table(
+      [
+        { title: "User", cell: (r) => r.user },
+        { title: "Requests", num: true, cell: (r) => number(r.requests) },
+        { title: "Tokens", num: true, cell: (r) => number(r.total_tokens) },
+        { title: `Cost (${PATHS.currency})`, num: true, cell: (r) => money(r.cost) },
+      ],
+      [...stats.per_user].sort((a, b) => b.requests - a.requests).slice(0, 10),
+      "No usage yet.",
+    ),
+    el("h2", {}, "Top models"),
+    table(
+      [
+        { title: "Model", cell: (r) => r.model ?? "(none)" },
+        { title: "Requests", num: true, cell: (r) => number(r.requests) },
+        { title: "p95 ms", num: true, cell: (r) => r.p95_ms ?? "-" },
+        { title: "Errors", num: true, cell: (r) => number(r.errors) },
+      ],
+      [...stats.per_model].sort((a, b) => b.requests - a.requests).slice(0, 10),
+      "No usage yet.",
+    ),
+  );
+}
+
+async function keysView(view) {
+  const doc = await api("GET", `${PATHS.admin}/keys`);
+  const secretBox = el("div", { id: "new-key", "aria-live": "polite" });
+  const error = el("p", { class: "error", role: "alert" });
+  const search = el("input", { id: "key-search", type: "search", placeholder: "user or key name" });
+  const listing = el("div", {});
+  const showList = () => {
+    const q = search.value.trim().toLowerCase();
+    const rows = doc.keys.filter(
+      (k) => !q || k.user.toLowerCase().includes(q) || k.key_name.toLowerCase().includes(q),
+    );
+    listing.replaceChildren(
+      table(
+        [
+          { title: "ID", num: true, cell: (k) => k.id },
+          { title: "User", cell: (k) => k.user },
+          { title: "Key name", cell: (k) => k.key_name },
+          { title: "Prefix", cell: (k) => k.prefix },
+          { title: "Role", cell: (k) => k.role },
+          { title: "Status", cell: (k) => k.status },
+          { title: "Req/min", num: true, cell: (k) => (k.rpm === null ? "default" : k.rpm === 0 ? "none" : k.rpm) },
+          { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
+          { title: "", cell: (k) => (k.status === "active" ? keyActions(k, error) : "") },
+        ],
+        rows,
+        doc.keys.length ? "No key matches." : "No keys yet: create the first one above.",
+      ),
+    );
+  };
+  search.addEventListener("input", showList);
+  const form = el(
+    "form",
+    { id: "create-key", class: "card" },
+    el("h2", {}, "Create a key"),
+    el(
+      "div",
+      { class: "row" },
+      el("div", {}, el("label", { for: "new-user" }, "User"), el("input", { id: "new-user", required: true })),
+      el("div", {}, el("label", { for: "new-name" }, "Key name"), el("input", { id: "new-name", required: true })),
+      el(
+        "div",
+        {},
+        el("label", { for: "new-role" }, "Role"),
+        el("select", { id: "new-role" }, el("option", { value: "user" }, "user"), el("option", { value: "admin" }, "admin")),
+      ),
+      el("div", {}, el("label", { for: "new-rpm" }, "Requests per minute (empty: default)"), el("input", { id: "new-rpm", inputmode: "numeric" })),
+      el("button", { type: "submit" }, "Create"),
+    ),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = {
+      user: form.querySelector("#new-user").value.trim(),
+      name: form.querySelector("#new-name").value.trim(),
+      role: form.querySelector("#new-role").value,
+    };
+    const rpm = form.querySelector("#new-rpm").value.trim();
+    if (rpm) body.rpm = Number(rpm);
+    try {
+      const made = await api("POST", `${PATHS.admin}/keys`, body);
+      const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
+      const copy = el("button", { type: "button", class: "quiet" }, "Copy");
+      copy.addEventListener("click", async () => {
+        await navigator.clipboard.writeText(made.key);
+        copy.textContent = "Copied";
+      });
+      const done = el("button", { type: "button" }, "I have stored it");
+      done.addEventListener("click", () => secretBox.replaceChildren());
+      secretBox.replaceChildren(
+        el(
+          "div",
+          { class: "card" },
+          el("h2", {}, `New key for ${made.user}/${made.key_name}`),
+          el("p", {}, "Store it now: it is shown this once and can never be shown again."),
+          secret,
+          el("div", { class: "row" }, copy, done),
+        ),
+      );
+      doc.keys.push(made);
+      form.reset();
+      showList();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  view.append(
+    el("h1", {}, "Keys"),
+    form,
+    secretBox,
+    error,
+    el("label", { for: "key-search" }, "Search"),
+    search,
+    listing,
+  );
+  showList();
+}
+
+function keyActions(key, error) {
+  const rpm = el("button", { type: "button", class: "quiet", "data-action": "rpm", "aria-label": `Change the requests per minute of ${key.user}/${key.key_name}` }, "Limit");
+  rpm.addEventListener("click", async () => {
+    const answer = window.prompt(`Requests per minute for ${key.user}/${key.key_name} (0: none, empty: default)`, key.rpm ?? "");
+    if (answer === null) return;
+    try {
+      await api("PATCH", `${PATHS.admin}/keys/${key.id}`, { rpm: answer.trim() === "" ? null : Number(answer) });
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  const revoke = el("button", { type: "button", class: "danger", "data-action": "revoke", "aria-label": `Revoke ${key.user}/${key.key_name}` }, "Revoke");
+  revoke.addEventListener("click", async () => {
+    if (!window.confirm(`Revoke ${key.user}/${key.key_name}? It stops working at once.`)) return;
+    try {
+      await api("DELETE", `${PATHS.admin}/keys/${key.id}`);
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  return el("div", { class: "row" }, rpm, revoke);
+}
+
+async function myUsage(view) {
+  const [me, day] = await Promise.all([
+    api("GET", `${PATHS.admin}/me`),
+    api("GET", `${PATHS.admin}/series?hours=24`),
+  ]);
+  const limits = me.current.limits || {};
+  view.append(
+    el("h1", {}, `${me.key.user} / ${me.key.key_name}`),
+    el("p", { class: "muted" }, `Role ${me.key.role}; key ${me.key.prefix}…; status ${me.key.status}`),
+    el("h2", {}, "Limits and what is left"),
+    el(
+      "div",
+      { class: "grid" },
+      stat("Requests this minute", `${me.current.requests_this_minute} of ${limits.rpm || "∞"}`),
+      stat("Requests this hour", `${me.current.requests_this_hour} of ${limits.rph || "∞"}`),
+      stat("Tokens today", `${number(me.current.tokens_today)} of ${limits.tokens_per_day ? number(limits.tokens_per_day) : "∞"}`),
+      stat("At once", `${me.current.in_flight} of ${limits.max_concurrent || "∞"}`),
+    ),
+    el("h2", {}, "Budgets"),
+    me.budgets.length
+      ? table(
+          [
+            { title: "Budget of", cell: (b) => b.owner },
+            { title: "Period", cell: (b) => b.period },
+            { title: `Amount (${me.currency})`, num: true, cell: (b) => money(b.amount) },
+            { title: "Spent", num: true, cell: (b) => money(b.spent) },
+            { title: "Remaining", num: true, cell: (b) => money(b.remaining) },
+            { title: "Resets", cell: (b) => (b.resets_at ? new Date(b.resets_at * 1000).toISOString() : "never") },
+          ],
+          me.budgets,
+          "",
+        )
+      : el("p", { class: "empty" }, "No budget: spending is not capped."),
+    ...usageStats("Last 24 hours", me.usage.last_24h),
+    el("div", { class: "card" }, chart(day.series, 24, "My requests per hour, last 24 hours")),
+    ...usageStats("Last 7 days", me.usage.last_7d),
+  );
+}
+
+async function playground(view) {
+  const models = await api("GET", `${PATHS.admin}/models`);
+  if (!models.models.length) {
+    view.append(el("h1", {}, "Playground"), el("p", { class: "empty" }, "This key may use no model that Ollama has."));
+    return;
+  }
+  const pick = el("select", { id: "pg-model" }, models.models.map((m) => el("option", { value: m.name }, m.name)));
+  const system = el("textarea", { id: "pg-system", placeholder: "optional" });
+  const prompt = el("textarea", { id: "pg-prompt", required: true });
+  const send = el("button", { type: "submit", id: "pg-send" }, "Send");
+  const stop = el("button", { type: "button", class: "danger", id: "pg-stop", disabled: true }, "Stop");
+  const answer = el("div", { class: "answer card", id: "pg-answer", "aria-live": "polite" });
+  const figures = el("p", { class: "muted", id: "pg-figures" });
+  const error = el("p", { class: "error", role: "alert" });
+  let controller = null;
+  stop.addEventListener("click", () => controller && controller.abort());
+  const form = el(
+    "form",
+    { class: "card" },
+    el("label", { for: "pg-model" }, "Model"),
+    pick,
+    el("label", { for: "pg-system" }, "System prompt"),
+    system,
+    el("label", { for: "pg-prompt" }, "Prompt"),
+    prompt,
+    el("div", { class: "row" }, send, stop),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    answer.textContent = "";
+    figures.textContent = "";
+    const messages = [];
+    if (system.value.trim()) messages.push({ role: "system", content: system.value });
+    messages.push({ role: "user", content: prompt.value });
+    const model = models.models.find((m) => m.name === pick.value);
+    controller = new AbortController();
+    send.disabled = true;
+    stop.disabled = false;
+    const started = performance.now();
+    let firstToken = null;
+    let final = null;
+    let tokens = 0;
+    try {
+      const resp = await fetch(`${PATHS.api}/chat`, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-Requested-With": "aigateway" },
+        body: JSON.stringify({ model: pick.value, messages, stream: true }),
+        signal: controller.signal,
+      });
+      if (!resp.ok) {
+        let doc = null;
+        try {
+          doc = await resp.json();
+        } catch (_) {
+          doc = null;
+        }
+        throw new Error(errorText(doc) || `HTTP ${resp.status}`);
+      }
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        let newline;
+        while ((newline = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, newline).trim();
+          buffered = buffered.slice(newline + 1);
+          if (!line) continue;
+          const part = JSON.parse(line);
+          if (part.error) throw new Error(part.error);
+          const text = part.message && part.message.content;
+          if (text) {
+            if (firstToken === null) firstToken = performance.now();
+            tokens += 1;
+            answer.append(document.createTextNode(text));
+          }
+          if (part.done) final = part;
+        }
+      }
+    } catch (err) {
+      if (err.name === "AbortError") error.textContent = "Stopped.";
+      else error.textContent = err.message;
+    } finally {
+      send.disabled = false;
+      stop.disabled = true;
+      controller = null;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const output = final ? final.eval_count : tokens;
+    const perSecond = final && final.eval_duration ? output / (final.eval_duration / 1e9) : output / seconds;
+    const parts = [
+      `${output} output tokens`,
+      `${perSecond.toFixed(1)} tokens/s`,
+      firstToken === null ? "no token" : `first token after ${((firstToken - started) / 1000).toFixed(2)} s`,
+    ];
+    if (final && model && model.price) {
+      const p = model.price;
+      const exact = (final.prompt_eval_count || 0) * p.per_million_input * 1000 + output * p.per_million_output * 1000 + (final.total_duration || 0) * p.per_second;
+      parts.push(`cost ${money(p.per_request + Math.floor((exact + 5e8) / 1e9))} ${models.currency}`);
+    }
+    figures.textContent = parts.join(" · ");
+  });
+  view.append(el("h1", {}, "Playground"), form, error, answer, figures);
+}
+
+// --- shell: sign-in, navigation, theme --------------------------------------------------
+
+function showSignIn(message) {
+  state.me = null;
+  document.getElementById("nav").hidden = true;
+  document.getElementById("signout").hidden = true;
+  document.getElementById("view").replaceChildren();
+  document.getElementById("signin").hidden = false;
+  document.getElementById("signin-error").textContent = message || "";
+  document.getElementById("signin-key").focus();
+}
+
+async function start() {
+  try {
+    state.me = await api("GET", `${PATHS.admin}/me`);
+  } catch (err) {
+    if (err.status === 401) return showSignIn("");
+    return showSignIn(err.message);
+  }
+  document.getElementById("signin").hidden = true;
+  document.getElementById("signout").hidden = false;
+  const nav = document.getElementById("nav");
+  const isAdmin = state.me.key.role === "admin";
+  nav.replaceChildren(
+    ...Object.entries(VIEWS)
+      .filter(([, v]) => isAdmin || !v.admin)
+      .map(([name, v]) => el("a", { href: `#/${name}`, "data-view": name }, v.title)),
+  );
+  nav.hidden = false;
+  route();
+}
+
+async function route() {
+  if (!state.me) return;
+  const isAdmin = state.me.key.role === "admin";
+  const name = location.hash.replace(/^#\//, "") || (isAdmin ? "overview" : "me");
+  const view = document.getElementById("view");
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const chosen = VIEWS[name];
+  const fresh = el("div", { id: `view-${name}` });
+  view.replaceChildren(fresh);
+  if (!chosen) {
+    fresh.append(el("p", { class: "error" }, "No such page."));
+    return;
+  }
+  try {
+    await chosen.render(fresh);
+  } catch (err) {
+    if (err.status === 401) return showSignIn(err.message);
+    fresh.replaceChildren(el("h1", {}, chosen.title), el("p", { class: "error", role: "alert" }, err.message));
+  }
+}
+
+function applyTheme(theme) {
+  if (theme === "light" || theme === "dark") root.dataset.theme = theme;
+  else delete root.dataset.theme;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  // Only the theme is remembered in the browser; never a key.
+  applyTheme(localStorage.getItem("aigateway-theme"));
+  document.getElementById("theme").addEventListener("click", () => {
+    const dark = root.dataset.theme
+      ? root.dataset.theme === "dark"
+      : window.matchMedia("(prefers-color-scheme: dark)").matches;
+    const next = dark ? "light" : "dark";
+    localStorage.setItem("aigateway-theme", next);
+    applyTheme(next);
+  });
+  document.getElementById("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = document.getElementById("signin-key");
+    try {
+      await api("POST", `${PATHS.ui}/session`, { key: input.value });
+      input.value = "";
+      await start();
+    } catch (err) {
+      input.value = "";
+      document.getElementById("signin-error").textContent = err.message;
+    }
+  });
+  document.getElementById("signout").addEventListener("click", async () => {
+    try {
+      await api("DELETE", `${PATHS.ui}/session`);
+    } finally {
+      showSignIn("Signed out.");
+    }
+  });
+  window.addEventListener("hashchange", route);
+  start();
+});
