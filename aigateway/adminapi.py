@@ -502,8 +502,12 @@ def _first(rows: list[dict[str, object]]) -> dict[str, object]:
             "completion_tokens": 0,
             "total_tokens": 0,
             "avg_ms": None,
+            "p50_ms": None,
             "p95_ms": None,
+            "ttfb_p50_ms": None,
+            "ttfb_p95_ms": None,
             "errors": 0,
+            "cost": None,
             "client_gone": 0,
         }
     )

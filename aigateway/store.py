@@ -974,16 +974,18 @@ class Store:
         user: str | None = None,
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
-        route (of one user's records, with `user`); p95 is computed here, the same way on
-        both databases."""
+        route (of one user's records, with `user`); percentiles are computed here, the
+        same way on both databases."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
         labels = [usage.c[name] for name in group_by]
         if self.database.backend == "sqlite":
             durations = func.group_concat(usage.c.duration_ms)
+            ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
         else:
             durations = func.string_agg(cast(usage.c.duration_ms, Text), ",")
+            ttfbs = func.string_agg(cast(usage.c.ttfb_ms, Text), ",")
         statement = select(
             *labels,
             func.count(),
@@ -994,6 +996,7 @@ class Store:
             func.sum(usage.c.client_gone),
             func.sum(usage.c.cost),
             durations,
+            ttfbs,
         ).where(*_usage_filter(since, until, key_id, user))
         if labels:
             statement = statement.group_by(*labels).order_by(*labels)
@@ -1002,9 +1005,11 @@ class Store:
         summary = []
         for row in rows:
             named = dict(zip(group_by, row[: len(group_by)], strict=True))
-            count, prompt, completion, avg, errors, gone, cost, joined = row[len(group_by) :]
+            count, prompt, completion, avg, errors, gone, cost, joined, ttfb = row[len(group_by) :]
             if not count:
                 continue
+            p50, p95 = _percentiles(joined)
+            ttfb_p50, ttfb_p95 = _percentiles(ttfb)
             summary.append(
                 {
                     **named,
@@ -1013,7 +1018,11 @@ class Store:
                     "completion_tokens": int(completion or 0),
                     "total_tokens": int(prompt or 0) + int(completion or 0),
                     "avg_ms": round(float(avg), 2),
-                    "p95_ms": _p95(joined),
+                    "p50_ms": p50,
+                    "p95_ms": p95,
+                    # time to first byte (of requests that had one)
+                    "ttfb_p50_ms": ttfb_p50,
+                    "ttfb_p95_ms": ttfb_p95,
                     "errors": int(errors or 0),
                     # micro-units; None when no record of the group has a cost yet
                     "cost": None if cost is None else int(cost),
@@ -1318,11 +1327,16 @@ def _usage_filter(
     return clauses
 
 
-def _p95(durations: str | None) -> float | None:
-    if not durations:
-        return None
-    ordered = sorted(float(d) for d in durations.split(","))
-    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)
+def _percentiles(joined: str | None) -> tuple[float | None, float | None]:
+    """p50 and p95 of comma-joined values (nearest rank), the same way on both databases."""
+    if not joined:
+        return None, None
+    ordered = sorted(float(d) for d in joined.split(","))
+    last = len(ordered) - 1
+    return (
+        round(ordered[min(last, int(0.5 * len(ordered)))], 2),
+        round(ordered[min(last, int(0.95 * len(ordered)))], 2),
+    )
 
 
 def _models_json(models: tuple[str, ...] | None) -> str | None:

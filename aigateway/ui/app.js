@@ -95,8 +95,8 @@ function usageStats(title, u) {
       stat(`Cost (${PATHS.currency})`, money(u.cost)),
       stat("Errors", number(u.errors)),
       stat("Left early", number(u.client_gone)),
-      stat("Average ms", u.avg_ms === null ? "-" : u.avg_ms),
-      stat("p95 ms", u.p95_ms === null ? "-" : u.p95_ms),
+      stat("p50 / p95 ms", `${u.p50_ms ?? "-"} / ${u.p95_ms ?? "-"}`),
+      stat("First byte p50 / p95 ms", `${u.ttfb_p50_ms ?? "-"} / ${u.ttfb_p95_ms ?? "-"}`),
     ),
   ];
 }
@@ -158,9 +158,16 @@ async function overview(view) {
     api("GET", `${PATHS.admin}/series?hours=24`),
     api("GET", `${PATHS.admin}/series?hours=168`),
   ]);
+  const [health, loaded] = await Promise.all([ollamaHealth(), loadedModels()]);
   view.append(
     el("h1", {}, "Overview"),
-    el("p", { class: "muted" }, `Requests in flight on this gateway now: ${stats.in_flight}`),
+    el(
+      "div",
+      { class: "grid", id: "ollama" },
+      stat("Ollama", health),
+      stat("Models loaded", loaded),
+      stat("In flight now", number(stats.in_flight)),
+    ),
     ...usageStats("Last 24 hours", stats.last_24h),
     el("div", { class: "card" }, chart(day.series, 24, "Requests per hour, last 24 hours")),
     ...usageStats("Last 7 days", stats.last_7d),
@@ -188,6 +195,26 @@ async function overview(view) {
       "No usage yet.",
     ),
   );
+}
+
+async function ollamaHealth() {
+  try {
+    const resp = await fetch("/health/ollama", { credentials: "same-origin" });
+    const doc = await resp.json();
+    return doc.status === "ok" ? "up" : `${doc.status}`;
+  } catch (_) {
+    return "cannot tell";
+  }
+}
+
+async function loadedModels() {
+  try {
+    const doc = await api("GET", `${PATHS.api}/ps`);
+    const names = (doc.models || []).map((m) => m.name).filter((n) => typeof n === "string");
+    return names.length ? names.join(", ") : "none";
+  } catch (err) {
+    return err.message;
+  }
 }
 
 async function keysView(view) {
