@@ -9,6 +9,7 @@ Ollama keeps adding routes under /api. JSON in and out.
     DELETE /admin/keys/{id}     admin: revoke (the row stays)
     GET    /admin/stats         admin: usage statistics and current rate-limit use
     GET    /admin/series        any key: usage per hour (an admin: everyone's)
+    GET    /admin/usage         any key: usage records, filtered, paged or downloaded
     GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
                                 admin: users (customers), their budgets, disabling
     GET    /admin/users/{name}/budget
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any
 
 import aiohttp
@@ -42,8 +43,9 @@ from .budgetreport import user_budget_report, user_invoice
 from .budgets import Budget, BudgetError, check_budget, period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
+from .exports import usage_export
 from .keytable import BOOTSTRAP_KEY_ID
-from .keyview import key_view, user_view
+from .keyview import key_view, user_view, when
 from .limits import DAY
 from .modelaccess import filter_model_list
 from .pricing import PRICE_FIELDS, Price
@@ -56,6 +58,7 @@ from .store import (
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
+    UsageQuery,
 )
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -65,6 +68,7 @@ CREATE_FIELDS = {
 UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
 USER_FIELDS = frozenset({"user", "email", "note", "disabled", "budget"})
 MODELS_TIMEOUT_S = 10.0
+EXPORT_MAX = 100_000  # records in one download
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -79,6 +83,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("DELETE", "/keys/{id}", admin_only(revoke_key)),
         ("GET", "/stats", admin_only(stats)),
         ("GET", "/series", series),
+        ("GET", "/usage", usage_records),
         ("GET", "/users", admin_only(list_users)),
         ("POST", "/users", admin_only(create_user)),
         ("GET", "/users/{name}", admin_only(get_user)),
@@ -245,6 +250,63 @@ async def update_user(request: web.Request) -> web.Response:
         user = await store.set_user_disabled(name, body["disabled"])
         await _reload(request)
     return _json(user_view(user))
+
+
+async def usage_records(request: web.Request) -> web.Response:
+    """Usage records, newest first, filtered by user, key_id, model, route, status, since
+    and until (Unix times), a page at a time (limit, at most 500; offset), or with
+    format=csv or json all of them (at most EXPORT_MAX) as a download. An admin sees
+    every key's records, any other key its own."""
+    q = request.query
+    caller = principal(request)
+    key_id = _whole(q, "key_id", 10**18)
+    user = q.get("user") or None
+    if caller.role != "admin":
+        key_id, user = caller.id, None
+    where = UsageQuery(
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
+        key_id=key_id,
+        user=user,
+        model=q.get("model") or None,
+        route=q.get("route") or None,
+        status=_whole(q, "status", 999),
+    )
+    store = request.app[STORE]
+    fmt = q.get("format")
+    if fmt is not None:
+        if fmt not in ("csv", "json"):
+            raise BadRequest("format must be csv or json")
+        found = await store.usage_page(where, EXPORT_MAX)
+        body = usage_export([record for _, record in found], fmt)
+        return web.Response(
+            text=body,
+            content_type="text/csv" if fmt == "csv" else "application/json",
+            headers={"Content-Disposition": f'attachment; filename="usage.{fmt}"'},
+        )
+    limit = _whole(q, "limit", 500) or 50
+    offset = _whole(q, "offset", 10**9) or 0
+    found = await store.usage_page(where, limit + 1, offset)
+    return _json(
+        {
+            "records": [
+                {"id": record_id, "time": when(record.ts), **record._asdict()}
+                for record_id, record in found[:limit]
+            ],
+            "limit": limit,
+            "offset": offset,
+            "more": len(found) > limit,
+        }
+    )
+
+
+def _whole(query: Mapping[str, str], name: str, most: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) > most:
+        raise BadRequest(f"{name} must be a whole number up to {most}, not {raw[:20]!r}")
+    return int(raw)
 
 
 async def series(request: web.Request) -> web.Response:

@@ -262,6 +262,19 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Which usage records a listing shows; None: any."""
+
+    since: float | None = None
+    until: float | None = None
+    key_id: int | None = None
+    user: str | None = None
+    model: str | None = None
+    route: str | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class KeyLimits:
     """Per-key limits; None means "the gateway's default", 0 means "no limit"."""
 
@@ -917,17 +930,31 @@ class Store:
                     .order_by(usage.c.ts, usage.c.id)
                 )
             ).all()
-        # Durations are stored as measured and rounded to the microsecond when read back,
-        # so the request path does not pay for round().
-        return [
-            UsageRecord(*row)._replace(
-                duration_ms=round(row.duration_ms, 3),
-                ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
-                client_gone=bool(row.client_gone),
-                estimated=bool(row.estimated),
-            )
-            for row in rows
-        ]
+        return [_usage_record(row) for row in rows]
+
+    async def usage_page(
+        self, where: UsageQuery, limit: int, offset: int = 0
+    ) -> list[tuple[int, UsageRecord]]:
+        """Records that match `where`, newest first, `limit` from `offset`, each with its
+        id (for paging and reference)."""
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
+        if where.model is not None:
+            clauses.append(usage.c.model == where.model)
+        if where.route is not None:
+            clauses.append(usage.c.route == where.route)
+        if where.status is not None:
+            clauses.append(usage.c.status == where.status)
+        statement = (
+            select(usage.c.id, *columns)
+            .where(*clauses)
+            .order_by(usage.c.ts.desc(), usage.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [(int(row[0]), _usage_record(row[1:])) for row in rows]
 
     async def usage_series(
         self, since: float, bucket_s: int, key_id: int | None = None
@@ -1325,6 +1352,18 @@ def _usage_filter(
     if key_id is not None:
         clauses.append(usage.c.key_id == key_id)
     return clauses
+
+
+def _usage_record(row: Sequence[Any]) -> UsageRecord:
+    """A usage row as a record. Durations are stored as measured and rounded to the
+    microsecond when read back, so the request path does not pay for round()."""
+    record = UsageRecord(*row)
+    return record._replace(
+        duration_ms=round(record.duration_ms, 3),
+        ttfb_ms=None if record.ttfb_ms is None else round(record.ttfb_ms, 3),
+        client_gone=bool(record.client_gone),
+        estimated=bool(record.estimated),
+    )
 
 
 def _percentiles(joined: str | None) -> tuple[float | None, float | None]:

@@ -148,3 +148,34 @@ async def test_stats_count_what_was_used(
     me = await (await client.get("/admin/me")).json()
     assert me["usage"]["last_24h"]["requests"] == 4
     assert {m["model"] for m in me["usage"]["per_model_7d"]} == {"llama3.2", "all-minilm"}
+
+
+async def test_usage_records_filtered_paged_and_downloaded(
+    admin: TestClient, client: TestClient, gateway: TestServer
+) -> None:
+    from aigateway.appkeys import RELAY
+
+    chat = {"model": "llama3.2", "stream": False, "messages": []}
+    for model in ("llama3.2", "=cmd|'/C calc'!A0", "llama3.2"):
+        await client.post("/api/chat", json={**chat, "model": model})
+    await admin.get("/api/tags")
+    await gateway.app[RELAY].usage.flush()
+    everything = await (await admin.get("/admin/usage")).json()
+    assert len(everything["records"]) == 4 and not everything["more"]
+    page = await (await admin.get("/admin/usage?limit=2")).json()
+    assert len(page["records"]) == 2 and page["more"]
+    older = await (await admin.get("/admin/usage?limit=2&offset=2")).json()
+    ids = [r["id"] for r in page["records"] + older["records"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 4  # newest first, no gaps
+    mine = await (await client.get("/admin/usage?user=root")).json()
+    assert {r["user"] for r in mine["records"]} == {"alice"}  # a user key sees its own only
+    llama = await (await admin.get("/admin/usage?model=llama3.2&status=200")).json()
+    assert len(llama["records"]) == 2
+    csv_resp = await admin.get("/admin/usage?format=csv&user=alice")
+    assert csv_resp.headers["Content-Disposition"] == 'attachment; filename="usage.csv"'
+    text = await csv_resp.text()
+    assert text.splitlines()[0].startswith("time,ts,key_id,user")
+    assert "'=cmd" in text and ",=cmd" not in text  # no formula for a spreadsheet
+    assert len(text.strip().splitlines()) == 4
+    for bad in ("limit=x", "limit=501", "status=-1", "since=nan", "format=xml", "key_id=1e3"):
+        assert (await admin.get(f"/admin/usage?{bad}")).status == 400, bad

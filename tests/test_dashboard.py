@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from playwright.async_api import async_playwright, expect
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
@@ -40,8 +41,6 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[object]:
-    from playwright.async_api import async_playwright
-
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -153,6 +152,18 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
         assert (await store.get_key(made.id)).revoked
     finally:
         await store.close()
+    # Usage: the records, filtered, with breakdowns and a download of what is shown.
+    await page.click("#nav a[data-view=usage]")
+    await page.wait_for_selector("#usage-results table")
+    await page.fill("#f-user", XSS)
+    await page.click("#usage-filters button[type=submit]")
+    await expect(page.locator("#usage-results tbody tr")).to_have_count(2)
+    assert XSS in await page.text_content("#usage-breakdown")
+    async with page.expect_download() as download:
+        await page.click("#usage-results a:has-text('Export CSV')")
+    exported = Path(await (await download.value).path()).read_text()
+    assert len(exported.strip().splitlines()) == 3  # a header and the user's two records
+    await _shot(page, "usage")
     # Only the page's own questions were asked: no alert(1) ever ran (the XSS name).
     assert [d.split(" ")[0] for d in page.dialogs] == ["Requests", "Revoke"]
     await _shot(page, "keys")
@@ -169,7 +180,7 @@ async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
     url = str(dashboard.make_url("")).rstrip("/")
     context, page = await _signed_in(browser, url, key)
     links = await page.locator("#nav a").all_text_contents()
-    assert links == ["My usage", "Playground"]
+    assert links == ["Usage", "My usage", "Playground"]
     await page.wait_for_selector("#view-me")
     assert "erin / tablet" in await page.text_content("#view-me")
     await _shot(page, "my-usage")
@@ -191,7 +202,7 @@ async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
     await page.select_option("#pg-model", "stall")
     await page.fill("#pg-prompt", "hold on")
     await page.click("#pg-send")
-    await page.wait_for_function("document.getElementById('pg-answer').textContent.length > 0")
+    await expect(page.locator("#pg-answer")).not_to_be_empty()
     await _shot(page, "playground")
     await page.click("#pg-stop")
     await eventually(lambda: any(path == "/api/chat" for path, _ in fake.abandoned))

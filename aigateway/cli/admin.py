@@ -7,9 +7,7 @@ The flag CLI and the interactive menu only ask and print; every change goes thro
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
-import io
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -22,10 +20,11 @@ from .. import __version__
 from ..budgets import Budget, describe
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
+from ..exports import csv_text, usage_export
 from ..keyview import key_view, user_view, when
 from ..modelsync import MODEL_FIELDS, ModelInfo, ModelSyncError, fetch_models
 from ..pricing import PRICE_FIELDS, Price, PriceList, money
-from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageRecord, UserRecord
+from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UserRecord
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -180,23 +179,6 @@ USAGE_COLUMNS = (
 )
 
 
-# A cell starting with one of these is a formula to a spreadsheet (the full-width forms
-# too, which some convert); any key can choose the model name it sends.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-
-
-def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows whose text cells a spreadsheet would run as formulas, neutralised with a
-    leading quote (OWASP's advice); numbers stay numbers."""
-    return [
-        {
-            k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v
-            for k, v in row.items()
-        }
-        for row in rows
-    ]
-
-
 def render_usage(rows: list[dict[str, Any]], group: str, fmt: Format, currency: str) -> str:
     """Usage rows; costs as amounts of `currency` with six decimals (never floats)."""
     columns = [*USAGE_GROUPS[group], *USAGE_COLUMNS]
@@ -253,15 +235,6 @@ def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format,
 MONEY_COLUMNS = frozenset({"cost", "spent", "budget_spent", "remaining", *PRICE_FIELDS})
 
 
-def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A header and the rows' `columns`, cells a spreadsheet would run neutralised."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_safe(rows))
-    return out.getvalue()
-
-
 def write_usage_export(
     db_path: str,
     path: str,
@@ -276,13 +249,9 @@ def write_usage_export(
     object (JSON) each."""
     _check_target(path, force)
     records = with_store(db_path, lambda store: store.usage_rows(since, until, user=user))
-    rows = [{"time": when(r.ts), **r._asdict()} for r in records]
-    if fmt == "csv":
-        text = csv_text(rows, ["time", *UsageRecord._fields])
-    else:
-        text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
+    text = usage_export(records, fmt)
     _write(path, text)
-    return len(rows)
+    return len(records)
 
 
 # --- rendering -------------------------------------------------------------------------
