@@ -164,8 +164,42 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     exported = Path(await (await download.value).path()).read_text()
     assert len(exported.strip().splitlines()) == 3  # a header and the user's two records
     await _shot(page, "usage")
+    # Models: what Ollama has, and a price set from the page.
+    await page.click("#nav a[data-view=models]")
+    await (
+        page.locator("tr", has_text="llama3.2:latest").locator("button[data-action=price]").click()
+    )
+    await page.fill("#price-pattern", "llama3*")
+    await page.fill("#price-per_million_output", "0.40")
+    await page.click("#price-form button[type=submit]")
+    await page.wait_for_selector("td:has-text('0.400000 /M out')")
+    await _shot(page, "models")
+
+    # Users: a budget set, the spend shown, the user disabled (its key stops at once).
+    await page.click("#nav a[data-view=users]")
+    row = page.locator("tr", has_text=XSS)
+    page.once("dialog", lambda d: d.accept("2.5 weekly"))
+    await row.locator("button[data-action=budget]").click()
+    await page.wait_for_selector("td:has-text('2.500000 weekly')")
+    await page.locator("tr", has_text=XSS).locator("button[data-action=spend]").click()
+    await page.wait_for_selector("#budget-report:has-text('2.500000')")
+    page.once("dialog", lambda d: d.accept())
+    await page.locator("tr", has_text=XSS).locator("button[data-action=toggle]").click()
+    await page.wait_for_selector("tr:has-text('onerror') td:has-text('disabled')")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/tags", headers={"Authorization": f"Bearer {user_key}"}) as resp,
+    ):
+        assert resp.status == 401
+    await _shot(page, "users")
+
     # Only the page's own questions were asked: no alert(1) ever ran (the XSS name).
-    assert [d.split(" ")[0] for d in page.dialogs] == ["Requests", "Revoke"]
+    assert [d.split(" ")[0] for d in page.dialogs] == [
+        "Requests",
+        "Revoke",
+        "Budget",
+        "Disable",
+    ]
     await _shot(page, "keys")
     await context.close()
 

@@ -148,6 +148,8 @@ function chart(series, hours, label) {
 const VIEWS = {
   overview: { title: "Overview", admin: true, render: overview },
   keys: { title: "Keys", admin: true, render: keysView },
+  users: { title: "Users", admin: true, render: usersView },
+  models: { title: "Models", admin: false, render: modelsView },
   usage: { title: "Usage", admin: false, render: usageView },
   me: { title: "My usage", admin: false, render: myUsage },
   playground: { title: "Playground", admin: false, render: playground },
@@ -431,6 +433,182 @@ async function usageView(view) {
   });
   view.append(el("h1", {}, "Usage"), form, results, breakdown);
   await load();
+}
+
+async function modelsView(view) {
+  const isAdmin = state.me.key.role === "admin";
+  const doc = await api("GET", `${PATHS.admin}/models`);
+  const error = el("p", { class: "error", role: "alert" });
+  const priceCell = (m) => {
+    const p = m.price;
+    const text = p
+      ? `${money(p.per_request)} /request, ${money(p.per_million_input)} /M in, ${money(p.per_million_output)} /M out, ${money(p.per_second)} /s`
+      : "free";
+    if (!isAdmin) return text;
+    const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
+    edit.addEventListener("click", () => priceForm(m, error));
+    return el("div", {}, el("div", {}, p ? `${text} (${p.pattern})` : text), edit);
+  };
+  view.append(
+    el("h1", {}, "Models"),
+    el("p", { class: "muted" }, `Prices in ${doc.currency}. A model no price matches is free.`),
+    error,
+    el("div", { id: "price-form" }),
+    table(
+      [
+        { title: "Model", cell: (m) => m.name },
+        { title: "Family", cell: (m) => m.family ?? "" },
+        { title: "Parameters", cell: (m) => m.parameter_size ?? "" },
+        { title: "Quantisation", cell: (m) => m.quantization_level ?? "" },
+        { title: "Context", num: true, cell: (m) => (m.context_length ? number(m.context_length) : "") },
+        { title: "Size GB", num: true, cell: (m) => (m.size ? (m.size / 1e9).toFixed(2) : "") },
+        { title: "Price", cell: priceCell },
+      ],
+      doc.models,
+      "Ollama has no model this key may use: pull one (ollama pull llama3.2).",
+    ),
+  );
+}
+
+function priceForm(model, error) {
+  const p = model.price || {};
+  const fields = [
+    ["per_request", "Per request"],
+    ["per_million_input", "Per million input tokens"],
+    ["per_million_output", "Per million output tokens"],
+    ["per_second", "Per second of model time"],
+  ];
+  const pattern = el("input", { id: "price-pattern", value: p.pattern || model.name });
+  const inputs = fields.map(([name]) => el("input", { id: `price-${name}`, inputmode: "decimal", value: money(p[name] || 0) }));
+  const form = el(
+    "form",
+    { class: "card" },
+    el("h2", {}, `Price of ${model.name}`),
+    el("label", { for: "price-pattern" }, "Model or pattern (llama3*, * for every other model)"),
+    pattern,
+    el("div", { class: "row" }, fields.map(([name, title], i) => el("div", {}, el("label", { for: `price-${name}` }, `${title} (${PATHS.currency})`), inputs[i]))),
+    el("div", { class: "row" }, el("button", { type: "submit" }, "Save")),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { pattern: pattern.value.trim() };
+    try {
+      fields.forEach(([name], i) => { body[name] = toMicro(inputs[i].value); });
+      await api("POST", `${PATHS.admin}/prices`, body);
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  document.getElementById("price-form").replaceChildren(form);
+  pattern.focus();
+}
+
+// An amount typed as 0.15 -> 150000 micro-units, exactly (no floating point).
+function toMicro(text) {
+  const match = /^\s*(\d{1,9})(?:\.(\d{0,6}))?\s*$/.exec(text);
+  if (!match) throw new Error(`not an amount with at most six decimals: ${text}`);
+  return Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0"));
+}
+
+async function usersView(view) {
+  const doc = await api("GET", `${PATHS.admin}/users`);
+  const error = el("p", { class: "error", role: "alert" });
+  const search = el("input", { id: "user-search", type: "search", placeholder: "name or email" });
+  const status = el("select", { id: "user-status" }, ["all", "active", "disabled"].map((v) => el("option", { value: v }, v)));
+  const listing = el("div", {});
+  const budgetText = (b) => (b ? `${money(b.amount)} ${b.period}${b.alert_percent ? `, alert ${b.alert_percent}%` : ""}` : "none");
+  const show = () => {
+    const q = search.value.trim().toLowerCase();
+    const rows = doc.users.filter(
+      (u) =>
+        (status.value === "all" || u.status === status.value) &&
+        (!q || u.user.toLowerCase().includes(q) || (u.email || "").toLowerCase().includes(q)),
+    );
+    listing.replaceChildren(
+      table(
+        [
+          { title: "User", cell: (u) => u.user },
+          { title: "Email", cell: (u) => u.email ?? "" },
+          { title: "Status", cell: (u) => u.status },
+          { title: "Active keys", num: true, cell: (u) => u.active_keys },
+          { title: `Budget (${PATHS.currency})`, cell: (u) => budgetText(u.budget) },
+          { title: "", cell: (u) => userActions(u, error) },
+        ],
+        rows,
+        doc.users.length ? "No user matches." : "No users yet: creating a key makes its user.",
+      ),
+    );
+  };
+  search.addEventListener("input", show);
+  status.addEventListener("change", show);
+  view.append(
+    el("h1", {}, "Users"),
+    error,
+    el("div", { id: "budget-report" }),
+    el("div", { class: "row" }, el("div", {}, el("label", { for: "user-search" }, "Search"), search), el("div", {}, el("label", { for: "user-status" }, "Status"), status)),
+    listing,
+  );
+  show();
+}
+
+function userActions(user, error) {
+  const budget = el("button", { type: "button", class: "quiet", "data-action": "budget", "aria-label": `Set the budget of ${user.user}` }, "Budget");
+  budget.addEventListener("click", async () => {
+    const current = user.budget ? `${money(user.budget.amount)} ${user.budget.period}` : "";
+    const answer = window.prompt(`Budget of ${user.user} in ${PATHS.currency}, and its period (for example: 50 monthly); empty: no budget`, current);
+    if (answer === null) return;
+    try {
+      let body = null;
+      if (answer.trim()) {
+        const [amount, period] = answer.trim().split(/\s+/);
+        body = { amount: toMicro(amount), period: period || "monthly" };
+      }
+      await api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, { budget: body });
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  const check = el("button", { type: "button", class: "quiet", "data-action": "spend", "aria-label": `Spend of ${user.user}` }, "Spend");
+  check.addEventListener("click", async () => {
+    try {
+      const r = await api("GET", `${PATHS.admin}/users/${encodeURIComponent(user.user)}/budget`);
+      const head = r.budget
+        ? `${r.user}: spent ${money(r.budget.spent)} of ${money(r.budget.amount)} ${r.currency} (${r.budget.period}); ${money(r.budget.remaining)} left; resets ${r.budget.resets_at || "never"}`
+        : `${r.user}: no budget; spent ${money(r.spent)} ${r.currency} this month`;
+      document.getElementById("budget-report").replaceChildren(
+        el(
+          "div",
+          { class: "card" },
+          el("p", {}, head),
+          table(
+            [
+              { title: "Key", cell: (k) => k.key_name },
+              { title: "Spent", num: true, cell: (k) => money(k.spent) },
+              { title: "Own budget", cell: (k) => (k.budget ? `${money(k.budget.spent)} of ${money(k.budget.amount)} ${k.budget.period}` : "none") },
+            ],
+            r.keys,
+            "No active keys.",
+          ),
+        ),
+      );
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  const toggle = el("button", { type: "button", class: user.status === "active" ? "danger" : "quiet", "data-action": "toggle" }, user.status === "active" ? "Disable" : "Enable");
+  toggle.addEventListener("click", async () => {
+    const disable = user.status === "active";
+    if (disable && !window.confirm(`Disable ${user.user}? All its keys stop working at once.`)) return;
+    try {
+      await api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, { disabled: disable });
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  return el("div", { class: "row" }, budget, check, toggle);
 }
 
 async function myUsage(view) {
