@@ -146,6 +146,21 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
         await row.locator("button[data-action=rpm]").click()
         await page.wait_for_selector("td:has-text('45')")
         assert (await store.get_key(made.id)).limits.rpm == 45
+        # The rest through the Change form: allow-list, token quota, expiry, own budget.
+        await page.locator("tr", has_text="dora").locator("button[data-action=edit]").click()
+        await page.fill("#edit-models", "llama3*, qwen2.5:0.5b")
+        await page.fill("#edit-tokens_per_day", "1000")
+        await page.fill("#edit-expires", "2099-01-31")
+        await page.fill("#edit-budget", "1.5")
+        await page.select_option("#edit-period", "daily")
+        await page.click("#edit-key button[type=submit]")
+        await page.wait_for_selector("td:has-text('1.500000 daily')")
+        changed = await store.get_key(made.id)
+        assert changed.models == ("llama3*", "qwen2.5:0.5b")
+        assert changed.limits.tokens_per_day == 1000 and changed.limits.rpm == 45
+        assert changed.expires_at == 4073500800.0  # 2099-01-31T00:00:00Z
+        assert changed.budget is not None and changed.budget.amount == 1_500_000
+        assert "tokens today" in await page.text_content("tr:has-text('dora')")
         page.once("dialog", lambda d: d.accept())
         await page.locator("tr", has_text="dora").locator("button[data-action=revoke]").click()
         await page.wait_for_selector("tr:has-text('dora') td:has-text('revoked')")
@@ -214,7 +229,7 @@ async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
     url = str(dashboard.make_url("")).rstrip("/")
     context, page = await _signed_in(browser, url, key)
     links = await page.locator("#nav a").all_text_contents()
-    assert links == ["Usage", "My usage", "Playground"]
+    assert links == ["Models", "Usage", "My usage", "Playground"]
     await page.wait_for_selector("#view-me")
     assert "erin / tablet" in await page.text_content("#view-me")
     await _shot(page, "my-usage")

@@ -221,7 +221,12 @@ async function loadedModels() {
 }
 
 async function keysView(view) {
-  const doc = await api("GET", `${PATHS.admin}/keys`);
+  const [doc, stats] = await Promise.all([
+    api("GET", `${PATHS.admin}/keys`),
+    api("GET", `${PATHS.admin}/stats?since=${Math.floor(Date.now() / 1000) - 86400}`),
+  ]);
+  const use = new Map(stats.rate_limits.map((u) => [u.key_id, u]));
+  const spend = new Map(stats.per_key.map((k) => [k.key_id, k.cost]));
   const secretBox = el("div", { id: "new-key", "aria-live": "polite" });
   const error = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "key-search", type: "search", placeholder: "user or key name" });
@@ -242,6 +247,9 @@ async function keysView(view) {
           { title: "Status", cell: (k) => k.status },
           { title: "Req/min", num: true, cell: (k) => (k.rpm === null ? "default" : k.rpm === 0 ? "none" : k.rpm) },
           { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
+          { title: "Use now", cell: (k) => useText(use.get(k.id)) },
+          { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
+          { title: "Budget", cell: (k) => (k.budget ? `${money(k.budget.amount)} ${k.budget.period}` : "") },
           { title: "", cell: (k) => (k.status === "active" ? keyActions(k, error) : "") },
         ],
         rows,
@@ -311,6 +319,7 @@ async function keysView(view) {
     form,
     secretBox,
     error,
+    el("div", { id: "key-form" }),
     el("label", { for: "key-search" }, "Search"),
     search,
     listing,
@@ -318,7 +327,74 @@ async function keysView(view) {
   showList();
 }
 
+function useText(u) {
+  if (!u) return "";
+  const l = u.limits || {};
+  const parts = [`${u.requests_this_minute}/${l.rpm || "∞"} a minute`];
+  if (l.tokens_per_day) parts.push(`${number(u.tokens_today)}/${number(l.tokens_per_day)} tokens today`);
+  if (l.max_concurrent) parts.push(`${u.in_flight}/${l.max_concurrent} at once`);
+  return parts.join(", ");
+}
+
+function editKey(key, error) {
+  const limitFields = [
+    ["rpm", "Requests per minute"],
+    ["rph", "Requests per hour"],
+    ["tokens_per_day", "Tokens per day"],
+    ["max_concurrent", "Requests at once"],
+  ];
+  const role = el("select", { id: "edit-role" }, ["user", "admin"].map((r) => el("option", { value: r, selected: r === key.role }, r)));
+  const limits = limitFields.map(([name]) => el("input", { id: `edit-${name}`, inputmode: "numeric", value: key[name] ?? "" }));
+  const models = el("input", { id: "edit-models", value: key.models ? key.models.join(", ") : "" });
+  const expires = el("input", { id: "edit-expires", type: "date", value: key.expires ? key.expires.slice(0, 10) : "" });
+  const budget = el("input", { id: "edit-budget", inputmode: "decimal", value: key.budget ? money(key.budget.amount) : "" });
+  const period = el("select", { id: "edit-period" }, ["total", "daily", "weekly", "monthly"].map((p) => el("option", { value: p, selected: key.budget ? key.budget.period === p : p === "monthly" }, p)));
+  const labelled = (id, title, input) => el("div", {}, el("label", { for: id }, title), input);
+  const form = el(
+    "form",
+    { class: "card", id: "edit-key" },
+    el("h2", {}, `Change ${key.user}/${key.key_name}`),
+    el(
+      "div",
+      { class: "row" },
+      labelled("edit-role", "Role", role),
+      ...limitFields.map(([name, title], i) => labelled(`edit-${name}`, `${title} (empty: default, 0: none)`, limits[i])),
+    ),
+    el(
+      "div",
+      { class: "row" },
+      labelled("edit-models", "Models (comma-separated patterns; empty: all)", models),
+      labelled("edit-expires", "Expires (UTC date; empty: never)", expires),
+      labelled("edit-budget", `Own budget (${PATHS.currency}; empty: none)`, budget),
+      labelled("edit-period", "Budget period", period),
+    ),
+    el("div", { class: "row" }, el("button", { type: "submit" }, "Save")),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const body = { role: role.value };
+      limitFields.forEach(([name], i) => {
+        const text = limits[i].value.trim();
+        body[name] = text === "" ? null : Number(text);
+      });
+      const patterns = models.value.split(",").map((p) => p.trim()).filter(Boolean);
+      body.models = patterns.length ? patterns : null;
+      body.expires_at = expires.value ? Date.parse(`${expires.value}T00:00:00Z`) / 1000 : null;
+      body.budget = budget.value.trim() ? { amount: toMicro(budget.value), period: period.value } : null;
+      await api("PATCH", `${PATHS.admin}/keys/${key.id}`, body);
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  document.getElementById("key-form").replaceChildren(form);
+  role.focus();
+}
+
 function keyActions(key, error) {
+  const edit = el("button", { type: "button", class: "quiet", "data-action": "edit", "aria-label": `Change ${key.user}/${key.key_name}` }, "Change");
+  edit.addEventListener("click", () => editKey(key, error));
   const rpm = el("button", { type: "button", class: "quiet", "data-action": "rpm", "aria-label": `Change the requests per minute of ${key.user}/${key.key_name}` }, "Limit");
   rpm.addEventListener("click", async () => {
     const answer = window.prompt(`Requests per minute for ${key.user}/${key.key_name} (0: none, empty: default)`, key.rpm ?? "");
@@ -340,7 +416,7 @@ function keyActions(key, error) {
       error.textContent = err.message;
     }
   });
-  return el("div", { class: "row" }, rpm, revoke);
+  return el("div", { class: "row" }, edit, rpm, revoke);
 }
 
 const FILTERS = [
