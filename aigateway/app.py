@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import httpguard
 from .adminapi import add_admin_routes
+from .apidocs import add_docs_routes
 from .appkeys import (
     KEY_TABLE,
     LIMITER,
@@ -89,6 +90,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
     router.add_route("GET", "/health/ollama", health_ollama, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
     add_dashboard_routes(app, settings)
+    add_docs_routes(app, settings)
     for route in RELAY_ROUTES:
         handler = relay_handler(route, app[RELAY])
         for method in route.methods:

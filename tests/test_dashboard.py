@@ -371,3 +371,35 @@ async def test_with_ui_path_off_there_is_no_dashboard_and_no_cookie_sign_in(
                 assert resp.status == 404
         async with session.get(url + "/admin/me") as resp:
             assert resp.status == 401  # the cookie means nothing with the dashboard off
+
+
+async def test_the_api_docs_render_offline_under_their_policy(
+    browser,  # type: ignore[no-untyped-def]
+    dashboard: TestServer,
+) -> None:
+    url = str(dashboard.make_url("")).rstrip("/")
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    outside: list[str] = []  # requests to anywhere but the gateway that went through
+    page.on(
+        "requestfinished",
+        lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None,
+    )
+    await page.goto(url + "/docs")
+    await page.wait_for_selector(".opblock-tag-section")
+    assert "Anthropic-compatible" in await page.text_content("#swagger")
+    await _shot(page, "docs-swagger")
+    await page.goto(url + "/redoc")
+    await page.locator("h1", has_text="aigateway").wait_for()
+    await page.locator("h2", has_text="Every key (metadata only)").wait_for()
+    await _shot(page, "docs-redoc")
+    # The one thing the policy stops: ReDoc's own logo, which it fetches from its
+    # publisher's CDN (it hides the image when it cannot). Nothing leaves the machine.
+    assert [m for m in refused if "cdn.redoc.ly/redoc/logo-mini.svg" not in m] == []
+    assert outside == []
+    await context.close()

@@ -1,0 +1,100 @@
+"""/openapi.json, and its viewers at /docs (Swagger UI) and /redoc (ReDoc), served
+offline from files vendored in docs_assets/ (see VENDORED.md there)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from .auth import public
+from .expect import defer_continue
+from .openapi import openapi_document
+from .settings import Settings
+
+ASSETS = Path(__file__).parent / "docs_assets"
+FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "docs.js": "text/javascript",
+    "redoc.js": "text/javascript",
+}
+# The viewers style their elements inline and ReDoc searches in a worker it makes from a
+# blob: allowed on these pages only; scripts still come from this origin alone.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+        " img-src 'self' data:; font-src 'self' data:; connect-src 'self';"
+        " worker-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+_PAGE = """<!doctype html>
+<html lang="en" data-spec="/openapi.json">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>aigateway API{title}</title>
+<link rel="icon" href="data:,">
+{head}
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def add_docs_routes(app: web.Application, settings: Settings) -> None:
+    document = orjson.dumps(openapi_document(settings))
+    files = {name: (ASSETS / name).read_bytes() for name in FILES}
+    swagger = _PAGE.format(
+        title="",
+        head='<link rel="stylesheet" href="/docs/static/swagger-ui.css">\n'
+        '<script src="/docs/static/swagger-ui-bundle.js" defer></script>\n'
+        '<script src="/docs/static/docs.js" defer></script>',
+        body='<div id="swagger"></div>',
+    ).encode()
+    redoc = _PAGE.format(
+        title=" reference",
+        head='<script src="/docs/static/redoc.standalone.js" defer></script>\n'
+        '<script src="/docs/static/redoc.js" defer></script>',
+        body='<div id="redoc"></div>',
+    ).encode()
+
+    @public
+    async def spec(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    def page(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+        @public
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(
+                body=body, content_type="text/html", charset="utf-8", headers=HEADERS
+            )
+
+        return handler
+
+    @public
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=files[name],
+            content_type=FILES[name],
+            headers={**HEADERS, "Cache-Control": "public, max-age=86400"},
+        )
+
+    for path, handler in (
+        ("/openapi.json", spec),
+        ("/docs", page(swagger)),
+        ("/redoc", page(redoc)),
+        ("/docs/static/{name}", static),
+    ):
+        app.router.add_route("GET", path, handler, expect_handler=defer_continue)

@@ -1,0 +1,508 @@
+"""The OpenAPI 3.1 document of everything the gateway answers, at /openapi.json.
+
+Written out here route by route (the admin API, the dashboard's sign-in, health and the
+docs themselves); the relayed routes come from the same table the router is built from
+(routes.py), each under the dialect it speaks. A test compares the document with the
+routes the app really has, both ways, and validates it with openapi-spec-validator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .routes import RELAY_ROUTES, RelayRoute
+from .settings import Settings
+from .store import LIMIT_FIELDS
+
+KEY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}, {"sessionCookie": []}]
+NONE: list[dict[str, list[str]]] = []
+
+TAGS = [
+    {"name": "Ollama", "description": "Ollama's own API, relayed byte for byte."},
+    {"name": "OpenAI-compatible", "description": "Ollama's OpenAI-compatible /v1 routes."},
+    {"name": "Anthropic-compatible", "description": "Ollama's Anthropic-compatible route."},
+    {"name": "Admin", "description": "Keys, users, prices, usage (JSON; money in micro-units)."},
+    {"name": "Dashboard", "description": "The dashboard's page, files and sign-in."},
+    {"name": "Health", "description": "Liveness and Ollama's health."},
+    {"name": "Docs", "description": "This document and its viewers."},
+]
+_DIALECT_TAGS = {
+    "ollama": "Ollama",
+    "openai": "OpenAI-compatible",
+    "anthropic": "Anthropic-compatible",
+}
+
+_OBJECT = {"type": "object"}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_BUDGET = {"$ref": "#/components/schemas/Budget"}
+
+# What a key carries besides its identity: limits (null: the default), allow-list, budget.
+_KEY_SETTINGS = {
+    **{name: {"type": ["integer", "null"]} for name in LIMIT_FIELDS},
+    "models": {"type": ["array", "null"], "items": {"type": "string"}},
+    "budget": _BUDGET,
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "description": "Ollama's shape; on /v1 OpenAI's or Anthropic's own error shape.",
+        "type": "object",
+        "properties": {"error": {}},
+        "required": ["error"],
+    },
+    "Budget": {
+        "type": ["object", "null"],
+        "properties": {
+            "amount": {"type": "integer", "minimum": 0, "description": "micro-units"},
+            "period": {"enum": ["total", "daily", "weekly", "monthly"]},
+            "alert_percent": {"type": ["integer", "null"], "minimum": 1, "maximum": 100},
+        },
+        "required": ["amount"],
+    },
+    "Key": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "user": {"type": "string"},
+            "key_name": {"type": "string"},
+            "prefix": {"type": "string"},
+            "role": {"enum": ["admin", "user"]},
+            "status": {"type": "string"},
+            **_KEY_SETTINGS,
+        },
+    },
+    "KeyChange": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "string"},
+            "name": {"type": "string"},
+            "role": {"enum": ["admin", "user"]},
+            "expires_at": {"type": ["number", "null"]},
+            "expires_days": {"type": "integer"},
+            **_KEY_SETTINGS,
+        },
+        "additionalProperties": False,
+    },
+    "User": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "user": {"type": "string"},
+            "email": {"type": ["string", "null"]},
+            "note": {"type": ["string", "null"]},
+            "status": {"enum": ["active", "disabled"]},
+            "active_keys": {"type": "integer"},
+            "budget": _BUDGET,
+        },
+    },
+    "UserChange": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "string"},
+            "email": {"type": ["string", "null"]},
+            "note": {"type": ["string", "null"]},
+            "disabled": {"type": "boolean"},
+            "budget": _BUDGET,
+        },
+        "additionalProperties": False,
+    },
+    "Price": {
+        "type": "object",
+        "properties": {
+            "pattern": {"type": "string"},
+            "per_request": {"type": "integer", "minimum": 0},
+            "per_million_input": {"type": "integer", "minimum": 0},
+            "per_million_output": {"type": "integer", "minimum": 0},
+            "per_second": {"type": "integer", "minimum": 0},
+        },
+        "required": ["pattern"],
+    },
+    "SignIn": {
+        "type": "object",
+        "properties": {"key": {"type": "string"}},
+        "required": ["key"],
+    },
+}
+
+
+def _operation(
+    summary: str,
+    tag: str,
+    security: list[dict[str, list[str]]],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    content: str = "application/json",
+    ok: tuple[str, str, dict[str, Any] | None] = ("200", "OK", _OBJECT),
+    errors: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    code, description, schema = ok
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = {content: {"schema": schema}}
+    responses: dict[str, Any] = {code: answer}
+    for status in errors:
+        responses[status] = {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "security": security,
+        "responses": responses,
+    }
+    if params:
+        operation["parameters"] = params
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    return operation
+
+
+_ERROR_TEXT = {
+    "400": "Bad input",
+    "401": "No valid key or session",
+    "402": "A budget is exhausted",
+    "403": "Not allowed for this key",
+    "404": "Not found",
+    "409": "Already exists",
+    "413": "Body too large",
+    "429": "A rate limit or quota is reached",
+    "502": "Ollama failed",
+    "503": "Not available now",
+}
+_AUTH = ("401",)
+_ADMIN = ("401", "403")
+
+
+def _query(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": kind},
+        "description": description,
+    }
+
+
+def _in_path(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _collection(noun: str, item: str, change: str, listing: dict[str, Any]) -> dict[str, Any]:
+    """GET (every one) and POST (create) of an admin collection."""
+    return {
+        "get": _operation(f"Every {noun}", "Admin", KEY, ok=("200", "OK", listing), errors=_ADMIN),
+        "post": _operation(
+            f"Create a {noun}" + ("; the key is in the answer, once" if noun == "key" else ""),
+            "Admin",
+            KEY,
+            body=_ref(change),
+            ok=("201", "Created", _ref(item)),
+            errors=(*_ADMIN, "400", "409"),
+        ),
+    }
+
+
+def _one(
+    noun: str, item: str, change: str, params: list[dict[str, Any]], summary: str
+) -> dict[str, Any]:
+    """GET and PATCH of one item of an admin collection."""
+    return {
+        "get": _operation(
+            f"One {noun}",
+            "Admin",
+            KEY,
+            params=params,
+            ok=("200", "OK", _ref(item)),
+            errors=(*_ADMIN, "404"),
+        ),
+        "patch": _operation(
+            summary,
+            "Admin",
+            KEY,
+            params=params,
+            body=_ref(change),
+            ok=("200", "OK", _ref(item)),
+            errors=(*_ADMIN, "400", "404"),
+        ),
+    }
+
+
+def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
+    since = _query("since", "number", "Unix time, inclusive")
+    until = _query("until", "number", "Unix time, exclusive")
+    key_id, name = [_in_path("id", "integer")], [_in_path("name")]
+    keys_list = {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Key")}}}
+    users_list = {
+        "type": "object",
+        "properties": {"users": {"type": "array", "items": _ref("User")}},
+    }
+    a = "Admin"
+    paths = {
+        "/me": {
+            "get": _operation(
+                "The calling key, its limits, use, budgets and usage", a, KEY, errors=_AUTH
+            )
+        },
+        "/keys": _collection("key", "Key", "KeyChange", keys_list),
+        "/keys/{id}": {
+            **_one("key", "Key", "KeyChange", key_id, "Change a key"),
+            "delete": _operation(
+                "Revoke a key (the row stays)",
+                a,
+                KEY,
+                params=key_id,
+                ok=("200", "OK", _ref("Key")),
+                errors=(*_ADMIN, "404"),
+            ),
+        },
+        "/stats": {
+            "get": _operation(
+                "Usage statistics and each key's use now",
+                a,
+                KEY,
+                params=[since, until],
+                errors=(*_ADMIN, "400"),
+            )
+        },
+        "/series": {
+            "get": _operation(
+                "Usage per hour (an admin: every key's)",
+                a,
+                KEY,
+                params=[_query("hours", "integer", "1 to 2160")],
+                errors=(*_AUTH, "400"),
+            )
+        },
+        "/usage": {
+            "get": _operation(
+                "Usage records, newest first, filtered and paged, or downloaded",
+                a,
+                KEY,
+                params=[
+                    _query("user", "string", "admins only"),
+                    _query("key_id", "integer", "admins only"),
+                    _query("model", "string", ""),
+                    _query("route", "string", ""),
+                    _query("status", "integer", ""),
+                    since,
+                    until,
+                    _query("limit", "integer", "at most 500"),
+                    _query("offset", "integer", ""),
+                    _query("format", "string", "csv or json: a download"),
+                ],
+                errors=(*_AUTH, "400"),
+            )
+        },
+        "/users": _collection("user", "User", "UserChange", users_list),
+        "/users/{name}": _one(
+            "user", "User", "UserChange", name, "Change a user: email, note, budget, disabled"
+        ),
+        "/users/{name}/budget": {
+            "get": _operation(
+                "A user's budget, spent, remaining, per key",
+                a,
+                KEY,
+                params=name,
+                errors=(*_ADMIN, "404"),
+            )
+        },
+        "/users/{name}/invoice": {
+            "get": _operation(
+                "A user's usage per model and total cost",
+                a,
+                KEY,
+                params=[*name, since, until],
+                errors=(*_ADMIN, "400", "404"),
+            )
+        },
+        "/models": {
+            "get": _operation(
+                "The models the key may use, with prices and metadata",
+                a,
+                KEY,
+                errors=(*_AUTH, "502"),
+            )
+        },
+        "/prices": {
+            "get": _operation("Prices per model pattern", a, KEY, errors=_ADMIN),
+            "post": _operation(
+                "Add or replace a price", a, KEY, body=_ref("Price"), errors=(*_ADMIN, "400")
+            ),
+            "delete": _operation(
+                "Remove a price",
+                a,
+                KEY,
+                params=[_query("pattern", "string", "required")],
+                errors=(*_ADMIN, "400", "404"),
+            ),
+        },
+    }
+    return {prefix + path: operations for path, operations in paths.items()}
+
+
+def _relay_operation(route: RelayRoute, method: str, upstream: str) -> dict[str, Any]:
+    tag = _DIALECT_TAGS[route.dialect]
+    errors: tuple[str, ...] = ("400", "401", "403", "404", "413", "429", "502", "503")
+    if route.kind == "inference":
+        errors = (*errors, "402")
+    operation = _operation(
+        f"Relayed to Ollama's {upstream}",
+        tag,
+        KEY,
+        ok=("200", "Ollama's answer, passed on as it comes (JSON, NDJSON or SSE)", _OBJECT),
+        errors=errors,
+    )
+    if "{" in route.path:
+        name = route.path.split("{", 1)[1].split("}", 1)[0]
+        operation["parameters"] = [_in_path(name)]
+    if method in ("POST", "DELETE"):
+        if route.stream_request_body:
+            content = {"application/octet-stream": {"schema": {"type": "string"}}}
+        elif not route.json_body:
+            content = {"multipart/form-data": {"schema": _OBJECT}}
+        else:
+            content = {"application/json": {"schema": _OBJECT}}
+        operation["requestBody"] = {"required": method == "POST", "content": content}
+    return operation
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+
+    def add(path: str, method: str, operation: dict[str, Any]) -> None:
+        paths.setdefault(path, {})[method.lower()] = operation
+
+    for route in RELAY_ROUTES:
+        upstream = ("/api" if route.native else "/v1") + route.path
+        for method in route.methods:
+            add(
+                settings.client_prefix(route.native) + route.path,
+                method,
+                _relay_operation(route, method, upstream),
+            )
+    for path, operations in _admin_paths(settings.admin_path).items():
+        for method, operation in operations.items():
+            add(path, method, operation)
+    probes = ["/"]
+    if settings.ollama_prefix:
+        probes += [settings.ollama_prefix, settings.ollama_prefix + "/"]
+    for path in probes:
+        for method in ("GET", "HEAD"):
+            add(
+                path,
+                method,
+                _operation(
+                    "'Ollama is running' (clients probe it)",
+                    "Health",
+                    NONE,
+                    content="text/plain",
+                    ok=("200", "OK", {"type": "string"}),
+                ),
+            )
+    add(
+        "/health",
+        "GET",
+        _operation("Whether the gateway serves (details for an admin key)", "Health", NONE),
+    )
+    add(
+        "/health/ollama",
+        "GET",
+        _operation("Whether Ollama answers (200, else 503)", "Health", NONE),
+    )
+    html = ("200", "A page", {"type": "string"})
+    add("/openapi.json", "GET", _operation("This document", "Docs", NONE))
+    add(
+        "/docs",
+        "GET",
+        _operation("Swagger UI for this document", "Docs", NONE, content="text/html", ok=html),
+    )
+    add(
+        "/redoc",
+        "GET",
+        _operation("ReDoc for this document", "Docs", NONE, content="text/html", ok=html),
+    )
+    add(
+        "/docs/static/{name}",
+        "GET",
+        {
+            **_operation(
+                "The viewers' files (served offline)",
+                "Docs",
+                NONE,
+                content="application/octet-stream",
+                ok=("200", "A file", {"type": "string"}),
+            ),
+            "parameters": [_in_path("name")],
+        },
+    )
+    ui = settings.ui_path
+    if ui is not None:
+        add(
+            ui,
+            "GET",
+            _operation("Redirects to the dashboard", "Dashboard", NONE, ok=("302", "Found", None)),
+        )
+        add(
+            ui + "/",
+            "GET",
+            _operation("The dashboard", "Dashboard", NONE, content="text/html", ok=html),
+        )
+        add(
+            ui + "/static/{name}",
+            "GET",
+            {
+                **_operation(
+                    "The dashboard's files",
+                    "Dashboard",
+                    NONE,
+                    content="application/octet-stream",
+                    ok=("200", "A file", {"type": "string"}),
+                ),
+                "parameters": [_in_path("name")],
+            },
+        )
+        add(
+            ui + "/session",
+            "POST",
+            _operation(
+                "Sign in: a key, once, for a session cookie (send X-Requested-With: aigateway)",
+                "Dashboard",
+                NONE,
+                body=_ref("SignIn"),
+                errors=("400", "401", "403"),
+            ),
+        )
+        add(ui + "/session", "DELETE", _operation("Sign out", "Dashboard", NONE, errors=("403",)))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "aigateway",
+            "version": __version__,
+            "description": (
+                "An authenticating, metering gateway in front of Ollama. Send a key as"
+                " `Authorization: Bearer <key>` or `x-api-key: <key>`; the dashboard's"
+                " session cookie stands in when neither is sent. Money is in micro-units"
+                f" of {settings.currency}."
+            ),
+        },
+        "tags": TAGS,
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerKey": {"type": "http", "scheme": "bearer", "description": "aig_..."},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "aigateway_session"},
+            },
+            "schemas": SCHEMAS,
+        },
+    }
