@@ -124,10 +124,16 @@ async def sign_in(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_secure(request, settings.session_cookie_secure),
         max_age=settings.session_max_hours * 3600,
     )
     return response
+
+
+def _secure(request: web.Request, setting: str) -> bool:
+    """Whether the cookie is sent over HTTPS only: SESSION_COOKIE_SECURE, where "auto"
+    means when this gateway itself speaks HTTPS (behind a TLS proxy, set "true")."""
+    return setting == "true" or (setting == "auto" and request.secure)
 
 
 async def sign_out(request: web.Request) -> web.Response:

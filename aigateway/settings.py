@@ -79,6 +79,9 @@ class Settings:
     ui_path: str | None = "/ui"
     session_idle_minutes: int = 30
     session_max_hours: int = 12
+    # Mark the session cookie Secure: "auto" when the gateway itself serves HTTPS; "true"
+    # behind a proxy that terminates TLS; "false" never.
+    session_cookie_secure: str = "auto"
 
     @property
     def database(self) -> str:
@@ -210,6 +213,12 @@ class Settings:
             ),
             session_max_hours=_int(
                 "SESSION_MAX_HOURS", get("SESSION_MAX_HOURS"), d.session_max_hours, low=1, high=720
+            ),
+            session_cookie_secure=_choice(
+                "SESSION_COOKIE_SECURE",
+                get("SESSION_COOKIE_SECURE"),
+                d.session_cookie_secure,
+                ("auto", "true", "false"),
             ),
         )
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):

@@ -403,3 +403,26 @@ async def test_the_api_docs_render_offline_under_their_policy(
     assert [m for m in refused if "cdn.redoc.ly/redoc/logo-mini.svg" not in m] == []
     assert outside == []
     await context.close()
+
+
+@pytest.mark.parametrize(("setting", "secure"), [("auto", False), ("true", True), ("false", False)])
+async def test_the_cookie_is_secure_as_set_behind_a_tls_proxy(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+    setting: str,
+    secure: bool,
+) -> None:
+    """Over plain HTTP (a proxy in front terminating TLS): Secure only when told."""
+    key = await make_key(db_path, "hal", "pc")
+    server = await aiohttp_server(create_app(replace(settings, session_cookie_secure=setting)))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            str(server.make_url("/ui/session")),
+            json={"key": key},
+            headers={"X-Requested-With": "aigateway"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert ("Secure" in resp.headers["Set-Cookie"]) is secure

@@ -66,6 +66,15 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
                 except aiohttp.ClientConnectionError:
                     assert time.monotonic() < deadline, "no HTTPS within 30 s"
                     await asyncio.sleep(0.1)
+            # The dashboard's session cookie is HTTPS-only when the gateway speaks HTTPS.
+            async with session.post(
+                url + "/ui/session",
+                json={"key": key},
+                headers={"X-Requested-With": "aigateway"},
+                ssl=trust,
+            ) as resp:
+                assert resp.status == 200
+                assert "Secure" in resp.headers["Set-Cookie"]
             # Plain HTTP on the same port gets no answer from the gateway.
             with pytest.raises(aiohttp.ClientError):
                 async with session.get(f"http://127.0.0.1:{port}/health") as resp:
