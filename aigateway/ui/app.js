@@ -102,9 +102,21 @@ function usageStats(title, u) {
 }
 
 // An SVG bar chart of requests per hour (errors on top), built with DOM calls.
-function chart(series, hours, label) {
+// One chart per measure, side by side; a period with no request says so instead.
+function charts(series, hours, title) {
+  if (!series.length) return el("p", { class: "empty" }, `No requests in the last ${hours} hours.`);
+  return el(
+    "div",
+    { class: "grid charts" },
+    el("div", { class: "card" }, chart(series, hours, `Requests per hour, ${title}`)),
+    el("div", { class: "card" }, chart(series, hours, `Tokens per hour, ${title}`, "tokens")),
+    el("div", { class: "card" }, chart(series, hours, `Cost per hour (${PATHS.currency}), ${title}`, "cost", money)),
+  );
+}
+
+function chart(series, hours, label, field = "requests", show = String) {
   const NS = "http://www.w3.org/2000/svg";
-  const width = 600;
+  const width = 400;
   const height = 140;
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -114,13 +126,13 @@ function chart(series, hours, label) {
   const now = Date.now() / 1000;
   const first = Math.floor((now - hours * 3600) / 3600) * 3600;
   const byStart = new Map(series.map((b) => [b.start, b]));
-  const max = Math.max(1, ...series.map((b) => b.requests));
+  const max = Math.max(1, ...series.map((b) => b[field]));
   const slot = width / (hours + 1);
   for (let i = 0; i <= hours; i++) {
     const bucket = byStart.get(first + i * 3600);
     if (!bucket) continue;
-    const h = ((height - 14) * bucket.requests) / max;
-    const e = ((height - 14) * bucket.errors) / max;
+    const h = ((height - 14) * bucket[field]) / max;
+    const e = field === "requests" ? ((height - 14) * bucket.errors) / max : 0;
     for (const [cls, top, size] of [["bar", height - 14 - h, h - e], ["err", height - 14 - e, e]]) {
       if (size <= 0) continue;
       const rect = document.createElementNS(NS, "rect");
@@ -130,7 +142,7 @@ function chart(series, hours, label) {
       rect.setAttribute("width", String(Math.max(1, slot - 2)));
       rect.setAttribute("height", String(size));
       const tip = document.createElementNS(NS, "title");
-      tip.textContent = `${new Date(bucket.start * 1000).toISOString().slice(0, 13)}:00 UTC: ${bucket.requests} requests, ${bucket.errors} errors`;
+      tip.textContent = `${new Date(bucket.start * 1000).toISOString().slice(0, 13)}:00 UTC: ${bucket.requests} requests, ${bucket.errors} errors, ${bucket.tokens} tokens, cost ${money(bucket.cost)}`;
       rect.append(tip);
       svg.append(rect);
     }
@@ -138,7 +150,7 @@ function chart(series, hours, label) {
   const caption = document.createElementNS(NS, "text");
   caption.setAttribute("x", "2");
   caption.setAttribute("y", String(height - 2));
-  caption.textContent = `${label} (max ${max} an hour)`;
+  caption.textContent = `${label} (highest ${show(max)})`;
   svg.append(caption);
   return svg;
 }
@@ -172,9 +184,9 @@ async function overview(view) {
       stat("In flight now", number(stats.in_flight)),
     ),
     ...usageStats("Last 24 hours", stats.last_24h),
-    el("div", { class: "card" }, chart(day.series, 24, "Requests per hour, last 24 hours")),
+    charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", stats.last_7d),
-    el("div", { class: "card" }, chart(week.series, 168, "Requests per hour, last 7 days")),
+    charts(week.series, 168, "last 7 days"),
     el("h2", {}, "Top users"),
     table(
       [
@@ -721,7 +733,7 @@ async function myUsage(view) {
         )
       : el("p", { class: "empty" }, "No budget: spending is not capped."),
     ...usageStats("Last 24 hours", me.usage.last_24h),
-    el("div", { class: "card" }, chart(day.series, 24, "My requests per hour, last 24 hours")),
+    charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", me.usage.last_7d),
   );
 }
