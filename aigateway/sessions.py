@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, STORE
 from .errors import BadRequest, Forbidden, Unauthorized
+from .expect import send_continue
 from .keytable import AuthError, UnknownKeyError
 from .keyview import key_view
 from .store import KeyRecord
@@ -92,6 +93,7 @@ async def session_principal(request: web.Request) -> KeyRecord:
 async def sign_in(request: web.Request) -> web.Response:
     """`{"key": "aig_..."}` -> the key's view, and the session cookie."""
     check_same_origin(request)
+    await send_continue(request)
     raw = await request.content.read(MAX_SIGN_IN_BYTES + 1)
     if len(raw) > MAX_SIGN_IN_BYTES:
         raise BadRequest("the sign-in body is too large")
