@@ -163,6 +163,8 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
         assert "tokens today" in await page.text_content("tr:has-text('dora')")
         page.once("dialog", lambda d: d.accept())
         await page.locator("tr", has_text="dora").locator("button[data-action=revoke]").click()
+        await expect(page.locator("tr", has_text="dora")).to_have_count(0)  # active ones shown
+        await page.select_option("#key-status", "revoked")
         await page.wait_for_selector("tr:has-text('dora') td:has-text('revoked')")
         assert (await store.get_key(made.id)).revoked
     finally:

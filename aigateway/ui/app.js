@@ -242,11 +242,20 @@ async function keysView(view) {
   const secretBox = el("div", { id: "new-key", "aria-live": "polite" });
   const error = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "key-search", type: "search", placeholder: "user or key name" });
+  const statusFilter = el(
+    "select",
+    { id: "key-status" },
+    ["active", "all", "revoked", "expired", "user disabled"].map((v) => el("option", { value: v }, v)),
+  );
+  const roleFilter = el("select", { id: "key-role" }, ["all", "admin", "user"].map((v) => el("option", { value: v }, v)));
   const listing = el("div", {});
   const showList = () => {
     const q = search.value.trim().toLowerCase();
     const rows = doc.keys.filter(
-      (k) => !q || k.user.toLowerCase().includes(q) || k.key_name.toLowerCase().includes(q),
+      (k) =>
+        (!q || k.user.toLowerCase().includes(q) || k.key_name.toLowerCase().includes(q)) &&
+        (statusFilter.value === "all" || k.status === statusFilter.value) &&
+        (roleFilter.value === "all" || k.role === roleFilter.value),
     );
     listing.replaceChildren(
       table(
@@ -270,6 +279,8 @@ async function keysView(view) {
     );
   };
   search.addEventListener("input", showList);
+  statusFilter.addEventListener("change", showList);
+  roleFilter.addEventListener("change", showList);
   const form = el(
     "form",
     { id: "create-key", class: "card" },
@@ -332,8 +343,13 @@ async function keysView(view) {
     secretBox,
     error,
     el("div", { id: "key-form" }),
-    el("label", { for: "key-search" }, "Search"),
-    search,
+    el(
+      "div",
+      { class: "row" },
+      el("div", {}, el("label", { for: "key-search" }, "Search"), search),
+      el("div", {}, el("label", { for: "key-status" }, "Status"), statusFilter),
+      el("div", {}, el("label", { for: "key-role" }, "Role"), roleFilter),
+    ),
     listing,
   );
   showList();
