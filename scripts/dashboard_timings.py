@@ -5,6 +5,8 @@ Fills a fresh database (SQLite, or PostgreSQL with --database-url) with N usage 
 spread over 90 days, 50 keys and 10 models, starts the gateway in this process, and
 times the admin API calls each dashboard page makes (the median of five), printing one
 line per view. Usage: .venv/bin/python scripts/dashboard_timings.py [--records 1000000]
+[--postgres]
+[--postgres]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from aigateway import Settings, create_app  # noqa: E402
 from aigateway.store import Store, UsageRecord  # noqa: E402
+from aigateway.testing.pgserver import PostgresServer  # noqa: E402
 
 KEYS, MODELS, DAYS = 50, 10, 90
 VIEWS = {
@@ -94,7 +97,23 @@ async def main() -> None:
     parser.add_argument(
         "--database-url", help="a PostgreSQL URL (default: a temporary SQLite file)"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="start a PostgreSQL server of its own"
+    )
     args = parser.parse_args()
+    server = None
+    if args.postgres:
+        server = PostgresServer().start()
+        server.sql("CREATE DATABASE timings")
+        args.database_url = server.url("timings")
+    try:
+        await timings(args)
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def timings(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         database = args.database_url or str(Path(tmp) / "tokens.db")
         started = time.perf_counter()
