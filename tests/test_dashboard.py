@@ -331,6 +331,13 @@ async def test_sessions_end_and_cannot_be_forged_or_ridden(
             assert time.monotonic() - started < 1.0
             await asyncio.sleep(0.05)
 
+    # A cookie that cannot be a session id (here an injection attempt) is refused.
+    async with (
+        aiohttp.ClientSession(cookies={"aigateway_session": "x' OR 1=1 --"}) as session,
+        session.get(url + "/admin/me") as resp,
+    ):
+        assert resp.status == 401
+
     # Sign-out ends the session on the server, not only in the browser.
     key2 = await make_key(db_path, "fay", "laptop")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
