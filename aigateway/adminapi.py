@@ -435,33 +435,65 @@ def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:
             raise BadRequest(f"{field} must be a string")
 
 
+STATS_PARTS = (
+    "totals", "last_24h", "last_7d", "per_user", "per_key", "per_model", "per_route",
+    "rate_limits",
+)  # fmt: skip
+
+
 async def stats(request: web.Request) -> web.Response:
+    """Usage statistics for since/until, the last 24 hours and 7 days, and each active
+    key's use now; `parts` (comma-separated) computes only the sections named (each one
+    costs a pass over the period's records)."""
     store = request.app[STORE]
     now = time.time()
     since, until = _time_param(request, "since"), _time_param(request, "until")
-    keys = [k for k in await store.list_keys() if k.status() == "active"]
+    wanted = _parts(request.query.get("parts"))
 
     async def summary(*group_by: str) -> list[dict[str, object]]:
         return await store.usage_summary(group_by, since=since, until=until)
 
-    return _json(
-        {
-            "since": since,
-            "until": until,
-            "in_flight": len(request.app[RELAY].in_flight),  # on this gateway, now
-            "totals": _first(await summary()),
-            "last_24h": _first(await store.usage_summary((), since=now - DAY)),
-            "last_7d": _first(await store.usage_summary((), since=now - 7 * DAY)),
-            "per_user": await summary("user"),
-            "per_key": await summary("user", "key_name", "key_id"),
-            "per_model": await summary("model"),
-            "per_route": await summary("route"),
-            "rate_limits": [
-                {"key_id": k.id, "user": k.user, "key_name": k.name, **use}
-                for k, use in zip(keys, await _current_use(request, keys, now), strict=True)
-            ],
-        }
-    )
+    async def rate_limits() -> list[dict[str, object]]:
+        keys = [k for k in await store.list_keys() if k.status() == "active"]
+        uses = await _current_use(request, keys, now)
+        return [
+            {"key_id": k.id, "user": k.user, "key_name": k.name, **use}
+            for k, use in zip(keys, uses, strict=True)
+        ]
+
+    sections: dict[str, Callable[[], Awaitable[object]]] = {
+        "totals": lambda: _first_of(summary()),
+        "last_24h": lambda: _first_of(store.usage_summary((), since=now - DAY)),
+        "last_7d": lambda: _first_of(store.usage_summary((), since=now - 7 * DAY)),
+        "per_user": lambda: summary("user"),
+        "per_key": lambda: summary("user", "key_name", "key_id"),
+        "per_model": lambda: summary("model"),
+        "per_route": lambda: summary("route"),
+        "rate_limits": rate_limits,
+    }
+    document: dict[str, object] = {
+        "since": since,
+        "until": until,
+        "in_flight": len(request.app[RELAY].in_flight),  # on this gateway, now
+    }
+    for part in STATS_PARTS:
+        if part in wanted:
+            document[part] = await sections[part]()
+    return _json(document)
+
+
+def _parts(raw: str | None) -> set[str]:
+    if raw is None:
+        return set(STATS_PARTS)
+    named = {part.strip() for part in raw.split(",") if part.strip()}
+    unknown = named - set(STATS_PARTS)
+    if unknown or not named:
+        raise BadRequest(f"parts are some of {', '.join(STATS_PARTS)}")
+    return named
+
+
+async def _first_of(rows: Awaitable[list[dict[str, object]]]) -> dict[str, object]:
+    return _first(await rows)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -31,12 +31,15 @@ from aigateway.testing.pgserver import PostgresServer  # noqa: E402
 
 KEYS, MODELS, DAYS = 50, 10, 90
 VIEWS = {
-    "stats, 7 days": ["/admin/stats?since={week_ago}"],
     "series, 7 days": ["/admin/series?hours=168"],
-    "overview": ["/admin/stats", "/admin/series?hours=24", "/admin/series?hours=168"],
-    "keys": ["/admin/keys", "/admin/stats?since={day_ago}"],
+    "overview": [
+        "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model",
+        "/admin/series?hours=24",
+        "/admin/series?hours=168",
+    ],
+    "keys": ["/admin/keys", "/admin/stats?since={day_ago}&parts=per_key,rate_limits"],
     "users": ["/admin/users"],
-    "usage": ["/admin/usage?limit=50", "/admin/stats?since={week_ago}"],
+    "usage": ["/admin/usage?limit=50", "/admin/stats?since={week_ago}&parts=per_user,per_model"],
     "usage, one user": ["/admin/usage?limit=50&user=user7"],
     "usage, one model": ["/admin/usage?limit=50&model=model3"],
     "my usage": ["/admin/me", "/admin/series?hours=24"],

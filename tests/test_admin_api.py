@@ -179,3 +179,16 @@ async def test_usage_records_filtered_paged_and_downloaded(
     assert len(text.strip().splitlines()) == 4
     for bad in ("limit=x", "limit=501", "status=-1", "since=nan", "format=xml", "key_id=1e3"):
         assert (await admin.get(f"/admin/usage?{bad}")).status == 400, bad
+
+
+async def test_stats_computes_only_the_parts_asked_for(
+    admin: TestClient, client: TestClient
+) -> None:
+    await client.post("/api/chat", json={"model": "llama3.2", "stream": False, "messages": []})
+    whole = await (await admin.get("/admin/stats")).json()
+    assert {"totals", "per_key", "rate_limits", "in_flight"} <= set(whole)
+    some = await (await admin.get("/admin/stats?parts=per_model,last_24h")).json()
+    assert set(some) == {"since", "until", "in_flight", "per_model", "last_24h"}
+    assert some["per_model"] == whole["per_model"]
+    for bad in ("parts=", "parts=per_nothing", "parts=per_model,oops"):
+        assert (await admin.get(f"/admin/stats?{bad}")).status == 400, bad

@@ -168,8 +168,10 @@ const VIEWS = {
 };
 
 async function overview(view) {
+  // Top users and models of the last 7 days: the page never reads the whole history.
+  const weekAgo = Math.floor(Date.now() / 1000) - 7 * 86400;
   const [stats, day, week] = await Promise.all([
-    api("GET", `${PATHS.admin}/stats`),
+    api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model`),
     api("GET", `${PATHS.admin}/series?hours=24`),
     api("GET", `${PATHS.admin}/series?hours=168`),
   ]);
@@ -187,7 +189,7 @@ async function overview(view) {
     charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", stats.last_7d),
     charts(week.series, 168, "last 7 days"),
-    el("h2", {}, "Top users"),
+    el("h2", {}, "Top users, last 7 days"),
     table(
       [
         { title: "User", cell: (r) => r.user },
@@ -198,7 +200,7 @@ async function overview(view) {
       [...stats.per_user].sort((a, b) => b.requests - a.requests).slice(0, 10),
       "No usage yet.",
     ),
-    el("h2", {}, "Top models"),
+    el("h2", {}, "Top models, last 7 days"),
     table(
       [
         { title: "Model", cell: (r) => r.model ?? "(none)" },
@@ -235,7 +237,7 @@ async function loadedModels() {
 async function keysView(view) {
   const [doc, stats] = await Promise.all([
     api("GET", `${PATHS.admin}/keys`),
-    api("GET", `${PATHS.admin}/stats?since=${Math.floor(Date.now() / 1000) - 86400}`),
+    api("GET", `${PATHS.admin}/stats?since=${Math.floor(Date.now() / 1000) - 86400}&parts=per_key,rate_limits`),
   ]);
   const use = new Map(stats.rate_limits.map((u) => [u.key_id, u]));
   const spend = new Map(stats.per_key.map((k) => [k.key_id, k.cost]));
@@ -514,6 +516,10 @@ async function usageView(view) {
     if (isAdmin) {
       const period = new URLSearchParams();
       for (const name of ["since", "until"]) if (params.get(name)) period.set(name, params.get(name));
+      // Without a start, the breakdowns cover the last 7 days (never the whole history).
+      const span = period.get("since") ? "in the period" : "in the last 7 days";
+      if (!period.get("since")) period.set("since", String(Math.floor(Date.now() / 1000) - 7 * 86400));
+      period.set("parts", "per_user,per_model");
       const stats = await api("GET", `${PATHS.admin}/stats?${period}`);
       const columns = (label, key) => [
         { title: label, cell: (r) => r[key] ?? "(none)" },
@@ -523,9 +529,9 @@ async function usageView(view) {
         { title: "Errors", num: true, cell: (r) => number(r.errors) },
       ];
       breakdown.replaceChildren(
-        el("h2", {}, "Per user"),
+        el("h2", {}, `Per user, ${span}`),
         table(columns("User", "user"), stats.per_user, "No usage in this period."),
-        el("h2", {}, "Per model"),
+        el("h2", {}, `Per model, ${span}`),
         table(columns("Model", "model"), stats.per_model, "No usage in this period."),
       );
     }
