@@ -270,7 +270,11 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "Usage statistics and each key's use now",
                 a,
                 KEY,
-                params=[since, until],
+                params=[
+                    since,
+                    until,
+                    _query("parts", "string", "comma-separated sections to compute (default all)"),
+                ],
                 errors=(*_ADMIN, "400"),
             )
         },
