@@ -15,7 +15,7 @@ import io
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -96,6 +96,7 @@ PROMPT_ESTIMATE_CAP = 128 * 1024
 NO_FIELDS = BodyFields()
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
+T = TypeVar("T")
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
@@ -202,19 +203,28 @@ async def _top_up(
     asks for more than admission reserved), or the refusal; shielded like admission."""
     if estimate <= ticket.reserved:
         return ticket
-    topping = asyncio.ensure_future(shared.top_up(ticket, limits, estimate - ticket.reserved))
+
+    def give_back(more: Ticket | Verdict) -> None:
+        if isinstance(more, Ticket) and more.reserved > ticket.reserved:
+            shared.give_back_tokens(ticket.key_id, more.reserved - ticket.reserved)
+
+    return await _shielded(shared.top_up(ticket, limits, estimate - ticket.reserved), give_back)
+
+
+async def _shielded(work: Coroutine[Any, Any, T], undo: Callable[[T], None]) -> T:
+    """`work`'s result; if the request is cancelled meanwhile, `work` still runs to its
+    end (a database call cut midway would leave its count unknown) and `undo` then gets
+    its result, to give back what nobody will use."""
+    running = asyncio.ensure_future(work)
     try:
-        return await asyncio.shield(topping)
+        return await asyncio.shield(running)
     except asyncio.CancelledError:
 
-        def give_back(done: asyncio.Future[Ticket | Verdict]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                return
-            more = done.result()
-            if isinstance(more, Ticket) and more.reserved > ticket.reserved:
-                shared.give_back_tokens(ticket.key_id, more.reserved - ticket.reserved)
+        def finished(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
 
-        topping.add_done_callback(give_back)
+        running.add_done_callback(finished)
         raise
 
 
@@ -378,17 +388,12 @@ async def _reserve_budget(exchange: _Exchange, price: int, relay: Relay) -> None
     shared = relay.shared_budgets
     verdict: Refusal | bool | None = None
     if shared is not None:
-        reserving = asyncio.ensure_future(shared.reserve(lines, price, now))
-        try:
-            verdict = await asyncio.shield(reserving)
-        except asyncio.CancelledError:
 
-            def give_back(done: asyncio.Future[Refusal | bool | None]) -> None:
-                if not done.cancelled() and done.exception() is None and done.result() is True:
-                    shared.give_back(lines, price, 0, time.time())
+        def give_back(reserved: Refusal | bool | None) -> None:
+            if reserved is True:
+                shared.give_back(lines, price, 0, time.time())
 
-            reserving.add_done_callback(give_back)
-            raise
+        verdict = await _shielded(shared.reserve(lines, price, now), give_back)
         if verdict is None and shared.when_away == "refuse":
             raise ServiceUnavailable(
                 "budgets cannot be checked: the database is unreachable", {"Retry-After": "5"}
