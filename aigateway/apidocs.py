@@ -3,7 +3,6 @@ offline from files vendored in docs_assets/ (see VENDORED.md there)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -13,6 +12,7 @@ from .auth import public
 from .expect import defer_continue
 from .openapi import openapi_document
 from .settings import Settings
+from .webfiles import BROWSER_HEADERS, files_handler, page_handler
 
 ASSETS = Path(__file__).parent / "docs_assets"
 FILES = {
@@ -30,10 +30,9 @@ HEADERS = {
         " img-src 'self' data:; font-src 'self' data:; connect-src 'self';"
         " worker-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
+    **BROWSER_HEADERS,
 }
+CACHED = {**HEADERS, "Cache-Control": "public, max-age=86400"}  # (versioned, vendored)
 _PAGE = """<!doctype html>
 <html lang="en" data-spec="/openapi.json">
 <head>
@@ -52,7 +51,6 @@ _PAGE = """<!doctype html>
 
 def add_docs_routes(app: web.Application, settings: Settings) -> None:
     document = orjson.dumps(openapi_document(settings))
-    files = {name: (ASSETS / name).read_bytes() for name in FILES}
     swagger = _PAGE.format(
         title="",
         head='<link rel="stylesheet" href="/docs/static/swagger-ui.css">\n'
@@ -71,30 +69,10 @@ def add_docs_routes(app: web.Application, settings: Settings) -> None:
     async def spec(request: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")
 
-    def page(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
-        @public
-        async def handler(request: web.Request) -> web.Response:
-            return web.Response(
-                body=body, content_type="text/html", charset="utf-8", headers=HEADERS
-            )
-
-        return handler
-
-    @public
-    async def static(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in files:
-            raise web.HTTPNotFound()
-        return web.Response(
-            body=files[name],
-            content_type=FILES[name],
-            headers={**HEADERS, "Cache-Control": "public, max-age=86400"},
-        )
-
     for path, handler in (
         ("/openapi.json", spec),
-        ("/docs", page(swagger)),
-        ("/redoc", page(redoc)),
-        ("/docs/static/{name}", static),
+        ("/docs", page_handler(swagger, HEADERS)),
+        ("/redoc", page_handler(redoc, HEADERS)),
+        ("/docs/static/{name}", files_handler(ASSETS, FILES, CACHED)),
     ):
         app.router.add_route("GET", path, handler, expect_handler=defer_continue)

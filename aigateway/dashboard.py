@@ -18,6 +18,7 @@ from .auth import public
 from .expect import defer_continue
 from .sessions import sign_in, sign_out
 from .settings import Settings
+from .webfiles import BROWSER_HEADERS, files_handler, page_handler
 
 UI_DIR = Path(__file__).parent / "ui"
 STATIC = {
@@ -30,9 +31,7 @@ SECURITY_HEADERS = {
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
         " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
+    **BROWSER_HEADERS,
     "Cache-Control": "no-store",
 }
 
@@ -41,31 +40,16 @@ def add_dashboard_routes(app: web.Application, settings: Settings) -> None:
     ui = settings.ui_path
     if ui is None:
         return
-    files = {name: (UI_DIR / name).read_bytes() for name in STATIC}
-    page = _page(settings)
-
-    @public
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(
-            body=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
-        )
 
     @public
     async def to_index(request: web.Request) -> web.Response:
         raise web.HTTPFound(ui + "/")
 
-    @public
-    async def static(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in files:
-            raise web.HTTPNotFound()
-        return web.Response(body=files[name], content_type=STATIC[name], headers=SECURITY_HEADERS)
-
     router = app.router
     for method, path, handler in (
         ("GET", ui, to_index),
-        ("GET", ui + "/", index),
-        ("GET", ui + "/static/{name}", static),
+        ("GET", ui + "/", page_handler(_page(settings), SECURITY_HEADERS)),
+        ("GET", ui + "/static/{name}", files_handler(UI_DIR, STATIC, SECURITY_HEADERS)),
         ("POST", ui + "/session", public(sign_in)),
         ("DELETE", ui + "/session", public(sign_out)),
     ):
