@@ -65,10 +65,19 @@ WHERE b.owner = h.owner
 
 @dataclass(slots=True)
 class _Back:
+    """What ended requests give back for one owner, gathered until the next batch."""
+
     period: str
     start: int
     reserved: int = 0
     cost: int = 0
+
+    def add(self, other: _Back) -> None:
+        """Gather `other` in; a cost from a newer period than this one's starts it."""
+        self.reserved += other.reserved
+        self.cost += other.cost
+        if other.start > self.start:
+            self.period, self.start = other.period, other.start
 
 
 class SharedBudgets:
@@ -153,17 +162,18 @@ class SharedBudgets:
         if not reserved and not cost:
             return
         for line in lines:
-            start = period_start(line.budget.period, now)
-            back = self._returns.get(line.owner)
-            if back is None:
-                back = self._returns[line.owner] = _Back(line.budget.period, start)
-            elif start > back.start:
-                back.period, back.start = line.budget.period, start
-            back.reserved += reserved
-            back.cost += cost
+            back = _Back(line.budget.period, period_start(line.budget.period, now), reserved, cost)
+            self._gather(line.owner, back)
             if cost:
                 self._unwritten[line.owner] = self._unwritten.get(line.owner, 0) + cost
         self._wake.set()
+
+    def _gather(self, owner: str, back: _Back) -> None:
+        gathered = self._returns.get(owner)
+        if gathered is None:
+            self._returns[owner] = back
+        else:
+            gathered.add(back)
 
     async def _write_returns(self) -> None:
         await write_batches(self._wake, self._flush, self._limits.went_away, "budget returns")
@@ -188,11 +198,7 @@ class SharedBudgets:
                     )
             except BaseException:
                 for owner, back in batch.items():  # keep them for the next try
-                    kept = self._returns.setdefault(owner, _Back(back.period, back.start))
-                    kept.reserved += back.reserved
-                    kept.cost += back.cost
-                    if back.start > kept.start:
-                        kept.period, kept.start = back.period, back.start
+                    self._gather(owner, back)
                 raise
             for owner, back in batch.items():
                 left = self._held.get(owner, 0) - back.reserved
