@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE
 from .errors import Unauthorized
-from .keytable import AuthError, UnknownKeyError
+from .keytable import AuthError, KeyTable, UnknownKeyError
 from .store import KeyRecord
 
 _PUBLIC = "_aigateway_public"
@@ -61,8 +61,25 @@ async def authenticate_after_a_look(request: web.Request) -> KeyRecord:
     again: a key made by the CLI a moment ago works on its first request."""
     table = request.app[KEY_TABLE]
     await table.look_again()
+    return _checked(table, presented_key(request))
+
+
+async def key_record(request: web.Request, token: str) -> KeyRecord:
+    """The record of a key given some other way than a header (the dashboard's sign-in),
+    with the same second look for a well-formed key the table does not hold yet."""
+    table = request.app[KEY_TABLE]
     try:
-        return table.authenticate(presented_key(request))
+        return table.authenticate(token)
+    except UnknownKeyError:
+        await table.look_again()
+    except AuthError as exc:
+        raise Unauthorized(str(exc)) from None
+    return _checked(table, token)
+
+
+def _checked(table: KeyTable, token: str) -> KeyRecord:
+    try:
+        return table.authenticate(token)
     except AuthError as exc:
         raise Unauthorized(str(exc)) from None
 

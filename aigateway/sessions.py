@@ -25,9 +25,10 @@ import orjson
 from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, STORE
+from .auth import key_record
 from .errors import BadRequest, Forbidden, Unauthorized
 from .expect import send_continue
-from .keytable import AuthError, UnknownKeyError
+from .keytable import AuthError
 from .keyview import key_view
 from .store import KeyRecord
 
@@ -108,16 +109,7 @@ async def sign_in(request: web.Request) -> web.Response:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("key"), str):
         raise BadRequest('send {"key": "<API key>"}')
-    table = request.app[KEY_TABLE]
-    try:
-        try:
-            record = table.authenticate(body["key"].strip())
-        except UnknownKeyError:
-            await table.look_again()
-            record = table.authenticate(body["key"].strip())
-    except AuthError as exc:
-        raise Unauthorized(str(exc)) from None
-    request[CONTEXT].principal = record  # for the access line
+    record = request[CONTEXT].principal = await key_record(request, body["key"].strip())
     settings = request.app[SETTINGS]
     session_id = secrets.token_urlsafe(32)
     await request.app[STORE].create_session(
