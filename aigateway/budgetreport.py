@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .budgets import BudgetLine, budget_lines, budget_view, period_start
+from .budgets import BudgetLine, budget_view, period_start
 from .keyview import when
 from .store import Store
 
@@ -32,7 +32,7 @@ async def user_budget_report(
         "keys": [],
     }
     if user.budget is not None:
-        line = budget_lines(0, user.name, "", user.id, None, user.budget)[0]
+        line = BudgetLine(f"user:{user.id}", f"user '{user.name}'", user.budget)
         report["budget"] = _shown(budget_view(line, report["spent"], 0, now))
     for record in records:
         entry: dict[str, Any] = {
