@@ -101,18 +101,16 @@ folder, exactly as the server finds it. A new key is printed once, alone on
 stdout; it cannot be shown again. Exports never contain keys or their hashes.
 """
 
-ACTIONS = (
-    "-g", "-l", "-d", "-e", "--set", "--usage", "--usage-export", "--purge",
-    "--add-user", "--users", "--set-user", "--disable-user", "--enable-user",
-    "--set-price", "--prices", "--remove-price", "--check-budget",
-    "--sync-models", "--list-models", "--invoice",
-)  # fmt: skip
-ACTION_OPTIONS = (
-    "generate", "list_", "delete", "export", "set_", "usage", "usage_export", "purge",
-    "add_user", "users", "set_user", "disable_user", "enable_user",
-    "set_price", "prices", "remove_price", "check_budget",
-    "sync_models", "list_models", "invoice",
-)  # fmt: skip
+# Each action's flag, and the name of its option in click's keyword arguments.
+ACTIONS = {
+    "-g": "generate", "-l": "list_", "-d": "delete", "-e": "export", "--set": "set_",
+    "--usage": "usage", "--usage-export": "usage_export", "--purge": "purge",
+    "--add-user": "add_user", "--users": "users", "--set-user": "set_user",
+    "--disable-user": "disable_user", "--enable-user": "enable_user",
+    "--set-price": "set_price", "--prices": "prices", "--remove-price": "remove_price",
+    "--check-budget": "check_budget", "--sync-models": "sync_models",
+    "--list-models": "list_models", "--invoice": "invoice",
+}  # fmt: skip
 
 
 @contextmanager
@@ -230,7 +228,7 @@ def _clear_errors() -> Iterator[None]:
 )
 def cli(**options: Any) -> None:
     o = options
-    chosen = [flag for flag, name in zip(ACTIONS, ACTION_OPTIONS, strict=True) if o[name]]
+    chosen = [flag for flag, name in ACTIONS.items() if o[name]]
     if len(chosen) != 1:
         raise click.UsageError(
             f"choose one action: {', '.join(ACTIONS)}"
