@@ -50,6 +50,7 @@ from .db.schema import (
     prices,
     sessions,
     usage,
+    usage_hourly,
     usage_segments,
     users,
 )
@@ -57,6 +58,16 @@ from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
 from .modelsync import MODEL_FIELDS, ModelInfo
 from .pricing import PRICE_FIELDS, Price, PriceError, check_price
+from .rollups import (
+    BUCKETS,
+    HOUR,
+    SUM_COLUMNS,
+    Totals,
+    bucket,
+    rollup_rows,
+    upsert_sql,
+    whole_hours,
+)
 
 log = logging.getLogger("aigateway")
 Role = Literal["admin", "user"]
@@ -878,6 +889,7 @@ class Store:
                         insert(usage_segments).values(name=segment, written_at=time.time())
                     )
                 await _insert_usage_rows(conn, records)
+                await _add_to_rollups(conn, records)
             except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
                 raise UsageRejected(_first_line(exc.orig)) from None
             except sa_exc.StatementError as exc:
@@ -910,8 +922,12 @@ class Store:
         return {int(row[0]): int(row[1] or 0) for row in rows}
 
     async def prune_usage(self, before: float) -> int:
+        """Delete the records, and the rollup rows, of the hours before the one `before`
+        falls in (whole hours, so that the rollups keep summing the records there are)."""
+        cutoff = before // HOUR * HOUR
         async with self._write() as conn:
-            result = await conn.execute(delete(usage).where(usage.c.ts < before))
+            result = await conn.execute(delete(usage).where(usage.c.ts < cutoff))
+            await conn.execute(delete(usage_hourly).where(usage_hourly.c.hour < cutoff))
             return result.rowcount
 
     async def usage_rows(
@@ -960,36 +976,49 @@ class Store:
         self, since: float, bucket_s: int, key_id: int | None = None
     ) -> list[dict[str, object]]:
         """Requests, tokens, cost, errors and early leaves per `bucket_s` seconds since
-        `since` (buckets with no request are left out), oldest first."""
+        `since` (buckets with no request are left out), oldest first. Hourly series read
+        whole hours from the rollups."""
+        hours = whole_hours(since, None) if bucket_s == HOUR else None
+        dim = "all" if key_id is None else "key"
         if self.database.backend == "sqlite":
             bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
         else:
             bucket = cast(func.floor(usage.c.ts / bucket_s), BigInteger)
-        statement = (
-            select(
-                bucket,
-                func.count(),
-                func.sum(_TOKENS),
-                func.sum(func.coalesce(usage.c.cost, 0)),
-                func.sum(case((usage.c.status >= 400, 1), else_=0)),
-                func.sum(usage.c.client_gone),
-            )
-            .where(*_usage_filter(since, None, key_id))
-            .group_by(bucket)
-            .order_by(bucket)
-        )
+        raw = select(
+            bucket * bucket_s,
+            func.count(),
+            func.sum(_TOKENS),
+            func.sum(func.coalesce(usage.c.cost, 0)),
+            func.sum(case((usage.c.status >= 400, 1), else_=0)),
+            func.sum(usage.c.client_gone),
+        ).group_by(bucket)
+        found: dict[int, list[int]] = {}
         async with self._read() as conn:
-            rows = (await conn.execute(statement)).all()
+            if hours is None:
+                parts = [raw.where(*_usage_filter(since, None, key_id))]
+            else:
+                h = usage_hourly.c
+                rolled = (
+                    select(
+                        h.hour,
+                        func.sum(h.requests),
+                        func.sum(h.prompt_tokens + h.completion_tokens),
+                        func.sum(h.cost),
+                        func.sum(h.errors),
+                        func.sum(h.client_gone),
+                    )
+                    .where(*_rollup_filter(dim, hours, key_id, None))
+                    .group_by(h.hour)
+                )
+                parts = [rolled, raw.where(*_usage_filter(since, hours[0], key_id))]
+            for statement in parts:
+                for row in (await conn.execute(statement)).all():
+                    sums = found.setdefault(int(row[0]), [0] * 5)
+                    for i, value in enumerate(row[1:]):
+                        sums[i] += int(value or 0)
         return [
-            {
-                "start": int(row[0]) * bucket_s,
-                "requests": int(row[1]),
-                "tokens": int(row[2] or 0),
-                "cost": int(row[3] or 0),
-                "errors": int(row[4] or 0),
-                "client_gone": int(row[5] or 0),
-            }
-            for row in rows
+            dict(zip(("start", *_SERIES_FIELDS), (start, *found[start]), strict=True))
+            for start in sorted(found)
         ]
 
     async def usage_summary(
@@ -999,64 +1028,59 @@ class Store:
         until: float | None = None,
         key_id: int | None = None,
         user: str | None = None,
+        exact: bool = False,
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
-        route (of one user's records, with `user`); percentiles are computed here, the
-        same way on both databases."""
+        route (of one user's records, with `user`). With `exact` (the CLIs' reports) every
+        record is read and percentiles are exact; otherwise whole hours come from the
+        hourly rollups and percentiles are estimated from their latency buckets."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
-        labels = [usage.c[name] for name in group_by]
-        if self.database.backend == "sqlite":
-            durations = func.group_concat(usage.c.duration_ms)
-            ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
-        else:
-            durations = func.string_agg(cast(usage.c.duration_ms, Text), ",")
-            ttfbs = func.string_agg(cast(usage.c.ttfb_ms, Text), ",")
-        statement = select(
-            *labels,
-            func.count(),
-            func.sum(func.coalesce(usage.c.prompt_tokens, 0)),
-            func.sum(func.coalesce(usage.c.completion_tokens, 0)),
-            func.avg(usage.c.duration_ms),
-            func.sum(case((usage.c.status >= 400, 1), else_=0)),
-            func.sum(usage.c.client_gone),
-            func.sum(usage.c.cost),
-            durations,
-            ttfbs,
-        ).where(*_usage_filter(since, until, key_id, user))
-        if labels:
-            statement = statement.group_by(*labels).order_by(*labels)
+        dim = _rollup_dim(group_by, key_id, user)
+        hours = None if exact or dim is None else whole_hours(since, until)
+        clauses = _usage_filter(since, until, key_id, user)
+        groups: dict[tuple[Any, ...], Totals] = {}
+        edges: list[Sequence[Sequence[Any]]]
+        backend = self.database.backend
         async with self._read() as conn:
-            rows = (await conn.execute(statement)).all()
-        summary = []
-        for row in rows:
-            named = dict(zip(group_by, row[: len(group_by)], strict=True))
-            count, prompt, completion, avg, errors, gone, cost, joined, ttfb = row[len(group_by) :]
-            if not count:
-                continue
-            p50, p95 = _percentiles(joined)
-            ttfb_p50, ttfb_p95 = _percentiles(ttfb)
-            summary.append(
-                {
-                    **named,
-                    "requests": int(count),
-                    "prompt_tokens": int(prompt or 0),
-                    "completion_tokens": int(completion or 0),
-                    "total_tokens": int(prompt or 0) + int(completion or 0),
-                    "avg_ms": round(float(avg), 2),
-                    "p50_ms": p50,
-                    "p95_ms": p95,
-                    # time to first byte (of requests that had one)
-                    "ttfb_p50_ms": ttfb_p50,
-                    "ttfb_p95_ms": ttfb_p95,
-                    "errors": int(errors or 0),
-                    # micro-units; None when no record of the group has a cost yet
-                    "cost": None if cost is None else int(cost),
-                    "client_gone": int(gone or 0),
-                }
-            )
-        return summary
+            if hours is None:
+                rows = await _raw_summary(conn, group_by, clauses, backend)
+                if exact:
+                    summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
+                    return _sorted(summary, group_by)
+                edges = [rows]
+            else:
+                assert dim is not None
+                start, end = hours
+                edges = []
+                # the records of the partial hours at either end
+                for edge in ((since, start), (end, until)):
+                    if None not in edge and edge[0] != edge[1]:
+                        where = _usage_filter(*edge, key_id, user)
+                        edges.append(await _raw_summary(conn, group_by, where, backend))
+                h = usage_hourly.c
+                labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
+                statement = select(*labels, *(func.sum(h[c]) for c in SUM_COLUMNS)).where(
+                    *_rollup_filter(dim, hours, key_id, user)
+                )
+                if labels:
+                    statement = statement.group_by(*labels)
+                for summed in (await conn.execute(statement)).all():
+                    names = _rollup_names(dim, group_by, summed[: len(group_by)])
+                    groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+        for rows in edges:
+            for row in rows:
+                names = tuple(row[: len(group_by)])
+                groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+        return _sorted(
+            [
+                {**dict(zip(group_by, names, strict=True)), **totals.summary()}
+                for names, totals in groups.items()
+                if totals.values[0]
+            ],
+            group_by,
+        )
 
 
 _TOKENS = func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0)
@@ -1099,6 +1123,16 @@ async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecor
             await driver.execute(sql, *values)
         else:
             await driver.execute(sql, values)
+
+
+async def _add_to_rollups(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
+    """Add the records to their hourly rollup rows, in the transaction that writes them."""
+    rows = rollup_rows(records)
+    if not rows:
+        return
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    numbered = conn.dialect.paramstyle.startswith("numeric")
+    await driver.executemany(upsert_sql(numbered), rows)
 
 
 def _user_select() -> Any:
@@ -1364,6 +1398,152 @@ def _usage_record(row: Sequence[Any]) -> UsageRecord:
         client_gone=bool(record.client_gone),
         estimated=bool(record.estimated),
     )
+
+
+_SERIES_FIELDS = ("requests", "tokens", "cost", "errors", "client_gone")
+
+
+async def _raw_summary(
+    conn: AsyncConnection, group_by: Sequence[str], clauses: list[Any], backend: str
+) -> Sequence[Sequence[Any]]:
+    """Usage records summed per group, read from the records: the labels, then requests,
+    prompt and completion tokens, duration sum, errors, early leaves, cost, records with a
+    cost, and the durations and times to first byte joined by commas (for percentiles)."""
+    labels = [usage.c[name] for name in group_by]
+    if backend == "sqlite":
+        durations = func.group_concat(usage.c.duration_ms)
+        ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
+    else:
+        durations = func.string_agg(cast(usage.c.duration_ms, Text), ",")
+        ttfbs = func.string_agg(cast(usage.c.ttfb_ms, Text), ",")
+    statement = select(
+        *labels,
+        func.count(),
+        func.sum(func.coalesce(usage.c.prompt_tokens, 0)),
+        func.sum(func.coalesce(usage.c.completion_tokens, 0)),
+        func.sum(usage.c.duration_ms),
+        func.sum(case((usage.c.status >= 400, 1), else_=0)),
+        func.sum(usage.c.client_gone),
+        func.sum(func.coalesce(usage.c.cost, 0)),
+        func.count(usage.c.cost),
+        durations,
+        ttfbs,
+    ).where(*clauses)
+    if labels:
+        statement = statement.group_by(*labels)
+    return (await conn.execute(statement)).all()
+
+
+def _exact_summary(group_by: Sequence[str], row: Sequence[Any]) -> dict[str, object]:
+    """A group of _raw_summary as a summary, with percentiles of every duration."""
+    count, prompt, completion, duration, errors, gone, cost, costed, joined, ttfb = row[
+        len(group_by) :
+    ]
+    p50, p95 = _percentiles(joined)
+    ttfb_p50, ttfb_p95 = _percentiles(ttfb)
+    return {
+        **dict(zip(group_by, row[: len(group_by)], strict=True)),
+        "requests": int(count),
+        "prompt_tokens": int(prompt or 0),
+        "completion_tokens": int(completion or 0),
+        "total_tokens": int(prompt or 0) + int(completion or 0),
+        "avg_ms": round(float(duration) / int(count), 2),
+        "p50_ms": p50,
+        "p95_ms": p95,
+        # time to first byte (of requests that had one)
+        "ttfb_p50_ms": ttfb_p50,
+        "ttfb_p95_ms": ttfb_p95,
+        "errors": int(errors or 0),
+        # micro-units; None when no record of the group has a cost yet
+        "cost": int(cost or 0) if costed else None,
+        "client_gone": int(gone or 0),
+    }
+
+
+def _raw_sums(measures: Sequence[Any]) -> list[float]:
+    """The measures of a _raw_summary group as a row of SUM_COLUMNS: the joined durations
+    counted into latency buckets."""
+    count, prompt, completion, duration, errors, gone, cost, costed, joined, ttfb = measures
+    sums: list[float] = [
+        count, prompt or 0, completion or 0, errors or 0, gone or 0, cost or 0, costed,
+        duration or 0.0,
+    ]  # fmt: skip
+    for values in (joined, ttfb):
+        buckets = [0] * BUCKETS
+        for value in values.split(",") if values else ():
+            buckets[bucket(float(value))] += 1
+        sums.extend(buckets)
+    return sums
+
+
+def _rollup_dim(group_by: Sequence[str], key_id: int | None, user: str | None) -> str | None:
+    """The rollup rows that can answer a summary, if any."""
+    if key_id is not None:
+        return "key" if set(group_by) <= {"user", "key_name", "key_id"} else None
+    if not group_by:
+        return "all" if user is None else "user"
+    if tuple(group_by) == ("user",):
+        return "user"
+    if set(group_by) <= {"user", "key_name", "key_id"}:
+        return "key"
+    if len(group_by) == 1 and user is None:
+        return group_by[0]  # model or route
+    return None
+
+
+_ROLLUP_LABELS = {
+    "all": {},
+    "user": {"user": usage_hourly.c.value},
+    "key": {
+        "user": usage_hourly.c.user,
+        "key_name": usage_hourly.c.key_name,
+        "key_id": usage_hourly.c.value,
+    },
+    "model": {"model": usage_hourly.c.value},
+    "route": {"route": usage_hourly.c.value},
+}
+
+
+def _rollup_filter(
+    dim: str, hours: tuple[float | None, float | None], key_id: int | None, user: str | None
+) -> list[Any]:
+    """The rollup rows of dimension `dim` in `hours`, of one key or user when given (the
+    key's rows name its user; the user's rows are the user)."""
+    h = usage_hourly.c
+    start, end = hours
+    clauses = [h.dim == dim]
+    if start is not None:
+        clauses.append(h.hour >= start)
+    if end is not None:
+        clauses.append(h.hour < end)
+    if key_id is not None:
+        clauses.append(h.value == str(key_id))
+    if user is not None:
+        clauses.append(h.value == user if dim == "user" else h.user == user)
+    return clauses
+
+
+def _rollup_names(dim: str, group_by: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:
+    """A rollup group's labels as the records have them: key ids are numbers, and the
+    model "" is a record without one."""
+    names = []
+    for name, value in zip(group_by, values, strict=True):
+        if name == "key_id":
+            value = int(value)
+        elif name == "model" and value == "":
+            value = None
+        names.append(value)
+    return tuple(names)
+
+
+def _sorted(summary: list[dict[str, object]], group_by: Sequence[str]) -> list[dict[str, object]]:
+    """Groups in the order of their labels, a missing one (a record without a model) last,
+    the same on both databases."""
+
+    def order(row: dict[str, object]) -> list[tuple[bool, Any]]:
+        return [(row[n] is None, 0 if row[n] is None else row[n]) for n in group_by]
+
+    return sorted(summary, key=order)
 
 
 def _percentiles(joined: str | None) -> tuple[float | None, float | None]:

@@ -289,7 +289,7 @@ def cli(**options: Any) -> None:
             rows = with_store(
                 path,
                 lambda store: store.usage_summary(
-                    USAGE_GROUPS[o["by"]], since, until, user=o["user"]
+                    USAGE_GROUPS[o["by"]], since, until, user=o["user"], exact=True
                 ),
             )
             click.echo(render_usage(rows, o["by"], o["fmt"] or "table", currency_setting()))

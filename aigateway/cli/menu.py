@@ -249,7 +249,8 @@ class Menu:
         group = self._ask(questionary.select, "Group by:", choices=list(USAGE_GROUPS))
         since, until = self._ask_period()
         rows = with_store(
-            self.db_path, lambda store: store.usage_summary(USAGE_GROUPS[group], since, until)
+            self.db_path,
+            lambda store: store.usage_summary(USAGE_GROUPS[group], since, until, exact=True),
         )
         self.echo(render_usage(rows, group, "table", currency_setting()))
 

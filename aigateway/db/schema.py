@@ -17,10 +17,17 @@ from sqlalchemy import (
     text,
 )
 
+from ..rollups import SUM_COLUMNS
+
 metadata = MetaData()
 
 # SQLite's rowid alias must be spelled INTEGER; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def rollup_counts() -> tuple[str, ...]:
+    """The count columns of usage_hourly: every sum but duration_sum."""
+    return tuple(name for name in SUM_COLUMNS if name != "duration_sum")
 
 
 def budget_columns() -> list[Column[object]]:
@@ -119,6 +126,21 @@ usage = Table(
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)
+
+# Hourly sums of `usage`, of all records and per user, key, model and route (see
+# rollups.py), written in the same transaction as the records: what stats and charts read.
+usage_hourly = Table(
+    "usage_hourly",
+    metadata,
+    Column("dim", Text, primary_key=True),  # all, user, key, model or route
+    Column("hour", BigInteger, primary_key=True),  # its start, seconds since the epoch
+    # "" (all), the user, the key's id, the model ("": none) or the route
+    Column("value", Text, primary_key=True),
+    Column("user", Text),  # of the key (dim key only), as its records name it
+    Column("key_name", Text),
+    *(Column(name, BigInteger, nullable=False) for name in rollup_counts()),
+    Column("duration_sum", Double, nullable=False),
+)
 
 # The journal segments whose records are in `usage`: replaying one is then a no-op.
 usage_segments = Table(
