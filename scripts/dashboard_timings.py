@@ -2,11 +2,10 @@
 """How fast each dashboard view answers with a lot of history.
 
 Fills a fresh database (SQLite, or PostgreSQL with --database-url) with N usage records
-spread over 90 days, 50 keys and 10 models, starts the gateway in this process, and
-times the admin API calls each dashboard page makes (the median of five), printing one
-line per view. Usage: .venv/bin/python scripts/dashboard_timings.py [--records 1000000]
-[--postgres]
-[--postgres]
+spread evenly over the last 90 days, 50 keys and 10 models, written in time order as the
+gateway writes them; starts the gateway in this process and times the admin API calls
+each dashboard page makes (the median of five), printing one line per view.
+Usage: .venv/bin/python scripts/dashboard_timings.py [--records 1000000] [--postgres]
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ async def fill(database: str, records: int) -> str:
             record, _ = await store.create_key(f"user{n % 20}", f"key{n}")
             ids.append((record.id, record.user, record.name))
         now = time.time()
+        start, step = now - DAYS * 86400, DAYS * 86400 / records
         rng = random.Random(7)
         batch: list[UsageRecord] = []
         for i in range(records):
@@ -62,7 +62,8 @@ async def fill(database: str, records: int) -> str:
             status = 200 if rng.random() > 0.02 else 500
             batch.append(
                 UsageRecord(
-                    now - rng.random() * DAYS * 86400,
+                    # in time order, as the gateway writes them
+                    start + (i + rng.random()) * step,
                     key_id,
                     user,
                     name,
@@ -85,10 +86,10 @@ async def fill(database: str, records: int) -> str:
             if len(batch) == 10_000:
                 await store.insert_usage(batch)
                 batch = []
-                print(f"\r  {i + 1:,} records", end="", flush=True)
+                print(f"\r  {i + 1:,} records", end="", flush=True, file=sys.stderr)
         if batch:
             await store.insert_usage(batch)
-        print()
+        print(file=sys.stderr)
         return admin
     finally:
         await store.close()

@@ -1,10 +1,14 @@
-"""usage_hourly: the usage records summed per hour by key, model and route
+"""usage_hourly: the usage records summed per hour, in all and per user, key, model, route
 
 Revision ID: 0011
 Revises: 0010
 """
 
 from __future__ import annotations
+
+import logging
+from bisect import bisect_right
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -13,6 +17,7 @@ revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
+log = logging.getLogger("aigateway")
 
 # As in aigateway/rollups.py when this revision was written (a later change of buckets
 # needs a revision of its own).
@@ -37,54 +42,67 @@ def upgrade() -> None:
         *(sa.Column(name, sa.BigInteger, nullable=False) for name in COUNTS),
         sa.Column("duration_sum", sa.Double, nullable=False),
     )
-    bind = op.get_bind()
-    for dim, value in BACKFILLS:
-        bind.exec_driver_sql(_backfill(dim, value, bind.dialect.name == "sqlite"))
+    backfill(op.get_bind())
 
 
-# Each dimension and the value of a record in it.
-BACKFILLS = (
-    ("all", "''"),
-    ("user", '"user"'),
-    ("key", "CAST(key_id AS TEXT)"),
-    ("model", "COALESCE(model, '')"),
-    ("route", "route"),
-)
-
-
-def _backfill(dim: str, value: str, sqlite: bool) -> str:
-    """The records made so far, summed in one pass: buckets found by a CASE with the same
-    bounds as the gateway's bisect."""
-    if sqlite:
-        hour = "CAST(ts / 3600 AS INTEGER) * 3600"  # truncates: ts is positive
-    else:
-        hour = "CAST(FLOOR(ts / 3600) AS BIGINT) * 3600"
-
-    def bucket_of(column: str) -> str:
-        steps = " ".join(f"WHEN {column} < {bound!r} THEN {i}" for i, bound in enumerate(BOUNDS))
-        return f"CASE WHEN {column} IS NULL THEN NULL {steps} ELSE {len(BOUNDS)} END"
-
-    named = 'MIN("user"), MIN(key_name)' if dim == "key" else "NULL, NULL"
-    sums = [
-        "COUNT(*)",
-        "SUM(COALESCE(prompt_tokens, 0))",
-        "SUM(COALESCE(completion_tokens, 0))",
-        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
-        "SUM(client_gone)",
-        "SUM(COALESCE(cost, 0))",
-        "COUNT(cost)",
-        *(f"SUM(CASE WHEN db = {i} THEN 1 ELSE 0 END)" for i in range(BUCKETS)),
-        *(f"SUM(CASE WHEN tb = {i} THEN 1 ELSE 0 END)" for i in range(BUCKETS)),
-        "SUM(duration_ms)",
-    ]
-    columns = ", ".join(f'"{c}"' for c in ("dim", "hour", "value", "user", "key_name", *COUNTS))
-    return (
-        f"INSERT INTO usage_hourly ({columns}, duration_sum)"
-        f" SELECT '{dim}', hour, value, {named}, {', '.join(sums)}"
-        f" FROM (SELECT *, {hour} AS hour, {value} AS value,"
-        f" {bucket_of('duration_ms')} AS db, {bucket_of('ttfb_ms')} AS tb FROM usage) AS r"
-        f" GROUP BY hour, value"
+def backfill(bind: sa.Connection) -> None:
+    """Sum the records made so far, an hour of them at a time (in the order of the ts
+    index, skipping empty hours), the way the gateway's writer sums a batch."""
+    columns = ("dim", "hour", "value", "user", "key_name", *COUNTS, "duration_sum")
+    table = sa.table("usage_hourly", *(sa.column(name) for name in columns))
+    read = sa.text(
+        'SELECT key_id, "user", key_name, route, model, status, prompt_tokens,'
+        " completion_tokens, duration_ms, ttfb_ms, client_gone, cost"
+        " FROM usage WHERE ts >= :start AND ts < :end"
     )
+    first = sa.text("SELECT MIN(ts) FROM usage WHERE ts >= :start")
+    records = bind.execute(sa.text("SELECT COUNT(*) FROM usage")).scalar() or 0
+    if records > 100_000:
+        log.warning(
+            "summing %d usage records into hourly rollups, once (about 40 s a million)", records
+        )
+    found = bind.execute(first, {"start": 0}).scalar()
+    while found is not None:
+        hour = int(found // 3600) * 3600
+        sums: dict[tuple[str, str], list[Any]] = {}
+        for row in bind.execute(read, {"start": hour, "end": hour + 3600}):
+            key_id, user, key_name, route, model = row[:5]
+            for dim, value, names in (
+                ("all", "", (None, None)),
+                ("user", user, (None, None)),
+                ("key", str(key_id), (user, key_name)),
+                ("model", model or "", (None, None)),
+                ("route", route, (None, None)),
+            ):
+                group = sums.get((dim, value))
+                if group is None:
+                    group = sums[(dim, value)] = [*names, *[0] * (len(COUNTS) + 1)]
+                _add(group, row)
+        bind.execute(
+            table.insert(),
+            [
+                dict(zip(columns, (dim, hour, value, *group), strict=True))
+                for (dim, value), group in sorted(sums.items())
+            ],
+        )
+        found = bind.execute(first, {"start": hour + 3600}).scalar()
+
+
+def _add(group: list[Any], row: Any) -> None:
+    """Add a record to a group: [user, key_name, *COUNTS, duration_sum]."""
+    status, prompt, completion, duration, ttfb, gone, cost = row[5:]
+    group[2] += 1
+    group[3] += prompt or 0
+    group[4] += completion or 0
+    group[5] += status >= 400
+    group[6] += gone
+    if cost is not None:
+        group[7] += cost
+        group[8] += 1
+    group[9 + bisect_right(BOUNDS, duration)] += 1
+    if ttfb is not None:
+        group[9 + BUCKETS + bisect_right(BOUNDS, ttfb)] += 1
+    group[-1] += duration
 
 
 def downgrade() -> None:
