@@ -60,6 +60,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
+from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {
@@ -353,16 +354,11 @@ async def models(request: web.Request) -> web.Response:
     null: free)."""
     caller = principal(request)
     settings = request.app[SETTINGS]
-    try:
-        async with request.app[UPSTREAM].get(
-            settings.upstream_api_base + "/tags",
-            headers=settings.upstream_auth,
-            timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
-        ) as response:
-            body = await response.read()
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError):
-        raise UpstreamUnreachable("Ollama did not answer /api/tags") from None
+    pool = request.app[RELAY].pool
+    if pool.single:
+        body, status = await _ollama_tags(request)
+    else:
+        body, status = await union_of_lists(pool, TAGS), 200  # every upstream's
     if status != 200:
         raise UpstreamUnreachable(f"Ollama answered /api/tags with status {status}")
     usable = filter_model_list(body, caller.models, settings.allow_cloud_models)
@@ -394,6 +390,20 @@ async def models(request: web.Request) -> web.Response:
             }
         )
     return _json({"currency": settings.currency, "models": shown})
+
+
+async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
+    """The one Ollama's /api/tags."""
+    settings = request.app[SETTINGS]
+    try:
+        async with request.app[UPSTREAM].get(
+            settings.upstream_api_base + "/tags",
+            headers=settings.upstream_auth,
+            timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
+        ) as response:
+            return await response.read(), response.status
+    except (aiohttp.ClientError, TimeoutError):
+        raise UpstreamUnreachable("Ollama did not answer /api/tags") from None
 
 
 async def list_prices(request: web.Request) -> web.Response:

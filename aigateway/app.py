@@ -171,6 +171,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session = upstream_session(app[SETTINGS])
     app[UPSTREAM] = app[RELAY].upstream = session
     try:
-        yield
+        async with app[RELAY].pool.checking(session):
+            yield
     finally:
         await session.close()

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from . import __version__
-from .appkeys import KEY_TABLE, SETTINGS, STARTED_AT, UPSTREAM
+from .appkeys import KEY_TABLE, RELAY, SETTINGS, STARTED_AT, UPSTREAM
 from .auth import authenticate, public
 from .errors import GatewayError
 from .keytable import AuthError
@@ -53,7 +53,16 @@ async def health(request: web.Request) -> web.Response:
 @public
 async def health_ollama(request: web.Request) -> web.Response:
     """Whether Ollama answers (200, else 503); with an admin key, its URL, version,
-    round-trip time and what went wrong."""
+    round-trip time and what went wrong. With several upstreams: ok when all are up,
+    degraded when some are (200), unreachable when none is (503); an admin sees each
+    one (up or out and why, latency of its last check, requests in flight, its models
+    and those loaded)."""
+    pool = request.app[RELAY].pool
+    if not pool.single:
+        up = sum(u.up for u in pool.upstreams)
+        state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
+        listed: dict[str, object] = {"upstreams": [u.view() for u in pool.upstreams]}
+        return _answer(request, state, listed, 200 if up else 503)
     settings = request.app[SETTINGS]
     url = settings.upstream_api_base + "/version"
     started = time.perf_counter()

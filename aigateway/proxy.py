@@ -55,6 +55,9 @@ from .streams import (
     counted_tokens,
     with_usage_requested,
 )
+from .upstreams.config import UpstreamConfig
+from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
+from .upstreams.union import union_of_lists
 from .usage import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
@@ -86,11 +89,13 @@ REQUEST_DROP = HOP_BY_HOP | {
     "content-length",
     "expect",
     "accept-encoding",
+    UPSTREAM_HEADER.lower(),
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # The request codings aiohttp's server decodes (identity: none to decode).
 DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 LARGE_BODY_BYTES = 1024 * 1024
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when the client sent none
 # A prompt's tokens are guessed at a quarter of its body's bytes, at most this many.
 PROMPT_ESTIMATE_CAP = 128 * 1024
 NO_FIELDS = BodyFields()
@@ -449,19 +454,70 @@ async def _counted(content: aiohttp.StreamReader, exchange: _Exchange) -> AsyncI
 async def _forward(
     request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
 ) -> web.StreamResponse:
+    """Send the request to the best upstream for it, and on to the next when one refuses
+    the connection, fails or answers 502/503/504 before anything reached the client (a
+    body read into memory can be sent again; an upload streamed through cannot)."""
+    pool = relay.pool
+    if not pool.single and route.lists_models and request.method == "GET":
+        return await _send_union(request, route, exchange, relay)
+    candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))
+    replayable = isinstance(exchange.data, bytes | io.BytesIO)
+    for number, upstream in enumerate(candidates):
+        last = number == len(candidates) - 1 or not replayable
+        if number and isinstance(exchange.data, io.BytesIO):
+            exchange.data.seek(0)
+        upstream.picked += 1
+        upstream.in_flight += 1
+        try:
+            return await _forward_to(upstream, request, route, exchange, relay, not last)
+        except _TryNext as exc:
+            pool.failed(upstream, exc.reason)
+        except (UpstreamUnreachable, UpstreamTimeout) as exc:
+            if exchange.response is None:
+                pool.failed(upstream, exc.message)
+            raise
+        finally:
+            upstream.in_flight -= 1
+    raise AssertionError("the last candidate raises rather than passing")  # pragma: no cover
+
+
+class _TryNext(Exception):
+    """This upstream failed before anything reached the client: try the next one."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+async def _forward_to(
+    target: Upstream,
+    request: web.Request,
+    route: RelayRoute,
+    exchange: _Exchange,
+    relay: Relay,
+    more: bool,
+) -> web.StreamResponse:
+    """One try at one upstream; with `more` (another may be tried after it) a failure
+    before anything reached the client raises _TryNext, and the body is kept."""
     settings = relay.settings
+    config = target.config
     upstream_session = relay.upstream
     assert upstream_session is not None  # set when the app started
-    url = _upstream_url(request, settings, route)
-    headers = _request_headers(request, settings)
+    url = _upstream_url(request, settings, route, config)
+    headers = _request_headers(request, config)
     patterns = exchange.principal.models
-    data, exchange.data = exchange.data, None
+    where = f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
+    data = exchange.data
     try:
         async with upstream_session.request(
             request.method, url, data=data, headers=headers, allow_redirects=False
         ) as upstream:
+            if upstream.status in FAILOVER_STATUSES:
+                if more:
+                    raise _TryNext(f"answered {upstream.status}")
+                relay.pool.failed(target, f"answered {upstream.status}")  # and it is relayed
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
+            exchange.data = None
             if exchange.body_held:
                 relay.body_budget.give_back(exchange.body_held)
                 exchange.body_held = 0
@@ -484,20 +540,57 @@ async def _forward(
                 upstream.close()
             return response
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(
-            f"cannot reach Ollama at {settings.ollama_base_url}: {exc.os_error.strerror or exc}"
-        ) from None
+        reason = f"cannot reach {where}: {exc.os_error.strerror or exc}"
+        if more:
+            raise _TryNext(reason) from None
+        raise UpstreamUnreachable(reason) from None
     except (aiohttp.ServerTimeoutError, TimeoutError):
-        exchange.status = 504
-        raise UpstreamTimeout(
-            f"Ollama at {settings.ollama_base_url} did not answer in time"
-            f" (connect {settings.upstream_connect_timeout:g} s,"
+        reason = (
+            f"{where} did not answer in time (connect {settings.upstream_connect_timeout:g} s,"
             f" read {settings.upstream_read_timeout:g} s)"
-        ) from None
+        )
+        if more and exchange.response is None:
+            raise _TryNext(reason) from None
+        exchange.status = 504
+        raise UpstreamTimeout(reason) from None
     except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(
-            f"Ollama at {settings.ollama_base_url} failed before answering: {type(exc).__name__}"
-        ) from None
+        reason = f"{where} failed before answering: {type(exc).__name__}"
+        if more and exchange.response is None:
+            raise _TryNext(reason) from None
+        raise UpstreamUnreachable(reason) from None
+
+
+def _model_of(request: web.Request, route: RelayRoute, exchange: _Exchange) -> str | None:
+    """The model that picks the upstream: the body's, or the path's (/v1/models/{model})."""
+    if route.model_in_path:
+        return request.match_info["model"]
+    return exchange.context.model
+
+
+def _named(request: web.Request, route: RelayRoute) -> str | None:
+    """The upstream an admin names for model management (required with several)."""
+    if route.kind == "manage":
+        return request.headers.get(UPSTREAM_HEADER, "")  # "": refused, naming the choices
+    return None
+
+
+async def _send_union(
+    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
+) -> web.StreamResponse:
+    """A model list answered for every upstream together, cut down to what the key may
+    use."""
+    body = await union_of_lists(relay.pool, route)
+    exchange.first_byte_at = time.perf_counter()
+    exchange.status = 200
+    body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
+    exchange.tap.feed(body)
+    _settle(request, route, exchange, relay)
+    response = exchange.response = web.Response(
+        body=body,
+        content_type="application/json",
+        headers={"X-Request-Id": exchange.context.request_id, **dict(exchange.rate_headers)},
+    )
+    return response
 
 
 def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay) -> None:
@@ -672,15 +765,21 @@ _URL_CACHE: dict[tuple[bool, str, str, str], URL] = {}
 _URL_CACHE_SIZE = 1024
 
 
-def _upstream_url(request: web.Request, settings: Settings, route: RelayRoute) -> URL:
+def _upstream_url(
+    request: web.Request, settings: Settings, route: RelayRoute, upstream: UpstreamConfig
+) -> URL:
     # raw_path keeps the client's encoding and query string exactly.
     raw = request.raw_path
-    cache_key = (route.native, settings.base_path, settings.ollama_base_url, raw)
+    cache_key = (route.native, settings.base_path, upstream.url, raw)
     url = _URL_CACHE.get(cache_key)
     if url is None:
         prefix = settings.client_prefix(route.native)
         tail = raw[len(prefix) :] if raw.startswith(prefix) else request.rel_url.raw_path_qs
-        url = URL(settings.upstream_prefix(route.native) + tail, encoded=True)
+        if upstream.kind == "ollama":
+            base = upstream.url + ("/api" if route.native else "/v1")
+        else:
+            base = upstream.url  # a cloud API's URL ends in its version (/v1)
+        url = URL(base + tail, encoded=True)
         if len(_URL_CACHE) >= _URL_CACHE_SIZE:
             _URL_CACHE.clear()
         _URL_CACHE[cache_key] = url
@@ -698,12 +797,17 @@ def _without(headers: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str
     return headers
 
 
-def _request_headers(request: web.Request, settings: Settings) -> CIMultiDict[str]:
+def _request_headers(request: web.Request, upstream: UpstreamConfig) -> CIMultiDict[str]:
     headers = _without(CIMultiDict(request.headers), REQUEST_DROP)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
     headers["Accept-Encoding"] = "identity"
-    if settings.upstream_api_key:  # (not settings.upstream_auth: no dict per request)
-        headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
+    if upstream.key is not None:  # the upstream's own key, never the client's
+        if upstream.kind == "anthropic":
+            headers["x-api-key"] = upstream.key
+            if "anthropic-version" not in headers:
+                headers["anthropic-version"] = ANTHROPIC_VERSION
+        else:
+            headers["Authorization"] = f"Bearer {upstream.key}"
     return headers
 
 

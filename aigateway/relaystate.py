@@ -12,6 +12,7 @@ from .limits import Limiter
 from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
+from .upstreams.pool import Pool
 from .usage import UsageWriter
 
 
@@ -21,8 +22,17 @@ class Relay:
     the usage writer are set when the app starts."""
 
     __slots__ = (
-        "body_budget", "budgets", "in_flight", "key_table", "limiter", "settings", "shared",
-        "shared_budgets", "upstream", "usage",
+        "body_budget",
+        "budgets",
+        "in_flight",
+        "key_table",
+        "limiter",
+        "pool",
+        "settings",
+        "shared",
+        "shared_budgets",
+        "upstream",
+        "usage",
     )  # fmt: skip
 
     def __init__(
@@ -35,6 +45,8 @@ class Relay:
         budgets: Budgets,
     ) -> None:
         self.settings = settings
+        # The upstreams: which serves a request, and whether each is up.
+        self.pool = Pool(settings.upstream_list, settings.upstream_check_interval)
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.body_budget = body_budget

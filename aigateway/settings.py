@@ -18,6 +18,12 @@ from dotenv import dotenv_values
 from yarl import URL
 
 from .db.url import DatabaseURLError, database_from
+from .upstreams.config import (
+    UpstreamConfig,
+    UpstreamsError,
+    upstreams_from_file,
+    upstreams_from_urls,
+)
 
 # Read a .env the usual way (see find_env_file); None reads none.
 AUTO = "auto"
@@ -52,6 +58,10 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     upstream_api_key: str | None = None
+    # The upstreams a TOML file (UPSTREAMS_FILE) lists; empty: those of OLLAMA_BASE_URL.
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    upstreams_file: str | None = None
+    upstream_check_interval: float = 5.0
     admin_path: str = "/admin"
     gateway_admin_key: str | None = None
     default_rpm: int = 0
@@ -93,6 +103,11 @@ class Settings:
         return "https" if self.tls_cert_file else "http"
 
     @property
+    def upstream_list(self) -> tuple[UpstreamConfig, ...]:
+        """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's."""
+        return self.upstreams or upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
+
+    @property
     def upstream_auth(self) -> dict[str, str]:
         """The headers that authenticate the gateway to Ollama (UPSTREAM_API_KEY), if any."""
         if self.upstream_api_key:
@@ -101,8 +116,8 @@ class Settings:
 
     @property
     def upstream_api_base(self) -> str:
-        """Where Ollama's own `/api` routes live, without a trailing slash."""
-        return self.ollama_base_url.rstrip("/") + "/api"
+        """Where the first Ollama's own `/api` routes live, without a trailing slash."""
+        return self.ollama_base_url.split(",")[0].rstrip("/") + "/api"
 
     @property
     def ollama_prefix(self) -> str:
@@ -121,9 +136,6 @@ class Settings:
 
     def client_prefix(self, native: bool) -> str:
         return self.base_path if native else self.v1_path
-
-    def upstream_prefix(self, native: bool) -> str:
-        return self.upstream_api_base if native else self.ollama_base_url.rstrip("/") + "/v1"
 
     @classmethod
     def from_env(
@@ -147,7 +159,7 @@ class Settings:
 
         d = cls()
         settings = cls(
-            ollama_base_url=_http_url("OLLAMA_BASE_URL", get("OLLAMA_BASE_URL"), d.ollama_base_url),
+            ollama_base_url=_ollama_urls(get("OLLAMA_BASE_URL"), d.ollama_base_url),
             base_path=_base_path("BASE_PATH", get("BASE_PATH"), d.base_path),
             host=get("HOST") or d.host,
             port=_int("PORT", get("PORT"), d.port, low=1, high=65535),
@@ -166,6 +178,13 @@ class Settings:
                 "UPSTREAM_READ_TIMEOUT", get("UPSTREAM_READ_TIMEOUT"), d.upstream_read_timeout
             ),
             upstream_api_key=get("UPSTREAM_API_KEY"),
+            upstreams=_upstreams_file(get("UPSTREAMS_FILE"), values),
+            upstreams_file=get("UPSTREAMS_FILE"),
+            upstream_check_interval=_seconds(
+                "UPSTREAM_CHECK_INTERVAL",
+                get("UPSTREAM_CHECK_INTERVAL"),
+                d.upstream_check_interval,
+            ),
             admin_path=_base_path("ADMIN_PATH", get("ADMIN_PATH"), d.admin_path),
             gateway_admin_key=_secret("GATEWAY_ADMIN_KEY", get("GATEWAY_ADMIN_KEY")),
             default_rpm=_int("DEFAULT_RPM", get("DEFAULT_RPM"), 0, low=0, high=10**9),
@@ -356,9 +375,8 @@ def ollama_setting(
     for the CLIs' model sync."""
     env_path = find_env_file() if env_file == AUTO else env_file
     merged = merged_environment(environ, env_path)
-    url = _http_url(
-        "OLLAMA_BASE_URL", merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url
-    )
+    urls = _ollama_urls(merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url)
+    url = urls.split(",")[0]  # the first, when there are several
     key = merged.get("UPSTREAM_API_KEY", "").strip()
     return url, {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -442,21 +460,25 @@ def _log_level(name: str, raw: str | None, default: str) -> str:
     return level
 
 
-def _http_url(name: str, raw: str | None, default: str) -> str:
+def _ollama_urls(raw: str | None, default: str) -> str:
+    """OLLAMA_BASE_URL: one URL or several separated by commas, each checked, joined
+    again without spaces or trailing slashes."""
     if raw is None:
         return default
     try:
-        url = URL(raw)
-    except ValueError:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise SettingsError(
-            f"{name}: expected an http:// or https:// URL such as http://localhost:11434, "
-            f"got {raw!r}"
-        )
-    if url.query_string or url.fragment:
-        raise SettingsError(f"{name}: expected a URL without a query or fragment, got {raw!r}")
-    return raw.rstrip("/")
+        return ",".join(u.url for u in upstreams_from_urls(raw, None))
+    except UpstreamsError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _upstreams_file(path: str | None, values: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:
+    """UPSTREAMS_FILE's upstreams, their keys read from the environment and .env."""
+    if path is None:
+        return ()
+    try:
+        return upstreams_from_file(path, values)
+    except UpstreamsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _base_path(name: str, raw: str | None, default: str) -> str:

@@ -104,11 +104,12 @@ async def test_key_created_elsewhere_works_within_a_second(anon: TestClient, db_
 async def test_expiry_applies_without_a_reload(
     aiohttp_client, settings: Settings, db_path: str
 ) -> None:
-    secret = await make_key(db_path, "erin", "short", expires_at=time.time() + 0.5)
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings))  # (started first: start-up is slow
+    expires_at = time.time() + 1.0  # under load, and the key must outlive it)
+    secret = await make_key(db_path, "erin", "short", expires_at=expires_at)
     headers = {"Authorization": f"Bearer {secret}"}
     assert (await client.get("/api/tags", headers=headers)).status == 200
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(expires_at - time.time() + 0.1)
     assert (await client.get("/api/tags", headers=headers)).status == 401
 
 

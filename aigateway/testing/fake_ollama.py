@@ -74,6 +74,11 @@ class FakeOllama:
     blobs: set[str] = field(default_factory=set)
     record: bool = True  # the benchmark turns this off to keep its memory flat
     extra_models: list[str] = field(default_factory=list)  # listed besides the fixtures
+    # Several-upstream tests: the only models it has (listed, and answered; others 404),
+    # those /api/ps shows loaded, and a status every request gets instead (a busy server).
+    models: list[str] | None = None
+    loaded: list[str] | None = None
+    fail_with: int | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=1024**3)
@@ -83,7 +88,7 @@ class FakeOllama:
             r.add_route(method, "/api/version", self.static("version.json"))
             r.add_route(method, "/api/tags", self.tags)
         r.add_get("/api/status", self.status, allow_head=False)
-        r.add_get("/api/ps", self.static("ps.json"), allow_head=False)
+        r.add_get("/api/ps", self.ps, allow_head=False)
         r.add_post("/api/show", self.show)
         r.add_post("/api/generate", self.generate)
         r.add_post("/api/chat", self.chat)
@@ -126,6 +131,17 @@ class FakeOllama:
             return _error(400, error)
         request[BODY] = body
         request[DECODED] = decoded or {}
+        if self.fail_with is not None:
+            return _error(self.fail_with, "server busy, please try again")
+        named = (decoded or {}).get("model") or (decoded or {}).get("name")
+        if (
+            self.models is not None
+            and isinstance(named, str)
+            and request.method == "POST"
+            and request.path.rsplit("/", 1)[-1] not in ("pull", "push", "create", "copy")
+            and _tagged(named) not in {_tagged(m) for m in self.models}
+        ):
+            return _error(404, f"model '{named}' not found")
         if not _local_host(request.host):
             return web.Response(status=403)
         origin = request.headers.get("Origin")
@@ -153,12 +169,25 @@ class FakeOllama:
 
     async def tags(self, request: web.Request) -> web.Response:
         doc = orjson.loads(fixture("tags.json"))
+        if self.models is not None:
+            doc["models"] = [{**doc["models"][0], "name": m, "model": m} for m in self.models]
+            return _json(orjson.dumps(doc))
         for name in self.extra_models:
             doc["models"].append({**doc["models"][0], "name": name, "model": name})
         return _json(orjson.dumps(doc) if self.extra_models else fixture("tags.json"))
 
+    async def ps(self, request: web.Request) -> web.Response:
+        if self.loaded is None:
+            return _json(fixture("ps.json"))
+        doc = orjson.loads(fixture("ps.json"))
+        doc["models"] = [{**doc["models"][0], "name": m, "model": m} for m in self.loaded]
+        return _json(orjson.dumps(doc))
+
     async def openai_models(self, request: web.Request) -> web.Response:
         doc = orjson.loads(fixture("openai-models.json"))
+        if self.models is not None:
+            doc["data"] = [{**doc["data"][0], "id": m} for m in self.models]
+            return _json(orjson.dumps(doc), content_type="application/json")
         for name in self.extra_models:
             doc["data"].append({**doc["data"][0], "id": name})
         body = orjson.dumps(doc) if self.extra_models else fixture("openai-models.json")
@@ -414,6 +443,10 @@ def _allowed_origin(origin: str, host: str) -> bool:
             if origin == base or origin.startswith(base + ":"):
                 return True
     return origin.startswith(("app://", "file://", "tauri://", "vscode-webview://"))
+
+
+def _tagged(name: str) -> str:
+    return name if ":" in name else name + ":latest"
 
 
 def main() -> None:

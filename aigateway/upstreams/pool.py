@@ -1,0 +1,328 @@
+"""The upstreams as the relay sees them: which may serve a request, in what order, and
+whether each is up.
+
+Order among those that serve a request's model and route: one where the model is loaded
+already (Ollama's /api/ps: nobody waits for a cold load when a warm copy exists), then
+the least busy relative to its max_concurrent, then the one picked least relative to its
+weight (a smooth weighted round robin). With several upstreams, a check every
+UPSTREAM_CHECK_INTERVAL seconds (an Ollama's /api/tags and /api/ps, a cloud API's
+/models) finds models and health; a failed check, a refused connection or a 502/503/504
+takes an upstream out for a cool-down that doubles while it keeps failing (2 s up to a
+minute), and a passing check brings it back. A gateway with one upstream checks nothing
+and always tries it, as it always did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+import orjson
+
+from ..bodypeek import first_name
+from ..errors import BadRequest, NotFound, ServiceUnavailable
+from ..modelaccess import model_allowed
+from ..routes import RelayRoute
+from .config import UpstreamConfig
+
+log = logging.getLogger("aigateway.upstreams")
+
+CHECK_TIMEOUT_S = 5.0
+COOL_DOWN_FIRST_S = 2.0
+COOL_DOWN_MOST_S = 60.0
+# Answers that mean "not now" rather than "not this request": failed over while nothing
+# has reached the client, and counted against the upstream.
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+# The /v1 routes a cloud upstream serves, by kind (paths as in routes.py).
+CLOUD_ROUTES = {
+    "openai": frozenset({"/chat/completions", "/embeddings", "/models", "/models/{model}"}),
+    "anthropic": frozenset({"/messages", "/models"}),
+}
+# The header an admin names an upstream with, for model management with several.
+UPSTREAM_HEADER = "X-Upstream"
+MAX_LISTED = 10_000  # models kept from one upstream's list
+MAX_LIST_BYTES = 16 * 1024**2
+
+
+def canonical(name: str) -> str:
+    """A model name as Ollama resolves it: case does not matter, no tag means :latest."""
+    bare = name.strip().lower()
+    if ":" not in bare.rsplit("/", 1)[-1]:
+        bare += ":latest"
+    return bare
+
+
+class Upstream:
+    """One upstream: its configuration, and what the gateway knows of it now."""
+
+    __slots__ = (
+        "checked_at", "config", "failures", "in_flight", "latency_ms", "loaded", "models",
+        "out_until", "picked", "reason",
+    )  # fmt: skip
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.in_flight = 0
+        self.picked = 0  # requests sent to it so far (for the weighted order)
+        # An Ollama's models by its /api/tags (canonical names); None until first listed.
+        self.models: frozenset[str] | None = None
+        self.loaded: frozenset[str] = frozenset()  # by its /api/ps
+        self.failures = 0  # in a row
+        self.reason: str | None = None  # why it is out; None: up
+        self.out_until = 0.0  # monotonic time its cool-down ends
+        self.latency_ms: float | None = None  # of the last check
+        self.checked_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def up(self) -> bool:
+        return self.reason is None
+
+    def fits(self, route: RelayRoute) -> bool:
+        """Whether it answers this route at all: an Ollama every route, a cloud API only
+        its own dialect's."""
+        kind = self.config.kind
+        if kind == "ollama":
+            return True
+        return route.dialect != "ollama" and route.path in CLOUD_ROUTES[kind]
+
+    def serves(self, model: str) -> bool:
+        if self.config.models is not None:
+            return model_allowed(model, self.config.models)
+        return self.models is None or canonical(model) in self.models
+
+    def busy(self) -> float:
+        most = self.config.max_concurrent
+        return self.in_flight / most if most else 0.0
+
+    def view(self) -> dict[str, object]:
+        """What /health/ollama shows an admin."""
+        return {
+            "name": self.name,
+            "kind": self.config.kind,
+            "url": self.config.url,
+            "status": "up" if self.up else "out",
+            "reason": self.reason,
+            "out_for_s": (
+                None if self.up else round(max(0.0, self.out_until - time.monotonic()), 1)
+            ),
+            "latency_ms": self.latency_ms,
+            "checked_at": self.checked_at,
+            "in_flight": self.in_flight,
+            "max_concurrent": self.config.max_concurrent,
+            "weight": self.config.weight,
+            "models": (
+                list(self.config.models)
+                if self.config.models is not None
+                else None
+                if self.models is None
+                else sorted(self.models)
+            ),
+            "loaded": sorted(self.loaded),
+        }
+
+
+class Pool:
+    def __init__(self, configs: Sequence[UpstreamConfig], check_interval: float) -> None:
+        self.upstreams = [Upstream(config) for config in configs]
+        self.by_name = {u.name: u for u in self.upstreams}
+        # One upstream: no checks, never out (there is nothing to fail over to).
+        self.single = len(self.upstreams) == 1
+        self.check_interval = check_interval
+        self.session: aiohttp.ClientSession | None = None
+
+    def candidates(
+        self, route: RelayRoute, model: str | None, named: str | None = None
+    ) -> list[Upstream]:
+        """The upstreams to try for a request, best first; at least one, else an error
+        for the client (404 when none serves the model on this route, 503 with
+        Retry-After when those that do are all out)."""
+        if self.single:
+            return self.upstreams
+        if named is not None:
+            upstream = self.by_name.get(named)
+            if upstream is None or not upstream.fits(route):
+                raise BadRequest(
+                    f"{UPSTREAM_HEADER} names no upstream of this gateway for this route;"
+                    f" the upstreams are {', '.join(self.by_name)}"
+                )
+            return [upstream]
+        fitting = [u for u in self.upstreams if u.fits(route)]
+        if model is not None:
+            serving = [u for u in fitting if u.serves(model)]
+            if not serving:
+                elsewhere = [
+                    u.name for u in self.upstreams if u.serves(model) and not u.fits(route)
+                ]
+                if elsewhere:
+                    raise NotFound(
+                        f"model '{model}' is served by {', '.join(elsewhere)}, a cloud API,"
+                        " which answers only its own routes (OpenAI: /v1/chat/completions,"
+                        " /v1/embeddings; Anthropic: /v1/messages)"
+                    )
+                # A model no upstream lists (pulled a moment ago, or not at all): every
+                # Ollama that discovers its models may try, and answers as it would alone.
+                serving = [
+                    u for u in fitting if u.config.kind == "ollama" and u.config.models is None
+                ]
+            fitting = serving
+        if not fitting:
+            raise NotFound(f"model '{model}' not found" if model else "no upstream for this route")
+        up = [u for u in fitting if u.up]
+        if not up:
+            wait = min(u.out_until for u in fitting) - time.monotonic()
+            raise ServiceUnavailable(
+                f"no upstream that serves {repr(model) if model else 'this route'} is up"
+                f" ({'; '.join(f'{u.name}: {u.reason}' for u in fitting)})",
+                {"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+        if len(up) > 1:
+            wanted = canonical(model) if model is not None else None
+            up.sort(
+                key=lambda u: (
+                    wanted not in u.loaded if wanted is not None else False,
+                    u.busy(),
+                    u.picked / u.config.weight,
+                )
+            )
+        return up
+
+    def failed(self, upstream: Upstream, reason: str) -> None:
+        """It failed a check or a request: out for a cool-down (not with one upstream)."""
+        if self.single:
+            return
+        upstream.failures += 1
+        cool = min(COOL_DOWN_MOST_S, COOL_DOWN_FIRST_S * 2 ** (upstream.failures - 1))
+        upstream.out_until = time.monotonic() + cool
+        if upstream.up:
+            log.warning("upstream %s is out: %s", upstream.name, reason)
+        upstream.reason = reason
+
+    def passed(self, upstream: Upstream) -> None:
+        if not upstream.up:
+            log.warning("upstream %s is back", upstream.name)
+        upstream.reason = None
+        upstream.failures = 0
+
+    # --- checks ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def checking(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """Check the upstreams in the background while the app runs (several only)."""
+        self.session = session
+        if self.single:
+            yield
+            return
+        await asyncio.gather(*(self.check(u) for u in self.upstreams))  # know them at once
+        task = asyncio.create_task(self._check_forever(), name="upstream checks")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _check_forever(self) -> None:
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(min(1.0, self.check_interval))
+            now = time.monotonic()
+            due = [
+                u
+                for u in self.upstreams
+                if (u.up and now - last.get(u.name, 0.0) >= self.check_interval)
+                or (not u.up and now >= u.out_until)
+            ]
+            for u in due:
+                last[u.name] = now
+            try:
+                await asyncio.gather(*(self.check(u) for u in due))
+            except Exception:  # never let the checks die
+                log.exception("upstream checks failed")
+
+    async def check(self, upstream: Upstream) -> None:
+        """One check: an Ollama's model list and loaded models, a cloud API's models."""
+        started = time.perf_counter()
+        try:
+            if upstream.config.kind == "ollama":
+                listed = await self._list(upstream, "/api/tags", "models")
+                loaded = await self._list(upstream, "/api/ps", "models")
+                upstream.models = frozenset(canonical(n) for n in listed)
+                upstream.loaded = frozenset(canonical(n) for n in loaded)
+            else:
+                await self._list(upstream, "/models", "data")
+        except CheckFailed as exc:
+            self.failed(upstream, str(exc))
+            return
+        finally:
+            upstream.checked_at = time.time()
+        upstream.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        self.passed(upstream)
+
+    async def _list(self, upstream: Upstream, path: str, field: str) -> list[str]:
+        """The names in an upstream's model list (checked as hostile input)."""
+        try:
+            status, body = await self.fetch(upstream, path)
+        except TimeoutError:
+            raise CheckFailed(f"{path} did not answer in {CHECK_TIMEOUT_S:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise CheckFailed(f"{path}: {type(exc).__name__}: {exc}"[:300]) from None
+        if status != 200:
+            raise CheckFailed(f"{path} answered {status}")
+        return model_names(body, field)
+
+    async def fetch(self, upstream: Upstream, path: str) -> tuple[int, bytes]:
+        """GET one of an upstream's own lists with its key: status and body (at most
+        MAX_LIST_BYTES, else CheckFailed), within CHECK_TIMEOUT_S."""
+        assert self.session is not None
+        async with self.session.get(
+            upstream.config.url + path,
+            headers=auth_headers(upstream.config),
+            timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S),
+            allow_redirects=False,
+        ) as response:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_LIST_BYTES:
+                    raise CheckFailed(f"{path} is larger than {MAX_LIST_BYTES} bytes")
+            return response.status, bytes(body)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def model_names(body: bytes, field: str) -> list[str]:
+    """The names in a model list: Ollama's {"models": [{"name"|"model": ...}]} or
+    OpenAI's and Anthropic's {"data": [{"id": ...}]}."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise CheckFailed("its model list is not JSON") from None
+    entries = doc.get(field) if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise CheckFailed(f"its model list has no {field!r} list")
+    keys = ("name", "model") if field == "models" else ("id",)
+    names = []
+    for entry in entries[:MAX_LISTED]:
+        name = first_name(entry, keys) if isinstance(entry, dict) else None
+        if isinstance(name, str) and 0 < len(name) <= 500:
+            names.append(name)
+    return names
+
+
+def auth_headers(config: UpstreamConfig) -> dict[str, str]:
+    """How the gateway presents an upstream's own key."""
+    if config.key is None:
+        return {}
+    if config.kind == "anthropic":
+        return {"x-api-key": config.key, "anthropic-version": "2023-06-01"}
+    return {"Authorization": f"Bearer {config.key}"}

@@ -1,0 +1,79 @@
+"""Model lists of several upstreams as one: /api/tags, /api/ps and /v1/models answer for
+all of them, each model once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from ..bodypeek import first_name
+from ..errors import ServiceUnavailable
+from ..modelaccess import model_allowed
+from ..routes import RELAY_ROUTES, RelayRoute
+from .pool import FAILOVER_STATUSES, CheckFailed, Pool, Upstream, canonical
+
+# What each list is called and its entries are named by.
+OLLAMA_LIST = ("models", ("name", "model"))
+OPENAI_LIST = ("data", ("id",))
+
+
+TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
+
+
+def list_path(upstream: Upstream, route: RelayRoute) -> str:
+    """Where an upstream keeps the list this route asks for."""
+    if upstream.config.kind != "ollama":
+        return "/models"
+    return ("/api" if route.native else "/v1") + route.path
+
+
+async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
+    """The lists of every upstream that is up and answers the route, merged: the first
+    upstream's document with every upstream's entries, each model once (first seen
+    wins), a cloud API's cut down to the models it is configured to serve."""
+    field, names = OLLAMA_LIST if route.native else OPENAI_LIST
+    asked = [u for u in pool.upstreams if u.up and u.fits(route)]
+    answers = await asyncio.gather(*(_fetch(pool, u, route) for u in asked))
+    merged: dict[str, object] | None = None
+    entries: list[object] = []
+    seen: set[str] = set()
+    for upstream, doc in zip(asked, answers, strict=True):
+        if doc is None:
+            continue
+        if merged is None:
+            merged = doc
+        found = doc.get(field)
+        if not isinstance(found, list):
+            continue
+        patterns = upstream.config.models if upstream.config.kind != "ollama" else None
+        for entry in found:
+            name = first_name(entry, names) if isinstance(entry, dict) else None
+            if name is None or (patterns is not None and not model_allowed(name, patterns)):
+                continue
+            if canonical(name) not in seen:
+                seen.add(canonical(name))
+                entries.append(entry)
+    if merged is None:
+        raise ServiceUnavailable("no upstream answered with its model list", {"Retry-After": "5"})
+    merged[field] = entries
+    return orjson.dumps(merged)
+
+
+async def _fetch(pool: Pool, upstream: Upstream, route: RelayRoute) -> dict[str, object] | None:
+    """An upstream's list as a JSON object, or None (and it is counted as failed)."""
+    try:
+        status, body = await pool.fetch(upstream, list_path(upstream, route))
+    except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
+        pool.failed(upstream, f"its model list failed: {type(exc).__name__}")
+        return None
+    if status != 200:
+        if status in FAILOVER_STATUSES:
+            pool.failed(upstream, f"its model list answered {status}")
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None

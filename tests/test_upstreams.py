@@ -1,0 +1,335 @@
+"""Several upstreams behind one address: three fake Ollama servers on loopback with
+overlapping models, fake OpenAI and Anthropic APIs, and the gateway in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from aigateway import Settings, create_app
+from aigateway.settings import SettingsError
+from aigateway.testing.fake_ollama import FakeOllama
+from aigateway.upstreams.config import UpstreamsError, upstreams_from_file
+
+from .conftest import make_key
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+def _url(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+def _models(fake: FakeOllama) -> list[object]:
+    return [r.model for r in fake.requests if r.method == "POST"]
+
+
+class Three:
+    """Three fake Ollamas: a has llama3.2 and qwen3:8b, b llama3.2 and mistral (loaded),
+    c mistral and phi4."""
+
+    def __init__(self) -> None:
+        self.a = FakeOllama(models=["llama3.2:latest", "qwen3:8b"], loaded=[])
+        self.b = FakeOllama(models=["llama3.2:latest", "mistral:latest"], loaded=["mistral"])
+        self.c = FakeOllama(models=["mistral:latest", "phi4:latest"], loaded=[])
+        self.fakes = (self.a, self.b, self.c)
+        self.servers: list[TestServer] = []
+
+    def forget(self) -> None:
+        for fake in self.fakes:
+            fake.requests.clear()
+
+
+@pytest.fixture
+async def three(aiohttp_server) -> Three:  # type: ignore[no-untyped-def]
+    found = Three()
+    for fake in found.fakes:
+        found.servers.append(await aiohttp_server(fake.app()))
+    return found
+
+
+@pytest.fixture
+async def several(aiohttp_client, three: Three, db_path: str) -> tuple[TestClient, TestClient]:  # type: ignore[no-untyped-def]
+    """A user client and an admin client of a gateway in front of the three."""
+    settings = Settings(
+        ollama_base_url=",".join(_url(s) for s in three.servers),
+        token_db_path=db_path,
+        upstream_check_interval=0.2,
+    )
+    user_key = await make_key(db_path)
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    app = create_app(settings)
+    user = await aiohttp_client(app, headers={"Authorization": f"Bearer {user_key}"})
+    admin = await aiohttp_client(user.server, headers={"Authorization": f"Bearer {admin_key}"})
+    return user, admin
+
+
+async def test_a_request_goes_to_an_upstream_that_has_its_model(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    user, _ = several
+    three.forget()
+    for model, where in (("phi4", three.c), ("qwen3:8b", three.a), ("phi4:latest", three.c)):
+        resp = await user.post("/api/chat", json={"model": model, **CHAT})
+        assert resp.status == 200, await resp.text()
+        assert [m.lower() for m in _models(where)] == [model.lower()]  # type: ignore[union-attr]
+        three.forget()
+
+
+async def test_a_loaded_copy_is_preferred_to_a_cold_one(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    user, _ = several
+    three.forget()
+    # llama3.2 is loaded nowhere: a and b take turns
+    for _ in range(6):
+        resp = await user.post("/api/chat", json={"model": "llama3.2", **CHAT})
+        assert resp.status == 200
+    assert len(_models(three.a)) == 3 and len(_models(three.b)) == 3
+    three.forget()
+    for _ in range(5):  # b has mistral loaded, c would have to load it
+        resp = await user.post("/api/chat", json={"model": "mistral", **CHAT})
+        assert resp.status == 200
+    assert len(_models(three.b)) == 5 and not _models(three.c)
+
+
+async def test_model_lists_are_the_union_each_model_once(
+    several: tuple[TestClient, TestClient], three: Three, db_path: str
+) -> None:
+    user, _ = several
+    tags = await (await user.get("/api/tags")).json()
+    assert sorted(m["name"] for m in tags["models"]) == [
+        "llama3.2:latest", "mistral:latest", "phi4:latest", "qwen3:8b",
+    ]  # fmt: skip
+    models = await (await user.get("/v1/models")).json()
+    assert sorted(m["id"] for m in models["data"]) == [
+        "llama3.2:latest", "mistral:latest", "phi4:latest", "qwen3:8b",
+    ]  # fmt: skip
+    ps = await (await user.get("/api/ps")).json()
+    assert [m["name"] for m in ps["models"]] == ["mistral"]
+    # a key with an allow-list sees only its models in the union
+    limited = await make_key(db_path, "bob", "x", models=["phi*", "qwen3:8b"])
+    resp = await user.get("/api/tags", headers={"Authorization": f"Bearer {limited}"})
+    assert sorted(m["name"] for m in (await resp.json())["models"]) == ["phi4:latest", "qwen3:8b"]
+
+
+async def test_a_dead_upstream_is_failed_over_and_comes_back(
+    aiohttp_server, several: tuple[TestClient, TestClient], three: Three
+) -> None:  # type: ignore[no-untyped-def]
+    user, admin = several
+    port = three.servers[1].port
+    await three.servers[1].close()  # b is gone: mistral must go to c, llama3.2 to a
+    three.forget()
+    for model in ("mistral", "llama3.2", "mistral", "llama3.2"):
+        resp = await user.post("/api/chat", json={"model": model, **CHAT})
+        assert resp.status == 200, await resp.text()
+    assert _models(three.c) == ["mistral", "mistral"]
+    assert _models(three.a) == ["llama3.2", "llama3.2"]
+    health = await (await admin.get("/health/ollama")).json()
+    states = {u["name"]: u["status"] for u in health["upstreams"]}
+    assert states == {"ollama1": "up", "ollama2": "out", "ollama3": "up"}
+    assert health["status"] == "degraded"
+    # b comes back on its port: a check brings it back within its cool-down and a check
+    revived = FakeOllama(models=["llama3.2:latest", "mistral:latest"], loaded=["mistral"])
+    await aiohttp_server(revived.app(), port=port)
+
+    async def back() -> bool:
+        doc = await (await admin.get("/health/ollama")).json()
+        return all(u["status"] == "up" for u in doc["upstreams"])
+
+    for _ in range(100):
+        if await back():
+            break
+        await asyncio.sleep(0.1)
+    assert await back()
+    resp = await user.post("/api/chat", json={"model": "mistral", **CHAT})
+    assert resp.status == 200 and _models(revived) == ["mistral"]
+
+
+async def test_a_busy_answer_is_failed_over_before_any_byte_reaches_the_client(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    user, _ = several
+    three.b.fail_with = 503
+    three.forget()
+    resp = await user.post("/api/chat", json={"model": "mistral", **CHAT})
+    assert resp.status == 200
+    assert len(three.b.requests) == 1 and _models(three.c) == ["mistral"]
+
+
+async def test_no_upstream_up_is_503_with_retry_after_in_the_callers_dialect(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    user, _ = several
+    three.b.fail_with = 503
+    three.c.fail_with = 503
+    # b's 503 is failed over to c, whose own 503 is relayed as it came (nothing else left)
+    resp = await user.post("/api/chat", json={"model": "mistral", **CHAT})
+    assert resp.status == 503 and "busy" in (await resp.json())["error"]
+    assert _models(three.b) == _models(three.c) == ["mistral"]
+    # now both are out: the gateway answers, with Retry-After, in the caller's dialect
+    resp = await user.post(
+        "/v1/chat/completions", json={"model": "mistral", "messages": CHAT["messages"]}
+    )
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    error = (await resp.json())["error"]
+    assert error["type"] and "mistral" in error["message"]
+    # other models are not affected
+    resp = await user.post("/api/chat", json={"model": "qwen3:8b", **CHAT})
+    assert resp.status == 200
+
+
+async def test_model_management_goes_to_the_upstream_an_admin_names(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    _, admin = several
+    resp = await admin.post("/api/pull", json={"model": "gemma3", "stream": False})
+    assert resp.status == 400 and "X-Upstream" in (await resp.json())["error"]
+    three.forget()
+    resp = await admin.post(
+        "/api/pull", json={"model": "gemma3", "stream": False}, headers={"X-Upstream": "ollama3"}
+    )
+    assert resp.status == 200
+    assert _models(three.c) == ["gemma3"] and not _models(three.a) and not _models(three.b)
+    assert "X-Upstream" not in three.c.requests[0].headers  # ours, not passed on
+    resp = await admin.post("/api/pull", json={"model": "gemma3"}, headers={"X-Upstream": "nope"})
+    assert resp.status == 400 and "ollama1, ollama2, ollama3" in (await resp.json())["error"]
+
+
+async def test_weights_share_requests_among_equals(
+    aiohttp_server, aiohttp_client, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    heavy, light = FakeOllama(models=["m:latest"]), FakeOllama(models=["m:latest"])
+    servers = [await aiohttp_server(f.app()) for f in (heavy, light)]
+    path = Path(db_path).with_name("upstreams.toml")
+    path.write_text(
+        f'[[upstream]]\nname = "heavy"\nurl = "{_url(servers[0])}"\nweight = 3\n'
+        f'[[upstream]]\nname = "light"\nurl = "{_url(servers[1])}"\n'
+    )
+    key = await make_key(db_path)
+    settings = Settings(token_db_path=db_path, upstreams=upstreams_from_file(str(path), {}))
+    client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    for _ in range(40):
+        assert (await client.post("/api/chat", json={"model": "m", **CHAT})).status == 200
+    assert (len(_models(heavy)), len(_models(light))) == (30, 10)
+
+
+# --- cloud upstreams -----------------------------------------------------------------
+
+
+async def test_cloud_upstreams_get_their_own_key_never_the_clients(
+    aiohttp_server, aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    openai, anthropic = FakeOllama(), FakeOllama()
+    o_server, a_server = await aiohttp_server(openai.app()), await aiohttp_server(anthropic.app())
+    path = Path(db_path).with_name("upstreams.toml")
+    path.write_text(
+        f'[[upstream]]\nname = "local"\nurl = "{_url(three.servers[0])}"\n'
+        f'[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "{_url(o_server)}/v1"\n'
+        'key_env = "OA_KEY"\nmodels = ["gpt-4o*"]\n'
+        f'[[upstream]]\nname = "an"\nkind = "anthropic"\nurl = "{_url(a_server)}/v1"\n'
+        'key_env = "AN_KEY"\nmodels = ["claude-*"]\n'
+    )
+    upstreams = upstreams_from_file(str(path), {"OA_KEY": "sk-oa-secret", "AN_KEY": "sk-an"})
+    key = await make_key(db_path)
+    settings = Settings(token_db_path=db_path, upstreams=upstreams, upstream_check_interval=0.2)
+    client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    resp = await client.post(
+        "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT["messages"]}
+    )
+    assert resp.status == 200, await resp.text()
+    sent = [r for r in openai.requests if r.method == "POST"]
+    assert len(sent) == 1 and sent[0].path_qs == "/v1/chat/completions"
+    assert sent[0].headers["Authorization"] == "Bearer sk-oa-secret"
+    assert key not in repr(sent[0].headers) and key.encode() not in sent[0].body
+    resp = await client.post(
+        "/v1/messages",
+        json={"model": "claude-sonnet-4", "max_tokens": 10, "messages": CHAT["messages"]},
+    )
+    assert resp.status == 200, await resp.text()
+    sent = [r for r in anthropic.requests if r.method == "POST"]
+    assert sent[0].headers["x-api-key"] == "sk-an" and "Authorization" not in sent[0].headers
+    # counted like Ollama's (once the usage writer's batch is in)
+    for _ in range(50):
+        usage = (await (await client.get("/admin/me")).json())["usage"]["all_time"]
+        if usage["requests"] == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert usage["requests"] == 2 and usage["total_tokens"] > 0
+    # a native route for a cloud model: a clear 404
+    resp = await client.post("/api/chat", json={"model": "gpt-4o-mini", **CHAT})
+    assert resp.status == 404 and "/v1/chat/completions" in (await resp.json())["error"]
+    # /v1/models: the union, the cloud API's list cut down to its patterns
+    ids = sorted(m["id"] for m in (await (await client.get("/v1/models")).json())["data"])
+    assert "llama3.2:latest" in ids and not any(i.startswith("deepseek") for i in ids[2:])
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nonsense = [", "not valid TOML"),
+        ("[other]\nx = 1", "unknown table 'other'"),
+        ('[[upstream]]\nname = "a"', "upstream #1 (a): url is required"),
+        ('[[upstream]]\nname = "a b"\nurl = "http://x"', "upstream #1: name must be"),
+        ('[[upstream]]\nname = "a"\nurl = "ftp://x"', "expected an http:// or https:// URL"),
+        ('[[upstream]]\nname = "a"\nurl = "http://u:p@x"', "put the key in key_env"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nkind = "bard"', "kind must be one of"),
+        ('[[upstream]]\nname = "a"\nkind = "openai"\nurl = "http://x"', "needs key_env"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nkey_env = "NOT_SET_X"', "is not set"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nweight = 0', "weight must be"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nmax_concurrent = 0', "max_concurrent"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nmodels = []', "models must be a list"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\ncolour = 1', "unknown field 'colour'"),
+        (
+            '[[upstream]]\nname = "a"\nurl = "http://x"\n[[upstream]]\nname = "a"\nurl = "http://y"',
+            "the name 'a' is used twice",
+        ),
+        (
+            '[[upstream]]\nname = "a"\nurl = "http://x"\n[[upstream]]\nname = "b"\nurl = "http://x/"',
+            "the URL http://x is listed twice",
+        ),
+    ],
+)
+def test_a_bad_upstreams_file_is_one_line_naming_the_entry(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "upstreams.toml"
+    path.write_text(text)
+    with pytest.raises(UpstreamsError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        upstreams_from_file(str(path), {})
+    assert "\n" not in str(e.value)
+    with pytest.raises(SettingsError) as e2:
+        Settings.from_env({"UPSTREAMS_FILE": str(path)}, env_file=None)
+    assert str(e2.value) == str(e.value)
+
+
+def test_ollama_base_url_takes_several_urls() -> None:
+    settings = Settings.from_env(
+        {"OLLAMA_BASE_URL": "http://a:11434, http://b:11434/", "UPSTREAM_API_KEY": "k"},
+        env_file=None,
+    )
+    found = settings.upstream_list
+    assert [(u.name, u.url, u.key) for u in found] == [
+        ("ollama1", "http://a:11434", "k"),
+        ("ollama2", "http://b:11434", "k"),
+    ]
+    with pytest.raises(SettingsError, match="OLLAMA_BASE_URL"):
+        Settings.from_env({"OLLAMA_BASE_URL": "http://a,gopher://b"}, env_file=None)
+
+
+def test_upstream_keys_may_come_from_the_env_file(tmp_path: Path) -> None:
+    (tmp_path / "up.toml").write_text(
+        '[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "https://api.example/v1"\n'
+        'key_env = "OA_KEY"\nmodels = ["gpt-*"]\n'
+    )
+    env = tmp_path / ".env"
+    env.write_text(f"UPSTREAMS_FILE={tmp_path / 'up.toml'}\nOA_KEY=sk-from-env-file\n")
+    settings = Settings.from_env({}, env_file=env)
+    assert settings.upstream_list[0].key == "sk-from-env-file"
+    assert "sk-from-env-file" not in repr(settings)
