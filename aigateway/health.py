@@ -61,7 +61,10 @@ async def health_ollama(request: web.Request) -> web.Response:
     if not pool.single:
         up = sum(u.up for u in pool.upstreams)
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
-        listed: dict[str, object] = {"upstreams": [u.view() for u in pool.upstreams]}
+        waiting = pool.queue.waiting
+        listed: dict[str, object] = {
+            "upstreams": [{**u.view(), "queued": waiting.get(u.name, 0)} for u in pool.upstreams]
+        }
         return _answer(request, state, listed, 200 if up else 503)
     settings = request.app[SETTINGS]
     url = settings.upstream_api_base + "/version"

@@ -462,14 +462,16 @@ async def _forward(
         return await _send_union(request, route, exchange, relay)
     candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
-    for number, upstream in enumerate(candidates):
-        last = number == len(candidates) - 1 or not replayable
-        if number and isinstance(exchange.data, io.BytesIO):
+    key_id = exchange.principal.id
+    while True:
+        upstream = await pool.acquire(candidates, key_id)
+        candidates = [c for c in candidates if c is not upstream]
+        if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
         upstream.picked += 1
-        upstream.in_flight += 1
         try:
-            return await _forward_to(upstream, request, route, exchange, relay, not last)
+            more = bool(candidates) and replayable
+            return await _forward_to(upstream, request, route, exchange, relay, more)
         except _TryNext as exc:
             pool.failed(upstream, exc.reason)
         except (UpstreamUnreachable, UpstreamTimeout) as exc:
@@ -477,8 +479,7 @@ async def _forward(
                 pool.failed(upstream, exc.message)
             raise
         finally:
-            upstream.in_flight -= 1
-    raise AssertionError("the last candidate raises rather than passing")  # pragma: no cover
+            pool.release(upstream)
 
 
 class _TryNext(Exception):

@@ -46,7 +46,11 @@ class Relay:
     ) -> None:
         self.settings = settings
         # The upstreams: which serves a request, and whether each is up.
-        self.pool = Pool(settings.upstream_list, settings.upstream_check_interval)
+        self.pool = Pool(
+            settings.upstream_list,
+            settings.upstream_check_interval,
+            settings.upstream_queue_timeout,
+        )
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.body_budget = body_budget

@@ -62,6 +62,8 @@ class Settings:
     upstreams: tuple[UpstreamConfig, ...] = ()
     upstreams_file: str | None = None
     upstream_check_interval: float = 5.0
+    # How long a request may wait for room when every upstream for it is at max_concurrent.
+    upstream_queue_timeout: float = 30.0
     admin_path: str = "/admin"
     gateway_admin_key: str | None = None
     default_rpm: int = 0
@@ -184,6 +186,9 @@ class Settings:
                 "UPSTREAM_CHECK_INTERVAL",
                 get("UPSTREAM_CHECK_INTERVAL"),
                 d.upstream_check_interval,
+            ),
+            upstream_queue_timeout=_seconds(
+                "UPSTREAM_QUEUE_TIMEOUT", get("UPSTREAM_QUEUE_TIMEOUT"), d.upstream_queue_timeout
             ),
             admin_path=_base_path("ADMIN_PATH", get("ADMIN_PATH"), d.admin_path),
             gateway_admin_key=_secret("GATEWAY_ADMIN_KEY", get("GATEWAY_ADMIN_KEY")),

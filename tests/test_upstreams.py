@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
+from aigateway.appkeys import RELAY
 from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import UpstreamsError, upstreams_from_file
 
 from .conftest import make_key
+from .helpers import eventually
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -333,3 +336,75 @@ def test_upstream_keys_may_come_from_the_env_file(tmp_path: Path) -> None:
     settings = Settings.from_env({}, env_file=env)
     assert settings.upstream_list[0].key == "sk-from-env-file"
     assert "sk-from-env-file" not in repr(settings)
+
+
+# --- the fair queue --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def one_slot(aiohttp_server, aiohttp_client, db_path: str):  # type: ignore[no-untyped-def]
+    """A gateway in front of one Ollama that takes one request at a time (max_concurrent
+    1), with two user keys; queued requests give up after 1 s."""
+    fake = FakeOllama(slow_interval=0.05)
+    server = await aiohttp_server(fake.app())
+    path = Path(db_path).with_name("upstreams.toml")
+    path.write_text(f'[[upstream]]\nname = "gpu"\nurl = "{_url(server)}"\nmax_concurrent = 1\n')
+    settings = Settings(
+        token_db_path=db_path,
+        upstreams=upstreams_from_file(str(path), {}),
+        upstream_queue_timeout=1.0,
+    )
+    greedy, modest = await make_key(db_path, "greedy", "k"), await make_key(db_path, "modest", "k")
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    client = await aiohttp_client(create_app(settings))
+    return fake, client, greedy, modest, admin_key
+
+
+def _chat(client: TestClient, key: str, label: str, model: str = "slow"):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/chat",
+        json={"model": model, "messages": [{"role": "user", "content": label}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+async def test_a_key_with_many_queued_requests_cannot_starve_another(one_slot) -> None:  # type: ignore[no-untyped-def]
+    fake, client, greedy, modest, _ = one_slot
+
+    async def run(key: str, label: str) -> int:
+        async with _chat(client, key, label) as resp:
+            await resp.read()
+            return resp.status
+
+    pool = client.server.app[RELAY].pool
+    first = asyncio.create_task(run(greedy, "g0"))
+    await eventually(lambda: len(fake.requests) == 1)
+    rest = [asyncio.create_task(run(greedy, f"g{n}")) for n in range(1, 6)]
+    await eventually(lambda: len(pool.queue) == 5)  # the greedy key's five wait first
+    modest_task = asyncio.create_task(run(modest, "m0"))
+    assert await asyncio.gather(first, *rest, modest_task) == [200] * 7
+    order = [orjson.loads(r.body)["messages"][0]["content"] for r in fake.requests]
+    # served one at a time: g0 (no wait), then the keys in turn: g1, m0, g2, ...
+    assert order.index("m0") <= 2, order
+    assert sorted(order) == ["g0", "g1", "g2", "g3", "g4", "g5", "m0"]
+
+
+async def test_a_queued_request_times_out_or_leaves(one_slot) -> None:  # type: ignore[no-untyped-def]
+    fake, client, greedy, modest, _ = one_slot
+    holding = await _chat(client, greedy, "hold", model="stall")  # holds the slot
+    assert holding.status == 200
+    # a queued client that leaves: it leaves the queue, and never reaches Ollama
+    leaving = asyncio.create_task(_chat(client, modest, "leaves").__aenter__())
+    pool = client.server.app[RELAY].pool
+    await eventually(lambda: len(pool.queue) == 1)
+    leaving.cancel()
+    await eventually(lambda: len(pool.queue) == 0)
+    # one that waits past UPSTREAM_QUEUE_TIMEOUT: 503 with Retry-After
+    resp = await _chat(client, modest, "waits")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+    assert "UPSTREAM_QUEUE_TIMEOUT" in (await resp.json())["error"]
+    holding.close()
+    # the slot is free again once the stalled stream ends
+    await eventually(lambda: pool.upstreams[0].in_flight == 0)
+    contents = [orjson.loads(r.body)["messages"][0]["content"] for r in fake.requests]
+    assert contents == ["hold"]

@@ -28,6 +28,7 @@ from ..errors import BadRequest, NotFound, ServiceUnavailable
 from ..modelaccess import model_allowed
 from ..routes import RelayRoute
 from .config import UpstreamConfig
+from .queue import FairQueue
 
 log = logging.getLogger("aigateway.upstreams")
 
@@ -98,6 +99,10 @@ class Upstream:
             return model_allowed(model, self.config.models)
         return self.models is None or canonical(model) in self.models
 
+    def has_room(self) -> bool:
+        most = self.config.max_concurrent
+        return most is None or self.in_flight < most
+
     def busy(self) -> float:
         most = self.config.max_concurrent
         return self.in_flight / most if most else 0.0
@@ -130,8 +135,11 @@ class Upstream:
 
 
 class Pool:
-    def __init__(self, configs: Sequence[UpstreamConfig], check_interval: float) -> None:
+    def __init__(
+        self, configs: Sequence[UpstreamConfig], check_interval: float, queue_timeout: float
+    ) -> None:
         self.upstreams = [Upstream(config) for config in configs]
+        self.queue = FairQueue(queue_timeout)
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
         self.single = len(self.upstreams) == 1
@@ -193,6 +201,21 @@ class Pool:
                 )
             )
         return up
+
+    async def acquire(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
+        """A slot on the first of `candidates` (best first) with room, or, when all are at
+        their max_concurrent, on the first that frees one, waiting in the fair queue."""
+        for upstream in candidates:
+            if upstream.has_room():
+                upstream.in_flight += 1
+                return upstream
+        return await self.queue.wait(key_id, candidates, self.release)
+
+    def release(self, upstream: Upstream) -> None:
+        """A request is done with its slot: the next waiting request takes it, if any."""
+        upstream.in_flight -= 1
+        if upstream.config.max_concurrent is not None and self.queue.hand_over(upstream):
+            upstream.in_flight += 1
 
     def failed(self, upstream: Upstream, reason: str) -> None:
         """It failed a check or a request: out for a cool-down (not with one upstream)."""
