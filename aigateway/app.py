@@ -28,11 +28,12 @@ from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .expect import defer_continue
-from .health import health, health_ollama, root
+from .health import admin_metrics_page, health, health_ollama, metrics_page, root
 from .inflight import InFlight
 from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import DAY, Limiter, Limits
+from .metrics import Metrics
 from .middleware import gateway_middleware
 from .proxy import relay_handler, upstream_session
 from .relaystate import Relay
@@ -68,6 +69,9 @@ def create_app(settings: Settings) -> web.Application:
         app[KEY_TABLE],
         Budgets(settings.currency),
     )
+    if settings.metrics != "off":
+        relay = app[RELAY]
+        relay.metrics = Metrics(relay.pool, relay.in_flight, settings.currency)
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
@@ -88,6 +92,9 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         router.add_route("HEAD", path, root, expect_handler=defer_continue)
     router.add_route("GET", "/health", health, expect_handler=defer_continue)
     router.add_route("GET", "/health/ollama", health_ollama, expect_handler=defer_continue)
+    if settings.metrics != "off":
+        page = metrics_page if settings.metrics == "on" else admin_metrics_page
+        router.add_route("GET", "/metrics", page, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)

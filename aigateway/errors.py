@@ -69,6 +69,10 @@ class Forbidden(GatewayError):
     status = 403
 
 
+class ModelNotAllowed(Forbidden):
+    """A key's allow-list (or ALLOW_CLOUD_MODELS) refuses a model the request names."""
+
+
 class NotFound(GatewayError):
     status = 404
 

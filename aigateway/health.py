@@ -7,11 +7,12 @@ import time
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
 from .appkeys import KEY_TABLE, RELAY, SETTINGS, STARTED_AT, UPSTREAM
-from .auth import authenticate, public
-from .errors import GatewayError
+from .auth import authenticate, principal, public
+from .errors import Forbidden, GatewayError
 from .keytable import AuthError
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
@@ -94,6 +95,21 @@ async def health_ollama(request: web.Request) -> web.Response:
         return _answer(request, "unhealthy", details, 503)
     details["ollama_version"] = version
     return _answer(request, "ok", details, 200)
+
+
+@public
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
+    metrics = request.app[RELAY].metrics
+    assert metrics is not None  # routed only with METRICS on
+    return web.Response(body=metrics.page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def admin_metrics_page(request: web.Request) -> web.Response:
+    """The same, for an admin key only (METRICS=admin)."""
+    if principal(request).role != "admin":
+        raise Forbidden("/metrics needs an admin key")
+    return await metrics_page(request)
 
 
 def _answer(

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .accesslog import CLIENT_CLOSED, log_access
-from .appkeys import CONTEXT, SETTINGS
+from .appkeys import CONTEXT, RELAY, SETTINGS
 from .auth import authenticate, authenticate_after_a_look, is_public
 from .context import RequestContext
 from .cors import preflight_response
@@ -61,6 +61,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
     except GatewayError as exc:
         error = exc.message
+        metrics = request.app[RELAY].metrics
+        if metrics is not None:
+            metrics.refused(exc)
         dialect = _dialect(request)
         response = json_error(
             exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing

@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 import orjson
 
 from .bodypeek import first_name
-from .errors import Forbidden
+from .errors import ModelNotAllowed
 
 
 def is_cloud(name: str) -> bool:
@@ -39,7 +39,7 @@ def check_cloud(models: Iterable[str]) -> None:
     """Refuse cloud models (when ALLOW_CLOUD_MODELS is off)."""
     for model in models:
         if is_cloud(model):
-            raise Forbidden(
+            raise ModelNotAllowed(
                 f"the model {model!r} is an Ollama cloud model, which would run on ollama.com"
                 " under the gateway owner's account; this gateway does not relay them"
                 " (ALLOW_CLOUD_MODELS)"
@@ -51,13 +51,13 @@ def check_models(
 ) -> None:
     """Every model a body names must be allowed, and it must name one; else 403."""
     if not models:
-        raise Forbidden(
+        raise ModelNotAllowed(
             f"this key may only use the models {', '.join(patterns)}; the request"
             f" names none (field {fields[0]!r})"
         )
     for model in models:
         if not model_allowed(model, patterns):
-            raise Forbidden(
+            raise ModelNotAllowed(
                 f"this key may not use the model {model!r} (allowed: {', '.join(patterns)})"
             )
 

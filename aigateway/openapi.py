@@ -423,6 +423,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "GET",
         _operation("Whether Ollama answers (200, else 503)", "Health", NONE),
     )
+    if settings.metrics != "off":
+        add(
+            "/metrics",
+            "GET",
+            _operation(
+                "Prometheus metrics (METRICS=on: anyone; admin: an admin key)",
+                "Health",
+                NONE if settings.metrics == "on" else KEY,
+                content="text/plain",
+                ok=("200", "Prometheus's text format", {"type": "string"}),
+                errors=() if settings.metrics == "on" else _ADMIN,
+            ),
+        )
     html = ("200", "A page", {"type": "string"})
     add("/openapi.json", "GET", _operation("This document", "Docs", NONE))
     add(

@@ -298,6 +298,7 @@ class _Exchange:
     cut = False  # the stream was cut short (Ollama's side broke, or a stop)
     stopping = False  # a graceful stop is ending this request
     stripper: UsageStripper | None = None
+    upstream_name = ""  # the upstream that answered (metrics)
 
     def __init__(
         self,
@@ -508,6 +509,7 @@ async def _forward_to(
     patterns = exchange.principal.models
     where = f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
     data = exchange.data
+    exchange.upstream_name = config.name
     try:
         async with upstream_session.request(
             request.method, url, data=data, headers=headers, allow_redirects=False
@@ -581,6 +583,7 @@ async def _send_union(
     """A model list answered for every upstream together, cut down to what the key may
     use."""
     body = await union_of_lists(relay.pool, route)
+    exchange.upstream_name = "all"
     exchange.first_byte_at = time.perf_counter()
     exchange.status = 200
     body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
@@ -629,6 +632,19 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
     cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
     if exchange.budgeted:
         _settle_budgets(exchange, relay, cost, now)
+    metrics = relay.metrics
+    if metrics is not None:
+        metrics.observe(
+            route,
+            exchange.status,
+            context.model,
+            exchange.upstream_name,
+            now_perf - started,
+            None if first_byte_at is None else first_byte_at - started,
+            prompt,
+            completion,
+            cost,
+        )
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     usage = relay.usage
     assert usage is not None  # set when the app started

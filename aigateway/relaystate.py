@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 
 from .bodybudget import BodyBudget
@@ -13,6 +15,9 @@ from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .upstreams.pool import Pool
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 from .usage import UsageWriter
 
 
@@ -27,6 +32,7 @@ class Relay:
         "in_flight",
         "key_table",
         "limiter",
+        "metrics",
         "pool",
         "settings",
         "shared",
@@ -51,6 +57,7 @@ class Relay:
             settings.upstream_check_interval,
             settings.upstream_queue_timeout,
         )
+        self.metrics: Metrics | None = None  # with METRICS on or admin
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.body_budget = body_budget

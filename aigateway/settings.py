@@ -64,6 +64,8 @@ class Settings:
     upstream_check_interval: float = 5.0
     # How long a request may wait for room when every upstream for it is at max_concurrent.
     upstream_queue_timeout: float = 30.0
+    # /metrics: off, on (anyone may scrape it) or admin (an admin key is needed).
+    metrics: str = "off"
     admin_path: str = "/admin"
     gateway_admin_key: str | None = None
     default_rpm: int = 0
@@ -187,6 +189,7 @@ class Settings:
                 get("UPSTREAM_CHECK_INTERVAL"),
                 d.upstream_check_interval,
             ),
+            metrics=_choice("METRICS", get("METRICS"), d.metrics, ("off", "on", "admin")),
             upstream_queue_timeout=_seconds(
                 "UPSTREAM_QUEUE_TIMEOUT", get("UPSTREAM_QUEUE_TIMEOUT"), d.upstream_queue_timeout
             ),

@@ -36,6 +36,8 @@ def _described(document: dict[str, object]) -> set[tuple[str, str]]:
         {},
         {"base_path": "/ollama/api", "admin_path": "/gw-admin", "ui_path": "/console"},
         {"ui_path": None},
+        {"metrics": "on"},
+        {"metrics": "admin"},
     ],
 )
 def test_the_document_is_valid_and_describes_every_route_and_no_other(

@@ -9,10 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.settings import SettingsError
+from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import UpstreamsError, upstreams_from_file
 
@@ -408,3 +410,69 @@ async def test_a_queued_request_times_out_or_leaves(one_slot) -> None:  # type: 
     await eventually(lambda: pool.upstreams[0].in_flight == 0)
     contents = [orjson.loads(r.body)["messages"][0]["content"] for r in fake.requests]
     assert contents == ["hold"]
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page, parsed by prometheus-client's own parser."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_metrics_count_requests_tokens_refusals_and_upstreams(
+    aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        ollama_base_url=",".join(_url(s) for s in three.servers),
+        token_db_path=db_path,
+        upstream_check_interval=0.2,
+        metrics="admin",
+    )
+    user_key = await make_key(db_path)
+    limited = await make_key(db_path, "bob", "x", models=["phi*"], limits=KeyLimits(rpm=1))
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    client = await aiohttp_client(create_app(settings))
+    as_user = {"Authorization": f"Bearer {user_key}"}
+    as_limited = {"Authorization": f"Bearer {limited}"}
+    for model in ("phi4", "phi4", "qwen3:8b", "no-such-model"):
+        await client.post("/api/chat", json={"model": model, **CHAT}, headers=as_user)
+    assert (
+        await client.post("/api/chat", json={"model": "qwen3:8b", **CHAT}, headers=as_limited)
+    ).status == 403
+    assert (
+        await client.post("/api/chat", json={"model": "phi4", **CHAT}, headers=as_limited)
+    ).status == 200
+    assert (
+        await client.post("/api/chat", json={"model": "phi4", **CHAT}, headers=as_limited)
+    ).status == 429
+    assert (
+        await client.get("/api/tags", headers={"Authorization": "Bearer aig_nope"})
+    ).status == 401
+    # only an admin may scrape
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=as_user)).status == 403
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {admin_key}"})
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    got = _samples(await resp.text())
+
+    def value(name: str, **labels: str) -> float:
+        return got.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    chat = {"route": "/api/chat", "status": "200"}
+    assert value("aigateway_requests_total", **chat, model="phi4", upstream="ollama3") == 3
+    assert value("aigateway_requests_total", **chat, model="qwen3:8b", upstream="ollama1") == 1
+    # a model nobody has is no label of its own
+    assert not any("no-such-model" in str(k) for k in got)
+    assert value("aigateway_tokens_total", model="phi4", kind="completion") > 0
+    assert value("aigateway_request_duration_seconds_count", route="/api/chat") == 5
+    # (the key refusals: the bad key, and the scrape without one)
+    for reason, count in (("allow_list", 1), ("limit", 1), ("key", 2)):
+        assert value("aigateway_refusals_total", reason=reason) == count, reason
+    for name in ("ollama1", "ollama2", "ollama3"):
+        assert value("aigateway_upstream_up", upstream=name) == 1
+    assert value("aigateway_in_flight") == 0

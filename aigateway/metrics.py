@@ -1,0 +1,151 @@
+"""/metrics in Prometheus's text format, with the official prometheus-client library; off
+unless METRICS is `on` (anyone may scrape) or `admin` (an admin key is needed).
+
+Counters and histograms are updated when a relayed request is settled (a few label
+lookups, no lock held across an await); gauges (in flight, queued, upstream health) are
+read from the pool when scraped, so they cost the relay nothing. Labels come only from
+bounded sets: route templates, statuses, upstream names, and model names of requests an
+upstream answered without an error (a client cannot make up new series by naming models
+that do not exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import BudgetExhausted, GatewayError, ModelNotAllowed, TooManyRequests, Unauthorized
+from .inflight import InFlight
+from .routes import RelayRoute
+from .upstreams.pool import Pool
+
+METRICS_MODES = ("off", "on", "admin")
+# Seconds: from a 5 ms answer to a 10-minute generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+MAX_MODEL_LABEL = 200
+REFUSALS: tuple[tuple[type[GatewayError], str], ...] = (
+    (Unauthorized, "key"),
+    (TooManyRequests, "limit"),
+    (BudgetExhausted, "budget"),
+    (ModelNotAllowed, "allow_list"),
+)
+
+
+class Metrics:
+    def __init__(self, pool: Pool, in_flight: InFlight, currency: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "aigateway_requests",
+            "Relayed requests, by route, status, model and upstream",
+            ("route", "status", "model", "upstream"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "aigateway_request_duration_seconds",
+            "Relayed requests' time through the gateway, to the last byte",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "aigateway_time_to_first_byte_seconds",
+            "Relayed requests' time to the first response byte",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "aigateway_tokens", "Tokens counted, by model and kind", ("model", "kind"), registry=r
+        )
+        self.cost = Counter(
+            "aigateway_cost",
+            f"What relayed requests cost, in {currency}",
+            ("model", "currency"),
+            registry=r,
+        )
+        self.refusals = Counter(
+            "aigateway_refusals",
+            "Requests refused, by reason (key, limit, budget, allow_list)",
+            ("reason",),
+            registry=r,
+        )
+        self.currency = currency
+        r.register(_Gauges(pool, in_flight))
+        self._routes: dict[RelayRoute, str] = {}
+
+    def observe(
+        self,
+        route: RelayRoute,
+        status: int,
+        model: str | None,
+        upstream: str,
+        seconds: float,
+        ttfb: float | None,
+        prompt: int | None,
+        completion: int | None,
+        cost: int,
+    ) -> None:
+        """One relayed request, as it is settled."""
+        name = self._routes.get(route)
+        if name is None:
+            name = self._routes[route] = ("/api" if route.native else "/v1") + route.path
+        # Only models an upstream answered for become labels (see the module's note).
+        label = model[:MAX_MODEL_LABEL] if model is not None and status < 400 else ""
+        self.requests.labels(name, str(status), label, upstream).inc()
+        self.duration.labels(name).observe(seconds)
+        if ttfb is not None:
+            self.ttfb.labels(name).observe(ttfb)
+        if prompt:
+            self.tokens.labels(label, "prompt").inc(prompt)
+        if completion:
+            self.tokens.labels(label, "completion").inc(completion)
+        if cost:
+            self.cost.labels(label, self.currency).inc(cost / 1e6)
+
+    def refused(self, error: GatewayError) -> None:
+        for kind, reason in REFUSALS:
+            if isinstance(error, kind):
+                self.refusals.labels(reason).inc()
+                return
+
+    def page(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """What is true now, read when scraped."""
+
+    def __init__(self, pool: Pool, in_flight: InFlight) -> None:
+        self.pool = pool
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "aigateway_in_flight", "Requests being relayed by this gateway now",
+            value=len(self.in_flight),
+        )  # fmt: skip
+        labels = ("upstream",)
+        up = GaugeMetricFamily("aigateway_upstream_up", "1 when the upstream is up", labels=labels)
+        busy = GaugeMetricFamily(
+            "aigateway_upstream_in_flight", "Requests at the upstream now", labels=labels
+        )
+        queued = GaugeMetricFamily(
+            "aigateway_upstream_queued",
+            "Requests waiting for room that the upstream could serve",
+            labels=labels,
+        )
+        latency = GaugeMetricFamily(
+            "aigateway_upstream_check_seconds", "The last check's round trip", labels=labels
+        )
+        waiting = self.pool.queue.waiting
+        for u in self.pool.upstreams:
+            up.add_metric([u.name], 1.0 if u.up else 0.0)
+            busy.add_metric([u.name], u.in_flight)
+            queued.add_metric([u.name], waiting.get(u.name, 0))
+            if u.latency_ms is not None:
+                latency.add_metric([u.name], u.latency_ms / 1000)
+        yield from (up, busy, queued, latency)
