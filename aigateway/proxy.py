@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -459,8 +460,11 @@ async def _forward(
     the connection, fails or answers 502/503/504 before anything reached the client (a
     body read into memory can be sent again; an upload streamed through cannot)."""
     pool = relay.pool
-    if not pool.single and route.lists_models and request.method == "GET":
-        return await _send_union(request, route, exchange, relay)
+    if not pool.single:
+        if route.lists_models and request.method == "GET":
+            return await _send_union(request, route, exchange, relay)
+        if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
+            return await _pull_everywhere(request, route, exchange, relay)
     candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
@@ -575,6 +579,99 @@ def _named(request: web.Request, route: RelayRoute) -> str | None:
     if route.kind == "manage":
         return request.headers.get(UPSTREAM_HEADER, "")  # "": refused, naming the choices
     return None
+
+
+async def _pull_everywhere(
+    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
+) -> web.StreamResponse:
+    """POST /api/pull without X-Upstream, with several upstreams: the model is pulled on
+    every Ollama that is up, one after another. Streamed, their progress lines reach the
+    client as they come, each one's {"status":"success"} but the last left out, so that
+    the client reads one pull ending in success, or in the first error (an error line).
+    Not streamed, the answer is the first error, else the last success."""
+    targets = [u for u in relay.pool.upstreams if u.up and u.config.kind == "ollama"]
+    if not targets:
+        raise ServiceUnavailable("no Ollama upstream is up to pull on", {"Retry-After": "5"})
+    body = exchange.data
+    assert isinstance(body, bytes)  # pull bodies are small: read whole
+    exchange.data = None
+    try:
+        streamed = orjson.loads(body).get("stream", True) is not False
+    except (orjson.JSONDecodeError, AttributeError):
+        streamed = True  # Ollama will answer the body's fault itself
+    session = relay.upstream
+    assert session is not None
+    response: web.StreamResponse | None = None
+    for number, upstream in enumerate(targets):
+        last = number == len(targets) - 1
+        exchange.upstream_name = upstream.name
+        url = _upstream_url(request, relay.settings, route, upstream.config)
+        try:
+            async with session.post(
+                url, data=body, headers=_request_headers(request, upstream.config)
+            ) as answer:
+                if not streamed or answer.status != 200:
+                    data = await answer.read()
+                    if answer.status == 200 and not last:
+                        continue
+                    if response is not None:  # an error after others' progress went out
+                        await _write_pulled(response, exchange, _error_line(upstream, data))
+                        break
+                    exchange.status = answer.status
+                    exchange.tap.feed(data)
+                    return _whole_response(answer, data, exchange)
+                if response is None:
+                    request_id = exchange.context.request_id
+                    response = exchange.response = web.StreamResponse(
+                        headers={"Content-Type": NDJSON, "X-Request-Id": request_id}
+                    )
+                    exchange.status = 200
+                    await response.prepare(request)
+                async for line in answer.content:
+                    if not last and line.strip() == b'{"status":"success"}':
+                        continue
+                    await _write_pulled(response, exchange, line)
+        except aiohttp.ClientError as exc:
+            relay.pool.failed(upstream, f"a pull failed: {type(exc).__name__}")
+            message = f"pulling on upstream {upstream.name} failed: {type(exc).__name__}"
+            if response is None:
+                raise UpstreamUnreachable(message) from None
+            await _write_pulled(response, exchange, orjson.dumps({"error": message}) + b"\n")
+            break
+        except ConnectionResetError:
+            exchange.context.client_gone = True  # the client left: pull no further
+            return response or web.Response()
+    assert response is not None
+    await response.write_eof()
+    return response
+
+
+async def _write_pulled(response: web.StreamResponse, exchange: _Exchange, line: bytes) -> None:
+    exchange.tap.feed(line)
+    if exchange.first_byte_at is None:
+        exchange.first_byte_at = time.perf_counter()
+    await response.write(line)
+
+
+def _error_line(upstream: Upstream, answer: bytes) -> bytes:
+    """An upstream's error answer as a stream's last line, naming the upstream."""
+    try:
+        error = orjson.loads(answer).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    text = error if isinstance(error, str) else answer[:200].decode("utf-8", "replace")
+    return orjson.dumps({"error": f"{upstream.name}: {text}"}) + b"\n"
+
+
+def _whole_response(
+    answer: aiohttp.ClientResponse, data: bytes, exchange: _Exchange
+) -> web.Response:
+    headers = _without(CIMultiDict(answer.headers), RESPONSE_DROP)
+    headers["X-Request-Id"] = exchange.context.request_id
+    exchange.first_byte_at = time.perf_counter()
+    response = web.Response(status=answer.status, body=data, headers=headers)
+    exchange.response = response
+    return response
 
 
 async def _send_union(

@@ -154,6 +154,28 @@ async def test_a_dead_upstream_is_failed_over_and_comes_back(
     assert resp.status == 200 and _models(revived) == ["mistral"]
 
 
+async def test_a_stream_cut_midway_is_never_replayed_elsewhere(
+    aiohttp_server, aiohttp_client, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Its upstream dies after the first line: the client's stream ends with Ollama's own
+    error line (the ollama clients raise it), and no other upstream is asked."""
+    first = FakeOllama(models=["broken:latest"], loaded=["broken"])
+    second = FakeOllama(models=["broken:latest"], loaded=[])
+    servers = [await aiohttp_server(f.app()) for f in (first, second)]
+    settings = Settings(
+        ollama_base_url=",".join(_url(s) for s in servers),
+        token_db_path=db_path,
+        upstream_check_interval=0.2,
+    )
+    key = await make_key(db_path)
+    client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    resp = await client.post("/api/chat", json={"model": "broken", "messages": CHAT["messages"]})
+    lines = (await resp.read()).splitlines()
+    assert resp.status == 200 and len(lines) == 2
+    assert "message" in orjson.loads(lines[0]) and "error" in orjson.loads(lines[1])
+    assert _models(first) == ["broken"] and _models(second) == []
+
+
 async def test_a_busy_answer_is_failed_over_before_any_byte_reaches_the_client(
     several: tuple[TestClient, TestClient], three: Three
 ) -> None:
@@ -191,7 +213,7 @@ async def test_model_management_goes_to_the_upstream_an_admin_names(
     several: tuple[TestClient, TestClient], three: Three
 ) -> None:
     _, admin = several
-    resp = await admin.post("/api/pull", json={"model": "gemma3", "stream": False})
+    resp = await admin.delete("/api/delete", json={"model": "gemma3"})
     assert resp.status == 400 and "X-Upstream" in (await resp.json())["error"]
     three.forget()
     resp = await admin.post(
@@ -202,6 +224,32 @@ async def test_model_management_goes_to_the_upstream_an_admin_names(
     assert "X-Upstream" not in three.c.requests[0].headers  # ours, not passed on
     resp = await admin.post("/api/pull", json={"model": "gemma3"}, headers={"X-Upstream": "nope"})
     assert resp.status == 400 and "ollama1, ollama2, ollama3" in (await resp.json())["error"]
+
+
+async def test_a_pull_without_a_named_upstream_pulls_everywhere(
+    several: tuple[TestClient, TestClient], three: Three
+) -> None:
+    _, admin = several
+    three.forget()
+    resp = await admin.post("/api/pull", json={"model": "gemma3"})
+    assert resp.status == 200 and resp.content_type == "application/x-ndjson"
+    lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert [fake_pulls for fake_pulls in map(_models, three.fakes)] == [["gemma3"]] * 3
+    # three pulls' progress, one success, at the end
+    assert sum(line.get("status") == "success" for line in lines) == 1
+    assert lines[-1] == {"status": "success"} and len(lines) > 10
+    three.forget()
+    resp = await admin.post("/api/pull", json={"model": "gemma3", "stream": False})
+    assert resp.status == 200 and await resp.json() == {"status": "success"}
+    # one that fails: the stream ends with its error, naming it
+    three.c.fail_with = 500
+    resp = await admin.post("/api/pull", json={"model": "gemma3"})
+    lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert lines[-1]["error"].startswith("ollama3: ") and not any(
+        line.get("status") == "success" for line in lines
+    )
+    resp = await admin.post("/api/pull", json={"model": "gemma3", "stream": False})
+    assert resp.status == 500
 
 
 async def test_weights_share_requests_among_equals(
