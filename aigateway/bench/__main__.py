@@ -195,6 +195,9 @@ LIMITS = {
     "DEFAULT_TOKENS_PER_DAY": "1000000000000",
 }
 FLOOR, CORE, FULL, BILLING, POSTGRES = "floor", "gateway", "gw+limits", "gw+billing", "pg+limits"
+# Three upstreams (three fake Ollamas with the same models), and the same with the third
+# refusing connections (its port closed): requests sent there fail over.
+THREE, ONE_DEAD = "gw+3up", "3up-1dead"
 # Billing: every model priced per request and per token, and budgets on the key and its
 # user (far above what a run spends), so every request is priced, checked against both
 # budgets, reserves and settles.
@@ -261,7 +264,10 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
     up_port, floor_port, core_port, full_port, bill_port, pg_port = (free_port() for _ in range(6))
+    up2_port, up3_port, three_port, dead_port, one_dead_port = (free_port() for _ in range(5))
     upstream_url = f"http://127.0.0.1:{up_port}"
+    three_urls = [upstream_url, f"http://127.0.0.1:{up2_port}", f"http://127.0.0.1:{up3_port}"]
+    dead_url = f"http://127.0.0.1:{dead_port}"  # nothing listens there
     # One key database each, so the two gateways' usage writers do not queue for one file.
     shutil.copy(work / "tokens.db", work / "tokens-limits.db")
 
@@ -302,6 +308,35 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 gateway_cmd, gateway_env(bill_port, "tokens-billing.db", {}), work / "billing.log"
             )
         )
+        for port in (up2_port, up3_port):
+            more = stack.enter_context(
+                started(
+                    [py, "-m", "aigateway.testing.fake_ollama", "--port", str(port)],
+                    env,
+                    work / f"upstream-{port}.log",
+                )
+            )
+            await wait_ready(f"http://127.0.0.1:{port}/", more)
+        shutil.copy(work / "tokens.db", work / "tokens-3up.db")
+        shutil.copy(work / "tokens.db", work / "tokens-1dead.db")
+        three = stack.enter_context(
+            started(
+                gateway_cmd,
+                gateway_env(three_port, "tokens-3up.db", {"OLLAMA_BASE_URL": ",".join(three_urls)}),
+                work / "three.log",
+            )
+        )
+        one_dead = stack.enter_context(
+            started(
+                gateway_cmd,
+                gateway_env(
+                    one_dead_port,
+                    "tokens-1dead.db",
+                    {"OLLAMA_BASE_URL": ",".join([*three_urls[:2], dead_url])},
+                ),
+                work / "one-dead.log",
+            )
+        )
         await wait_ready(upstream_url + "/", upstream)
         auth = {"Authorization": f"Bearer {key}"}
         targets = [
@@ -309,6 +344,8 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
             Target(CORE, f"http://127.0.0.1:{core_port}", core, auth),
             Target(FULL, f"http://127.0.0.1:{full_port}", full, auth),
             Target(BILLING, f"http://127.0.0.1:{bill_port}", billing, auth),
+            Target(THREE, f"http://127.0.0.1:{three_port}", three, auth),
+            Target(ONE_DEAD, f"http://127.0.0.1:{one_dead_port}", one_dead, auth),
         ]
         postgres = stack.enter_context(postgres_database(work))
         free_key = ""
@@ -410,6 +447,13 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 ">= 0.95x",
             ),
             ("billing/core CPU/req, 32", paired(BILLING, 32, cpu, against=CORE), None, ""),
+            (
+                "3 upstreams/1, throughput 32",
+                paired(THREE, 32, rps, against=CORE),
+                lambda x: x >= 0.95,
+                ">= 0.95x",
+            ),
+            ("3 upstreams/1, CPU/req 32", paired(THREE, 32, cpu, against=CORE), None, ""),
         ]
         if postgres is not None:
             checks += [
@@ -438,6 +482,20 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 verdict = f"target {goal:<8} {'ok' if ok else 'MISSED':<6}"
             each = " ".join(f"{r:.2f}" for r in ratios)
             print(f"  {what:<26} {middle:.3f}x  {verdict} ({each})")
+        # One of three refusing connections: what the requests sent to it first (failed
+        # over) added, as the worst request against the healthy three's worst, 1 connection.
+        added = [
+            (dead.pct(1.0) - healthy.pct(1.0))
+            for dead, healthy in zip(results[(ONE_DEAD, 1)], results[(THREE, 1)], strict=True)
+        ]
+        worst_added = statistics.median(added)
+        ok = worst_added < 50
+        passed = passed and ok
+        print(
+            f"  {'1 of 3 refusing, added':<26} {worst_added:+.2f} ms slowest request"
+            f" (median of rounds)  target < 50 ms  {'ok' if ok else 'MISSED'}"
+            f" ({' '.join(f'{a:+.1f}' for a in added)})"
+        )
         for name in (CORE, FULL):
             ok = memory[name] <= 60
             passed = passed and ok
