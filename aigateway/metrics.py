@@ -34,6 +34,9 @@ REFUSALS: tuple[tuple[type[GatewayError], str], ...] = (
 )
 
 
+_Children = tuple[Counter, Histogram, Histogram, Counter, Counter, Counter]
+
+
 class Metrics:
     def __init__(self, pool: Pool, in_flight: InFlight, currency: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -75,7 +78,8 @@ class Metrics:
         )
         self.currency = currency
         r.register(_Gauges(pool, in_flight))
-        self._routes: dict[RelayRoute, str] = {}
+        # Each kind of request's series, found once (labels() costs more than inc()).
+        self._children: dict[tuple[RelayRoute, int, str, str], _Children] = {}
 
     def observe(
         self,
@@ -90,21 +94,34 @@ class Metrics:
         cost: int,
     ) -> None:
         """One relayed request, as it is settled."""
-        name = self._routes.get(route)
-        if name is None:
-            name = self._routes[route] = ("/api" if route.native else "/v1") + route.path
         # Only models an upstream answered for become labels (see the module's note).
         label = model[:MAX_MODEL_LABEL] if model is not None and status < 400 else ""
-        self.requests.labels(name, str(status), label, upstream).inc()
-        self.duration.labels(name).observe(seconds)
+        key = (route, status, label, upstream)
+        children = self._children.get(key)
+        if children is None:  # the first of its kind: find its series once
+            children = self._children[key] = self._series(route, status, label, upstream)
+        requests, duration, first_byte, prompts, completions, costs = children
+        requests.inc()
+        duration.observe(seconds)
         if ttfb is not None:
-            self.ttfb.labels(name).observe(ttfb)
+            first_byte.observe(ttfb)
         if prompt:
-            self.tokens.labels(label, "prompt").inc(prompt)
+            prompts.inc(prompt)
         if completion:
-            self.tokens.labels(label, "completion").inc(completion)
+            completions.inc(completion)
         if cost:
-            self.cost.labels(label, self.currency).inc(cost / 1e6)
+            costs.inc(cost / 1e6)
+
+    def _series(self, route: RelayRoute, status: int, label: str, upstream: str) -> _Children:
+        name = ("/api" if route.native else "/v1") + route.path
+        return (
+            self.requests.labels(name, str(status), label, upstream),
+            self.duration.labels(name),
+            self.ttfb.labels(name),
+            self.tokens.labels(label, "prompt"),
+            self.tokens.labels(label, "completion"),
+            self.cost.labels(label, self.currency),
+        )
 
     def refused(self, error: GatewayError) -> None:
         for kind, reason in REFUSALS:
