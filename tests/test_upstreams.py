@@ -4,6 +4,8 @@ overlapping models, fake OpenAI and Anthropic APIs, and the gateway in front of 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -16,6 +18,7 @@ from aigateway.appkeys import RELAY
 from aigateway.settings import SettingsError
 from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
+from aigateway.testing.ports import free_port
 from aigateway.upstreams.config import UpstreamsError, upstreams_from_file
 
 from .conftest import make_key
@@ -524,3 +527,69 @@ async def test_metrics_count_requests_tokens_refusals_and_upstreams(
     for name in ("ollama1", "ollama2", "ollama3"):
         assert value("aigateway_upstream_up", upstream=name) == 1
     assert value("aigateway_in_flight") == 0
+
+
+async def test_an_upstream_killed_under_load_fails_nothing_that_had_not_begun(
+    aiohttp_client, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Two fake Ollama processes, streams running through both, one killed with SIGKILL
+    midway: streams it was sending end with Ollama's error line (never cut silently),
+    every other request, and every request after the kill, succeeds."""
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "aigateway.testing.fake_ollama", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            await _until_listening(port)
+        settings = Settings(
+            ollama_base_url=",".join(f"http://127.0.0.1:{p}" for p in ports),
+            token_db_path=db_path,
+            upstream_check_interval=0.2,
+        )
+        key = await make_key(db_path)
+        client = await aiohttp_client(
+            create_app(settings), headers={"Authorization": f"Bearer {key}"}
+        )
+
+        async def stream() -> list[dict[str, object]]:
+            async with client.post(
+                "/api/chat", json={"model": "slow", "messages": CHAT["messages"]}
+            ) as resp:
+                assert resp.status == 200
+                return [orjson.loads(line) for line in (await resp.read()).splitlines()]
+
+        running = [asyncio.create_task(stream()) for _ in range(20)]
+        await asyncio.sleep(0.15)  # every stream has begun
+        procs[1].kill()
+        after = [asyncio.create_task(stream()) for _ in range(20)]
+        cut = 0
+        for lines in await asyncio.gather(*running):
+            if "error" in lines[-1]:
+                cut += 1
+            else:
+                assert lines[-1].get("done") is True, lines
+        assert 0 < cut < 20  # some were on the killed one, some not
+        for lines in await asyncio.gather(*after):
+            assert lines[-1].get("done") is True, lines  # failed over, or sent to the live one
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def _until_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.025)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
