@@ -103,7 +103,9 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
             settings.host,
             settings.port,
             settings.base_path,
-            settings.upstream_api_base,
+            ", ".join(f"{u.name} {u.url}" for u in settings.upstream_list)
+            if settings.upstreams or "," in settings.ollama_base_url
+            else settings.upstream_api_base,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -195,8 +195,8 @@ LIMITS = {
     "DEFAULT_TOKENS_PER_DAY": "1000000000000",
 }
 FLOOR, CORE, FULL, BILLING, POSTGRES = "floor", "gateway", "gw+limits", "gw+billing", "pg+limits"
-# Three upstreams (three fake Ollamas with the same models), and the same with the third
-# refusing connections (its port closed): requests sent there fail over.
+# Three upstreams (the fake Ollama on three ports), and the same with the third refusing
+# connections (its port closed): requests sent there fail over.
 THREE, ONE_DEAD = "gw+3up", "3up-1dead"
 # Billing: every model priced per request and per token, and budgets on the key and its
 # user (far above what a run spends), so every request is priced, checked against both
@@ -266,7 +266,8 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
     up_port, floor_port, core_port, full_port, bill_port, pg_port = (free_port() for _ in range(6))
     up2_port, up3_port, three_port, dead_port, one_dead_port = (free_port() for _ in range(5))
     upstream_url = f"http://127.0.0.1:{up_port}"
-    three_urls = [upstream_url, f"http://127.0.0.1:{up2_port}", f"http://127.0.0.1:{up3_port}"]
+    ports3 = (up_port, up2_port, up3_port)
+    three_urls = [f"http://127.0.0.1:{port}" for port in ports3]
     dead_url = f"http://127.0.0.1:{dead_port}"  # nothing listens there
     # One key database each, so the two gateways' usage writers do not queue for one file.
     shutil.copy(work / "tokens.db", work / "tokens-limits.db")
@@ -287,7 +288,9 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(
             started(
-                [py, "-m", "aigateway.testing.fake_ollama", "--port", str(up_port)],
+                # the three upstreams' ports served by the one fake process, so that the
+                # fake's share of the two cores is the same for one upstream and for three
+                [py, "-m", "aigateway.testing.fake_ollama", "--port", *map(str, ports3)],
                 env,
                 work / "upstream.log",
             )
@@ -308,15 +311,6 @@ async def bench(args: argparse.Namespace, work: Path, key: str) -> int:
                 gateway_cmd, gateway_env(bill_port, "tokens-billing.db", {}), work / "billing.log"
             )
         )
-        for port in (up2_port, up3_port):
-            more = stack.enter_context(
-                started(
-                    [py, "-m", "aigateway.testing.fake_ollama", "--port", str(port)],
-                    env,
-                    work / f"upstream-{port}.log",
-                )
-            )
-            await wait_ready(f"http://127.0.0.1:{port}/", more)
         shutil.copy(work / "tokens.db", work / "tokens-3up.db")
         shutil.copy(work / "tokens.db", work / "tokens-1dead.db")
         three = stack.enter_context(

@@ -451,17 +451,25 @@ def _tagged(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the fake Ollama on loopback.")
-    parser.add_argument("--port", type=int, default=11434)
-    args = parser.parse_args()
-    fake = FakeOllama(record=False)
-    web.run_app(
-        fake.app(),
-        host="127.0.0.1",
-        port=args.port,
-        access_log=None,
-        handler_cancellation=True,
-        print=None,
+    parser.add_argument(
+        "--port", type=int, nargs="+", default=[11434], help="one or more ports, one process"
     )
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port))
+
+
+async def _serve(ports: list[int]) -> None:
+    """One fake on several ports (the benchmark's several upstreams, in one process like
+    its single one, so that only the gateway differs between the two)."""
+    fake = FakeOllama(record=False)
+    runner = web.AppRunner(fake.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    for port in ports:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":
