@@ -92,6 +92,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/users/{name}/budget", admin_only(user_budget)),
         ("GET", "/users/{name}/invoice", admin_only(invoice)),
         ("GET", "/models", models),
+        ("GET", "/upstreams", admin_only(upstreams)),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
@@ -390,6 +391,13 @@ async def models(request: web.Request) -> web.Response:
             }
         )
     return _json({"currency": settings.currency, "models": shown})
+
+
+async def upstreams(request: web.Request) -> web.Response:
+    """Each upstream: up or out and why, its last check, requests in flight and waiting,
+    its models and those loaded (with one upstream, which is never checked: no models)."""
+    pool = request.app[RELAY].pool
+    return _json({"checked": not pool.single, "upstreams": pool.views()})
 
 
 async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:

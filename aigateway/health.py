@@ -63,10 +63,7 @@ async def health_ollama(request: web.Request) -> web.Response:
     if not pool.single:
         up = sum(u.up for u in pool.upstreams)
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
-        waiting = pool.queue.waiting
-        listed: dict[str, object] = {
-            "upstreams": [{**u.view(), "queued": waiting.get(u.name, 0)} for u in pool.upstreams]
-        }
+        listed: dict[str, object] = {"upstreams": pool.views()}
         return _answer(request, state, listed, 200 if up else 503)
     settings = request.app[SETTINGS]
     url = settings.upstream_api_base + "/version"

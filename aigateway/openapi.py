@@ -337,6 +337,11 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 errors=(*_AUTH, "502"),
             )
         },
+        "/upstreams": {
+            "get": _operation(
+                "Each upstream's state: up or out and why, load, models", a, KEY, errors=_ADMIN
+            )
+        },
         "/prices": {
             "get": _operation("Prices per model pattern", a, KEY, errors=_ADMIN),
             "post": _operation(

@@ -435,3 +435,32 @@ async def test_the_cookie_is_secure_as_set_behind_a_tls_proxy(
     ):
         assert resp.status == 200
         assert ("Secure" in resp.headers["Set-Cookie"]) is secure
+
+
+async def test_the_overview_shows_each_upstream_with_several(
+    browser,  # type: ignore[no-untyped-def]
+    aiohttp_server,
+    db_path: str,
+) -> None:
+    """Two Ollamas, one of them gone: the Overview's table says which, and why, as text."""
+    alive = FakeOllama(models=["llama3.2:latest"], loaded=["llama3.2"])
+    live = await aiohttp_server(alive.app())
+    gone = await aiohttp_server(FakeOllama().app())
+    gone_url = str(gone.make_url("")).rstrip("/")
+    await gone.close()
+    settings = Settings(
+        ollama_base_url=f"{str(live.make_url('')).rstrip('/')},{gone_url}",
+        token_db_path=db_path,
+        upstream_check_interval=0.2,
+    )
+    server = await aiohttp_server(create_app(settings))
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    context, page = await _signed_in(browser, str(server.make_url("")).rstrip("/"), admin_key)
+    try:
+        await page.wait_for_selector("text=Upstreams")
+        rows = await page.locator("table").first.locator("tbody tr").all_inner_texts()
+        assert any("ollama1" in r and "up" in r and "llama3.2" in r for r in rows), rows
+        assert any("ollama2" in r and "out: cannot reach" in r for r in rows), rows
+        await _shot(page, "overview-upstreams")
+    finally:
+        await context.close()

@@ -318,6 +318,12 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
     # a native route for a cloud model: a clear 404
     resp = await client.post("/api/chat", json={"model": "gpt-4o-mini", **CHAT})
     assert resp.status == 404 and "/v1/chat/completions" in (await resp.json())["error"]
+    # the upstreams' keys appear nowhere an admin (or anyone) can read
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    for path in ("/admin/upstreams", "/health/ollama", "/admin/upstreams"):
+        resp = await client.get(path, headers={"Authorization": f"Bearer {admin_key}"})
+        text = await resp.text()
+        assert '"oa"' in text and "sk-oa-secret" not in text and "sk-an" not in text, path
     # /v1/models: the union, the cloud API's list cut down to its patterns
     ids = sorted(m["id"] for m in (await (await client.get("/v1/models")).json())["data"])
     assert "llama3.2:latest" in ids and not any(i.startswith("deepseek") for i in ids[2:])

@@ -175,7 +175,11 @@ async function overview(view) {
     api("GET", `${PATHS.admin}/series?hours=24`),
     api("GET", `${PATHS.admin}/series?hours=168`),
   ]);
-  const [health, loaded] = await Promise.all([ollamaHealth(), loadedModels()]);
+  const [health, loaded, pool] = await Promise.all([
+    ollamaHealth(),
+    loadedModels(),
+    api("GET", `${PATHS.admin}/upstreams`),
+  ]);
   view.append(
     el("h1", {}, "Overview"),
     el(
@@ -185,6 +189,7 @@ async function overview(view) {
       stat("Models loaded", loaded),
       stat("In flight now", number(stats.in_flight)),
     ),
+    ...upstreamTable(pool),
     ...usageStats("Last 24 hours", stats.last_24h),
     charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", stats.last_7d),
@@ -212,6 +217,27 @@ async function overview(view) {
       "No usage yet.",
     ),
   );
+}
+
+// Several upstreams: each one's state (one upstream is never checked: nothing to show).
+function upstreamTable(pool) {
+  if (!pool.checked) return [];
+  return [
+    el("h2", {}, "Upstreams"),
+    table(
+      [
+        { title: "Name", cell: (u) => u.name },
+        { title: "Kind", cell: (u) => u.kind },
+        { title: "State", cell: (u) => (u.status === "up" ? "up" : `out: ${u.reason}`) },
+        { title: "In flight", num: true, cell: (u) => number(u.in_flight) },
+        { title: "Waiting", num: true, cell: (u) => number(u.queued) },
+        { title: "Check ms", num: true, cell: (u) => u.latency_ms ?? "-" },
+        { title: "Loaded", cell: (u) => (u.loaded.length ? u.loaded.join(", ") : "none") },
+      ],
+      pool.upstreams,
+      "No upstreams.",
+    ),
+  ];
 }
 
 async function ollamaHealth() {

@@ -186,9 +186,11 @@ class Pool:
         up = [u for u in fitting if u.up]
         if not up:
             wait = min(u.out_until for u in fitting) - time.monotonic()
+            # Which upstreams and why stay out of the answer (any key holder reads it;
+            # an admin sees them in /health/ollama and the log).
             raise ServiceUnavailable(
-                f"no upstream that serves {repr(model) if model else 'this route'} is up"
-                f" ({'; '.join(f'{u.name}: {u.reason}' for u in fitting)})",
+                f"no upstream that serves {repr(model) if model else 'this route'} is up;"
+                " try again later",
                 {"Retry-After": str(max(1, round(wait + 0.5)))},
             )
         if len(up) > 1:
@@ -216,6 +218,11 @@ class Pool:
         upstream.in_flight -= 1
         if upstream.config.max_concurrent is not None and self.queue.hand_over(upstream):
             upstream.in_flight += 1
+
+    def views(self) -> list[dict[str, object]]:
+        """Each upstream as an admin sees it, with the requests waiting for it."""
+        waiting = self.queue.waiting
+        return [{**u.view(), "queued": waiting.get(u.name, 0)} for u in self.upstreams]
 
     def failed(self, upstream: Upstream, reason: str) -> None:
         """It failed a check or a request: out for a cool-down (not with one upstream)."""
@@ -295,6 +302,8 @@ class Pool:
             status, body = await self.fetch(upstream, path)
         except TimeoutError:
             raise CheckFailed(f"{path} did not answer in {CHECK_TIMEOUT_S:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise CheckFailed(f"cannot reach it: {exc.os_error.strerror or exc}") from None
         except aiohttp.ClientError as exc:
             raise CheckFailed(f"{path}: {type(exc).__name__}: {exc}"[:300]) from None
         if status != 200:
