@@ -149,7 +149,8 @@ class Settings:
         see `find_env_file`); a relative TOKEN_DB_PATH is resolved as `token_db_path`
         says, so the server and the CLIs agree wherever they are started."""
         env_path = find_env_file() if env_file == AUTO else env_file
-        settings = cls.from_mapping(merged_environment(environ, env_path))
+        merged = _files_beside_env(merged_environment(environ, env_path), environ, env_path)
+        settings = cls.from_mapping(merged)
         path = token_db_path(environ, env_path)
         return settings if path == settings.token_db_path else replace(settings, token_db_path=path)
 
@@ -305,6 +306,20 @@ def merged_environment(
     return merged
 
 
+def _files_beside_env(
+    merged: dict[str, str], environ: Mapping[str, str] | None, env_path: str | Path | None
+) -> dict[str, str]:
+    """A relative UPSTREAMS_FILE from a `.env` file is relative to that file's folder (as
+    TOKEN_DB_PATH is); from the environment, to the current folder."""
+    environment = os.environ if environ is None else environ
+    value = merged.get("UPSTREAMS_FILE", "").strip()
+    if not value or environment.get("UPSTREAMS_FILE") or env_path is None:
+        return merged
+    if Path(value).is_absolute():
+        return merged
+    return {**merged, "UPSTREAMS_FILE": str(Path(env_path).resolve().parent / value)}
+
+
 def token_db_path(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
 ) -> str:
@@ -378,15 +393,21 @@ def currency_setting(
 
 def ollama_setting(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
-) -> tuple[str, dict[str, str]]:
-    """OLLAMA_BASE_URL and the headers UPSTREAM_API_KEY adds, as the server reads them,
-    for the CLIs' model sync."""
+) -> list[tuple[str, dict[str, str]]]:
+    """Every Ollama the server relays to (UPSTREAMS_FILE's, else OLLAMA_BASE_URL's), each
+    with the headers that authenticate the gateway to it, for the CLIs' model sync."""
     env_path = find_env_file() if env_file == AUTO else env_file
-    merged = merged_environment(environ, env_path)
-    urls = _ollama_urls(merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url)
-    url = urls.split(",")[0]  # the first, when there are several
-    key = merged.get("UPSTREAM_API_KEY", "").strip()
-    return url, {"Authorization": f"Bearer {key}"} if key else {}
+    merged = _files_beside_env(merged_environment(environ, env_path), environ, env_path)
+    found = _upstreams_file((merged.get("UPSTREAMS_FILE") or "").strip() or None, merged)
+    if not found:
+        urls = _ollama_urls(merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url)
+        key = merged.get("UPSTREAM_API_KEY", "").strip() or None
+        found = upstreams_from_urls(urls, key)
+    return [
+        (u.url, {"Authorization": f"Bearer {u.key}"} if u.key else {})
+        for u in found
+        if u.kind == "ollama"
+    ]
 
 
 def _choice(name: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:

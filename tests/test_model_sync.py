@@ -8,6 +8,8 @@ import json
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aigateway.testing.fake_ollama import FakeOllama
+
 from .test_cli_live import cli
 
 
@@ -89,3 +91,28 @@ async def test_an_unreachable_ollama_is_one_line_and_exit_1(db_path: str) -> Non
     ]
     code, _, err = await cli("--list-models", "--ollama", "http://x", "--db", db_path)
     assert code == 1 and "--ollama goes with --sync-models" in err
+
+
+async def test_models_are_synced_from_every_ollama_upstream(
+    aiohttp_server, db_path: str, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """UPSTREAMS_FILE's Ollamas, each asked with its own key; a cloud API is not asked."""
+    first = FakeOllama(models=["llama3.2:latest", "qwen3:8b"])
+    second = FakeOllama(models=["llama3.2:latest", "phi4:latest"])
+    urls = [str((await aiohttp_server(f.app())).make_url("")).rstrip("/") for f in (first, second)]
+    upstreams = tmp_path / "upstreams.toml"
+    upstreams.write_text(
+        f'[[upstream]]\nname = "a"\nurl = "{urls[0]}"\nkey_env = "A_KEY"\n'
+        f'[[upstream]]\nname = "b"\nurl = "{urls[1]}"\n'
+        '[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        'key_env = "OA_KEY"\nmodels = ["gpt-*"]\n'
+    )
+    monkeypatch.setenv("UPSTREAMS_FILE", str(upstreams))
+    monkeypatch.setenv("A_KEY", "sk-a")
+    monkeypatch.setenv("OA_KEY", "sk-oa")
+    code, _, err = await cli("--sync-models", "--db", db_path)
+    assert code == 0 and f"Synced 3 models from {urls[0]}, {urls[1]}." in err, err
+    code, out, _ = await cli("--list-models", "--format", "json", "--db", db_path)
+    assert {m["name"] for m in json.loads(out)} == {"llama3.2:latest", "qwen3:8b", "phi4:latest"}
+    assert {r.headers.get("Authorization") for r in first.requests} == {"Bearer sk-a"}
+    assert {r.headers.get("Authorization") for r in second.requests} == {None}

@@ -391,7 +391,7 @@ def test_upstream_keys_may_come_from_the_env_file(tmp_path: Path) -> None:
         'key_env = "OA_KEY"\nmodels = ["gpt-*"]\n'
     )
     env = tmp_path / ".env"
-    env.write_text(f"UPSTREAMS_FILE={tmp_path / 'up.toml'}\nOA_KEY=sk-from-env-file\n")
+    env.write_text("UPSTREAMS_FILE=up.toml\nOA_KEY=sk-from-env-file\n")  # beside the .env
     settings = Settings.from_env({}, env_file=env)
     assert settings.upstream_list[0].key == "sk-from-env-file"
     assert "sk-from-env-file" not in repr(settings)

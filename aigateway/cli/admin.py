@@ -307,14 +307,21 @@ def render_users(records: Sequence[UserRecord], fmt: Format) -> str:
     return render_rows(views, USER_COLUMNS, fmt, empty)
 
 
-def sync_models(db_path: str, url: str, headers: dict[str, str]) -> int:
-    """Ask Ollama at `url` for its models and store what it says; how many there were."""
-    try:
-        found = asyncio.run(fetch_models(url, headers))
-    except ModelSyncError as exc:
-        raise AdminError(str(exc)) from None
-    with_store(db_path, lambda store: store.replace_models(found), create=True)
-    return len(found)
+def sync_models(db_path: str, targets: Sequence[tuple[str, dict[str, str]]]) -> int:
+    """Ask each Ollama (URL, headers) for its models and store what they say, a model
+    two of them have as the first says; how many there were. One that cannot be asked
+    stops the sync with one line (nothing is replaced)."""
+    found: dict[str, ModelInfo] = {}
+    for url, headers in targets:
+        try:
+            listed = asyncio.run(fetch_models(url, headers))
+        except ModelSyncError as exc:
+            raise AdminError(str(exc)) from None
+        for info in listed:
+            found.setdefault(info.name, info)
+    models = list(found.values())
+    with_store(db_path, lambda store: store.replace_models(models), create=True)
+    return len(models)
 
 
 MODEL_COLUMNS = (

@@ -377,11 +377,11 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
 def _models(path: str, action: str, o: dict[str, Any]) -> None:
     currency = currency_setting()
     if action == "--sync-models":
-        url, headers = ollama_setting()
-        if o["ollama"] is not None:
-            url = o["ollama"].rstrip("/")
-        count = sync_models(path, url, headers)
-        click.echo(f"Synced {count} models from {url}.", err=True)
+        targets = ollama_setting()
+        if o["ollama"] is not None:  # this one instead, with the first one's key
+            targets = [(o["ollama"].rstrip("/"), targets[0][1] if targets else {})]
+        count = sync_models(path, targets)
+        click.echo(f"Synced {count} models from {', '.join(u for u, _ in targets)}.", err=True)
 
     async def listing(store: Store) -> tuple[list[ModelInfo], list[Price]]:
         found, _ = await store.list_models()

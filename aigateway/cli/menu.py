@@ -354,9 +354,9 @@ class Menu:
 
     def _models(self, sync: bool, prices: list[Price], currency: str) -> None:
         if sync:
-            url, headers = ollama_setting()
-            count = sync_models(self.db_path, url, headers)
-            self.echo(f"Synced {count} models from {url}.")
+            targets = ollama_setting()
+            count = sync_models(self.db_path, targets)
+            self.echo(f"Synced {count} models from {', '.join(u for u, _ in targets)}.")
         stored, _ = with_store(self.db_path, lambda store: store.list_models())
         self.echo(render_models(stored, prices, "table", currency))
 
