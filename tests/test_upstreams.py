@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -599,3 +600,48 @@ async def _until_listening(port: int) -> None:
         writer.close()
         return
     raise AssertionError(f"nothing listens on {port}")
+
+
+async def test_a_hostile_upstreams_lists_are_read_as_hostile_input(
+    aiohttp_server, aiohttp_client, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Junk entries in a model list are left out, a list too large or not JSON takes the
+    upstream out, and nothing of it breaks the union or the other upstreams."""
+    junk = {
+        "models": [1, None, {"name": 5}, {"name": ""}, {"model": "good:latest"}],
+        "unrelated": {"deep": ["x"] * 10},
+    }
+
+    async def tags(_request: web.Request) -> web.Response:
+        return web.json_response(junk)
+
+    async def ps(_request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": ["not", "a", "name"]}]})
+
+    async def huge(_request: web.Request) -> web.Response:
+        return web.Response(body=b'{"models": [' + b" " * (17 * 1024**2) + b"]}")
+
+    hostile, oversized = web.Application(), web.Application()
+    hostile.router.add_get("/api/tags", tags)
+    hostile.router.add_get("/api/ps", ps)
+    oversized.router.add_get("/api/tags", huge)
+    oversized.router.add_get("/api/ps", huge)
+    honest = FakeOllama(models=["llama3.2:latest"])
+    servers = [await aiohttp_server(app) for app in (hostile, oversized, honest.app())]
+    settings = Settings(
+        ollama_base_url=",".join(_url(s) for s in servers),
+        token_db_path=db_path,
+        upstream_check_interval=0.2,
+    )
+    key = await make_key(db_path, "root", "ops", "admin")
+    client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    pool = client.server.app[RELAY].pool
+    first, second, third = pool.upstreams
+    assert first.up and first.models == frozenset({"good:latest"}) and not first.loaded
+    assert not second.up and "larger than" in str(second.reason)
+    assert third.up
+    listed = (await (await client.get("/api/tags")).json())["models"]
+    names = [m.get("name") or m.get("model") for m in listed]
+    assert names == ["good:latest", "llama3.2:latest"]
+    resp = await client.post("/api/chat", json={"model": "llama3.2", **CHAT})
+    assert resp.status == 200 and _models(honest) == ["llama3.2"]
