@@ -35,13 +35,14 @@ from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import DAY, Limiter, Limits
 from .metrics import Metrics
 from .middleware import gateway_middleware
-from .proxy import relay_handler, upstream_session
+from .proxy import relay_handler
 from .relaystate import Relay
 from .routes import RELAY_ROUTES
 from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .store import KeyRecord, Store, StoreError
+from .upstreamhttp import upstream_session
 from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")

@@ -1,11 +1,9 @@
-"""The relay: one request in, the same request to Ollama, every response byte back.
+"""The relay: one request in, the same request to an upstream, every response byte back.
 
-Bodies and responses pass unchanged. Only headers are touched: hop-by-hop headers are
-dropped both ways, and the client's `Host`, `Origin`, credentials and cookies never
-reach Ollama (Ollama refuses foreign Hosts and unknown browser Origins with 403; the
-aiohttp client sends the Host of OLLAMA_BASE_URL instead). Each chunk is written to the
-client as it arrives. When the client goes away, leaving the `async with` closes the
-upstream connection, which is how Ollama learns to stop generating.
+Bodies and responses pass unchanged; only headers are touched (upstreamhttp.py). Each
+chunk is written to the client as it arrives. When the client goes away, leaving the
+`async with` closes the upstream connection, which is how Ollama learns to stop
+generating. Answers for several upstreams at once (a model list, a pull) are fanout.py's.
 """
 
 from __future__ import annotations
@@ -18,10 +16,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
@@ -41,6 +37,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .expect import send_continue
+from .fanout import pull_everywhere, send_union
 from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
 from .pricing import Price
@@ -56,69 +53,21 @@ from .streams import (
     counted_tokens,
     with_usage_requested,
 )
-from .upstreams.config import UpstreamConfig
+from .upstreamhttp import RESPONSE_DROP, request_headers, upstream_url, without
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
-from .upstreams.union import union_of_lists
 from .usage import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Besides hop-by-hop: the gateway's own credentials, what Ollama would refuse (Host,
-# Origin), what aiohttp recomputes (Content-Length, Expect), cookies meant for us, and
-# Content-Encoding: aiohttp decoded the body, so it goes on as it now is.
-REQUEST_DROP = HOP_BY_HOP | {
-    "content-encoding",
-    "host",
-    "authorization",
-    "x-api-key",
-    "origin",
-    "cookie",
-    "content-length",
-    "expect",
-    "accept-encoding",
-    UPSTREAM_HEADER.lower(),
-}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # The request codings aiohttp's server decodes (identity: none to decode).
 DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 LARGE_BODY_BYTES = 1024 * 1024
-ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when the client sent none
 # A prompt's tokens are guessed at a quarter of its body's bytes, at most this many.
 PROMPT_ESTIMATE_CAP = 128 * 1024
 NO_FIELDS = BodyFields()
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 T = TypeVar("T")
-
-
-def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        # No pool limit: Ollama queues requests itself; a gateway cap would add a second queue.
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.upstream_connect_timeout,
-            sock_read=settings.upstream_read_timeout,
-        ),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Send the client's own Content-Type and User-Agent, or none, never aiohttp's.
-        skip_auto_headers=("Content-Type", "User-Agent"),
-    )
 
 
 def relay_handler(route: RelayRoute, relay_state: Relay) -> Handler:
@@ -148,7 +97,7 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
-    exchange = _Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
+    exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
     exchange.ticket = ticket
     in_flight = relay.in_flight
     in_flight.requests.add(exchange)
@@ -275,7 +224,7 @@ def _too_many(verdict: Verdict) -> TooManyRequests:
     )
 
 
-class _Exchange:
+class Exchange:
     """One relayed request on its way: what the usage record and the settlement need,
     and how a graceful stop can end it. (Defaults live on the class, so that making one
     per request sets only what differs.)"""
@@ -330,7 +279,7 @@ class GatewayStopping(Exception):
 
 
 async def _take_request(
-    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay, coding: str | None
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay, coding: str | None
 ) -> None:
     """Read the body (bounded, within the body budget), check it against the allow-list,
     reserve the key's tokens, and decide what is sent on."""
@@ -385,7 +334,7 @@ async def _take_request(
     exchange.relayed = True
 
 
-async def _reserve_budget(exchange: _Exchange, price: int, relay: Relay) -> None:
+async def _reserve_budget(exchange: Exchange, price: int, relay: Relay) -> None:
     """Check the budgets of the key and its user, and reserve the request's per-request
     price against them: across gateways on PostgreSQL (one round trip, shielded from
     cancellation like admission), else, or while the database is away and
@@ -445,7 +394,7 @@ def _fields(
     return fields
 
 
-async def _counted(content: aiohttp.StreamReader, exchange: _Exchange) -> AsyncIterator[bytes]:
+async def _counted(content: aiohttp.StreamReader, exchange: Exchange) -> AsyncIterator[bytes]:
     """An upload passed on as it arrives, counting what really came (not what
     Content-Length claimed)."""
     async for chunk in content.iter_any():
@@ -454,7 +403,7 @@ async def _counted(content: aiohttp.StreamReader, exchange: _Exchange) -> AsyncI
 
 
 async def _forward(
-    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
 ) -> web.StreamResponse:
     """Send the request to the best upstream for it, and on to the next when one refuses
     the connection, fails or answers 502/503/504 before anything reached the client (a
@@ -462,9 +411,9 @@ async def _forward(
     pool = relay.pool
     if not pool.single:
         if route.lists_models and request.method == "GET":
-            return await _send_union(request, route, exchange, relay)
+            return await send_union(request, route, exchange, relay)
         if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
-            return await _pull_everywhere(request, route, exchange, relay)
+            return await pull_everywhere(request, route, exchange, relay)
     candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
@@ -498,7 +447,7 @@ async def _forward_to(
     target: Upstream,
     request: web.Request,
     route: RelayRoute,
-    exchange: _Exchange,
+    exchange: Exchange,
     relay: Relay,
     more: bool,
 ) -> web.StreamResponse:
@@ -508,8 +457,8 @@ async def _forward_to(
     config = target.config
     upstream_session = relay.upstream
     assert upstream_session is not None  # set when the app started
-    url = _upstream_url(request, settings, route, config)
-    headers = _request_headers(request, config)
+    url = upstream_url(request, settings, route, config)
+    headers = request_headers(request, config)
     patterns = exchange.principal.models
     where = f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
     data = exchange.data
@@ -567,7 +516,7 @@ async def _forward_to(
         raise UpstreamUnreachable(reason) from None
 
 
-def _model_of(request: web.Request, route: RelayRoute, exchange: _Exchange) -> str | None:
+def _model_of(request: web.Request, route: RelayRoute, exchange: Exchange) -> str | None:
     """The model that picks the upstream: the body's, or the path's (/v1/models/{model})."""
     if route.model_in_path:
         return request.match_info["model"]
@@ -581,120 +530,7 @@ def _named(request: web.Request, route: RelayRoute) -> str | None:
     return None
 
 
-async def _pull_everywhere(
-    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
-) -> web.StreamResponse:
-    """POST /api/pull without X-Upstream, with several upstreams: the model is pulled on
-    every Ollama that is up, one after another. Streamed, their progress lines reach the
-    client as they come, each one's {"status":"success"} but the last left out, so that
-    the client reads one pull ending in success, or in the first error (an error line).
-    Not streamed, the answer is the first error, else the last success."""
-    targets = [u for u in relay.pool.upstreams if u.up and u.config.kind == "ollama"]
-    if not targets:
-        raise ServiceUnavailable("no Ollama upstream is up to pull on", {"Retry-After": "5"})
-    body = exchange.data
-    assert isinstance(body, bytes)  # pull bodies are small: read whole
-    exchange.data = None
-    try:
-        streamed = orjson.loads(body).get("stream", True) is not False
-    except (orjson.JSONDecodeError, AttributeError):
-        streamed = True  # Ollama will answer the body's fault itself
-    session = relay.upstream
-    assert session is not None
-    response: web.StreamResponse | None = None
-    for number, upstream in enumerate(targets):
-        last = number == len(targets) - 1
-        exchange.upstream_name = upstream.name
-        url = _upstream_url(request, relay.settings, route, upstream.config)
-        try:
-            async with session.post(
-                url, data=body, headers=_request_headers(request, upstream.config)
-            ) as answer:
-                if not streamed or answer.status != 200:
-                    data = await answer.read()
-                    if answer.status == 200 and not last:
-                        continue
-                    if response is not None:  # an error after others' progress went out
-                        await _write_pulled(response, exchange, _error_line(upstream, data))
-                        break
-                    exchange.status = answer.status
-                    exchange.tap.feed(data)
-                    return _whole_response(answer, data, exchange)
-                if response is None:
-                    request_id = exchange.context.request_id
-                    response = exchange.response = web.StreamResponse(
-                        headers={"Content-Type": NDJSON, "X-Request-Id": request_id}
-                    )
-                    exchange.status = 200
-                    await response.prepare(request)
-                async for line in answer.content:
-                    if not last and line.strip() == b'{"status":"success"}':
-                        continue
-                    await _write_pulled(response, exchange, line)
-        except aiohttp.ClientError as exc:
-            relay.pool.failed(upstream, f"a pull failed: {type(exc).__name__}")
-            message = f"pulling on upstream {upstream.name} failed: {type(exc).__name__}"
-            if response is None:
-                raise UpstreamUnreachable(message) from None
-            await _write_pulled(response, exchange, orjson.dumps({"error": message}) + b"\n")
-            break
-        except ConnectionResetError:
-            exchange.context.client_gone = True  # the client left: pull no further
-            return response or web.Response()
-    assert response is not None
-    await response.write_eof()
-    return response
-
-
-async def _write_pulled(response: web.StreamResponse, exchange: _Exchange, line: bytes) -> None:
-    exchange.tap.feed(line)
-    if exchange.first_byte_at is None:
-        exchange.first_byte_at = time.perf_counter()
-    await response.write(line)
-
-
-def _error_line(upstream: Upstream, answer: bytes) -> bytes:
-    """An upstream's error answer as a stream's last line, naming the upstream."""
-    try:
-        error = orjson.loads(answer).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        error = None
-    text = error if isinstance(error, str) else answer[:200].decode("utf-8", "replace")
-    return orjson.dumps({"error": f"{upstream.name}: {text}"}) + b"\n"
-
-
-def _whole_response(
-    answer: aiohttp.ClientResponse, data: bytes, exchange: _Exchange
-) -> web.Response:
-    headers = _without(CIMultiDict(answer.headers), RESPONSE_DROP)
-    headers["X-Request-Id"] = exchange.context.request_id
-    exchange.first_byte_at = time.perf_counter()
-    response = web.Response(status=answer.status, body=data, headers=headers)
-    exchange.response = response
-    return response
-
-
-async def _send_union(
-    request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay
-) -> web.StreamResponse:
-    """A model list answered for every upstream together, cut down to what the key may
-    use."""
-    body = await union_of_lists(relay.pool, route)
-    exchange.upstream_name = "all"
-    exchange.first_byte_at = time.perf_counter()
-    exchange.status = 200
-    body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
-    exchange.tap.feed(body)
-    _settle(request, route, exchange, relay)
-    response = exchange.response = web.Response(
-        body=body,
-        content_type="application/json",
-        headers={"X-Request-Id": exchange.context.request_id, **dict(exchange.rate_headers)},
-    )
-    return response
-
-
-def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay: Relay) -> None:
+def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay) -> None:
     """Charge the key's quota with what the request used, in place of its reservation,
     and queue the usage record (never awaits: this also runs when the handler is
     cancelled)."""
@@ -769,7 +605,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: _Exchange, relay:
     )
 
 
-def _settle_budgets(exchange: _Exchange, relay: Relay, cost: int, now: float) -> None:
+def _settle_budgets(exchange: Exchange, relay: Relay, cost: int, now: float) -> None:
     """Give back the request's reservation and spend its cost, where it was reserved;
     the shared reckoning also learns of costs spent while it was away."""
     lines, reserved = exchange.principal.budgets, exchange.budget_reserved
@@ -785,7 +621,7 @@ def _settle_budgets(exchange: _Exchange, relay: Relay, cost: int, now: float) ->
 
 
 def _cost(
-    exchange: _Exchange,
+    exchange: Exchange,
     tap: UsageTap,
     prompt: int | None,
     completion: int | None,
@@ -815,7 +651,7 @@ async def _send_filtered(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     request: web.Request,
-    exchange: _Exchange,
+    exchange: Exchange,
     route: RelayRoute,
     relay: Relay,
 ) -> None:
@@ -833,7 +669,7 @@ async def _send_filtered(
 
 
 async def _read_body(
-    request: web.Request, limit: int, budget: BodyBudget, exchange: _Exchange, coding: str | None
+    request: web.Request, limit: int, budget: BodyBudget, exchange: Exchange, coding: str | None
 ) -> bytes:
     """The whole body, at most `limit` bytes (after decoding), its bytes taken from the
     body budget before they are held: all at once when its length is declared, else as
@@ -873,62 +709,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-# URL objects for the paths clients send, which are few (/api/chat, /v1/models, ...):
-# building one costs more than the rest of the header work. Bounded, as query strings vary.
-_URL_CACHE: dict[tuple[bool, str, str, str], URL] = {}
-_URL_CACHE_SIZE = 1024
-
-
-def _upstream_url(
-    request: web.Request, settings: Settings, route: RelayRoute, upstream: UpstreamConfig
-) -> URL:
-    # raw_path keeps the client's encoding and query string exactly.
-    raw = request.raw_path
-    cache_key = (route.native, settings.base_path, upstream.url, raw)
-    url = _URL_CACHE.get(cache_key)
-    if url is None:
-        prefix = settings.client_prefix(route.native)
-        tail = raw[len(prefix) :] if raw.startswith(prefix) else request.rel_url.raw_path_qs
-        if upstream.kind == "ollama":
-            base = upstream.url + ("/api" if route.native else "/v1")
-        else:
-            base = upstream.url  # a cloud API's URL ends in its version (/v1)
-        url = URL(base + tail, encoded=True)
-        if len(_URL_CACHE) >= _URL_CACHE_SIZE:
-            _URL_CACHE.clear()
-        _URL_CACHE[cache_key] = url
-    return url
-
-
-def _without(headers: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """`headers` less `drop` and whatever their Connection header names (hop-by-hop)."""
-    connection = headers.get("Connection")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    for name in drop:
-        if name in headers:
-            del headers[name]
-    return headers
-
-
-def _request_headers(request: web.Request, upstream: UpstreamConfig) -> CIMultiDict[str]:
-    headers = _without(CIMultiDict(request.headers), REQUEST_DROP)
-    # Ask for identity so the bytes we relay are the bytes Ollama produced.
-    headers["Accept-Encoding"] = "identity"
-    if upstream.key is not None:  # the upstream's own key, never the client's
-        if upstream.kind == "anthropic":
-            headers["x-api-key"] = upstream.key
-            if "anthropic-version" not in headers:
-                headers["anthropic-version"] = ANTHROPIC_VERSION
-        else:
-            headers["Authorization"] = f"Bearer {upstream.key}"
-    return headers
-
-
 def _response_for(
-    upstream: aiohttp.ClientResponse, request: web.Request, exchange: _Exchange
+    upstream: aiohttp.ClientResponse, request: web.Request, exchange: Exchange
 ) -> web.StreamResponse:
-    headers = _without(CIMultiDict(upstream.headers), RESPONSE_DROP)
+    headers = without(CIMultiDict(upstream.headers), RESPONSE_DROP)
     headers["X-Request-Id"] = exchange.context.request_id
     if exchange.rate_headers:
         headers.update(exchange.rate_headers)  # ours, replacing any from upstream
@@ -942,7 +726,7 @@ async def _pump(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     request: web.Request,
-    exchange: _Exchange,
+    exchange: Exchange,
     route: RelayRoute,
     relay: Relay,
 ) -> None:
@@ -984,7 +768,7 @@ async def _end_cut_stream(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     request: web.Request,
-    exchange: _Exchange,
+    exchange: Exchange,
     route: RelayRoute,
     exc: BaseException,
 ) -> None:

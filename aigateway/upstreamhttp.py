@@ -1,0 +1,120 @@
+"""What crosses between the gateway and an upstream besides the body: the client session,
+the URL a request goes to, and the headers both ways.
+
+Only headers are touched: hop-by-hop headers are dropped both ways, and the client's
+`Host`, `Origin`, credentials and cookies never reach an upstream (Ollama refuses foreign
+Hosts and unknown browser Origins with 403; the aiohttp client sends the upstream's Host
+instead). An upstream gets its own key (UPSTREAM_API_KEY, or key_env), never a client's.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .routes import RelayRoute
+from .settings import Settings
+from .upstreams.config import UpstreamConfig
+from .upstreams.pool import UPSTREAM_HEADER
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Besides hop-by-hop: the gateway's own credentials, what Ollama would refuse (Host,
+# Origin), what aiohttp recomputes (Content-Length, Expect), cookies meant for us, and
+# Content-Encoding: aiohttp decoded the body, so it goes on as it now is.
+REQUEST_DROP = HOP_BY_HOP | {
+    "content-encoding",
+    "host",
+    "authorization",
+    "x-api-key",
+    "origin",
+    "cookie",
+    "content-length",
+    "expect",
+    "accept-encoding",
+    UPSTREAM_HEADER.lower(),
+}
+RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when the client sent none
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        # No pool limit: Ollama queues requests itself; a gateway cap would add a second queue.
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream_connect_timeout,
+            sock_read=settings.upstream_read_timeout,
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Send the client's own Content-Type and User-Agent, or none, never aiohttp's.
+        skip_auto_headers=("Content-Type", "User-Agent"),
+    )
+
+
+# URL objects for the paths clients send, which are few (/api/chat, /v1/models, ...):
+# building one costs more than the rest of the header work. Bounded, as query strings vary.
+_URL_CACHE: dict[tuple[bool, str, str, str], URL] = {}
+_URL_CACHE_SIZE = 1024
+
+
+def upstream_url(
+    request: web.Request, settings: Settings, route: RelayRoute, upstream: UpstreamConfig
+) -> URL:
+    # raw_path keeps the client's encoding and query string exactly.
+    raw = request.raw_path
+    cache_key = (route.native, settings.base_path, upstream.url, raw)
+    url = _URL_CACHE.get(cache_key)
+    if url is None:
+        prefix = settings.client_prefix(route.native)
+        tail = raw[len(prefix) :] if raw.startswith(prefix) else request.rel_url.raw_path_qs
+        if upstream.kind == "ollama":
+            base = upstream.url + ("/api" if route.native else "/v1")
+        else:
+            base = upstream.url  # a cloud API's URL ends in its version (/v1)
+        url = URL(base + tail, encoded=True)
+        if len(_URL_CACHE) >= _URL_CACHE_SIZE:
+            _URL_CACHE.clear()
+        _URL_CACHE[cache_key] = url
+    return url
+
+
+def without(headers: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """`headers` less `drop` and whatever their Connection header names (hop-by-hop)."""
+    connection = headers.get("Connection")
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    for name in drop:
+        if name in headers:
+            del headers[name]
+    return headers
+
+
+def request_headers(request: web.Request, upstream: UpstreamConfig) -> CIMultiDict[str]:
+    headers = without(CIMultiDict(request.headers), REQUEST_DROP)
+    # Ask for identity so the bytes we relay are the bytes Ollama produced.
+    headers["Accept-Encoding"] = "identity"
+    if upstream.key is not None:  # the upstream's own key, never the client's
+        if upstream.kind == "anthropic":
+            headers["x-api-key"] = upstream.key
+            if "anthropic-version" not in headers:
+                headers["anthropic-version"] = ANTHROPIC_VERSION
+        else:
+            headers["Authorization"] = f"Bearer {upstream.key}"
+    return headers
