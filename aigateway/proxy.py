@@ -410,8 +410,8 @@ async def _forward(
     body read into memory can be sent again; an upload streamed through cannot)."""
     pool = relay.pool
     if not pool.single:
-        if route.lists_models and request.method == "GET":
-            return await send_union(request, route, exchange, relay)
+        if route.lists_models and request.method in ("GET", "HEAD"):
+            return await send_union(request, route, exchange, relay)  # (HEAD: no body)
         if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
             return await pull_everywhere(request, route, exchange, relay)
     candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))

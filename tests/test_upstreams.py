@@ -117,6 +117,9 @@ async def test_model_lists_are_the_union_each_model_once(
     assert sorted(m["id"] for m in models["data"]) == [
         "llama3.2:latest", "mistral:latest", "phi4:latest", "qwen3:8b",
     ]  # fmt: skip
+    head = await user.head("/api/tags")  # the union's headers, without its body
+    assert head.status == 200 and int(head.headers["Content-Length"]) > 100
+    assert await head.read() == b""
     ps = await (await user.get("/api/ps")).json()
     assert [m["name"] for m in ps["models"]] == ["mistral"]
     # a key with an allow-list sees only its models in the union

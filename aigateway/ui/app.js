@@ -185,7 +185,7 @@ async function overview(view) {
     el(
       "div",
       { class: "grid", id: "ollama" },
-      stat("Ollama", health),
+      stat(pool.checked ? "Upstreams" : "Ollama", health),
       stat("Models loaded", loaded),
       stat("In flight now", number(stats.in_flight)),
     ),
