@@ -158,7 +158,7 @@ class _Gauges(Collector):
         latency = GaugeMetricFamily(
             "aigateway_upstream_check_seconds", "The last check's round trip", labels=labels
         )
-        waiting = self.pool.queue.waiting
+        waiting = self.pool.queue.waiting()
         for u in self.pool.upstreams:
             up.add_metric([u.name], 1.0 if u.up else 0.0)
             busy.add_metric([u.name], u.in_flight)

@@ -17,7 +17,7 @@ from yarl import URL
 from .routes import RelayRoute
 from .settings import Settings
 from .upstreams.config import UpstreamConfig
-from .upstreams.pool import UPSTREAM_HEADER
+from .upstreams.pool import UPSTREAM_HEADER, auth_headers
 
 HOP_BY_HOP = frozenset(
     {
@@ -49,7 +49,6 @@ REQUEST_DROP = HOP_BY_HOP | {
     UPSTREAM_HEADER.lower(),
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when the client sent none
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
@@ -110,11 +109,9 @@ def request_headers(request: web.Request, upstream: UpstreamConfig) -> CIMultiDi
     headers = without(CIMultiDict(request.headers), REQUEST_DROP)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
     headers["Accept-Encoding"] = "identity"
-    if upstream.key is not None:  # the upstream's own key, never the client's
-        if upstream.kind == "anthropic":
-            headers["x-api-key"] = upstream.key
-            if "anthropic-version" not in headers:
-                headers["anthropic-version"] = ANTHROPIC_VERSION
-        else:
-            headers["Authorization"] = f"Bearer {upstream.key}"
+    if upstream.key is not None:
+        # The upstream's own key (the client's went with REQUEST_DROP); a client's own
+        # anthropic-version stands.
+        for name, value in auth_headers(upstream).items():
+            headers.setdefault(name, value)
     return headers

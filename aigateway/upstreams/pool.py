@@ -47,6 +47,7 @@ CLOUD_ROUTES = {
 UPSTREAM_HEADER = "X-Upstream"
 MAX_LISTED = 10_000  # models kept from one upstream's list
 MAX_LIST_BYTES = 16 * 1024**2
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when a client sends none
 
 
 def canonical(name: str) -> str:
@@ -221,7 +222,7 @@ class Pool:
 
     def views(self) -> list[dict[str, object]]:
         """Each upstream as an admin sees it, with the requests waiting for it."""
-        waiting = self.queue.waiting
+        waiting = self.queue.waiting()
         return [{**u.view(), "queued": waiting.get(u.name, 0)} for u in self.upstreams]
 
     def failed(self, upstream: Upstream, reason: str) -> None:
@@ -352,9 +353,10 @@ def model_names(body: bytes, field: str) -> list[str]:
 
 
 def auth_headers(config: UpstreamConfig) -> dict[str, str]:
-    """How the gateway presents an upstream's own key."""
+    """How the gateway presents an upstream's own key (to its checks, and with every
+    request it relays there)."""
     if config.key is None:
         return {}
     if config.kind == "anthropic":
-        return {"x-api-key": config.key, "anthropic-version": "2023-06-01"}
+        return {"x-api-key": config.key, "anthropic-version": ANTHROPIC_VERSION}
     return {"Authorization": f"Bearer {config.key}"}

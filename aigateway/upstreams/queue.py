@@ -7,7 +7,7 @@ queue."""
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,10 +32,18 @@ class FairQueue:
         # Each waiting key's requests in arrival order, and the keys in the order they are
         # served: a key that was served goes to the back.
         self._keys: OrderedDict[int, deque[_Waiter]] = OrderedDict()
-        self.waiting: dict[str, int] = {}  # requests waiting that each upstream could take
 
     def __len__(self) -> int:
         return sum(len(waiters) for waiters in self._keys.values())
+
+    def waiting(self) -> Counter[str]:
+        """Requests waiting that each upstream could take (for /health/ollama, /metrics)."""
+        return Counter(
+            upstream.name
+            for waiters in self._keys.values()
+            for waiter in waiters
+            for upstream in waiter.candidates
+        )
 
     async def wait(
         self, key_id: int, candidates: Sequence[Upstream], release: Callable[[Upstream], None]
@@ -44,8 +52,6 @@ class FairQueue:
         the timeout. A slot handed over just as the caller stops waiting is released."""
         waiter = _Waiter(key_id, candidates)
         self._keys.setdefault(key_id, deque()).append(waiter)
-        for upstream in candidates:
-            self.waiting[upstream.name] = self.waiting.get(upstream.name, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), self.timeout)
         except TimeoutError:
@@ -67,8 +73,6 @@ class FairQueue:
             waiters.remove(waiter)
             if not waiters:
                 del self._keys[waiter.key_id]
-        for upstream in waiter.candidates:
-            self.waiting[upstream.name] -= 1
         if not waiter.future.done():
             waiter.future.cancel()
 
