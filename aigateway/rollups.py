@@ -76,12 +76,18 @@ class Totals:
     def add(self, other: Totals) -> None:
         self.add_sums(other.values)
 
-    def summary(self) -> dict[str, object]:
-        """The fields of a usage summary, as the store gives them for a group."""
+    def summary(
+        self, exact: tuple[float | None, float | None, float | None, float | None] | None = None
+    ) -> dict[str, object]:
+        """The fields of a usage summary, as the store gives them for a group: p50 and p95
+        of durations and times to first byte from the histograms, or `exact` ones."""
         v = self.values
         requests, prompt, completion = int(v[0]), int(v[1]), int(v[2])
-        p50, p95 = percentiles(v[_D0 : _D0 + BUCKETS])
-        ttfb_p50, ttfb_p95 = percentiles(v[_T0 : _T0 + BUCKETS])
+        if exact is None:
+            p50, p95 = percentiles(v[_D0 : _D0 + BUCKETS])
+            ttfb_p50, ttfb_p95 = percentiles(v[_T0 : _T0 + BUCKETS])
+        else:
+            p50, p95, ttfb_p50, ttfb_p95 = exact
         return {
             "requests": requests,
             "prompt_tokens": prompt,
@@ -90,10 +96,12 @@ class Totals:
             "avg_ms": round(v[7] / requests, 2) if requests else 0.0,
             "p50_ms": p50,
             "p95_ms": p95,
+            # time to first byte (of requests that had one)
             "ttfb_p50_ms": ttfb_p50,
             "ttfb_p95_ms": ttfb_p95,
             "errors": int(v[3]),
-            "cost": int(v[5]) if v[6] else None,  # None: no record of the group has a cost
+            # micro-units; None when no record of the group has a cost yet
+            "cost": int(v[5]) if v[6] else None,
             "client_gone": int(v[4]),
         }
 

@@ -1435,39 +1435,32 @@ async def _raw_summary(
 
 
 def _exact_summary(group_by: Sequence[str], row: Sequence[Any]) -> dict[str, object]:
-    """A group of _raw_summary as a summary, with percentiles of every duration."""
-    count, prompt, completion, duration, errors, gone, cost, costed, joined, ttfb = row[
-        len(group_by) :
-    ]
-    p50, p95 = _percentiles(joined)
-    ttfb_p50, ttfb_p95 = _percentiles(ttfb)
+    """A group of _raw_summary as a summary, with percentiles of every duration (not of
+    latency buckets)."""
+    measures = row[len(group_by) :]
+    totals = Totals()
+    totals.add_sums(_counted_sums(measures))
+    joined, ttfb = measures[-2:]
     return {
         **dict(zip(group_by, row[: len(group_by)], strict=True)),
-        "requests": int(count),
-        "prompt_tokens": int(prompt or 0),
-        "completion_tokens": int(completion or 0),
-        "total_tokens": int(prompt or 0) + int(completion or 0),
-        "avg_ms": round(float(duration) / int(count), 2),
-        "p50_ms": p50,
-        "p95_ms": p95,
-        # time to first byte (of requests that had one)
-        "ttfb_p50_ms": ttfb_p50,
-        "ttfb_p95_ms": ttfb_p95,
-        "errors": int(errors or 0),
-        # micro-units; None when no record of the group has a cost yet
-        "cost": int(cost or 0) if costed else None,
-        "client_gone": int(gone or 0),
+        **totals.summary((*_percentiles(joined), *_percentiles(ttfb))),
     }
+
+
+def _counted_sums(measures: Sequence[Any]) -> list[float]:
+    """The sums of a _raw_summary group, in SUM_COLUMNS' order, up to the histograms."""
+    count, prompt, completion, duration, errors, gone, cost, costed, _, _ = measures
+    return [
+        count, prompt or 0, completion or 0, errors or 0, gone or 0, cost or 0, costed,
+        duration or 0.0,
+    ]  # fmt: skip
 
 
 def _raw_sums(measures: Sequence[Any]) -> list[float]:
     """The measures of a _raw_summary group as a row of SUM_COLUMNS: the joined durations
     counted into latency buckets."""
-    count, prompt, completion, duration, errors, gone, cost, costed, joined, ttfb = measures
-    sums: list[float] = [
-        count, prompt or 0, completion or 0, errors or 0, gone or 0, cost or 0, costed,
-        duration or 0.0,
-    ]  # fmt: skip
+    joined, ttfb = measures[-2:]
+    sums = _counted_sums(measures)
     for values in (joined, ttfb):
         buckets = [0] * BUCKETS
         for value in values.split(",") if values else ():
