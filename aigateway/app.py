@@ -28,12 +28,12 @@ from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .expect import defer_continue
-from .health import admin_metrics_page, health, health_ollama, metrics_page, root
+from .health import health, health_ollama, root
 from .inflight import InFlight
 from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import DAY, Limiter, Limits
-from .metrics import Metrics
+from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .proxy import relay_handler
 from .relaystate import Relay

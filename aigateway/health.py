@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
 from .appkeys import KEY_TABLE, RELAY, SETTINGS, STARTED_AT, UPSTREAM
-from .auth import authenticate, principal, public
-from .errors import Forbidden, GatewayError
+from .auth import authenticate, public
+from .errors import GatewayError
 from .keytable import AuthError
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
@@ -93,24 +91,6 @@ async def health_ollama(request: web.Request) -> web.Response:
         return _answer(request, "unhealthy", details, 503)
     details["ollama_version"] = version
     return _answer(request, "ok", details, 200)
-
-
-@public
-async def metrics_page(request: web.Request) -> web.Response:
-    """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
-    metrics = request.app[RELAY].metrics
-    assert metrics is not None  # routed only with METRICS on
-    # In a thread: a page of thousands of series takes tens of milliseconds to write,
-    # which the event loop (and every request on it) need not wait for.
-    page = await asyncio.to_thread(metrics.page)
-    return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def admin_metrics_page(request: web.Request) -> web.Response:
-    """The same, for an admin key only (METRICS=admin)."""
-    if principal(request).role != "admin":
-        raise Forbidden("/metrics needs an admin key")
-    return await metrics_page(request)
 
 
 def _answer(

@@ -1,9 +1,10 @@
 """/metrics in Prometheus's text format, with the official prometheus-client library; off
 unless METRICS is `on` (anyone may scrape) or `admin` (an admin key is needed).
 
-Counters and histograms are updated when a relayed request is settled (a few label
-lookups, no lock held across an await); gauges (in flight, queued, upstream health) are
-read from the pool when scraped, so they cost the relay nothing. Labels come only from
+Counters and histograms are updated when a relayed request is settled (each kind of
+request's series found once, then a few increments; no lock held across an await);
+gauges (in flight, queued, upstream health) are read from the pool when scraped, so they
+cost the relay nothing. Labels come only from
 bounded sets: route templates, statuses, upstream names, and model names of requests an
 upstream answered without an error (a client cannot make up new series by naming models
 that do not exist).
@@ -11,13 +12,30 @@ that do not exist).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import BudgetExhausted, GatewayError, ModelNotAllowed, TooManyRequests, Unauthorized
+from .appkeys import RELAY
+from .auth import principal, public
+from .errors import (
+    BudgetExhausted,
+    Forbidden,
+    GatewayError,
+    ModelNotAllowed,
+    TooManyRequests,
+    Unauthorized,
+)
 from .inflight import InFlight
 from .routes import RelayRoute
 from .upstreams.pool import Pool
@@ -166,3 +184,21 @@ class _Gauges(Collector):
             if u.latency_ms is not None:
                 latency.add_metric([u.name], u.latency_ms / 1000)
         yield from (up, busy, queued, latency)
+
+
+@public
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
+    metrics = request.app[RELAY].metrics
+    assert metrics is not None  # routed only with METRICS on
+    # In a thread: a page of thousands of series takes tens of milliseconds to write,
+    # which the event loop (and every request on it) need not wait for.
+    page = await asyncio.to_thread(metrics.page)
+    return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def admin_metrics_page(request: web.Request) -> web.Response:
+    """The same, for an admin key only (METRICS=admin)."""
+    if principal(request).role != "admin":
+        raise Forbidden("/metrics needs an admin key")
+    return await metrics_page(request)
