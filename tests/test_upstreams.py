@@ -221,7 +221,7 @@ async def test_model_management_goes_to_the_upstream_an_admin_names(
 ) -> None:
     _, admin = several
     resp = await admin.delete("/api/delete", json={"model": "gemma3"})
-    assert resp.status == 400 and "X-Upstream" in (await resp.json())["error"]
+    assert resp.status == 400 and "name one with X-Upstream" in (await resp.json())["error"]
     three.forget()
     resp = await admin.post(
         "/api/pull", json={"model": "gemma3", "stream": False}, headers={"X-Upstream": "ollama3"}

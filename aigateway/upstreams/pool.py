@@ -158,10 +158,12 @@ class Pool:
         if named is not None:
             upstream = self.by_name.get(named)
             if upstream is None or not upstream.fits(route):
-                raise BadRequest(
-                    f"{UPSTREAM_HEADER} names no upstream of this gateway for this route;"
-                    f" the upstreams are {', '.join(self.by_name)}"
+                asked = (
+                    f"{UPSTREAM_HEADER} names no upstream of this gateway for this route"
+                    if named
+                    else f"with several upstreams, name one with {UPSTREAM_HEADER}"
                 )
+                raise BadRequest(f"{asked}; the upstreams are {', '.join(self.by_name)}")
             return [upstream]
         fitting = [u for u in self.upstreams if u.fits(route)]
         if model is not None:
