@@ -641,6 +641,15 @@ def _cost(
     return price.cost(prompt or 0, completion or 0, charged_ns), model_ns
 
 
+async def _slot_returned(exchange: Exchange, relay: Relay) -> None:
+    """For a key with a limit of requests at once on limits several gateways share: the
+    request's slot given back in the database before its answer ends, so that a client
+    that waits for each answer finds it free whichever gateway its next request reaches."""
+    ticket = exchange.ticket
+    if ticket is not None and ticket.at_once and relay.shared is not None:
+        await relay.shared.returned(ticket)
+
+
 def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:
     """An Anthropic stream's counts come from message_delta at its end; message_start's
     (input tokens, output 0) are all a stream cut before it has."""
@@ -662,6 +671,7 @@ async def _send_filtered(
         body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
     exchange.tap.feed(body)
     _settle(request, route, exchange, relay)
+    await _slot_returned(exchange, relay)
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body)
@@ -743,6 +753,7 @@ async def _pump(
             tap.feed(chunk)
             if tap.total == length:  # the last bytes of a body with a length
                 _settle(request, route, exchange, relay)
+                await _slot_returned(exchange, relay)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
@@ -752,6 +763,7 @@ async def _pump(
             await response.write(rest)
         if not exchange.settled:  # a chunked body: before its end goes out
             _settle(request, route, exchange, relay)
+            await _slot_returned(exchange, relay)
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()

@@ -1,18 +1,21 @@
 """Limits shared by several gateways on one PostgreSQL database, exactly.
 
 A request of a key with limits is admitted by one call (one round trip) of the function
-`aigateway_admit` (migration 0005), which takes the key's row lock in `limit_counters`,
-checks every limit and counts the request, its slot and its token reservation only if
-all pass; calls from every gateway are serialised on the row, so 100 simultaneous
-requests over three gateways against 50 a minute admit exactly 50. Requests of one key
-that arrive while its call is out go together in the next call. The windows follow the
-database's clock, so gateways whose clocks differ share them.
+`aigateway_admit` (migrations 0005, 0012), which takes the key's row lock in
+`limit_counters`, checks every limit and counts the request, its slot and its token
+reservation only if all pass; calls from every gateway are serialised on the row, so 100
+simultaneous requests over three gateways against 50 a minute admit exactly 50. Requests
+of one key that arrive while its call is out go together in the next call. The windows
+follow the database's clock, so gateways whose clocks differ share them.
 
 What a request gives back when it ends (its slot, its reservation replaced by the tokens
-it used, or its count when its body was then refused) is never waited for: it is queued
-and written in batches, one statement per batch. Each gateway also says every few seconds
-which slots it holds (`instance_in_flight`); the slots of a gateway that stopped saying so
-(killed, its machine gone) are given back by the others.
+it used, or its count when its body was then refused) is never waited for: it goes with
+the key's next admission call, which takes it back before it admits (so a client that
+waits for each answer of a key limited to one at a time is never refused), or with the
+next batch, one call for every key, a moment later. Each gateway's ledger
+(`instance_in_flight`) changes in the same transactions, so it always says exactly which
+slots and reservations the gateway holds; a gateway that stops saying it is alive
+(killed, its machine gone) has them given back by the others.
 
 While the database cannot be reached, LIMITS_WHEN_DATABASE_AWAY decides: `local` admits
 on this gateway's own counts (kept all along), `refuse` answers 503.
@@ -55,12 +58,13 @@ DEAD_AFTER_S = 15.0  # a gateway silent this long has its slots given back
 
 _NOW = "extract(epoch FROM clock_timestamp())"
 
-# Admits the first of the requests of one key that waited meanwhile (their token
-# reservations in $6), as many as its limits allow: a function of the schema's
-# (migration 0005), under the key's row lock. One call, one round trip, for them all.
+# Takes back what `$8` (six numbers, or NULL) returns of this gateway's ended requests of
+# the key, then admits the first of the requests of the key that waited meanwhile (their
+# token reservations in $7), as many as its limits allow: a function of the schema's
+# (migration 0012), under the key's row lock. One call, one round trip, for them all.
 _ADMIT = """
-SELECT * FROM aigateway_admit($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint,
-    $6::bigint[])
+SELECT * FROM aigateway_admit($1::text, $2::bigint, $3::bigint, $4::bigint, $5::bigint,
+    $6::bigint, $7::bigint[], $8::bigint[])
 """
 MAX_BATCH = 256
 
@@ -71,57 +75,34 @@ SELECT key_id, minute_start, minute_used, hour_start, hour_used, day_start, day_
 FROM limit_counters WHERE key_id = ANY($1::bigint[])
 """
 
-# More tokens for a request whose body asks for more than admission reserved:
-# $1 key, $2 tokens per day, $3 tokens.
+# More tokens for a request whose body asks for more than admission reserved, on the
+# key's row and this gateway's ledger: $1 key, $2 tokens per day, $3 tokens, $4 this gateway.
 _TOP_UP = f"""
-UPDATE limit_counters SET day_reserved = day_reserved + $3::bigint
-WHERE key_id = $1::bigint AND (day_start < (floor({_NOW} / {DAY}) * {DAY})::bigint
-    OR day_tokens + day_reserved < $2::bigint)
-RETURNING day_tokens, day_reserved
+WITH c AS (
+    UPDATE limit_counters SET day_reserved = day_reserved + $3::bigint
+    WHERE key_id = $1::bigint AND (day_start < (floor({_NOW} / {DAY}) * {DAY})::bigint
+        OR day_tokens + day_reserved < $2::bigint)
+    RETURNING key_id
+)
+INSERT INTO instance_in_flight AS l (instance, key_id, requests, reserved)
+SELECT $4::text, key_id, 0, $3::bigint FROM c
+ON CONFLICT (instance, key_id) DO UPDATE SET reserved = l.reserved + excluded.reserved
+RETURNING reserved
 """
 
-# What ended requests give back, per key, and the same taken off this gateway's ledger, in
-# one statement (one round trip, atomic): $1 keys, $2 slots, $3 reserved tokens, $4 tokens
-# used, $5 refunded counts, $6 and $7 the minute and hour those counts were made in, $8
-# this gateway.
-_SETTLE = f"""
-WITH u AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-        $5::bigint[], $6::bigint[], $7::bigint[])
-        AS u(key_id, released, reserved, tokens, refunds, minute, hour)
-), ledger AS (
-    UPDATE instance_in_flight AS l SET requests = greatest(0, l.requests - u.released),
-        reserved = greatest(0, l.reserved - u.reserved)
-    FROM u WHERE l.instance = $8::text AND l.key_id = u.key_id
-)
-UPDATE limit_counters AS c SET
-    in_flight = greatest(0, c.in_flight - u.released),
-    day_reserved = greatest(0, c.day_reserved - u.reserved),
-    day_tokens = CASE WHEN c.day_start = today.start THEN c.day_tokens + u.tokens
-        ELSE u.tokens END,
-    day_start = today.start,
-    minute_used = CASE WHEN c.minute_start = u.minute
-        THEN greatest(0, c.minute_used - u.refunds) ELSE c.minute_used END,
-    hour_used = CASE WHEN c.hour_start = u.hour
-        THEN greatest(0, c.hour_used - u.refunds) ELSE c.hour_used END
-FROM u, (SELECT (floor({_NOW} / {DAY}) * {DAY})::bigint AS start) AS today
-WHERE c.key_id = u.key_id
-"""
+# What ended requests give back, for every key at once: $1 this gateway, $2 the keys, $3
+# six numbers a key (see _Return.numbers). One call, one transaction.
+_SETTLE = "SELECT aigateway_settle($1::text, $2::bigint[], $3::bigint[])"
 
-# The slots of gateways that stopped saying which they hold.
-_REAP = f"""
-WITH dead AS (
-    DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1::float8 RETURNING instance
-), held AS (
-    DELETE FROM instance_in_flight WHERE instance IN (SELECT instance FROM dead)
-    RETURNING key_id, requests, reserved
-)
-UPDATE limit_counters AS c SET in_flight = greatest(0, c.in_flight - h.requests),
-    day_reserved = greatest(0, c.day_reserved - h.reserved)
-FROM (SELECT key_id, sum(requests) AS requests, sum(reserved) AS reserved
-    FROM held GROUP BY key_id) AS h
-WHERE c.key_id = h.key_id
+# The register of live gateways: this one is alive; those silent for $1 seconds, or this
+# one as it stops ($2), are not. Then what gateways no longer registered hold is given
+# back (in a transaction of its own, after the register's: see migration 0012).
+_ALIVE = f"""
+INSERT INTO gateway_instances (instance, seen_at) VALUES ($1, {_NOW})
+ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at
 """
+_GONE = f"DELETE FROM gateway_instances WHERE seen_at < {_NOW} - $1::float8 OR instance = $2"
+_REAP = "SELECT aigateway_reap()"
 
 
 class Ticket(NamedTuple):
@@ -131,6 +112,9 @@ class Ticket(NamedTuple):
     reserved: int  # tokens reserved at admission (more may be added: see top_up)
     minute_start: int
     hour_start: int
+    # The key has a limit of requests at once: its slot is given back before the answer
+    # ends (see returned), since the client may send its next request to another gateway.
+    at_once: bool = False
 
 
 class Admission(NamedTuple):
@@ -144,12 +128,6 @@ _Waiter = tuple[int, "asyncio.Future[Admission | None]"]
 
 
 @dataclass(slots=True)
-class _Held:
-    requests: int = 0
-    reserved: int = 0
-
-
-@dataclass(slots=True)
 class _Return:
     """What ended requests of one key give back, gathered until the next batch."""
 
@@ -159,6 +137,10 @@ class _Return:
     refunds: int = 0
     minute: int = 0
     hour: int = 0
+
+    def numbers(self) -> list[int]:
+        """As the functions of the schema take them (p_back)."""
+        return [self.released, self.reserved, self.tokens, self.refunds, self.minute, self.hour]
 
     def add(self, other: _Return) -> None:
         self.released += other.released
@@ -179,13 +161,14 @@ class SharedLimits:
         self.instance = uuid.uuid4().hex
         self._pool: asyncpg.Pool | None = None
         self._returns: dict[int, _Return] = {}
-        # Per key, the slots and reserved tokens this gateway holds in the database.
-        self._held: dict[int, _Held] = {}
+        # Keys whose returns a statement is writing, and its end: the key's next
+        # admission waits for it, so that a slot given back a moment ago is free by then.
+        self._writing: dict[int, asyncio.Event] = {}
         # Requests waiting for their key's next admission call, and the calls' tasks.
         self._waiting: dict[tuple[int, Limits], list[_Waiter]] = {}
         self._senders: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()  # a batch and the ledger are never written at once
+        self._lock = asyncio.Lock()  # one batch at a time
         self._tasks: list[asyncio.Task[None]] = []
         self._away_until = 0.0
         self._away_reason = ""
@@ -207,6 +190,14 @@ class SharedLimits:
             raise StoreError(
                 f"{self._database.display}: cannot reach the database: {_why(exc)}"
             ) from None
+        try:
+            async with self.connection(ADMIT_TIMEOUT_S) as conn:  # alive before admitting
+                await conn.execute(_ALIVE, self.instance, timeout=ADMIT_TIMEOUT_S)
+        except DATABASE_AWAY as exc:
+            await self._pool.close()
+            raise StoreError(
+                f"{self._database.display}: cannot reach the database: {_why(exc)}"
+            ) from None
         self._tasks = [
             asyncio.create_task(self._write_returns(), name="aigateway-limit-returns"),
             asyncio.create_task(self._heartbeat(), name="aigateway-limit-heartbeat"),
@@ -217,14 +208,10 @@ class SharedLimits:
         if self._pool is None:
             return
         try:
-            await self._flush()
+            await self._flush(everything=True)
             async with self.connection() as conn:
-                await conn.execute(
-                    "DELETE FROM gateway_instances WHERE instance = $1", self.instance
-                )
-                await conn.execute(
-                    "DELETE FROM instance_in_flight WHERE instance = $1", self.instance
-                )
+                await conn.execute(_GONE, DEAD_AFTER_S, self.instance)
+                await conn.execute(_REAP)
         except DATABASE_AWAY as exc:
             log.warning("could not give back this gateway's limit slots: %s", _why(exc))
         await self._pool.close()
@@ -277,32 +264,44 @@ class SharedLimits:
             if time.monotonic() < self._away_until:
                 _resolve(taken, self._while_away())
                 continue
+            await self._written(key_id)
+            back = self._returns.pop(key_id, None)
+            written = self._writes([key_id]) if back is not None else None
             try:
-                row = await self._call_admit(key_id, limits, [r for r, _ in taken])
-            except DATABASE_AWAY as exc:
-                self.went_away(exc)
-                _resolve(taken, self._while_away())
-                continue
-            except BaseException as exc:  # a fault of ours: the requests must not hang
-                for _, future in taken:
+                row = await self._call_admit(key_id, limits, [r for r, _ in taken], back)
+            except BaseException as exc:
+                if back is not None:
+                    self._give(key_id, back)  # with the next batch, then
+                if isinstance(exc, DATABASE_AWAY):
+                    self.went_away(exc)
+                    _resolve(taken, self._while_away())
+                    continue
+                for _, future in taken:  # a fault of ours: the requests must not hang
                     if not future.done():
                         future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            finally:
+                if written is not None:
+                    written()
             self._admitted(key_id, limits, taken, row)
 
-    async def _call_admit(self, key_id: int, limits: Limits, reserves: list[int]) -> Any:
+    async def _call_admit(
+        self, key_id: int, limits: Limits, reserves: list[int], back: _Return | None
+    ) -> Any:
         assert self._pool is not None
         async with self.connection(ADMIT_TIMEOUT_S) as conn:
             row = await conn.fetchrow(
                 _ADMIT,
+                self.instance,
                 key_id,
                 limits.rpm,
                 limits.rph,
                 limits.tokens_per_day,
                 limits.max_concurrent,
                 reserves,
+                None if back is None else back.numbers(),
                 timeout=ADMIT_TIMEOUT_S,
             )
         if self._away_reason:
@@ -322,20 +321,14 @@ class SharedLimits:
         admitted, state = row[0], tuple(row)[1:]
         refusal: Verdict | None = None
         later_reserved = sum(r for r, _ in taken[:admitted])
-        held = self._held.get(key_id)
-        if held is None and admitted:
-            held = self._held[key_id] = _Held()
         for n, (reserve, future) in enumerate(taken):
             if n >= admitted:
                 if not future.done():
                     refusal = refusal or _refusal(limits, state)
                     future.set_result(Admission(refusal))
                 continue
-            assert held is not None
-            held.requests += 1
-            held.reserved += reserve
             later_reserved -= reserve
-            ticket = Ticket(key_id, reserve, state[0], state[2])
+            ticket = Ticket(key_id, reserve, state[0], state[2], limits.max_concurrent > 0)
             if future.done():  # its request was cancelled meanwhile
                 self.give_back(ticket, 0, relayed=False)
                 continue
@@ -354,7 +347,12 @@ class SharedLimits:
         try:
             async with self.connection(ADMIT_TIMEOUT_S) as conn:
                 row = await conn.fetchrow(
-                    _TOP_UP, ticket.key_id, limits.tokens_per_day, tokens, timeout=ADMIT_TIMEOUT_S
+                    _TOP_UP,
+                    ticket.key_id,
+                    limits.tokens_per_day,
+                    tokens,
+                    self.instance,
+                    timeout=ADMIT_TIMEOUT_S,
                 )
         except DATABASE_AWAY as exc:
             self.went_away(exc)
@@ -362,9 +360,6 @@ class SharedLimits:
         if row is None:
             reason = refusal_reasons(limits)["day"]
             return Verdict(False, reason, _until_next(DAY))
-        held = self._held.get(ticket.key_id)
-        if held is not None:
-            held.reserved += tokens
         return ticket._replace(reserved=ticket.reserved + tokens)
 
     def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
@@ -375,6 +370,57 @@ class SharedLimits:
         if not relayed:
             back.refunds, back.minute, back.hour = 1, ticket.minute_start, ticket.hour_start
         self._give(ticket.key_id, back)
+
+    async def returned(self, ticket: Ticket) -> None:
+        """Write now what ended requests of the ticket's key give back, and wait until it
+        is written (or the database found away): for a key with a limit of requests at
+        once, before its answer ends, so that the next request of a client that waits for
+        each answer finds the slot free on any gateway. Not cut short by a cancelled
+        request: a statement cut midway would leave unknown what it gave back."""
+        if not ticket.at_once:
+            return
+        await self._written(ticket.key_id)
+        back = self._returns.pop(ticket.key_id, None)
+        if back is None:
+            return
+        written = self._writes([ticket.key_id])
+
+        async def write() -> None:
+            try:
+                async with self.connection(ADMIT_TIMEOUT_S) as conn:
+                    await conn.execute(
+                        _SETTLE,
+                        self.instance,
+                        [ticket.key_id],
+                        back.numbers(),
+                        timeout=ADMIT_TIMEOUT_S,
+                    )
+            except DATABASE_AWAY as exc:
+                self._give(ticket.key_id, back)  # with the next batch
+                self.went_away(exc)
+            finally:
+                written()
+
+        await asyncio.shield(asyncio.ensure_future(write()))
+
+    async def _written(self, key_id: int) -> None:
+        """Wait while a statement writes what the key's ended requests gave back."""
+        while (event := self._writing.get(key_id)) is not None:
+            await event.wait()
+
+    def _writes(self, key_ids: list[int]) -> Callable[[], None]:
+        """Mark the keys' returns as on their way; the function to call when written."""
+        event = asyncio.Event()
+        for key_id in key_ids:
+            self._writing[key_id] = event
+
+        def done() -> None:
+            for key_id in key_ids:
+                if self._writing.get(key_id) is event:
+                    del self._writing[key_id]
+            event.set()
+
+        return done
 
     def give_back_tokens(self, key_id: int, tokens: int) -> None:
         """Return a reservation made for a request that then went away before its
@@ -434,64 +480,47 @@ class SharedLimits:
     async def _write_returns(self) -> None:
         await write_batches(self._wake, self._flush, self.went_away, "limit returns")
 
-    async def _flush(self) -> None:
+    async def _flush(self, everything: bool = False) -> None:
+        """Write what ended requests give back, but for keys with an admission call
+        waiting or out (theirs goes with the next call: one round trip fewer)."""
         async with self._lock:
             self._wake.clear()
             if not self._returns or self._pool is None:
                 return
             batch, self._returns = self._returns, {}
+            busy = () if everything else [key_id for key_id, _ in self._waiting]
+            for key_id in busy:
+                back = batch.pop(key_id, None)
+                if back is not None:
+                    self._give(key_id, back)  # and the writer looks again in a moment
+            if not batch:
+                return
+            written = self._writes(list(batch))
             try:
-                keys = list(batch)
-                columns = [
-                    [getattr(batch[k], name) for k in keys]
-                    for name in ("released", "reserved", "tokens", "refunds", "minute", "hour")
-                ]
+                numbers = [n for back in batch.values() for n in back.numbers()]
                 async with self.connection() as conn:
-                    await conn.execute(_SETTLE, keys, *columns, self.instance)
+                    await conn.execute(_SETTLE, self.instance, list(batch), numbers)
             except BaseException:
                 for key_id, back in batch.items():  # keep them for the next try
                     self._give(key_id, back)
                 raise
-            for key_id, back in batch.items():
-                held = self._held.get(key_id)
-                if held is None:
-                    continue
-                held.requests -= back.released
-                held.reserved -= back.reserved
-                if held.requests <= 0 and held.reserved <= 0:
-                    del self._held[key_id]
+            finally:
+                written()
 
     async def _heartbeat(self) -> None:
-        """Say which slots this gateway holds, and give back those of silent gateways."""
+        """Say that this gateway is alive, and give back what silent ones held."""
         while True:
+            await asyncio.sleep(HEARTBEAT_S)
             try:
-                async with self._lock:
-                    assert self._pool is not None
-                    async with self.connection() as conn, conn.transaction():
-                        await conn.execute(
-                            f"INSERT INTO gateway_instances (instance, seen_at) VALUES ($1, {_NOW})"
-                            " ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
-                            self.instance,
-                        )
-                        await conn.execute(
-                            "DELETE FROM instance_in_flight WHERE instance = $1", self.instance
-                        )
-                        held = [
-                            (self.instance, key_id, max(0, h.requests), max(0, h.reserved))
-                            for key_id, h in self._held.items()
-                        ]
-                        if held:
-                            await conn.executemany(
-                                "INSERT INTO instance_in_flight"
-                                " (instance, key_id, requests, reserved) VALUES ($1, $2, $3, $4)",
-                                held,
-                            )
-                        await conn.execute(_REAP, DEAD_AFTER_S)
+                assert self._pool is not None
+                async with self.connection() as conn:
+                    await conn.execute(_ALIVE, self.instance)
+                    await conn.execute(_GONE, DEAD_AFTER_S, None)
+                    await conn.execute(_REAP)
             except DATABASE_AWAY as exc:
                 self.went_away(exc)
             except Exception:
-                log.exception("could not write this gateway's limit slots; trying again")
-            await asyncio.sleep(HEARTBEAT_S)
+                log.exception("could not say that this gateway is alive; trying again")
 
 
 async def write_batches(
