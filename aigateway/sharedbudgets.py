@@ -6,9 +6,9 @@ owners' rows in `budget_spend`, checks each and reserves the per-request price a
 each only if all pass; calls from every gateway are serialised on the rows, so 100
 simultaneous requests over three gateways against a budget of 50 per-request prices relay
 exactly 50. What ends (the reservation given back, the cost spent) is written in batches,
-like the shared limits' returns. Each gateway also says every few seconds which
-reservations it holds (`instance_budget_held`): those of a gateway that went silent are
-given back by the others.
+like the shared limits' returns. Each gateway's ledger of the reservations it holds
+(`instance_budget_held`) changes in the same transactions (migration 0013): those of a
+gateway that went silent are given back by the others, once.
 
 The gateway's own Budgets keeps the spend each call reports, plus what ran here since:
 while the database is away, LIMITS_WHEN_DATABASE_AWAY decides as for limits (`local`
@@ -27,40 +27,20 @@ from .sharedlimits import DATABASE_AWAY, HEARTBEAT_S, SharedLimits, stop, write_
 log = logging.getLogger("aigateway.budgets")
 
 _RESERVE = """
-SELECT * FROM aigateway_budget_reserve($1::text[], $2::text[], $3::bigint[], $4::bigint[],
-    $5::bigint)
+SELECT * FROM aigateway_budget_reserve($1::text, $2::text[], $3::text[], $4::bigint[],
+    $5::bigint[], $6::bigint)
 """
 
-# What ended requests give back per owner, and the same off this gateway's ledger:
-# $1 owners, $2 periods, $3 period starts, $4 reservations, $5 costs, $6 this gateway.
-# A cost from a newer period than the row's starts that period.
+# What ended requests give back per owner, on the owners' rows and this gateway's ledger:
+# $1 this gateway, $2 owners, $3 periods, $4 period starts, $5 reservations, $6 costs.
 _SETTLE = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
-        AS u(owner, period, start, reserved, cost)
-), ledger AS (
-    UPDATE instance_budget_held AS l SET reserved = greatest(0, l.reserved - u.reserved)
-    FROM u WHERE l.instance = $6::text AND l.owner = u.owner
-)
-UPDATE budget_spend AS b SET
-    reserved = greatest(0, b.reserved - u.reserved),
-    spent = CASE WHEN u.start > b.period_start THEN u.cost ELSE b.spent + u.cost END,
-    period_start = greatest(b.period_start, u.start)
-FROM u WHERE b.owner = u.owner AND b.period = u.period
+SELECT aigateway_budget_settle($1::text, $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+    $6::bigint[])
 """
 
-# The reservations of gateways no longer in gateway_instances (the shared limits' reaping
-# takes out those silent for DEAD_AFTER_S).
-_REAP = """
-WITH held AS (
-    DELETE FROM instance_budget_held
-    WHERE instance NOT IN (SELECT instance FROM gateway_instances)
-    RETURNING owner, reserved
-)
-UPDATE budget_spend AS b SET reserved = greatest(0, b.reserved - h.reserved)
-FROM (SELECT owner, sum(reserved) AS reserved FROM held GROUP BY owner) AS h
-WHERE b.owner = h.owner
-"""
+# The reservations of gateways no longer in gateway_instances (the shared limits take out
+# those silent for DEAD_AFTER_S), and $1's (this gateway, as it stops; NULL: none).
+_REAP = "SELECT aigateway_budget_reap($1::text)"
 
 
 @dataclass(slots=True)
@@ -84,7 +64,6 @@ class SharedBudgets:
     def __init__(self, limits: SharedLimits, local: Budgets) -> None:
         self._limits = limits  # its pool, its idea of whether the database is away
         self.local = local
-        self._held: dict[str, int] = {}  # reservations this gateway holds, per owner
         self._returns: dict[str, _Back] = {}
         # Costs given back here and not yet written (waiting, or in a batch on its way):
         # what the database's spend does not include yet.
@@ -109,9 +88,7 @@ class SharedBudgets:
         try:
             await self._flush()
             async with self._limits.connection() as conn:
-                await conn.execute(
-                    "DELETE FROM instance_budget_held WHERE instance = $1", self._limits.instance
-                )
+                await conn.execute(_REAP, self._limits.instance)
         except DATABASE_AWAY as exc:
             log.warning("could not give back this gateway's budget reservations: %s", exc)
 
@@ -128,6 +105,7 @@ class SharedBudgets:
             async with self._limits.connection(2.0) as conn:
                 row = await conn.fetchrow(
                     _RESERVE,
+                    self._limits.instance,
                     [line.owner for line in ordered],
                     [line.budget.period for line in ordered],
                     starts,
@@ -144,9 +122,6 @@ class SharedBudgets:
             # next: the view kept for an outage errs on the side of refusing.)
             self.local.observe(line, owner_spent + self._unwritten.get(line.owner, 0), now)
         if passed:
-            if price:
-                for line in ordered:
-                    self._held[line.owner] = self._held.get(line.owner, 0) + price
             return True
         for line, owner_spent, owner_reserved in zip(ordered, spent, reserved, strict=True):
             if not allows(line.budget, owner_spent, owner_reserved, price):
@@ -189,23 +164,18 @@ class SharedBudgets:
                 async with self._limits.connection() as conn:
                     await conn.execute(
                         _SETTLE,
+                        self._limits.instance,
                         owners,
                         [batch[o].period for o in owners],
                         [batch[o].start for o in owners],
                         [batch[o].reserved for o in owners],
                         [batch[o].cost for o in owners],
-                        self._limits.instance,
                     )
             except BaseException:
                 for owner, back in batch.items():  # keep them for the next try
                     self._gather(owner, back)
                 raise
             for owner, back in batch.items():
-                left = self._held.get(owner, 0) - back.reserved
-                if left > 0:
-                    self._held[owner] = left
-                else:
-                    self._held.pop(owner, None)
                 unwritten = self._unwritten.get(owner, 0) - back.cost
                 if unwritten > 0:
                     self._unwritten[owner] = unwritten
@@ -213,30 +183,13 @@ class SharedBudgets:
                     self._unwritten.pop(owner, None)
 
     async def _heartbeat(self) -> None:
-        """Say which reservations this gateway holds; give back those of gone gateways."""
-        instance = self._limits.instance
+        """Give back the reservations of gateways gone (the shared limits say which)."""
         while True:
+            await asyncio.sleep(HEARTBEAT_S)
             try:
-                async with self._lock, self._limits.connection() as conn, conn.transaction():
-                    await conn.execute(
-                        "INSERT INTO gateway_instances (instance, seen_at)"
-                        " VALUES ($1, extract(epoch FROM clock_timestamp()))"
-                        " ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
-                        instance,
-                    )
-                    await conn.execute(
-                        "DELETE FROM instance_budget_held WHERE instance = $1", instance
-                    )
-                    held = [(instance, owner, amount) for owner, amount in self._held.items()]
-                    if held:
-                        await conn.executemany(
-                            "INSERT INTO instance_budget_held (instance, owner, reserved)"
-                            " VALUES ($1, $2, $3)",
-                            held,
-                        )
-                    await conn.execute(_REAP)
+                async with self._limits.connection() as conn:
+                    await conn.execute(_REAP, None)
             except DATABASE_AWAY as exc:
                 self._limits.went_away(exc)
             except Exception:
-                log.exception("could not write this gateway's budget reservations; trying again")
-            await asyncio.sleep(HEARTBEAT_S)
+                log.exception("could not give back the budget reservations of gateways gone")

@@ -296,13 +296,12 @@ async def test_a_killed_gateways_slots_and_reservations_are_given_back(
     priced = _key(pg_url, "spender")
     try:
         async with aiohttp.ClientSession() as session:
-            statuses, held_priced = await _hold_streams(session, gateways[:1], priced, 2)
-            assert statuses == [200, 200]
-            await asyncio.sleep(2 * sharedlimits.HEARTBEAT_S + 0.5)  # it said it holds them
-            # Slots are in the gateway's ledger from the moment they are taken: killed
-            # right after taking them, it holds them all the same.
             statuses, held = await _hold_streams(session, gateways[:1], key, 2)
             assert statuses == [200, 200]
+            statuses, held_priced = await _hold_streams(session, gateways[:1], priced, 2)
+            assert statuses == [200, 200]
+            # Killed right after: slots and reservations are in its ledger from the moment
+            # they are taken (they were written every 2 s, and those of the last 2 s lost).
             gateways[0].process.kill()  # no chance to give them back
             for resp in held + held_priced:
                 resp.close()
