@@ -119,15 +119,14 @@ class PostgresServer:
         )
         return int(out.strip() or 0)
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the server and its backends (from /proc): what the
-        database costs the machine, which a benchmark on one machine shares with it."""
+    def processes(self) -> dict[int, list[str]]:
+        """The server's processes (the postmaster and its children, backends included),
+        each pid with its /proc stat fields after the command name."""
         try:
             postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0.0
+            return {}
+        found = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -135,8 +134,16 @@ class PostgresServer:
                 continue  # gone meanwhile
             pid = int(stat.parent.name)
             if pid == postmaster or int(fields[1]) == postmaster:  # fields[1]: the parent
-                total += (int(fields[11]) + int(fields[12])) / ticks
-        return total
+                found[pid] = fields
+        return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its backends (from /proc): what the
+        database costs the machine, which a benchmark on one machine shares with it."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        return sum(
+            (int(fields[11]) + int(fields[12])) / ticks for fields in self.processes().values()
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
