@@ -377,7 +377,7 @@ class SharedLimits:
         once, before its answer ends, so that the next request of a client that waits for
         each answer finds the slot free on any gateway. Not cut short by a cancelled
         request: a statement cut midway would leave unknown what it gave back."""
-        if not ticket.at_once:
+        if not ticket.at_once or self.away():  # (away: with the batch, once it is back)
             return
         await self._written(ticket.key_id)
         back = self._returns.pop(ticket.key_id, None)
