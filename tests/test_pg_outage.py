@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from aigateway.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
-from .test_instances import CHAT, _key, cli, status_of
+from .test_instances import CHAT, _hold_streams, _key, cli, status_of
 from .test_server_process import Gateway, start_gateway
 
 # The issue's figure; OUTAGE_SECONDS shortens it when trying things out by hand.
@@ -181,3 +181,47 @@ async def test_budgets_while_the_database_is_away(
         consoles = [await gw.stop() for gw in gateways]
     for console in consoles:
         assert "Traceback" not in console
+
+
+async def test_slots_held_across_an_outage_come_back_when_it_ends(
+    upstream: TestServer, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A key limited to two requests at once, one stream open when the database goes
+    away: meanwhile the gateway serves one request after another on its own counts, each
+    answered at once (an answer's end does not wait to give its slot back); back, what
+    the stream and those requests gave back is written, and two at once are admitted
+    again, not one (a slot lost in the outage would leave one)."""
+    url = own_postgres.url("outage")
+    key = _key(url, "pair", "--max-concurrent", "2")
+    (gateway,) = await _gateways(upstream, url, tmp_path, "local")
+    try:
+        async with aiohttp.ClientSession() as session:
+            statuses, held = await _hold_streams(session, [gateway], key, 1)
+            assert statuses == [200]
+            assert _in_flight(own_postgres) == 1
+            own_postgres.stop("fast")
+            for resp in held:
+                resp.close()  # its slot is given back while the database is away
+            for _ in range(10):
+                started = time.monotonic()
+                assert await status_of(session, gateway, key) == 200
+                assert time.monotonic() - started < 1.5  # (the first finds it away)
+            own_postgres.resume()
+            deadline = time.monotonic() + 15
+            while _in_flight(own_postgres) != 0:  # what was given back, written
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1.5)  # the gateway tries the database again
+            statuses, held = await _hold_streams(session, [gateway], key, 3)
+            assert sorted(statuses) == [200, 200, 429]
+            assert _in_flight(own_postgres) == 2  # counted in the database, not locally
+            for resp in held:
+                resp.close()
+    finally:
+        console = await gateway.stop()
+    assert PASSWORD not in console and "Traceback" not in console
+
+
+def _in_flight(server: PostgresServer) -> int:
+    """The requests at once the database counts for the one key with limits."""
+    return int(server.sql("SELECT coalesce(max(in_flight), 0) FROM limit_counters", "outage"))
