@@ -113,6 +113,10 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     await page.wait_for_selector("#view-overview svg.chart rect.bar")
     assert "Last 24 hours" in await page.text_content("#view-overview")
     assert XSS in await page.text_content("#view-overview")  # shown as text
+    # Percentiles from the hourly sums are marked as estimates, and say how close.
+    p50 = page.locator("#view-overview .stat", has_text="p50 / p95 ms").first
+    assert (await p50.locator(".value").text_content() or "").startswith("≈ ")
+    assert "±19%" in (await p50.locator(".label").get_attribute("title") or "")
     await _shot(page, "overview")
 
     await page.click("#nav a[data-view=keys]")

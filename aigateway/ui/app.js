@@ -80,8 +80,15 @@ function table(columns, rows, empty) {
   return el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
 }
 
-function stat(label, value) {
-  return el("div", { class: "stat" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
+function stat(label, value, hint) {
+  return el("div", { class: "stat" }, el("div", { class: "label", title: hint }, label), el("div", { class: "value" }, value));
+}
+
+// Percentiles here come from the hourly sums' histograms: each within a bucket (±19%).
+const ESTIMATED = "Estimated from hourly sums, within ±19%; the CLI's --usage report gives exact ones";
+
+function estimated(p50, p95) {
+  return p50 === null || p50 === undefined ? "- / -" : `≈ ${p50} / ${p95 ?? "-"}`;
 }
 
 function usageStats(title, u) {
@@ -95,8 +102,8 @@ function usageStats(title, u) {
       stat(`Cost (${PATHS.currency})`, money(u.cost)),
       stat("Errors", number(u.errors)),
       stat("Left early", number(u.client_gone)),
-      stat("p50 / p95 ms", `${u.p50_ms ?? "-"} / ${u.p95_ms ?? "-"}`),
-      stat("First byte p50 / p95 ms", `${u.ttfb_p50_ms ?? "-"} / ${u.ttfb_p95_ms ?? "-"}`),
+      stat("p50 / p95 ms", estimated(u.p50_ms, u.p95_ms), ESTIMATED),
+      stat("First byte p50 / p95 ms", estimated(u.ttfb_p50_ms, u.ttfb_p95_ms), ESTIMATED),
     ),
   ];
 }
@@ -210,7 +217,7 @@ async function overview(view) {
       [
         { title: "Model", cell: (r) => r.model ?? "(none)" },
         { title: "Requests", num: true, cell: (r) => number(r.requests) },
-        { title: "p95 ms", num: true, cell: (r) => r.p95_ms ?? "-" },
+        { title: "p95 ms (est.)", num: true, cell: (r) => r.p95_ms ?? "-" },
         { title: "Errors", num: true, cell: (r) => number(r.errors) },
       ],
       [...stats.per_model].sort((a, b) => b.requests - a.requests).slice(0, 10),
