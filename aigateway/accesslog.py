@@ -58,6 +58,7 @@ def log_access(
         f"rid={context.request_id} user={user} key={key_name} method={request.method}"
         f" path={path} model={model} status={status}"
         f" bytes={nbytes} ms={(time.perf_counter() - context.started) * 1000:.1f}"
+        + (f" upstream={_escaped(context.upstream)}" if context.upstream else "")
         + (f' error="{_escaped(error, quoted=True)}"' if error else "")
     )
     if sink is not None:

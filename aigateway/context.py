@@ -19,6 +19,7 @@ class RequestContext:
         "principal",
         "request_id",
         "started",
+        "upstream",
     )
 
     def __init__(self, request_id: str, started: float) -> None:
@@ -29,3 +30,4 @@ class RequestContext:
         self.bytes_out: int | None = None  # response body bytes, counted by the relay
         self.client_gone = False  # the client left before the response was complete
         self.continue_sent = False  # 100 Continue answered (expect.py)
+        self.upstream: str | None = None  # the one that answered, with several (access line)

@@ -463,6 +463,8 @@ async def _forward_to(
     where = f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
     data = exchange.data
     exchange.upstream_name = config.name
+    if not relay.pool.single:  # (one upstream: the access line stays as it was)
+        exchange.context.upstream = config.name
     try:
         async with upstream_session.request(
             request.method, url, data=data, headers=headers, allow_redirects=False

@@ -4,6 +4,7 @@ overlapping models, fake OpenAI and Anthropic APIs, and the gateway in front of 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,19 @@ async def test_a_dead_upstream_is_failed_over_and_comes_back(
     assert await back()
     resp = await user.post("/api/chat", json={"model": "mistral", **CHAT})
     assert resp.status == 200 and _models(revived) == ["mistral"]
+
+
+async def test_the_access_line_names_the_upstream_that_answered(
+    several: tuple[TestClient, TestClient], three: Three, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, _ = several
+    await three.servers[1].close()  # b is gone: mistral, loaded there, fails over to c
+    with caplog.at_level(logging.INFO, logger="aigateway.access"):
+        for model in ("qwen3:8b", "mistral"):
+            resp = await user.post("/api/chat", json={"model": model, **CHAT})
+            assert resp.status == 200, await resp.text()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
+    assert [line.rsplit(" ", 1)[-1] for line in lines] == ["upstream=ollama1", "upstream=ollama3"]
 
 
 async def test_a_stream_cut_midway_is_never_replayed_elsewhere(
