@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,77 @@ async def test_returns_of_many_keys_go_in_one_batch(
     use = await a.current([1, 2, 3])
     assert [use[k]["in_flight"] for k in (1, 2, 3)] == [0, 0, 0]
     assert [use[k]["tokens_today"] for k in (1, 2, 3)] == [1, 1, 1]
+
+
+async def test_three_gateways_hammering_three_keys_keep_counts_and_ledgers_exact(
+    pg_url: str,
+) -> None:
+    """600 requests over three gateways and three keys (limited to 4 at once each), every
+    one retried until admitted, held a moment, given back (some of them at once, the rest
+    with the next admission or batch), while the gateways reap: never more than 4 of a
+    key at once, no statement failed (a deadlock, say: the gateway would take the
+    database for away), and at the end every count and ledger back at 0 and every token
+    counted once."""
+    store = await Store.open(database_from(pg_url))
+    await store.close()
+    gateways = [_Watched(database_from(pg_url)) for _ in range(3)]
+    for gateway in gateways:
+        await gateway.start()
+    limits = Limits(max_concurrent=4, tokens_per_day=10**9)
+    running = {key: 0 for key in (1, 2, 3)}
+    most = dict(running)
+
+    async def one(n: int) -> None:
+        gateway, key = gateways[n % 3], 1 + n // 3 % 3
+        while True:
+            admission = await gateway.admit(key, limits, 7)
+            assert admission is not None and not admission.away
+            if admission.ticket is not None:
+                break
+            await asyncio.sleep(0.002)
+        running[key] += 1
+        most[key] = max(most[key], running[key])
+        await asyncio.sleep(0.001 * (n % 4))
+        running[key] -= 1
+        gateway.give_back(admission.ticket, tokens=3, relayed=True)
+        if n % 2:
+            await gateway.returned(admission.ticket)
+
+    async def reap() -> None:
+        while True:
+            async with gateways[0].connection() as conn:
+                await conn.execute(sharedlimits._GONE, sharedlimits.DEAD_AFTER_S, None)
+                await conn.execute(sharedlimits._REAP)
+            await asyncio.sleep(0.01)
+
+    reaper = asyncio.create_task(reap())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(600))), 120)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+    assert max(most.values()) <= 4 and min(most.values()) >= 2, most
+    assert [gateway.faults for gateway in gateways] == [[], [], []]
+    for gateway in gateways:
+        await gateway._flush(everything=True)
+    use = await gateways[0].current([1, 2, 3])
+    assert [use[k]["in_flight"] for k in (1, 2, 3)] == [0, 0, 0]
+    assert [use[k]["tokens_reserved"] for k in (1, 2, 3)] == [0, 0, 0]
+    sent = [sum(1 for n in range(600) if 1 + n // 3 % 3 == k) for k in (1, 2, 3)]
+    assert [use[k]["tokens_today"] for k in (1, 2, 3)] == [3 * count for count in sent]
+    assert await _ledger(gateways[0]) == {}
+    for gateway in gateways:
+        await gateway.close()
+
+
+class _Watched(SharedLimits):
+    """SharedLimits that keeps what made it take the database for away (a deadlock,
+    say), which it otherwise only logs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.faults: list[str] = []
+
+    def went_away(self, exc: BaseException) -> None:
+        self.faults.append(repr(exc))
+        super().went_away(exc)
