@@ -54,6 +54,7 @@ from .streams import (
     with_usage_requested,
 )
 from .upstreamhttp import RESPONSE_DROP, request_headers, upstream_url, without
+from .upstreams.config import UpstreamConfig
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
 from .usage import UsageTap
 
@@ -460,7 +461,6 @@ async def _forward_to(
     url = upstream_url(request, settings, route, config)
     headers = request_headers(request, config)
     patterns = exchange.principal.models
-    where = f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
     data = exchange.data
     exchange.upstream_name = config.name
     if not relay.pool.single:  # (one upstream: the access line stays as it was)
@@ -498,13 +498,14 @@ async def _forward_to(
                 upstream.close()
             return response
     except aiohttp.ClientConnectorError as exc:
-        reason = f"cannot reach {where}: {exc.os_error.strerror or exc}"
+        reason = f"cannot reach {_where(config)}: {exc.os_error.strerror or exc}"
         if more:
             raise _TryNext(reason) from None
         raise UpstreamUnreachable(reason) from None
     except (aiohttp.ServerTimeoutError, TimeoutError):
         reason = (
-            f"{where} did not answer in time (connect {settings.upstream_connect_timeout:g} s,"
+            f"{_where(config)} did not answer in time"
+            f" (connect {settings.upstream_connect_timeout:g} s,"
             f" read {settings.upstream_read_timeout:g} s)"
         )
         if more and exchange.response is None:
@@ -512,10 +513,15 @@ async def _forward_to(
         exchange.status = 504
         raise UpstreamTimeout(reason) from None
     except aiohttp.ClientError as exc:
-        reason = f"{where} failed before answering: {type(exc).__name__}"
+        reason = f"{_where(config)} failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
             raise _TryNext(reason) from None
         raise UpstreamUnreachable(reason) from None
+
+
+def _where(config: UpstreamConfig) -> str:
+    """An upstream as an error message names it (made only when one is)."""
+    return f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
 
 
 def _model_of(request: web.Request, route: RelayRoute, exchange: Exchange) -> str | None:
@@ -643,10 +649,14 @@ def _cost(
     return price.cost(prompt or 0, completion or 0, charged_ns), model_ns
 
 
-async def _slot_returned(exchange: Exchange, relay: Relay) -> None:
-    """For a key with a limit of requests at once on limits several gateways share: the
-    request's slot given back in the database before its answer ends, so that a client
-    that waits for each answer finds it free whichever gateway its next request reaches."""
+async def _settle_before_the_end(
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+) -> None:
+    """Settle a request whose last bytes are about to go out: its usage record journaled,
+    and for a key with a limit of requests at once on limits several gateways share, its
+    slot given back in the database, so that a client that waits for each answer finds
+    it free whichever gateway its next request reaches."""
+    _settle(request, route, exchange, relay)
     ticket = exchange.ticket
     if ticket is not None and ticket.at_once and relay.shared is not None:
         await relay.shared.returned(ticket)
@@ -672,8 +682,7 @@ async def _send_filtered(
     if upstream.status == 200:
         body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
     exchange.tap.feed(body)
-    _settle(request, route, exchange, relay)
-    await _slot_returned(exchange, relay)
+    await _settle_before_the_end(request, route, exchange, relay)
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body)
@@ -754,8 +763,7 @@ async def _pump(
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
             if tap.total == length:  # the last bytes of a body with a length
-                _settle(request, route, exchange, relay)
-                await _slot_returned(exchange, relay)
+                await _settle_before_the_end(request, route, exchange, relay)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
@@ -764,8 +772,7 @@ async def _pump(
         if stripper is not None and (rest := stripper.flush()):
             await response.write(rest)
         if not exchange.settled:  # a chunked body: before its end goes out
-            _settle(request, route, exchange, relay)
-            await _slot_returned(exchange, relay)
+            await _settle_before_the_end(request, route, exchange, relay)
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()
