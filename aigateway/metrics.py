@@ -131,7 +131,7 @@ class Metrics:
             costs.inc(cost / 1e6)
 
     def _series(self, route: RelayRoute, status: int, label: str, upstream: str) -> _Children:
-        name = ("/api" if route.native else "/v1") + route.path
+        name = route.ollama_path
         return (
             self.requests.labels(name, str(status), label, upstream),
             self.duration.labels(name),

@@ -392,7 +392,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = operation
 
     for route in RELAY_ROUTES:
-        upstream = ("/api" if route.native else "/v1") + route.path
+        upstream = route.ollama_path
         for method in route.methods:
             add(
                 settings.client_prefix(route.native) + route.path,

@@ -44,12 +44,17 @@ class RelayRoute:
     json_body: bool = True
     # Worked out once here rather than on every request:
     native: bool = field(init=False)  # Ollama's own /api, not a compatible dialect
+    # Where Ollama serves it: /api or /v1, and that with the path (/api/chat).
+    ollama_prefix: str = field(init=False)
+    ollama_path: str = field(init=False)
     # Whether the path or the key's role needs a look before admission: path parameters,
     # a model in the path, model management.
     checks_path: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "native", self.dialect == "ollama")
+        object.__setattr__(self, "ollama_prefix", "/api" if self.native else "/v1")
+        object.__setattr__(self, "ollama_path", self.ollama_prefix + self.path)
         checks = "{" in self.path or self.model_in_path or self.kind == "manage"
         object.__setattr__(self, "checks_path", checks)
 

@@ -83,10 +83,8 @@ def upstream_url(
     if url is None:
         prefix = settings.client_prefix(route.native)
         tail = raw[len(prefix) :] if raw.startswith(prefix) else request.rel_url.raw_path_qs
-        if upstream.kind == "ollama":
-            base = upstream.url + ("/api" if route.native else "/v1")
-        else:
-            base = upstream.url  # a cloud API's URL ends in its version (/v1)
+        # (a cloud API's URL ends in its version, /v1, already)
+        base = upstream.url + (route.ollama_prefix if upstream.kind == "ollama" else "")
         url = URL(base + tail, encoded=True)
         if len(_URL_CACHE) >= _URL_CACHE_SIZE:
             _URL_CACHE.clear()

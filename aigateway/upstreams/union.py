@@ -26,7 +26,7 @@ def list_path(upstream: Upstream, route: RelayRoute) -> str:
     """Where an upstream keeps the list this route asks for."""
     if upstream.config.kind != "ollama":
         return "/models"
-    return ("/api" if route.native else "/v1") + route.path
+    return route.ollama_path
 
 
 async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
