@@ -60,6 +60,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
+from .upstreams.config import auth_headers
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -402,11 +403,11 @@ async def upstreams(request: web.Request) -> web.Response:
 
 async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
     """The one Ollama's /api/tags."""
-    settings = request.app[SETTINGS]
+    ollama = request.app[RELAY].pool.upstreams[0].config
     try:
         async with request.app[UPSTREAM].get(
-            settings.upstream_api_base + "/tags",
-            headers=settings.upstream_auth,
+            ollama.url + "/api/tags",
+            headers=auth_headers(ollama),
             timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
         ) as response:
             return await response.read(), response.status

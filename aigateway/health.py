@@ -9,10 +9,11 @@ import orjson
 from aiohttp import web
 
 from . import __version__
-from .appkeys import KEY_TABLE, RELAY, SETTINGS, STARTED_AT, UPSTREAM
+from .appkeys import KEY_TABLE, RELAY, STARTED_AT, UPSTREAM
 from .auth import authenticate, public
 from .errors import GatewayError
 from .keytable import AuthError
+from .upstreams.config import auth_headers
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
 
@@ -63,14 +64,13 @@ async def health_ollama(request: web.Request) -> web.Response:
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
         listed: dict[str, object] = {"upstreams": pool.views()}
         return _answer(request, state, listed, 200 if up else 503)
-    settings = request.app[SETTINGS]
-    url = settings.upstream_api_base + "/version"
+    ollama = pool.upstreams[0].config
     started = time.perf_counter()
-    details: dict[str, object] = {"ollama_url": settings.ollama_base_url}
+    details: dict[str, object] = {"ollama_url": ollama.url}
     try:
         async with request.app[UPSTREAM].get(
-            url,
-            headers=settings.upstream_auth,
+            ollama.url + "/api/version",
+            headers=auth_headers(ollama),
             timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S),
         ) as response:
             body = await response.read()

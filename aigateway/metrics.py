@@ -40,7 +40,6 @@ from .inflight import InFlight
 from .routes import RelayRoute
 from .upstreams.pool import Pool
 
-METRICS_MODES = ("off", "on", "admin")
 # Seconds: from a 5 ms answer to a 10-minute generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MAX_MODEL_LABEL = 200

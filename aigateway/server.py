@@ -105,7 +105,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
             settings.base_path,
             ", ".join(f"{u.name} {u.url}" for u in settings.upstream_list)
             if settings.upstreams or "," in settings.ollama_base_url
-            else settings.upstream_api_base,
+            else settings.upstream_list[0].url + "/api",
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from .db.url import DatabaseURLError, database_from
 from .upstreams.config import (
     UpstreamConfig,
     UpstreamsError,
+    auth_headers,
     upstreams_from_file,
     upstreams_from_urls,
 )
@@ -110,18 +111,6 @@ class Settings:
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:
         """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's."""
         return self.upstreams or upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
-
-    @property
-    def upstream_auth(self) -> dict[str, str]:
-        """The headers that authenticate the gateway to Ollama (UPSTREAM_API_KEY), if any."""
-        if self.upstream_api_key:
-            return {"Authorization": f"Bearer {self.upstream_api_key}"}
-        return {}
-
-    @property
-    def upstream_api_base(self) -> str:
-        """Where the first Ollama's own `/api` routes live, without a trailing slash."""
-        return self.ollama_base_url.split(",")[0].rstrip("/") + "/api"
 
     @property
     def ollama_prefix(self) -> str:
@@ -403,11 +392,7 @@ def ollama_setting(
         urls = _ollama_urls(merged.get("OLLAMA_BASE_URL") or None, Settings().ollama_base_url)
         key = merged.get("UPSTREAM_API_KEY", "").strip() or None
         found = upstreams_from_urls(urls, key)
-    return [
-        (u.url, {"Authorization": f"Bearer {u.key}"} if u.key else {})
-        for u in found
-        if u.kind == "ollama"
-    ]
+    return [(u.url, auth_headers(u)) for u in found if u.kind == "ollama"]
 
 
 def _choice(name: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:

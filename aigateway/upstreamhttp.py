@@ -16,8 +16,8 @@ from yarl import URL
 
 from .routes import RelayRoute
 from .settings import Settings
-from .upstreams.config import UpstreamConfig
-from .upstreams.pool import UPSTREAM_HEADER, auth_headers
+from .upstreams.config import UpstreamConfig, auth_headers
+from .upstreams.pool import UPSTREAM_HEADER
 
 HOP_BY_HOP = frozenset(
     {

@@ -21,7 +21,7 @@ from aigateway.settings import SettingsError
 from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.ports import free_port
-from aigateway.upstreams.config import UpstreamsError, upstreams_from_file
+from aigateway.upstreams.config import UpstreamConfig, UpstreamsError, upstreams_from_file
 
 from .conftest import make_key
 from .helpers import eventually
@@ -173,6 +173,25 @@ async def test_the_access_line_names_the_upstream_that_answered(
             assert resp.status == 200, await resp.text()
     lines = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
     assert [line.rsplit(" ", 1)[-1] for line in lines] == ["upstream=ollama1", "upstream=ollama3"]
+
+
+async def test_one_upstream_from_a_file_is_the_one_health_and_models_ask(
+    aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """UPSTREAMS_FILE with one Ollama (OLLAMA_BASE_URL left at its default, where nothing
+    listens): /health/ollama and /admin/models ask that one (they asked OLLAMA_BASE_URL)."""
+    only = UpstreamConfig(name="gpu", url=_url(three.servers[2]))
+    settings = Settings(upstreams=(only,), token_db_path=db_path)
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    admin = await aiohttp_client(
+        create_app(settings), headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    resp = await admin.get("/health/ollama")
+    doc = await resp.json()
+    assert resp.status == 200 and doc["ollama_url"] == only.url, doc
+    resp = await admin.get("/admin/models")
+    assert resp.status == 200, await resp.text()
+    assert {m["name"] for m in (await resp.json())["models"]} == {"mistral:latest", "phi4:latest"}
 
 
 async def test_a_stream_cut_midway_is_never_replayed_elsewhere(

@@ -31,6 +31,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _FIELDS = {"name", "kind", "url", "key_env", "models", "weight", "max_concurrent"}
 MAX_UPSTREAMS = 64
 MAX_PATTERNS = 100
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when a client sends none
 
 
 class UpstreamsError(ValueError):
@@ -50,6 +51,16 @@ class UpstreamConfig:
     models: tuple[str, ...] | None = None
     weight: float = 1.0
     max_concurrent: int | None = None
+
+
+def auth_headers(config: UpstreamConfig) -> dict[str, str]:
+    """How the gateway presents an upstream's own key (to its checks, with every request
+    it relays there, and for the CLIs' model sync)."""
+    if config.key is None:
+        return {}
+    if config.kind == "anthropic":
+        return {"x-api-key": config.key, "anthropic-version": ANTHROPIC_VERSION}
+    return {"Authorization": f"Bearer {config.key}"}
 
 
 def upstreams_from_urls(raw: str, key: str | None) -> tuple[UpstreamConfig, ...]:

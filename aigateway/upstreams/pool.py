@@ -27,7 +27,7 @@ from ..bodypeek import first_name
 from ..errors import BadRequest, NotFound, ServiceUnavailable
 from ..modelaccess import model_allowed
 from ..routes import RelayRoute
-from .config import UpstreamConfig
+from .config import UpstreamConfig, auth_headers
 from .queue import FairQueue
 
 log = logging.getLogger("aigateway.upstreams")
@@ -47,7 +47,6 @@ CLOUD_ROUTES = {
 UPSTREAM_HEADER = "X-Upstream"
 MAX_LISTED = 10_000  # models kept from one upstream's list
 MAX_LIST_BYTES = 16 * 1024**2
-ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when a client sends none
 
 
 def canonical(name: str) -> str:
@@ -352,13 +351,3 @@ def model_names(body: bytes, field: str) -> list[str]:
         if isinstance(name, str) and 0 < len(name) <= 500:
             names.append(name)
     return names
-
-
-def auth_headers(config: UpstreamConfig) -> dict[str, str]:
-    """How the gateway presents an upstream's own key (to its checks, and with every
-    request it relays there)."""
-    if config.key is None:
-        return {}
-    if config.kind == "anthropic":
-        return {"x-api-key": config.key, "anthropic-version": ANTHROPIC_VERSION}
-    return {"Authorization": f"Bearer {config.key}"}
