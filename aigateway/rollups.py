@@ -2,9 +2,8 @@
 of millions of rows.
 
 For each hour, one row for all records, and one per user, key, model and route hold the
-hour's counts
-and sums and two latency histograms (duration and time to first byte) of BUCKETS
-buckets, each √2 wide. The store writes them in the same transaction as the records they
+hour's counts and sums and two latency histograms (duration and time to first byte) of
+BUCKETS buckets, each √2 wide. The store writes them in the same transaction as the records they
 sum, so counts, tokens and cost read from them are exact (a journal replay writes neither
 twice); percentiles read from them are estimates, within a bucket's width (±19%).
 """
@@ -34,8 +33,6 @@ SUM_COLUMNS = (
 )  # fmt: skip
 _D0 = SUM_COLUMNS.index("d00")
 _T0 = SUM_COLUMNS.index("t00")
-# The dimensions a row sums by; a record without a model counts under the model "".
-DIMENSIONS = ("all", "user", "key", "model", "route")
 
 
 def bucket(ms: float) -> int:
@@ -151,7 +148,7 @@ def rollup_rows(records: Iterable[UsageRecord]) -> list[tuple[object, ...]]:
             ("all", "", (None, None)),
             ("user", user, (None, None)),
             ("key", str(key_id), (user, key_name)),
-            ("model", model or "", (None, None)),
+            ("model", model or "", (None, None)),  # (no model: counted under "")
             ("route", route, (None, None)),
         ):
             row = rows.get((dim, hour, value))

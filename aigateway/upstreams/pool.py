@@ -46,6 +46,9 @@ CLOUD_ROUTES = {
 # The header an admin names an upstream with, for model management with several.
 UPSTREAM_HEADER = "X-Upstream"
 MAX_LISTED = 10_000  # models kept from one upstream's list
+# A model list's field, and what its entries are named by: Ollama's {"models": [{"name"|
+# "model": ...}]}, OpenAI's and Anthropic's {"data": [{"id": ...}]}.
+ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
 MAX_LIST_BYTES = 16 * 1024**2
 
 
@@ -335,8 +338,7 @@ class CheckFailed(Exception):
 
 
 def model_names(body: bytes, field: str) -> list[str]:
-    """The names in a model list: Ollama's {"models": [{"name"|"model": ...}]} or
-    OpenAI's and Anthropic's {"data": [{"id": ...}]}."""
+    """The names in a model list whose entries are in `field` (see ENTRY_NAMES)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -344,7 +346,7 @@ def model_names(body: bytes, field: str) -> list[str]:
     entries = doc.get(field) if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise CheckFailed(f"its model list has no {field!r} list")
-    keys = ("name", "model") if field == "models" else ("id",)
+    keys = ENTRY_NAMES[field]
     names = []
     for entry in entries[:MAX_LISTED]:
         name = first_name(entry, keys) if isinstance(entry, dict) else None

@@ -12,12 +12,7 @@ from ..bodypeek import first_name
 from ..errors import ServiceUnavailable
 from ..modelaccess import model_allowed
 from ..routes import RELAY_ROUTES, RelayRoute
-from .pool import FAILOVER_STATUSES, CheckFailed, Pool, Upstream, canonical
-
-# What each list is called and its entries are named by.
-OLLAMA_LIST = ("models", ("name", "model"))
-OPENAI_LIST = ("data", ("id",))
-
+from .pool import ENTRY_NAMES, FAILOVER_STATUSES, CheckFailed, Pool, Upstream, canonical
 
 TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
 
@@ -33,7 +28,8 @@ async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
     """The lists of every upstream that is up and answers the route, merged: the first
     upstream's document with every upstream's entries, each model once (first seen
     wins), a cloud API's cut down to the models it is configured to serve."""
-    field, names = OLLAMA_LIST if route.native else OPENAI_LIST
+    field = "models" if route.native else "data"
+    names = ENTRY_NAMES[field]
     asked = [u for u in pool.upstreams if u.up and u.fits(route)]
     answers = await asyncio.gather(*(_fetch(pool, u, route) for u in asked))
     merged: dict[str, object] | None = None
@@ -52,8 +48,9 @@ async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
             name = first_name(entry, names) if isinstance(entry, dict) else None
             if name is None or (patterns is not None and not model_allowed(name, patterns)):
                 continue
-            if canonical(name) not in seen:
-                seen.add(canonical(name))
+            known = canonical(name)
+            if known not in seen:
+                seen.add(known)
                 entries.append(entry)
     if merged is None:
         raise ServiceUnavailable("no upstream answered with its model list", {"Retry-After": "5"})
