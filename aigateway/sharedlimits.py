@@ -383,23 +383,12 @@ class SharedLimits:
         back = self._returns.pop(ticket.key_id, None)
         if back is None:
             return
-        written = self._writes([ticket.key_id])
 
         async def write() -> None:
             try:
-                async with self.connection(ADMIT_TIMEOUT_S) as conn:
-                    await conn.execute(
-                        _SETTLE,
-                        self.instance,
-                        [ticket.key_id],
-                        back.numbers(),
-                        timeout=ADMIT_TIMEOUT_S,
-                    )
-            except DATABASE_AWAY as exc:
-                self._give(ticket.key_id, back)  # with the next batch
+                await self._settle({ticket.key_id: back}, ADMIT_TIMEOUT_S)
+            except DATABASE_AWAY as exc:  # (kept: with the batch, once it is back)
                 self.went_away(exc)
-            finally:
-                written()
 
         await asyncio.shield(asyncio.ensure_future(write()))
 
@@ -493,19 +482,23 @@ class SharedLimits:
                 back = batch.pop(key_id, None)
                 if back is not None:
                     self._give(key_id, back)  # and the writer looks again in a moment
-            if not batch:
-                return
-            written = self._writes(list(batch))
-            try:
-                numbers = [n for back in batch.values() for n in back.numbers()]
-                async with self.connection() as conn:
-                    await conn.execute(_SETTLE, self.instance, list(batch), numbers)
-            except BaseException:
-                for key_id, back in batch.items():  # keep them for the next try
-                    self._give(key_id, back)
-                raise
-            finally:
-                written()
+            if batch:
+                await self._settle(batch)
+
+    async def _settle(self, batch: dict[int, _Return], timeout: float | None = None) -> None:
+        """Write what `batch` gives back, every key in one statement; if it cannot be
+        written, it is kept for the next try."""
+        written = self._writes(list(batch))
+        try:
+            numbers = [n for back in batch.values() for n in back.numbers()]
+            async with self.connection(timeout) as conn:
+                await conn.execute(_SETTLE, self.instance, list(batch), numbers, timeout=timeout)
+        except BaseException:
+            for key_id, back in batch.items():
+                self._give(key_id, back)
+            raise
+        finally:
+            written()
 
     async def _heartbeat(self) -> None:
         """Say that this gateway is alive, and give back what silent ones held."""
