@@ -10,10 +10,15 @@ twice); percentiles read from them are estimates, within a bucket's width (±19%
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Sequence
+from functools import partial
+from itertools import repeat
+from operator import add, ge, is_not
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .store import UsageRecord
@@ -47,21 +52,6 @@ class Totals:
 
     def __init__(self) -> None:
         self.values: list[float] = [0] * len(SUM_COLUMNS)
-
-    def add_record(self, record: UsageRecord) -> None:
-        v = self.values
-        v[0] += 1
-        v[1] += record.prompt_tokens or 0
-        v[2] += record.completion_tokens or 0
-        v[3] += record.status >= 400
-        v[4] += bool(record.client_gone)
-        if record.cost is not None:
-            v[5] += record.cost
-            v[6] += 1
-        v[7] += record.duration_ms
-        v[_D0 + bucket(record.duration_ms)] += 1
-        if record.ttfb_ms is not None:
-            v[_T0 + bucket(record.ttfb_ms)] += 1
 
     def add_sums(self, sums: Sequence[float | None]) -> None:
         """Add a row of SUM_COLUMNS (a rollup row, or a SUM over rollup rows)."""
@@ -130,20 +120,18 @@ def middle(i: int) -> float:
     return math.sqrt(BOUNDS[i - 1] * BOUNDS[i])
 
 
-def rollup_rows(records: Iterable[UsageRecord]) -> list[tuple[object, ...]]:
+def rollup_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
     """What `records` add to the rollups: rows of (dim, hour, value, user, key_name,
     *SUM_COLUMNS), sorted, so that two gateways adding to the same rows lock them in the
-    same order."""
-    by_group: dict[tuple[int, int, str | None, str], tuple[str, str, Totals]] = {}
-    for record in records:
-        hour = int(record.ts // HOUR) * HOUR
-        group = (hour, record.key_id, record.model, record.route)
-        found = by_group.get(group)
-        if found is None:
-            found = by_group[group] = (record.user, record.key_name, Totals())
-        found[2].add_record(record)
-    rows: dict[tuple[str, int, str], tuple[str | None, str | None, Totals]] = {}
-    for (hour, key_id, model, route), (user, key_name, totals) in by_group.items():
+    same order. Summed column by column, so that the loops run in C rather than a Python
+    step per record: this runs in the event loop for every record the gateway writes."""
+    if not records:
+        return []
+    groups = _groups(records)
+    rows: dict[tuple[str, int, str], tuple[str | None, str | None, list[float]]] = {}
+    for (hour, key_id, model, route), column in groups.items():
+        sums = _sums(column)
+        user, key_name = column["user"][0], column["key_name"][0]
         for dim, value, names in (
             ("all", "", (None, None)),
             ("user", user, (None, None)),
@@ -153,19 +141,64 @@ def rollup_rows(records: Iterable[UsageRecord]) -> list[tuple[object, ...]]:
         ):
             row = rows.get((dim, hour, value))
             if row is None:
-                row = rows[(dim, hour, value)] = (*names, Totals())
-            row[2].add(totals)
+                rows[(dim, hour, value)] = (*names, list(sums))
+            else:
+                row[2][:] = map(add, row[2], sums)
     return [
-        (*where, user, key_name, *_whole(totals.values))
-        for where, (user, key_name, totals) in sorted(rows.items())
+        (*where, user, key_name, *sums) for where, (user, key_name, sums) in sorted(rows.items())
     ]
 
 
-def _whole(values: list[float]) -> list[float | int]:
-    # duration_sum stays a float, every other sum is a count
-    return [value if i == 7 else int(value) for i, value in enumerate(values)]
+Columns = dict[str, Any]  # a field's name: its values, one per record
 
 
+def _groups(records: Sequence[UsageRecord]) -> dict[tuple[int, int, str | None, str], Columns]:
+    """The records of each (hour, key, model, route), in the order they first come, as
+    columns."""
+    column = _columns(records)
+    ts = column["ts"]
+    first, last = int(min(ts) // HOUR), int(max(ts) // HOUR)
+    key_ids, models, routes = column["key_id"], column["model"], column["route"]
+    if first == last and _one_value(key_ids) and _one_value(models) and _one_value(routes):
+        return {(first * HOUR, key_ids[0], models[0], routes[0]): column}  # the usual batch
+    grouped: dict[tuple[int, int, str | None, str], list[UsageRecord]] = {}
+    for record in records:
+        hour = int(record.ts // HOUR) * HOUR
+        grouped.setdefault((hour, record.key_id, record.model, record.route), []).append(record)
+    return {group: _columns(members) for group, members in grouped.items()}
+
+
+def _one_value(values: tuple[object, ...]) -> bool:
+    return values.count(values[0]) == len(values)
+
+
+def _columns(records: Sequence[UsageRecord]) -> Columns:
+    return dict(zip(records[0]._fields, zip(*records, strict=True), strict=True))
+
+
+def _sums(column: Columns) -> list[float]:
+    """SUM_COLUMNS of a group of records."""
+    costs, durations = column["cost"], column["duration_ms"]
+    sums: list[float] = [
+        len(durations),
+        sum(filter(None, column["prompt_tokens"])),
+        sum(filter(None, column["completion_tokens"])),
+        sum(map(ge, column["status"], repeat(400))),  # errors
+        sum(map(bool, column["client_gone"])),
+        sum(filter(None, costs)),
+        len(costs) - costs.count(None),  # costed
+        sum(durations),
+        *[0] * (2 * BUCKETS),
+    ]
+    for i, count in Counter(map(bisect_right, repeat(BOUNDS), durations)).items():
+        sums[_D0 + i] = count
+    ttfbs = filter(partial(is_not, None), column["ttfb_ms"])
+    for i, count in Counter(map(bisect_right, repeat(BOUNDS), ttfbs)).items():
+        sums[_T0 + i] = count
+    return sums
+
+
+@functools.cache
 def upsert_sql(numbered: bool) -> str:
     """Add a row of rollup_rows() to its rollup row, making it when it is not there yet
     (SQLite and PostgreSQL speak the same ON CONFLICT)."""
