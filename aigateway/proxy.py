@@ -410,7 +410,16 @@ async def _forward(
     the connection, fails or answers 502/503/504 before anything reached the client (a
     body read into memory can be sent again; an upload streamed through cannot)."""
     pool = relay.pool
-    if not pool.single:
+    if pool.single:
+        only = pool.upstreams[0]
+        if only.config.max_concurrent is None:  # the usual gateway: nothing to choose
+            only.in_flight += 1  # (nor to wait for, nor to fail over to)
+            only.picked += 1
+            try:
+                return await _forward_to(only, request, route, exchange, relay, False)
+            finally:
+                only.in_flight -= 1
+    else:
         if route.lists_models and request.method in ("GET", "HEAD"):
             return await send_union(request, route, exchange, relay)  # (HEAD: no body)
         if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
