@@ -185,9 +185,10 @@ def _resolve_include_usage(pairs: Iterable[tuple[str, Any]], into: Any) -> dict[
 
 
 def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
+    get = values.get
     models: list[str] = []
     for field in fields:
-        value = values.get(field)
+        value = get(field)
         if value is None:
             continue
         if not isinstance(value, str):
@@ -195,18 +196,19 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
             raise UndecidableBody(f"{field} is not a string")
         if value:
             models.append(value)
-    stream = values.get("stream")
-    options = values.get("stream_options")
+    stream = get("stream")
+    options = get("stream_options")
     include = options.get("include_usage") if isinstance(options, dict) else None
     cap = None
-    # num_predict, else max_tokens, else max_output_tokens: a later one here wins.
-    for value in (
-        values.get("max_output_tokens"),
-        values.get("max_tokens"),
-        opts.get("num_predict") if isinstance(opts := values.get("options"), dict) else None,
-    ):
-        if value.__class__ is int:  # (not bool, which Go would refuse for an int)
-            cap = value
+    if not _CAP_FIELDS.isdisjoint(values):  # (most bodies set no cap)
+        # num_predict, else max_tokens, else max_output_tokens: a later one here wins.
+        for value in (
+            get("max_output_tokens"),
+            get("max_tokens"),
+            opts.get("num_predict") if isinstance(opts := get("options"), dict) else None,
+        ):
+            if value.__class__ is int:  # (not bool, which Go would refuse for an int)
+                cap = value
     return BodyFields(
         tuple(models),
         models[0] if models else None,
@@ -214,6 +216,9 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
         include if isinstance(include, bool) else None,
         cap,
     )
+
+
+_CAP_FIELDS = frozenset(("max_output_tokens", "max_tokens", "options"))
 
 
 def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:

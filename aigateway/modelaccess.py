@@ -16,8 +16,10 @@ def is_cloud(name: str) -> bool:
     """Ollama's cloud models (`gpt-oss:120b-cloud`, `glm-4.6:cloud`) run on ollama.com
     under the GPU owner's account. Compared without case, and without a digest, so that
     no spelling Ollama would resolve to one slips by."""
-    bare = name.strip().split("@", 1)[0].lower()
-    return bare.endswith(("-cloud", ":cloud"))
+    lowered = name.lower()
+    if "cloud" not in lowered:  # nearly every name: no need to take it apart
+        return False
+    return lowered.strip().split("@", 1)[0].endswith(("-cloud", ":cloud"))
 
 
 def model_allowed(model: str, patterns: Iterable[str]) -> bool:

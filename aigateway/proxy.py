@@ -47,6 +47,7 @@ from .settings import Settings
 from .sharedlimits import SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
+    LINE_STREAMS,
     NDJSON,
     UsageStripper,
     broken_stream_tail,
@@ -579,7 +580,9 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
-    cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
+    cost, model_ns = 0, None
+    if exchange.price is not None:
+        cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
     if exchange.budgeted:
         _settle_budgets(exchange, relay, cost, now)
     metrics = relay.metrics
@@ -747,8 +750,9 @@ def _response_for(
     if exchange.rate_headers:
         headers.update(exchange.rate_headers)  # ours, replacing any from upstream
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
+    length = upstream.content_length  # (parsed from the header at each reading)
+    if length is not None:
+        response.content_length = length
     return response
 
 
@@ -765,6 +769,7 @@ async def _pump(
     before the bytes that complete the response go out, so that no client holds a whole
     answer whose record a killed process could lose."""
     tap, stripper = exchange.tap, exchange.stripper
+    tap.lines = upstream.content_type in LINE_STREAMS
     length = upstream.content_length
     try:
         async for chunk in upstream.content.iter_any():

@@ -48,21 +48,24 @@ _DURATION_RE = re.compile(rb'"total_duration":\s*(\d+)')
 
 
 class UsageTap:
-    __slots__ = ("_head", "_size", "_tail", "newlines", "total")
+    __slots__ = ("_head", "_size", "_tail", "lines", "newlines", "total")
 
     def __init__(self) -> None:
         self._head: list[bytes] = []  # the first chunks, up to HEAD_BYTES
         self._tail: list[bytes] = []  # the last chunks: TAIL_BYTES and at most twice that
         self._size = 0  # bytes in _tail
         self.total = 0  # body bytes seen
-        # Lines seen: what a stream cut before its final counts can still be charged by.
+        # Lines seen: what a stream cut before its final counts can still be charged by,
+        # counted for line streams only (counting every body cost more than the rest).
+        self.lines = False
         self.newlines = 0
 
     def feed(self, chunk: bytes) -> None:
         if self.total < HEAD_BYTES:  # the network may cut message_start anywhere
             self._head.append(chunk)
         self.total += len(chunk)
-        self.newlines += chunk.count(b"\n")
+        if self.lines:
+            self.newlines += chunk.count(b"\n")
         self._tail.append(chunk)
         self._size += len(chunk)
         if self._size >= 2 * TAIL_BYTES:
