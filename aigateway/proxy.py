@@ -217,7 +217,9 @@ def _check_content_encoding(coding: str) -> None:
 
 def _prompt_estimate(body_bytes: int) -> int:
     """Prompt tokens guessed from a body's size (about four bytes a token), capped."""
-    return min(body_bytes // 4, PROMPT_ESTIMATE_CAP)
+    estimate = body_bytes // 4
+    # (Not min(), which costs five times this in Python 3.11.)
+    return estimate if estimate < PROMPT_ESTIMATE_CAP else PROMPT_ESTIMATE_CAP
 
 
 def _too_many(verdict: Verdict) -> TooManyRequests:
