@@ -47,7 +47,6 @@ from .settings import Settings
 from .sharedlimits import SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
-    LINE_STREAMS,
     NDJSON,
     UsageStripper,
     broken_stream_tail,
@@ -771,8 +770,8 @@ async def _pump(
     before the bytes that complete the response go out, so that no client holds a whole
     answer whose record a killed process could lose."""
     tap, stripper = exchange.tap, exchange.stripper
-    tap.lines = upstream.content_type in LINE_STREAMS
     length = upstream.content_length
+    tap.lines = length is None  # a stream, whose lines a cut one is charged by
     try:
         async for chunk in upstream.content.iter_any():
             if exchange.first_byte_at is None:

@@ -15,8 +15,6 @@ import orjson
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
-# Streams of one line (NDJSON) or event (SSE) per token: what a cut one is charged by.
-LINE_STREAMS = frozenset({NDJSON, SSE})
 
 _INCLUDE_USAGE = b',"stream_options":{"include_usage":true}'
 # With include_usage, Ollama's /v1/completions adds this to every chunk before the last.

@@ -56,7 +56,8 @@ class UsageTap:
         self._size = 0  # bytes in _tail
         self.total = 0  # body bytes seen
         # Lines seen: what a stream cut before its final counts can still be charged by,
-        # counted for line streams only (counting every body cost more than the rest).
+        # counted for streams only (bodies without a length; counting every body cost
+        # more than the rest of the tap).
         self.lines = False
         self.newlines = 0
 
@@ -190,7 +191,7 @@ MAX_COUNT = 2**53
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+    if value.__class__ is int and 0 <= value <= MAX_COUNT:  # (not a bool, not a float)
         return value
     return None
 
