@@ -178,6 +178,7 @@ async def _prepare_budgets(budgets: Budgets, table: KeyTable, store: Store) -> N
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session = upstream_session(app[SETTINGS])
     app[UPSTREAM] = app[RELAY].upstream = session
+    app[RELAY].loop = asyncio.get_running_loop()
     try:
         async with app[RELAY].pool.checking(session):
             yield

@@ -98,7 +98,8 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
-    exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED)
+    task = asyncio.current_task(relay.loop)
+    exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED, task)
     exchange.ticket = ticket
     in_flight = relay.in_flight
     in_flight.requests.add(exchange)
@@ -259,13 +260,14 @@ class Exchange:
         principal: KeyRecord,
         rate_headers: tuple[tuple[str, str], ...],
         limited: bool,
+        task: asyncio.Task[Any] | None,
     ) -> None:
         self.context = context
         self.principal = principal
         self.rate_headers = rate_headers
         self.limited = limited  # the key has limits (else no tokens to reserve)
         self.tap = UsageTap()
-        self.task = asyncio.current_task()
+        self.task = task  # the handler's, which a graceful stop may cancel
 
     def stop(self) -> None:
         """End this request for a graceful stop: a response being relayed is cut the way

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -32,6 +33,7 @@ class Relay:
         "in_flight",
         "key_table",
         "limiter",
+        "loop",
         "metrics",
         "pool",
         "settings",
@@ -63,6 +65,9 @@ class Relay:
         self.body_budget = body_budget
         self.in_flight = in_flight
         self.upstream: aiohttp.ClientSession | None = None
+        # The event loop, to ask for the current task without asyncio.get_running_loop(),
+        # which makes a getpid system call each time (a check for a forked process).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.usage: UsageWriter | None = None
         # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
         self.shared: SharedLimits | None = None
