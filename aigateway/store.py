@@ -490,11 +490,17 @@ class Store:
         """Changes whenever keys may have changed elsewhere: the cheap reload signal.
         SQLite: PRAGMA data_version (moves when *another* connection commits, hand edits
         too). PostgreSQL: key_changes.version, which every key write moves."""
+        if self.database.backend == "sqlite":
+            # Asked four times a second: straight to the driver, one call into its thread
+            # (through SQLAlchemy, a transaction and cursors made it nine, each a trip
+            # between threads and a tussle for the GIL with the relay).
+            with _friendly_errors(self.path):
+                async with self._engine.connect() as conn:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    rows = await driver.execute_fetchall("PRAGMA data_version")
+            return int(rows[0][0])
         async with self._read() as conn:
-            if self.database.backend == "sqlite":
-                value = (await conn.exec_driver_sql("PRAGMA data_version")).scalar()
-            else:
-                value = (await conn.execute(select(key_changes.c.version))).scalar()
+            value = (await conn.execute(select(key_changes.c.version))).scalar()
         return int(value or 0)
 
     # --- keys -------------------------------------------------------------------------
