@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .budgets import PERIODS, Budget, BudgetError, BudgetLine, budget_lines, check_budget
@@ -887,12 +888,8 @@ class Store:
             return
         async with self._write() as conn:
             try:
-                if segment is not None:
-                    if await _segment_exists(conn, segment):
-                        return  # written before (a replay): exactly once
-                    await conn.execute(
-                        insert(usage_segments).values(name=segment, written_at=time.time())
-                    )
+                if segment is not None and not await _claim_segment(conn, segment):
+                    return  # written before (a replay): exactly once
                 await _insert_usage_rows(conn, records)
                 await _add_to_rollups(conn, records)
             except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
@@ -1202,6 +1199,25 @@ async def _user_for_new_key(conn: AsyncConnection, name: str) -> int:
     if row.disabled:
         raise InvalidInputError(f"user {name!r} is disabled: enable it first")
     return int(row.id)
+
+
+async def _claim_segment(conn: AsyncConnection, segment: str) -> bool:
+    """Note in the transaction that `segment`'s records are written; False when they
+    were before. One statement (a look and an insert were two; this runs at every
+    flush): on SQLite on the driver's connection, as for the records, since through
+    SQLAlchemy each statement is three calls into aiosqlite's thread; on PostgreSQL
+    through SQLAlchemy, whose first statement is what begins the transaction there."""
+    if conn.dialect.name == "sqlite":
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        cursor = await driver.execute(
+            "INSERT INTO usage_segments (name, written_at) VALUES (?, ?)"
+            " ON CONFLICT (name) DO NOTHING",
+            (segment, time.time()),
+        )
+        return bool(cursor.rowcount == 1)
+    claim = pg_insert(usage_segments).values(name=segment, written_at=time.time())
+    result = await conn.execute(claim.on_conflict_do_nothing())
+    return bool(result.rowcount == 1)
 
 
 async def _segment_exists(conn: AsyncConnection, segment: str) -> bool:
