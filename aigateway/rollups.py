@@ -10,12 +10,11 @@ twice); percentiles read from them are estimates, within a bucket's width (±19%
 
 from __future__ import annotations
 
-import functools
 import math
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from functools import partial
+from functools import cache, partial
 from itertools import repeat
 from operator import add, ge, is_not
 from typing import TYPE_CHECKING, Any
@@ -198,7 +197,7 @@ def _sums(column: Columns) -> list[float]:
     return sums
 
 
-@functools.cache
+@cache
 def upsert_sql(numbered: bool) -> str:
     """Add a row of rollup_rows() to its rollup row, making it when it is not there yet
     (SQLite and PostgreSQL speak the same ON CONFLICT)."""
