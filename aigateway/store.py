@@ -497,7 +497,7 @@ class Store:
             # between threads and a tussle for the GIL with the relay).
             with _friendly_errors(self.path):
                 async with self._engine.connect() as conn:
-                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    driver = await _driver(conn)
                     rows = await driver.execute_fetchall("PRAGMA data_version")
             return int(rows[0][0])
         async with self._read() as conn:
@@ -1113,6 +1113,13 @@ def _insert_usage_sql(rows: int, numbered: bool) -> str:
     return f"INSERT INTO usage ({columns}) VALUES {values}"
 
 
+async def _driver(conn: AsyncConnection) -> Any:
+    """The driver's own connection (aiosqlite's or asyncpg's) under `conn`, inside its
+    transaction: for the statements run at every flush or poll, where SQLAlchemy's
+    cursors would cost calls into aiosqlite's thread."""
+    return (await conn.get_raw_connection()).driver_connection
+
+
 async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
     """Statements of ROWS_PER_INSERT rows, the records passed as they are, on the driver's
     own connection inside the transaction. Through SQLAlchemy (even exec_driver_sql) the
@@ -1120,7 +1127,7 @@ async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecor
     while the event loop waits for the GIL; built with insert(usage) SQLAlchemy also
     processed every value in Python. Not a step per row either, which traded the GIL with
     the event loop for each one."""
-    driver: Any = (await conn.get_raw_connection()).driver_connection
+    driver = await _driver(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")  # asyncpg: $1, $2...
     for start in range(0, len(records), ROWS_PER_INSERT):
         rows = records[start : start + ROWS_PER_INSERT]
@@ -1139,7 +1146,7 @@ async def _add_to_rollups(conn: AsyncConnection, records: Sequence[UsageRecord])
     rows = rollup_rows(records)
     if not rows:
         return
-    driver: Any = (await conn.get_raw_connection()).driver_connection
+    driver = await _driver(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")
     await driver.executemany(upsert_sql(numbered), rows)
 
@@ -1208,7 +1215,7 @@ async def _claim_segment(conn: AsyncConnection, segment: str) -> bool:
     SQLAlchemy each statement is three calls into aiosqlite's thread; on PostgreSQL
     through SQLAlchemy, whose first statement is what begins the transaction there."""
     if conn.dialect.name == "sqlite":
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+        driver = await _driver(conn)
         cursor = await driver.execute(
             "INSERT INTO usage_segments (name, written_at) VALUES (?, ?)"
             " ON CONFLICT (name) DO NOTHING",
