@@ -422,7 +422,7 @@ async def _forward(
             try:
                 return await _forward_to(only, request, route, exchange, relay, False)
             finally:
-                only.in_flight -= 1
+                pool.release(only)
     else:
         if route.lists_models and request.method in ("GET", "HEAD"):
             return await send_union(request, route, exchange, relay)  # (HEAD: no body)
