@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .errors import ServiceUnavailable, UpstreamUnreachable
 from .modelaccess import filter_model_list
 from .relaystate import Relay
 from .routes import RelayRoute
 from .streams import NDJSON
-from .upstreamhttp import RESPONSE_DROP, request_headers, upstream_url, without
+from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.pool import Upstream
 from .upstreams.union import union_of_lists
 
@@ -51,7 +50,10 @@ async def pull_everywhere(
         url = upstream_url(request, relay.settings, route, upstream.config)
         try:
             async with session.post(
-                url, data=body, headers=request_headers(request, upstream.config)
+                url,
+                data=body,
+                headers=request_headers(request, upstream.config),
+                skip_auto_headers=own_headers_missing(request),
             ) as answer:
                 if not streamed or answer.status != 200:
                     data = await answer.read()
@@ -64,9 +66,12 @@ async def pull_everywhere(
                     exchange.tap.feed(data)
                     return _whole_response(answer, data, exchange)
                 if response is None:
-                    request_id = exchange.context.request_id
                     response = exchange.response = web.StreamResponse(
-                        headers={"Content-Type": NDJSON, "X-Request-Id": request_id}
+                        headers=response_headers(
+                            {"Content-Type": NDJSON},
+                            exchange.context.request_id,
+                            exchange.rate_headers,
+                        )
                     )
                     exchange.status = 200
                     await response.prepare(request)
@@ -109,8 +114,7 @@ def _error_line(upstream: Upstream, answer: bytes) -> bytes:
 def _whole_response(
     answer: aiohttp.ClientResponse, data: bytes, exchange: Exchange
 ) -> web.Response:
-    headers = without(CIMultiDict(answer.headers), RESPONSE_DROP)
-    headers["X-Request-Id"] = exchange.context.request_id
+    headers = response_headers(answer.headers, exchange.context.request_id, exchange.rate_headers)
     exchange.first_byte_at = time.perf_counter()
     response = web.Response(status=answer.status, body=data, headers=headers)
     exchange.response = response

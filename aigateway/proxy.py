@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
@@ -53,7 +52,7 @@ from .streams import (
     counted_tokens,
     with_usage_requested,
 )
-from .upstreamhttp import RESPONSE_DROP, request_headers, upstream_url, without
+from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.config import UpstreamConfig
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
 from .usage import UsageTap
@@ -480,7 +479,12 @@ async def _forward_to(
         exchange.context.upstream = config.name
     try:
         async with upstream_session.request(
-            request.method, url, data=data, headers=headers, allow_redirects=False
+            request.method,
+            url,
+            data=data,
+            headers=headers,
+            skip_auto_headers=own_headers_missing(request),
+            allow_redirects=False,
         ) as upstream:
             if upstream.status in FAILOVER_STATUSES:
                 if more:
@@ -748,10 +752,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
 def _response_for(
     upstream: aiohttp.ClientResponse, request: web.Request, exchange: Exchange
 ) -> web.StreamResponse:
-    headers = without(CIMultiDict(upstream.headers), RESPONSE_DROP)
-    headers["X-Request-Id"] = exchange.context.request_id
-    if exchange.rate_headers:
-        headers.update(exchange.rate_headers)  # ours, replacing any from upstream
+    headers = response_headers(upstream.headers, exchange.context.request_id, exchange.rate_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.content_length  # (parsed from the header at each reading)
     if length is not None:

@@ -9,6 +9,8 @@ instead). An upstream gets its own key (UPSTREAM_API_KEY, or key_env), never a c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
@@ -62,8 +64,6 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
         ),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        # Send the client's own Content-Type and User-Agent, or none, never aiohttp's.
-        skip_auto_headers=("Content-Type", "User-Agent"),
     )
 
 
@@ -92,24 +92,52 @@ def upstream_url(
     return url
 
 
-def without(headers: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """`headers` less `drop` and whatever their Connection header names (hop-by-hop)."""
+def without(headers: Mapping[str, str], drop: frozenset[str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of `headers` less `drop` and whatever their Connection
+    header names (hop-by-hop). (Pairs, not a copy to delete from: the headers present are
+    fewer than the names dropped, and aiohttp makes its own multidict of them anyway.)"""
     connection = headers.get("Connection")
     if connection:
         drop = drop | {token.strip().lower() for token in connection.split(",")}
-    for name in drop:
-        if name in headers:
-            del headers[name]
-    return headers
+    return [(name, value) for name, value in headers.items() if name.lower() not in drop]
 
 
-def request_headers(request: web.Request, upstream: UpstreamConfig) -> CIMultiDict[str]:
-    headers = without(CIMultiDict(request.headers), REQUEST_DROP)
+def request_headers(request: web.Request, upstream: UpstreamConfig) -> list[tuple[str, str]]:
+    headers = without(request.headers, REQUEST_DROP)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
-    headers["Accept-Encoding"] = "identity"
+    headers.append(("Accept-Encoding", "identity"))
     if upstream.key is not None:
         # The upstream's own key (the client's went with REQUEST_DROP); a client's own
         # anthropic-version stands.
+        present = {name.lower() for name, _ in headers}
         for name, value in auth_headers(upstream).items():
-            headers.setdefault(name, value)
+            if name.lower() not in present:
+                headers.append((name, value))
+    return headers
+
+
+def own_headers_missing(request: web.Request) -> tuple[str, ...] | None:
+    """The headers aiohttp would make up for a request that lacks them, to be skipped
+    (`skip_auto_headers`): the client's own Content-Type and User-Agent go on, or none,
+    never aiohttp's. None when the client sent both, the usual case: a skip list, even
+    the session's own, makes aiohttp rebuild it on every request."""
+    headers = request.headers
+    if "Content-Type" in headers and "User-Agent" in headers:
+        return None
+    return tuple(name for name in _OWN_HEADERS if name not in headers)
+
+
+_OWN_HEADERS = ("Content-Type", "User-Agent")
+
+
+def response_headers(
+    upstream: Mapping[str, str], request_id: str, rate_headers: tuple[tuple[str, str], ...]
+) -> CIMultiDict[str]:
+    """What a client gets with an upstream's answer: its headers less hop-by-hop ones and
+    Content-Length (aiohttp sets the length it sends), with the request's id and the
+    key's X-RateLimit-* (ours, replacing any the upstream sent)."""
+    headers = CIMultiDict(without(upstream, RESPONSE_DROP))
+    headers["X-Request-Id"] = request_id
+    if rate_headers:
+        headers.update(rate_headers)
     return headers

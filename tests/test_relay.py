@@ -205,6 +205,41 @@ async def test_hop_by_hop_and_credentials_never_reach_ollama(
     assert key not in repr(sent)
 
 
+async def test_the_clients_own_user_agent_and_content_type_or_none_reach_ollama(
+    aiohttp_client, gateway: TestServer, fake: FakeOllama, key: str
+) -> None:
+    auth = {"Authorization": f"Bearer {key}"}
+    own = {"User-Agent": "my-app/1.0", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            gateway.make_url("/api/show"), data=b'{"model":"llama3.2"}', headers=auth | own
+        ) as resp:
+            assert resp.status == 200
+        sent = fake.requests[-1].headers
+        assert (sent["User-Agent"], sent["Content-Type"]) == ("my-app/1.0", "application/json")
+        assert sent["Accept-Encoding"] == "identity"
+        # A client that sends neither: Ollama gets neither, not aiohttp's own.
+        async with session.post(
+            gateway.make_url("/api/show"),
+            data=b'{"model":"llama3.2"}',
+            headers=auth,
+            skip_auto_headers=("User-Agent", "Content-Type"),
+        ) as resp:
+            assert resp.status == 200
+        sent = fake.requests[-1].headers
+        assert "User-Agent" not in sent and "Content-Type" not in sent, dict(sent)
+        # One but not the other.
+        async with session.post(
+            gateway.make_url("/api/show"),
+            data=b'{"model":"llama3.2"}',
+            headers=auth | {"User-Agent": "my-app/1.0"},
+            skip_auto_headers=("Content-Type",),
+        ) as resp:
+            assert resp.status == 200
+        sent = fake.requests[-1].headers
+        assert sent["User-Agent"] == "my-app/1.0" and "Content-Type" not in sent, dict(sent)
+
+
 async def test_upstream_key_option_is_sent_instead_of_the_clients(
     aiohttp_client, settings: Settings, key: str, fake: FakeOllama
 ) -> None:

@@ -292,6 +292,31 @@ async def test_a_pull_without_a_named_upstream_pulls_everywhere(
     assert resp.status == 500
 
 
+async def test_answers_from_every_upstream_carry_the_keys_rate_headers(
+    aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        ollama_base_url=",".join(_url(s) for s in three.servers), token_db_path=db_path
+    )
+    admin_key = await make_key(db_path, "root", "ops", "admin", limits=KeyLimits(rpm=100))
+    admin = await aiohttp_client(
+        create_app(settings), headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    remaining = []
+    for method, path, body in (
+        ("GET", "/api/tags", None),  # the union of the three lists
+        ("POST", "/api/pull", {"model": "gemma3"}),  # streamed from each in turn
+        ("POST", "/api/pull", {"model": "gemma3", "stream": False}),  # the last answer
+    ):
+        resp = await admin.request(method, path, json=body)
+        assert resp.status == 200, (path, await resp.text())
+        await resp.read()
+        assert resp.headers["X-RateLimit-Limit"] == "100", (path, dict(resp.headers))
+        assert resp.headers["X-Request-Id"]
+        remaining.append(int(resp.headers["X-RateLimit-Remaining"]))
+    assert remaining == [99, 98, 97]
+
+
 async def test_weights_share_requests_among_equals(
     aiohttp_server, aiohttp_client, db_path: str
 ) -> None:  # type: ignore[no-untyped-def]
