@@ -10,9 +10,9 @@ from aiohttp import web
 
 from . import __version__
 from .appkeys import KEY_TABLE, RELAY, STARTED_AT, UPSTREAM
-from .auth import authenticate, public
+from .auth import authenticate, authenticate_after_a_look, public
 from .errors import GatewayError
-from .keytable import AuthError
+from .keytable import AuthError, UnknownKeyError
 from .upstreams.config import auth_headers
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
@@ -24,11 +24,15 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
 
-def _is_admin(request: web.Request) -> bool:
+async def _is_admin(request: web.Request) -> bool:
     """Whether the request presents a valid admin key (health routes need none, but an
-    admin's gets the details)."""
+    admin's gets the details), with the second look any route gives a key made a
+    moment ago."""
     try:
-        record = authenticate(request)
+        try:
+            record = authenticate(request)
+        except UnknownKeyError:
+            record = await authenticate_after_a_look(request)
     except (GatewayError, AuthError):
         return False
     return record.role == "admin"
@@ -38,7 +42,7 @@ def _is_admin(request: web.Request) -> bool:
 async def health(request: web.Request) -> web.Response:
     """Alive or not, for anyone (load balancers); with an admin key, the details. An
     anonymous caller learns nothing an attacker could use (no key count, no version)."""
-    if not _is_admin(request):
+    if not await _is_admin(request):
         return _json({"status": "ok"})
     return _json(
         {
@@ -63,40 +67,50 @@ async def health_ollama(request: web.Request) -> web.Response:
         up = sum(u.up for u in pool.upstreams)
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
         listed: dict[str, object] = {"upstreams": pool.views()}
-        return _answer(request, state, listed, 200 if up else 503)
-    ollama = pool.upstreams[0].config
+        return await _answer(request, state, listed, 200 if up else 503)
+    upstream = pool.upstreams[0].config
+    # A cloud API has no /api/version: its model list says whether it answers (what
+    # the checks of several upstreams ask it).
+    ollama = upstream.kind == "ollama"
+    probe = "/api/version" if ollama else "/models"
+    who = "Ollama" if ollama else f"upstream {upstream.name}"
+    details: dict[str, object] = (
+        {"ollama_url": upstream.url} if ollama else {"upstream": upstream.name, "url": upstream.url}
+    )
     started = time.perf_counter()
-    details: dict[str, object] = {"ollama_url": ollama.url}
     try:
         async with request.app[UPSTREAM].get(
-            ollama.url + "/api/version",
-            headers=auth_headers(ollama),
+            upstream.url + probe,
+            headers=auth_headers(upstream),
             timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S),
+            allow_redirects=False,
         ) as response:
-            body = await response.read()
+            body = await response.read() if ollama else b""
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        details["error"] = f"Ollama did not answer: {reason}"
-        return _answer(request, "unreachable", details, 503)
+        details["error"] = f"{who} did not answer: {reason}"
+        return await _answer(request, "unreachable", details, 503)
     details["rtt_ms"] = round((time.perf_counter() - started) * 1000, 2)
     version = None
-    try:
-        doc = orjson.loads(body)
-        version = doc.get("version") if isinstance(doc, dict) else None
-    except orjson.JSONDecodeError:
-        pass
-    if status != 200 or not isinstance(version, str):
-        details["error"] = f"Ollama answered /api/version with status {status}"
-        return _answer(request, "unhealthy", details, 503)
-    details["ollama_version"] = version
-    return _answer(request, "ok", details, 200)
+    if ollama:
+        try:
+            doc = orjson.loads(body)
+            version = doc.get("version") if isinstance(doc, dict) else None
+        except orjson.JSONDecodeError:
+            pass
+    if status != 200 or (ollama and not isinstance(version, str)):
+        details["error"] = f"{who} answered {probe} with status {status}"
+        return await _answer(request, "unhealthy", details, 503)
+    if ollama:
+        details["ollama_version"] = version
+    return await _answer(request, "ok", details, 200)
 
 
-def _answer(
+async def _answer(
     request: web.Request, status: str, details: dict[str, object], code: int
 ) -> web.Response:
-    if _is_admin(request):
+    if await _is_admin(request):
         return _json({"status": status, **details}, status=code)
     return _json({"status": status}, status=code)
 
