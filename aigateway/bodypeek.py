@@ -185,20 +185,27 @@ def _resolve_include_usage(pairs: Iterable[tuple[str, Any]], into: Any) -> dict[
 
 
 def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
+    # (Exact class checks: JSON decodes to exact str, bool and dict, and these run on
+    # every request, where isinstance() costs a call each.)
     get = values.get
     models: list[str] = []
     for field in fields:
         value = get(field)
-        if value is None:
-            continue
-        if not isinstance(value, str):
+        if value.__class__ is str:
+            if value:
+                models.append(value)
+        elif value is not None:
             # Go fails the whole decode: Ollama answers 400 and runs nothing.
             raise UndecidableBody(f"{field} is not a string")
-        if value:
-            models.append(value)
     stream = get("stream")
+    if stream.__class__ is not bool:
+        stream = None
+    include = None
     options = get("stream_options")
-    include = options.get("include_usage") if isinstance(options, dict) else None
+    if options.__class__ is dict:
+        include = options.get("include_usage")
+        if include.__class__ is not bool:
+            include = None
     cap = None
     if not _CAP_FIELDS.isdisjoint(values):  # (most bodies set no cap)
         # num_predict, else max_tokens, else max_output_tokens: a later one here wins.
@@ -209,13 +216,7 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
         ):
             if value.__class__ is int:  # (not bool, which Go would refuse for an int)
                 cap = value
-    return BodyFields(
-        tuple(models),
-        models[0] if models else None,
-        stream if isinstance(stream, bool) else None,
-        include if isinstance(include, bool) else None,
-        cap,
-    )
+    return BodyFields(tuple(models), models[0] if models else None, stream, include, cap)
 
 
 _CAP_FIELDS = frozenset(("max_output_tokens", "max_tokens", "options"))

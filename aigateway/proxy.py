@@ -316,7 +316,9 @@ async def _take_request(
             # The request's own cap where it sets one (Ollama's -1 and -2 mean none).
             cap = fields.max_output
             output = cap if cap is not None and cap > 0 else settings.token_reserve
-            output = min(output, settings.token_reserve * 64)
+            most = settings.token_reserve * 64
+            if output > most:  # (not min(): see _prompt_estimate)
+                output = most
         estimate = exchange.prompt_estimate + output
         ticket = exchange.ticket
         if ticket is not None and relay.shared is not None:
