@@ -433,13 +433,12 @@ async def _forward(
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
     while True:
-        upstream = await pool.acquire(candidates, key_id)
-        candidates = [c for c in candidates if c is not upstream]
+        upstream = pool.try_acquire(candidates) or await pool.acquire(candidates, key_id)
         if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
         upstream.picked += 1
         try:
-            more = bool(candidates) and replayable
+            more = replayable and len(candidates) > 1
             return await _forward_to(upstream, request, route, exchange, relay, more)
         except _TryNext as exc:
             pool.failed(upstream, exc.reason)
@@ -449,6 +448,7 @@ async def _forward(
             raise
         finally:
             pool.release(upstream)
+        candidates = [c for c in candidates if c is not upstream]  # (after a _TryNext)
 
 
 class _TryNext(Exception):

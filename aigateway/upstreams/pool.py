@@ -97,10 +97,11 @@ class Upstream:
             return True
         return route.dialect != "ollama" and route.path in CLOUD_ROUTES[kind]
 
-    def serves(self, model: str) -> bool:
+    def serves(self, model: str, wanted: str | None = None) -> bool:
+        """Whether it serves `model` (`wanted`: its canonical name, if made already)."""
         if self.config.models is not None:
             return model_allowed(model, self.config.models)
-        return self.models is None or canonical(model) in self.models
+        return self.models is None or (wanted or canonical(model)) in self.models
 
     def has_room(self) -> bool:
         most = self.config.max_concurrent
@@ -148,6 +149,8 @@ class Pool:
         self.single = len(self.upstreams) == 1
         self.check_interval = check_interval
         self.session: aiohttp.ClientSession | None = None
+        # The upstreams that answer each route (by its Ollama path), which never changes.
+        self._fitting: dict[str, list[Upstream]] = {}
 
     def candidates(
         self, route: RelayRoute, model: str | None, named: str | None = None
@@ -167,12 +170,17 @@ class Pool:
                 )
                 raise BadRequest(f"{asked}; the upstreams are {', '.join(self.by_name)}")
             return [upstream]
-        fitting = [u for u in self.upstreams if u.fits(route)]
+        fitting = self._fitting.get(route.ollama_path)
+        if fitting is None:
+            fitting = [u for u in self.upstreams if u.fits(route)]
+            self._fitting[route.ollama_path] = fitting
+        wanted = None
         if model is not None:
-            serving = [u for u in fitting if u.serves(model)]
+            wanted = canonical(model)
+            serving = [u for u in fitting if u.serves(model, wanted)]
             if not serving:
                 elsewhere = [
-                    u.name for u in self.upstreams if u.serves(model) and not u.fits(route)
+                    u.name for u in self.upstreams if u.serves(model, wanted) and not u.fits(route)
                 ]
                 if elsewhere:
                     raise NotFound(
@@ -188,7 +196,7 @@ class Pool:
             fitting = serving
         if not fitting:
             raise NotFound(f"model '{model}' not found" if model else "no upstream for this route")
-        up = [u for u in fitting if u.up]
+        up = [u for u in fitting if u.reason is None]  # (up, without the property's call)
         if not up:
             wait = min(u.out_until for u in fitting) - time.monotonic()
             # Which upstreams and why stay out of the answer (any key holder reads it;
@@ -199,7 +207,6 @@ class Pool:
                 {"Retry-After": str(max(1, round(wait + 0.5)))},
             )
         if len(up) > 1:
-            wanted = canonical(model) if model is not None else None
             up.sort(
                 key=lambda u: (
                     wanted not in u.loaded if wanted is not None else False,
@@ -209,13 +216,21 @@ class Pool:
             )
         return up
 
-    async def acquire(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
-        """A slot on the first of `candidates` (best first) with room, or, when all are at
-        their max_concurrent, on the first that frees one, waiting in the fair queue."""
+    def try_acquire(self, candidates: Sequence[Upstream]) -> Upstream | None:
+        """A slot on the first of `candidates` (best first) with room now, or None. (No
+        await: the usual case costs no coroutine.)"""
         for upstream in candidates:
             if upstream.has_room():
                 upstream.in_flight += 1
                 return upstream
+        return None
+
+    async def acquire(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
+        """A slot on the first of `candidates` (best first) with room, or, when all are at
+        their max_concurrent, on the first that frees one, waiting in the fair queue."""
+        upstream = self.try_acquire(candidates)
+        if upstream is not None:
+            return upstream
         return await self.queue.wait(key_id, candidates, self.release)
 
     def release(self, upstream: Upstream) -> None:
