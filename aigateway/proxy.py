@@ -47,6 +47,7 @@ from .sharedlimits import SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
     NDJSON,
+    STREAM_TYPES,
     UsageStripper,
     broken_stream_tail,
     counted_tokens,
@@ -776,7 +777,10 @@ async def _pump(
     answer whose record a killed process could lose."""
     tap, stripper = exchange.tap, exchange.stripper
     length = upstream.content_length
-    tap.lines = length is None  # a stream, whose lines a cut one is charged by
+    # Lines are what a stream cut before its final counts is charged by: counted in
+    # streams, which come without a length from Ollama, or (through something that
+    # buffers them) with one.
+    tap.lines = length is None or upstream.content_type in STREAM_TYPES
     try:
         async for chunk in upstream.content.iter_any():
             if exchange.first_byte_at is None:

@@ -15,6 +15,7 @@ import orjson
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
+STREAM_TYPES = frozenset((NDJSON, SSE))
 
 _INCLUDE_USAGE = b',"stream_options":{"include_usage":true}'
 # With include_usage, Ollama's /v1/completions adds this to every chunk before the last.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import anthropic
 import ollama
 import openai
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from aigateway import Settings, create_app
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .test_policy import _usage
@@ -216,3 +219,35 @@ async def test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout(
         assert "the gateway is shutting down" in str(error), repr(error)
     rows = await _usage(db_path, 4)
     assert sorted(r.status for r in rows) == [200, 200, 200, 503]
+
+
+async def test_a_stream_with_a_length_cut_short_is_charged_its_lines(
+    aiohttp_client, aiohttp_server, settings: Settings, key: str, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """An NDJSON stream that comes with a Content-Length (as through a buffering proxy)
+    and breaks after three tokens is charged the three, like one without a length."""
+    lines = b"".join(
+        b'{"model":"llama3.2","message":{"role":"assistant","content":"a"},"done":false}\n'
+        for _ in range(3)
+    )
+
+    async def cut_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.content_length = len(lines) + 500  # the rest never comes
+        await response.prepare(request)
+        await response.write(lines)
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/chat", cut_stream)
+    upstream = await aiohttp_server(app)
+    gateway = create_app(replace(settings, ollama_base_url=str(upstream.make_url("")).rstrip("/")))
+    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {key}"})
+    resp = await client.post("/api/chat", data=b'{"model":"llama3.2","messages":[]}')
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    (record,) = await _usage(db_path, 1)
+    assert record.completion_tokens == 3 and record.estimated, record
