@@ -90,7 +90,9 @@ async def pull_everywhere(
             exchange.context.client_gone = True  # the client left: pull no further
             return response or web.Response()
     assert response is not None
-    await response.write_eof()
+    # Not write_eof() here: aiohttp ends the response once the handler returns, after the
+    # relay has journaled its usage record (no client holds a whole answer whose record
+    # a killed process could lose).
     return response
 
 
