@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE, UPSTREAM
+from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
 from .budgetreport import user_budget_report, user_invoice
 from .budgets import Budget, BudgetError, check_budget, period_start
@@ -60,7 +60,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
-from .upstreams.config import auth_headers
+from .upstreams.pool import CheckFailed
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -403,16 +403,12 @@ async def upstreams(request: web.Request) -> web.Response:
 
 async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
     """The one Ollama's /api/tags."""
-    ollama = request.app[RELAY].pool.upstreams[0].config
+    pool = request.app[RELAY].pool
     try:
-        async with request.app[UPSTREAM].get(
-            ollama.url + "/api/tags",
-            headers=auth_headers(ollama),
-            timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
-        ) as response:
-            return await response.read(), response.status
-    except (aiohttp.ClientError, TimeoutError):
+        status, body = await pool.fetch(pool.upstreams[0], "/api/tags", MODELS_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError, CheckFailed):
         raise UpstreamUnreachable("Ollama did not answer /api/tags") from None
+    return body, status
 
 
 async def list_prices(request: web.Request) -> web.Response:

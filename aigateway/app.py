@@ -20,7 +20,6 @@ from .appkeys import (
     SETTINGS,
     STARTED_AT,
     STORE,
-    UPSTREAM,
 )
 from .bodybudget import BodyBudget
 from .budgets import Budgets
@@ -177,7 +176,7 @@ async def _prepare_budgets(budgets: Budgets, table: KeyTable, store: Store) -> N
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session = upstream_session(app[SETTINGS])
-    app[UPSTREAM] = app[RELAY].upstream = session
+    app[RELAY].upstream = session
     app[RELAY].loop = asyncio.get_running_loop()
     try:
         async with app[RELAY].pool.checking(session):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from .context import RequestContext
@@ -15,7 +14,6 @@ from .store import Store
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 KEY_TABLE = web.AppKey("key_table", KeyTable)
-UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 RELAY = web.AppKey("relay", Relay)

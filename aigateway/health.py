@@ -9,11 +9,11 @@ import orjson
 from aiohttp import web
 
 from . import __version__
-from .appkeys import KEY_TABLE, RELAY, STARTED_AT, UPSTREAM
+from .appkeys import KEY_TABLE, RELAY, STARTED_AT
 from .auth import authenticate, authenticate_after_a_look, public
 from .errors import GatewayError
 from .keytable import AuthError, UnknownKeyError
-from .upstreams.config import auth_headers
+from .upstreams.pool import CheckFailed
 
 OLLAMA_PROBE_TIMEOUT_S = 5.0
 
@@ -68,7 +68,8 @@ async def health_ollama(request: web.Request) -> web.Response:
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
         listed: dict[str, object] = {"upstreams": pool.views()}
         return await _answer(request, state, listed, 200 if up else 503)
-    upstream = pool.upstreams[0].config
+    only = pool.upstreams[0]
+    upstream = only.config
     # A cloud API has no /api/version: its model list says whether it answers (what
     # the checks of several upstreams ask it).
     ollama = upstream.kind == "ollama"
@@ -79,15 +80,8 @@ async def health_ollama(request: web.Request) -> web.Response:
     )
     started = time.perf_counter()
     try:
-        async with request.app[UPSTREAM].get(
-            upstream.url + probe,
-            headers=auth_headers(upstream),
-            timeout=aiohttp.ClientTimeout(total=OLLAMA_PROBE_TIMEOUT_S),
-            allow_redirects=False,
-        ) as response:
-            body = await response.read() if ollama else b""
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        status, body = await pool.fetch(only, probe, OLLAMA_PROBE_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         details["error"] = f"{who} did not answer: {reason}"
         return await _answer(request, "unreachable", details, 503)

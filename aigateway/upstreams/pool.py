@@ -330,14 +330,17 @@ class Pool:
             raise CheckFailed(f"{path} answered {status}")
         return model_names(body, field)
 
-    async def fetch(self, upstream: Upstream, path: str) -> tuple[int, bytes]:
-        """GET one of an upstream's own lists with its key: status and body (at most
-        MAX_LIST_BYTES, else CheckFailed), within CHECK_TIMEOUT_S."""
+    async def fetch(
+        self, upstream: Upstream, path: str, timeout: float = CHECK_TIMEOUT_S
+    ) -> tuple[int, bytes]:
+        """GET one of an upstream's own documents (its lists, Ollama's version) with its
+        key: status and body (at most MAX_LIST_BYTES, else CheckFailed), within
+        `timeout` seconds. The checks, /health/ollama and /admin/models all ask this way."""
         assert self.session is not None
         async with self.session.get(
             upstream.config.url + path,
             headers=auth_headers(upstream.config),
-            timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S),
+            timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as response:
             body = bytearray()
