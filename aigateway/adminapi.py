@@ -27,6 +27,7 @@ total, daily, weekly or monthly; alert optional), or null for none.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -39,6 +40,7 @@ from aiohttp import web
 
 from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
+from .bodypeek import first_name
 from .budgetreport import user_budget_report, user_invoice
 from .budgets import Budget, BudgetError, check_budget, period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
@@ -47,7 +49,7 @@ from .exports import usage_export
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
 from .limits import DAY
-from .modelaccess import filter_model_list
+from .modelaccess import filter_model_list, model_allowed
 from .pricing import PRICE_FIELDS, Price
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
@@ -60,7 +62,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
-from .upstreams.pool import CheckFailed
+from .upstreams.pool import CheckFailed, Pool, canonical, model_names
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -350,26 +352,39 @@ async def invoice(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """For any key: the models Ollama has that the key may use (its allow-list, and cloud
-    models only where they are allowed), each with what Ollama says of it, its context
-    length as the last sync-models found it, and its price (micro-units of the currency;
-    null: free)."""
+    """For any key: the models the upstreams have that the key may use (its allow-list,
+    and Ollama's cloud models only where they are allowed), each with what Ollama says of
+    it, its context length as the last sync-models found it, and its price (micro-units
+    of the currency; null: free). A cloud API's models (its /models, cut down to those it
+    is configured to serve) come after the Ollamas', with nothing but their names."""
     caller = principal(request)
     settings = request.app[SETTINGS]
     pool = request.app[RELAY].pool
-    if pool.single:
+    if not any(u.config.kind == "ollama" for u in pool.upstreams):
+        body, status = b'{"models":[]}', 200  # cloud APIs only
+    elif pool.single:
         body, status = await _ollama_tags(request)
     else:
-        body, status = await union_of_lists(pool, TAGS), 200  # every upstream's
+        body, status = await union_of_lists(pool, TAGS), 200  # every Ollama's
     if status != 200:
         raise UpstreamUnreachable(f"Ollama answered /api/tags with status {status}")
-    usable = filter_model_list(body, caller.models, settings.allow_cloud_models)
     try:
-        listed = orjson.loads(usable).get("models")
+        found = orjson.loads(body).get("models")
     except (orjson.JSONDecodeError, AttributeError):
-        listed = None
-    if not isinstance(listed, list):
+        found = None
+    if not isinstance(found, list):
         raise UpstreamUnreachable("Ollama's /api/tags is not a model list")
+    listed_names = {first_name(e, ("name", "model")) for e in found if isinstance(e, dict)}
+    known = {canonical(name) for name in listed_names if name is not None}
+    found += [
+        entry
+        for entry in await _cloud_api_models(pool, MODELS_TIMEOUT_S)
+        if canonical(entry["name"]) not in known  # (each model once, the Ollamas' first)
+    ]
+    usable = filter_model_list(
+        orjson.dumps({"models": found}), caller.models, settings.allow_cloud_models
+    )
+    listed = orjson.loads(usable)["models"]
     prices = request.app[KEY_TABLE].prices
     synced, _ = await request.app[STORE].list_models()  # what sync-models found
     context = {info.name: info.context_length for info in synced}
@@ -399,6 +414,34 @@ async def upstreams(request: web.Request) -> web.Response:
     its models and those loaded (with one upstream, which is never checked: no models)."""
     pool = request.app[RELAY].pool
     return _json({"checked": not pool.single, "upstreams": pool.views()})
+
+
+async def _cloud_api_models(pool: Pool, timeout: float) -> list[dict[str, str]]:
+    """The models of the cloud APIs that are up, as entries of an Ollama model list: each
+    one's /models (read as hostile input), cut down to the patterns it is configured
+    with; one that does not answer is left out."""
+    clouds = [u for u in pool.upstreams if u.config.kind != "ollama" and u.up]
+    answers = await asyncio.gather(
+        *(pool.fetch(u, "/models", timeout) for u in clouds), return_exceptions=True
+    )
+    entries = []
+    for upstream, answer in zip(clouds, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, aiohttp.ClientError | TimeoutError | CheckFailed):
+                raise answer
+            continue
+        status, body = answer
+        try:
+            names = model_names(body, "data") if status == 200 else []
+        except CheckFailed:
+            continue
+        patterns = upstream.config.models
+        entries += [
+            {"name": name, "model": name}
+            for name in names
+            if patterns is None or model_allowed(name, patterns)
+        ]
+    return entries
 
 
 async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:

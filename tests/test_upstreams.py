@@ -391,6 +391,38 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
     assert "llama3.2:latest" in ids and not any(i.startswith("deepseek") for i in ids[2:])
 
 
+async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
+    aiohttp_server, aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """/admin/models (the dashboard's model list) showed only what the Ollamas have: a
+    cloud API's models, cut down to its patterns, now follow, each model once."""
+    cloud = FakeOllama(models=["gpt-4o-mini", "gpt-4o", "o3-pro", "llama3.2:latest"])
+    cloud_server = await aiohttp_server(cloud.app())
+    path = Path(db_path).with_name("upstreams.toml")
+    path.write_text(
+        f'[[upstream]]\nname = "local"\nurl = "{_url(three.servers[0])}"\n'
+        f'[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "{_url(cloud_server)}/v1"\n'
+        'key_env = "OA_KEY"\nmodels = ["gpt-4o*", "llama3.2*"]\n'
+    )
+    settings = Settings(
+        token_db_path=db_path, upstreams=upstreams_from_file(str(path), {"OA_KEY": "sk-oa"})
+    )
+    everything = await make_key(db_path)
+    some = await make_key(db_path, "bob", "ci", models=["gpt-4o-mini", "qwen3*"])
+    client = await aiohttp_client(create_app(settings))
+    names = {}
+    for key in (everything, some):
+        resp = await client.get("/admin/models", headers={"Authorization": f"Bearer {key}"})
+        assert resp.status == 200, await resp.text()
+        names[key] = [m["name"] for m in (await resp.json())["models"]]
+    # the Ollama's two, then the cloud API's within its patterns (not o3-pro), and its
+    # llama3.2 not twice
+    assert names[everything] == ["llama3.2:latest", "qwen3:8b", "gpt-4o-mini", "gpt-4o"]
+    assert names[some] == ["qwen3:8b", "gpt-4o-mini"]  # the key's own allow-list
+    probe = [r for r in cloud.requests if r.path_qs == "/v1/models"][-1]
+    assert probe.headers["Authorization"] == "Bearer sk-oa"
+
+
 # --- configuration ---------------------------------------------------------------------
 
 
