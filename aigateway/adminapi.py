@@ -49,7 +49,7 @@ from .exports import usage_export
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
 from .limits import DAY
-from .modelaccess import filter_model_list, model_allowed
+from .modelaccess import filter_model_list
 from .pricing import PRICE_FIELDS, Price
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
@@ -62,7 +62,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
-from .upstreams.pool import CheckFailed, Pool, canonical, model_names
+from .upstreams.pool import CheckFailed, Pool, canonical
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -422,25 +422,15 @@ async def _cloud_api_models(pool: Pool, timeout: float) -> list[dict[str, str]]:
     with; one that does not answer is left out."""
     clouds = [u for u in pool.upstreams if u.config.kind != "ollama" and u.up]
     answers = await asyncio.gather(
-        *(pool.fetch(u, "/models", timeout) for u in clouds), return_exceptions=True
+        *(pool.names(u, "/models", "data", timeout) for u in clouds), return_exceptions=True
     )
     entries = []
-    for upstream, answer in zip(clouds, answers, strict=True):
-        if isinstance(answer, BaseException):
-            if not isinstance(answer, aiohttp.ClientError | TimeoutError | CheckFailed):
-                raise answer
+    for upstream, names in zip(clouds, answers, strict=True):
+        if isinstance(names, CheckFailed):
             continue
-        status, body = answer
-        try:
-            names = model_names(body, "data") if status == 200 else []
-        except CheckFailed:
-            continue
-        patterns = upstream.config.models
-        entries += [
-            {"name": name, "model": name}
-            for name in names
-            if patterns is None or model_allowed(name, patterns)
-        ]
+        if isinstance(names, BaseException):
+            raise names
+        entries += [{"name": name, "model": name} for name in names if upstream.serves(name)]
     return entries
 
 

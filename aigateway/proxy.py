@@ -434,7 +434,7 @@ async def _forward(
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
     while True:
-        upstream = pool.try_acquire(candidates) or await pool.acquire(candidates, key_id)
+        upstream = pool.try_acquire(candidates) or await pool.wait_for_slot(candidates, key_id)
         if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
         upstream.picked += 1

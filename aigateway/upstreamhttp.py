@@ -116,6 +116,10 @@ def request_headers(request: web.Request, upstream: UpstreamConfig) -> list[tupl
     return headers
 
 
+# The headers aiohttp makes up for a request without them.
+_OWN_HEADERS = ("Content-Type", "User-Agent")
+
+
 def own_headers_missing(request: web.Request) -> tuple[str, ...] | None:
     """The headers aiohttp would make up for a request that lacks them, to be skipped
     (`skip_auto_headers`): the client's own Content-Type and User-Agent go on, or none,
@@ -125,9 +129,6 @@ def own_headers_missing(request: web.Request) -> tuple[str, ...] | None:
     if "Content-Type" in headers and "User-Agent" in headers:
         return None
     return tuple(name for name in _OWN_HEADERS if name not in headers)
-
-
-_OWN_HEADERS = ("Content-Type", "User-Agent")
 
 
 def response_headers(

@@ -225,12 +225,9 @@ class Pool:
                 return upstream
         return None
 
-    async def acquire(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
-        """A slot on the first of `candidates` (best first) with room, or, when all are at
-        their max_concurrent, on the first that frees one, waiting in the fair queue."""
-        upstream = self.try_acquire(candidates)
-        if upstream is not None:
-            return upstream
+    async def wait_for_slot(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
+        """When all of `candidates` are at their max_concurrent (try_acquire found none):
+        a slot on the first that frees one, waiting in the fair queue."""
         return await self.queue.wait(key_id, candidates, self.release)
 
     def release(self, upstream: Upstream) -> None:
@@ -302,12 +299,12 @@ class Pool:
         started = time.perf_counter()
         try:
             if upstream.config.kind == "ollama":
-                listed = await self._list(upstream, "/api/tags", "models")
-                loaded = await self._list(upstream, "/api/ps", "models")
+                listed = await self.names(upstream, "/api/tags", "models")
+                loaded = await self.names(upstream, "/api/ps", "models")
                 upstream.models = frozenset(canonical(n) for n in listed)
                 upstream.loaded = frozenset(canonical(n) for n in loaded)
             else:
-                await self._list(upstream, "/models", "data")
+                await self.names(upstream, "/models", "data")
         except CheckFailed as exc:
             self.failed(upstream, str(exc))
             return
@@ -316,12 +313,15 @@ class Pool:
         upstream.latency_ms = round((time.perf_counter() - started) * 1000, 2)
         self.passed(upstream)
 
-    async def _list(self, upstream: Upstream, path: str, field: str) -> list[str]:
-        """The names in an upstream's model list (checked as hostile input)."""
+    async def names(
+        self, upstream: Upstream, path: str, field: str, timeout: float = CHECK_TIMEOUT_S
+    ) -> list[str]:
+        """The names in an upstream's model list (checked as hostile input); CheckFailed
+        saying why when there are none to read."""
         try:
-            status, body = await self.fetch(upstream, path)
+            status, body = await self.fetch(upstream, path, timeout)
         except TimeoutError:
-            raise CheckFailed(f"{path} did not answer in {CHECK_TIMEOUT_S:g} s") from None
+            raise CheckFailed(f"{path} did not answer in {timeout:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise CheckFailed(f"cannot reach it: {exc.os_error.strerror or exc}") from None
         except aiohttp.ClientError as exc:
