@@ -42,8 +42,14 @@ def _escaped(value: str, quoted: bool = False) -> str:
 
 
 def log_access(
-    request: web.Request, context: RequestContext, status: int, nbytes: int, error: str
+    request: web.Request,
+    context: RequestContext,
+    status: int,
+    nbytes: int,
+    error: str,
+    reason: str | None = None,
 ) -> None:
+    """`reason`: why the gateway refused the request (errors.Refused), if it did."""
     sink = logs.access_sink
     if sink is None and not access_log.isEnabledFor(logging.INFO):
         return
@@ -59,6 +65,7 @@ def log_access(
         f" path={path} model={model} status={status}"
         f" bytes={nbytes} ms={(time.perf_counter() - context.started) * 1000:.1f}"
         + (f" upstream={_escaped(context.upstream)}" if context.upstream else "")
+        + (f" reason={reason}" if reason else "")
         + (f' error="{_escaped(error, quoted=True)}"' if error else "")
     )
     if sink is not None:

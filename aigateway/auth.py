@@ -12,7 +12,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE
-from .errors import Unauthorized
+from .errors import Refused, Unauthorized
 from .keytable import AuthError, KeyTable, UnknownKeyError
 from .store import KeyRecord
 
@@ -37,12 +37,15 @@ def presented_key(request: web.Request) -> str:
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("malformed Authorization header: expected 'Bearer <API key>'")
+            raise Unauthorized(
+                "malformed Authorization header: expected 'Bearer <API key>'",
+                reason=Refused.MALFORMED_KEY,
+            )
         return token.strip()
     api_key = request.headers.get("x-api-key")
     if api_key is not None and api_key.strip():
         return api_key.strip()
-    raise Unauthorized(_MISSING_KEY)
+    raise Unauthorized(_MISSING_KEY, reason=Refused.MISSING_KEY)
 
 
 def authenticate(request: web.Request) -> KeyRecord:
@@ -53,7 +56,7 @@ def authenticate(request: web.Request) -> KeyRecord:
     except UnknownKeyError:
         raise
     except AuthError as exc:
-        raise Unauthorized(str(exc)) from None
+        raise Unauthorized(str(exc), reason=exc.reason) from None
 
 
 async def authenticate_after_a_look(request: web.Request) -> KeyRecord:
@@ -73,7 +76,7 @@ async def key_record(request: web.Request, token: str) -> KeyRecord:
     except UnknownKeyError:
         await table.look_again()
     except AuthError as exc:
-        raise Unauthorized(str(exc)) from None
+        raise Unauthorized(str(exc), reason=exc.reason) from None
     return _checked(table, token)
 
 
@@ -81,12 +84,12 @@ def _checked(table: KeyTable, token: str) -> KeyRecord:
     try:
         return table.authenticate(token)
     except AuthError as exc:
-        raise Unauthorized(str(exc)) from None
+        raise Unauthorized(str(exc), reason=exc.reason) from None
 
 
 def principal(request: web.Request) -> KeyRecord:
     """The authenticated caller of a handler that is not public."""
     record = request[CONTEXT].principal
     if record is None:  # only a @public handler runs without one
-        raise Unauthorized(_MISSING_KEY)
+        raise Unauthorized(_MISSING_KEY, reason=Refused.MISSING_KEY)
     return record

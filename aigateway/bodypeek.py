@@ -11,12 +11,15 @@ Maps (`options`) match their keys exactly. A dict from orjson loses the order of
 that are spelled differently, so the fast path below is taken only when no key could
 be another spelling of a field we read and no such field is `null`; every other body is
 read again as ordered pairs. Bodies that cannot be decided (not a JSON object, invalid
-UTF-8 or JSON, data after the object) raise UndecidableBody.
+JSON, data after the object) raise UndecidableBody. Invalid UTF-8 and lone surrogates
+are no reason to refuse: Go reads each as U+FFFD, and so does this reader.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -99,7 +102,9 @@ def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UndecidableBody("the request body is not valid JSON") from None
+        # orjson refuses invalid UTF-8 and lone surrogates, which Go reads as U+FFFD:
+        # read such a body as Go does (the ordered read, which fails on real errors).
+        return _fields(_resolve(_ordered_pairs(body)), fields)
     if not isinstance(doc, dict):
         raise UndecidableBody("the request body is not a JSON object")
     # The orjson dict is what Go would read unless a key could be another spelling of a
@@ -133,7 +138,8 @@ def _ordered_pairs(body: bytes) -> list[tuple[str, Any]]:
         raise UndecidableBody(f"the request body is not valid JSON ({name})")
 
     try:
-        pairs = json.loads(body, object_pairs_hook=_Pairs, parse_constant=no_constants)
+        text = body.decode("utf-8", _GO_REPLACE)
+        pairs = json.loads(text, object_pairs_hook=_Pairs, parse_constant=no_constants)
     except ValueError:
         raise UndecidableBody("the request body is not valid JSON") from None
     if not isinstance(pairs, _Pairs):
@@ -142,7 +148,34 @@ def _ordered_pairs(body: bytes) -> list[tuple[str, Any]]:
 
 
 class _Pairs(list[tuple[str, Any]]):
-    """An object's members in order, as the pairs hook hands them over."""
+    """An object's members in order, as the pairs hook hands them over; a lone
+    surrogate (`\\ud800` unpaired) in a key or a string value made U+FFFD, as Go's
+    decoder makes it."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(
+            (_go_string(key), _go_string(value) if value.__class__ is str else value)
+            for key, value in pairs
+        )
+
+
+def _go_string(text: str) -> str:
+    if text.isascii():
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _replace_each_byte(error: UnicodeError) -> tuple[str, int]:
+    """Go's decoder replaces invalid UTF-8 one byte at a time (utf8.DecodeRune returns
+    RuneError, 1), where Python's "replace" takes a whole ill-formed sequence at once."""
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd", error.start + 1
+
+
+_GO_REPLACE = "aigateway-go-replace"
+codecs.register_error(_GO_REPLACE, _replace_each_byte)
+# A surrogate left in a decoded string is a lone one: the decoder joins escaped pairs.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _resolve(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:

@@ -21,10 +21,32 @@ limit) are rendered the same way by the gateway middleware.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import ClassVar
 
 import orjson
 from aiohttp import web
+
+
+class Refused(StrEnum):
+    """Why the gateway refused a request itself: the one list that error bodies (their
+    `reason`), access lines (`reason=`) and /metrics (`aigateway_refusals_total`) use,
+    so that every refusal can be counted by the same name wherever it is seen."""
+
+    MISSING_KEY = "missing_key"
+    MALFORMED_KEY = "malformed_key"
+    UNKNOWN_KEY = "unknown_key"
+    REVOKED_OR_EXPIRED = "revoked_or_expired"  # the key, or the dashboard session made with it
+    USER_DISABLED = "user_disabled"
+    ADMIN_ONLY = "admin_only"  # model management, /metrics=admin: needs an admin key
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # the key's allow-list (or a cloud upstream's)
+    CLOUD_MODEL = "cloud_model"  # an Ollama cloud model, with ALLOW_CLOUD_MODELS off
+    INVALID_MODEL_NAME = "invalid_model_name"  # a name Ollama would refuse, or none at all
+    UNDECIDABLE_BODY = "undecidable_body"  # its model cannot be read as Ollama will read it
+    RATE_LIMIT = "rate_limit"  # requests per minute or hour, or at once
+    TOKEN_QUOTA = "token_quota"
+    OVER_BUDGET = "over_budget"
+    TOO_LARGE = "too_large"
 
 
 class GatewayError(Exception):
@@ -32,10 +54,17 @@ class GatewayError(Exception):
     default_headers: ClassVar[Mapping[str, str]] = {}
     billing: ClassVar[bool] = False  # a billing error: its own type in every dialect
 
-    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        reason: Refused | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = {**self.default_headers, **(headers or {})}
+        # Why the gateway refused (None: an error that is no refusal, e.g. Ollama away).
+        self.reason = reason
 
     def status_in(self, dialect: str) -> int:
         return self.status
@@ -138,11 +167,23 @@ def _openai_401(reason: str) -> str:
 
 
 def error_document(
-    dialect: str, status: int, message: str, billing: bool = False
+    dialect: str, status: int, message: str, billing: bool = False, reason: str | None = None
 ) -> dict[str, object]:
     """The error body a client of this dialect parses: Ollama's `{"error": "..."}`,
     OpenAI's `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
-    `{"type": "error", "error": {"type", "message"}}`."""
+    `{"type": "error", "error": {"type", "message"}}`; a refusal's `reason` (one of
+    Refused) beside the message, a field each dialect's SDKs ignore and scripts can read."""
+    document = _error_document(dialect, status, message, billing)
+    if reason is not None:
+        inner = document["error"]
+        if isinstance(inner, dict):
+            inner["reason"] = reason
+        else:
+            document["reason"] = reason
+    return document
+
+
+def _error_document(dialect: str, status: int, message: str, billing: bool) -> dict[str, object]:
     fallback = "invalid_request_error" if status < 500 else "api_error"
     if billing:
         fallback = "billing_error"
@@ -173,10 +214,11 @@ def json_error(
     headers: Mapping[str, str] | None = None,
     dialect: str = "ollama",
     billing: bool = False,
+    reason: str | None = None,
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=orjson.dumps(error_document(dialect, status, message, billing)),
+        body=orjson.dumps(error_document(dialect, status, message, billing, reason)),
         content_type="application/json",
         headers=headers,
     )

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .db.notify import ChangeListener
+from .errors import Refused
 from .keys import hash_key, looks_like_key
 from .pricing import PriceList
 from .store import KeyRecord, Store, StoreError
@@ -35,6 +36,13 @@ LOOK_AGAIN_GAP_S = 0.02
 
 class AuthError(Exception):
     """Why a presented key was refused; the message never contains the key."""
+
+    def __init__(self, message: str, reason: Refused) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_MALFORMED = "malformed API key: expected aig_ followed by 43 characters"
 
 
 class UnknownKeyError(AuthError):
@@ -92,30 +100,30 @@ class KeyTable:
         try:
             digest = hash_key(token)
         except UnicodeEncodeError:  # bytes that are not text (a header is read as latin-1)
-            raise AuthError("malformed API key: expected aig_ followed by 43 characters") from None
+            raise AuthError(_MALFORMED, Refused.MALFORMED_KEY) from None
         record = self._by_hash.get(digest)
         if record is None:
             if not looks_like_key(token):
-                raise AuthError("malformed API key: expected aig_ followed by 43 characters")
-            raise UnknownKeyError("unknown API key")
+                raise AuthError(_MALFORMED, Refused.MALFORMED_KEY)
+            raise UnknownKeyError("unknown API key", Refused.UNKNOWN_KEY)
         return self._working(record)
 
     def by_id(self, key_id: int) -> KeyRecord:
         """The record of a key a dashboard session was made with, if it still works."""
         record = self._by_id.get(key_id)
         if record is None:
-            raise AuthError("this session's API key no longer exists")
+            raise AuthError("this session's API key no longer exists", Refused.UNKNOWN_KEY)
         return self._working(record, count_use=False)
 
     def _working(self, record: KeyRecord, count_use: bool = True) -> KeyRecord:
         """`record` if the key works now (not revoked, its user enabled, not expired)."""
         if record.revoked:
-            raise AuthError("this API key has been revoked")
+            raise AuthError("this API key has been revoked", Refused.REVOKED_OR_EXPIRED)
         if record.user_disabled:
-            raise AuthError("this API key's user is disabled")
+            raise AuthError("this API key's user is disabled", Refused.USER_DISABLED)
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
-            raise AuthError("this API key has expired")
+            raise AuthError("this API key has expired", Refused.REVOKED_OR_EXPIRED)
         if count_use and record.id != BOOTSTRAP_KEY_ID:
             self._last_used[record.id] = now
         return record

@@ -8,8 +8,8 @@ Token quotas cannot be checked that way, because a request's tokens are known on
 its response ends. So a request to a key with a quota reserves an estimate once its body
 is read (`reserve_tokens`: its own output cap, else a setting, plus its prompt guessed
 from its size), and is admitted only while the tokens settled today plus those reserved
-by requests still running are below the quota; when it ends, `settle_tokens` replaces the
-reservation with what it really used. Parallel requests therefore cannot overrun a quota
+by requests still running are below the quota; when it ends, its reservation is replaced
+by what it really used (ledger.py). Parallel requests therefore cannot overrun a quota
 many times over: the day's tokens end below the quota plus what the requests admitted last
 used beyond their reservations. Today's tokens are reloaded from the usage table at start-up.
 """
@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .errors import Refused
 from .store import KeyLimits, KeyRecord
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -102,7 +103,7 @@ class _KeyState:
     # and refusal, for both the checks and the X-RateLimit-* headers.
     source: KeyLimits | None = None
     limits: Limits = Limits()
-    windowed: tuple[tuple[int, _Window, str], ...] = ()
+    windowed: tuple[tuple[int, _Window, str, Refused], ...] = ()
     unlimited: bool = True
 
 
@@ -114,6 +115,7 @@ class Verdict(NamedTuple):
     reason: str = ""
     retry_after: int = 0
     headers: tuple[tuple[str, str], ...] = ()
+    refused: Refused = Refused.RATE_LIMIT  # which kind of refusal, when not allowed
 
 
 ADMITTED = Verdict(True)
@@ -161,11 +163,11 @@ class Limiter:
         reasons = refusal_reasons(limits)
         state.source, state.limits = record.limits, limits
         state.windowed = tuple(
-            (limit, window, reasons[kind])
-            for limit, window, kind in (
-                (limits.rpm, state.minute, "minute"),
-                (limits.rph, state.hour, "hour"),
-                (limits.tokens_per_day, state.day_tokens, "day"),
+            (limit, window, reasons[kind], refused)
+            for limit, window, kind, refused in (
+                (limits.rpm, state.minute, "minute", Refused.RATE_LIMIT),
+                (limits.rph, state.hour, "hour", Refused.RATE_LIMIT),
+                (limits.tokens_per_day, state.day_tokens, "day", Refused.TOKEN_QUOTA),
             )
             if limit
         )
@@ -192,9 +194,11 @@ class Limiter:
         if cap and state.in_flight >= cap:
             reason = refusal_reasons(state.limits)["concurrent"]
             return Verdict(False, reason, 1, self._headers(state, now))
-        for limit, window, reason in state.windowed:
+        for limit, window, reason, refused in state.windowed:
             if window.used + window.reserved >= limit:
-                return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
+                return Verdict(
+                    False, reason, window.reset_in(now), self._headers(state, now), refused
+                )
         return None
 
     def refund(self, key_id: int) -> None:
@@ -226,17 +230,17 @@ class Limiter:
         window.roll(now)
         if window.used + window.reserved >= quota:
             reason = refusal_reasons(state.limits)["day"]
-            return Verdict(False, reason, window.reset_in(now), self._headers(state, now))
+            return Verdict(
+                False, reason, window.reset_in(now), self._headers(state, now), Refused.TOKEN_QUOTA
+            )
         window.reserved += estimate
         return estimate
 
-    def settle_tokens(self, key_id: int, reserved: int, tokens: int, now: float) -> None:
-        """A request ended: drop its reservation and charge what it used."""
+    def drop_reservation(self, key_id: int, reserved: int) -> None:
+        """A request ended: its reservation goes (what it used is charged apart)."""
         window = self._state_for(key_id).day_tokens
         left = window.reserved - reserved
         window.reserved = left if left > 0 else 0  # (max() costs five times this)
-        window.roll(now)
-        window.used += tokens
 
     def charge_tokens(self, key_id: int, tokens: int, now: float) -> None:
         window = self._state_for(key_id).day_tokens
@@ -272,7 +276,7 @@ class Limiter:
         """X-RateLimit-* for the tightest limit: the one with the least share left."""
         best: tuple[int, int, _Window] | None = None
         best_share = 2.0
-        for limit, window, _ in state.windowed:
+        for limit, window, _, _ in state.windowed:
             taken = window.used + window.reserved
             remaining = limit - taken if taken < limit else 0
             share = remaining / limit

@@ -28,14 +28,7 @@ from prometheus_client.registry import Collector
 
 from .appkeys import RELAY
 from .auth import principal, public
-from .errors import (
-    BudgetExhausted,
-    Forbidden,
-    GatewayError,
-    ModelNotAllowed,
-    TooManyRequests,
-    Unauthorized,
-)
+from .errors import Forbidden, GatewayError, Refused
 from .inflight import InFlight
 from .routes import RelayRoute
 from .upstreams.pool import Pool
@@ -43,12 +36,6 @@ from .upstreams.pool import Pool
 # Seconds: from a 5 ms answer to a 10-minute generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MAX_MODEL_LABEL = 200
-REFUSALS: tuple[tuple[type[GatewayError], str], ...] = (
-    (Unauthorized, "key"),
-    (TooManyRequests, "limit"),
-    (BudgetExhausted, "budget"),
-    (ModelNotAllowed, "allow_list"),
-)
 
 
 _Children = tuple[Counter, Histogram, Histogram, Counter, Counter, Counter]
@@ -89,10 +76,12 @@ class Metrics:
         )
         self.refusals = Counter(
             "aigateway_refusals",
-            "Requests refused, by reason (key, limit, budget, allow_list)",
+            "Requests the gateway refused, by reason (errors.Refused)",
             ("reason",),
             registry=r,
         )
+        for reason in Refused:  # every reason a series from the start, at 0
+            self.refusals.labels(reason.value)
         self.currency = currency
         r.register(_Gauges(pool, in_flight))
         # Each kind of request's series, found once (labels() costs more than inc()).
@@ -141,10 +130,8 @@ class Metrics:
         )
 
     def refused(self, error: GatewayError) -> None:
-        for kind, reason in REFUSALS:
-            if isinstance(error, kind):
-                self.refusals.labels(reason).inc()
-                return
+        if error.reason is not None:
+            self.refusals.labels(error.reason.value).inc()
 
     def page(self) -> bytes:
         return generate_latest(self.registry)
@@ -199,5 +186,5 @@ async def metrics_page(request: web.Request) -> web.Response:
 async def admin_metrics_page(request: web.Request) -> web.Response:
     """The same, for an admin key only (METRICS=admin)."""
     if principal(request).role != "admin":
-        raise Forbidden("/metrics needs an admin key")
+        raise Forbidden("/metrics needs an admin key", reason=Refused.ADMIN_ONLY)
     return await metrics_page(request)

@@ -42,6 +42,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         f"{_RUN_PREFIX}-{next(_request_numbers):x}", time.perf_counter()
     )
     error = ""
+    reason: str | None = None
     try:
         preflight = preflight_response(request)
         if preflight is not None:
@@ -60,13 +61,13 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                     context.principal = await session_principal(request)
             response = await handler(request)
     except GatewayError as exc:
-        error = exc.message
+        error, reason = exc.message, exc.reason
         metrics = request.app[RELAY].metrics
         if metrics is not None:
             metrics.refused(exc)
         dialect = _dialect(request)
         response = json_error(
-            exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing
+            exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing, reason
         )
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -86,7 +87,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not response.prepared:
         response.headers["X-Request-Id"] = context.request_id
     status = CLIENT_CLOSED if context.client_gone else response.status
-    log_access(request, context, status, _bytes_out(context, response), error)
+    log_access(request, context, status, _bytes_out(context, response), error, reason)
     return response
 
 

@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 import orjson
 
 from .bodypeek import first_name
-from .errors import ModelNotAllowed
+from .errors import ModelNotAllowed, Refused
 
 
 def is_cloud(name: str) -> bool:
@@ -44,7 +44,8 @@ def check_cloud(models: Iterable[str]) -> None:
             raise ModelNotAllowed(
                 f"the model {model!r} is an Ollama cloud model, which would run on ollama.com"
                 " under the gateway owner's account; this gateway does not relay them"
-                " (ALLOW_CLOUD_MODELS)"
+                " (ALLOW_CLOUD_MODELS)",
+                reason=Refused.CLOUD_MODEL,
             )
 
 
@@ -55,12 +56,14 @@ def check_models(
     if not models:
         raise ModelNotAllowed(
             f"this key may only use the models {', '.join(patterns)}; the request"
-            f" names none (field {fields[0]!r})"
+            f" names none (field {fields[0]!r})",
+            reason=Refused.MODEL_NOT_ALLOWED,
         )
     for model in models:
         if not model_allowed(model, patterns):
             raise ModelNotAllowed(
-                f"this key may not use the model {model!r} (allowed: {', '.join(patterns)})"
+                f"this key may not use the model {model!r} (allowed: {', '.join(patterns)})",
+                reason=Refused.MODEL_NOT_ALLOWED,
             )
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from .accesslog import CLIENT_CLOSED
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
 from .bodypeek import FULL_PARSE_LIMIT, BodyFields, UndecidableBody, read_body
@@ -29,6 +30,7 @@ from .errors import (
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    Refused,
     ServiceUnavailable,
     TooManyRequests,
     UnsupportedMediaType,
@@ -37,6 +39,7 @@ from .errors import (
 )
 from .expect import send_continue
 from .fanout import pull_everywhere, send_union
+from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
 from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
 from .pricing import Price
@@ -100,7 +103,11 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         raise _too_many(verdict)
     task = asyncio.current_task(relay.loop)
     exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED, task)
-    exchange.ticket = ticket
+    ledger = exchange.ledger
+    ledger.take(AdmissionHold(limiter, principal.id))
+    if ticket is not None:
+        assert relay.shared is not None
+        exchange.ticket_hold = ledger.take(TicketHold(relay.shared, ticket))
     in_flight = relay.in_flight
     in_flight.requests.add(exchange)
     try:
@@ -108,6 +115,7 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         return await _forward(request, route, exchange, relay)
     except asyncio.CancelledError:
         if not exchange.stopping:
+            context.client_gone = True  # (the server cancels a handler whose client left)
             raise
         # A graceful stop ended a request still reading its body or waiting for Ollama's
         # first byte: answer it, rather than drop the connection.
@@ -118,13 +126,8 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
     finally:
         in_flight.discard(exchange)
-        if exchange.body_held:
-            relay.body_budget.give_back(exchange.body_held)
-        limiter.release(principal.id)
         if not exchange.relayed:
-            limiter.refund(principal.id)
-            if exchange.ticket is not None and relay.shared is not None:
-                relay.shared.give_back(exchange.ticket, 0, relayed=False)
+            ledger.unwind(Outcome(False, 0, 0, time.time()))
         elif not exchange.settled:
             _settle(request, route, exchange, relay)
 
@@ -201,7 +204,10 @@ def _check_path(
         ):
             raise NotFound(f"model '{named}' not found")
     if route.kind == "manage" and principal.role != "admin":
-        raise Forbidden(f"{route.path.split('/')[1]} manages models and needs an admin key")
+        raise Forbidden(
+            f"{route.path.split('/')[1]} manages models and needs an admin key",
+            reason=Refused.ADMIN_ONLY,
+        )
 
 
 def _check_content_encoding(coding: str) -> None:
@@ -224,7 +230,9 @@ def _prompt_estimate(body_bytes: int) -> int:
 
 def _too_many(verdict: Verdict) -> TooManyRequests:
     return TooManyRequests(
-        verdict.reason, {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)}
+        verdict.reason,
+        {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)},
+        verdict.refused,
     )
 
 
@@ -238,14 +246,10 @@ class Exchange:
     response: web.StreamResponse | None = None
     upstream: aiohttp.ClientResponse | None = None
     data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
-    body_held = 0  # bytes of the body budget this request holds
+    body: BodyHold | None = None  # the body memory its body holds, while read in memory
     bytes_in = 0
-    reserved = 0  # tokens reserved against the key's daily quota (this gateway's)
-    ticket: Ticket | None = None  # admitted by the shared limits: what to give back
+    ticket_hold: TicketHold | None = None  # admitted by the limits gateways share
     price: Price | None = None  # the model's price when the request started (None: free)
-    budgeted = False  # counted against budgets: settle its cost into them
-    budget_reserved = 0  # its per-request price, reserved against each budget
-    budget_shared = False  # reserved in the database (several gateways), not here
     prompt_estimate = 0
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
@@ -268,6 +272,7 @@ class Exchange:
         self.limited = limited  # the key has limits (else no tokens to reserve)
         self.tap = UsageTap()
         self.task = task  # the handler's, which a graceful stop may cancel
+        self.ledger = Ledger()  # what it took, each with its release
 
     def stop(self) -> None:
         """End this request for a graceful stop: a response being relayed is cut the way
@@ -291,7 +296,10 @@ async def _take_request(
     principal = exchange.principal
     if route.stream_request_body:
         if principal.models is not None:
-            raise Forbidden("this key may only use some models, and uploads name none")
+            raise Forbidden(
+                "this key may only use some models, and uploads name none",
+                reason=Refused.MODEL_NOT_ALLOWED,
+            )
         await send_continue(request)
         exchange.data = _counted(request.content, exchange)
         exchange.relayed = True
@@ -321,19 +329,20 @@ async def _take_request(
             if output > most:  # (not min(): see _prompt_estimate)
                 output = most
         estimate = exchange.prompt_estimate + output
-        ticket = exchange.ticket
-        if ticket is not None and relay.shared is not None:
+        held = exchange.ticket_hold
+        if held is not None:
             more = await _top_up(
-                relay.shared, ticket, relay.limiter.limits_for(principal), estimate
+                held.shared, held.ticket, relay.limiter.limits_for(principal), estimate
             )
             if isinstance(more, Verdict):
                 raise _too_many(more)
-            exchange.ticket = more
+            held.ticket = more
         else:
             reserved = relay.limiter.reserve_tokens(principal, estimate, time.time())
             if not isinstance(reserved, int):
                 raise _too_many(reserved)
-            exchange.reserved = reserved
+            if reserved:
+                exchange.ledger.take(TokenHold(relay.limiter, principal.id, reserved))
     if principal.budgets and exchange.price is not None:
         await _reserve_budget(exchange, exchange.price.per_request, relay)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
@@ -361,9 +370,7 @@ async def _reserve_budget(exchange: Exchange, price: int, relay: Relay) -> None:
             raise ServiceUnavailable(
                 "budgets cannot be checked: the database is unreachable", {"Retry-After": "5"}
             )
-    if verdict is True:
-        exchange.budget_shared = True
-    else:
+    if verdict is not True:
         if verdict is None:
             verdict = relay.budgets.reserve(lines, price, now)
         if verdict is not None:
@@ -371,9 +378,8 @@ async def _reserve_budget(exchange: Exchange, price: int, relay: Relay) -> None:
             headers = (
                 {} if verdict.retry_after is None else {"Retry-After": str(verdict.retry_after)}
             )
-            raise BudgetExhausted(verdict.message, headers)
-    exchange.budget_reserved = price
-    exchange.budgeted = True
+            raise BudgetExhausted(verdict.message, headers, Refused.OVER_BUDGET)
+    exchange.ledger.take(BudgetHold(relay.budgets, shared, lines, price, verdict is True))
 
 
 def _fields(
@@ -381,18 +387,18 @@ def _fields(
 ) -> BodyFields:
     """What Ollama will read from the body, checked: cloud models unless `cloud`, and
     with an allow-list, every model the body names. A body that cannot be read the way
-    Ollama will is refused, since it could name any model; only a key without an
-    allow-list may send one, and only while cloud models are allowed (its record then
-    names no model)."""
+    Ollama will is refused, whoever sends it: it could name any model, at any price
+    (Ollama refuses such a body too, so nothing a client could do is lost)."""
     if not route.model_fields or (not body and patterns is None):
         return NO_FIELDS
     try:
         fields = read_body(body, route.model_fields)
     except UndecidableBody as exc:
-        if patterns is None and (cloud or not route.json_body):
+        if patterns is None and not route.json_body:
             return NO_FIELDS
         raise BadRequest(
-            f"{exc}; this gateway must read the model a request names before relaying it"
+            f"{exc}; this gateway must read the model a request names before relaying it",
+            reason=Refused.UNDECIDABLE_BODY,
         ) from None
     if not cloud:
         check_cloud(fields.models)
@@ -496,9 +502,8 @@ async def _forward_to(
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
             exchange.data = None
-            if exchange.body_held:
-                relay.body_budget.give_back(exchange.body_held)
-                exchange.body_held = 0
+            if exchange.body is not None:
+                exchange.body.give_back_now()
             exchange.upstream = upstream
             exchange.status = upstream.status
             response = exchange.response = _response_for(upstream, request, exchange)
@@ -559,42 +564,40 @@ def _named(request: web.Request, route: RelayRoute) -> str | None:
 
 
 def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay) -> None:
-    """Charge the key's quota with what the request used, in place of its reservation,
-    and queue the usage record (never awaits: this also runs when the handler is
-    cancelled)."""
+    """Work out what the request used and cost, unwind its ledger with that (its
+    reservations replaced by what it used), and queue the usage record (never awaits:
+    this also runs when the handler is cancelled)."""
     exchange.settled = True
     now_perf, now = time.perf_counter(), time.time()
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
     estimated = False
-    if (
-        exchange.first_byte_at is not None
-        and (context.client_gone or exchange.cut)
-        and route.kind == "inference"
-        and (completion is None or _without_final_anthropic_counts(route, tap))
-    ):
-        # A stream cut before its final counts: charge what it carried, and its prompt as
-        # estimated at admission (Ollama evaluated it before the first token).
-        response = exchange.response
-        content_type = response.content_type if response is not None else ""
-        completion = counted_tokens(tap.newlines, content_type, route.dialect)
-        if prompt is None:
-            prompt = exchange.prompt_estimate
-        estimated = True
-    if prompt or completion or exchange.reserved:
-        relay.limiter.settle_tokens(
-            principal.id, exchange.reserved, (prompt or 0) + (completion or 0), now
-        )
-    if exchange.ticket is not None and relay.shared is not None:
-        relay.shared.give_back(exchange.ticket, (prompt or 0) + (completion or 0), relayed=True)
+    billable = exchange.status < 400  # an error Ollama answered costs nothing
+    if route.kind == "inference" and (context.client_gone or exchange.cut):
+        if exchange.first_byte_at is not None:
+            if completion is None or _without_final_anthropic_counts(route, tap):
+                # A stream cut before its final counts: charge what it carried, and its
+                # prompt as estimated (Ollama evaluated it before the first token).
+                response = exchange.response
+                content_type = response.content_type if response is not None else ""
+                completion = counted_tokens(tap.newlines, content_type, route.dialect)
+                if prompt is None:
+                    prompt = exchange.prompt_estimate
+                estimated = True
+        elif exchange.upstream_name:
+            # The client left before any answer, but after the request reached the GPU
+            # (a non-streamed answer comes whole at the end): the work ran, so it is
+            # charged its per-request price and its prompt as estimated.
+            exchange.status = CLIENT_CLOSED
+            prompt, completion, estimated, billable = exchange.prompt_estimate, 0, True, True
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at
+    price = exchange.price
     cost, model_ns = 0, None
-    if exchange.price is not None:
-        cost, model_ns = _cost(exchange, tap, prompt, completion, now_perf - started)
-    if exchange.budgeted:
-        _settle_budgets(exchange, relay, cost, now)
+    if price is not None and billable:
+        cost, model_ns = _cost(price, tap, prompt, completion, now_perf - started)
+    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now))
     metrics = relay.metrics
     if metrics is not None:
         metrics.observe(
@@ -635,35 +638,13 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     )
 
 
-def _settle_budgets(exchange: Exchange, relay: Relay, cost: int, now: float) -> None:
-    """Give back the request's reservation and spend its cost, where it was reserved;
-    the shared reckoning also learns of costs spent while it was away."""
-    lines, reserved = exchange.principal.budgets, exchange.budget_reserved
-    shared = relay.shared_budgets
-    if exchange.budget_shared:
-        assert shared is not None
-        shared.give_back(lines, reserved, cost, now)
-        relay.budgets.settle(lines, 0, cost, now)
-    else:
-        relay.budgets.settle(lines, reserved, cost, now)
-        if shared is not None:
-            shared.give_back(lines, 0, cost, now)
-
-
 def _cost(
-    exchange: Exchange,
-    tap: UsageTap,
-    prompt: int | None,
-    completion: int | None,
-    seconds: float,
+    price: Price, tap: UsageTap, prompt: int | None, completion: int | None, seconds: float
 ) -> tuple[int, int | None]:
     """What the request cost by the price in force when it started, and the model time
-    Ollama reported (read only when the price has a per-second part). A request Ollama
-    answered with an error costs nothing; model time Ollama did not report (its /v1
-    dialects) is the request's time through the gateway."""
-    price = exchange.price
-    if price is None or exchange.status >= 400:
-        return 0, None
+    Ollama reported (read only when the price has a per-second part); model time Ollama
+    did not report (its /v1 dialects, a request cut short) is the request's time through
+    the gateway."""
     model_ns = tap.model_ns() if price.per_second else None
     charged_ns = 0
     if price.per_second:
@@ -679,9 +660,9 @@ async def _settle_before_the_end(
     slot given back in the database, so that a client that waits for each answer finds
     it free whichever gateway its next request reaches."""
     _settle(request, route, exchange, relay)
-    ticket = exchange.ticket
-    if ticket is not None and ticket.at_once and relay.shared is not None:
-        await relay.shared.returned(ticket)
+    held = exchange.ticket_hold
+    if held is not None and held.ticket.at_once:
+        await held.shared.returned(held.ticket)
 
 
 def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:
@@ -722,12 +703,13 @@ async def _read_body(
         raise _too_large(limit)
     if "Expect" in request.headers:
         await send_continue(request)  # admitted: now the body may come
+    hold = exchange.body = exchange.ledger.take(BodyHold(budget))
     try:
         if declared is not None and coding is None:
             # The usual case, in one read: the length is known and is the body's size.
             if not budget.try_take(declared):
                 await budget.take(declared)
-            exchange.body_held = declared
+            hold.held = declared
             return await request.content.readexactly(declared) if declared else b""
         chunks: list[bytes] = []
         size = 0
@@ -735,9 +717,9 @@ async def _read_body(
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
-            if size > exchange.body_held:
-                await budget.take(size - exchange.body_held)
-                exchange.body_held = size
+            if size > hold.held:
+                await budget.take(size - hold.held)
+                hold.held = size
             chunks.append(chunk)
     except asyncio.IncompleteReadError:
         raise BadRequest("the request body ended before its Content-Length") from None
@@ -748,7 +730,8 @@ async def _read_body(
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)"
+        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)",
+        reason=Refused.TOO_LARGE,
     )
 
 

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, STORE
 from .auth import key_record
-from .errors import BadRequest, Forbidden, Unauthorized
+from .errors import BadRequest, Forbidden, Refused, Unauthorized
 from .expect import send_continue
 from .keytable import AuthError
 from .keyview import key_view
@@ -73,23 +73,32 @@ async def session_principal(request: web.Request) -> KeyRecord:
     costs no database look."""
     session_id = request.cookies.get(COOKIE, "")
     if not session_id:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <API key>' or sign in")
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <API key>' or sign in",
+            reason=Refused.MISSING_KEY,
+        )
     if not _SESSION_ID.fullmatch(session_id):
-        raise Unauthorized("the session has ended: sign in again")
+        raise Unauthorized(
+            "the session has ended: sign in again", reason=Refused.REVOKED_OR_EXPIRED
+        )
     store, settings = request.app[STORE], request.app[SETTINGS]
     digest = _digest(session_id)
     found = await store.find_session(digest)
     now = time.time()
     if found is None:
-        raise Unauthorized("the session has ended: sign in again")
+        raise Unauthorized(
+            "the session has ended: sign in again", reason=Refused.REVOKED_OR_EXPIRED
+        )
     key_id, seen_at, expires_at = found
     if now >= expires_at or now - seen_at > settings.session_idle_minutes * 60:
         await store.end_session(digest)
-        raise Unauthorized("the session has expired: sign in again")
+        raise Unauthorized(
+            "the session has expired: sign in again", reason=Refused.REVOKED_OR_EXPIRED
+        )
     try:
         record = request.app[KEY_TABLE].by_id(key_id)
     except AuthError as exc:
-        raise Unauthorized(f"{exc}: sign in again") from None
+        raise Unauthorized(f"{exc}: sign in again", reason=exc.reason) from None
     check_same_origin(request)
     if now - seen_at > TOUCH_EVERY_S:
         await store.touch_session(digest, now)

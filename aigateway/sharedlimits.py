@@ -37,6 +37,7 @@ import asyncpg
 
 from .db.notify import asyncpg_dsn
 from .db.url import Database
+from .errors import Refused
 from .limits import (
     DAY,
     HOUR,
@@ -359,7 +360,7 @@ class SharedLimits:
             return ticket  # admitted already; the reservation it has stands
         if row is None:
             reason = refusal_reasons(limits)["day"]
-            return Verdict(False, reason, _until_next(DAY))
+            return Verdict(False, reason, _until_next(DAY), (), Refused.TOKEN_QUOTA)
         return ticket._replace(reserved=ticket.reserved + tokens)
 
     def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
@@ -627,7 +628,9 @@ def _refusal(limits: Limits, state: tuple[Any, ...]) -> Verdict:
         return Verdict(False, reasons["minute"], _until_next(MINUTE, use.now), headers)
     if limits.rph and use.hour >= limits.rph:
         return Verdict(False, reasons["hour"], _until_next(HOUR, use.now), headers)
-    return Verdict(False, reasons["day"], _until_next(DAY, use.now), headers)
+    return Verdict(
+        False, reasons["day"], _until_next(DAY, use.now), headers, Refused.TOKEN_QUOTA
+    )
 
 
 def _start(now: float, length: int) -> int:

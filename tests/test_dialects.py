@@ -15,7 +15,13 @@ from .test_relay import _fields
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/api/chat", {"error": "missing API key: send 'Authorization: Bearer <API key>'"}),
+        (
+            "/api/chat",
+            {
+                "error": "missing API key: send 'Authorization: Bearer <API key>'",
+                "reason": "missing_key",
+            },
+        ),
         (
             "/v1/chat/completions",
             {
@@ -26,6 +32,7 @@ from .test_relay import _fields
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "invalid_api_key",
+                    "reason": "missing_key",
                 }
             },
         ),
@@ -36,6 +43,7 @@ from .test_relay import _fields
                 "error": {
                     "type": "authentication_error",
                     "message": "missing API key: send 'Authorization: Bearer <API key>'",
+                    "reason": "missing_key",
                 },
             },
         ),

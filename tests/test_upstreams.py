@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
+from aigateway.errors import Refused
 from aigateway.settings import SettingsError
 from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
@@ -621,9 +622,12 @@ async def test_metrics_count_requests_tokens_refusals_and_upstreams(
     assert not any("no-such-model" in str(k) for k in got)
     assert value("aigateway_tokens_total", model="phi4", kind="completion") > 0
     assert value("aigateway_request_duration_seconds_count", route="/api/chat") == 5
-    # (the key refusals: the bad key, and the scrape without one)
-    for reason, count in (("allow_list", 1), ("limit", 1), ("key", 2)):
-        assert value("aigateway_refusals_total", reason=reason) == count, reason
+    # (the key refusals: the malformed key, and the scrape without one; every reason of
+    # errors.Refused has its series, the others at 0)
+    counts = {"model_not_allowed": 1, "rate_limit": 1, "malformed_key": 1, "missing_key": 1}
+    counts["admin_only"] = 1  # the user key's scrape
+    for reason in Refused:
+        assert value("aigateway_refusals_total", reason=reason) == counts.get(reason, 0), reason
     for name in ("ollama1", "ollama2", "ollama3"):
         assert value("aigateway_upstream_up", upstream=name) == 1
     assert value("aigateway_in_flight") == 0

@@ -52,16 +52,39 @@ def fold(name: str) -> str:
     return "".join(c.upper() if c.isascii() else simple_upper(simple_lower(c)) for c in name)
 
 
+def _go_text(text: str) -> str:
+    """A decoded string as Go keeps it: a lone surrogate escape becomes U+FFFD."""
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
 def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return pairs
+    return [(_go_text(k), _go_text(v) if isinstance(v, str) else v) for k, v in pairs]
+
+
+def _utf8_as_go(body: bytes) -> str:
+    """Bytes as Go's decoder reads them: each byte of invalid UTF-8 one U+FFFD
+    (utf8.DecodeRune returns RuneError with size 1), decoded one rune at a time."""
+    out, i = [], 0
+    while i < len(body):
+        for size in (1, 2, 3, 4):
+            try:
+                out.append(body[i : i + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            i += size
+            break
+        else:
+            out.append("\ufffd")
+            i += 1
+    return "".join(out)
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """The struct fields above as Go fills them from `body` (absent fields left out)."""
     try:
-        text = body.decode("utf-8")
+        text = _utf8_as_go(body)
         value = json.JSONDecoder(object_pairs_hook=_pairs).raw_decode(text.lstrip())[0]
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise GoDecodeError(str(exc)) from None
     if not isinstance(value, list):
         raise GoDecodeError("cannot unmarshal into a struct")

@@ -1,0 +1,165 @@
+"""A relayed request's one ledger of what it took, each take beside its release.
+
+A request takes things at different moments: its admission (a rate-limit count and a
+slot of the key's requests at once) before its body is read, body memory while reading
+it, token and budget reservations once its body says what it asks for. Each is
+registered here, with how to give it back, at the moment it is taken; the ledger is
+unwound once, in reverse order, when the request settles (with what it used) or is
+refused after admission (with nothing used). So no path can take without giving back,
+or give back twice: a refusal raised between two takes unwinds the first, and whatever
+is added later has its own release already.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .bodybudget import BodyBudget
+    from .budgets import BudgetLine, Budgets
+    from .limits import Limiter
+    from .sharedbudgets import SharedBudgets
+    from .sharedlimits import SharedLimits, Ticket
+
+log = logging.getLogger("aigateway.relay")
+
+
+class Outcome(NamedTuple):
+    """What a request ended with, as every release needs it."""
+
+    sent: bool  # it was sent on: its counts stand, it is charged what it used
+    tokens: int  # prompt and completion tokens it used (or is charged)
+    cost: int  # what it cost, in the currency's smallest unit (pricing.py)
+    now: float  # Unix time it ended
+
+
+class Take(Protocol):
+    def release(self, outcome: Outcome) -> None: ...
+
+
+T = TypeVar("T", bound=Take)
+
+
+class Ledger:
+    __slots__ = ("_takes",)
+
+    def __init__(self) -> None:
+        self._takes: list[Take] = []
+
+    def take(self, take: T) -> T:
+        """Register what was just taken; it is given back when the ledger unwinds."""
+        self._takes.append(take)
+        return take
+
+    def unwind(self, outcome: Outcome) -> None:
+        """Give back every take, the last first; a second unwind finds nothing left."""
+        takes, self._takes = self._takes, []
+        for take in reversed(takes):
+            try:
+                take.release(outcome)
+            except Exception:  # one release failing must not keep the others
+                log.exception("could not give back %r", take)
+
+
+class AdmissionHold:
+    """A request admitted by the key's limits: one count in its rate windows and one of
+    its requests at once (on this gateway's limiter, also when the shared limits
+    decided). Given back: the slot always; the counts when it was not sent on (limits
+    count requests relayed); what it used is charged to the key's day."""
+
+    __slots__ = ("key_id", "limiter")
+
+    def __init__(self, limiter: Limiter, key_id: int) -> None:
+        self.limiter = limiter
+        self.key_id = key_id
+
+    def release(self, outcome: Outcome) -> None:
+        limiter = self.limiter
+        limiter.release(self.key_id)
+        if not outcome.sent:
+            limiter.refund(self.key_id)
+        elif outcome.tokens:
+            limiter.charge_tokens(self.key_id, outcome.tokens, outcome.now)
+
+
+class TokenHold:
+    """Tokens reserved against the key's daily quota on this gateway's limiter."""
+
+    __slots__ = ("key_id", "limiter", "reserved")
+
+    def __init__(self, limiter: Limiter, key_id: int, reserved: int) -> None:
+        self.limiter = limiter
+        self.key_id = key_id
+        self.reserved = reserved
+
+    def release(self, outcome: Outcome) -> None:
+        self.limiter.drop_reservation(self.key_id, self.reserved)
+
+
+class TicketHold:
+    """What the limits shared across gateways (PostgreSQL) admitted: the ticket, which a
+    top-up replaces with one holding more tokens."""
+
+    __slots__ = ("shared", "ticket")
+
+    def __init__(self, shared: SharedLimits, ticket: Ticket) -> None:
+        self.shared = shared
+        self.ticket = ticket
+
+    def release(self, outcome: Outcome) -> None:
+        self.shared.give_back(self.ticket, outcome.tokens, relayed=outcome.sent)
+
+
+class BodyHold:
+    """Bytes of the body memory (MAX_BODY_MEMORY) the request's body holds; given back
+    early, as soon as the upstream has the body, and whatever is left at the end."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def give_back_now(self) -> None:
+        if self.held:
+            self.budget.give_back(self.held)
+            self.held = 0
+
+    def release(self, outcome: Outcome) -> None:
+        self.give_back_now()
+
+
+class BudgetHold:
+    """A request's reserved cost against the budgets it counts against: in the shared
+    reckoning (PostgreSQL, `shared`) or this gateway's. Its cost is spent in both, so that
+    this gateway's view stays right for when the database is away."""
+
+    __slots__ = ("lines", "local", "reserved", "shared", "shared_held")
+
+    def __init__(
+        self,
+        local: Budgets,
+        shared: SharedBudgets | None,
+        lines: tuple[BudgetLine, ...],
+        reserved: int,
+        shared_held: bool,
+    ) -> None:
+        self.local = local
+        self.shared = shared
+        self.lines = lines
+        self.reserved = reserved
+        self.shared_held = shared_held  # reserved in the database, not on this gateway
+
+    def release(self, outcome: Outcome) -> None:
+        lines, reserved, now = self.lines, self.reserved, outcome.now
+        cost = outcome.cost if outcome.sent else 0
+        shared = self.shared
+        if self.shared_held:
+            assert shared is not None
+            shared.give_back(lines, reserved, cost, now)
+            self.local.settle(lines, 0, cost, now)
+        else:
+            self.local.settle(lines, reserved, cost, now)
+            if shared is not None:
+                shared.give_back(lines, 0, cost, now)
