@@ -1,0 +1,158 @@
+"""Nothing that ran on the GPU is free by accident (issue 24): a client that leaves before
+a non-streamed answer, a prompt with bytes that are not UTF-8, a body whose model cannot
+be read; and the request's ledger gives back every take, however the request ends."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from aigateway import Settings, create_app
+from aigateway.appkeys import RELAY
+from aigateway.pricing import Price
+from aigateway.store import KeyLimits, Store
+
+from .conftest import make_key
+from .test_policy import _usage
+
+PRICE = Price("*", per_request=10_000, per_million_input=2_000_000)
+
+
+async def _priced(db_path: str, price: Price = PRICE) -> None:
+    store = await Store.open(db_path)
+    try:
+        await store.set_price(price)
+    finally:
+        await store.close()
+
+
+async def test_a_client_that_leaves_before_a_non_streamed_answer_is_charged(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """On main: recorded as 502 and charged 0, although Ollama ran the prompt."""
+    await _priced(db_path)
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(settings))  # (cancels the handler of a client that left)
+    body = b'{"model":"silent","stream":false,"prompt":"' + b"x" * 400 + b'"}'
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.post(
+                gateway.make_url("/api/generate"),
+                data=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=aiohttp.ClientTimeout(total=0.5),
+            ):
+                raise AssertionError("the fake's 'silent' model never answers in time")
+        except TimeoutError:
+            pass
+    (record,) = await _usage(db_path, 1)
+    estimate = len(body) // 4
+    assert record.status == 499 and record.client_gone and record.estimated
+    assert record.prompt_tokens == estimate and record.completion_tokens == 0
+    assert record.cost == PRICE.cost(estimate, 0, 0) > PRICE.cost(0, 0, 0) > 0
+
+
+async def test_invalid_utf8_in_a_prompt_is_read_as_go_reads_it_and_priced(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """On main, with ALLOW_CLOUD_MODELS=true: the body was "undecidable", relayed
+    nameless, and free; Ollama reads the byte as U+FFFD and runs the model."""
+    await _priced(db_path)
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(replace(settings, allow_cloud_models=True)))
+    async with aiohttp.ClientSession() as session:
+        for body in (
+            b'{"model":"llama3.2","stream":false,"prompt":"caf\xe9 \xff"}',
+            b'{"model":"llama3.2","stream":false,"prompt":"\\ud800 alone"}',
+        ):
+            async with session.post(
+                gateway.make_url("/api/generate"),
+                data=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+    records = await _usage(db_path, 2)
+    assert all(r.model is not None and "llama3.2" in r.model for r in records)
+    assert all(r.cost is not None and r.cost >= PRICE.cost(0, 0, 0) > 0 for r in records)
+
+
+async def test_a_body_whose_model_cannot_be_read_is_refused_whatever_the_cloud_setting(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """On main, with ALLOW_CLOUD_MODELS=true: relayed, nameless and free."""
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(replace(settings, allow_cloud_models=True)))
+    async with aiohttp.ClientSession() as session:
+        for body in (b'{"model":"llama3.2"', b"[1]", b'{"model": 5}', b'{"model":"a"} x'):
+            for path in ("/api/chat", "/v1/chat/completions", "/v1/messages"):
+                async with session.post(
+                    gateway.make_url(path), data=body, headers={"Authorization": f"Bearer {key}"}
+                ) as resp:
+                    assert resp.status == 400, (path, body)
+                    assert "undecidable_body" in await resp.text()
+
+
+async def test_every_take_is_given_back_whichever_way_the_request_ends(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """A key with a token quota, a limit of requests at once and a budget: requests that
+    end well, are refused for their body, are refused by the budget after the quota
+    reserved, and whose client leaves, leave nothing reserved or held behind. (On main
+    a budget refusal after the token reservation left the reservation for the day.)"""
+    await _priced(db_path, Price("*", per_request=10_000))
+    limits = KeyLimits(tokens_per_day=10**6, max_concurrent=4)
+    key = await make_key(db_path, "acme", "x", limits=limits, models=["llama3*", "silent"])
+    store = await Store.open(db_path)
+    try:
+        from aigateway.budgets import Budget
+
+        await store.set_key_budget(await _key_id(store), Budget(25_000, "monthly"))
+    finally:
+        await store.close()
+    app = create_app(settings)
+    gateway: TestServer = await aiohttp_server(app)  # (cancels the handler of a client that left)
+    relay = app[RELAY]
+    auth = {"Authorization": f"Bearer {key}"}
+    chat = b'{"model":"llama3.2","stream":false,"messages":[]}'
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: bytes, timeout: float = 10) -> int:
+            async with session.post(
+                gateway.make_url("/api/chat"),
+                data=body,
+                headers=auth,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await post(chat) == 200
+        assert await post(b'{"model":"qwen3","messages":[]}') == 403  # not allowed
+        try:
+            await post(b'{"model":"silent","stream":false}', timeout=0.3)
+        except TimeoutError:
+            pass
+        assert await post(chat) == 402  # 10,000 + 10,000 + (the leave) 10,000 > 25,000
+        await asyncio.sleep(0.2)
+    record = relay.key_table.records()[0]
+    use = relay.limiter.usage_of(record, 0)
+    assert use["in_flight"] == 0 and use["tokens_reserved"] == 0
+    assert relay.body_budget.held == 0
+    (line,) = record.budgets
+    assert relay.budgets.view(line, asyncio.get_running_loop().time())["reserved"] == 0
+
+
+async def _key_id(store: Store) -> int:
+    (key,) = await store.list_keys()
+    return key.id
