@@ -424,8 +424,8 @@ async def _forward(
     pool = relay.pool
     if pool.single:
         only = pool.upstreams[0]
-        if only.config.max_concurrent is None:  # the usual gateway: nothing to choose
-            only.in_flight += 1  # (nor to wait for, nor to fail over to)
+        if only.config.max_concurrent is None and not pool.closed:  # the usual gateway:
+            only.in_flight += 1  # nothing to choose, nor to wait for, nor to fail over to
             only.picked += 1
             try:
                 return await _forward_to(only, request, route, exchange, relay, False)
@@ -436,7 +436,12 @@ async def _forward(
             return await send_union(request, route, exchange, relay)  # (HEAD: no body)
         if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
             return await pull_everywhere(request, route, exchange, relay)
-    candidates = pool.candidates(route, _model_of(request, route, exchange), _named(request, route))
+    # A cloud API paid with the gateway's key serves only keys whose allow-list names the
+    # model (it passed the allow-list already); listing its models costs nothing.
+    closed_ok = route.kind != "inference" or exchange.principal.models is not None
+    candidates = pool.candidates(
+        route, _model_of(request, route, exchange), _named(request, route), closed_ok
+    )
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
     while True:

@@ -350,15 +350,22 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
         f'[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "{_url(o_server)}/v1"\n'
         'key_env = "OA_KEY"\nmodels = ["gpt-4o*"]\n'
         f'[[upstream]]\nname = "an"\nkind = "anthropic"\nurl = "{_url(a_server)}/v1"\n'
-        'key_env = "AN_KEY"\nmodels = ["claude-*"]\n'
+        'key_env = "AN_KEY"\nmodels = ["claude-*"]\nopen = true\n'
     )
     upstreams = upstreams_from_file(str(path), {"OA_KEY": "sk-oa-secret", "AN_KEY": "sk-an"})
-    key = await make_key(db_path)
+    key = await make_key(db_path, models=["gpt-4o*", "claude-*", "llama3*", "qwen*"])
+    anyone = await make_key(db_path, "bob", "any")
     settings = Settings(token_db_path=db_path, upstreams=upstreams, upstream_check_interval=0.2)
     client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    gpt = {"model": "gpt-4o-mini", "messages": CHAT["messages"]}
+    # a cloud API paid with the gateway's key: not for a key whose allow-list does not
+    # name the model (here: a key without one), unless the upstream is open
     resp = await client.post(
-        "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT["messages"]}
+        "/v1/chat/completions", json=gpt, headers={"Authorization": f"Bearer {anyone}"}
     )
+    assert resp.status == 403 and (await resp.json())["error"]["reason"] == "model_not_allowed"
+    assert not [r for r in openai.requests if r.method == "POST"]
+    resp = await client.post("/v1/chat/completions", json=gpt)
     assert resp.status == 200, await resp.text()
     sent = [r for r in openai.requests if r.method == "POST"]
     assert len(sent) == 1 and sent[0].path_qs == "/v1/chat/completions"
@@ -371,13 +378,19 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
     assert resp.status == 200, await resp.text()
     sent = [r for r in anthropic.requests if r.method == "POST"]
     assert sent[0].headers["x-api-key"] == "sk-an" and "Authorization" not in sent[0].headers
+    resp = await client.post(  # an open one serves every key
+        "/v1/messages",
+        json={"model": "claude-sonnet-4", "max_tokens": 10, "messages": CHAT["messages"]},
+        headers={"Authorization": f"Bearer {anyone}"},
+    )
+    assert resp.status == 200, await resp.text()
     # counted like Ollama's (once the usage writer's batch is in)
     for _ in range(50):
         usage = (await (await client.get("/admin/me")).json())["usage"]["all_time"]
         if usage["requests"] == 2:
             break
         await asyncio.sleep(0.1)
-    assert usage["requests"] == 2 and usage["total_tokens"] > 0
+    assert usage["requests"] == 2 and usage["total_tokens"] > 0, usage
     # a native route for a cloud model: a clear 404
     resp = await client.post("/api/chat", json={"model": "gpt-4o-mini", **CHAT})
     assert resp.status == 404 and "/v1/chat/completions" in (await resp.json())["error"]
@@ -441,6 +454,8 @@ async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nkey_env = "NOT_SET_X"', "is not set"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nweight = 0', "weight must be"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nmax_concurrent = 0', "max_concurrent"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nopen = true', "open is for cloud kinds"),
+        ('[[upstream]]\nname = "a"\nurl = "http://x"\nopen = "yes"', "open must be true"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nmodels = []', "models must be a list"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\ncolour = 1', "unknown field 'colour'"),
         (

@@ -9,6 +9,8 @@ by commas), or a TOML file named by UPSTREAMS_FILE:
     models = ["llama3*", "qwen3:8b"]   # patterns; an Ollama's are discovered when left out
     weight = 2                         # share of requests among equals (default 1)
     max_concurrent = 4                 # requests at once (default: no limit)
+    open = false                       # cloud kinds: may every key use its models? (default:
+                                       # only keys whose allow-list names them)
 
 Every value is checked here; a bad file stops start-up with one line naming the entry.
 """
@@ -28,7 +30,7 @@ Kind = Literal["ollama", "openai", "anthropic"]
 KINDS: tuple[Kind, ...] = ("ollama", "openai", "anthropic")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_FIELDS = {"name", "kind", "url", "key_env", "models", "weight", "max_concurrent"}
+_FIELDS = {"name", "kind", "url", "key_env", "models", "weight", "max_concurrent", "open"}
 MAX_UPSTREAMS = 64
 MAX_PATTERNS = 100
 ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when a client sends none
@@ -51,6 +53,14 @@ class UpstreamConfig:
     models: tuple[str, ...] | None = None
     weight: float = 1.0
     max_concurrent: int | None = None
+    # A cloud API is paid with the gateway's key: its models are for the keys whose
+    # allow-list names them, unless it is open to every key.
+    open: bool = False
+
+    @property
+    def closed(self) -> bool:
+        """A cloud API that only keys whose allow-list names its models may use."""
+        return self.kind != "ollama" and not self.open
 
 
 def auth_headers(config: UpstreamConfig) -> dict[str, str]:
@@ -163,6 +173,11 @@ def _entry(where: str, entry: object, environ: Mapping[str, str]) -> UpstreamCon
         isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 100_000
     ):
         raise UpstreamsError(f"{where}: max_concurrent must be a whole number from 1")
+    is_open = entry.get("open", False)
+    if not isinstance(is_open, bool):
+        raise UpstreamsError(f"{where}: open must be true or false")
+    if is_open and kind == "ollama":
+        raise UpstreamsError(f"{where}: open is for cloud kinds (an Ollama is open to all keys)")
     return UpstreamConfig(
         name=name,
         url=url,
@@ -172,6 +187,7 @@ def _entry(where: str, entry: object, environ: Mapping[str, str]) -> UpstreamCon
         models=models,
         weight=float(weight),
         max_concurrent=most,
+        open=is_open,
     )
 
 

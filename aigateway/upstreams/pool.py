@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from ..bodypeek import first_name
-from ..errors import BadRequest, NotFound, ServiceUnavailable
+from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
 from ..modelaccess import model_allowed
 from ..routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
@@ -147,17 +147,26 @@ class Pool:
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
         self.single = len(self.upstreams) == 1
+        # Cloud APIs that only keys whose allow-list names their models may use.
+        self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
         self.session: aiohttp.ClientSession | None = None
         # The upstreams that answer each route (by its Ollama path), which never changes.
         self._fitting: dict[str, list[Upstream]] = {}
 
     def candidates(
-        self, route: RelayRoute, model: str | None, named: str | None = None
+        self,
+        route: RelayRoute,
+        model: str | None,
+        named: str | None = None,
+        closed_ok: bool = True,
     ) -> list[Upstream]:
         """The upstreams to try for a request, best first; at least one, else an error
         for the client (404 when none serves the model on this route, 503 with
-        Retry-After when those that do are all out)."""
+        Retry-After when those that do are all out, 403 when only cloud APIs closed to
+        the caller (`closed_ok` false: its allow-list does not name the model) do)."""
+        if not closed_ok and model is not None and self.closed:
+            return self._open_candidates(route, model, named)
         if self.single:
             return self.upstreams
         if named is not None:
@@ -215,6 +224,19 @@ class Pool:
                 )
             )
         return up
+
+    def _open_candidates(self, route: RelayRoute, model: str, named: str | None) -> list[Upstream]:
+        """candidates() without the closed cloud APIs (which are paid with the gateway's
+        key), or 403 when they are all that would serve the model."""
+        found = self.candidates(route, model, named)
+        usable = [u for u in found if not u.config.closed]
+        if not usable:
+            raise ModelNotAllowed(
+                f"the model {model!r} is served by a cloud API paid with this gateway's"
+                " key; only keys whose allow-list names it may use it",
+                reason=Refused.MODEL_NOT_ALLOWED,
+            )
+        return usable
 
     def try_acquire(self, candidates: Sequence[Upstream]) -> Upstream | None:
         """A slot on the first of `candidates` (best first) with room now, or None. (No
