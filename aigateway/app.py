@@ -123,6 +123,7 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
             "the key database has no keys yet: make one with"
             " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
         )
+    _warn_of_unpriced_cloud_models(settings, table)
     now = time.time()
     app[LIMITER].preload_tokens(await store.tokens_since(now - now % DAY), now)
     journal = Journal(settings.usage_journal_dir or settings.token_db_path + ".usage-journal")
@@ -160,6 +161,24 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         await usage.close()
         await flush_last_used(store, table)
         await store.close()
+
+
+def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
+    """A cloud API's models are paid with the gateway's key: say so at start-up when
+    no price covers one of them (its requests would be recorded at cost 0)."""
+    for upstream in settings.upstream_list:
+        if upstream.kind == "ollama":
+            continue
+        for pattern in upstream.models or ():
+            if table.prices.for_model(pattern) is None:
+                log.warning(
+                    "upstream %s (a %s API paid with this gateway's key) serves %r, which no"
+                    " price matches: its requests cost nothing here (set one with"
+                    " ./gen_api_key_cli.py --set-price)",
+                    upstream.name,
+                    upstream.kind,
+                    pattern,
+                )
 
 
 async def _prepare_budgets(budgets: Budgets, table: KeyTable, store: Store) -> None:

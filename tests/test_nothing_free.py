@@ -5,15 +5,19 @@ be read; and the request's ledger gives back every take, however the request end
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.pricing import Price
 from aigateway.store import KeyLimits, Store
+from aigateway.upstreams.config import upstreams_from_file
 
 from .conftest import make_key
 from .test_policy import _usage
@@ -156,3 +160,22 @@ async def test_every_take_is_given_back_whichever_way_the_request_ends(
 async def _key_id(store: Store) -> int:
     (key,) = await store.list_keys()
     return key.id
+
+
+async def test_start_up_warns_of_a_cloud_model_no_price_matches(
+    aiohttp_client,  # type: ignore[no-untyped-def]
+    db_path: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await _priced(db_path, Price("gpt-4o*", per_million_input=150_000))
+    path = tmp_path / "upstreams.toml"
+    path.write_text(
+        '[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        'key_env = "OA_KEY"\nmodels = ["gpt-4o*", "o3*"]\n'
+    )
+    upstreams = upstreams_from_file(str(path), {"OA_KEY": "sk-x"})
+    with caplog.at_level(logging.WARNING, "aigateway"):
+        await aiohttp_client(create_app(Settings(token_db_path=db_path, upstreams=upstreams)))
+    warned = [r.getMessage() for r in caplog.records if "no price matches" in r.getMessage()]
+    assert len(warned) == 1 and "'o3*'" in warned[0] and "upstream oa" in warned[0]
