@@ -5,6 +5,7 @@ be read; and the request's ledger gives back every take, however the request end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
+from aigateway.budgets import Budget
 from aigateway.pricing import Price
 from aigateway.store import KeyLimits, Store
 from aigateway.upstreams.config import upstreams_from_file
@@ -41,7 +43,8 @@ async def test_a_client_that_leaves_before_a_non_streamed_answer_is_charged(
     """On main: recorded as 502 and charged 0, although Ollama ran the prompt."""
     await _priced(db_path)
     key = await make_key(db_path)
-    gateway = await aiohttp_server(create_app(settings))  # (cancels the handler of a client that left)
+    # (A test server cancels the handler of a client that left, as the server does.)
+    gateway = await aiohttp_server(create_app(settings))
     body = b'{"model":"silent","stream":false,"prompt":"' + b"x" * 400 + b'"}'
     async with aiohttp.ClientSession() as session:
         try:
@@ -119,8 +122,6 @@ async def test_every_take_is_given_back_whichever_way_the_request_ends(
     key = await make_key(db_path, "acme", "x", limits=limits, models=["llama3*", "silent"])
     store = await Store.open(db_path)
     try:
-        from aigateway.budgets import Budget
-
         await store.set_key_budget(await _key_id(store), Budget(25_000, "monthly"))
     finally:
         await store.close()
@@ -143,10 +144,8 @@ async def test_every_take_is_given_back_whichever_way_the_request_ends(
 
         assert await post(chat) == 200
         assert await post(b'{"model":"qwen3","messages":[]}') == 403  # not allowed
-        try:
+        with contextlib.suppress(TimeoutError):
             await post(b'{"model":"silent","stream":false}', timeout=0.3)
-        except TimeoutError:
-            pass
         assert await post(chat) == 402  # 10,000 + 10,000 + (the leave) 10,000 > 25,000
         await asyncio.sleep(0.2)
     record = relay.key_table.records()[0]
