@@ -1,15 +1,23 @@
-"""One canonical model identity, as Ollama resolves a name.
+"""One canonical model identity, as Ollama resolves a name; a form field, as Go reads it.
 
 The tables of ollama/ollama fb30760 (types/model/name_test.go,
 internal/modelref/modelref_test.go) are ported below. The expected values of GO_CHECKED
 were produced by Ollama's own name.go and modelref.go (copied out of fb30760, built with
-Go, and run on these inputs), not by the module under test."""
+Go, and run on these inputs), not by the module under test; so were the form cases, by Go's
+net/http."""
 
 from __future__ import annotations
 
 import pytest
 
 from aigateway.protocol import names
+from aigateway.protocol.form import (
+    MAX_HEADERS,
+    MAX_PARTS,
+    MAX_PREAMBLE_LINES,
+    UndecidableForm,
+    form_value,
+)
 from aigateway.protocol.names import (
     GO_SPACE,
     InvalidModelName,
@@ -531,3 +539,142 @@ def test_resolve_literal(sent: str, expected: str, cloud: bool) -> None:
 def test_resolve_literal_refuses_what_parse_name_refuses(sent: str) -> None:
     with pytest.raises(InvalidModelName, match=r"^invalid model name$"):
         resolve_literal(sent)
+
+
+# ---- form_value: as Go's net/http reads a form ----------------------------------------
+
+MULTIPART = "multipart/form-data; boundary=B"
+
+
+def part(name: str, value: bytes, nl: bytes = b"\r\n", extra: str = "") -> bytes:
+    disposition = f'Content-Disposition: form-data; name="{name}"{extra}'.encode()
+    return b"--B" + nl + disposition + nl + nl + value + nl
+
+
+def multipart(*parts: bytes, nl: bytes = b"\r\n") -> bytes:
+    return b"".join(parts) + b"--B--" + nl
+
+
+AUDIO = part("file", b"RIFF\x00\x01--B-not-a-boundary\r\n", extra='; filename="a.wav"')
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "query", "expected"),
+    [
+        (multipart(part("model", b"llama3.2"), AUDIO), MULTIPART, "", "llama3.2"),
+        (
+            multipart(AUDIO, part("model", b"whisper")),
+            'multipart/form-data; boundary="B"',
+            "",
+            "whisper",
+        ),
+        (multipart(part("model", b"a"), part("model", b"b")), MULTIPART, "", "a"),
+        (multipart(part("model", b"")), MULTIPART, "model=q", "q"),
+        # multipart: the query's values come first (ParseForm, then the parts appended)
+        (multipart(part("model", b"body")), MULTIPART, "model=query", "query"),
+        (multipart(part("model", b"body")), MULTIPART, "x=1&model=%71+%2B", "q +"),
+        (multipart(part("language", b"en"), AUDIO), MULTIPART, "", None),
+        (multipart(part("model", b"")), MULTIPART, "", ""),
+        (multipart(part("Model", b"x")), MULTIPART, "", None),
+        # a file is not a value
+        (multipart(part("model", b"f", extra='; filename="m.txt"')), MULTIPART, "", None),
+        (multipart(part("model", b"f", extra='; filename=""')), MULTIPART, "", "f"),
+        # bytes that are not UTF-8: each one U+FFFD, as Go's JSON encoder writes them
+        (multipart(part("model", b"x\xff\xe2\x82y")), MULTIPART, "", "x\ufffd\ufffd\ufffdy"),
+        (multipart(part("model", b"caf\xc3\xa9")), MULTIPART, "", "caf\u00e9"),
+        # LF-only bodies, a preamble and an epilogue
+        (multipart(part("model", b"lf", nl=b"\n"), nl=b"\n"), MULTIPART, "", "lf"),
+        (b"preamble\r\n" + multipart(part("model", b"p")) + b"epilogue", MULTIPART, "", "p"),
+        # "--B" followed by anything but space, tab, CR, LF or "--" is data
+        (multipart(part("model", b"a\r\n--Bx\r\nb")), MULTIPART, "", "a\r\n--Bx\r\nb"),
+        # an empty part written without the newline before the boundary
+        (b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\n--B--', MULTIPART, "", ""),
+        # the media type and parameter names in any case; Go lowers U+0130 to i
+        (multipart(part("model", b"m")), "Multipart/Form-Data; BOUNDARY=B", "", "m"),
+        (multipart(part("model", b"m")), "mult\u0130part/form-data; boundary=B", "", "m"),
+        # a header key with a space before its colon is not Content-Disposition to Go
+        (
+            b'--B\r\nContent-Disposition : form-data; name="model"\r\n\r\nm\r\n--B--',
+            MULTIPART,
+            "",
+            None,
+        ),
+        (multipart(part('mo\\"del', b"q")), MULTIPART, "", None),
+        # a body that ends inside a part's headers ends the form (Go's io.EOF there)
+        (
+            part("model", b"first") + b'--B\r\nContent-Disposition: form-data; name="x"',
+            MULTIPART,
+            "",
+            "first",
+        ),
+        # "--B " ends the part (a space follows), then is a delimiter line; the body ends
+        # in the next part's headers
+        (part("model", b"m") + b"\r\n--B \r\n", MULTIPART, "", "m\r\n"),
+        # urlencoded: the body's values first, then the query's
+        (b"model=body&model=2", "application/x-www-form-urlencoded", "model=query", "body"),
+        (b"x=1", "application/x-www-form-urlencoded; charset=utf-8", "model=query", "query"),
+        (b"model=%zz&model=a;b&model=ok", "application/x-www-form-urlencoded", "", "ok"),
+        (b"model=x%FFy", "application/x-www-form-urlencoded", "", "x\ufffdy"),
+        # any other type: the query alone (Go reads no body)
+        (b"model=body", "text/plain", "model=query", "query"),
+        (b"model=body", "", "", None),
+        (b"{}", "application/json", "model=%zz&model=ok", "ok"),
+    ],
+)
+def test_form_value_as_go(body: bytes, content_type: str, query: str, expected: str | None) -> None:
+    assert form_value(body, content_type, query, "model") == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "query"),
+    [
+        (multipart(part("model", b"m"))[:-9], MULTIPART, ""),  # cut short
+        (part("model", b"m"), MULTIPART, ""),  # no closing boundary
+        (b"", MULTIPART, ""),
+        (multipart(part("model", b"m")), "multipart/form-data", ""),  # no boundary
+        (multipart(part("model", b"m")), "multipart/form-data; boundary=", ""),
+        (multipart(part("model", b"m")), "multipart/form-data; boundary=B; boundary=B", ""),
+        (multipart(part("model", b"m")), "multipart/form-data; boundary=B; ;", ""),
+        (b"model=a", "application/x-www-form-urlencoded; a=1; a=2", ""),
+        (multipart(part("model", b"m")), MULTIPART, "model=%zz"),  # ParseForm's error
+        (multipart(part("model", b"m")), MULTIPART, "a;b"),
+        (part("model", b"m") + b"--B--x\r\n", MULTIPART, ""),  # an unexpected line
+        (part("model", b"m") + b"--B x\r\n--B--", MULTIPART, ""),
+        (b"--B\r\n Content-Disposition: form-data\r\n\r\nm\r\n--B--", MULTIPART, ""),
+        (b"--B\r\nno colon\r\n\r\nm\r\n--B--", MULTIPART, ""),
+        # Go 1.26's textproto refuses these two (older Go skipped an empty key, kept controls)
+        (b"--B\r\n: empty key\r\n\r\nm\r\n--B--", MULTIPART, ""),
+        (b"--B\r\nX: a\x01b\r\n\r\nm\r\n--B--", MULTIPART, ""),
+        (b"x" * 5000 + b"\r\n" + multipart(part("model", b"m")), MULTIPART, ""),  # bufio: full
+        (multipart(*[part("p", b"")] * (MAX_PARTS + 1)), MULTIPART, ""),
+        # what is not decided here, on purpose (Go: "m=", and a file)
+        (
+            b"--B\r\nContent-Disposition: form-data; name=model\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\nm=3D\r\n--B--",
+            MULTIPART,
+            "",
+        ),
+        (multipart(part("model", b"m", extra="; filename*=UTF-8''a.wav")), MULTIPART, ""),
+    ],
+)
+def test_form_value_refuses_what_go_refuses(body: bytes, content_type: str, query: str) -> None:
+    with pytest.raises(UndecidableForm):
+        form_value(body, content_type, query, "model")
+
+
+def test_form_value_reads_a_thousand_parts() -> None:
+    body = multipart(*[part("p", b"")] * (MAX_PARTS - 1), part("model", b"last"))
+    assert form_value(body, MULTIPART, "", "model") == "last"
+
+
+def test_form_value_bounds_its_work() -> None:
+    body = multipart(part("model", b"m"))
+    lines = b"preamble\r\n" * MAX_PREAMBLE_LINES
+    assert form_value(lines + body, MULTIPART, "", "model") == "m"
+    with pytest.raises(UndecidableForm, match="preamble"):
+        form_value(b"x\r\n" + lines + body, MULTIPART, "", "model")
+    many = b"--B\r\n" + b"X: y\r\n" * MAX_HEADERS + b"\r\nm\r\n--B--"
+    with pytest.raises(UndecidableForm, match="header lines"):
+        form_value(many, MULTIPART, "", "model")
+    with pytest.raises(UndecidableForm, match="query parameters"):
+        form_value(body, MULTIPART, "a=1&" * 1000, "model")
