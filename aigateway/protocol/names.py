@@ -4,9 +4,10 @@ Read from ollama/ollama at fb30760996871fa9460115c753afd2c60d4ab0f7 (2026-08-21)
 
 - The inference routes (generate, chat, embed, embeddings; /v1 and /v1/messages, which
   Ollama's middleware turns into chat, generate and embed requests with the model as
-  sent), show, pull and delete all start with `server/model_resolver.go:
+  sent), show and create's `from` start with `server/model_resolver.go:
   parseAndValidateModelRef` = `internal/modelref.ParseRef` then `model.ParseName(base)`
-  and `IsValid()`.
+  and `IsValid()`. Pull and delete do the same after renaming a cloud ref to the stub
+  it pulls (`modelref.NormalizePullName`: `gpt-oss:20b:cloud` -> `gpt-oss:20b-cloud`).
 - `ParseRef` applies `strings.TrimSpace` (Go's `unicode.IsSpace`, not Python's
   `str.isspace`), refuses an empty name (`model is required`), and strips ONE source
   suffix after the last `:`, itself trimmed and lower-cased: `:cloud` and `:local`, or a
@@ -34,8 +35,9 @@ that way.
 
 The canonical form: lower case, the default host and namespace left out, the tag always
 written (`llama3.2:latest`, `myns/foo:7b`, `example.com/ns/m:tag`). A cloud model keeps the
-spelling Ollama itself pulls and lists (`modelref.NormalizePullName`): `<base>:<tag>-cloud`,
-or `<base>:cloud` when the tag is `latest` (`gpt-oss:20b-cloud`, `glm-4.6:cloud`). No
+spelling Ollama pulls and lists it by: `<base>:<tag>-cloud`, or `<base>:cloud` when the
+tag is `latest` (`gpt-oss:20b-cloud`, `glm-4.6:cloud`; NormalizePullName alone would pull
+`glm-4.6:latest:cloud` as `glm-4.6:latest-cloud`, though it runs as `glm-4.6:cloud`). No
 local model ends that way (ParseRef would call it cloud), so a cloud model never equals a
 local one, and resolving a canonical name gives it back.
 """
