@@ -49,7 +49,7 @@ from .exports import usage_export
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
 from .limits import DAY
-from .modelaccess import filter_model_list
+from .modelaccess import filter_model_list, identity
 from .pricing import PRICE_FIELDS, Price
 from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .store import (
@@ -62,7 +62,7 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
-from .upstreams.pool import CheckFailed, Pool, canonical
+from .upstreams.pool import CheckFailed, Pool
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")
@@ -375,11 +375,11 @@ async def models(request: web.Request) -> web.Response:
     if not isinstance(found, list):
         raise UpstreamUnreachable("Ollama's /api/tags is not a model list")
     listed_names = {first_name(e, ("name", "model")) for e in found if isinstance(e, dict)}
-    known = {canonical(name) for name in listed_names if name is not None}
+    known = {identity(name) for name in listed_names if name is not None}
     found += [
         entry
         for entry in await _cloud_api_models(pool, MODELS_TIMEOUT_S)
-        if canonical(entry["name"]) not in known  # (each model once, the Ollamas' first)
+        if identity(entry["name"]) not in known  # (each model once, the Ollamas' first)
     ]
     usable = filter_model_list(
         orjson.dumps({"models": found}), caller.models, settings.allow_cloud_models

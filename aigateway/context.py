@@ -16,6 +16,7 @@ class RequestContext:
         "client_gone",
         "continue_sent",
         "model",
+        "model_sent",
         "principal",
         "request_id",
         "started",
@@ -26,7 +27,10 @@ class RequestContext:
         self.request_id = request_id
         self.started = started  # time.perf_counter() when the request came in
         self.principal: KeyRecord | None = None  # the key's record, once authenticated
-        self.model: str | None = None  # the model the body names, when it names one
+        # The model the body names, when it names one: its one identity (as Ollama
+        # resolves it: protocol/names.py), and the name as sent.
+        self.model: str | None = None
+        self.model_sent: str | None = None
         self.bytes_out: int | None = None  # response body bytes, counted by the relay
         self.client_gone = False  # the client left before the response was complete
         self.continue_sent = False  # 100 Continue answered (expect.py)

@@ -5,9 +5,10 @@ Counters and histograms are updated when a relayed request is settled (each kind
 request's series found once, then a few increments; no lock held across an await);
 gauges (in flight, queued, upstream health) are read from the pool when scraped, so they
 cost the relay nothing. Labels come only from
-bounded sets: route templates, statuses, upstream names, and model names of requests an
-upstream answered without an error (a client cannot make up new series by naming models
-that do not exist).
+bounded sets: route templates, statuses, upstream names, and the canonical names of models
+an upstream lists and answered for without an error; any other model is `other` (a client
+cannot make up new series by spelling a model another way, or by naming ones that do not
+exist).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .upstreams.pool import Pool
 
 # Seconds: from a 5 ms answer to a 10-minute generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-MAX_MODEL_LABEL = 200
+OTHER = "other"  # the model label of requests of a model no upstream lists, or of none
 
 
 _Children = tuple[Counter, Histogram, Histogram, Counter, Counter, Counter]
@@ -83,6 +84,7 @@ class Metrics:
         for reason in Refused:  # every reason a series from the start, at 0
             self.refusals.labels(reason.value)
         self.currency = currency
+        self.pool = pool
         r.register(_Gauges(pool, in_flight))
         # Each kind of request's series, found once (labels() costs more than inc()).
         self._children: dict[tuple[RelayRoute, int, str, str], _Children] = {}
@@ -100,8 +102,7 @@ class Metrics:
         cost: int,
     ) -> None:
         """One relayed request, as it is settled."""
-        # Only models an upstream answered for become labels (see the module's note).
-        label = model[:MAX_MODEL_LABEL] if model is not None and status < 400 else ""
+        label = self._label(model, status)
         key = (route, status, label, upstream)
         children = self._children.get(key)
         if children is None:  # the first of its kind: find its series once
@@ -117,6 +118,17 @@ class Metrics:
             completions.inc(completion)
         if cost:
             costs.inc(cost / 1e6)
+
+    def _label(self, model: str | None, status: int) -> str:
+        """A model's label: its one identity (protocol/names.py), when an upstream lists
+        it and answered for it; every other name is `other`, so that the series stay
+        at most the models served plus one however many names clients make up."""
+        if model is None or status >= 400:
+            return OTHER
+        if model in self.pool.listed:
+            return model
+        self.pool.relist_soon()  # (pulled a moment ago? known from the next read on)
+        return OTHER
 
     def _series(self, route: RelayRoute, status: int, label: str, upstream: str) -> _Children:
         name = route.ollama_path

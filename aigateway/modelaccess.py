@@ -10,6 +10,13 @@ import orjson
 
 from .bodypeek import first_name
 from .errors import ModelNotAllowed, Refused
+from .protocol.names import (
+    DEFAULT_HOST,
+    DEFAULT_NAMESPACE,
+    GO_SPACE,
+    InvalidModelName,
+    canonical,
+)
 
 
 def is_cloud(name: str) -> bool:
@@ -23,18 +30,61 @@ def is_cloud(name: str) -> bool:
 
 
 def model_allowed(model: str, patterns: Iterable[str]) -> bool:
-    """Shell-style patterns (`llama3*`, `qwen2.5:0.5b`); `llama3` and `llama3:latest`
-    are the same model to Ollama, so they are to the allow-list too. A cloud model is
+    """Shell-style patterns (`llama3*`, `qwen2.5:0.5b`) matched against the model's one
+    identity (protocol/names.py: any spelling Ollama runs as the same model matches
+    alike), and the patterns read the same way (case, the default registry host and
+    namespace); `llama3` and `llama3:latest` are the same model. A cloud model is
     matched only by a pattern that itself names the cloud tag (`*-cloud`,
     `gpt-oss:120b-cloud`), never by `*` or `gpt-oss*`."""
-    names = {model}
-    if ":" not in model:
-        names.add(model + ":latest")
-    elif model.endswith(":latest"):
-        names.add(model.removesuffix(":latest"))
+    model = identity(model)
+    names = [model]
+    if model.endswith(":latest"):
+        names.append(model.removesuffix(":latest"))
+    forms = [pattern_form(p) for p in patterns]
     if is_cloud(model):
-        patterns = [p for p in patterns if is_cloud(p)]
-    return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)
+        forms = [p for p in forms if is_cloud(p)]
+    return any(fnmatchcase(name, pattern) for name in names for pattern in forms)
+
+
+def identity(name: str) -> str:
+    """A model's canonical name (protocol/names.py); a name Ollama would refuse (one an
+    upstream lists, say) is only lower-cased, so that it matches nothing it should not."""
+    try:
+        return canonical(name)
+    except InvalidModelName:
+        return name.strip(GO_SPACE).lower()
+
+
+_PATTERN_FORMS: dict[str, str] = {}
+_DEFAULT_PREFIXES = (
+    f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/",
+    f"{DEFAULT_HOST}/",
+    f"{DEFAULT_NAMESPACE}/",
+)
+
+
+def pattern_form(pattern: str) -> str:
+    """A pattern as the canonical names it is matched against are written: lower case,
+    without a scheme or the default host and namespace (`Registry.Ollama.AI/library/
+    Llama3*` is `llama3*`). A pattern without wildcards is a name, resolved as one."""
+    form = _PATTERN_FORMS.get(pattern)
+    if form is not None:
+        return form
+    form = pattern.strip(GO_SPACE).lower()
+    if not any(c in form for c in "*?["):
+        form = identity(form)
+    else:
+        scheme, sep, rest = form.partition("://")
+        if sep and "/" not in scheme:
+            form = rest
+        for prefix in _DEFAULT_PREFIXES:
+            if form.startswith(prefix):
+                form = form.removeprefix(prefix)
+                break
+    if len(_PATTERN_FORMS) >= 4096:  # (patterns come from admins, but keep it bounded)
+        _PATTERN_FORMS.clear()
+    _PATTERN_FORMS[pattern] = form
+    return form
 
 
 def check_cloud(models: Iterable[str]) -> None:

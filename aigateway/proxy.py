@@ -19,9 +19,10 @@ import aiohttp
 from aiohttp import web
 
 from .accesslog import CLIENT_CLOSED
+from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
-from .bodypeek import FULL_PARSE_LIMIT, BodyFields, UndecidableBody, read_body
+from .bodypeek import FULL_PARSE_LIMIT
 from .budgets import Refusal
 from .context import RequestContext
 from .errors import (
@@ -41,7 +42,7 @@ from .expect import send_continue
 from .fanout import pull_everywhere, send_union
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
 from .limits import ADMITTED, Limits, Verdict
-from .modelaccess import check_cloud, check_models, filter_model_list, is_cloud, model_allowed
+from .modelaccess import filter_model_list, is_cloud, model_allowed
 from .pricing import Price
 from .relaystate import Relay
 from .routes import RelayRoute
@@ -68,7 +69,6 @@ DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 LARGE_BODY_BYTES = 1024 * 1024
 # A prompt's tokens are guessed at a quarter of its body's bytes, at most this many.
 PROMPT_ESTIMATE_CAP = 128 * 1024
-NO_FIELDS = BodyFields()
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 T = TypeVar("T")
@@ -308,13 +308,18 @@ async def _take_request(
     body = await _read_body(request, settings.max_body_bytes, relay.body_budget, exchange, coding)
     exchange.bytes_in = len(body)
     cloud = settings.allow_cloud_models
-    if len(body) > FULL_PARSE_LIMIT:  # big embed batches: read them off the event loop
-        fields = await asyncio.to_thread(_fields, body, route, principal.models, cloud)
-    else:
-        fields = _fields(body, route, principal.models, cloud)
-    exchange.context.model = fields.model
+    named = (
+        # (big embed batches: read them off the event loop)
+        await asyncio.to_thread(_named_models, request, body, route, principal.models, cloud)
+        if len(body) > FULL_PARSE_LIMIT
+        else _named_models(request, body, route, principal.models, cloud)
+    )
+    fields, model = named.fields, named.model
+    if model is not None:  # the model's one identity from here on; the record keeps both
+        exchange.context.model = model.canonical
+        exchange.context.model_sent = model.sent
     if route.kind == "inference":
-        exchange.price = relay.key_table.prices.for_model(fields.model)  # as it starts
+        exchange.price = relay.key_table.prices.for_model(exchange.context.model)  # as it starts
         exchange.prompt_estimate = _prompt_estimate(len(body))
         if route.usage_on_request and fields.stream and not fields.include_usage:
             body = with_usage_requested(body)
@@ -382,29 +387,21 @@ async def _reserve_budget(exchange: Exchange, price: int, relay: Relay) -> None:
     exchange.ledger.take(BudgetHold(relay.budgets, shared, lines, price, verdict is True))
 
 
-def _fields(
-    body: bytes, route: RelayRoute, patterns: tuple[str, ...] | None, cloud: bool
-) -> BodyFields:
-    """What Ollama will read from the body, checked: cloud models unless `cloud`, and
-    with an allow-list, every model the body names. A body that cannot be read the way
-    Ollama will is refused, whoever sends it: it could name any model, at any price
-    (Ollama refuses such a body too, so nothing a client could do is lost)."""
-    if not route.model_fields or (not body and patterns is None):
-        return NO_FIELDS
-    try:
-        fields = read_body(body, route.model_fields)
-    except UndecidableBody as exc:
-        if patterns is None and not route.json_body:
-            return NO_FIELDS
-        raise BadRequest(
-            f"{exc}; this gateway must read the model a request names before relaying it",
-            reason=Refused.UNDECIDABLE_BODY,
-        ) from None
-    if not cloud:
-        check_cloud(fields.models)
-    if patterns is not None:
-        check_models(fields.models, route.model_fields, patterns)
-    return fields
+def _named_models(
+    request: web.Request,
+    body: bytes,
+    route: RelayRoute,
+    patterns: tuple[str, ...] | None,
+    cloud: bool,
+) -> Named:
+    return named_models(
+        body,
+        route,
+        patterns,
+        cloud,
+        request.headers.get("Content-Type", ""),
+        request.rel_url.raw_query_string,
+    )
 
 
 async def _counted(content: aiohttp.StreamReader, exchange: Exchange) -> AsyncIterator[bytes]:
@@ -639,6 +636,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
             estimated,
             cost,
             model_ns,
+            context.model_sent,
         )
     )
 

@@ -215,6 +215,9 @@ class UsageRecord(NamedTuple):
     # model time Ollama reported (total_duration, ns), when it did.
     cost: int | None = None
     model_ns: int | None = None
+    # The model as the request named it (`model` is its one identity, as Ollama resolves
+    # the name: lower case, the default host and namespace left out, the tag written).
+    model_sent: str | None = None
 
 
 USAGE_COLUMNS = UsageRecord._fields
@@ -269,6 +272,7 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
         bool(record.estimated),
         count(record.cost, optional=True),
         count(record.model_ns, optional=True),
+        text(record.model_sent, optional=True),
     )
 
 

@@ -11,14 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.budgets import Budget
 from aigateway.pricing import Price
 from aigateway.store import KeyLimits, Store
+from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
 
 from .conftest import make_key
@@ -178,3 +181,196 @@ async def test_start_up_warns_of_a_cloud_model_no_price_matches(
         await aiohttp_client(create_app(Settings(token_db_path=db_path, upstreams=upstreams)))
     warned = [r.getMessage() for r in caplog.records if "no price matches" in r.getMessage()]
     assert len(warned) == 1 and "'o3*'" in warned[0] and "upstream oa" in warned[0]
+
+
+# --- one model identity -------------------------------------------------------------------
+
+# Spellings Ollama runs as llama3.2:latest (protocol/names.py; each class of issue 24).
+SPELLINGS = (
+    "llama3.2",
+    "LLaMA3.2",
+    " llama3.2\t",
+    "\u00a0llama3.2\u3000",
+    "llama3.2:local",
+    "llama3.2:LATEST",
+    "registry.ollama.ai/library/llama3.2:latest",
+    "Registry.Ollama.AI/Library/Llama3.2",
+    "library/llama3.2",
+    "https://registry.ollama.ai/library/llama3.2",
+    "http://REGISTRY.ollama.ai/library/llama3.2:latest:local",
+)
+
+
+def _priced_bodies(model: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """One request of `model` on every route that can be priced, in each dialect."""
+    name = orjson.dumps(model).decode()
+    json = {"Content-Type": "application/json"}
+    form = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    chat = f'{{"model":{name},"stream":false,"messages":[{{"role":"user","content":"hi"}}]}}'
+    return [
+        ("/api/generate", f'{{"model":{name},"prompt":"hi","stream":false}}'.encode(), json),
+        ("/api/chat", chat.encode(), json),
+        ("/api/embed", f'{{"model":{name},"input":"hi"}}'.encode(), json),
+        ("/api/embeddings", f'{{"model":{name},"prompt":"hi"}}'.encode(), json),
+        ("/v1/chat/completions", chat.encode(), json),
+        ("/v1/completions", f'{{"model":{name},"prompt":"hi"}}'.encode(), json),
+        ("/v1/embeddings", f'{{"model":{name},"input":"hi"}}'.encode(), json),
+        ("/v1/responses", f'{{"model":{name},"input":"hi"}}'.encode(), json),
+        ("/v1/messages", f'{{"model":{name},"max_tokens":9,"messages":[]}}'.encode(), json),
+        (
+            "/v1/audio/transcriptions",
+            b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            + model.encode()
+            + b'\r\n--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"'
+            b"\r\n\r\nRIFF\r\n--xyz--\r\n",
+            form,
+        ),
+    ]
+
+
+async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+    fake: FakeOllama,
+) -> None:
+    """A key whose allow-list names llama3.2 and whose budget is spent: every spelling of
+    llama3.2 on every priced route and dialect is the same model to the allow-list (not
+    403), to the price and the budget (402; 429 insufficient_quota on OpenAI's routes).
+    On 31b9ff2 the allow-list refused most spellings, and those it let by were free."""
+    await _priced(db_path, Price("llama3.2", per_request=10_000))
+    key = await make_key(db_path, "acme", "x", models=["llama3.2"])
+    store = await Store.open(db_path)
+    try:
+        await store.set_key_budget(await _key_id(store), Budget(0, "total"))
+    finally:
+        await store.close()
+    gateway = await aiohttp_server(create_app(settings))
+    async with aiohttp.ClientSession() as session:
+        for spelling in SPELLINGS:
+            for path, body, headers in _priced_bodies(spelling):
+                async with session.post(
+                    gateway.make_url(path),
+                    data=body,
+                    headers={"Authorization": f"Bearer {key}", **headers},
+                ) as resp:
+                    want = 429 if path.startswith("/v1/") and "messages" not in path else 402
+                    assert resp.status == want, (spelling, path, await resp.text())
+                    assert "over_budget" in await resp.text()
+    assert [r for r in fake.requests if r.method == "POST"] == []
+
+
+async def test_each_spelling_is_recorded_as_sent_and_by_its_identity(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """Priced alike, recorded under one identity, the name as sent kept beside it; the
+    transcription route priced like the others (on 31b9ff2 it was never priced)."""
+    price = Price("llama3.2", per_request=10_000)
+    await _priced(db_path, price)
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(settings))
+    sent = []
+    async with aiohttp.ClientSession() as session:
+        for spelling in SPELLINGS:
+            for path, body, headers in _priced_bodies(spelling):
+                async with session.post(
+                    gateway.make_url(path),
+                    data=body,
+                    headers={"Authorization": f"Bearer {key}", **headers},
+                ) as resp:
+                    assert resp.status == 200, (spelling, path, await resp.text())
+                    await resp.read()
+                sent.append((path, spelling))
+    records = await _usage(db_path, len(sent))
+    got = sorted((r.route, r.model_sent or "") for r in records)
+    assert got == sorted((p.removeprefix("/api").removeprefix("/v1"), s) for p, s in sent)
+    assert {r.model for r in records} == {"llama3.2:latest"}
+    assert all(r.cost == price.cost(0, 0, 0) for r in records)
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "status", "message"),
+    [
+        ("/api/chat", "   ", 400, "model is required"),
+        ("/api/generate", "", 404, "model '' not found"),
+        ("/api/chat", "llama3.2:cloud:local", 400, "use either :local or :cloud, not both"),
+        ("/api/chat", "llama3.2@sha256:00", 400, "invalid model name"),
+        ("/api/chat", "l\u00e1ma", 400, "invalid model name"),
+        ("/api/embed", "a/b/c/d:e", 400, "invalid model name"),
+        ("/api/show", "x:", 400, "invalid model name"),
+        ("/v1/chat/completions", "-bad", 400, "invalid model name"),
+        ("/v1/messages", "a" * 81, 400, "invalid model name"),
+    ],
+)
+async def test_a_name_ollama_refuses_is_refused_with_its_answer_and_never_relayed(
+    client: TestClient, fake: FakeOllama, path: str, model: str, status: int, message: str
+) -> None:
+    body = {"model": model, "prompt": "hi", "messages": [], "max_tokens": 9}
+    resp = await client.post(path, data=orjson.dumps(body))
+    assert resp.status == status
+    document = await resp.json()
+    error = document["error"]
+    text = error if isinstance(error, str) else error["message"]
+    assert text.startswith(message), text
+    assert [r for r in fake.requests if r.method == "POST"] == []
+
+
+async def test_model_labels_in_metrics_stay_few_whatever_names_clients_send(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    db_path: str,
+    upstream: TestServer,
+) -> None:
+    """One Ollama, no health checks: 3,000 spellings of one model and 3,000 names no
+    upstream has (which this fake Ollama answers 200) make at most the models it
+    serves plus `other` as labels. On 31b9ff2: 6,000 labels."""
+    settings = Settings(
+        ollama_base_url=str(upstream.make_url("")).rstrip("/"),
+        token_db_path=db_path,
+        metrics="on",
+    )
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(settings))
+    case_variants = [
+        "".join(c.upper() if bits >> i & 1 else c for i, c in enumerate("llama"))
+        for bits in range(32)
+    ]
+    spellings = [
+        f"{space}{prefix}{name}3.2{suffix}{space}"
+        for name in case_variants
+        for prefix in (
+            "",
+            "library/",
+            "Registry.Ollama.AI/library/",
+            "https://REGISTRY.ollama.ai/library/",
+        )
+        for suffix in ("", ":latest", ":LATEST", ":local", ":latest:local")
+        for space in ("", " ", "\t", "\u00a0", "\n")
+    ][:3000]
+    assert len(set(spellings)) == 3000
+    names = spellings + [f"made-up-{n}" for n in range(3000)]
+    async with aiohttp.ClientSession() as session:
+
+        async def one(model: str) -> None:
+            body = orjson.dumps({"model": model, "input": "hi"})
+            async with session.post(
+                gateway.make_url("/api/embed"),
+                data=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+        for start in range(0, len(names), 200):
+            await asyncio.gather(*(one(m) for m in names[start : start + 200]))
+        async with session.get(gateway.make_url("/metrics")) as resp:
+            page = await resp.text()
+    labels = {
+        sample.labels["model"]
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+    assert labels <= {"llama3.2:latest", "qwen3:8b", "other"}, labels
+    assert "llama3.2:latest" in labels

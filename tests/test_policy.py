@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
+from aigateway.protocol.names import canonical
 from aigateway.routes import RELAY_ROUTES
 from aigateway.store import KeyLimits, Store, UsageRecord
 from aigateway.testing.fake_ollama import FakeOllama, fixture
@@ -162,30 +163,30 @@ async def test_allow_list_reads_the_model_from_the_body_only(
     assert resp.status == 403
     for body in (b"not json", b"[1,2]", b""):
         assert (await limited.post("/api/chat", data=body)).status == 400
-    assert (await limited.post("/api/chat", data=b'{"messages":[]}')).status == 403
+    # no model: refused as Ollama refuses it, before anything is relayed
+    resp = await limited.post("/api/chat", data=b'{"messages":[]}')
+    assert resp.status == 400 and (await resp.json())["error"] == "model is required"
     assert (await limited.post("/api/blobs/sha256:00", data=b"x")).status == 403
     assert fake.requests == []
 
 
-async def test_an_unreadable_body_is_refused_unless_cloud_models_are_allowed(
+async def test_an_unreadable_body_is_refused_whatever_cloud_models_may_do(
     aiohttp_server, aiohttp_client, settings: Settings, key: str, fake: FakeOllama
 ) -> None:  # type: ignore[no-untyped-def]
-    """The gateway must know which model a body names before it lets it by (it could be
-    a cloud model); only with ALLOW_CLOUD_MODELS may a key without an allow-list send a
-    body it cannot read, which then passes unchanged (and Ollama answers 400)."""
-    for allow_cloud, status, relayed in ((False, 400, False), (True, 400, True)):
+    """The gateway must know which model a body names before it lets it by: it could be
+    a cloud model, or a priced one. Until issue 24, with ALLOW_CLOUD_MODELS a key without
+    an allow-list could send a body the gateway cannot read, relayed nameless and free."""
+    for allow_cloud in (False, True):
         fake.requests.clear()
         app = create_app(dataclasses.replace(settings, allow_cloud_models=allow_cloud))
         client = await aiohttp_client(
             await aiohttp_server(app), headers={"Authorization": f"Bearer {key}"}
         )
         resp = await client.post("/api/chat", data=b"not json")
-        assert resp.status == status
-        assert bool(fake.requests) == relayed
-        if relayed:
-            assert fake.requests[-1].body == b"not json"
-        else:
-            assert "must read the model" in (await resp.json())["error"]
+        assert resp.status == 400 and not fake.requests
+        document = await resp.json()
+        assert "must read the model" in document["error"]
+        assert document["reason"] == "undecidable_body"
 
 
 async def test_model_lists_show_only_allowed_models(
@@ -303,7 +304,9 @@ async def test_usage_records_carry_ollamas_token_counts(
     assert record.status == 200 and record.bytes_out == len(sent)
     assert record.bytes_in == len(body or b"")
     named = orjson.loads(body) if body else {}
-    assert record.model == (named.get("model") or named.get("name"))
+    sent = named.get("model") or named.get("name")
+    assert record.model_sent == sent  # as sent, and its one identity
+    assert record.model == (None if sent is None else canonical(sent))
     assert record.ttfb_ms is not None and 0 < record.ttfb_ms <= record.duration_ms
     assert not record.client_gone
 
@@ -339,7 +342,7 @@ async def test_a_client_that_left_early_is_recorded(
     assert record.client_gone and record.estimated
     assert (record.prompt_tokens, record.completion_tokens) == (4, 1)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
-    assert " user=alice " in line and " model=stall status=499 " in line, line
+    assert " user=alice " in line and " model=stall:latest status=499 " in line, line
 
 
 async def test_old_usage_is_pruned(settings: Settings, db_path: str, key: str) -> None:

@@ -44,6 +44,8 @@ BODIES: dict[str, bytes] = {
     b"whisper\r\n--b--\r\n",
     "/messages": b'{"model":"qwen3-coder","max_tokens":10,"messages":[],"stream":true}',
 }
+# The transcription route's form: Ollama reads its model only with this Content-Type.
+FORM = {"Content-Type": "multipart/form-data; boundary=b"}
 # /v1/embeddings shares its tail with /api/embeddings but wants an OpenAI body.
 V1_BODIES = {"/embeddings": b'{"model":"all-minilm","input":"a"}'}
 ROUTE_CASES = [
@@ -68,14 +70,15 @@ async def _direct_and_relayed(
     blobs_before = set(fake.blobs) if fake else set()
     if not path.startswith(("/api/", "/v1/")):
         path = "/api" + path
+    headers = FORM if path.endswith("/transcriptions") else None
     async with (
         aiohttp.ClientSession() as direct,
-        direct.request(method, upstream.make_url(path), data=body) as resp,
+        direct.request(method, upstream.make_url(path), data=body, headers=headers) as resp,
     ):
         want = (resp.status, resp.headers.get("Content-Type"), await resp.read())
     if fake:
         fake.blobs = blobs_before  # so a blob upload meets the same state twice
-    async with client.request(method, path, data=body) as resp:
+    async with client.request(method, path, data=body, headers=headers) as resp:
         got = (resp.status, resp.headers.get("Content-Type"), await resp.read())
     return want, got
 

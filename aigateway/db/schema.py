@@ -123,6 +123,8 @@ usage = Table(
     Column("cost", BigInteger),
     # Model time as Ollama reported it (total_duration, nanoseconds), when it did.
     Column("model_ns", BigInteger),
+    # The model as the request named it; `model` is its one identity (protocol/names.py).
+    Column("model_sent", Text),
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)

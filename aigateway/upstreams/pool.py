@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -25,7 +26,7 @@ import orjson
 
 from ..bodypeek import first_name
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
-from ..modelaccess import model_allowed
+from ..modelaccess import identity, model_allowed
 from ..routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
 from .queue import FairQueue
@@ -50,14 +51,7 @@ MAX_LISTED = 10_000  # models kept from one upstream's list
 # "model": ...}]}, OpenAI's and Anthropic's {"data": [{"id": ...}]}.
 ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
 MAX_LIST_BYTES = 16 * 1024**2
-
-
-def canonical(name: str) -> str:
-    """A model name as Ollama resolves it: case does not matter, no tag means :latest."""
-    bare = name.strip().lower()
-    if ":" not in bare.rsplit("/", 1)[-1]:
-        bare += ":latest"
-    return bare
+RELIST_GAP_S = 5.0  # the least time between two reads of the lists for an unknown model
 
 
 class Upstream:
@@ -101,7 +95,7 @@ class Upstream:
         """Whether it serves `model` (`wanted`: its canonical name, if made already)."""
         if self.config.models is not None:
             return model_allowed(model, self.config.models)
-        return self.models is None or (wanted or canonical(model)) in self.models
+        return self.models is None or (wanted or identity(model)) in self.models
 
     def has_room(self) -> bool:
         most = self.config.max_concurrent
@@ -151,6 +145,12 @@ class Pool:
         self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
         self.session: aiohttp.ClientSession | None = None
+        # The models the upstreams last listed (canonical names), each upstream's and all:
+        # the only model names /metrics makes labels of.
+        self._lists: dict[str, frozenset[str]] = {}
+        self.listed: frozenset[str] = frozenset()
+        self._relisted_at = -math.inf
+        self._relisting: asyncio.Task[None] | None = None
         # The upstreams that answer each route (by its Ollama path), which never changes.
         self._fitting: dict[str, list[Upstream]] = {}
 
@@ -185,7 +185,7 @@ class Pool:
             self._fitting[route.ollama_path] = fitting
         wanted = None
         if model is not None:
-            wanted = canonical(model)
+            wanted = identity(model)
             serving = [u for u in fitting if u.serves(model, wanted)]
             if not serving:
                 elsewhere = [
@@ -287,7 +287,12 @@ class Pool:
         """Check the upstreams in the background while the app runs (several only)."""
         self.session = session
         if self.single:
-            yield
+            self.relist_soon()  # (its list only: no checks, never out)
+            try:
+                yield
+            finally:
+                if self._relisting is not None:
+                    self._relisting.cancel()
             return
         await asyncio.gather(*(self.check(u) for u in self.upstreams))  # know them at once
         task = asyncio.create_task(self._check_forever(), name="upstream checks")
@@ -320,13 +325,10 @@ class Pool:
         """One check: an Ollama's model list and loaded models, a cloud API's models."""
         started = time.perf_counter()
         try:
+            await self._list(upstream)
             if upstream.config.kind == "ollama":
-                listed = await self.names(upstream, "/api/tags", "models")
                 loaded = await self.names(upstream, "/api/ps", "models")
-                upstream.models = frozenset(canonical(n) for n in listed)
-                upstream.loaded = frozenset(canonical(n) for n in loaded)
-            else:
-                await self.names(upstream, "/models", "data")
+                upstream.loaded = frozenset(identity(n) for n in loaded)
         except CheckFailed as exc:
             self.failed(upstream, str(exc))
             return
@@ -334,6 +336,38 @@ class Pool:
             upstream.checked_at = time.time()
         upstream.latency_ms = round((time.perf_counter() - started) * 1000, 2)
         self.passed(upstream)
+
+    async def _list(self, upstream: Upstream) -> None:
+        """Read an upstream's model list: an Ollama's /api/tags (the models it serves),
+        a cloud API's /models (cut down to its patterns); its names join `listed`."""
+        if upstream.config.kind == "ollama":
+            names = [identity(n) for n in await self.names(upstream, "/api/tags", "models")]
+            upstream.models = frozenset(names)
+        else:
+            patterns = upstream.config.models or ()
+            names = [
+                identity(n)
+                for n in await self.names(upstream, "/models", "data")
+                if model_allowed(n, patterns)
+            ]
+        self._lists[upstream.name] = frozenset(names)
+        self.listed = frozenset().union(*self._lists.values())
+
+    def relist_soon(self) -> None:
+        """Read the model lists again in the background (at most every RELIST_GAP_S):
+        what a model seen for the first time asks for, with one upstream (which is not
+        checked) or between checks."""
+        now = time.monotonic()
+        if now - self._relisted_at < RELIST_GAP_S or self.session is None:
+            return
+        self._relisted_at = now
+
+        async def relist() -> None:
+            for upstream in self.upstreams:
+                with contextlib.suppress(CheckFailed):
+                    await self._list(upstream)
+
+        self._relisting = asyncio.create_task(relist(), name="upstream model lists")
 
     async def names(
         self, upstream: Upstream, path: str, field: str, timeout: float = CHECK_TIMEOUT_S

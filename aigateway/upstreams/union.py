@@ -10,9 +10,9 @@ import orjson
 
 from ..bodypeek import first_name
 from ..errors import ServiceUnavailable
-from ..modelaccess import model_allowed
+from ..modelaccess import identity, model_allowed
 from ..routes import RELAY_ROUTES, RelayRoute
-from .pool import ENTRY_NAMES, FAILOVER_STATUSES, CheckFailed, Pool, Upstream, canonical
+from .pool import ENTRY_NAMES, FAILOVER_STATUSES, CheckFailed, Pool, Upstream
 
 TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
 
@@ -48,7 +48,7 @@ async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
             name = first_name(entry, names) if isinstance(entry, dict) else None
             if name is None or (patterns is not None and not model_allowed(name, patterns)):
                 continue
-            known = canonical(name)
+            known = identity(name)
             if known not in seen:
                 seen.add(known)
                 entries.append(entry)
