@@ -85,6 +85,7 @@ class Metrics:
             self.refusals.labels(reason.value)
         self.currency = currency
         self.pool = pool
+        pool.wants_lists = True  # model labels are the models the upstreams list
         r.register(_Gauges(pool, in_flight))
         # Each kind of request's series, found once (labels() costs more than inc()).
         self._children: dict[tuple[RelayRoute, int, str, str], _Children] = {}
@@ -154,6 +155,7 @@ class _Gauges(Collector):
 
     def __init__(self, pool: Pool, in_flight: InFlight) -> None:
         self.pool = pool
+        pool.wants_lists = True  # model labels are the models the upstreams list
         self.in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:

@@ -134,8 +134,8 @@ async def test_stats_count_what_was_used(
     assert {u["user"]: u["requests"] for u in stats["per_user"]} == {"alice": 4, "root": 1}
     assert {m["model"]: m["requests"] for m in stats["per_model"]} == {
         None: 1,
-        "all-minilm": 1,
-        "llama3.2": 3,
+        "all-minilm:latest": 1,  # (each model by its one identity)
+        "llama3.2:latest": 3,
     }
     assert {r["route"]: r["requests"] for r in stats["per_route"]} == {
         "/chat": 3,

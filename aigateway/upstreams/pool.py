@@ -150,6 +150,8 @@ class Pool:
         self._lists: dict[str, frozenset[str]] = {}
         self.listed: frozenset[str] = frozenset()
         self._relisted_at = -math.inf
+        # Whether anything uses `listed` (/metrics): else one upstream's list is not read.
+        self.wants_lists = False
         self._relisting: asyncio.Task[None] | None = None
         # The upstreams that answer each route (by its Ollama path), which never changes.
         self._fitting: dict[str, list[Upstream]] = {}
@@ -287,7 +289,8 @@ class Pool:
         """Check the upstreams in the background while the app runs (several only)."""
         self.session = session
         if self.single:
-            self.relist_soon()  # (its list only: no checks, never out)
+            if self.wants_lists:  # its list only: no checks, never out
+                self.relist_soon()
             try:
                 yield
             finally:
