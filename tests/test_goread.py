@@ -115,7 +115,7 @@ async def test_the_record_names_the_model_ollama_used(
 
 # (A digest is no part of a name to Ollama any more: `x/y:1b-cloud@sha256:ab` is refused
 # as an invalid name, 400, before the cloud check.)
-CLOUD = ["gpt-oss:120b-cloud", "glm-4.6:cloud", "GPT-OSS:120B-CLOUD", " x/y:1B-Cloud\t"]
+CLOUD = ["gpt-oss:120b-cloud", "glm-4.6:cloud", "GPT-OSS:120B-CLOUD", " x/y:1B-Cloud "]
 
 
 @pytest.mark.parametrize("model", CLOUD)
