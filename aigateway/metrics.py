@@ -127,7 +127,7 @@ class Metrics:
         if completion:
             completions.inc(completion)
         if cost:
-            costs.inc(cost / 1e6)
+            costs.inc(cost / 1e9)  # (nano-units)
 
     def _series(self, route: RelayRoute, status: int, label: str, upstream: str) -> _Children:
         name = route.ollama_path
