@@ -181,6 +181,7 @@ async def test_a_key_with_limits_and_a_budget_waits_for_two_round_trips_at_most(
     upstream: TestServer,
     pg_url: str,
     statements: list[str],
+    tmp_path: Path,
 ) -> None:
     """Requests whose bodies ask for more output than admission reserved (a token top-up)
     of a model with a price, by a key with limits and a budget: two waited-for
@@ -195,7 +196,11 @@ async def test_a_key_with_limits_and_a_budget_waits_for_two_round_trips_at_most(
     await store.set_price(price)
     await store.set_price(Price("stall", per_million_output=MICRO))
     await store.close()
-    settings = Settings(ollama_base_url=str(upstream.make_url("")).rstrip("/"), database_url=pg_url)
+    settings = Settings(
+        ollama_base_url=str(upstream.make_url("")).rstrip("/"),
+        database_url=pg_url,
+        usage_journal_dir=str(tmp_path / "journal"),  # (not beside the default tokens.db)
+    )
     gateway = await aiohttp_server(create_app(settings))
     await eventually(lambda: gateway.app[KEY_TABLE].prices.for_model("llama3.2") == price)
     body = b'{"model":"llama3.2","prompt":"hi","stream":false,"options":{"num_predict":4096}}'
