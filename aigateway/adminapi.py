@@ -20,7 +20,8 @@ Ollama keeps adding routes under /api. JSON in and out.
     GET, POST, DELETE /admin/prices
                                 admin: prices per model pattern
 
-Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API. A
+Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
+are kept in nano-units; each amount shown is rounded half up once, from its sum). A
 budget is `{"amount": 50000000, "period": "monthly", "alert_percent": 80}` (period
 total, daily, weekly or monthly; alert optional), or null for none.
 """

@@ -1,6 +1,7 @@
 """What a user's budgets stand at, from the usage records written so far: for
-`check-budget` in the CLIs and the admin API. (A gateway also holds the per-request
-prices of requests still running as reserved; those are not records yet.)"""
+`check-budget` in the CLIs and the admin API. (A gateway also holds the reserved costs
+of requests still running; those are not records yet.) Amounts are summed in nano-units
+and shown in micro-units, each rounded once from its sum."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from .budgets import BudgetLine, budget_view, period_start
 from .keyview import when
+from .pricing import micro
 from .store import Store
 
 
@@ -22,23 +24,24 @@ async def user_budget_report(
     records = [r for r in await store.list_keys() if r.user_id == user.id and not r.revoked]
     period = user.budget.period if user.budget is not None else "monthly"
     start = period_start(period, now)
+    user_spent = await store.spend_since(f"user:{user.id}", start)
     report: dict[str, Any] = {
         "user": user.name,
         "currency": currency,
         "period": period,
         "period_start": when(start),
-        "spent": await store.spend_since(f"user:{user.id}", start),
+        "spent": micro(user_spent),
         "budget": None,
         "keys": [],
     }
     if user.budget is not None:
         line = BudgetLine(f"user:{user.id}", f"user '{user.name}'", user.budget)
-        report["budget"] = _shown(budget_view(line, report["spent"], 0, now))
+        report["budget"] = _shown(budget_view(line, user_spent, 0, now))
     for record in records:
         entry: dict[str, Any] = {
             "id": record.id,
             "key_name": record.name,
-            "spent": await store.spend_since(f"key:{record.id}", start),
+            "spent": micro(await store.spend_since(f"key:{record.id}", start)),
             "budget": None,
         }
         if record.budget is not None:
@@ -63,10 +66,13 @@ async def user_invoice(
     store: Store, name: str, currency: str, since: float, until: float | None
 ) -> dict[str, Any]:
     """A user's usage in a period as invoice lines, one per model (requests, tokens,
-    cost in micro-units), and their total. Records made before prices existed have no
-    cost: their lines say null and the total counts them as `unpriced_requests`."""
+    cost in micro-units), and their total (its cost rounded once from the nano-units of
+    every line, not the sum of the lines' rounded costs). Records made before prices
+    existed have no cost: their lines say null and the total counts them as
+    `unpriced_requests`."""
     user = await store.get_user(name)
     rows = await store.usage_summary(("model",), since, until, user=name)
+    whole = await store.usage_summary((), since, until, user=name)
     lines = [
         {
             "model": row["model"],
@@ -88,7 +94,7 @@ async def user_invoice(
             "requests": sum(line["requests"] for line in lines),
             "prompt_tokens": sum(line["prompt_tokens"] for line in lines),
             "completion_tokens": sum(line["completion_tokens"] for line in lines),
-            "cost": sum(line["cost"] or 0 for line in lines),
+            "cost": (whole[0]["cost"] or 0) if whole else 0,
             "unpriced_requests": sum(line["requests"] for line in lines if line["cost"] is None),
         },
     }

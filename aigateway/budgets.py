@@ -1,17 +1,23 @@
 """Budgets: how much a user (all its keys together) or a single key may spend per period.
 
-A budget is an amount in micro-units of CURRENCY, a period (`total`, `daily`, `weekly`,
-`monthly`; each begins at 00:00 UTC: of the day, of Monday, of the 1st) and an optional
-alert threshold in percent, logged once per period. What has been spent is held in memory
-per owner and period (no disk I/O per request), loaded from the usage table when a budget
-appears or changes its period, and set to 0 when a new period begins.
+A budget is an amount in micro-units of CURRENCY (the admin's unit), a period (`total`,
+`daily`, `weekly`, `monthly`; each begins at 00:00 UTC: of the day, of Monday, of the 1st)
+and an optional alert threshold in percent, logged once per period. What has been spent is
+held in memory in nano-units (the unit of costs, see pricing.py) per owner and period (no
+disk I/O per request), loaded from the usage table when a budget appears or changes its
+period, and set to 0 when a new period begins.
 
-A request of a model with a price is checked before it is relayed: it passes only while
-what its owners have spent, plus what requests still running have reserved, leaves room
-for its per-request price, which it then reserves. So 100 simultaneous requests against a
-budget that covers 50 per-request prices relay exactly 50. Token and time costs are known
-only at the end: they are charged then, so one request may go past a budget, and the next
-is refused. (On PostgreSQL several gateways share the same reckoning: sharedbudgets.py.)
+A request of a model with a price is checked before it is relayed, once its body is read,
+the way token quotas are: it reserves its reserved cost (`Price.reserve`: its per-request
+price, its prompt estimate and output reservation at the token prices, BUDGET_TIME_RESERVE
+seconds at the per-second price) against every budget it counts against, and is admitted
+only while what was spent plus what running requests reserved is below the budget and its
+own per-request price still fits whole. When it ends its reservation is replaced by its
+cost. So 100 simultaneous requests against a budget that covers 50 per-request prices relay
+exactly 50, and parallel requests priced by tokens or time cannot overrun a budget many
+times over: the period's spend ends below the budget plus what the requests admitted last
+used beyond their reservations. (On PostgreSQL several gateways share the same reckoning:
+sharedbudgets.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from .pricing import money
+from .pricing import NANO_PER_MICRO, add_saturated, micro, money
 
 log = logging.getLogger("aigateway.budgets")
 
@@ -44,6 +50,11 @@ class Budget:
     amount: int  # micro-units of CURRENCY
     period: str = "monthly"
     alert: int | None = None  # percent of the amount; logged once per period when reached
+
+    @property
+    def nano(self) -> int:
+        """The amount in nano-units, as costs and spend are counted."""
+        return self.amount * NANO_PER_MICRO
 
 
 def check_budget(amount: object, period: object, alert: object = None) -> Budget:
@@ -135,15 +146,37 @@ class Refusal(NamedTuple):
     retry_after: int | None  # seconds until the period ends; None for `total`
 
 
-def refusal(line: BudgetLine, spent: int, reserved: int, currency: str, now: float) -> Refusal:
+def refusal(
+    line: BudgetLine,
+    spent: int,
+    reserved: int,
+    currency: str,
+    now: float,
+    price: int = 0,
+    reserve: int = 0,
+) -> Refusal:
+    """What a refused request is told (amounts in nano-units, shown in micro-units): what
+    did not fit, the request's reserved cost and how to lower it, and when to try again."""
     budget = line.budget
     end = period_end(budget.period, now)
-    message = (
-        f"budget exhausted: {line.label} has spent {money(spent)} {currency}"
-        f" of its {budget.period} budget of {money(budget.amount)} {currency}"
-    )
-    if reserved:
-        message += f" ({money(reserved)} more reserved by requests still running)"
+    of_budget = f"its {budget.period} budget of {money(budget.amount)} {currency}"
+    taken = spent + reserved
+    if taken < budget.nano:  # its per-request price did not fit in what is left
+        message = (
+            f"budget exhausted: {line.label} needs {money(micro(price))} {currency} per"
+            f" request; {money(micro(budget.nano - taken))} {currency} left of {of_budget}"
+        )
+    else:
+        message = f"budget exhausted: {line.label} has spent {money(micro(spent))} {currency}"
+        message += f" of {of_budget}"
+        if reserved:
+            message += f" ({money(micro(reserved))} more reserved by requests still running)"
+    if reserve > price:
+        message += (
+            f"; a request of this model reserves {money(micro(reserve))} {currency} while it"
+            " runs (its price per request, its prompt and output tokens, its time), a lower"
+            " max_tokens / num_predict reserves less"
+        )
     if end is None:
         message += "; it does not reset (an administrator can raise it)"
         return Refusal(message, None)
@@ -151,10 +184,10 @@ def refusal(line: BudgetLine, spent: int, reserved: int, currency: str, now: flo
 
 
 def allows(budget: Budget, spent: int, reserved: int, price: int) -> bool:
-    """Whether a request whose per-request price is `price` fits: with a per-request
-    price, if that price fits whole; without one, while anything of the budget is left."""
+    """Whether a request fits (nano-units): while what was spent and reserved is below the
+    budget, and with a per-request price `price`, if that price fits whole."""
     taken = spent + reserved
-    return taken + price <= budget.amount if price else taken < budget.amount
+    return taken + price <= budget.nano if price else taken < budget.nano
 
 
 @dataclass(slots=True)
@@ -162,8 +195,8 @@ class _Spend:
     period: str
     start: int
     end: float  # when the period ends (infinity for `total`)
-    spent: int = 0
-    reserved: int = 0  # per-request prices of requests still running
+    spent: int = 0  # nano-units
+    reserved: int = 0  # reserved costs of requests still running (nano-units)
     alerted: int = -1  # the period start whose alert was logged
 
 
@@ -213,17 +246,20 @@ class Budgets:
             spend.start, spend.end, spend.spent = rolled.start, rolled.end, 0
         return spend
 
-    def reserve(self, lines: tuple[BudgetLine, ...], price: int, now: float) -> Refusal | None:
-        """Check every budget of a request and, if all leave room, reserve its
-        per-request price against each: no await in between, so simultaneous requests
-        see each other's reservations."""
+    def reserve(
+        self, lines: tuple[BudgetLine, ...], price: int, reserve: int, now: float
+    ) -> Refusal | None:
+        """Check every budget of a request (its per-request price `price`) and, if all
+        allow it, reserve its reserved cost `reserve` against each (nano-units): no await
+        in between, so simultaneous requests see each other's reservations."""
         spends = [self._current(line, now) for line in lines]
         for line, spend in zip(lines, spends, strict=True):
             if not allows(line.budget, spend.spent, spend.reserved, price):
-                return refusal(line, spend.spent, spend.reserved, self.currency, now)
-        if price:
+                taken = spend.spent, spend.reserved
+                return refusal(line, *taken, self.currency, now, price, reserve)
+        if reserve:
             for spend in spends:
-                spend.reserved += price
+                spend.reserved += reserve
         return None
 
     def settle(self, lines: tuple[BudgetLine, ...], reserved: int, cost: int, now: float) -> None:
@@ -232,7 +268,8 @@ class Budgets:
             spend = self._current(line, now)
             left = spend.reserved - reserved
             spend.reserved = left if left > 0 else 0  # (max() costs five times this)
-            spend.spent += cost
+            if cost:
+                spend.spent = add_saturated(spend.spent, cost)
             self._maybe_alert(line, spend)
 
     def observe(self, line: BudgetLine, spent: int, now: float) -> None:
@@ -246,12 +283,12 @@ class Budgets:
         budget = line.budget
         if budget.alert is None or spend.alerted == spend.start:
             return
-        if spend.spent * 100 >= budget.amount * budget.alert:
+        if spend.spent * 100 >= budget.nano * budget.alert:
             spend.alerted = spend.start
             log.warning(
                 "budget alert: %s has spent %s of its %s budget of %s %s (alert at %d%%)",
                 line.label,
-                money(spend.spent),
+                money(micro(spend.spent)),
                 budget.period,
                 money(budget.amount),
                 self.currency,
@@ -264,18 +301,20 @@ class Budgets:
 
 
 def budget_view(line: BudgetLine, spent: int, reserved: int, now: float) -> dict[str, object]:
-    """A budget and its use, as the admin API and the CLIs show it (micro-units)."""
+    """A budget and its use (`spent`, `reserved` in nano-units), as the admin API and the
+    CLIs show it: in micro-units, each rounded once."""
     budget = line.budget
     end = period_end(budget.period, now)
+    left = budget.nano - spent - reserved
     return {
         "amount": budget.amount,
         "period": budget.period,
         "alert_percent": budget.alert,
-        "spent": spent,
-        "reserved": reserved,
-        "remaining": max(0, budget.amount - spent - reserved),
+        "spent": micro(spent),
+        "reserved": micro(reserved),
+        "remaining": micro(left) if left > 0 else 0,
         "period_start": period_start(budget.period, now),
         "resets_at": end,
-        "alert_reached": budget.alert is not None and spent * 100 >= budget.amount * budget.alert,
+        "alert_reached": budget.alert is not None and spent * 100 >= budget.nano * budget.alert,
         "exhausted": not allows(budget, spent, reserved, 0),
     }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 
+from .pricing import NANO_PER_MICRO, saturated
 from .store import UsageRecord, clean_usage_record
 
 log = logging.getLogger("aigateway.usage")
@@ -122,6 +123,11 @@ class Journal:
             yield Segment(path, fd)
 
 
+# Journal lines are UsageRecord's fields in order; records of a release before nano-unit
+# costs have fewer than this many (model_sent came with them).
+_FIELDS_SINCE_NANO = len(UsageRecord._fields)
+
+
 def read_segment(path: Path) -> list[UsageRecord]:
     """The records of a segment; a line torn by a crash, or otherwise unreadable, is
     logged and skipped."""
@@ -130,7 +136,13 @@ def read_segment(path: Path) -> list[UsageRecord]:
         if not line.strip():
             continue
         try:
-            record = clean_usage_record(UsageRecord(*orjson.loads(line)))
+            fields = orjson.loads(line)
+            record = UsageRecord(*fields)
+            if len(fields) < _FIELDS_SINCE_NANO and record.cost:
+                # Written by a release before costs were nano-units (one without the
+                # model as sent, the field added with them): its cost is micro-units.
+                record = record._replace(cost=saturated(record.cost * NANO_PER_MICRO))
+            record = clean_usage_record(record)
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             log.warning("usage journal %s line %d skipped: %s", path.name, number, exc)
             continue

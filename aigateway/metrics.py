@@ -118,7 +118,7 @@ class Metrics:
         if completion:
             completions.inc(completion)
         if cost:
-            costs.inc(cost / 1e6)
+            costs.inc(cost / 1e9)  # (nano-units)
 
     def _label(self, model: str | None, status: int) -> str:
         """A model's label: its one identity (protocol/names.py), when an upstream lists

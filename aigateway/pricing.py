@@ -1,11 +1,17 @@
-"""Prices per model, and the cost of a request, in whole micro-units of one currency.
+"""Prices per model, and the cost of a request, in whole units of one currency.
 
-Money is never a float: prices are stored as integers (micro-units: 1.5 USD is 1500000)
-and a cost is computed with integers only, rounded half up to the micro-unit once, at
-the end. A price is found by model pattern as allow-lists are (`llama3*`, `qwen2.5:0.5b`,
-`llama3` and `llama3:latest` alike): an exact name wins, then the pattern with the most
-characters before its first wildcard, then the longer pattern; `*` is the fallback. A
-model no price matches is free.
+Money is never a float. Prices (and budgets) are entered and stored in micro-units (1.5 USD
+is 1500000); a cost is computed with integers only and kept in nano-units (10^-9), rounded
+up to the nano-unit once per request, so that a request that used anything priced never
+costs 0 (1,000 embeddings of 0.4 micro-units each cost 400 micro-units, not 0). Sums of
+costs are rounded half up to the micro-unit once, when shown (`micro`). A request's cost
+saturates at MAX_COST_NANO, and every sum at MAX_SUM_NANO: below the 2^63 of a database
+integer, so no price an admin may set can make a sum overflow.
+
+A price is found by model pattern as allow-lists are (`llama3*`, `qwen2.5:0.5b`, `llama3`
+and `llama3:latest` alike): an exact name wins, then the pattern with the most characters
+before its first wildcard, then the longer pattern; `*` is the fallback. A model no price
+matches is free.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from decimal import Decimal, InvalidOperation
 from .modelaccess import model_allowed
 
 MICRO = 1_000_000
+NANO_PER_MICRO = 1000
 MAX_PRICE = 10**15  # micro-units: a thousand million currency units, per anything
+# A request never costs more than the largest price (10^9 currency units), in nano-units.
+MAX_COST_NANO = MAX_PRICE * NANO_PER_MICRO
+# Sums of costs (a budget's spend, an hour's rollup, a report's total) stop here: 4 * 10^9
+# currency units, under 2^63, and exactly representable as a double (SQLite, JavaScript).
+MAX_SUM_NANO = 4 * 10**18
 PRICE_FIELDS = ("per_request", "per_million_input", "per_million_output", "per_second")
 _WILDCARDS = "*?["
 
@@ -36,16 +48,47 @@ class Price:
     per_million_output: int = 0
     per_second: int = 0
 
+    @property
+    def per_request_nano(self) -> int:
+        return self.per_request * NANO_PER_MICRO
+
     def cost(self, prompt: int, completion: int, model_ns: int) -> int:
-        """The cost of one request, rounded half up to the micro-unit."""
-        # In units of 10^-9 micro: tokens x (micro per 10^6 tokens) x 10^3, and
-        # nanoseconds x (micro per 10^9 ns).
+        """The cost of one request in nano-units: rounded up to the nano-unit (anything
+        priced that was used costs at least 1), at most MAX_COST_NANO."""
+        # In units of 10^-6 nano (10^-9 micro): tokens x (micro per 10^6 tokens) x 10^3,
+        # and nanoseconds x (micro per 10^9 ns).
         exact = (
             prompt * self.per_million_input * 1000
             + completion * self.per_million_output * 1000
             + model_ns * self.per_second
         )
-        return self.per_request + (exact + 500_000_000) // 1_000_000_000
+        nano = self.per_request * NANO_PER_MICRO + -(-exact // 1_000_000)
+        return nano if nano < MAX_COST_NANO else MAX_COST_NANO
+
+    def reserve(self, prompt_estimate: int, output_tokens: int, seconds: int) -> int:
+        """What a request reserves against budgets while it runs, in nano-units: its
+        per-request price, its prompt estimate and output reservation (the token quota's)
+        at the token prices, and `seconds` (BUDGET_TIME_RESERVE) at the per-second price."""
+        return self.cost(prompt_estimate, output_tokens, seconds * 1_000_000_000)
+
+
+def micro(nano: int) -> int:
+    """Nano-units (a cost, or a sum of them) as micro-units, rounded half up: once, where
+    an amount is shown."""
+    return (nano + 500) // NANO_PER_MICRO
+
+
+def saturated(total: object) -> int:
+    """A sum a database gave (an int, a float or Decimal past 2^63, None for no rows) as
+    an int no greater than MAX_SUM_NANO."""
+    value = int(total or 0)  # type: ignore[call-overload]
+    return value if value < MAX_SUM_NANO else MAX_SUM_NANO
+
+
+def add_saturated(total: int, more: int) -> int:
+    """`total + more`, stopping at MAX_SUM_NANO."""
+    total += more
+    return total if total < MAX_SUM_NANO else MAX_SUM_NANO
 
 
 def specificity(pattern: str) -> tuple[int, int, int]:
@@ -108,12 +151,12 @@ def parse_money(text: str, what: str) -> int:
     return int(micro)
 
 
-def money(micro: int | None) -> str:
+def money(amount: int | None) -> str:
     """Micro-units as an amount with six decimals (`0.001234`)."""
-    if micro is None:
+    if amount is None:
         return "-"
-    sign = "-" if micro < 0 else ""
-    units, rest = divmod(abs(micro), MICRO)
+    sign = "-" if amount < 0 else ""
+    units, rest = divmod(abs(amount), MICRO)
     return f"{sign}{units}.{rest:06d}"
 
 

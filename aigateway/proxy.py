@@ -47,6 +47,7 @@ from .pricing import Price
 from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
+from .sharedbudgets import TopUp
 from .sharedlimits import SharedLimits, Ticket
 from .store import KeyRecord, UsageRecord
 from .streams import (
@@ -324,67 +325,91 @@ async def _take_request(
         if route.usage_on_request and fields.stream and not fields.include_usage:
             body = with_usage_requested(body)
             exchange.stripper = UsageStripper()
+    output = 0
+    if route.kind == "inference" and route.outputs_tokens:
+        # The request's own cap where it sets one (Ollama's -1 and -2 mean none).
+        cap = fields.max_output
+        output = cap if cap is not None and cap > 0 else settings.token_reserve
+        most = settings.token_reserve * 64
+        if output > most:  # (not min(): see _prompt_estimate)
+            output = most
+    budgeted = bool(principal.budgets) and exchange.price is not None
+    top_up: TopUp | None = None
     if exchange.limited and route.kind == "inference":
-        output = 0
-        if route.outputs_tokens:
-            # The request's own cap where it sets one (Ollama's -1 and -2 mean none).
-            cap = fields.max_output
-            output = cap if cap is not None and cap > 0 else settings.token_reserve
-            most = settings.token_reserve * 64
-            if output > most:  # (not min(): see _prompt_estimate)
-                output = most
         estimate = exchange.prompt_estimate + output
         held = exchange.ticket_hold
         if held is not None:
-            more = await _top_up(
-                held.shared, held.ticket, relay.limiter.limits_for(principal), estimate
-            )
-            if isinstance(more, Verdict):
-                raise _too_many(more)
-            held.ticket = more
+            limits = relay.limiter.limits_for(principal)
+            if budgeted and relay.shared_budgets is not None:
+                if limits.tokens_per_day and estimate > held.ticket.reserved:
+                    # Taken with the budgets' reservation: one round trip for both.
+                    top_up = TopUp(held.ticket, limits, estimate - held.ticket.reserved)
+            else:
+                more = await _top_up(held.shared, held.ticket, limits, estimate)
+                if isinstance(more, Verdict):
+                    raise _too_many(more)
+                held.ticket = more
         else:
             reserved = relay.limiter.reserve_tokens(principal, estimate, time.time())
             if not isinstance(reserved, int):
                 raise _too_many(reserved)
             if reserved:
                 exchange.ledger.take(TokenHold(relay.limiter, principal.id, reserved))
-    if principal.budgets and exchange.price is not None:
-        await _reserve_budget(exchange, exchange.price.per_request, relay)
+    if budgeted:
+        await _reserve_budget(exchange, relay, output, top_up)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
     exchange.relayed = True
 
 
-async def _reserve_budget(exchange: Exchange, price: int, relay: Relay) -> None:
-    """Check the budgets of the key and its user, and reserve the request's per-request
-    price against them: across gateways on PostgreSQL (one round trip, shielded from
+async def _reserve_budget(
+    exchange: Exchange, relay: Relay, output: int, top_up: TopUp | None
+) -> None:
+    """Check the budgets of the key and its user, and reserve the request's reserved cost
+    (its price per request, its prompt estimate and `output` tokens at the token prices,
+    BUDGET_TIME_RESERVE seconds at the per-second price) against them: across gateways on
+    PostgreSQL (one round trip, which also takes the token `top_up`, shielded from
     cancellation like admission), else, or while the database is away and
     LIMITS_WHEN_DATABASE_AWAY is `local`, on this gateway's reckoning."""
+    price = exchange.price
+    assert price is not None
     lines = exchange.principal.budgets
+    per_request = price.per_request_nano
+    reserve = price.reserve(exchange.prompt_estimate, output, relay.settings.budget_time_reserve)
     now = time.time()
     shared = relay.shared_budgets
-    verdict: Refusal | bool | None = None
+    verdict: Refusal | Verdict | bool | None = None
     if shared is not None:
 
-        def give_back(reserved: Refusal | bool | None) -> None:
+        def give_back(reserved: Refusal | Verdict | bool | None) -> None:
             if reserved is True:
-                shared.give_back(lines, price, 0, time.time())
+                shared.give_back(lines, reserve, 0, time.time())
+                if top_up is not None and relay.shared is not None:
+                    relay.shared.give_back_tokens(top_up.ticket.key_id, top_up.tokens)
 
-        verdict = await _shielded(shared.reserve(lines, price, now), give_back)
+        verdict = await _shielded(
+            shared.reserve(lines, per_request, reserve, now, top_up), give_back
+        )
+        if isinstance(verdict, Verdict):
+            raise _too_many(verdict)
         if verdict is None and shared.when_away == "refuse":
             raise ServiceUnavailable(
                 "budgets cannot be checked: the database is unreachable", {"Retry-After": "5"}
             )
-    if verdict is not True:
+    if verdict is True:
+        held = exchange.ticket_hold
+        if top_up is not None and held is not None:
+            held.ticket = top_up.ticket._replace(reserved=top_up.ticket.reserved + top_up.tokens)
+    else:
         if verdict is None:
-            verdict = relay.budgets.reserve(lines, price, now)
+            verdict = relay.budgets.reserve(lines, per_request, reserve, now)
         if verdict is not None:
             assert isinstance(verdict, Refusal)
             headers = (
                 {} if verdict.retry_after is None else {"Retry-After": str(verdict.retry_after)}
             )
             raise BudgetExhausted(verdict.message, headers, Refused.OVER_BUDGET)
-    exchange.ledger.take(BudgetHold(relay.budgets, shared, lines, price, verdict is True))
+    exchange.ledger.take(BudgetHold(relay.budgets, shared, lines, reserve, verdict is True))
 
 
 def _named_models(
@@ -644,10 +669,10 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
 def _cost(
     price: Price, tap: UsageTap, prompt: int | None, completion: int | None, seconds: float
 ) -> tuple[int, int | None]:
-    """What the request cost by the price in force when it started, and the model time
-    Ollama reported (read only when the price has a per-second part); model time Ollama
-    did not report (its /v1 dialects, a request cut short) is the request's time through
-    the gateway."""
+    """What the request cost (nano-units) by the price in force when it started, and the
+    model time Ollama reported (read only when the price has a per-second part); model
+    time Ollama did not report (its /v1 dialects, a request cut short) is the request's
+    time through the gateway."""
     model_ns = tap.model_ns() if price.per_second else None
     charged_ns = 0
     if price.per_second:

@@ -19,6 +19,8 @@ from itertools import repeat
 from operator import add, ge, is_not
 from typing import TYPE_CHECKING, Any
 
+from .pricing import MAX_SUM_NANO, micro, saturated
+
 if TYPE_CHECKING:
     from .store import UsageRecord
 
@@ -86,8 +88,9 @@ class Totals:
             "ttfb_p50_ms": ttfb_p50,
             "ttfb_p95_ms": ttfb_p95,
             "errors": int(v[3]),
-            # micro-units; None when no record of the group has a cost yet
-            "cost": int(v[5]) if v[6] else None,
+            # micro-units, rounded once from the nano-units summed; None when no record
+            # of the group has a cost yet
+            "cost": micro(saturated(v[5])) if v[6] else None,
             "client_gone": int(v[4]),
         }
 
@@ -184,7 +187,7 @@ def _sums(column: Columns) -> list[float]:
         sum(filter(None, column["completion_tokens"])),
         sum(map(ge, column["status"], repeat(400))),  # errors
         sum(map(bool, column["client_gone"])),
-        sum(filter(None, costs)),
+        saturated(sum(filter(None, costs))),  # (the column's sums stop there too)
         len(costs) - costs.count(None),  # costed
         sum(durations),
         *[0] * (2 * BUCKETS),
@@ -197,6 +200,13 @@ def _sums(column: Columns) -> list[float]:
     return sums
 
 
+# An hour's cost (nano-units) stops at MAX_SUM_NANO rather than overflow a database integer.
+_COST_ADDED = (
+    f"CASE WHEN usage_hourly.cost > {MAX_SUM_NANO} - excluded.cost THEN {MAX_SUM_NANO}"
+    " ELSE usage_hourly.cost + excluded.cost END"
+)
+
+
 @cache
 def upsert_sql(numbered: bool) -> str:
     """Add a row of rollup_rows() to its rollup row, making it when it is not there yet
@@ -207,7 +217,10 @@ def upsert_sql(numbered: bool) -> str:
     else:
         places = ", ".join("?" * len(names))
     columns = ", ".join(f'"{name}"' for name in names)
-    added = ", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in SUM_COLUMNS)
+    added = ", ".join(
+        f"{c} = {_COST_ADDED}" if c == "cost" else f"{c} = usage_hourly.{c} + excluded.{c}"
+        for c in SUM_COLUMNS
+    )
     return (
         f"INSERT INTO usage_hourly ({columns}) VALUES ({places})"
         f" ON CONFLICT (dim, hour, value) DO UPDATE SET {added}"

@@ -77,6 +77,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_memory: int = 1024**3
     token_reserve: int = 2048
+    # Seconds of model time a request of a model priced per second reserves against
+    # budgets (its real time is known only when it ends).
+    budget_time_reserve: int = 60
     shutdown_timeout: float = 10.0
     allow_cloud_models: bool = False
     usage_journal_dir: str | None = None  # None: TOKEN_DB_PATH + ".usage-journal"
@@ -84,7 +87,8 @@ class Settings:
     # PostgreSQL away while serving: admit keys with limits on this gateway's own counts
     # ("local"), or refuse them with 503 ("refuse").
     limits_when_database_away: str = "local"
-    # The currency of prices and costs (ISO 4217 code); amounts are micro-units of it.
+    # The currency of prices and costs (ISO 4217 code); prices and budgets are micro-units
+    # of it, costs nano-units.
     currency: str = DEFAULT_CURRENCY
     # Serve HTTPS with this certificate chain and private key (PEM files); both or neither.
     tls_cert_file: str | None = None
@@ -204,6 +208,13 @@ class Settings:
             max_body_memory=_size("MAX_BODY_MEMORY", get("MAX_BODY_MEMORY"), d.max_body_memory),
             token_reserve=_int(
                 "TOKEN_RESERVE", get("TOKEN_RESERVE"), d.token_reserve, low=1, high=10**7
+            ),
+            budget_time_reserve=_int(
+                "BUDGET_TIME_RESERVE",
+                get("BUDGET_TIME_RESERVE"),
+                d.budget_time_reserve,
+                low=0,
+                high=86400,
             ),
             shutdown_timeout=_seconds(
                 "SHUTDOWN_TIMEOUT", get("SHUTDOWN_TIMEOUT"), d.shutdown_timeout

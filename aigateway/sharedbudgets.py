@@ -1,12 +1,15 @@
 """Budgets shared by several gateways on one PostgreSQL database, exactly.
 
 A request of a model with a price, of a key with a budget (its own or its user's), is
-checked by one call of `aigateway_budget_reserve` (migration 0008), which locks the
-owners' rows in `budget_spend`, checks each and reserves the per-request price against
-each only if all pass; calls from every gateway are serialised on the rows, so 100
-simultaneous requests over three gateways against a budget of 50 per-request prices relay
-exactly 50. What ends (the reservation given back, the cost spent) is written in batches,
-like the shared limits' returns. Each gateway's ledger of the reservations it holds
+checked once its body is read by one call of `aigateway_body_reserve` (migrations 0014,
+0015), which locks the owners' rows in `budget_spend`, checks each and reserves the
+request's reserved cost (nano-units, see budgets.py) against each only if all pass; calls
+from every gateway are serialised on the rows, so 100 simultaneous requests over three
+gateways against a budget of 50 per-request prices relay exactly 50. The same call takes
+the token top-up the request's body asks for (SharedLimits.top_up), both or neither: a
+key with limits and a budget waits for two round trips, admission and this. What ends
+(the reservation given back, the cost spent) is written in batches, like the shared
+limits' returns. Each gateway's ledger of the reservations it holds
 (`instance_budget_held`) changes in the same transactions (migration 0013): those of a
 gateway that went silent are given back by the others, once.
 
@@ -20,16 +23,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .budgets import BudgetLine, Budgets, Refusal, allows, period_start, refusal
-from .sharedlimits import DATABASE_AWAY, HEARTBEAT_S, SharedLimits, stop, write_batches
+from .limits import Limits, Verdict
+from .pricing import add_saturated
+from .sharedlimits import (
+    ADMIT_TIMEOUT_S,
+    DATABASE_AWAY,
+    HEARTBEAT_S,
+    SharedLimits,
+    Ticket,
+    day_refusal,
+    stop,
+    write_batches,
+)
 
 log = logging.getLogger("aigateway.budgets")
 
+# $1 this gateway, $2 key, $3 its tokens per day, $4 more tokens (0: none), $5 owners, $6
+# periods, $7 period starts, $8 amounts, $9 per-request price, $10 reserved cost.
 _RESERVE = """
-SELECT * FROM aigateway_budget_reserve($1::text, $2::text[], $3::text[], $4::bigint[],
-    $5::bigint[], $6::bigint)
+SELECT * FROM aigateway_body_reserve($1::text, $2::bigint, $3::bigint, $4::bigint,
+    $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint, $10::bigint)
 """
+
+
+class TopUp(NamedTuple):
+    """More tokens an admitted request's body asks for, taken with its budgets'
+    reservation in the same call."""
+
+    ticket: Ticket
+    limits: Limits
+    tokens: int
+
 
 # What ended requests give back per owner, on the owners' rows and this gateway's ledger:
 # $1 this gateway, $2 owners, $3 periods, $4 period starts, $5 reservations, $6 costs.
@@ -54,8 +81,8 @@ class _Back:
 
     def add(self, other: _Back) -> None:
         """Gather `other` in; a cost from a newer period than this one's starts it."""
-        self.reserved += other.reserved
-        self.cost += other.cost
+        self.reserved = add_saturated(self.reserved, other.reserved)
+        self.cost = add_saturated(self.cost, other.cost)
         if other.start > self.start:
             self.period, self.start = other.period, other.start
 
@@ -93,41 +120,63 @@ class SharedBudgets:
             log.warning("could not give back this gateway's budget reservations: %s", exc)
 
     async def reserve(
-        self, lines: tuple[BudgetLine, ...], price: int, now: float
-    ) -> Refusal | bool | None:
-        """Check a request's budgets across all gateways and reserve its per-request
-        price: True when it passed, the refusal, or None when the database is away."""
+        self,
+        lines: tuple[BudgetLine, ...],
+        price: int,
+        reserve: int,
+        now: float,
+        top_up: TopUp | None = None,
+    ) -> Refusal | Verdict | bool | None:
+        """Check a request's budgets across all gateways (its per-request price `price`)
+        and reserve its reserved cost `reserve` (nano-units), and take its `top_up`, in
+        one round trip: True when both passed, the budget's refusal or the token quota's
+        (then nothing was taken), or None when the database is away (nothing taken)."""
         if self._limits.away():
             return None
         ordered = sorted(lines)  # every call locks the rows in one order: no deadlock
         starts = [period_start(line.budget.period, now) for line in ordered]
+        key_id = tokens_per_day = tokens = 0
+        if top_up is not None:
+            key_id, tokens_per_day, tokens = (
+                top_up.ticket.key_id,
+                top_up.limits.tokens_per_day,
+                top_up.tokens,
+            )
         try:
-            async with self._limits.connection(2.0) as conn:
+            async with self._limits.connection(ADMIT_TIMEOUT_S) as conn:
                 row = await conn.fetchrow(
                     _RESERVE,
                     self._limits.instance,
+                    key_id,
+                    tokens_per_day,
+                    tokens,
                     [line.owner for line in ordered],
                     [line.budget.period for line in ordered],
                     starts,
-                    [line.budget.amount for line in ordered],
+                    [line.budget.nano for line in ordered],
                     price,
-                    timeout=2.0,
+                    reserve,
+                    timeout=ADMIT_TIMEOUT_S,
                 )
         except DATABASE_AWAY as exc:
             self._limits.went_away(exc)
             return None
-        passed, spent, reserved = row[0], list(row[1]), list(row[2])
+        tokens_passed, passed, spent, reserved = row[0], row[1], list(row[2]), list(row[3])
         for line, owner_spent in zip(ordered, spent, strict=True):
             # (A batch written just before this call may be counted twice until the
             # next: the view kept for an outage errs on the side of refusing.)
             self.local.observe(line, owner_spent + self._unwritten.get(line.owner, 0), now)
-        if passed:
+        if passed and tokens_passed:
             return True
+        if passed:
+            assert top_up is not None
+            return day_refusal(top_up.limits)
+        currency = self.local.currency
         for line, owner_spent, owner_reserved in zip(ordered, spent, reserved, strict=True):
             if not allows(line.budget, owner_spent, owner_reserved, price):
-                return refusal(line, owner_spent, owner_reserved, self.local.currency, now)
+                return refusal(line, owner_spent, owner_reserved, currency, now, price, reserve)
         # (cannot happen: the function refused because one of them did not allow it)
-        return refusal(ordered[0], spent[0], reserved[0], self.local.currency, now)
+        return refusal(ordered[0], spent[0], reserved[0], currency, now, price, reserve)
 
     def give_back(
         self, lines: tuple[BudgetLine, ...], reserved: int, cost: int, now: float
@@ -140,7 +189,8 @@ class SharedBudgets:
             back = _Back(line.budget.period, period_start(line.budget.period, now), reserved, cost)
             self._gather(line.owner, back)
             if cost:
-                self._unwritten[line.owner] = self._unwritten.get(line.owner, 0) + cost
+                unwritten = self._unwritten.get(line.owner, 0)
+                self._unwritten[line.owner] = add_saturated(unwritten, cost)
         self._wake.set()
 
     def _gather(self, owner: str, back: _Back) -> None:

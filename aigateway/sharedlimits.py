@@ -341,7 +341,9 @@ class SharedLimits:
 
     async def top_up(self, ticket: Ticket, limits: Limits, tokens: int) -> Ticket | Verdict:
         """Reserve `tokens` more for an admitted request (its body asks for more output
-        than admission reserved): the ticket with them, or the refusal."""
+        than admission reserved): the ticket with them, or the refusal. (A request that
+        also counts against budgets takes them with its budgets' reservation instead, in
+        one call: SharedBudgets.reserve.)"""
         if tokens <= 0 or not limits.tokens_per_day:
             return ticket
         assert self._pool is not None
@@ -359,8 +361,7 @@ class SharedLimits:
             self.went_away(exc)
             return ticket  # admitted already; the reservation it has stands
         if row is None:
-            reason = refusal_reasons(limits)["day"]
-            return Verdict(False, reason, _until_next(DAY), (), Refused.TOKEN_QUOTA)
+            return day_refusal(limits)
         return ticket._replace(reserved=ticket.reserved + tokens)
 
     def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
@@ -584,6 +585,11 @@ def _before(state: tuple[Any, ...], requests: int, reserved: int) -> tuple[Any, 
     row[6] -= reserved
     row[7] -= requests
     return tuple(row)
+
+
+def day_refusal(limits: Limits) -> Verdict:
+    """A request refused more tokens for its body: the day's quota is used up."""
+    return Verdict(False, refusal_reasons(limits)["day"], _until_next(DAY), (), Refused.TOKEN_QUOTA)
 
 
 def _until_next(length: int, now: float | None = None) -> int:

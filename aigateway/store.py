@@ -57,7 +57,7 @@ from .db.schema import (
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
 from .modelsync import MODEL_FIELDS, ModelInfo
-from .pricing import PRICE_FIELDS, Price, PriceError, check_price
+from .pricing import PRICE_FIELDS, Price, PriceError, check_price, micro, saturated
 from .rollups import (
     BUCKETS,
     HOUR,
@@ -211,8 +211,9 @@ class UsageRecord(NamedTuple):
     # The counts were counted or estimated by the gateway (a stream cut before its
     # final counts), not reported by the upstream.
     estimated: bool = False
-    # What it cost, in micro-units (0: free; None: made before prices existed), and the
-    # model time Ollama reported (total_duration, ns), when it did.
+    # What it cost, in nano-units (0: free; None: made before prices existed; records read
+    # back for display, usage_rows and usage_page, show micro-units), and the model time
+    # Ollama reported (total_duration, ns), when it did.
     cost: int | None = None
     model_ns: int | None = None
     # The model as the request named it (`model` is its one identity, as Ollama resolves
@@ -854,13 +855,9 @@ class Store:
             which = usage.c.key_id.in_(select(keys.c.id).where(keys.c.user_id == owner_id))
         async with self._read() as conn:
             spent = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(usage.c.cost), 0)).where(
-                        which, usage.c.ts >= since
-                    )
-                )
+                await conn.execute(select(cost_sum(usage.c.cost)).where(which, usage.c.ts >= since))
             ).scalar()
-        return int(spent or 0)
+        return saturated(spent)
 
     async def record_last_used(self, used: Mapping[int, float]) -> None:
         """Write a batch of `key id -> last use time`; never moves a time backwards.
@@ -994,7 +991,7 @@ class Store:
             bucket * bucket_s,
             func.count(),
             func.sum(_TOKENS),
-            func.sum(func.coalesce(usage.c.cost, 0)),
+            cost_sum(usage.c.cost),
             func.sum(case((usage.c.status >= 400, 1), else_=0)),
             func.sum(usage.c.client_gone),
         ).group_by(bucket)
@@ -1009,7 +1006,7 @@ class Store:
                         h.hour,
                         func.sum(h.requests),
                         func.sum(h.prompt_tokens + h.completion_tokens),
-                        func.sum(h.cost),
+                        cost_sum(h.cost),
                         func.sum(h.errors),
                         func.sum(h.client_gone),
                     )
@@ -1022,6 +1019,8 @@ class Store:
                     sums = found.setdefault(int(row[0]), [0] * 5)
                     for i, value in enumerate(row[1:]):
                         sums[i] += int(value or 0)
+        for sums in found.values():
+            sums[2] = micro(saturated(sums[2]))  # (cost: nano-units, shown in micro-units)
         return [
             dict(zip(("start", *_SERIES_FIELDS), (start, *found[start]), strict=True))
             for start in sorted(found)
@@ -1067,9 +1066,8 @@ class Store:
                         edges.append(await _raw_summary(conn, group_by, where, backend))
                 h = usage_hourly.c
                 labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
-                statement = select(*labels, *(func.sum(h[c]) for c in SUM_COLUMNS)).where(
-                    *_rollup_filter(dim, hours, key_id, user)
-                )
+                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in SUM_COLUMNS)
+                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, key_id, user))
                 if labels:
                     statement = statement.group_by(*labels)
                 for summed in (await conn.execute(statement)).all():
@@ -1090,6 +1088,17 @@ class Store:
 
 
 _TOKENS = func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0)
+_GIGA = 10**9
+
+
+def cost_sum(column: Any) -> Any:
+    """SUM of a column of nano-units that cannot overflow: SQLite's sum() of integers
+    raises past 2^63. Summed in two parts, whole 10^9 and the rest, each far from it; their
+    total is a float in SQLite (exact to 2^53) or a numeric in PostgreSQL when it is past
+    2^63, for `saturated` to bring to MAX_SUM_NANO."""
+    return func.coalesce(func.sum(column // _GIGA), 0) * _GIGA + func.coalesce(
+        func.sum(column % _GIGA), 0
+    )
 
 
 # Rows per INSERT statement: 1,600 parameters, well inside SQLite's limit of 32,766 and
@@ -1428,10 +1437,12 @@ def _usage_filter(
 
 
 def _usage_record(row: Sequence[Any]) -> UsageRecord:
-    """A usage row as a record. Durations are stored as measured and rounded to the
-    microsecond when read back, so the request path does not pay for round()."""
+    """A usage row as a record, for display. Durations are stored as measured and rounded
+    to the microsecond when read back, so the request path does not pay for round(); the
+    cost is shown in micro-units (rounded half up from its nano-units)."""
     record = UsageRecord(*row)
     return record._replace(
+        cost=None if record.cost is None else micro(record.cost),
         duration_ms=round(record.duration_ms, 3),
         ttfb_ms=None if record.ttfb_ms is None else round(record.ttfb_ms, 3),
         client_gone=bool(record.client_gone),
@@ -1463,7 +1474,7 @@ async def _raw_summary(
         func.sum(usage.c.duration_ms),
         func.sum(case((usage.c.status >= 400, 1), else_=0)),
         func.sum(usage.c.client_gone),
-        func.sum(func.coalesce(usage.c.cost, 0)),
+        cost_sum(usage.c.cost),
         func.count(usage.c.cost),
         durations,
         ttfbs,

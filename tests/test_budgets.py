@@ -78,15 +78,16 @@ def test_the_period_rolls_over_with_the_clock_and_the_alert_is_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A controlled clock: spend in one day, the next day starts at 0; the alert at 80%
-    is logged once a day, however many requests pass it."""
+    is logged once a day, however many requests pass it. (Spend in nano-units, budgets and
+    what is shown in micro-units.)"""
     budgets = Budgets("USD")
     line = BudgetLine("user:1", "user 'acme'", Budget(100, "daily", 80))
     late = _t(2026, 12, 1, 23, 59, 58)
     caplog.set_level(logging.WARNING, "aigateway.budgets")
     for n in range(10):
-        assert budgets.reserve((line,), 10, late + n * 0.1) is None
-        budgets.settle((line,), 10, 10, late + n * 0.1)
-    refused = budgets.reserve((line,), 10, late + 1)
+        assert budgets.reserve((line,), 10_000, 10_000, late + n * 0.1) is None
+        budgets.settle((line,), 10_000, 10_000, late + n * 0.1)
+    refused = budgets.reserve((line,), 10_000, 10_000, late + 1)
     assert refused is not None and refused.retry_after == 1
     assert "has spent 0.000100 USD of its daily budget of 0.000100 USD" in refused.message
     assert "resets at 2026-12-02T00:00:00Z" in refused.message
@@ -94,20 +95,20 @@ def test_the_period_rolls_over_with_the_clock_and_the_alert_is_said_once(
     assert len(alerts) == 1 and "user 'acme' has spent 0.000080" in alerts[0].getMessage()
     # Midnight UTC: a new day, the whole budget again, and the alert may be said again.
     tomorrow = _t(2026, 12, 2, 0, 0, 1)
-    assert budgets.reserve((line,), 10, tomorrow) is None
+    assert budgets.reserve((line,), 10_000, 10_000, tomorrow) is None
     assert budgets.view(line, tomorrow)["spent"] == 0
     assert budgets.view(line, tomorrow)["reserved"] == 10
     for _ in range(8):
-        budgets.settle((line,), 10, 10, tomorrow)
-        budgets.reserve((line,), 10, tomorrow)
+        budgets.settle((line,), 10_000, 10_000, tomorrow)
+        budgets.reserve((line,), 10_000, 10_000, tomorrow)
     alerts = [r for r in caplog.records if "budget alert" in r.getMessage()]
     assert len(alerts) == 2
     # Without a per-request price, a request passes while anything is left: one may go
     # past the budget (its tokens are known only at its end), the next may not.
     tokens = BudgetLine("key:2", "key 'acme/x'", Budget(5, "total"))
-    assert budgets.reserve((tokens,), 0, tomorrow) is None
-    budgets.settle((tokens,), 0, 7, tomorrow)
-    refused = budgets.reserve((tokens,), 0, tomorrow)
+    assert budgets.reserve((tokens,), 0, 0, tomorrow) is None
+    budgets.settle((tokens,), 0, 7_000, tomorrow)
+    refused = budgets.reserve((tokens,), 0, 0, tomorrow)
     assert refused is not None and refused.retry_after is None
     assert "does not reset" in refused.message
 
@@ -271,7 +272,7 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
         assert row.cost == by_hand
         record = await store.get_key(row.key_id)
         assert budgets.view(record.budgets[0], now)["spent"] == by_hand
-        assert await store.spend_since(f"key:{row.key_id}", 0) == by_hand
+        assert await store.spend_since(f"key:{row.key_id}", 0) == by_hand * 1000  # nano
     await store.close()
 
 

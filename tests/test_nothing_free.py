@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.budgets import Budget
-from aigateway.pricing import Price
+from aigateway.journal import read_segment
+from aigateway.pricing import Price, micro
 from aigateway.store import KeyLimits, Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
@@ -64,7 +65,7 @@ async def test_a_client_that_leaves_before_a_non_streamed_answer_is_charged(
     estimate = len(body) // 4
     assert record.status == 499 and record.client_gone and record.estimated
     assert record.prompt_tokens == estimate and record.completion_tokens == 0
-    assert record.cost == PRICE.cost(estimate, 0, 0) > PRICE.cost(0, 0, 0) > 0
+    assert record.cost == micro(PRICE.cost(estimate, 0, 0)) > micro(PRICE.cost(0, 0, 0)) > 0
 
 
 async def test_invalid_utf8_in_a_prompt_is_read_as_go_reads_it_and_priced(
@@ -90,7 +91,7 @@ async def test_invalid_utf8_in_a_prompt_is_read_as_go_reads_it_and_priced(
                 assert resp.status == 200, await resp.text()
     records = await _usage(db_path, 2)
     assert all(r.model is not None and "llama3.2" in r.model for r in records)
-    assert all(r.cost is not None and r.cost >= PRICE.cost(0, 0, 0) > 0 for r in records)
+    assert all(r.cost is not None and r.cost >= micro(PRICE.cost(0, 0, 0)) > 0 for r in records)
 
 
 async def test_a_body_whose_model_cannot_be_read_is_refused_whatever_the_cloud_setting(
@@ -287,7 +288,7 @@ async def test_each_spelling_is_recorded_as_sent_and_by_its_identity(
     got = sorted((r.route, r.model_sent or "") for r in records)
     assert got == sorted((p.removeprefix("/api").removeprefix("/v1"), s) for p, s in sent)
     assert {r.model for r in records} == {"llama3.2:latest"}
-    assert all(r.cost == price.cost(0, 0, 0) for r in records)
+    assert all(r.cost == micro(price.cost(0, 0, 0)) for r in records)  # (shown in micro)
 
 
 @pytest.mark.parametrize(
@@ -374,3 +375,18 @@ async def test_model_labels_in_metrics_stay_few_whatever_names_clients_send(
     }
     assert labels <= {"llama3.2:latest", "qwen3:8b", "other"}, labels
     assert "llama3.2:latest" in labels
+
+
+def test_a_journal_line_of_the_release_before_nano_units_is_read_in_nano_units(
+    tmp_path: Path,
+) -> None:
+    """Records journaled by the release before (micro-unit costs, 18 fields) and replayed
+    after the upgrade keep their worth."""
+    old = [1.0, 1, "alice", "laptop", "POST", "/chat", "llama3.2", 200, 5, 6, 9.0, 1.0]
+    old += [10, 20, False, False, 1234, None]
+    new = [*old[:16], 1234, None, "Llama3.2"]
+    segment = tmp_path / "seg.jsonl"
+    segment.write_bytes(orjson.dumps(old) + b"\n" + orjson.dumps(new) + b"\n")
+    before, after = read_segment(segment)
+    assert (before.cost, after.cost) == (1_234_000, 1234)
+    assert (before.model_sent, after.model_sent) == (None, "Llama3.2")

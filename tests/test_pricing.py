@@ -1,4 +1,4 @@
-"""Prices and the cost of every request, to the micro-unit, from a hand calculation."""
+"""Prices and the cost of every request, to the nano-unit, from a hand calculation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway.modelsync import ModelInfo
-from aigateway.pricing import MICRO, Price, PriceError, PriceList, money, parse_money
+from aigateway.pricing import (
+    MAX_COST_NANO,
+    MICRO,
+    Price,
+    PriceError,
+    PriceList,
+    micro,
+    money,
+    parse_money,
+)
 from aigateway.store import InvalidInputError, Store
 
 from .conftest import make_key
@@ -21,25 +30,40 @@ from .test_instances import cli
 PROMPT, OUTPUT, TOTAL_NS = 26, 6, 4883583458
 
 
-def _by_hand(price: Price, prompt: int, output: int, ns: int) -> int:
-    """The cost in exact fractions, rounded half up once: what the gateway must match."""
+def _nano_by_hand(price: Price, prompt: int, output: int, ns: int) -> int:
+    """The cost in exact fractions of a micro-unit, in nano-units rounded up once (at most
+    MAX_COST_NANO): what the gateway must match."""
     exact = (
         Fraction(price.per_request)
         + Fraction(prompt * price.per_million_input, 10**6)
         + Fraction(output * price.per_million_output, 10**6)
         + Fraction(ns * price.per_second, 10**9)
     )
-    return int(exact + Fraction(1, 2))
+    nano = exact * 1000
+    whole = int(nano) + (1 if nano.denominator != 1 else 0)  # ceiling
+    return min(whole, MAX_COST_NANO)
 
 
-def test_costs_are_whole_micro_units_rounded_once() -> None:
+def _by_hand(price: Price, prompt: int, output: int, ns: int) -> int:
+    """One request's cost as shown: micro-units, rounded half up from its nano-units."""
+    return micro(_nano_by_hand(price, prompt, output, ns))
+
+
+def test_costs_are_whole_nano_units_rounded_up_once() -> None:
     price = Price("llama3*", 1000, 100_000, 400_000, 500)
-    assert price.cost(PROMPT, OUTPUT, TOTAL_NS) == _by_hand(price, PROMPT, OUTPUT, TOTAL_NS)
-    assert _by_hand(price, PROMPT, OUTPUT, TOTAL_NS) == 3447  # 3446.791729 by hand
-    assert Price("x", per_million_output=1).cost(0, 499_999, 0) == 0  # 0.499999 -> 0
-    assert Price("x", per_million_output=1).cost(0, 500_000, 0) == 1  # 0.5 -> 1 (half up)
+    nano = price.cost(PROMPT, OUTPUT, TOTAL_NS)
+    assert nano == _nano_by_hand(price, PROMPT, OUTPUT, TOTAL_NS) == 3_446_792  # 3446791.729
+    assert micro(nano) == 3447
+    assert Price("x", per_million_output=1).cost(0, 499_999, 0) == 500  # 0.499999 micro
+    assert Price("x", per_million_output=1).cost(0, 1, 0) == 1  # 10^-6 nano: used, so 1
+    assert Price("x", per_million_output=1).cost(0, 0, 0) == 0  # nothing used, nothing paid
+    assert micro(499) == 0 and micro(500) == 1  # shown: half up, once
+    # Saturated at the maximum, never past what a database integer holds.
     huge = Price("x", 10**15, 10**15, 10**15, 10**15)
-    assert huge.cost(2**40, 2**40, 2**60) == _by_hand(huge, 2**40, 2**40, 2**60)
+    assert huge.cost(2**40, 2**40, 2**60) == _nano_by_hand(huge, 2**40, 2**40, 2**60)
+    assert huge.cost(2**40, 2**40, 2**60) == MAX_COST_NANO
+    # The reservation: per request, prompt and output at the token prices, time reserved.
+    assert price.reserve(100, 2048, 60) == _nano_by_hand(price, 100, 2048, 60 * 10**9)
 
 
 def test_amounts_are_read_exactly_and_refused_clearly() -> None:
@@ -125,7 +149,13 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
     # The CLI's report adds them up per model, as amounts of CURRENCY.
     report = cli("--usage", "--by", "model", "--format", "csv", "--db", db_path).stdout
     llama = next(line for line in report.splitlines() if line.startswith("llama3.2,"))
-    assert llama.endswith(f",{money(sum(c for m, _, c, _ in costs if m == 'llama3.2'))},USD")
+    # (the sum of the records' nano-units, rounded once: not the sum of rounded costs)
+    nano = (
+        _nano_by_hand(first, PROMPT, OUTPUT, TOTAL_NS)
+        + _nano_by_hand(second, PROMPT, OUTPUT, 0)
+        + _nano_by_hand(second, 26, 2, 0)
+    )
+    assert llama.endswith(f",{money(micro(nano))},USD")
     assert costs == [
         ("llama3.2", 200, _by_hand(first, PROMPT, OUTPUT, TOTAL_NS), TOTAL_NS),
         ("llama3.2", 200, _by_hand(second, PROMPT, OUTPUT, 0), None),

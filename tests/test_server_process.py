@@ -47,6 +47,9 @@ async def start_gateway(
     log_file = tmp_path / "gateway.log"
     env = {
         **os.environ,
+        # This tree's package, whatever the interpreter has installed (a git worktree
+        # beside an editable install of another).
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
         "OLLAMA_BASE_URL": str(upstream.make_url("")).rstrip("/"),
         "PORT": str(port),
         "TOKEN_DB_PATH": db_path,

@@ -118,8 +118,9 @@ usage = Table(
     Column("client_gone", Integer, nullable=False, server_default="0"),
     # 1 when the counts were counted or estimated by the gateway (a stream cut short).
     Column("estimated", Integer, nullable=False, server_default="0"),
-    # What the request cost, in micro-units of CURRENCY, by the price in force when it
-    # started (0: free); NULL for records made before prices existed.
+    # What the request cost, in nano-units of CURRENCY (micro-units until revision 0014),
+    # by the price in force when it started (0: free; at most pricing.MAX_COST_NANO);
+    # NULL for records made before prices existed.
     Column("cost", BigInteger),
     # Model time as Ollama reported it (total_duration, nanoseconds), when it did.
     Column("model_ns", BigInteger),
@@ -208,8 +209,9 @@ prices = Table(
 )
 
 # What each budget's owner ("user:ID", "key:ID") has spent in its current period and what
-# requests still running have reserved: shared by gateways on one PostgreSQL database
-# (on SQLite the one gateway holds this in memory). Made by aigateway_budget_reserve().
+# requests still running have reserved, in nano-units (each at most pricing.MAX_SUM_NANO):
+# shared by gateways on one PostgreSQL database (on SQLite the one gateway holds this in
+# memory). Made by aigateway_budget_row() (revision 0014).
 budget_spend = Table(
     "budget_spend",
     metadata,
@@ -219,7 +221,7 @@ budget_spend = Table(
     Column("spent", BigInteger, nullable=False),
     Column("reserved", BigInteger, nullable=False),
 )
-# The reservations each gateway holds, as it last said (given back when it goes silent).
+# The reservations each gateway holds (nano-units; given back when it goes silent).
 instance_budget_held = Table(
     "instance_budget_held",
     metadata,

@@ -895,7 +895,9 @@ async function playground(view) {
     if (final && model && model.price) {
       const p = model.price;
       const exact = (final.prompt_eval_count || 0) * p.per_million_input * 1000 + output * p.per_million_output * 1000 + (final.total_duration || 0) * p.per_second;
-      parts.push(`cost ${money(p.per_request + Math.floor((exact + 5e8) / 1e9))} ${models.currency}`);
+      // As the gateway charges it: nano-units rounded up, shown in micro-units half up.
+      const nano = p.per_request * 1000 + Math.ceil(exact / 1e6);
+      parts.push(`cost ${money(Math.floor((nano + 500) / 1000))} ${models.currency}`);
     }
     figures.textContent = parts.join(" · ");
   });

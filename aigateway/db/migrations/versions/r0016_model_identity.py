@@ -1,7 +1,7 @@
 """usage: the model as sent beside its one identity (protocol/names.py)
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 
 From here on `usage.model` holds the model's canonical name (one string per model Ollama
 runs) and `usage.model_sent` the name as the request spelled it. Earlier records keep
@@ -17,7 +17,7 @@ from alembic import op
 from aigateway.protocol.names import InvalidModelName, canonical
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
