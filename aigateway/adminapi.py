@@ -274,7 +274,8 @@ async def usage_records(request: web.Request) -> web.Response:
         until=_time_param(request, "until"),
         key_id=key_id,
         user=user,
-        model=q.get("model") or None,
+        # (any spelling of a model finds its records: they hold its one identity)
+        model=identity(q["model"]) if q.get("model") else None,
         route=q.get("route") or None,
         status=_whole(q, "status", 999),
     )

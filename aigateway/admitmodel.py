@@ -68,9 +68,9 @@ def named_models(
     if not refs and route.kind == "inference":
         raise _refused_name(InvalidModelName("model is required", "required"), "", route)
     if not cloud:
-        check_cloud(ref.canonical for ref in refs if ref.cloud)
+        check_cloud(refs)
     if patterns is not None:
-        check_models(tuple(ref.canonical for ref in refs), route.model_fields, patterns)
+        check_models(refs, route.model_fields, patterns)
     return Named(fields, refs)
 
 

@@ -15,6 +15,7 @@ from .protocol.names import (
     DEFAULT_NAMESPACE,
     GO_SPACE,
     InvalidModelName,
+    ModelRef,
     canonical,
 )
 
@@ -87,22 +88,23 @@ def pattern_form(pattern: str) -> str:
     return form
 
 
-def check_cloud(models: Iterable[str]) -> None:
+def check_cloud(models: Iterable[ModelRef]) -> None:
     """Refuse cloud models (when ALLOW_CLOUD_MODELS is off)."""
     for model in models:
-        if is_cloud(model):
+        if model.cloud:
             raise ModelNotAllowed(
-                f"the model {model!r} is an Ollama cloud model, which would run on ollama.com"
-                " under the gateway owner's account; this gateway does not relay them"
-                " (ALLOW_CLOUD_MODELS)",
+                f"the model {model.sent!r} is an Ollama cloud model, which would run on"
+                " ollama.com under the gateway owner's account; this gateway does not relay"
+                " them (ALLOW_CLOUD_MODELS)",
                 reason=Refused.CLOUD_MODEL,
             )
 
 
 def check_models(
-    models: tuple[str, ...], fields: tuple[str, ...], patterns: tuple[str, ...]
+    models: tuple[ModelRef, ...], fields: tuple[str, ...], patterns: tuple[str, ...]
 ) -> None:
-    """Every model a body names must be allowed, and it must name one; else 403."""
+    """Every model a body names must be allowed (by its one identity), and it must name
+    one; else 403 (naming the model as the request spelled it)."""
     if not models:
         raise ModelNotAllowed(
             f"this key may only use the models {', '.join(patterns)}; the request"
@@ -110,9 +112,9 @@ def check_models(
             reason=Refused.MODEL_NOT_ALLOWED,
         )
     for model in models:
-        if not model_allowed(model, patterns):
+        if not model_allowed(model.canonical, patterns):
             raise ModelNotAllowed(
-                f"this key may not use the model {model!r} (allowed: {', '.join(patterns)})",
+                f"this key may not use the model {model.sent!r} (allowed: {', '.join(patterns)})",
                 reason=Refused.MODEL_NOT_ALLOWED,
             )
 

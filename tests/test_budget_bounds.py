@@ -27,7 +27,7 @@ from aigateway.db.migrate import APPLICATION_ID, _config
 from aigateway.pricing import MAX_COST_NANO, MAX_PRICE, MAX_SUM_NANO, MICRO, PRICE_FIELDS, Price
 from aigateway.rollups import rollup_rows, upsert_sql
 from aigateway.sharedlimits import SharedLimits
-from aigateway.store import KeyLimits, Store, UsageRecord, _insert_usage_sql
+from aigateway.store import USAGE_COLUMNS, KeyLimits, Store, UsageRecord
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
@@ -290,7 +290,11 @@ def test_the_migration_turns_stored_costs_into_nano_units(tmp_path: Path) -> Non
         26, 6, 12.5, 3.5, 100, 200, False, False, 1234, None,
     )  # fmt: skip
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute(_insert_usage_sql(1, False), list(record))
+        # (as the release at 0013 wrote it: without model_sent, added by 0016)
+        old_columns = ", ".join(f'"{name}"' for name in USAGE_COLUMNS[:-1])
+        db.execute(
+            f"INSERT INTO usage ({old_columns}) VALUES ({', '.join('?' * 18)})", list(record)[:18]
+        )
         db.executemany(upsert_sql(False), rollup_rows([record]))
         db.commit()
 

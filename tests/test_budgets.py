@@ -346,10 +346,11 @@ async def test_an_invoice_per_user_and_period(
         assert (await client.post("/api/chat", data=body)).status == 200
     await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
     document = await (await admin.get("/admin/users/alice/invoice")).json()
-    lines = {line["model"]: line for line in document["lines"]}
-    assert lines["llama3.2"]["requests"] == 2 and lines["qwen3"]["cost"] == 0
-    per_request = PRICE + lines["llama3.2"]["completion_tokens"] // 2  # 1 per output token
-    assert lines["llama3.2"]["cost"] == 2 * per_request
+    lines = {line["model"]: line for line in document["lines"]}  # (by their one identity)
+    llama = lines["llama3.2:latest"]
+    assert llama["requests"] == 2 and lines["qwen3:latest"]["cost"] == 0
+    per_request = PRICE + llama["completion_tokens"] // 2  # 1 per output token
+    assert llama["cost"] == 2 * per_request
     assert document["total"]["cost"] == 2 * per_request and document["total"]["requests"] == 3
     assert document["currency"] == "USD" and document["user"] == "alice"
     # Another period has nothing; the root's own admin requests are not alice's.

@@ -148,7 +148,7 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
     costs = [(r.model, r.status, r.cost, r.model_ns) for r in rows]
     # The CLI's report adds them up per model, as amounts of CURRENCY.
     report = cli("--usage", "--by", "model", "--format", "csv", "--db", db_path).stdout
-    llama = next(line for line in report.splitlines() if line.startswith("llama3.2,"))
+    llama = next(line for line in report.splitlines() if line.startswith("llama3.2:latest,"))
     # (the sum of the records' nano-units, rounded once: not the sum of rounded costs)
     nano = (
         _nano_by_hand(first, PROMPT, OUTPUT, TOTAL_NS)
@@ -156,12 +156,12 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
         + _nano_by_hand(second, 26, 2, 0)
     )
     assert llama.endswith(f",{money(micro(nano))},USD")
-    assert costs == [
-        ("llama3.2", 200, _by_hand(first, PROMPT, OUTPUT, TOTAL_NS), TOTAL_NS),
-        ("llama3.2", 200, _by_hand(second, PROMPT, OUTPUT, 0), None),
-        ("llama3.2", 200, _by_hand(second, 26, 2, 0), None),
-        ("qwen3", 200, 0, None),
-        ("llama9", 404, 0, None),
+    assert costs == [  # (each model by its one identity)
+        ("llama3.2:latest", 200, _by_hand(first, PROMPT, OUTPUT, TOTAL_NS), TOTAL_NS),
+        ("llama3.2:latest", 200, _by_hand(second, PROMPT, OUTPUT, 0), None),
+        ("llama3.2:latest", 200, _by_hand(second, 26, 2, 0), None),
+        ("qwen3:latest", 200, 0, None),
+        ("llama9:latest", 404, 0, None),
     ]
 
 

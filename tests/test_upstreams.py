@@ -631,11 +631,12 @@ async def test_metrics_count_requests_tokens_refusals_and_upstreams(
         return got.get((name, tuple(sorted(labels.items()))), 0.0)
 
     chat = {"route": "/api/chat", "status": "200"}
-    assert value("aigateway_requests_total", **chat, model="phi4", upstream="ollama3") == 3
+    # (each model by its one identity)
+    assert value("aigateway_requests_total", **chat, model="phi4:latest", upstream="ollama3") == 3
     assert value("aigateway_requests_total", **chat, model="qwen3:8b", upstream="ollama1") == 1
     # a model nobody has is no label of its own
     assert not any("no-such-model" in str(k) for k in got)
-    assert value("aigateway_tokens_total", model="phi4", kind="completion") > 0
+    assert value("aigateway_tokens_total", model="phi4:latest", kind="completion") > 0
     assert value("aigateway_request_duration_seconds_count", route="/api/chat") == 5
     # (the key refusals: the malformed key, and the scrape without one; every reason of
     # errors.Refused has its series, the others at 0)
