@@ -213,10 +213,12 @@ BILLING_SETUP = (
 KEY_LIMITS = ("--rpm", LIMITS["DEFAULT_RPM"], "--rph", LIMITS["DEFAULT_RPH"],
               "--tokens-per-day", LIMITS["DEFAULT_TOKENS_PER_DAY"])  # fmt: skip
 # Statements a request waits for: its admission (one call for all the requests of a key
-# that arrived while the previous one was out), and a token top-up.
+# that arrived while the previous one was out), and a token top-up, or for a key with a
+# budget the top-up and the budget reservation in one call.
 WAITED = (
     "%aigateway_admit(%",
     "%UPDATE limit_counters SET day_reserved = day_reserved +%",
+    "%aigateway_body_reserve(%",
 )
 
 
