@@ -9,19 +9,19 @@ answer: such a request never reaches an upstream, nor a price of 0.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from .bodypeek import BodyFields, UndecidableBody, read_body
 from .errors import BadRequest, GatewayError, NotFound, Refused
 from .modelaccess import check_cloud, check_models
 from .protocol.form import UndecidableForm, form_value
-from .protocol.names import InvalidModelName, ModelRef, resolve, resolve_literal
+from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
 from .routes import RelayRoute
 
 NO_FIELDS = BodyFields()
-# Routes that read their names with model.ParseName alone (no trimming, no :local or
-# :cloud suffix): model management that makes or sends a model.
-_LITERAL = frozenset({"/create", "/copy", "/push"})
+# Model management that names a new model: read field by field (_by_field).
+_BY_FIELD = frozenset({"/create", "/copy"})
 # Routes where Ollama answers a missing model 404 "model '' not found" (else 400).
 _NOT_FOUND_WHEN_MISSING = frozenset({"/api/generate", "/api/embed"})
 
@@ -64,7 +64,10 @@ def named_models(
             fields = read_body(body, route.model_fields)
         except UndecidableBody as exc:
             raise _undecidable(str(exc)) from None
-    refs = tuple(_resolved(name, route) for name in fields.models)
+    if route.path in _BY_FIELD:  # (model management, admins only: read once per field)
+        refs = tuple(_by_field(body, route))
+    else:
+        refs = tuple(_resolved(name, route) for name in fields.models)
     if not refs and route.kind == "inference":
         raise _refused_name(InvalidModelName("model is required", "required"), "", route)
     if not cloud:
@@ -85,9 +88,27 @@ def _form_fields(body: bytes, content_type: str, query: str) -> BodyFields:
 
 def _resolved(name: str, route: RelayRoute) -> ModelRef:
     try:
-        return resolve_literal(name) if route.path in _LITERAL else resolve(name)
+        return resolve_literal(name) if route.path == "/push" else resolve(name)
     except InvalidModelName as exc:
         raise _refused_name(exc, name, route) from None
+
+
+def _by_field(body: bytes, route: RelayRoute) -> Iterator[ModelRef]:
+    """/create and /copy, whose fields Ollama reads each its own way: the new model's
+    name (create's model, copy's source and destination) with model.ParseName alone,
+    create's base model (`from`) as a model to run."""
+    for field in route.model_fields:
+        name = read_body(body, (field,)).model
+        if name is None:
+            continue
+        try:
+            yield resolve(name) if field == "from" else resolve_literal(name)
+        except InvalidModelName as exc:
+            if route.path == "/copy":
+                raise BadRequest(
+                    f"{field} {go_quote(name)} is invalid", reason=Refused.INVALID_MODEL_NAME
+                ) from None
+            raise _refused_name(exc, name, route) from None
 
 
 def _refused_name(exc: InvalidModelName, sent: str, route: RelayRoute) -> GatewayError:
@@ -96,7 +117,7 @@ def _refused_name(exc: InvalidModelName, sent: str, route: RelayRoute) -> Gatewa
         return NotFound(f"model '{sent}' not found", reason=Refused.INVALID_MODEL_NAME)
     message = exc.message
     if exc.reason == "invalid" and route.ollama_path == "/api/delete":
-        message = f'name "{sent}" is invalid'
+        message = f"name {go_quote(sent)} is invalid"
     return BadRequest(message, reason=Refused.INVALID_MODEL_NAME)
 
 

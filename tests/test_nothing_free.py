@@ -390,3 +390,19 @@ def test_a_journal_line_of_the_release_before_nano_units_is_read_in_nano_units(
     before, after = read_segment(segment)
     assert (before.cost, after.cost) == (1_234_000, 1234)
     assert (before.model_sent, after.model_sent) == (None, "Llama3.2")
+
+
+async def test_model_management_reads_each_field_as_ollama_does(
+    admin: TestClient, fake: FakeOllama
+) -> None:
+    """copy's names and create's new name are read by model.ParseName alone (no trimming,
+    no :local suffix); create's base model (`from`) as a model to run."""
+    resp = await admin.post("/api/copy", json={"source": "llama3.2", "destination": " x"})
+    assert resp.status == 400 and (await resp.json())["error"] == 'destination " x" is invalid'
+    resp = await admin.post("/api/copy", json={"source": "a@b", "destination": "x"})
+    assert (await resp.json())["error"] == 'source "a@b" is invalid'
+    resp = await admin.post("/api/create", json={"model": " mine", "from": "llama3.2"})
+    assert resp.status == 400 and (await resp.json())["error"] == "invalid model name"
+    assert [r for r in fake.requests if r.method == "POST"] == []
+    resp = await admin.post("/api/create", json={"model": "mine", "from": " llama3.2:local "})
+    assert resp.status == 200, await resp.text()

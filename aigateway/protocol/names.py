@@ -99,7 +99,7 @@ class InvalidModelName(ValueError):
         self.reason = reason
 
 
-def _go_quote(s: str) -> str:
+def go_quote(s: str) -> str:
     """Go's %q (strconv.Quote): printable runes as they are, the rest escaped."""
     out = ['"']
     for char in s:
@@ -157,7 +157,7 @@ def _parse_ref(sent: str) -> tuple[str, Source]:
     base, source = _source_suffix(raw)
     if source and _source_suffix(base)[1]:
         raise InvalidModelName(
-            f"use either :local or :cloud, not both: {_go_quote(raw)}", "conflict"
+            f"use either :local or :cloud, not both: {go_quote(raw)}", "conflict"
         )
     return base, source
 
