@@ -10,7 +10,7 @@ answer: such a request never reaches an upstream, nor a price of 0.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .bodypeek import BodyFields, UndecidableBody, read_body
 from .errors import BadRequest, GatewayError, NotFound, Refused
@@ -18,6 +18,9 @@ from .modelaccess import check_cloud, check_models
 from .protocol.form import UndecidableForm, form_value
 from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
 from .routes import RelayRoute
+
+if TYPE_CHECKING:
+    from .store import KeyRecord
 
 NO_FIELDS = BodyFields()
 # Model management that names a new model: read field by field (_by_field).
@@ -44,7 +47,7 @@ NOTHING_NAMED = Named(NO_FIELDS)
 def named_models(
     body: bytes,
     route: RelayRoute,
-    patterns: tuple[str, ...] | None,
+    caller: KeyRecord,
     cloud: bool,
     content_type: str,
     query: str,
@@ -52,7 +55,8 @@ def named_models(
     """The models `body` names for `route`, resolved and checked: refused (400, in
     Ollama's words) when Ollama would refuse the name or the gateway cannot read the
     body as Ollama will; cloud models unless `cloud`; with an allow-list, every model
-    the body names (403)."""
+    the body names (403). Names resolve for `caller` (where aliases will)."""
+    patterns = caller.models
     if not route.model_fields:
         return NOTHING_NAMED
     if not route.json_body:
@@ -65,9 +69,9 @@ def named_models(
         except UndecidableBody as exc:
             raise _undecidable(str(exc)) from None
     if route.path in _BY_FIELD:  # (model management, admins only: read once per field)
-        refs = tuple(_by_field(body, route))
+        refs = tuple(_by_field(body, route, caller))
     else:
-        refs = tuple(_resolved(name, route) for name in fields.models)
+        refs = tuple(_resolved(name, route, caller) for name in fields.models)
     if not refs and route.kind == "inference":
         raise _refused_name(InvalidModelName("model is required", "required"), "", route)
     if not cloud:
@@ -86,14 +90,14 @@ def _form_fields(body: bytes, content_type: str, query: str) -> BodyFields:
     return BodyFields((model,), model) if model else NO_FIELDS
 
 
-def _resolved(name: str, route: RelayRoute) -> ModelRef:
+def _resolved(name: str, route: RelayRoute, caller: KeyRecord) -> ModelRef:
     try:
-        return resolve_literal(name) if route.path == "/push" else resolve(name)
+        return resolve_literal(name) if route.path == "/push" else resolve(name, caller)
     except InvalidModelName as exc:
         raise _refused_name(exc, name, route) from None
 
 
-def _by_field(body: bytes, route: RelayRoute) -> Iterator[ModelRef]:
+def _by_field(body: bytes, route: RelayRoute, caller: KeyRecord) -> Iterator[ModelRef]:
     """/create and /copy, whose fields Ollama reads each its own way: the new model's
     name (create's model, copy's source and destination) with model.ParseName alone,
     create's base model (`from`) as a model to run."""
@@ -102,7 +106,7 @@ def _by_field(body: bytes, route: RelayRoute) -> Iterator[ModelRef]:
         if name is None:
             continue
         try:
-            yield resolve(name) if field == "from" else resolve_literal(name)
+            yield resolve(name, caller) if field == "from" else resolve_literal(name)
         except InvalidModelName as exc:
             if route.path == "/copy":
                 raise BadRequest(

@@ -311,9 +311,9 @@ async def _take_request(
     cloud = settings.allow_cloud_models
     named = (
         # (big embed batches: read them off the event loop)
-        await asyncio.to_thread(_named_models, request, body, route, principal.models, cloud)
+        await asyncio.to_thread(_named_models, request, body, route, principal, cloud)
         if len(body) > FULL_PARSE_LIMIT
-        else _named_models(request, body, route, principal.models, cloud)
+        else _named_models(request, body, route, principal, cloud)
     )
     fields, model = named.fields, named.model
     if model is not None:  # the model's one identity from here on; the record keeps both
@@ -413,16 +413,12 @@ async def _reserve_budget(
 
 
 def _named_models(
-    request: web.Request,
-    body: bytes,
-    route: RelayRoute,
-    patterns: tuple[str, ...] | None,
-    cloud: bool,
+    request: web.Request, body: bytes, route: RelayRoute, caller: KeyRecord, cloud: bool
 ) -> Named:
     return named_models(
         body,
         route,
-        patterns,
+        caller,
         cloud,
         request.headers.get("Content-Type", ""),
         request.rel_url.raw_query_string,
