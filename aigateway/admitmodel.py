@@ -65,7 +65,7 @@ def named_models(
         return NOTHING_NAMED  # (Ollama answers an empty body itself; nothing runs)
     else:
         try:
-            fields = read_body(body, route.model_fields)
+            fields = read_body(body, route.model_fields, route.cap_field)
         except UndecidableBody as exc:
             raise _undecidable(str(exc)) from None
     if route.path in _BY_FIELD:  # (model management, admins only: read once per field)

@@ -164,8 +164,14 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
 
 
 def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
-    """A cloud API's models are paid with the gateway's key: say so at start-up when
-    no price covers one of them (its requests would be recorded at cost 0)."""
+    """A cloud API's models, and Ollama's cloud models when they are allowed, are paid
+    with the gateway owner's account: say so at start-up when no price covers one of them
+    (its requests would be recorded at cost 0, and pass every budget)."""
+    if settings.allow_cloud_models and table.prices.for_model("any:cloud") is None:
+        log.warning(
+            "ALLOW_CLOUD_MODELS is on and no price matches Ollama's cloud models (such as"
+            " '*' or '*:cloud'): their requests cost nothing here"
+        )
     for upstream in settings.upstream_list:
         if upstream.kind == "ollama":
             continue

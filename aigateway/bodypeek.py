@@ -83,7 +83,7 @@ class BodyFields(NamedTuple):
     model: str | None = None  # the one Ollama uses (model, else the older name)
     stream: bool | None = None  # None: absent (each route has its default)
     include_usage: bool | None = None  # stream_options.include_usage (OpenAI)
-    max_output: int | None = None  # num_predict / max_tokens / max_output_tokens
+    max_output: int | None = None  # the route's output cap (num_predict, max_tokens...)
 
 
 def go_fold(key: str) -> str:
@@ -97,14 +97,18 @@ _FOLDED = {go_fold(name): name for name in _READ}
 _READ_SET = frozenset(_READ)
 
 
-def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
-    """What Ollama will read from `body` for a route whose model fields are `fields`."""
+def read_body(
+    body: bytes, fields: tuple[str, ...], cap_field: str = "num_predict"
+) -> BodyFields:
+    """What Ollama will read from `body` for a route whose model fields are `fields` and
+    whose output cap is `cap_field` (routes.py: `options.num_predict` on Ollama's own routes,
+    `max_tokens` or `max_output_tokens` on the compatible ones; no other is read)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         # orjson refuses invalid UTF-8 and lone surrogates, which Go reads as U+FFFD:
         # read such a body as Go does (the ordered read, which fails on real errors).
-        return _fields(_resolve(_ordered_pairs(body)), fields)
+        return _fields(_resolve(_ordered_pairs(body)), fields, cap_field)
     if not isinstance(doc, dict):
         raise UndecidableBody("the request body is not a JSON object")
     # The orjson dict is what Go would read unless a key could be another spelling of a
@@ -121,7 +125,7 @@ def read_body(body: bytes, fields: tuple[str, ...]) -> BodyFields:
             ):
                 plain = False
                 break
-    return _fields(doc if plain else _resolve(_ordered_pairs(body)), fields)
+    return _fields(doc if plain else _resolve(_ordered_pairs(body)), fields, cap_field)
 
 
 def _unusual(stream_options: dict[str, Any]) -> bool:
@@ -217,7 +221,7 @@ def _resolve_include_usage(pairs: Iterable[tuple[str, Any]], into: Any) -> dict[
     return result
 
 
-def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
+def _fields(values: dict[str, Any], fields: tuple[str, ...], cap_field: str) -> BodyFields:
     # (Exact class checks: JSON decodes to exact str, bool and dict, and these run on
     # every request, where isinstance() costs a call each.)
     get = values.get
@@ -240,19 +244,34 @@ def _fields(values: dict[str, Any], fields: tuple[str, ...]) -> BodyFields:
         if include.__class__ is not bool:
             include = None
     cap = None
-    if not _CAP_FIELDS.isdisjoint(values):  # (most bodies set no cap)
-        # num_predict, else max_tokens, else max_output_tokens: a later one here wins.
-        for value in (
-            get("max_output_tokens"),
-            get("max_tokens"),
-            opts.get("num_predict") if isinstance(opts := get("options"), dict) else None,
-        ):
-            if value.__class__ is int:  # (not bool, which Go would refuse for an int)
-                cap = value
+    if cap_field == "num_predict":
+        if "options" in values:  # (most bodies set no cap)
+            options = get("options")
+            if options.__class__ is dict:
+                cap = _num_predict(options.get("num_predict"))
+    elif cap_field in values:
+        value = get(cap_field)
+        if value.__class__ is int:  # (not bool, nor a float: Go refuses both for an int)
+            cap = value
     return BodyFields(tuple(models), models[0] if models else None, stream, include, cap)
 
 
-_CAP_FIELDS = frozenset(("max_output_tokens", "max_tokens", "options"))
+def _num_predict(value: Any) -> int | None:
+    """options.num_predict as Ollama's FromMap reads it: a JSON number truncated to an
+    int (5.9 is 5); one past an int64, which Go converts to anything, as no cap at all
+    but the largest; anything else is no cap (Ollama refuses the request then)."""
+    if value.__class__ is int:
+        return value if -_INT64 <= value < _INT64 else UNDECIDED_CAP
+    if value.__class__ is float:
+        return int(value) if -_INT64 < value < _INT64 else UNDECIDED_CAP
+    return None
+
+
+_INT64 = 2**63
+# A cap Go would read as some int64 nobody can tell: reserve the most.
+UNDECIDED_CAP = 2**62
+
+
 
 
 def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:

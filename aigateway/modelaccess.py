@@ -37,14 +37,19 @@ def model_allowed(model: str, patterns: Iterable[str]) -> bool:
     namespace); `llama3` and `llama3:latest` are the same model. A cloud model is
     matched only by a pattern that itself names the cloud tag (`*-cloud`,
     `gpt-oss:120b-cloud`), never by `*` or `gpt-oss*`."""
+    if is_cloud(model):
+        patterns = [p for p in patterns if is_cloud(pattern_form(p))]
+    return matches(model, patterns)
+
+
+def matches(model: str, patterns: Iterable[str]) -> bool:
+    """Whether any of `patterns` names `model`, both read as identities (no cloud rule:
+    prices use this, so that a `*` price covers cloud models too)."""
     model = identity(model)
     names = [model]
     if model.endswith(":latest"):
         names.append(model.removesuffix(":latest"))
-    forms = [pattern_form(p) for p in patterns]
-    if is_cloud(model):
-        forms = [p for p in forms if is_cloud(p)]
-    return any(fnmatchcase(name, pattern) for name in names for pattern in forms)
+    return any(fnmatchcase(name, pattern_form(p)) for name in names for p in patterns)
 
 
 def identity(name: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from .modelaccess import model_allowed
+from .modelaccess import matches
 
 MICRO = 1_000_000
 NANO_PER_MICRO = 1000
@@ -128,7 +128,7 @@ class PriceList:
             return self._by_model[model]
         except KeyError:
             pass
-        found = next((p for p in self._prices if model_allowed(model, (p.pattern,))), None)
+        found = next((p for p in self._prices if matches(model, (p.pattern,))), None)
         if len(self._by_model) >= self.CACHE_SIZE:  # model names come from clients
             self._by_model.clear()
         self._by_model[model] = found

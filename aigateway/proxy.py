@@ -613,6 +613,10 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
             # charged its per-request price and its prompt as estimated.
             exchange.status = CLIENT_CLOSED
             prompt, completion, estimated, billable = exchange.prompt_estimate, 0, True, True
+    elif route.kind == "inference" and billable and prompt is None and completion is None:
+        # Answered without counts (Ollama's /api/embeddings and transcriptions report none,
+        # nor does a model load): the work ran, so its prompt is charged as estimated.
+        prompt, completion, estimated = exchange.prompt_estimate, 0, True
     stripped = exchange.stripper.removed if exchange.stripper is not None else 0
     context.bytes_out = tap.total - stripped
     started, first_byte_at = context.started, exchange.first_byte_at

@@ -39,9 +39,13 @@ class RelayRoute:
     # OpenAI streams that count tokens only when asked (stream_options.include_usage):
     # the relay asks, and removes the answer before the client sees it.
     usage_on_request: bool = False
-    # The body is JSON (else multipart: an upload whose model a key with an allow-list
-    # cannot be held to, and which passes unread for keys without one).
+    # The body is JSON (else a multipart form: /v1/audio/transcriptions).
     json_body: bool = True
+    # The one field Ollama reads the output cap from on this route: `num_predict` in
+    # `options` on its own routes, `max_tokens` (OpenAI's chat and completions,
+    # Anthropic's messages) or `max_output_tokens` (responses) on the others; a cap in any
+    # other field is not Ollama's, so it lowers no reservation.
+    cap_field: str = "num_predict"
     # Worked out once here rather than on every request:
     native: bool = field(init=False)  # Ollama's own /api, not a compatible dialect
     # Where Ollama serves it: /api or /v1, and that with the path (/api/chat).
@@ -85,6 +89,7 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
         model_fields=("model",),
         dialect="openai",
         usage_on_request=True,
+        cap_field="max_tokens",
     ),
     RelayRoute(
         ("POST",),
@@ -93,6 +98,7 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
         model_fields=("model",),
         dialect="openai",
         usage_on_request=True,
+        cap_field="max_tokens",
     ),
     RelayRoute(
         ("POST",),
@@ -102,7 +108,14 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
         dialect="openai",
         outputs_tokens=False,
     ),
-    RelayRoute(("POST",), "/responses", "inference", model_fields=("model",), dialect="openai"),
+    RelayRoute(
+        ("POST",),
+        "/responses",
+        "inference",
+        model_fields=("model",),
+        dialect="openai",
+        cap_field="max_output_tokens",
+    ),
     # multipart/form-data: not JSON, so keys with an allow-list cannot use it.
     RelayRoute(
         ("POST",),
@@ -116,5 +129,12 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(
         ("GET",), "/models/{model}", "read", model_fields=(), dialect="openai", model_in_path=True
     ),
-    RelayRoute(("POST",), "/messages", "inference", model_fields=("model",), dialect="anthropic"),
+    RelayRoute(
+        ("POST",),
+        "/messages",
+        "inference",
+        model_fields=("model",),
+        dialect="anthropic",
+        cap_field="max_tokens",
+    ),
 )

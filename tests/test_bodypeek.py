@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from aigateway.bodypeek import UndecidableBody, go_fold, read_body
+from aigateway.bodypeek import UNDECIDED_CAP, UndecidableBody, go_fold, read_body
 from aigateway.testing import go_json
 
 FIELDS = ("model", "name")
@@ -112,18 +112,29 @@ def test_stream_and_include_usage_as_go_reads_them(
 
 
 @pytest.mark.parametrize(
-    ("body", "cap"),
+    ("body", "cap_field", "cap"),
     [
-        (b'{"options":{"num_predict":7}}', 7),
-        (b'{"options":{"num_predict":7},"OPTIONS":{"temperature":1}}', 7),  # a map merges
-        (b'{"options":{"NUM_PREDICT":7}}', None),  # map keys are exact
-        (b'{"max_tokens":9}', 9),
-        (b'{"max_output_tokens":11}', 11),
-        (b'{"options":{"num_predict":-1}}', -1),
+        (b'{"options":{"num_predict":7}}', "num_predict", 7),
+        (b'{"options":{"num_predict":7},"OPTIONS":{"temperature":1}}', "num_predict", 7),
+        (b'{"options":{"NUM_PREDICT":7}}', "num_predict", None),  # map keys are exact
+        (b'{"options":{"num_predict":-1}}', "num_predict", -1),
+        # FromMap takes any JSON number for an int option, truncated
+        (b'{"options":{"num_predict":100000.9}}', "num_predict", 100000),
+        (b'{"options":{"num_predict":1e30}}', "num_predict", UNDECIDED_CAP),
+        (b'{"options":{"num_predict":"5"}}', "num_predict", None),
+        # only the route's own field: Ollama reads no other (issue 24's attack run)
+        (b'{"max_tokens":1}', "num_predict", None),
+        (b'{"max_tokens":1,"options":{"num_predict":100000.0}}', "num_predict", 100000),
+        (b'{"max_tokens":9}', "max_tokens", 9),
+        (b'{"MAX_TOKENS":9}', "max_tokens", 9),  # a struct field: folded
+        (b'{"max_tokens":100000,"options":{"num_predict":1}}', "max_tokens", 100000),
+        (b'{"max_tokens":5.0}', "max_tokens", None),  # Go refuses a float for an int
+        (b'{"max_output_tokens":11}', "max_output_tokens", 11),
+        (b'{"max_output_tokens":100000,"max_tokens":1}', "max_output_tokens", 100000),
     ],
 )
-def test_output_caps(body: bytes, cap: int | None) -> None:
-    assert read_body(body, ("model",)).max_output == cap
+def test_output_caps(body: bytes, cap_field: str, cap: int | None) -> None:
+    assert read_body(body, ("model",), cap_field).max_output == cap
 
 
 def test_a_plain_body_takes_the_fast_path_and_agrees() -> None:

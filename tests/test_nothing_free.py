@@ -20,7 +20,7 @@ from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.budgets import Budget
 from aigateway.journal import read_segment
-from aigateway.pricing import Price, micro
+from aigateway.pricing import Price, PriceList, micro
 from aigateway.store import KeyLimits, Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
@@ -406,3 +406,40 @@ async def test_model_management_reads_each_field_as_ollama_does(
     assert [r for r in fake.requests if r.method == "POST"] == []
     resp = await admin.post("/api/create", json={"model": "mine", "from": " llama3.2:local "})
     assert resp.status == 200, await resp.text()
+
+
+def test_a_catch_all_price_covers_cloud_models_too() -> None:
+    """Prices matched as allow-lists do, where `*` never reaches a cloud model: on
+    31b9ff2 a '*' price left every Ollama cloud model free (and past every budget)."""
+    prices = PriceList([Price("*", per_request=10_000), Price("llama3*", per_request=5)])
+    for cloud in ("gpt-oss:120b-cloud", "GLM-4.6:Cloud", "gpt-oss:20b:cloud"):
+        found = prices.for_model(cloud)
+        assert found is not None and found.pattern == "*", cloud
+    found = prices.for_model("Llama3.2")
+    assert found is not None and found.pattern == "llama3*"
+
+
+async def test_an_answer_without_counts_is_charged_its_prompt_as_estimated(
+    aiohttp_server,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """Ollama's /api/embeddings reports no token counts: on 31b9ff2 a token price
+    charged it nothing however large its prompt."""
+    await _priced(db_path, Price("*", per_million_input=1_000_000))
+    key = await make_key(db_path)
+    gateway = await aiohttp_server(create_app(settings))
+    body = orjson.dumps({"model": "all-minilm", "prompt": "x" * 40_000})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.make_url("/api/embeddings"),
+            data=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert "prompt_eval_count" not in await resp.text()
+    (record,) = await _usage(db_path, 1)
+    assert record.estimated and record.prompt_tokens == len(body) // 4
+    assert record.cost == micro(Price("*", per_million_input=1_000_000).cost(len(body) // 4, 0, 0))
