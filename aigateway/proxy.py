@@ -23,7 +23,7 @@ from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
 from .bodybudget import BodyBudget
 from .bodypeek import FULL_PARSE_LIMIT
-from .budgets import Refusal
+from .budgets import Refusal, iso
 from .context import RequestContext
 from .errors import (
     BadRequest,
@@ -68,6 +68,8 @@ log = logging.getLogger("aigateway.proxy")
 # The request codings aiohttp's server decodes (identity: none to decode).
 DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 LARGE_BODY_BYTES = 1024 * 1024
+# Refusals whose Retry-After is longer carry x-should-retry: false (see _too_many).
+SDK_RETRY_WAIT_MOST_S = 60
 # A prompt's tokens are guessed at a quarter of its body's bytes, at most this many.
 PROMPT_ESTIMATE_CAP = 128 * 1024
 
@@ -230,11 +232,16 @@ def _prompt_estimate(body_bytes: int) -> int:
 
 
 def _too_many(verdict: Verdict) -> TooManyRequests:
-    return TooManyRequests(
-        verdict.reason,
-        {"Retry-After": str(verdict.retry_after), **dict(verdict.headers)},
-        verdict.refused,
-    )
+    wait = verdict.retry_after
+    headers = {"Retry-After": str(wait), **dict(verdict.headers)}
+    reason = verdict.reason
+    if wait > SDK_RETRY_WAIT_MOST_S:
+        # An hourly or daily limit: the OpenAI and Anthropic SDKs would sleep out the
+        # Retry-After before trying again (one slept 20 hours); tell them not to, and the
+        # caller when to come back.
+        headers["x-should-retry"] = "false"
+        reason = f"{reason}; it resets at {iso(time.time() + wait)}"
+    return TooManyRequests(reason, headers, verdict.refused)
 
 
 class Exchange:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import ollama
 import openai
 import orjson
@@ -254,3 +255,43 @@ async def test_ollama_js_streamed_chat(gateway: TestServer, key: str) -> None:
     result = json.loads(out)
     assert result["text"] == "Hello! How can I help?"
     assert result["done"] is True and result["eval_count"] == 6
+
+
+# --- a limit that resets in hours is not slept out ---------------------------------------
+
+
+async def test_sdks_do_not_sleep_out_an_hourly_limit(gateway: TestServer, db_path: str) -> None:
+    """A 429 whose Retry-After is over a minute says x-should-retry: false and when the
+    limit resets: each SDK (with its default retries) makes one request and raises at
+    once. On 31b9ff2 the Anthropic SDK slept out the Retry-After (an hour here)."""
+    secret = await make_key(db_path, "hana", "hourly", limits=KeyLimits(rph=1))
+    await eventually(lambda: secret_known(gateway, secret))
+    sent: list[str] = []
+
+    async def count(request: httpx2.Request) -> None:
+        sent.append(request.url.path)
+
+    def http() -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(event_hooks={"request": [count]})
+
+    oai = openai.AsyncOpenAI(
+        base_url=str(gateway.make_url("/v1")), api_key=secret, http_client=http()
+    )
+    claude = anthropic.AsyncAnthropic(
+        base_url=str(gateway.make_url("")), api_key=secret, http_client=http()
+    )
+    messages: Any = [{"role": "user", "content": "hi"}]
+    await oai.chat.completions.create(model="llama3.2", messages=messages)  # the hour's one
+    for call in (
+        lambda: oai.chat.completions.create(model="llama3.2", messages=messages),
+        lambda: claude.messages.create(model="llama3.2", max_tokens=9, messages=messages),
+    ):
+        sent.clear()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)) as refused:
+            await asyncio.wait_for(call(), 10)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert len(sent) == 1, sent
+        assert "resets at" in str(refused.value)
+    await oai.close()
+    await claude.close()
