@@ -439,6 +439,11 @@ async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
 
 # --- configuration ---------------------------------------------------------------------
 
+_CLOUD = (
+    '[[upstream]]\nname = "an"\nkind = "anthropic"\nurl = "http://x/v1"\n'
+    'key_env = "AN_KEY"\nmodels = ["claude-*"]\n'
+)
+
 
 @pytest.mark.parametrize(
     ("text", "message"),
@@ -458,6 +463,22 @@ async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nopen = "yes"', "open must be true"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nmodels = []', "models must be a list"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\ncolour = 1', "unknown field 'colour'"),
+        (f'{_CLOUD}pass_headers = "anthropic-beta"', "(an): pass_headers must be a list"),
+        (f'{_CLOUD}pass_headers = ["a b"]', "(an): pass_headers must be a list"),
+        (f"{_CLOUD}pass_headers = [1]", "(an): pass_headers must be a list"),
+        (f'{_CLOUD}pass_headers = ["{"x" * 101}"]', "pass_headers must be a list"),
+        (_CLOUD + "pass_headers = [" + ", ".join(['"x"'] * 33) + "]", "at most 32 header"),
+        (f'{_CLOUD}pass_headers = ["Authorization"]', "cannot pass authorization on"),
+        (f'{_CLOUD}pass_headers = ["X-Api-Key"]', "cannot pass x-api-key on"),
+        (f'{_CLOUD}pass_headers = ["host"]', "cannot pass host on"),
+        (f'{_CLOUD}pass_headers = ["Content-Length"]', "cannot pass content-length on"),
+        (f'{_CLOUD}pass_headers = ["Transfer-Encoding"]', "cannot pass transfer-encoding on"),
+        (f'{_CLOUD}pass_headers = ["Connection"]', "cannot pass connection on"),
+        (f'{_CLOUD}pass_headers = ["anthropic-beta", "Cookie"]', "cannot pass cookie on"),
+        (
+            '[[upstream]]\nname = "a"\nurl = "http://x"\npass_headers = ["anthropic-beta"]',
+            "(a): pass_headers is for cloud kinds",
+        ),
         (
             '[[upstream]]\nname = "a"\nurl = "http://x"\n[[upstream]]\nname = "a"\nurl = "http://y"',
             "the name 'a' is used twice",
@@ -474,10 +495,10 @@ def test_a_bad_upstreams_file_is_one_line_naming_the_entry(
     path = tmp_path / "upstreams.toml"
     path.write_text(text)
     with pytest.raises(UpstreamsError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
-        upstreams_from_file(str(path), {})
+        upstreams_from_file(str(path), {"AN_KEY": "k"})
     assert "\n" not in str(e.value)
     with pytest.raises(SettingsError) as e2:
-        Settings.from_env({"UPSTREAMS_FILE": str(path)}, env_file=None)
+        Settings.from_env({"UPSTREAMS_FILE": str(path), "AN_KEY": "k"}, env_file=None)
     assert str(e2.value) == str(e.value)
 
 
