@@ -5,6 +5,9 @@ Only headers are touched: hop-by-hop headers are dropped both ways, and the clie
 `Host`, `Origin`, credentials and cookies never reach an upstream (Ollama refuses foreign
 Hosts and unknown browser Origins with 403; the aiohttp client sends the upstream's Host
 instead). An upstream gets its own key (UPSTREAM_API_KEY, or key_env), never a client's.
+A cloud API, paid with that key, gets only the client headers its config allows
+(CLOUD_HEADERS and its pass_headers), and always the gateway's anthropic-version unless
+pass_headers lets the client's through.
 """
 
 from __future__ import annotations
@@ -92,27 +95,38 @@ def upstream_url(
     return url
 
 
-def without(headers: Mapping[str, str], drop: frozenset[str]) -> list[tuple[str, str]]:
+def without(
+    headers: Mapping[str, str], drop: frozenset[str], keep: frozenset[str] | None = None
+) -> list[tuple[str, str]]:
     """The (name, value) pairs of `headers` less `drop` and whatever their Connection
-    header names (hop-by-hop). (Pairs, not a copy to delete from: the headers present are
-    fewer than the names dropped, and aiohttp makes its own multidict of them anyway.)"""
+    header names (hop-by-hop), and, given `keep` (lower-case names), only those. (Pairs,
+    not a copy to delete from: the headers present are fewer than the names dropped, and
+    aiohttp makes its own multidict of them anyway.)"""
     connection = headers.get("Connection")
     if connection:
         drop = drop | {token.strip().lower() for token in connection.split(",")}
-    return [(name, value) for name, value in headers.items() if name.lower() not in drop]
+    if keep is None:
+        return [(name, value) for name, value in headers.items() if name.lower() not in drop]
+    return [
+        (name, value)
+        for name, value in headers.items()
+        if (lower := name.lower()) in keep and lower not in drop
+    ]
 
 
 def request_headers(request: web.Request, upstream: UpstreamConfig) -> list[tuple[str, str]]:
-    headers = without(request.headers, REQUEST_DROP)
+    # An Ollama's client_headers is None: every header but the dropped ones, at no extra cost.
+    headers = without(request.headers, REQUEST_DROP, upstream.client_headers)
     # Ask for identity so the bytes we relay are the bytes Ollama produced.
     headers.append(("Accept-Encoding", "identity"))
     if upstream.key is not None:
-        # The upstream's own key (the client's went with REQUEST_DROP); a client's own
-        # anthropic-version stands.
-        present = {name.lower() for name, _ in headers}
+        # The upstream's own key (the client's went with REQUEST_DROP), and Anthropic's
+        # anthropic-version: the client's stands only if pass_headers let it through.
+        passed = upstream.pass_headers
         for name, value in auth_headers(upstream).items():
-            if name.lower() not in present:
-                headers.append((name, value))
+            if name in passed and any(sent.lower() == name for sent, _ in headers):
+                continue
+            headers.append((name, value))
     return headers
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
@@ -22,7 +22,13 @@ from aigateway.settings import SettingsError
 from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.ports import free_port
-from aigateway.upstreams.config import UpstreamConfig, UpstreamsError, upstreams_from_file
+from aigateway.upstreamhttp import request_headers
+from aigateway.upstreams.config import (
+    ANTHROPIC_VERSION,
+    UpstreamConfig,
+    UpstreamsError,
+    upstreams_from_file,
+)
 
 from .conftest import make_key
 from .helpers import eventually
@@ -405,6 +411,121 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
     assert "llama3.2:latest" in ids and not any(i.startswith("deepseek") for i in ids[2:])
 
 
+# What a client may choose on its own: the paying account (OpenAI-Organization,
+# OpenAI-Project), an API's features (anthropic-beta, anthropic-version), anything else.
+CHOOSING = {
+    "OpenAI-Organization": "org-client",
+    "OpenAI-Project": "proj-client",
+    "anthropic-beta": "client-beta-1",
+    "anthropic-version": "2099-01-01",
+    "X-Custom": "custom",
+    "Cookie": "session=client",
+}
+HARMLESS = {
+    "Accept": "application/json",
+    "Accept-Encoding": "gzip",
+    "User-Agent": "client-agent/1.0",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+}
+
+
+def _lower(headers: dict[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+async def test_cloud_upstreams_get_only_the_client_headers_they_allow(
+    aiohttp_server, aiohttp_client, three: Three, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A cloud API is paid with the gateway's key: a client's headers that choose the
+    account or the API's features stay behind, unless the upstream's pass_headers names
+    them; an Ollama still gets every header but the dropped ones."""
+    fakes = {name: FakeOllama() for name in ("oa", "an", "beta", "ver")}
+    urls = {name: _url(await aiohttp_server(fake.app())) for name, fake in fakes.items()}
+    path = Path(db_path).with_name("upstreams.toml")
+    path.write_text(
+        f'[[upstream]]\nname = "local"\nurl = "{_url(three.servers[0])}"\n'
+        f'[[upstream]]\nname = "oa"\nkind = "openai"\nurl = "{urls["oa"]}/v1"\n'
+        'key_env = "K"\nmodels = ["gpt-4o*"]\nopen = true\n'
+        f'[[upstream]]\nname = "an"\nkind = "anthropic"\nurl = "{urls["an"]}/v1"\n'
+        'key_env = "K"\nmodels = ["claude-a*"]\nopen = true\n'
+        f'[[upstream]]\nname = "beta"\nkind = "anthropic"\nurl = "{urls["beta"]}/v1"\n'
+        'key_env = "K"\nmodels = ["claude-b*"]\nopen = true\npass_headers = ["anthropic-beta"]\n'
+        f'[[upstream]]\nname = "ver"\nkind = "anthropic"\nurl = "{urls["ver"]}/v1"\n'
+        'key_env = "K"\nmodels = ["claude-v*"]\nopen = true\n'
+        'pass_headers = ["Anthropic-Version", "anthropic-beta"]\n'
+    )
+    upstreams = upstreams_from_file(str(path), {"K": "sk-gateway"})
+    key = await make_key(db_path)
+    settings = Settings(token_db_path=db_path, upstreams=upstreams)
+    client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    headers = {**CHOOSING, **HARMLESS}
+    messages = CHAT["messages"]
+    resp = await client.post(
+        "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": messages}, headers=headers
+    )
+    assert resp.status == 200, await resp.text()
+    for model in ("claude-a1", "claude-b1", "claude-v1"):
+        body = {"model": model, "max_tokens": 10, "messages": messages}
+        resp = await client.post("/v1/messages", json=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+    sent = {
+        name: _lower([r for r in fake.requests if r.method == "POST"][-1].headers)
+        for name, fake in fakes.items()
+    }
+    for name, got in sent.items():
+        # the allowed five go on (Accept-Encoding as identity, as ever)
+        assert got["content-type"] == "application/json", name
+        assert got["accept"] == "application/json", name
+        assert got["accept-encoding"] == "identity", name
+        assert got["user-agent"] == "client-agent/1.0", name
+        assert got["traceparent"] == HARMLESS["traceparent"], name
+        for header in ("openai-organization", "openai-project", "x-custom", "cookie"):
+            assert header not in got, (name, header)
+        assert key not in repr(got), name
+    assert sent["oa"]["authorization"] == "Bearer sk-gateway"
+    assert "anthropic-beta" not in sent["oa"] and "anthropic-version" not in sent["oa"]
+    # the gateway's anthropic-version, whatever the client says, unless pass_headers
+    # names it; anthropic-beta only where pass_headers names it
+    assert sent["an"]["anthropic-version"] == ANTHROPIC_VERSION
+    assert "anthropic-beta" not in sent["an"]
+    assert sent["beta"]["anthropic-version"] == ANTHROPIC_VERSION
+    assert sent["beta"]["anthropic-beta"] == "client-beta-1"
+    assert sent["ver"]["anthropic-version"] == "2099-01-01"
+    assert sent["ver"]["anthropic-beta"] == "client-beta-1"
+    for name in ("an", "beta", "ver"):
+        assert sent[name]["x-api-key"] == "sk-gateway" and "authorization" not in sent[name]
+    # an Ollama: every client header but the dropped ones, as before
+    resp = await client.post("/api/chat", json={"model": "llama3.2", **CHAT}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    got = _lower([r for r in three.a.requests if r.method == "POST"][-1].headers)
+    assert got["x-custom"] == "custom" and got["openai-organization"] == "org-client"
+    assert got["anthropic-version"] == "2099-01-01" and "cookie" not in got
+
+
+def test_request_headers_send_one_anthropic_version() -> None:
+    """Exactly one anthropic-version: the gateway's, or the client's where passed."""
+    request = make_mocked_request(
+        "POST", "/v1/messages", headers={"anthropic-version": "2099-01-01", "X-Custom": "1"}
+    )
+
+    def versions(config: UpstreamConfig) -> list[str]:
+        return [v for n, v in request_headers(request, config) if n.lower() == "anthropic-version"]
+
+    plain = UpstreamConfig(name="an", url="http://x/v1", kind="anthropic", key="k")
+    passed = UpstreamConfig(
+        name="an",
+        url="http://x/v1",
+        kind="anthropic",
+        key="k",
+        pass_headers=frozenset({"Anthropic-Version"}),
+    )
+    assert versions(plain) == [ANTHROPIC_VERSION]
+    assert versions(passed) == ["2099-01-01"]
+    ollama = UpstreamConfig(name="o", url="http://x")
+    assert ("X-Custom", "1") in request_headers(request, ollama)
+    assert ("X-Custom", "1") not in request_headers(request, plain)
+
+
 async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
     aiohttp_server, aiohttp_client, three: Three, db_path: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -439,6 +560,11 @@ async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
 
 # --- configuration ---------------------------------------------------------------------
 
+_CLOUD = (
+    '[[upstream]]\nname = "an"\nkind = "anthropic"\nurl = "http://x/v1"\n'
+    'key_env = "AN_KEY"\nmodels = ["claude-*"]\n'
+)
+
 
 @pytest.mark.parametrize(
     ("text", "message"),
@@ -458,6 +584,22 @@ async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nopen = "yes"', "open must be true"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\nmodels = []', "models must be a list"),
         ('[[upstream]]\nname = "a"\nurl = "http://x"\ncolour = 1', "unknown field 'colour'"),
+        (f'{_CLOUD}pass_headers = "anthropic-beta"', "(an): pass_headers must be a list"),
+        (f'{_CLOUD}pass_headers = ["a b"]', "(an): pass_headers must be a list"),
+        (f"{_CLOUD}pass_headers = [1]", "(an): pass_headers must be a list"),
+        (f'{_CLOUD}pass_headers = ["{"x" * 101}"]', "pass_headers must be a list"),
+        (_CLOUD + "pass_headers = [" + ", ".join(['"x"'] * 33) + "]", "at most 32 header"),
+        (f'{_CLOUD}pass_headers = ["Authorization"]', "cannot pass authorization on"),
+        (f'{_CLOUD}pass_headers = ["X-Api-Key"]', "cannot pass x-api-key on"),
+        (f'{_CLOUD}pass_headers = ["host"]', "cannot pass host on"),
+        (f'{_CLOUD}pass_headers = ["Content-Length"]', "cannot pass content-length on"),
+        (f'{_CLOUD}pass_headers = ["Transfer-Encoding"]', "cannot pass transfer-encoding on"),
+        (f'{_CLOUD}pass_headers = ["Connection"]', "cannot pass connection on"),
+        (f'{_CLOUD}pass_headers = ["anthropic-beta", "Cookie"]', "cannot pass cookie on"),
+        (
+            '[[upstream]]\nname = "a"\nurl = "http://x"\npass_headers = ["anthropic-beta"]',
+            "(a): pass_headers is for cloud kinds",
+        ),
         (
             '[[upstream]]\nname = "a"\nurl = "http://x"\n[[upstream]]\nname = "a"\nurl = "http://y"',
             "the name 'a' is used twice",
@@ -474,10 +616,10 @@ def test_a_bad_upstreams_file_is_one_line_naming_the_entry(
     path = tmp_path / "upstreams.toml"
     path.write_text(text)
     with pytest.raises(UpstreamsError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
-        upstreams_from_file(str(path), {})
+        upstreams_from_file(str(path), {"AN_KEY": "k"})
     assert "\n" not in str(e.value)
     with pytest.raises(SettingsError) as e2:
-        Settings.from_env({"UPSTREAMS_FILE": str(path)}, env_file=None)
+        Settings.from_env({"UPSTREAMS_FILE": str(path), "AN_KEY": "k"}, env_file=None)
     assert str(e2.value) == str(e.value)
 
 

@@ -11,6 +11,8 @@ by commas), or a TOML file named by UPSTREAMS_FILE:
     max_concurrent = 4                 # requests at once (default: no limit)
     open = false                       # cloud kinds: may every key use its models? (default:
                                        # only keys whose allow-list names them)
+    pass_headers = ["anthropic-beta"]  # cloud kinds: client headers passed on besides
+                                       # CLOUD_HEADERS (default: none)
 
 Every value is checked here; a bad file stops start-up with one line naming the entry.
 """
@@ -30,10 +32,54 @@ Kind = Literal["ollama", "openai", "anthropic"]
 KINDS: tuple[Kind, ...] = ("ollama", "openai", "anthropic")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_FIELDS = {"name", "kind", "url", "key_env", "models", "weight", "max_concurrent", "open"}
+_FIELDS = {
+    "name",
+    "kind",
+    "url",
+    "key_env",
+    "models",
+    "weight",
+    "max_concurrent",
+    "open",
+    "pass_headers",
+}
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
 MAX_UPSTREAMS = 64
 MAX_PATTERNS = 100
-ANTHROPIC_VERSION = "2023-06-01"  # sent to an Anthropic upstream when a client sends none
+MAX_PASS_HEADERS = 32
+# Sent to an Anthropic upstream always: a client's own goes on only if pass_headers names it.
+ANTHROPIC_VERSION = "2023-06-01"
+# The client headers a cloud API gets. It is paid with the gateway's key, so nothing that
+# picks the account or its features (OpenAI-Organization, OpenAI-Project, anthropic-beta,
+# anthropic-version, ...) goes on unless the upstream's pass_headers names it.
+CLOUD_HEADERS = frozenset(
+    {"content-type", "accept", "accept-encoding", "user-agent", "traceparent"}
+)
+# Never passed on, whatever pass_headers says: credentials, hop-by-hop headers, and what
+# the gateway or aiohttp sets itself.
+_NEVER_PASSED = frozenset(
+    {
+        "authorization",
+        "x-api-key",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "origin",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "upgrade",
+        "expect",
+        "x-upstream",
+    }
+)
 
 
 class UpstreamsError(ValueError):
@@ -56,6 +102,17 @@ class UpstreamConfig:
     # A cloud API is paid with the gateway's key: its models are for the keys whose
     # allow-list names them, unless it is open to every key.
     open: bool = False
+    # Cloud kinds: client headers (lower case) passed on besides CLOUD_HEADERS.
+    pass_headers: frozenset[str] = frozenset()
+    # What client headers may go on (lower case), worked out once here as the relay asks
+    # on every request: None for an Ollama (all but the dropped ones).
+    client_headers: frozenset[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        passed = frozenset(name.lower() for name in self.pass_headers)
+        object.__setattr__(self, "pass_headers", passed)
+        allowed = None if self.kind == "ollama" else CLOUD_HEADERS | passed
+        object.__setattr__(self, "client_headers", allowed)
 
     @property
     def closed(self) -> bool:
@@ -188,7 +245,30 @@ def _entry(where: str, entry: object, environ: Mapping[str, str]) -> UpstreamCon
         weight=float(weight),
         max_concurrent=most,
         open=is_open,
+        pass_headers=_pass_headers(where, kind, entry.get("pass_headers")),
     )
+
+
+def _pass_headers(where: str, kind: Kind, raw: object) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if kind == "ollama":
+        raise UpstreamsError(
+            f"{where}: pass_headers is for cloud kinds (an Ollama gets every client header)"
+        )
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_PASS_HEADERS
+        or not all(isinstance(h, str) and _HEADER_NAME.fullmatch(h) for h in raw)
+    ):
+        raise UpstreamsError(
+            f"{where}: pass_headers must be a list of at most {MAX_PASS_HEADERS} header names"
+        )
+    names = frozenset(h.lower() for h in raw)
+    refused = names & _NEVER_PASSED
+    if refused:
+        raise UpstreamsError(f"{where}: pass_headers cannot pass {sorted(refused)[0]} on")
+    return names
 
 
 def check_url(where: str, raw: str, credentials: bool = True) -> str:
