@@ -157,3 +157,12 @@ def test_the_answer_parses_to_the_filtered_document() -> None:
     doc = json.loads(GO_TAGS)
     doc["models"] = [m for m in doc["models"] if m["name"].startswith("llama3")]
     assert json.loads(filter_model_list(GO_TAGS, LLAMA, True)) == doc
+
+
+def test_a_merged_list_is_escaped_as_go_escapes() -> None:
+    from aigateway.upstreams.union import go_escaped
+
+    merged = orjson.dumps({"models": [{"name": "a", "note": "<b> & \u2028\u2029 é"}]})
+    assert go_escaped(merged) == (
+        b'{"models":[{"name":"a","note":"\\u003cb\\u003e \\u0026 \\u2028\\u2029 \xc3\xa9"}]}'
+    )
