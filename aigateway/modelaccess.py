@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-import orjson
-
 from .bodypeek import first_name
 from .errors import ModelNotAllowed, Refused
+from .protocol.listspans import Array, Entry, cut, top_level_arrays
 from .protocol.names import (
     DEFAULT_HOST,
     DEFAULT_NAMESPACE,
@@ -128,12 +127,18 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
     """A model list cut down to the models the key may use (its allow-list, if any, and
     cloud models only when `cloud`): Ollama's `{"models": [...]}` (tags, ps, entries named
     by `name`/`model`) or OpenAI's `{"data": [...]}` (/v1/models, entries named by `id`).
-    Anything else is returned as it is."""
+    Every top-level array under such a key is cut (a key repeated, or spelled in another
+    case as Go's decoder would read it: each), and an entry that is not an object goes.
+
+    The answer is Ollama's bytes: `body` itself when nothing goes, else `body` with the
+    refused entries cut out of its text (listspans.py). Anything that is not a JSON
+    object is returned as it is."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
         return body
-    if not isinstance(doc, dict):
+    arrays = top_level_arrays(text, _LIST_KEYS)
+    if not arrays:
         return body
 
     def usable(name: str) -> bool:
@@ -141,13 +146,30 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
             return False
         return patterns is None or model_allowed(name, patterns)
 
-    for field, names in (("models", ("name", "model")), ("data", ("id",))):
-        entries = doc.get(field)
-        if isinstance(entries, list):
-            doc[field] = [
-                entry
-                for entry in entries
-                if isinstance(entry, dict) and usable(first_name(entry, names) or "")
-            ]
-            return orjson.dumps(doc)
-    return body
+    def keep(array: Array, entry: Entry) -> bool:
+        if entry.pairs is None or not isinstance(entry.value, dict):
+            return False
+        names = _ENTRY_NAMES[array.key.casefold()]
+        return usable(first_name(entry.value, names) or "") and all(
+            usable(name) for name in _other_readings(entry.pairs, names)
+        )
+
+    kept = cut(text, arrays, keep)
+    return body if kept is None else kept.encode("utf-8")
+
+
+_ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
+_LIST_KEYS = frozenset(_ENTRY_NAMES)
+
+
+def _other_readings(pairs: list[tuple[str, object]], names: tuple[str, ...]) -> list[str]:
+    """The names an entry may be read as besides first_name's: when a name field is
+    repeated, or spelled in another case (Go's decoder matches field names without case
+    and keeps the last; other readers keep the first), every one of them, so that no
+    reader sees a model the key may not."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) == len(keys) and not any(
+        key not in names and key.casefold() in names for key in keys
+    ):
+        return []  # (nearly always)
+    return [v for k, v in pairs if k.casefold() in names and isinstance(v, str) and v]

@@ -199,6 +199,24 @@ async def test_model_lists_show_only_allowed_models(
     assert await (await client.get("/api/tags")).read() == fixture("tags.json")
 
 
+async def test_model_lists_keep_ollamas_bytes(
+    limited: TestClient, client: TestClient, fake: FakeOllama
+) -> None:
+    from .test_model_lists import GO_TAGS, GO_TAGS_LLAMA, PRETTY_PS, PRETTY_PS_LLAMA
+
+    fake.list_bodies = {"/api/tags": GO_TAGS, "/api/ps": PRETTY_PS}
+    assert await (await client.get("/api/tags")).read() == GO_TAGS
+    assert await (await client.get("/api/ps")).read() == PRETTY_PS
+    assert await (await limited.get("/api/tags")).read() == GO_TAGS_LLAMA
+    assert await (await limited.get("/api/ps")).read() == PRETTY_PS_LLAMA
+    assert await (await limited.get("/v1/models")).read() == (
+        b'{"object":"list","data":[{"id":"llama3.2:latest","object":"model",'
+        b'"created":1746405464,"owned_by":"library"}]}'
+    )
+    fake.list_bodies = {"/api/tags": b"<html>not a list</html>"}
+    assert await (await limited.get("/api/tags")).read() == b"<html>not a list</html>"
+
+
 # --- limits -----------------------------------------------------------------------------
 
 

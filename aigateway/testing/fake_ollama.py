@@ -79,6 +79,8 @@ class FakeOllama:
     models: list[str] | None = None
     loaded: list[str] | None = None
     fail_with: int | None = None
+    # A model list's body exactly as given, by path (/api/tags, /api/ps, /v1/models).
+    list_bodies: dict[str, bytes] = field(default_factory=dict)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=1024**3)
@@ -168,6 +170,8 @@ class FakeOllama:
         return handler
 
     async def tags(self, request: web.Request) -> web.Response:
+        if request.path in self.list_bodies:
+            return _json(self.list_bodies[request.path])
         doc = orjson.loads(fixture("tags.json"))
         if self.models is not None:
             doc["models"] = [{**doc["models"][0], "name": m, "model": m} for m in self.models]
@@ -177,6 +181,8 @@ class FakeOllama:
         return _json(orjson.dumps(doc) if self.extra_models else fixture("tags.json"))
 
     async def ps(self, request: web.Request) -> web.Response:
+        if request.path in self.list_bodies:
+            return _json(self.list_bodies[request.path])
         if self.loaded is None:
             return _json(fixture("ps.json"))
         doc = orjson.loads(fixture("ps.json"))
@@ -184,6 +190,8 @@ class FakeOllama:
         return _json(orjson.dumps(doc))
 
     async def openai_models(self, request: web.Request) -> web.Response:
+        if request.path in self.list_bodies:
+            return _json(self.list_bodies[request.path], content_type="application/json")
         doc = orjson.loads(fixture("openai-models.json"))
         if self.models is not None:
             doc["data"] = [{**doc["data"][0], "id": m} for m in self.models]

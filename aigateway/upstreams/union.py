@@ -55,7 +55,26 @@ async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
     if merged is None:
         raise ServiceUnavailable("no upstream answered with its model list", {"Retry-After": "5"})
     merged[field] = entries
-    return orjson.dumps(merged)
+    return go_escaped(orjson.dumps(merged))
+
+
+def go_escaped(compact: bytes) -> bytes:
+    """orjson's compact JSON escaped as Go's encoding/json escapes it (`<` `>` `&`, U+2028
+    and U+2029): a list merged from several Ollamas cannot be one's bytes, but reads as
+    one's. (Those characters stand only inside strings, so the bytes may be swapped.)"""
+    for raw, escape in _GO_ESCAPES:
+        if raw in compact:
+            compact = compact.replace(raw, escape)
+    return compact
+
+
+_GO_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
 
 
 async def _fetch(pool: Pool, upstream: Upstream, route: RelayRoute) -> dict[str, object] | None:
