@@ -97,9 +97,7 @@ _FOLDED = {go_fold(name): name for name in _READ}
 _READ_SET = frozenset(_READ)
 
 
-def read_body(
-    body: bytes, fields: tuple[str, ...], cap_field: str = "num_predict"
-) -> BodyFields:
+def read_body(body: bytes, fields: tuple[str, ...], cap_field: str = "num_predict") -> BodyFields:
     """What Ollama will read from `body` for a route whose model fields are `fields` and
     whose output cap is `cap_field` (routes.py: `options.num_predict` on Ollama's own routes,
     `max_tokens` or `max_output_tokens` on the compatible ones; no other is read)."""
@@ -270,8 +268,6 @@ def _num_predict(value: Any) -> int | None:
 _INT64 = 2**63
 # A cap Go would read as some int64 nobody can tell: reserve the most.
 UNDECIDED_CAP = 2**62
-
-
 
 
 def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:

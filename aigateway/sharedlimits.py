@@ -634,9 +634,7 @@ def _refusal(limits: Limits, state: tuple[Any, ...]) -> Verdict:
         return Verdict(False, reasons["minute"], _until_next(MINUTE, use.now), headers)
     if limits.rph and use.hour >= limits.rph:
         return Verdict(False, reasons["hour"], _until_next(HOUR, use.now), headers)
-    return Verdict(
-        False, reasons["day"], _until_next(DAY, use.now), headers, Refused.TOKEN_QUOTA
-    )
+    return Verdict(False, reasons["day"], _until_next(DAY, use.now), headers, Refused.TOKEN_QUOTA)
 
 
 def _start(now: float, length: int) -> int:
