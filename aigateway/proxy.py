@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -553,30 +554,50 @@ async def _forward_to(
                 upstream.close()
             return response
     except aiohttp.ClientConnectorError as exc:
-        reason = f"cannot reach {_where(config)}: {exc.os_error.strerror or exc}"
+        why = f": {exc.os_error.strerror or exc}"
         if more:
-            raise _TryNext(reason) from None
-        raise UpstreamUnreachable(reason) from None
+            raise _TryNext(f"cannot reach it{why}") from None
+        # (the connector's own text names the address: not for every key's eyes)
+        errno = exc.os_error.errno
+        said = f": {os.strerror(errno) if errno else type(exc.os_error).__name__}"
+        raise _unreachable(exchange, config, "cannot reach {}" + why, said) from None
     except (aiohttp.ServerTimeoutError, TimeoutError):
-        reason = (
-            f"{_where(config)} did not answer in time"
+        why = (
+            " did not answer in time"
             f" (connect {settings.upstream_connect_timeout:g} s,"
             f" read {settings.upstream_read_timeout:g} s)"
         )
         if more and exchange.response is None:
-            raise _TryNext(reason) from None
+            raise _TryNext(f"it{why}") from None
         exchange.status = 504
-        raise UpstreamTimeout(reason) from None
+        raise _unreachable(exchange, config, "{}" + why, kind=UpstreamTimeout) from None
     except aiohttp.ClientError as exc:
-        reason = f"{_where(config)} failed before answering: {type(exc).__name__}"
+        why = f" failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
-            raise _TryNext(reason) from None
-        raise UpstreamUnreachable(reason) from None
+            raise _TryNext(f"it{why}") from None
+        raise _unreachable(exchange, config, "{}" + why) from None
 
 
-def _where(config: UpstreamConfig) -> str:
-    """An upstream as an error message names it (made only when one is)."""
-    return f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
+def _unreachable(
+    exchange: Exchange,
+    config: UpstreamConfig,
+    template: str,
+    said: str = "",
+    kind: type[UpstreamUnreachable | UpstreamTimeout] = UpstreamUnreachable,
+) -> UpstreamUnreachable | UpstreamTimeout:
+    """The error for an upstream that failed: an admin's names its URL, as the log does;
+    any other key's names it only as Ollama (or a cloud upstream by its name), so that
+    no key holder learns where the GPUs are."""
+    located = template.format(
+        f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
+    )
+    log.warning("rid=%s %s", exchange.context.request_id, located)
+    if exchange.principal.role == "admin":
+        return kind(located)
+    named = "Ollama" if config.kind == "ollama" else f"upstream {config.name}"
+    if said:  # the failure in words that do not locate the upstream
+        return kind(template.split("{}")[0] + named + said)
+    return kind(template.format(named))
 
 
 def _model_of(request: web.Request, route: RelayRoute, exchange: Exchange) -> str | None:

@@ -316,8 +316,10 @@ async def test_client_leaving_closes_the_upstream_request(
 
 
 async def test_unreachable_upstream_is_502_and_serving_goes_on(
-    aiohttp_client, settings: Settings, key: str
+    aiohttp_client, settings: Settings, key: str, admin_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The 502 says where the upstream is to an admin (and the log), not to a user key
+    (on 31b9ff2 any key holder read Ollama's internal URL)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
@@ -329,7 +331,14 @@ async def test_unreachable_upstream_is_502_and_serving_goes_on(
         assert resp.status == 502
         assert resp.headers["Content-Type"].startswith("application/json")
         error = (await resp.json())["error"]
-        assert dead_url in error
+        assert error.startswith("cannot reach Ollama: ") and str(dead_port) not in error
+    assert any(dead_url in r.getMessage() for r in caplog.records)
+    resp = await client.post(
+        "/api/chat",
+        data=b'{"model":"llama3.2"}',
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
+    assert resp.status == 502 and dead_url in (await resp.json())["error"]
     assert (await client.get("/health")).status == 200
 
 
