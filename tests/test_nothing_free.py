@@ -229,6 +229,23 @@ def _priced_bodies(model: str) -> list[tuple[str, bytes, dict[str, str]]]:
     ]
 
 
+async def _each_spelling_on_each_route(
+    gateway: TestServer, key: str
+) -> list[tuple[str, str, int, str]]:
+    """Every spelling on every priced route: (spelling, path, status, answer)."""
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for spelling in SPELLINGS:
+            for path, body, headers in _priced_bodies(spelling):
+                async with session.post(
+                    gateway.make_url(path),
+                    data=body,
+                    headers={"Authorization": f"Bearer {key}", **headers},
+                ) as resp:
+                    answers.append((spelling, path, resp.status, await resp.text()))
+    return answers
+
+
 async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget(
     aiohttp_server,  # type: ignore[no-untyped-def]
     settings: Settings,
@@ -247,17 +264,9 @@ async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget
     finally:
         await store.close()
     gateway = await aiohttp_server(create_app(settings))
-    async with aiohttp.ClientSession() as session:
-        for spelling in SPELLINGS:
-            for path, body, headers in _priced_bodies(spelling):
-                async with session.post(
-                    gateway.make_url(path),
-                    data=body,
-                    headers={"Authorization": f"Bearer {key}", **headers},
-                ) as resp:
-                    want = 429 if path.startswith("/v1/") and "messages" not in path else 402
-                    assert resp.status == want, (spelling, path, await resp.text())
-                    assert "over_budget" in await resp.text()
+    for spelling, path, status, text in await _each_spelling_on_each_route(gateway, key):
+        want = 429 if path.startswith("/v1/") and "messages" not in path else 402
+        assert status == want and "over_budget" in text, (spelling, path, text)
     assert [r for r in fake.requests if r.method == "POST"] == []
 
 
@@ -273,17 +282,9 @@ async def test_each_spelling_is_recorded_as_sent_and_by_its_identity(
     key = await make_key(db_path)
     gateway = await aiohttp_server(create_app(settings))
     sent = []
-    async with aiohttp.ClientSession() as session:
-        for spelling in SPELLINGS:
-            for path, body, headers in _priced_bodies(spelling):
-                async with session.post(
-                    gateway.make_url(path),
-                    data=body,
-                    headers={"Authorization": f"Bearer {key}", **headers},
-                ) as resp:
-                    assert resp.status == 200, (spelling, path, await resp.text())
-                    await resp.read()
-                sent.append((path, spelling))
+    for spelling, path, status, text in await _each_spelling_on_each_route(gateway, key):
+        assert status == 200, (spelling, path, text)
+        sent.append((path, spelling))
     records = await _usage(db_path, len(sent))
     got = sorted((r.route, r.model_sent or "") for r in records)
     assert got == sorted((p.removeprefix("/api").removeprefix("/v1"), s) for p, s in sent)
