@@ -155,7 +155,6 @@ class _Gauges(Collector):
 
     def __init__(self, pool: Pool, in_flight: InFlight) -> None:
         self.pool = pool
-        pool.wants_lists = True  # model labels are the models the upstreams list
         self.in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:

@@ -149,7 +149,7 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
     def keep(array: Array, entry: Entry) -> bool:
         if entry.pairs is None or not isinstance(entry.value, dict):
             return False
-        names = _ENTRY_NAMES[array.key.casefold()]
+        names = ENTRY_NAMES[array.key.casefold()]
         return usable(first_name(entry.value, names) or "") and all(
             usable(name) for name in _other_readings(entry.pairs, names)
         )
@@ -158,8 +158,10 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
     return body if kept is None else kept.encode("utf-8")
 
 
-_ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
-_LIST_KEYS = frozenset(_ENTRY_NAMES)
+# A model list's field, and what its entries are named by: Ollama's {"models": [{"name"|
+# "model": ...}]}, OpenAI's and Anthropic's {"data": [{"id": ...}]}.
+ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
+_LIST_KEYS = frozenset(ENTRY_NAMES)
 
 
 def _other_readings(pairs: list[tuple[str, object]], names: tuple[str, ...]) -> list[str]:

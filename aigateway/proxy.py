@@ -407,7 +407,7 @@ async def _reserve_budget(
     if verdict is True:
         held = exchange.ticket_hold
         if top_up is not None and held is not None:
-            held.ticket = top_up.ticket._replace(reserved=top_up.ticket.reserved + top_up.tokens)
+            held.ticket = top_up.ticket.with_more(top_up.tokens)
     else:
         if verdict is None:
             verdict = relay.budgets.reserve(lines, per_request, reserve, now)
@@ -560,7 +560,7 @@ async def _forward_to(
         # (the connector's own text names the address: not for every key's eyes)
         errno = exc.os_error.errno
         said = f": {os.strerror(errno) if errno else type(exc.os_error).__name__}"
-        raise _unreachable(exchange, config, "cannot reach {}" + why, said) from None
+        raise _unreachable(exchange, config, "cannot reach ", why, said) from None
     except (aiohttp.ServerTimeoutError, TimeoutError):
         why = (
             " did not answer in time"
@@ -570,34 +570,32 @@ async def _forward_to(
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None
         exchange.status = 504
-        raise _unreachable(exchange, config, "{}" + why, kind=UpstreamTimeout) from None
+        raise _unreachable(exchange, config, "", why, kind=UpstreamTimeout) from None
     except aiohttp.ClientError as exc:
         why = f" failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None
-        raise _unreachable(exchange, config, "{}" + why) from None
+        raise _unreachable(exchange, config, "", why) from None
 
 
 def _unreachable(
     exchange: Exchange,
     config: UpstreamConfig,
-    template: str,
-    said: str = "",
+    before: str,
+    after: str,
+    said: str | None = None,
     kind: type[UpstreamUnreachable | UpstreamTimeout] = UpstreamUnreachable,
 ) -> UpstreamUnreachable | UpstreamTimeout:
-    """The error for an upstream that failed: an admin's names its URL, as the log does;
-    any other key's names it only as Ollama (or a cloud upstream by its name), so that
-    no key holder learns where the GPUs are."""
-    located = template.format(
-        f"Ollama at {config.url}" if config.kind == "ollama" else f"upstream {config.name}"
-    )
-    log.warning("rid=%s %s", exchange.context.request_id, located)
-    if exchange.principal.role == "admin":
-        return kind(located)
+    """The error for an upstream that failed (`before` + the upstream + `after`): an
+    admin's names its URL, as the log does; any other key's names it only as Ollama (or a
+    cloud upstream by its name), with `said` for `after` where that would locate it, so
+    that no key holder learns where the GPUs are."""
     named = "Ollama" if config.kind == "ollama" else f"upstream {config.name}"
-    if said:  # the failure in words that do not locate the upstream
-        return kind(template.split("{}")[0] + named + said)
-    return kind(template.format(named))
+    located = f"Ollama at {config.url}" if config.kind == "ollama" else named
+    log.warning("rid=%s %s%s%s", exchange.context.request_id, before, located, after)
+    if exchange.principal.role == "admin":
+        return kind(f"{before}{located}{after}")
+    return kind(f"{before}{named}{after if said is None else said}")
 
 
 def _model_of(request: web.Request, route: RelayRoute, exchange: Exchange) -> str | None:

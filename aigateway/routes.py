@@ -116,7 +116,7 @@ RELAY_ROUTES: tuple[RelayRoute, ...] = (
         dialect="openai",
         cap_field="max_output_tokens",
     ),
-    # multipart/form-data: not JSON, so keys with an allow-list cannot use it.
+    # multipart/form-data: its model read from the form (protocol/form.py).
     RelayRoute(
         ("POST",),
         "/audio/transcriptions",

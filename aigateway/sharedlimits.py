@@ -117,6 +117,10 @@ class Ticket(NamedTuple):
     # ends (see returned), since the client may send its next request to another gateway.
     at_once: bool = False
 
+    def with_more(self, tokens: int) -> Ticket:
+        """The ticket once `tokens` more are reserved (a top-up)."""
+        return self._replace(reserved=self.reserved + tokens)
+
 
 class Admission(NamedTuple):
     verdict: Verdict
@@ -362,7 +366,7 @@ class SharedLimits:
             return ticket  # admitted already; the reservation it has stands
         if row is None:
             return day_refusal(limits)
-        return ticket._replace(reserved=ticket.reserved + tokens)
+        return ticket.with_more(tokens)
 
     def give_back(self, ticket: Ticket, tokens: int, relayed: bool) -> None:
         """A request admitted by the database ended: free its slot, replace its

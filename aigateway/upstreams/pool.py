@@ -26,7 +26,7 @@ import orjson
 
 from ..bodypeek import first_name
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
-from ..modelaccess import identity, model_allowed
+from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
 from .queue import FairQueue
@@ -47,9 +47,6 @@ CLOUD_ROUTES = {
 # The header an admin names an upstream with, for model management with several.
 UPSTREAM_HEADER = "X-Upstream"
 MAX_LISTED = 10_000  # models kept from one upstream's list
-# A model list's field, and what its entries are named by: Ollama's {"models": [{"name"|
-# "model": ...}]}, OpenAI's and Anthropic's {"data": [{"id": ...}]}.
-ENTRY_NAMES = {"models": ("name", "model"), "data": ("id",)}
 MAX_LIST_BYTES = 16 * 1024**2
 RELIST_GAP_S = 5.0  # the least time between two reads of the lists for an unknown model
 

@@ -10,9 +10,9 @@ import orjson
 
 from ..bodypeek import first_name
 from ..errors import ServiceUnavailable
-from ..modelaccess import identity, model_allowed
+from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..routes import RELAY_ROUTES, RelayRoute
-from .pool import ENTRY_NAMES, FAILOVER_STATUSES, CheckFailed, Pool, Upstream
+from .pool import FAILOVER_STATUSES, CheckFailed, Pool, Upstream
 
 TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
 
