@@ -124,11 +124,7 @@ async def test_every_take_is_given_back_whichever_way_the_request_ends(
     await _priced(db_path, Price("*", per_request=10_000))
     limits = KeyLimits(tokens_per_day=10**6, max_concurrent=4)
     key = await make_key(db_path, "acme", "x", limits=limits, models=["llama3*", "silent"])
-    store = await Store.open(db_path)
-    try:
-        await store.set_key_budget(await _key_id(store), Budget(25_000, "monthly"))
-    finally:
-        await store.close()
+    await _budget_of_the_only_key(db_path, Budget(25_000, "monthly"))
     app = create_app(settings)
     gateway: TestServer = await aiohttp_server(app)  # (cancels the handler of a client that left)
     relay = app[RELAY]
@@ -160,9 +156,13 @@ async def test_every_take_is_given_back_whichever_way_the_request_ends(
     assert relay.budgets.view(line, asyncio.get_running_loop().time())["reserved"] == 0
 
 
-async def _key_id(store: Store) -> int:
-    (key,) = await store.list_keys()
-    return key.id
+async def _budget_of_the_only_key(db_path: str, budget: Budget) -> None:
+    store = await Store.open(db_path)
+    try:
+        (key,) = await store.list_keys()
+        await store.set_key_budget(key.id, budget)
+    finally:
+        await store.close()
 
 
 async def test_start_up_warns_of_a_cloud_model_no_price_matches(
@@ -258,11 +258,7 @@ async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget
     On 31b9ff2 the allow-list refused most spellings, and those it let by were free."""
     await _priced(db_path, Price("llama3.2", per_request=10_000))
     key = await make_key(db_path, "acme", "x", models=["llama3.2"])
-    store = await Store.open(db_path)
-    try:
-        await store.set_key_budget(await _key_id(store), Budget(0, "total"))
-    finally:
-        await store.close()
+    await _budget_of_the_only_key(db_path, Budget(0, "total"))
     gateway = await aiohttp_server(create_app(settings))
     for spelling, path, status, text in await _each_spelling_on_each_route(gateway, key):
         want = 429 if path.startswith("/v1/") and "messages" not in path else 402
