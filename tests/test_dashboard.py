@@ -21,6 +21,7 @@ from playwright.async_api import async_playwright, expect
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
+from aigateway.pricing import Price
 from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
@@ -467,4 +468,44 @@ async def test_the_overview_shows_each_upstream_with_several(
         assert any("ollama2" in r and "out: cannot reach" in r for r in rows), rows
         await _shot(page, "overview-upstreams")
     finally:
+        await context.close()
+
+
+async def test_the_playground_shows_the_cost_the_gateway_charged(
+    browser,  # type: ignore[no-untyped-def]
+    dashboard: TestServer,
+    db_path: str,
+) -> None:
+    """A model priced per request, per token and per second, at prices whose nano-unit
+    cost is not a whole micro-unit: the playground's cost is what the usage record holds
+    (rounded as the gateway rounds), on a desktop and a phone, light and dark."""
+    store = await Store.open(db_path)
+    try:
+        await store.set_price(Price("llama3*", 1_234, 333_333, 777_777, 4_321))
+    finally:
+        await store.close()
+    key = await make_key(db_path, "pia", "pg")
+    url = str(dashboard.make_url("")).rstrip("/")
+    for width, theme in ((1280, "light"), (390, "dark")):
+        context, page = await _signed_in(browser, url, key, width)
+        await page.evaluate(f"document.documentElement.dataset.theme = '{theme}'")
+        await page.goto(url + "/ui/#/playground")
+        await page.wait_for_selector("#pg-model")
+        await page.select_option("#pg-model", "llama3.2:latest")
+        await page.fill("#pg-prompt", "hi")
+        await page.click("#pg-send")
+        await page.wait_for_selector("#pg-figures:has-text('cost')")
+        shown = re.search(r"cost ([0-9.]+) USD", await page.text_content("#pg-figures") or "")
+        assert shown is not None
+        await dashboard.app[RELAY].usage.flush()  # type: ignore[union-attr]
+        cookies = {c["name"]: c["value"] for c in await context.cookies()}
+        async with (
+            aiohttp.ClientSession(cookies=cookies) as session,
+            session.get(url + "/admin/usage?limit=1") as resp,
+        ):
+            (record,) = (await resp.json())["records"]  # (the newest)
+        assert record["model"] == "llama3.2:latest"
+        assert record["cost"] == round(float(shown[1]) * 1_000_000)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        await _shot(page, f"playground-cost-{width}-{theme}")
         await context.close()
