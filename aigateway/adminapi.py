@@ -63,7 +63,8 @@ from .store import (
     KeyRecord,
     UsageQuery,
 )
-from .upstreams.pool import CheckFailed, Pool
+from .upstreams.pool import Pool
+from .upstreams.probe import CheckFailed
 from .upstreams.union import TAGS, union_of_lists
 
 _KEY_ID = re.compile(r"[0-9]{1,18}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -13,9 +12,6 @@ from .appkeys import KEY_TABLE, RELAY, STARTED_AT
 from .auth import authenticate, authenticate_after_a_look, public
 from .errors import GatewayError
 from .keytable import AuthError, UnknownKeyError
-from .upstreams.pool import CheckFailed
-
-OLLAMA_PROBE_TIMEOUT_S = 5.0
 
 
 @public
@@ -61,44 +57,17 @@ async def health_ollama(request: web.Request) -> web.Response:
     round-trip time and what went wrong. With several upstreams: ok when all are up,
     degraded when some are (200), unreachable when none is (503); an admin sees each
     one (up or out and why, latency of its last check, requests in flight, its models
-    and those loaded)."""
+    and those loaded). Nobody makes it call the upstream more than once an interval."""
     pool = request.app[RELAY].pool
     if not pool.single:
         up = sum(u.up for u in pool.upstreams)
         state = "ok" if up == len(pool.upstreams) else "degraded" if up else "unreachable"
         listed: dict[str, object] = {"upstreams": pool.views()}
         return await _answer(request, state, listed, 200 if up else 503)
-    only = pool.upstreams[0]
-    upstream = only.config
-    # A cloud API has no /api/version: its model list says whether it answers (what
-    # the checks of several upstreams ask it).
-    ollama = upstream.kind == "ollama"
-    probe = "/api/version" if ollama else "/models"
-    who = "Ollama" if ollama else f"upstream {upstream.name}"
-    details: dict[str, object] = (
-        {"ollama_url": upstream.url} if ollama else {"upstream": upstream.name, "url": upstream.url}
-    )
-    started = time.perf_counter()
-    try:
-        status, body = await pool.fetch(only, probe, OLLAMA_PROBE_TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        details["error"] = f"{who} did not answer: {reason}"
-        return await _answer(request, "unreachable", details, 503)
-    details["rtt_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    version = None
-    if ollama:
-        try:
-            doc = orjson.loads(body)
-            version = doc.get("version") if isinstance(doc, dict) else None
-        except orjson.JSONDecodeError:
-            pass
-    if status != 200 or (ollama and not isinstance(version, str)):
-        details["error"] = f"{who} answered {probe} with status {status}"
-        return await _answer(request, "unhealthy", details, 503)
-    if ollama:
-        details["ollama_version"] = version
-    return await _answer(request, "ok", details, 200)
+    assert pool.probe is not None  # one upstream: asked, at most once an interval
+    # An admin troubleshooting gets a probe of now; anyone else the last one.
+    probed = await pool.probe.result(fresh=await _is_admin(request))
+    return await _answer(request, probed.state, probed.details, probed.code)
 
 
 async def _answer(

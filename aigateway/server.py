@@ -14,6 +14,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
+from .appkeys import RELAY
 from .logs import configure_logging
 from .settings import Settings, SettingsError
 
@@ -68,6 +69,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 # The young generation is collected once this many more container objects are alive than
 # at its last collection (Python's default: 700).
 YOUNG_GENERATION_THRESHOLD = 10_000
+
+
+async def _warn_if_unanswered(app: web.Application) -> None:
+    probe = app[RELAY].pool.probe
+    if probe is None:
+        return
+    probed = await probe.result()
+    if not probed.up:
+        log.warning(
+            "%s at %s; requests get 502 until it answers",
+            probed.details["error"],
+            probe.upstream.url,
+        )
 
 
 def tune_garbage_collector() -> None:
@@ -132,11 +146,15 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
             else settings.upstream_list[0].url + "/api",
         )
         tune_garbage_collector()
+        # Several upstreams are checked as the app starts (the pool warns of each one out);
+        # the one Ollama is asked here, in the background, so a wrong URL is seen at once.
+        asking = asyncio.create_task(_warn_if_unanswered(runner.app), name="start-up probe")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping: finishing open requests (at most %g s)", settings.shutdown_timeout)
+        asking.cancel()
     finally:
         await runner.cleanup()  # drains requests, flushes key use times, closes the store

@@ -3,6 +3,7 @@ details for an admin key."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from aiohttp.test_utils import TestClient
@@ -77,3 +78,57 @@ async def test_one_cloud_upstream_is_probed_by_its_model_list(
     doc = await resp.json()
     assert resp.status == 503 and doc["status"] == "unreachable", doc
     assert "upstream oa did not answer" in doc["error"]
+
+
+async def _crowd(client: TestClient, n: int, headers: dict[str, str] | None = None) -> list[int]:
+    async def one() -> int:
+        resp = await client.get("/health/ollama", headers=headers or {})
+        await resp.read()
+        return resp.status
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_anonymous_callers_make_one_cloud_probe_an_interval(
+    aiohttp_client, aiohttp_server, db_path: str, admin_key: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A crowd of anonymous /health/ollama calls in front of one paid cloud API costs
+    it one /models request per UPSTREAM_CHECK_INTERVAL, with the server's key; an admin
+    troubleshooting gets a probe of now."""
+    cloud = FakeOllama()
+    server = await aiohttp_server(cloud.app())
+    only = UpstreamConfig(name="oa", url=str(server.make_url("/v1")), kind="openai", key="sk-x")
+    settings = Settings(upstreams=(only,), token_db_path=db_path, upstream_check_interval=1.0)
+    client = await aiohttp_client(await aiohttp_server(create_app(settings)))
+
+    def probes() -> int:
+        return sum(r.path_qs == "/v1/models" for r in cloud.requests)
+
+    assert await _crowd(client, 50) == [200] * 50  # at once: they share one probe
+    for _ in range(20):  # one after another within the interval: the same answer
+        assert (await client.get("/health/ollama")).status == 200
+    assert probes() == 1
+    await asyncio.sleep(1.1)
+    assert await _crowd(client, 10) == [200] * 10
+    assert probes() == 2
+    await server.close()  # the cloud API gone: anonymous callers learn it within an interval
+    assert (await client.get("/health/ollama")).status == 200  # the last answer, still young
+    resp = await client.get("/health/ollama", headers={"x-api-key": admin_key})
+    assert resp.status == 503 and (await resp.json())["status"] == "unreachable"
+    assert (await client.get("/health/ollama")).status == 503  # the admin's probe is shared
+
+
+async def test_one_ollama_is_probed_once_an_interval(
+    aiohttp_client, aiohttp_server, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    ollama = FakeOllama()
+    server = await aiohttp_server(ollama.app())
+    one = replace(
+        settings,
+        ollama_base_url=str(server.make_url("")).rstrip("/"),
+        upstream_check_interval=30.0,
+    )
+    client = await aiohttp_client(await aiohttp_server(create_app(one)))
+    assert await _crowd(client, 40) == [200] * 40
+    assert await _crowd(client, 40, {"Authorization": "Bearer not-a-key"}) == [200] * 40
+    assert [r.path_qs for r in ollama.requests] == ["/api/version"]

@@ -142,10 +142,36 @@ async def test_client_leaving_closes_upstream_in_the_real_server(
             await resp.read()
 
     task = asyncio.create_task(call())
-    await eventually(lambda: len(fake.requests) == 1)
+    await eventually(lambda: any(r.path_qs == "/api/chat" for r in fake.requests))
     task.cancel()
     took = await eventually(lambda: len(fake.abandoned) == 1)
     assert took < 1.0
+
+
+async def test_start_up_warns_when_the_one_ollama_does_not_answer(
+    upstream: TestServer, db_path: str, key: str, tmp_path: Path
+) -> None:
+    """As several upstreams are checked as the gateway starts, the one Ollama is asked:
+    a wrong OLLAMA_BASE_URL is in the log at once, not at the first user's 502."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    gateway = await start_gateway(upstream, db_path, tmp_path, OLLAMA_BASE_URL=dead)
+    try:
+        await eventually(lambda: "requests get 502" in gateway.log_file.read_text(), 10)
+        line = next(
+            line for line in gateway.log_file.read_text().splitlines() if "requests get 502" in line
+        )
+        assert " WARNING " in line and "Ollama did not answer" in line and dead in line, line
+    finally:
+        stderr = await gateway.stop()
+    assert "Traceback" not in stderr
+
+
+async def test_start_up_says_nothing_when_the_one_ollama_answers(
+    gateway_process: Gateway, fake: FakeOllama
+) -> None:
+    await eventually(lambda: any(r.path_qs == "/api/version" for r in fake.requests), 10)
+    await asyncio.sleep(0.2)
+    assert "502" not in gateway_process.log_file.read_text()
 
 
 def test_init_db_creates_the_database(tmp_path: Path) -> None:

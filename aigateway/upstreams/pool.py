@@ -9,7 +9,7 @@ UPSTREAM_CHECK_INTERVAL seconds (an Ollama's /api/tags and /api/ps, a cloud API'
 /models) finds models and health; a failed check, a refused connection or a 502/503/504
 takes an upstream out for a cool-down that doubles while it keeps failing (2 s up to a
 minute), and a passing check brings it back. A gateway with one upstream checks nothing
-and always tries it, as it always did.
+and always tries it, as it always did (/health/ollama asks it: probe.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnav
 from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
+from .probe import CheckFailed, OneProbe
 from .queue import FairQueue
 
 log = logging.getLogger("aigateway.upstreams")
@@ -138,6 +139,13 @@ class Pool:
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
         self.single = len(self.upstreams) == 1
+        # ...but /health/ollama and the start-up warning ask it, at most once an interval.
+        self.probe: OneProbe | None = None
+        if self.single:
+            only = self.upstreams[0]
+            self.probe = OneProbe(
+                only.config, lambda path, timeout: self.fetch(only, path, timeout), check_interval
+            )
         # Cloud APIs that only keys whose allow-list names their models may use.
         self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
@@ -405,10 +413,6 @@ class Pool:
                 if len(body) > MAX_LIST_BYTES:
                     raise CheckFailed(f"{path} is larger than {MAX_LIST_BYTES} bytes")
             return response.status, bytes(body)
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def model_names(body: bytes, field: str) -> list[str]:

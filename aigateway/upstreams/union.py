@@ -12,7 +12,8 @@ from ..bodypeek import first_name
 from ..errors import ServiceUnavailable
 from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..routes import RELAY_ROUTES, RelayRoute
-from .pool import FAILOVER_STATUSES, CheckFailed, Pool, Upstream
+from .pool import FAILOVER_STATUSES, Pool, Upstream
+from .probe import CheckFailed
 
 TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
 

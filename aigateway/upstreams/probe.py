@@ -1,0 +1,113 @@
+"""Whether the one upstream answers, asked at most once per check interval.
+
+With several upstreams the pool's background checks know each one's state; with one there
+are no checks (nothing to fail over to), so /health/ollama and the start-up warning ask it
+here. Callers share the last answer while it is younger than the interval, and a probe in
+flight: a crowd of anonymous callers costs the upstream (a paid cloud API, with the
+server's key) one request per interval, not one each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from .config import UpstreamConfig
+
+log = logging.getLogger("aigateway.upstreams")
+
+PROBE_TIMEOUT_S = 5.0
+
+# GET one of the upstream's own documents: status and body (Pool.fetch).
+Fetch = Callable[[str, float], Awaitable[tuple[int, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    state: str  # ok, unreachable or unhealthy
+    code: int  # the HTTP status /health/ollama answers with
+    details: dict[str, object] = field(default_factory=dict)  # for admins only
+    at: float = 0.0  # time.monotonic() when it was asked
+
+    @property
+    def up(self) -> bool:
+        return self.code == 200
+
+
+class OneProbe:
+    def __init__(self, upstream: UpstreamConfig, fetch: Fetch, max_age_s: float) -> None:
+        self.upstream = upstream
+        self._fetch = fetch
+        self.max_age_s = max_age_s
+        self._last: ProbeResult | None = None
+        self._asking: asyncio.Future[ProbeResult] | None = None
+
+    async def result(self, fresh: bool = False) -> ProbeResult:
+        """The last answer while it is young enough (`fresh`: not older than now, for an
+        admin troubleshooting), else a new probe shared with everyone asking meanwhile."""
+        last = self._last
+        if last is not None and not fresh and time.monotonic() - last.at < self.max_age_s:
+            return last
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._ask())
+            self._asking.add_done_callback(self._asked)
+        # Shielded: one caller leaving does not cancel the probe the others wait for.
+        return await asyncio.shield(self._asking)
+
+    def _asked(self, asking: asyncio.Future[ProbeResult]) -> None:
+        self._asking = None
+        if asking.cancelled() or asking.exception() is not None:
+            return
+        now = asking.result()
+        if self._last is not None and self._last.up != now.up:
+            if now.up:
+                log.warning("upstream %s answers again", self.upstream.name)
+            else:
+                log.warning("upstream %s is out: %s", self.upstream.name, now.details["error"])
+        self._last = now
+
+    async def _ask(self) -> ProbeResult:
+        # A cloud API has no /api/version: its model list says whether it answers (what
+        # the checks of several upstreams ask it).
+        upstream = self.upstream
+        ollama = upstream.kind == "ollama"
+        probe = "/api/version" if ollama else "/models"
+        who = "Ollama" if ollama else f"upstream {upstream.name}"
+        details: dict[str, object] = (
+            {"ollama_url": upstream.url}
+            if ollama
+            else {"upstream": upstream.name, "url": upstream.url}
+        )
+        started = time.monotonic()
+        try:
+            status, body = await self._fetch(probe, PROBE_TIMEOUT_S)
+        except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
+            said = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            details["error"] = f"{who} did not answer: {said}"
+            return ProbeResult("unreachable", 503, details, started)
+        details["rtt_ms"] = round((time.monotonic() - started) * 1000, 2)
+        version = _version(body) if ollama else None
+        if status != 200 or (ollama and version is None):
+            details["error"] = f"{who} answered {probe} with status {status}"
+            return ProbeResult("unhealthy", 503, details, started)
+        if ollama:
+            details["ollama_version"] = version
+        return ProbeResult("ok", 200, details, started)
+
+
+class CheckFailed(Exception):
+    """An upstream's answer to a check cannot be read, or it gave none; the message says why."""
+
+
+def _version(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, str) else None
