@@ -47,6 +47,11 @@ class Refused(StrEnum):
     TOKEN_QUOTA = "token_quota"
     OVER_BUDGET = "over_budget"
     TOO_LARGE = "too_large"
+    SLOW_BODY = "slow_body"  # a request body slower than BODY_MIN_RATE (408)
+    BODY_MEMORY_FULL = "body_memory_full"  # MAX_BODY_MEMORY, or the key's share of it (503)
+    STORAGE_FULL = "storage_full"  # usage records could not be kept anywhere (503)
+    SIGN_IN_LIMIT = "sign_in_limit"  # dashboard sign-ins per key or address (429)
+    EXPORT_LIMIT = "export_limit"  # exports one key runs at once (429)
 
 
 class GatewayError(Exception):

@@ -7,6 +7,7 @@ variable and what was expected, so start-up can stop with one clear line.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ PROJECT_DIR: Path | None = _HERE if (_HERE / "run.sh").is_file() else None
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:I?B)?\s*$", re.IGNORECASE)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -76,6 +78,17 @@ class Settings:
     usage_retention_days: int = 90
     cors_origins: tuple[str, ...] = ()
     max_body_memory: int = 1024**3
+    # Request-body bytes one key may hold at once (None: a quarter of MAX_BODY_MEMORY,
+    # never less than MAX_BODY_SIZE); see body_memory_per_key.
+    max_body_memory_per_key: int | None = None
+    # Bytes a second a request body must keep up over any 10 s after its first 10 s
+    # (0: no floor); slower bodies get 408 and free their memory.
+    body_min_rate: int = 16 * 1024
+    # Usage records held in memory while the journal cannot take them; beyond, requests
+    # are refused (503) rather than served unrecorded.
+    usage_memory_records: int = 100_000
+    # Proxies (addresses or networks) whose X-Forwarded-* / Forwarded headers are believed.
+    trusted_proxies: tuple[Network, ...] = ()
     token_reserve: int = 2048
     # Seconds of model time a request of a model priced per second reserves against
     # budgets (its real time is known only when it ends).
@@ -101,6 +114,12 @@ class Settings:
     # Mark the session cookie Secure: "auto" when the gateway itself serves HTTPS; "true"
     # behind a proxy that terminates TLS; "false" never.
     session_cookie_secure: str = "auto"
+
+    @property
+    def body_memory_per_key(self) -> int:
+        if self.max_body_memory_per_key is not None:
+            return self.max_body_memory_per_key
+        return max(self.max_body_memory // 4, self.max_body_bytes)
 
     @property
     def database(self) -> str:
@@ -206,6 +225,18 @@ class Settings:
                 high=36500,
             ),
             max_body_memory=_size("MAX_BODY_MEMORY", get("MAX_BODY_MEMORY"), d.max_body_memory),
+            max_body_memory_per_key=_optional_size(
+                "MAX_BODY_MEMORY_PER_KEY", get("MAX_BODY_MEMORY_PER_KEY")
+            ),
+            body_min_rate=_rate("BODY_MIN_RATE", get("BODY_MIN_RATE"), d.body_min_rate),
+            usage_memory_records=_int(
+                "USAGE_MEMORY_RECORDS",
+                get("USAGE_MEMORY_RECORDS"),
+                d.usage_memory_records,
+                low=0,
+                high=10**8,
+            ),
+            trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")),
             token_reserve=_int(
                 "TOKEN_RESERVE", get("TOKEN_RESERVE"), d.token_reserve, low=1, high=10**7
             ),
@@ -257,6 +288,16 @@ class Settings:
             raise SettingsError(
                 f"MAX_BODY_MEMORY: expected at least MAX_BODY_SIZE ({settings.max_body_bytes}"
                 f" bytes), got {settings.max_body_memory}"
+            )
+        per_key = settings.max_body_memory_per_key
+        if (
+            per_key is not None
+            and not settings.max_body_bytes <= per_key <= settings.max_body_memory
+        ):
+            raise SettingsError(
+                "MAX_BODY_MEMORY_PER_KEY: expected between MAX_BODY_SIZE"
+                f" ({settings.max_body_bytes} bytes) and MAX_BODY_MEMORY"
+                f" ({settings.max_body_memory} bytes), got {per_key}"
             )
         _apart("ADMIN_PATH", settings.admin_path, ("BASE_PATH", settings.base_path))
         if settings.ui_path is not None:
@@ -446,6 +487,46 @@ def _size(name: str, raw: str | None, default: int) -> int:
             f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _optional_size(name: str, raw: str | None) -> int | None:
+    return None if raw is None else _size(name, raw, 0)
+
+
+def _rate(name: str, raw: str | None, default: int) -> int:
+    """Bytes a second, as a size (`16K`, `16KiB/s`); 0 turns the floor off."""
+    if raw is None:
+        return default
+    stripped = raw.strip()
+    if stripped.lower().endswith("/s"):
+        stripped = stripped[:-2]
+    if stripped.strip() == "0":
+        return 0
+    match = _SIZE_RE.match(stripped)
+    if match is None:
+        raise SettingsError(
+            f"{name}: expected bytes a second such as 16384, 16K or 16KiB/s (0: off), got {raw!r}"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _networks(name: str, raw: str | None) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks: `127.0.0.1`, `10.0.0.0/8, ::1`."""
+    if raw is None:
+        return ()
+    networks: list[Network] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"{name}: expected addresses or networks such as 127.0.0.1 or 10.0.0.0/8,"
+                f" separated by commas, got {part!r}"
+            ) from None
+    return tuple(networks)
 
 
 def _origins(name: str, raw: str | None) -> tuple[str, ...]:

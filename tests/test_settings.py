@@ -56,6 +56,12 @@ def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path)
         ("UI_PATH", "ui"),
         ("SESSION_IDLE_MINUTES", "0"),
         ("SESSION_MAX_HOURS", "forever"),
+        ("MAX_BODY_MEMORY_PER_KEY", "1K"),  # below MAX_BODY_SIZE
+        ("MAX_BODY_MEMORY_PER_KEY", "2G"),  # above MAX_BODY_MEMORY
+        ("BODY_MIN_RATE", "fast"),
+        ("USAGE_MEMORY_RECORDS", "-1"),
+        ("TRUSTED_PROXIES", "nginx"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -63,6 +69,24 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
         Settings.from_env({name: value}, env_file=None)
     assert str(info.value).startswith(f"{name}: expected")
     assert "\n" not in str(info.value)
+
+
+def test_the_body_and_proxy_settings_read_as_documented() -> None:
+    defaults = Settings.from_env({}, env_file=None)
+    assert defaults.body_memory_per_key == 256 * 1024**2  # a quarter of MAX_BODY_MEMORY
+    assert defaults.body_min_rate == 16 * 1024
+    assert defaults.usage_memory_records == 100_000
+    assert defaults.trusted_proxies == ()
+    # Never less than MAX_BODY_SIZE, whatever the quarter comes to.
+    small = Settings.from_env({"MAX_BODY_MEMORY": "200M"}, env_file=None)
+    assert small.body_memory_per_key == 100 * 1024**2
+    chosen = Settings.from_env(
+        {"BODY_MIN_RATE": "32KiB/s", "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"},
+        env_file=None,
+    )
+    assert chosen.body_min_rate == 32 * 1024
+    assert [str(n) for n in chosen.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    assert Settings.from_env({"BODY_MIN_RATE": "0"}, env_file=None).body_min_rate == 0
 
 
 def test_the_dashboard_path_can_move_or_be_turned_off() -> None:
