@@ -18,6 +18,7 @@ from .appkeys import (
     LIMITER,
     RELAY,
     SETTINGS,
+    SIGN_IN_LIMITS,
     STARTED_AT,
     STORE,
 )
@@ -37,9 +38,11 @@ from .middleware import gateway_middleware
 from .proxy import relay_handler
 from .relaystate import Relay
 from .routes import RELAY_ROUTES
+from .sessions import sweep_ended_sessions
 from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
+from .signinlimit import SignInLimits
 from .store import KeyRecord, Store, StoreError
 from .upstreamhttp import upstream_session
 from .usage import UsageWriter
@@ -61,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[STARTED_AT] = time.time()
+    app[SIGN_IN_LIMITS] = SignInLimits()
     app[RELAY] = Relay(
         settings,
         app[LIMITER],
@@ -76,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_key_store)
+    app.cleanup_ctx.append(_session_sweep)
     app.cleanup_ctx.append(_upstream)
     _add_routes(app, settings)
     return app
@@ -161,6 +166,21 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
         await usage.close()
         await flush_last_used(store, table)
         await store.close()
+
+
+async def _session_sweep(app: web.Application) -> AsyncIterator[None]:
+    """Ended dashboard sessions are deleted by a task of their own, stopped before the
+    store closes."""
+    idle_s = app[SETTINGS].session_idle_minutes * 60.0
+    sweeper = asyncio.create_task(
+        sweep_ended_sessions(app[STORE], idle_s), name="aigateway-session-sweep"
+    )
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
 
 
 def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:

@@ -9,6 +9,7 @@ from .keytable import KeyTable
 from .limits import Limiter
 from .relaystate import Relay
 from .settings import Settings
+from .signinlimit import SignInLimits
 from .store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,5 +18,6 @@ KEY_TABLE = web.AppKey("key_table", KeyTable)
 STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 RELAY = web.AppKey("relay", Relay)
+SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
 
 CONTEXT = web.RequestKey("context", RequestContext)

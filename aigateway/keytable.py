@@ -108,6 +108,15 @@ class KeyTable:
             raise UnknownKeyError("unknown API key", Refused.UNKNOWN_KEY)
         return self._working(record)
 
+    def known_id(self, token: str) -> int | None:
+        """The id of the key `token` is, working or not (revoked, expired, its user
+        disabled); None for a key the table does not hold."""
+        try:
+            record = self._by_hash.get(hash_key(token))
+        except UnicodeEncodeError:
+            return None
+        return None if record is None else record.id
+
     def by_id(self, key_id: int) -> KeyRecord:
         """The record of a key a dashboard session was made with, if it still works."""
         record = self._by_id.get(key_id)

@@ -16,7 +16,9 @@ act (cross-site request forgery), besides what SameSite=Strict already stops.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -24,13 +26,16 @@ import time
 import orjson
 from aiohttp import web
 
-from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, STORE
+from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from .auth import key_record
-from .errors import BadRequest, Forbidden, Refused, Unauthorized
+from .clientaddress import client_address
+from .errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorized
 from .expect import send_continue
 from .keytable import AuthError
 from .keyview import key_view
-from .store import KeyRecord
+from .store import KeyRecord, Store, StoreError
+
+log = logging.getLogger("aigateway.sessions")
 
 COOKIE = "aigateway_session"
 CSRF_HEADER, CSRF_VALUE = "X-Requested-With", "aigateway"
@@ -38,6 +43,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOUCH_EVERY_S = 60.0  # how often a session's last use is written (idle precision)
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 MAX_SIGN_IN_BYTES = 4096
+# How often ended sessions (idle or past their last hour) are deleted: well within an hour.
+SWEEP_INTERVAL_S = 600.0
 
 
 def _digest(session_id: str) -> str:
@@ -106,19 +113,18 @@ async def session_principal(request: web.Request) -> KeyRecord:
 
 
 async def sign_in(request: web.Request) -> web.Response:
-    """`{"key": "aig_..."}` -> the key's view, and the session cookie."""
+    """`{"key": "aig_..."}` -> the key's view, and the session cookie. Each attempt,
+    good or not, counts against its client address and, when the key is one the table
+    holds (even revoked), against that key (signinlimit.py)."""
     check_same_origin(request)
+    limits = request.app[SIGN_IN_LIMITS]
+    _within(limits.take_address(client_address(request), time.monotonic()), "address")
     await send_continue(request)
-    raw = await request.content.read(MAX_SIGN_IN_BYTES + 1)
-    if len(raw) > MAX_SIGN_IN_BYTES:
-        raise BadRequest("the sign-in body is too large")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
-        raise BadRequest('send {"key": "<API key>"}')
-    record = request[CONTEXT].principal = await key_record(request, body["key"].strip())
+    token = await _presented_key(request)
+    key_id = request.app[KEY_TABLE].known_id(token)
+    if key_id is not None:
+        _within(limits.take_key(key_id, time.monotonic()), "key")
+    record = request[CONTEXT].principal = await key_record(request, token)
     settings = request.app[SETTINGS]
     session_id = secrets.token_urlsafe(32)
     await request.app[STORE].create_session(
@@ -138,6 +144,31 @@ async def sign_in(request: web.Request) -> web.Response:
     return response
 
 
+def _within(wait: int, subject: str) -> None:
+    """Refuse a sign-in when its address or key has used up its minute (`wait` > 0)."""
+    if wait:
+        raise TooManyRequests(
+            f"too many sign-ins from this {subject}: try again in {wait} s",
+            {"Retry-After": str(wait)},
+            reason=Refused.SIGN_IN_LIMIT,
+        )
+
+
+async def _presented_key(request: web.Request) -> str:
+    """The key a sign-in body `{"key": ...}` holds."""
+    raw = await request.content.read(MAX_SIGN_IN_BYTES + 1)
+    if len(raw) > MAX_SIGN_IN_BYTES:
+        raise BadRequest("the sign-in body is too large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+        raise BadRequest('send {"key": "<API key>"}')
+    key: str = body["key"].strip()
+    return key
+
+
 def _secure(request: web.Request, setting: str) -> bool:
     """Whether the cookie is sent over HTTPS only: SESSION_COOKIE_SECURE, where "auto"
     means when this gateway itself speaks HTTPS (behind a TLS proxy, set "true")."""
@@ -152,3 +183,17 @@ async def sign_out(request: web.Request) -> web.Response:
     response = web.Response(body=b'{"signed_out": true}', content_type="application/json")
     response.del_cookie(COOKIE, path="/")
     return response
+
+
+async def sweep_ended_sessions(store: Store, idle_s: float) -> None:
+    """Run until cancelled: delete ended sessions every SWEEP_INTERVAL_S. A database
+    error is logged and the next sweep tries again; the task never dies of one."""
+    while True:
+        try:
+            swept = await store.sweep_sessions(time.time(), idle_s)
+        except (StoreError, OSError) as exc:
+            log.warning("could not delete ended dashboard sessions yet: %s", exc)
+        else:
+            if swept:
+                log.debug("deleted %d ended dashboard sessions", swept)
+        await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -100,7 +100,7 @@ _PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS)
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
 MAX_MODEL_PATTERNS = 100
-DAY_S = 86400
+MAX_SESSIONS_PER_KEY = 20  # live dashboard sessions a key may hold; a new one ends the oldest
 
 
 class StoreError(Exception):
@@ -628,6 +628,7 @@ class Store:
             ).first()
             if row is None:
                 raise await _no_active_key(conn, user, name)
+            await _end_sessions_of(conn, [row.id])
             await _keys_changed(conn)
         return _record(row)
 
@@ -635,9 +636,12 @@ class Store:
         """Delete the revoked rows of `user`/`name` for good; return how many went."""
         async with self._write() as conn:
             result = await conn.execute(
-                delete(keys).where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 1)
+                delete(keys)
+                .where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 1)
+                .returning(keys.c.id)
             )
-            purged = result.rowcount
+            purged_ids = [row[0] for row in result.all()]
+            purged = len(purged_ids)
             if purged == 0:
                 active = await conn.execute(
                     select(keys.c.id).where(
@@ -649,6 +653,7 @@ class Store:
                         f"the key {user}/{name} is active: revoke it first (-d), then purge"
                     )
                 raise KeyNotFoundError(f"user {user!r} has no revoked key named {name!r}")
+            await _end_sessions_of(conn, purged_ids)  # a session made before revocation
             await _keys_changed(conn)
         return purged
 
@@ -718,6 +723,17 @@ class Store:
             )
             if result.rowcount == 0:
                 raise KeyNotFoundError(f"no user {name!r}")
+            if disabled:  # its keys stop working: their sessions end, not only pause
+                await conn.execute(
+                    delete(sessions).where(
+                        sessions.c.key_id.in_(
+                            select(keys.c.id).where(
+                                keys.c.user_id
+                                == select(users.c.id).where(users.c.name == name).scalar_subquery()
+                            )
+                        )
+                    )
+                )
             await _keys_changed(conn)
         return await self.get_user(name)
 
@@ -758,7 +774,11 @@ class Store:
 
     # --- dashboard sessions -------------------------------------------------------------
 
-    async def create_session(self, id_hash: str, key_id: int, expires_at: float) -> None:
+    async def create_session(
+        self, id_hash: str, key_id: int, expires_at: float, keep: int = MAX_SESSIONS_PER_KEY
+    ) -> None:
+        """Store a new session of `key_id`; the key's oldest sessions beyond `keep` (this
+        one included) end in the same transaction."""
         now = time.time()
         async with self._write() as conn:
             await conn.execute(
@@ -770,8 +790,29 @@ class Store:
                     expires_at=expires_at,
                 )
             )
-            # Sessions that ended long ago go as new ones are made.
-            await conn.execute(delete(sessions).where(sessions.c.expires_at < now - DAY_S))
+            newest_others = (
+                select(sessions.c.id_hash)
+                .where(sessions.c.key_id == key_id, sessions.c.id_hash != id_hash)
+                .order_by(sessions.c.created_at.desc(), sessions.c.id_hash)
+                .limit(keep - 1)
+            )
+            await conn.execute(
+                delete(sessions).where(
+                    sessions.c.key_id == key_id,
+                    sessions.c.id_hash != id_hash,
+                    sessions.c.id_hash.not_in(newest_others.scalar_subquery()),
+                )
+            )
+
+    async def sweep_sessions(self, now: float, idle_s: float) -> int:
+        """Delete every session past its expiry or idle longer than `idle_s`; how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(sessions).where(
+                    or_(sessions.c.expires_at <= now, sessions.c.seen_at < now - idle_s)
+                )
+            )
+        return int(result.rowcount)
 
     async def find_session(self, id_hash: str) -> tuple[int, float, float] | None:
         """(key id, last seen, absolute expiry) of a session, or None."""
@@ -1245,6 +1286,11 @@ async def _segment_exists(conn: AsyncConnection, segment: str) -> bool:
         select(usage_segments.c.name).where(usage_segments.c.name == segment)
     )
     return found.first() is not None
+
+
+async def _end_sessions_of(conn: AsyncConnection, key_ids: Sequence[int]) -> None:
+    """End the dashboard sessions of keys that stop working for good (revoked, purged)."""
+    await conn.execute(delete(sessions).where(sessions.c.key_id.in_(key_ids)))
 
 
 async def _keys_changed(conn: AsyncConnection) -> None:

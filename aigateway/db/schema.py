@@ -85,6 +85,9 @@ keys = Table(
     # The user's record (its name is also in `user`, which usage records and queries use).
     Column("user_id", BigInteger),
     *budget_columns(),  # the key's own budget, besides its user's
+    # An id is never given out twice, even after a purge (revision 0017): a new key must
+    # not inherit an old one's usage, spend, counters or sessions.
+    sqlite_autoincrement=True,
 )
 Index("keys_user_id", keys.c.user_id)
 # Revoked rows stay for history, so only one *active* key may carry a user + name.
