@@ -5,11 +5,9 @@ Screenshots of each page land in test-artifacts/screenshots/ for a person to loo
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -321,20 +319,15 @@ async def test_sessions_end_and_cannot_be_forged_or_ridden(
         # A bad key header is never passed over for the cookie.
         async with session.get(url + "/admin/me", headers={"Authorization": "Bearer nope"}) as resp:
             assert resp.status == 401
-        # Revoking the key ends its sessions within a second.
+        # Revoking the key ends its sessions at once: their rows go with the revocation.
         store = await Store.open(db_path)
         try:
             await store.revoke_key("fay", "pc")
         finally:
             await store.close()
-        started = time.monotonic()
-        while True:
-            async with session.get(url + "/admin/me") as resp:
-                if resp.status == 401:
-                    assert "revoked" in (await resp.json())["error"]
-                    break
-            assert time.monotonic() - started < 1.0
-            await asyncio.sleep(0.05)
+        async with session.get(url + "/admin/me") as resp:
+            assert resp.status == 401
+            assert "the session has ended" in (await resp.json())["error"]
 
     # A cookie that cannot be a session id (here an injection attempt) is refused.
     async with (

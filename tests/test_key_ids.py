@@ -53,6 +53,20 @@ async def test_a_purged_keys_id_is_never_given_again(database: str) -> None:
         await store.close()
 
 
+async def test_disabling_a_user_ends_its_keys_sessions(database: str) -> None:
+    store = await Store.open(database)
+    try:
+        mine, _ = await store.create_key("alice", "laptop")
+        other, _ = await store.create_key("bob", "phone")
+        await store.create_session("a" * 64, mine.id, time.time() + 3600)
+        await store.create_session("b" * 64, other.id, time.time() + 3600)
+        await store.set_user_disabled("alice", True)
+        assert await store.find_session("a" * 64) is None
+        assert await store.find_session("b" * 64) is not None
+    finally:
+        await store.close()
+
+
 async def test_an_old_keys_session_never_signs_in_as_a_new_key(
     gateway: TestServer, admin: TestClient, db_path: str
 ) -> None:
