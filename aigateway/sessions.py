@@ -186,14 +186,17 @@ async def sign_out(request: web.Request) -> web.Response:
 
 
 async def sweep_ended_sessions(store: Store, idle_s: float) -> None:
-    """Run until cancelled: delete ended sessions every SWEEP_INTERVAL_S. A database
-    error is logged and the next sweep tries again; the task never dies of one."""
+    """Run until cancelled: delete ended sessions every SWEEP_INTERVAL_S (the first after
+    one interval, not in the start-up's way). A database error is logged and the next
+    sweep tries again; the task never dies of one."""
     while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
         try:
             swept = await store.sweep_sessions(time.time(), idle_s)
         except (StoreError, OSError) as exc:
             log.warning("could not delete ended dashboard sessions yet: %s", exc)
+        except Exception:  # whatever it was, the next sweep tries again
+            log.exception("the dashboard session sweep failed")
         else:
             if swept:
                 log.debug("deleted %d ended dashboard sessions", swept)
-        await asyncio.sleep(SWEEP_INTERVAL_S)
