@@ -5,7 +5,10 @@ a cookie (HttpOnly, SameSite=Strict, Secure under HTTPS) holding 32 random bytes
 which the database keeps only the SHA-256, so sessions work on every gateway sharing it.
 A session ends when it is idle for SESSION_IDLE_MINUTES, SESSION_MAX_HOURS after sign-in,
 at sign-out, and at once when its key stops working (revoked, expired, its user
-disabled: the key table is checked on every request, as for a key).
+disabled: the key table is checked on every request, as for a key; revoking, purging and
+disabling also delete the rows). A key holds at most 20 sessions (the store ends the
+oldest), sign-ins are limited per key and per client address (signinlimit.py), and a
+task deletes ended sessions' rows every SWEEP_INTERVAL_S.
 
 A request authenticated by the cookie rather than a key header may change something
 only with `X-Requested-With: aigateway` (a header no other site's page can send without
