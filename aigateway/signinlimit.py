@@ -2,13 +2,15 @@
 
 Every attempt counts, failed ones included, so a wrong key guessed over and over costs
 its address, and a known key's failed tries (revoked, its user disabled) cost that key.
-The windows slide over the last minute and live in this process's memory: a table per
+An IPv6 client counts as its /64 (one host is commonly given a whole one). The windows
+slide over the last minute and live in this process's memory: a table per
 subject kind, bounded (idle entries are forgotten, and beyond the cap the least recently
 seen goes), so a flood of addresses cannot grow it without end.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import deque
 from collections.abc import Hashable
@@ -68,11 +70,25 @@ class SignInLimits:
 
     def take_address(self, address: str, now: float) -> int:
         """0, or the whole seconds to wait (Retry-After) before `address` may try again."""
-        return _whole_seconds(self.addresses.take(address, now))
+        return _whole_seconds(self.addresses.take(_network(address), now))
 
     def take_key(self, key_id: int, now: float) -> int:
         """0, or the whole seconds to wait before the key `key_id` may be tried again."""
         return _whole_seconds(self.keys.take(key_id, now))
+
+
+def _network(address: str) -> str:
+    """What one client is: an IPv4 address (also written IPv4-mapped), or an IPv6 /64,
+    since one host is commonly given a whole /64 and can take any address in it."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _whole_seconds(wait: float) -> int:

@@ -140,6 +140,19 @@ def test_the_window_slides_and_its_table_stays_bounded() -> None:
     assert limits.take_key(7, 0.0) == 0 and limits.take_key(7, 0.5) == 60
 
 
+def test_an_ipv6_client_is_its_slash_64() -> None:
+    """Hopping between the addresses of one /64 gains nothing; the next /64 is another
+    client, and an IPv4-mapped address is the IPv4 one."""
+    limits = SignInLimits(per_address=2)
+    assert limits.take_address("2001:db8:1:2::1", 0.0) == 0
+    assert limits.take_address("2001:db8:1:2:ffff::9", 0.0) == 0
+    assert limits.take_address("2001:db8:1:2:abcd::7", 0.0) == 60
+    assert limits.take_address("2001:db8:1:3::1", 0.0) == 0
+    assert limits.take_address("192.0.2.1", 0.0) == 0
+    assert limits.take_address("::ffff:192.0.2.1", 0.0) == 0
+    assert limits.take_address("192.0.2.1", 0.0) == 60
+
+
 async def test_a_key_holds_at_most_twenty_sessions(database: str) -> None:
     store = await Store.open(database)
     try:

@@ -20,21 +20,14 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
-# Every place a key id is kept besides keys.id: (table, SQL giving that table's highest).
-_KEY_ID_COLUMNS = {
-    "usage": "SELECT MAX(key_id) FROM usage",
-    "sessions": "SELECT MAX(key_id) FROM sessions",
-    "limit_counters": "SELECT MAX(key_id) FROM limit_counters",
-    "instance_in_flight": "SELECT MAX(key_id) FROM instance_in_flight",
-}
+# Every table with a key_id column besides keys itself.
+_KEY_ID_TABLES = ("usage", "sessions", "limit_counters", "instance_in_flight")
 # Key ids kept as text: usage_hourly's per-key sums, and budget owners "key:ID".
-_KEY_ID_TEXT = {
-    "usage_hourly": "SELECT DISTINCT value FROM usage_hourly WHERE dim = 'key'",
-    "budget_spend": "SELECT substr(owner, 5) FROM budget_spend WHERE owner LIKE 'key:%'",
-    "instance_budget_held": (
-        "SELECT substr(owner, 5) FROM instance_budget_held WHERE owner LIKE 'key:%'"
-    ),
-}
+_KEY_ID_TEXT = (
+    "SELECT DISTINCT value FROM usage_hourly WHERE dim = 'key'",
+    "SELECT substr(owner, 5) FROM budget_spend WHERE owner LIKE 'key:%'",
+    "SELECT substr(owner, 5) FROM instance_budget_held WHERE owner LIKE 'key:%'",
+)
 
 
 def upgrade() -> None:
@@ -116,9 +109,9 @@ def _raise_sequence(bind: sa.Connection, highest: int) -> None:
 def _highest_key_id(bind: sa.Connection) -> int:
     """The highest key id found in any table that holds key ids (0 when none)."""
     found = [bind.execute(sa.text("SELECT MAX(id) FROM keys")).scalar() or 0]
-    for query in _KEY_ID_COLUMNS.values():
-        found.append(bind.execute(sa.text(query)).scalar() or 0)
-    for query in _KEY_ID_TEXT.values():
+    for table in _KEY_ID_TABLES:
+        found.append(bind.execute(sa.text(f"SELECT MAX(key_id) FROM {table}")).scalar() or 0)
+    for query in _KEY_ID_TEXT:
         found.extend(_number(value) for (value,) in bind.execute(sa.text(query)))
     return max(int(value) for value in found)
 
