@@ -97,6 +97,8 @@ def _raise_sequence(bind: sa.Connection, highest: int) -> None:
     """PostgreSQL's sequence never goes back, but a database restored or copied row by
     row may have one behind the ids it holds: move it past the highest."""
     sequence = bind.execute(sa.text("SELECT pg_get_serial_sequence('keys', 'id')")).scalar()
+    if sequence is None:  # not made by these migrations (no serial id): nothing to move
+        return
     last = bind.execute(
         sa.text(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}")
     ).scalar()
