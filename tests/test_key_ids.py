@@ -87,8 +87,10 @@ async def test_an_old_keys_session_never_signs_in_as_a_new_key(
         await store.purge_revoked("eve", "laptop")
     finally:
         await store.close()
-    assert (await admin.post("/admin/keys", json={"user": "root", "name": "new-admin",
-                                                   "role": "admin"})).status == 201  # fmt: skip
+    new_admin = {"user": "root", "name": "new-admin", "role": "admin"}
+    made = await admin.post("/admin/keys", json=new_admin)
+    assert made.status == 201
+    assert (await made.json())["id"] > old.id
     async with (
         aiohttp.ClientSession(cookies={"aigateway_session": cookie}) as session,
         session.get(str(gateway.make_url("/admin/me"))) as resp,
