@@ -219,22 +219,23 @@ async def test_two_forwarded_for_headers_are_one_list(
 
 
 @pytest.mark.parametrize(
-    ("headers", "origin", "status", "secure"),
+    ("headers", "origin", "other_site", "secure"),
     [
         # The scheme's default port is left out of a browser's Origin.
         ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example:443"},
-         "https://gw.example", 200, True),
+         "https://gw.example", "http://gw.example", True),
         # RFC 7239's proto and host, from a proxy that sends no X-Forwarded-*.
         ({"Forwarded": "for=192.0.2.1;proto=https;host=gw.example"},
-         "https://gw.example", 200, True),
+         "https://gw.example", "https://evil.example", True),
         # A proxy that appends: its own (last) value counts, not the client's.
         ({"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "evil.example, gw.example"},
-         "http://gw.example", 200, False),
-        ({"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "evil.example, gw.example"},
-         "https://evil.example", 403, False),
-        # A scheme that is neither http nor https is not believed.
+         "http://gw.example", "https://evil.example", False),
+        # A scheme that is neither http nor https is not believed: the socket's counts.
         ({"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "gw.example"},
-         "javascript://gw.example", 403, False),
+         "http://gw.example", "javascript://gw.example", False),
+        # Nor a host that no browser's origin could hold.
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example/x"},
+         "https://127.0.0.1:{port}", "https://gw.example/x", True),
     ],
 )  # fmt: skip
 async def test_the_scheme_and_host_behind_a_trusted_proxy(
@@ -244,11 +245,15 @@ async def test_the_scheme_and_host_behind_a_trusted_proxy(
     caplog: pytest.LogCaptureFixture,
     headers: Headers,
     origin: str,
-    status: int,
+    other_site: str,
     secure: bool,
 ) -> None:
+    """Before: the sign-in from the origin the proxy names was refused (403)."""
     key = await make_key(db_path, "fay", "pc")
     server = await _serve(aiohttp_server, settings, "127.0.0.1")
+    origin = origin.format(port=server.port)
     answer = await _sign_in(server, caplog, key, headers | {"Origin": origin})
-    assert answer.status == status, answer
+    assert answer.status == 200, answer
     assert ("Secure" in answer.cookie) is secure, answer
+    refused = await _sign_in(server, caplog, key, headers | {"Origin": other_site})
+    assert refused.status == 403, refused
