@@ -1,4 +1,5 @@
-"""One access-log line per request: who, what, how it ended, how long it took.
+"""One access-log line per request: who (and from where), what, how it ended, how long
+it took.
 
 Never the key: the user and key name stand for it.
 """
@@ -11,6 +12,7 @@ import time
 from aiohttp import web
 
 from . import logs
+from .clientaddress import client_address
 from .context import RequestContext
 
 access_log = logging.getLogger("aigateway.access")
@@ -58,10 +60,15 @@ def log_access(
     model = context.model or "-"
     # The path as sent (percent-encoded, so %0a stays %0a), without the query string.
     path = request.rel_url.raw_path
-    if not _safe(f"{user}{key_name}{model}{path}"):  # one check for the usual line
-        user, key_name, model, path = (_escaped(v) for v in (user, key_name, model, path))
+    # Behind a proxy in TRUSTED_PROXIES, the client it names; else the socket's peer.
+    client = client_address(request) or "-"
+    if not _safe(f"{user}{key_name}{model}{path}{client}"):  # one check for the usual line
+        user, key_name, model, path, client = (
+            _escaped(v) for v in (user, key_name, model, path, client)
+        )
     message = (
-        f"rid={context.request_id} user={user} key={key_name} method={request.method}"
+        f"rid={context.request_id} client={client} user={user} key={key_name}"
+        f" method={request.method}"
         f" path={path} model={model} status={status}"
         f" bytes={nbytes} ms={(time.perf_counter() - context.started) * 1000:.1f}"
         + (f" upstream={_escaped(context.upstream)}" if context.upstream else "")

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from .auth import key_record
-from .clientaddress import client_address
+from .clientaddress import client_address, client_view, peer_trusted
 from .errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorized
 from .expect import send_continue
 from .keytable import AuthError
@@ -73,8 +73,18 @@ def check_same_origin(request: web.Request) -> None:
     if request.headers.get(CSRF_HEADER) != CSRF_VALUE:
         raise Forbidden(f"a signed-in browser request that changes something needs {CSRF_HEADER}")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
-        raise Forbidden("this request comes from another site")
+    if origin is None:
+        return
+    expected = client_view(request).origin
+    if origin.lower() != expected:
+        # Behind a proxy that terminates TLS the gateway sees http:// and its own
+        # address unless it may believe the proxy's X-Forwarded-* headers: say so.
+        hint = (
+            ""
+            if peer_trusted(request)
+            else "; behind a proxy that terminates TLS, set TRUSTED_PROXIES to its address"
+        )
+        raise Forbidden(f"this request comes from another site (not {expected}){hint}")
 
 
 async def session_principal(request: web.Request) -> KeyRecord:
@@ -174,8 +184,9 @@ async def _presented_key(request: web.Request) -> str:
 
 def _secure(request: web.Request, setting: str) -> bool:
     """Whether the cookie is sent over HTTPS only: SESSION_COOKIE_SECURE, where "auto"
-    means when this gateway itself speaks HTTPS (behind a TLS proxy, set "true")."""
-    return setting == "true" or (setting == "auto" and request.secure)
+    means when the client called over HTTPS (this gateway's own TLS, or a proxy in
+    TRUSTED_PROXIES saying so in X-Forwarded-Proto)."""
+    return setting == "true" or (setting == "auto" and client_view(request).scheme == "https")
 
 
 async def sign_out(request: web.Request) -> web.Response:

@@ -118,7 +118,8 @@ async def test_serves_streams_and_stops_cleanly_on_sigterm(
     log_text = gateway_process.log_file.read_text()
     access_line = re.compile(
         r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO aigateway.access rid=\w+-\w+"
-        r" user=alice key=laptop method=POST path=/api/generate model=llama3.2:latest status=200"
+        r" client=127\.0\.0\.1 user=alice key=laptop method=POST path=/api/generate"
+        r" model=llama3.2:latest status=200"
         rf" bytes={len(fixture('generate-stream.ndjson'))} ms=\d+\.\d$",
         re.MULTILINE,
     )
