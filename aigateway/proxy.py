@@ -22,16 +22,14 @@ from aiohttp import web
 from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
-from .bodybudget import BodyBudget
 from .bodypeek import FULL_PARSE_LIMIT
+from .bodyread import read_body
 from .budgets import Refusal, iso
 from .context import RequestContext
 from .errors import (
-    BadRequest,
     BudgetExhausted,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     Refused,
     ServiceUnavailable,
     TooManyRequests,
@@ -314,7 +312,8 @@ async def _take_request(
         exchange.relayed = True
         return
     settings = relay.settings
-    body = await _read_body(request, settings.max_body_bytes, relay.body_budget, exchange, coding)
+    hold = exchange.body = exchange.ledger.take(BodyHold(relay.body_budget, principal.id))
+    body = await read_body(request, settings.max_body_bytes, relay.body_pace, hold, coding)
     exchange.bytes_in = len(body)
     cloud = settings.allow_cloud_models
     named = (
@@ -744,49 +743,6 @@ async def _send_filtered(
     await response.prepare(request)
     await response.write(body)
     await response.write_eof()
-
-
-async def _read_body(
-    request: web.Request, limit: int, budget: BodyBudget, exchange: Exchange, coding: str | None
-) -> bytes:
-    """The whole body, at most `limit` bytes (after decoding), its bytes taken from the
-    body budget before they are held: all at once when its length is declared, else as
-    they arrive (chunked, or compressed so that the declared length is not its size)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    if "Expect" in request.headers:
-        await send_continue(request)  # admitted: now the body may come
-    hold = exchange.body = exchange.ledger.take(BodyHold(budget))
-    try:
-        if declared is not None and coding is None:
-            # The usual case, in one read: the length is known and is the body's size.
-            if not budget.try_take(declared):
-                await budget.take(declared)
-            hold.held = declared
-            return await request.content.readexactly(declared) if declared else b""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            if size > hold.held:
-                await budget.take(size - hold.held)
-                hold.held = size
-            chunks.append(chunk)
-    except asyncio.IncompleteReadError:
-        raise BadRequest("the request body ended before its Content-Length") from None
-    except web.RequestPayloadError as exc:  # e.g. a body that is not what its coding says
-        raise BadRequest(f"the request body cannot be read: {exc}") from None
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)",
-        reason=Refused.TOO_LARGE,
-    )
 
 
 def _response_for(
