@@ -57,10 +57,17 @@ class BodyBudget:
         """The bytes of `key`'s part its bodies hold or have committed."""
         return self._parts.get(key, 0)
 
+    def parts(self) -> dict[int, int]:
+        """Each key's part in use (key id -> bytes), for /health, tests and the curious."""
+        return dict(self._parts)
+
     def try_take(self, key: int, actual: int, commit: int) -> bool:
         """Take `actual` bytes of memory and `commit` bytes of the key's part if both are
-        free now and nobody waits (the usual case: no await, no allocation)."""
-        if self._queues or self.held + actual > self.capacity:
+        free now and nobody waits before it (the usual case: no await, no allocation).
+        Before it: a turn waiting for MAX_BODY_MEMORY, or for a new body, its own key's."""
+        if self._queues and (self._blocked or (commit and key in self._queues)):
+            return False
+        if self.held + actual > self.capacity:
             return False
         if commit:
             mine = self._parts.get(key, 0) + commit
@@ -72,11 +79,12 @@ class BodyBudget:
             self.peak = held
         return True
 
-    async def take(self, key: int, actual: int, commit: int, deadline: float) -> None:
+    async def take(self, key: int, actual: int, commit: int, deadline: float) -> bool:
         """Take as try_take does, waiting in the key's queue (until `deadline`, a
-        time.monotonic()) when it cannot; refused with 503 when the time is up."""
+        time.monotonic()) when it cannot; refused with 503 when the time is up. True when
+        it waited."""
         if self.try_take(key, actual, commit):
-            return
+            return False
         if actual > self.capacity:
             raise _refusal(WHOLE, self.capacity)
         if commit > self.per_key:
@@ -87,15 +95,15 @@ class BodyBudget:
             queue = self._queues[key] = deque()
         queue.append(waiter)
         self._serve()
-        if waiter.future.done():  # its turn came at once (only its own key's waited)
-            return
+        if waiter.future.done():  # its turn came at once (only others' own parts waited)
+            return False
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
                 await waiter.future
         except BaseException as exc:
             if waiter.granted:  # given its bytes just as it was timed out or cancelled
                 if isinstance(exc, TimeoutError):
-                    return
+                    return True
                 self.give_back(key, actual, commit)
                 raise
             self._drop(key, waiter)
@@ -103,6 +111,7 @@ class BodyBudget:
                 limit = self.capacity if waiter.short == WHOLE else self.per_key
                 raise _refusal(waiter.short, limit) from None
             raise
+        return True
 
     def give_back(self, key: int, actual: int, commit: int) -> None:
         if actual:

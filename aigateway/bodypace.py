@@ -42,11 +42,6 @@ class Watched:
         self.samples = [self.content.total_bytes] * TICKS  # the count, a tick apart
         self.at = 0  # the oldest sample, to be replaced next
 
-    def resume(self) -> None:
-        """After a wait for memory: judged again from now, after a new grace."""
-        self.paused = False
-        self.start(time.monotonic())
-
 
 class BodyPace:
     def __init__(self, min_rate: int) -> None:

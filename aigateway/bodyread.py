@@ -87,12 +87,17 @@ async def _wait_for_memory(
     budget: BodyBudget, hold: BodyHold, nbytes: int, commit: int, watched: Watched | None
 ) -> None:
     """Wait for memory: the gateway's doing, not the client's, so its pace is not judged
-    meanwhile."""
-    if watched is not None:
-        watched.paused = True
-    await budget.take(hold.key, nbytes, commit, _deadline(hold))
-    if watched is not None:
-        watched.resume()
+    meanwhile, and is judged afresh after a wait."""
+    if watched is None:
+        await budget.take(hold.key, nbytes, commit, _deadline(hold))
+        return
+    watched.paused = True
+    try:
+        waited = await budget.take(hold.key, nbytes, commit, _deadline(hold))
+    finally:
+        watched.paused = False
+    if waited:
+        watched.start(time.monotonic())
 
 
 def _deadline(hold: BodyHold) -> float:
