@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import time
 from dataclasses import replace
@@ -152,9 +153,9 @@ async def test_queued_bodies_of_one_key_do_not_hold_back_another(
     aiohttp_server, settings: Settings, key: str, db_path: str, share: int | None
 ) -> None:  # type: ignore[no-untyped-def]
     """Twenty 4 MiB bodies of one key, each taking half a second to come, in a 9 MiB body
-    memory (so most wait): another key's request is served within 2 s, not after them.
-    With the default share the key may not take the memory others need; with a share of
-    all of it, waits are served in turn across keys."""
+    memory (so most wait): another key's 1.5 MiB body is served within 2 s, not after
+    them. With the default share the key may not take the memory others need; with a
+    share of all of it, waits are served in turn across keys."""
     other = await make_key(db_path, "bob", "desk")
     server = await _gateway(
         aiohttp_server,
@@ -180,7 +181,15 @@ async def test_queued_bodies_of_one_key_do_not_hold_back_another(
     uploads = [asyncio.ensure_future(upload()) for _ in range(20)]
     await eventually(lambda: _budget(server).held > 2 * MiB)  # memory is in use ...
     await asyncio.sleep(0.2)  # ... and the rest of the twenty wait for it
-    status, took = await _chat(server, other)
+    started = time.monotonic()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {other}"}) as session,
+        session.post(
+            server.make_url("/api/embed"), data=io.BytesIO(body[: 3 * MiB // 2 - 2] + b'"}')
+        ) as resp,
+    ):
+        await resp.read()
+        status, took = resp.status, time.monotonic() - started
     assert status == 200 and took < 2.0, (status, took)
     for task in uploads:
         task.cancel()
@@ -237,7 +246,7 @@ async def test_one_key_holds_at_most_its_share_and_waits_its_turn(
     assert max(budget.parts().values()) <= 2 * MiB + 2 * KiB
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {other}"}) as session,
-        session.post(server.make_url("/api/embed"), data=body) as resp,
+        session.post(server.make_url("/api/embed"), data=io.BytesIO(body)) as resp,
     ):
         assert resp.status == 200
     for upload in uploads:
@@ -357,22 +366,38 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
     upload.close()
 
 
-async def test_a_body_keeping_the_pace_is_not_cut(
+async def test_only_bodies_below_the_rate_are_cut(
     aiohttp_server, settings: Settings, key: str, fake: FakeOllama, quick_windows: None
 ) -> None:  # type: ignore[no-untyped-def]
-    """A body coming at 80 KiB/s against a 16 KiB/s floor over 1.2 s is relayed whole;
-    with BODY_MIN_RATE=0 even one that stops for 1.5 s is."""
+    """Against a 16 KiB/s floor, a body coming at 80 KiB/s for 1.2 s is relayed whole
+    while one at 4 KiB/s beside it is cut; with BODY_MIN_RATE=0 a body that stops for
+    1.5 s is not cut."""
     body = b'{"model":"all-minilm","input":"' + b"w" * (96 * KiB - 40) + b'"}'
-    for rate, pause in ((16 * KiB, 0.0), (0, 1.5)):
-        server = await _gateway(aiohttp_server, settings, body_min_rate=rate)
+
+    async def paced(server: TestServer, step: int, pause: float) -> tuple[int, bytes]:
         upload = await Upload.start(server, key, "/api/embed", len(body))
-        for start in range(0, len(body), 8 * KiB):
-            await upload.send(body[start : start + 8 * KiB])
-            await asyncio.sleep(0.1 if start else pause + 0.1)
-        status, answer = await asyncio.wait_for(upload.answer(), 5)
-        assert status == 200, answer
-        assert fake.requests[-1].body == body
-        upload.close()
+        answer = asyncio.ensure_future(upload.answer())  # read as it comes, as clients do
+        try:
+            for start in range(0, len(body), step):
+                if answer.done():
+                    break
+                await upload.send(body[start : start + step])
+                await asyncio.sleep(0.1 if start else pause + 0.1)
+            return await asyncio.wait_for(answer, 5)
+        finally:
+            upload.close()
+
+    server = await _gateway(aiohttp_server, settings)
+    slow = asyncio.ensure_future(paced(server, 400, 0.0))
+    status, answer = await paced(server, 8 * KiB, 0.0)
+    assert status == 200, answer
+    assert fake.requests[-1].body == body
+    status, answer = await asyncio.wait_for(slow, 5)
+    assert status == 408 and orjson.loads(answer)["reason"] == "slow_body"
+    off = await _gateway(aiohttp_server, settings, body_min_rate=0)
+    status, answer = await paced(off, 8 * KiB, 1.5)
+    assert status == 200, answer
+    assert fake.requests[-1].body == body
 
 
 # --- blobs stream through ---------------------------------------------------------------------
