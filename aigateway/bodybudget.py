@@ -14,7 +14,8 @@ Whoever cannot have its bytes at once waits in its key's queue; the queues are s
 turn (round-robin across keys), each key's in order, so that twenty waiting bodies of
 one key do not stand before the one of another. A key waiting on its own part holds up
 nobody else; one waiting for MAX_BODY_MEMORY gets the next bytes given back before any
-newcomer. A body waits at most `wait_s` in all, then is refused with 503.
+newcomer. A body waits at most `wait_s` in all, and a wait for MAX_BODY_MEMORY (which
+other keys' bodies hold) at most `whole_wait_s`, then is refused with 503 and Retry-After.
 """
 
 from __future__ import annotations
@@ -26,27 +27,34 @@ from collections import deque
 from .errors import Refused, ServiceUnavailable
 
 WAIT_S = 10.0  # the longest one body waits for memory, in all
+WHOLE_WAIT_S = 2.0  # the longest a wait for MAX_BODY_MEMORY lasts (others hold it)
 
 WHOLE = "MAX_BODY_MEMORY"
 PER_KEY = "MAX_BODY_MEMORY_PER_KEY"
 
 
 class _Waiter:
-    __slots__ = ("actual", "commit", "future", "granted", "short")
+    __slots__ = ("actual", "commit", "future", "granted")
 
     def __init__(self, actual: int, commit: int, future: asyncio.Future[None]) -> None:
         self.actual = actual  # bytes of memory it needs now
         self.commit = commit  # bytes of its key's part it needs
         self.future = future
         self.granted = False
-        self.short = PER_KEY  # the setting it last waited on (named by its refusal)
 
 
 class BodyBudget:
-    def __init__(self, capacity: int, per_key: int | None = None, wait_s: float = WAIT_S) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        per_key: int | None = None,
+        wait_s: float = WAIT_S,
+        whole_wait_s: float = WHOLE_WAIT_S,
+    ) -> None:
         self.capacity = capacity
         self.per_key = capacity if per_key is None else per_key
         self.wait_s = wait_s
+        self.whole_wait_s = whole_wait_s
         self.held = 0
         self.peak = 0  # the most ever held at once, for tests and the curious
         self._parts: dict[int, int] = {}  # key id -> bytes of its part in use (none: absent)
@@ -97,8 +105,11 @@ class BodyBudget:
         self._serve()
         if waiter.future.done():  # its turn came at once (only others' own parts waited)
             return False
+        left = deadline - time.monotonic()
+        if self._short(key, commit) == WHOLE and left > self.whole_wait_s:
+            left = self.whole_wait_s  # others hold it: do not keep the client long
         try:
-            async with asyncio.timeout(deadline - time.monotonic()):
+            async with asyncio.timeout(left):
                 await waiter.future
         except BaseException as exc:
             if waiter.granted:  # given its bytes just as it was timed out or cancelled
@@ -108,8 +119,8 @@ class BodyBudget:
                 raise
             self._drop(key, waiter)
             if isinstance(exc, TimeoutError):
-                limit = self.capacity if waiter.short == WHOLE else self.per_key
-                raise _refusal(waiter.short, limit) from None
+                short = self._short(key, commit)
+                raise _refusal(short, self.capacity if short == WHOLE else self.per_key) from None
             raise
         return True
 
@@ -134,10 +145,8 @@ class BodyBudget:
             for key, queue in queues.items():
                 waiter = _next(queue)
                 if waiter.commit and self._parts.get(key, 0) + waiter.commit > self.per_key:
-                    waiter.short = PER_KEY  # waits on its own key's bodies: holds up nobody
-                    continue
+                    continue  # waits on its own key's bodies: holds up nobody
                 if self.held + waiter.actual > self.capacity:
-                    waiter.short = WHOLE
                     self._blocked = True  # the next bytes given back are its
                     return
                 queue.remove(waiter)
@@ -149,6 +158,12 @@ class BodyBudget:
                 break
             else:
                 return  # every waiting key waits on its own part
+
+    def _short(self, key: int, commit: int) -> str:
+        """The setting a waiting turn waits on: its key's share, else the whole memory."""
+        if commit and self._parts.get(key, 0) + commit > self.per_key:
+            return PER_KEY
+        return WHOLE
 
     def _grant(self, key: int, waiter: _Waiter) -> None:
         if waiter.commit:

@@ -9,8 +9,9 @@ import time
 
 from aiohttp import StreamReader, web
 
+from . import bodypace
 from .bodybudget import BodyBudget
-from .bodypace import WINDOW_S, BodyPace, SlowBody, Watched
+from .bodypace import BodyPace, SlowBody, Watched
 from .errors import BadRequest, PayloadTooLarge, Refused, RequestTimeout
 from .expect import send_continue
 from .ledger import BodyHold
@@ -52,7 +53,7 @@ async def read_body(
     except SlowBody:
         raise RequestTimeout(
             "the request body came too slowly: this gateway wants at least"
-            f" {pace.min_rate} bytes a second over any {WINDOW_S:g} s (BODY_MIN_RATE)",
+            f" {pace.min_rate} bytes a second over any {bodypace.WINDOW_S:g} s (BODY_MIN_RATE)",
             reason=Refused.SLOW_BODY,
         ) from None
 

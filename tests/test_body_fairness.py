@@ -38,16 +38,24 @@ class Upload:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def start(cls, server: TestServer, secret: str, path: str, length: int) -> Upload:
+    async def start(cls, server: TestServer, secret: str, path: str, length: int | None) -> Upload:
+        """Its head: with a Content-Length, or chunked (None: then send() frames chunks)."""
         reader, writer = await asyncio.open_connection(server.host, server.port)
+        framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {secret}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n".encode()
         )
         await writer.drain()
-        return cls(reader, writer)
+        upload = cls(reader, writer)
+        upload.chunked = length is None
+        return upload
+
+    chunked = False
 
     async def send(self, data: bytes) -> None:
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
         self.writer.write(data)
         await self.writer.drain()
 
@@ -324,6 +332,49 @@ async def test_waits_for_memory_are_served_in_turn_across_keys() -> None:
     await asyncio.gather(*tasks, stuck, return_exceptions=True)
 
 
+async def test_a_wait_for_memory_other_keys_hold_ends_within_2_s(
+    aiohttp_server, settings: Settings, key: str, db_path: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Two 4 MiB bodies of one key (whose share is all of it) held while Ollama thinks
+    for a minute fill the 9 MiB: another key's 1.5 MiB body is not kept waiting for
+    them, it is told within about 2 s (503, Retry-After, MAX_BODY_MEMORY named)."""
+    other = await make_key(db_path, "bob", "desk")
+    server = await _gateway(
+        aiohttp_server,
+        settings,
+        max_body_bytes=4 * MiB + 64 * KiB,
+        max_body_memory=9 * MiB,
+        max_body_memory_per_key=9 * MiB,
+    )
+    body = b'{"model":"silent","input":"' + b"x" * (4 * MiB - 40) + b'"}'  # (answers in 60 s)
+
+    async def held() -> None:
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session,
+            session.post(server.make_url("/api/embed"), data=io.BytesIO(body)) as resp,
+        ):
+            await resp.read()
+
+    holders = [asyncio.ensure_future(held()) for _ in range(2)]
+    await eventually(lambda: _budget(server).held == 2 * len(body))
+    started = time.monotonic()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {other}"}) as session,
+        session.post(
+            server.make_url("/api/embed"), data=io.BytesIO(body[: 3 * MiB // 2 - 2] + b'"}')
+        ) as resp,
+    ):
+        document = await resp.json()
+        took = time.monotonic() - started
+        assert resp.status == 503 and resp.headers["Retry-After"]
+    assert took < 2.5, took
+    assert document["reason"] == "body_memory_full"
+    assert "MAX_BODY_MEMORY)" in document["error"]
+    for task in holders:
+        task.cancel()
+    await asyncio.gather(*holders, return_exceptions=True)
+
+
 # --- BODY_MIN_RATE ----------------------------------------------------------------------------
 
 
@@ -333,8 +384,10 @@ async def test_waits_for_memory_are_served_in_turn_across_keys() -> None:
         ("/api/chat", 0.1),  # a byte now and then
         ("/api/chat", None),  # nothing at all after the head
         ("/v1/chat/completions", 0.1),
+        ("/v1/messages", 0.1),
+        ("chunked /api/chat", 0.1),  # no Content-Length
     ],
-    ids=["ollama trickle", "ollama silence", "openai trickle"],
+    ids=["ollama trickle", "ollama silence", "openai trickle", "anthropic trickle", "chunked"],
 )
 async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
     aiohttp_server,
@@ -345,7 +398,9 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
     every: float | None,
 ) -> None:  # type: ignore[no-untyped-def]
     server = await _gateway(aiohttp_server, settings)
-    upload = await Upload.start(server, key, path, 512 * KiB)
+    chunked = path.startswith("chunked ")
+    path = path.removeprefix("chunked ")
+    upload = await Upload.start(server, key, path, None if chunked else 512 * KiB)
     await upload.send(b'{"model":"llama3.2","messages":[' + b" " * 2000)
     await eventually(lambda: _budget(server).held > 0)
     started = time.monotonic()
@@ -357,7 +412,7 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
     assert time.monotonic() - started < 3
     document = orjson.loads(body)
     inner = document["error"]
-    if isinstance(inner, dict):  # OpenAI's shape
+    if isinstance(inner, dict):  # OpenAI's shape, or Anthropic's
         assert inner["reason"] == "slow_body" and "BODY_MIN_RATE" in inner["message"]
     else:
         assert document["reason"] == "slow_body" and "BODY_MIN_RATE" in inner
@@ -398,6 +453,25 @@ async def test_only_bodies_below_the_rate_are_cut(
     status, answer = await paced(off, 8 * KiB, 1.5)
     assert status == 200, answer
     assert fake.requests[-1].body == body
+
+
+async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
+    aiohttp_server, settings: Settings, key: str, fake: FakeOllama, quick_windows: None
+) -> None:  # type: ignore[no-untyped-def]
+    """A body that cannot have memory for 1.5 s (three of its 0.5 s windows, someone
+    else holding all of it) is not cut for the bytes it could not send meanwhile."""
+    server = await _gateway(aiohttp_server, settings)
+    budget = _budget(server)
+    assert budget.try_take(-1, budget.capacity, 0)  # all of it, held by nobody's request
+    body = b'{"model":"all-minilm","input":"' + b"v" * (256 * KiB - 40) + b'"}'
+    upload = await Upload.start(server, key, "/api/embed", len(body))
+    await upload.send(body)
+    await asyncio.sleep(1.5)
+    budget.give_back(-1, budget.capacity, 0)
+    status, answer = await asyncio.wait_for(upload.answer(), 5)
+    assert status == 200, answer
+    assert fake.requests[-1].body == body
+    upload.close()
 
 
 # --- blobs stream through ---------------------------------------------------------------------
