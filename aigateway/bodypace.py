@@ -20,6 +20,8 @@ import time
 
 from aiohttp import StreamReader
 
+from .errors import Refused, RequestTimeout
+
 WINDOW_S = 10.0  # the rate is measured over any window this long ...
 GRACE_S = 10.0  # ... once the body is this old
 TICKS = 10  # samples a window: the window slides by WINDOW_S / TICKS
@@ -58,6 +60,14 @@ class BodyPace:
         if self._clock is None:
             self._clock = asyncio.get_running_loop().create_task(self._tick_while_watched())
         return watched
+
+    def refusal(self) -> RequestTimeout:
+        """What a body cut for its pace is answered (408)."""
+        return RequestTimeout(
+            "the request body came too slowly: this gateway wants at least"
+            f" {self.min_rate} bytes a second over any {WINDOW_S:g} s (BODY_MIN_RATE)",
+            reason=Refused.SLOW_BODY,
+        )
 
     def unwatch(self, watched: Watched | None) -> None:
         if watched is not None:

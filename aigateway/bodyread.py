@@ -9,10 +9,9 @@ import time
 
 from aiohttp import StreamReader, web
 
-from . import bodypace
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace, SlowBody, Watched
-from .errors import BadRequest, PayloadTooLarge, Refused, RequestTimeout
+from .errors import BadRequest, PayloadTooLarge, Refused
 from .expect import send_continue
 from .ledger import BodyHold
 
@@ -51,11 +50,7 @@ async def read_body(
     except web.RequestPayloadError as exc:  # e.g. a body that is not what its coding says
         raise BadRequest(f"the request body cannot be read: {exc}") from None
     except SlowBody:
-        raise RequestTimeout(
-            "the request body came too slowly: this gateway wants at least"
-            f" {pace.min_rate} bytes a second over any {bodypace.WINDOW_S:g} s (BODY_MIN_RATE)",
-            reason=Refused.SLOW_BODY,
-        ) from None
+        raise pace.refusal() from None
 
 
 async def _arriving(
@@ -66,7 +61,7 @@ async def _arriving(
     budget, key = hold.budget, hold.key
     chunks: list[bytes] = []
     size = 0
-    watched = pace.watch(content)
+    watched = None if content.is_eof() else pace.watch(content)  # (all here: no clock)
     try:
         while chunk := await content.readany():
             size += len(chunk)

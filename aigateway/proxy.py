@@ -22,6 +22,7 @@ from aiohttp import web
 from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
+from .bodypace import BodyPace, SlowBody
 from .bodypeek import FULL_PARSE_LIMIT
 from .bodyread import read_body
 from .budgets import Refusal, iso
@@ -31,6 +32,7 @@ from .errors import (
     Forbidden,
     NotFound,
     Refused,
+    RequestTimeout,
     ServiceUnavailable,
     TooManyRequests,
     UnsupportedMediaType,
@@ -263,6 +265,7 @@ class Exchange:
     cut = False  # the stream was cut short (Ollama's side broke, or a stop)
     stopping = False  # a graceful stop is ending this request
     stripper: UsageStripper | None = None
+    slow_body: RequestTimeout | None = None  # a streamed upload cut for BODY_MIN_RATE
     upstream_name = ""  # the upstream that answered (metrics)
 
     def __init__(
@@ -308,7 +311,7 @@ async def _take_request(
                 reason=Refused.MODEL_NOT_ALLOWED,
             )
         await send_continue(request)
-        exchange.data = _counted(request.content, exchange)
+        exchange.data = _counted(request.content, exchange, relay.body_pace)
         exchange.relayed = True
         return
     settings = relay.settings
@@ -432,12 +435,21 @@ def _named_models(
     )
 
 
-async def _counted(content: aiohttp.StreamReader, exchange: Exchange) -> AsyncIterator[bytes]:
+async def _counted(
+    content: aiohttp.StreamReader, exchange: Exchange, pace: BodyPace
+) -> AsyncIterator[bytes]:
     """An upload passed on as it arrives, counting what really came (not what
-    Content-Length claimed)."""
-    async for chunk in content.iter_any():
-        exchange.bytes_in += len(chunk)
-        yield chunk
+    Content-Length claimed), and cut when it comes slower than BODY_MIN_RATE."""
+    watched = pace.watch(content)
+    try:
+        async for chunk in content.iter_any():
+            exchange.bytes_in += len(chunk)
+            yield chunk
+    except SlowBody:
+        exchange.slow_body = pace.refusal()  # (the upstream request fails with it)
+        raise
+    finally:
+        pace.unwatch(watched)
 
 
 async def _forward(
@@ -571,6 +583,9 @@ async def _forward_to(
         exchange.status = 504
         raise _unreachable(exchange, config, "", why, kind=UpstreamTimeout) from None
     except aiohttp.ClientError as exc:
+        if exchange.slow_body is not None:  # the upload, not the upstream, failed
+            exchange.status = 408
+            raise exchange.slow_body from None
         why = f" failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None

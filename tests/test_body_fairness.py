@@ -474,6 +474,23 @@ async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
     upload.close()
 
 
+async def test_a_slow_blob_upload_is_cut_too(
+    aiohttp_server, settings: Settings, admin_key: str, fake: FakeOllama, quick_windows: None
+) -> None:  # type: ignore[no-untyped-def]
+    """A blob upload streams on to Ollama as it comes; one that trickles is cut all the
+    same (408, slow_body) rather than holding its connection to Ollama open."""
+    server = await _gateway(aiohttp_server, settings)
+    digest = "sha256:" + hashlib.sha256(b"never sent whole").hexdigest()
+    upload = await Upload.start(server, admin_key, f"/api/blobs/{digest}", 64 * KiB)
+    await upload.send(b"never")
+    status, body = await asyncio.wait_for(upload.trickle(0.1), 5)
+    assert status == 408, body
+    assert orjson.loads(body)["reason"] == "slow_body"
+    assert await upload.closed_within(1.0)
+    assert digest not in fake.blobs
+    upload.close()
+
+
 # --- blobs stream through ---------------------------------------------------------------------
 
 
