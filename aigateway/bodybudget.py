@@ -61,12 +61,9 @@ class BodyBudget:
         self._queues: dict[int, deque[_Waiter]] = {}  # key id -> its waiters; in turn order
         self._blocked = False  # a turn waits for MAX_BODY_MEMORY: newcomers queue behind it
 
-    def part(self, key: int) -> int:
-        """The bytes of `key`'s part its bodies hold or have committed."""
-        return self._parts.get(key, 0)
-
     def parts(self) -> dict[int, int]:
-        """Each key's part in use (key id -> bytes), for /health, tests and the curious."""
+        """Each key's part in use (key id -> bytes held or committed), for tests and the
+        curious."""
         return dict(self._parts)
 
     def try_take(self, key: int, actual: int, commit: int) -> bool:
