@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app[RELAY] = Relay(
         settings,
         app[LIMITER],
-        BodyBudget(settings.max_body_memory),
+        BodyBudget(settings.max_body_memory, settings.body_memory_per_key),
         InFlight(),
         app[KEY_TABLE],
         Budgets(settings.currency),
@@ -227,4 +227,5 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         async with app[RELAY].pool.checking(session):
             yield
     finally:
+        await app[RELAY].body_pace.close()
         await session.close()

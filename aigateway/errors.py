@@ -6,6 +6,7 @@
     ├── BudgetExhausted (402; 429 insufficient_quota on /v1)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── RequestTimeout (408, and the connection is closed)
     ├── Conflict (409)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
@@ -58,6 +59,8 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     default_headers: ClassVar[Mapping[str, str]] = {}
     billing: ClassVar[bool] = False  # a billing error: its own type in every dialect
+    # Close the connection once the answer is sent (the rest of the request is not read).
+    closes_connection: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -109,6 +112,14 @@ class ModelNotAllowed(Forbidden):
 
 class NotFound(GatewayError):
     status = 404
+
+
+class RequestTimeout(GatewayError):
+    """The request's body came too slowly (BODY_MIN_RATE): what is left of it is not
+    waited for, so the connection it is still coming on is closed."""
+
+    status = 408
+    closes_connection = True
 
 
 class TooManyRequests(GatewayError):

@@ -112,19 +112,23 @@ class TicketHold:
 
 
 class BodyHold:
-    """Bytes of the body memory (MAX_BODY_MEMORY) the request's body holds; given back
-    early, as soon as the upstream has the body, and whatever is left at the end."""
+    """The body memory (MAX_BODY_MEMORY) the request's body holds, and the part of its
+    key's share (MAX_BODY_MEMORY_PER_KEY) it holds or has committed; given back early, as
+    soon as the upstream has the body, and whatever is left at the end."""
 
-    __slots__ = ("budget", "held")
+    __slots__ = ("budget", "committed", "deadline", "held", "key")
 
-    def __init__(self, budget: BodyBudget) -> None:
+    def __init__(self, budget: BodyBudget, key: int) -> None:
         self.budget = budget
+        self.key = key
         self.held = 0
+        self.committed = 0
+        self.deadline = 0.0  # (time.monotonic()) when its waits for memory must end; 0: none yet
 
     def give_back_now(self) -> None:
-        if self.held:
-            self.budget.give_back(self.held)
-            self.held = 0
+        if self.held or self.committed:
+            self.budget.give_back(self.key, self.held, self.committed)
+            self.held = self.committed = 0
 
     def release(self, outcome: Outcome) -> None:
         self.give_back_now()

@@ -43,6 +43,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     )
     error = ""
     reason: str | None = None
+    closing = False
     try:
         preflight = preflight_response(request)
         if preflight is not None:
@@ -69,6 +70,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = json_error(
             exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing, reason
         )
+        if exc.closes_connection:
+            response.force_close()  # (says Connection: close)
+            closing = True
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -88,7 +92,17 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers["X-Request-Id"] = context.request_id
     status = CLIENT_CLOSED if context.client_gone else response.status
     log_access(request, context, status, _bytes_out(context, response), error, reason)
+    if closing:
+        await _send_and_close(request, response)
     return response
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer, then close the connection at once: the server would otherwise
+    linger, reading the rest of a request body that is not coming."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # (the transport sends what it has, then closes)
 
 
 def _dialect(request: web.Request) -> str:

@@ -22,17 +22,17 @@ from aiohttp import web
 from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
-from .bodybudget import BodyBudget
+from .bodypace import BodyPace, SlowBody
 from .bodypeek import FULL_PARSE_LIMIT
+from .bodyread import read_body
 from .budgets import Refusal, iso
 from .context import RequestContext
 from .errors import (
-    BadRequest,
     BudgetExhausted,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     Refused,
+    RequestTimeout,
     ServiceUnavailable,
     TooManyRequests,
     UnsupportedMediaType,
@@ -265,6 +265,7 @@ class Exchange:
     cut = False  # the stream was cut short (Ollama's side broke, or a stop)
     stopping = False  # a graceful stop is ending this request
     stripper: UsageStripper | None = None
+    slow_body: RequestTimeout | None = None  # a streamed upload cut for BODY_MIN_RATE
     upstream_name = ""  # the upstream that answered (metrics)
 
     def __init__(
@@ -310,11 +311,12 @@ async def _take_request(
                 reason=Refused.MODEL_NOT_ALLOWED,
             )
         await send_continue(request)
-        exchange.data = _counted(request.content, exchange)
+        exchange.data = _counted(request.content, exchange, relay.body_pace)
         exchange.relayed = True
         return
     settings = relay.settings
-    body = await _read_body(request, settings.max_body_bytes, relay.body_budget, exchange, coding)
+    hold = exchange.body = exchange.ledger.take(BodyHold(relay.body_budget, principal.id))
+    body = await read_body(request, settings.max_body_bytes, relay.body_pace, hold, coding)
     exchange.bytes_in = len(body)
     cloud = settings.allow_cloud_models
     named = (
@@ -433,12 +435,21 @@ def _named_models(
     )
 
 
-async def _counted(content: aiohttp.StreamReader, exchange: Exchange) -> AsyncIterator[bytes]:
+async def _counted(
+    content: aiohttp.StreamReader, exchange: Exchange, pace: BodyPace
+) -> AsyncIterator[bytes]:
     """An upload passed on as it arrives, counting what really came (not what
-    Content-Length claimed)."""
-    async for chunk in content.iter_any():
-        exchange.bytes_in += len(chunk)
-        yield chunk
+    Content-Length claimed), and cut when it comes slower than BODY_MIN_RATE."""
+    watched = pace.watch(content)
+    try:
+        async for chunk in content.iter_any():
+            exchange.bytes_in += len(chunk)
+            yield chunk
+    except SlowBody:
+        exchange.slow_body = pace.refusal()  # (the upstream request fails with it)
+        raise
+    finally:
+        pace.unwatch(watched)
 
 
 async def _forward(
@@ -572,6 +583,9 @@ async def _forward_to(
         exchange.status = 504
         raise _unreachable(exchange, config, "", why, kind=UpstreamTimeout) from None
     except aiohttp.ClientError as exc:
+        if exchange.slow_body is not None:  # the upload, not the upstream, failed
+            exchange.status = 408
+            raise exchange.slow_body from None
         why = f" failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None
@@ -744,49 +758,6 @@ async def _send_filtered(
     await response.prepare(request)
     await response.write(body)
     await response.write_eof()
-
-
-async def _read_body(
-    request: web.Request, limit: int, budget: BodyBudget, exchange: Exchange, coding: str | None
-) -> bytes:
-    """The whole body, at most `limit` bytes (after decoding), its bytes taken from the
-    body budget before they are held: all at once when its length is declared, else as
-    they arrive (chunked, or compressed so that the declared length is not its size)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    if "Expect" in request.headers:
-        await send_continue(request)  # admitted: now the body may come
-    hold = exchange.body = exchange.ledger.take(BodyHold(budget))
-    try:
-        if declared is not None and coding is None:
-            # The usual case, in one read: the length is known and is the body's size.
-            if not budget.try_take(declared):
-                await budget.take(declared)
-            hold.held = declared
-            return await request.content.readexactly(declared) if declared else b""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            if size > hold.held:
-                await budget.take(size - hold.held)
-                hold.held = size
-            chunks.append(chunk)
-    except asyncio.IncompleteReadError:
-        raise BadRequest("the request body ended before its Content-Length") from None
-    except web.RequestPayloadError as exc:  # e.g. a body that is not what its coding says
-        raise BadRequest(f"the request body cannot be read: {exc}") from None
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"request body is larger than this gateway accepts ({limit} bytes, MAX_BODY_SIZE)",
-        reason=Refused.TOO_LARGE,
-    )
 
 
 def _response_for(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from .bodybudget import BodyBudget
+from .bodypace import BodyPace
 from .budgets import Budgets
 from .inflight import InFlight
 from .keytable import KeyTable
@@ -29,6 +30,7 @@ class Relay:
 
     __slots__ = (
         "body_budget",
+        "body_pace",
         "budgets",
         "in_flight",
         "key_table",
@@ -63,6 +65,7 @@ class Relay:
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.body_budget = body_budget
+        self.body_pace = BodyPace(settings.body_min_rate)  # BODY_MIN_RATE: slow bodies cut
         self.in_flight = in_flight
         self.upstream: aiohttp.ClientSession | None = None
         # The event loop, to ask for the current task without asyncio.get_running_loop(),

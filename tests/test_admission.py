@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import zlib
 from dataclasses import replace
 
@@ -83,17 +84,18 @@ async def test_refused_bodies_do_not_count_against_the_rate_limit(
 
 async def test_body_budget_waits_then_refuses() -> None:
     budget = BodyBudget(100, wait_s=0.2)
-    await budget.take(60)
-    waiting = asyncio.create_task(budget.take(50))
+    soon = time.monotonic() + 0.2
+    await budget.take(1, 60, 60, soon)
+    waiting = asyncio.create_task(budget.take(1, 50, 50, soon))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    budget.give_back(60)
+    budget.give_back(1, 60, 60)
     await waiting
     assert budget.held == 50
     with pytest.raises(ServiceUnavailable):
-        await budget.take(60)  # nobody gives back within 0.2 s
+        await budget.take(1, 60, 60, time.monotonic() + 0.2)  # nobody gives back in time
     with pytest.raises(ServiceUnavailable):
-        await budget.take(101)  # more than the whole budget: no use waiting
+        await budget.take(1, 101, 101, time.monotonic() + 1)  # more than all: no use waiting
     assert budget.held == 50
 
 
