@@ -16,6 +16,7 @@ several gateways sharing a folder never replay each other's live segments.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
@@ -60,7 +61,7 @@ class Journal:
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self._numbers = itertools.count(1)
-        self._run = f"{time.time_ns():x}-{os.getpid()}"
+        self.run = f"{time.time_ns():x}-{os.getpid()}"
         self.current: Segment | None = None
 
     def open(self) -> None:
@@ -69,17 +70,22 @@ class Journal:
         self.current = self._new_segment()
 
     def _new_segment(self) -> Segment:
-        path = self.folder / f"{PREFIX}{self._run}-{next(self._numbers):06d}{SUFFIX}"
+        path = self.folder / f"{PREFIX}{self.run}-{next(self._numbers):06d}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Segment(path, fd)
 
     def append(self, record: UsageRecord) -> None:
-        """One line, one write: on disk (in the page cache) before the request is done."""
-        if self.current is not None:
+        """One line, one write: on disk (in the page cache) before the request is done.
+        Raises OSError when the line could not be written whole (a full disk): then the
+        file holds none of it."""
+        current = self.current
+        if current is not None:
             # A plain tuple for orjson; [:] copies one in C, where tuple() iterates.
             line = orjson.dumps(record[:], option=orjson.OPT_APPEND_NEWLINE)
-            os.write(self.current.fd, line)
+            written = os.write(current.fd, line)
+            if written != len(line):
+                _cut_torn_line(current, written)
 
     def current_size(self) -> int:
         return os.fstat(self.current.fd).st_size if self.current is not None else 0
@@ -121,6 +127,16 @@ class Journal:
                 os.close(fd)
                 continue
             yield Segment(path, fd)
+
+
+def _cut_torn_line(segment: Segment, written: int) -> None:
+    """A write that took only part of a line (the disk filled up during it): cut that
+    part off, or the next line would be glued to it and both lost when read."""
+    try:
+        os.ftruncate(segment.fd, os.fstat(segment.fd).st_size - written)
+    except OSError as exc:  # (read_segment then skips the torn line, and the next one)
+        log.error("usage journal %s: cannot cut a torn line: %s", segment.name, exc)
+    raise OSError(errno.ENOSPC, "the usage journal took only part of a record")
 
 
 # Journal lines are UsageRecord's fields in order; records of a release before nano-unit

@@ -97,6 +97,8 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
     coding = request.headers.get("Content-Encoding")
     if coding is not None:
         _check_content_encoding(coding)
+    if relay.storage_full:
+        raise _storage_full()
     limiter = relay.limiter
     ticket = None
     if relay.shared is not None and limiter.limited(principal):
@@ -230,6 +232,16 @@ def _prompt_estimate(body_bytes: int) -> int:
     estimate = body_bytes // 4
     # (Not min(), which costs five times this in Python 3.11.)
     return estimate if estimate < PROMPT_ESTIMATE_CAP else PROMPT_ESTIMATE_CAP
+
+
+def _storage_full() -> ServiceUnavailable:
+    """Served, the request's usage record could be kept nowhere: refused before it is."""
+    return ServiceUnavailable(
+        "the gateway cannot record usage right now (its disk is full and"
+        " USAGE_MEMORY_RECORDS records already wait in memory); try again later",
+        {"Retry-After": "30"},
+        Refused.STORAGE_FULL,
+    )
 
 
 def _too_many(verdict: Verdict) -> TooManyRequests:
