@@ -29,11 +29,13 @@ from pathlib import Path
 import orjson
 
 from .pricing import NANO_PER_MICRO, saturated
-from .store import UsageRecord, clean_usage_record
+from .store import LocalUsageRecord, UsageRecord, clean_usage_record
 
 log = logging.getLogger("aigateway.usage")
 
 PREFIX, SUFFIX = "seg-", ".jsonl"
+# A line's last value when its record is a LocalUsageRecord (its counts go with it).
+LOCAL_MARK = "local"
 
 
 @dataclass
@@ -82,7 +84,8 @@ class Journal:
         current = self.current
         if current is not None:
             # A plain tuple for orjson; [:] copies one in C, where tuple() iterates.
-            line = orjson.dumps(record[:], option=orjson.OPT_APPEND_NEWLINE)
+            fields = record[:] if record.__class__ is UsageRecord else (*record, LOCAL_MARK)
+            line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
             written = os.write(current.fd, line)
             if written != len(line):
                 _cut_torn_line(current, written)
@@ -153,7 +156,11 @@ def read_segment(path: Path) -> list[UsageRecord]:
             continue
         try:
             fields = orjson.loads(line)
-            record = UsageRecord(*fields)
+            local = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
+            if local and fields[-1] == LOCAL_MARK:
+                record: UsageRecord = LocalUsageRecord(*fields[:-1])
+            else:
+                record = UsageRecord(*fields)
             if len(fields) < _FIELDS_SINCE_NANO and record.cost:
                 # Written by a release before costs were nano-units (one without the
                 # model as sent, the field added with them): its cost is micro-units.

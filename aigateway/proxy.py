@@ -50,7 +50,7 @@ from .routes import RelayRoute
 from .settings import Settings
 from .sharedbudgets import TopUp
 from .sharedlimits import SharedLimits, Ticket
-from .store import KeyRecord, UsageRecord
+from .store import KeyRecord, LocalUsageRecord, UsageRecord
 from .streams import (
     NDJSON,
     STREAM_TYPES,
@@ -101,14 +101,18 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         raise _storage_full()
     limiter = relay.limiter
     ticket = None
+    decided_here = False  # on this gateway's counts while PostgreSQL is away
     if relay.shared is not None and limiter.limited(principal):
         verdict, ticket = await _admit_shared(request, route, principal, relay)
+        decided_here = ticket is None
     else:
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
     task = asyncio.current_task(relay.loop)
     exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED, task)
+    if decided_here:
+        exchange.by_record = True
     ledger = exchange.ledger
     ledger.take(AdmissionHold(limiter, principal.id))
     if ticket is not None:
@@ -272,6 +276,9 @@ class Exchange:
     ticket_hold: TicketHold | None = None  # admitted by the limits gateways share
     price: Price | None = None  # the model's price when the request started (None: free)
     prompt_estimate = 0
+    # Admitted or budgeted on this gateway's own reckoning while PostgreSQL was away: its
+    # record (a LocalUsageRecord) brings its tokens and cost to the shared rows.
+    by_record = False
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
     cut = False  # the stream was cut short (Ollama's side broke, or a stop)
@@ -423,6 +430,7 @@ async def _reserve_budget(
     else:
         if verdict is None:
             verdict = relay.budgets.reserve(lines, per_request, reserve, now)
+            exchange.by_record = shared is not None  # decided here: PostgreSQL is away
         if verdict is not None:
             assert isinstance(verdict, Refusal)
             headers = (
@@ -662,7 +670,8 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     cost, model_ns = 0, None
     if price is not None and billable:
         cost, model_ns = _cost(price, tap, prompt, completion, now_perf - started)
-    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now))
+    by_record = exchange.by_record
+    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
     metrics = relay.metrics
     if metrics is not None:
         metrics.observe(
@@ -680,7 +689,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     usage = relay.usage
     assert usage is not None  # set when the app started
     usage.record(
-        UsageRecord(
+        (LocalUsageRecord if by_record else UsageRecord)(
             now,
             principal.id,
             principal.user,

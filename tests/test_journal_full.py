@@ -105,7 +105,7 @@ async def _rows(db_path: str) -> int:
 
 async def _database_refused(gateway: Gateway) -> None:
     """Wait until the database, too, has refused records for the full disk."""
-    await eventually(lambda: "disk is full" in gateway.log_file.read_text(), 10)
+    await eventually(lambda: "disk is full" in gateway.log_file.read_text(), 20)
 
 
 def _stop_quietly(gateway: Gateway) -> None:
