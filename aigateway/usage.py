@@ -224,7 +224,7 @@ class UsageWriter:
         self._pending: list[UsageRecord] = []  # the records of the current segment
         self._sealed: list[tuple[Segment, list[UsageRecord] | None]] = []  # to write
         self._memory: list[UsageRecord] = []  # records the journal could not take
-        self._memory_records = memory_records
+        self._memory_records = max(memory_records, 1)  # (0: refuse from the first one)
         self._memory_batches = itertools.count(1)
         self._on_full = on_full
         self.full = False  # as many records wait in memory as may: refuse new requests
@@ -415,6 +415,9 @@ class UsageWriter:
             self._database_refused(exc)
             return False
         self.written += len(batch)
+        if self._failing:
+            self._failing = ""
+            log.warning("usage records are written to the database again")
         return True
 
     def _database_refused(self, exc: StoreError) -> None:

@@ -25,7 +25,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from aigateway.store import Store
+from aigateway.journal import Journal, read_segment
+from aigateway.store import Store, UsageRecord
 
 from .conftest import make_key
 from .helpers import eventually
@@ -67,8 +68,9 @@ def fill(volume: Path) -> Path:
     """A filler file taking every free byte of the volume; and SQLite's write-ahead log
     emptied first, so that the database needs new space for any write."""
     db_path = volume / "tokens.db"
-    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if db_path.exists():
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     filler = volume / "filler"
     with filler.open("wb", buffering=0) as out:
         for size in (64 * 1024, 4096, 512, 1):
@@ -205,3 +207,29 @@ async def _eventually_async(check: Any, timeout: float) -> None:
     while not await check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+def _record(model_sent: str) -> UsageRecord:
+    return UsageRecord(
+        time.time(), 1, "ann", "laptop", "POST", "/api/chat", "llama3.2:latest", 200, 26, 6,
+        1.0, 0.5, 10, 20, False, False, 0, None, model_sent,
+    )  # fmt: skip
+
+
+def test_a_line_the_full_disk_took_only_part_of_is_cut_off(volume: Path) -> None:
+    """Before: a write the disk took only part of left a torn line, and the next record,
+    appended once there was room, was glued to it: both lost when the segment was read."""
+    journal = Journal(str(volume / "journal"))
+    journal.open()
+    assert journal.current is not None
+    journal.append(_record("first"))  # the file's first page, mostly free
+    size = journal.current_size()
+    fill(volume)
+    with pytest.raises(OSError):  # a line longer than the page has room for
+        journal.append(_record("x" * 6000))
+    assert journal.current_size() == size  # nothing of it left
+    (volume / "filler").unlink()
+    journal.append(_record("after"))
+    records = read_segment(journal.current.path)
+    journal.close()
+    assert [r.model_sent for r in records] == ["first", "after"]
