@@ -61,7 +61,8 @@ def volume(tmp_path: Path) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=False, timeout=30)
+        # Lazily: a file a failed test left open must not leave the mount behind.
+        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)
 
 
 def fill(volume: Path) -> Path:
@@ -222,14 +223,17 @@ def test_a_line_the_full_disk_took_only_part_of_is_cut_off(volume: Path) -> None
     journal = Journal(str(volume / "journal"))
     journal.open()
     assert journal.current is not None
-    journal.append(_record("first"))  # the file's first page, mostly free
-    size = journal.current_size()
-    fill(volume)
-    with pytest.raises(OSError):  # a line longer than the page has room for
-        journal.append(_record("x" * 6000))
-    assert journal.current_size() == size  # nothing of it left
-    (volume / "filler").unlink()
-    journal.append(_record("after"))
-    records = read_segment(journal.current.path)
-    journal.close()
+    path = journal.current.path
+    try:
+        journal.append(_record("first"))  # the file's first page, mostly free
+        size = journal.current_size()
+        fill(volume)
+        with pytest.raises(OSError):  # a line longer than the page has room for
+            journal.append(_record("x" * 6000))
+        assert journal.current_size() == size  # nothing of it left
+        (volume / "filler").unlink()
+        journal.append(_record("after"))
+    finally:
+        journal.close()
+    records = read_segment(path)
     assert [r.model_sent for r in records] == ["first", "after"]
