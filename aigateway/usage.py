@@ -224,6 +224,7 @@ class UsageWriter:
         self._pending: list[UsageRecord] = []  # the records of the current segment
         self._sealed: list[tuple[Segment, list[UsageRecord] | None]] = []  # to write
         self._memory: list[UsageRecord] = []  # records the journal could not take
+        self._memory_writing = 0  # of them, in a batch on its way to the database
         self._memory_records = max(memory_records, 1)  # (0: refuse from the first one)
         self._memory_batches = itertools.count(1)
         self._on_full = on_full
@@ -240,7 +241,7 @@ class UsageWriter:
     @property
     def waiting_in_memory(self) -> int:
         """Records whose only copy is in memory (the journal could not take them)."""
-        return len(self._memory)
+        return len(self._memory) + self._memory_writing
 
     def record(self, record: UsageRecord) -> None:
         try:
@@ -270,7 +271,7 @@ class UsageWriter:
             )
         self.journal_failing = str(exc)
         self._memory.append(record)
-        if not self.full and len(self._memory) >= self._memory_records:
+        if not self.full and self.waiting_in_memory >= self._memory_records:
             self._set_full(True)
 
     def _set_full(self, full: bool) -> None:
@@ -279,7 +280,7 @@ class UsageWriter:
             log.error(
                 "%d usage records wait in memory, the most USAGE_MEMORY_RECORDS allows:"
                 " requests are refused (503) until the journal or the database takes them",
-                len(self._memory),
+                self.waiting_in_memory,
             )
         else:
             log.warning("usage records can be kept again: requests are admitted")
@@ -369,7 +370,7 @@ class UsageWriter:
             written = await self._write_sealed()
         if written and self._memory:  # the journal is full but the database takes them
             written = await self._write_memory()
-        if self.full and len(self._memory) < self._memory_records:
+        if self.full and self.waiting_in_memory < self._memory_records:
             self._set_full(False)
         if not written:
             self._report_waiting()
@@ -408,12 +409,15 @@ class UsageWriter:
         as a segment is, though no file holds them); False when it refused."""
         batch, self._memory = self._memory, []
         name = f"mem-{self._journal.run}-{next(self._memory_batches):06d}"
+        self._memory_writing = len(batch)  # (still counted against the bound meanwhile)
         try:
             await self._insert(name, batch)
         except StoreError as exc:
             self._memory[:0] = batch  # before any that came meanwhile
             self._database_refused(exc)
             return False
+        finally:
+            self._memory_writing = 0
         self.written += len(batch)
         if self._failing:
             self._failing = ""
