@@ -70,8 +70,15 @@ def fill(volume: Path) -> Path:
     emptied first, so that the database needs new space for any write."""
     db_path = volume / "tokens.db"
     if db_path.exists():
+        wal = Path(f"{db_path}-wal")
+        deadline = time.monotonic() + 10
         with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # (Not while the gateway reads: it would leave the log as it is.)
+            while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] or (
+                wal.exists() and wal.stat().st_size
+            ):
+                assert time.monotonic() < deadline, "the write-ahead log stays"
+                time.sleep(0.05)
     filler = volume / "filler"
     with filler.open("wb", buffering=0) as out:
         for size in (64 * 1024, 4096, 512, 1):
