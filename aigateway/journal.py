@@ -156,8 +156,8 @@ def read_segment(path: Path) -> list[UsageRecord]:
             continue
         try:
             fields = orjson.loads(line)
-            local = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
-            if local and fields[-1] == LOCAL_MARK:
+            marked = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
+            if marked and fields[-1] == LOCAL_MARK:
                 record: UsageRecord = LocalUsageRecord(*fields[:-1])
             else:
                 record = UsageRecord(*fields)

@@ -430,7 +430,8 @@ async def _reserve_budget(
     else:
         if verdict is None:
             verdict = relay.budgets.reserve(lines, per_request, reserve, now)
-            exchange.by_record = shared is not None  # decided here: PostgreSQL is away
+            if shared is not None:  # decided here: PostgreSQL is away
+                exchange.by_record = True
         if verdict is not None:
             assert isinstance(verdict, Refusal)
             headers = (
