@@ -672,6 +672,11 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     if price is not None and billable:
         cost, model_ns = _cost(price, tap, prompt, completion, now_perf - started)
     by_record = exchange.by_record
+    shared = relay.shared
+    if shared is not None and not by_record and shared.maybe_away():
+        # Its counts' give-back would wait in memory for the database (and die with the
+        # process): its record, journaled now, carries them instead.
+        by_record = True
     exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
     metrics = relay.metrics
     if metrics is not None:

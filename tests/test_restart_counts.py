@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from aigateway.budgets import Budget, period_start
 from aigateway.pricing import Price
 from aigateway.store import KeyLimits, Store
+from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 
 from .conftest import make_key
@@ -262,3 +263,47 @@ async def _sql(url: str, statement: str, *args: object) -> object:
         return await conn.fetchval(statement, *args)
     finally:
         await conn.close()
+
+
+async def test_tokens_of_a_request_ending_while_postgresql_is_away_outlive_a_sigkill(
+    upstream: TestServer, fake: FakeOllama, stoppable_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A stream admitted on the database ends while it is away: what it used would wait in
+    memory to be given back, and die with the process. Its record carries it instead."""
+    server = stoppable_postgres
+    url = server.url("outage")
+    fake.slow_interval = 1.5  # four lines: 4.5 s
+    streamer = _key(url, "streamer", "--tokens-per-day", "1000")
+    other = _key(url, "other", "--tokens-per-day", "1000")
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    settings = {"DATABASE_URL": url, "LIMITS_WHEN_DATABASE_AWAY": "local"}
+    gateway = await start_gateway(upstream, str(folder / "unused.db"), folder, **settings)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                gateway.url + "/api/chat",
+                data=b'{"model":"slow","messages":[{"role":"user","content":"hi"}]}',
+                headers={"Authorization": f"Bearer {streamer}"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            await resp.content.readline()  # admitted on the database, under way
+            server.stop("fast")
+            assert await status_of(session, gateway, other) == 200  # finds it away
+            await resp.read()
+        await eventually(lambda: _journaled(str(folder / "unused.db")) >= 2, 5)
+        await _kill(gateway)
+    finally:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+    server.resume()
+    gateway = await start_gateway(upstream, str(folder / "unused.db"), folder, **settings)
+    await gateway.stop()
+    tokens = server.sql(
+        "SELECT l.day_tokens FROM limit_counters l JOIN keys k ON k.id = l.key_id"
+        " JOIN users u ON u.id = k.user_id WHERE u.name = 'streamer'",
+        "outage",
+    )
+    assert int(tokens) == TOKENS_PER_CHAT
