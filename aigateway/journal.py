@@ -12,6 +12,10 @@ segment, and only then deletes the file. At start, segments left behind are repl
 same way; one whose name is already in the database was written and is only deleted, so
 replay is exactly-once. Segments are locked (flock) while their process owns them, so
 several gateways sharing a folder never replay each other's live segments.
+
+A write the disk takes only part of (it filled up) is cut off again and raises OSError:
+the writer then holds the record in memory (usage.py), and no torn line is left for the
+next record to be glued to.
 """
 
 from __future__ import annotations
