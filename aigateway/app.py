@@ -32,18 +32,19 @@ from .health import health, health_ollama, root
 from .inflight import InFlight
 from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh
-from .limits import DAY, Limiter, Limits
+from .limits import Limiter, Limits
 from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .proxy import relay_handler
 from .relaystate import Relay
+from .restart import count_before_admitting
 from .routes import RELAY_ROUTES
 from .sessions import sweep_ended_sessions
 from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .signinlimit import SignInLimits
-from .store import KeyRecord, Store, StoreError
+from .store import Store, StoreError
 from .upstreamhttp import upstream_session
 from .usage import UsageWriter
 
@@ -129,16 +130,20 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
             " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
         )
     _warn_of_unpriced_cloud_models(settings, table)
-    now = time.time()
-    app[LIMITER].preload_tokens(await store.tokens_since(now - now % DAY), now)
     journal = Journal(settings.usage_journal_dir or settings.token_db_path + ".usage-journal")
     try:
         journal.open()
     except OSError as exc:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
-    usage = app[RELAY].usage = UsageWriter(store, settings.usage_retention_days, journal)
-    await usage.start()  # first writes what an earlier run left in the journal
-    await _prepare_budgets(app[RELAY].budgets, table, store)
+    relay = app[RELAY]
+    usage = relay.usage = UsageWriter(
+        store,
+        settings.usage_retention_days,
+        journal,
+        settings.usage_memory_records,
+        relay.refuse_while_storage_full,
+    )
+    await count_before_admitting(usage, store, table, app[LIMITER], relay.budgets)
     listener = shared = shared_budgets = None
     if store.database.backend == "postgresql":
         shared = SharedLimits(store.database, settings.limits_when_database_away)
@@ -205,18 +210,6 @@ def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
                     upstream.kind,
                     pattern,
                 )
-
-
-async def _prepare_budgets(budgets: Budgets, table: KeyTable, store: Store) -> None:
-    """Load what every budget's owner spent in its period (after the journal's records
-    are written), and again for budgets that appear or change with each key reload."""
-
-    async def prepare(records: list[KeyRecord]) -> None:
-        lines = (line for record in records if not record.revoked for line in record.budgets)
-        await budgets.prepare(lines, store.spend_since)
-
-    await prepare(table.records())
-    table.before_use = prepare
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:

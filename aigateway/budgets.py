@@ -272,6 +272,14 @@ class Budgets:
                 spend.spent = add_saturated(spend.spent, cost)
             self._maybe_alert(line, spend)
 
+    def add_spent(self, lines: Iterable[BudgetLine], cost: int, when: float, now: float) -> None:
+        """Count a cost spent at `when` that the loaded spend does not hold (a record
+        the database has not taken yet), in each budget whose period holds it."""
+        for line in lines:
+            spend = self._current(line, now)
+            if spend.start <= when < spend.end:
+                spend.spent = add_saturated(spend.spent, cost)
+
     def observe(self, line: BudgetLine, spent: int, now: float) -> None:
         """What the shared reckoning says the owner has spent (PostgreSQL): kept as this
         gateway's view for when the database is away."""

@@ -47,8 +47,22 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
             "keys_loaded": len(request.app[KEY_TABLE]),
+            "usage": _usage_state(request),
         }
     )
+
+
+def _usage_state(request: web.Request) -> dict[str, object]:
+    """Whether usage records can be kept: how many wait in memory because the journal
+    cannot take them (its disk full), and whether new requests are refused for it."""
+    usage = request.app[RELAY].usage
+    if usage is None:
+        return {}
+    return {
+        "waiting_in_memory": usage.waiting_in_memory,
+        "journal_error": usage.journal_failing or None,
+        "refusing_requests": usage.full,
+    }
 
 
 @public

@@ -12,10 +12,15 @@ segment, and only then deletes the file. At start, segments left behind are repl
 same way; one whose name is already in the database was written and is only deleted, so
 replay is exactly-once. Segments are locked (flock) while their process owns them, so
 several gateways sharing a folder never replay each other's live segments.
+
+A write the disk takes only part of (it filled up) is cut off again and raises OSError:
+the writer then holds the record in memory (usage.py), and no torn line is left for the
+next record to be glued to.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
@@ -28,11 +33,13 @@ from pathlib import Path
 import orjson
 
 from .pricing import NANO_PER_MICRO, saturated
-from .store import UsageRecord, clean_usage_record
+from .store import LocalUsageRecord, UsageRecord, clean_usage_record
 
 log = logging.getLogger("aigateway.usage")
 
 PREFIX, SUFFIX = "seg-", ".jsonl"
+# A line's last value when its record is a LocalUsageRecord (its counts go with it).
+LOCAL_MARK = "local"
 
 
 @dataclass
@@ -60,7 +67,7 @@ class Journal:
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self._numbers = itertools.count(1)
-        self._run = f"{time.time_ns():x}-{os.getpid()}"
+        self.run = f"{time.time_ns():x}-{os.getpid()}"
         self.current: Segment | None = None
 
     def open(self) -> None:
@@ -69,17 +76,23 @@ class Journal:
         self.current = self._new_segment()
 
     def _new_segment(self) -> Segment:
-        path = self.folder / f"{PREFIX}{self._run}-{next(self._numbers):06d}{SUFFIX}"
+        path = self.folder / f"{PREFIX}{self.run}-{next(self._numbers):06d}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Segment(path, fd)
 
     def append(self, record: UsageRecord) -> None:
-        """One line, one write: on disk (in the page cache) before the request is done."""
-        if self.current is not None:
+        """One line, one write: on disk (in the page cache) before the request is done.
+        Raises OSError when the line could not be written whole (a full disk): then the
+        file holds none of it."""
+        current = self.current
+        if current is not None:
             # A plain tuple for orjson; [:] copies one in C, where tuple() iterates.
-            line = orjson.dumps(record[:], option=orjson.OPT_APPEND_NEWLINE)
-            os.write(self.current.fd, line)
+            fields = record[:] if record.__class__ is UsageRecord else (*record, LOCAL_MARK)
+            line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+            written = os.write(current.fd, line)
+            if written != len(line):
+                _cut_torn_line(current, written)
 
     def current_size(self) -> int:
         return os.fstat(self.current.fd).st_size if self.current is not None else 0
@@ -123,6 +136,16 @@ class Journal:
             yield Segment(path, fd)
 
 
+def _cut_torn_line(segment: Segment, written: int) -> None:
+    """A write that took only part of a line (the disk filled up during it): cut that
+    part off, or the next line would be glued to it and both lost when read."""
+    try:
+        os.ftruncate(segment.fd, os.fstat(segment.fd).st_size - written)
+    except OSError as exc:  # (read_segment then skips the torn line, and the next one)
+        log.error("usage journal %s: cannot cut a torn line: %s", segment.name, exc)
+    raise OSError(errno.ENOSPC, "the usage journal took only part of a record")
+
+
 # Journal lines are UsageRecord's fields in order; records of a release before nano-unit
 # costs have fewer than this many (model_sent came with them).
 _FIELDS_SINCE_NANO = len(UsageRecord._fields)
@@ -137,7 +160,11 @@ def read_segment(path: Path) -> list[UsageRecord]:
             continue
         try:
             fields = orjson.loads(line)
-            record = UsageRecord(*fields)
+            marked = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
+            if marked and fields[-1] == LOCAL_MARK:
+                record: UsageRecord = LocalUsageRecord(*fields[:-1])
+            else:
+                record = UsageRecord(*fields)
             if len(fields) < _FIELDS_SINCE_NANO and record.cost:
                 # Written by a release before costs were nano-units (one without the
                 # model as sent, the field added with them): its cost is micro-units.

@@ -32,6 +32,9 @@ class Outcome(NamedTuple):
     tokens: int  # prompt and completion tokens it used (or is charged)
     cost: int  # what it cost, in the currency's smallest unit (pricing.py)
     now: float  # Unix time it ended
+    # Decided on this gateway's own reckoning while PostgreSQL was away: its usage record
+    # (a LocalUsageRecord) brings its tokens and cost to the shared rows, not the holds.
+    by_record: bool = False
 
 
 class Take(Protocol):
@@ -108,7 +111,8 @@ class TicketHold:
         self.ticket = ticket
 
     def release(self, outcome: Outcome) -> None:
-        self.shared.give_back(self.ticket, outcome.tokens, relayed=outcome.sent)
+        tokens = 0 if outcome.by_record else outcome.tokens
+        self.shared.give_back(self.ticket, tokens, relayed=outcome.sent)
 
 
 class BodyHold:
@@ -158,12 +162,13 @@ class BudgetHold:
     def release(self, outcome: Outcome) -> None:
         lines, reserved, now = self.lines, self.reserved, outcome.now
         cost = outcome.cost if outcome.sent else 0
+        shared_cost = 0 if outcome.by_record else cost
         shared = self.shared
         if self.shared_held:
             assert shared is not None
-            shared.give_back(lines, reserved, cost, now)
+            shared.give_back(lines, reserved, shared_cost, now)
             self.local.settle(lines, 0, cost, now)
         else:
             self.local.settle(lines, reserved, cost, now)
             if shared is not None:
-                shared.give_back(lines, 0, cost, now)
+                shared.give_back(lines, 0, shared_cost, now)

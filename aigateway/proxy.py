@@ -50,7 +50,7 @@ from .routes import RelayRoute
 from .settings import Settings
 from .sharedbudgets import TopUp
 from .sharedlimits import SharedLimits, Ticket
-from .store import KeyRecord, UsageRecord
+from .store import KeyRecord, LocalUsageRecord, UsageRecord
 from .streams import (
     NDJSON,
     STREAM_TYPES,
@@ -97,16 +97,22 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
     coding = request.headers.get("Content-Encoding")
     if coding is not None:
         _check_content_encoding(coding)
+    if relay.storage_full:
+        raise _storage_full()
     limiter = relay.limiter
     ticket = None
+    decided_here = False  # on this gateway's counts while PostgreSQL is away
     if relay.shared is not None and limiter.limited(principal):
         verdict, ticket = await _admit_shared(request, route, principal, relay)
+        decided_here = ticket is None
     else:
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
     task = asyncio.current_task(relay.loop)
     exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED, task)
+    if decided_here:
+        exchange.by_record = True
     ledger = exchange.ledger
     ledger.take(AdmissionHold(limiter, principal.id))
     if ticket is not None:
@@ -232,6 +238,16 @@ def _prompt_estimate(body_bytes: int) -> int:
     return estimate if estimate < PROMPT_ESTIMATE_CAP else PROMPT_ESTIMATE_CAP
 
 
+def _storage_full() -> ServiceUnavailable:
+    """Served, the request's usage record could be kept nowhere: refused before it is."""
+    return ServiceUnavailable(
+        "the gateway cannot record usage right now (its disk is full and"
+        " USAGE_MEMORY_RECORDS records already wait in memory); try again later",
+        {"Retry-After": "30"},
+        Refused.STORAGE_FULL,
+    )
+
+
 def _too_many(verdict: Verdict) -> TooManyRequests:
     wait = verdict.retry_after
     headers = {"Retry-After": str(wait), **dict(verdict.headers)}
@@ -260,6 +276,9 @@ class Exchange:
     ticket_hold: TicketHold | None = None  # admitted by the limits gateways share
     price: Price | None = None  # the model's price when the request started (None: free)
     prompt_estimate = 0
+    # Admitted or budgeted on this gateway's own reckoning while PostgreSQL was away: its
+    # record (a LocalUsageRecord) brings its tokens and cost to the shared rows.
+    by_record = False
     relayed = False  # admitted and sent on: settle it and record it
     settled = False  # its usage record is made (journaled)
     cut = False  # the stream was cut short (Ollama's side broke, or a stop)
@@ -413,6 +432,8 @@ async def _reserve_budget(
     else:
         if verdict is None:
             verdict = relay.budgets.reserve(lines, per_request, reserve, now)
+            if shared is not None:  # decided here: PostgreSQL is away
+                exchange.by_record = True
         if verdict is not None:
             assert isinstance(verdict, Refusal)
             headers = (
@@ -664,7 +685,13 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     cost, model_ns = 0, None
     if price is not None and billable:
         cost, model_ns = _cost(price, tap, prompt, completion, now_perf - started)
-    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now))
+    by_record = exchange.by_record
+    shared = relay.shared
+    if shared is not None and not by_record and shared.maybe_away():
+        # Its counts' give-back would wait in memory for the database (and die with the
+        # process): its record, journaled now, carries them instead.
+        by_record = True
+    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
     metrics = relay.metrics
     if metrics is not None:
         metrics.observe(
@@ -682,7 +709,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     usage = relay.usage
     assert usage is not None  # set when the app started
     usage.record(
-        UsageRecord(
+        (LocalUsageRecord if by_record else UsageRecord)(
             now,
             principal.id,
             principal.user,

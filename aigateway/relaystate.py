@@ -41,6 +41,7 @@ class Relay:
         "settings",
         "shared",
         "shared_budgets",
+        "storage_full",
         "upstream",
         "usage",
     )  # fmt: skip
@@ -72,8 +73,14 @@ class Relay:
         # which makes a getpid system call each time (a check for a forked process).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.usage: UsageWriter | None = None
+        # Usage records can be kept nowhere more (UsageWriter.full): refuse requests.
+        self.storage_full = False
         # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
         self.shared: SharedLimits | None = None
         # Spend against budgets: this gateway's reckoning, and the shared one (PostgreSQL).
         self.budgets = budgets
         self.shared_budgets: SharedBudgets | None = None
+
+    def refuse_while_storage_full(self, full: bool) -> None:
+        """The usage writer's word: whether records of new requests could be kept."""
+        self.storage_full = full

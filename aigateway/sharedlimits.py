@@ -452,6 +452,11 @@ class SharedLimits:
         """Whether the database was found away a moment ago (not tried again yet)."""
         return time.monotonic() < self._away_until
 
+    def maybe_away(self) -> bool:
+        """Whether the database was found away and has not answered an admission since
+        (what is given back now may wait in memory for it)."""
+        return bool(self._away_reason) or time.monotonic() < self._away_until
+
     def _while_away(self) -> Admission | None:
         if self.when_away == "local":
             return None
@@ -516,6 +521,9 @@ class SharedLimits:
                     await conn.execute(_ALIVE, self.instance)
                     await conn.execute(_GONE, DEAD_AFTER_S, None)
                     await conn.execute(_REAP)
+                if self._away_reason:  # back, though no admission has asked it yet
+                    self._away_reason = ""
+                    log.warning("limits are shared through the database again")
             except DATABASE_AWAY as exc:
                 self.went_away(exc)
             except Exception:

@@ -57,7 +57,15 @@ from .db.schema import (
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
 from .modelsync import MODEL_FIELDS, ModelInfo
-from .pricing import PRICE_FIELDS, Price, PriceError, check_price, micro, saturated
+from .pricing import (
+    MAX_SUM_NANO,
+    PRICE_FIELDS,
+    Price,
+    PriceError,
+    check_price,
+    micro,
+    saturated,
+)
 from .rollups import (
     BUCKETS,
     HOUR,
@@ -100,6 +108,7 @@ _PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS)
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
 MAX_LIMIT = 10**12
 MAX_MODEL_PATTERNS = 100
+DAY_S = 86400
 MAX_SESSIONS_PER_KEY = 20  # live dashboard sessions a key may hold; a new one ends the oldest
 
 
@@ -221,6 +230,16 @@ class UsageRecord(NamedTuple):
     model_sent: str | None = None
 
 
+class LocalUsageRecord(UsageRecord):
+    """A record of a request decided on this gateway's own reckoning while PostgreSQL was
+    away (LIMITS_WHEN_DATABASE_AWAY=local): its tokens and cost reach the shared rows
+    (`limit_counters`, `budget_spend`) with the record, in the transaction that inserts
+    it, not by the live give-back, so that they count once and outlive the process. (A
+    subclass, not a field: the record's fields are the usage table's columns.)"""
+
+    __slots__ = ()
+
+
 USAGE_COLUMNS = UsageRecord._fields
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
 _MAX_TEXT = 1024
@@ -254,7 +273,7 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
             raise TypeError(f"expected text, got {value!r}")
         return value[:_MAX_TEXT]
 
-    return UsageRecord(
+    return record.__class__(  # (a LocalUsageRecord stays one)
         seconds(record.ts),  # type: ignore[arg-type]
         count(record.key_id),  # type: ignore[arg-type]
         text(record.user),  # type: ignore[arg-type]
@@ -934,6 +953,8 @@ class Store:
                     return  # written before (a replay): exactly once
                 await _insert_usage_rows(conn, records)
                 await _add_to_rollups(conn, records)
+                if conn.dialect.name == "postgresql":
+                    await _share_counts(conn, records)
             except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
                 raise UsageRejected(_first_line(exc.orig)) from None
             except sa_exc.StatementError as exc:
@@ -1203,6 +1224,80 @@ async def _add_to_rollups(conn: AsyncConnection, records: Sequence[UsageRecord])
     driver = await _driver(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")
     await driver.executemany(upsert_sql(numbered), rows)
+
+
+# Tokens of records decided locally (LocalUsageRecord) onto their keys' day counts, one
+# row per key ($1 keys in ascending order, $2 the latest day of each key's records, $3
+# that day's tokens): a newer day starts the row's day, an older one is past.
+_SHARE_TOKENS = f"""
+INSERT INTO limit_counters AS l (key_id, minute_start, minute_used, hour_start, hour_used,
+    day_start, day_tokens, day_reserved, in_flight)
+SELECT r.k, 0, 0, 0, 0, r.d, r.t, 0, 0
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(k, d, t) ORDER BY r.k
+ON CONFLICT (key_id) DO UPDATE SET
+    day_tokens = CASE WHEN excluded.day_start > l.day_start THEN excluded.day_tokens
+        WHEN excluded.day_start = l.day_start THEN least(l.day_tokens + excluded.day_tokens,
+            {_MAX_INT})
+        ELSE l.day_tokens END,
+    day_start = greatest(l.day_start, excluded.day_start)
+"""
+# Their costs onto the budgets they count against (the key's and its user's), those of
+# the row's period only ($1 keys, $2 times, $3 costs); the rows locked first, in the order
+# every function of the schema locks them. A budget with no row yet is made from the
+# usage table, which holds them already.
+_SHARE_COSTS = f"""
+WITH r AS (SELECT * FROM unnest($1::bigint[], $2::float8[], $3::bigint[]) AS r(k, ts, c)),
+o AS (
+    SELECT 'key:' || r.k AS owner, r.ts, r.c FROM r
+    UNION ALL
+    SELECT 'user:' || keys.user_id, r.ts, r.c FROM r JOIN keys ON keys.id = r.k
+    WHERE keys.user_id IS NOT NULL
+),
+locked AS (
+    SELECT b.owner, b.period_start FROM budget_spend AS b
+    WHERE b.owner IN (SELECT owner FROM o) ORDER BY b.owner COLLATE "C" FOR UPDATE
+),
+s AS (
+    SELECT locked.owner, sum(o.c) AS cost FROM o JOIN locked
+        ON locked.owner = o.owner AND o.ts >= locked.period_start
+    GROUP BY locked.owner
+)
+UPDATE budget_spend AS b SET spent = least(b.spent + s.cost, {MAX_SUM_NANO})
+FROM s WHERE b.owner = s.owner
+"""
+
+
+async def _share_counts(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
+    """Bring the tokens and costs of records decided on a gateway's own reckoning to the
+    shared rows, in the transaction that inserts them: once, however often replayed."""
+    local = [r for r in records if r.__class__ is LocalUsageRecord]
+    if not local:
+        return
+    days: dict[int, tuple[int, int]] = {}  # key -> (its latest day, that day's tokens)
+    for r in local:
+        tokens = (r.prompt_tokens or 0) + (r.completion_tokens or 0)
+        day = int(r.ts // DAY_S * DAY_S)
+        latest = days.get(r.key_id)
+        if latest is None or day > latest[0]:
+            days[r.key_id] = (day, tokens)
+        elif day == latest[0]:
+            days[r.key_id] = (day, latest[1] + tokens)
+    driver = await _driver(conn)
+    key_ids = sorted(days)
+    await driver.execute(
+        _SHARE_TOKENS,
+        key_ids,
+        [days[k][0] for k in key_ids],
+        [days[k][1] for k in key_ids],
+    )
+    costly = [r for r in local if r.cost]
+    if costly:
+        await driver.execute(
+            _SHARE_COSTS,
+            [r.key_id for r in costly],
+            [r.ts for r in costly],
+            [r.cost for r in costly],
+        )
 
 
 def _user_select() -> Any:

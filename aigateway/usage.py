@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -201,22 +202,46 @@ class UsageWriter:
     batches from one task. The writer never dies: a database that refuses (locked, gone,
     replaced) leaves the records in the journal, retried every flush and at the next
     start; a record the database cannot take is logged, set aside in the journal
-    folder's `rejected` file, and skipped."""
+    folder's `rejected` file, and skipped.
 
-    def __init__(self, store: Store, retention_days: int, journal: Journal) -> None:
+    A record the journal cannot take (its disk is full) is held in memory, its only copy,
+    until the journal or the database takes it: up to `memory_records` of them; at that
+    bound `full` is set (and `on_full` told), and new requests are refused rather than
+    served unrecorded. Every record is in exactly one place at a time: a segment's file
+    (and `_pending`/`_sealed`), or `_memory`, so each reaches the database once."""
+
+    def __init__(
+        self,
+        store: Store,
+        retention_days: int,
+        journal: Journal,
+        memory_records: int = 100_000,
+        on_full: Callable[[bool], None] | None = None,
+    ) -> None:
         self._store = store
         self._journal = journal
         self._retention_s = retention_days * 86400
         self._pending: list[UsageRecord] = []  # the records of the current segment
         self._sealed: list[tuple[Segment, list[UsageRecord] | None]] = []  # to write
+        self._memory: list[UsageRecord] = []  # records the journal could not take
+        self._memory_writing = 0  # of them, in a batch on its way to the database
+        self._memory_records = max(memory_records, 1)  # (0: refuse from the first one)
+        self._memory_batches = itertools.count(1)
+        self._on_full = on_full
+        self.full = False  # as many records wait in memory as may: refuse new requests
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._failing = ""  # why the database refuses, while it does (logged once)
         self._in_file_only = False  # records of the current segment not held in memory
         self._flushing = asyncio.Lock()
         self._next_report = time.monotonic() + WAITING_REPORT_S
-        self._journal_failing = False
+        self.journal_failing = ""  # why the journal cannot take records, while it cannot
         self.written = 0
+
+    @property
+    def waiting_in_memory(self) -> int:
+        """Records whose only copy is in memory (the journal could not take them)."""
+        return len(self._memory) + self._memory_writing
 
     def record(self, record: UsageRecord) -> None:
         try:
@@ -229,18 +254,47 @@ class UsageWriter:
                 self._reject(record, exc)
                 return
             except OSError as exc:
-                self._journal_error(exc)
-        except OSError as exc:  # a full disk must not cost the request, nor go unsaid
-            self._journal_error(exc)
+                self._keep_in_memory(record, exc)
+                return
+        except OSError as exc:  # a full disk must not cost the request, nor the record
+            self._keep_in_memory(record, exc)
+            return
         self._pending.append(record)
 
-    def _journal_error(self, exc: OSError) -> None:
-        if not self._journal_failing:
-            self._journal_failing = True
-            log.error("cannot write the usage journal (%s); records wait in memory", exc)
+    def _keep_in_memory(self, record: UsageRecord, exc: OSError) -> None:
+        if not self.journal_failing:
+            log.error(
+                "cannot write the usage journal (%s); records wait in memory, up to %d,"
+                " then requests are refused",
+                exc,
+                self._memory_records,
+            )
+        self.journal_failing = str(exc)
+        self._memory.append(record)
+        if not self.full and self.waiting_in_memory >= self._memory_records:
+            self._set_full(True)
+
+    def _set_full(self, full: bool) -> None:
+        self.full = full
+        if full:
+            log.error(
+                "%d usage records wait in memory, the most USAGE_MEMORY_RECORDS allows:"
+                " requests are refused (503) until the journal or the database takes them",
+                self.waiting_in_memory,
+            )
+        else:
+            log.warning("usage records can be kept again: requests are admitted")
+        if self._on_full is not None:
+            self._on_full(full)
 
     async def start(self) -> None:
         """Write what earlier runs left in the journal, then start the flushing task."""
+        await self.replay()
+        self.start_writing()
+
+    async def replay(self) -> None:
+        """Write what earlier runs left in the journal (what the database cannot take
+        yet stays queued: `unwritten` lists it)."""
         for segment in self._journal.leftovers():
             try:
                 written = await self._store.segment_written(segment.name)
@@ -253,7 +307,17 @@ class UsageWriter:
         if self._sealed:
             log.info("usage journal: %d segment(s) left by an earlier run", len(self._sealed))
             await self._write_sealed()
+
+    def start_writing(self) -> None:
         self._task = asyncio.create_task(self._run(), name="aigateway-usage")
+
+    def unwritten(self) -> Iterator[UsageRecord]:
+        """Every record not in the database yet (read back from the journal's files
+        where they are not held in memory)."""
+        for segment, held in self._sealed:
+            yield from held if held is not None else read_segment(segment.path)
+        yield from self._pending
+        yield from self._memory
 
     async def close(self) -> None:
         # Ask the task to stop between writes rather than cancelling it inside one.
@@ -271,41 +335,99 @@ class UsageWriter:
             )
             for segment, _ in self._sealed:
                 segment.close()
+        if self._memory:
+            log.error(
+                "%d usage records are lost: neither the journal (%s) nor the database"
+                " could take them",
+                len(self._memory),
+                self.journal_failing,
+            )
         self._journal.close()
 
     async def flush(self) -> bool:
-        """Seal the current segment and write every sealed one, oldest first; False when
-        the database refused (they stay for the next try). While the database is away
-        the current segment is not sealed each flush but grows (synced to disk each
-        time) up to AWAY_SEGMENT_BYTES: a long outage makes a few files, not four a
-        second, and holds no record in memory."""
+        """Seal the current segment and write every sealed one, oldest first, then the
+        records held in memory; False when the database refused (they stay for the next
+        try). While the database is away the current segment is not sealed each flush
+        but grows (synced to disk each time) up to AWAY_SEGMENT_BYTES: a long outage
+        makes a few files, not four a second, and holds no record in memory."""
         async with self._flushing:  # the task's flushes and close()'s never interleave
             return await self._flush()
 
     async def _flush(self) -> bool:
+        self._journal_again()
         if self._pending or self._in_file_only:
             if self._failing and self._journal.current_size() < AWAY_SEGMENT_BYTES:
                 self._pending, self._in_file_only = [], True
                 try:
                     await asyncio.to_thread(self._journal.sync_current)
                 except OSError as exc:
-                    self._journal_error(exc)
+                    log.error("cannot sync the usage journal: %s", exc)
             else:
                 self._seal()
         written = await self._write_sealed()
         if written and self._in_file_only:  # the database is back: the grown one now
             self._seal()
             written = await self._write_sealed()
+        if written and self._memory:  # the journal is full but the database takes them
+            written = await self._write_memory()
+        if self.full and self.waiting_in_memory < self._memory_records:
+            self._set_full(False)
         if not written:
             self._report_waiting()
         return written
 
+    def _journal_again(self) -> None:
+        """Move the records held in memory into the journal, as far as it takes them
+        (a disk with room again); say when it takes every record again."""
+        moved = 0
+        for record in self._memory:
+            try:
+                self._journal.append(record)
+            except OSError:
+                break
+            moved += 1
+        if moved:
+            self._pending.extend(self._memory[:moved])
+            del self._memory[:moved]
+        if self.journal_failing and not self._memory and self._pending:
+            self.journal_failing = ""
+            log.warning("the usage journal takes records again")
+
     def _seal(self) -> None:
-        sealed = self._journal.seal()
+        try:
+            sealed = self._journal.seal()
+        except OSError as exc:  # no room for a new file: the current one goes on
+            log.error("cannot start a new usage journal segment: %s", exc)
+            return
         if sealed is not None:
             held = None if self._in_file_only else self._pending
             self._sealed.append((sealed, held))
         self._pending, self._in_file_only = [], False
+
+    async def _write_memory(self) -> bool:
+        """Write the records held in memory to the database in one transaction (named,
+        as a segment is, though no file holds them); False when it refused."""
+        batch, self._memory = self._memory, []
+        name = f"mem-{self._journal.run}-{next(self._memory_batches):06d}"
+        self._memory_writing = len(batch)  # (still counted against the bound meanwhile)
+        try:
+            await self._insert(name, batch)
+        except StoreError as exc:
+            self._memory[:0] = batch  # before any that came meanwhile
+            self._database_refused(exc)
+            return False
+        finally:
+            self._memory_writing = 0
+        self.written += len(batch)
+        if self._failing:
+            self._failing = ""
+            log.warning("usage records are written to the database again")
+        return True
+
+    def _database_refused(self, exc: StoreError) -> None:
+        if str(exc) != self._failing:
+            self._failing = str(exc)
+            log.error("usage records wait in the journal: %s", exc)
 
     def _report_waiting(self) -> None:
         """Now and then while the database is away: how much waits in the journal, and
@@ -338,7 +460,7 @@ class UsageWriter:
             segment, held = self._sealed[0]
             records = held if held is not None else read_segment(segment.path)
             try:
-                await self._insert(segment, records)
+                await self._insert(segment.name, records)
             except StoreError as exc:
                 # Keep the segment, on disk for good (a machine crash) now that it is the
                 # only copy; let go of its records (re-read from the file later), so
@@ -346,11 +468,12 @@ class UsageWriter:
                 # database takes at once needs no fsync: only the last flush interval's
                 # records are ever in the page cache alone.)
                 if held is not None:  # the first refusal of this segment
-                    await asyncio.to_thread(os.fsync, segment.fd)
+                    try:
+                        await asyncio.to_thread(os.fsync, segment.fd)
+                    except OSError as error:
+                        log.error("cannot sync usage journal %s: %s", segment.name, error)
                 self._sealed[0] = (segment, None)
-                if str(exc) != self._failing:
-                    self._failing = str(exc)
-                    log.error("usage records wait in the journal: %s", exc)
+                self._database_refused(exc)
                 return False
             segment.remove()
             self._sealed.pop(0)
@@ -360,19 +483,19 @@ class UsageWriter:
                 log.warning("usage records are written to the database again")
         return True
 
-    async def _insert(self, segment: Segment, records: list[UsageRecord]) -> None:
+    async def _insert(self, name: str, records: list[UsageRecord]) -> None:
         await self._store.check_file()
         try:
-            await self._store.insert_usage(records, segment.name)
+            await self._store.insert_usage(records, name)
         except UsageRejected as exc:  # a value the database will not take: find it
-            log.error("usage segment %s: %s; checking its records one by one", segment.name, exc)
+            log.error("usage segment %s: %s; checking its records one by one", name, exc)
             good = []
             for record in records:
                 try:
                     good.append(clean_usage_record(record))
                 except (TypeError, ValueError) as bad:
                     self._reject(record, bad)
-            await self._store.insert_usage(good, segment.name)
+            await self._store.insert_usage(good, name)
 
     def _reject(self, record: UsageRecord, why: Exception) -> None:
         log.error("usage record set aside (in %s/rejected): %s", self._journal.folder, why)
