@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .context import RequestContext
+from .exports import ExportSlots
 from .keytable import KeyTable
 from .limits import Limiter
 from .relaystate import Relay
@@ -17,5 +18,6 @@ KEY_TABLE = web.AppKey("key_table", KeyTable)
 STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 RELAY = web.AppKey("relay", Relay)
+EXPORTS = web.AppKey("exports", ExportSlots)
 
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
+from .errors import Refused, TooManyRequests
 from .keyview import when
 from .store import UsageRecord
 
@@ -21,16 +23,17 @@ USAGE_EXPORT_COLUMNS = ("time", *UsageRecord._fields)
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
-def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows whose text cells a spreadsheet would run as formulas, neutralised with a
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows rather than runs: text that starts like a formula gets a
     leading quote (OWASP's advice); numbers stay numbers."""
-    return [
-        {
-            k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v
-            for k, v in row.items()
-        }
-        for row in rows
-    ]
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose text cells a spreadsheet would run as formulas, neutralised."""
+    return [{k: csv_cell(v) for k, v in row.items()} for row in rows]
 
 
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -42,10 +45,77 @@ def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
+class UsageText:
+    """One usage export, written a chunk of records at a time: CSV (a header, one row
+    each) or a JSON list (`[`, objects separated by commas, `]`: valid only once whole,
+    so a transfer cut midway never parses), each record with its time in ISO 8601
+    besides the Unix time. The pieces joined are the document made in one go."""
+
+    def __init__(self, fmt: str) -> None:
+        self.csv = fmt == "csv"
+        self.count = 0
+
+    def head(self) -> str:
+        return ",".join(USAGE_EXPORT_COLUMNS) + "\n" if self.csv else ""
+
+    def rows(self, records: Sequence[UsageRecord]) -> str:
+        if not records:
+            return ""
+        first = self.count == 0
+        self.count += len(records)
+        if self.csv:
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerows([csv_cell(when(r.ts)), *(csv_cell(v) for v in r)] for r in records)
+            return out.getvalue()
+        listed = orjson.dumps(
+            [{"time": when(r.ts), **r._asdict()} for r in records], option=orjson.OPT_INDENT_2
+        )
+        # The list's own brackets off: the document's are written once, around every chunk.
+        return ("[\n" if first else ",\n") + listed[2:-2].decode()
+
+    def tail(self) -> str:
+        if self.csv:
+            return ""
+        return "\n]\n" if self.count else "[]\n"
+
+
 def usage_export(records: Sequence[UsageRecord], fmt: str) -> str:
-    """Usage records as CSV (a header, one row each) or a JSON list, each with its time
-    in ISO 8601 besides the Unix time."""
-    rows = [{"time": when(r.ts), **r._asdict()} for r in records]
-    if fmt == "csv":
-        return csv_text(rows, USAGE_EXPORT_COLUMNS)
-    return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
+    """Usage records as CSV or JSON in one go (see UsageText)."""
+    text = UsageText(fmt)
+    return text.head() + text.rows(records) + text.tail()
+
+
+EXPORTS_PER_KEY = 2  # downloads one key (or its dashboard session) runs at once
+EXPORT_RETRY_AFTER_S = 5  # what a refused one is told to wait: an export takes seconds
+
+
+class ExportSlots:
+    """How many exports each key runs now. An export streams, so memory is not what
+    bounds them: a key's share of the database and the event loop is."""
+
+    def __init__(self, per_key: int = EXPORTS_PER_KEY) -> None:
+        self.per_key = per_key
+        self._running: dict[int, int] = {}
+
+    @contextmanager
+    def slot(self, key_id: int) -> Iterator[None]:
+        """Hold one of the key's slots for the block (given back however it ends: the
+        client gone, the database failing, a cancel), or refuse with 429."""
+        running = self._running.get(key_id, 0)
+        if running >= self.per_key:
+            raise TooManyRequests(
+                f"this key runs {running} exports already; at most {self.per_key} at once",
+                {"Retry-After": str(EXPORT_RETRY_AFTER_S)},
+                Refused.EXPORT_LIMIT,
+            )
+        self._running[key_id] = running + 1
+        try:
+            yield
+        finally:
+            left = self._running.pop(key_id) - 1
+            if left:
+                self._running[key_id] = left
+
+    def running(self, key_id: int) -> int:
+        return self._running.get(key_id, 0)
