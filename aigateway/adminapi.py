@@ -63,7 +63,6 @@ from .store import (
     KeyNotFoundError,
     KeyRecord,
     UsageQuery,
-    UsageRecord,
 )
 from .upstreams.pool import Pool
 from .upstreams.probe import CheckFailed
@@ -312,31 +311,34 @@ async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.St
     EXPORT_MAX). A database failing before the first row answers as any error does;
     after it, the transfer is cut (no last chunk), so no client takes what it got for a
     whole file."""
+    exports = request.app[EXPORTS]
     chunks = request.app[STORE].usage_chunks(where, newest_first=True, most=EXPORT_MAX)
     text = UsageText(fmt)
     context = request[CONTEXT]
+
+    async def next_piece() -> bytes | None:
+        """The next chunk as text, read and written in a turn: however many exports
+        run, only a few read at once (the event loop and the GIL stay free)."""
+        async with exports.turn:
+            records = await anext(chunks, None)
+            return None if records is None else text.rows(records).encode()
+
     try:
-        first: list[UsageRecord] = await anext(chunks, [])
+        first = await next_piece()
         response = web.StreamResponse(
             headers={"Content-Disposition": f'attachment; filename="usage.{fmt}"'}
         )
         response.content_type = "text/csv" if fmt == "csv" else "application/json"
         response.charset = "utf-8"
         await response.prepare(request)
-        sent = 0
+        context.bytes_out = 0
         try:
-            piece = (text.head() + text.rows(first)).encode()
-            while True:
+            piece: bytes | None = text.head().encode() + (first or b"")
+            while piece is not None:
                 await response.write(piece)
-                sent += len(piece)
-                await asyncio.sleep(0)  # the next chunk after others had their turn
-                records = await anext(chunks, None)
-                if records is None:
-                    break
-                piece = text.rows(records).encode()
-            piece = text.tail().encode()
-            await response.write(piece)
-            sent += len(piece)
+                context.bytes_out += len(piece)
+                piece = await next_piece()
+            await response.write(text.tail().encode())
             await response.write_eof()
         except ConnectionResetError:
             context.client_gone = True
@@ -349,7 +351,6 @@ async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.St
             )
             if request.transport is not None:
                 request.transport.close()  # after what is buffered: no last chunk
-        context.bytes_out = sent
         return response
     finally:
         await chunks.aclose()

@@ -3,6 +3,7 @@ rows (the CLIs' files and the admin API's downloads)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Iterator, Sequence
@@ -88,15 +89,20 @@ def usage_export(records: Sequence[UsageRecord], fmt: str) -> str:
 
 EXPORTS_PER_KEY = 2  # downloads one key (or its dashboard session) runs at once
 EXPORT_RETRY_AFTER_S = 5  # what a refused one is told to wait: an export takes seconds
+EXPORTS_AT_WORK = 2  # exports reading a chunk at one time, whatever the number running
 
 
 class ExportSlots:
     """How many exports each key runs now. An export streams, so memory is not what
     bounds them: a key's share of the database and the event loop is."""
 
-    def __init__(self, per_key: int = EXPORTS_PER_KEY) -> None:
+    def __init__(self, per_key: int = EXPORTS_PER_KEY, at_work: int = EXPORTS_AT_WORK) -> None:
         self.per_key = per_key
         self._running: dict[int, int] = {}
+        # Reading and writing a chunk is taken in turns: a dozen exports at once would
+        # otherwise each put a chunk's work before every other request (and a reading
+        # thread each between the event loop and the GIL).
+        self.turn = asyncio.Semaphore(at_work)
 
     @contextmanager
     def slot(self, key_id: int) -> Iterator[None]:

@@ -1,0 +1,251 @@
+"""Exports stream: a dozen of 100,000 records at once cost the gateway little memory and
+never stall it, a key runs at most two at once, and one cut midway is seen as cut (the
+API's transfer and the CLI's file), never as a file that looks complete."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from aigateway import Settings, create_app
+from aigateway.appkeys import EXPORTS
+from aigateway.errors import Refused
+from aigateway.store import Store, UsageRecord
+
+from .test_server_process import start_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = 100_000
+EXPORTERS = 6  # admin keys, two exports each: twelve at once
+T0 = 1_790_000_000.0
+
+
+@dataclass(frozen=True)
+class BigDatabase:
+    path: Path
+    admins: list[str]  # admin keys' secrets
+    admin_ids: list[int]
+
+
+def _record(n: int, key_id: int) -> UsageRecord:
+    return UsageRecord(
+        T0 + n * 0.5, key_id, "alice", "laptop", "POST", "/api/chat", "llama3.2:latest", 200,
+        20 + n % 7, 100 + n % 13, 812.25, 31.5, 120, 2048, n % 50 == 0, False, 1500,
+        700_000_000, "llama3.2",
+    )  # fmt: skip
+
+
+async def _seed(path: Path) -> BigDatabase:
+    store = await Store.open(str(path))
+    try:
+        made = [await store.create_key("root", f"ops{n}", "admin") for n in range(EXPORTERS)]
+        user_id = (await store.create_key("alice", "laptop"))[0].id
+        batch = 10_000
+        for start in range(0, RECORDS, batch):
+            await store.insert_usage([_record(n, user_id) for n in range(start, start + batch)])
+    finally:
+        await store.close()
+    return BigDatabase(path, [secret for _, secret in made], [record.id for record, _ in made])
+
+
+@pytest.fixture(scope="module")
+def big_template(tmp_path_factory: pytest.TempPathFactory) -> BigDatabase:
+    """One SQLite file with 100,000 usage records, made once for the module."""
+    return asyncio.run(_seed(tmp_path_factory.mktemp("big") / "tokens.db"))
+
+
+@pytest.fixture
+def big(big_template: BigDatabase, tmp_path: Path) -> BigDatabase:
+    """A copy of it for one test (a test may break its copy)."""
+    path = tmp_path / "tokens.db"
+    shutil.copy(big_template.path, path)
+    return BigDatabase(path, big_template.admins, big_template.admin_ids)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _curl(url: str, key: str) -> asyncio.subprocess.Process:
+    """A download by another process (so that reading twelve does not slow this test's
+    own clock); it prints the status and the size it got, and exits non-zero for a
+    transfer cut short."""
+    return await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+        "-H", f"Authorization: Bearer {key}", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_twelve_exports_of_100k_records_keep_rss_and_health(
+    upstream: TestServer, big: BigDatabase, tmp_path: Path
+) -> None:
+    gateway = await start_gateway(upstream, str(big.path), tmp_path)
+    try:
+        pid = gateway.process.pid
+        async with aiohttp.ClientSession() as session:
+            # Warm: the admin API, the store and the first pages have been used once.
+            headers = {"Authorization": f"Bearer {big.admins[0]}"}
+            async with session.get(gateway.url + "/admin/usage?limit=5", headers=headers) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.5)
+            before = _rss_kib(pid)
+            curls = [
+                await _curl(
+                    f"{gateway.url}/admin/usage?format={'csv' if n % 2 else 'json'}",
+                    big.admins[n // 2],
+                )
+                for n in range(2 * EXPORTERS)
+            ]
+            downloads = [asyncio.create_task(c.communicate()) for c in curls]
+            peak, took = before, list[float]()
+            last_probe = 0.0
+            while not all(d.done() for d in downloads):
+                peak = max(peak, _rss_kib(pid))
+                if time.monotonic() - last_probe > 0.05:
+                    started = time.monotonic()
+                    async with session.get(gateway.url + "/health") as r:
+                        assert r.status == 200
+                        await r.read()
+                    last_probe = time.monotonic()
+                    took.append(last_probe - started)
+                await asyncio.sleep(0.01)
+    finally:
+        gateway.process.kill()
+        gateway.process.wait()
+    for n, (curl, download) in enumerate(zip(curls, downloads, strict=True)):
+        out, err = download.result()
+        status, size = out.decode().split()
+        assert curl.returncode == 0 and status == "200", (n, curl.returncode, out, err)
+        assert int(size) > RECORDS * 100, (n, size)  # every record came
+    rise_mb = (peak - before) / 1024
+    assert rise_mb <= 64, f"RSS rose by {rise_mb:.0f} MB ({before // 1024} to {peak // 1024})"
+    assert len(took) >= 5, took  # /health was asked while the exports ran
+    took.sort()
+    shown = f"median {took[len(took) // 2] * 1000:.0f} ms of {len(took)}"
+    assert took[-1] < 0.1, f"/health took {took[-1] * 1000:.0f} ms during the exports ({shown})"
+
+
+@pytest.fixture
+async def big_gateway(aiohttp_server, upstream: TestServer, big: BigDatabase) -> TestServer:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        ollama_base_url=str(upstream.make_url("")).rstrip("/"), token_db_path=str(big.path)
+    )
+    server: TestServer = await aiohttp_server(create_app(settings))
+    return server
+
+
+def _export_url(server: TestServer, fmt: str = "csv", query: str = "") -> str:
+    return str(server.make_url(f"/admin/usage?format={fmt}{query}"))
+
+
+async def test_a_key_runs_at_most_two_exports_and_gets_them_back(
+    big_gateway: TestServer, big: BigDatabase
+) -> None:
+    key, other = big.admins[0], big.admins[1]
+    slots = big_gateway.app[EXPORTS]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as mine:
+        # Two downloads of 100,000 records, not read: each waits on its client.
+        first = await mine.get(_export_url(big_gateway))
+        second = await mine.get(_export_url(big_gateway, "json"))
+        assert first.status == second.status == 200
+        assert first.headers["Transfer-Encoding"] == "chunked"
+        third = await mine.get(_export_url(big_gateway))
+        assert third.status == 429
+        assert int(third.headers["Retry-After"]) >= 1
+        body = await third.json()
+        assert body["reason"] == Refused.EXPORT_LIMIT
+        assert "at most 2" in body["error"]
+        # Another key is not held back by this one's.
+        async with (
+            aiohttp.ClientSession() as theirs,
+            theirs.get(
+                _export_url(big_gateway, query="&user=nobody"),
+                headers={"Authorization": f"Bearer {other}"},
+            ) as resp,
+        ):
+            assert resp.status == 200 and (await resp.text()).startswith("time,ts,")
+        # A client that goes away gives its slot back.
+        first.close()
+        deadline = time.monotonic() + 5
+        while slots.running(big.admin_ids[0]) > 1:
+            assert time.monotonic() < deadline, "the slot of a client gone was kept"
+            await asyncio.sleep(0.02)
+        async with mine.get(_export_url(big_gateway, query="&user=nobody")) as again:
+            assert again.status == 200
+            assert await again.text() == _header()
+        # So does one read to its end.
+        rows = (await second.read()).decode()
+        assert len(json.loads(rows)) == RECORDS
+    assert slots.running(big.admin_ids[0]) == 0
+
+
+def _header() -> str:
+    return "time,ts," + ",".join(UsageRecord._fields[1:]) + "\n"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_an_export_cut_by_the_database_is_a_broken_transfer(
+    big_gateway: TestServer, big: BigDatabase, fmt: str
+) -> None:
+    headers = {"Authorization": f"Bearer {big.admins[0]}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(_export_url(big_gateway, fmt)) as resp,
+    ):
+        assert resp.status == 200
+        start = await resp.content.readexactly(64 * 1024)
+        # The database fails while the rest is still to come.
+        with closing(sqlite3.connect(big.path, timeout=10)) as db:
+            db.execute("ALTER TABLE usage RENAME TO usage_gone")
+            db.commit()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert start  # rows were sent before the cut
+    deadline = time.monotonic() + 5
+    while big_gateway.app[EXPORTS].running(big.admin_ids[0]):
+        assert time.monotonic() < deadline, "a cut export kept its slot"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_cli_export_cut_midway_leaves_no_file(big: BigDatabase, tmp_path: Path) -> None:
+    """The CLI's `--usage-export`: exit 1 with one line, and no file that looks whole;
+    the file `--force` was to replace stays as it was."""
+    target = tmp_path / "usage.csv"
+    target.write_text("the old export\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "gen_api_key_cli.py"),
+        "--usage-export", str(target), "--force", "--db", str(big.path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    # Once it has written some rows (or finished: then it was not cut, and fails below),
+    # the database fails.
+    deadline = time.monotonic() + 30
+    while not [p for p in tmp_path.glob(".usage.csv.*") if p.stat().st_size > 0]:
+        if process.returncode is not None or target.read_text() != "the old export\n":
+            break
+        assert time.monotonic() < deadline, "the export wrote nothing"
+        await asyncio.sleep(0.002)
+    with closing(sqlite3.connect(big.path, timeout=10)) as db:
+        db.execute("ALTER TABLE usage RENAME TO usage_gone")
+        db.commit()
+    _, err = await process.communicate()
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 1, (process.returncode, err)
+    assert len(lines) == 1 and "usage" in lines[0] and "Traceback" not in lines[0], lines
+    assert target.read_text() == "the old export\n"
+    assert [p.name for p in tmp_path.iterdir() if "usage" in p.name] == ["usage.csv"]
