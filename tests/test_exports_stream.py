@@ -218,7 +218,7 @@ def _header() -> str:
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 async def test_an_export_cut_by_the_database_is_a_broken_transfer(
-    big_gateway: TestServer, big: BigDatabase, fmt: str
+    big_gateway: TestServer, big: BigDatabase, fmt: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client sees an error, never a file that ends well; the slot comes back."""
     headers = {"Authorization": f"Bearer {big.admins[0]}"}
@@ -233,6 +233,8 @@ async def test_an_export_cut_by_the_database_is_a_broken_transfer(
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
         assert start.startswith(b"time,ts," if fmt == "csv" else b"[")
+        assert "usage export cut after" in caplog.text and "no such table" in caplog.text
+        assert "Traceback" not in caplog.text and "unhandled" not in caplog.text
         with closing(sqlite3.connect(big.path, timeout=10)) as db:
             db.execute("ALTER TABLE usage_gone RENAME TO usage")
             db.commit()
