@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,18 +31,29 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def csv_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows whose text cells a spreadsheet would run as formulas, neutralised."""
-    return [{k: csv_cell(v) for k, v in row.items()} for row in rows]
+class _Lines(list[str]):
+    """Where the csv writer writes: one call, one row."""
+
+    def write(self, line: str) -> None:
+        self.append(line)
+
+
+def csv_lines(rows: Iterable[Iterable[Any]]) -> str:
+    """Rows as CSV lines ending in a line feed: text cells a spreadsheet would run
+    neutralised, and every cell holding a line break quoted, a carriage return too."""
+    lines = _Lines()
+    # With "\n" as its terminator the writer leaves a cell holding a bare CR unquoted: a
+    # new row to a spreadsheet, which may run the text after it. With "\r\n" it quotes
+    # both; each row's own CRLF then becomes the LF these files have always ended in.
+    csv.writer(lines, lineterminator="\r\n").writerows(
+        [csv_cell(value) for value in row] for row in rows
+    )
+    return "".join([line[:-2] + "\n" for line in lines])
 
 
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A header and the rows' `columns`, cells a spreadsheet would run neutralised."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_safe(rows))
-    return out.getvalue()
+    """A header and the rows' `columns` (a missing one empty), as csv_lines writes them."""
+    return csv_lines([columns, *([row.get(c, "") for c in columns] for row in rows)])
 
 
 class UsageText:
@@ -65,10 +75,7 @@ class UsageText:
         first = self.count == 0
         self.count += len(records)
         if self.csv:
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerows([csv_cell(when(r.ts)), *(csv_cell(v) for v in r)] for r in records)
-            return out.getvalue()
+            return csv_lines([when(r.ts), *r] for r in records)
         listed = orjson.dumps(
             [{"time": when(r.ts), **r._asdict()} for r in records], option=orjson.OPT_INDENT_2
         )

@@ -5,6 +5,8 @@ API's transfer and the CLI's file), never as a file that looks complete."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import shutil
 import sqlite3
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.errors import Refused
@@ -272,3 +274,54 @@ async def test_the_cli_export_cut_midway_leaves_no_file(big: BigDatabase, tmp_pa
     assert len(lines) == 1 and "usage" in lines[0] and "Traceback" not in lines[0], lines
     assert target.read_text() == "the old export\n"
     assert [p.name for p in tmp_path.iterdir() if "usage" in p.name] == ["usage.csv"]
+
+
+# What a spreadsheet may run as a formula, and so what no CSV cell we write starts with
+# unquoted (README, security notes).
+FORMULA_STARTS = {
+    "equals": "=", "plus": "+", "minus": "-", "at": "@", "tab": "\t", "cr": "\r", "lf": "\n",
+    "fullwidth-equals": "\uff1d", "fullwidth-plus": "\uff0b", "fullwidth-minus": "\uff0d",
+    "fullwidth-at": "\uff20",
+}  # fmt: skip
+# The text cells of a usage record, and the word each carries after its first character.
+_CHOSEN = {
+    "user": "user", "key_name": "key", "route": "route", "model": "model", "model_sent": "sent",
+}  # fmt: skip
+
+
+def _formula_record(start: str, key_id: int = 1) -> UsageRecord:
+    """A record whose every text cell a client or an admin chose begins with `start`."""
+    return UsageRecord(
+        T0, key_id, f"{start}cell-user", f"{start}cell-key", "POST", f"{start}cell-route",
+        f"{start}cell-model", 200, 3, 4, 10.0, 1.0, 5, 6, False, False, 0, None,
+        f"{start}cell-sent",
+    )  # fmt: skip
+
+
+async def _insert(db_path: str, records: list[UsageRecord]) -> None:
+    store = await Store.open(db_path)
+    try:
+        await store.insert_usage(records)
+    finally:
+        await store.close()
+
+
+def _marked_cells(text: str) -> list[str]:
+    """Every CSV cell holding one of the chosen values."""
+    return [cell for row in csv.reader(io.StringIO(text)) for cell in row if "cell-" in cell]
+
+
+@pytest.mark.parametrize("start", FORMULA_STARTS.values(), ids=FORMULA_STARTS.keys())
+async def test_api_csv_export_neutralises_a_cell_starting_with(
+    admin: TestClient, db_path: str, start: str
+) -> None:
+    await _insert(db_path, [_formula_record(start)])
+    text = await (await admin.get("/admin/usage?format=csv")).text()
+    (row,) = [r for r in csv.DictReader(io.StringIO(text)) if "cell-" in r["route"]]
+    for field, chosen in _CHOSEN.items():
+        assert row[field] == f"'{start}cell-{chosen}", (field, row[field])
+    assert row["method"] == "POST" and row["status"] == "200"  # the rest as it was
+    # JSON is read by programs, not spreadsheets: its values stay as they were.
+    listed = await (await admin.get("/admin/usage?format=json")).json()
+    (record,) = [r for r in listed if "cell-" in r["route"]]
+    assert record["model"] == f"{start}cell-model"
