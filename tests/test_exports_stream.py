@@ -19,8 +19,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
 
 from aigateway import Settings, create_app
+from aigateway.cli.flags import cli
 from aigateway.errors import Refused
 from aigateway.store import Store, UsageRecord
 
@@ -325,3 +327,49 @@ async def test_api_csv_export_neutralises_a_cell_starting_with(
     listed = await (await admin.get("/admin/usage?format=json")).json()
     (record,) = [r for r in listed if "cell-" in r["route"]]
     assert record["model"] == f"{start}cell-model"
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("start", FORMULA_STARTS.values(), ids=FORMULA_STARTS.keys())
+def test_cli_csv_files_neutralise_a_cell_starting_with(
+    db_path: str, tmp_path: Path, start: str
+) -> None:
+    """Every CSV the CLIs write: `--usage-export`, `--usage --by ... --format csv`, and,
+    where a name may start so (printable), `-l --format csv`, `-e` and `--users`."""
+
+    async def seed() -> None:
+        store = await Store.open(db_path, create=True)
+        try:
+            if start.isprintable():
+                await store.create_user(f"{start}cell-owner", note=f"{start}cell-note")
+                await store.create_key(f"{start}cell-owner", f"{start}cell-laptop")
+            await store.insert_usage([_formula_record(start)])
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    export, keys = tmp_path / "usage.csv", tmp_path / "keys.csv"
+    assert _cli("--usage-export", str(export), "--db", db_path)[0] == 0
+    outputs = {
+        "--usage-export": export.read_bytes().decode(),
+        **{
+            f"--usage --by {by}": _cli("--usage", "--by", by, "--format", "csv", "--db", db_path)[1]
+            for by in ("key", "model", "route")
+        },
+    }
+    if start.isprintable():
+        assert _cli("-e", str(keys), "--db", db_path)[0] == 0
+        outputs["-e"] = keys.read_bytes().decode()
+        outputs["-l"] = _cli("-l", "--format", "csv", "--db", db_path)[1]
+        outputs["--users"] = _cli("--users", "--format", "csv", "--db", db_path)[1]
+    for name, text in outputs.items():
+        cells = _marked_cells(text)
+        assert cells, (name, text)
+        for cell in cells:
+            assert cell.startswith("'" + start), (name, cell)
+            assert cell[2:].startswith("cell-"), (name, cell)  # and nothing else changed
