@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import shutil
@@ -22,9 +23,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from aigateway import Settings, create_app
+from aigateway.cli.admin import write_usage_export
 from aigateway.cli.flags import cli
 from aigateway.errors import Refused
-from aigateway.store import Store, UsageRecord
+from aigateway.store import USAGE_CHUNK, Store, UsageQuery, UsageRecord
 
 from .test_server_process import start_gateway
 
@@ -373,3 +375,45 @@ def test_cli_csv_files_neutralise_a_cell_starting_with(
         for cell in cells:
             assert cell.startswith("'" + start), (name, cell)
             assert cell[2:].startswith("cell-"), (name, cell)  # and nothing else changed
+
+
+async def test_exports_page_through_equal_times_on_both_databases(
+    database: str, aiohttp_server, upstream: TestServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Pages follow (time, id): records of one time across a page boundary are neither
+    lost nor repeated, newest first from the API, oldest first from the CLI. (`database`
+    first: its PostgreSQL database is dropped only after the gateway has stopped.)"""
+    store = await Store.open(database)
+    try:
+        admin, secret = await store.create_key("root", "ops", "admin")
+        count = 2 * USAGE_CHUNK + 203  # times repeat seven at a time, across the pages
+        await store.insert_usage(
+            [
+                _record(n, admin.id)._replace(
+                    user="ben" if n % 2 else "ann", route=f"/r{n}", ts=T0 + n // 7
+                )
+                for n in range(count)
+            ]
+        )
+        pages = store.usage_chunks(UsageQuery(), newest_first=True, most=503, chunk=100)
+        assert [len(page) async for page in pages] == [100, 100, 100, 100, 100, 3]
+    finally:
+        await store.close()
+    where = {"database_url": database} if "://" in database else {"token_db_path": database}
+    settings = Settings(
+        ollama_base_url=str(upstream.make_url("")).rstrip("/"),
+        usage_journal_dir=str(tmp_path / "journal"),  # (not beside the default tokens.db)
+        **where,
+    )
+    server = await aiohttp_server(create_app(settings))
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}) as session:
+        for query, expected in (("", range(count)), ("&user=ben", range(1, count, 2))):
+            async with session.get(_export_url(server, "json", query)) as resp:
+                assert resp.headers["Transfer-Encoding"] == "chunked"
+                listed = await resp.json()
+            assert [r["route"] for r in listed] == [f"/r{n}" for n in reversed(expected)]
+    target = tmp_path / "usage.csv"
+    export = functools.partial(write_usage_export, force=False)
+    await asyncio.to_thread(export, database, str(target), "csv", None, None)
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [r["route"] for r in rows] == [f"/r{n}" for n in range(count)]
