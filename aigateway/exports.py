@@ -60,7 +60,8 @@ class UsageText:
     """One usage export, written a chunk of records at a time: CSV (a header, one row
     each) or a JSON list (`[`, objects separated by commas, `]`: valid only once whole,
     so a transfer cut midway never parses), each record with its time in ISO 8601
-    besides the Unix time. The pieces joined are the document made in one go."""
+    besides the Unix time. The pieces joined are the same document however the records
+    are cut into chunks."""
 
     def __init__(self, fmt: str) -> None:
         self.csv = fmt == "csv"
@@ -88,12 +89,6 @@ class UsageText:
         return "\n]\n" if self.count else "[]\n"
 
 
-def usage_export(records: Sequence[UsageRecord], fmt: str) -> str:
-    """Usage records as CSV or JSON in one go (see UsageText)."""
-    text = UsageText(fmt)
-    return text.head() + text.rows(records) + text.tail()
-
-
 EXPORTS_PER_KEY = 2  # downloads one key (or its dashboard session) runs at once
 EXPORT_RETRY_AFTER_S = 5  # what a refused one is told to wait: an export takes seconds
 EXPORTS_AT_WORK = 2  # exports reading a chunk at one time, whatever the number running
@@ -106,9 +101,9 @@ class ExportSlots:
     def __init__(self, per_key: int = EXPORTS_PER_KEY, at_work: int = EXPORTS_AT_WORK) -> None:
         self.per_key = per_key
         self._running: dict[int, int] = {}
-        # Reading and writing a chunk is taken in turns: a dozen exports at once would
-        # otherwise each put a chunk's work before every other request (and a reading
-        # thread each between the event loop and the GIL).
+        # Reading a chunk and making its text is done in turns: a dozen exports at once
+        # would otherwise each put a chunk's work before every other request (and a
+        # reading thread each between the event loop and the GIL).
         self.turn = asyncio.Semaphore(at_work)
 
     @contextmanager
@@ -129,6 +124,3 @@ class ExportSlots:
             left = self._running.pop(key_id) - 1
             if left:
                 self._running[key_id] = left
-
-    def running(self, key_id: int) -> int:
-        return self._running.get(key_id, 0)
