@@ -105,7 +105,7 @@ class ExportSlots:
         self._running: dict[int, int] = {}
         # Reading a chunk and making its text is done in turns: a dozen exports at once
         # would otherwise each put a chunk's work before every other request (and a
-        # reading thread each between the event loop and the GIL: /health took 250 ms).
+        # reading thread each between the event loop and the GIL).
         self.turn = asyncio.Semaphore(at_work)
 
     @contextmanager
