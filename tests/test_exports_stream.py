@@ -26,7 +26,7 @@ from aigateway import Settings, create_app
 from aigateway.cli.admin import write_usage_export
 from aigateway.cli.flags import cli
 from aigateway.errors import Refused
-from aigateway.store import USAGE_CHUNK, Store, UsageQuery, UsageRecord
+from aigateway.store import Store, UsageQuery, UsageRecord
 
 from .test_server_process import start_gateway
 
@@ -386,7 +386,9 @@ async def test_exports_page_through_equal_times_on_both_databases(
     store = await Store.open(database)
     try:
         admin, secret = await store.create_key("root", "ops", "admin")
-        count = 2 * USAGE_CHUNK + 203  # times repeat seven at a time, across the pages
+        # Over two pages of 500 (store.USAGE_CHUNK); times repeat seven at a time, so
+        # records of one time straddle each page boundary.
+        count = 1203
         await store.insert_usage(
             [
                 _record(n, admin.id)._replace(
