@@ -29,6 +29,7 @@ total, daily, weekly or monthly; alert optional), or null for none.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -39,14 +40,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .appkeys import KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
+from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
 from .bodypeek import first_name
 from .budgetreport import user_budget_report, user_invoice
 from .budgets import Budget, BudgetError, check_budget, period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
-from .exports import usage_export
+from .exports import ExportSlots, UsageText
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
 from .limits import DAY
@@ -67,6 +68,7 @@ from .upstreams.pool import Pool
 from .upstreams.probe import CheckFailed
 from .upstreams.union import TAGS, union_of_lists
 
+log = logging.getLogger("aigateway")
 _KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {
     "user", "name", "role", "expires_at", "expires_days", "models", "budget", *LIMIT_FIELDS,
@@ -102,6 +104,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
     )
+    app[EXPORTS] = ExportSlots()
     for method, path, handler in routes:
         router.add_route(method, prefix + path, handler, expect_handler=defer_continue)
 
@@ -259,7 +262,7 @@ async def update_user(request: web.Request) -> web.Response:
     return _json(user_view(user))
 
 
-async def usage_records(request: web.Request) -> web.Response:
+async def usage_records(request: web.Request) -> web.StreamResponse:
     """Usage records, newest first, filtered by user, key_id, model, route, status, since
     and until (Unix times), a page at a time (limit, at most 500; offset), or with
     format=csv or json all of them (at most EXPORT_MAX) as a download. An admin sees
@@ -285,13 +288,8 @@ async def usage_records(request: web.Request) -> web.Response:
     if fmt is not None:
         if fmt not in ("csv", "json"):
             raise BadRequest("format must be csv or json")
-        found = await store.usage_page(where, EXPORT_MAX)
-        body = usage_export([record for _, record in found], fmt)
-        return web.Response(
-            text=body,
-            content_type="text/csv" if fmt == "csv" else "application/json",
-            headers={"Content-Disposition": f'attachment; filename="usage.{fmt}"'},
-        )
+        with request.app[EXPORTS].slot(caller.id):
+            return await _download(request, where, fmt)
     limit = _whole(q, "limit", 500) or 50
     offset = _whole(q, "offset", 10**9) or 0
     found = await store.usage_page(where, limit + 1, offset)
@@ -306,6 +304,56 @@ async def usage_records(request: web.Request) -> web.Response:
             "more": len(found) > limit,
         }
     )
+
+
+async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.StreamResponse:
+    """The records as a file, streamed a chunk at a time (newest first, at most
+    EXPORT_MAX). A database failing before the first row answers as any error does;
+    after it, the transfer is cut (no last chunk), so no client takes what it got for a
+    whole file."""
+    exports = request.app[EXPORTS]
+    chunks = request.app[STORE].usage_chunks(where, newest_first=True, most=EXPORT_MAX)
+    text = UsageText(fmt)
+    context = request[CONTEXT]
+
+    async def next_piece() -> bytes | None:
+        """The next chunk as text, read and written in a turn: however many exports
+        run, only a few read at once (the event loop and the GIL stay free)."""
+        async with exports.turn:
+            records = await anext(chunks, None)
+            return None if records is None else text.rows(records).encode()
+
+    try:
+        first = await next_piece()
+        response = web.StreamResponse(
+            headers={"Content-Disposition": f'attachment; filename="usage.{fmt}"'}
+        )
+        response.content_type = "text/csv" if fmt == "csv" else "application/json"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        context.bytes_out = 0
+        try:
+            piece: bytes | None = text.head().encode() + (first or b"")
+            while piece is not None:
+                await response.write(piece)
+                context.bytes_out += len(piece)
+                piece = await next_piece()
+            await response.write(text.tail().encode())
+            await response.write_eof()
+        except ConnectionResetError:
+            context.client_gone = True
+        except Exception as exc:  # the database, midway: a cut, never a file that ends well
+            log.warning(
+                "rid=%s usage export cut after %d records: %s",
+                context.request_id,
+                text.count,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            if request.transport is not None:
+                request.transport.close()  # after what is buffered: no last chunk
+        return response
+    finally:
+        await chunks.aclose()
 
 
 def _whole(query: Mapping[str, str], name: str, most: int) -> int | None:

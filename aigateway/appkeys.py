@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .context import RequestContext
+from .exports import ExportSlots
 from .keytable import KeyTable
 from .limits import Limiter
 from .relaystate import Relay
@@ -19,5 +20,6 @@ STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 RELAY = web.AppKey("relay", Relay)
 SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
+EXPORTS = web.AppKey("exports", ExportSlots)
 
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -302,9 +302,13 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                     until,
                     _query("limit", "integer", "at most 500"),
                     _query("offset", "integer", ""),
-                    _query("format", "string", "csv or json: a download"),
+                    _query(
+                        "format",
+                        "string",
+                        "csv or json: a download, streamed (at most 2 at once per key: 429)",
+                    ),
                 ],
-                errors=(*_AUTH, "400"),
+                errors=(*_AUTH, "400", "429"),
             )
         },
         "/users": _collection("user", "User", "UserChange", users_list),

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from sqlalchemy import (
     BigInteger,
     Integer,
     Text,
+    and_,
     bindparam,
     case,
     cast,
@@ -241,6 +242,7 @@ class LocalUsageRecord(UsageRecord):
 
 
 USAGE_COLUMNS = UsageRecord._fields
+USAGE_CHUNK = 500  # records an export reads, and writes, at a time
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
 _MAX_TEXT = 1024
 
@@ -1019,16 +1021,9 @@ class Store:
         """Records that match `where`, newest first, `limit` from `offset`, each with its
         id (for paging and reference)."""
         columns = [usage.c[name] for name in USAGE_COLUMNS]
-        clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
-        if where.model is not None:
-            clauses.append(usage.c.model == where.model)
-        if where.route is not None:
-            clauses.append(usage.c.route == where.route)
-        if where.status is not None:
-            clauses.append(usage.c.status == where.status)
         statement = (
             select(usage.c.id, *columns)
-            .where(*clauses)
+            .where(*_usage_query_filter(where))
             .order_by(usage.c.ts.desc(), usage.c.id.desc())
             .limit(limit)
             .offset(offset)
@@ -1036,6 +1031,40 @@ class Store:
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
         return [(int(row[0]), _usage_record(row[1:])) for row in rows]
+
+    async def usage_chunks(
+        self,
+        where: UsageQuery,
+        *,
+        newest_first: bool,
+        most: int | None = None,
+        chunk: int = USAGE_CHUNK,
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        """Records that match `where` (at most `most`), `chunk` at a time, each chunk its
+        own short read: an export of any size holds one chunk in memory, and no read
+        transaction stays open while the client takes its time. Pages are keyset pages
+        on (ts, id), so a record written meanwhile neither shifts nor repeats a row."""
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        ts, rid = usage.c.ts, usage.c.id
+        order = (ts.desc(), rid.desc()) if newest_first else (ts, rid)
+        clauses = _usage_query_filter(where)
+        after: tuple[float, int] | None = None
+        left = most
+        while left is None or left > 0:
+            size = chunk if left is None else min(chunk, left)
+            statement = select(rid, *columns).where(*clauses)
+            if after is not None:
+                statement = statement.where(_past(after, newest_first))
+            async with self._read() as conn:
+                rows = (await conn.execute(statement.order_by(*order).limit(size))).all()
+            if not rows:
+                return
+            after = (rows[-1][1], rows[-1][0])
+            if left is not None:
+                left -= len(rows)
+            yield [_usage_record(row[1:]) for row in rows]
+            if len(rows) < size:
+                return
 
     async def usage_series(
         self, since: float, bucket_s: int, key_id: int | None = None
@@ -1575,6 +1604,26 @@ def _usage_filter(
     if key_id is not None:
         clauses.append(usage.c.key_id == key_id)
     return clauses
+
+
+def _usage_query_filter(where: UsageQuery) -> list[Any]:
+    clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
+    if where.model is not None:
+        clauses.append(usage.c.model == where.model)
+    if where.route is not None:
+        clauses.append(usage.c.route == where.route)
+    if where.status is not None:
+        clauses.append(usage.c.status == where.status)
+    return clauses
+
+
+def _past(after: tuple[float, int], newest_first: bool) -> Any:
+    """Rows beyond (ts, id) `after` in the export's order. Written as a range on ts and
+    then the tie on id, which both databases serve from the ts index."""
+    ts, rid = after
+    if newest_first:
+        return and_(usage.c.ts <= ts, or_(usage.c.ts < ts, usage.c.id < rid))
+    return and_(usage.c.ts >= ts, or_(usage.c.ts > ts, usage.c.id > rid))
 
 
 def _usage_record(row: Sequence[Any]) -> UsageRecord:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 
 import orjson
 from tabulate import tabulate
@@ -20,11 +22,11 @@ from .. import __version__
 from ..budgets import Budget, describe
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
-from ..exports import csv_text, usage_export
+from ..exports import UsageText, csv_text
 from ..keyview import key_view, user_view, when
 from ..modelsync import MODEL_FIELDS, ModelInfo, ModelSyncError, fetch_models
 from ..pricing import PRICE_FIELDS, Price, PriceList, money
-from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UserRecord
+from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageQuery, UserRecord
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -246,12 +248,21 @@ def write_usage_export(
     user: str | None = None,
 ) -> int:
     """Every usage record in the period (of one user, with `user`), one row (CSV) or
-    object (JSON) each."""
+    object (JSON) each, oldest first. Written a chunk at a time as it is read, so any
+    number of records takes little memory; the file appears, whole, only at the end."""
     _check_target(path, force)
-    records = with_store(db_path, lambda store: store.usage_rows(since, until, user=user))
-    text = usage_export(records, fmt)
-    _write(path, text)
-    return len(records)
+    where = UsageQuery(since=since, until=until, user=user)
+
+    async def export(store: Store) -> int:
+        text = UsageText(fmt)
+        with _staged(path) as out:
+            out.write(text.head())
+            async for records in store.usage_chunks(where, newest_first=False):
+                out.write(text.rows(records))
+            out.write(text.tail())
+        return text.count
+
+    return with_store(db_path, export)
 
 
 # --- rendering -------------------------------------------------------------------------
@@ -481,7 +492,24 @@ def _check_target(path: str, force: bool) -> None:
 
 
 def _write(path: str, text: str) -> None:
+    with _staged(path) as out:
+        out.write(text)
+
+
+@contextmanager
+def _staged(path: str) -> Iterator[TextIO]:
+    """A file written beside `path` and renamed to it when the block ends well, removed
+    when it does not: an export cut midway (the database failing, a full disk, Ctrl-C)
+    never leaves a file that looks complete, nor spoils one `--force` would replace."""
+    target = Path(path)
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        with part.open("x", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(part, target)
     except OSError as exc:
-        raise AdminError(f"{path}: cannot write: {exc.strerror}") from None
+        part.unlink(missing_ok=True)
+        raise AdminError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
