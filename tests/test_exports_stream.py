@@ -233,22 +233,31 @@ async def test_an_export_cut_by_the_database_is_a_broken_transfer(
             assert resp.status == 200
             start = await resp.content.readexactly(64 * 1024)
             # The database fails while the rest is still to come.
-            with closing(sqlite3.connect(big.path, timeout=10)) as db:
-                db.execute("ALTER TABLE usage RENAME TO usage_gone")
-                db.commit()
+            await _rename_table(big.path, "usage", "usage_gone")
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
             assert resp.headers["Transfer-Encoding"] == "chunked"
         assert start.startswith(b"time,ts," if fmt == "csv" else b"[")
         assert "usage export cut after" in caplog.text and "no such table" in caplog.text
         assert "Traceback" not in caplog.text and "unhandled" not in caplog.text
-        with closing(sqlite3.connect(big.path, timeout=10)) as db:
-            db.execute("ALTER TABLE usage_gone RENAME TO usage")
-            db.commit()
+        await _rename_table(big.path, "usage_gone", "usage")
         # Both of the key's slots are free again.
         held = [await _held_open(session, _export_url(big_gateway), within=5) for _ in "ab"]
         for resp in held:
             resp.close()
+
+
+async def _rename_table(path: Path, old: str, new: str) -> None:
+    """Rename a table from another connection, in a thread: the gateway in this event
+    loop may hold the write lock a moment, and must be free to finish and let it go
+    (a blocking call here waited out its own timeout against it)."""
+
+    def rename() -> None:
+        with closing(sqlite3.connect(path, timeout=10)) as db:
+            db.execute(f"ALTER TABLE {old} RENAME TO {new}")
+            db.commit()
+
+    await asyncio.to_thread(rename)
 
 
 async def test_the_cli_export_cut_midway_leaves_no_file(big: BigDatabase, tmp_path: Path) -> None:
@@ -269,9 +278,7 @@ async def test_the_cli_export_cut_midway_leaves_no_file(big: BigDatabase, tmp_pa
             break
         assert time.monotonic() < deadline, "the export wrote nothing"
         await asyncio.sleep(0.002)
-    with closing(sqlite3.connect(big.path, timeout=10)) as db:
-        db.execute("ALTER TABLE usage RENAME TO usage_gone")
-        db.commit()
+    await _rename_table(big.path, "usage", "usage_gone")
     _, err = await process.communicate()
     lines = err.decode().strip().splitlines()
     assert process.returncode == 1, (process.returncode, err)

@@ -208,8 +208,7 @@ async def test_ended_sessions_are_swept_and_the_sweep_survives_database_errors(
         rows = {"expired": now - 1, "idle": now + 3600, "live": now + 3600}
         for name, expires_at in rows.items():
             await store.create_session(name, key.id, expires_at)
-        with closing(sqlite3.connect(db_path)) as db, db:
-            db.execute("UPDATE sessions SET seen_at = ? WHERE id_hash = 'idle'", (idle,))
+        await _sql(db_path, "UPDATE sessions SET seen_at = ? WHERE id_hash = 'idle'", (idle,))
 
         async def gone() -> set[str]:
             return {name for name in rows if await store.find_session(name) is None}
@@ -220,15 +219,11 @@ async def test_ended_sessions_are_swept_and_the_sweep_survives_database_errors(
             await _pause()
         assert await store.find_session("live") is not None
         # The table goes away under the sweep: it logs, and keeps sweeping.
-        with closing(sqlite3.connect(db_path)) as db, db:
-            schema = db.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions'").fetchone()[
-                0
-            ]
-            db.execute("DROP TABLE sessions")
+        (schema,) = await _sql(db_path, "SELECT sql FROM sqlite_master WHERE name = 'sessions'")
+        await _sql(db_path, "DROP TABLE sessions")
         with caplog.at_level(logging.WARNING, logger="aigateway.sessions"):
             await eventually(lambda: "could not delete ended dashboard sessions" in caplog.text)
-        with closing(sqlite3.connect(db_path)) as db, db:
-            db.execute(schema)
+        await _sql(db_path, schema)
         await store.create_session("late", key.id, time.time() - 1)
         started = time.monotonic()
         while await store.find_session("late") is not None:
@@ -240,3 +235,15 @@ async def test_ended_sessions_are_swept_and_the_sweep_survives_database_errors(
 
 async def _pause() -> None:
     await asyncio.sleep(0.05)
+
+
+async def _sql(db_path: str, statement: str, args: tuple[object, ...] = ()) -> tuple[object, ...]:
+    """One statement from another connection, in a thread: the gateway in this event loop
+    may hold the write lock a moment and must be free to finish and let it go."""
+
+    def run() -> tuple[object, ...]:
+        with closing(sqlite3.connect(db_path, timeout=10)) as db, db:
+            row = db.execute(statement, args).fetchone()
+            return tuple(row) if row is not None else ()
+
+    return await asyncio.to_thread(run)
