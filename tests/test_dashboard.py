@@ -5,9 +5,7 @@ Screenshots of each page land in test-artifacts/screenshots/ for a person to loo
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,19 +21,15 @@ from aigateway.pricing import Price
 from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
-from .conftest import make_key
+from .conftest import CHROMIUM, make_key
 from .helpers import eventually
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
 XSS = "<img src=x onerror=alert(1)>"
 
-# Skipped where Chromium is missing, except in CI (.ci/run installs it): never silently.
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="Chromium is not installed (apt-get install chromium)",
-)
+# The tests that drive Chromium (the `browser` fixture) are marked and skipped where it
+# is missing by conftest.py, except in CI (.ci/run installs it); the rest run anywhere.
 
 
 @pytest.fixture
