@@ -131,6 +131,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_postgres = "pg_url" in names or any("postgres" in name for name in names)
         if uses_postgres or params.get("database") == "postgresql":
             item.add_marker(pytest.mark.postgres)
+            if isinstance(names, list):
+                _databases_first(names)
         if "browser" in names:
             item.add_marker(pytest.mark.browser)
             item.add_marker(browser_missing)
@@ -140,6 +142,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             and f"{item.module.__name__.rsplit('.', 1)[-1]}::{function}" in SLOW
         ):
             item.add_marker(pytest.mark.slow)
+
+
+def _databases_first(names: list[str]) -> None:
+    """Set a test's database up before its gateways, so that it is dropped after they
+    stop: a gateway whose database vanished under it retries its connections until it
+    is stopped, and a socket of a failed attempt can outlive the test's event loop."""
+    first = [name for name in names if "postgres" in name or name in ("pg_url", "database")]
+    names[:] = first + [name for name in names if name not in first]
 
 
 async def make_key(

@@ -367,7 +367,9 @@ async def test_a_wait_for_memory_other_keys_hold_ends_within_2_s(
         document = await resp.json()
         took = time.monotonic() - started
         assert resp.status == 503 and resp.headers["Retry-After"]
-    assert took < 2.5, took
+    # The wait itself is 2 s; the rest is sending 1.5 MiB and answering, which a loaded CI
+    # machine has stretched to 0.85 s. The tree before this change waited 10 s.
+    assert took < 4.0, took
     assert document["reason"] == "body_memory_full"
     assert "MAX_BODY_MEMORY)" in document["error"]
     for task in holders:
