@@ -44,26 +44,30 @@ from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STOR
 from .auth import principal
 from .bodypeek import first_name
 from .budgetreport import user_budget_report, user_invoice
-from .budgets import Budget, BudgetError, check_budget, period_start
+from .budgets import period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
 from .exports import ExportSlots, UsageText
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
-from .limits import DAY
 from .modelaccess import filter_model_list, identity
-from .pricing import PRICE_FIELDS, Price
-from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
-from .store import (
+from .records import (
+    DAY,
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
+    PRICE_FIELDS,
+    Budget,
+    BudgetError,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
+    Price,
     UsageQuery,
+    check_budget,
 )
+from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .upstreams.pool import Pool
 from .upstreams.probe import CheckFailed
 from .upstreams.union import TAGS, union_of_lists

@@ -20,7 +20,7 @@ from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resol
 from .routes import RelayRoute
 
 if TYPE_CHECKING:
-    from .store import KeyRecord
+    from .records import KeyRecord
 
 NO_FIELDS = BodyFields()
 # Model management that names a new model: read field by field (_by_field).

@@ -36,6 +36,7 @@ from .limits import Limiter, Limits
 from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .proxy import relay_handler
+from .records import StoreError
 from .relaystate import Relay
 from .restart import count_before_admitting
 from .routes import RELAY_ROUTES
@@ -44,7 +45,7 @@ from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .signinlimit import SignInLimits
-from .store import Store, StoreError
+from .store import Store
 from .upstreamhttp import upstream_session
 from .usage import UsageWriter
 

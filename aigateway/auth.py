@@ -14,7 +14,7 @@ from aiohttp import web
 from .appkeys import CONTEXT, KEY_TABLE
 from .errors import Refused, Unauthorized
 from .keytable import AuthError, KeyTable, UnknownKeyError
-from .store import KeyRecord
+from .records import KeyRecord
 
 _PUBLIC = "_aigateway_public"
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"

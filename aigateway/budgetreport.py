@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .budgets import BudgetLine, budget_view, period_start
+from .budgets import budget_view, period_start
 from .keyview import when
-from .pricing import micro
+from .records import BudgetLine, micro
 from .store import Store
 
 

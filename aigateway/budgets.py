@@ -31,42 +31,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from .pricing import NANO_PER_MICRO, add_saturated, micro, money
+from .records import DAY, Budget, BudgetLine, add_saturated, micro, money
 
 log = logging.getLogger("aigateway.budgets")
 
-PERIODS = ("total", "daily", "weekly", "monthly")
-DAY = 86400
 # 1970-01-01 was a Thursday: days since the epoch plus this, modulo 7, is 0 on Mondays.
 _MONDAY_SHIFT = 3
-
-
-class BudgetError(ValueError):
-    """A budget that cannot be stored; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    amount: int  # micro-units of CURRENCY
-    period: str = "monthly"
-    alert: int | None = None  # percent of the amount; logged once per period when reached
-
-    @property
-    def nano(self) -> int:
-        """The amount in nano-units, as costs and spend are counted."""
-        return self.amount * NANO_PER_MICRO
-
-
-def check_budget(amount: object, period: object, alert: object = None) -> Budget:
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= 10**15:
-        raise BudgetError("a budget must be a whole number of micro-units from 0 to 10^15")
-    if period not in PERIODS:
-        raise BudgetError(f"a budget's period must be one of {', '.join(PERIODS)}, not {period!r}")
-    if alert is not None and (
-        isinstance(alert, bool) or not isinstance(alert, int) or not 1 <= alert <= 100
-    ):
-        raise BudgetError("a budget's alert must be a whole percentage from 1 to 100")
-    return Budget(amount, str(period), alert)
 
 
 def budget_json(budget: Budget | None) -> dict[str, object] | None:
@@ -113,30 +83,6 @@ def period_end(period: str, now: float) -> int | None:
 
 def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class BudgetLine(NamedTuple):
-    """One budget a key's requests count against: the key's own, or its user's."""
-
-    owner: str  # "key:12" or "user:3": the spend's name in memory and in the database
-    label: str  # what messages call it: user 'alice', key 'alice/laptop'
-    budget: Budget
-
-
-def budget_lines(
-    key_id: int,
-    user: str,
-    key_name: str,
-    user_id: int | None,
-    key_budget: Budget | None,
-    user_budget: Budget | None,
-) -> tuple[BudgetLine, ...]:
-    lines = []
-    if key_budget is not None:
-        lines.append(BudgetLine(f"key:{key_id}", f"key '{user}/{key_name}'", key_budget))
-    if user_budget is not None and user_id is not None:
-        lines.append(BudgetLine(f"user:{user_id}", f"user '{user}'", user_budget))
-    return tuple(lines)
 
 
 class Refusal(NamedTuple):

@@ -13,7 +13,7 @@ import orjson
 
 from .errors import Refused, TooManyRequests
 from .keyview import when
-from .store import UsageRecord
+from .records import UsageRecord
 
 USAGE_EXPORT_COLUMNS = ("time", *UsageRecord._fields)
 

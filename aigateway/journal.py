@@ -32,8 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from .pricing import NANO_PER_MICRO, saturated
-from .store import LocalUsageRecord, UsageRecord, clean_usage_record
+from .records import NANO_PER_MICRO, LocalUsageRecord, UsageRecord, clean_usage_record, saturated
 
 log = logging.getLogger("aigateway.usage")
 

@@ -20,7 +20,8 @@ from .db.notify import ChangeListener
 from .errors import Refused
 from .keys import hash_key, looks_like_key
 from .pricing import PriceList
-from .store import KeyRecord, Store, StoreError
+from .records import KeyRecord, StoreError
+from .store import Store
 
 log = logging.getLogger("aigateway.keys")
 

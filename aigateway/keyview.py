@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from .budgets import budget_json
-from .store import LIMIT_FIELDS, KeyRecord, UserRecord
+from .records import LIMIT_FIELDS, KeyRecord, UserRecord
 
 
 def when(timestamp: float | None, iso: bool = True) -> str | None:

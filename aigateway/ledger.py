@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .bodybudget import BodyBudget
-    from .budgets import BudgetLine, Budgets
+    from .budgets import Budgets
     from .limits import Limiter
+    from .records import BudgetLine
     from .sharedbudgets import SharedBudgets
     from .sharedlimits import SharedLimits, Ticket
 

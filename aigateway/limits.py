@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import Refused
-from .store import KeyLimits, KeyRecord
+from .records import DAY, KeyLimits, KeyRecord
 
-MINUTE, HOUR, DAY = 60, 3600, 86400
+MINUTE, HOUR = 60, 3600
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,12 @@ stored as it came.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, fields
 from typing import Any
 
 import aiohttp
 import orjson
+
+from .records import ModelInfo
 
 MAX_TEXT = 200
 MAX_MODELS = 10_000
@@ -23,20 +24,6 @@ SHOWS_AT_ONCE = 4
 
 class ModelSyncError(Exception):
     """Ollama could not be asked, or did not answer as Ollama does; says which."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    name: str
-    family: str | None = None
-    parameter_size: str | None = None
-    quantization: str | None = None
-    context_length: int | None = None
-    size: int | None = None  # bytes
-    digest: str | None = None
-
-
-MODEL_FIELDS = tuple(f.name for f in fields(ModelInfo))
 
 
 def _text(value: object) -> str | None:

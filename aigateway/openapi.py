@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .records import LIMIT_FIELDS
 from .routes import RELAY_ROUTES, RelayRoute
 from .settings import Settings
-from .store import LIMIT_FIELDS
 
 KEY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}, {"sessionCookie": []}]
 NONE: list[dict[str, list[str]]] = []

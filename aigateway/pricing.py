@@ -16,79 +16,10 @@ matches is free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-
 from .modelaccess import matches
+from .records import Price
 
-MICRO = 1_000_000
-NANO_PER_MICRO = 1000
-MAX_PRICE = 10**15  # micro-units: a thousand million currency units, per anything
-# A request never costs more than the largest price (10^9 currency units), in nano-units.
-MAX_COST_NANO = MAX_PRICE * NANO_PER_MICRO
-# Sums of costs (a budget's spend, an hour's rollup, a report's total) stop here: 4 * 10^9
-# currency units, under 2^63, and exactly representable as a double (SQLite, JavaScript).
-MAX_SUM_NANO = 4 * 10**18
-PRICE_FIELDS = ("per_request", "per_million_input", "per_million_output", "per_second")
 _WILDCARDS = "*?["
-
-
-class PriceError(ValueError):
-    """A price that cannot be stored; the message says which and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """What a model costs, in micro-units: per request, per million input (prompt) and
-    output (completion) tokens, and per second of model time (Ollama's total_duration)."""
-
-    pattern: str
-    per_request: int = 0
-    per_million_input: int = 0
-    per_million_output: int = 0
-    per_second: int = 0
-
-    @property
-    def per_request_nano(self) -> int:
-        return self.per_request * NANO_PER_MICRO
-
-    def cost(self, prompt: int, completion: int, model_ns: int) -> int:
-        """The cost of one request in nano-units: rounded up to the nano-unit (anything
-        priced that was used costs at least 1), at most MAX_COST_NANO."""
-        # In units of 10^-6 nano (10^-9 micro): tokens x (micro per 10^6 tokens) x 10^3,
-        # and nanoseconds x (micro per 10^9 ns).
-        exact = (
-            prompt * self.per_million_input * 1000
-            + completion * self.per_million_output * 1000
-            + model_ns * self.per_second
-        )
-        nano = self.per_request * NANO_PER_MICRO + -(-exact // 1_000_000)
-        return nano if nano < MAX_COST_NANO else MAX_COST_NANO
-
-    def reserve(self, prompt_estimate: int, output_tokens: int, seconds: int) -> int:
-        """What a request reserves against budgets while it runs, in nano-units: its
-        per-request price, its prompt estimate and output reservation (the token quota's)
-        at the token prices, and `seconds` (BUDGET_TIME_RESERVE) at the per-second price."""
-        return self.cost(prompt_estimate, output_tokens, seconds * 1_000_000_000)
-
-
-def micro(nano: int) -> int:
-    """Nano-units (a cost, or a sum of them) as micro-units, rounded half up: once, where
-    an amount is shown."""
-    return (nano + 500) // NANO_PER_MICRO
-
-
-def saturated(total: object) -> int:
-    """A sum a database gave (an int, a float or Decimal past 2^63, None for no rows) as
-    an int no greater than MAX_SUM_NANO."""
-    value = int(total or 0)  # type: ignore[call-overload]
-    return value if value < MAX_SUM_NANO else MAX_SUM_NANO
-
-
-def add_saturated(total: int, more: int) -> int:
-    """`total + more`, stopping at MAX_SUM_NANO."""
-    total += more
-    return total if total < MAX_SUM_NANO else MAX_SUM_NANO
 
 
 def specificity(pattern: str) -> tuple[int, int, int]:
@@ -133,39 +64,3 @@ class PriceList:
             self._by_model.clear()
         self._by_model[model] = found
         return found
-
-
-def parse_money(text: str, what: str) -> int:
-    """`0.15`, `2`, `0.000001` in currency units -> micro-units; at most six decimals."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise PriceError(f"{what} must be an amount such as 0.15, not {text!r}") from None
-    if not value.is_finite() or value < 0:
-        raise PriceError(f"{what} must be 0 or more, not {text!r}")
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
-        raise PriceError(f"{what} has more than six decimals: {text!r}")
-    if micro > MAX_PRICE:
-        raise PriceError(f"{what} is too large: {text!r}")
-    return int(micro)
-
-
-def money(amount: int | None) -> str:
-    """Micro-units as an amount with six decimals (`0.001234`)."""
-    if amount is None:
-        return "-"
-    sign = "-" if amount < 0 else ""
-    units, rest = divmod(abs(amount), MICRO)
-    return f"{sign}{units}.{rest:06d}"
-
-
-def check_price(price: Price) -> Price:
-    pattern = price.pattern.strip()
-    if not pattern or len(pattern) > 200 or not pattern.isprintable() or " " in pattern:
-        raise PriceError(f"not a model name or pattern: {price.pattern!r}")
-    for field in PRICE_FIELDS:
-        value = getattr(price, field)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PRICE:
-            raise PriceError(f"{field} must be a whole number of micro-units from 0 to {MAX_PRICE}")
-    return price

@@ -44,13 +44,12 @@ from .fanout import pull_everywhere, send_union
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
 from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import filter_model_list, is_cloud, model_allowed
-from .pricing import Price
+from .records import KeyRecord, LocalUsageRecord, Price, UsageRecord
 from .relaystate import Relay
 from .routes import RelayRoute
 from .settings import Settings
 from .sharedbudgets import TopUp
 from .sharedlimits import SharedLimits, Ticket
-from .store import KeyRecord, LocalUsageRecord, UsageRecord
 from .streams import (
     NDJSON,
     STREAM_TYPES,

@@ -15,10 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from .budgets import BudgetLine, Budgets
+from .budgets import Budgets
 from .keytable import KeyTable
-from .limits import DAY, Limiter
-from .store import KeyRecord, Store, UsageRecord
+from .limits import Limiter
+from .records import DAY, BudgetLine, KeyRecord, UsageRecord
+from .store import Store
 from .usage import UsageWriter
 
 

@@ -36,7 +36,8 @@ from .errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorize
 from .expect import send_continue
 from .keytable import AuthError
 from .keyview import key_view
-from .store import KeyRecord, Store, StoreError
+from .records import KeyRecord, StoreError
+from .store import Store
 
 log = logging.getLogger("aigateway.sessions")
 

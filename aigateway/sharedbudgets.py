@@ -25,9 +25,9 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .budgets import BudgetLine, Budgets, Refusal, allows, period_start, refusal
+from .budgets import Budgets, Refusal, allows, period_start, refusal
 from .limits import Limits, Verdict
-from .pricing import add_saturated
+from .records import BudgetLine, add_saturated
 from .sharedlimits import (
     ADMIT_TIMEOUT_S,
     DATABASE_AWAY,

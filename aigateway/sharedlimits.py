@@ -38,16 +38,8 @@ import asyncpg
 from .db.notify import asyncpg_dsn
 from .db.url import Database
 from .errors import Refused
-from .limits import (
-    DAY,
-    HOUR,
-    MINUTE,
-    Limits,
-    Verdict,
-    rate_limit_headers,
-    refusal_reasons,
-)
-from .store import StoreError
+from .limits import HOUR, MINUTE, Limits, Verdict, rate_limit_headers, refusal_reasons
+from .records import DAY, StoreError
 
 log = logging.getLogger("aigateway.limits")
 

@@ -15,9 +15,8 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import asyncpg
 import orjson
@@ -41,7 +40,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .budgets import PERIODS, Budget, BudgetError, BudgetLine, budget_lines, check_budget
 from .db.migrate import SchemaError, is_current, upgrade
 from .db.notify import CHANNEL as KEYS_CHANNEL
 from .db.schema import (
@@ -57,12 +55,42 @@ from .db.schema import (
 )
 from .db.url import Database, DatabaseURLError, database_from
 from .keys import generate_key
-from .modelsync import MODEL_FIELDS, ModelInfo
-from .pricing import (
+from .records import (
+    DAY,
+    LIMIT_FIELDS,
+    MAX_EXPIRES_AT,
+    MAX_INT,
+    MAX_LIMIT,
     MAX_SUM_NANO,
+    MODEL_FIELDS,
+    PERIODS,
     PRICE_FIELDS,
+    ROLES,
+    USAGE_COLUMNS,
+    Budget,
+    BudgetError,
+    DuplicateKeyError,
+    InvalidInputError,
+    KeyLimits,
+    KeyNotFoundError,
+    KeyRecord,
+    LocalUsageRecord,
+    ModelInfo,
     Price,
     PriceError,
+    Role,
+    StoreError,
+    UsageQuery,
+    UsageRecord,
+    UserRecord,
+    budget_lines,
+    check_allow_list,
+    check_budget,
+    check_email,
+    check_expiry,
+    check_limits,
+    check_name,
+    check_note,
     check_price,
     micro,
     saturated,
@@ -79,8 +107,6 @@ from .rollups import (
 )
 
 log = logging.getLogger("aigateway")
-Role = Literal["admin", "user"]
-ROLES: tuple[Role, ...] = ("admin", "user")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _KEY_COLUMNS = (
     keys.c.id,
@@ -106,27 +132,7 @@ _KEY_COLUMNS = (
 )
 _USER_BUDGET_COLUMNS = (users.c.budget, users.c.budget_period, users.c.budget_alert)
 _PRICE_COLUMNS = (prices.c.pattern, *(prices.c[field] for field in PRICE_FIELDS))
-LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
-MAX_LIMIT = 10**12
-MAX_MODEL_PATTERNS = 100
-DAY_S = 86400
 MAX_SESSIONS_PER_KEY = 20  # live dashboard sessions a key may hold; a new one ends the oldest
-
-
-class StoreError(Exception):
-    """A database problem worth one clear line to a person (never holds a key)."""
-
-
-class DuplicateKeyError(StoreError):
-    pass
-
-
-class KeyNotFoundError(StoreError):
-    pass
-
-
-class InvalidInputError(StoreError):
-    pass
 
 
 class UsageRejected(Exception):
@@ -134,224 +140,7 @@ class UsageRejected(Exception):
     because it is busy or away): retrying the same batch cannot help."""
 
 
-MAX_NAME_CHARS = 64
-MAX_EXPIRES_AT = 253402300800.0  # 10000-01-01T00:00:00Z: every time before it can be shown
-
-
-def check_expiry(expires_at: object) -> float | None:
-    """None (never), or a finite Unix time before the year 10000."""
-    if expires_at is None:
-        return None
-    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
-        raise InvalidInputError("expires_at must be a Unix time or null")
-    if not 0 <= expires_at < MAX_EXPIRES_AT:  # also refuses NaN
-        raise InvalidInputError("expires_at must be a Unix time before the year 10000")
-    return float(expires_at)
-
-
-def check_limits(limits: KeyLimits) -> KeyLimits:
-    for field in LIMIT_FIELDS:
-        value = getattr(limits, field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInputError(f"{field} must be a whole number, not {value!r}")
-        if not 0 <= value <= MAX_LIMIT:
-            raise InvalidInputError(f"{field} must be 0 (no limit) or more, not {value}")
-    return limits
-
-
-def check_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Model patterns such as `llama3*` or `qwen2.5:0.5b`; None allows every model. An
-    empty list is refused: read as "every model" it would open what it means to close."""
-    if models is None:
-        return None
-    if (
-        isinstance(models, str)
-        or not isinstance(models, list | tuple)
-        or not all(isinstance(m, str) for m in models)
-    ):
-        raise InvalidInputError("models must be a list of model names or patterns")
-    cleaned = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
-    if not cleaned:
-        raise InvalidInputError(
-            "models must name at least one model or pattern (null, or 'all' in the CLIs,"
-            " allows every model)"
-        )
-    if len(cleaned) > MAX_MODEL_PATTERNS:
-        raise InvalidInputError(f"at most {MAX_MODEL_PATTERNS} model patterns")
-    for pattern in cleaned:
-        if len(pattern) > 200 or not pattern.isprintable() or " " in pattern:
-            raise InvalidInputError(f"not a model name or pattern: {pattern!r}")
-    return cleaned
-
-
-def check_name(what: str, value: str) -> str:
-    """User and key names: 1 to 64 printable characters, no surrounding blanks."""
-    if not value or not value.strip():
-        raise InvalidInputError(f"{what} must not be empty")
-    if value != value.strip():
-        raise InvalidInputError(f"{what} must not start or end with blanks")
-    if len(value) > MAX_NAME_CHARS:
-        raise InvalidInputError(f"{what} must be at most {MAX_NAME_CHARS} characters")
-    if not value.isprintable():
-        raise InvalidInputError(f"{what} must not contain control characters")
-    return value
-
-
-class UsageRecord(NamedTuple):
-    """One relayed request. Tokens are None when Ollama reported no counts.
-    (A tuple: one is made per request, and a tuple is the cheapest record to make.)"""
-
-    ts: float
-    key_id: int
-    user: str
-    key_name: str
-    method: str
-    route: str
-    model: str | None
-    status: int
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    duration_ms: float
-    ttfb_ms: float | None
-    bytes_in: int
-    bytes_out: int
-    client_gone: bool
-    # The counts were counted or estimated by the gateway (a stream cut before its
-    # final counts), not reported by the upstream.
-    estimated: bool = False
-    # What it cost, in nano-units (0: free; None: made before prices existed; records read
-    # back for display, usage_rows and usage_page, show micro-units), and the model time
-    # Ollama reported (total_duration, ns), when it did.
-    cost: int | None = None
-    model_ns: int | None = None
-    # The model as the request named it (`model` is its one identity, as Ollama resolves
-    # the name: lower case, the default host and namespace left out, the tag written).
-    model_sent: str | None = None
-
-
-class LocalUsageRecord(UsageRecord):
-    """A record of a request decided on this gateway's own reckoning while PostgreSQL was
-    away (LIMITS_WHEN_DATABASE_AWAY=local): its tokens and cost reach the shared rows
-    (`limit_counters`, `budget_spend`) with the record, in the transaction that inserts
-    it, not by the live give-back, so that they count once and outlive the process. (A
-    subclass, not a field: the record's fields are the usage table's columns.)"""
-
-    __slots__ = ()
-
-
-USAGE_COLUMNS = UsageRecord._fields
 USAGE_CHUNK = 500  # records an export reads, and writes, at a time
-_MAX_INT = 2**63 - 1  # SQLite's INTEGER
-_MAX_TEXT = 1024
-
-
-def clean_usage_record(record: UsageRecord) -> UsageRecord:
-    """A record whose every value the database takes: whole numbers within 64 bits and
-    not negative, finite times, bounded text. Raises TypeError or ValueError for one that
-    cannot be made so (a journal line edited by hand, or torn)."""
-
-    def count(value: object, optional: bool = False) -> int | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected a whole number, got {value!r}")
-        return min(max(value, 0), _MAX_INT)
-
-    def seconds(value: object, optional: bool = False) -> float | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected a number, got {value!r}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        return float(value)
-
-    def text(value: object, optional: bool = False) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise TypeError(f"expected text, got {value!r}")
-        return value[:_MAX_TEXT]
-
-    return record.__class__(  # (a LocalUsageRecord stays one)
-        seconds(record.ts),  # type: ignore[arg-type]
-        count(record.key_id),  # type: ignore[arg-type]
-        text(record.user),  # type: ignore[arg-type]
-        text(record.key_name),  # type: ignore[arg-type]
-        text(record.method),  # type: ignore[arg-type]
-        text(record.route),  # type: ignore[arg-type]
-        text(record.model, optional=True),
-        count(record.status),  # type: ignore[arg-type]
-        count(record.prompt_tokens, optional=True),
-        count(record.completion_tokens, optional=True),
-        seconds(record.duration_ms),  # type: ignore[arg-type]
-        seconds(record.ttfb_ms, optional=True),
-        count(record.bytes_in),  # type: ignore[arg-type]
-        count(record.bytes_out),  # type: ignore[arg-type]
-        bool(record.client_gone),
-        bool(record.estimated),
-        count(record.cost, optional=True),
-        count(record.model_ns, optional=True),
-        text(record.model_sent, optional=True),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class UsageQuery:
-    """Which usage records a listing shows; None: any."""
-
-    since: float | None = None
-    until: float | None = None
-    key_id: int | None = None
-    user: str | None = None
-    model: str | None = None
-    route: str | None = None
-    status: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyLimits:
-    """Per-key limits; None means "the gateway's default", 0 means "no limit"."""
-
-    rpm: int | None = None
-    rph: int | None = None
-    tokens_per_day: int | None = None
-    max_concurrent: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    id: int
-    user: str
-    name: str
-    key_hash: str
-    prefix: str
-    role: Role
-    created_at: float
-    expires_at: float | None
-    last_used_at: float | None
-    revoked: bool
-    revoked_at: float | None
-    limits: KeyLimits = KeyLimits()
-    models: tuple[str, ...] | None = None  # allow-list patterns; None: every model
-    user_disabled: bool = False  # its user is disabled: the key does not work
-    user_id: int | None = None
-    budget: Budget | None = None  # the key's own budget
-    user_budget: Budget | None = None  # its user's, for all the user's keys together
-    budgets: tuple[BudgetLine, ...] = ()  # the two above, as admission checks them
-
-    def status(self, now: float | None = None) -> str:
-        if self.revoked:
-            return "revoked"
-        if self.user_disabled:
-            return "user disabled"
-        if self.expires_at is not None and self.expires_at <= (now or time.time()):
-            return "expired"
-        return "active"
-
-
 # What the drivers raise for a batch whose values they or the database will not take
 # (retrying cannot help), and for a database that is busy or away (retrying can).
 _DRIVER_REFUSALS: tuple[type[Exception], ...] = (
@@ -370,48 +159,6 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InterfaceError,
 )
 _DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, *_DRIVER_ERRORS)
-
-
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    id: int
-    name: str
-    email: str | None
-    note: str | None
-    disabled: bool
-    created_at: float
-    disabled_at: float | None
-    active_keys: int = 0
-    budget: Budget | None = None
-
-
-MAX_EMAIL_CHARS = 254
-MAX_NOTE_CHARS = 1000
-
-
-def check_email(email: str | None) -> str | None:
-    if email is None or email == "":
-        return None
-    if (
-        len(email) > MAX_EMAIL_CHARS
-        or not email.isprintable()
-        or " " in email
-        or email.count("@") != 1
-        or email.startswith("@")
-        or email.endswith("@")
-    ):
-        raise InvalidInputError(f"not an email address: {email!r}")
-    return email
-
-
-def check_note(note: str | None) -> str | None:
-    if note is None or note == "":
-        return None
-    if len(note) > MAX_NOTE_CHARS or not note.isprintable():
-        raise InvalidInputError(
-            f"a note is at most {MAX_NOTE_CHARS} printable characters, on one line"
-        )
-    return note
 
 
 @contextmanager
@@ -548,7 +295,7 @@ class Store:
             raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         check_limits(limits)
         expires_at = check_expiry(expires_at)
-        patterns = check_models(models)
+        patterns = check_allow_list(models)
         new = generate_key()
         values = {
             "user": user,
@@ -590,7 +337,7 @@ class Store:
                     raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
                 values[field] = value
             elif field == "models":
-                values[field] = _models_json(check_models(value))  # type: ignore[arg-type]
+                values[field] = _models_json(check_allow_list(value))  # type: ignore[arg-type]
             elif field == "expires_at":
                 values[field] = check_expiry(value)
             else:
@@ -1266,7 +1013,7 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(k, d, t) ORDER BY r.k
 ON CONFLICT (key_id) DO UPDATE SET
     day_tokens = CASE WHEN excluded.day_start > l.day_start THEN excluded.day_tokens
         WHEN excluded.day_start = l.day_start THEN least(l.day_tokens + excluded.day_tokens,
-            {_MAX_INT})
+            {MAX_INT})
         ELSE l.day_tokens END,
     day_start = greatest(l.day_start, excluded.day_start)
 """
@@ -1305,7 +1052,7 @@ async def _share_counts(conn: AsyncConnection, records: Sequence[UsageRecord]) -
     days: dict[int, tuple[int, int]] = {}  # key -> (its latest day, that day's tokens)
     for r in local:
         tokens = (r.prompt_tokens or 0) + (r.completion_tokens or 0)
-        day = int(r.ts // DAY_S * DAY_S)
+        day = int(r.ts // DAY * DAY)
         latest = days.get(r.key_id)
         if latest is None or day > latest[0]:
             days[r.key_id] = (day, tokens)

@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 
 from .journal import Journal, Segment, read_segment
-from .store import Store, StoreError, UsageRecord, UsageRejected, clean_usage_record
+from .records import StoreError, UsageRecord, clean_usage_record
+from .store import Store, UsageRejected
 
 log = logging.getLogger("aigateway.usage")
 

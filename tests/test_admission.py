@@ -17,7 +17,7 @@ from aigateway import Settings, create_app
 from aigateway.appkeys import LIMITER, RELAY
 from aigateway.bodybudget import BodyBudget
 from aigateway.errors import ServiceUnavailable
-from aigateway.store import KeyLimits
+from aigateway.records import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -418,7 +418,7 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
         assert inner["reason"] == "slow_body" and "BODY_MIN_RATE" in inner["message"]
     else:
         assert document["reason"] == "slow_body" and "BODY_MIN_RATE" in inner
-    assert await upload.closed_within(1.0)
+    assert await upload.closed_within(3.0)  # (at once when idle; a loaded machine is slower)
     assert _budget(server).held == 0 and not _budget(server).parts()
     upload.close()
 
@@ -488,7 +488,7 @@ async def test_a_slow_blob_upload_is_cut_too(
     status, body = await asyncio.wait_for(upload.trickle(0.1), 5)
     assert status == 408, body
     assert orjson.loads(body)["reason"] == "slow_body"
-    assert await upload.closed_within(1.0)
+    assert await upload.closed_within(3.0)  # (at once when idle; a loaded machine is slower)
     assert digest not in fake.blobs
     upload.close()
 

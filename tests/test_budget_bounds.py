@@ -22,12 +22,23 @@ from alembic import command
 from aigateway import Settings, create_app
 from aigateway.appkeys import KEY_TABLE, RELAY
 from aigateway.budgetreport import user_invoice
-from aigateway.budgets import Budget, BudgetLine
 from aigateway.db.migrate import APPLICATION_ID, _config
-from aigateway.pricing import MAX_COST_NANO, MAX_PRICE, MAX_SUM_NANO, MICRO, PRICE_FIELDS, Price
+from aigateway.records import (
+    MAX_COST_NANO,
+    MAX_PRICE,
+    MAX_SUM_NANO,
+    MICRO,
+    PRICE_FIELDS,
+    USAGE_COLUMNS,
+    Budget,
+    BudgetLine,
+    KeyLimits,
+    Price,
+    UsageRecord,
+)
 from aigateway.rollups import rollup_rows, upsert_sql
 from aigateway.sharedlimits import SharedLimits
-from aigateway.store import USAGE_COLUMNS, KeyLimits, Store, UsageRecord
+from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

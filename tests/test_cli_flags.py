@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from aigateway.cli.flags import cli
 from aigateway.keys import hash_key, looks_like_key
-from aigateway.store import KeyRecord, Store, UsageRecord
+from aigateway.records import KeyRecord, UsageRecord
+from aigateway.store import Store
 
 
 def run(*args: str) -> tuple[int, str, str]:

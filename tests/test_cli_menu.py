@@ -21,7 +21,7 @@ from prompt_toolkit.output import DummyOutput
 
 from aigateway.cli.menu import Menu
 from aigateway.keys import looks_like_key
-from aigateway.store import KeyLimits
+from aigateway.records import KeyLimits
 
 from .test_cli_flags import dump, keys_in, run
 

@@ -17,7 +17,7 @@ from playwright.async_api import async_playwright, expect
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
-from aigateway.pricing import Price
+from aigateway.records import Price
 from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 

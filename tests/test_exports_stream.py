@@ -26,7 +26,8 @@ from aigateway import Settings, create_app
 from aigateway.cli.admin import write_usage_export
 from aigateway.cli.flags import cli
 from aigateway.errors import Refused
-from aigateway.store import Store, UsageQuery, UsageRecord
+from aigateway.records import UsageQuery, UsageRecord
+from aigateway.store import Store
 
 from .test_server_process import start_gateway
 

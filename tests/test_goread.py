@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from aigateway import Settings, create_app
 from aigateway.appkeys import KEY_TABLE
 from aigateway.modelaccess import is_cloud, model_allowed
-from aigateway.store import InvalidInputError, Store
+from aigateway.records import InvalidInputError
+from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -26,7 +26,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aigateway.journal import Journal, read_segment
-from aigateway.store import Store, UsageRecord
+from aigateway.records import UsageRecord
+from aigateway.store import Store
 
 from .conftest import make_key
 from .helpers import eventually

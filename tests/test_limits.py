@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aigateway.limits import Limiter, Limits
-from aigateway.store import KeyLimits, KeyRecord
+from aigateway.records import KeyLimits, KeyRecord
 
 T0 = 20_833 * 86_400.0  # midnight UTC: a whole minute, hour and day
 

@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.protocol.names import canonical
+from aigateway.records import KeyLimits, UsageRecord
 from aigateway.routes import RELAY_ROUTES
-from aigateway.store import KeyLimits, Store, UsageRecord
+from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .conftest import make_key

@@ -9,18 +9,19 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from aigateway.modelsync import ModelInfo
-from aigateway.pricing import (
+from aigateway.pricing import PriceList
+from aigateway.records import (
     MAX_COST_NANO,
     MICRO,
+    InvalidInputError,
+    ModelInfo,
     Price,
     PriceError,
-    PriceList,
     micro,
     money,
     parse_money,
 )
-from aigateway.store import InvalidInputError, Store
+from aigateway.store import Store
 
 from .conftest import make_key
 from .helpers import eventually

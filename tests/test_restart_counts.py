@@ -20,9 +20,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from aigateway.budgets import Budget, period_start
-from aigateway.pricing import Price
-from aigateway.store import KeyLimits, Store
+from aigateway.budgets import period_start
+from aigateway.records import Budget, KeyLimits, Price
+from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 
@@ -231,7 +231,7 @@ async def test_tokens_used_while_postgresql_was_away_reach_the_shared_quota(
 async def test_a_record_replayed_twice_counts_once_on_the_shared_rows(pg_url: str) -> None:
     """The insert that claims a journal segment's name brings its local records' tokens
     and costs to the shared rows; a second insert of the same segment changes nothing."""
-    from aigateway.store import LocalUsageRecord  # (here: the other tests run without it)
+    from aigateway.records import LocalUsageRecord
 
     assert cli("--add-user", "ann", "--budget", "5", "--db", pg_url).returncode == 0
     _key(pg_url, "ann", "--tokens-per-day", "1000")

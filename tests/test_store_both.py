@@ -7,16 +7,15 @@ import time
 
 import pytest
 
-from aigateway.store import (
+from aigateway.records import (
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
-    Store,
     StoreError,
     UsageRecord,
-    UsageRejected,
 )
+from aigateway.store import Store, UsageRejected
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.errors import Refused
+from aigateway.records import KeyLimits
 from aigateway.settings import SettingsError
-from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.ports import free_port
 from aigateway.upstreamhttp import request_headers

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from aigateway.journal import Journal
-from aigateway.store import Store, UsageRecord
+from aigateway.records import UsageRecord
+from aigateway.store import Store
 from aigateway.usage import UsageWriter
 
 

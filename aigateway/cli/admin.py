@@ -19,14 +19,27 @@ import orjson
 from tabulate import tabulate
 
 from .. import __version__
-from ..budgets import Budget, describe
+from ..budgets import describe
 from ..db.migrate import head_revision
 from ..db.url import DatabaseURLError, database_from
 from ..exports import UsageText, csv_text
 from ..keyview import key_view, user_view, when
-from ..modelsync import MODEL_FIELDS, ModelInfo, ModelSyncError, fetch_models
-from ..pricing import PRICE_FIELDS, Price, PriceList, money
-from ..store import LIMIT_FIELDS, KeyRecord, Store, StoreError, UsageQuery, UserRecord
+from ..modelsync import ModelSyncError, fetch_models
+from ..pricing import PriceList
+from ..records import (
+    LIMIT_FIELDS,
+    MODEL_FIELDS,
+    PRICE_FIELDS,
+    Budget,
+    KeyRecord,
+    ModelInfo,
+    Price,
+    StoreError,
+    UsageQuery,
+    UserRecord,
+    money,
+)
+from ..store import Store
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]

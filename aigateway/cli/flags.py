@@ -14,11 +14,23 @@ from typing import Any, NamedTuple
 import click
 
 from ..budgetreport import user_budget_report, user_invoice
-from ..budgets import PERIODS, Budget, BudgetError, check_budget, period_start
-from ..modelsync import ModelInfo
-from ..pricing import PRICE_FIELDS, Price, PriceError, parse_money
+from ..budgets import period_start
+from ..records import (
+    PERIODS,
+    PRICE_FIELDS,
+    Budget,
+    BudgetError,
+    KeyLimits,
+    KeyRecord,
+    ModelInfo,
+    Price,
+    PriceError,
+    UserRecord,
+    check_budget,
+    parse_money,
+)
 from ..settings import currency_setting, database_target, ollama_setting
-from ..store import KeyLimits, KeyRecord, Store, UserRecord
+from ..store import Store
 from .admin import (
     FORMATS,
     USAGE_GROUPS,

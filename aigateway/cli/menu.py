@@ -18,19 +18,26 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..budgetreport import user_budget_report, user_invoice
-from ..budgets import PERIODS, BudgetError, check_budget, describe, period_start
-from ..pricing import Price, PriceError, check_price, money, parse_money
-from ..settings import currency_setting, database_target, ollama_setting
-from ..store import (
+from ..budgets import describe, period_start
+from ..records import (
+    PERIODS,
+    BudgetError,
     InvalidInputError,
     KeyLimits,
     KeyRecord,
+    Price,
+    PriceError,
     UserRecord,
+    check_allow_list,
+    check_budget,
     check_email,
-    check_models,
     check_name,
     check_note,
+    check_price,
+    money,
+    parse_money,
 )
+from ..settings import currency_setting, database_target, ollama_setting
 from .admin import (
     USAGE_GROUPS,
     AdminError,
@@ -241,7 +248,7 @@ class Menu:
             questionary.text,
             "Allowed models, comma-separated patterns (all: every model):",
             default=",".join(current) if current else "all",
-            validate=_valid(lambda t: check_models(parse_models(t))),
+            validate=_valid(lambda t: check_allow_list(parse_models(t))),
         )
         return parse_models(text)
 
