@@ -42,7 +42,6 @@ from aiohttp import web
 
 from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
-from .bodypeek import first_name
 from .budgetreport import user_budget_report, user_invoice
 from .budgets import period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
@@ -51,6 +50,7 @@ from .exports import ExportSlots, UsageText
 from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
 from .modelaccess import filter_model_list, identity
+from .protocol.body import first_name
 from .records import (
     DAY,
     LIMIT_FIELDS,

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from .bodypeek import BodyFields, UndecidableBody, read_body
 from .errors import BadRequest, GatewayError, NotFound, Refused
 from .modelaccess import check_cloud, check_models
+from .protocol.body import BodyFields, UndecidableBody, read_body
 from .protocol.form import UndecidableForm, form_value
 from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
-from .routes import RelayRoute
+from .protocol.routes import RelayRoute
 
 if TYPE_CHECKING:
     from .records import KeyRecord

@@ -35,11 +35,11 @@ from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import Limiter, Limits
 from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
+from .protocol.routes import RELAY_ROUTES
 from .proxy import relay_handler
 from .records import StoreError
 from .relaystate import Relay
 from .restart import count_before_admitting
-from .routes import RELAY_ROUTES
 from .sessions import sweep_ended_sessions
 from .settings import Settings
 from .sharedbudgets import SharedBudgets

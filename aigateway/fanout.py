@@ -12,9 +12,9 @@ from aiohttp import web
 
 from .errors import ServiceUnavailable, UpstreamUnreachable
 from .modelaccess import filter_model_list
+from .protocol.routes import RelayRoute
+from .protocol.streams import NDJSON
 from .relaystate import Relay
-from .routes import RelayRoute
-from .streams import NDJSON
 from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.pool import Upstream
 from .upstreams.union import union_of_lists

@@ -31,7 +31,7 @@ from .appkeys import RELAY
 from .auth import principal, public
 from .errors import Forbidden, GatewayError, Refused
 from .inflight import InFlight
-from .routes import RelayRoute
+from .protocol.routes import RelayRoute
 from .upstreams.pool import Pool
 
 # Seconds: from a 5 ms answer to a 10-minute generation.

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from .bodypeek import first_name
 from .errors import ModelNotAllowed, Refused
+from .protocol.body import first_name
 from .protocol.listspans import Array, Entry, cut, top_level_arrays
 from .protocol.names import (
     DEFAULT_HOST,

@@ -23,7 +23,6 @@ from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
 from .bodypace import BodyPace, SlowBody
-from .bodypeek import FULL_PARSE_LIMIT
 from .bodyread import read_body
 from .budgets import Refusal, iso
 from .context import RequestContext
@@ -44,13 +43,9 @@ from .fanout import pull_everywhere, send_union
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
 from .limits import ADMITTED, Limits, Verdict
 from .modelaccess import filter_model_list, is_cloud, model_allowed
-from .records import KeyRecord, LocalUsageRecord, Price, UsageRecord
-from .relaystate import Relay
-from .routes import RelayRoute
-from .settings import Settings
-from .sharedbudgets import TopUp
-from .sharedlimits import SharedLimits, Ticket
-from .streams import (
+from .protocol.body import FULL_PARSE_LIMIT
+from .protocol.routes import RelayRoute
+from .protocol.streams import (
     NDJSON,
     STREAM_TYPES,
     UsageStripper,
@@ -58,6 +53,11 @@ from .streams import (
     counted_tokens,
     with_usage_requested,
 )
+from .records import KeyRecord, LocalUsageRecord, Price, UsageRecord
+from .relaystate import Relay
+from .settings import Settings
+from .sharedbudgets import TopUp
+from .sharedlimits import SharedLimits, Ticket
 from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.config import UpstreamConfig
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream

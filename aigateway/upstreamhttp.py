@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .routes import RelayRoute
+from .protocol.routes import RelayRoute
 from .settings import Settings
 from .upstreams.config import UpstreamConfig, auth_headers
 from .upstreams.pool import UPSTREAM_HEADER

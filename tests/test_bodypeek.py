@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from aigateway.bodypeek import UNDECIDED_CAP, UndecidableBody, go_fold, read_body
+from aigateway.protocol.body import UNDECIDED_CAP, UndecidableBody, go_fold, read_body
 from aigateway.testing import go_json
 
 FIELDS = ("model", "name")

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.protocol.names import canonical
+from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.records import KeyLimits, UsageRecord
-from aigateway.routes import RELAY_ROUTES
 from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 

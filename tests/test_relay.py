@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from aigateway import Settings, create_app
-from aigateway.routes import RELAY_ROUTES
+from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .helpers import eventually

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from aigateway.streams import (
+from aigateway.protocol.streams import (
     NDJSON,
     SSE,
     UsageStripper,

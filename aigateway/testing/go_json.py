@@ -1,5 +1,5 @@
 """How Go's encoding/json decodes a body into one of Ollama's request structs, for the
-fake Ollama: written apart from the gateway's reader (aigateway/bodypeek.py) so that tests
+fake Ollama: written apart from the gateway's reader (aigateway/protocol/body.py) so that tests
 check the gateway against it rather than against itself. Slow and plain on purpose.
 
 Go (decode.go `object`, fold.go `foldName`, Go 1.21 and later): an object key goes to the

@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 import orjson
 
-from ..bodypeek import first_name
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
 from ..modelaccess import ENTRY_NAMES, identity, model_allowed
-from ..routes import RelayRoute
+from ..protocol.body import first_name
+from ..protocol.routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
 from .probe import CheckFailed, OneProbe
 from .queue import FairQueue

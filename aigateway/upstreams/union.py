@@ -8,10 +8,10 @@ import asyncio
 import aiohttp
 import orjson
 
-from ..bodypeek import first_name
 from ..errors import ServiceUnavailable
 from ..modelaccess import ENTRY_NAMES, identity, model_allowed
-from ..routes import RELAY_ROUTES, RelayRoute
+from ..protocol.body import first_name
+from ..protocol.routes import RELAY_ROUTES, RelayRoute
 from .pool import FAILOVER_STATUSES, Pool, Upstream
 from .probe import CheckFailed
 
