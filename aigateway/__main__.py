@@ -9,9 +9,9 @@ import sys
 import click
 
 from . import __version__
+from .db.store import Store
 from .records import StoreError
 from .settings import AUTO, Settings, SettingsError
-from .store import Store
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,6 +27,7 @@ from .budgets import Budgets
 from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
+from .db.store import Store
 from .expect import defer_continue
 from .health import health, health_ollama, root
 from .inflight import InFlight
@@ -45,7 +46,6 @@ from .settings import Settings
 from .sharedbudgets import SharedBudgets
 from .sharedlimits import SharedLimits
 from .signinlimit import SignInLimits
-from .store import Store
 from .upstreamhttp import upstream_session
 from .usage import UsageWriter
 

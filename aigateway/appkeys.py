@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from .context import RequestContext
+from .db.store import Store
 from .exports import ExportSlots
 from .keytable import KeyTable
 from .limits import Limiter
 from .relaystate import Relay
 from .settings import Settings
 from .signinlimit import SignInLimits
-from .store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

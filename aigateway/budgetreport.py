@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from .budgets import budget_view, period_start
+from .db.store import Store
 from .keyview import when
 from .records import BudgetLine, micro
-from .store import Store
 
 
 async def user_budget_report(

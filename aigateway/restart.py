@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterable
 
 from .budgets import Budgets
+from .db.store import Store
 from .keytable import KeyTable
 from .limits import Limiter
 from .records import DAY, BudgetLine, KeyRecord, UsageRecord
-from .store import Store
 from .usage import UsageWriter
 
 

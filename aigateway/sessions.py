@@ -32,12 +32,12 @@ from aiohttp import web
 from .appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from .auth import key_record
 from .clientaddress import client_address, client_view, peer_trusted
+from .db.store import Store
 from .errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorized
 from .expect import send_continue
 from .keytable import AuthError
 from .keyview import key_view
 from .records import KeyRecord, StoreError
-from .store import Store
 
 log = logging.getLogger("aigateway.sessions")
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from aigateway import Settings, create_app  # noqa: E402
+from aigateway.db.store import Store  # noqa: E402
 from aigateway.records import UsageRecord  # noqa: E402
-from aigateway.store import Store  # noqa: E402
 from aigateway.testing.pgserver import PostgresServer  # noqa: E402
 
 KEYS, MODELS, DAYS = 50, 10, 90

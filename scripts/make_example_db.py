@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aigateway.db.store import Store
 from aigateway.records import Role
-from aigateway.store import Store
 
 EXAMPLES: list[tuple[str, str, Role, str | None, bool]] = [
     # user, key name, role, expires (UTC date or None), revoked

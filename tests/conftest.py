@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
+from aigateway.db.store import Store
 from aigateway.records import KeyLimits, Role
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 

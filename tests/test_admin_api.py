@@ -8,7 +8,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from aigateway.keys import looks_like_key
+from aigateway.db.keys import looks_like_key
 
 
 async def test_user_keys_get_403_on_admin_routes_but_may_see_themselves(

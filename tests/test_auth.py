@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
-from aigateway.keys import generate_key
-from aigateway.store import Store
+from aigateway.db.keys import generate_key
+from aigateway.db.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

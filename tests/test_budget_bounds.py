@@ -23,6 +23,8 @@ from aigateway import Settings, create_app
 from aigateway.appkeys import KEY_TABLE, RELAY
 from aigateway.budgetreport import user_invoice
 from aigateway.db.migrate import APPLICATION_ID, _config
+from aigateway.db.rollups import rollup_rows, upsert_sql
+from aigateway.db.store import Store
 from aigateway.records import (
     MAX_COST_NANO,
     MAX_PRICE,
@@ -36,9 +38,7 @@ from aigateway.records import (
     Price,
     UsageRecord,
 )
-from aigateway.rollups import rollup_rows, upsert_sql
 from aigateway.sharedlimits import SharedLimits
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

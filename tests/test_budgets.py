@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 from aigateway import Settings, create_app
 from aigateway.appkeys import KEY_TABLE, RELAY
 from aigateway.budgets import Budgets, period_end, period_start
+from aigateway.db.store import Store
 from aigateway.records import Budget, BudgetError, BudgetLine, Price, check_budget, money
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

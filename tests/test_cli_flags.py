@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from aigateway.cli.flags import cli
-from aigateway.keys import hash_key, looks_like_key
+from aigateway.db.keys import hash_key, looks_like_key
+from aigateway.db.store import Store
 from aigateway.records import KeyRecord, UsageRecord
-from aigateway.store import Store
 
 
 def run(*args: str) -> tuple[int, str, str]:

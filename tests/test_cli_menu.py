@@ -20,7 +20,7 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from aigateway.cli.menu import Menu
-from aigateway.keys import looks_like_key
+from aigateway.db.keys import looks_like_key
 from aigateway.records import KeyLimits
 
 from .test_cli_flags import dump, keys_in, run

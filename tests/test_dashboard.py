@@ -17,8 +17,8 @@ from playwright.async_api import async_playwright, expect
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
+from aigateway.db.store import Store
 from aigateway.records import Price
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import CHROMIUM, make_key

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aigateway.db.migrate import APPLICATION_ID, HEAD, SCHEMA_VERSION, head_revision
-from aigateway.store import Store
+from aigateway.db.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "tokens.db.example"

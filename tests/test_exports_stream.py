@@ -25,9 +25,9 @@ from click.testing import CliRunner
 from aigateway import Settings, create_app
 from aigateway.cli.admin import write_usage_export
 from aigateway.cli.flags import cli
+from aigateway.db.store import Store
 from aigateway.errors import Refused
 from aigateway.records import UsageQuery, UsageRecord
-from aigateway.store import Store
 
 from .test_server_process import start_gateway
 

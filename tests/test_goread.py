@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import KEY_TABLE
+from aigateway.db.store import Store
 from aigateway.modelaccess import is_cloud, model_allowed
 from aigateway.records import InvalidInputError
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

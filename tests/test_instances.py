@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from aigateway import sharedlimits
-from aigateway.store import Store
+from aigateway.db.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 from .test_server_process import ROOT, Gateway, start_gateway

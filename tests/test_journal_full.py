@@ -25,9 +25,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from aigateway.db.store import Store
 from aigateway.journal import Journal, read_segment
 from aigateway.records import UsageRecord
-from aigateway.store import Store
 
 from .conftest import make_key
 from .helpers import eventually

@@ -11,8 +11,8 @@ import pytest
 
 from aigateway import keytable
 from aigateway.db.notify import ChangeListener
+from aigateway.db.store import Store
 from aigateway.keytable import AuthError, KeyTable, keep_fresh
-from aigateway.store import Store
 from aigateway.testing.pgserver import PostgresServer
 
 

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway.db import schema
 from aigateway.db.migrate import APPLICATION_ID, SCRIPTS
+from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.records import UsageRecord
-from aigateway.store import Store
 
 from .conftest import make_key
 

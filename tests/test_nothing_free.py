@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
+from aigateway.db.store import Store
 from aigateway.journal import read_segment
 from aigateway.pricing import PriceList
 from aigateway.records import Budget, KeyLimits, Price, micro
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
 

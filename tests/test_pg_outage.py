@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from aigateway.store import Store
+from aigateway.db.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 from .test_instances import CHAT, _hold_streams, _key, cli, status_of

@@ -13,10 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
+from aigateway.db.store import Store
 from aigateway.protocol.names import canonical
 from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.records import KeyLimits, UsageRecord
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .conftest import make_key

@@ -9,6 +9,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from aigateway.db.store import Store
 from aigateway.pricing import PriceList
 from aigateway.records import (
     MAX_COST_NANO,
@@ -21,7 +22,6 @@ from aigateway.records import (
     money,
     parse_money,
 )
-from aigateway.store import Store
 
 from .conftest import make_key
 from .helpers import eventually

@@ -21,8 +21,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aigateway.budgets import period_start
+from aigateway.db.store import Store
 from aigateway.records import Budget, KeyLimits, Price
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 

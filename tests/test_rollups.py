@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from aigateway.db.rollups import HOUR
 from aigateway.db.schema import usage_hourly
+from aigateway.db.store import Store
 from aigateway.records import UsageRecord
-from aigateway.rollups import HOUR
-from aigateway.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATION = ROOT / "aigateway/db/migrations/versions/r0011_usage_hourly.py"

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from aigateway.db.store import Store
 from aigateway.records import KeyLimits
-from aigateway.store import Store
 from aigateway.testing.fake_ollama import fixture
 
 from .conftest import make_key

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from aigateway.store import Store
+from aigateway.db.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.testing.ports import free_port
 

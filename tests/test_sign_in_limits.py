@@ -18,8 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app, sessions
+from aigateway.db.store import Store
 from aigateway.signinlimit import SignInLimits, SlidingWindow
-from aigateway.store import Store
 
 from .conftest import make_key
 from .helpers import eventually

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from aigateway.db.keys import KEY_PREFIX, generate_key, hash_key
 from aigateway.db.migrate import APPLICATION_ID, SCHEMA_VERSION, head_revision
-from aigateway.keys import KEY_PREFIX, generate_key, hash_key
+from aigateway.db.store import Store
 from aigateway.records import DuplicateKeyError, InvalidInputError, StoreError
-from aigateway.store import Store
 
 
 async def test_new_database_is_private_wal_and_versioned(db_path: str) -> None:

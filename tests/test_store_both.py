@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from aigateway.db.store import Store, UsageRejected
 from aigateway.records import (
     DuplicateKeyError,
     InvalidInputError,
@@ -15,7 +16,6 @@ from aigateway.records import (
     StoreError,
     UsageRecord,
 )
-from aigateway.store import Store, UsageRejected
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from aigateway.db.store import Store
 from aigateway.journal import Journal
 from aigateway.records import UsageRecord
-from aigateway.store import Store
 from aigateway.usage import UsageWriter
 
 

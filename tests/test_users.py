@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
+from aigateway.db.store import Store
 from aigateway.records import DuplicateKeyError, InvalidInputError, KeyNotFoundError
-from aigateway.store import Store
 
 from .test_instances import cli
 

@@ -21,6 +21,7 @@ from tabulate import tabulate
 from .. import __version__
 from ..budgets import describe
 from ..db.migrate import head_revision
+from ..db.store import Store
 from ..db.url import DatabaseURLError, database_from
 from ..exports import UsageText, csv_text
 from ..keyview import key_view, user_view, when
@@ -39,7 +40,6 @@ from ..records import (
     UserRecord,
     money,
 )
-from ..store import Store
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]

@@ -15,6 +15,7 @@ import click
 
 from ..budgetreport import user_budget_report, user_invoice
 from ..budgets import period_start
+from ..db.store import Store
 from ..records import (
     PERIODS,
     PRICE_FIELDS,
@@ -30,7 +31,6 @@ from ..records import (
     parse_money,
 )
 from ..settings import currency_setting, database_target, ollama_setting
-from ..store import Store
 from .admin import (
     FORMATS,
     USAGE_GROUPS,

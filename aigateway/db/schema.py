@@ -17,7 +17,7 @@ from sqlalchemy import (
     text,
 )
 
-from ..rollups import SUM_COLUMNS
+from .rollups import SUM_COLUMNS
 
 metadata = MetaData()
 

@@ -19,10 +19,10 @@ from itertools import repeat
 from operator import add, ge, is_not
 from typing import TYPE_CHECKING, Any
 
-from .records import MAX_SUM_NANO, micro, saturated
+from ..records import MAX_SUM_NANO, micro, saturated
 
 if TYPE_CHECKING:
-    from .records import UsageRecord
+    from ..records import UsageRecord
 
 HOUR = 3600
 # Upper bounds (ms) of the latency buckets: bucket 0 holds what took under 1 ms, bucket i

@@ -40,22 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .db.migrate import SchemaError, is_current, upgrade
-from .db.notify import CHANNEL as KEYS_CHANNEL
-from .db.schema import (
-    key_changes,
-    keys,
-    models,
-    prices,
-    sessions,
-    usage,
-    usage_hourly,
-    usage_segments,
-    users,
-)
-from .db.url import Database, DatabaseURLError, database_from
-from .keys import generate_key
-from .records import (
+from ..records import (
     DAY,
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
@@ -95,6 +80,9 @@ from .records import (
     micro,
     saturated,
 )
+from .keys import generate_key
+from .migrate import SchemaError, is_current, upgrade
+from .notify import CHANNEL as KEYS_CHANNEL
 from .rollups import (
     BUCKETS,
     HOUR,
@@ -105,6 +93,18 @@ from .rollups import (
     upsert_sql,
     whole_hours,
 )
+from .schema import (
+    key_changes,
+    keys,
+    models,
+    prices,
+    sessions,
+    usage,
+    usage_hourly,
+    usage_segments,
+    users,
+)
+from .url import Database, DatabaseURLError, database_from
 
 log = logging.getLogger("aigateway")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
