@@ -40,16 +40,17 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .access.allowlist import filter_model_list, identity
+from .access.budgets import period_start
+from .access.keytable import BOOTSTRAP_KEY_ID
+from .access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from .auth import principal
 from .budgetreport import user_budget_report, user_invoice
-from .budgets import period_start
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from .expect import defer_continue, send_continue
 from .exports import ExportSlots, UsageText
-from .keytable import BOOTSTRAP_KEY_ID
 from .keyview import key_view, user_view, when
-from .modelaccess import filter_model_list, identity
 from .protocol.body import first_name
 from .records import (
     DAY,
@@ -67,7 +68,6 @@ from .records import (
     UsageQuery,
     check_budget,
 )
-from .sharedlimits import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .upstreams.pool import Pool
 from .upstreams.probe import CheckFailed
 from .upstreams.union import TAGS, union_of_lists

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
+from .access.allowlist import check_cloud, check_models
 from .errors import BadRequest, GatewayError, NotFound, Refused
-from .modelaccess import check_cloud, check_models
 from .protocol.body import BodyFields, UndecidableBody, read_body
 from .protocol.form import UndecidableForm, form_value
 from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal

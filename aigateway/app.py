@@ -11,6 +11,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from . import httpguard
+from .access.budgets import Budgets
+from .access.budgets_shared import SharedBudgets
+from .access.keytable import KeyTable, flush_last_used, keep_fresh
+from .access.limits import Limiter, Limits
+from .access.limits_shared import SharedLimits
 from .adminapi import add_admin_routes
 from .apidocs import add_docs_routes
 from .appkeys import (
@@ -23,7 +28,6 @@ from .appkeys import (
     STORE,
 )
 from .bodybudget import BodyBudget
-from .budgets import Budgets
 from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
@@ -32,8 +36,6 @@ from .expect import defer_continue
 from .health import health, health_ollama, root
 from .inflight import InFlight
 from .journal import Journal
-from .keytable import KeyTable, flush_last_used, keep_fresh
-from .limits import Limiter, Limits
 from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .protocol.routes import RELAY_ROUTES
@@ -43,8 +45,6 @@ from .relaystate import Relay
 from .restart import count_before_admitting
 from .sessions import sweep_ended_sessions
 from .settings import Settings
-from .sharedbudgets import SharedBudgets
-from .sharedlimits import SharedLimits
 from .signinlimit import SignInLimits
 from .upstreamhttp import upstream_session
 from .usage import UsageWriter

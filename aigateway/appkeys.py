@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .access.keytable import KeyTable
+from .access.limits import Limiter
 from .context import RequestContext
 from .db.store import Store
 from .exports import ExportSlots
-from .keytable import KeyTable
-from .limits import Limiter
 from .relaystate import Relay
 from .settings import Settings
 from .signinlimit import SignInLimits

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from .access.keytable import AuthError, KeyTable, UnknownKeyError
 from .appkeys import CONTEXT, KEY_TABLE
 from .errors import Refused, Unauthorized
-from .keytable import AuthError, KeyTable, UnknownKeyError
 from .records import KeyRecord
 
 _PUBLIC = "_aigateway_public"

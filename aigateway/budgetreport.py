@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .budgets import budget_view, period_start
+from .access.budgets import budget_view, period_start
 from .db.store import Store
 from .keyview import when
 from .records import BudgetLine, micro

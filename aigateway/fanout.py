@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .access.allowlist import filter_model_list
 from .errors import ServiceUnavailable, UpstreamUnreachable
-from .modelaccess import filter_model_list
 from .protocol.routes import RelayRoute
 from .protocol.streams import NDJSON
 from .relaystate import Relay

@@ -8,10 +8,10 @@ import orjson
 from aiohttp import web
 
 from . import __version__
+from .access.keytable import AuthError, UnknownKeyError
 from .appkeys import KEY_TABLE, RELAY, STARTED_AT
 from .auth import authenticate, authenticate_after_a_look, public
 from .errors import GatewayError
-from .keytable import AuthError, UnknownKeyError
 
 
 @public

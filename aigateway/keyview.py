@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .budgets import budget_json
+from .access.budgets import budget_json
 from .records import LIMIT_FIELDS, KeyRecord, UserRecord
 
 

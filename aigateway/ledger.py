@@ -16,12 +16,12 @@ import logging
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from .access.budgets import Budgets
+    from .access.budgets_shared import SharedBudgets
+    from .access.limits import Limiter
+    from .access.limits_shared import SharedLimits, Ticket
     from .bodybudget import BodyBudget
-    from .budgets import Budgets
-    from .limits import Limiter
     from .records import BudgetLine
-    from .sharedbudgets import SharedBudgets
-    from .sharedlimits import SharedLimits, Ticket
 
 log = logging.getLogger("aigateway.relay")
 

@@ -19,12 +19,16 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from .access.allowlist import filter_model_list, is_cloud, model_allowed
+from .access.budgets import Refusal, iso
+from .access.budgets_shared import TopUp
+from .access.limits import ADMITTED, Limits, Verdict
+from .access.limits_shared import SharedLimits, Ticket
 from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
 from .bodypace import BodyPace, SlowBody
 from .bodyread import read_body
-from .budgets import Refusal, iso
 from .context import RequestContext
 from .errors import (
     BudgetExhausted,
@@ -41,8 +45,6 @@ from .errors import (
 from .expect import send_continue
 from .fanout import pull_everywhere, send_union
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
-from .limits import ADMITTED, Limits, Verdict
-from .modelaccess import filter_model_list, is_cloud, model_allowed
 from .protocol.body import FULL_PARSE_LIMIT
 from .protocol.routes import RelayRoute
 from .protocol.streams import (
@@ -56,8 +58,6 @@ from .protocol.streams import (
 from .records import KeyRecord, LocalUsageRecord, Price, UsageRecord
 from .relaystate import Relay
 from .settings import Settings
-from .sharedbudgets import TopUp
-from .sharedlimits import SharedLimits, Ticket
 from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.config import UpstreamConfig
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from .access.budgets import Budgets
+from .access.budgets_shared import SharedBudgets
+from .access.keytable import KeyTable
+from .access.limits import Limiter
+from .access.limits_shared import SharedLimits
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
-from .budgets import Budgets
 from .inflight import InFlight
-from .keytable import KeyTable
-from .limits import Limiter
 from .settings import Settings
-from .sharedbudgets import SharedBudgets
-from .sharedlimits import SharedLimits
 from .upstreams.pool import Pool
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from .budgets import Budgets
+from .access.budgets import Budgets
+from .access.keytable import KeyTable
+from .access.limits import Limiter
 from .db.store import Store
-from .keytable import KeyTable
-from .limits import Limiter
 from .records import DAY, BudgetLine, KeyRecord, UsageRecord
 from .usage import UsageWriter
 

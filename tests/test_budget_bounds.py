@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from alembic import command
 
 from aigateway import Settings, create_app
+from aigateway.access.limits_shared import SharedLimits
 from aigateway.appkeys import KEY_TABLE, RELAY
 from aigateway.budgetreport import user_invoice
 from aigateway.db.migrate import APPLICATION_ID, _config
@@ -38,7 +39,6 @@ from aigateway.records import (
     Price,
     UsageRecord,
 )
-from aigateway.sharedlimits import SharedLimits
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -17,8 +17,8 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from aigateway import Settings, create_app
+from aigateway.access.budgets import Budgets, period_end, period_start
 from aigateway.appkeys import KEY_TABLE, RELAY
-from aigateway.budgets import Budgets, period_end, period_start
 from aigateway.db.store import Store
 from aigateway.records import Budget, BudgetError, BudgetLine, Price, check_budget, money
 from aigateway.testing.fake_ollama import FakeOllama

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from aigateway.access.keytable import LOOK_AGAIN_GAP_S
 from aigateway.appkeys import KEY_TABLE
-from aigateway.keytable import LOOK_AGAIN_GAP_S
 
 ROOT = Path(__file__).resolve().parent.parent
 

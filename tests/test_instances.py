@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from aigateway import sharedlimits
+from aigateway.access import limits_shared as sharedlimits
 from aigateway.db.store import Store
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
 

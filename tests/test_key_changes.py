@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from aigateway import keytable
+from aigateway.access import keytable
+from aigateway.access.keytable import AuthError, KeyTable, keep_fresh
 from aigateway.db.notify import ChangeListener
 from aigateway.db.store import Store
-from aigateway.keytable import AuthError, KeyTable, keep_fresh
 from aigateway.testing.pgserver import PostgresServer
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigateway.limits import Limiter, Limits
+from aigateway.access.limits import Limiter, Limits
 from aigateway.records import KeyLimits, KeyRecord
 
 T0 = 20_833 * 86_400.0  # midnight UTC: a whole minute, hour and day

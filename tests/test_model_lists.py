@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from aigateway.modelaccess import filter_model_list
+from aigateway.access.allowlist import filter_model_list
 from aigateway.testing.fake_ollama import fixture
 
 # As Go's encoding/json writes them: `<` `>` `&` and U+2028 escaped, field order kept.

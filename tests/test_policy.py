@@ -38,8 +38,8 @@ async def _client(aiohttp_client, gateway: TestServer, secret: str) -> TestClien
 
 
 def secret_known(gateway: TestServer, secret: str) -> bool:
+    from aigateway.access.keytable import AuthError
     from aigateway.appkeys import KEY_TABLE
-    from aigateway.keytable import AuthError
 
     try:
         gateway.app[KEY_TABLE].authenticate(secret)

@@ -9,8 +9,8 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from aigateway.access.pricing import PriceList
 from aigateway.db.store import Store
-from aigateway.pricing import PriceList
 from aigateway.records import (
     MAX_COST_NANO,
     MICRO,

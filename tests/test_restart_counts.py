@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from aigateway.budgets import period_start
+from aigateway.access.budgets import period_start
 from aigateway.db.store import Store
 from aigateway.records import Budget, KeyLimits, Price
 from aigateway.testing.fake_ollama import FakeOllama

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from aigateway import sharedlimits
+from aigateway.access import limits_shared as sharedlimits
+from aigateway.access.limits import Limits
+from aigateway.access.limits_shared import SharedLimits, Ticket
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
-from aigateway.limits import Limits
-from aigateway.sharedlimits import SharedLimits, Ticket
 
 KEY = 7
 TWO_AT_ONCE = Limits(max_concurrent=2, tokens_per_day=1_000_000)

@@ -19,14 +19,14 @@ import orjson
 from tabulate import tabulate
 
 from .. import __version__
-from ..budgets import describe
+from ..access.budgets import describe
+from ..access.pricing import PriceList
 from ..db.migrate import head_revision
 from ..db.store import Store
 from ..db.url import DatabaseURLError, database_from
 from ..exports import UsageText, csv_text
 from ..keyview import key_view, user_view, when
 from ..modelsync import ModelSyncError, fetch_models
-from ..pricing import PriceList
 from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import click
 
+from ..access.budgets import period_start
 from ..budgetreport import user_budget_report, user_invoice
-from ..budgets import period_start
 from ..db.store import Store
 from ..records import (
     PERIODS,

@@ -17,8 +17,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
+from ..access.budgets import describe, period_start
 from ..budgetreport import user_budget_report, user_invoice
-from ..budgets import describe, period_start
 from ..records import (
     PERIODS,
     BudgetError,

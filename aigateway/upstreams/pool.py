@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 import orjson
 
+from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
-from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..protocol.body import first_name
 from ..protocol.routes import RelayRoute
 from .config import UpstreamConfig, auth_headers

@@ -8,8 +8,8 @@ import asyncio
 import aiohttp
 import orjson
 
+from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import ServiceUnavailable
-from ..modelaccess import ENTRY_NAMES, identity, model_allowed
 from ..protocol.body import first_name
 from ..protocol.routes import RELAY_ROUTES, RelayRoute
 from .pool import FAILOVER_STATUSES, Pool, Upstream

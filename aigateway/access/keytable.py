@@ -16,12 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .db.keys import hash_key, looks_like_key
-from .db.notify import ChangeListener
-from .db.store import Store
-from .errors import Refused
+from ..db.keys import hash_key, looks_like_key
+from ..db.notify import ChangeListener
+from ..db.store import Store
+from ..errors import Refused
+from ..records import KeyRecord, StoreError
 from .pricing import PriceList
-from .records import KeyRecord, StoreError
 
 log = logging.getLogger("aigateway.keys")
 

@@ -25,10 +25,10 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..records import BudgetLine, add_saturated
 from .budgets import Budgets, Refusal, allows, period_start, refusal
 from .limits import Limits, Verdict
-from .records import BudgetLine, add_saturated
-from .sharedlimits import (
+from .limits_shared import (
     ADMIT_TIMEOUT_S,
     DATABASE_AWAY,
     HEARTBEAT_S,

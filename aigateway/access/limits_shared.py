@@ -35,11 +35,11 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from .db.notify import asyncpg_dsn
-from .db.url import Database
-from .errors import Refused
+from ..db.notify import asyncpg_dsn
+from ..db.url import Database
+from ..errors import Refused
+from ..records import DAY, StoreError
 from .limits import HOUR, MINUTE, Limits, Verdict, rate_limit_headers, refusal_reasons
-from .records import DAY, StoreError
 
 log = logging.getLogger("aigateway.limits")
 

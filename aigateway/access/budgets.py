@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from .records import DAY, Budget, BudgetLine, add_saturated, micro, money
+from ..records import DAY, Budget, BudgetLine, add_saturated, micro, money
 
 log = logging.getLogger("aigateway.budgets")
 

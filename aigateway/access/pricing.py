@@ -16,8 +16,8 @@ matches is free.
 
 from __future__ import annotations
 
-from .modelaccess import matches
-from .records import Price
+from ..records import Price
+from .allowlist import matches
 
 _WILDCARDS = "*?["
 

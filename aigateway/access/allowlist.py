@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from .errors import ModelNotAllowed, Refused
-from .protocol.body import first_name
-from .protocol.listspans import Array, Entry, cut, top_level_arrays
-from .protocol.names import (
+from ..errors import ModelNotAllowed, Refused
+from ..protocol.body import first_name
+from ..protocol.listspans import Array, Entry, cut, top_level_arrays
+from ..protocol.names import (
     DEFAULT_HOST,
     DEFAULT_NAMESPACE,
     GO_SPACE,

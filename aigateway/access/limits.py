@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .errors import Refused
-from .records import DAY, KeyLimits, KeyRecord
+from ..errors import Refused
+from ..records import DAY, KeyLimits, KeyRecord
 
 MINUTE, HOUR = 60, 3600
 
