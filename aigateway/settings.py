@@ -394,7 +394,9 @@ class Settings:
         "Proxies in front of the gateway. Only a request whose socket peer is one of them has"
         " its `X-Forwarded-Proto`, `-Host` and `-For` (or RFC 7239 `Forwarded`) believed: for"
         " the dashboard's origin check, the Secure cookie, the access line's `client=` and the"
-        " per-address sign-in limit. Unset: the socket's peer, and no forwarded header counts.",
+        " per-address sign-in limit. The client is the first address, from the right of"
+        " `X-Forwarded-For`, that is not a trusted proxy. Unset: the socket's peer, and no"
+        " forwarded header counts.",
     )  # fmt: skip
     cors_origins: tuple[str, ...] = setting(
         "CORS_ORIGINS", (), ORIGINS, "Listening",
@@ -408,7 +410,8 @@ class Settings:
     idle_timeout: float = setting(
         "IDLE_TIMEOUT", 30.0, SECONDS, "Listening",
         "Seconds a connection may take to send a whole request head after it opens or after"
-        " its last answer, however slowly it trickles; then it is closed.",
+        " its last answer, however slowly it trickles; then it is closed. Heads are also"
+        " bounded in size: at most 64 headers of 8 KiB each.",
     )  # fmt: skip
     shutdown_timeout: float = setting(
         "SHUTDOWN_TIMEOUT", 10.0, SECONDS, "Listening",
@@ -430,12 +433,13 @@ class Settings:
     limits_when_database_away: str = setting(
         "LIMITS_WHEN_DATABASE_AWAY", "local", choice("local", "refuse"), "Database and usage",
         "PostgreSQL only: while the database cannot be reached, `local` admits keys with"
-        " limits on this gateway's own counts, `refuse` answers them 503.",
+        " limits on this gateway's own counts, `refuse` answers them 503 (see the"
+        " README's Several gateways on PostgreSQL).",
     )  # fmt: skip
     usage_journal_dir: str | None = setting(
         "USAGE_JOURNAL_DIR", None, text("a folder path"), "Database and usage",
         "Folder (mode 0700) of the usage journal: each finished usage record is written here"
-        " at once, before the database has it.",
+        " at once, before the database has it (see the README's limits and usage).",
         shown_default="`TOKEN_DB_PATH` + `.usage-journal`",
     )  # fmt: skip
     usage_memory_records: int = setting(
@@ -468,22 +472,25 @@ class Settings:
         "MAX_BODY_MEMORY", 1024**3, SIZE, "Request bodies",
         "Request-body bytes held in memory by all requests together (at least"
         " `MAX_BODY_SIZE`), counted as they arrive, not as declared. Beyond it a request"
-        " waits its turn (keys are served in turn) up to 2 s, then gets 503 with"
-        " `Retry-After` and reason `body_memory_full`. Blob uploads hold none.",
+        " waits its turn (keys are served in turn, so one key's many bodies do not stand"
+        " before another's) up to 2 s, then gets 503 with `Retry-After` and reason"
+        " `body_memory_full`. Blob uploads stream through and hold none.",
     )  # fmt: skip
     # None: see body_memory_per_key.
     max_body_memory_per_key: int | None = setting(
         "MAX_BODY_MEMORY_PER_KEY", None, SIZE, "Request bodies",
         "Request-body bytes one key's requests may hold at once (between `MAX_BODY_SIZE` and"
-        " `MAX_BODY_MEMORY`). A body's `Content-Length` is committed to its key's share before"
-        " it is read; the rest wait, up to 10 s in all (then 503, naming this setting).",
+        " `MAX_BODY_MEMORY`). A body with a `Content-Length` commits that length to its key's"
+        " share before it is read, so a key starts no more bodies than its share can finish;"
+        " the rest wait, up to 10 s in all (then 503, naming this setting).",
         shown_default="a quarter of `MAX_BODY_MEMORY`, at least `MAX_BODY_SIZE`",
     )  # fmt: skip
     body_min_rate: int = setting(
         "BODY_MIN_RATE", 16 * 1024, RATE, "Request bodies",
         "Bytes a second a request body read into memory must keep up over any 10 s, once it"
-        " is 10 s old; a slower one gets 408 with reason `slow_body`, frees its memory, and"
-        " its connection is closed. Time spent waiting for body memory does not count.",
+        " is 10 s old; a slower one (a byte now and then, or nothing) gets 408 with reason"
+        " `slow_body`, frees its memory, and its connection is closed. Time spent waiting for"
+        " body memory is not held against it.",
     )  # fmt: skip
 
     default_rpm: int = setting(
@@ -505,7 +512,7 @@ class Settings:
     token_reserve: int = setting(
         "TOKEN_RESERVE", 2048, whole(1, 10**7), "Limits and budgets",
         "Output tokens reserved against a key's token quota by a request that sets no"
-        " `num_predict`/`max_tokens` of its own.",
+        " `num_predict`/`max_tokens` of its own (see the README's limits and usage).",
     )  # fmt: skip
     budget_time_reserve: int = setting(
         "BUDGET_TIME_RESERVE", 60, whole(0, 86400), "Limits and budgets",
