@@ -65,3 +65,15 @@ def test_env_example_sets_only_declared_settings_to_their_defaults() -> None:
 
 def _field_name(how: Declared) -> str:
     return next(f.name for f in fields(Settings) if declaration_of(f) is how)
+
+
+def test_the_deploy_files_set_only_declared_settings() -> None:
+    """compose.yaml's gateway environment and the systemd unit's Environment= lines."""
+    compose = (ROOT / "compose.yaml").read_text()
+    gateway = compose[compose.index("x-gateway:") : compose.index("\nservices:")]
+    environment = gateway[gateway.index("  environment:") :]
+    named = set(re.findall(r"^    ([A-Z][A-Z0-9_]*):", environment, re.MULTILINE))
+    unit = (ROOT / "deploy" / "aigateway.service").read_text()
+    named |= set(re.findall(r"^Environment=([A-Z][A-Z0-9_]*)=", unit, re.MULTILINE))
+    assert named >= {"DATABASE_URL", "HOST", "PORT", "TOKEN_DB_PATH"}  # the files were read
+    assert named <= {d.variable for d in declarations()}
