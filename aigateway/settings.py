@@ -270,7 +270,7 @@ OLLAMA_URLS = Parser(_ollama_urls, "`http://` or `https://` URLs, comma-separate
 DATABASE_URL = Parser(
     _database_url, "`postgresql://user:password@host:5432/db` or `sqlite:///path`"
 )
-PATH = Parser(_base_path, "a path starting with `/` (`/ollama/api`)")
+PATH = Parser(_base_path, "a path starting with `/`")
 UI_PATH = Parser(_ui_path, "a path starting with `/`, or `off`")
 FILE = text("a file path")
 
@@ -341,7 +341,7 @@ class Settings:
     # empty: those of OLLAMA_BASE_URL.
     upstreams: tuple[UpstreamConfig, ...] = ()
     upstream_api_key: str | None = setting(
-        "UPSTREAM_API_KEY", None, text("text"), "Upstreams",
+        "UPSTREAM_API_KEY", None, text("the upstream's key"), "Upstreams",
         "Sent to Ollama (every `OLLAMA_BASE_URL`) as `Authorization: Bearer ...` when the"
         " upstream itself wants a key. Client keys never reach Ollama.",
     )  # fmt: skip
@@ -405,7 +405,7 @@ class Settings:
     metrics: str = setting(
         "METRICS", "off", choice("off", "on", "admin"), "Listening",
         "`/metrics` in Prometheus's format: `on` for anyone who can reach the gateway,"
-        " `admin` for an admin key only, `off` not served.",
+        " `admin` for an admin key only (see the README's Metrics), `off` not served.",
     )  # fmt: skip
     idle_timeout: float = setting(
         "IDLE_TIMEOUT", 30.0, SECONDS, "Listening",
