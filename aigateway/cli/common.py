@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from ..settings import SettingsError
+
 
 class OneLineErrors(click.Command):
     """A click command whose every user error, usage errors included, is one line on
@@ -24,6 +26,9 @@ class OneLineErrors(click.Command):
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(1)
+        except SettingsError as exc:  # a setting this command reads (CURRENCY, DATABASE_URL)
+            click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except click.Abort:
             click.echo("Aborted.", err=True)
