@@ -46,7 +46,7 @@ from .restart import count_before_admitting
 from .sessions import sweep_ended_sessions
 from .settings import Settings
 from .signinlimit import SignInLimits
-from .upstreamhttp import upstream_session
+from .upstreams.http import upstream_session
 from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")

@@ -15,7 +15,7 @@ from .errors import ServiceUnavailable, UpstreamUnreachable
 from .protocol.routes import RelayRoute
 from .protocol.streams import NDJSON
 from .relaystate import Relay
-from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
+from .upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.pool import Upstream
 from .upstreams.union import union_of_lists
 

@@ -58,8 +58,8 @@ from .protocol.streams import (
 from .records import KeyRecord, LocalUsageRecord, Price, UsageRecord
 from .relaystate import Relay
 from .settings import Settings
-from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.config import UpstreamConfig
+from .upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
 from .usage import UsageTap
 

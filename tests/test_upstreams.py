@@ -22,13 +22,13 @@ from aigateway.records import KeyLimits
 from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.ports import free_port
-from aigateway.upstreamhttp import request_headers
 from aigateway.upstreams.config import (
     ANTHROPIC_VERSION,
     UpstreamConfig,
     UpstreamsError,
     upstreams_from_file,
 )
+from aigateway.upstreams.http import request_headers
 
 from .conftest import make_key
 from .helpers import eventually

@@ -26,7 +26,6 @@ from ..db.store import Store
 from ..db.url import DatabaseURLError, database_from
 from ..exports import UsageText, csv_text
 from ..keyview import key_view, user_view, when
-from ..modelsync import ModelSyncError, fetch_models
 from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,
@@ -40,6 +39,7 @@ from ..records import (
     UserRecord,
     money,
 )
+from ..upstreams.modelsync import ModelSyncError, fetch_models
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]

@@ -1,0 +1,3 @@
+"""Where a request goes: the upstreams configured (config.py), their health (probe.py), the
+pool that picks one for a model (pool.py) and the fair queue for a busy one (queue.py), the
+merged model lists (union.py), the HTTP client session (http.py) and model sync."""

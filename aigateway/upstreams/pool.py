@@ -135,7 +135,7 @@ class Pool:
         self, configs: Sequence[UpstreamConfig], check_interval: float, queue_timeout: float
     ) -> None:
         self.upstreams = [Upstream(config) for config in configs]
-        self.queue = FairQueue(queue_timeout)
+        self.queue: FairQueue[Upstream] = FairQueue(queue_timeout)
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
         self.single = len(self.upstreams) == 1

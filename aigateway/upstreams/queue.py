@@ -9,15 +9,22 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from ..errors import ServiceUnavailable
 
-if TYPE_CHECKING:
-    from .pool import Upstream
+
+class _Named(Protocol):
+    """All the queue needs of an upstream (pool.Upstream): its name, for the counts."""
+
+    @property
+    def name(self) -> str: ...
 
 
-class _Waiter:
+Upstream = TypeVar("Upstream", bound=_Named)
+
+
+class _Waiter(Generic[Upstream]):
     __slots__ = ("candidates", "future", "key_id")
 
     def __init__(self, key_id: int, candidates: Sequence[Upstream]) -> None:
@@ -26,12 +33,12 @@ class _Waiter:
         self.future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
 
 
-class FairQueue:
+class FairQueue(Generic[Upstream]):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         # Each waiting key's requests in arrival order, and the keys in the order they are
         # served: a key that was served goes to the back.
-        self._keys: OrderedDict[int, deque[_Waiter]] = OrderedDict()
+        self._keys: OrderedDict[int, deque[_Waiter[Upstream]]] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(waiters) for waiters in self._keys.values())
@@ -67,7 +74,7 @@ class FairQueue:
         finally:
             self._forget(waiter)
 
-    def _forget(self, waiter: _Waiter) -> None:
+    def _forget(self, waiter: _Waiter[Upstream]) -> None:
         waiters = self._keys.get(waiter.key_id)
         if waiters is not None and waiter in waiters:
             waiters.remove(waiter)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .records import ModelInfo
+from ..records import ModelInfo
 
 MAX_TEXT = 200
 MAX_MODELS = 10_000

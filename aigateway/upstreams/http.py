@@ -19,10 +19,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .protocol.routes import RelayRoute
-from .settings import Settings
-from .upstreams.config import UpstreamConfig, auth_headers
-from .upstreams.pool import UPSTREAM_HEADER
+from ..protocol.routes import RelayRoute
+from ..settings import Settings
+from .config import UpstreamConfig, auth_headers
+from .pool import UPSTREAM_HEADER
 
 HOP_BY_HOP = frozenset(
     {
