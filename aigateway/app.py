@@ -35,19 +35,19 @@ from .db.store import Store
 from .expect import defer_continue
 from .health import health, health_ollama, root
 from .inflight import InFlight
-from .journal import Journal
-from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .protocol.routes import RELAY_ROUTES
 from .proxy import relay_handler
 from .records import StoreError
 from .relaystate import Relay
-from .restart import count_before_admitting
 from .sessions import sweep_ended_sessions
 from .settings import Settings
 from .signinlimit import SignInLimits
 from .upstreams.http import upstream_session
-from .usage import UsageWriter
+from .usage.journal import Journal
+from .usage.metrics import Metrics, admin_metrics_page, metrics_page
+from .usage.restart import count_before_admitting
+from .usage.writer import UsageWriter
 
 log = logging.getLogger("aigateway")
 

@@ -61,7 +61,7 @@ from .settings import Settings
 from .upstreams.config import UpstreamConfig
 from .upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
 from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
-from .usage import UsageTap
+from .usage.writer import UsageTap
 
 log = logging.getLogger("aigateway.proxy")
 

@@ -19,8 +19,8 @@ from .settings import Settings
 from .upstreams.pool import Pool
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-from .usage import UsageWriter
+    from .usage.metrics import Metrics
+from .usage.writer import UsageWriter
 
 
 class Relay:

@@ -26,8 +26,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aigateway.db.store import Store
-from aigateway.journal import Journal, read_segment
 from aigateway.records import UsageRecord
+from aigateway.usage.journal import Journal, read_segment
 
 from .conftest import make_key
 from .helpers import eventually

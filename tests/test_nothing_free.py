@@ -20,10 +20,10 @@ from aigateway import Settings, create_app
 from aigateway.access.pricing import PriceList
 from aigateway.appkeys import RELAY
 from aigateway.db.store import Store
-from aigateway.journal import read_segment
 from aigateway.records import Budget, KeyLimits, Price, micro
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
+from aigateway.usage.journal import read_segment
 
 from .conftest import make_key
 from .test_policy import _usage

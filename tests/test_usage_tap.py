@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from aigateway.testing.fake_ollama import fixture
-from aigateway.usage import TAIL_BYTES, UsageTap
+from aigateway.usage.writer import TAIL_BYTES, UsageTap
 
 CASES = [
     ("chat-stream.ndjson", (26, 6)),

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from aigateway.db.store import Store
-from aigateway.journal import Journal
 from aigateway.records import UsageRecord
-from aigateway.usage import UsageWriter
+from aigateway.usage.journal import Journal
+from aigateway.usage.writer import UsageWriter
 
 
 def _writer(store: Store, folder: str | None = None) -> UsageWriter:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from .records import NANO_PER_MICRO, LocalUsageRecord, UsageRecord, clean_usage_record, saturated
+from ..records import NANO_PER_MICRO, LocalUsageRecord, UsageRecord, clean_usage_record, saturated
 
 log = logging.getLogger("aigateway.usage")
 

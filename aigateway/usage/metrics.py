@@ -27,12 +27,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .appkeys import RELAY
-from .auth import principal, public
-from .errors import Forbidden, GatewayError, Refused
-from .inflight import InFlight
-from .protocol.routes import RelayRoute
-from .upstreams.pool import Pool
+from ..appkeys import RELAY
+from ..auth import principal, public
+from ..errors import Forbidden, GatewayError, Refused
+from ..inflight import InFlight
+from ..protocol.routes import RelayRoute
+from ..upstreams.pool import Pool
 
 # Seconds: from a 5 ms answer to a 10-minute generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

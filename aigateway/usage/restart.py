@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from .access.budgets import Budgets
-from .access.keytable import KeyTable
-from .access.limits import Limiter
-from .db.store import Store
-from .records import DAY, BudgetLine, KeyRecord, UsageRecord
-from .usage import UsageWriter
+from ..access.budgets import Budgets
+from ..access.keytable import KeyTable
+from ..access.limits import Limiter
+from ..db.store import Store
+from ..records import DAY, BudgetLine, KeyRecord, UsageRecord
+from .writer import UsageWriter
 
 
 async def count_before_admitting(

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from .db.store import Store, UsageRejected
+from ..db.store import Store, UsageRejected
+from ..records import StoreError, UsageRecord, clean_usage_record
 from .journal import Journal, Segment, read_segment
-from .records import StoreError, UsageRecord, clean_usage_record
 
 log = logging.getLogger("aigateway.usage")
 
