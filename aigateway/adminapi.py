@@ -45,11 +45,11 @@ from .access.budgets import period_start
 from .access.keytable import BOOTSTRAP_KEY_ID
 from .access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
-from .auth import principal
 from .budgetreport import user_budget_report, user_invoice
 from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
-from .expect import defer_continue, send_continue
 from .exports import ExportSlots, UsageText
+from .http.auth import principal
+from .http.expect import defer_continue, send_continue
 from .keyview import key_view, user_view, when
 from .protocol.body import first_name
 from .records import (

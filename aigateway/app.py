@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import httpguard
 from .access.budgets import Budgets
 from .access.budgets_shared import SharedBudgets
 from .access.keytable import KeyTable, flush_last_used, keep_fresh
@@ -28,21 +27,22 @@ from .appkeys import (
     STORE,
 )
 from .bodybudget import BodyBudget
-from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .db.store import Store
-from .expect import defer_continue
 from .health import health, health_ollama, root
+from .http import httpguard
+from .http.cors import add_cors_headers
+from .http.expect import defer_continue
+from .http.middleware import gateway_middleware
+from .http.sessions import sweep_ended_sessions
+from .http.signinlimit import SignInLimits
 from .inflight import InFlight
-from .middleware import gateway_middleware
 from .protocol.routes import RELAY_ROUTES
 from .proxy import relay_handler
 from .records import StoreError
 from .relaystate import Relay
-from .sessions import sweep_ended_sessions
 from .settings import Settings
-from .signinlimit import SignInLimits
 from .upstreams.http import upstream_session
 from .usage.journal import Journal
 from .usage.metrics import Metrics, admin_metrics_page, metrics_page

@@ -6,12 +6,12 @@ from aiohttp import web
 
 from .access.keytable import KeyTable
 from .access.limits import Limiter
-from .context import RequestContext
 from .db.store import Store
 from .exports import ExportSlots
+from .http.context import RequestContext
+from .http.signinlimit import SignInLimits
 from .relaystate import Relay
 from .settings import Settings
-from .signinlimit import SignInLimits
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

@@ -12,7 +12,7 @@ from aiohttp import StreamReader, web
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace, SlowBody, Watched
 from .errors import BadRequest, PayloadTooLarge, Refused
-from .expect import send_continue
+from .http.expect import send_continue
 from .ledger import BodyHold
 
 

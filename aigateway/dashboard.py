@@ -14,11 +14,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .auth import public
-from .expect import defer_continue
-from .sessions import sign_in, sign_out
+from .http.auth import public
+from .http.expect import defer_continue
+from .http.sessions import sign_in, sign_out
+from .http.webfiles import BROWSER_HEADERS, files_handler, page_handler
 from .settings import Settings
-from .webfiles import BROWSER_HEADERS, files_handler, page_handler
 
 UI_DIR = Path(__file__).parent / "ui"
 STATIC = {

@@ -24,12 +24,10 @@ from .access.budgets import Refusal, iso
 from .access.budgets_shared import TopUp
 from .access.limits import ADMITTED, Limits, Verdict
 from .access.limits_shared import SharedLimits, Ticket
-from .accesslog import CLIENT_CLOSED
 from .admitmodel import Named, named_models
 from .appkeys import CONTEXT
 from .bodypace import BodyPace, SlowBody
 from .bodyread import read_body
-from .context import RequestContext
 from .errors import (
     BudgetExhausted,
     Forbidden,
@@ -42,8 +40,10 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .expect import send_continue
 from .fanout import pull_everywhere, send_union
+from .http.accesslog import CLIENT_CLOSED
+from .http.context import RequestContext
+from .http.expect import send_continue
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
 from .protocol.body import FULL_PARSE_LIMIT
 from .protocol.routes import RelayRoute

@@ -17,9 +17,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from aigateway import Settings, create_app, sessions
+from aigateway import Settings, create_app
 from aigateway.db.store import Store
-from aigateway.signinlimit import SignInLimits, SlidingWindow
+from aigateway.http import sessions
+from aigateway.http.signinlimit import SignInLimits, SlidingWindow
 
 from .conftest import make_key
 from .helpers import eventually

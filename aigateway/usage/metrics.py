@@ -28,8 +28,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..appkeys import RELAY
-from ..auth import principal, public
 from ..errors import Forbidden, GatewayError, Refused
+from ..http.auth import principal, public
 from ..inflight import InFlight
 from ..protocol.routes import RelayRoute
 from ..upstreams.pool import Pool

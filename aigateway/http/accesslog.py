@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from . import logs
+from .. import logs
 from .clientaddress import client_address
 from .context import RequestContext
 

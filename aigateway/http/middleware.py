@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .access.keytable import UnknownKeyError
+from ..access.keytable import UnknownKeyError
+from ..appkeys import CONTEXT, RELAY, SETTINGS
+from ..errors import GatewayError, Unauthorized, json_error
 from .accesslog import CLIENT_CLOSED, log_access
-from .appkeys import CONTEXT, RELAY, SETTINGS
 from .auth import authenticate, authenticate_after_a_look, is_public
 from .context import RequestContext
 from .cors import preflight_response
-from .errors import GatewayError, Unauthorized, json_error
 from .sessions import session_principal, signed_in_browser
 
 log = logging.getLogger("aigateway")

@@ -7,7 +7,7 @@ instead of a key each costs one lookup per layer on every request.
 
 from __future__ import annotations
 
-from .records import KeyRecord
+from ..records import KeyRecord
 
 
 class RequestContext:

@@ -11,10 +11,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from .access.keytable import AuthError, KeyTable, UnknownKeyError
-from .appkeys import CONTEXT, KEY_TABLE
-from .errors import Refused, Unauthorized
-from .records import KeyRecord
+from ..access.keytable import AuthError, KeyTable, UnknownKeyError
+from ..appkeys import CONTEXT, KEY_TABLE
+from ..errors import Refused, Unauthorized
+from ..records import KeyRecord
 
 _PUBLIC = "_aigateway_public"
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"
