@@ -15,8 +15,9 @@ from .access.budgets_shared import SharedBudgets
 from .access.keytable import KeyTable, flush_last_used, keep_fresh
 from .access.limits import Limiter, Limits
 from .access.limits_shared import SharedLimits
-from .adminapi import add_admin_routes
-from .apidocs import add_docs_routes
+from .admin.api import add_admin_routes
+from .admin.docs import add_docs_routes
+from .admin.health import health, health_ollama, root
 from .appkeys import (
     KEY_TABLE,
     LIMITER,
@@ -30,7 +31,6 @@ from .bodybudget import BodyBudget
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .db.store import Store
-from .health import health, health_ollama, root
 from .http import httpguard
 from .http.cors import add_cors_headers
 from .http.expect import defer_continue

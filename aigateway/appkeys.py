@@ -6,8 +6,8 @@ from aiohttp import web
 
 from .access.keytable import KeyTable
 from .access.limits import Limiter
+from .admin.exports import ExportSlots
 from .db.store import Store
-from .exports import ExportSlots
 from .http.context import RequestContext
 from .http.signinlimit import SignInLimits
 from .relaystate import Relay

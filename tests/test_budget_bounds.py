@@ -21,8 +21,8 @@ from alembic import command
 
 from aigateway import Settings, create_app
 from aigateway.access.limits_shared import SharedLimits
+from aigateway.admin.reports import user_invoice
 from aigateway.appkeys import KEY_TABLE, RELAY
-from aigateway.budgetreport import user_invoice
 from aigateway.db.migrate import APPLICATION_ID, _config
 from aigateway.db.rollups import rollup_rows, upsert_sql
 from aigateway.db.store import Store

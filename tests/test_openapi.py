@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from aigateway import Settings, create_app
-from aigateway.openapi import openapi_document
+from aigateway.admin.openapi import openapi_document
 
 
 def _routes(app: web.Application) -> set[tuple[str, str]]:

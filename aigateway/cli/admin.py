@@ -21,11 +21,11 @@ from tabulate import tabulate
 from .. import __version__
 from ..access.budgets import describe
 from ..access.pricing import PriceList
+from ..admin.exports import UsageText, csv_text
+from ..admin.views import key_view, user_view, when
 from ..db.migrate import head_revision
 from ..db.store import Store
 from ..db.url import DatabaseURLError, database_from
-from ..exports import UsageText, csv_text
-from ..keyview import key_view, user_view, when
 from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import click
 
 from ..access.budgets import period_start
-from ..budgetreport import user_budget_report, user_invoice
+from ..admin.reports import user_budget_report, user_invoice
 from ..db.store import Store
 from ..records import (
     PERIODS,

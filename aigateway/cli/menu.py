@@ -18,7 +18,7 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..access.budgets import describe, period_start
-from ..budgetreport import user_budget_report, user_invoice
+from ..admin.reports import user_budget_report, user_invoice
 from ..records import (
     PERIODS,
     BudgetError,

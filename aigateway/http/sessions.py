@@ -30,10 +30,10 @@ import orjson
 from aiohttp import web
 
 from ..access.keytable import AuthError
+from ..admin.views import key_view
 from ..appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from ..db.store import Store
 from ..errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorized
-from ..keyview import key_view
 from ..records import KeyRecord, StoreError
 from .auth import key_record
 from .clientaddress import client_address, client_view, peer_trusted

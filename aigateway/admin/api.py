@@ -40,19 +40,16 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .access.allowlist import filter_model_list, identity
-from .access.budgets import period_start
-from .access.keytable import BOOTSTRAP_KEY_ID
-from .access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
-from .appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
-from .budgetreport import user_budget_report, user_invoice
-from .errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
-from .exports import ExportSlots, UsageText
-from .http.auth import principal
-from .http.expect import defer_continue, send_continue
-from .keyview import key_view, user_view, when
-from .protocol.body import first_name
-from .records import (
+from ..access.allowlist import filter_model_list, identity
+from ..access.budgets import period_start
+from ..access.keytable import BOOTSTRAP_KEY_ID
+from ..access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
+from ..appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
+from ..http.auth import principal
+from ..http.expect import defer_continue, send_continue
+from ..protocol.body import first_name
+from ..records import (
     DAY,
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
@@ -68,9 +65,12 @@ from .records import (
     UsageQuery,
     check_budget,
 )
-from .upstreams.pool import Pool
-from .upstreams.probe import CheckFailed
-from .upstreams.union import TAGS, union_of_lists
+from ..upstreams.pool import Pool
+from ..upstreams.probe import CheckFailed
+from ..upstreams.union import TAGS, union_of_lists
+from .exports import ExportSlots, UsageText
+from .reports import user_budget_report, user_invoice
+from .views import key_view, user_view, when
 
 log = logging.getLogger("aigateway")
 _KEY_ID = re.compile(r"[0-9]{1,18}")

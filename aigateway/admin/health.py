@@ -7,11 +7,11 @@ import time
 import orjson
 from aiohttp import web
 
-from . import __version__
-from .access.keytable import AuthError, UnknownKeyError
-from .appkeys import KEY_TABLE, RELAY, STARTED_AT
-from .errors import GatewayError
-from .http.auth import authenticate, authenticate_after_a_look, public
+from .. import __version__
+from ..access.keytable import AuthError, UnknownKeyError
+from ..appkeys import KEY_TABLE, RELAY, STARTED_AT
+from ..errors import GatewayError
+from ..http.auth import authenticate, authenticate_after_a_look, public
 
 
 @public

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
-from .protocol.routes import RELAY_ROUTES, RelayRoute
-from .records import LIMIT_FIELDS
-from .settings import Settings
+from .. import __version__
+from ..protocol.routes import RELAY_ROUTES, RelayRoute
+from ..records import LIMIT_FIELDS
+from ..settings import Settings
 
 KEY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}, {"sessionCookie": []}]
 NONE: list[dict[str, list[str]]] = []

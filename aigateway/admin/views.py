@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .access.budgets import budget_json
-from .records import LIMIT_FIELDS, KeyRecord, UserRecord
+from ..access.budgets import budget_json
+from ..records import LIMIT_FIELDS, KeyRecord, UserRecord
 
 
 def when(timestamp: float | None, iso: bool = True) -> str | None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from .http.auth import public
-from .http.expect import defer_continue
-from .http.webfiles import BROWSER_HEADERS, files_handler, page_handler
+from ..http.auth import public
+from ..http.expect import defer_continue
+from ..http.webfiles import BROWSER_HEADERS, files_handler, page_handler
+from ..settings import Settings
 from .openapi import openapi_document
-from .settings import Settings
 
 ASSETS = Path(__file__).parent / "docs_assets"
 FILES = {

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from .errors import Refused, TooManyRequests
-from .keyview import when
-from .records import UsageRecord
+from ..errors import Refused, TooManyRequests
+from ..records import UsageRecord
+from .views import when
 
 USAGE_EXPORT_COLUMNS = ("time", *UsageRecord._fields)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .access.budgets import budget_view, period_start
-from .db.store import Store
-from .keyview import when
-from .records import BudgetLine, micro
+from ..access.budgets import budget_view, period_start
+from ..db.store import Store
+from ..records import BudgetLine, micro
+from .views import when
 
 
 async def user_budget_report(
