@@ -28,7 +28,6 @@ from .appkeys import (
     STORE,
 )
 from .bodybudget import BodyBudget
-from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
@@ -43,6 +42,7 @@ from .proxy import relay_handler
 from .records import StoreError
 from .relaystate import Relay
 from .settings import Settings
+from .ui.dashboard import add_dashboard_routes
 from .upstreams.http import upstream_session
 from .usage.journal import Journal
 from .usage.metrics import Metrics, admin_metrics_page, metrics_page

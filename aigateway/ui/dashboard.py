@@ -1,6 +1,6 @@
 """The dashboard: a page and its script and styles, served by the gateway under UI_PATH.
 
-Nothing is built or installed: the files in `ui/` ship in the package and are read once
+Nothing is built or installed: the files in `ui/static/` ship in the package and are read once
 at start. The page holds no data and no inline script; app.js asks the admin API (with
 the session cookie, see sessions.py) for everything and shows every string as text.
 Every answer carries a Content-Security-Policy that allows only this origin's script and
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .http.auth import public
-from .http.expect import defer_continue
-from .http.sessions import sign_in, sign_out
-from .http.webfiles import BROWSER_HEADERS, files_handler, page_handler
-from .settings import Settings
+from ..http.auth import public
+from ..http.expect import defer_continue
+from ..http.sessions import sign_in, sign_out
+from ..http.webfiles import BROWSER_HEADERS, files_handler, page_handler
+from ..settings import Settings
 
-UI_DIR = Path(__file__).parent / "ui"
+UI_DIR = Path(__file__).parent / "static"
 STATIC = {
     "app.js": "text/javascript",
     "app.css": "text/css",
