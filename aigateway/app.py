@@ -18,6 +18,7 @@ from .access.limits_shared import SharedLimits
 from .admin.api import add_admin_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
+from .admin.metrics import admin_metrics_page, metrics_page
 from .appkeys import (
     KEY_TABLE,
     LIMITER,
@@ -45,7 +46,7 @@ from .settings import Settings
 from .ui.dashboard import add_dashboard_routes
 from .upstreams.http import upstream_session
 from .usage.journal import Journal
-from .usage.metrics import Metrics, admin_metrics_page, metrics_page
+from .usage.metrics import Metrics
 from .usage.restart import count_before_admitting
 from .usage.writer import UsageWriter
 

@@ -13,12 +13,9 @@ exist).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -27,10 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..appkeys import RELAY
-from ..errors import Forbidden, GatewayError, Refused
-from ..http.auth import principal, public
-from ..inflight import InFlight
+from ..errors import GatewayError, Refused
 from ..protocol.routes import RelayRoute
 from ..upstreams.pool import Pool
 
@@ -43,7 +37,9 @@ _Children = tuple[Counter, Histogram, Histogram, Counter, Counter, Counter]
 
 
 class Metrics:
-    def __init__(self, pool: Pool, in_flight: InFlight, currency: str) -> None:
+    # in_flight: the relay's InFlight, of which only the count is read (usage sits below the
+    # relay and does not import it).
+    def __init__(self, pool: Pool, in_flight: Sized, currency: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -153,7 +149,7 @@ class Metrics:
 class _Gauges(Collector):
     """What is true now, read when scraped."""
 
-    def __init__(self, pool: Pool, in_flight: InFlight) -> None:
+    def __init__(self, pool: Pool, in_flight: Sized) -> None:
         self.pool = pool
         self.in_flight = in_flight
 
@@ -183,21 +179,3 @@ class _Gauges(Collector):
             if u.latency_ms is not None:
                 latency.add_metric([u.name], u.latency_ms / 1000)
         yield from (up, busy, queued, latency)
-
-
-@public
-async def metrics_page(request: web.Request) -> web.Response:
-    """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
-    metrics = request.app[RELAY].metrics
-    assert metrics is not None  # routed only with METRICS on
-    # In a thread: a page of thousands of series takes tens of milliseconds to write,
-    # which the event loop (and every request on it) need not wait for.
-    page = await asyncio.to_thread(metrics.page)
-    return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def admin_metrics_page(request: web.Request) -> web.Response:
-    """The same, for an admin key only (METRICS=admin)."""
-    if principal(request).role != "admin":
-        raise Forbidden("/metrics needs an admin key", reason=Refused.ADMIN_ONLY)
-    return await metrics_page(request)
