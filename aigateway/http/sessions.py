@@ -1,8 +1,9 @@
 """Dashboard sessions: a key exchanged once for a random id in an HttpOnly cookie.
 
-The browser never keeps the key: `POST {UI_PATH}/session` takes it once and answers with
-a cookie (HttpOnly, SameSite=Strict, Secure under HTTPS) holding 32 random bytes, of
-which the database keeps only the SHA-256, so sessions work on every gateway sharing it.
+The browser never keeps the key: `POST {UI_PATH}/session` (ui/signin.py) takes it once
+and answers with a cookie (HttpOnly, SameSite=Strict, Secure under HTTPS) holding 32
+random bytes, of which the database keeps only the SHA-256, so sessions work on every
+gateway sharing it.
 A session ends when it is idle for SESSION_IDLE_MINUTES, SESSION_MAX_HOURS after sign-in,
 at sign-out, and at once when its key stops working (revoked, expired, its user
 disabled: the key table is checked on every request, as for a key; revoking, purging and
@@ -23,21 +24,16 @@ import asyncio
 import hashlib
 import logging
 import re
-import secrets
 import time
 
-import orjson
 from aiohttp import web
 
 from ..access.keytable import AuthError
-from ..admin.views import key_view
-from ..appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
+from ..appkeys import KEY_TABLE, SETTINGS, STORE
 from ..db.store import Store
-from ..errors import BadRequest, Forbidden, Refused, TooManyRequests, Unauthorized
+from ..errors import Forbidden, Refused, Unauthorized
 from ..records import KeyRecord, StoreError
-from .auth import key_record
-from .clientaddress import client_address, client_view, peer_trusted
-from .expect import send_continue
+from .clientaddress import client_view, peer_trusted
 
 log = logging.getLogger("aigateway.sessions")
 
@@ -46,12 +42,12 @@ CSRF_HEADER, CSRF_VALUE = "X-Requested-With", "aigateway"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOUCH_EVERY_S = 60.0  # how often a session's last use is written (idle precision)
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
-MAX_SIGN_IN_BYTES = 4096
 # How often ended sessions (idle or past their last hour) are deleted: well within an hour.
 SWEEP_INTERVAL_S = 600.0
 
 
-def _digest(session_id: str) -> str:
+def session_digest(session_id: str) -> str:
+    """What the database keeps of a session id (and finds it by)."""
     return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -103,7 +99,7 @@ async def session_principal(request: web.Request) -> KeyRecord:
             "the session has ended: sign in again", reason=Refused.REVOKED_OR_EXPIRED
         )
     store, settings = request.app[STORE], request.app[SETTINGS]
-    digest = _digest(session_id)
+    digest = session_digest(session_id)
     found = await store.find_session(digest)
     now = time.time()
     if found is None:
@@ -124,80 +120,6 @@ async def session_principal(request: web.Request) -> KeyRecord:
     if now - seen_at > TOUCH_EVERY_S:
         await store.touch_session(digest, now)
     return record
-
-
-async def sign_in(request: web.Request) -> web.Response:
-    """`{"key": "aig_..."}` -> the key's view, and the session cookie. Each attempt,
-    good or not, counts against its client address and, when the key is one the table
-    holds (even revoked), against that key (signinlimit.py)."""
-    check_same_origin(request)
-    limits = request.app[SIGN_IN_LIMITS]
-    _within(limits.take_address(client_address(request), time.monotonic()), "address")
-    await send_continue(request)
-    token = await _presented_key(request)
-    key_id = request.app[KEY_TABLE].known_id(token)
-    if key_id is not None:
-        _within(limits.take_key(key_id, time.monotonic()), "key")
-    record = request[CONTEXT].principal = await key_record(request, token)
-    settings = request.app[SETTINGS]
-    session_id = secrets.token_urlsafe(32)
-    await request.app[STORE].create_session(
-        _digest(session_id), record.id, time.time() + settings.session_max_hours * 3600
-    )
-    response = web.Response(body=orjson.dumps({"key": key_view(record)}))
-    response.content_type = "application/json"
-    response.set_cookie(
-        COOKIE,
-        session_id,
-        path="/",
-        httponly=True,
-        samesite="Strict",
-        secure=_secure(request, settings.session_cookie_secure),
-        max_age=settings.session_max_hours * 3600,
-    )
-    return response
-
-
-def _within(wait: int, subject: str) -> None:
-    """Refuse a sign-in when its address or key has used up its minute (`wait` > 0)."""
-    if wait:
-        raise TooManyRequests(
-            f"too many sign-ins from this {subject}: try again in {wait} s",
-            {"Retry-After": str(wait)},
-            reason=Refused.SIGN_IN_LIMIT,
-        )
-
-
-async def _presented_key(request: web.Request) -> str:
-    """The key a sign-in body `{"key": ...}` holds."""
-    raw = await request.content.read(MAX_SIGN_IN_BYTES + 1)
-    if len(raw) > MAX_SIGN_IN_BYTES:
-        raise BadRequest("the sign-in body is too large")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
-        raise BadRequest('send {"key": "<API key>"}')
-    key: str = body["key"].strip()
-    return key
-
-
-def _secure(request: web.Request, setting: str) -> bool:
-    """Whether the cookie is sent over HTTPS only: SESSION_COOKIE_SECURE, where "auto"
-    means when the client called over HTTPS (this gateway's own TLS, or a proxy in
-    TRUSTED_PROXIES saying so in X-Forwarded-Proto)."""
-    return setting == "true" or (setting == "auto" and client_view(request).scheme == "https")
-
-
-async def sign_out(request: web.Request) -> web.Response:
-    check_same_origin(request)
-    session_id = request.cookies.get(COOKIE)
-    if session_id:
-        await request.app[STORE].end_session(_digest(session_id))
-    response = web.Response(body=b'{"signed_out": true}', content_type="application/json")
-    response.del_cookie(COOKIE, path="/")
-    return response
 
 
 async def sweep_ended_sessions(store: Store, idle_s: float) -> None:

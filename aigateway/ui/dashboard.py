@@ -16,9 +16,9 @@ from aiohttp import web
 
 from ..http.auth import public
 from ..http.expect import defer_continue
-from ..http.sessions import sign_in, sign_out
 from ..http.webfiles import BROWSER_HEADERS, files_handler, page_handler
 from ..settings import Settings
+from .signin import sign_in, sign_out
 
 UI_DIR = Path(__file__).parent / "static"
 STATIC = {
