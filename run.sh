@@ -66,6 +66,8 @@ case "${1:-}" in
         "$VENV/bin/ruff" check .
         echo "run.sh: mypy" >&2
         "$VENV/bin/mypy"
+        echo "run.sh: import layers" >&2
+        "$VENV/bin/lint-imports" --no-cache
         echo "run.sh: pytest" >&2
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -19,19 +19,11 @@ from .admin.api import add_admin_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
-from .appkeys import (
-    KEY_TABLE,
-    LIMITER,
-    RELAY,
-    SETTINGS,
-    SIGN_IN_LIMITS,
-    STARTED_AT,
-    STORE,
-)
 from .bodybudget import BodyBudget
 from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
+from .http.appkeys import KEY_TABLE, LIMITER, METRICS, SETTINGS, SIGN_IN_LIMITS, STARTED_AT, STORE
 from .http.cors import add_cors_headers
 from .http.expect import defer_continue
 from .http.middleware import gateway_middleware
@@ -41,7 +33,7 @@ from .inflight import InFlight
 from .protocol.routes import RELAY_ROUTES
 from .proxy import relay_handler
 from .records import StoreError
-from .relaystate import Relay
+from .relaystate import RELAY, Relay
 from .settings import Settings
 from .ui.dashboard import add_dashboard_routes
 from .upstreams.http import upstream_session
@@ -78,7 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     if settings.metrics != "off":
         relay = app[RELAY]
-        relay.metrics = Metrics(relay.pool, relay.in_flight, settings.currency)
+        relay.metrics = app[METRICS] = Metrics(relay.pool, relay.in_flight, settings.currency)
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)

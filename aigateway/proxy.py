@@ -25,7 +25,6 @@ from .access.budgets_shared import TopUp
 from .access.limits import ADMITTED, Limits, Verdict
 from .access.limits_shared import SharedLimits, Ticket
 from .admitmodel import Named, named_models
-from .appkeys import CONTEXT
 from .bodypace import BodyPace, SlowBody
 from .bodyread import read_body
 from .errors import (
@@ -42,6 +41,7 @@ from .errors import (
 )
 from .fanout import pull_everywhere, send_union
 from .http.accesslog import CLIENT_CLOSED
+from .http.appkeys import CONTEXT
 from .http.context import RequestContext
 from .http.expect import send_continue
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold

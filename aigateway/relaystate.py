@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
+from aiohttp import web
 
 from .access.budgets import Budgets
 from .access.budgets_shared import SharedBudgets
@@ -84,3 +85,6 @@ class Relay:
     def refuse_while_storage_full(self, full: bool) -> None:
         """The usage writer's word: whether records of new requests could be kept."""
         self.storage_full = full
+
+
+RELAY = web.AppKey("relay", Relay)

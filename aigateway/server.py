@@ -14,8 +14,8 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
-from .appkeys import RELAY
 from .logs import configure_logging
+from .relaystate import RELAY
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("aigateway")

@@ -20,8 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from aigateway import Settings, create_app
-from aigateway.appkeys import RELAY
 from aigateway.bodybudget import BodyBudget
+from aigateway.relaystate import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -22,10 +22,10 @@ from alembic import command
 from aigateway import Settings, create_app
 from aigateway.access.limits_shared import SharedLimits
 from aigateway.admin.reports import user_invoice
-from aigateway.appkeys import KEY_TABLE, RELAY
 from aigateway.db.migrate import APPLICATION_ID, _config
 from aigateway.db.rollups import rollup_rows, upsert_sql
 from aigateway.db.store import Store
+from aigateway.http.appkeys import KEY_TABLE
 from aigateway.records import (
     MAX_COST_NANO,
     MAX_PRICE,
@@ -39,6 +39,7 @@ from aigateway.records import (
     Price,
     UsageRecord,
 )
+from aigateway.relaystate import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

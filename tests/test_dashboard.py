@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright, expect
 
 from aigateway import Settings, create_app
-from aigateway.appkeys import RELAY
 from aigateway.db.store import Store
 from aigateway.records import Price
+from aigateway.relaystate import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import CHROMIUM, make_key

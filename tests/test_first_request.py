@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from aigateway.access.keytable import LOOK_AGAIN_GAP_S
-from aigateway.appkeys import KEY_TABLE
+from aigateway.http.appkeys import KEY_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.access.allowlist import is_cloud, model_allowed
-from aigateway.appkeys import KEY_TABLE
 from aigateway.db.store import Store
+from aigateway.http.appkeys import KEY_TABLE
 from aigateway.records import InvalidInputError
 from aigateway.testing.fake_ollama import FakeOllama
 

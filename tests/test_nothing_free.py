@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aigateway import Settings, create_app
 from aigateway.access.pricing import PriceList
-from aigateway.appkeys import RELAY
 from aigateway.db.store import Store
 from aigateway.records import Budget, KeyLimits, Price, micro
+from aigateway.relaystate import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
 from aigateway.usage.journal import read_segment

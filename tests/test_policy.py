@@ -39,7 +39,7 @@ async def _client(aiohttp_client, gateway: TestServer, secret: str) -> TestClien
 
 def secret_known(gateway: TestServer, secret: str) -> bool:
     from aigateway.access.keytable import AuthError
-    from aigateway.appkeys import KEY_TABLE
+    from aigateway.http.appkeys import KEY_TABLE
 
     try:
         gateway.app[KEY_TABLE].authenticate(secret)

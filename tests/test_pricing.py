@@ -167,13 +167,13 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
 
 
 def _key_table():  # type: ignore[no-untyped-def]
-    from aigateway.appkeys import KEY_TABLE
+    from aigateway.http.appkeys import KEY_TABLE
 
     return KEY_TABLE
 
 
 def _relay():  # type: ignore[no-untyped-def]
-    from aigateway.appkeys import RELAY
+    from aigateway.relaystate import RELAY
 
     return RELAY
 

@@ -44,8 +44,8 @@ from ..access.allowlist import filter_model_list, identity
 from ..access.budgets import period_start
 from ..access.keytable import BOOTSTRAP_KEY_ID
 from ..access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
-from ..appkeys import CONTEXT, EXPORTS, KEY_TABLE, LIMITER, RELAY, SETTINGS, STORE
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
+from ..http.appkeys import CONTEXT, KEY_TABLE, LIMITER, SETTINGS, STORE
 from ..http.auth import principal
 from ..http.expect import defer_continue, send_continue
 from ..protocol.body import first_name
@@ -65,10 +65,11 @@ from ..records import (
     UsageQuery,
     check_budget,
 )
+from ..relaystate import RELAY
 from ..upstreams.pool import Pool
 from ..upstreams.probe import CheckFailed
 from ..upstreams.union import TAGS, union_of_lists
-from .exports import ExportSlots, UsageText
+from .exports import EXPORTS, ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, when
 

@@ -9,9 +9,10 @@ from aiohttp import web
 
 from .. import __version__
 from ..access.keytable import AuthError, UnknownKeyError
-from ..appkeys import KEY_TABLE, RELAY, STARTED_AT
 from ..errors import GatewayError
+from ..http.appkeys import KEY_TABLE, STARTED_AT
 from ..http.auth import authenticate, authenticate_after_a_look, public
+from ..relaystate import RELAY
 
 
 @public

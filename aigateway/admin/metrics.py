@@ -8,9 +8,9 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..appkeys import RELAY
 from ..errors import Forbidden, Refused
 from ..http.auth import principal, public
+from ..relaystate import RELAY
 
 
 @public

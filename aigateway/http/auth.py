@@ -12,9 +12,9 @@ from typing import TypeVar
 from aiohttp import web
 
 from ..access.keytable import AuthError, KeyTable, UnknownKeyError
-from ..appkeys import CONTEXT, KEY_TABLE
 from ..errors import Refused, Unauthorized
 from ..records import KeyRecord
+from .appkeys import CONTEXT, KEY_TABLE
 
 _PUBLIC = "_aigateway_public"
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..appkeys import SETTINGS
 from ..settings import Network
+from .appkeys import SETTINGS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..appkeys import SETTINGS
 from ..errors import json_error
+from .appkeys import SETTINGS
 
 ALLOWED_HEADERS = frozenset(
     {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from ..appkeys import CONTEXT
+from .appkeys import CONTEXT
 
 
 async def defer_continue(request: web.Request) -> None:

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..access.keytable import UnknownKeyError
-from ..appkeys import CONTEXT, RELAY, SETTINGS
 from ..errors import GatewayError, Unauthorized, json_error
 from .accesslog import CLIENT_CLOSED, log_access
+from .appkeys import CONTEXT, METRICS, SETTINGS
 from .auth import authenticate, authenticate_after_a_look, is_public
 from .context import RequestContext
 from .cors import preflight_response
@@ -63,7 +63,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
     except GatewayError as exc:
         error, reason = exc.message, exc.reason
-        metrics = request.app[RELAY].metrics
+        metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.refused(exc)
         dialect = _dialect(request)

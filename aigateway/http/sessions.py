@@ -29,10 +29,10 @@ import time
 from aiohttp import web
 
 from ..access.keytable import AuthError
-from ..appkeys import KEY_TABLE, SETTINGS, STORE
 from ..db.store import Store
 from ..errors import Forbidden, Refused, Unauthorized
 from ..records import KeyRecord, StoreError
+from .appkeys import KEY_TABLE, SETTINGS, STORE
 from .clientaddress import client_view, peer_trusted
 
 log = logging.getLogger("aigateway.sessions")

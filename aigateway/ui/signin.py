@@ -11,8 +11,8 @@ import orjson
 from aiohttp import web
 
 from ..admin.views import key_view
-from ..appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from ..errors import BadRequest, Refused, TooManyRequests
+from ..http.appkeys import CONTEXT, KEY_TABLE, SETTINGS, SIGN_IN_LIMITS, STORE
 from ..http.auth import key_record
 from ..http.clientaddress import client_address, client_view
 from ..http.expect import send_continue

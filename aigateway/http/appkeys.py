@@ -1,0 +1,26 @@
+"""The typed application and request keys of what every layer from http/ up reads: the
+settings, the store, the key table, the limiter, sign-in limits, the metrics, and each
+request's context. (A key of a higher layer's object is defined beside its class:
+relaystate.RELAY, admin/exports.EXPORTS.)"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..access.keytable import KeyTable
+from ..access.limits import Limiter
+from ..db.store import Store
+from ..settings import Settings
+from ..usage.metrics import Metrics
+from .context import RequestContext
+from .signinlimit import SignInLimits
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+KEY_TABLE = web.AppKey("key_table", KeyTable)
+STARTED_AT = web.AppKey("started_at", float)
+LIMITER = web.AppKey("limiter", Limiter)
+SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
+METRICS = web.AppKey("metrics", Metrics)  # set only with METRICS on
+
+CONTEXT = web.RequestKey("context", RequestContext)
