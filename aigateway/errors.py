@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
-from aiohttp import web
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class Refused(StrEnum):
@@ -232,6 +234,8 @@ def json_error(
     billing: bool = False,
     reason: str | None = None,
 ) -> web.Response:
+    from aiohttp import web  # (here: the CLIs use the error tree without the server)
+
     return web.Response(
         status=status,
         body=orjson.dumps(error_document(dialect, status, message, billing, reason)),

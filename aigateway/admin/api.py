@@ -69,9 +69,11 @@ from ..relaystate import RELAY
 from ..upstreams.pool import Pool
 from ..upstreams.probe import CheckFailed
 from ..upstreams.union import TAGS, union_of_lists
-from .exports import EXPORTS, ExportSlots, UsageText
+from .exports import ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, when
+
+EXPORTS = web.AppKey("exports", ExportSlots)  # the export slots of this app
 
 log = logging.getLogger("aigateway")
 _KEY_ID = re.compile(r"[0-9]{1,18}")

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from ..errors import Refused, TooManyRequests
 from ..records import UsageRecord
@@ -127,6 +126,3 @@ class ExportSlots:
             left = self._running.pop(key_id) - 1
             if left:
                 self._running[key_id] = left
-
-
-EXPORTS = web.AppKey("exports", ExportSlots)

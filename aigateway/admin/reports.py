@@ -6,12 +6,14 @@ and shown in micro-units, each rounded once from its sum."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..access.budgets import budget_view, period_start
-from ..db.store import Store
 from ..records import BudgetLine, micro
 from .views import when
+
+if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
+    from ..db.store import Store
 
 
 async def user_budget_report(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 import orjson
 from tabulate import tabulate
@@ -23,9 +23,6 @@ from ..access.budgets import describe
 from ..access.pricing import PriceList
 from ..admin.exports import UsageText, csv_text
 from ..admin.views import key_view, user_view, when
-from ..db.migrate import head_revision
-from ..db.store import Store
-from ..db.url import DatabaseURLError, database_from
 from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,
@@ -39,7 +36,9 @@ from ..records import (
     UserRecord,
     money,
 )
-from ..upstreams.modelsync import ModelSyncError, fetch_models
+
+if TYPE_CHECKING:  # (imported where used, so that --help is quick)
+    from ..db.store import Store
 
 T = TypeVar("T")
 Format = Literal["table", "csv", "json"]
@@ -74,6 +73,8 @@ def with_store(db_path: str, action: Callable[[Store], Awaitable[T]], *, create:
     Only actions that make a key pass `create`: listing or exporting a mistyped path
     must say so, not leave an empty database there."""
 
+    from ..db.store import Store  # (loaded when used: `--help` need not wait for it)
+
     async def go() -> T:
         store = await Store.open(db_path, create=create, busy_timeout_s=BUSY_TIMEOUT_S)
         try:
@@ -91,6 +92,8 @@ def shown(target: str) -> str:
     """The database as a person should see it: a SQLite file's full path, or the URL with
     its password masked (never the password, on a terminal or in a log)."""
     if "://" in target:
+        from ..db.url import DatabaseURLError, database_from
+
         try:
             return database_from(target).display
         except DatabaseURLError as exc:
@@ -335,6 +338,8 @@ def sync_models(db_path: str, targets: Sequence[tuple[str, dict[str, str]]]) -> 
     """Ask each Ollama (URL, headers) for its models and store what they say, a model
     two of them have as the first says; how many there were. One that cannot be asked
     stops the sync with one line (nothing is replaced)."""
+    from ..upstreams.modelsync import ModelSyncError, fetch_models
+
     found: dict[str, ModelInfo] = {}
     for url, headers in targets:
         try:
@@ -476,6 +481,8 @@ def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
         entry = users.setdefault(record.user, {"user": record.user, "keys": 0, "active_keys": 0})
         entry["keys"] += 1
         entry["active_keys"] += record.status() == "active"
+    from ..db.migrate import head_revision
+
     document = {
         "exported_at": when(time.time()),
         "aigateway_version": __version__,

@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
 from ..access.budgets import period_start
 from ..admin.reports import user_budget_report, user_invoice
-from ..db.store import Store
 from ..records import (
     PERIODS,
     PRICE_FIELDS,
@@ -55,6 +54,9 @@ from .admin import (
     write_usage_export,
 )
 from .common import OneLineErrors
+
+if TYPE_CHECKING:  # (cli/admin.py opens it when an action runs)
+    from ..db.store import Store
 
 HELP = """Create, list, change, revoke and export aigateway API keys; report usage.
 

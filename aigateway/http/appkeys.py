@@ -1,7 +1,7 @@
 """The typed application and request keys of what every layer from http/ up reads: the
 settings, the store, the key table, the limiter, sign-in limits, the metrics, and each
 request's context. (A key of a higher layer's object is defined beside its class:
-relaystate.RELAY, admin/exports.EXPORTS.)"""
+relaystate.RELAY, admin/api.EXPORTS.)"""
 
 from __future__ import annotations
 
