@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from aigateway.protocol.names import InvalidModelName, canonical
+from aigateway.db.migrations.frozen.r0016_names import InvalidModelName, canonical
 
 revision = "0016"
 down_revision = "0015"
