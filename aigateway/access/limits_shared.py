@@ -185,7 +185,7 @@ class SharedLimits:
             )
         except DATABASE_AWAY as exc:
             raise StoreError(
-                f"{self._database.display}: cannot reach the database: {_why(exc)}"
+                f"{self._database.display}: cannot reach the database: {_error_line(exc)}"
             ) from None
         try:
             async with self.connection(ADMIT_TIMEOUT_S) as conn:  # alive before admitting
@@ -193,7 +193,7 @@ class SharedLimits:
         except DATABASE_AWAY as exc:
             await self._pool.close()
             raise StoreError(
-                f"{self._database.display}: cannot reach the database: {_why(exc)}"
+                f"{self._database.display}: cannot reach the database: {_error_line(exc)}"
             ) from None
         self._tasks = [
             asyncio.create_task(self._write_returns(), name="aigateway-limit-returns"),
@@ -210,7 +210,7 @@ class SharedLimits:
                 await conn.execute(_GONE, DEAD_AFTER_S, self.instance)
                 await conn.execute(_REAP)
         except DATABASE_AWAY as exc:
-            log.warning("could not give back this gateway's limit slots: %s", _why(exc))
+            log.warning("could not give back this gateway's limit slots: %s", _error_line(exc))
         await self._pool.close()
 
     @contextlib.asynccontextmanager
@@ -457,7 +457,7 @@ class SharedLimits:
 
     def went_away(self, exc: BaseException) -> None:
         self._away_until = time.monotonic() + AWAY_RECHECK_S
-        reason = _why(exc)
+        reason = _error_line(exc)
         if not self._away_reason:
             log.error(
                 "cannot check shared limits on %s (%s); %s until it is back",
@@ -567,7 +567,7 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
 )
 
 
-def _why(exc: BaseException) -> str:
+def _error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

@@ -71,7 +71,7 @@ from ..upstreams.probe import CheckFailed
 from ..upstreams.union import TAGS, union_of_lists
 from .exports import ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
-from .views import key_view, user_view, when
+from .views import key_view, user_view, utc_text
 
 EXPORTS = web.AppKey("exports", ExportSlots)  # the export slots of this app
 
@@ -170,9 +170,11 @@ async def me(request: web.Request) -> web.Response:
                 for line in caller.budgets
             ],
             "usage": {
-                "last_24h": _first(await store.usage_summary((), now - DAY, key_id=own)),
-                "last_7d": _first(await store.usage_summary((), now - 7 * DAY, key_id=own)),
-                "all_time": _first(await store.usage_summary((), key_id=own)),
+                "last_24h": _totals_or_zeros(await store.usage_summary((), now - DAY, key_id=own)),
+                "last_7d": _totals_or_zeros(
+                    await store.usage_summary((), now - 7 * DAY, key_id=own)
+                ),
+                "all_time": _totals_or_zeros(await store.usage_summary((), key_id=own)),
                 "per_model_7d": await store.usage_summary(("model",), now - 7 * DAY, key_id=own),
             },
         }
@@ -276,7 +278,7 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
     every key's records, any other key its own."""
     q = request.query
     caller = principal(request)
-    key_id = _whole(q, "key_id", 10**18)
+    key_id = _whole_number_param(q, "key_id", 10**18)
     user = q.get("user") or None
     if caller.role != "admin":
         key_id, user = caller.id, None
@@ -288,7 +290,7 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
         # (any spelling of a model finds its records: they hold its one identity)
         model=identity(q["model"]) if q.get("model") else None,
         route=q.get("route") or None,
-        status=_whole(q, "status", 999),
+        status=_whole_number_param(q, "status", 999),
     )
     store = request.app[STORE]
     fmt = q.get("format")
@@ -297,13 +299,13 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
             raise BadRequest("format must be csv or json")
         with request.app[EXPORTS].slot(caller.id):
             return await _download(request, where, fmt)
-    limit = _whole(q, "limit", 500) or 50
-    offset = _whole(q, "offset", 10**9) or 0
+    limit = _whole_number_param(q, "limit", 500) or 50
+    offset = _whole_number_param(q, "offset", 10**9) or 0
     found = await store.usage_page(where, limit + 1, offset)
     return _json(
         {
             "records": [
-                {"id": record_id, "time": when(record.ts), **record._asdict()}
+                {"id": record_id, "time": utc_text(record.ts), **record._asdict()}
                 for record_id, record in found[:limit]
             ],
             "limit": limit,
@@ -363,7 +365,7 @@ async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.St
         await chunks.aclose()
 
 
-def _whole(query: Mapping[str, str], name: str, most: int) -> int | None:
+def _whole_number_param(query: Mapping[str, str], name: str, most: int) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
@@ -568,9 +570,9 @@ async def stats(request: web.Request) -> web.Response:
         ]
 
     sections: dict[str, Callable[[], Awaitable[object]]] = {
-        "totals": lambda: _first_of(summary()),
-        "last_24h": lambda: _first_of(store.usage_summary((), since=now - DAY)),
-        "last_7d": lambda: _first_of(store.usage_summary((), since=now - 7 * DAY)),
+        "totals": lambda: _totals_of(summary()),
+        "last_24h": lambda: _totals_of(store.usage_summary((), since=now - DAY)),
+        "last_7d": lambda: _totals_of(store.usage_summary((), since=now - 7 * DAY)),
         "per_user": lambda: summary("user"),
         "per_key": lambda: summary("user", "key_name", "key_id"),
         "per_model": lambda: summary("model"),
@@ -598,8 +600,8 @@ def _parts(raw: str | None) -> set[str]:
     return named
 
 
-async def _first_of(rows: Awaitable[list[dict[str, object]]]) -> dict[str, object]:
-    return _first(await rows)
+async def _totals_of(rows: Awaitable[list[dict[str, object]]]) -> dict[str, object]:
+    return _totals_or_zeros(await rows)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -692,7 +694,7 @@ async def _reload(request: web.Request) -> None:
     await request.app[KEY_TABLE].load(request.app[STORE])
 
 
-def _first(rows: list[dict[str, object]]) -> dict[str, object]:
+def _totals_or_zeros(rows: list[dict[str, object]]) -> dict[str, object]:
     return (
         rows[0]
         if rows

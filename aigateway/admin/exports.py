@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import Refused, TooManyRequests
 from ..records import UsageRecord
-from .views import when
+from .views import utc_text
 
 USAGE_EXPORT_COLUMNS = ("time", *UsageRecord._fields)
 
@@ -76,9 +76,9 @@ class UsageText:
         first = self.count == 0
         self.count += len(records)
         if self.csv:
-            return csv_lines([when(r.ts), *r] for r in records)
+            return csv_lines([utc_text(r.ts), *r] for r in records)
         listed = orjson.dumps(
-            [{"time": when(r.ts), **r._asdict()} for r in records], option=orjson.OPT_INDENT_2
+            [{"time": utc_text(r.ts), **r._asdict()} for r in records], option=orjson.OPT_INDENT_2
         )
         # The list's own brackets off: the document's are written once, around every chunk.
         return ("[\n" if first else ",\n") + listed[2:-2].decode()

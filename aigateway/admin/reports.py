@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..access.budgets import budget_view, period_start
 from ..records import BudgetLine, micro
-from .views import when
+from .views import utc_text
 
 if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
     from ..db.store import Store
@@ -31,7 +31,7 @@ async def user_budget_report(
         "user": user.name,
         "currency": currency,
         "period": period,
-        "period_start": when(start),
+        "period_start": utc_text(start),
         "spent": micro(user_spent),
         "budget": None,
         "keys": [],
@@ -59,8 +59,8 @@ def _shown(view: dict[str, Any]) -> dict[str, Any]:
     """Times as ISO 8601 for people and JSON readers."""
     return {
         **view,
-        "period_start": when(view["period_start"]),
-        "resets_at": when(view["resets_at"]),
+        "period_start": utc_text(view["period_start"]),
+        "resets_at": utc_text(view["resets_at"]),
     }
 
 
@@ -88,8 +88,8 @@ async def user_invoice(
     return {
         "user": user.name,
         "email": user.email,
-        "since": when(since),
-        "until": when(until),
+        "since": utc_text(since),
+        "until": utc_text(until),
         "currency": currency,
         "lines": lines,
         "total": {

@@ -10,7 +10,7 @@ from ..access.budgets import budget_json
 from ..records import LIMIT_FIELDS, KeyRecord, UserRecord
 
 
-def when(timestamp: float | None, iso: bool = True) -> str | None:
+def utc_text(timestamp: float | None, iso: bool = True) -> str | None:
     """ISO 8601 UTC (`2026-11-23T12:00:00Z`) or, for tables, `2026-11-23 12:00`."""
     if timestamp is None:
         return None
@@ -28,9 +28,9 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "key_name": record.name,
         "prefix": record.prefix,
         "role": record.role,
-        "created": when(record.created_at),
-        "expires": when(record.expires_at),
-        "last_used": when(record.last_used_at),
+        "created": utc_text(record.created_at),
+        "expires": utc_text(record.expires_at),
+        "last_used": utc_text(record.last_used_at),
         "status": record.status(),
         # None: the gateway's default applies; 0: no limit.
         **{field: getattr(record.limits, field) for field in LIMIT_FIELDS},
@@ -46,8 +46,8 @@ def user_view(record: UserRecord) -> dict[str, Any]:
         "email": record.email,
         "note": record.note,
         "status": "disabled" if record.disabled else "active",
-        "created": when(record.created_at),
-        "disabled": when(record.disabled_at),
+        "created": utc_text(record.created_at),
+        "disabled": utc_text(record.disabled_at),
         "active_keys": record.active_keys,
         "budget": budget_json(record.budget),
     }

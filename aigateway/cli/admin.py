@@ -22,7 +22,7 @@ from .. import __version__
 from ..access.budgets import describe
 from ..access.pricing import PriceList
 from ..admin.exports import UsageText, csv_text
-from ..admin.views import key_view, user_view, when
+from ..admin.views import key_view, user_view, utc_text
 from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,
@@ -299,9 +299,9 @@ def _budget_cell(view: dict[str, Any]) -> str:
 
 def _table_row(record: KeyRecord) -> list[Any]:
     view = key_view(record)
-    view["created"] = when(record.created_at, iso=False)
-    view["expires"] = when(record.expires_at, iso=False) or "-"
-    view["last_used"] = when(record.last_used_at, iso=False) or "-"
+    view["created"] = utc_text(record.created_at, iso=False)
+    view["expires"] = utc_text(record.expires_at, iso=False) or "-"
+    view["last_used"] = utc_text(record.last_used_at, iso=False) or "-"
     for field in LIMIT_FIELDS:
         view[field] = {None: "default", 0: "none"}.get(view[field], view[field])
     view["models"] = ", ".join(view["models"]) if view["models"] else "all"
@@ -484,7 +484,7 @@ def export_document(records: Sequence[KeyRecord], fmt: Format) -> str:
     from ..db.migrate import head_revision
 
     document = {
-        "exported_at": when(time.time()),
+        "exported_at": utc_text(time.time()),
         "aigateway_version": __version__,
         "schema_version": int(head_revision()),
         "users": sorted(users.values(), key=lambda u: u["user"]),
