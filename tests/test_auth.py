@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient
 
 from aigateway import Settings, create_app
 from aigateway.db.keys import generate_key
@@ -17,7 +20,7 @@ from aigateway.testing.fake_ollama import FakeOllama
 from .conftest import make_key
 
 
-async def _refused(anon: TestClient, headers: dict[str, str]) -> str:
+async def _refused(anon: TestClient[Request, Any], headers: dict[str, str]) -> str:
     resp = await anon.post("/api/chat", data=b'{"model":"llama3.2"}', headers=headers)
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -37,14 +40,14 @@ async def _refused(anon: TestClient, headers: dict[str, str]) -> str:
     ],
 )
 async def test_bad_keys_are_refused_and_nothing_is_relayed(
-    anon: TestClient, fake: FakeOllama, headers: dict[str, str], reason: str
+    anon: TestClient[Request, None], fake: FakeOllama, headers: dict[str, str], reason: str
 ) -> None:
     assert reason in await _refused(anon, headers)
     assert fake.requests == []
 
 
 async def test_revoked_and_expired_keys_are_refused(
-    aiohttp_client, settings: Settings, db_path: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, settings: Settings, db_path: str, fake: FakeOllama
 ) -> None:
     revoked = await make_key(db_path, "bob", "old")
     store = await Store.open(db_path)
@@ -58,7 +61,7 @@ async def test_revoked_and_expired_keys_are_refused(
 
 
 async def test_a_good_key_works_with_bearer_in_any_case_and_x_api_key(
-    anon: TestClient, key: str
+    anon: TestClient[Request, None], key: str
 ) -> None:
     for headers in (
         {"Authorization": f"Bearer {key}"},
@@ -70,7 +73,7 @@ async def test_a_good_key_works_with_bearer_in_any_case_and_x_api_key(
 
 
 async def test_key_revoked_elsewhere_is_refused_within_a_second(
-    client: TestClient, db_path: str
+    client: TestClient[Request, None], db_path: str
 ) -> None:
     assert (await client.get("/api/tags")).status == 200
     other = await Store.open(db_path)  # another process's connection, as the CLI has
@@ -89,7 +92,9 @@ async def test_key_revoked_elsewhere_is_refused_within_a_second(
     assert statuses[-1] == 401
 
 
-async def test_key_created_elsewhere_works_within_a_second(anon: TestClient, db_path: str) -> None:
+async def test_key_created_elsewhere_works_within_a_second(
+    anon: TestClient[Request, None], db_path: str
+) -> None:
     secret = await make_key(db_path, "dave", "new")
     took = 0.0
     started = time.monotonic()
@@ -102,7 +107,7 @@ async def test_key_created_elsewhere_works_within_a_second(anon: TestClient, db_
 
 
 async def test_expiry_applies_without_a_reload(
-    aiohttp_client, settings: Settings, db_path: str
+    aiohttp_client: AiohttpClient, settings: Settings, db_path: str
 ) -> None:
     client = await aiohttp_client(create_app(settings))  # (started first: start-up is slow
     expires_at = time.time() + 1.0  # under load, and the key must outlive it)
@@ -113,13 +118,13 @@ async def test_expiry_applies_without_a_reload(
     assert (await client.get("/api/tags", headers=headers)).status == 401
 
 
-async def test_health_and_root_need_no_key(anon: TestClient) -> None:
+async def test_health_and_root_need_no_key(anon: TestClient[Request, None]) -> None:
     assert (await anon.get("/health")).status == 200
     assert (await anon.get("/")).status == 200
 
 
 async def test_no_key_appears_in_logs_or_errors(
-    anon: TestClient, key: str, caplog: pytest.LogCaptureFixture
+    anon: TestClient[Request, None], key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     unknown = generate_key().secret

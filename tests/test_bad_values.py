@@ -8,6 +8,7 @@ from contextlib import closing
 
 import pytest
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
 
 BAD_IDS = ["99999999999999999999", "²", "١٢", "1e3", "-1", "0x1", "%00", "1%0a", "a" * 300]
 BAD_VALUES: list[object] = [
@@ -22,7 +23,9 @@ async def _no_5xx(resp_status: int, what: object) -> None:
     assert resp_status < 500, what
 
 
-async def test_the_admin_api_answers_bad_input_with_4xx(admin: TestClient) -> None:
+async def test_the_admin_api_answers_bad_input_with_4xx(
+    admin: TestClient[Request, None],
+) -> None:
     """Before: '²' as a key id, a 20-digit id, and expires_at 1e308 answered 500 (the last
     one stored its row, and every listing failed from then on)."""
     tried = 0
@@ -54,14 +57,16 @@ async def test_the_admin_api_answers_bad_input_with_4xx(admin: TestClient) -> No
 
 
 @pytest.mark.parametrize("value", [1e308, 10**20, -5, 253402300800])
-async def test_an_expiry_no_calendar_holds_is_refused(admin: TestClient, value: float) -> None:
+async def test_an_expiry_no_calendar_holds_is_refused(
+    admin: TestClient[Request, None], value: float
+) -> None:
     resp = await admin.post("/admin/keys", json={"user": "e", "name": "x", "expires_at": value})
     assert resp.status == 400
     assert (await admin.get("/admin/keys")).status == 200
 
 
 async def test_rows_an_older_version_left_do_not_break_listing(
-    admin: TestClient, db_path: str
+    admin: TestClient[Request, None], db_path: str
 ) -> None:
     with closing(sqlite3.connect(db_path)) as db:
         db.execute("UPDATE keys SET expires_at = 1e308, last_used_at = 'soon', models = '{'"
@@ -83,7 +88,9 @@ async def test_rows_an_older_version_left_do_not_break_listing(
         b"x-api-key: \xe2\x80\xa8",
     ],
 )
-async def test_non_text_bytes_in_a_key_are_401(client: TestClient, header: bytes) -> None:
+async def test_non_text_bytes_in_a_key_are_401(
+    client: TestClient[Request, None], header: bytes
+) -> None:
     server = client.server
     import asyncio
 

@@ -16,8 +16,10 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
 from alembic import command
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.access.limits_shared import SharedLimits
@@ -81,7 +83,7 @@ def _within_the_bound(kind: str, statuses: list[int], costs: list[int]) -> None:
 
 @pytest.mark.parametrize("kind", ["tokens", "seconds"])
 async def test_fifty_streams_at_once_stay_within_the_budget_on_sqlite(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     fake: FakeOllama,
@@ -96,7 +98,9 @@ async def test_fifty_streams_at_once_stay_within_the_budget_on_sqlite(
     try:
         async with ClientSession() as session:
             statuses, refusals = await _fifty_at_once(session, [str(gateway.make_url(""))], key)
-        await gateway.app[RELAY].usage.flush()
+        usage = gateway.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
         costs = [r.cost for r in await store.usage_rows()]
         _within_the_bound(kind, statuses, costs)  # type: ignore[arg-type]
         # The refusal names the reserved cost and how to lower it.
@@ -189,7 +193,7 @@ def _waited_for(seen: list[str]) -> int:
 
 
 async def test_a_key_with_limits_and_a_budget_waits_for_two_round_trips_at_most(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     upstream: TestServer,
     pg_url: str,
     statements: list[str],
@@ -234,6 +238,7 @@ async def test_a_key_with_limits_and_a_budget_waits_for_two_round_trips_at_most(
             assert resp.status == 200
             await resp.content.readline()
             shared = gateway.app[RELAY].shared
+            assert shared is not None
             # (once the earlier requests' returns are written, a moment after they ended)
             held = (len(stall) // 4 + 4096, 4096 * 1000)  # tokens; nano-units of budget
             for _ in range(50):
@@ -247,7 +252,7 @@ async def test_a_key_with_limits_and_a_budget_waits_for_two_round_trips_at_most(
 
 
 async def test_a_thousand_embeddings_of_0_4_micro_units_cost_400(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     fake: FakeOllama,
@@ -272,7 +277,9 @@ async def test_a_thousand_embeddings_of_0_4_micro_units_cost_400(
 
             for _ in range(10):
                 assert await asyncio.gather(*(one() for _ in range(100))) == [200] * 100
-        await gateway.app[RELAY].usage.flush()
+        usage = gateway.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
         (total,) = await store.usage_summary(())
         assert total["requests"] == 1000 and total["cost"] == 400
         invoice = await user_invoice(store, "acme", "USD", 0, None)
@@ -329,8 +336,8 @@ def test_the_migration_turns_stored_costs_into_nano_units(tmp_path: Path) -> Non
 
 
 async def test_an_extreme_price_saturates_and_every_report_answers(
-    aiohttp_server,  # type: ignore[no-untyped-def]
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -342,7 +349,9 @@ async def test_an_extreme_price_saturates_and_every_report_answers(
     store = await Store.open(db_path)
     await store.set_user_budget("acme", Budget(MAX_PRICE, "monthly"))
     gateway = await aiohttp_server(create_app(settings))
-    admin = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {root}"})
+    admin: TestClient[Request, None] = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {root}"}
+    )
     extreme = {field: MAX_PRICE for field in PRICE_FIELDS}
     resp = await admin.post("/admin/prices", json={"pattern": "llama3*", **extreme})
     assert resp.status == 200, await resp.text()
@@ -358,7 +367,9 @@ async def test_an_extreme_price_saturates_and_every_report_answers(
             ) as resp:
                 statuses.append(resp.status)
         assert statuses == [200, 402] + [200] * 12
-        await gateway.app[RELAY].usage.flush()
+        usage = gateway.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
         costs = {r.cost for r in await store.usage_rows()}
         assert costs == {MAX_COST_NANO // 1000}  # each request saturated, shown in micro
         for path in (

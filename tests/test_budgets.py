@@ -14,7 +14,9 @@ import ollama
 import openai
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.access.budgets import Budgets, period_end, period_start
@@ -107,7 +109,7 @@ def test_the_period_rolls_over_with_the_clock_and_the_alert_is_said_once(
 
 
 async def _gateway_with_budget(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     budget: Budget,
@@ -124,7 +126,7 @@ async def _gateway_with_budget(
 
 
 async def test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fifty(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     fake: FakeOllama,
@@ -156,7 +158,9 @@ async def test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fif
         free = CHAT.replace(b"llama3.2", b"qwen3")
         async with session.post(url, data=free, headers=headers) as resp:
             assert resp.status == 200
-    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    usage = gateway.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
     made = cli("--check-budget", "acme", "--format", "json", "--db", db_path)
     assert made.returncode == 0, made.stderr
     assert '"spent": 500000' in made.stdout and '"exhausted": true' in made.stdout
@@ -172,7 +176,7 @@ async def test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fif
 
 
 async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_refused(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     fake: FakeOllama,
@@ -185,9 +189,9 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
     gateway = await aiohttp_server(create_app(settings))
     store = await Store.open(db_path)
     keys = {}
-    for sdk in ("ollama", "openai", "openai_usage", "anthropic"):
-        keys[sdk] = await make_key(db_path, "tokens", sdk)
-        record = await store.find_active_key("tokens", sdk)
+    for sdk_name in ("ollama", "openai", "openai_usage", "anthropic"):
+        keys[sdk_name] = await make_key(db_path, "tokens", sdk_name)
+        record = await store.find_active_key("tokens", sdk_name)
         await store.set_key_budget(record.id, Budget(1, "daily"))
     await store.set_price(per_token)
     table = gateway.app[KEY_TABLE]
@@ -216,13 +220,19 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
 
         for name, options in (("openai", None), ("openai_usage", {"include_usage": True})):
             http = httpx.AsyncClient(event_hooks={"request": [count]})
-            sdk = openai.AsyncOpenAI(base_url=host + "/v1", api_key=keys[name], http_client=http)
+            # (typed for httpx2, the SDK also takes an httpx client)
+            sdk = openai.AsyncOpenAI(
+                base_url=host + "/v1",
+                api_key=keys[name],
+                http_client=http,  # type: ignore[arg-type]
+            )
             stream = await sdk.chat.completions.create(
                 model="llama3.2",
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
                 stream_options=options,  # type: ignore[arg-type]
             )
+            assert isinstance(stream, openai.AsyncStream)  # (stream=True)
             async for _ in stream:
                 pass
             sent.clear()
@@ -243,8 +253,8 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
             model="llama3.2",
             max_tokens=64,
             messages=messages,  # type: ignore[arg-type]
-        ) as stream:
-            async for _ in stream:
+        ) as message_stream:
+            async for _ in message_stream:
                 pass
         sent.clear()
         with pytest.raises(anthropic.PaymentRequiredError) as billing:
@@ -253,7 +263,9 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
         assert len(sent) == 1
         await claude.close()
     finally:
-        await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+        usage = gateway.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
     # What each key spent is what its usage record costs, to the micro-unit, by hand.
     rows = [r for r in await store.usage_rows() if r.status == 200]
     assert len(rows) == 4
@@ -270,8 +282,8 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
 
 
 async def test_budgets_through_the_admin_api(
-    admin,  # type: ignore[no-untyped-def]
-    client,  # type: ignore[no-untyped-def]
+    admin: TestClient[Request, None],
+    client: TestClient[Request, None],
     gateway: TestServer,
 ) -> None:
     resp = await admin.patch(
@@ -312,7 +324,9 @@ async def test_budgets_through_the_admin_api(
     assert me["currency"] == "USD"
     (mine,) = me["budgets"]
     assert mine["owner"] == "user" and mine["spent"] == 3 * PRICE and mine["exhausted"]
-    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    usage = gateway.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
     report = await (await admin.get("/admin/users/alice/budget")).json()
     assert report["budget"]["spent"] == 3 * PRICE and report["budget"]["remaining"] == 0
     assert report["keys"][0]["spent"] == 3 * PRICE
@@ -325,8 +339,8 @@ async def test_budgets_through_the_admin_api(
 
 
 async def test_an_invoice_per_user_and_period(
-    admin,  # type: ignore[no-untyped-def]
-    client,  # type: ignore[no-untyped-def]
+    admin: TestClient[Request, None],
+    client: TestClient[Request, None],
     gateway: TestServer,
     db_path: str,
 ) -> None:
@@ -337,7 +351,9 @@ async def test_an_invoice_per_user_and_period(
     for model in ("llama3.2", "llama3.2", "qwen3"):
         body = CHAT.replace(b"llama3.2", model.encode())
         assert (await client.post("/api/chat", data=body)).status == 200
-    await gateway.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    usage = gateway.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
     document = await (await admin.get("/admin/users/alice/invoice")).json()
     lines = {line["model"]: line for line in document["lines"]}  # (by their one identity)
     llama = lines["llama3.2:latest"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,9 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def seconds_until(anon: TestClient, key: str, status: int, limit: float = 1.0) -> float:
+async def seconds_until(
+    anon: TestClient[Request, None], key: str, status: int, limit: float = 1.0
+) -> float:
     started = time.monotonic()
     while True:
         got = (await anon.get("/api/tags", headers={"Authorization": f"Bearer {key}"})).status
@@ -36,7 +39,9 @@ async def seconds_until(anon: TestClient, key: str, status: int, limit: float = 
         await asyncio.sleep(0.02)
 
 
-async def test_cli_changes_reach_the_running_gateway(anon: TestClient, db_path: str) -> None:
+async def test_cli_changes_reach_the_running_gateway(
+    anon: TestClient[Request, None], db_path: str
+) -> None:
     code, out, _ = await cli("-g", "frank", "tablet", "--db", db_path)
     assert code == 0
     key = out.strip()

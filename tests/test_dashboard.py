@@ -9,11 +9,13 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
@@ -33,7 +35,7 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[object]:
+async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -52,7 +54,7 @@ async def browser() -> AsyncIterator[object]:
 
 @pytest.fixture
 async def dashboard(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     fake: FakeOllama,
 ) -> TestServer:
@@ -61,12 +63,14 @@ async def dashboard(
     return server
 
 
-async def _signed_in(browser, url: str, key: str, width: int = 1280):  # type: ignore[no-untyped-def]
+async def _signed_in(
+    browser: Browser, url: str, key: str, width: int = 1280
+) -> tuple[BrowserContext, Page]:
     context = await browser.new_context(viewport={"width": width, "height": 900})
     page = await context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: dialogs.append(d.message))
-    page.dialogs = dialogs
+    page.dialogs = dialogs  # type: ignore[attr-defined]  # (read back by the tests)
     await page.goto(url + "/ui/")
     await page.fill("#signin-key", key)
     await page.click("#signin-form button[type=submit]")
@@ -74,13 +78,13 @@ async def _signed_in(browser, url: str, key: str, width: int = 1280):  # type: i
     return context, page
 
 
-async def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def _shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
     dashboard: TestServer,
     db_path: str,
 ) -> None:
@@ -93,7 +97,9 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
                 url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {key}"}
             ) as resp:
                 assert resp.status == 200
-    await dashboard.app[RELAY].usage.flush()  # type: ignore[union-attr]
+    usage = dashboard.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
 
     context, page = await _signed_in(browser, url, admin_key)
     # The session is a cookie the page's script cannot read; the key is nowhere.
@@ -104,8 +110,8 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     assert admin_key not in stored and "aigateway_session" not in stored
     # Overview: figures and a chart with bars for the requests just made.
     await page.wait_for_selector("#view-overview svg.chart rect.bar")
-    assert "Last 24 hours" in await page.text_content("#view-overview")
-    assert XSS in await page.text_content("#view-overview")  # shown as text
+    assert "Last 24 hours" in cast(str, await page.text_content("#view-overview"))
+    assert XSS in cast(str, await page.text_content("#view-overview"))  # shown as text
     # Percentiles from the hourly sums are marked as estimates, and say how close.
     p50 = page.locator("#view-overview .stat", has_text="p50 / p95 ms").first
     assert (await p50.locator(".value").text_content() or "").startswith("≈ ")
@@ -114,7 +120,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
 
     await page.click("#nav a[data-view=keys]")
     await page.wait_for_selector("#create-key")
-    assert XSS in await page.text_content("#view-keys")
+    assert XSS in cast(str, await page.text_content("#view-keys"))
     await page.fill("#new-user", "dora")
     await page.fill("#new-name", "phone")
     await page.fill("#new-rpm", "20")
@@ -157,7 +163,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
         assert changed.limits.tokens_per_day == 1000 and changed.limits.rpm == 45
         assert changed.expires_at == 4073500800.0  # 2099-01-31T00:00:00Z
         assert changed.budget is not None and changed.budget.amount == 1_500_000
-        assert "tokens today" in await page.text_content("tr:has-text('dora')")
+        assert "tokens today" in cast(str, await page.text_content("tr:has-text('dora')"))
         page.once("dialog", lambda d: d.accept())
         await page.locator("tr", has_text="dora").locator("button[data-action=revoke]").click()
         await expect(page.locator("tr", has_text="dora")).to_have_count(0)  # active ones shown
@@ -172,7 +178,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     await page.fill("#f-user", XSS)
     await page.click("#usage-filters button[type=submit]")
     await expect(page.locator("#usage-results tbody tr")).to_have_count(2)
-    assert XSS in await page.text_content("#usage-breakdown")
+    assert XSS in cast(str, await page.text_content("#usage-breakdown"))
     async with page.expect_download() as download:
         await page.click("#usage-results a:has-text('Export CSV')")
     exported = Path(await (await download.value).path()).read_text()
@@ -208,7 +214,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     await _shot(page, "users")
 
     # Only the page's own questions were asked: no alert(1) ever ran (the XSS name).
-    assert [d.split(" ")[0] for d in page.dialogs] == [
+    assert [d.split(" ")[0] for d in page.dialogs] == [  # type: ignore[attr-defined]
         "Requests",
         "Revoke",
         "Budget",
@@ -219,7 +225,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
 
 
 async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
     dashboard: TestServer,
     db_path: str,
     fake: FakeOllama,
@@ -230,12 +236,12 @@ async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
     links = await page.locator("#nav a").all_text_contents()
     assert links == ["Models", "Usage", "My usage", "Playground"]
     await page.wait_for_selector("#view-me")
-    assert "erin / tablet" in await page.text_content("#view-me")
+    assert "erin / tablet" in cast(str, await page.text_content("#view-me"))
     await _shot(page, "my-usage")
     # Admin pages by their address: the admin API refuses them.
     await page.goto(url + "/ui/#/keys")
     await page.wait_for_selector("#view-keys .error")
-    assert "needs an admin key" in await page.text_content("#view-keys")
+    assert "needs an admin key" in cast(str, await page.text_content("#view-keys"))
     async with (
         aiohttp.ClientSession(
             cookies={c["name"]: c["value"] for c in await context.cookies()}
@@ -254,12 +260,12 @@ async def test_a_user_sees_its_own_pages_only_and_uses_the_playground(
     await _shot(page, "playground")
     await page.click("#pg-stop")
     await eventually(lambda: any(path == "/api/chat" for path, _ in fake.abandoned))
-    assert "Stopped." in await page.text_content("#view-playground")
+    assert "Stopped." in cast(str, await page.text_content("#view-playground"))
     # A whole answer, with its figures.
     await page.select_option("#pg-model", "llama3.2:latest")
     await page.click("#pg-send")
     await page.wait_for_selector("#pg-figures:has-text('tokens/s')")
-    assert "first token after" in await page.text_content("#pg-figures")
+    assert "first token after" in cast(str, await page.text_content("#pg-figures"))
 
     # Phone width, and dark mode remembered across a reload.
     await page.set_viewport_size({"width": 390, "height": 800})
@@ -351,7 +357,7 @@ async def _get(url: str) -> aiohttp.ClientResponse:
 
 
 async def test_with_ui_path_off_there_is_no_dashboard_and_no_cookie_sign_in(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -375,7 +381,7 @@ async def test_with_ui_path_off_there_is_no_dashboard_and_no_cookie_sign_in(
 
 
 async def test_the_api_docs_render_offline_under_their_policy(
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
     dashboard: TestServer,
 ) -> None:
     url = str(dashboard.make_url("")).rstrip("/")
@@ -393,7 +399,7 @@ async def test_the_api_docs_render_offline_under_their_policy(
     )
     await page.goto(url + "/docs")
     await page.wait_for_selector(".opblock-tag-section")
-    assert "Anthropic-compatible" in await page.text_content("#swagger")
+    assert "Anthropic-compatible" in cast(str, await page.text_content("#swagger"))
     await _shot(page, "docs-swagger")
     await page.goto(url + "/redoc")
     await page.locator("h1", has_text="aigateway").wait_for()
@@ -408,7 +414,7 @@ async def test_the_api_docs_render_offline_under_their_policy(
 
 @pytest.mark.parametrize(("setting", "secure"), [("auto", False), ("true", True), ("false", False)])
 async def test_the_cookie_is_secure_as_set_behind_a_tls_proxy(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     setting: str,
@@ -430,8 +436,8 @@ async def test_the_cookie_is_secure_as_set_behind_a_tls_proxy(
 
 
 async def test_the_overview_shows_each_upstream_with_several(
-    browser,  # type: ignore[no-untyped-def]
-    aiohttp_server,
+    browser: Browser,
+    aiohttp_server: AiohttpServer,
     db_path: str,
 ) -> None:
     """Two Ollamas, one of them gone: the Overview's table says which, and why, as text."""
@@ -459,7 +465,7 @@ async def test_the_overview_shows_each_upstream_with_several(
 
 
 async def test_the_playground_shows_the_cost_the_gateway_charged(
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
     dashboard: TestServer,
     db_path: str,
 ) -> None:
@@ -484,7 +490,9 @@ async def test_the_playground_shows_the_cost_the_gateway_charged(
         await page.wait_for_selector("#pg-figures:has-text('cost')")
         shown = re.search(r"cost ([0-9.]+) USD", await page.text_content("#pg-figures") or "")
         assert shown is not None
-        await dashboard.app[RELAY].usage.flush()  # type: ignore[union-attr]
+        usage = dashboard.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
         cookies = {c["name"]: c["value"] for c in await context.cookies()}
         async with (
             aiohttp.ClientSession(cookies=cookies) as session,

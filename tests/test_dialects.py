@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Application, Request
+from pytest_aiohttp import AiohttpClient
 
 from aigateway import Settings, create_app
 from aigateway.testing.fake_ollama import FakeOllama, fixture
@@ -49,13 +53,17 @@ from .test_relay import _fields
         ),
     ],
 )
-async def test_401_in_each_dialect(anon: TestClient, path: str, expected: object) -> None:
+async def test_401_in_each_dialect(
+    anon: TestClient[Request, None], path: str, expected: object
+) -> None:
     resp = await anon.post(path, data=b"{}")
     assert resp.status == 401
     assert await resp.json() == expected
 
 
-async def test_own_404_in_openai_shape_and_upstream_errors_untouched(client: TestClient) -> None:
+async def test_own_404_in_openai_shape_and_upstream_errors_untouched(
+    client: TestClient[Request, None],
+) -> None:
     resp = await client.get("/v1/nothing")
     assert resp.status == 404
     assert (await resp.json())["error"]["type"] == "not_found_error"
@@ -65,9 +73,11 @@ async def test_own_404_in_openai_shape_and_upstream_errors_untouched(client: Tes
 
 
 async def test_v1_sits_beside_base_path(
-    aiohttp_client, settings: Settings, key: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, settings: Settings, key: str, fake: FakeOllama
 ) -> None:
-    app = create_app(Settings(**{**_fields(settings), "base_path": "/ollama/api"}))
+    app = create_app(
+        Settings(**cast("dict[str, Any]", {**_fields(settings), "base_path": "/ollama/api"}))
+    )
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
     resp = await client.get("/ollama/v1/models")
     assert resp.status == 200 and await resp.read() == fixture("openai-models.json")
@@ -76,14 +86,23 @@ async def test_v1_sits_beside_base_path(
 
 
 @pytest.fixture
-async def cors(aiohttp_client, settings: Settings, key: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def cors(
+    aiohttp_client: AiohttpClient, settings: Settings, key: str
+) -> TestClient[Request, Application]:
     app = create_app(
-        Settings(**{**_fields(settings), "cors_origins": ("https://app.example.com",)})
+        Settings(
+            **cast(
+                "dict[str, Any]",
+                {**_fields(settings), "cors_origins": ("https://app.example.com",)},
+            )
+        )
     )
-    return await aiohttp_client(app)  # type: ignore[no-any-return]
+    return await aiohttp_client(app)
 
 
-async def test_preflight_is_answered_without_a_key(cors: TestClient, fake: FakeOllama) -> None:
+async def test_preflight_is_answered_without_a_key(
+    cors: TestClient[Request, Application], fake: FakeOllama
+) -> None:
     resp = await cors.options(
         "/v1/chat/completions",
         headers={
@@ -110,7 +129,9 @@ async def test_preflight_is_answered_without_a_key(cors: TestClient, fake: FakeO
     assert fake.requests == []
 
 
-async def test_unlisted_origins_get_no_cors_headers(cors: TestClient, key: str) -> None:
+async def test_unlisted_origins_get_no_cors_headers(
+    cors: TestClient[Request, Application], key: str
+) -> None:
     resp = await cors.options(
         "/api/chat",
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
@@ -123,7 +144,7 @@ async def test_unlisted_origins_get_no_cors_headers(cors: TestClient, key: str) 
 
 
 async def test_listed_origins_can_read_streams_and_errors(
-    cors: TestClient, key: str, fake: FakeOllama
+    cors: TestClient[Request, Application], key: str, fake: FakeOllama
 ) -> None:
     origin = {"Origin": "https://app.example.com"}
     resp = await cors.post(
@@ -140,8 +161,10 @@ async def test_listed_origins_can_read_streams_and_errors(
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
 
 
-async def test_any_origin(aiohttp_client, settings: Settings, key: str) -> None:
-    app = create_app(Settings(**{**_fields(settings), "cors_origins": ("*",)}))
+async def test_any_origin(aiohttp_client: AiohttpClient, settings: Settings, key: str) -> None:
+    app = create_app(
+        Settings(**cast("dict[str, Any]", {**_fields(settings), "cors_origins": ("*",)}))
+    )
     client = await aiohttp_client(app)
     resp = await client.get(
         "/api/tags", headers={"Origin": "http://localhost:5173", "x-api-key": key}
@@ -158,7 +181,9 @@ def test_cors_origins_setting() -> None:
         Settings.from_env({"CORS_ORIGINS": "a.example"}, env_file=None)
 
 
-async def test_browser_fetch_shape_with_aiohttp(cors: TestClient, key: str) -> None:
+async def test_browser_fetch_shape_with_aiohttp(
+    cors: TestClient[Request, Application], key: str
+) -> None:
     # What a page's fetch() sends for a streamed OpenAI chat: preflight, then the POST.
     async with aiohttp.ClientSession() as session:
         url = cors.make_url("/v1/chat/completions")

@@ -9,6 +9,8 @@ from dataclasses import replace
 import aiosqlite
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.access.allowlist import is_cloud, model_allowed
@@ -70,11 +72,13 @@ TARGETS = [
 
 
 @pytest.fixture
-async def held(aiohttp_client, gateway: TestServer, db_path: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def held(
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str
+) -> TestClient[Request, None]:
     """An admin key (so model management is in reach) held to llama3*."""
     secret = await make_key(db_path, "hal", "held", role="admin", models=["llama3*"])
     await eventually(lambda: secret_known(gateway, secret))
-    client: TestClient = await aiohttp_client(
+    client: TestClient[Request, None] = await aiohttp_client(
         gateway, headers={"Authorization": f"Bearer {secret}"}
     )
     return client
@@ -82,7 +86,7 @@ async def held(aiohttp_client, gateway: TestServer, db_path: str) -> TestClient:
 
 @pytest.mark.parametrize(("path", "field", "extra"), TARGETS)
 async def test_no_spelling_reaches_another_model(
-    held: TestClient, fake: FakeOllama, path: str, field: str, extra: str
+    held: TestClient[Request, None], fake: FakeOllama, path: str, field: str, extra: str
 ) -> None:
     """Before: 8 of 9 spellings per field (10 where the name has s, k or i) reached
     Ollama naming qwen3. Now a body either reaches the fake and Go decodes an allowed
@@ -101,7 +105,7 @@ async def test_no_spelling_reaches_another_model(
 
 
 async def test_the_record_names_the_model_ollama_used(
-    client: TestClient, fake: FakeOllama, db_path: str
+    client: TestClient[Request, None], fake: FakeOllama, db_path: str
 ) -> None:
     body = b'{"model":"llama3.2","Model":"qwen3","stream":false,"messages":[]}'
     resp = await client.post("/api/chat", data=body)
@@ -121,7 +125,7 @@ CLOUD = ["gpt-oss:120b-cloud", "glm-4.6:cloud", "GPT-OSS:120B-CLOUD", " x/y:1B-C
 
 @pytest.mark.parametrize("model", CLOUD)
 async def test_cloud_models_are_refused_by_default(
-    client: TestClient, fake: FakeOllama, model: str
+    client: TestClient[Request, None], fake: FakeOllama, model: str
 ) -> None:
     for path, extra in (("/api/chat", ',"messages":[]'), ("/v1/chat/completions", "")):
         resp = await client.post(path, data=f'{{"model":"{model}"{extra}}}'.encode())
@@ -133,7 +137,7 @@ async def test_cloud_models_are_refused_by_default(
 
 
 async def test_an_undecidable_body_is_refused_while_cloud_models_are_off(
-    client: TestClient, fake: FakeOllama
+    client: TestClient[Request, None], fake: FakeOllama
 ) -> None:
     """Go reads the first value and ignores the rest; the gateway cannot, so it refuses."""
     resp = await client.post("/api/chat", data=b'{"model":"gpt-oss:20b-cloud"} {}')
@@ -142,8 +146,12 @@ async def test_an_undecidable_body_is_refused_while_cloud_models_are_off(
 
 
 async def test_cloud_models_when_allowed_need_a_pattern_naming_the_cloud_tag(
-    aiohttp_server, aiohttp_client, settings: Settings, db_path: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    db_path: str,
+    fake: FakeOllama,
+) -> None:
     server = await aiohttp_server(create_app(replace(settings, allow_cloud_models=True)))
     keys = {
         "all": await make_key(db_path, "a", "all"),
@@ -154,7 +162,9 @@ async def test_cloud_models_when_allowed_need_a_pattern_naming_the_cloud_tag(
     await eventually(lambda: all(secret_known(server, k) for k in keys.values()))
     statuses = {}
     for name, secret in keys.items():
-        client = await aiohttp_client(server, headers={"Authorization": f"Bearer {secret}"})
+        client: TestClient[Request, None] = await aiohttp_client(
+            server, headers={"Authorization": f"Bearer {secret}"}
+        )
         resp = await client.post(
             "/api/chat", data=b'{"model":"gpt-oss:120b-cloud","messages":[],"stream":false}'
         )
@@ -169,7 +179,9 @@ def test_what_counts_as_cloud() -> None:
         assert not is_cloud(name), name
 
 
-async def test_model_lists_leave_out_cloud_models(client: TestClient, fake: FakeOllama) -> None:
+async def test_model_lists_leave_out_cloud_models(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     fake.extra_models = ["gpt-oss:120b-cloud"]
     tags = await (await client.get("/api/tags")).json()
     names = [m["name"] for m in tags["models"]]
@@ -194,8 +206,8 @@ async def test_an_empty_allow_list_is_refused_not_read_as_every_model(
 
 
 async def test_an_empty_list_stored_by_an_older_version_allows_nothing(
-    aiohttp_client, gateway: TestServer, db_path: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str, fake: FakeOllama
+) -> None:
     secret = await make_key(db_path, "old", "empty", models=["llama3*"])
 
     async with aiosqlite.connect(db_path) as db:
@@ -205,7 +217,9 @@ async def test_an_empty_list_stored_by_an_older_version_allows_nothing(
     await eventually(
         lambda: secret_known(gateway, secret) and table.authenticate(secret).models == ()
     )
-    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+    client: TestClient[Request, None] = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {secret}"}
+    )
     resp = await client.post("/api/chat", data=b'{"model":"llama3.2","messages":[]}')
     assert resp.status == 403
     assert not fake.requests

@@ -7,6 +7,8 @@ import asyncio
 from dataclasses import replace
 
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.testing.fake_ollama import FakeOllama
@@ -15,7 +17,9 @@ from aigateway.upstreams.config import UpstreamConfig
 from .conftest import make_key
 
 
-async def test_anonymous_health_says_only_ok(anon: TestClient, admin_key: str, key: str) -> None:
+async def test_anonymous_health_says_only_ok(
+    anon: TestClient[Request, None], admin_key: str, key: str
+) -> None:
     for headers in ({}, {"Authorization": f"Bearer {key}"}, {"Authorization": "Bearer junk"}):
         resp = await anon.get("/health", headers=headers)
         assert resp.status == 200
@@ -26,7 +30,9 @@ async def test_anonymous_health_says_only_ok(anon: TestClient, admin_key: str, k
     assert detail["keys_loaded"] == 2 and "version" in detail
 
 
-async def test_anonymous_ollama_health_names_no_url(anon: TestClient, admin_key: str) -> None:
+async def test_anonymous_ollama_health_names_no_url(
+    anon: TestClient[Request, None], admin_key: str
+) -> None:
     resp = await anon.get("/health/ollama")
     assert (resp.status, await resp.json()) == (200, {"status": "ok"})
     detail = await (await anon.get("/health/ollama", headers={"x-api-key": admin_key})).json()
@@ -34,10 +40,10 @@ async def test_anonymous_ollama_health_names_no_url(anon: TestClient, admin_key:
 
 
 async def test_an_unreachable_ollama_is_503_without_details(
-    aiohttp_client, aiohttp_server, settings: Settings, admin_key: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, settings: Settings, admin_key: str
+) -> None:
     dead = replace(settings, ollama_base_url="http://127.0.0.1:9")
-    client = await aiohttp_client(await aiohttp_server(create_app(dead)))
+    client: TestClient[Request, None] = await aiohttp_client(await aiohttp_server(create_app(dead)))
     resp = await client.get("/health/ollama")
     assert (resp.status, await resp.json()) == (503, {"status": "unreachable"})
     resp = await client.get("/health/ollama", headers={"Authorization": f"Bearer {admin_key}"})
@@ -46,7 +52,7 @@ async def test_an_unreachable_ollama_is_503_without_details(
 
 
 async def test_an_admin_key_made_a_moment_ago_gets_the_details_at_once(
-    anon: TestClient, db_path: str
+    anon: TestClient[Request, None], db_path: str
 ) -> None:
     fresh = await make_key(db_path, "root", "new-admin", "admin")  # after the gateway started
     for path in ("/health", "/health/ollama"):
@@ -56,8 +62,8 @@ async def test_an_admin_key_made_a_moment_ago_gets_the_details_at_once(
 
 
 async def test_one_cloud_upstream_is_probed_by_its_model_list(
-    aiohttp_client, aiohttp_server, db_path: str, admin_key: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, db_path: str, admin_key: str
+) -> None:
     """A cloud API has no /api/version: the gateway in front of one cloud upstream
     alone asks its /models, with the upstream's own key."""
     cloud = FakeOllama()
@@ -65,7 +71,7 @@ async def test_one_cloud_upstream_is_probed_by_its_model_list(
     url = str(server.make_url("/v1")).rstrip("/")
     only = UpstreamConfig(name="oa", url=url, kind="openai", key="sk-oa-secret")
     gateway = await aiohttp_server(create_app(Settings(upstreams=(only,), token_db_path=db_path)))
-    client = await aiohttp_client(gateway)
+    client: TestClient[Request, None] = await aiohttp_client(gateway)
     assert (await client.get("/health/ollama")).status == 200
     resp = await client.get("/health/ollama", headers={"x-api-key": admin_key})
     doc = await resp.json()
@@ -80,7 +86,9 @@ async def test_one_cloud_upstream_is_probed_by_its_model_list(
     assert "upstream oa did not answer" in doc["error"]
 
 
-async def _crowd(client: TestClient, n: int, headers: dict[str, str] | None = None) -> list[int]:
+async def _crowd(
+    client: TestClient[Request, None], n: int, headers: dict[str, str] | None = None
+) -> list[int]:
     async def one() -> int:
         resp = await client.get("/health/ollama", headers=headers or {})
         await resp.read()
@@ -90,8 +98,8 @@ async def _crowd(client: TestClient, n: int, headers: dict[str, str] | None = No
 
 
 async def test_anonymous_callers_make_one_cloud_probe_an_interval(
-    aiohttp_client, aiohttp_server, db_path: str, admin_key: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, db_path: str, admin_key: str
+) -> None:
     """A crowd of anonymous /health/ollama calls in front of one paid cloud API costs
     it one /models request per UPSTREAM_CHECK_INTERVAL, with the server's key; an admin
     troubleshooting gets a probe of now."""
@@ -99,7 +107,9 @@ async def test_anonymous_callers_make_one_cloud_probe_an_interval(
     server = await aiohttp_server(cloud.app())
     only = UpstreamConfig(name="oa", url=str(server.make_url("/v1")), kind="openai", key="sk-x")
     settings = Settings(upstreams=(only,), token_db_path=db_path, upstream_check_interval=1.0)
-    client = await aiohttp_client(await aiohttp_server(create_app(settings)))
+    client: TestClient[Request, None] = await aiohttp_client(
+        await aiohttp_server(create_app(settings))
+    )
 
     def probes() -> int:
         return sum(r.path_qs == "/v1/models" for r in cloud.requests)
@@ -119,8 +129,8 @@ async def test_anonymous_callers_make_one_cloud_probe_an_interval(
 
 
 async def test_one_ollama_is_probed_once_an_interval(
-    aiohttp_client, aiohttp_server, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, settings: Settings
+) -> None:
     ollama = FakeOllama()
     server = await aiohttp_server(ollama.app())
     one = replace(
@@ -128,7 +138,7 @@ async def test_one_ollama_is_probed_once_an_interval(
         ollama_base_url=str(server.make_url("")).rstrip("/"),
         upstream_check_interval=30.0,
     )
-    client = await aiohttp_client(await aiohttp_server(create_app(one)))
+    client: TestClient[Request, None] = await aiohttp_client(await aiohttp_server(create_app(one)))
     assert await _crowd(client, 40) == [200] * 40
     assert await _crowd(client, 40, {"Authorization": "Bearer not-a-key"}) == [200] * 40
     assert [r.path_qs for r in ollama.requests] == ["/api/version"]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, delete, insert
@@ -69,7 +70,7 @@ async def test_disabling_a_user_ends_its_keys_sessions(database: str) -> None:
 
 
 async def test_an_old_keys_session_never_signs_in_as_a_new_key(
-    gateway: TestServer, admin: TestClient, db_path: str
+    gateway: TestServer, admin: TestClient[Request, None], db_path: str
 ) -> None:
     """The attack: sign in with a key, have it revoked and purged, keep the cookie; the
     next key made (an admin's) must not be what the cookie now opens."""

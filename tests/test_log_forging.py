@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
 
 from aigateway.logs import _Formatter
 
@@ -21,7 +22,10 @@ FORGERIES = [
 
 @pytest.mark.parametrize(("path", "model"), FORGERIES)
 async def test_the_access_line_stays_one_honest_line(
-    client: TestClient, caplog: pytest.LogCaptureFixture, path: str, model: str
+    client: TestClient[Request, None],
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    model: str,
 ) -> None:
     """Before: 5 of 6 forgeries put a new line, a terminal escape or a field of their own
     into the access line."""

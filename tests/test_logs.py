@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_access_lines_look_like_records_of_the_logging_module(
     handler = logs.ConsoleHandler()
     handler.stream = stream
     handler.setFormatter(formatter)
-    monkeypatch.setattr(logs.time, "time", lambda: created)
+    monkeypatch.setattr(time, "time", lambda: created)  # (the clock logs reads)
     message = "rid=ab12-1 user=alice key=laptop method=POST path=/api/chat status=200"
     logs.AccessSink([handler], formatter).write(message)  # off the event loop: written at once
     record = logging.LogRecord("aigateway.access", logging.INFO, __file__, 1, message, None, None)

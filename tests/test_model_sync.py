@@ -4,9 +4,12 @@ and numbers, shown with each model's price."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from aigateway.testing.fake_ollama import FakeOllama
 
@@ -40,7 +43,7 @@ async def test_models_are_synced_and_listed_with_their_prices(
 
 
 async def test_a_hostile_ollama_leaves_only_checked_values(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     db_path: str,
 ) -> None:
     tags = {
@@ -94,8 +97,8 @@ async def test_an_unreachable_ollama_is_one_line_and_exit_1(db_path: str) -> Non
 
 
 async def test_models_are_synced_from_every_ollama_upstream(
-    aiohttp_server, db_path: str, tmp_path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """UPSTREAMS_FILE's Ollamas, each asked with its own key; a cloud API is not asked."""
     first = FakeOllama(models=["llama3.2:latest", "qwen3:8b"])
     second = FakeOllama(models=["llama3.2:latest", "phi4:latest"])

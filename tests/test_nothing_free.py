@@ -14,7 +14,9 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.access.pricing import PriceList
@@ -40,7 +42,7 @@ async def _priced(db_path: str, price: Price = PRICE) -> None:
 
 
 async def test_a_client_that_leaves_before_a_non_streamed_answer_is_charged(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -69,7 +71,7 @@ async def test_a_client_that_leaves_before_a_non_streamed_answer_is_charged(
 
 
 async def test_invalid_utf8_in_a_prompt_is_read_as_go_reads_it_and_priced(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -95,7 +97,7 @@ async def test_invalid_utf8_in_a_prompt_is_read_as_go_reads_it_and_priced(
 
 
 async def test_a_body_whose_model_cannot_be_read_is_refused_whatever_the_cloud_setting(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -113,7 +115,7 @@ async def test_a_body_whose_model_cannot_be_read_is_refused_whatever_the_cloud_s
 
 
 async def test_every_take_is_given_back_whichever_way_the_request_ends(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -166,7 +168,7 @@ async def _budget_of_the_only_key(db_path: str, budget: Budget) -> None:
 
 
 async def test_start_up_warns_of_a_cloud_model_no_price_matches(
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
     db_path: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -247,7 +249,7 @@ async def _each_spelling_on_each_route(
 
 
 async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     fake: FakeOllama,
@@ -267,7 +269,7 @@ async def test_every_spelling_of_a_priced_model_is_priced_and_held_to_its_budget
 
 
 async def test_each_spelling_is_recorded_as_sent_and_by_its_identity(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:
@@ -303,7 +305,12 @@ async def test_each_spelling_is_recorded_as_sent_and_by_its_identity(
     ],
 )
 async def test_a_name_ollama_refuses_is_refused_with_its_answer_and_never_relayed(
-    client: TestClient, fake: FakeOllama, path: str, model: str, status: int, message: str
+    client: TestClient[Request, None],
+    fake: FakeOllama,
+    path: str,
+    model: str,
+    status: int,
+    message: str,
 ) -> None:
     body = {"model": model, "prompt": "hi", "messages": [], "max_tokens": 9}
     resp = await client.post(path, data=orjson.dumps(body))
@@ -316,7 +323,7 @@ async def test_a_name_ollama_refuses_is_refused_with_its_answer_and_never_relaye
 
 
 async def test_model_labels_in_metrics_stay_few_whatever_names_clients_send(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     db_path: str,
     upstream: TestServer,
 ) -> None:
@@ -390,7 +397,7 @@ def test_a_journal_line_of_the_release_before_nano_units_is_read_in_nano_units(
 
 
 async def test_model_management_reads_each_field_as_ollama_does(
-    admin: TestClient, fake: FakeOllama
+    admin: TestClient[Request, None], fake: FakeOllama
 ) -> None:
     """copy's names and create's new name are read by model.ParseName alone (no trimming,
     no :local suffix); create's base model (`from`) as a model to run."""
@@ -417,7 +424,7 @@ def test_a_catch_all_price_covers_cloud_models_too() -> None:
 
 
 async def test_an_answer_without_counts_is_charged_its_prompt_as_estimated(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
 ) -> None:

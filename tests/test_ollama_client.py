@@ -42,7 +42,7 @@ def host(gateway: TestServer) -> str:
 async def api(host: str, key: str) -> AsyncIterator[ollama.AsyncClient]:
     client = ollama.AsyncClient(host=host, headers={"Authorization": f"Bearer {key}"})
     yield client
-    await client.close()
+    await client.close()  # type: ignore[no-untyped-call]
 
 
 async def test_chat(api: ollama.AsyncClient) -> None:
@@ -98,7 +98,7 @@ async def test_ollama_api_key_variable_is_enough(
     monkeypatch.setenv("OLLAMA_API_KEY", key)
     client = ollama.AsyncClient(host=host)
     listed = await client.list()
-    await client.close()
+    await client.close()  # type: ignore[no-untyped-call]
     assert len(listed.models) == 2
 
 
@@ -106,6 +106,6 @@ async def test_a_client_without_a_key_gets_a_401(host: str) -> None:
     client = ollama.AsyncClient(host=host)
     with pytest.raises(ollama.ResponseError) as info:
         await client.list()
-    await client.close()
+    await client.close()  # type: ignore[no-untyped-call]
     assert info.value.status_code == 401
     assert "missing API key" in info.value.error

@@ -4,10 +4,12 @@ has (a route added without its description, or described but gone, fails here)."
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
 from openapi_spec_validator import validate
 
 from aigateway import Settings, create_app
@@ -41,7 +43,7 @@ def _described(document: dict[str, object]) -> set[tuple[str, str]]:
     ],
 )
 def test_the_document_is_valid_and_describes_every_route_and_no_other(
-    changes: dict[str, object],
+    changes: dict[str, Any],
 ) -> None:
     settings = replace(Settings(), **changes)
     document = openapi_document(settings)
@@ -50,7 +52,9 @@ def test_the_document_is_valid_and_describes_every_route_and_no_other(
     assert _routes(app) == _described(document)
 
 
-async def test_the_document_and_its_viewers_are_served(anon: TestClient) -> None:
+async def test_the_document_and_its_viewers_are_served(
+    anon: TestClient[Request, None],
+) -> None:
     resp = await anon.get("/openapi.json")
     assert resp.status == 200
     document = await resp.json()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import ollama
 import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import AppKey, Request
+from pytest_aiohttp import AiohttpClient
 
 from aigateway.access.pricing import PriceList
 from aigateway.db.store import Store
@@ -26,6 +29,10 @@ from aigateway.records import (
 from .conftest import make_key
 from .helpers import eventually
 from .test_instances import cli
+
+if TYPE_CHECKING:
+    from aigateway.access.keytable import KeyTable
+    from aigateway.relaystate import Relay
 
 # chat-nonstream.json (what the fake Ollama answers a non-streamed /api/chat with):
 PROMPT, OUTPUT, TOTAL_NS = 26, 6, 4883583458
@@ -143,7 +150,9 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
     finally:
         await client._client.aclose()
 
-    await gateway.app[_relay()].usage.flush()  # type: ignore[union-attr]
+    usage = gateway.app[_relay()].usage
+    assert usage is not None
+    await usage.flush()
     rows = await store.usage_rows()
     await store.close()
     costs = [(r.model, r.status, r.cost, r.model_ns) for r in rows]
@@ -166,19 +175,21 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
     ]
 
 
-def _key_table():  # type: ignore[no-untyped-def]
+def _key_table() -> AppKey[KeyTable]:
     from aigateway.http.appkeys import KEY_TABLE
 
     return KEY_TABLE
 
 
-def _relay():  # type: ignore[no-untyped-def]
+def _relay() -> AppKey[Relay]:
     from aigateway.relaystate import RELAY
 
     return RELAY
 
 
-async def test_prices_through_the_admin_api(admin: TestClient, client: TestClient) -> None:
+async def test_prices_through_the_admin_api(
+    admin: TestClient[Request, None], client: TestClient[Request, None]
+) -> None:
     resp = await admin.post(
         "/admin/prices", json={"pattern": "hf.co/acme/llama3*", "per_million_output": 400_000}
     )
@@ -207,12 +218,14 @@ async def test_prices_through_the_admin_api(admin: TestClient, client: TestClien
 
 async def test_any_key_sees_the_models_it_may_use_with_their_prices(
     gateway: TestServer,
-    admin: TestClient,
+    admin: TestClient[Request, None],
     db_path: str,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     held = await make_key(db_path, "bea", "tablet", models=["llama3*"])
-    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {held}"})
+    client: TestClient[Request, None] = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {held}"}
+    )
     await admin.post("/admin/prices", json={"pattern": "llama3*", "per_million_output": 400_000})
     seen = await (await client.get("/admin/models")).json()
     assert seen["currency"] == "USD"

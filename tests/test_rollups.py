@@ -106,14 +106,14 @@ async def test_rollups_answer_like_the_records_over_any_period(database: str) ->
         for since in (now - 86400, now - 7 * 86400, now - 3 * HOUR - 1):
             for key_id in (None, 3):
                 expected: dict[int, list[int]] = {}
-                for r in records:
-                    if r.ts >= since and key_id in (None, r.key_id):
-                        sums = expected.setdefault(int(r.ts // HOUR * HOUR), [0] * 5)
+                for record in records:
+                    if record.ts >= since and key_id in (None, record.key_id):
+                        sums = expected.setdefault(int(record.ts // HOUR * HOUR), [0] * 5)
                         sums[0] += 1
-                        sums[1] += (r.prompt_tokens or 0) + r.completion_tokens  # type: ignore[operator]
-                        sums[2] += r.cost or 0
-                        sums[3] += r.status >= 400
-                        sums[4] += r.client_gone
+                        sums[1] += (record.prompt_tokens or 0) + record.completion_tokens  # type: ignore[operator]
+                        sums[2] += record.cost or 0
+                        sums[3] += record.status >= 400
+                        sums[4] += record.client_gone
                 fields = ("start", "requests", "tokens", "cost", "errors", "client_gone")
                 series = await store.usage_series(since, HOUR, key_id)
                 for sums in expected.values():

@@ -18,6 +18,8 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.testing.fake_ollama import FakeOllama
@@ -57,7 +59,7 @@ async def _direct(upstream: TestServer, path: str, body: bytes) -> bytes:
     ],
 )
 async def test_an_openai_stream_without_include_usage_is_counted_and_unchanged(
-    client: TestClient,
+    client: TestClient[Request, None],
     upstream: TestServer,
     db_path: str,
     path: str,
@@ -74,7 +76,7 @@ async def test_an_openai_stream_without_include_usage_is_counted_and_unchanged(
 
 
 async def test_a_client_that_asks_for_usage_gets_it_unchanged(
-    client: TestClient, upstream: TestServer, fake: FakeOllama, db_path: str
+    client: TestClient[Request, None], upstream: TestServer, fake: FakeOllama, db_path: str
 ) -> None:
     body = (
         b'{"model":"llama3.2","stream":true,"stream_options":{"include_usage":true},"messages":[]}'
@@ -150,7 +152,9 @@ async def test_the_ollama_client_raises_on_a_cut_stream(gateway: TestServer, key
             pass
 
 
-async def test_a_short_upstream_body_ends_the_clients_at_once(client: TestClient) -> None:
+async def test_a_short_upstream_body_ends_the_clients_at_once(
+    client: TestClient[Request, None],
+) -> None:
     """Ollama's side announces 1,000 bytes and sends 100: before, the client waited for the
     rest for 100 s and more; now its connection is closed and it knows at once."""
     started = time.monotonic()
@@ -222,8 +226,12 @@ async def test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout(
 
 
 async def test_a_stream_with_a_length_cut_short_is_charged_its_lines(
-    aiohttp_client, aiohttp_server, settings: Settings, key: str, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: AiohttpServer,
+    settings: Settings,
+    key: str,
+    db_path: str,
+) -> None:
     """An NDJSON stream that comes with a Content-Length (as through a buffering proxy)
     and breaks after three tokens is charged the three, like one without a length."""
     lines = b"".join(

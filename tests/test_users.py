@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from aiohttp.web import Request
 
 from aigateway.db.store import Store
 from aigateway.records import DuplicateKeyError, InvalidInputError, KeyNotFoundError
@@ -61,7 +62,7 @@ async def test_users_on_both_databases(database: str) -> None:
 
 
 async def test_a_user_disabled_by_the_cli_is_refused_within_a_second(
-    client: TestClient, db_path: str
+    client: TestClient[Request, None], db_path: str
 ) -> None:
     assert (await client.post("/api/chat", json=CHAT)).status == 200
     done = await asyncio.to_thread(cli, "--disable-user", "alice", "--db", db_path)
@@ -83,7 +84,9 @@ async def test_a_user_disabled_by_the_cli_is_refused_within_a_second(
         assert time.monotonic() - started < 1.0, "still refused a second later"
 
 
-async def test_users_through_the_admin_api(admin: TestClient, client: TestClient) -> None:
+async def test_users_through_the_admin_api(
+    admin: TestClient[Request, None], client: TestClient[Request, None]
+) -> None:
     resp = await admin.post("/admin/users", json={"user": "acme", "email": "ops@acme.example"})
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["status"] == "active"
