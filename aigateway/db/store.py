@@ -1,25 +1,14 @@
-"""Every query lives here, written once with SQLAlchemy Core for SQLite and PostgreSQL.
-
-The server and both CLIs open the same database through `Store.open` (a SQLite path or
-DATABASE_URL), so it is created and migrated the same way everywhere (a SQLite file:
-mode 0600, WAL) and bad databases are refused with the same clear line, which never
-holds a password.
-"""
+"""Every query lives here, written once with SQLAlchemy Core for SQLite and PostgreSQL;
+opening the database and its transactions are connection.py."""
 
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-import asyncpg
-import orjson
 from sqlalchemy import (
     BigInteger,
     Integer,
@@ -29,7 +18,6 @@ from sqlalchemy import (
     case,
     cast,
     delete,
-    event,
     func,
     insert,
     or_,
@@ -38,22 +26,18 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..records import (
     DAY,
     LIMIT_FIELDS,
-    MAX_EXPIRES_AT,
     MAX_INT,
-    MAX_LIMIT,
     MAX_SUM_NANO,
     MODEL_FIELDS,
-    PERIODS,
     PRICE_FIELDS,
     ROLES,
     USAGE_COLUMNS,
     Budget,
-    BudgetError,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
@@ -64,13 +48,11 @@ from ..records import (
     Price,
     PriceError,
     Role,
-    StoreError,
     UsageQuery,
     UsageRecord,
     UserRecord,
     budget_lines,
     check_allow_list,
-    check_budget,
     check_email,
     check_expiry,
     check_limits,
@@ -80,9 +62,9 @@ from ..records import (
     micro,
     saturated,
 )
+from .connection import DRIVER_REFUSALS, Connector, driver_connection, first_line
 from .keys import generate_key
-from .migrate import SchemaError, is_current, upgrade
-from .notify import CHANNEL as KEYS_CHANNEL
+from .notify import keys_changed
 from .rollups import (
     BUCKETS,
     HOUR,
@@ -94,7 +76,6 @@ from .rollups import (
     whole_hours,
 )
 from .schema import (
-    key_changes,
     keys,
     models,
     prices,
@@ -104,10 +85,17 @@ from .schema import (
     usage_segments,
     users,
 )
-from .url import Database, DatabaseURLError, database_from
+from .values import (
+    TOKENS,
+    budget_values,
+    cost_sum,
+    models_json,
+    read_budget,
+    read_limit,
+    read_models,
+    read_time,
+)
 
-log = logging.getLogger("aigateway")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _KEY_COLUMNS = (
     keys.c.id,
     keys.c.user,
@@ -141,141 +129,10 @@ class UsageRejected(Exception):
 
 
 USAGE_CHUNK = 500  # records an export reads, and writes, at a time
-# What the drivers raise for a batch whose values they or the database will not take
-# (retrying cannot help), and for a database that is busy or away (retrying can).
-_DRIVER_REFUSALS: tuple[type[Exception], ...] = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,  # a value sqlite3 cannot bind
-    sqlite3.DataError,
-    asyncpg.exceptions.DataError,  # also a value asyncpg cannot encode
-    asyncpg.exceptions.IntegrityConstraintViolationError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
-_DRIVER_ERRORS: tuple[type[Exception], ...] = (
-    sqlite3.Error,
-    asyncpg.exceptions.PostgresError,
-    asyncpg.exceptions.InterfaceError,
-)
-_DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, *_DRIVER_ERRORS)
 
 
-@contextmanager
-def _friendly_errors(where: str) -> Iterator[None]:
-    """The database's errors as StoreError lines naming the file or the URL (password
-    masked), never a traceback, never the SQL or its values."""
-    try:
-        yield
-    except SchemaError as exc:
-        raise StoreError(f"{where}: {exc}") from None
-    except DatabaseURLError as exc:
-        raise StoreError(str(exc)) from None
-    except _DATABASE_ERRORS as exc:
-        text = _first_line(getattr(exc, "orig", exc))
-        if "locked" in text or "busy" in text:
-            raise StoreError(
-                f"{where}: the database is locked by another writer; try again shortly"
-            ) from None
-        if "not a database" in text:
-            raise StoreError(f"{where}: not an aigateway database (not an SQLite file)") from None
-        raise StoreError(f"{where}: {text}") from None
-    except (OSError, TimeoutError) as exc:  # PostgreSQL away: refused, reset, timed out
-        reason = getattr(exc, "strerror", None) or _first_line(exc) or type(exc).__name__
-        raise StoreError(f"{where}: cannot reach the database: {reason}") from None
-    except sa_exc.SQLAlchemyError as exc:
-        raise StoreError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: object) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-
-
-class Store:
-    def __init__(self, database: Database, engine: AsyncEngine, busy_timeout_s: float) -> None:
-        self.database = database
-        # What errors and logs name as "the database": the SQLite file, or the URL with
-        # its password masked.
-        self.path = database.display
-        self._engine = engine
-        self._busy_timeout_s = busy_timeout_s
-        self._identity = _identity(database.path) if database.backend == "sqlite" else None
-        self.generation = 0  # goes up when a replaced database file is reopened
-
-    @classmethod
-    async def open(
-        cls, target: str | Database, *, create: bool = True, busy_timeout_s: float = 5.0
-    ) -> Store:
-        """Open (and if needed create and migrate) the database: a SQLite path, or a
-        DATABASE_URL (sqlite:///path, postgresql://user:password@host:port/db)."""
-        try:
-            database = target if isinstance(target, Database) else database_from(target)
-        except DatabaseURLError as exc:
-            raise StoreError(str(exc)) from None
-        if database.backend == "sqlite":
-            _check_or_create_file(database.path, create)
-        engine = await _connect(database, busy_timeout_s)
-        return cls(database, engine, busy_timeout_s)
-
-    async def close(self) -> None:
-        await self._engine.dispose()
-
-    async def check_file(self) -> None:
-        """Make sure writes go to the file at `path` (SQLite): a database file deleted under
-        the running server raises StoreError (writes would go to a file nobody can open);
-        one replaced by another (a backup restored) is reopened."""
-        if self.database.backend != "sqlite":
-            return
-        path = self.database.path
-        try:
-            identity = _identity(path)
-        except OSError:
-            raise StoreError(
-                f"{path}: the database file is gone (deleted while the gateway runs);"
-                " restore it or restart the gateway"
-            ) from None
-        if identity == self._identity:
-            return
-        _check_or_create_file(path, create=False)
-        replacement = await _connect(self.database, self._busy_timeout_s)
-        old, self._engine = self._engine, replacement
-        self._identity = identity
-        self.generation += 1
-        await old.dispose()
-        log.warning("%s: the database file was replaced; the gateway now uses the new one", path)
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        with _friendly_errors(self.path):
-            async with self._engine.connect() as conn, conn.begin():
-                yield conn
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; on SQLite it takes the write lock at BEGIN (IMMEDIATE), so
-        it waits for another writer instead of failing half-way."""
-        with _friendly_errors(self.path):
-            async with self._engine.connect() as conn:
-                await conn.execution_options(aigateway_write=True)
-                async with conn.begin():
-                    yield conn
-
-    async def data_version(self) -> int:
-        """Changes whenever keys may have changed elsewhere: the cheap reload signal.
-        SQLite: PRAGMA data_version (moves when *another* connection commits, hand edits
-        too). PostgreSQL: key_changes.version, which every key write moves."""
-        if self.database.backend == "sqlite":
-            # Asked four times a second: straight to the driver, one call into its thread
-            # (through SQLAlchemy, a transaction and cursors made it nine, each a trip
-            # between threads and a tussle for the GIL with the relay).
-            with _friendly_errors(self.path):
-                async with self._engine.connect() as conn:
-                    driver = await _driver(conn)
-                    rows = await driver.execute_fetchall("PRAGMA data_version")
-            return int(rows[0][0])
-        async with self._read() as conn:
-            value = (await conn.execute(select(key_changes.c.version))).scalar()
-        return int(value or 0)
+class Store(Connector):
+    """An open database and every query on it: `await Store.open(path or URL)`."""
 
     # --- keys -------------------------------------------------------------------------
 
@@ -309,7 +166,7 @@ class Store:
             "rph": limits.rph,
             "tokens_per_day": limits.tokens_per_day,
             "max_concurrent": limits.max_concurrent,
-            "models": _models_json(patterns),
+            "models": models_json(patterns),
         }
         async with self._write() as conn:
             values["user_id"] = await _user_for_new_key(conn, user)
@@ -320,7 +177,7 @@ class Store:
                 raise DuplicateKeyError(
                     f"user {user!r} already has an active key named {name!r}"
                 ) from None
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return _record(row), new.secret
 
     async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
@@ -337,7 +194,7 @@ class Store:
                     raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
                 values[field] = value
             elif field == "models":
-                values[field] = _models_json(check_allow_list(value))  # type: ignore[arg-type]
+                values[field] = models_json(check_allow_list(value))  # type: ignore[arg-type]
             elif field == "expires_at":
                 values[field] = check_expiry(value)
             else:
@@ -354,7 +211,7 @@ class Store:
                     update(keys).where(keys.c.id == key_id).values(values).returning(*_KEY_COLUMNS)
                 )
             ).one()
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return _record(row)
 
     async def get_key(self, key_id: int) -> KeyRecord:
@@ -397,7 +254,7 @@ class Store:
             if row is None:
                 raise await _no_active_key(conn, user, name)
             await _end_sessions_of(conn, [row.id])
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return _record(row)
 
     async def purge_revoked(self, user: str, name: str) -> int:
@@ -422,7 +279,7 @@ class Store:
                     )
                 raise KeyNotFoundError(f"user {user!r} has no revoked key named {name!r}")
             await _end_sessions_of(conn, purged_ids)  # a session made before revocation
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return purged
 
     async def list_keys(self) -> list[KeyRecord]:
@@ -502,7 +359,7 @@ class Store:
                         )
                     )
                 )
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return await self.get_user(name)
 
     # --- prices -------------------------------------------------------------------------
@@ -530,7 +387,7 @@ class Store:
                 await conn.execute(
                     insert(prices).values(pattern=price.pattern, **values, updated_at=time.time())
                 )
-            await _keys_changed(conn)  # gateways reload prices with keys
+            await keys_changed(conn)  # gateways reload prices with keys
         return price
 
     async def remove_price(self, pattern: str) -> None:
@@ -538,7 +395,7 @@ class Store:
             result = await conn.execute(delete(prices).where(prices.c.pattern == pattern))
             if result.rowcount == 0:
                 raise KeyNotFoundError(f"no price for {pattern!r}")
-            await _keys_changed(conn)
+            await keys_changed(conn)
 
     # --- dashboard sessions -------------------------------------------------------------
 
@@ -634,11 +491,11 @@ class Store:
         """Set (or with None remove) the budget of a user, all its keys together."""
         async with self._write() as conn:
             result = await conn.execute(
-                update(users).where(users.c.name == name).values(_budget_values(budget))
+                update(users).where(users.c.name == name).values(budget_values(budget))
             )
             if result.rowcount == 0:
                 raise KeyNotFoundError(f"no user {name!r}")
-            await _keys_changed(conn)  # gateways reload budgets with keys
+            await keys_changed(conn)  # gateways reload budgets with keys
         return await self.get_user(name)
 
     async def set_key_budget(self, key_id: int, budget: Budget | None) -> KeyRecord:
@@ -648,9 +505,9 @@ class Store:
             raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
         async with self._write() as conn:
             await conn.execute(
-                update(keys).where(keys.c.id == key_id).values(_budget_values(budget))
+                update(keys).where(keys.c.id == key_id).values(budget_values(budget))
             )
-            await _keys_changed(conn)
+            await keys_changed(conn)
         return await self.get_key(key_id)
 
     async def spend_since(self, owner: str, since: float) -> int:
@@ -705,13 +562,13 @@ class Store:
                 if conn.dialect.name == "postgresql":
                     await _share_counts(conn, records)
             except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
-                raise UsageRejected(_first_line(exc.orig)) from None
+                raise UsageRejected(first_line(exc.orig)) from None
             except sa_exc.StatementError as exc:
                 if isinstance(exc, sa_exc.DBAPIError):
                     raise  # the database is busy or away: the batch waits, not rejected
-                raise UsageRejected(_first_line(exc.orig or exc)) from None  # not bindable
-            except _DRIVER_REFUSALS as exc:
-                raise UsageRejected(_first_line(exc)) from None
+                raise UsageRejected(first_line(exc.orig or exc)) from None  # not bindable
+            except DRIVER_REFUSALS as exc:
+                raise UsageRejected(first_line(exc)) from None
 
     async def segment_written(self, segment: str) -> bool:
         """Whether the journal segment `segment` is in the database already."""
@@ -728,7 +585,7 @@ class Store:
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    select(usage.c.key_id, func.sum(_TOKENS))
+                    select(usage.c.key_id, func.sum(TOKENS))
                     .where(usage.c.ts >= since)
                     .group_by(usage.c.key_id)
                 )
@@ -828,7 +685,7 @@ class Store:
         raw = select(
             bucket * bucket_s,
             func.count(),
-            func.sum(_TOKENS),
+            func.sum(TOKENS),
             cost_sum(usage.c.cost),
             func.sum(case((usage.c.status >= 400, 1), else_=0)),
             func.sum(usage.c.client_gone),
@@ -925,20 +782,6 @@ class Store:
         )
 
 
-_TOKENS = func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0)
-_GIGA = 10**9
-
-
-def cost_sum(column: Any) -> Any:
-    """SUM of a column of nano-units that cannot overflow: SQLite's sum() of integers
-    raises past 2^63. Summed in two parts, whole 10^9 and the rest, each far from it; their
-    total is a float in SQLite (exact to 2^53) or a numeric in PostgreSQL when it is past
-    2^63, for `saturated` to bring to MAX_SUM_NANO."""
-    return func.coalesce(func.sum(column // _GIGA), 0) * _GIGA + func.coalesce(
-        func.sum(column % _GIGA), 0
-    )
-
-
 # Rows per INSERT statement: 1,600 parameters, well inside SQLite's limit of 32,766 and
 # PostgreSQL's of 65,535.
 ROWS_PER_INSERT = 100
@@ -964,13 +807,6 @@ def _insert_usage_sql(rows: int, numbered: bool) -> str:
     return f"INSERT INTO usage ({columns}) VALUES {values}"
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    """The driver's own connection (aiosqlite's or asyncpg's) under `conn`, inside its
-    transaction: for the statements run at every flush or poll, where SQLAlchemy's
-    cursors would cost calls into aiosqlite's thread."""
-    return (await conn.get_raw_connection()).driver_connection
-
-
 async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
     """Statements of ROWS_PER_INSERT rows, the records passed as they are, on the driver's
     own connection inside the transaction. Through SQLAlchemy (even exec_driver_sql) the
@@ -978,7 +814,7 @@ async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecor
     while the event loop waits for the GIL; built with insert(usage) SQLAlchemy also
     processed every value in Python. Not a step per row either, which traded the GIL with
     the event loop for each one."""
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")  # asyncpg: $1, $2...
     for start in range(0, len(records), ROWS_PER_INSERT):
         rows = records[start : start + ROWS_PER_INSERT]
@@ -997,7 +833,7 @@ async def _add_to_rollups(conn: AsyncConnection, records: Sequence[UsageRecord])
     rows = rollup_rows(records)
     if not rows:
         return
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")
     await driver.executemany(upsert_sql(numbered), rows)
 
@@ -1058,7 +894,7 @@ async def _share_counts(conn: AsyncConnection, records: Sequence[UsageRecord]) -
             days[r.key_id] = (day, tokens)
         elif day == latest[0]:
             days[r.key_id] = (day, latest[1] + tokens)
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     key_ids = sorted(days)
     await driver.execute(
         _SHARE_TOKENS,
@@ -1102,10 +938,10 @@ def _user(row: Sequence[Any]) -> UserRecord:
         email=row[2],
         note=row[3],
         disabled=bool(row[4]),
-        created_at=_time(row[5]) or 0.0,
-        disabled_at=_time(row[6]),
+        created_at=read_time(row[5]) or 0.0,
+        disabled_at=read_time(row[6]),
         active_keys=int(row[7] or 0),
-        budget=_budget(row[8:11]),
+        budget=read_budget(row[8:11]),
     )
 
 
@@ -1140,7 +976,7 @@ async def _claim_segment(conn: AsyncConnection, segment: str) -> bool:
     SQLAlchemy each statement is three calls into aiosqlite's thread; on PostgreSQL
     through SQLAlchemy, whose first statement is what begins the transaction there."""
     if conn.dialect.name == "sqlite":
-        driver = await _driver(conn)
+        driver = await driver_connection(conn)
         cursor = await driver.execute(
             "INSERT INTO usage_segments (name, written_at) VALUES (?, ?)"
             " ON CONFLICT (name) DO NOTHING",
@@ -1164,99 +1000,12 @@ async def _end_sessions_of(conn: AsyncConnection, key_ids: Sequence[int]) -> Non
     await conn.execute(delete(sessions).where(sessions.c.key_id.in_(key_ids)))
 
 
-async def _keys_changed(conn: AsyncConnection) -> None:
-    """In the transaction of a key change: move the version other gateways poll, and on
-    PostgreSQL wake those that listen (the notification leaves at commit)."""
-    await conn.execute(update(key_changes).values(version=key_changes.c.version + 1))
-    if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(f"NOTIFY {KEYS_CHANNEL}")
-
-
 async def _no_active_key(conn: AsyncConnection, user: str, name: str) -> KeyNotFoundError:
     """Why `user`/`name` names no active key: no such user, or no such key."""
     found = await conn.execute(select(keys.c.id).where(keys.c.user == user).limit(1))
     if found.first() is None:
         return KeyNotFoundError(f"no user {user!r}")
     return KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
-
-
-async def _connect(database: Database, busy_timeout_s: float) -> AsyncEngine:
-    """An engine for `database`, migrated to this release's schema."""
-    if database.backend == "sqlite":
-        # One connection, as before: SQLite has one writer at a time anyway, and PRAGMA
-        # data_version is per connection.
-        engine = create_async_engine(database.url, pool_size=1, max_overflow=0)
-        _sqlite_setup(engine, busy_timeout_s)
-    else:
-        engine = create_async_engine(
-            database.url,
-            pool_size=5,
-            pool_pre_ping=True,  # a connection PostgreSQL dropped is replaced, not used
-            connect_args={"timeout": busy_timeout_s, "command_timeout": 30},
-        )
-    try:
-        with _friendly_errors(database.display):
-            async with engine.connect() as conn:
-                async with conn.begin():
-                    current = await conn.run_sync(is_current)
-                if not current:
-                    await conn.execution_options(aigateway_write=True)
-                    async with conn.begin():
-                        await conn.run_sync(upgrade)
-    except BaseException:
-        await engine.dispose()
-        raise
-    return engine
-
-
-def _sqlite_setup(engine: AsyncEngine, busy_timeout_s: float) -> None:
-    """SQLite's settings on every new connection, and transactions begun by us: pysqlite's
-    own handling would not wrap DDL, and a write should wait for the lock at BEGIN."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("aigateway_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def _identity(path: str) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino
-
-
-def _check_or_create_file(path: str, create: bool) -> None:
-    """Refuse what cannot be our database; create a missing one readable by its owner
-    only, before SQLite touches it (SQLite gives the -wal and -shm files the same mode)."""
-    file = Path(path)
-    if not file.parent.is_dir():
-        raise StoreError(f"{path}: the folder {str(file.parent)!r} does not exist")
-    if file.is_dir():
-        raise StoreError(f"{path}: is a folder, not a database file")
-    if not file.exists():
-        if not create:
-            raise StoreError(
-                f"{path}: no such database (the server or the first key made creates it)"
-            )
-        try:
-            os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass  # another process created it meanwhile
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot create the database: {exc.strerror}") from None
-        return
-    with file.open("rb") as fh:
-        header = fh.read(len(_SQLITE_MAGIC))
-    if header and header != _SQLITE_MAGIC:
-        raise StoreError(f"{path}: not an aigateway database (not an SQLite file)")
 
 
 def _record(row: Sequence[Any]) -> KeyRecord:
@@ -1267,8 +1016,8 @@ def _record(row: Sequence[Any]) -> KeyRecord:
     joined = len(row) > 20
     user, name = str(row[1]), str(row[2])
     user_id = row[16] if isinstance(row[16], int) else None
-    budget = _budget(row[17:20])
-    user_budget = _budget(row[21:24]) if joined else None
+    budget = read_budget(row[17:20])
+    user_budget = read_budget(row[21:24]) if joined else None
     return KeyRecord(
         id=row[0],
         user=user,
@@ -1276,66 +1025,19 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         key_hash=str(row[3]),
         prefix=str(row[4]),
         role=row[5] if row[5] in ROLES else "user",
-        created_at=_time(row[6]) or 0.0,
-        expires_at=None if row[7] is None else _time(row[7]) or 0.0,  # unreadable: expired
-        last_used_at=_time(row[8]),
+        created_at=read_time(row[6]) or 0.0,
+        expires_at=None if row[7] is None else read_time(row[7]) or 0.0,  # unreadable: expired
+        last_used_at=read_time(row[8]),
         revoked=bool(row[9]),
-        revoked_at=_time(row[10]),
-        limits=KeyLimits(*(_limit(value) for value in row[11:15])),
-        models=_models(row[15]),
+        revoked_at=read_time(row[10]),
+        limits=KeyLimits(*(read_limit(value) for value in row[11:15])),
+        models=read_models(row[15]),
         user_disabled=joined and bool(row[20]),
         user_id=user_id,
         budget=budget,
         user_budget=user_budget,
         budgets=budget_lines(row[0], user, name, user_id, budget, user_budget),
     )
-
-
-def _budget_values(budget: Budget | None) -> dict[str, object]:
-    if budget is None:
-        return {"budget": None, "budget_period": None, "budget_alert": None}
-    try:
-        budget = check_budget(budget.amount, budget.period, budget.alert)
-    except BudgetError as exc:
-        raise InvalidInputError(str(exc)) from None
-    return {"budget": budget.amount, "budget_period": budget.period, "budget_alert": budget.alert}
-
-
-def _budget(values: Sequence[Any]) -> Budget | None:
-    """A budget as stored; one a hand edit made unreadable is read as 0 (nothing may be
-    spent), never as no budget."""
-    amount, period, alert = values
-    if amount is None:
-        return None
-    try:
-        return check_budget(amount, period, alert)
-    except BudgetError:
-        amount = amount if isinstance(amount, int) and 0 <= amount <= 10**15 else 0
-        return Budget(amount, period if period in PERIODS else "total")
-
-
-def _time(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-        return float(min(max(value, 0), MAX_EXPIRES_AT - 1))
-    return None
-
-
-def _limit(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LIMIT:
-        return value
-    return None
-
-
-def _models(value: object) -> tuple[str, ...] | None:
-    if value is None or value == "":
-        return None
-    try:
-        patterns = orjson.loads(value) if isinstance(value, str | bytes) else None
-    except orjson.JSONDecodeError:
-        patterns = None
-    if not isinstance(patterns, list):
-        return ()  # unreadable: no model, never every model
-    return tuple(p for p in patterns if isinstance(p, str))
 
 
 def _usage_filter(
@@ -1536,7 +1238,3 @@ def _percentiles(joined: str | None) -> tuple[float | None, float | None]:
         round(ordered[min(last, int(0.5 * len(ordered)))], 2),
         round(ordered[min(last, int(0.95 * len(ordered)))], 2),
     )
-
-
-def _models_json(models: tuple[str, ...] | None) -> str | None:
-    return orjson.dumps(list(models)).decode() if models else None
