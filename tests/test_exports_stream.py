@@ -394,7 +394,7 @@ async def test_exports_page_through_equal_times_on_both_databases(
     store = await Store.open(database)
     try:
         admin, secret = await store.create_key("root", "ops", "admin")
-        # Over two pages of 500 (store.USAGE_CHUNK); times repeat seven at a time, so
+        # Over two pages of 500 (db/reports.py USAGE_CHUNK); times repeat seven at a time, so
         # records of one time straddle each page boundary.
         count = 1203
         await store.insert_usage(

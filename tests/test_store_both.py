@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from aigateway.db.store import Store, UsageRejected
+from aigateway.db.store import Store
+from aigateway.db.usage import UsageRejected
 from aigateway.records import (
     DuplicateKeyError,
     InvalidInputError,

@@ -1,9 +1,9 @@
 """PostgreSQL's LISTEN/NOTIFY: a change made by any gateway, CLI or the admin API wakes
 every gateway at once, instead of each polling the database four times a second.
 
-Every key write notifies `CHANNEL` in its transaction (delivered at commit). The listener
-holds one connection of its own; while it is down (PostgreSQL away, the connection cut)
-it says so through `listening`, and the key table falls back to polling.
+Every key write notifies `CHANNEL` in its transaction (`keys_changed`, delivered at
+commit). The listener holds one connection of its own; while it is down (PostgreSQL away,
+the connection cut) it says so through `listening`, and the key table falls back to polling.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import logging
 from typing import Any
 
 import asyncpg
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .schema import key_changes
 from .url import Database
 
 log = logging.getLogger("aigateway.keys")
@@ -26,6 +29,14 @@ RETRY_S = (0.5, 1.0, 2.0, 5.0)  # between tries to connect again, growing
 def asyncpg_dsn(database: Database) -> str:
     """The URL as asyncpg takes it (the driver name SQLAlchemy needs removed)."""
     return database.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def keys_changed(conn: AsyncConnection) -> None:
+    """In the transaction of a key change: move the version other gateways poll, and on
+    PostgreSQL wake those that listen (the notification leaves at commit)."""
+    await conn.execute(update(key_changes).values(version=key_changes.c.version + 1))
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
 
 class ChangeListener:

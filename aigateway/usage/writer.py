@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from ..db.store import Store, UsageRejected
+from ..db.store import Store
+from ..db.usage import UsageRejected
 from ..records import StoreError, UsageRecord, clean_usage_record
 from .journal import Journal, Segment, read_segment
 

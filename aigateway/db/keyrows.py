@@ -1,0 +1,293 @@
+"""The keys table: create, change, revoke, purge and list keys, their budgets and when
+they were last used. (What a key is, its format and hash, is keys.py, which needs no
+database.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..records import (
+    LIMIT_FIELDS,
+    ROLES,
+    Budget,
+    DuplicateKeyError,
+    InvalidInputError,
+    KeyLimits,
+    KeyNotFoundError,
+    KeyRecord,
+    Role,
+    budget_lines,
+    check_allow_list,
+    check_expiry,
+    check_limits,
+    check_name,
+)
+from .connection import Connector
+from .keys import generate_key
+from .notify import keys_changed
+from .schema import keys, users
+from .sessions import end_sessions_of
+from .users import USER_BUDGET_COLUMNS, user_for_new_key
+from .values import budget_values, models_json, read_budget, read_limit, read_models, read_time
+
+_KEY_COLUMNS = (
+    keys.c.id,
+    keys.c.user,
+    keys.c.name,
+    keys.c.key_hash,
+    keys.c.prefix,
+    keys.c.role,
+    keys.c.created_at,
+    keys.c.expires_at,
+    keys.c.last_used_at,
+    keys.c.revoked,
+    keys.c.revoked_at,
+    keys.c.rpm,
+    keys.c.rph,
+    keys.c.tokens_per_day,
+    keys.c.max_concurrent,
+    keys.c.models,
+    keys.c.user_id,
+    keys.c.budget,
+    keys.c.budget_period,
+    keys.c.budget_alert,
+)
+
+
+class KeyQueries(Connector):
+    """Queries of the keys table."""
+
+    async def create_key(
+        self,
+        user: str,
+        name: str,
+        role: Role = "user",
+        expires_at: float | None = None,
+        limits: KeyLimits = KeyLimits(),
+        models: Sequence[str] | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new key and return its record and the secret (shown once, never stored)."""
+        check_name("user", user)
+        check_name("key name", name)
+        if role not in ROLES:
+            raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        check_limits(limits)
+        expires_at = check_expiry(expires_at)
+        patterns = check_allow_list(models)
+        new = generate_key()
+        values = {
+            "user": user,
+            "name": name,
+            "key_hash": new.key_hash,
+            "prefix": new.display_prefix,
+            "role": role,
+            "created_at": time.time(),
+            "expires_at": expires_at,
+            "rpm": limits.rpm,
+            "rph": limits.rph,
+            "tokens_per_day": limits.tokens_per_day,
+            "max_concurrent": limits.max_concurrent,
+            "models": models_json(patterns),
+        }
+        async with self._write() as conn:
+            values["user_id"] = await user_for_new_key(conn, user)
+            try:
+                statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
+                row = (await conn.execute(statement)).one()
+            except sa_exc.IntegrityError:  # the one active key per user and name
+                raise DuplicateKeyError(
+                    f"user {user!r} already has an active key named {name!r}"
+                ) from None
+            await keys_changed(conn)
+        return _record(row), new.secret
+
+    async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
+        """Change role, expires_at, limits (rpm, rph, tokens_per_day, max_concurrent) or
+        models of an active key. Values are checked as in create_key."""
+        allowed = {"role", "expires_at", "models", *LIMIT_FIELDS}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))}")
+        values: dict[str, object] = {}
+        for field, value in changes.items():
+            if field == "role":
+                if value not in ROLES:
+                    raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
+                values[field] = value
+            elif field == "models":
+                values[field] = models_json(check_allow_list(value))  # type: ignore[arg-type]
+            elif field == "expires_at":
+                values[field] = check_expiry(value)
+            else:
+                check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
+                values[field] = value
+        record = await self.get_key(key_id)
+        if record.revoked:
+            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
+        if not values:
+            return record
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(keys).where(keys.c.id == key_id).values(values).returning(*_KEY_COLUMNS)
+                )
+            ).one()
+            await keys_changed(conn)
+        return _record(row)
+
+    async def get_key(self, key_id: int) -> KeyRecord:
+        async with self._read() as conn:
+            row = (await conn.execute(_key_select().where(keys.c.id == key_id))).first()
+        if row is None:
+            raise KeyNotFoundError(f"no key with id {key_id}")
+        return _record(row)
+
+    async def find_active_key(self, user: str, name: str) -> KeyRecord:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    _key_select().where(
+                        keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
+                    )
+                )
+            ).first()
+            if row is None:
+                raise await _no_active_key(conn, user, name)
+        return _record(row)
+
+    async def revoke_key_id(self, key_id: int) -> KeyRecord:
+        record = await self.get_key(key_id)
+        if record.revoked:
+            return record
+        return await self.revoke_key(record.user, record.name)
+
+    async def revoke_key(self, user: str, name: str) -> KeyRecord:
+        """Mark the active key `user`/`name` revoked; the row stays for history."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(keys)
+                    .where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 0)
+                    .values(revoked=1, revoked_at=time.time())
+                    .returning(*_KEY_COLUMNS)
+                )
+            ).first()
+            if row is None:
+                raise await _no_active_key(conn, user, name)
+            await end_sessions_of(conn, [row.id])
+            await keys_changed(conn)
+        return _record(row)
+
+    async def purge_revoked(self, user: str, name: str) -> int:
+        """Delete the revoked rows of `user`/`name` for good; return how many went."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(keys)
+                .where(keys.c.user == user, keys.c.name == name, keys.c.revoked == 1)
+                .returning(keys.c.id)
+            )
+            purged_ids = [row[0] for row in result.all()]
+            purged = len(purged_ids)
+            if purged == 0:
+                active = await conn.execute(
+                    select(keys.c.id).where(
+                        keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
+                    )
+                )
+                if active.first() is not None:
+                    raise KeyNotFoundError(
+                        f"the key {user}/{name} is active: revoke it first (-d), then purge"
+                    )
+                raise KeyNotFoundError(f"user {user!r} has no revoked key named {name!r}")
+            await end_sessions_of(conn, purged_ids)  # a session made before revocation
+            await keys_changed(conn)
+        return purged
+
+    async def list_keys(self) -> list[KeyRecord]:
+        async with self._read() as conn:
+            rows = (await conn.execute(_key_select().order_by(keys.c.id))).all()
+        return [_record(row) for row in rows]
+
+    async def set_key_budget(self, key_id: int, budget: Budget | None) -> KeyRecord:
+        """Set (or with None remove) the budget of one key, besides its user's."""
+        record = await self.get_key(key_id)
+        if record.revoked:
+            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
+        async with self._write() as conn:
+            await conn.execute(
+                update(keys).where(keys.c.id == key_id).values(budget_values(budget))
+            )
+            await keys_changed(conn)
+        return await self.get_key(key_id)
+
+    async def record_last_used(self, used: Mapping[int, float]) -> None:
+        """Write a batch of `key id -> last use time`; never moves a time backwards.
+        (Not a key change: other gateways need not reload for it.)"""
+        if not used:
+            return
+        statement = (
+            update(keys)
+            .where(
+                keys.c.id == bindparam("b_id"),
+                or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < bindparam("b_when")),
+            )
+            .values(last_used_at=bindparam("b_when"))
+        )
+        async with self._write() as conn:
+            await conn.execute(
+                statement, [{"b_id": key_id, "b_when": when} for key_id, when in used.items()]
+            )
+
+
+def _key_select() -> Any:
+    """Keys with their user's disabled flag (a key row written before users existed, or
+    by hand, may have no user record: it counts as not disabled)."""
+    return select(*_KEY_COLUMNS, users.c.disabled, *USER_BUDGET_COLUMNS).select_from(
+        keys.outerjoin(users, users.c.id == keys.c.user_id)
+    )
+
+
+async def _no_active_key(conn: AsyncConnection, user: str, name: str) -> KeyNotFoundError:
+    """Why `user`/`name` names no active key: no such user, or no such key."""
+    found = await conn.execute(select(keys.c.id).where(keys.c.user == user).limit(1))
+    if found.first() is None:
+        return KeyNotFoundError(f"no user {user!r}")
+    return KeyNotFoundError(f"user {user!r} has no active key named {name!r}")
+
+
+def _record(row: Sequence[Any]) -> KeyRecord:
+    """A key row as a record, whatever an older version or a hand edit left in it: a
+    value that cannot be what its column means is read as the safest thing it could be
+    (no time, no limit of its own, no model allowed), never as an error for the listing.
+    The user's columns are there when the row was read with _key_select."""
+    joined = len(row) > 20
+    user, name = str(row[1]), str(row[2])
+    user_id = row[16] if isinstance(row[16], int) else None
+    budget = read_budget(row[17:20])
+    user_budget = read_budget(row[21:24]) if joined else None
+    return KeyRecord(
+        id=row[0],
+        user=user,
+        name=name,
+        key_hash=str(row[3]),
+        prefix=str(row[4]),
+        role=row[5] if row[5] in ROLES else "user",
+        created_at=read_time(row[6]) or 0.0,
+        expires_at=None if row[7] is None else read_time(row[7]) or 0.0,  # unreadable: expired
+        last_used_at=read_time(row[8]),
+        revoked=bool(row[9]),
+        revoked_at=read_time(row[10]),
+        limits=KeyLimits(*(read_limit(value) for value in row[11:15])),
+        models=read_models(row[15]),
+        user_disabled=joined and bool(row[20]),
+        user_id=user_id,
+        budget=budget,
+        user_budget=user_budget,
+        budgets=budget_lines(row[0], user, name, user_id, budget, user_budget),
+    )

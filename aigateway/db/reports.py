@@ -1,0 +1,402 @@
+"""Reading usage back: rows, pages and export chunks of the records, series and grouped
+summaries (whole hours from the hourly rollups where they can answer)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
+from .connection import Connector
+from .rollups import BUCKETS, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
+from .schema import usage, usage_hourly
+from .values import TOKENS, cost_sum
+
+USAGE_CHUNK = 500  # records an export reads, and writes, at a time
+
+
+class ReportQueries(Connector):
+    """Reads of the usage records and their rollups."""
+
+    async def usage_rows(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        key_id: int | None = None,
+        user: str | None = None,
+    ) -> list[UsageRecord]:
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    select(*columns)
+                    .where(*_usage_filter(since, until, key_id, user))
+                    .order_by(usage.c.ts, usage.c.id)
+                )
+            ).all()
+        return [_usage_record(row) for row in rows]
+
+    async def usage_page(
+        self, where: UsageQuery, limit: int, offset: int = 0
+    ) -> list[tuple[int, UsageRecord]]:
+        """Records that match `where`, newest first, `limit` from `offset`, each with its
+        id (for paging and reference)."""
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        statement = (
+            select(usage.c.id, *columns)
+            .where(*_usage_query_filter(where))
+            .order_by(usage.c.ts.desc(), usage.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [(int(row[0]), _usage_record(row[1:])) for row in rows]
+
+    async def usage_chunks(
+        self,
+        where: UsageQuery,
+        *,
+        newest_first: bool,
+        most: int | None = None,
+        chunk: int = USAGE_CHUNK,
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        """Records that match `where` (at most `most`), `chunk` at a time, each chunk its
+        own short read: an export of any size holds one chunk in memory, and no read
+        transaction stays open while the client takes its time. Pages are keyset pages
+        on (ts, id), so a record written meanwhile neither shifts nor repeats a row."""
+        columns = [usage.c[name] for name in USAGE_COLUMNS]
+        ts, rid = usage.c.ts, usage.c.id
+        order = (ts.desc(), rid.desc()) if newest_first else (ts, rid)
+        clauses = _usage_query_filter(where)
+        after: tuple[float, int] | None = None
+        left = most
+        while left is None or left > 0:
+            size = chunk if left is None else min(chunk, left)
+            statement = select(rid, *columns).where(*clauses)
+            if after is not None:
+                statement = statement.where(_past(after, newest_first))
+            async with self._read() as conn:
+                rows = (await conn.execute(statement.order_by(*order).limit(size))).all()
+            if not rows:
+                return
+            after = (rows[-1][1], rows[-1][0])
+            if left is not None:
+                left -= len(rows)
+            yield [_usage_record(row[1:]) for row in rows]
+            if len(rows) < size:
+                return
+
+    async def usage_series(
+        self, since: float, bucket_s: int, key_id: int | None = None
+    ) -> list[dict[str, object]]:
+        """Requests, tokens, cost, errors and early leaves per `bucket_s` seconds since
+        `since` (buckets with no request are left out), oldest first. Hourly series read
+        whole hours from the rollups."""
+        hours = whole_hours(since, None) if bucket_s == HOUR else None
+        dim = "all" if key_id is None else "key"
+        if self.database.backend == "sqlite":
+            bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
+        else:
+            bucket = cast(func.floor(usage.c.ts / bucket_s), BigInteger)
+        raw = select(
+            bucket * bucket_s,
+            func.count(),
+            func.sum(TOKENS),
+            cost_sum(usage.c.cost),
+            func.sum(case((usage.c.status >= 400, 1), else_=0)),
+            func.sum(usage.c.client_gone),
+        ).group_by(bucket)
+        found: dict[int, list[int]] = {}
+        async with self._read() as conn:
+            if hours is None:
+                parts = [raw.where(*_usage_filter(since, None, key_id))]
+            else:
+                h = usage_hourly.c
+                rolled = (
+                    select(
+                        h.hour,
+                        func.sum(h.requests),
+                        func.sum(h.prompt_tokens + h.completion_tokens),
+                        cost_sum(h.cost),
+                        func.sum(h.errors),
+                        func.sum(h.client_gone),
+                    )
+                    .where(*_rollup_filter(dim, hours, key_id, None))
+                    .group_by(h.hour)
+                )
+                parts = [rolled, raw.where(*_usage_filter(since, hours[0], key_id))]
+            for statement in parts:
+                for row in (await conn.execute(statement)).all():
+                    sums = found.setdefault(int(row[0]), [0] * 5)
+                    for i, value in enumerate(row[1:]):
+                        sums[i] += int(value or 0)
+        for sums in found.values():
+            sums[2] = micro(saturated(sums[2]))  # (cost: nano-units, shown in micro-units)
+        return [
+            dict(zip(("start", *_SERIES_FIELDS), (start, *found[start]), strict=True))
+            for start in sorted(found)
+        ]
+
+    async def usage_summary(
+        self,
+        group_by: Sequence[str],
+        since: float | None = None,
+        until: float | None = None,
+        key_id: int | None = None,
+        user: str | None = None,
+        exact: bool = False,
+    ) -> list[dict[str, object]]:
+        """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
+        route (of one user's records, with `user`). With `exact` (the CLIs' reports) every
+        record is read and percentiles are exact; otherwise whole hours come from the
+        hourly rollups and percentiles are estimated from their latency buckets."""
+        allowed = {"user", "key_name", "key_id", "model", "route"}
+        if not set(group_by) <= allowed:
+            raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
+        dim = _rollup_dim(group_by, key_id, user)
+        hours = None if exact or dim is None else whole_hours(since, until)
+        clauses = _usage_filter(since, until, key_id, user)
+        groups: dict[tuple[Any, ...], Totals] = {}
+        edges: list[Sequence[Sequence[Any]]]
+        backend = self.database.backend
+        async with self._read() as conn:
+            if hours is None:
+                rows = await _raw_summary(conn, group_by, clauses, backend)
+                if exact:
+                    summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
+                    return _sorted(summary, group_by)
+                edges = [rows]
+            else:
+                assert dim is not None
+                start, end = hours
+                edges = []
+                # the records of the partial hours at either end
+                for edge in ((since, start), (end, until)):
+                    if None not in edge and edge[0] != edge[1]:
+                        where = _usage_filter(*edge, key_id, user)
+                        edges.append(await _raw_summary(conn, group_by, where, backend))
+                h = usage_hourly.c
+                labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
+                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in SUM_COLUMNS)
+                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, key_id, user))
+                if labels:
+                    statement = statement.group_by(*labels)
+                for summed in (await conn.execute(statement)).all():
+                    names = _rollup_names(dim, group_by, summed[: len(group_by)])
+                    groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+        for rows in edges:
+            for row in rows:
+                names = tuple(row[: len(group_by)])
+                groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+        return _sorted(
+            [
+                {**dict(zip(group_by, names, strict=True)), **totals.summary()}
+                for names, totals in groups.items()
+                if totals.values[0]
+            ],
+            group_by,
+        )
+
+
+def _usage_filter(
+    since: float | None, until: float | None, key_id: int | None, user: str | None = None
+) -> list[Any]:
+    clauses = []
+    if user is not None:
+        clauses.append(usage.c.user == user)
+    if since is not None:
+        clauses.append(usage.c.ts >= since)
+    if until is not None:
+        clauses.append(usage.c.ts < until)
+    if key_id is not None:
+        clauses.append(usage.c.key_id == key_id)
+    return clauses
+
+
+def _usage_query_filter(where: UsageQuery) -> list[Any]:
+    clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
+    if where.model is not None:
+        clauses.append(usage.c.model == where.model)
+    if where.route is not None:
+        clauses.append(usage.c.route == where.route)
+    if where.status is not None:
+        clauses.append(usage.c.status == where.status)
+    return clauses
+
+
+def _past(after: tuple[float, int], newest_first: bool) -> Any:
+    """Rows beyond (ts, id) `after` in the export's order. Written as a range on ts and
+    then the tie on id, which both databases serve from the ts index."""
+    ts, rid = after
+    if newest_first:
+        return and_(usage.c.ts <= ts, or_(usage.c.ts < ts, usage.c.id < rid))
+    return and_(usage.c.ts >= ts, or_(usage.c.ts > ts, usage.c.id > rid))
+
+
+def _usage_record(row: Sequence[Any]) -> UsageRecord:
+    """A usage row as a record, for display. Durations are stored as measured and rounded
+    to the microsecond when read back, so the request path does not pay for round(); the
+    cost is shown in micro-units (rounded half up from its nano-units)."""
+    record = UsageRecord(*row)
+    return record._replace(
+        cost=None if record.cost is None else micro(record.cost),
+        duration_ms=round(record.duration_ms, 3),
+        ttfb_ms=None if record.ttfb_ms is None else round(record.ttfb_ms, 3),
+        client_gone=bool(record.client_gone),
+        estimated=bool(record.estimated),
+    )
+
+
+_SERIES_FIELDS = ("requests", "tokens", "cost", "errors", "client_gone")
+
+
+async def _raw_summary(
+    conn: AsyncConnection, group_by: Sequence[str], clauses: list[Any], backend: str
+) -> Sequence[Sequence[Any]]:
+    """Usage records summed per group, read from the records: the labels, then requests,
+    prompt and completion tokens, duration sum, errors, early leaves, cost, records with a
+    cost, and the durations and times to first byte joined by commas (for percentiles)."""
+    labels = [usage.c[name] for name in group_by]
+    if backend == "sqlite":
+        durations = func.group_concat(usage.c.duration_ms)
+        ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
+    else:
+        durations = func.string_agg(cast(usage.c.duration_ms, Text), ",")
+        ttfbs = func.string_agg(cast(usage.c.ttfb_ms, Text), ",")
+    statement = select(
+        *labels,
+        func.count(),
+        func.sum(func.coalesce(usage.c.prompt_tokens, 0)),
+        func.sum(func.coalesce(usage.c.completion_tokens, 0)),
+        func.sum(usage.c.duration_ms),
+        func.sum(case((usage.c.status >= 400, 1), else_=0)),
+        func.sum(usage.c.client_gone),
+        cost_sum(usage.c.cost),
+        func.count(usage.c.cost),
+        durations,
+        ttfbs,
+    ).where(*clauses)
+    if labels:
+        statement = statement.group_by(*labels)
+    return (await conn.execute(statement)).all()
+
+
+def _exact_summary(group_by: Sequence[str], row: Sequence[Any]) -> dict[str, object]:
+    """A group of _raw_summary as a summary, with percentiles of every duration (not of
+    latency buckets)."""
+    measures = row[len(group_by) :]
+    totals = Totals()
+    totals.add_sums(_counted_sums(measures))
+    joined, ttfb = measures[-2:]
+    return {
+        **dict(zip(group_by, row[: len(group_by)], strict=True)),
+        **totals.summary((*_percentiles(joined), *_percentiles(ttfb))),
+    }
+
+
+def _counted_sums(measures: Sequence[Any]) -> list[float]:
+    """The sums of a _raw_summary group, in SUM_COLUMNS' order, up to the histograms."""
+    count, prompt, completion, duration, errors, gone, cost, costed, _, _ = measures
+    return [
+        count, prompt or 0, completion or 0, errors or 0, gone or 0, cost or 0, costed,
+        duration or 0.0,
+    ]  # fmt: skip
+
+
+def _raw_sums(measures: Sequence[Any]) -> list[float]:
+    """The measures of a _raw_summary group as a row of SUM_COLUMNS: the joined durations
+    counted into latency buckets."""
+    joined, ttfb = measures[-2:]
+    sums = _counted_sums(measures)
+    for values in (joined, ttfb):
+        buckets = [0] * BUCKETS
+        for value in values.split(",") if values else ():
+            buckets[bucket(float(value))] += 1
+        sums.extend(buckets)
+    return sums
+
+
+def _rollup_dim(group_by: Sequence[str], key_id: int | None, user: str | None) -> str | None:
+    """The rollup rows that can answer a summary, if any."""
+    if key_id is not None:
+        return "key" if set(group_by) <= {"user", "key_name", "key_id"} else None
+    if not group_by:
+        return "all" if user is None else "user"
+    if tuple(group_by) == ("user",):
+        return "user"
+    if set(group_by) <= {"user", "key_name", "key_id"}:
+        return "key"
+    if len(group_by) == 1 and user is None:
+        return group_by[0]  # model or route
+    return None
+
+
+_ROLLUP_LABELS = {
+    "all": {},
+    "user": {"user": usage_hourly.c.value},
+    "key": {
+        "user": usage_hourly.c.user,
+        "key_name": usage_hourly.c.key_name,
+        "key_id": usage_hourly.c.value,
+    },
+    "model": {"model": usage_hourly.c.value},
+    "route": {"route": usage_hourly.c.value},
+}
+
+
+def _rollup_filter(
+    dim: str, hours: tuple[float | None, float | None], key_id: int | None, user: str | None
+) -> list[Any]:
+    """The rollup rows of dimension `dim` in `hours`, of one key or user when given (the
+    key's rows name its user; the user's rows are the user)."""
+    h = usage_hourly.c
+    start, end = hours
+    clauses = [h.dim == dim]
+    if start is not None:
+        clauses.append(h.hour >= start)
+    if end is not None:
+        clauses.append(h.hour < end)
+    if key_id is not None:
+        clauses.append(h.value == str(key_id))
+    if user is not None:
+        clauses.append(h.value == user if dim == "user" else h.user == user)
+    return clauses
+
+
+def _rollup_names(dim: str, group_by: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:
+    """A rollup group's labels as the records have them: key ids are numbers, and the
+    model "" is a record without one."""
+    names = []
+    for name, value in zip(group_by, values, strict=True):
+        if name == "key_id":
+            value = int(value)
+        elif name == "model" and value == "":
+            value = None
+        names.append(value)
+    return tuple(names)
+
+
+def _sorted(summary: list[dict[str, object]], group_by: Sequence[str]) -> list[dict[str, object]]:
+    """Groups in the order of their labels, a missing one (a record without a model) last,
+    the same on both databases."""
+
+    def order(row: dict[str, object]) -> list[tuple[bool, Any]]:
+        return [(row[n] is None, 0 if row[n] is None else row[n]) for n in group_by]
+
+    return sorted(summary, key=order)
+
+
+def _percentiles(joined: str | None) -> tuple[float | None, float | None]:
+    """p50 and p95 of comma-joined values (nearest rank), the same way on both databases."""
+    if not joined:
+        return None, None
+    ordered = sorted(float(d) for d in joined.split(","))
+    last = len(ordered) - 1
+    return (
+        round(ordered[min(last, int(0.5 * len(ordered)))], 2),
+        round(ordered[min(last, int(0.95 * len(ordered)))], 2),
+    )

@@ -1,0 +1,165 @@
+"""The users table: create, change, disable and list users, and set their budgets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..records import (
+    Budget,
+    DuplicateKeyError,
+    InvalidInputError,
+    KeyNotFoundError,
+    UserRecord,
+    check_email,
+    check_name,
+    check_note,
+)
+from .connection import Connector
+from .notify import keys_changed
+from .schema import keys, sessions, users
+from .values import budget_values, read_budget, read_time
+
+USER_BUDGET_COLUMNS = (users.c.budget, users.c.budget_period, users.c.budget_alert)
+
+
+class UserQueries(Connector):
+    """Queries of the users table."""
+
+    async def create_user(
+        self, name: str, email: str | None = None, note: str | None = None
+    ) -> UserRecord:
+        check_name("user", name)
+        values = {
+            "name": name,
+            "email": check_email(email),
+            "note": check_note(note),
+            "created_at": time.time(),
+        }
+        async with self._write() as conn:
+            try:
+                await conn.execute(insert(users).values(values))
+            except sa_exc.IntegrityError:
+                raise DuplicateKeyError(f"user {name!r} exists already") from None
+        return await self.get_user(name)
+
+    async def get_user(self, name: str) -> UserRecord:
+        async with self._read() as conn:
+            row = (await conn.execute(_user_select().where(users.c.name == name))).first()
+        if row is None:
+            raise KeyNotFoundError(f"no user {name!r}")
+        return _user(row)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self._read() as conn:
+            rows = (await conn.execute(_user_select().order_by(users.c.name))).all()
+        return [_user(row) for row in rows]
+
+    async def update_user(self, name: str, changes: Mapping[str, str | None]) -> UserRecord:
+        """Change a user's email or note ("" or None clears one)."""
+        unknown = set(changes) - {"email", "note"}
+        if unknown:
+            raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))} of a user")
+        values: dict[str, object] = {}
+        if "email" in changes:
+            values["email"] = check_email(changes["email"])
+        if "note" in changes:
+            values["note"] = check_note(changes["note"])
+        if values:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    update(users).where(users.c.name == name).values(values)
+                )
+                if result.rowcount == 0:
+                    raise KeyNotFoundError(f"no user {name!r}")
+        return await self.get_user(name)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> UserRecord:
+        """Disable a user (all its keys stop working, on every gateway within a second)
+        or enable it again."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(users)
+                .where(users.c.name == name)
+                .values(disabled=int(disabled), disabled_at=time.time() if disabled else None)
+            )
+            if result.rowcount == 0:
+                raise KeyNotFoundError(f"no user {name!r}")
+            if disabled:  # its keys stop working: their sessions end, not only pause
+                await conn.execute(
+                    delete(sessions).where(
+                        sessions.c.key_id.in_(
+                            select(keys.c.id).where(
+                                keys.c.user_id
+                                == select(users.c.id).where(users.c.name == name).scalar_subquery()
+                            )
+                        )
+                    )
+                )
+            await keys_changed(conn)
+        return await self.get_user(name)
+
+    async def set_user_budget(self, name: str, budget: Budget | None) -> UserRecord:
+        """Set (or with None remove) the budget of a user, all its keys together."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(users).where(users.c.name == name).values(budget_values(budget))
+            )
+            if result.rowcount == 0:
+                raise KeyNotFoundError(f"no user {name!r}")
+            await keys_changed(conn)  # gateways reload budgets with keys
+        return await self.get_user(name)
+
+
+def _user_select() -> Any:
+    active = (
+        select(func.count())
+        .where(keys.c.user_id == users.c.id, keys.c.revoked == 0)
+        .scalar_subquery()
+    )
+    return select(
+        users.c.id,
+        users.c.name,
+        users.c.email,
+        users.c.note,
+        users.c.disabled,
+        users.c.created_at,
+        users.c.disabled_at,
+        active,
+        *USER_BUDGET_COLUMNS,
+    )
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        id=int(row[0]),
+        name=str(row[1]),
+        email=row[2],
+        note=row[3],
+        disabled=bool(row[4]),
+        created_at=read_time(row[5]) or 0.0,
+        disabled_at=read_time(row[6]),
+        active_keys=int(row[7] or 0),
+        budget=read_budget(row[8:11]),
+    )
+
+
+async def user_for_new_key(conn: AsyncConnection, name: str) -> int:
+    """The id of user `name`, made now if it has no record yet; a disabled user gets no
+    new key (it would not work)."""
+    row = (
+        await conn.execute(select(users.c.id, users.c.disabled).where(users.c.name == name))
+    ).first()
+    if row is None:
+        made = await conn.execute(
+            insert(users).values(name=name, created_at=time.time()).returning(users.c.id)
+        )
+        return int(made.scalar_one())
+    if row.disabled:
+        raise InvalidInputError(f"user {name!r} is disabled: enable it first")
+    return int(row.id)
