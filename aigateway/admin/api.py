@@ -69,6 +69,7 @@ from ..relaystate import RELAY
 from ..upstreams.pool import Pool
 from ..upstreams.probe import CheckFailed
 from ..upstreams.union import TAGS, union_of_lists
+from . import service
 from .exports import ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, utc_text
@@ -196,16 +197,16 @@ async def create_key(request: web.Request) -> web.Response:
             raise BadRequest(f"{field} must be a string")
     expires_at = _expiry(body)
     limits = KeyLimits(**{field: body.get(field) for field in LIMIT_FIELDS})
-    record, secret = await request.app[STORE].create_key(
+    record, secret = await service.create_key(
+        request.app[STORE],
         body["user"],
         body["name"],
         body.get("role", "user"),
         expires_at,
         limits,
         body.get("models"),
+        _budget(body),
     )
-    if body.get("budget") is not None:
-        record = await request.app[STORE].set_key_budget(record.id, _budget(body))
     await _reload(request)
     return _json({"key": secret, **key_view(record)}, status=201)
 
@@ -216,16 +217,15 @@ async def update_key(request: web.Request) -> web.Response:
     changes = {field: body[field] for field in UPDATE_FIELDS if field in body}
     if "expires_at" in body or "expires_days" in body:
         changes["expires_at"] = _expiry(body)
-    budget = _budget(body) if "budget" in body else None
-    record = await request.app[STORE].update_key(key_id, changes)
     if "budget" in body:
-        record = await request.app[STORE].set_key_budget(key_id, budget)
+        changes["budget"] = _budget(body)
+    record = await service.change_key(request.app[STORE], key_id, changes)
     await _reload(request)
     return _json(key_view(record))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    record = await request.app[STORE].revoke_key_id(_key_id(request))
+    record = await service.revoke_key(request.app[STORE], _key_id(request))
     await _reload(request)
     return _json(key_view(record))
 
@@ -243,9 +243,10 @@ async def create_user(request: web.Request) -> web.Response:
     _check_strings(body, ("user", "email", "note"))
     budget = _budget(body)
     store = request.app[STORE]
-    user = await store.create_user(body["user"], body.get("email"), body.get("note"))
+    user = await service.create_user(
+        store, body["user"], body.get("email"), body.get("note"), budget
+    )
     if budget is not None:
-        user = await store.set_user_budget(user.name, budget)
         await _reload(request)
     return _json(user_view(user), status=201)
 
@@ -256,17 +257,11 @@ async def update_user(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body(request, USER_FIELDS - {"user"})
     _check_strings(body, ("email", "note"))
-    store = request.app[STORE]
-    changes: dict[str, str | None] = {f: body[f] for f in ("email", "note") if f in body}
-    budget = _budget(body) if "budget" in body else None
-    user = await store.update_user(name, changes)
+    changes: dict[str, object] = {f: body[f] for f in ("email", "note", "disabled") if f in body}
     if "budget" in body:
-        user = await store.set_user_budget(name, budget)
-        await _reload(request)
-    if "disabled" in body:
-        if not isinstance(body["disabled"], bool):
-            raise BadRequest("disabled must be true or false")
-        user = await store.set_user_disabled(name, body["disabled"])
+        changes["budget"] = _budget(body)
+    user = await service.change_user(request.app[STORE], name, changes)
+    if "budget" in body or "disabled" in body:
         await _reload(request)
     return _json(user_view(user))
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import click
 
 from ..access.budgets import period_start
+from ..admin import service
 from ..admin.reports import user_budget_report, user_invoice
 from ..records import (
     PERIODS,
@@ -25,6 +26,7 @@ from ..records import (
     ModelInfo,
     Price,
     PriceError,
+    Role,
     UserRecord,
     check_budget,
     parse_money,
@@ -292,7 +294,7 @@ def cli(**options: Any) -> None:
             click.echo(render(records, o["fmt"] or "table"))
         elif action == "-d":
             user, name = o["delete"]
-            record = with_store(path, lambda store: store.revoke_key(user, name))
+            record = with_store(path, lambda store: service.revoke_active_key(store, user, name))
             click.echo(f"Revoked key {record.prefix}... of {record.user}/{record.name}.", err=True)
         elif action == "-e":
             target = o["export"]
@@ -341,7 +343,7 @@ def cli(**options: Any) -> None:
             click.echo(render_budget_report(report, o["fmt"] or "table"))
         elif action == "--purge":
             user, name = o["purge"]
-            count = with_store(path, lambda store: store.purge_revoked(user, name))
+            count = with_store(path, lambda store: service.purge_revoked(store, user, name))
             click.echo(f"Purged {count} revoked key(s) of {user}/{name}.", err=True)
 
 
@@ -354,31 +356,27 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
     if action == "--add-user":
         name = o["add_user"]
 
+        given = budget.value if budget is not None else None
+
         async def add(store: Store) -> UserRecord:
-            user = await store.create_user(name, o["email"], o["note"])
-            if budget is not None:
-                user = await store.set_user_budget(name, budget.value)
-            return user
+            return await service.create_user(store, name, o["email"], o["note"], given)
 
         user = with_store(path, add, create=True)
         click.echo(f"Created user {user.name} in {shown(path)}.", err=True)
     elif action == "--set-user":
         name = o["set_user"]
-        changes = {k: o[k] for k in ("email", "note") if o[k] is not None}
-        if not changes and budget is None:
+        changes: dict[str, object] = {k: o[k] for k in ("email", "note") if o[k] is not None}
+        if budget is not None:
+            changes["budget"] = budget.value
+        if not changes:
             raise AdminError("--set-user needs something to change: --email, --note or --budget")
-
-        async def change(store: Store) -> UserRecord:
-            user = await store.update_user(name, changes)
-            if budget is not None:
-                user = await store.set_user_budget(name, budget.value)
-            return user
-
-        user = with_store(path, change)
+        user = with_store(path, lambda store: service.change_user(store, name, changes))
     else:
         disable = action == "--disable-user"
         name = o["disable_user"] if disable else o["enable_user"]
-        user = with_store(path, lambda store: store.set_user_disabled(name, disable))
+        user = with_store(
+            path, lambda store: service.change_user(store, name, {"disabled": disable})
+        )
         click.echo(
             f"{'Disabled' if disable else 'Enabled'} user {user.name}: its"
             f" {user.active_keys} active key(s) {'stop' if disable else 'work again'}"
@@ -413,7 +411,7 @@ def _prices(path: str, action: str, o: dict[str, Any]) -> None:
         return
     if action == "--remove-price":
         pattern = o["remove_price"]
-        with_store(path, lambda store: store.remove_price(pattern))
+        with_store(path, lambda store: service.remove_price(store, pattern))
         click.echo(f"Removed the price of {pattern}; requests from now on are free.", err=True)
         return
     amounts = {field: o[field] for field in PRICE_FIELDS if o[field] is not None}
@@ -428,7 +426,7 @@ def _prices(path: str, action: str, o: dict[str, Any]) -> None:
     except PriceError as exc:
         raise AdminError(str(exc)) from None
     price = with_store(
-        path, lambda store: store.set_price(Price(o["set_price"], **micro)), create=True
+        path, lambda store: service.set_price(store, Price(o["set_price"], **micro)), create=True
     )
     click.echo(render_prices([price], "table", currency))
     click.echo(
@@ -506,13 +504,11 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     models = parse_models(o["models"]) if o["models"] is not None else None
     budget = _budget(o)
 
+    given = budget.value if budget is not None else None
+
     async def make(store: Store) -> tuple[KeyRecord, str]:
-        record, secret = await store.create_key(
-            user, name, o["role"] or "user", expires_at, limits, models
-        )
-        if budget is not None and budget.value is not None:
-            record = await store.set_key_budget(record.id, budget.value)
-        return record, secret
+        role: Role = o["role"] or "user"
+        return await service.create_key(store, user, name, role, expires_at, limits, models, given)
 
     record, secret = with_store(path, make, create=True)
     click.echo(secret)
@@ -536,19 +532,13 @@ def _set(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     elif o["expires_days"] is not None or o["expires"] is not None:
         changes["expires_at"] = _expiry(o)
     budget = _budget(o)
-    if not changes and budget is None:
+    if budget is not None:
+        changes["budget"] = budget.value
+    if not changes:
         raise AdminError(
             "--set needs something to change: --role, limits, --models, expiry or --budget"
         )
-
-    async def change(store: Store) -> KeyRecord:
-        record = await store.find_active_key(user, name)
-        record = await store.update_key(record.id, changes)
-        if budget is not None:
-            record = await store.set_key_budget(record.id, budget.value)
-        return record
-
-    record = with_store(path, change)
+    record = with_store(path, lambda store: service.change_active_key(store, user, name, changes))
     click.echo(render([record], "table"))
 
 

@@ -18,6 +18,7 @@ from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
 from prompt_toolkit.output import Output
 
 from ..access.budgets import describe, period_start
+from ..admin import service
 from ..admin.reports import user_budget_report, user_invoice
 from ..records import (
     PERIODS,
@@ -194,7 +195,7 @@ class Menu:
             models = self._ask_models(None)
         record, secret = with_store(
             self.db_path,
-            lambda store: store.create_key(user, name, role, expires_at, limits, models),
+            lambda store: service.create_key(store, user, name, role, expires_at, limits, models),
         )
         self.echo(f"New {record.role} key for {record.user}/{record.name}:")
         self.echo(secret)
@@ -226,7 +227,7 @@ class Menu:
                 validate=_valid_expiry,
             )
             changes["expires_at"] = parse_expiry(text)
-        record = with_store(self.db_path, lambda store: store.update_key(key.id, changes))
+        record = with_store(self.db_path, lambda store: service.change_key(store, key.id, changes))
         self.echo(render([record], "table"))
 
     def _ask_limits(self, current: KeyLimits) -> dict[str, int | None]:
@@ -295,7 +296,7 @@ class Menu:
         ):
             self.echo("Nothing revoked.")
             return
-        with_store(self.db_path, lambda store: store.revoke_key(key.user, key.name))
+        with_store(self.db_path, lambda store: service.revoke_key(store, key.id))
         self.echo(f"Revoked {key.user}/{key.name}.")
 
     def export(self) -> None:
@@ -320,7 +321,8 @@ class Menu:
             email = self._ask(questionary.text, "Email (or empty):", validate=_valid(check_email))
             note = self._ask(questionary.text, "Note (or empty):", validate=_valid(check_note))
             made = with_store(
-                self.db_path, lambda store: store.create_user(name, email or None, note or None)
+                self.db_path,
+                lambda store: service.create_user(store, name, email or None, note or None),
             )
             self.echo(f"Created user {made.name}.")
         else:
@@ -349,11 +351,16 @@ class Menu:
                         validate=_valid(check_note),
                     ),
                 }
-                with_store(self.db_path, lambda store: store.update_user(user.name, changes))
+                with_store(
+                    self.db_path, lambda store: service.change_user(store, user.name, changes)
+                )
                 self.echo(f"Changed user {user.name}.")
                 return
             disable = choice == DISABLE_USER
-            with_store(self.db_path, lambda store: store.set_user_disabled(user.name, disable))
+            with_store(
+                self.db_path,
+                lambda store: service.change_user(store, user.name, {"disabled": disable}),
+            )
             self.echo(
                 f"{'Disabled' if disable else 'Enabled'} {user.name}: its keys"
                 f" {'stop' if disable else 'work again'} within a second."
@@ -403,7 +410,10 @@ class Menu:
                     validate=_valid(lambda t: check_budget(0, "total", _percent(t))),
                 )
                 budget = check_budget(amount, period, _percent(alert))
-            with_store(self.db_path, lambda store: store.set_user_budget(user.name, budget))
+            with_store(
+                self.db_path,
+                lambda store: service.change_user(store, user.name, {"budget": budget}),
+            )
             self.echo(f"Set the budget of {user.name}: {describe(budget) or 'none'}.")
             return
         report = with_store(
@@ -443,7 +453,7 @@ class Menu:
                 for field, title in PRICE_PROMPTS
             }
             price = with_store(
-                self.db_path, lambda store: store.set_price(Price(pattern, **amounts))
+                self.db_path, lambda store: service.set_price(store, Price(pattern, **amounts))
             )
             self.echo(render_prices([price], "table", currency))
         else:
@@ -452,7 +462,7 @@ class Menu:
                 return
             choices = [questionary.Choice(p.pattern, value=p.pattern) for p in known]
             pattern = self._ask(questionary.select, "Remove which price?", choices=choices)
-            with_store(self.db_path, lambda store: store.remove_price(pattern))
+            with_store(self.db_path, lambda store: service.remove_price(store, pattern))
             self.echo(f"Removed the price of {pattern}.")
 
     def _pick_user(self, disabled: bool | None) -> UserRecord | None:

@@ -34,7 +34,15 @@ from .notify import keys_changed
 from .schema import keys, users
 from .sessions import end_sessions_of
 from .users import USER_BUDGET_COLUMNS, user_for_new_key
-from .values import budget_values, models_json, read_budget, read_limit, read_models, read_time
+from .values import (
+    budget_values,
+    checked_budget,
+    models_json,
+    read_budget,
+    read_limit,
+    read_models,
+    read_time,
+)
 
 _KEY_COLUMNS = (
     keys.c.id,
@@ -71,8 +79,10 @@ class KeyQueries(Connector):
         expires_at: float | None = None,
         limits: KeyLimits = KeyLimits(),
         models: Sequence[str] | None = None,
+        budget: Budget | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Store a new key and return its record and the secret (shown once, never stored)."""
+        """Store a new key, with its own budget if given, in one transaction; return its
+        record and the secret (shown once, never stored)."""
         check_name("user", user)
         check_name("key name", name)
         if role not in ROLES:
@@ -94,6 +104,7 @@ class KeyQueries(Connector):
             "tokens_per_day": limits.tokens_per_day,
             "max_concurrent": limits.max_concurrent,
             "models": models_json(patterns),
+            **(budget_values(checked_budget(budget)) if budget is not None else {}),
         }
         async with self._write() as conn:
             values["user_id"] = await user_for_new_key(conn, user)
@@ -107,38 +118,20 @@ class KeyQueries(Connector):
             await keys_changed(conn)
         return _record(row), new.secret
 
-    async def update_key(self, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
-        """Change role, expires_at, limits (rpm, rph, tokens_per_day, max_concurrent) or
-        models of an active key. Values are checked as in create_key."""
-        allowed = {"role", "expires_at", "models", *LIMIT_FIELDS}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))}")
-        values: dict[str, object] = {}
-        for field, value in changes.items():
-            if field == "role":
-                if value not in ROLES:
-                    raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
-                values[field] = value
-            elif field == "models":
-                values[field] = models_json(check_allow_list(value))  # type: ignore[arg-type]
-            elif field == "expires_at":
-                values[field] = check_expiry(value)
-            else:
-                check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
-                values[field] = value
-        record = await self.get_key(key_id)
-        if record.revoked:
-            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
-        if not values:
-            return record
+    async def update_key(
+        self, key: int | tuple[str, str], changes: Mapping[str, object]
+    ) -> KeyRecord:
+        """Change role, expires_at, limits (rpm, rph, tokens_per_day, max_concurrent),
+        models or budget (a Budget, or None to remove it) of an active key, by id or as
+        (user, name). Values are checked as in create_key, all of them before anything
+        is written; the change is one transaction."""
+        values = _key_changes(changes)
         async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    update(keys).where(keys.c.id == key_id).values(values).returning(*_KEY_COLUMNS)
-                )
-            ).one()
-            await keys_changed(conn)
+            row = await _active_row(conn, key)
+            if values:
+                await conn.execute(update(keys).where(keys.c.id == row.id).values(values))
+                await keys_changed(conn)
+                row = (await conn.execute(_key_select().where(keys.c.id == row.id))).one()
         return _record(row)
 
     async def get_key(self, key_id: int) -> KeyRecord:
@@ -216,15 +209,7 @@ class KeyQueries(Connector):
 
     async def set_key_budget(self, key_id: int, budget: Budget | None) -> KeyRecord:
         """Set (or with None remove) the budget of one key, besides its user's."""
-        record = await self.get_key(key_id)
-        if record.revoked:
-            raise InvalidInputError(f"key {key_id} is revoked and cannot be changed")
-        async with self._write() as conn:
-            await conn.execute(
-                update(keys).where(keys.c.id == key_id).values(budget_values(budget))
-            )
-            await keys_changed(conn)
-        return await self.get_key(key_id)
+        return await self.update_key(key_id, {"budget": budget})
 
     async def record_last_used(self, used: Mapping[int, float]) -> None:
         """Write a batch of `key id -> last use time`; never moves a time backwards.
@@ -243,6 +228,49 @@ class KeyQueries(Connector):
             await conn.execute(
                 statement, [{"b_id": key_id, "b_when": when} for key_id, when in used.items()]
             )
+
+
+def _key_changes(changes: Mapping[str, object]) -> dict[str, object]:
+    """The columns `changes` set, every value checked (InvalidInputError names the first
+    that is not right)."""
+    allowed = {"role", "expires_at", "models", "budget", *LIMIT_FIELDS}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))}")
+    values: dict[str, object] = {}
+    for field, value in changes.items():
+        if field == "role":
+            if value not in ROLES:
+                raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
+            values[field] = value
+        elif field == "models":
+            values[field] = models_json(check_allow_list(value))  # type: ignore[arg-type]
+        elif field == "expires_at":
+            values[field] = check_expiry(value)
+        elif field == "budget":
+            values.update(budget_values(checked_budget(value)))
+        else:
+            check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
+            values[field] = value
+    return values
+
+
+async def _active_row(conn: AsyncConnection, key: int | tuple[str, str]) -> Any:
+    """The row of the key to change: by id (which must not be revoked), or the active
+    key (user, name)."""
+    if isinstance(key, tuple):
+        user, name = key
+        where = (keys.c.user == user, keys.c.name == name, keys.c.revoked == 0)
+        row = (await conn.execute(_key_select().where(*where))).first()
+        if row is None:
+            raise await _no_active_key(conn, user, name)
+        return row
+    row = (await conn.execute(_key_select().where(keys.c.id == key))).first()
+    if row is None:
+        raise KeyNotFoundError(f"no key with id {key}")
+    if row.revoked:
+        raise InvalidInputError(f"key {key} is revoked and cannot be changed")
+    return row
 
 
 def _key_select() -> Any:

@@ -23,7 +23,7 @@ from ..records import (
 from .connection import Connector
 from .notify import keys_changed
 from .schema import keys, sessions, users
-from .values import budget_values, read_budget, read_time
+from .values import budget_values, checked_budget, read_budget, read_time
 
 USER_BUDGET_COLUMNS = (users.c.budget, users.c.budget_period, users.c.budget_alert)
 
@@ -32,20 +32,28 @@ class UserQueries(Connector):
     """Queries of the users table."""
 
     async def create_user(
-        self, name: str, email: str | None = None, note: str | None = None
+        self,
+        name: str,
+        email: str | None = None,
+        note: str | None = None,
+        budget: Budget | None = None,
     ) -> UserRecord:
+        """A new user, with its budget if given, in one transaction."""
         check_name("user", name)
         values = {
             "name": name,
             "email": check_email(email),
             "note": check_note(note),
             "created_at": time.time(),
+            **(budget_values(checked_budget(budget)) if budget is not None else {}),
         }
         async with self._write() as conn:
             try:
                 await conn.execute(insert(users).values(values))
             except sa_exc.IntegrityError:
                 raise DuplicateKeyError(f"user {name!r} exists already") from None
+            if budget is not None:
+                await keys_changed(conn)  # gateways reload budgets with keys
         return await self.get_user(name)
 
     async def get_user(self, name: str) -> UserRecord:
@@ -60,16 +68,27 @@ class UserQueries(Connector):
             rows = (await conn.execute(_user_select().order_by(users.c.name))).all()
         return [_user(row) for row in rows]
 
-    async def update_user(self, name: str, changes: Mapping[str, str | None]) -> UserRecord:
-        """Change a user's email or note ("" or None clears one)."""
-        unknown = set(changes) - {"email", "note"}
+    async def update_user(self, name: str, changes: Mapping[str, object]) -> UserRecord:
+        """Change a user's email or note ("" or None clears one), budget (a Budget, or
+        None to remove it) or `disabled` (True: all its keys stop working, on every
+        gateway within a second, and their dashboard sessions end). Every value is
+        checked before anything is written; the change is one transaction."""
+        unknown = set(changes) - {"email", "note", "budget", "disabled"}
         if unknown:
             raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))} of a user")
         values: dict[str, object] = {}
         if "email" in changes:
-            values["email"] = check_email(changes["email"])
+            values["email"] = check_email(_text_or_none("email", changes["email"]))
         if "note" in changes:
-            values["note"] = check_note(changes["note"])
+            values["note"] = check_note(_text_or_none("note", changes["note"]))
+        if "budget" in changes:
+            values.update(budget_values(checked_budget(changes["budget"])))
+        disabled = changes.get("disabled")
+        if "disabled" in changes:
+            if not isinstance(disabled, bool):
+                raise InvalidInputError("disabled must be true or false")
+            values["disabled"] = int(disabled)
+            values["disabled_at"] = time.time() if disabled else None
         if values:
             async with self._write() as conn:
                 result = await conn.execute(
@@ -77,43 +96,27 @@ class UserQueries(Connector):
                 )
                 if result.rowcount == 0:
                     raise KeyNotFoundError(f"no user {name!r}")
+                if disabled:  # its keys stop working: their sessions end, not only pause
+                    user_id = select(users.c.id).where(users.c.name == name).scalar_subquery()
+                    its_keys = select(keys.c.id).where(keys.c.user_id == user_id)
+                    await conn.execute(delete(sessions).where(sessions.c.key_id.in_(its_keys)))
+                if "budget" in changes or "disabled" in changes:
+                    await keys_changed(conn)  # gateways reload keys, and budgets with them
         return await self.get_user(name)
 
     async def set_user_disabled(self, name: str, disabled: bool) -> UserRecord:
-        """Disable a user (all its keys stop working, on every gateway within a second)
-        or enable it again."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(users)
-                .where(users.c.name == name)
-                .values(disabled=int(disabled), disabled_at=time.time() if disabled else None)
-            )
-            if result.rowcount == 0:
-                raise KeyNotFoundError(f"no user {name!r}")
-            if disabled:  # its keys stop working: their sessions end, not only pause
-                await conn.execute(
-                    delete(sessions).where(
-                        sessions.c.key_id.in_(
-                            select(keys.c.id).where(
-                                keys.c.user_id
-                                == select(users.c.id).where(users.c.name == name).scalar_subquery()
-                            )
-                        )
-                    )
-                )
-            await keys_changed(conn)
-        return await self.get_user(name)
+        """Disable a user (all its keys stop working) or enable it again."""
+        return await self.update_user(name, {"disabled": disabled})
 
     async def set_user_budget(self, name: str, budget: Budget | None) -> UserRecord:
         """Set (or with None remove) the budget of a user, all its keys together."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(users).where(users.c.name == name).values(budget_values(budget))
-            )
-            if result.rowcount == 0:
-                raise KeyNotFoundError(f"no user {name!r}")
-            await keys_changed(conn)  # gateways reload budgets with keys
-        return await self.get_user(name)
+        return await self.update_user(name, {"budget": budget})
+
+
+def _text_or_none(field: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInputError(f"{field} must be text or null")
+    return value
 
 
 def _user_select() -> Any:

@@ -35,6 +35,13 @@ def cost_sum(column: Any) -> Any:
     )
 
 
+def checked_budget(value: object) -> Budget | None:
+    """A budget a change names: a Budget, or None to remove one."""
+    if value is not None and not isinstance(value, Budget):
+        raise InvalidInputError(f"a budget must be a Budget or None, not {value!r}")
+    return value
+
+
 def budget_values(budget: Budget | None) -> dict[str, object]:
     if budget is None:
         return {"budget": None, "budget_period": None, "budget_alert": None}

@@ -1,0 +1,84 @@
+"""Every admin action, once, for the admin HTTP API (and so the dashboard, which calls
+it) and both CLIs: create, change, revoke and purge keys; create and change users;
+set and remove prices.
+
+Each action is one transaction in the store: its input is checked whole before anything
+is written, and a change refused in any part (a bad flag beside a good email, a budget
+beside a limit) changes nothing. The callers only translate: the API from JSON and to
+its status codes, the CLIs from flags or prompts and to one line on a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ..records import Budget, KeyLimits, KeyRecord, Price, Role, UserRecord
+
+if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
+    from ..db.store import Store
+
+
+async def create_key(
+    store: Store,
+    user: str,
+    name: str,
+    role: Role = "user",
+    expires_at: float | None = None,
+    limits: KeyLimits = KeyLimits(),
+    models: Sequence[str] | None = None,
+    budget: Budget | None = None,
+) -> tuple[KeyRecord, str]:
+    """A new key of `user` (made when missing) and its secret, shown once."""
+    return await store.create_key(user, name, role, expires_at, limits, models, budget)
+
+
+async def change_key(store: Store, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
+    """Change an active key's role, expiry, limits, allow-list or budget (`budget`: a
+    Budget, or None to remove it); the fields not named keep their values."""
+    return await store.update_key(key_id, changes)
+
+
+async def change_active_key(
+    store: Store, user: str, name: str, changes: Mapping[str, object]
+) -> KeyRecord:
+    """As change_key, for the active key `user`/`name`, found in the same transaction."""
+    return await store.update_key((user, name), changes)
+
+
+async def revoke_key(store: Store, key_id: int) -> KeyRecord:
+    """Revoke a key (the row stays for history; revoking a revoked key is no change)."""
+    return await store.revoke_key_id(key_id)
+
+
+async def revoke_active_key(store: Store, user: str, name: str) -> KeyRecord:
+    return await store.revoke_key(user, name)
+
+
+async def purge_revoked(store: Store, user: str, name: str) -> int:
+    """Delete the revoked rows of `user`/`name` for good; how many went."""
+    return await store.purge_revoked(user, name)
+
+
+async def create_user(
+    store: Store,
+    name: str,
+    email: str | None = None,
+    note: str | None = None,
+    budget: Budget | None = None,
+) -> UserRecord:
+    return await store.create_user(name, email, note, budget)
+
+
+async def change_user(store: Store, name: str, changes: Mapping[str, object]) -> UserRecord:
+    """Change a user's email, note, budget (a Budget or None) or `disabled` (every key
+    of a disabled user stops working, its sessions end)."""
+    return await store.update_user(name, changes)
+
+
+async def set_price(store: Store, price: Price) -> Price:
+    return await store.set_price(price)
+
+
+async def remove_price(store: Store, pattern: str) -> None:
+    await store.remove_price(pattern)
