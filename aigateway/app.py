@@ -22,21 +22,21 @@ from .appkeys import (
     STARTED_AT,
     STORE,
 )
-from .bodybudget import BodyBudget
 from .budgets import Budgets
 from .cors import add_cors_headers
 from .dashboard import add_dashboard_routes
 from .db.notify import ChangeListener
 from .expect import defer_continue
 from .health import health, health_ollama, root
-from .inflight import InFlight
 from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import Limiter, Limits
 from .metrics import Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
-from .proxy import relay_handler
-from .relaystate import Relay
+from .relay.bodybudget import BodyBudget
+from .relay.handler import relay_handler
+from .relay.inflight import InFlight
+from .relay.state import Relay
 from .restart import count_before_admitting
 from .routes import RELAY_ROUTES
 from .sessions import sweep_ended_sessions

@@ -8,7 +8,7 @@ from .context import RequestContext
 from .exports import ExportSlots
 from .keytable import KeyTable
 from .limits import Limiter
-from .relaystate import Relay
+from .relay.state import Relay
 from .settings import Settings
 from .signinlimit import SignInLimits
 from .store import Store

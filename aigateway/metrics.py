@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from .appkeys import RELAY
 from .auth import principal, public
 from .errors import Forbidden, GatewayError, Refused
-from .inflight import InFlight
+from .relay.inflight import InFlight
 from .routes import RelayRoute
 from .upstreams.pool import Pool
 

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import LIMITER, RELAY
-from aigateway.bodybudget import BodyBudget
 from aigateway.errors import ServiceUnavailable
+from aigateway.relay.bodybudget import BodyBudget
 from aigateway.store import KeyLimits
 from aigateway.testing.fake_ollama import FakeOllama
 

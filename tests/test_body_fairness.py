@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
-from aigateway.bodybudget import BodyBudget
+from aigateway.relay.bodybudget import BodyBudget
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
@@ -114,8 +114,8 @@ def _budget(server: TestServer) -> BodyBudget:
 @pytest.fixture
 def quick_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """BODY_MIN_RATE judged over 0.5 s windows after a 0.5 s grace (10 s each in use)."""
-    monkeypatch.setattr("aigateway.bodypace.WINDOW_S", 0.5)
-    monkeypatch.setattr("aigateway.bodypace.GRACE_S", 0.5)
+    monkeypatch.setattr("aigateway.relay.bodypace.WINDOW_S", 0.5)
+    monkeypatch.setattr("aigateway.relay.bodypace.GRACE_S", 0.5)
 
 
 # --- the measured cases of the issue ---------------------------------------------------------

@@ -19,15 +19,13 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from .accesslog import CLIENT_CLOSED
-from .admitmodel import Named, named_models
-from .appkeys import CONTEXT
-from .bodypace import BodyPace, SlowBody
-from .bodypeek import FULL_PARSE_LIMIT
-from .bodyread import read_body
-from .budgets import Refusal, iso
-from .context import RequestContext
-from .errors import (
+from ..accesslog import CLIENT_CLOSED
+from ..admitmodel import Named, named_models
+from ..appkeys import CONTEXT
+from ..bodypeek import FULL_PARSE_LIMIT
+from ..budgets import Refusal, iso
+from ..context import RequestContext
+from ..errors import (
     BudgetExhausted,
     Forbidden,
     NotFound,
@@ -39,19 +37,16 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .expect import send_continue
-from .fanout import pull_everywhere, send_union
-from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
-from .limits import ADMITTED, Limits, Verdict
-from .modelaccess import filter_model_list, is_cloud, model_allowed
-from .pricing import Price
-from .relaystate import Relay
-from .routes import RelayRoute
-from .settings import Settings
-from .sharedbudgets import TopUp
-from .sharedlimits import SharedLimits, Ticket
-from .store import KeyRecord, LocalUsageRecord, UsageRecord
-from .streams import (
+from ..expect import send_continue
+from ..limits import ADMITTED, Limits, Verdict
+from ..modelaccess import filter_model_list, is_cloud, model_allowed
+from ..pricing import Price
+from ..routes import RelayRoute
+from ..settings import Settings
+from ..sharedbudgets import TopUp
+from ..sharedlimits import SharedLimits, Ticket
+from ..store import KeyRecord, LocalUsageRecord, UsageRecord
+from ..streams import (
     NDJSON,
     STREAM_TYPES,
     UsageStripper,
@@ -59,10 +54,15 @@ from .streams import (
     counted_tokens,
     with_usage_requested,
 )
-from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
-from .upstreams.config import UpstreamConfig
-from .upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
-from .usage import UsageTap
+from ..upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
+from ..upstreams.config import UpstreamConfig
+from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
+from ..usage import UsageTap
+from .bodypace import BodyPace, SlowBody
+from .bodyread import read_body
+from .fanout import pull_everywhere, send_union
+from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
+from .state import Relay
 
 log = logging.getLogger("aigateway.proxy")
 

@@ -10,17 +10,17 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .errors import ServiceUnavailable, UpstreamUnreachable
-from .modelaccess import filter_model_list
-from .relaystate import Relay
-from .routes import RelayRoute
-from .streams import NDJSON
-from .upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
-from .upstreams.pool import Upstream
-from .upstreams.union import union_of_lists
+from ..errors import ServiceUnavailable, UpstreamUnreachable
+from ..modelaccess import filter_model_list
+from ..routes import RelayRoute
+from ..streams import NDJSON
+from ..upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
+from ..upstreams.pool import Upstream
+from ..upstreams.union import union_of_lists
+from .state import Relay
 
 if TYPE_CHECKING:
-    from .proxy import Exchange  # (proxy imports this module)
+    from .handler import Exchange  # (the handler imports this module)
 
 
 async def pull_everywhere(

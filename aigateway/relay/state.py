@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ..budgets import Budgets
+from ..keytable import KeyTable
+from ..limits import Limiter
+from ..settings import Settings
+from ..sharedbudgets import SharedBudgets
+from ..sharedlimits import SharedLimits
+from ..upstreams.pool import Pool
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
-from .budgets import Budgets
 from .inflight import InFlight
-from .keytable import KeyTable
-from .limits import Limiter
-from .settings import Settings
-from .sharedbudgets import SharedBudgets
-from .sharedlimits import SharedLimits
-from .upstreams.pool import Pool
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-from .usage import UsageWriter
+    from ..metrics import Metrics
+from ..usage import UsageWriter
 
 
 class Relay:

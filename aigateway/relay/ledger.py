@@ -16,11 +16,11 @@ import logging
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from ..budgets import BudgetLine, Budgets
+    from ..limits import Limiter
+    from ..sharedbudgets import SharedBudgets
+    from ..sharedlimits import SharedLimits, Ticket
     from .bodybudget import BodyBudget
-    from .budgets import BudgetLine, Budgets
-    from .limits import Limiter
-    from .sharedbudgets import SharedBudgets
-    from .sharedlimits import SharedLimits, Ticket
 
 log = logging.getLogger("aigateway.relay")
 
