@@ -61,7 +61,17 @@ from ..usage import UsageTap
 from .bodypace import BodyPace, SlowBody
 from .bodyread import read_body
 from .fanout import pull_everywhere, send_union
-from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome, TicketHold, TokenHold
+from .ledger import (
+    AdmissionHold,
+    BodyHold,
+    BudgetHold,
+    InFlightHold,
+    Ledger,
+    Outcome,
+    TicketHold,
+    TokenHold,
+    UpstreamSlot,
+)
 from .state import Relay
 
 log = logging.getLogger("aigateway.proxy")
@@ -87,8 +97,10 @@ def relay_handler(route: RelayRoute, relay_state: Relay) -> Handler:
 
 
 async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.StreamResponse:
-    """Admit, read the body, forward, settle: in that order, so that a key over its limits
-    is refused before a byte of its body is read (and held)."""
+    """Admit, read the body, forward and pump, settle: in that order, so that a key over
+    its limits is refused before a byte of its body is read (and held). Every take goes
+    into the request's one ledger as it is taken; the `finally` settles the request once,
+    whatever ended it, and only then do the bytes that complete its response go out."""
     context = request[CONTEXT]
     principal = context.principal
     assert principal is not None  # the middleware authenticated every relayed request
@@ -99,6 +111,56 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         _check_content_encoding(coding)
     if relay.storage_full:
         raise _storage_full()
+    ledger = Ledger()
+    admitted = await _admit(request, route, principal, relay, ledger)
+    stopper = Stopper(asyncio.current_task(relay.loop))
+    ledger.take(InFlightHold(relay.in_flight, stopper))
+    exchange: Exchange | None = None  # made once the request is sent on
+    try:
+        prepared = await _take_request(request, route, context, admitted, relay, coding, ledger)
+        exchange = Exchange(context, principal, admitted, prepared, stopper)
+        response, end = await _forward(request, route, exchange, relay, ledger)
+    except asyncio.CancelledError as cancelled:
+        if cancelled.args[:1] != (STOPPING,):
+            context.client_gone = True  # (the server cancels a handler whose client left)
+            raise
+        # A graceful stop ended a request still reading its body or waiting for Ollama's
+        # first byte: answer it, rather than drop the connection.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if exchange is not None:
+            exchange.status = 503
+        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
+    finally:
+        _settle(request, route, relay, ledger, exchange)
+    if end is not None:
+        await _finish(request, response, end, admitted.ticket_hold)
+    return response
+
+
+class Admitted:
+    """What admission decided: the rate-limit headers every answer carries, whether the
+    key has limits (else no tokens to reserve), and the shared limits' ticket."""
+
+    __slots__ = ("limited", "rate_headers", "ticket_hold")
+
+    def __init__(
+        self,
+        rate_headers: tuple[tuple[str, str], ...],
+        limited: bool,
+        ticket_hold: TicketHold | None,
+    ) -> None:
+        self.rate_headers = rate_headers
+        self.limited = limited
+        self.ticket_hold = ticket_hold  # admitted by the limits gateways share
+
+
+async def _admit(
+    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: Relay, ledger: Ledger
+) -> Admitted:
+    """Admission by the key's limits (its slot and counts registered in the ledger), or
+    429 with nothing taken."""
     limiter = relay.limiter
     ticket = None
     decided_here = False  # on this gateway's counts while PostgreSQL is away
@@ -109,37 +171,12 @@ async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.S
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise _too_many(verdict)
-    task = asyncio.current_task(relay.loop)
-    exchange = Exchange(context, principal, verdict.headers, verdict is not ADMITTED, task)
-    if decided_here:
-        exchange.by_record = True
-    ledger = exchange.ledger
-    ledger.take(AdmissionHold(limiter, principal.id))
+    ledger.take(AdmissionHold(limiter, principal.id, decided_here))
+    ticket_hold = None
     if ticket is not None:
         assert relay.shared is not None
-        exchange.ticket_hold = ledger.take(TicketHold(relay.shared, ticket))
-    in_flight = relay.in_flight
-    in_flight.requests.add(exchange)
-    try:
-        await _take_request(request, route, exchange, relay, coding)
-        return await _forward(request, route, exchange, relay)
-    except asyncio.CancelledError:
-        if not exchange.stopping:
-            context.client_gone = True  # (the server cancels a handler whose client left)
-            raise
-        # A graceful stop ended a request still reading its body or waiting for Ollama's
-        # first byte: answer it, rather than drop the connection.
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        exchange.status = 503
-        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
-    finally:
-        in_flight.discard(exchange)
-        if not exchange.relayed:
-            ledger.unwind(Outcome(False, 0, 0, time.time()))
-        elif not exchange.settled:
-            _settle(request, route, exchange, relay)
+        ticket_hold = ledger.take(TicketHold(relay.shared, ticket))
+    return Admitted(verdict.headers, verdict is not ADMITTED, ticket_hold)
 
 
 async def _admit_shared(
@@ -261,68 +298,137 @@ def _too_many(verdict: Verdict) -> TooManyRequests:
     return TooManyRequests(reason, headers, verdict.refused)
 
 
-class Exchange:
-    """One relayed request on its way: what the usage record and the settlement need,
-    and how a graceful stop can end it. (Defaults live on the class, so that making one
-    per request sets only what differs.)"""
+# The message a graceful stop cancels a request's task with (Stopper.stop).
+STOPPING = "aigateway: the gateway is stopping"
 
-    status = 502
-    first_byte_at: float | None = None
-    response: web.StreamResponse | None = None
-    upstream: aiohttp.ClientResponse | None = None
-    data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None
-    body: BodyHold | None = None  # the body memory its body holds, while read in memory
-    bytes_in = 0
-    ticket_hold: TicketHold | None = None  # admitted by the limits gateways share
-    price: Price | None = None  # the model's price when the request started (None: free)
-    prompt_estimate = 0
-    # Admitted or budgeted on this gateway's own reckoning while PostgreSQL was away: its
-    # record (a LocalUsageRecord) brings its tokens and cost to the shared rows.
-    by_record = False
-    relayed = False  # admitted and sent on: settle it and record it
-    settled = False  # its usage record is made (journaled)
-    cut = False  # the stream was cut short (Ollama's side broke, or a stop)
-    stopping = False  # a graceful stop is ending this request
-    stripper: UsageStripper | None = None
-    slow_body: RequestTimeout | None = None  # a streamed upload cut for BODY_MIN_RATE
-    upstream_name = ""  # the upstream that answered (metrics)
 
-    def __init__(
-        self,
-        context: RequestContext,
-        principal: KeyRecord,
-        rate_headers: tuple[tuple[str, str], ...],
-        limited: bool,
-        task: asyncio.Task[Any] | None,
-    ) -> None:
-        self.context = context
-        self.principal = principal
-        self.rate_headers = rate_headers
-        self.limited = limited  # the key has limits (else no tokens to reserve)
-        self.tap = UsageTap()
-        self.task = task  # the handler's, which a graceful stop may cancel
-        self.ledger = Ledger()  # what it took, each with its release
+class Stopper:
+    """How a graceful stop ends one request: a response being relayed is cut the way its
+    dialect signals an error; one not begun yet is cancelled, and answered 503."""
+
+    __slots__ = ("task", "upstream")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task  # the handler's
+        self.upstream: aiohttp.ClientResponse | None = None  # once an upstream answers
 
     def stop(self) -> None:
-        """End this request for a graceful stop: a response being relayed is cut the way
-        its dialect signals an error; one not begun yet is answered 503."""
-        self.stopping = True
         if self.upstream is not None:
             self.upstream.content.set_exception(GatewayStopping())
         elif self.task is not None:
-            self.task.cancel()
+            self.task.cancel(STOPPING)
 
 
 class GatewayStopping(Exception):
     """Raised into a relayed stream when a graceful stop ends it."""
 
 
+class CountedUpload:
+    """An upload passed on as it arrives, counting what really came (not what
+    Content-Length claimed), and cut when it comes slower than BODY_MIN_RATE."""
+
+    __slots__ = ("bytes_in", "content", "pace", "slow_body")
+
+    def __init__(self, content: aiohttp.StreamReader, pace: BodyPace) -> None:
+        self.content = content
+        self.pace = pace
+        self.bytes_in = 0
+        self.slow_body: RequestTimeout | None = None  # cut for BODY_MIN_RATE
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        pace = self.pace
+        watched = pace.watch(self.content)
+        try:
+            async for chunk in self.content.iter_any():
+                self.bytes_in += len(chunk)
+                yield chunk
+        except SlowBody:
+            self.slow_body = pace.refusal()  # (the upstream request fails with it)
+            raise
+        finally:
+            pace.unwatch(watched)
+
+
+class Prepared:
+    """A request read and reserved for, ready to be sent on: what is sent, and what its
+    settlement needs of it."""
+
+    __slots__ = ("body_hold", "bytes_in", "data", "price", "prompt_estimate", "stripper")
+
+    def __init__(
+        self,
+        data: bytes | io.BytesIO | CountedUpload,
+        bytes_in: int = 0,
+        body_hold: BodyHold | None = None,
+        price: Price | None = None,
+        prompt_estimate: int = 0,
+        stripper: UsageStripper | None = None,
+    ) -> None:
+        self.data = data
+        self.bytes_in = bytes_in  # the body's bytes (an upload counts its own)
+        self.body_hold = body_hold  # the body memory it holds, while read in memory
+        self.price = price  # the model's price when the request started (None: free)
+        self.prompt_estimate = prompt_estimate
+        self.stripper = stripper  # takes out the usage the relay asked for on its own
+
+
+class Exchange:
+    """One relayed request on its way, made once it is sent on: what it carries from
+    admission and its body, and what its answer has brought so far (what the usage
+    record and the settlement need). (Defaults of what its answer brings live on the
+    class, so that making one per request sets only what is known.)"""
+
+    status = 502
+    first_byte_at: float | None = None
+    response: web.StreamResponse | None = None
+    upstream_name = ""  # the upstream that answered (metrics)
+    cut_by: str | None = None  # why the stream was cut short (Ollama's side broke, a stop)
+
+    def __init__(
+        self,
+        context: RequestContext,
+        principal: KeyRecord,
+        admitted: Admitted,
+        prepared: Prepared,
+        stopper: Stopper,
+    ) -> None:
+        self.context = context
+        self.principal = principal
+        self.rate_headers = admitted.rate_headers
+        data = prepared.data
+        self.data: bytes | io.BytesIO | CountedUpload | None = data  # None once sent
+        self.upload = data if isinstance(data, CountedUpload) else None
+        self.bytes_in = prepared.bytes_in
+        self.body_hold = prepared.body_hold
+        self.price = prepared.price
+        self.prompt_estimate = prepared.prompt_estimate
+        self.stripper = prepared.stripper
+        self.stopper = stopper
+        self.tap = UsageTap()
+
+    def received(self) -> int:
+        """The request body's bytes that came (an upload's, as they were passed on)."""
+        upload = self.upload
+        return self.bytes_in if upload is None else upload.bytes_in
+
+
 async def _take_request(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay, coding: str | None
-) -> None:
+    request: web.Request,
+    route: RelayRoute,
+    context: RequestContext,
+    admitted: Admitted,
+    relay: Relay,
+    coding: str | None,
+    ledger: Ledger,
+) -> Prepared:
     """Read the body (bounded, within the body budget), check it against the allow-list,
-    reserve the key's tokens, and decide what is sent on."""
-    principal = exchange.principal
+    reserve the key's tokens and budgets (each registered in the ledger as it is taken),
+    and decide what is sent on."""
+    principal = context.principal
+    assert principal is not None
     if route.stream_request_body:
         if principal.models is not None:
             raise Forbidden(
@@ -330,13 +436,11 @@ async def _take_request(
                 reason=Refused.MODEL_NOT_ALLOWED,
             )
         await send_continue(request)
-        exchange.data = _counted(request.content, exchange, relay.body_pace)
-        exchange.relayed = True
-        return
+        return Prepared(CountedUpload(request.content, relay.body_pace))
     settings = relay.settings
-    hold = exchange.body = exchange.ledger.take(BodyHold(relay.body_budget, principal.id))
+    hold = ledger.take(BodyHold(relay.body_budget, principal.id))
     body = await read_body(request, settings.max_body_bytes, relay.body_pace, hold, coding)
-    exchange.bytes_in = len(body)
+    bytes_in = len(body)
     cloud = settings.allow_cloud_models
     named = (
         # (big embed batches: read them off the event loop)
@@ -346,14 +450,17 @@ async def _take_request(
     )
     fields, model = named.fields, named.model
     if model is not None:  # the model's one identity from here on; the record keeps both
-        exchange.context.model = model.canonical
-        exchange.context.model_sent = model.sent
+        context.model = model.canonical
+        context.model_sent = model.sent
+    price = None
+    prompt_estimate = 0
+    stripper = None
     if route.kind == "inference":
-        exchange.price = relay.key_table.prices.for_model(exchange.context.model)  # as it starts
-        exchange.prompt_estimate = _prompt_estimate(len(body))
+        price = relay.key_table.prices.for_model(context.model)  # as it starts
+        prompt_estimate = _prompt_estimate(len(body))
         if route.usage_on_request and fields.stream and not fields.include_usage:
             body = with_usage_requested(body)
-            exchange.stripper = UsageStripper()
+            stripper = UsageStripper()
     output = 0
     if route.kind == "inference" and route.outputs_tokens:
         # The request's own cap where it sets one (Ollama's -1 and -2 mean none).
@@ -362,11 +469,11 @@ async def _take_request(
         most = settings.token_reserve * 64
         if output > most:  # (not min(): see _prompt_estimate)
             output = most
-    budgeted = bool(principal.budgets) and exchange.price is not None
+    budgeted = bool(principal.budgets) and price is not None
     top_up: TopUp | None = None
-    if exchange.limited and route.kind == "inference":
-        estimate = exchange.prompt_estimate + output
-        held = exchange.ticket_hold
+    if admitted.limited and route.kind == "inference":
+        estimate = prompt_estimate + output
+        held = admitted.ticket_hold
         if held is not None:
             limits = relay.limiter.limits_for(principal)
             if budgeted and relay.shared_budgets is not None:
@@ -383,28 +490,33 @@ async def _take_request(
             if not isinstance(reserved, int):
                 raise _too_many(reserved)
             if reserved:
-                exchange.ledger.take(TokenHold(relay.limiter, principal.id, reserved))
+                ledger.take(TokenHold(relay.limiter, principal.id, reserved))
     if budgeted:
-        await _reserve_budget(exchange, relay, output, top_up)
+        assert price is not None
+        reserve = price.reserve(prompt_estimate, output, settings.budget_time_reserve)
+        await _reserve_budget(principal, price, reserve, admitted, relay, top_up, ledger)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
-    exchange.data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-    exchange.relayed = True
+    data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
+    return Prepared(data, bytes_in, hold, price, prompt_estimate, stripper)
 
 
 async def _reserve_budget(
-    exchange: Exchange, relay: Relay, output: int, top_up: TopUp | None
+    principal: KeyRecord,
+    price: Price,
+    reserve: int,
+    admitted: Admitted,
+    relay: Relay,
+    top_up: TopUp | None,
+    ledger: Ledger,
 ) -> None:
     """Check the budgets of the key and its user, and reserve the request's reserved cost
-    (its price per request, its prompt estimate and `output` tokens at the token prices,
-    BUDGET_TIME_RESERVE seconds at the per-second price) against them: across gateways on
-    PostgreSQL (one round trip, which also takes the token `top_up`, shielded from
-    cancellation like admission), else, or while the database is away and
+    (`reserve`: its price per request, its prompt estimate and output tokens at the token
+    prices, BUDGET_TIME_RESERVE seconds at the per-second price) against them: across
+    gateways on PostgreSQL (one round trip, which also takes the token `top_up`, shielded
+    from cancellation like admission), else, or while the database is away and
     LIMITS_WHEN_DATABASE_AWAY is `local`, on this gateway's reckoning."""
-    price = exchange.price
-    assert price is not None
-    lines = exchange.principal.budgets
+    lines = principal.budgets
     per_request = price.per_request_nano
-    reserve = price.reserve(exchange.prompt_estimate, output, relay.settings.budget_time_reserve)
     now = time.time()
     shared = relay.shared_budgets
     verdict: Refusal | Verdict | bool | None = None
@@ -426,21 +538,19 @@ async def _reserve_budget(
                 "budgets cannot be checked: the database is unreachable", {"Retry-After": "5"}
             )
     if verdict is True:
-        held = exchange.ticket_hold
+        held = admitted.ticket_hold
         if top_up is not None and held is not None:
             held.ticket = top_up.ticket.with_more(top_up.tokens)
     else:
-        if verdict is None:
+        if verdict is None:  # (with shared budgets: decided here, PostgreSQL is away)
             verdict = relay.budgets.reserve(lines, per_request, reserve, now)
-            if shared is not None:  # decided here: PostgreSQL is away
-                exchange.by_record = True
         if verdict is not None:
             assert isinstance(verdict, Refusal)
             headers = (
                 {} if verdict.retry_after is None else {"Retry-After": str(verdict.retry_after)}
             )
             raise BudgetExhausted(verdict.message, headers, Refused.OVER_BUDGET)
-    exchange.ledger.take(BudgetHold(relay.budgets, shared, lines, reserve, verdict is True))
+    ledger.take(BudgetHold(relay.budgets, shared, lines, reserve, verdict is True))
 
 
 def _named_models(
@@ -456,44 +566,27 @@ def _named_models(
     )
 
 
-async def _counted(
-    content: aiohttp.StreamReader, exchange: Exchange, pace: BodyPace
-) -> AsyncIterator[bytes]:
-    """An upload passed on as it arrives, counting what really came (not what
-    Content-Length claimed), and cut when it comes slower than BODY_MIN_RATE."""
-    watched = pace.watch(content)
-    try:
-        async for chunk in content.iter_any():
-            exchange.bytes_in += len(chunk)
-            yield chunk
-    except SlowBody:
-        exchange.slow_body = pace.refusal()  # (the upstream request fails with it)
-        raise
-    finally:
-        pace.unwatch(watched)
-
-
 async def _forward(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
-) -> web.StreamResponse:
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay, ledger: Ledger
+) -> tuple[web.StreamResponse, bytes | None]:
     """Send the request to the best upstream for it, and on to the next when one refuses
     the connection, fails or answers 502/503/504 before anything reached the client (a
-    body read into memory can be sent again; an upload streamed through cannot)."""
+    body read into memory can be sent again; an upload streamed through cannot). The
+    response, and the bytes that complete it once the request is settled (None: it is
+    complete, or was cut)."""
     pool = relay.pool
     if pool.single:
         only = pool.upstreams[0]
         if only.config.max_concurrent is None and not pool.closed:  # the usual gateway:
             only.in_flight += 1  # nothing to choose, nor to wait for, nor to fail over to
             only.picked += 1
-            try:
-                return await _forward_to(only, request, route, exchange, relay, False)
-            finally:
-                pool.release(only)
+            ledger.take(UpstreamSlot(pool, only))
+            return await _forward_to(only, request, route, exchange, relay, False)
     else:
         if route.lists_models and request.method in ("GET", "HEAD"):
-            return await send_union(request, route, exchange, relay)  # (HEAD: no body)
+            return await send_union(request, route, exchange, relay), None  # (HEAD: no body)
         if route.native and route.path == "/pull" and UPSTREAM_HEADER not in request.headers:
-            return await pull_everywhere(request, route, exchange, relay)
+            return await pull_everywhere(request, route, exchange, relay), None
     # A cloud API paid with the gateway's key serves only keys whose allow-list names the
     # model (it passed the allow-list already); listing its models costs nothing.
     closed_ok = route.kind != "inference" or exchange.principal.models is not None
@@ -504,6 +597,7 @@ async def _forward(
     key_id = exchange.principal.id
     while True:
         upstream = pool.try_acquire(candidates) or await pool.wait_for_slot(candidates, key_id)
+        slot = ledger.take(UpstreamSlot(pool, upstream))
         if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
         upstream.picked += 1
@@ -512,12 +606,11 @@ async def _forward(
             return await _forward_to(upstream, request, route, exchange, relay, more)
         except _TryNext as exc:
             pool.failed(upstream, exc.reason)
+            slot.give_back_now()  # (the next upstream's queue may be waiting for it)
         except (UpstreamUnreachable, UpstreamTimeout) as exc:
             if exchange.response is None:
                 pool.failed(upstream, exc.message)
             raise
-        finally:
-            pool.release(upstream)
         candidates = [c for c in candidates if c is not upstream]  # (after a _TryNext)
 
 
@@ -535,7 +628,7 @@ async def _forward_to(
     exchange: Exchange,
     relay: Relay,
     more: bool,
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, bytes | None]:
     """One try at one upstream; with `more` (another may be tried after it) a failure
     before anything reached the client raises _TryNext, and the body is kept."""
     settings = relay.settings
@@ -565,9 +658,9 @@ async def _forward_to(
             # Ollama has the whole body now: let go of it and of its share of the budget.
             del data
             exchange.data = None
-            if exchange.body is not None:
-                exchange.body.give_back_now()
-            exchange.upstream = upstream
+            if exchange.body_hold is not None:
+                exchange.body_hold.give_back_now()
+            exchange.stopper.upstream = upstream
             exchange.status = upstream.status
             response = exchange.response = _response_for(upstream, request, exchange)
             try:
@@ -576,15 +669,14 @@ async def _forward_to(
                     and request.method == "GET"
                     and (patterns is not None or not settings.allow_cloud_models)
                 ):
-                    await _send_filtered(upstream, response, request, exchange, route, relay)
-                else:
-                    await response.prepare(request)
-                    await _pump(upstream, response, request, exchange, route, relay)
+                    return response, await _send_filtered(upstream, exchange, relay)
+                await response.prepare(request)
+                return response, await _pump(upstream, response, request, exchange, route)
             except ConnectionResetError:
                 # The client left: close (not pool) the upstream connection so Ollama stops.
                 exchange.context.client_gone = True
                 upstream.close()
-            return response
+            return response, None
     except aiohttp.ClientConnectorError as exc:
         why = f": {exc.os_error.strerror or exc}"
         if more:
@@ -604,9 +696,10 @@ async def _forward_to(
         exchange.status = 504
         raise _unreachable(exchange, config, "", why, kind=UpstreamTimeout) from None
     except aiohttp.ClientError as exc:
-        if exchange.slow_body is not None:  # the upload, not the upstream, failed
+        upload = exchange.upload
+        if upload is not None and upload.slow_body is not None:  # the upload failed
             exchange.status = 408
-            raise exchange.slow_body from None
+            raise upload.slow_body from None
         why = f" failed before answering: {type(exc).__name__}"
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None
@@ -647,17 +740,26 @@ def _named(request: web.Request, route: RelayRoute) -> str | None:
     return None
 
 
-def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay) -> None:
-    """Work out what the request used and cost, unwind its ledger with that (its
-    reservations replaced by what it used), and queue the usage record (never awaits:
-    this also runs when the handler is cancelled)."""
-    exchange.settled = True
+def _settle(
+    request: web.Request,
+    route: RelayRoute,
+    relay: Relay,
+    ledger: Ledger,
+    exchange: Exchange | None,
+) -> None:
+    """End the request, whatever ended it: unwind its ledger once, in reverse order; for a
+    request sent on (`exchange`), with what it used and cost (its reservations replaced by
+    that), and queue its usage record; for one refused after admission, with nothing
+    used. Never awaits: this also runs when the handler is cancelled."""
+    if exchange is None:
+        ledger.unwind(Outcome(False, 0, 0, time.time()))
+        return
     now_perf, now = time.perf_counter(), time.time()
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
     estimated = False
     billable = exchange.status < 400  # an error Ollama answered costs nothing
-    if route.kind == "inference" and (context.client_gone or exchange.cut):
+    if route.kind == "inference" and (context.client_gone or exchange.cut_by is not None):
         if exchange.first_byte_at is not None:
             if completion is None or _without_final_anthropic_counts(route, tap):
                 # A stream cut before its final counts: charge what it carried, and its
@@ -685,13 +787,11 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
     cost, model_ns = 0, None
     if price is not None and billable:
         cost, model_ns = _cost(price, tap, prompt, completion, now_perf - started)
-    by_record = exchange.by_record
     shared = relay.shared
-    if shared is not None and not by_record and shared.maybe_away():
-        # Its counts' give-back would wait in memory for the database (and die with the
-        # process): its record, journaled now, carries them instead.
-        by_record = True
-    exchange.ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
+    # Its counts' give-back would wait in memory for the database (and die with the
+    # process) while the database seems away: its record, journaled now, carries them.
+    by_record = ledger.by_record() or (shared is not None and shared.maybe_away())
+    ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
     metrics = relay.metrics
     if metrics is not None:
         metrics.observe(
@@ -722,7 +822,7 @@ def _settle(request: web.Request, route: RelayRoute, exchange: Exchange, relay: 
             completion,
             (now_perf - started) * 1000,  # duration_ms
             None if first_byte_at is None else (first_byte_at - started) * 1000,  # ttfb_ms
-            exchange.bytes_in,
+            exchange.received(),
             context.bytes_out,
             context.client_gone,
             estimated,
@@ -747,17 +847,24 @@ def _cost(
     return price.cost(prompt or 0, completion or 0, charged_ns), model_ns
 
 
-async def _settle_before_the_end(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+async def _finish(
+    request: web.Request, response: web.StreamResponse, end: bytes, held: TicketHold | None
 ) -> None:
-    """Settle a request whose last bytes are about to go out: its usage record journaled,
-    and for a key with a limit of requests at once on limits several gateways share, its
-    slot given back in the database, so that a client that waits for each answer finds
+    """Send the bytes that complete a settled response: its usage record is journaled by
+    now (no client holds a whole answer whose record a killed process could lose), and for
+    a key with a limit of requests at once on limits several gateways share, its slot is
+    given back in the database first, so that a client that waits for each answer finds
     it free whichever gateway its next request reaches."""
-    _settle(request, route, exchange, relay)
-    held = exchange.ticket_hold
     if held is not None and held.ticket.at_once:
         await held.shared.returned(held.ticket)
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        if end:
+            await response.write(end)
+        await response.write_eof()
+    except ConnectionResetError:
+        request[CONTEXT].client_gone = True
 
 
 def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:
@@ -767,24 +874,19 @@ def _without_final_anthropic_counts(route: RelayRoute, tap: UsageTap) -> bool:
 
 
 async def _send_filtered(
-    upstream: aiohttp.ClientResponse,
-    response: web.StreamResponse,
-    request: web.Request,
-    exchange: Exchange,
-    route: RelayRoute,
-    relay: Relay,
-) -> None:
-    """A model list (tags, ps, /v1/models) cut down to what the key may use."""
+    upstream: aiohttp.ClientResponse, exchange: Exchange, relay: Relay
+) -> bytes:
+    """A model list (tags, ps, /v1/models) cut down to what the key may use: the body,
+    sent once the request is settled."""
     body = await upstream.read()
     exchange.first_byte_at = time.perf_counter()
     if upstream.status == 200:
         body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
     exchange.tap.feed(body)
-    await _settle_before_the_end(request, route, exchange, relay)
+    response = exchange.response
+    assert response is not None
     response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body)
-    await response.write_eof()
+    return body
 
 
 def _response_for(
@@ -804,34 +906,38 @@ async def _pump(
     request: web.Request,
     exchange: Exchange,
     route: RelayRoute,
-    relay: Relay,
-) -> None:
+) -> bytes | None:
     """Copy upstream chunks to the client, letting the usage tap see each one in passing;
-    a ConnectionResetError means the client left. The usage record is made (and journaled)
-    before the bytes that complete the response go out, so that no client holds a whole
-    answer whose record a killed process could lose."""
+    a ConnectionResetError means the client left. The bytes that complete the response
+    (a body's last chunk when it has a length; else only its chunked ending) are kept
+    back and returned, to go out once the request is settled, so that no client holds a
+    whole answer whose record a killed process could lose. None: the stream was cut, and
+    ended here the way its dialect signals it."""
     tap, stripper = exchange.tap, exchange.stripper
     length = upstream.content_length
     # Lines are what a stream cut before its final counts is charged by: counted in
     # streams, which come without a length from Ollama, or (through something that
     # buffers them) with one.
     tap.lines = length is None or upstream.content_type in STREAM_TYPES
+    end = b""
     try:
         async for chunk in upstream.content.iter_any():
             if exchange.first_byte_at is None:
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
-            if tap.total == length:  # the last bytes of a body with a length
-                await _settle_before_the_end(request, route, exchange, relay)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
                     continue
+            if tap.total == length:  # the last bytes of a body with a length
+                end = chunk
+                continue
             await response.write(chunk)
         if stripper is not None and (rest := stripper.flush()):
-            await response.write(rest)
-        if not exchange.settled:  # a chunked body: before its end goes out
-            await _settle_before_the_end(request, route, exchange, relay)
+            if length is None:
+                await response.write(rest)
+            else:
+                end += rest
     except asyncio.CancelledError:
         exchange.context.client_gone = True
         upstream.close()
@@ -840,8 +946,8 @@ async def _pump(
         raise
     except (aiohttp.ClientError, TimeoutError, GatewayStopping) as exc:
         await _end_cut_stream(upstream, response, request, exchange, route, exc)
-        return
-    await response.write_eof()
+        return None
+    return end
 
 
 async def _end_cut_stream(
@@ -857,13 +963,13 @@ async def _end_cut_stream(
     mid-stream errors) and for anything else a closed connection, so that a body framed
     by Content-Length, or an SSE stream read by a client that ignores error events, is
     seen as incomplete at once instead of waited on."""
-    exchange.cut = True
     upstream.close()
     if isinstance(exc, GatewayStopping):
         reason, message = "gateway stopping", "aigateway: the gateway is shutting down"
     else:
         reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
         message = f"aigateway: the Ollama stream broke ({reason})"
+    exchange.cut_by = reason
     log.warning(
         "rid=%s upstream stream cut after %d bytes: %s",
         exchange.context.request_id,
