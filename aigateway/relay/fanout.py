@@ -4,7 +4,6 @@ every Ollama."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -17,10 +16,8 @@ from ..streams import NDJSON
 from ..upstreamhttp import own_headers_missing, request_headers, response_headers, upstream_url
 from ..upstreams.pool import Upstream
 from ..upstreams.union import union_of_lists
+from .exchange import Exchange
 from .state import Relay
-
-if TYPE_CHECKING:
-    from .handler import Exchange  # (the handler imports this module)
 
 
 async def pull_everywhere(
