@@ -31,12 +31,12 @@ from .health import health, health_ollama, root
 from .journal import Journal
 from .keytable import KeyTable, flush_last_used, keep_fresh
 from .limits import Limiter, Limits
-from .metrics import Metrics, admin_metrics_page, metrics_page
+from .metrics import METRICS, Metrics, admin_metrics_page, metrics_page
 from .middleware import gateway_middleware
 from .relay.bodybudget import BodyBudget
 from .relay.handler import relay_handler
 from .relay.inflight import InFlight
-from .relay.state import Relay
+from .relay.state import RelayState
 from .restart import count_before_admitting
 from .routes import RELAY_ROUTES
 from .sessions import sweep_ended_sessions
@@ -46,6 +46,7 @@ from .sharedlimits import SharedLimits
 from .signinlimit import SignInLimits
 from .store import Store, StoreError
 from .upstreamhttp import upstream_session
+from .upstreams.pool import Pool
 from .usage import UsageWriter
 
 log = logging.getLogger("aigateway")
@@ -66,17 +67,24 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[STARTED_AT] = time.time()
     app[SIGN_IN_LIMITS] = SignInLimits()
-    app[RELAY] = Relay(
+    pool = Pool(
+        settings.upstream_list, settings.upstream_check_interval, settings.upstream_queue_timeout
+    )
+    in_flight = InFlight()
+    observe = None
+    if settings.metrics != "off":
+        metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
+        observe = metrics.observe
+    app[RELAY] = RelayState(
         settings,
+        pool,
         app[LIMITER],
         BodyBudget(settings.max_body_memory, settings.body_memory_per_key),
-        InFlight(),
+        in_flight,
         app[KEY_TABLE],
         Budgets(settings.currency),
+        observe,
     )
-    if settings.metrics != "off":
-        relay = app[RELAY]
-        relay.metrics = Metrics(relay.pool, relay.in_flight, settings.currency)
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)

@@ -8,7 +8,7 @@ from .context import RequestContext
 from .exports import ExportSlots
 from .keytable import KeyTable
 from .limits import Limiter
-from .relay.state import Relay
+from .relay.state import RELAY as RELAY  # (typed beside its class)
 from .settings import Settings
 from .signinlimit import SignInLimits
 from .store import Store
@@ -18,7 +18,6 @@ STORE = web.AppKey("store", Store)
 KEY_TABLE = web.AppKey("key_table", KeyTable)
 STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
-RELAY = web.AppKey("relay", Relay)
 SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
 EXPORTS = web.AppKey("exports", ExportSlots)
 

@@ -27,7 +27,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .appkeys import RELAY
 from .auth import principal, public
 from .errors import Forbidden, GatewayError, Refused
 from .relay.inflight import InFlight
@@ -150,6 +149,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+METRICS = web.AppKey("metrics", Metrics)  # (set only with METRICS on or admin)
+
+
 class _Gauges(Collector):
     """What is true now, read when scraped."""
 
@@ -188,8 +190,7 @@ class _Gauges(Collector):
 @public
 async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
-    metrics = request.app[RELAY].metrics
-    assert metrics is not None  # routed only with METRICS on
+    metrics = request.app[METRICS]  # (routed only with METRICS on)
     # In a thread: a page of thousands of series takes tens of milliseconds to write,
     # which the event loop (and every request on it) need not wait for.
     page = await asyncio.to_thread(metrics.page)

@@ -27,7 +27,7 @@ from aigateway import Settings, create_app
 from aigateway.appkeys import RELAY
 from aigateway.budgets import Budget
 from aigateway.pricing import Price
-from aigateway.relay.state import Relay
+from aigateway.relay.state import RelayState
 from aigateway.store import KeyLimits, Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.usage import UsageTap
@@ -43,7 +43,7 @@ class Gateway:
     server: TestServer
     app: web.Application
     key: str
-    relay: Relay
+    relay: RelayState
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -76,7 +76,7 @@ async def _gateway(database: str, aiohttp_server: Any, ollama: str, tmp_path: Pa
     return Gateway(server, app, key, app[RELAY])
 
 
-async def _counters(relay: Relay) -> dict[str, int]:
+async def _counters(relay: RelayState) -> dict[str, int]:
     """Everything a request takes, as it stands now (all 0 when nothing is held)."""
     (record,) = relay.key_table.records()
     use = relay.limiter.usage_of(record, time.time())
@@ -111,7 +111,7 @@ async def _counters(relay: Relay) -> dict[str, int]:
     return counters
 
 
-async def _all_back_at_zero(relay: Relay) -> None:
+async def _all_back_at_zero(relay: RelayState) -> None:
     deadline = time.monotonic() + SETTLED_WITHIN_S
     while True:
         counters = await _counters(relay)
@@ -128,11 +128,11 @@ async def _until(check: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-def _admitted(relay: Relay) -> Callable[[], bool]:
+def _admitted(relay: RelayState) -> Callable[[], bool]:
     return lambda: len(relay.in_flight) == 1
 
 
-def _sent_on(relay: Relay) -> Callable[[], bool]:
+def _sent_on(relay: RelayState) -> Callable[[], bool]:
     return lambda: sum(u.in_flight for u in relay.pool.upstreams) == 1
 
 

@@ -38,7 +38,7 @@ from ..streams import UsageStripper, with_usage_requested
 from .bodyread import read_body
 from .exchange import Admitted, CountedUpload, Prepared
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, TicketHold, TokenHold
-from .state import Relay
+from .state import RelayState
 
 # The request codings aiohttp's server decodes (identity: none to decode).
 DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
@@ -111,7 +111,7 @@ def too_many(verdict: Verdict) -> TooManyRequests:
 
 
 async def admit(
-    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: Relay, ledger: Ledger
+    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: RelayState, ledger: Ledger
 ) -> Admitted:
     """Admission by the key's limits (its slot and counts registered in the ledger), or
     429 with nothing taken."""
@@ -134,7 +134,7 @@ async def admit(
 
 
 async def _admit_shared(
-    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: Relay
+    request: web.Request, route: RelayRoute, principal: KeyRecord, relay: RelayState
 ) -> tuple[Verdict, Ticket | None]:
     """Admission by the limits several gateways share (PostgreSQL): one round trip,
     reserving the tokens the request is likely to use by what is known before its body
@@ -201,7 +201,7 @@ async def prepare(
     route: RelayRoute,
     context: RequestContext,
     admitted: Admitted,
-    relay: Relay,
+    relay: RelayState,
     coding: str | None,
     ledger: Ledger,
 ) -> Prepared:
@@ -286,7 +286,7 @@ async def _reserve_budget(
     price: Price,
     reserve: int,
     admitted: Admitted,
-    relay: Relay,
+    relay: RelayState,
     top_up: TopUp | None,
     ledger: Ledger,
 ) -> None:

@@ -17,11 +17,11 @@ from ..upstreamhttp import own_headers_missing, request_headers, response_header
 from ..upstreams.pool import Upstream
 from ..upstreams.union import union_of_lists
 from .exchange import Exchange
-from .state import Relay
+from .state import RelayState
 
 
 async def pull_everywhere(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: RelayState
 ) -> web.StreamResponse:
     """POST /api/pull without X-Upstream, with several upstreams: the model is pulled on
     every Ollama that is up, one after another. Streamed, their progress lines reach the
@@ -121,7 +121,7 @@ def _whole_response(
 
 
 async def send_union(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: RelayState
 ) -> web.StreamResponse:
     """A model list answered for every upstream together, cut down to what the key may
     use."""

@@ -19,13 +19,13 @@ from .exchange import Exchange
 from .fanout import pull_everywhere, send_union
 from .ledger import Ledger, UpstreamSlot
 from .pump import pump, response_for, send_filtered
-from .state import Relay
+from .state import RelayState
 
 log = logging.getLogger("aigateway.proxy")
 
 
 async def forward(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay, ledger: Ledger
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: RelayState, ledger: Ledger
 ) -> tuple[web.StreamResponse, bytes | None]:
     """Send the request to the best upstream for it, and on to the next when one refuses
     the connection, fails or answers 502/503/504 before anything reached the client (a
@@ -84,7 +84,7 @@ async def _forward_to(
     request: web.Request,
     route: RelayRoute,
     exchange: Exchange,
-    relay: Relay,
+    relay: RelayState,
     more: bool,
 ) -> tuple[web.StreamResponse, bytes | None]:
     """One try at one upstream; with `more` (another may be tried after it) a failure

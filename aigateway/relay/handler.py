@@ -26,20 +26,24 @@ from .forward import forward
 from .ledger import InFlightHold, Ledger
 from .pump import finish
 from .settle import settle
-from .state import Relay
+from .state import RelayState
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
+# The attribute of a relay handler that names its route's dialect: whose error shape its
+# callers parse (the middleware's errors, the relay's cut streams), decided once.
+DIALECT = "aigateway_dialect"
 
 
-def relay_handler(route: RelayRoute, relay_state: Relay) -> Handler:
+def relay_handler(route: RelayRoute, relay_state: RelayState) -> Handler:
     async def relay(request: web.Request) -> web.StreamResponse:
         return await _relay(request, route, relay_state)
 
     relay.__name__ = f"relay_{route.path.strip('/').split('/')[0]}"
+    setattr(relay, DIALECT, route.dialect)
     return relay
 
 
-async def _relay(request: web.Request, route: RelayRoute, relay: Relay) -> web.StreamResponse:
+async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> web.StreamResponse:
     """Admit, read the body, forward and pump, settle: in that order, so that a key over
     its limits is refused before a byte of its body is read (and held). Every take goes
     into the request's one ledger as it is taken; the `finally` settles the request once,

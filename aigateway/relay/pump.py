@@ -18,13 +18,13 @@ from ..streams import NDJSON, STREAM_TYPES, broken_stream_tail
 from ..upstreamhttp import response_headers
 from .exchange import Exchange, GatewayStopping
 from .ledger import TicketHold
-from .state import Relay
+from .state import RelayState
 
 log = logging.getLogger("aigateway.proxy")
 
 
 async def send_filtered(
-    upstream: aiohttp.ClientResponse, exchange: Exchange, relay: Relay
+    upstream: aiohttp.ClientResponse, exchange: Exchange, relay: RelayState
 ) -> bytes:
     """A model list (tags, ps, /v1/models) cut down to what the key may use: the body,
     sent once the request is settled."""

@@ -15,13 +15,13 @@ from ..streams import counted_tokens
 from ..usage import UsageTap
 from .exchange import Exchange
 from .ledger import Ledger, Outcome
-from .state import Relay
+from .state import RelayState
 
 
 def settle(
     request: web.Request,
     route: RelayRoute,
-    relay: Relay,
+    relay: RelayState,
     ledger: Ledger,
     exchange: Exchange | None,
 ) -> None:
@@ -70,9 +70,9 @@ def settle(
     # process) while the database seems away: its record, journaled now, carries them.
     by_record = ledger.by_record() or (shared is not None and shared.maybe_away())
     ledger.unwind(Outcome(True, (prompt or 0) + (completion or 0), cost, now, by_record))
-    metrics = relay.metrics
-    if metrics is not None:
-        metrics.observe(
+    observe = relay.observe
+    if observe is not None:
+        observe(
             route,
             exchange.status,
             context.model,
