@@ -29,9 +29,9 @@ from aigateway.relay.admit import (
     too_many,
 )
 from aigateway.relay.bodybudget import BodyBudget
-from aigateway.relay.exchange import Admitted, Exchange, GatewayStopping, Prepared, Stopper
+from aigateway.relay.exchange import Admitted, Exchange, Prepared
 from aigateway.relay.handler import DIALECT, relay_handler
-from aigateway.relay.inflight import InFlight
+from aigateway.relay.inflight import GatewayStopping, InFlight, InFlightRequest
 from aigateway.relay.ledger import AdmissionHold, BudgetHold, Ledger, Outcome
 from aigateway.relay.pump import finish, pump
 from aigateway.relay.settle import settle
@@ -225,7 +225,8 @@ def _exchange(principal: KeyRecord | None = None, price: Price | None = None) ->
     principal = principal or _key()
     admitted = Admitted((), False, None)
     prepared = Prepared(b"{}", 2, None, price, 10)
-    return Exchange(_context(principal), principal, admitted, prepared, Stopper(None))
+    in_flight = InFlightRequest(InFlight(), None)
+    return Exchange(_context(principal), principal, admitted, prepared, in_flight)
 
 
 async def _pump(upstream: Upstream, exchange: Exchange, response: Response) -> bytes | None:

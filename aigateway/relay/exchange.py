@@ -1,13 +1,11 @@
 """One relayed request's state: what admission decided (Admitted), what its body
 brought (Prepared), and, once it is sent on, the exchange with its upstream (Exchange),
-built complete from both; and how a graceful stop ends it (Stopper)."""
+built complete from both."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,31 +17,8 @@ from ..store import KeyRecord
 from ..streams import UsageStripper
 from ..usage import UsageTap
 from .bodypace import BodyPace, SlowBody
+from .inflight import InFlightRequest
 from .ledger import BodyHold, TicketHold
-
-# The message a graceful stop cancels a request's task with (Stopper.stop).
-STOPPING = "aigateway: the gateway is stopping"
-
-
-class Stopper:
-    """How a graceful stop ends one request: a response being relayed is cut the way its
-    dialect signals an error; one not begun yet is cancelled, and answered 503."""
-
-    __slots__ = ("task", "upstream")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task  # the handler's
-        self.upstream: aiohttp.ClientResponse | None = None  # once an upstream answers
-
-    def stop(self) -> None:
-        if self.upstream is not None:
-            self.upstream.content.set_exception(GatewayStopping())
-        elif self.task is not None:
-            self.task.cancel(STOPPING)
-
-
-class GatewayStopping(Exception):
-    """Raised into a relayed stream when a graceful stop ends it."""
 
 
 class CountedUpload:
@@ -133,7 +108,7 @@ class Exchange:
         principal: KeyRecord,
         admitted: Admitted,
         prepared: Prepared,
-        stopper: Stopper,
+        in_flight: InFlightRequest,
     ) -> None:
         self.context = context
         self.principal = principal
@@ -146,7 +121,7 @@ class Exchange:
         self.price = prepared.price
         self.prompt_estimate = prepared.prompt_estimate
         self.stripper = prepared.stripper
-        self.stopper = stopper
+        self.in_flight = in_flight  # its place among the requests in flight
         self.tap = UsageTap()
 
     def received(self) -> int:

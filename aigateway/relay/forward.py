@@ -118,7 +118,7 @@ async def _forward_to(
             exchange.data = None
             if exchange.body_hold is not None:
                 exchange.body_hold.give_back_now()
-            exchange.stopper.upstream = upstream
+            exchange.in_flight.upstream = upstream  # (a graceful stop cuts it there)
             exchange.status = upstream.status
             response = exchange.response = response_for(upstream, request, exchange)
             try:

@@ -21,9 +21,10 @@ from ..appkeys import CONTEXT
 from ..errors import ServiceUnavailable
 from ..routes import RelayRoute
 from .admit import admit, check_content_encoding, check_path, prepare, storage_full
-from .exchange import STOPPING, Exchange, Stopper
+from .exchange import Exchange
 from .forward import forward
-from .ledger import InFlightHold, Ledger
+from .inflight import STOPPING, InFlightRequest
+from .ledger import Ledger
 from .pump import finish
 from .settle import settle
 from .state import RelayState
@@ -60,12 +61,11 @@ async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> 
         raise storage_full()
     ledger = Ledger()
     admitted = await admit(request, route, principal, relay, ledger)
-    stopper = Stopper(asyncio.current_task(relay.loop))
-    ledger.take(InFlightHold(relay.in_flight, stopper))
+    in_flight = ledger.take(InFlightRequest(relay.in_flight, asyncio.current_task(relay.loop)))
     exchange: Exchange | None = None  # made once the request is sent on
     try:
         prepared = await prepare(request, route, context, admitted, relay, coding, ledger)
-        exchange = Exchange(context, principal, admitted, prepared, stopper)
+        exchange = Exchange(context, principal, admitted, prepared, in_flight)
         response, end = await forward(request, route, exchange, relay, ledger)
     except asyncio.CancelledError as cancelled:
         if cancelled.args[:1] != (STOPPING,):

@@ -16,7 +16,8 @@ from ..modelaccess import filter_model_list
 from ..routes import RelayRoute
 from ..streams import NDJSON, STREAM_TYPES, broken_stream_tail
 from ..upstreamhttp import response_headers
-from .exchange import Exchange, GatewayStopping
+from .exchange import Exchange
+from .inflight import GatewayStopping
 from .ledger import TicketHold
 from .state import RelayState
 
