@@ -29,7 +29,7 @@ from aigateway.relay.admit import (
     too_many,
 )
 from aigateway.relay.bodybudget import BodyBudget
-from aigateway.relay.exchange import Admitted, Exchange, Prepared
+from aigateway.relay.exchange import Admitted, Exchange
 from aigateway.relay.handler import DIALECT, relay_handler
 from aigateway.relay.inflight import GatewayStopping, InFlight, InFlightRequest
 from aigateway.relay.ledger import AdmissionHold, BudgetHold, Ledger, Outcome
@@ -143,9 +143,13 @@ async def test_prepare_reads_the_body_names_the_model_and_reserves_its_tokens() 
     admitted = await admit(_request(), CHAT, principal, state, ledger)
     body = b'{"model":"llama3.2","messages":[],"options":{"num_predict":50}}'
     context = _context(principal)
-    prepared = await prepare(_request(body), CHAT, context, admitted, state, None, ledger)
+    in_flight = InFlightRequest(state.in_flight, None)
+    prepared = await prepare(
+        _request(body), CHAT, context, admitted, in_flight, state, None, ledger
+    )
     assert prepared.data == body and prepared.bytes_in == len(body)
     assert prepared.prompt_estimate == len(body) // 4 and prepared.price is None
+    assert prepared.rate_headers == admitted.rate_headers and prepared.in_flight is in_flight
     assert context.model == "llama3.2:latest" and context.model_sent == "llama3.2"
     reserved = state.limiter.usage_of(principal, 0)["tokens_reserved"]
     assert reserved == len(body) // 4 + 50
@@ -171,8 +175,11 @@ async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledge
     ledger = Ledger()
     admitted = await admit(_request(), CHAT, principal, state, ledger)
     body = b'{"model":"llama3.2","messages":[]}'
+    in_flight = InFlightRequest(state.in_flight, None)
     with pytest.raises(BudgetExhausted):
-        await prepare(_request(body), CHAT, _context(principal), admitted, state, None, ledger)
+        await prepare(
+            _request(body), CHAT, _context(principal), admitted, in_flight, state, None, ledger
+        )
     assert len(ledger) == 3  # admission, body memory, tokens (no budget hold: refused)
     ledger.unwind(Outcome(False, 0, 0, 0.0))
     assert state.limiter.usage_of(principal, 0)["tokens_reserved"] == 0
@@ -224,9 +231,8 @@ class Response:
 def _exchange(principal: KeyRecord | None = None, price: Price | None = None) -> Exchange:
     principal = principal or _key()
     admitted = Admitted((), False, None)
-    prepared = Prepared(b"{}", 2, None, price, 10)
     in_flight = InFlightRequest(InFlight(), None)
-    return Exchange(_context(principal), principal, admitted, prepared, in_flight)
+    return Exchange(_context(principal), principal, admitted, in_flight, b"{}", 2, None, price, 10)
 
 
 async def _pump(upstream: Upstream, exchange: Exchange, response: Response) -> bytes | None:

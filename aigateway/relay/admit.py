@@ -36,7 +36,8 @@ from ..sharedlimits import SharedLimits, Ticket
 from ..store import KeyRecord
 from ..streams import UsageStripper, with_usage_requested
 from .bodyread import read_body
-from .exchange import Admitted, CountedUpload, Prepared
+from .exchange import Admitted, CountedUpload, Exchange
+from .inflight import InFlightRequest
 from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, TicketHold, TokenHold
 from .state import RelayState
 
@@ -201,10 +202,11 @@ async def prepare(
     route: RelayRoute,
     context: RequestContext,
     admitted: Admitted,
+    in_flight: InFlightRequest,
     relay: RelayState,
     coding: str | None,
     ledger: Ledger,
-) -> Prepared:
+) -> Exchange:
     """Read the body (bounded, within the body budget), check it against the allow-list,
     reserve the key's tokens and budgets (each registered in the ledger as it is taken),
     and decide what is sent on."""
@@ -217,7 +219,8 @@ async def prepare(
                 reason=Refused.MODEL_NOT_ALLOWED,
             )
         await send_continue(request)
-        return Prepared(CountedUpload(request.content, relay.body_pace))
+        upload = CountedUpload(request.content, relay.body_pace)
+        return Exchange(context, principal, admitted, in_flight, upload)
     settings = relay.settings
     hold = ledger.take(BodyHold(relay.body_budget, principal.id))
     body = await read_body(request, settings.max_body_bytes, relay.body_pace, hold, coding)
@@ -278,7 +281,18 @@ async def prepare(
         await _reserve_budget(principal, price, reserve, admitted, relay, top_up, ledger)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-    return Prepared(data, bytes_in, hold, price, prompt_estimate, stripper)
+    return Exchange(
+        context,
+        principal,
+        admitted,
+        in_flight,
+        data,
+        bytes_in,
+        hold,
+        price,
+        prompt_estimate,
+        stripper,
+    )
 
 
 async def _reserve_budget(

@@ -1,6 +1,6 @@
-"""One relayed request's state: what admission decided (Admitted), what its body
-brought (Prepared), and, once it is sent on, the exchange with its upstream (Exchange),
-built complete from both."""
+"""One relayed request's state: what admission decided (Admitted), and, once its body
+is read and reserved for, the exchange with its upstream (Exchange), built complete by
+the step that read it (admit.prepare)."""
 
 from __future__ import annotations
 
@@ -50,29 +50,6 @@ class CountedUpload:
             pace.unwatch(watched)
 
 
-class Prepared:
-    """A request read and reserved for, ready to be sent on: what is sent, and what its
-    settlement needs of it."""
-
-    __slots__ = ("body_hold", "bytes_in", "data", "price", "prompt_estimate", "stripper")
-
-    def __init__(
-        self,
-        data: bytes | io.BytesIO | CountedUpload,
-        bytes_in: int = 0,
-        body_hold: BodyHold | None = None,
-        price: Price | None = None,
-        prompt_estimate: int = 0,
-        stripper: UsageStripper | None = None,
-    ) -> None:
-        self.data = data
-        self.bytes_in = bytes_in  # the body's bytes (an upload counts its own)
-        self.body_hold = body_hold  # the body memory it holds, while read in memory
-        self.price = price  # the model's price when the request started (None: free)
-        self.prompt_estimate = prompt_estimate
-        self.stripper = stripper  # takes out the usage the relay asked for on its own
-
-
 class Admitted:
     """What admission decided: the rate-limit headers every answer carries, whether the
     key has limits (else no tokens to reserve), and the shared limits' ticket."""
@@ -107,21 +84,25 @@ class Exchange:
         context: RequestContext,
         principal: KeyRecord,
         admitted: Admitted,
-        prepared: Prepared,
         in_flight: InFlightRequest,
+        data: bytes | io.BytesIO | CountedUpload,
+        bytes_in: int = 0,
+        body_hold: BodyHold | None = None,
+        price: Price | None = None,
+        prompt_estimate: int = 0,
+        stripper: UsageStripper | None = None,
     ) -> None:
         self.context = context
         self.principal = principal
         self.rate_headers = admitted.rate_headers
-        data = prepared.data
+        self.in_flight = in_flight  # its place among the requests in flight
         self.data: bytes | io.BytesIO | CountedUpload | None = data  # None once sent
         self.upload = data if isinstance(data, CountedUpload) else None
-        self.bytes_in = prepared.bytes_in
-        self.body_hold = prepared.body_hold
-        self.price = prepared.price
-        self.prompt_estimate = prepared.prompt_estimate
-        self.stripper = prepared.stripper
-        self.in_flight = in_flight  # its place among the requests in flight
+        self.bytes_in = bytes_in  # the body's bytes (an upload counts its own)
+        self.body_hold = body_hold  # the body memory it holds, while read in memory
+        self.price = price  # the model's price when the request started (None: free)
+        self.prompt_estimate = prompt_estimate
+        self.stripper = stripper  # takes out the usage the relay asked for on its own
         self.tap = UsageTap()
 
     def received(self) -> int:

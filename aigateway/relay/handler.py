@@ -64,8 +64,9 @@ async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> 
     in_flight = ledger.take(InFlightRequest(relay.in_flight, asyncio.current_task(relay.loop)))
     exchange: Exchange | None = None  # made once the request is sent on
     try:
-        prepared = await prepare(request, route, context, admitted, relay, coding, ledger)
-        exchange = Exchange(context, principal, admitted, prepared, in_flight)
+        exchange = await prepare(
+            request, route, context, admitted, in_flight, relay, coding, ledger
+        )
         response, end = await forward(request, route, exchange, relay, ledger)
     except asyncio.CancelledError as cancelled:
         if cancelled.args[:1] != (STOPPING,):
