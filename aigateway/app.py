@@ -19,7 +19,6 @@ from .admin.api import add_admin_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
-from .bodybudget import BodyBudget
 from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
@@ -29,14 +28,16 @@ from .http.expect import defer_continue
 from .http.middleware import gateway_middleware
 from .http.sessions import sweep_ended_sessions
 from .http.signinlimit import SignInLimits
-from .inflight import InFlight
 from .protocol.routes import RELAY_ROUTES
-from .proxy import relay_handler
 from .records import StoreError
-from .relaystate import RELAY, Relay
+from .relay.bodybudget import BodyBudget
+from .relay.handler import relay_handler
+from .relay.inflight import InFlight
+from .relay.state import RELAY, RelayState
 from .settings import Settings
 from .ui.dashboard import add_dashboard_routes
 from .upstreams.http import upstream_session
+from .upstreams.pool import Pool
 from .usage.journal import Journal
 from .usage.metrics import Metrics
 from .usage.restart import count_before_admitting
@@ -60,17 +61,24 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[STARTED_AT] = time.time()
     app[SIGN_IN_LIMITS] = SignInLimits()
-    app[RELAY] = Relay(
+    pool = Pool(
+        settings.upstream_list, settings.upstream_check_interval, settings.upstream_queue_timeout
+    )
+    in_flight = InFlight()
+    observe = None
+    if settings.metrics != "off":
+        metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
+        observe = metrics.observe
+    app[RELAY] = RelayState(
         settings,
+        pool,
         app[LIMITER],
         BodyBudget(settings.max_body_memory, settings.body_memory_per_key),
-        InFlight(),
+        in_flight,
         app[KEY_TABLE],
         Budgets(settings.currency),
+        observe,
     )
-    if settings.metrics != "off":
-        relay = app[RELAY]
-        relay.metrics = app[METRICS] = Metrics(relay.pool, relay.in_flight, settings.currency)
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)

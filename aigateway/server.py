@@ -15,7 +15,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app
 from .logs import configure_logging
-from .relaystate import RELAY
+from .relay.state import RELAY
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("aigateway")

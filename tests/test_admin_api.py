@@ -154,7 +154,7 @@ async def test_stats_count_what_was_used(
 async def test_usage_records_filtered_paged_and_downloaded(
     admin: TestClient, client: TestClient, gateway: TestServer
 ) -> None:
-    from aigateway.relaystate import RELAY
+    from aigateway.relay.state import RELAY
 
     chat = {"model": "llama3.2", "stream": False, "messages": []}
     # (what comes before :// in a name Ollama drops unread: a formula can hide there)

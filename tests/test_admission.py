@@ -14,11 +14,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aigateway import Settings, create_app
-from aigateway.bodybudget import BodyBudget
 from aigateway.errors import ServiceUnavailable
 from aigateway.http.appkeys import LIMITER
 from aigateway.records import KeyLimits
-from aigateway.relaystate import RELAY
+from aigateway.relay.bodybudget import BodyBudget
+from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

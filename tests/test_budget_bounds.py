@@ -41,7 +41,7 @@ from aigateway.records import (
     Price,
     UsageRecord,
 )
-from aigateway.relaystate import RELAY
+from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -23,7 +23,7 @@ from aigateway.access.budgets import Budgets, period_end, period_start
 from aigateway.db.store import Store
 from aigateway.http.appkeys import KEY_TABLE
 from aigateway.records import Budget, BudgetError, BudgetLine, Price, check_budget, money
-from aigateway.relaystate import RELAY
+from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpServer
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
 from aigateway.records import Price
-from aigateway.relaystate import RELAY
+from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import CHROMIUM, make_key

@@ -22,7 +22,7 @@ from aigateway import Settings, create_app
 from aigateway.access.pricing import PriceList
 from aigateway.db.store import Store
 from aigateway.records import Budget, KeyLimits, Price, micro
-from aigateway.relaystate import RELAY
+from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.upstreams.config import upstreams_from_file
 from aigateway.usage.journal import read_segment

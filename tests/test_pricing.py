@@ -32,7 +32,7 @@ from .test_instances import cli
 
 if TYPE_CHECKING:
     from aigateway.access.keytable import KeyTable
-    from aigateway.relaystate import Relay
+    from aigateway.relay.state import Relay
 
 # chat-nonstream.json (what the fake Ollama answers a non-streamed /api/chat with):
 PROMPT, OUTPUT, TOTAL_NS = 26, 6, 4883583458
@@ -182,7 +182,7 @@ def _key_table() -> AppKey[KeyTable]:
 
 
 def _relay() -> AppKey[Relay]:
-    from aigateway.relaystate import RELAY
+    from aigateway.relay.state import RELAY
 
     return RELAY
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aigateway import Settings, create_app
 from aigateway.errors import Refused
 from aigateway.records import KeyLimits
-from aigateway.relaystate import RELAY
+from aigateway.relay.state import RELAY
 from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.ports import free_port

@@ -9,7 +9,7 @@ its response ends. So a request to a key with a quota reserves an estimate once 
 is read (`reserve_tokens`: its own output cap, else a setting, plus its prompt guessed
 from its size), and is admitted only while the tokens settled today plus those reserved
 by requests still running are below the quota; when it ends, its reservation is replaced
-by what it really used (ledger.py). Parallel requests therefore cannot overrun a quota
+by what it really used (relay/ledger.py). Parallel requests therefore cannot overrun a quota
 many times over: the day's tokens end below the quota plus what the requests admitted last
 used beyond their reservations. Today's tokens are reloaded from the usage table at start-up.
 """

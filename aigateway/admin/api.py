@@ -65,7 +65,7 @@ from ..records import (
     UsageQuery,
     check_budget,
 )
-from ..relaystate import RELAY
+from ..relay.state import RELAY
 from ..upstreams.pool import Pool
 from ..upstreams.probe import CheckFailed
 from ..upstreams.union import TAGS, union_of_lists

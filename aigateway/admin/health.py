@@ -12,7 +12,7 @@ from ..access.keytable import AuthError, UnknownKeyError
 from ..errors import GatewayError
 from ..http.appkeys import KEY_TABLE, STARTED_AT
 from ..http.auth import authenticate, authenticate_after_a_look, public
-from ..relaystate import RELAY
+from ..relay.state import RELAY
 
 
 @public

@@ -9,15 +9,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import Forbidden, Refused
+from ..http.appkeys import METRICS
 from ..http.auth import principal, public
-from ..relaystate import RELAY
 
 
 @public
 async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus's text format (METRICS=on: for anyone who can reach the gateway)."""
-    metrics = request.app[RELAY].metrics
-    assert metrics is not None  # routed only with METRICS on
+    metrics = request.app[METRICS]  # (routed only with METRICS on)
     # In a thread: a page of thousands of series takes tens of milliseconds to write,
     # which the event loop (and every request on it) need not wait for.
     page = await asyncio.to_thread(metrics.page)

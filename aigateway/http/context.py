@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from ..records import KeyRecord
 
+# The attribute of a relay handler that names its route's dialect: whose error shape its
+# callers parse (the middleware's errors, the relay's cut streams), decided once.
+DIALECT = "aigateway_dialect"
+
 
 class RequestContext:
     __slots__ = (

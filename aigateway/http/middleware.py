@@ -23,7 +23,7 @@ from ..errors import GatewayError, Unauthorized, json_error
 from .accesslog import CLIENT_CLOSED, log_access
 from .appkeys import CONTEXT, METRICS, SETTINGS
 from .auth import authenticate, authenticate_after_a_look, is_public
-from .context import RequestContext
+from .context import DIALECT, RequestContext
 from .cors import preflight_response
 from .sessions import session_principal, signed_in_browser
 
@@ -106,7 +106,12 @@ async def _send_and_close(request: web.Request, response: web.StreamResponse) ->
 
 
 def _dialect(request: web.Request) -> str:
-    """Whose error shape the caller's SDK parses, from the path it called."""
+    """Whose error shape the caller's SDK parses: its route's, decided once in the route
+    table (relay_handler marks its handler with it); for a path no relayed route serves
+    (a 404, a 405), the dialect of the prefix it called."""
+    dialect = getattr(request.match_info.handler, DIALECT, None)
+    if dialect is not None:
+        return str(dialect)
     v1 = request.app[SETTINGS].v1_path
     path = request.path
     if path == v1 + "/messages" or path.startswith(v1 + "/messages/"):

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
-from .access.budgets import Budgets
-from .access.budgets_shared import SharedBudgets
-from .access.keytable import KeyTable
-from .access.limits import Limiter
-from .access.limits_shared import SharedLimits
+from ..access.budgets import Budgets
+from ..access.budgets_shared import SharedBudgets
+from ..access.keytable import KeyTable
+from ..access.limits import Limiter
+from ..access.limits_shared import SharedLimits
+from ..protocol.routes import RelayRoute
+from ..settings import Settings
+from ..upstreams.pool import Pool
+from ..usage.writer import UsageWriter
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
 from .inflight import InFlight
-from .settings import Settings
-from .upstreams.pool import Pool
 
-if TYPE_CHECKING:
-    from .usage.metrics import Metrics
-from .usage.writer import UsageWriter
+# What a settled request tells the metrics (Metrics.observe, with METRICS on or admin):
+# route, status, model, upstream, seconds, seconds to the first byte, prompt and
+# completion tokens, cost. A callback, so that the relay does not import the metrics.
+Observe = Callable[
+    [RelayRoute, int, str | None, str, float, float | None, int | None, int | None, int], None
+]
 
 
-class Relay:
+class RelayState:
     """What every relayed request uses, in one object that the handlers hold (an app
     lookup each would cost more than most steps of the relay). The upstream session and
     the usage writer are set when the app starts."""
@@ -37,7 +42,7 @@ class Relay:
         "key_table",
         "limiter",
         "loop",
-        "metrics",
+        "observe",
         "pool",
         "settings",
         "shared",
@@ -50,20 +55,17 @@ class Relay:
     def __init__(
         self,
         settings: Settings,
+        pool: Pool,
         limiter: Limiter,
         body_budget: BodyBudget,
         in_flight: InFlight,
         key_table: KeyTable,
         budgets: Budgets,
+        observe: Observe | None = None,
     ) -> None:
         self.settings = settings
-        # The upstreams: which serves a request, and whether each is up.
-        self.pool = Pool(
-            settings.upstream_list,
-            settings.upstream_check_interval,
-            settings.upstream_queue_timeout,
-        )
-        self.metrics: Metrics | None = None  # with METRICS on or admin
+        self.pool = pool  # the upstreams: which serves a request, and whether each is up
+        self.observe = observe  # None: METRICS is off
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
         self.body_budget = body_budget
@@ -87,4 +89,4 @@ class Relay:
         self.storage_full = full
 
 
-RELAY = web.AppKey("relay", Relay)
+RELAY = web.AppKey("relay", RelayState)

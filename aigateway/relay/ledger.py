@@ -1,13 +1,16 @@
 """A relayed request's one ledger of what it took, each take beside its release.
 
 A request takes things at different moments: its admission (a rate-limit count and a
-slot of the key's requests at once) before its body is read, body memory while reading
-it, token and budget reservations once its body says what it asks for. Each is
-registered here, with how to give it back, at the moment it is taken; the ledger is
-unwound once, in reverse order, when the request settles (with what it used) or is
-refused after admission (with nothing used). So no path can take without giving back,
-or give back twice: a refusal raised between two takes unwinds the first, and whatever
-is added later has its own release already.
+slot of the key's requests at once) and its place among the requests in flight before
+its body is read, body memory while reading it, token and budget reservations once its
+body says what it asks for, an upstream's slot when it is sent on. Each is registered
+here, with how to give it back, at the moment it is taken; the ledger is unwound once,
+in reverse order, from the handler's `finally` (settle.py): with what the request used,
+or with nothing used when it was refused after admission. So no path can take without
+giving back, or give back twice: a refusal raised between two takes unwinds the first,
+and whatever is added later has its own release already. What was taken is known by
+the takes themselves (no flag beside them says so), also whether one was decided on this
+gateway's own reckoning while PostgreSQL was away (`by_record`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import logging
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from .access.budgets import Budgets
-    from .access.budgets_shared import SharedBudgets
-    from .access.limits import Limiter
-    from .access.limits_shared import SharedLimits, Ticket
+    from ..access.budgets import Budgets
+    from ..access.budgets_shared import SharedBudgets
+    from ..access.limits import Limiter
+    from ..access.limits_shared import SharedLimits, Ticket
+    from ..records import BudgetLine
+    from ..upstreams.pool import Pool, Upstream
     from .bodybudget import BodyBudget
-    from .records import BudgetLine
 
 log = logging.getLogger("aigateway.relay")
 
@@ -39,6 +43,10 @@ class Outcome(NamedTuple):
 
 
 class Take(Protocol):
+    @property
+    def by_record(self) -> bool:
+        """Decided on this gateway's own reckoning while PostgreSQL was away."""
+
     def release(self, outcome: Outcome) -> None: ...
 
 
@@ -56,6 +64,17 @@ class Ledger:
         self._takes.append(take)
         return take
 
+    def by_record(self) -> bool:
+        """Whether a take was decided on this gateway's own reckoning while PostgreSQL was
+        away: the request's record, not its holds, brings its use to the shared rows."""
+        for take in self._takes:  # noqa: SIM110 (any() of a generator costs twice this)
+            if take.by_record:
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._takes)
+
     def unwind(self, outcome: Outcome) -> None:
         """Give back every take, the last first; a second unwind finds nothing left."""
         takes, self._takes = self._takes, []
@@ -72,11 +91,13 @@ class AdmissionHold:
     decided). Given back: the slot always; the counts when it was not sent on (limits
     count requests relayed); what it used is charged to the key's day."""
 
-    __slots__ = ("key_id", "limiter")
+    __slots__ = ("by_record", "key_id", "limiter")
 
-    def __init__(self, limiter: Limiter, key_id: int) -> None:
+    def __init__(self, limiter: Limiter, key_id: int, by_record: bool = False) -> None:
         self.limiter = limiter
         self.key_id = key_id
+        # Admitted here by the key's limits although they are shared: PostgreSQL is away.
+        self.by_record = by_record
 
     def release(self, outcome: Outcome) -> None:
         limiter = self.limiter
@@ -91,6 +112,7 @@ class TokenHold:
     """Tokens reserved against the key's daily quota on this gateway's limiter."""
 
     __slots__ = ("key_id", "limiter", "reserved")
+    by_record = False
 
     def __init__(self, limiter: Limiter, key_id: int, reserved: int) -> None:
         self.limiter = limiter
@@ -106,6 +128,7 @@ class TicketHold:
     top-up replaces with one holding more tokens."""
 
     __slots__ = ("shared", "ticket")
+    by_record = False
 
     def __init__(self, shared: SharedLimits, ticket: Ticket) -> None:
         self.shared = shared
@@ -122,6 +145,7 @@ class BodyHold:
     soon as the upstream has the body, and whatever is left at the end."""
 
     __slots__ = ("budget", "committed", "deadline", "held", "key")
+    by_record = False
 
     def __init__(self, budget: BodyBudget, key: int) -> None:
         self.budget = budget
@@ -160,6 +184,12 @@ class BudgetHold:
         self.reserved = reserved
         self.shared_held = shared_held  # reserved in the database, not on this gateway
 
+    @property
+    def by_record(self) -> bool:
+        """Reserved on this gateway's reckoning although budgets are shared: the
+        database was away."""
+        return self.shared is not None and not self.shared_held
+
     def release(self, outcome: Outcome) -> None:
         lines, reserved, now = self.lines, self.reserved, outcome.now
         cost = outcome.cost if outcome.sent else 0
@@ -173,3 +203,25 @@ class BudgetHold:
             self.local.settle(lines, reserved, cost, now)
             if shared is not None:
                 shared.give_back(lines, 0, shared_cost, now)
+
+
+class UpstreamSlot:
+    """A slot at the upstream the request was sent to (its in-flight count, which a
+    MAX_CONCURRENT upstream's queue waits on); given back early when the request fails
+    over to another upstream, and else when it ends."""
+
+    __slots__ = ("held", "pool", "upstream")
+    by_record = False
+
+    def __init__(self, pool: Pool, upstream: Upstream) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.held = 1
+
+    def give_back_now(self) -> None:
+        if self.held:
+            self.held = 0
+            self.pool.release(self.upstream)
+
+    def release(self, outcome: Outcome) -> None:
+        self.give_back_now()

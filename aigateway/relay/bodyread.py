@@ -9,10 +9,10 @@ import time
 
 from aiohttp import StreamReader, web
 
+from ..errors import BadRequest, PayloadTooLarge, Refused
+from ..http.expect import send_continue
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace, SlowBody, Watched
-from .errors import BadRequest, PayloadTooLarge, Refused
-from .http.expect import send_continue
 from .ledger import BodyHold
 
 

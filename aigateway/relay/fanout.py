@@ -4,27 +4,24 @@ every Ollama."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from .access.allowlist import filter_model_list
-from .errors import ServiceUnavailable, UpstreamUnreachable
-from .protocol.routes import RelayRoute
-from .protocol.streams import NDJSON
-from .relaystate import Relay
-from .upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
-from .upstreams.pool import Upstream
-from .upstreams.union import union_of_lists
-
-if TYPE_CHECKING:
-    from .proxy import Exchange  # (proxy imports this module)
+from ..access.allowlist import filter_model_list
+from ..errors import ServiceUnavailable, UpstreamUnreachable
+from ..protocol.routes import RelayRoute
+from ..protocol.streams import NDJSON
+from ..upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
+from ..upstreams.pool import Upstream
+from ..upstreams.union import union_of_lists
+from .exchange import Exchange
+from .state import RelayState
 
 
 async def pull_everywhere(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: RelayState
 ) -> web.StreamResponse:
     """POST /api/pull without X-Upstream, with several upstreams: the model is pulled on
     every Ollama that is up, one after another. Streamed, their progress lines reach the
@@ -124,7 +121,7 @@ def _whole_response(
 
 
 async def send_union(
-    request: web.Request, route: RelayRoute, exchange: Exchange, relay: Relay
+    request: web.Request, route: RelayRoute, exchange: Exchange, relay: RelayState
 ) -> web.StreamResponse:
     """A model list answered for every upstream together, cut down to what the key may
     use."""

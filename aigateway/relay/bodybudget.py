@@ -24,7 +24,7 @@ import asyncio
 import time
 from collections import deque
 
-from .errors import Refused, ServiceUnavailable
+from ..errors import Refused, ServiceUnavailable
 
 WAIT_S = 10.0  # the longest one body waits for memory, in all
 WHOLE_WAIT_S = 2.0  # the longest a wait for MAX_BODY_MEMORY lasts (others hold it)

@@ -20,7 +20,7 @@ import time
 
 from aiohttp import StreamReader
 
-from .errors import Refused, RequestTimeout
+from ..errors import Refused, RequestTimeout
 
 WINDOW_S = 10.0  # the rate is measured over any window this long ...
 GRACE_S = 10.0  # ... once the body is this old

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from .ledger import Outcome
 
 log = logging.getLogger("aigateway")
+
+# The message a graceful stop cancels a request's task with (InFlightRequest.stop).
+STOPPING = "aigateway: the gateway is stopping"
 
 
 class Stoppable(Protocol):
@@ -43,3 +51,32 @@ class InFlight:
             )
             for request in list(self.requests):
                 request.stop()
+
+
+class GatewayStopping(Exception):
+    """Raised into a relayed stream when a graceful stop ends it."""
+
+
+class InFlightRequest:
+    """A relayed request's place among those in flight: a take in its ledger (given back
+    when it ends), and how a graceful stop ends it: a response being relayed is cut the
+    way its dialect signals an error; one not begun yet is cancelled with STOPPING, and
+    answered 503."""
+
+    __slots__ = ("in_flight", "task", "upstream")
+    by_record = False
+
+    def __init__(self, in_flight: InFlight, task: asyncio.Task[Any] | None) -> None:
+        self.in_flight = in_flight
+        self.task = task  # the handler's
+        self.upstream: aiohttp.ClientResponse | None = None  # once an upstream answers
+        in_flight.requests.add(self)  # (an attribute, not a call: the hot path)
+
+    def stop(self) -> None:
+        if self.upstream is not None:
+            self.upstream.content.set_exception(GatewayStopping())
+        elif self.task is not None:
+            self.task.cancel(STOPPING)
+
+    def release(self, outcome: Outcome) -> None:
+        self.in_flight.discard(self)

@@ -1,0 +1,85 @@
+"""The relay: one request in, the same request to an upstream, every response byte back.
+
+The handler walks one request through its steps, each a function of its own: admit
+(admit.py: the path, the key's limits), prepare (admit.py: the body, read once, and the
+reservations it asks for), forward (forward.py: an upstream chosen, failing over), pump
+(pump.py: every chunk as it arrives), settle (settle.py: what it used, the ledger
+unwound once) and finish (pump.py: the bytes that complete the answer, after the
+record). Bodies and responses pass unchanged; only headers are touched
+(upstreamhttp.py). Answers for several upstreams at once are fanout.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ServiceUnavailable
+from ..http.appkeys import CONTEXT
+from ..http.context import DIALECT
+from ..protocol.routes import RelayRoute
+from .admit import admit, check_content_encoding, check_path, prepare, storage_full
+from .exchange import Exchange
+from .forward import forward
+from .inflight import STOPPING, InFlightRequest
+from .ledger import Ledger
+from .pump import finish
+from .settle import settle
+from .state import RelayState
+
+Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
+
+
+def relay_handler(route: RelayRoute, relay_state: RelayState) -> Handler:
+    async def relay(request: web.Request) -> web.StreamResponse:
+        return await _relay(request, route, relay_state)
+
+    relay.__name__ = f"relay_{route.path.strip('/').split('/')[0]}"
+    setattr(relay, DIALECT, route.dialect)
+    return relay
+
+
+async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> web.StreamResponse:
+    """Admit, read the body, forward and pump, settle: in that order, so that a key over
+    its limits is refused before a byte of its body is read (and held). Every take goes
+    into the request's one ledger as it is taken; the `finally` settles the request once,
+    whatever ended it, and only then do the bytes that complete its response go out."""
+    context = request[CONTEXT]
+    principal = context.principal
+    assert principal is not None  # the middleware authenticated every relayed request
+    if route.checks_path:
+        check_path(request, route, principal, relay.settings)
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None:
+        check_content_encoding(coding)
+    if relay.storage_full:
+        raise storage_full()
+    ledger = Ledger()
+    admitted = await admit(request, route, principal, relay, ledger)
+    in_flight = ledger.take(InFlightRequest(relay.in_flight, asyncio.current_task(relay.loop)))
+    exchange: Exchange | None = None  # made once the request is sent on
+    try:
+        exchange = await prepare(
+            request, route, context, admitted, in_flight, relay, coding, ledger
+        )
+        response, end = await forward(request, route, exchange, relay, ledger)
+    except asyncio.CancelledError as cancelled:
+        if cancelled.args[:1] != (STOPPING,):
+            context.client_gone = True  # (the server cancels a handler whose client left)
+            raise
+        # A graceful stop ended a request still reading its body or waiting for Ollama's
+        # first byte: answer it, rather than drop the connection.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if exchange is not None:
+            exchange.status = 503
+        raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
+    finally:
+        settle(request, route, relay, ledger, exchange)
+    if end is not None:
+        await finish(request, response, end, admitted.ticket_hold)
+    return response
