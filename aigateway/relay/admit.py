@@ -17,7 +17,7 @@ from ..access.budgets import Refusal, iso
 from ..access.budgets_shared import TopUp
 from ..access.limits import ADMITTED, Limits, Verdict
 from ..access.limits_shared import SharedLimits, Ticket
-from ..admitmodel import Named, named_models
+from ..access.resolver import Named, named_models
 from ..errors import (
     BudgetExhausted,
     Forbidden,

@@ -1,7 +1,7 @@
 """Which models a request names, resolved once at admission into the one identity that
 allow-lists, prices, budgets, quotas, routing, metrics and usage records all use.
 
-A body is read as Ollama will read it (bodypeek.py for JSON, protocol/form.py for the
+A body is read as Ollama will read it (protocol/body.py for JSON, protocol/form.py for the
 transcription route's multipart form), each model it names resolved as Ollama resolves
 it (protocol/names.py), and a name Ollama would refuse is refused here with Ollama's own
 answer: such a request never reaches an upstream, nor a price of 0.
@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from .access.allowlist import check_cloud, check_models
-from .errors import BadRequest, GatewayError, NotFound, Refused
-from .protocol.body import BodyFields, UndecidableBody, read_body
-from .protocol.form import UndecidableForm, form_value
-from .protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
-from .protocol.routes import RelayRoute
+from ..errors import BadRequest, GatewayError, NotFound, Refused
+from ..protocol.body import BodyFields, UndecidableBody, read_body
+from ..protocol.form import UndecidableForm, form_value
+from ..protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
+from ..protocol.routes import RelayRoute
+from .allowlist import check_cloud, check_models
 
 if TYPE_CHECKING:
-    from .records import KeyRecord
+    from ..records import KeyRecord
 
 NO_FIELDS = BodyFields()
 # Model management that names a new model: read field by field (_by_field).
