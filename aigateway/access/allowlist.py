@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 from ..errors import ModelNotAllowed, Refused
-from ..protocol.body import first_name
+from ..protocol.body import first_text_field
 from ..protocol.listspans import Array, Entry, cut, top_level_arrays
 from ..protocol.names import (
     DEFAULT_HOST,
@@ -104,7 +104,7 @@ def check_cloud(models: Iterable[ModelRef]) -> None:
             )
 
 
-def check_models(
+def require_allowed(
     models: tuple[ModelRef, ...], fields: tuple[str, ...], patterns: tuple[str, ...]
 ) -> None:
     """Every model a body names must be allowed (by its one identity), and it must name
@@ -150,7 +150,7 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
         if entry.pairs is None or not isinstance(entry.value, dict):
             return False
         names = ENTRY_NAMES[array.key.casefold()]
-        return usable(first_name(entry.value, names) or "") and all(
+        return usable(first_text_field(entry.value, names) or "") and all(
             usable(name) for name in _other_readings(entry.pairs, names)
         )
 
@@ -165,7 +165,7 @@ _LIST_KEYS = frozenset(ENTRY_NAMES)
 
 
 def _other_readings(pairs: list[tuple[str, object]], names: tuple[str, ...]) -> list[str]:
-    """The names an entry may be read as besides first_name's: when a name field is
+    """The names an entry may be read as besides first_text_field's: when a name field is
     repeated, or spelled in another case (Go's decoder matches field names without case
     and keeps the last; other readers keep the first), every one of them, so that no
     reader sees a model the key may not."""

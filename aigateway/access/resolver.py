@@ -17,7 +17,7 @@ from ..protocol.body import BodyFields, UndecidableBody, read_body
 from ..protocol.form import UndecidableForm, form_value
 from ..protocol.names import InvalidModelName, ModelRef, go_quote, resolve, resolve_literal
 from ..protocol.routes import RelayRoute
-from .allowlist import check_cloud, check_models
+from .allowlist import check_cloud, require_allowed
 
 if TYPE_CHECKING:
     from ..records import KeyRecord
@@ -77,7 +77,7 @@ def named_models(
     if not cloud:
         check_cloud(refs)
     if patterns is not None:
-        check_models(refs, route.model_fields, patterns)
+        require_allowed(refs, route.model_fields, patterns)
     return Named(fields, refs)
 
 

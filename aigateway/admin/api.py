@@ -48,7 +48,7 @@ from ..errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreacha
 from ..http.appkeys import CONTEXT, KEY_TABLE, LIMITER, SETTINGS, STORE
 from ..http.auth import principal
 from ..http.expect import defer_continue, send_continue
-from ..protocol.body import first_name
+from ..protocol.body import first_text_field
 from ..records import (
     DAY,
     LIMIT_FIELDS,
@@ -429,7 +429,7 @@ async def models(request: web.Request) -> web.Response:
         found = None
     if not isinstance(found, list):
         raise UpstreamUnreachable("Ollama's /api/tags is not a model list")
-    listed_names = {first_name(e, ("name", "model")) for e in found if isinstance(e, dict)}
+    listed_names = {first_text_field(e, ("name", "model")) for e in found if isinstance(e, dict)}
     known = {identity(name) for name in listed_names if name is not None}
     found += [
         entry

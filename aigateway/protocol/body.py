@@ -270,7 +270,7 @@ _INT64 = 2**63
 UNDECIDED_CAP = 2**62
 
 
-def first_name(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+def first_text_field(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     """The first of `fields` in `doc` that holds a non-empty string (model lists)."""
     for field in fields:
         value = doc.get(field)

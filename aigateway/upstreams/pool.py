@@ -26,7 +26,7 @@ import orjson
 
 from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
-from ..protocol.body import first_name
+from ..protocol.body import first_text_field
 from ..protocol.routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
 from .probe import CheckFailed, OneProbe
@@ -427,7 +427,7 @@ def model_names(body: bytes, field: str) -> list[str]:
     keys = ENTRY_NAMES[field]
     names = []
     for entry in entries[:MAX_LISTED]:
-        name = first_name(entry, keys) if isinstance(entry, dict) else None
+        name = first_text_field(entry, keys) if isinstance(entry, dict) else None
         if isinstance(name, str) and 0 < len(name) <= 500:
             names.append(name)
     return names

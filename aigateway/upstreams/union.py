@@ -10,7 +10,7 @@ import orjson
 
 from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import ServiceUnavailable
-from ..protocol.body import first_name
+from ..protocol.body import first_text_field
 from ..protocol.routes import RELAY_ROUTES, RelayRoute
 from .pool import FAILOVER_STATUSES, Pool, Upstream
 from .probe import CheckFailed
@@ -46,7 +46,7 @@ async def union_of_lists(pool: Pool, route: RelayRoute) -> bytes:
             continue
         patterns = upstream.config.models if upstream.config.kind != "ollama" else None
         for entry in found:
-            name = first_name(entry, names) if isinstance(entry, dict) else None
+            name = first_text_field(entry, names) if isinstance(entry, dict) else None
             if name is None or (patterns is not None and not model_allowed(name, patterns)):
                 continue
             known = identity(name)
