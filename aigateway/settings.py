@@ -179,7 +179,7 @@ class Settings:
             ollama_base_url=_ollama_urls(get("OLLAMA_BASE_URL"), d.ollama_base_url),
             base_path=_base_path("BASE_PATH", get("BASE_PATH"), d.base_path),
             host=get("HOST") or d.host,
-            port=_int("PORT", get("PORT"), d.port, low=1, high=65535),
+            port=_int("PORT", get("PORT"), d.port, low=0, high=65535),  # 0: any free one
             token_db_path=get("TOKEN_DB_PATH") or d.token_db_path,
             database_url=_database_url("DATABASE_URL", get("DATABASE_URL")),
             log_level=_log_level("LOG_LEVEL", get("LOG_LEVEL"), d.log_level),

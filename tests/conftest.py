@@ -12,6 +12,7 @@ from aigateway import Settings, create_app
 from aigateway.store import KeyLimits, Role, Store
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
+from aigateway.testing.ports import refusing_port
 
 MakeKey = Callable[..., Awaitable[str]]
 
@@ -180,6 +181,13 @@ def fake() -> FakeOllama:
 @pytest.fixture
 async def upstream(aiohttp_server, fake: FakeOllama) -> TestServer:  # type: ignore[no-untyped-def]
     return await aiohttp_server(fake.app())
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port where connections are refused, held for the test."""
+    with refusing_port() as port:
+        yield port
 
 
 @pytest.fixture
