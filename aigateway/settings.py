@@ -100,6 +100,10 @@ class Settings:
     # PostgreSQL away while serving: admit keys with limits on this gateway's own counts
     # ("local"), or refuse them with 503 ("refuse").
     limits_when_database_away: str = "local"
+    # PostgreSQL only: how often each gateway says it is alive, and how long one may be
+    # silent (killed, cut off) before what its requests held is given back to the others.
+    heartbeat_interval: float = 2.0
+    dead_gateway_after: float = 15.0
     # The currency of prices and costs (ISO 4217 code); prices and budgets are micro-units
     # of it, costs nano-units.
     currency: str = DEFAULT_CURRENCY
@@ -259,6 +263,12 @@ class Settings:
                 d.limits_when_database_away,
                 ("local", "refuse"),
             ),
+            heartbeat_interval=_seconds(
+                "HEARTBEAT_INTERVAL", get("HEARTBEAT_INTERVAL"), d.heartbeat_interval
+            ),
+            dead_gateway_after=_seconds(
+                "DEAD_GATEWAY_AFTER", get("DEAD_GATEWAY_AFTER"), d.dead_gateway_after
+            ),
             currency=_currency("CURRENCY", get("CURRENCY"), d.currency),
             tls_cert_file=get("TLS_CERT_FILE"),
             tls_key_file=get("TLS_KEY_FILE"),
@@ -283,6 +293,12 @@ class Settings:
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise SettingsError(
                 "TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither"
+            )
+        if settings.dead_gateway_after < 2 * settings.heartbeat_interval:
+            raise SettingsError(
+                "DEAD_GATEWAY_AFTER: expected at least twice HEARTBEAT_INTERVAL"
+                f" ({settings.heartbeat_interval:g} s): a gateway that misses one heartbeat"
+                f" is not dead, got {settings.dead_gateway_after:g}"
             )
         if settings.max_body_memory < settings.max_body_bytes:
             raise SettingsError(

@@ -84,6 +84,32 @@ async def start_gateway(
     return Gateway(process, url, log_file, console)
 
 
+async def start_gateways(
+    upstream: TestServer, tmp_path: Path, *each: dict[str, str]
+) -> list[Gateway]:
+    """One gateway per settings in `each`, in folders gw0, gw1, ... of `tmp_path`, all
+    starting at once (each start is mostly a new interpreter's imports); if one fails,
+    those that started are stopped."""
+    folders = [tmp_path / f"gw{n}" for n in range(len(each))]
+    for folder in folders:
+        folder.mkdir()
+    started = await asyncio.gather(
+        *(
+            start_gateway(upstream, str(folder / "unused.db"), folder, **settings)
+            for folder, settings in zip(folders, each, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    gateways = [gateway for gateway in started if isinstance(gateway, Gateway)]
+    for failed in started:
+        if isinstance(failed, BaseException):
+            for gateway in gateways:
+                gateway.process.kill()
+                gateway.process.wait()
+            raise failed
+    return gateways
+
+
 LISTENING = re.compile(r" listening on https?://\S+:(\d+);")
 
 
