@@ -119,11 +119,10 @@ SLOW = frozenset(
 )
 
 
-# Tests that measure the time or memory a gateway takes (a latency bound, RSS, a paired
-# benchmark): under pytest-xdist each runs alone, no other test beside it (turns.py).
+# Tests whose checks bound the time or memory a gateway takes (a latency, RSS): under
+# pytest-xdist each runs alone, no other test beside it (turns.py).
 ALONE = frozenset(
     (
-        "test_bench_paired::test_paired_comparison_against_head_prints_each_figure",
         "test_body_fairness::test_a_slow_body_gets_408_frees_its_memory_and_its_connection",
         "test_body_fairness::test_a_wait_for_memory_other_keys_hold_ends_within_2_s",
         "test_body_fairness::test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key",
@@ -138,7 +137,8 @@ ALONE = frozenset(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by what it needs, from the fixtures it uses: `postgres` (a real
     PostgreSQL server), `browser` (Chromium; skipped where it is missing, except under
-    CI=true, where it fails), and `slow`; so a quick loop can leave any of them out."""
+    CI=true, where it fails), and `slow`; so a quick loop can leave any of them out. And
+    `alone` (ALONE), run last."""
     browser_missing = pytest.mark.skipif(
         CHROMIUM is None and not os.environ.get("CI"),
         reason="Chromium is not installed (apt-get install chromium)",
@@ -162,6 +162,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.slow)
             if name in ALONE:
                 item.add_marker(pytest.mark.alone)
+    # Those that run alone last: on two workers, each such test idles one worker until
+    # the other's test ends; at the end they follow one another with little idling.
+    items.sort(key=lambda item: item.get_closest_marker("alone") is not None)
 
 
 @pytest.fixture(autouse=True)

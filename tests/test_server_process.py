@@ -68,6 +68,19 @@ async def start_gateway(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    try:
+        url = await _answering(process, log_file, earlier, console)
+    except BaseException:
+        process.kill()  # not left running after the test
+        process.wait()
+        raise
+    return Gateway(process, url, log_file, console)
+
+
+async def _answering(
+    process: subprocess.Popen[str], log_file: Path, earlier: int, console: Path
+) -> str:
+    """The URL of a gateway starting, once it answers /health."""
     deadline = time.monotonic() + 30
     url = f"http://127.0.0.1:{await _bound_port(process, log_file, earlier, console, deadline)}"
     async with aiohttp.ClientSession() as session:
@@ -76,12 +89,11 @@ async def start_gateway(
             try:
                 async with session.get(url + "/health") as resp:
                     if resp.status == 200:
-                        break
+                        return url
             except aiohttp.ClientConnectionError:
                 pass
             assert time.monotonic() < deadline, "gateway did not start"
             await asyncio.sleep(0.1)
-    return Gateway(process, url, log_file, console)
 
 
 async def start_gateways(
