@@ -18,7 +18,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> float:
     return time.monotonic() - started
 
 
-async def minute_room(needed: float = 10.0) -> float:
+async def minute_room(needed: float = 5.0) -> float:
     """Wait, if fewer than `needed` seconds are left in this minute of the clock, for the
     next one to begin: so that what a test counts against a per-minute limit falls in one
     window however slow the machine. The time (time.time()) the window ends."""
