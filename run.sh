@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh            serve in the foreground (extra arguments go to the server)
-# ./run.sh test       lint, type-check and run the whole test suite (extra arguments go to pytest)
+# ./run.sh test       lint, type-check and run the whole test suite on two workers
+#                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
 # ./run.sh bench      run the benchmark (extra arguments go to it)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -69,7 +70,10 @@ case "${1:-}" in
         echo "run.sh: import layers" >&2
         "$VENV/bin/lint-imports" --no-cache
         echo "run.sh: pytest" >&2
-        exec "$VENV/bin/python" -m pytest "$@"
+        # Two workers (CI has two cores; most tests wait on servers more than they
+        # compute), each taking the next test as it finishes one; tests that measure
+        # time run alone (tests/turns.py). `-n 0` after it runs them in one process.
+        exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@"
         ;;
     bench)
         shift

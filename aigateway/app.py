@@ -148,7 +148,12 @@ async def _key_store(app: web.Application) -> AsyncIterator[None]:
     await count_before_admitting(usage, store, table, app[LIMITER], relay.budgets)
     listener = shared = shared_budgets = None
     if store.database.backend == "postgresql":
-        shared = SharedLimits(store.database, settings.limits_when_database_away)
+        shared = SharedLimits(
+            store.database,
+            settings.limits_when_database_away,
+            settings.heartbeat_interval,
+            settings.dead_gateway_after,
+        )
         await shared.start()
         app[RELAY].shared = shared
         shared_budgets = app[RELAY].shared_budgets = SharedBudgets(shared, app[RELAY].budgets)

@@ -139,7 +139,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
             __version__,
             settings.scheme,
             settings.host,
-            settings.port,
+            runner.addresses[0][1],  # the port taken, which PORT=0 leaves to the system
             settings.base_path,
             ", ".join(f"{u.name} {u.url}" for u in settings.upstream_list)
             if settings.upstreams or "," in settings.ollama_base_url

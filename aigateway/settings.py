@@ -374,7 +374,10 @@ class Settings:
         "HOST", "127.0.0.1", text("an address or host name"), "Listening",
         "Listen address; `0.0.0.0` to serve the network.",
     )  # fmt: skip
-    port: int = setting("PORT", 8000, whole(1, 65535), "Listening", "Listen port.")
+    port: int = setting(
+        "PORT", 8000, whole(0, 65535), "Listening",
+        'Listen port (`0`: any free one, named in the "listening on" log line).',
+    )  # fmt: skip
     base_path: str = setting(
         "BASE_PATH", "/api", PATH, "Listening",
         "Path clients use for Ollama's `/api`; `/ollama/api` maps `/ollama/api/chat` to"
@@ -435,6 +438,16 @@ class Settings:
         "PostgreSQL only: while the database cannot be reached, `local` admits keys with"
         " limits on this gateway's own counts, `refuse` answers them 503 (see the"
         " README's Several gateways on PostgreSQL).",
+    )  # fmt: skip
+    heartbeat_interval: float = setting(
+        "HEARTBEAT_INTERVAL", 2.0, SECONDS, "Database and usage",
+        "PostgreSQL only: seconds between a gateway's \"alive\" notes in the database.",
+    )  # fmt: skip
+    dead_gateway_after: float = setting(
+        "DEAD_GATEWAY_AFTER", 15.0, SECONDS, "Database and usage",
+        "PostgreSQL only: the silence (seconds) after which a gateway counts as gone and"
+        " what its requests held (slots, reservations) is given back; at least twice"
+        " `HEARTBEAT_INTERVAL`.",
     )  # fmt: skip
     usage_journal_dir: str | None = setting(
         "USAGE_JOURNAL_DIR", None, text("a folder path"), "Database and usage",
@@ -644,6 +657,12 @@ def _check_together(settings: Settings) -> None:
     """The rules that tie settings to each other."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither")
+    if settings.dead_gateway_after < 2 * settings.heartbeat_interval:
+        raise SettingsError(
+            "DEAD_GATEWAY_AFTER: expected at least twice HEARTBEAT_INTERVAL"
+            f" ({settings.heartbeat_interval:g} s): a gateway that misses one heartbeat"
+            f" is not dead, got {settings.dead_gateway_after:g}"
+        )
     if settings.max_body_memory < settings.max_body_bytes:
         raise SettingsError(
             f"MAX_BODY_MEMORY: expected at least MAX_BODY_SIZE ({settings.max_body_bytes}"

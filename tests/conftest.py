@@ -13,6 +13,9 @@ from aigateway.db.store import Store
 from aigateway.records import KeyLimits, Role
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
+from aigateway.testing.ports import refusing_port
+
+from .turns import taking_turns
 
 MakeKey = Callable[..., Awaitable[str]]
 
@@ -117,10 +120,26 @@ SLOW = frozenset(
 )
 
 
+# Tests whose checks bound the time or memory a gateway takes (a latency, RSS): under
+# pytest-xdist each runs alone, no other test beside it (turns.py).
+ALONE = frozenset(
+    (
+        "test_body_fairness::test_a_slow_body_gets_408_frees_its_memory_and_its_connection",
+        "test_body_fairness::test_a_wait_for_memory_other_keys_hold_ends_within_2_s",
+        "test_body_fairness::test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key",
+        "test_body_fairness::test_queued_bodies_of_one_key_do_not_hold_back_another",
+        "test_exports_stream::test_twelve_exports_of_100k_records_keep_rss_and_health",
+        "test_pg_outage::test_an_outage_under_load_loses_no_record",
+        "test_stream_ends::test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout",
+    )
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by what it needs, from the fixtures it uses: `postgres` (a real
     PostgreSQL server), `browser` (Chromium; skipped where it is missing, except under
-    CI=true, where it fails), and `slow`; so a quick loop can leave any of them out."""
+    CI=true, where it fails), and `slow`; so a quick loop can leave any of them out. And
+    `alone` (ALONE), run last."""
     browser_missing = pytest.mark.skipif(
         CHROMIUM is None and not os.environ.get("CI"),
         reason="Chromium is not installed (apt-get install chromium)",
@@ -138,11 +157,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
             item.add_marker(browser_missing)
         function = getattr(item, "originalname", item.name)
-        if (
-            item.module is not None
-            and f"{item.module.__name__.rsplit('.', 1)[-1]}::{function}" in SLOW
-        ):
-            item.add_marker(pytest.mark.slow)
+        if item.module is not None:
+            name = f"{item.module.__name__.rsplit('.', 1)[-1]}::{function}"
+            if name in SLOW:
+                item.add_marker(pytest.mark.slow)
+            if name in ALONE:
+                item.add_marker(pytest.mark.alone)
+    # Those that run alone last: on two workers, each such test idles one worker until
+    # the other's test ends; at the end they follow one another with little idling.
+    items.sort(key=lambda item: item.get_closest_marker("alone") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _turn(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `alone` waits until no other test runs, and none
+    starts beside it (taken before the test's other fixtures start any server)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker
+    with taking_turns(shared, request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 def _databases_first(names: list[str]) -> None:
@@ -181,6 +218,13 @@ def fake() -> FakeOllama:
 @pytest.fixture
 async def upstream(aiohttp_server, fake: FakeOllama) -> TestServer:  # type: ignore[no-untyped-def]
     return await aiohttp_server(fake.app())
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port where connections are refused, held for the test."""
+    with refusing_port() as port:
+        yield port
 
 
 @pytest.fixture

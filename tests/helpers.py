@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
@@ -15,3 +16,20 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> float:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+async def minute_room(needed: float = 5.0) -> float:
+    """Wait, if fewer than `needed` seconds are left in this minute of the clock, for the
+    next one to begin: so that what a test counts against a per-minute limit falls in one
+    window however slow the machine. The time (time.time()) the window ends."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        await asyncio.sleep(left + 0.05)
+    now = time.time()
+    return now - now % 60 + 60
+
+
+def seconds_left(end: float, before: float, after: float) -> range:
+    """The whole seconds a server rounds up to (Retry-After, X-RateLimit-Reset) from a time
+    between `before` and `after` until `end`."""
+    return range(math.ceil(end - after), math.ceil(end - before) + 1)

@@ -22,7 +22,7 @@ from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import eventually, minute_room
 from .test_policy import _usage, secret_known
 
 CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
@@ -49,6 +49,7 @@ async def test_a_key_at_its_limit_is_refused_before_its_body_is_sent(
     gets its 429 at once, without the gateway waiting for (or holding) a byte of it."""
     secret = await make_key(db_path, "eve", "flood", limits=KeyLimits(rpm=1))
     await eventually(lambda: secret_known(gateway, secret))
+    await minute_room()  # the one request and the refused ones in one minute
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}) as s,
         s.post(gateway.make_url("/api/chat"), data=CHAT) as resp,
@@ -71,6 +72,7 @@ async def test_refused_bodies_do_not_count_against_the_rate_limit(
 ) -> None:
     secret = await make_key(db_path, "ned", "one", limits=KeyLimits(rpm=1), models=["llama3*"])
     await eventually(lambda: secret_known(gateway, secret))
+    await minute_room()  # the one request and the refused one in one minute
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}) as s:
         async with s.post(gateway.make_url("/api/chat"), data=b'{"model":"qwen3"}') as resp:
             assert resp.status == 403

@@ -92,8 +92,16 @@ class Upload:
         self.writer.close()
 
 
-async def _gateway(aiohttp_server, settings: Settings, **changes: object) -> TestServer:  # type: ignore[no-untyped-def]
-    return await aiohttp_server(create_app(replace(settings, **changes)))
+async def _gateway(  # type: ignore[no-untyped-def]
+    aiohttp_server, settings: Settings, quick: bool = False, **changes: object
+) -> TestServer:
+    """A gateway with these settings changed; `quick`: BODY_MIN_RATE judged over 0.5 s
+    windows after a 0.5 s grace (10 s each in use)."""
+    server: TestServer = await aiohttp_server(create_app(replace(settings, **changes)))
+    if quick:
+        pace = server.app[RELAY].body_pace
+        pace.window_s = pace.grace_s = 0.5
+    return server
 
 
 async def _chat(server: TestServer, secret: str) -> tuple[int, float]:
@@ -109,13 +117,6 @@ async def _chat(server: TestServer, secret: str) -> tuple[int, float]:
 
 def _budget(server: TestServer) -> BodyBudget:
     return server.app[RELAY].body_budget
-
-
-@pytest.fixture
-def quick_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """BODY_MIN_RATE judged over 0.5 s windows after a 0.5 s grace (10 s each in use)."""
-    monkeypatch.setattr("aigateway.relay.bodypace.WINDOW_S", 0.5)
-    monkeypatch.setattr("aigateway.relay.bodypace.GRACE_S", 0.5)
 
 
 # --- the measured cases of the issue ---------------------------------------------------------
@@ -395,11 +396,10 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
     aiohttp_server,
     settings: Settings,
     key: str,
-    quick_windows: None,
     path: str,
     every: float | None,
 ) -> None:  # type: ignore[no-untyped-def]
-    server = await _gateway(aiohttp_server, settings)
+    server = await _gateway(aiohttp_server, settings, quick=True)
     chunked = path.startswith("chunked ")
     path = path.removeprefix("chunked ")
     upload = await Upload.start(server, key, path, None if chunked else 512 * KiB)
@@ -424,7 +424,7 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
 
 
 async def test_only_bodies_below_the_rate_are_cut(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama, quick_windows: None
+    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
 ) -> None:  # type: ignore[no-untyped-def]
     """Against a 16 KiB/s floor, a body coming at 80 KiB/s for 1.2 s is relayed whole
     while one at 4 KiB/s beside it is cut; with BODY_MIN_RATE=0 a body that stops for
@@ -444,25 +444,25 @@ async def test_only_bodies_below_the_rate_are_cut(
         finally:
             upload.close()
 
-    server = await _gateway(aiohttp_server, settings)
+    server = await _gateway(aiohttp_server, settings, quick=True)
     slow = asyncio.ensure_future(paced(server, 400, 0.0))
     status, answer = await paced(server, 8 * KiB, 0.0)
     assert status == 200, answer
     assert fake.requests[-1].body == body
     status, answer = await asyncio.wait_for(slow, 5)
     assert status == 408 and orjson.loads(answer)["reason"] == "slow_body"
-    off = await _gateway(aiohttp_server, settings, body_min_rate=0)
+    off = await _gateway(aiohttp_server, settings, quick=True, body_min_rate=0)
     status, answer = await paced(off, 8 * KiB, 1.5)
     assert status == 200, answer
     assert fake.requests[-1].body == body
 
 
 async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama, quick_windows: None
+    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
 ) -> None:  # type: ignore[no-untyped-def]
     """A body that cannot have memory for 1.5 s (three of its 0.5 s windows, someone
     else holding all of it) is not cut for the bytes it could not send meanwhile."""
-    server = await _gateway(aiohttp_server, settings)
+    server = await _gateway(aiohttp_server, settings, quick=True)
     budget = _budget(server)
     assert budget.try_take(-1, budget.capacity, 0)  # all of it, held by nobody's request
     body = b'{"model":"all-minilm","input":"' + b"v" * (256 * KiB - 40) + b'"}'
@@ -477,11 +477,11 @@ async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
 
 
 async def test_a_slow_blob_upload_is_cut_too(
-    aiohttp_server, settings: Settings, admin_key: str, fake: FakeOllama, quick_windows: None
+    aiohttp_server, settings: Settings, admin_key: str, fake: FakeOllama
 ) -> None:  # type: ignore[no-untyped-def]
     """A blob upload streams on to Ollama as it comes; one that trickles is cut all the
     same (408, slow_body) rather than holding its connection to Ollama open."""
-    server = await _gateway(aiohttp_server, settings)
+    server = await _gateway(aiohttp_server, settings, quick=True)
     digest = "sha256:" + hashlib.sha256(b"never sent whole").hexdigest()
     upload = await Upload.start(server, admin_key, f"/api/blobs/{digest}", 64 * KiB)
     await upload.send(b"never")

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from aigateway import Settings, create_app
+from aigateway.admin.exports import EXPORT_RETRY_AFTER_S
 from aigateway.cli.admin import write_usage_export
 from aigateway.cli.flags import cli
 from aigateway.db.store import Store
@@ -176,7 +177,7 @@ async def _held_open(
 async def _refused(session: aiohttp.ClientSession, url: str) -> None:
     resp = await session.get(url)
     assert resp.status == 429, resp.status
-    assert int(resp.headers["Retry-After"]) >= 1
+    assert int(resp.headers["Retry-After"]) == EXPORT_RETRY_AFTER_S
     body = await resp.json()
     assert body["reason"] == Refused.EXPORT_LIMIT and "at most 2" in body["error"], body
 

@@ -316,13 +316,15 @@ async def test_client_leaving_closes_the_upstream_request(
 
 
 async def test_unreachable_upstream_is_502_and_serving_goes_on(
-    aiohttp_client, settings: Settings, key: str, admin_key: str, caplog: pytest.LogCaptureFixture
+    aiohttp_client,
+    settings: Settings,
+    key: str,
+    admin_key: str,
+    caplog: pytest.LogCaptureFixture,
+    dead_port: int,
 ) -> None:
     """The 502 says where the upstream is to an admin (and the log), not to a user key
     (on 31b9ff2 any key holder read Ollama's internal URL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
     dead_url = f"http://127.0.0.1:{dead_port}"
     app = create_app(Settings(**{**_fields(settings), "ollama_base_url": dead_url}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})

@@ -101,6 +101,20 @@ def _nginx_conf(prefix: Path, port: int, cert: Path, key: Path, upstream_port: i
     )
 
 
+async def _took_its_port(process: subprocess.Popen[bytes], prefix: Path, log: Path) -> bool:
+    """Whether nginx listens on its port (it writes its pid file once it does), or, False,
+    exited because another process had taken the port."""
+    deadline = time.monotonic() + 20
+    while not (prefix / "nginx.pid").exists():
+        if process.poll() is not None:
+            said = log.read_text() if log.exists() else ""
+            assert "Address already in use" in said, said or "nginx exited"
+            return False
+        assert time.monotonic() < deadline, "nginx did not start"
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def _listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 20
     while True:
@@ -126,20 +140,25 @@ async def nginx(tools: tuple[str, str]) -> AsyncIterator[Nginx]:
     async def start(gateway: Gateway, prefix: Path) -> int:
         prefix.mkdir(parents=True, exist_ok=True)
         cert, key = _certificate(openssl, prefix)
-        port = free_port()
         upstream_port = int(gateway.url.rsplit(":", 1)[1])
         conf = prefix / "nginx.conf"
-        conf.write_text(_nginx_conf(prefix, port, cert, key, upstream_port))
         log = prefix / "error.log"
-        with (prefix / "nginx.out").open("wb") as out:
-            process = subprocess.Popen(
-                [nginx_bin, "-p", str(prefix), "-c", str(conf), "-e", str(log)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        await _listening(port, process, log)
-        return port
+        # nginx cannot be told to take any free port and say which: a port free a moment
+        # ago is tried, and another if something took it meanwhile.
+        for _ in range(5):
+            port = free_port()
+            conf.write_text(_nginx_conf(prefix, port, cert, key, upstream_port))
+            with (prefix / "nginx.out").open("wb") as out:
+                process = subprocess.Popen(
+                    [nginx_bin, "-p", str(prefix), "-c", str(conf), "-e", str(log)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            started.append(process)
+            if await _took_its_port(process, prefix, log):
+                await _listening(port, process, log)
+                return port
+        raise AssertionError("nginx found its port taken five times")
 
     yield start
     for process in started:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from aigateway.records import KeyLimits
 from aigateway.testing.fake_ollama import fixture
 
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import eventually, minute_room, seconds_left
 from .test_policy import secret_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,10 +114,13 @@ async def test_openai_error_classes(gateway: TestServer, limited_key: str) -> No
     with pytest.raises(openai.PermissionDeniedError) as denied:
         await limited.chat.completions.create(model="qwen3", messages=messages)
     assert "may not use the model 'qwen3'" in denied.value.message
+    end = await minute_room()  # the one request a minute, and the next, in one minute
     await limited.chat.completions.create(model="llama3.2", messages=messages)
+    before = time.time()
     with pytest.raises(openai.RateLimitError) as limited_error:
         await limited.chat.completions.create(model="llama3.2", messages=messages)
-    assert 1 <= int(limited_error.value.response.headers["retry-after"]) <= 60
+    retry_after = int(limited_error.value.response.headers["retry-after"])
+    assert retry_after in seconds_left(end, before, time.time()), retry_after
     await limited.close()
 
 
@@ -175,10 +179,13 @@ async def test_anthropic_error_classes(gateway: TestServer, limited_key: str) ->
     limited = anthropic.AsyncAnthropic(base_url=base, auth_token=limited_key, max_retries=0)
     with pytest.raises(anthropic.PermissionDeniedError):
         await limited.messages.create(model="claude-x", max_tokens=5, messages=messages)
+    end = await minute_room()  # the one request a minute, and the next, in one minute
     await limited.messages.create(model="llama3.2", max_tokens=5, messages=messages)
+    before = time.time()
     with pytest.raises(anthropic.RateLimitError) as limited_error:
         await limited.messages.create(model="llama3.2", max_tokens=5, messages=messages)
-    assert 1 <= int(limited_error.value.response.headers["retry-after"]) <= 60
+    retry_after = int(limited_error.value.response.headers["retry-after"])
+    assert retry_after in seconds_left(end, before, time.time()), retry_after
     await limited.close()
 
 

@@ -19,7 +19,6 @@ from aiohttp.test_utils import TestServer
 
 from aigateway.db.store import Store
 from aigateway.testing.fake_ollama import FakeOllama, fixture
-from aigateway.testing.ports import free_port
 
 from .helpers import eventually
 
@@ -43,15 +42,15 @@ async def start_gateway(
     upstream: TestServer, db_path: str, tmp_path: Path, **settings: str
 ) -> Gateway:
     """`python -m aigateway` in front of `upstream`, once it answers /health."""
-    port = free_port()
     log_file = tmp_path / "gateway.log"
+    earlier = log_file.stat().st_size if log_file.exists() else 0  # a restart's log goes on
     env = {
         **os.environ,
         # This tree's package, whatever the interpreter has installed (a git worktree
         # beside an editable install of another).
         "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
         "OLLAMA_BASE_URL": str(upstream.make_url("")).rstrip("/"),
-        "PORT": str(port),
+        "PORT": "0",  # the system's choice, read back from the log: no port to race for
         "TOKEN_DB_PATH": db_path,
         "LOG_FILE": str(log_file),
         "LOG_FILE_LEVEL": "DEBUG",
@@ -69,20 +68,76 @@ async def start_gateway(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    try:
+        url = await _answering(process, log_file, earlier, console)
+    except BaseException:
+        process.kill()  # not left running after the test
+        process.wait()
+        raise
+    return Gateway(process, url, log_file, console)
+
+
+async def _answering(
+    process: subprocess.Popen[str], log_file: Path, earlier: int, console: Path
+) -> str:
+    """The URL of a gateway starting, once it answers /health."""
+    deadline = time.monotonic() + 30
+    url = f"http://127.0.0.1:{await _bound_port(process, log_file, earlier, console, deadline)}"
     async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, console.read_text()
             try:
                 async with session.get(url + "/health") as resp:
                     if resp.status == 200:
-                        break
+                        return url
             except aiohttp.ClientConnectionError:
                 pass
             assert time.monotonic() < deadline, "gateway did not start"
             await asyncio.sleep(0.1)
-    return Gateway(process, url, log_file, console)
+
+
+async def start_gateways(
+    upstream: TestServer, tmp_path: Path, *each: dict[str, str]
+) -> list[Gateway]:
+    """One gateway per settings in `each`, in folders gw0, gw1, ... of `tmp_path`, all
+    starting at once (each start is mostly a new interpreter's imports); if one fails,
+    those that started are stopped."""
+    folders = [tmp_path / f"gw{n}" for n in range(len(each))]
+    for folder in folders:
+        folder.mkdir()
+    started = await asyncio.gather(
+        *(
+            start_gateway(upstream, str(folder / "unused.db"), folder, **settings)
+            for folder, settings in zip(folders, each, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    gateways = [gateway for gateway in started if isinstance(gateway, Gateway)]
+    for failed in started:
+        if isinstance(failed, BaseException):
+            for gateway in gateways:
+                gateway.process.kill()
+                gateway.process.wait()
+            raise failed
+    return gateways
+
+
+LISTENING = re.compile(r" listening on https?://\S+:(\d+);")
+
+
+async def _bound_port(
+    process: subprocess.Popen[str], log_file: Path, earlier: int, console: Path, deadline: float
+) -> int:
+    """The port a gateway started with PORT=0 took, from its "listening on" log line (the
+    first after `earlier` bytes of the log)."""
+    while True:
+        assert process.poll() is None, console.read_text()
+        written = log_file.read_bytes()[earlier:] if log_file.exists() else b""
+        found = LISTENING.search(written.decode(errors="replace"))
+        if found:
+            return int(found[1])
+        assert time.monotonic() < deadline, "gateway did not start"
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -150,11 +205,11 @@ async def test_client_leaving_closes_upstream_in_the_real_server(
 
 
 async def test_start_up_warns_when_the_one_ollama_does_not_answer(
-    upstream: TestServer, db_path: str, key: str, tmp_path: Path
+    upstream: TestServer, db_path: str, key: str, tmp_path: Path, dead_port: int
 ) -> None:
     """As several upstreams are checked as the gateway starts, the one Ollama is asked:
     a wrong OLLAMA_BASE_URL is in the log at once, not at the first user's 502."""
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{dead_port}"
     gateway = await start_gateway(upstream, db_path, tmp_path, OLLAMA_BASE_URL=dead)
     try:
         await eventually(lambda: "requests get 502" in gateway.log_file.read_text(), 10)

@@ -62,6 +62,9 @@ def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path)
         ("USAGE_MEMORY_RECORDS", "-1"),
         ("TRUSTED_PROXIES", "nginx"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("PORT", "-1"),
+        ("HEARTBEAT_INTERVAL", "0"),
+        ("DEAD_GATEWAY_AFTER", "3"),  # under twice the 2 s heartbeat
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -87,6 +90,15 @@ def test_the_body_and_proxy_settings_read_as_documented() -> None:
     assert chosen.body_min_rate == 32 * 1024
     assert [str(n) for n in chosen.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
     assert Settings.from_env({"BODY_MIN_RATE": "0"}, env_file=None).body_min_rate == 0
+
+
+def test_the_heartbeat_of_gateways_on_postgresql_and_port_0_read_as_documented() -> None:
+    defaults = Settings.from_env({}, env_file=None)
+    assert (defaults.heartbeat_interval, defaults.dead_gateway_after) == (2.0, 15.0)
+    quick = Settings.from_env(
+        {"HEARTBEAT_INTERVAL": "0.25", "DEAD_GATEWAY_AFTER": "0.5", "PORT": "0"}, env_file=None
+    )
+    assert (quick.heartbeat_interval, quick.dead_gateway_after, quick.port) == (0.25, 0.5, 0)
 
 
 def test_the_dashboard_path_can_move_or_be_turned_off() -> None:

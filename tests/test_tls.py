@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -14,8 +15,6 @@ import aiohttp
 import ollama
 import pytest
 from aiohttp.test_utils import TestServer
-
-from aigateway.testing.ports import free_port
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -49,12 +48,14 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
     upstream: TestServer, db_path: str, key: str, tmp_path: Path
 ) -> None:
     cert, private = _self_signed(tmp_path)
-    port = free_port()
-    tls_env = {"PORT": str(port), "TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(private)}
-    process = _run(tmp_path, upstream, db_path, **tls_env)
+    tls_env = {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(private)}
+    process = _run(tmp_path, upstream, db_path, PORT="0", **tls_env)
     trust = ssl.create_default_context(cafile=str(cert))
-    url = f"https://127.0.0.1:{port}"
+    early = ""
     try:
+        early, port = await _bound_port(process)
+        tls_env["PORT"] = str(port)  # for the health check
+        url = f"https://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 30
             while True:
@@ -94,10 +95,25 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
+    output = early + output
     assert f"listening on https://127.0.0.1:{port}" in output
     assert process.returncode == 0, output
     gone = _healthcheck(tmp_path, tls_env)
     assert gone.returncode == 1 and f"https://127.0.0.1:{port}/health" in gone.stdout
+
+
+async def _bound_port(process: subprocess.Popen[str]) -> tuple[str, int]:
+    """What a gateway started with PORT=0 wrote up to its "listening on" line, and the
+    port that line names."""
+    assert process.stdout is not None
+    output = ""
+    while True:
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+        assert line, output  # it ended before listening
+        output += line
+        found = re.search(r" listening on https://127\.0\.0\.1:(\d+);", line)
+        if found:
+            return output, int(found[1])
 
 
 def _healthcheck(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -131,7 +147,7 @@ async def test_a_bad_tls_setting_is_one_line_and_exit_1(
         "missing": {"TLS_CERT_FILE": str(tmp_path / "gone.pem"), "TLS_KEY_FILE": str(private)},
         "not-pem": {"TLS_CERT_FILE": str(junk), "TLS_KEY_FILE": str(private)},
     }[which]
-    process = _run(tmp_path, upstream, db_path, PORT=str(free_port()), **env)
+    process = _run(tmp_path, upstream, db_path, PORT="0", **env)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1
     assert expected in output and "Traceback" not in output

@@ -21,7 +21,6 @@ from aigateway.records import KeyLimits
 from aigateway.relay.state import RELAY
 from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
-from aigateway.testing.ports import free_port
 from aigateway.upstreams.config import (
     ANTHROPIC_VERSION,
     UpstreamConfig,
@@ -797,18 +796,17 @@ async def test_an_upstream_killed_under_load_fails_nothing_that_had_not_begun(
     """Two fake Ollama processes, streams running through both, one killed with SIGKILL
     midway: streams it was sending end with Ollama's error line (never cut silently),
     every other request, and every request after the kill, succeeds."""
-    ports = [free_port(), free_port()]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "aigateway.testing.fake_ollama", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "aigateway.testing.fake_ollama", "--port", "0"],
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
-        for port in ports
+        for _ in range(2)
     ]
     try:
-        for port in ports:
-            await _until_listening(port)
+        ports = [await _port_taken(proc) for proc in procs]
         settings = Settings(
             ollama_base_url=",".join(f"http://127.0.0.1:{p}" for p in ports),
             token_db_path=db_path,
@@ -842,19 +840,15 @@ async def test_an_upstream_killed_under_load_fails_nothing_that_had_not_begun(
     finally:
         for proc in procs:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # and its pipe closed
 
 
-async def _until_listening(port: int) -> None:
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.025)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {port}")
+async def _port_taken(proc: subprocess.Popen[str]) -> int:
+    """The port a fake Ollama started with --port 0 listens on, once it listens."""
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+    assert line.strip().isdigit(), f"the fake Ollama said {line!r}"
+    return int(line)
 
 
 async def test_a_hostile_upstreams_lists_are_read_as_hostile_input(

@@ -31,7 +31,6 @@ from .limits import Limits, Verdict
 from .limits_shared import (
     ADMIT_TIMEOUT_S,
     DATABASE_AWAY,
-    HEARTBEAT_S,
     SharedLimits,
     Ticket,
     day_refusal,
@@ -235,7 +234,7 @@ class SharedBudgets:
     async def _heartbeat(self) -> None:
         """Give back the reservations of gateways gone (the shared limits say which)."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self._limits.heartbeat_s)
             try:
                 async with self._limits.connection() as conn:
                     await conn.execute(_REAP, None)

@@ -152,9 +152,19 @@ class _Return:
 
 
 class SharedLimits:
-    def __init__(self, database: Database, when_away: str = "local") -> None:
+    def __init__(
+        self,
+        database: Database,
+        when_away: str = "local",
+        heartbeat_s: float = HEARTBEAT_S,
+        dead_after_s: float = DEAD_AFTER_S,
+    ) -> None:
         self._database = database
         self.when_away = when_away
+        # How often this gateway says it is alive, and how long one may be silent before
+        # its slots are given back (shorter in tests that kill a gateway).
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
         self.instance = uuid.uuid4().hex
         self._pool: asyncpg.Pool | None = None
         self._returns: dict[int, _Return] = {}
@@ -207,7 +217,7 @@ class SharedLimits:
         try:
             await self._flush(everything=True)
             async with self.connection() as conn:
-                await conn.execute(_GONE, DEAD_AFTER_S, self.instance)
+                await conn.execute(_GONE, self.dead_after_s, self.instance)
                 await conn.execute(_REAP)
         except DATABASE_AWAY as exc:
             log.warning("could not give back this gateway's limit slots: %s", _error_line(exc))
@@ -506,12 +516,12 @@ class SharedLimits:
     async def _heartbeat(self) -> None:
         """Say that this gateway is alive, and give back what silent ones held."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
             try:
                 assert self._pool is not None
                 async with self.connection() as conn:
                     await conn.execute(_ALIVE, self.instance)
-                    await conn.execute(_GONE, DEAD_AFTER_S, None)
+                    await conn.execute(_GONE, self.dead_after_s, None)
                     await conn.execute(_REAP)
                 if self._away_reason:  # back, though no admission has asked it yet
                     self._away_reason = ""

@@ -46,8 +46,10 @@ class Watched:
 
 
 class BodyPace:
-    def __init__(self, min_rate: int) -> None:
+    def __init__(self, min_rate: int, window_s: float = WINDOW_S, grace_s: float = GRACE_S) -> None:
         self.min_rate = min_rate  # bytes a second; 0: no body is ever cut
+        self.window_s = window_s  # (shorter in tests, so that a trickle is judged at once)
+        self.grace_s = grace_s
         self._watched: set[Watched] = set()
         self._clock: asyncio.Task[None] | None = None
 
@@ -65,7 +67,7 @@ class BodyPace:
         """What a body cut for its pace is answered (408)."""
         return RequestTimeout(
             "the request body came too slowly: this gateway wants at least"
-            f" {self.min_rate} bytes a second over any {WINDOW_S:g} s (BODY_MIN_RATE)",
+            f" {self.min_rate} bytes a second over any {self.window_s:g} s (BODY_MIN_RATE)",
             reason=Refused.SLOW_BODY,
         )
 
@@ -82,14 +84,14 @@ class BodyPace:
     async def _tick_while_watched(self) -> None:
         try:
             while self._watched:
-                await asyncio.sleep(WINDOW_S / TICKS)
+                await asyncio.sleep(self.window_s / TICKS)
                 self.tick(time.monotonic())
         finally:
             self._clock = None
 
     def tick(self, now: float) -> None:
         """Sample every watched body, and cut those that came too slowly."""
-        least = self.min_rate * WINDOW_S
+        least = self.min_rate * self.window_s
         for watched in list(self._watched):
             if watched.paused:
                 continue
@@ -98,6 +100,6 @@ class BodyPace:
             before = watched.samples[at]  # the count a window ago
             watched.samples[at] = got
             watched.at = (at + 1) % TICKS
-            if now - watched.since >= GRACE_S and got - before < least:
+            if now - watched.since >= self.grace_s and got - before < least:
                 self._watched.discard(watched)
                 watched.content.set_exception(SlowBody())

@@ -460,7 +460,11 @@ def _tagged(name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the fake Ollama on loopback.")
     parser.add_argument(
-        "--port", type=int, nargs="+", default=[11434], help="one or more ports, one process"
+        "--port",
+        type=int,
+        nargs="+",
+        default=[11434],
+        help="one or more ports, one process (0: any free one); each is printed once taken",
     )
     args = parser.parse_args()
     asyncio.run(_serve(args.port))
@@ -474,6 +478,8 @@ async def _serve(ports: list[int]) -> None:
     await runner.setup()
     for port in ports:
         await web.TCPSite(runner, "127.0.0.1", port).start()
+    # The ports taken, in order (what --port 0 left to the system), once all listen.
+    print(" ".join(str(address[1]) for address in runner.addresses), flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -25,6 +25,13 @@ class PostgresUnavailable(Exception):
     """No PostgreSQL binaries on this machine."""
 
 
+class PortTaken(RuntimeError):
+    """Another process listens on the port the server was to take."""
+
+
+PORT_TRIES = 5
+
+
 def find_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
@@ -70,6 +77,13 @@ class PostgresServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        # PostgreSQL cannot be told to take any free port and say which, so a port free a
+        # moment ago is tried, and another if a parallel test run took it meanwhile.
+        for _ in range(PORT_TRIES - 1):
+            try:
+                return self.resume()
+            except PortTaken:
+                self.port = free_port()
         return self.resume()
 
     def resume(self) -> PostgresServer:
@@ -83,6 +97,8 @@ class PostgresServer:
         if self.has_statement_statistics:
             # Statements counted by the server itself: the round trips a request waits for.
             options += " -c shared_preload_libraries=pg_stat_statements"
+        log_path = self.folder / "log"
+        earlier = log_path.stat().st_size if log_path.exists() else 0
         done = self._run(
             find_bin("pg_ctl"),
             "-D",
@@ -90,15 +106,16 @@ class PostgresServer:
             "-o",
             options,
             "-l",
-            str(self.folder / "log"),
+            str(log_path),
             "-w",
             "-t",
             "60",
             "start",
         )
         if done.returncode != 0:
-            log = (self.folder / "log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"PostgreSQL did not start: {done.stderr.strip()}\n{log}")
+            log = log_path.read_bytes()[earlier:].decode(errors="replace")[-2000:]
+            error = PortTaken if "Address already in use" in log else RuntimeError
+            raise error(f"PostgreSQL did not start: {done.stderr.strip()}\n{log}")
         return self
 
     @property
