@@ -32,7 +32,7 @@ from .test_instances import cli
 
 if TYPE_CHECKING:
     from aigateway.access.keytable import KeyTable
-    from aigateway.relay.state import Relay
+    from aigateway.relay.state import RelayState
 
 # chat-nonstream.json (what the fake Ollama answers a non-streamed /api/chat with):
 PROMPT, OUTPUT, TOTAL_NS = 26, 6, 4883583458
@@ -181,7 +181,7 @@ def _key_table() -> AppKey[KeyTable]:
     return KEY_TABLE
 
 
-def _relay() -> AppKey[Relay]:
+def _relay() -> AppKey[RelayState]:
     from aigateway.relay.state import RELAY
 
     return RELAY

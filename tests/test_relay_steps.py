@@ -18,7 +18,7 @@ from aigateway.access.budgets import Budgets
 from aigateway.access.keytable import KeyTable
 from aigateway.access.limits import Limiter, Limits
 from aigateway.errors import BudgetExhausted, TooManyRequests, UnsupportedMediaType
-from aigateway.http.context import RequestContext
+from aigateway.http.context import DIALECT, RequestContext
 from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.records import KeyLimits, KeyRecord, LocalUsageRecord, Price, UsageRecord
 from aigateway.relay.admit import (
@@ -31,7 +31,7 @@ from aigateway.relay.admit import (
 )
 from aigateway.relay.bodybudget import BodyBudget
 from aigateway.relay.exchange import Admitted, Exchange
-from aigateway.relay.handler import DIALECT, relay_handler
+from aigateway.relay.handler import relay_handler
 from aigateway.relay.inflight import GatewayStopping, InFlight, InFlightRequest
 from aigateway.relay.ledger import AdmissionHold, BudgetHold, Ledger, Outcome
 from aigateway.relay.pump import finish, pump

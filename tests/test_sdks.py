@@ -225,7 +225,7 @@ async def test_ollama_python_on_every_native_route(
     blob.write_bytes(b"GGUF not really a model")
     digest = await client.create_blob(blob)
     assert digest.startswith("sha256:")
-    await client.close()
+    await client.close()  # type: ignore[no-untyped-call]
 
 
 # --- ollama (JavaScript, through node) -----------------------------------------------------

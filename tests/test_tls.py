@@ -88,7 +88,7 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
             chat = [{"role": "user", "content": "hi"}]
             answer = await client.chat(model="llama3.2", messages=chat)
         finally:
-            await client.close()
+            await client.close()  # type: ignore[no-untyped-call]
         assert answer.message.content
         # The container's HEALTHCHECK, with the server's own settings.
         assert _healthcheck(tmp_path, tls_env).returncode == 0
