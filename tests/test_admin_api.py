@@ -7,6 +7,7 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
 
 from aigateway.db.keys import looks_like_key
 
@@ -14,7 +15,7 @@ from .helpers import minute_room
 
 
 async def test_user_keys_get_403_on_admin_routes_but_may_see_themselves(
-    client: TestClient,
+    client: TestClient[Request, None],
 ) -> None:
     for method, path in (
         ("GET", "/admin/keys"),
@@ -36,11 +37,13 @@ async def test_user_keys_get_403_on_admin_routes_but_may_see_themselves(
     assert "key_hash" not in me["key"]
 
 
-async def test_no_key_gets_401(anon: TestClient) -> None:
+async def test_no_key_gets_401(anon: TestClient[Request, None]) -> None:
     assert (await anon.get("/admin/me")).status == 401
 
 
-async def test_create_list_update_and_revoke(admin: TestClient, anon: TestClient) -> None:
+async def test_create_list_update_and_revoke(
+    admin: TestClient[Request, None], anon: TestClient[Request, None]
+) -> None:
     resp = await admin.post(
         "/admin/keys",
         json={
@@ -92,7 +95,7 @@ async def test_create_list_update_and_revoke(admin: TestClient, anon: TestClient
     ],
 )
 async def test_bad_input_is_400_with_a_clear_error(
-    admin: TestClient, body: object, message: str
+    admin: TestClient[Request, None], body: object, message: str
 ) -> None:
     resp = await admin.post("/admin/keys", json=body)
     assert resp.status == 400
@@ -100,7 +103,7 @@ async def test_bad_input_is_400_with_a_clear_error(
     assert len((await (await admin.get("/admin/keys")).json())["keys"]) == 2
 
 
-async def test_more_bad_requests(admin: TestClient) -> None:
+async def test_more_bad_requests(admin: TestClient[Request, None]) -> None:
     assert (await admin.post("/admin/keys", data=b"{nope")).status == 400
     resp = await admin.post("/admin/keys", json={"user": "alice", "name": "laptop"})
     assert resp.status == 409
@@ -113,7 +116,7 @@ async def test_more_bad_requests(admin: TestClient) -> None:
 
 
 async def test_stats_count_what_was_used(
-    admin: TestClient, client: TestClient, gateway: TestServer
+    admin: TestClient[Request, None], client: TestClient[Request, None], gateway: TestServer
 ) -> None:
     await minute_room()  # alice's requests this minute are this hour's too
     for _ in range(3):
@@ -155,7 +158,7 @@ async def test_stats_count_what_was_used(
 
 
 async def test_usage_records_filtered_paged_and_downloaded(
-    admin: TestClient, client: TestClient, gateway: TestServer
+    admin: TestClient[Request, None], client: TestClient[Request, None], gateway: TestServer
 ) -> None:
     from aigateway.relay.state import RELAY
 
@@ -165,7 +168,9 @@ async def test_usage_records_filtered_paged_and_downloaded(
     for model in ("llama3.2", formula, "llama3.2"):
         assert (await client.post("/api/chat", json={**chat, "model": model})).status == 200
     await admin.get("/api/tags")
-    await gateway.app[RELAY].usage.flush()
+    usage = gateway.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
     everything = await (await admin.get("/admin/usage")).json()
     assert len(everything["records"]) == 4 and not everything["more"]
     page = await (await admin.get("/admin/usage?limit=2")).json()
@@ -188,7 +193,7 @@ async def test_usage_records_filtered_paged_and_downloaded(
 
 
 async def test_stats_computes_only_the_parts_asked_for(
-    admin: TestClient, client: TestClient
+    admin: TestClient[Request, None], client: TestClient[Request, None]
 ) -> None:
     await client.post("/api/chat", json={"model": "llama3.2", "stream": False, "messages": []})
     deadline = time.monotonic() + 5

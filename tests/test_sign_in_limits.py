@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
@@ -92,7 +94,7 @@ async def test_a_key_signs_in_ten_times_a_minute_from_anywhere(
 
 
 async def test_failed_sign_ins_of_a_known_key_count_against_it(
-    gateway: TestServer, admin: TestClient, db_path: str
+    gateway: TestServer, admin: TestClient[Request, None], db_path: str
 ) -> None:
     """A revoked key tried over and over (from several addresses) is refused with 429
     once its minute is used up, though every try failed."""
@@ -203,7 +205,7 @@ async def test_a_new_sign_in_ends_the_oldest_session_beyond_twenty(
 
 
 async def test_ended_sessions_are_swept_and_the_sweep_survives_database_errors(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -231,6 +233,7 @@ async def test_ended_sessions_are_swept_and_the_sweep_survives_database_errors(
         assert await store.find_session("live") is not None
         # The table goes away under the sweep: it logs, and keeps sweeping.
         (schema,) = await _sql(db_path, "SELECT sql FROM sqlite_master WHERE name = 'sessions'")
+        assert isinstance(schema, str)
         await _sql(db_path, "DROP TABLE sessions")
         with caplog.at_level(logging.WARNING, logger="aigateway.sessions"):
             await eventually(lambda: "could not delete ended dashboard sessions" in caplog.text)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 
@@ -33,7 +34,7 @@ class Answer:
     client: str  # the access line's client= field
 
 
-async def _serve(aiohttp_server, settings: Settings, trusted: str) -> TestServer:  # type: ignore[no-untyped-def]
+async def _serve(aiohttp_server: AiohttpServer, settings: Settings, trusted: str) -> TestServer:
     networks = tuple(ipaddress.ip_network(n) for n in trusted.split(",") if n)
     server: TestServer = await aiohttp_server(
         create_app(replace(settings, trusted_proxies=networks))
@@ -70,7 +71,7 @@ def _own_origin(server: TestServer) -> str:
 
 
 async def test_an_untrusted_peers_forwarded_headers_are_ignored(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
@@ -102,7 +103,7 @@ async def test_an_untrusted_peers_forwarded_headers_are_ignored(
 
 
 async def test_without_the_setting_a_tls_proxys_sign_in_is_refused_naming_it(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
@@ -123,7 +124,7 @@ async def test_without_the_setting_a_tls_proxys_sign_in_is_refused_naming_it(
 
 
 async def test_a_trusted_proxys_forwarded_headers_are_believed(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
@@ -180,7 +181,7 @@ async def test_a_trusted_proxys_forwarded_headers_are_believed(
     ],
 )
 async def test_the_client_address_behind_trusted_proxies(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
@@ -196,7 +197,7 @@ async def test_the_client_address_behind_trusted_proxies(
 
 
 async def test_two_forwarded_for_headers_are_one_list(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
@@ -239,7 +240,7 @@ async def test_two_forwarded_for_headers_are_one_list(
     ],
 )  # fmt: skip
 async def test_the_scheme_and_host_behind_a_trusted_proxy(
-    aiohttp_server,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     db_path: str,
     caplog: pytest.LogCaptureFixture,
