@@ -12,6 +12,8 @@ from dataclasses import replace
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.errors import ServiceUnavailable
@@ -103,8 +105,8 @@ async def test_body_budget_waits_then_refuses() -> None:
 
 
 async def test_bodies_held_at_once_stay_within_max_body_memory(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, fake: FakeOllama
+) -> None:
     """Twelve clients upload 400 KB bodies at once, some chunked (no declared length),
     against a budget of 1 MB: the gateway never holds more than 1 MB of them; the ones
     that cannot get room in time are told to retry (503), the rest are relayed whole."""
@@ -137,8 +139,8 @@ async def test_bodies_held_at_once_stay_within_max_body_memory(
 
 
 async def test_a_chunked_body_over_the_limit_is_413(
-    aiohttp_server, settings: Settings, key: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str
+) -> None:
     small = replace(settings, max_body_bytes=1000)
     server = await aiohttp_server(create_app(small))
 
@@ -225,7 +227,7 @@ async def test_an_unbounded_num_predict_reserves_the_default(
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("GZIP", gzip.compress)],
 )
 async def test_a_compressed_body_is_read_and_relayed_decoded_without_the_header(
-    client: TestClient, fake: FakeOllama, coding: str, encode: object
+    client: TestClient[Request, None], fake: FakeOllama, coding: str, encode: object
 ) -> None:
     assert callable(encode)
     resp = await client.post("/api/chat", data=encode(CHAT), headers={"Content-Encoding": coding})
@@ -236,11 +238,13 @@ async def test_a_compressed_body_is_read_and_relayed_decoded_without_the_header(
 
 
 async def test_a_compressed_body_is_held_to_the_allow_list(
-    aiohttp_client, gateway: TestServer, db_path: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str, fake: FakeOllama
+) -> None:
     secret = await make_key(db_path, "zed", "llama", models=["llama3*"])
     await eventually(lambda: secret_known(gateway, secret))
-    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+    client: TestClient[Request, None] = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {secret}"}
+    )
     evil = gzip.compress(b'{"model":"qwen3","stream":false}')
     resp = await client.post("/api/chat", data=evil, headers={"Content-Encoding": "gzip"})
     assert resp.status == 403
@@ -249,7 +253,7 @@ async def test_a_compressed_body_is_held_to_the_allow_list(
 
 @pytest.mark.parametrize("coding", ["compress", "x-gzip", "gzip, gzip", "base64", "aes128gcm"])
 async def test_a_coding_the_gateway_cannot_read_is_415(
-    client: TestClient, fake: FakeOllama, coding: str
+    client: TestClient[Request, None], fake: FakeOllama, coding: str
 ) -> None:
     resp = await client.post(
         "/api/chat", data=gzip.compress(CHAT), headers={"Content-Encoding": coding}
@@ -260,7 +264,7 @@ async def test_a_coding_the_gateway_cannot_read_is_415(
 
 
 async def test_a_body_that_is_not_what_its_coding_says_is_400(
-    client: TestClient, fake: FakeOllama
+    client: TestClient[Request, None], fake: FakeOllama
 ) -> None:
     resp = await client.post("/api/chat", data=CHAT, headers={"Content-Encoding": "gzip"})
     assert resp.status == 400
@@ -268,8 +272,8 @@ async def test_a_body_that_is_not_what_its_coding_says_is_400(
 
 
 async def test_a_gzip_bomb_stops_at_max_body_size(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, fake: FakeOllama
+) -> None:
     small = replace(settings, max_body_bytes=1024 * 1024)
     server = await aiohttp_server(create_app(small))
     bomb = gzip.compress(b'{"model":"llama3.2","prompt":"' + b"a" * 200 * 1024 * 1024)

@@ -16,11 +16,14 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
 from click.testing import CliRunner
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.admin.exports import EXPORT_RETRY_AFTER_S
@@ -149,7 +152,9 @@ async def test_twelve_exports_of_100k_records_keep_rss_and_health(
 
 
 @pytest.fixture
-async def big_gateway(aiohttp_server, upstream: TestServer, big: BigDatabase) -> TestServer:  # type: ignore[no-untyped-def]
+async def big_gateway(
+    aiohttp_server: AiohttpServer, upstream: TestServer, big: BigDatabase
+) -> TestServer:
     settings = Settings(
         ollama_base_url=str(upstream.make_url("")).rstrip("/"), token_db_path=str(big.path)
     )
@@ -326,7 +331,7 @@ def _marked_cells(text: str) -> list[str]:
 
 @pytest.mark.parametrize("start", FORMULA_STARTS.values(), ids=FORMULA_STARTS.keys())
 async def test_api_csv_export_neutralises_a_cell_starting_with(
-    admin: TestClient, db_path: str, start: str
+    admin: TestClient[Request, None], db_path: str, start: str
 ) -> None:
     await _insert(db_path, [_formula_record(start)])
     text = await (await admin.get("/admin/usage?format=csv")).text()
@@ -387,8 +392,8 @@ def test_cli_csv_files_neutralise_a_cell_starting_with(
 
 
 async def test_exports_page_through_equal_times_on_both_databases(
-    database: str, aiohttp_server, upstream: TestServer, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    database: str, aiohttp_server: AiohttpServer, upstream: TestServer, tmp_path: Path
+) -> None:
     """Pages follow (time, id): records of one time across a page boundary are neither
     lost nor repeated, newest first from the API, oldest first from the CLI. (`database`
     first: its PostgreSQL database is dropped only after the gateway has stopped.)"""
@@ -410,7 +415,9 @@ async def test_exports_page_through_equal_times_on_both_databases(
         assert [len(page) async for page in pages] == [100, 100, 100, 100, 100, 3]
     finally:
         await store.close()
-    where = {"database_url": database} if "://" in database else {"token_db_path": database}
+    where: dict[str, Any] = (
+        {"database_url": database} if "://" in database else {"token_db_path": database}
+    )
     settings = Settings(
         ollama_base_url=str(upstream.make_url("")).rstrip("/"),
         usage_journal_dir=str(tmp_path / "journal"),  # (not beside the default tokens.db)
