@@ -12,12 +12,14 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.relay.bodybudget import BodyBudget
@@ -92,8 +94,8 @@ class Upload:
         self.writer.close()
 
 
-async def _gateway(  # type: ignore[no-untyped-def]
-    aiohttp_server, settings: Settings, quick: bool = False, **changes: object
+async def _gateway(
+    aiohttp_server: AiohttpServer, settings: Settings, quick: bool = False, **changes: Any
 ) -> TestServer:
     """A gateway with these settings changed; `quick`: BODY_MIN_RATE judged over 0.5 s
     windows after a 0.5 s grace (10 s each in use)."""
@@ -123,8 +125,8 @@ def _budget(server: TestServer) -> BodyBudget:
 
 
 async def test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key(
-    aiohttp_server, settings: Settings, key: str, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, db_path: str
+) -> None:
     """Eleven uploads of one key, each declaring 1 MiB and sending a byte every 5 s, in a
     10 MiB body memory (real 10 s windows): another key's chat gets 200 in under a second,
     the trickles hold only what they sent, and each is cut (408, slow body) or refused for
@@ -159,8 +161,8 @@ async def test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key(
 
 @pytest.mark.parametrize("share", [None, 9 * MiB], ids=["default share", "share = all"])
 async def test_queued_bodies_of_one_key_do_not_hold_back_another(
-    aiohttp_server, settings: Settings, key: str, db_path: str, share: int | None
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, db_path: str, share: int | None
+) -> None:
     """Twenty 4 MiB bodies of one key, each taking half a second to come, in a 9 MiB body
     memory (so most wait): another key's 1.5 MiB body is served within 2 s, not after
     them. With the default share the key may not take the memory others need; with a
@@ -210,8 +212,8 @@ async def test_queued_bodies_of_one_key_do_not_hold_back_another(
 
 
 async def test_body_memory_is_taken_as_the_body_arrives(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, fake: FakeOllama
+) -> None:
     """A body declaring 4 MiB that has sent 100 KiB holds about 100 KiB of the memory
     (its key's share has its 4 MiB committed); once whole, it is relayed as sent."""
     server = await _gateway(aiohttp_server, settings, max_body_bytes=8 * MiB)
@@ -232,8 +234,8 @@ async def test_body_memory_is_taken_as_the_body_arrives(
 
 
 async def test_one_key_holds_at_most_its_share_and_waits_its_turn(
-    aiohttp_server, settings: Settings, key: str, db_path: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, db_path: str, fake: FakeOllama
+) -> None:
     """Five 1 MiB bodies of one key with a 2 MiB share (of 8 MiB): the key never holds
     more than 2 MiB, another key's 1 MiB body passes meanwhile, and the five all finish
     (each starting as an earlier one ends), none waiting on another forever."""
@@ -270,8 +272,8 @@ async def test_one_key_holds_at_most_its_share_and_waits_its_turn(
 
 
 async def test_a_body_that_cannot_have_its_keys_share_in_time_is_told_which_limit(
-    aiohttp_server, settings: Settings, key: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str
+) -> None:
     """503 with Retry-After, reason body_memory_full, and the setting that was hit named:
     the key's share here; the whole memory when that is what is short."""
     server = await _gateway(
@@ -334,8 +336,8 @@ async def test_waits_for_memory_are_served_in_turn_across_keys() -> None:
 
 
 async def test_a_wait_for_memory_other_keys_hold_ends_within_2_s(
-    aiohttp_server, settings: Settings, key: str, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, db_path: str
+) -> None:
     """Two 4 MiB bodies of one key (whose share is all of it) held while Ollama thinks
     for a minute fill the 9 MiB: another key's 1.5 MiB body is not kept waiting for
     them, it is told within about 2 s (503, Retry-After, MAX_BODY_MEMORY named)."""
@@ -393,12 +395,12 @@ async def test_a_wait_for_memory_other_keys_hold_ends_within_2_s(
     ids=["ollama trickle", "ollama silence", "openai trickle", "anthropic trickle", "chunked"],
 )
 async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
-    aiohttp_server,
+    aiohttp_server: AiohttpServer,
     settings: Settings,
     key: str,
     path: str,
     every: float | None,
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     server = await _gateway(aiohttp_server, settings, quick=True)
     chunked = path.startswith("chunked ")
     path = path.removeprefix("chunked ")
@@ -424,8 +426,8 @@ async def test_a_slow_body_gets_408_frees_its_memory_and_its_connection(
 
 
 async def test_only_bodies_below_the_rate_are_cut(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, fake: FakeOllama
+) -> None:
     """Against a 16 KiB/s floor, a body coming at 80 KiB/s for 1.2 s is relayed whole
     while one at 4 KiB/s beside it is cut; with BODY_MIN_RATE=0 a body that stops for
     1.5 s is not cut."""
@@ -458,8 +460,8 @@ async def test_only_bodies_below_the_rate_are_cut(
 
 
 async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
-    aiohttp_server, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, fake: FakeOllama
+) -> None:
     """A body that cannot have memory for 1.5 s (three of its 0.5 s windows, someone
     else holding all of it) is not cut for the bytes it could not send meanwhile."""
     server = await _gateway(aiohttp_server, settings, quick=True)
@@ -477,8 +479,8 @@ async def test_time_spent_waiting_for_memory_is_not_held_against_a_body(
 
 
 async def test_a_slow_blob_upload_is_cut_too(
-    aiohttp_server, settings: Settings, admin_key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, settings: Settings, admin_key: str, fake: FakeOllama
+) -> None:
     """A blob upload streams on to Ollama as it comes; one that trickles is cut all the
     same (408, slow_body) rather than holding its connection to Ollama open."""
     server = await _gateway(aiohttp_server, settings, quick=True)
@@ -497,8 +499,8 @@ async def test_a_slow_blob_upload_is_cut_too(
 
 
 async def test_a_blob_upload_is_never_held_whole(
-    aiohttp_server, db_path: str, admin_key: str, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, db_path: str, admin_key: str, tmp_path: Path
+) -> None:
     """200 MB to /api/blobs through the gateway (its own process) to an upstream that
     hashes what arrives: the gateway's peak resident memory grows by far less than the
     blob. (Blobs were streamed before this change too: this measures that it stays so.)"""
