@@ -6,11 +6,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
@@ -30,9 +33,13 @@ MANAGE = [
 ]
 
 
-async def _client(aiohttp_client, gateway: TestServer, secret: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def _client(
+    aiohttp_client: AiohttpClient, gateway: TestServer, secret: str
+) -> TestClient[Request, None]:
     """A client for a key made while the gateway runs, once the gateway has loaded it."""
-    client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+    client: TestClient[Request, None] = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {secret}"}
+    )
     await eventually(lambda: secret_known(gateway, secret))
     return client
 
@@ -66,7 +73,7 @@ async def _usage(db_path: str, count: int) -> list[UsageRecord]:
 
 @pytest.mark.parametrize(("method", "path"), MANAGE)
 async def test_user_keys_may_not_manage_models(
-    client: TestClient, fake: FakeOllama, method: str, path: str
+    client: TestClient[Request, None], fake: FakeOllama, method: str, path: str
 ) -> None:
     resp = await client.request(
         method, "/api" + path.replace("{digest}", "sha256:00"), data=b'{"model":"llama3.2"}'
@@ -78,7 +85,10 @@ async def test_user_keys_may_not_manage_models(
 
 
 async def test_bootstrap_admin_key_from_settings(
-    aiohttp_client, settings: Settings, fake: FakeOllama, caplog: pytest.LogCaptureFixture
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret = "bootstrap-" + "x" * 40
     caplog.set_level(logging.DEBUG)
@@ -94,9 +104,11 @@ async def test_bootstrap_admin_key_from_settings(
 
 
 @pytest.fixture
-async def limited(aiohttp_client, gateway: TestServer, db_path: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def limited(
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str
+) -> TestClient[Request, None]:
     secret = await make_key(db_path, "lee", "llama-only", "admin", models=["llama3*", "all-minilm"])
-    return await _client(aiohttp_client, gateway, secret)  # type: ignore[no-any-return]
+    return await _client(aiohttp_client, gateway, secret)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +153,12 @@ async def limited(aiohttp_client, gateway: TestServer, db_path: str) -> TestClie
     ],
 )
 async def test_allow_list_on_every_route_that_names_a_model(
-    limited: TestClient, fake: FakeOllama, method: str, path: str, allowed: bytes, denied: bytes
+    limited: TestClient[Request, None],
+    fake: FakeOllama,
+    method: str,
+    path: str,
+    allowed: bytes,
+    denied: bytes,
 ) -> None:
     resp = await limited.request(method, "/api" + path, data=allowed)
     assert resp.status == 200, await resp.text()
@@ -154,7 +171,7 @@ async def test_allow_list_on_every_route_that_names_a_model(
 
 
 async def test_allow_list_reads_the_model_from_the_body_only(
-    limited: TestClient, fake: FakeOllama
+    limited: TestClient[Request, None], fake: FakeOllama
 ) -> None:
     resp = await limited.post(
         "/api/chat?model=llama3.2",
@@ -172,15 +189,19 @@ async def test_allow_list_reads_the_model_from_the_body_only(
 
 
 async def test_an_unreadable_body_is_refused_whatever_cloud_models_may_do(
-    aiohttp_server, aiohttp_client, settings: Settings, key: str, fake: FakeOllama
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+    fake: FakeOllama,
+) -> None:
     """The gateway must know which model a body names before it lets it by: it could be
     a cloud model, or a priced one. Until issue 24, with ALLOW_CLOUD_MODELS a key without
     an allow-list could send a body the gateway cannot read, relayed nameless and free."""
     for allow_cloud in (False, True):
         fake.requests.clear()
         app = create_app(dataclasses.replace(settings, allow_cloud_models=allow_cloud))
-        client = await aiohttp_client(
+        client: TestClient[Request, None] = await aiohttp_client(
             await aiohttp_server(app), headers={"Authorization": f"Bearer {key}"}
         )
         resp = await client.post("/api/chat", data=b"not json")
@@ -191,7 +212,7 @@ async def test_an_unreadable_body_is_refused_whatever_cloud_models_may_do(
 
 
 async def test_model_lists_show_only_allowed_models(
-    limited: TestClient, client: TestClient
+    limited: TestClient[Request, None], client: TestClient[Request, None]
 ) -> None:
     tags = await (await limited.get("/api/tags")).json()
     assert [m["name"] for m in tags["models"]] == ["llama3.2:latest"]
@@ -201,7 +222,7 @@ async def test_model_lists_show_only_allowed_models(
 
 
 async def test_model_lists_keep_ollamas_bytes(
-    limited: TestClient, client: TestClient, fake: FakeOllama
+    limited: TestClient[Request, None], client: TestClient[Request, None], fake: FakeOllama
 ) -> None:
     from .test_model_lists import GO_TAGS, GO_TAGS_LLAMA, PRETTY_PS, PRETTY_PS_LLAMA
 
@@ -222,7 +243,7 @@ async def test_model_lists_keep_ollamas_bytes(
 
 
 async def test_a_rate_limit_is_exact_under_concurrency(
-    aiohttp_client, gateway: TestServer, db_path: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str, fake: FakeOllama
 ) -> None:
     secret = await make_key(db_path, "rita", "burst", limits=KeyLimits(rpm=50))
     client = await _client(aiohttp_client, gateway, secret)
@@ -249,7 +270,7 @@ async def test_a_rate_limit_is_exact_under_concurrency(
 
 
 async def test_concurrency_cap(
-    aiohttp_client, gateway: TestServer, db_path: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str, fake: FakeOllama
 ) -> None:
     fake.slow_interval = 0.2
     secret = await make_key(db_path, "cora", "two", limits=KeyLimits(max_concurrent=2))
@@ -265,7 +286,7 @@ async def test_concurrency_cap(
 
 
 async def test_token_quota_is_charged_from_ollamas_counts(
-    aiohttp_client, gateway: TestServer, db_path: str
+    aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str
 ) -> None:
     # chat-nonstream.json reports 26 prompt + 6 completion tokens.
     secret = await make_key(db_path, "tom", "quota", limits=KeyLimits(tokens_per_day=40))
@@ -279,7 +300,7 @@ async def test_token_quota_is_charged_from_ollamas_counts(
 
 
 async def test_default_limits_come_from_settings(
-    aiohttp_client, settings: Settings, key: str
+    aiohttp_client: AiohttpClient, settings: Settings, key: str
 ) -> None:
     app = create_app(Settings(**{**_fields(settings), "default_rph": 2}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
@@ -303,7 +324,7 @@ async def test_default_limits_come_from_settings(
     ],
 )
 async def test_usage_records_carry_ollamas_token_counts(
-    client: TestClient,
+    client: TestClient[Request, None],
     db_path: str,
     path: str,
     body: bytes | None,
@@ -324,9 +345,9 @@ async def test_usage_records_carry_ollamas_token_counts(
     assert record.status == 200 and record.bytes_out == len(sent)
     assert record.bytes_in == len(body or b"")
     named = orjson.loads(body) if body else {}
-    sent = named.get("model") or named.get("name")
-    assert record.model_sent == sent  # as sent, and its one identity
-    assert record.model == (None if sent is None else canonical(sent))
+    name = named.get("model") or named.get("name")
+    assert record.model_sent == name  # as sent, and its one identity
+    assert record.model == (None if name is None else canonical(name))
     assert record.ttfb_ms is not None and 0 < record.ttfb_ms <= record.duration_ms
     assert not record.client_gone
 
@@ -396,5 +417,5 @@ async def test_old_usage_is_pruned(settings: Settings, db_path: str, key: str) -
     assert len(rows) == 1 and rows[0].ts > time.time() - 60
 
 
-def _fields(obj: object) -> dict[str, object]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}  # type: ignore[attr-defined]
+def _fields(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
