@@ -8,12 +8,15 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.client import _RequestContextManager
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.errors import Refused
@@ -33,6 +36,10 @@ from .conftest import make_key
 from .helpers import eventually
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+# several: a user client (made from the app) and an admin client (made from its server)
+Several = tuple[TestClient[web.Request, web.Application], TestClient[web.Request, None]]
+# one_slot: the fake Ollama, a client, the greedy and the modest user's keys, an admin key
+OneSlot = tuple[FakeOllama, TestClient[web.Request, web.Application], str, str, str]
 
 
 def _url(server: TestServer) -> str:
@@ -60,7 +67,7 @@ class Three:
 
 
 @pytest.fixture
-async def three(aiohttp_server) -> Three:  # type: ignore[no-untyped-def]
+async def three(aiohttp_server: AiohttpServer) -> Three:
     found = Three()
     for fake in found.fakes:
         found.servers.append(await aiohttp_server(fake.app()))
@@ -68,7 +75,7 @@ async def three(aiohttp_server) -> Three:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def several(aiohttp_client, three: Three, db_path: str) -> tuple[TestClient, TestClient]:  # type: ignore[no-untyped-def]
+async def several(aiohttp_client: AiohttpClient, three: Three, db_path: str) -> Several:
     """A user client and an admin client of a gateway in front of the three."""
     settings = Settings(
         ollama_base_url=",".join(_url(s) for s in three.servers),
@@ -79,25 +86,25 @@ async def several(aiohttp_client, three: Three, db_path: str) -> tuple[TestClien
     admin_key = await make_key(db_path, "root", "ops", "admin")
     app = create_app(settings)
     user = await aiohttp_client(app, headers={"Authorization": f"Bearer {user_key}"})
-    admin = await aiohttp_client(user.server, headers={"Authorization": f"Bearer {admin_key}"})
+    admin: TestClient[web.Request, None] = await aiohttp_client(
+        user.server, headers={"Authorization": f"Bearer {admin_key}"}
+    )
     return user, admin
 
 
 async def test_a_request_goes_to_an_upstream_that_has_its_model(
-    several: tuple[TestClient, TestClient], three: Three
+    several: Several, three: Three
 ) -> None:
     user, _ = several
     three.forget()
     for model, where in (("phi4", three.c), ("qwen3:8b", three.a), ("phi4:latest", three.c)):
         resp = await user.post("/api/chat", json={"model": model, **CHAT})
         assert resp.status == 200, await resp.text()
-        assert [m.lower() for m in _models(where)] == [model.lower()]  # type: ignore[union-attr]
+        assert [cast(str, m).lower() for m in _models(where)] == [model.lower()]
         three.forget()
 
 
-async def test_a_loaded_copy_is_preferred_to_a_cold_one(
-    several: tuple[TestClient, TestClient], three: Three
-) -> None:
+async def test_a_loaded_copy_is_preferred_to_a_cold_one(several: Several, three: Three) -> None:
     user, _ = several
     three.forget()
     # llama3.2 is loaded nowhere: a and b take turns
@@ -113,7 +120,7 @@ async def test_a_loaded_copy_is_preferred_to_a_cold_one(
 
 
 async def test_model_lists_are_the_union_each_model_once(
-    several: tuple[TestClient, TestClient], three: Three, db_path: str
+    several: Several, three: Three, db_path: str
 ) -> None:
     user, _ = several
     tags = await (await user.get("/api/tags")).json()
@@ -136,8 +143,8 @@ async def test_model_lists_are_the_union_each_model_once(
 
 
 async def test_a_dead_upstream_is_failed_over_and_comes_back(
-    aiohttp_server, several: tuple[TestClient, TestClient], three: Three
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, several: Several, three: Three
+) -> None:
     user, admin = several
     port = three.servers[1].port
     await three.servers[1].close()  # b is gone: mistral must go to c, llama3.2 to a
@@ -169,7 +176,7 @@ async def test_a_dead_upstream_is_failed_over_and_comes_back(
 
 
 async def test_the_access_line_names_the_upstream_that_answered(
-    several: tuple[TestClient, TestClient], three: Three, caplog: pytest.LogCaptureFixture
+    several: Several, three: Three, caplog: pytest.LogCaptureFixture
 ) -> None:
     user, _ = several
     await three.servers[1].close()  # b is gone: mistral, loaded there, fails over to c
@@ -182,8 +189,8 @@ async def test_the_access_line_names_the_upstream_that_answered(
 
 
 async def test_one_upstream_from_a_file_is_the_one_health_and_models_ask(
-    aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     """UPSTREAMS_FILE with one Ollama (OLLAMA_BASE_URL left at its default, where nothing
     listens): /health/ollama and /admin/models ask that one (they asked OLLAMA_BASE_URL)."""
     only = UpstreamConfig(name="gpu", url=_url(three.servers[2]))
@@ -201,8 +208,8 @@ async def test_one_upstream_from_a_file_is_the_one_health_and_models_ask(
 
 
 async def test_a_stream_cut_midway_is_never_replayed_elsewhere(
-    aiohttp_server, aiohttp_client, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str
+) -> None:
     """Its upstream dies after the first line: the client's stream ends with Ollama's own
     error line (the ollama clients raise it), and no other upstream is asked."""
     first = FakeOllama(models=["broken:latest"], loaded=["broken"])
@@ -223,7 +230,7 @@ async def test_a_stream_cut_midway_is_never_replayed_elsewhere(
 
 
 async def test_a_busy_answer_is_failed_over_before_any_byte_reaches_the_client(
-    several: tuple[TestClient, TestClient], three: Three
+    several: Several, three: Three
 ) -> None:
     user, _ = several
     three.b.fail_with = 503
@@ -234,7 +241,7 @@ async def test_a_busy_answer_is_failed_over_before_any_byte_reaches_the_client(
 
 
 async def test_no_upstream_up_is_503_with_retry_after_in_the_callers_dialect(
-    several: tuple[TestClient, TestClient], three: Three
+    several: Several, three: Three
 ) -> None:
     user, _ = several
     three.b.fail_with = 503
@@ -256,7 +263,7 @@ async def test_no_upstream_up_is_503_with_retry_after_in_the_callers_dialect(
 
 
 async def test_model_management_goes_to_the_upstream_an_admin_names(
-    several: tuple[TestClient, TestClient], three: Three
+    several: Several, three: Three
 ) -> None:
     _, admin = several
     resp = await admin.delete("/api/delete", json={"model": "gemma3"})
@@ -273,7 +280,7 @@ async def test_model_management_goes_to_the_upstream_an_admin_names(
 
 
 async def test_a_pull_without_a_named_upstream_pulls_everywhere(
-    several: tuple[TestClient, TestClient], three: Three
+    several: Several, three: Three
 ) -> None:
     _, admin = several
     three.forget()
@@ -299,8 +306,8 @@ async def test_a_pull_without_a_named_upstream_pulls_everywhere(
 
 
 async def test_answers_from_every_upstream_carry_the_keys_rate_headers(
-    aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     settings = Settings(
         ollama_base_url=",".join(_url(s) for s in three.servers), token_db_path=db_path
     )
@@ -324,8 +331,8 @@ async def test_answers_from_every_upstream_carry_the_keys_rate_headers(
 
 
 async def test_weights_share_requests_among_equals(
-    aiohttp_server, aiohttp_client, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str
+) -> None:
     heavy, light = FakeOllama(models=["m:latest"]), FakeOllama(models=["m:latest"])
     servers = [await aiohttp_server(f.app()) for f in (heavy, light)]
     path = Path(db_path).with_name("upstreams.toml")
@@ -345,8 +352,8 @@ async def test_weights_share_requests_among_equals(
 
 
 async def test_cloud_upstreams_get_their_own_key_never_the_clients(
-    aiohttp_server, aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     openai, anthropic = FakeOllama(), FakeOllama()
     o_server, a_server = await aiohttp_server(openai.app()), await aiohttp_server(anthropic.app())
     path = Path(db_path).with_name("upstreams.toml")
@@ -401,10 +408,10 @@ async def test_cloud_upstreams_get_their_own_key_never_the_clients(
     assert resp.status == 404 and "/v1/chat/completions" in (await resp.json())["error"]
     # the upstreams' keys appear nowhere an admin (or anyone) can read
     admin_key = await make_key(db_path, "root", "ops", "admin")
-    for path in ("/admin/upstreams", "/health/ollama", "/admin/upstreams"):
-        resp = await client.get(path, headers={"Authorization": f"Bearer {admin_key}"})
+    for route in ("/admin/upstreams", "/health/ollama", "/admin/upstreams"):
+        resp = await client.get(route, headers={"Authorization": f"Bearer {admin_key}"})
         text = await resp.text()
-        assert '"oa"' in text and "sk-oa-secret" not in text and "sk-an" not in text, path
+        assert '"oa"' in text and "sk-oa-secret" not in text and "sk-an" not in text, route
     # /v1/models: the union, the cloud API's list cut down to its patterns
     ids = sorted(m["id"] for m in (await (await client.get("/v1/models")).json())["data"])
     assert "llama3.2:latest" in ids and not any(i.startswith("deepseek") for i in ids[2:])
@@ -433,8 +440,8 @@ def _lower(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def test_cloud_upstreams_get_only_the_client_headers_they_allow(
-    aiohttp_server, aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     """A cloud API is paid with the gateway's key: a client's headers that choose the
     account or the API's features stay behind, unless the upstream's pass_headers names
     them; an Ollama still gets every header but the dropped ones."""
@@ -526,8 +533,8 @@ def test_request_headers_send_one_anthropic_version() -> None:
 
 
 async def test_admin_models_lists_a_cloud_apis_models_after_the_ollamas(
-    aiohttp_server, aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     """/admin/models (the dashboard's model list) showed only what the Ollamas have: a
     cloud API's models, cut down to its patterns, now follow, each model once."""
     cloud = FakeOllama(models=["gpt-4o-mini", "gpt-4o", "o3-pro", "llama3.2:latest"])
@@ -652,7 +659,9 @@ def test_upstream_keys_may_come_from_the_env_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def one_slot(aiohttp_server, aiohttp_client, db_path: str):  # type: ignore[no-untyped-def]
+async def one_slot(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str
+) -> OneSlot:
     """A gateway in front of one Ollama that takes one request at a time (max_concurrent
     1), with two user keys; queued requests give up after 1 s."""
     fake = FakeOllama(slow_interval=0.05)
@@ -670,7 +679,9 @@ async def one_slot(aiohttp_server, aiohttp_client, db_path: str):  # type: ignor
     return fake, client, greedy, modest, admin_key
 
 
-def _chat(client: TestClient, key: str, label: str, model: str = "slow"):  # type: ignore[no-untyped-def]
+def _chat(
+    client: TestClient[web.Request, web.Application], key: str, label: str, model: str = "slow"
+) -> _RequestContextManager:
     return client.post(
         "/api/chat",
         json={"model": model, "messages": [{"role": "user", "content": label}]},
@@ -678,7 +689,7 @@ def _chat(client: TestClient, key: str, label: str, model: str = "slow"):  # typ
     )
 
 
-async def test_a_key_with_many_queued_requests_cannot_starve_another(one_slot) -> None:  # type: ignore[no-untyped-def]
+async def test_a_key_with_many_queued_requests_cannot_starve_another(one_slot: OneSlot) -> None:
     fake, client, greedy, modest, _ = one_slot
 
     async def run(key: str, label: str) -> int:
@@ -686,7 +697,7 @@ async def test_a_key_with_many_queued_requests_cannot_starve_another(one_slot) -
             await resp.read()
             return resp.status
 
-    pool = client.server.app[RELAY].pool
+    pool = client.app[RELAY].pool
     first = asyncio.create_task(run(greedy, "g0"))
     await eventually(lambda: len(fake.requests) == 1)
     rest = [asyncio.create_task(run(greedy, f"g{n}")) for n in range(1, 6)]
@@ -699,13 +710,13 @@ async def test_a_key_with_many_queued_requests_cannot_starve_another(one_slot) -
     assert sorted(order) == ["g0", "g1", "g2", "g3", "g4", "g5", "m0"]
 
 
-async def test_a_queued_request_times_out_or_leaves(one_slot) -> None:  # type: ignore[no-untyped-def]
+async def test_a_queued_request_times_out_or_leaves(one_slot: OneSlot) -> None:
     fake, client, greedy, modest, _ = one_slot
     holding = await _chat(client, greedy, "hold", model="stall")  # holds the slot
     assert holding.status == 200
     # a queued client that leaves: it leaves the queue, and never reaches Ollama
     leaving = asyncio.create_task(_chat(client, modest, "leaves").__aenter__())
-    pool = client.server.app[RELAY].pool
+    pool = client.app[RELAY].pool
     await eventually(lambda: len(pool.queue) == 1)
     leaving.cancel()
     await eventually(lambda: len(pool.queue) == 0)
@@ -733,8 +744,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_count_requests_tokens_refusals_and_upstreams(
-    aiohttp_client, three: Three, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, three: Three, db_path: str
+) -> None:
     settings = Settings(
         ollama_base_url=",".join(_url(s) for s in three.servers),
         token_db_path=db_path,
@@ -791,8 +802,8 @@ async def test_metrics_count_requests_tokens_refusals_and_upstreams(
 
 
 async def test_an_upstream_killed_under_load_fails_nothing_that_had_not_begun(
-    aiohttp_client, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient, db_path: str
+) -> None:
     """Two fake Ollama processes, streams running through both, one killed with SIGKILL
     midway: streams it was sending end with Ollama's error line (never cut silently),
     every other request, and every request after the kill, succeeds."""
@@ -852,8 +863,8 @@ async def _port_taken(proc: subprocess.Popen[str]) -> int:
 
 
 async def test_a_hostile_upstreams_lists_are_read_as_hostile_input(
-    aiohttp_server, aiohttp_client, db_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str
+) -> None:
     """Junk entries in a model list are left out, a list too large or not JSON takes the
     upstream out, and nothing of it breaks the union or the other upstreams."""
     junk = {
@@ -884,7 +895,7 @@ async def test_a_hostile_upstreams_lists_are_read_as_hostile_input(
     )
     key = await make_key(db_path, "root", "ops", "admin")
     client = await aiohttp_client(create_app(settings), headers={"Authorization": f"Bearer {key}"})
-    pool = client.server.app[RELAY].pool
+    pool = client.app[RELAY].pool
     first, second, third = pool.upstreams
     assert first.up and first.models == frozenset({"good:latest"}) and not first.loaded
     assert not second.up and "larger than" in str(second.reason)
