@@ -8,11 +8,14 @@ import io
 import itertools
 import socket
 import time
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from aigateway import Settings, create_app
@@ -61,7 +64,7 @@ ROUTE_CASES = [
 
 async def _direct_and_relayed(
     upstream: TestServer,
-    client: TestClient,
+    client: TestClient[Request, None],
     method: str,
     path: str,
     body: bytes | None,
@@ -85,7 +88,7 @@ async def _direct_and_relayed(
 
 @pytest.mark.parametrize(("method", "path"), ROUTE_CASES)
 async def test_every_route_and_method_is_relayed_unchanged(
-    admin: TestClient, upstream: TestServer, fake: FakeOllama, method: str, path: str
+    admin: TestClient[Request, None], upstream: TestServer, fake: FakeOllama, method: str, path: str
 ) -> None:
     client = admin
     tail = path.removeprefix("/api").removeprefix("/v1")
@@ -103,6 +106,7 @@ async def test_every_route_and_method_is_relayed_unchanged(
     if tail == "/completions":
         # An OpenAI stream without include_usage: the gateway asks for the counts (the
         # client's bytes, above, are the same as without it).
+        assert body is not None
         assert relayed.body == body[:-1] + b',"stream_options":{"include_usage":true}}'
     else:
         assert relayed.body == (body or b"")
@@ -121,14 +125,14 @@ async def test_every_route_and_method_is_relayed_unchanged(
     ],
 )
 async def test_streams_and_errors_are_byte_identical(
-    admin: TestClient, upstream: TestServer, path: str, body: bytes
+    admin: TestClient[Request, None], upstream: TestServer, path: str, body: bytes
 ) -> None:
     client = admin
     want, got = await _direct_and_relayed(upstream, client, "POST", path, body)
     assert got == want
 
 
-async def test_ollama_error_bodies_pass_through(client: TestClient) -> None:
+async def test_ollama_error_bodies_pass_through(client: TestClient[Request, None]) -> None:
     resp = await client.post("/api/embed", data=b'{"model":"llama9","input":"x"}')
     assert resp.status == 404
     assert await resp.read() == b'{"error":"model \\"llama9\\" not found, try pulling it first"}'
@@ -137,7 +141,9 @@ async def test_ollama_error_bodies_pass_through(client: TestClient) -> None:
     assert await resp.read() == fixture("stream-error-midway.ndjson")
 
 
-async def test_request_body_reaches_ollama_unchanged(client: TestClient, fake: FakeOllama) -> None:
+async def test_request_body_reaches_ollama_unchanged(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     # Odd spacing, key order and unicode must survive: the gateway never re-encodes.
     body = '{ "prompt" : "caf\u00e9 \\u00e9 <>&",\n "model":"llama3.2", "stream":false }'.encode()
     resp = await client.post("/api/generate", data=body, headers={"Content-Type": "text/x-odd"})
@@ -146,7 +152,9 @@ async def test_request_body_reaches_ollama_unchanged(client: TestClient, fake: F
     assert fake.requests[-1].headers["Content-Type"] == "text/x-odd"
 
 
-async def test_query_strings_pass_through(client: TestClient, fake: FakeOllama) -> None:
+async def test_query_strings_pass_through(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     # encoded=True so not even the test's own client re-quotes the query.
     url = URL(str(client.make_url("/api/tags")) + "?verbose=true&name=a%20b&x=%2F", encoded=True)
     resp = await client.session.get(url)
@@ -154,7 +162,7 @@ async def test_query_strings_pass_through(client: TestClient, fake: FakeOllama) 
     assert fake.requests[-1].path_qs == "/api/tags?verbose=true&name=a%20b&x=%2F"
 
 
-async def test_root_answers_like_ollama(anon: TestClient) -> None:
+async def test_root_answers_like_ollama(anon: TestClient[Request, None]) -> None:
     resp = await anon.get("/")
     assert (resp.status, await resp.text()) == (200, "Ollama is running")
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -163,7 +171,7 @@ async def test_root_answers_like_ollama(anon: TestClient) -> None:
 
 
 async def test_base_path_maps_onto_ollamas_api(
-    aiohttp_client, settings: Settings, key: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, settings: Settings, key: str, fake: FakeOllama
 ) -> None:
     app = create_app(Settings(**{**_fields(settings), "base_path": "/ollama/api"}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
@@ -178,7 +186,7 @@ async def test_base_path_maps_onto_ollamas_api(
 
 
 async def test_hop_by_hop_and_credentials_never_reach_ollama(
-    client: TestClient, fake: FakeOllama, key: str
+    client: TestClient[Request, None], fake: FakeOllama, key: str
 ) -> None:
     resp = await client.post(
         "/api/show",
@@ -209,7 +217,7 @@ async def test_hop_by_hop_and_credentials_never_reach_ollama(
 
 
 async def test_the_clients_own_user_agent_and_content_type_or_none_reach_ollama(
-    aiohttp_client, gateway: TestServer, fake: FakeOllama, key: str
+    aiohttp_client: AiohttpClient, gateway: TestServer, fake: FakeOllama, key: str
 ) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     own = {"User-Agent": "my-app/1.0", "Content-Type": "application/json"}
@@ -244,7 +252,7 @@ async def test_the_clients_own_user_agent_and_content_type_or_none_reach_ollama(
 
 
 async def test_upstream_key_option_is_sent_instead_of_the_clients(
-    aiohttp_client, settings: Settings, key: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, settings: Settings, key: str, fake: FakeOllama
 ) -> None:
     app = create_app(Settings(**{**_fields(settings), "upstream_api_key": "upstream-secret"}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
@@ -253,7 +261,7 @@ async def test_upstream_key_option_is_sent_instead_of_the_clients(
 
 
 async def test_foreign_host_and_browser_origin_still_work(
-    client: TestClient, upstream: TestServer, fake: FakeOllama
+    client: TestClient[Request, None], upstream: TestServer, fake: FakeOllama
 ) -> None:
     foreign = {"Host": "gateway.example.com", "Origin": "https://app.example.com"}
     # The fake refuses them the way Ollama does...
@@ -268,7 +276,9 @@ async def test_foreign_host_and_browser_origin_still_work(
     assert "Origin" not in fake.requests[-1].headers
 
 
-async def test_each_chunk_is_written_as_it_arrives(client: TestClient, fake: FakeOllama) -> None:
+async def test_each_chunk_is_written_as_it_arrives(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     fake.slow_interval = 0.1
     resp = await client.post("/api/generate", data=b'{"model":"slow","prompt":"hi"}')
     assert resp.status == 200
@@ -316,7 +326,7 @@ async def test_client_leaving_closes_the_upstream_request(
 
 
 async def test_unreachable_upstream_is_502_and_serving_goes_on(
-    aiohttp_client,
+    aiohttp_client: AiohttpClient,
     settings: Settings,
     key: str,
     admin_key: str,
@@ -345,7 +355,7 @@ async def test_unreachable_upstream_is_502_and_serving_goes_on(
 
 
 async def test_upstream_that_does_not_answer_in_time_is_504(
-    aiohttp_client, settings: Settings, key: str
+    aiohttp_client: AiohttpClient, settings: Settings, key: str
 ) -> None:
     app = create_app(Settings(**{**_fields(settings), "upstream_read_timeout": 0.3}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
@@ -356,7 +366,9 @@ async def test_upstream_that_does_not_answer_in_time_is_504(
     assert time.monotonic() - started < 2
 
 
-async def test_connect_timeout_is_504(aiohttp_client, settings: Settings, key: str) -> None:
+async def test_connect_timeout_is_504(
+    aiohttp_client: AiohttpClient, settings: Settings, key: str
+) -> None:
     # A listening socket that never accepts, its backlog full: new connects hang.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -388,14 +400,18 @@ async def test_connect_timeout_is_504(aiohttp_client, settings: Settings, key: s
             sock.close()
 
 
-async def test_stream_broken_by_upstream_ends_with_an_error_line(client: TestClient) -> None:
+async def test_stream_broken_by_upstream_ends_with_an_error_line(
+    client: TestClient[Request, None],
+) -> None:
     resp = await client.post("/api/generate", data=b'{"model":"broken","prompt":"hi"}')
     lines = (await resp.read()).splitlines()
     assert lines[0] == fixture("generate-stream.ndjson").splitlines()[0]
     assert "error" in orjson.loads(lines[-1])
 
 
-async def test_a_50_mb_embed_body_passes(client: TestClient, fake: FakeOllama) -> None:
+async def test_a_50_mb_embed_body_passes(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     texts = ["x" * 1000] * 50_000
     body = orjson.dumps({"model": "all-minilm", "input": texts})
     assert len(body) > 50_000_000
@@ -409,7 +425,7 @@ async def test_a_50_mb_embed_body_passes(client: TestClient, fake: FakeOllama) -
 
 
 async def test_body_over_the_limit_is_413(
-    aiohttp_client, settings: Settings, key: str, fake: FakeOllama
+    aiohttp_client: AiohttpClient, settings: Settings, key: str, fake: FakeOllama
 ) -> None:
     app = create_app(Settings(**{**_fields(settings), "max_body_bytes": 1024}))
     client = await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
@@ -426,7 +442,9 @@ async def test_body_over_the_limit_is_413(
     assert fake.requests == []
 
 
-async def test_unknown_path_and_wrong_method(client: TestClient, fake: FakeOllama) -> None:
+async def test_unknown_path_and_wrong_method(
+    client: TestClient[Request, None], fake: FakeOllama
+) -> None:
     resp = await client.get("/api/nope")
     assert resp.status == 404
     assert "error" in await resp.json()
@@ -449,7 +467,7 @@ async def test_unknown_path_and_wrong_method(client: TestClient, fake: FakeOllam
     ],
 )
 async def test_a_path_parameter_cannot_reach_another_route(
-    admin: TestClient, fake: FakeOllama, path: str
+    admin: TestClient[Request, None], fake: FakeOllama, path: str
 ) -> None:
     method = "HEAD" if "/blobs/" in path else "GET"
     resp = await admin.request(method, URL(path, encoded=True))
@@ -457,7 +475,7 @@ async def test_a_path_parameter_cannot_reach_another_route(
     assert fake.requests == []
 
 
-async def test_blob_upload_is_streamed(admin: TestClient, fake: FakeOllama) -> None:
+async def test_blob_upload_is_streamed(admin: TestClient[Request, None], fake: FakeOllama) -> None:
     client = admin
 
     async def chunks() -> object:
@@ -473,5 +491,5 @@ async def test_blob_upload_is_streamed(admin: TestClient, fake: FakeOllama) -> N
     assert "digest mismatch" in (await resp.json())["error"]
 
 
-def _fields(settings: Settings) -> dict[str, object]:
+def _fields(settings: Settings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in Settings.__dataclass_fields__}
