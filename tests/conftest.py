@@ -4,9 +4,12 @@ import itertools
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
@@ -16,6 +19,9 @@ from aigateway.testing.pgserver import PostgresServer
 from aigateway.testing.ports import refusing_port
 
 from .turns import taking_turns
+
+# A client of a gateway started as a TestServer (the client, admin and anon fixtures).
+GatewayClient = TestClient[web.Request, None]
 
 MakeKey = Callable[..., Awaitable[str]]
 
@@ -157,8 +163,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
             item.add_marker(browser_missing)
         function = getattr(item, "originalname", item.name)
-        if item.module is not None:
-            name = f"{item.module.__name__.rsplit('.', 1)[-1]}::{function}"
+        module = getattr(item, "module", None)  # (a test function's; other items have none)
+        if module is not None:
+            name = f"{module.__name__.rsplit('.', 1)[-1]}::{function}"
             if name in SLOW:
                 item.add_marker(pytest.mark.slow)
             if name in ALONE:
@@ -216,7 +223,7 @@ def fake() -> FakeOllama:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server, fake: FakeOllama) -> TestServer:  # type: ignore[no-untyped-def]
+async def upstream(aiohttp_server: AiohttpServer, fake: FakeOllama) -> TestServer:
     return await aiohttp_server(fake.app())
 
 
@@ -228,7 +235,7 @@ def dead_port() -> Iterator[int]:
 
 
 @pytest.fixture
-def db_path(tmp_path) -> str:  # type: ignore[no-untyped-def]
+def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "tokens.db")
 
 
@@ -243,12 +250,14 @@ async def key(db_path: str) -> str:
 
 
 @pytest.fixture
-async def gateway(aiohttp_server, settings: Settings, key: str, admin_key: str) -> TestServer:  # type: ignore[no-untyped-def]
+async def gateway(
+    aiohttp_server: AiohttpServer, settings: Settings, key: str, admin_key: str
+) -> TestServer:
     return await aiohttp_server(create_app(settings))
 
 
 @pytest.fixture
-async def client(aiohttp_client, gateway: TestServer, key: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def client(aiohttp_client: AiohttpClient, gateway: TestServer, key: str) -> GatewayClient:
     return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {key}"})
 
 
@@ -258,13 +267,15 @@ async def admin_key(db_path: str) -> str:
 
 
 @pytest.fixture
-async def admin(aiohttp_client, gateway: TestServer, admin_key: str) -> TestClient:  # type: ignore[no-untyped-def]
+async def admin(
+    aiohttp_client: AiohttpClient, gateway: TestServer, admin_key: str
+) -> GatewayClient:
     """A client with an admin key, for model management and the admin API."""
     return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {admin_key}"})
 
 
 @pytest.fixture
-async def anon(aiohttp_client, gateway: TestServer) -> TestClient:  # type: ignore[no-untyped-def]
+async def anon(aiohttp_client: AiohttpClient, gateway: TestServer) -> GatewayClient:
     return await aiohttp_client(gateway)
 
 
