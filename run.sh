@@ -71,9 +71,10 @@ case "${1:-}" in
         "$VENV/bin/lint-imports" --no-cache
         echo "run.sh: pytest" >&2
         # Two workers (CI has two cores; most tests wait on servers more than they
-        # compute), each taking the next test as it finishes one; tests that measure
-        # time run alone (tests/turns.py). `-n 0` after it runs them in one process.
-        exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@"
+        # compute), each given the next tests in order as it finishes some, so that the
+        # tests that run alone, collected last, come last (tests/turns.py; work stealing
+        # would take them from the end at once). `-n 0` after it runs them in one process.
+        exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist load "$@"
         ;;
     bench)
         shift

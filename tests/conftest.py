@@ -26,18 +26,16 @@ GatewayClient = TestClient[web.Request, None]
 MakeKey = Callable[..., Awaitable[str]]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Tests that take over a second here (servers in subprocesses, outages, real waits;
-# measured with --durations): `./run.sh test -m "not slow"` leaves them out for a quick
-# loop. A new test that takes seconds joins this list.
+# Tests that take over about 1.15 s here (servers in subprocesses, outages, real waits;
+# the shorter of two serial runs with --durations=0): `./run.sh test -m "not slow"`
+# leaves them out for a quick loop. A new test that takes seconds joins this list.
 SLOW = frozenset(
     (
         "test_admission::test_a_gzip_bomb_stops_at_max_body_size",
         "test_auth::test_expiry_applies_without_a_reload",
-        "test_bench_paired::test_an_unknown_ref_is_one_line",
         "test_bench_paired::test_paired_comparison_against_head_prints_each_figure",
         "test_body_fairness::test_a_blob_upload_is_never_held_whole",
         "test_body_fairness::test_a_wait_for_memory_other_keys_hold_ends_within_2_s",
-        "test_body_fairness::test_body_memory_is_taken_as_the_body_arrives",
         "test_body_fairness::test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key",
         "test_body_fairness::test_one_key_holds_at_most_its_share_and_waits_its_turn",
         "test_body_fairness::test_only_bodies_below_the_rate_are_cut",
@@ -46,17 +44,13 @@ SLOW = frozenset(
         "test_body_fairness::test_waits_for_memory_are_served_in_turn_across_keys",
         "test_bodypeek::test_non_ascii_runes_fold_as_in_go",
         "test_budget_bounds::test_a_thousand_embeddings_of_0_4_micro_units_cost_400",
-        "test_budget_bounds::test_an_extreme_price_saturates_and_every_report_answers",
         "test_budget_bounds::test_fifty_streams_at_once_stay_within_the_budget_on_three_gateways",
         "test_budgets::test_an_invoice_per_user_and_period",
-        "test_budgets::test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fifty",
-        "test_budgets::test_token_costs_from_sdk_streams_are_charged_and_the_next_request_refused",
         "test_cli_flags::test_a_locked_database_fails_clearly",
         "test_cli_live::test_cli_changes_reach_the_running_gateway",
         "test_cli_menu::test_a_users_budget_is_set_and_checked",
         "test_cli_menu::test_a_users_invoice_for_a_period",
         "test_cli_menu::test_cancel_in_a_prompt_goes_back_to_the_menu",
-        "test_cli_menu::test_cancel_in_the_menu_leaves",
         "test_cli_menu::test_change_limits_models_and_role",
         "test_cli_menu::test_export_asks_for_a_file_and_a_format",
         "test_cli_menu::test_generate_asks_validates_and_shows_the_key_once",
@@ -71,14 +65,10 @@ SLOW = frozenset(
         "test_dashboard::test_the_api_docs_render_offline_under_their_policy",
         "test_dashboard::test_the_overview_shows_each_upstream_with_several",
         "test_dashboard::test_the_playground_shows_the_cost_the_gateway_charged",
-        "test_example_db::test_a_database_migrated_by_the_old_migrations_opens_under_the_cli",
         "test_exports_stream::test_a_key_runs_at_most_two_exports_and_gets_them_back",
         "test_exports_stream::test_twelve_exports_of_100k_records_keep_rss_and_health",
         "test_first_request::test_a_key_made_by_the_cli_works_on_its_first_request",
-        "test_goread::test_no_spelling_reaches_another_model",
-        "test_health::test_anonymous_callers_make_one_cloud_probe_an_interval",
         "test_http_guard::test_a_head_sent_too_slowly_is_cut_off",
-        "test_http_guard::test_a_malformed_head_never_echoes_or_logs_the_key",
         "test_instances::test_a_budget_holds_exactly_across_instances",
         "test_instances::test_a_client_that_waits_for_each_answer_is_never_refused_a_slot",
         "test_instances::test_a_killed_gateways_slots_and_reservations_are_given_back",
@@ -91,16 +81,12 @@ SLOW = frozenset(
         "test_model_sync::test_models_are_synced_and_listed_with_their_prices",
         "test_model_sync::test_models_are_synced_from_every_ollama_upstream",
         "test_nothing_free::test_model_labels_in_metrics_stay_few_whatever_names_clients_send",
-        "test_openapi::test_the_document_is_valid_and_describes_every_route_and_no_other",
         "test_pg_outage::test_an_outage_under_load_loses_no_record",
         "test_pg_outage::test_budgets_while_the_database_is_away",
         "test_pg_outage::test_slots_held_across_an_outage_come_back_when_it_ends",
-        "test_policy::test_a_rate_limit_is_exact_under_concurrency",
         "test_policy::test_concurrency_cap",
         "test_pricing::test_every_request_carries_its_cost_by_the_price_when_it_started",
         "test_relay::test_a_50_mb_embed_body_passes",
-        "test_relay::test_every_route_and_method_is_relayed_unchanged",
-        "test_relay::test_unreachable_upstream_is_502_and_serving_goes_on",
         "test_restart_counts::test_a_record_replayed_twice_counts_once_on_the_shared_rows",
         "test_restart_counts::test_a_restart_counts_spend_the_database_cannot_take_yet",
         "test_restart_counts::test_a_restart_counts_the_journal_against_the_token_quota_before_admitting",
@@ -110,16 +96,10 @@ SLOW = frozenset(
         "test_rollups::test_rollups_answer_like_the_records_over_any_period",
         "test_server_process::test_sigkill_under_load_loses_no_usage_record",
         "test_server_process::test_sigterm_after_10000_requests_loses_no_usage_record",
-        "test_server_process::test_start_up_warns_when_the_one_ollama_does_not_answer",
-        "test_settings::test_server_stops_with_one_line_on_a_bad_value",
         "test_settings::test_the_clis_and_the_server_find_one_database_from_any_folder",
-        "test_store_both::test_simultaneous_writers_lose_nothing",
         "test_stream_ends::test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout",
-        "test_tls::test_a_bad_tls_setting_is_one_line_and_exit_1",
         "test_tls::test_serves_https_to_clients_that_trust_its_certificate",
         "test_upstreams::test_a_dead_upstream_is_failed_over_and_comes_back",
-        "test_upstreams::test_model_lists_are_the_union_each_model_once",
-        "test_usage_writer::test_while_the_database_is_away_one_file_grows_and_memory_holds_nothing",
         "test_users::test_a_user_disabled_by_the_cli_is_refused_within_a_second",
         "test_users::test_the_flag_cli_manages_users",
     )
@@ -135,7 +115,6 @@ ALONE = frozenset(
         "test_body_fairness::test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key",
         "test_body_fairness::test_queued_bodies_of_one_key_do_not_hold_back_another",
         "test_exports_stream::test_twelve_exports_of_100k_records_keep_rss_and_health",
-        "test_pg_outage::test_an_outage_under_load_loses_no_record",
         "test_stream_ends::test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout",
     )
 )
