@@ -32,9 +32,16 @@ class Gateway:
         self.process, self.url, self.log_file, self.console = process, url, log_file, console
 
     async def stop(self, timeout: float = 60) -> str:
-        """SIGTERM, wait, and return what it wrote to the console."""
+        """SIGTERM, wait, and return what it wrote to the console. One that has not ended
+        by then, or whose test is cut short meanwhile (its timeout), is killed: a test
+        never leaves a gateway running (one was found serving an hour after its test)."""
         self.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(self.process.wait, timeout)
+        try:
+            await asyncio.to_thread(self.process.wait, timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
         return self.console.read_text()
 
 
