@@ -22,11 +22,17 @@ async def minute_room(needed: float = 5.0) -> float:
     """Wait, if fewer than `needed` seconds are left in this minute of the clock, for the
     next one to begin: so that what a test counts against a per-minute limit falls in one
     window however slow the machine. The time (time.time()) the window ends."""
-    left = 60 - time.time() % 60
+    return await clock_room(60, needed)
+
+
+async def clock_room(window: int, needed: float) -> float:
+    """As minute_room, for a window of `window` seconds of the clock (3600: the hour of
+    a per-hour limit, whose refusal says when the hour ends)."""
+    left = window - time.time() % window
     if left < needed:
         await asyncio.sleep(left + 0.05)
     now = time.time()
-    return now - now % 60 + 60
+    return now - now % window + window
 
 
 def seconds_left(end: float, before: float, after: float) -> range:

@@ -25,7 +25,7 @@ from aigateway.records import KeyLimits
 from aigateway.testing.fake_ollama import fixture
 
 from .conftest import make_key
-from .helpers import eventually, minute_room, seconds_left
+from .helpers import clock_room, eventually, minute_room, seconds_left
 from .test_policy import secret_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,6 +274,9 @@ async def test_sdks_do_not_sleep_out_an_hourly_limit(gateway: TestServer, db_pat
     """A 429 whose Retry-After is over a minute says x-should-retry: false and when the
     limit resets: each SDK (with its default retries) makes one request and raises at
     once. On 31b9ff2 the Anthropic SDK slept out the Retry-After (an hour here)."""
+    # The hour's limit is a window of the clock: in its last minute its refusal would
+    # rightly let the SDKs retry (Retry-After under a minute). Start with room in it.
+    await clock_room(3600, 75)
     secret = await make_key(db_path, "hana", "hourly", limits=KeyLimits(rph=1))
     await eventually(lambda: secret_known(gateway, secret))
     sent: list[str] = []
