@@ -36,8 +36,8 @@ from .relay.inflight import InFlight
 from .relay.state import RELAY, RelayState
 from .settings import Settings
 from .ui.dashboard import add_dashboard_routes
-from .upstreams.http import upstream_session
 from .upstreams.pool import Pool
+from .upstreams.transport import Transport
 from .usage.journal import Journal
 from .usage.metrics import Metrics
 from .usage.restart import count_before_admitting
@@ -220,12 +220,16 @@ def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    session = upstream_session(app[SETTINGS])
-    app[RELAY].upstream = session
+    settings = app[SETTINGS]
+    transport = Transport(
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+    )
+    app[RELAY].transport = transport
     app[RELAY].loop = asyncio.get_running_loop()
     try:
-        async with app[RELAY].pool.checking(session):
+        async with app[RELAY].pool.checking(transport):
             yield
     finally:
         await app[RELAY].body_pace.close()
-        await session.close()
+        await transport.close()

@@ -36,7 +36,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -68,6 +67,7 @@ from ..records import (
 from ..relay.state import RELAY
 from ..upstreams.pool import Pool
 from ..upstreams.probe import CheckFailed
+from ..upstreams.transport import UpstreamFailed
 from ..upstreams.union import TAGS, union_of_lists
 from . import service
 from .exports import ExportSlots, UsageText
@@ -494,7 +494,7 @@ async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
     pool = request.app[RELAY].pool
     try:
         status, body = await pool.fetch(pool.upstreams[0], "/api/tags", MODELS_TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError, CheckFailed):
+    except (UpstreamFailed, CheckFailed):
         raise UpstreamUnreachable("Ollama did not answer /api/tags") from None
     return body, status
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -15,6 +14,7 @@ from ..protocol.routes import RelayRoute
 from ..protocol.streams import NDJSON
 from ..upstreams.http import own_headers_missing, request_headers, response_headers, upstream_url
 from ..upstreams.pool import Upstream
+from ..upstreams.transport import Response, UpstreamFailed
 from ..upstreams.union import union_of_lists
 from .exchange import Exchange
 from .state import RelayState
@@ -38,15 +38,16 @@ async def pull_everywhere(
         streamed = orjson.loads(body).get("stream", True) is not False
     except (orjson.JSONDecodeError, AttributeError):
         streamed = True  # Ollama will answer the body's fault itself
-    session = relay.upstream
-    assert session is not None
+    transport = relay.transport
+    assert transport is not None
     response: web.StreamResponse | None = None
     for number, upstream in enumerate(targets):
         last = number == len(targets) - 1
         exchange.upstream_name = upstream.name
         url = upstream_url(request, relay.settings, route, upstream.config)
         try:
-            async with session.post(
+            async with transport.send(
+                "POST",
                 url,
                 data=body,
                 headers=request_headers(request, upstream.config),
@@ -76,9 +77,9 @@ async def pull_everywhere(
                     if not last and line.strip() == b'{"status":"success"}':
                         continue
                     await _write_pulled(response, exchange, line)
-        except aiohttp.ClientError as exc:
-            relay.pool.failed(upstream, f"a pull failed: {type(exc).__name__}")
-            message = f"pulling on upstream {upstream.name} failed: {type(exc).__name__}"
+        except UpstreamFailed as exc:
+            relay.pool.failed(upstream, f"a pull failed: {exc.cause}")
+            message = f"pulling on upstream {upstream.name} failed: {exc.cause}"
             if response is None:
                 raise UpstreamUnreachable(message) from None
             await _write_pulled(response, exchange, orjson.dumps({"error": message}) + b"\n")
@@ -110,9 +111,7 @@ def _error_line(upstream: Upstream, answer: bytes) -> bytes:
     return orjson.dumps({"error": f"{upstream.name}: {text}"}) + b"\n"
 
 
-def _whole_response(
-    answer: aiohttp.ClientResponse, data: bytes, exchange: Exchange
-) -> web.Response:
+def _whole_response(answer: Response, data: bytes, exchange: Exchange) -> web.Response:
     headers = response_headers(answer.headers, exchange.context.request_id, exchange.rate_headers)
     exchange.first_byte_at = time.perf_counter()
     response = web.Response(status=answer.status, body=data, headers=headers)

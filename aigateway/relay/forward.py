@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 
-import aiohttp
 from aiohttp import web
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
@@ -15,6 +13,7 @@ from ..protocol.routes import RelayRoute
 from ..upstreams.config import UpstreamConfig
 from ..upstreams.http import own_headers_missing, request_headers, upstream_url
 from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
+from ..upstreams.transport import ConnectFailed, TimedOut, UpstreamFailed
 from .exchange import Exchange
 from .fanout import pull_everywhere, send_union
 from .ledger import Ledger, UpstreamSlot
@@ -91,8 +90,8 @@ async def _forward_to(
     before anything reached the client raises _TryNext, and the body is kept."""
     settings = relay.settings
     config = target.config
-    upstream_session = relay.upstream
-    assert upstream_session is not None  # set when the app started
+    transport = relay.transport
+    assert transport is not None  # set when the app started
     url = upstream_url(request, settings, route, config)
     headers = request_headers(request, config)
     patterns = exchange.principal.models
@@ -101,13 +100,12 @@ async def _forward_to(
     if not relay.pool.single:  # (one upstream: the access line stays as it was)
         exchange.context.upstream = config.name
     try:
-        async with upstream_session.request(
+        async with transport.send(
             request.method,
             url,
             data=data,
             headers=headers,
             skip_auto_headers=own_headers_missing(request),
-            allow_redirects=False,
         ) as upstream:
             if upstream.status in FAILOVER_STATUSES:
                 if more:
@@ -135,15 +133,13 @@ async def _forward_to(
                 exchange.context.client_gone = True
                 upstream.close()
             return response, None
-    except aiohttp.ClientConnectorError as exc:
-        why = f": {exc.os_error.strerror or exc}"
+    except ConnectFailed as exc:
+        why = f": {exc}"
         if more:
             raise _TryNext(f"cannot reach it{why}") from None
-        # (the connector's own text names the address: not for every key's eyes)
-        errno = exc.os_error.errno
-        said = f": {os.strerror(errno) if errno else type(exc.os_error).__name__}"
+        said = f": {exc.public}"  # (the system's words may name the address)
         raise _unreachable(exchange, config, "cannot reach ", why, said) from None
-    except (aiohttp.ServerTimeoutError, TimeoutError):
+    except TimedOut:
         why = (
             " did not answer in time"
             f" (connect {settings.upstream_connect_timeout:g} s,"
@@ -153,12 +149,12 @@ async def _forward_to(
             raise _TryNext(f"it{why}") from None
         exchange.status = 504
         raise _unreachable(exchange, config, "", why, kind=UpstreamTimeout) from None
-    except aiohttp.ClientError as exc:
+    except UpstreamFailed as exc:  # broken after connecting
         upload = exchange.upload
         if upload is not None and upload.slow_body is not None:  # the upload failed
             exchange.status = 408
             raise upload.slow_body from None
-        why = f" failed before answering: {type(exc).__name__}"
+        why = f" failed before answering: {exc.cause}"
         if more and exchange.response is None:
             raise _TryNext(f"it{why}") from None
         raise _unreachable(exchange, config, "", why) from None

@@ -9,8 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import aiohttp
-
+    from ..upstreams.transport import Response
     from .ledger import Outcome
 
 log = logging.getLogger("aigateway")
@@ -69,7 +68,7 @@ class InFlightRequest:
     def __init__(self, in_flight: InFlight, task: asyncio.Task[Any] | None) -> None:
         self.in_flight = in_flight
         self.task = task  # the handler's
-        self.upstream: aiohttp.ClientResponse | None = None  # once an upstream answers
+        self.upstream: Response | None = None  # once an upstream answers
         in_flight.requests.add(self)  # (an attribute, not a call: the hot path)
 
     def stop(self) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 from aiohttp import web
 
 from ..access.allowlist import filter_model_list
@@ -16,6 +15,7 @@ from ..http.appkeys import CONTEXT
 from ..protocol.routes import RelayRoute
 from ..protocol.streams import NDJSON, STREAM_TYPES, broken_stream_tail
 from ..upstreams.http import response_headers
+from ..upstreams.transport import READ_FAILURES, Response
 from .exchange import Exchange
 from .inflight import GatewayStopping
 from .ledger import TicketHold
@@ -23,10 +23,11 @@ from .state import RelayState
 
 log = logging.getLogger("aigateway.proxy")
 
+# What ends a stream short: the upstream failing midway, or a graceful stop.
+_CUT_SHORT: tuple[type[BaseException], ...] = (*READ_FAILURES, GatewayStopping)
 
-async def send_filtered(
-    upstream: aiohttp.ClientResponse, exchange: Exchange, relay: RelayState
-) -> bytes:
+
+async def send_filtered(upstream: Response, exchange: Exchange, relay: RelayState) -> bytes:
     """A model list (tags, ps, /v1/models) cut down to what the key may use: the body,
     sent once the request is settled."""
     body = await upstream.read()
@@ -41,7 +42,7 @@ async def send_filtered(
 
 
 def response_for(
-    upstream: aiohttp.ClientResponse, request: web.Request, exchange: Exchange
+    upstream: Response, request: web.Request, exchange: Exchange
 ) -> web.StreamResponse:
     headers = response_headers(upstream.headers, exchange.context.request_id, exchange.rate_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -52,7 +53,7 @@ def response_for(
 
 
 async def pump(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     response: web.StreamResponse,
     request: web.Request,
     exchange: Exchange,
@@ -95,14 +96,14 @@ async def pump(
         raise
     except ConnectionResetError:
         raise
-    except (aiohttp.ClientError, TimeoutError, GatewayStopping) as exc:
+    except _CUT_SHORT as exc:
         await _end_cut_stream(upstream, response, request, exchange, route, exc)
         return None
     return end
 
 
 async def _end_cut_stream(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     response: web.StreamResponse,
     request: web.Request,
     exchange: Exchange,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
 from ..access.budgets import Budgets
@@ -16,6 +15,7 @@ from ..access.limits_shared import SharedLimits
 from ..protocol.routes import RelayRoute
 from ..settings import Settings
 from ..upstreams.pool import Pool
+from ..upstreams.transport import Transport
 from ..usage.writer import UsageWriter
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
@@ -48,7 +48,7 @@ class RelayState:
         "shared",
         "shared_budgets",
         "storage_full",
-        "upstream",
+        "transport",
         "usage",
     )  # fmt: skip
 
@@ -71,7 +71,7 @@ class RelayState:
         self.body_budget = body_budget
         self.body_pace = BodyPace(settings.body_min_rate)  # BODY_MIN_RATE: slow bodies cut
         self.in_flight = in_flight
-        self.upstream: aiohttp.ClientSession | None = None
+        self.transport: Transport | None = None  # the way out to upstreams
         # The event loop, to ask for the current task without asyncio.get_running_loop(),
         # which makes a getpid system call each time (a check for a forked process).
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -1,5 +1,6 @@
 """What crosses between the gateway and an upstream besides the body: the client session,
-the URL a request goes to, and the headers both ways.
+the URL a request goes to, and the headers both ways (the client session is
+transport.py's).
 
 Only headers are touched: hop-by-hop headers are dropped both ways, and the client's
 `Host`, `Origin`, credentials and cookies never reach an upstream (Ollama refuses foreign
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -54,20 +54,6 @@ REQUEST_DROP = HOP_BY_HOP | {
     UPSTREAM_HEADER.lower(),
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-
-
-def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        # No pool limit: Ollama queues requests itself; a gateway cap would add a second queue.
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.upstream_connect_timeout,
-            sock_read=settings.upstream_read_timeout,
-        ),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
 
 
 # URL objects for the paths clients send, which are few (/api/chat, /v1/models, ...):

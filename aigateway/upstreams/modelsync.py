@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..records import ModelInfo
+from .transport import Transport, UpstreamFailed
 
 MAX_TEXT = 200
 MAX_MODELS = 10_000
@@ -43,9 +43,9 @@ async def fetch_models(
 ) -> list[ModelInfo]:
     """Every model Ollama at `base_url` lists, with what /api/show says of it (a model
     /api/show will not describe keeps what /api/tags said)."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-        tags = await _get_json(session, "GET", f"{base_url}/api/tags")
+    transport = Transport(total_timeout=timeout_s, headers=headers, decompress=True)
+    try:
+        tags = await _get_json(transport, "GET", f"{base_url}/api/tags")
         listed = tags.get("models") if isinstance(tags, dict) else None
         if not isinstance(listed, list):
             raise ModelSyncError(f"{base_url}/api/tags did not answer with a list of models")
@@ -56,26 +56,26 @@ async def fetch_models(
             async with gate:
                 try:
                     shown = await _get_json(
-                        session, "POST", f"{base_url}/api/show", {"model": entry["name"]}
+                        transport, "POST", f"{base_url}/api/show", {"model": entry["name"]}
                     )
                 except ModelSyncError:
                     shown = {}
             return _info(entry, shown if isinstance(shown, dict) else {})
 
         return list(await asyncio.gather(*(described(e) for e in entries)))
+    finally:
+        await transport.close()
 
 
-async def _get_json(
-    session: aiohttp.ClientSession, method: str, url: str, body: object = None
-) -> Any:
+async def _get_json(transport: Transport, method: str, url: str, body: object = None) -> Any:
     data = None if body is None else orjson.dumps(body)
     try:
-        async with session.request(method, url, data=data) as resp:
+        async with transport.send(method, url, data=data) as resp:
             raw = await resp.content.read(16 * 1024 * 1024)
             if resp.status != 200:
                 raise ModelSyncError(f"{url} answered {resp.status}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ModelSyncError(f"cannot reach Ollama at {url}: {type(exc).__name__}") from None
+    except UpstreamFailed as exc:
+        raise ModelSyncError(f"cannot reach Ollama at {url}: {exc.cause}") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
 import orjson
 
 from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
@@ -31,6 +30,7 @@ from ..protocol.routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
 from .probe import CheckFailed, OneProbe
 from .queue import FairQueue
+from .transport import ConnectFailed, TimedOut, Transport, UpstreamFailed
 
 log = logging.getLogger("aigateway.upstreams")
 
@@ -149,7 +149,7 @@ class Pool:
         # Cloud APIs that only keys whose allow-list names their models may use.
         self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
-        self.session: aiohttp.ClientSession | None = None
+        self.transport: Transport | None = None
         # The models the upstreams last listed (canonical names), each upstream's and all:
         # the only model names /metrics makes labels of.
         self._lists: dict[str, frozenset[str]] = {}
@@ -290,9 +290,9 @@ class Pool:
     # --- checks ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def checking(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    async def checking(self, transport: Transport) -> AsyncIterator[None]:
         """Check the upstreams in the background while the app runs (several only)."""
-        self.session = session
+        self.transport = transport
         if self.single:
             if self.wants_lists:  # its list only: no checks, never out
                 self.relist_soon()
@@ -366,7 +366,7 @@ class Pool:
         what a model seen for the first time asks for, with one upstream (which is not
         checked) or between checks."""
         now = time.monotonic()
-        if now - self._relisted_at < RELIST_GAP_S or self.session is None:
+        if now - self._relisted_at < RELIST_GAP_S or self.transport is None:
             return
         self._relisted_at = now
 
@@ -384,12 +384,12 @@ class Pool:
         saying why when there are none to read."""
         try:
             status, body = await self.fetch(upstream, path, timeout)
-        except TimeoutError:
+        except TimedOut:
             raise CheckFailed(f"{path} did not answer in {timeout:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise CheckFailed(f"cannot reach it: {exc.os_error.strerror or exc}") from None
-        except aiohttp.ClientError as exc:
-            raise CheckFailed(f"{path}: {type(exc).__name__}: {exc}"[:300]) from None
+        except ConnectFailed as exc:
+            raise CheckFailed(f"cannot reach it: {exc}") from None
+        except UpstreamFailed as exc:
+            raise CheckFailed(f"{path}: {exc.cause}: {exc}"[:300]) from None
         if status != 200:
             raise CheckFailed(f"{path} answered {status}")
         return model_names(body, field)
@@ -400,12 +400,12 @@ class Pool:
         """GET one of an upstream's own documents (its lists, Ollama's version) with its
         key: status and body (at most MAX_LIST_BYTES, else CheckFailed), within
         `timeout` seconds. The checks, /health/ollama and /admin/models all ask this way."""
-        assert self.session is not None
-        async with self.session.get(
+        assert self.transport is not None
+        async with self.transport.send(
+            "GET",
             upstream.config.url + path,
             headers=auth_headers(upstream.config),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=False,
+            timeout=timeout,
         ) as response:
             body = bytearray()
             async for chunk in response.content.iter_chunked(64 * 1024):

@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from .config import UpstreamConfig
+from .transport import TimedOut, UpstreamFailed
 
 log = logging.getLogger("aigateway.upstreams")
 
@@ -86,8 +86,8 @@ class OneProbe:
         started = time.monotonic()
         try:
             status, body = await self._fetch(probe, PROBE_TIMEOUT_S)
-        except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
-            said = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        except (UpstreamFailed, CheckFailed) as exc:
+            said = "timed out" if isinstance(exc, TimedOut) else str(exc) or type(exc).__name__
             details["error"] = f"{who} did not answer: {said}"
             return ProbeResult("unreachable", 503, details, started)
         details["rtt_ms"] = round((time.monotonic() - started) * 1000, 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import orjson
 
 from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
@@ -14,6 +13,7 @@ from ..protocol.body import first_text_field
 from ..protocol.routes import RELAY_ROUTES, RelayRoute
 from .pool import FAILOVER_STATUSES, Pool, Upstream
 from .probe import CheckFailed
+from .transport import UpstreamFailed
 
 TAGS = next(r for r in RELAY_ROUTES if r.native and r.path == "/tags")
 
@@ -82,8 +82,8 @@ async def _fetch(pool: Pool, upstream: Upstream, route: RelayRoute) -> dict[str,
     """An upstream's list as a JSON object, or None (and it is counted as failed)."""
     try:
         status, body = await pool.fetch(upstream, list_path(upstream, route))
-    except (aiohttp.ClientError, TimeoutError, CheckFailed) as exc:
-        pool.failed(upstream, f"its model list failed: {type(exc).__name__}")
+    except (UpstreamFailed, CheckFailed) as exc:
+        pool.failed(upstream, f"its model list failed: {getattr(exc, 'cause', type(exc).__name__)}")
         return None
     if status != 200:
         if status in FAILOVER_STATUSES:
