@@ -1,6 +1,5 @@
-"""What crosses between the gateway and an upstream besides the body: the client session,
-the URL a request goes to, and the headers both ways (the client session is
-transport.py's).
+"""What crosses between the gateway and an upstream besides the body: the URL a request
+goes to, and the headers both ways (the request itself goes out through transport.py).
 
 Only headers are touched: hop-by-hop headers are dropped both ways, and the client's
 `Host`, `Origin`, credentials and cookies never reach an upstream (Ollama refuses foreign
