@@ -108,7 +108,26 @@ class Transport:
     ) -> Sending:
         """`async with transport.send(...) as response:` one request to an upstream;
         `timeout` (seconds, the whole exchange) on top of the transport's own."""
-        return Sending(self._session, method, url, data, headers, skip_auto_headers, timeout)
+        if timeout is None:  # (the relay's case: no per-request timeout object to make)
+            request = self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,  # (pairs are taken too)
+                skip_auto_headers=skip_auto_headers,
+                allow_redirects=False,
+            )
+        else:
+            request = self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                skip_auto_headers=skip_auto_headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(timeout),
+            )
+        return Sending(request)
 
     async def close(self) -> None:
         await self._session.close()
@@ -117,42 +136,12 @@ class Transport:
 class Sending:
     """One request in flight (a class, not a generator: the relay makes one a request)."""
 
-    __slots__ = (
-        "_data",
-        "_headers",
-        "_method",
-        "_request",
-        "_session",
-        "_skip",
-        "_timeout",
-        "_url",
-    )
+    __slots__ = ("_request",)
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: str | URL,
-        data: object,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-        skip: Iterable[str] | None,
-        timeout: float | None,
-    ) -> None:
-        self._session, self._method, self._url = session, method, url
-        self._data, self._headers, self._skip, self._timeout = data, headers, skip, timeout
-        self._request: AbstractAsyncContextManager[Response] | None = None
+    def __init__(self, request: AbstractAsyncContextManager[Response]) -> None:
+        self._request = request
 
     async def __aenter__(self) -> Response:
-        extra = {} if self._timeout is None else {"timeout": aiohttp.ClientTimeout(self._timeout)}
-        self._request = self._session.request(
-            self._method,
-            self._url,
-            data=self._data,
-            headers=self._headers,  # (pairs are taken too)
-            skip_auto_headers=self._skip,
-            allow_redirects=False,
-            **extra,  # type: ignore[arg-type]
-        )
         try:
             return await self._request.__aenter__()
         except BaseException as exc:
@@ -167,8 +156,8 @@ class Sending:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        assert self._request is not None
         await self._request.__aexit__(kind, exc, traceback)
-        failed = None if exc is None else _translated(exc)
-        if failed is not None:
-            raise failed from None
+        if exc is not None:
+            failed = _translated(exc)
+            if failed is not None:
+                raise failed from None
