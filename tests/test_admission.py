@@ -18,13 +18,13 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from aigateway import Settings, create_app
 from aigateway.errors import ServiceUnavailable
 from aigateway.http.appkeys import LIMITER
-from aigateway.records import KeyLimits
+from aigateway.records import DAY, KeyLimits
 from aigateway.relay.bodybudget import BodyBudget
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
-from .helpers import eventually, minute_room
+from .helpers import clock_room, eventually, minute_room
 from .test_policy import _usage, secret_known
 
 CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
@@ -176,6 +176,7 @@ async def test_parallel_requests_cannot_overrun_a_token_quota(
     """20 requests at once against 100 tokens a day, each using 32 (26 prompt + 6): before,
     all 20 were relayed (640 tokens); now each reserves its prompt estimate plus
     TOKEN_RESERVE, so one runs at a time, and the day ends at the bound the README states."""
+    await clock_room(DAY, 30)  # (the day's quota is counted within one day of the clock)
     secret = await make_key(db_path, "qin", "quota", limits=KeyLimits(tokens_per_day=100))
     await eventually(lambda: secret_known(gateway, secret))
     statuses = await _parallel(gateway, secret, CHAT, 20)
@@ -196,6 +197,7 @@ async def test_a_request_that_caps_its_output_reserves_that_much(
     """With num_predict 2 each request reserves about 30 tokens (its ~90-byte body / 4 +
     2): four of twenty run at once, and the total stays within the stated bound: the
     quota, plus the last one admitted's reservation, plus what they used beyond theirs."""
+    await clock_room(DAY, 30)  # (the day's quota is counted within one day of the clock)
     secret = await make_key(db_path, "raj", "capped", limits=KeyLimits(tokens_per_day=100))
     await eventually(lambda: secret_known(gateway, secret))
     body = CHAT[:-1] + b',"options":{"num_predict":2}}'
@@ -212,6 +214,7 @@ async def test_an_unbounded_num_predict_reserves_the_default(
     gateway: TestServer, db_path: str
 ) -> None:
     """num_predict -1 (generate until done) must not reserve next to nothing."""
+    await clock_room(DAY, 30)  # (the day's quota is counted within one day of the clock)
     secret = await make_key(db_path, "ula", "unbounded", limits=KeyLimits(tokens_per_day=5000))
     await eventually(lambda: secret_known(gateway, secret))
     body = CHAT[:-1] + b',"options":{"num_predict":-1}}'

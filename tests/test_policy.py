@@ -19,11 +19,11 @@ from aigateway import Settings, create_app
 from aigateway.db.store import Store
 from aigateway.protocol.names import canonical
 from aigateway.protocol.routes import RELAY_ROUTES
-from aigateway.records import KeyLimits, UsageRecord
+from aigateway.records import DAY, KeyLimits, UsageRecord
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .conftest import make_key
-from .helpers import eventually, minute_room, seconds_left
+from .helpers import clock_room, eventually, minute_room, seconds_left
 
 MANAGE = [
     pytest.param(method, route.path, id=f"{method} {route.path}")
@@ -289,6 +289,7 @@ async def test_token_quota_is_charged_from_ollamas_counts(
     aiohttp_client: AiohttpClient, gateway: TestServer, db_path: str
 ) -> None:
     # chat-nonstream.json reports 26 prompt + 6 completion tokens.
+    await clock_room(DAY, 30)  # (the day's quota is counted within one day of the clock)
     secret = await make_key(db_path, "tom", "quota", limits=KeyLimits(tokens_per_day=40))
     client = await _client(aiohttp_client, gateway, secret)
     body = b'{"model":"llama3.2","stream":false}'

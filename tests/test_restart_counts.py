@@ -22,14 +22,21 @@ from aiohttp.test_utils import TestServer
 
 from aigateway.access.budgets import period_start
 from aigateway.db.store import Store
-from aigateway.records import Budget, KeyLimits, Price
+from aigateway.records import DAY, Budget, KeyLimits, Price
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import clock_room, eventually
 from .test_instances import _key, cli, status_of
 from .test_server_process import Gateway, start_gateway
+
+
+@pytest.fixture(autouse=True)
+async def within_one_day() -> None:
+    """Every test here counts a day's tokens across a restart: not across 00:00 UTC."""
+    await clock_room(DAY, 90)
+
 
 CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
 TOKENS_PER_CHAT = 26 + 6  # the fixture's prompt_eval_count + eval_count
