@@ -143,15 +143,7 @@ class KeyQueries(Connector):
 
     async def find_active_key(self, user: str, name: str) -> KeyRecord:
         async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    _key_select().where(
-                        keys.c.user == user, keys.c.name == name, keys.c.revoked == 0
-                    )
-                )
-            ).first()
-            if row is None:
-                raise await _no_active_key(conn, user, name)
+            row = await _active_row(conn, (user, name))
         return _record(row)
 
     async def revoke_key_id(self, key_id: int) -> KeyRecord:
