@@ -83,7 +83,8 @@ async def _fetch(pool: Pool, upstream: Upstream, route: RelayRoute) -> dict[str,
     try:
         status, body = await pool.fetch(upstream, list_path(upstream, route))
     except (UpstreamFailed, CheckFailed) as exc:
-        pool.failed(upstream, f"its model list failed: {getattr(exc, 'cause', type(exc).__name__)}")
+        cause = exc.cause if isinstance(exc, UpstreamFailed) else type(exc).__name__
+        pool.failed(upstream, f"its model list failed: {cause}")
         return None
     if status != 200:
         if status in FAILOVER_STATUSES:
