@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -61,30 +62,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[STARTED_AT] = time.time()
     app[SIGN_IN_LIMITS] = SignInLimits()
-    pool = Pool(
-        settings.upstream_list, settings.upstream_check_interval, settings.upstream_queue_timeout
-    )
-    in_flight = InFlight()
-    observe = None
-    if settings.metrics != "off":
-        metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
-        observe = metrics.observe
-    app[RELAY] = RelayState(
-        settings,
-        pool,
-        app[LIMITER],
-        BodyBudget(settings.max_body_memory, settings.body_memory_per_key),
-        in_flight,
-        app[KEY_TABLE],
-        Budgets(settings.currency),
-        observe,
-    )
     app.on_shutdown.append(_finish_open_requests)
     if settings.cors_origins:
         app.on_response_prepare.append(add_cors_headers)
-    app.cleanup_ctx.append(_key_store)
-    app.cleanup_ctx.append(_session_sweep)
-    app.cleanup_ctx.append(_upstream)
+    app.cleanup_ctx.append(_running)
     _add_routes(app, settings)
     return app
 
@@ -107,7 +88,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)
     for route in RELAY_ROUTES:
-        handler = relay_handler(route, app[RELAY])
+        handler = relay_handler(route, app)
         for method in route.methods:
             path = settings.client_prefix(route.native) + route.path
             router.add_route(method, path, handler, expect_handler=defer_continue)
@@ -120,79 +101,109 @@ async def _finish_open_requests(app: web.Application) -> None:
     await app[RELAY].in_flight.drain(max(0.0, app[SETTINGS].shutdown_timeout - 1.0))
 
 
-async def _key_store(app: web.Application) -> AsyncIterator[None]:
+async def _running(app: web.Application) -> AsyncIterator[None]:
+    """Everything the running gateway holds, made in order and closed in the reverse
+    order (also when start-up fails half-way): the store and the keys, the usage writer
+    (after it counted what the journal holds), the limits and budgets shared with other
+    gateways, the background tasks, the way out to upstreams and their checks; then the
+    relay's state, built complete from them. Closing runs after the server stopped
+    taking requests and finished (or cancelled) the open ones, so every usage record is
+    queued by then."""
     settings = app[SETTINGS]
-    store = await Store.open(settings.database)
-    table = app[KEY_TABLE]
-    app[STORE] = store
-    await table.refresh(store)
-    if len(table) == 0:
-        log.warning(
-            "the key database has no keys yet: make one with"
-            " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
+    table, limiter = app[KEY_TABLE], app[LIMITER]
+    async with contextlib.AsyncExitStack() as stack:
+        store = app[STORE] = await Store.open(settings.database)
+        stack.push_async_callback(store.close)
+        await table.refresh(store)
+        if len(table) == 0:
+            log.warning(
+                "the key database has no keys yet: make one with"
+                " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
+            )
+        _warn_of_unpriced_cloud_models(settings, table)
+        stack.push_async_callback(flush_last_used, store, table)
+        usage = UsageWriter(
+            store, settings.usage_retention_days, _journal(settings), settings.usage_memory_records
         )
-    _warn_of_unpriced_cloud_models(settings, table)
+        budgets = Budgets(settings.currency)
+        await count_before_admitting(usage, store, table, limiter, budgets)
+        stack.push_async_callback(usage.close)
+        listener = shared = shared_budgets = None
+        if store.database.backend == "postgresql":
+            shared = SharedLimits(
+                store.database,
+                settings.limits_when_database_away,
+                settings.heartbeat_interval,
+                settings.dead_gateway_after,
+            )
+            await shared.start()
+            stack.push_async_callback(shared.close)
+            shared_budgets = SharedBudgets(shared, budgets)
+            shared_budgets.start()
+            stack.push_async_callback(shared_budgets.close)
+            listener = ChangeListener(store.database)
+            listener.start()
+            stack.push_async_callback(listener.close)
+        _in_background(stack, keep_fresh(store, table, listener), "aigateway-keys")
+        idle_s = settings.session_idle_minutes * 60.0
+        _in_background(stack, sweep_ended_sessions(store, idle_s), "aigateway-session-sweep")
+        transport = Transport(
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        stack.push_async_callback(transport.close)
+        pool = Pool(
+            settings.upstream_list,
+            settings.upstream_check_interval,
+            settings.upstream_queue_timeout,
+            transport,
+        )
+        in_flight = InFlight()
+        observe = None
+        if settings.metrics != "off":
+            metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
+            observe = metrics.observe
+        await stack.enter_async_context(pool.checking())
+        relay = app[RELAY] = RelayState(
+            settings,
+            pool=pool,
+            transport=transport,
+            key_table=table,
+            limiter=limiter,
+            shared=shared,
+            budgets=budgets,
+            shared_budgets=shared_budgets,
+            body_budget=BodyBudget(settings.max_body_memory, settings.body_memory_per_key),
+            in_flight=in_flight,
+            usage=usage,
+            observe=observe,
+            loop=asyncio.get_running_loop(),
+        )
+        stack.push_async_callback(relay.body_pace.close)
+        yield
+
+
+def _journal(settings: Settings) -> Journal:
     journal = Journal(settings.usage_journal_dir or settings.token_db_path + ".usage-journal")
     try:
         journal.open()
     except OSError as exc:
         raise StoreError(f"{journal.folder}: cannot use the usage journal: {exc}") from None
-    relay = app[RELAY]
-    usage = relay.usage = UsageWriter(
-        store,
-        settings.usage_retention_days,
-        journal,
-        settings.usage_memory_records,
-        relay.refuse_while_storage_full,
-    )
-    await count_before_admitting(usage, store, table, app[LIMITER], relay.budgets)
-    listener = shared = shared_budgets = None
-    if store.database.backend == "postgresql":
-        shared = SharedLimits(
-            store.database,
-            settings.limits_when_database_away,
-            settings.heartbeat_interval,
-            settings.dead_gateway_after,
-        )
-        await shared.start()
-        app[RELAY].shared = shared
-        shared_budgets = app[RELAY].shared_budgets = SharedBudgets(shared, app[RELAY].budgets)
-        shared_budgets.start()
-        listener = ChangeListener(store.database)
-        listener.start()
-    refresher = asyncio.create_task(keep_fresh(store, table, listener), name="aigateway-keys")
-    try:
-        yield
-    finally:
-        # Runs after the server stopped taking requests and finished (or cancelled)
-        # the open ones, so every usage record is queued by now.
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
-        if listener is not None:
-            await listener.close()
-        if shared_budgets is not None:
-            await shared_budgets.close()
-        if shared is not None:
-            await shared.close()
-        await usage.close()
-        await flush_last_used(store, table)
-        await store.close()
+    return journal
 
 
-async def _session_sweep(app: web.Application) -> AsyncIterator[None]:
-    """Ended dashboard sessions are deleted by a task of their own, stopped before the
-    store closes."""
-    idle_s = app[SETTINGS].session_idle_minutes * 60.0
-    sweeper = asyncio.create_task(
-        sweep_ended_sessions(app[STORE], idle_s), name="aigateway-session-sweep"
-    )
-    try:
-        yield
-    finally:
-        sweeper.cancel()
+def _in_background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run `work` as a task until the stack closes, then cancel it and wait for it."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+            await task
+
+    stack.push_async_callback(stop)
 
 
 def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
@@ -217,19 +228,3 @@ def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:
                     upstream.kind,
                     pattern,
                 )
-
-
-async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    transport = Transport(
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-    )
-    app[RELAY].transport = transport
-    app[RELAY].loop = asyncio.get_running_loop()
-    try:
-        async with app[RELAY].pool.checking(transport):
-            yield
-    finally:
-        await app[RELAY].body_pace.close()
-        await transport.close()

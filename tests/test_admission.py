@@ -112,8 +112,8 @@ async def test_bodies_held_at_once_stay_within_max_body_memory(
     that cannot get room in time are told to retry (503), the rest are relayed whole."""
     limited = replace(settings, max_body_bytes=512 * 1024, max_body_memory=1024 * 1024)
     app = create_app(limited)
-    app[RELAY].body_budget = BodyBudget(1024 * 1024, wait_s=0.5)
     server = await aiohttp_server(app)
+    app[RELAY].body_budget = BodyBudget(1024 * 1024, wait_s=0.5)  # before the first request
     body = b'{"model":"all-minilm","input":"' + b"x" * 400_000 + b'"}'
 
     async def slowly() -> object:

@@ -38,6 +38,7 @@ from aigateway.relay.pump import finish, pump
 from aigateway.relay.settle import settle
 from aigateway.relay.state import RelayState
 from aigateway.upstreams.pool import Pool
+from aigateway.upstreams.transport import Transport
 
 CHAT = next(r for r in RELAY_ROUTES if r.native and r.path == "/chat")
 FINAL = b'{"done":true,"prompt_eval_count":7,"eval_count":5}\n'
@@ -62,18 +63,30 @@ class Records:
 
 
 def _state(records: Records | None = None, **settings: Any) -> RelayState:
+    """The relay's state with nothing running: no way out to upstreams (the steps called
+    here never send), and a usage writer that keeps what it is given."""
     config = Settings(ollama_base_url="http://127.0.0.1:9", **settings)
-    state = RelayState(
+    transport = mock.Mock(spec=Transport)
+    return RelayState(
         config,
-        Pool(config.upstream_list, config.upstream_check_interval, config.upstream_queue_timeout),
-        Limiter(Limits()),
-        BodyBudget(1 << 20),
-        InFlight(),
-        KeyTable(),
-        Budgets("USD"),
+        pool=Pool(
+            config.upstream_list,
+            config.upstream_check_interval,
+            config.upstream_queue_timeout,
+            transport,
+        ),
+        transport=transport,
+        key_table=KeyTable(),
+        limiter=Limiter(Limits()),
+        shared=None,
+        budgets=Budgets("USD"),
+        shared_budgets=None,
+        body_budget=BodyBudget(1 << 20),
+        in_flight=InFlight(),
+        usage=records or Records(),  # type: ignore[arg-type]
+        observe=None,
+        loop=mock.Mock(spec=asyncio.AbstractEventLoop),
     )
-    state.usage = records or Records()  # type: ignore[assignment]
-    return state
 
 
 def _request(body: bytes = b"", path: str = "/api/chat", **headers: str) -> web.Request:
@@ -363,6 +376,6 @@ def test_a_budget_reserved_here_while_budgets_are_shared_is_by_record() -> None:
 async def test_each_relayed_route_says_its_dialect_once_for_every_error() -> None:
     """The middleware's error shape and the relay's cut streams read the same dialect:
     the route's, carried by its handler."""
-    state = _state()
+    app = web.Application()
     for route in RELAY_ROUTES:
-        assert getattr(relay_handler(route, state), DIALECT) == route.dialect
+        assert getattr(relay_handler(route, app), DIALECT) == route.dialect

@@ -57,8 +57,6 @@ def _usage_state(request: web.Request) -> dict[str, object]:
     """Whether usage records can be kept: how many wait in memory because the journal
     cannot take them (its disk full), and whether new requests are refused for it."""
     usage = request.app[RELAY].usage
-    if usage is None:
-        return {}
     return {
         "waiting_in_memory": usage.waiting_in_memory,
         "journal_error": usage.journal_failing or None,

@@ -39,7 +39,6 @@ async def pull_everywhere(
     except (orjson.JSONDecodeError, AttributeError):
         streamed = True  # Ollama will answer the body's fault itself
     transport = relay.transport
-    assert transport is not None
     response: web.StreamResponse | None = None
     for number, upstream in enumerate(targets):
         last = number == len(targets) - 1

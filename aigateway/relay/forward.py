@@ -91,7 +91,6 @@ async def _forward_to(
     settings = relay.settings
     config = target.config
     transport = relay.transport
-    assert transport is not None  # set when the app started
     url = upstream_url(request, settings, route, config)
     headers = request_headers(request, config)
     patterns = exchange.principal.models

@@ -28,14 +28,17 @@ from .inflight import STOPPING, InFlightRequest
 from .ledger import Ledger
 from .pump import finish
 from .settle import settle
-from .state import RelayState
+from .state import RELAY, RelayState
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
 
-def relay_handler(route: RelayRoute, relay_state: RelayState) -> Handler:
+def relay_handler(route: RelayRoute, app: web.Application) -> Handler:
+    """The handler of one route: bound when the app is made, it serves with the relay's
+    state, which exists only while the app runs."""
+
     async def relay(request: web.Request) -> web.StreamResponse:
-        return await _relay(request, route, relay_state)
+        return await _relay(request, route, app[RELAY])
 
     relay.__name__ = f"relay_{route.path.strip('/').split('/')[0]}"
     setattr(relay, DIALECT, route.dialect)
@@ -55,7 +58,7 @@ async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> 
     coding = request.headers.get("Content-Encoding")
     if coding is not None:
         check_content_encoding(coding)
-    if relay.storage_full:
+    if relay.usage.full:
         raise storage_full()
     ledger = Ledger()
     admitted = await admit(request, route, principal, relay, ledger)

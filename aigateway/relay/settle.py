@@ -84,7 +84,6 @@ def settle(
         )
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     usage = relay.usage
-    assert usage is not None  # set when the app started
     usage.record(
         (LocalUsageRecord if by_record else UsageRecord)(
             now,

@@ -30,9 +30,10 @@ Observe = Callable[
 
 
 class RelayState:
-    """What every relayed request uses, in one object that the handlers hold (an app
-    lookup each would cost more than most steps of the relay). The upstream session and
-    the usage writer are set when the app starts."""
+    """What every relayed request uses, in one object, built complete when the app starts
+    (app.py) from what the running gateway holds: the upstreams and the way out to them,
+    the limits and budgets (this gateway's, and those shared with other gateways on
+    PostgreSQL), the body memory, the requests in flight, and the usage writer."""
 
     __slots__ = (
         "body_budget",
@@ -47,7 +48,6 @@ class RelayState:
         "settings",
         "shared",
         "shared_budgets",
-        "storage_full",
         "transport",
         "usage",
     )  # fmt: skip
@@ -55,38 +55,38 @@ class RelayState:
     def __init__(
         self,
         settings: Settings,
+        *,
         pool: Pool,
+        transport: Transport,
+        key_table: KeyTable,
         limiter: Limiter,
+        shared: SharedLimits | None,
+        budgets: Budgets,
+        shared_budgets: SharedBudgets | None,
         body_budget: BodyBudget,
         in_flight: InFlight,
-        key_table: KeyTable,
-        budgets: Budgets,
-        observe: Observe | None = None,
+        usage: UsageWriter,
+        observe: Observe | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.settings = settings
         self.pool = pool  # the upstreams: which serves a request, and whether each is up
-        self.observe = observe  # None: METRICS is off
+        self.transport = transport  # the way out to them
         self.key_table = key_table  # also holds the prices in force
         self.limiter = limiter
+        # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
+        self.shared = shared
+        # Spend against budgets: this gateway's reckoning, and the shared one (PostgreSQL).
+        self.budgets = budgets
+        self.shared_budgets = shared_budgets
         self.body_budget = body_budget
         self.body_pace = BodyPace(settings.body_min_rate)  # BODY_MIN_RATE: slow bodies cut
         self.in_flight = in_flight
-        self.transport: Transport | None = None  # the way out to upstreams
+        self.usage = usage  # (its `full`: records can be kept nowhere more; refuse requests)
+        self.observe = observe  # None: METRICS is off
         # The event loop, to ask for the current task without asyncio.get_running_loop(),
         # which makes a getpid system call each time (a check for a forked process).
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.usage: UsageWriter | None = None
-        # Usage records can be kept nowhere more (UsageWriter.full): refuse requests.
-        self.storage_full = False
-        # Limits shared with other gateways (PostgreSQL); None: this gateway's alone.
-        self.shared: SharedLimits | None = None
-        # Spend against budgets: this gateway's reckoning, and the shared one (PostgreSQL).
-        self.budgets = budgets
-        self.shared_budgets: SharedBudgets | None = None
-
-    def refuse_while_storage_full(self, full: bool) -> None:
-        """The usage writer's word: whether records of new requests could be kept."""
-        self.storage_full = full
+        self.loop = loop
 
 
 RELAY = web.AppKey("relay", RelayState)

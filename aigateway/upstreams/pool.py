@@ -132,7 +132,11 @@ class Upstream:
 
 class Pool:
     def __init__(
-        self, configs: Sequence[UpstreamConfig], check_interval: float, queue_timeout: float
+        self,
+        configs: Sequence[UpstreamConfig],
+        check_interval: float,
+        queue_timeout: float,
+        transport: Transport,
     ) -> None:
         self.upstreams = [Upstream(config) for config in configs]
         self.queue: FairQueue[Upstream] = FairQueue(queue_timeout)
@@ -149,7 +153,7 @@ class Pool:
         # Cloud APIs that only keys whose allow-list names their models may use.
         self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
-        self.transport: Transport | None = None
+        self.transport = transport  # how checks, lists and probes reach the upstreams
         # The models the upstreams last listed (canonical names), each upstream's and all:
         # the only model names /metrics makes labels of.
         self._lists: dict[str, frozenset[str]] = {}
@@ -290,9 +294,8 @@ class Pool:
     # --- checks ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def checking(self, transport: Transport) -> AsyncIterator[None]:
+    async def checking(self) -> AsyncIterator[None]:
         """Check the upstreams in the background while the app runs (several only)."""
-        self.transport = transport
         if self.single:
             if self.wants_lists:  # its list only: no checks, never out
                 self.relist_soon()
@@ -366,7 +369,7 @@ class Pool:
         what a model seen for the first time asks for, with one upstream (which is not
         checked) or between checks."""
         now = time.monotonic()
-        if now - self._relisted_at < RELIST_GAP_S or self.transport is None:
+        if now - self._relisted_at < RELIST_GAP_S:
             return
         self._relisted_at = now
 
@@ -400,7 +403,6 @@ class Pool:
         """GET one of an upstream's own documents (its lists, Ollama's version) with its
         key: status and body (at most MAX_LIST_BYTES, else CheckFailed), within
         `timeout` seconds. The checks, /health/ollama and /admin/models all ask this way."""
-        assert self.transport is not None
         async with self.transport.send(
             "GET",
             upstream.config.url + path,

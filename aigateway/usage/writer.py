@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -208,8 +208,8 @@ class UsageWriter:
 
     A record the journal cannot take (its disk is full) is held in memory, its only copy,
     until the journal or the database takes it: up to `memory_records` of them; at that
-    bound `full` is set (and `on_full` told), and new requests are refused rather than
-    served unrecorded. Every record is in exactly one place at a time: a segment's file
+    bound `full` is set, and the relay refuses new requests rather than serve them
+    unrecorded. Every record is in exactly one place at a time: a segment's file
     (and `_pending`/`_sealed`), or `_memory`, so each reaches the database once."""
 
     def __init__(
@@ -218,7 +218,6 @@ class UsageWriter:
         retention_days: int,
         journal: Journal,
         memory_records: int = 100_000,
-        on_full: Callable[[bool], None] | None = None,
     ) -> None:
         self._store = store
         self._journal = journal
@@ -229,7 +228,6 @@ class UsageWriter:
         self._memory_writing = 0  # of them, in a batch on its way to the database
         self._memory_records = max(memory_records, 1)  # (0: refuse from the first one)
         self._memory_batches = itertools.count(1)
-        self._on_full = on_full
         self.full = False  # as many records wait in memory as may: refuse new requests
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -286,8 +284,6 @@ class UsageWriter:
             )
         else:
             log.warning("usage records can be kept again: requests are admitted")
-        if self._on_full is not None:
-            self._on_full(full)
 
     async def start(self) -> None:
         """Write what earlier runs left in the journal, then start the flushing task."""
