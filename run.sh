@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ./run.sh            serve in the foreground (extra arguments go to the server)
 # ./run.sh test       lint, type-check and run the whole test suite on two workers
+#                     (as root, it first installs what the tests need: PostgreSQL,
+#                     Chromium, nginx, node; otherwise it says what is missing)
 #                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
 # ./run.sh bench      run the benchmark (extra arguments go to it)
 set -euo pipefail
@@ -58,9 +60,44 @@ install() {
     echo "$want" >"$stamp"
 }
 
+# What the tests need besides Python: PostgreSQL (the store's tests start a server of their
+# own), Chromium (the dashboard's), nginx and openssl (the reverse-proxy recipe), node and
+# npm (the JavaScript clients). As root, install the missing ones with apt-get (as CI
+# does); otherwise stop at once with one line saying what to install.
+test_needs() {
+    local missing=() packages=()
+    if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        missing+=(PostgreSQL) packages+=(postgresql)
+    fi
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        missing+=(Chromium) packages+=(chromium)
+    fi
+    if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
+        missing+=(nginx) packages+=(nginx)
+    fi
+    if ! command -v openssl >/dev/null 2>&1; then
+        missing+=(openssl) packages+=(openssl)
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        missing+=(node) packages+=(nodejs npm)
+    fi
+    if [ ${#packages[@]} -eq 0 ]; then
+        return
+    fi
+    if [ "$EUID" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing what the tests need: ${packages[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+        return
+    fi
+    echo "run.sh: the tests need ${missing[*]}: install them (sudo apt-get install -y ${packages[*]}), or run ./run.sh test as root to have them installed" >&2
+    exit 1
+}
+
 case "${1:-}" in
     test)
         shift
+        test_needs
         ensure_venv
         install dev
         echo "run.sh: ruff" >&2
