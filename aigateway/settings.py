@@ -212,15 +212,18 @@ class Settings:
 
     token_db_path: str = setting(
         "TOKEN_DB_PATH", "tokens.db", FILE, "Database and usage",
-        "The SQLite key database (created with mode 0600, WAL). A relative path is relative"
-        " to the folder of the `.env` that sets it (from the environment: to the current"
-        " folder); the default is beside the `.env` in use, else in the project folder.",
+        "The SQLite key database (created with mode 0600, WAL; its missing folders with mode"
+        " 0700, each). A relative path is relative to the folder of the `.env` that sets it"
+        " (from the environment: to the current folder); the default is beside the `.env` in"
+        " use, else in the project folder.",
     )  # fmt: skip
     database_url: str | None = setting(
         "DATABASE_URL", None, DATABASE_URL, "Database and usage",
         "Keep keys and usage in PostgreSQL (see the README's Several gateways on PostgreSQL);"
-        " `sqlite:///path` is the same as `TOKEN_DB_PATH=path`. Unset: the `TOKEN_DB_PATH`"
-        " file. The password never appears in a log line, an error or `/health`.",
+        " `sqlite:///path` is the same as `TOKEN_DB_PATH=path` (a relative path too:"
+        " `sqlite:///./data/x.db` in a `.env` is in `data/` beside it). Unset: the"
+        " `TOKEN_DB_PATH` file. The password never appears in a log line, an error or"
+        " `/health`.",
     )  # fmt: skip
     limits_when_database_away: str = setting(
         "LIMITS_WHEN_DATABASE_AWAY", "local", choice("local", "refuse"), "Database and usage",
@@ -507,18 +510,35 @@ def merged_environment(
     return merged
 
 
+def _folder_of(
+    variable: str, environ: Mapping[str, str] | None, env_path: str | Path | None
+) -> Path | None:
+    """The one rule for a relative path in a setting (TOKEN_DB_PATH, UPSTREAMS_FILE, a
+    SQLite DATABASE_URL): one set in a `.env` file is relative to that file's folder, so
+    the server and the CLIs find the same file wherever they start; one set in the
+    environment (None here) is relative to the current folder, as a shell user means it."""
+    environment = os.environ if environ is None else environ
+    if environment.get(variable, "").strip() or env_path is None:
+        return None
+    return Path(env_path).resolve().parent
+
+
 def _files_beside_env(
     merged: dict[str, str], environ: Mapping[str, str] | None, env_path: str | Path | None
 ) -> dict[str, str]:
-    """A relative UPSTREAMS_FILE from a `.env` file is relative to that file's folder (as
-    TOKEN_DB_PATH is); from the environment, to the current folder."""
-    environment = os.environ if environ is None else environ
+    """UPSTREAMS_FILE and a SQLite DATABASE_URL with relative paths, as `_folder_of` says."""
     value = merged.get("UPSTREAMS_FILE", "").strip()
-    if not value or environment.get("UPSTREAMS_FILE") or env_path is None:
-        return merged
-    if Path(value).is_absolute():
-        return merged
-    return {**merged, "UPSTREAMS_FILE": str(Path(env_path).resolve().parent / value)}
+    folder = _folder_of("UPSTREAMS_FILE", environ, env_path)
+    if value and folder is not None and not Path(value).is_absolute():
+        merged = {**merged, "UPSTREAMS_FILE": str(folder / value)}
+    value = merged.get("DATABASE_URL", "").strip()
+    folder = _folder_of("DATABASE_URL", environ, env_path)
+    if value and folder is not None:
+        # Imported here: the SQL toolkit is heavy, and only a DATABASE_URL needs it.
+        from .db.url import sqlite_in
+
+        merged = {**merged, "DATABASE_URL": sqlite_in(folder, value)}
+    return merged
 
 
 def _upstreams_file(path: str | None, values: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:
@@ -547,7 +567,7 @@ def token_db_path(
     if value:
         return value
     path = Path(str(read_one("TOKEN_DB_PATH", merged_environment({}, env_path))))
-    base = Path(env_path).resolve().parent if env_path is not None else PROJECT_DIR
+    base = _folder_of("TOKEN_DB_PATH", environ, env_path) or PROJECT_DIR
     if path.is_absolute() or base is None:
         return str(path)
     return str(base / path)
@@ -557,9 +577,11 @@ def database_target(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
 ) -> str:
     """The database the server would open, for the CLIs: DATABASE_URL from the
-    environment or the `.env` file, else the TOKEN_DB_PATH file (see token_db_path)."""
+    environment or the `.env` file (a relative SQLite path read as the server reads it),
+    else the TOKEN_DB_PATH file (see token_db_path)."""
     env_path = find_env_file() if env_file == AUTO else env_file
-    url = read_one("DATABASE_URL", merged_environment(environ, env_path))
+    merged = _files_beside_env(merged_environment(environ, env_path), environ, env_path)
+    url = read_one("DATABASE_URL", merged)
     return str(url) if url is not None else token_db_path(environ, env_path)
 
 

@@ -61,6 +61,8 @@ SLOW = frozenset(
         "test_cli_menu::test_usage_report_and_export",
         "test_cli_menu::test_users_are_listed_added_disabled_and_enabled",
         "test_dashboard::test_a_user_sees_its_own_pages_only_and_uses_the_playground",
+        "test_database_folder::test_the_flag_cli_makes_the_folder_of_a_relative_sqlite_url",
+        "test_database_folder::test_the_server_and_the_flag_cli_share_a_relative_sqlite_url_on_a_fresh_clone",
         "test_dashboard::test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it",
         "test_dashboard::test_the_api_docs_render_offline_under_their_policy",
         "test_dashboard::test_the_overview_shows_each_upstream_with_several",
