@@ -97,11 +97,13 @@ def setting(
     help: str,
     *,
     shown_default: str | None = None,
+    secret: bool = False,
 ) -> T:
-    """A `Settings` field read from `variable` (unset or blank: `default`)."""
+    """A `Settings` field read from `variable` (unset or blank: `default`). A `secret`
+    one is left out of the settings' repr, so no log line or traceback shows it."""
     assert group in GROUPS, group
     declaration = Declared(variable, parse, group, help, shown_default)
-    return field(default=default, metadata={"setting": declaration})
+    return field(default=default, repr=not secret, metadata={"setting": declaration})
 
 
 def declaration_of(of: Field[Any]) -> Declared | None:
@@ -133,6 +135,7 @@ class Settings:
         "UPSTREAM_API_KEY", None, text("the upstream's key"), "Upstreams",
         "Sent to Ollama (every `OLLAMA_BASE_URL`) as `Authorization: Bearer ...` when the"
         " upstream itself wants a key. Client keys never reach Ollama.",
+        secret=True,
     )  # fmt: skip
     upstream_connect_timeout: float = setting(
         "UPSTREAM_CONNECT_TIMEOUT", 10.0, SECONDS, "Upstreams",
@@ -338,6 +341,7 @@ class Settings:
         "GATEWAY_ADMIN_KEY", None, SECRET, "Admin API and dashboard",
         "A bootstrap admin key, hashed at start-up, never logged; usage is recorded under"
         " key id 0.",
+        secret=True,
     )  # fmt: skip
     ui_path: str | None = setting(
         "UI_PATH", "/ui", UI_PATH, "Admin API and dashboard",
