@@ -1,7 +1,7 @@
 """What a setting's text may be: one parser per kind of value (a whole number within
-bounds, seconds, a size, URLs, networks, ...), each saying what it accepts for the
-reference, and a `SettingsError` naming the variable when the text will not do. The
-declarations that use them are in settings.py."""
+bounds, seconds, a size, URLs, networks, model patterns, ...), each saying what it accepts
+for the reference, and a `SettingsError` naming the variable when the text will not do.
+The declarations that use them are in settings.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 
 from yarl import URL
 
-from .upstreams.config import UpstreamsError, upstreams_from_urls
+from .upstreams.config import MAX_PATTERNS, UpstreamsError, check_url, upstreams_from_urls
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -197,6 +197,44 @@ def _ollama_urls(_name: str, raw: str) -> str:
         raise SettingsError(str(exc)) from None
 
 
+def _api_key(name: str, raw: str) -> str:
+    """A provider's key, sent in a header: one line without spaces. The message never
+    shows it."""
+    if not raw.isprintable() or " " in raw:
+        raise SettingsError(f"{name}: expected one API key, without spaces or line breaks")
+    return raw
+
+
+def _model_patterns(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated model name patterns (`gpt-4*, o3*`), as an allow-list's."""
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if (
+        not patterns
+        or len(patterns) > MAX_PATTERNS
+        or not all(len(p) <= 200 and p.isprintable() and " " not in p for p in patterns)
+    ):
+        raise SettingsError(
+            f"{name}: expected 1 to {MAX_PATTERNS} model name patterns separated by commas,"
+            f" such as gpt-4*,o3*, got {raw!r}"
+        )
+    return patterns
+
+
+def _patterns_shown(value: object) -> str:
+    return ",".join(value) if isinstance(value, tuple) else _shown(value)
+
+
+def _cloud_url(name: str, raw: str) -> str:
+    """A cloud API's URL; its key is a setting of its own, never part of the URL."""
+    try:
+        url = check_url(name, raw)
+    except UpstreamsError as exc:
+        raise SettingsError(str(exc)) from None
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        raise SettingsError(f"{name}: expected a URL without a user or password")
+    return url
+
+
 def _database_url(_name: str, raw: str) -> str:
     # Imported here: the SQL toolkit is heavy, and only a DATABASE_URL needs it.
     from .db.url import DatabaseURLError, database_from
@@ -244,3 +282,8 @@ DATABASE_URL = Parser(
 PATH = Parser(_base_path, "a path starting with `/`")
 UI_PATH = Parser(_ui_path, "a path starting with `/`, or `off`")
 FILE = text("a file path")
+API_KEY = Parser(_api_key, "an API key (never logged or shown)")
+MODEL_PATTERNS = Parser(
+    _model_patterns, "model name patterns (`*`, `?`), comma-separated", _patterns_shown
+)
+CLOUD_URL = Parser(_cloud_url, "an `http://` or `https://` URL")

@@ -24,11 +24,14 @@ from typing import Any, TypeVar
 from dotenv import dotenv_values
 
 from .setting_parsers import (
+    API_KEY,
     BOOLEAN,
+    CLOUD_URL,
     CURRENCY,
     DATABASE_URL,
     FILE,
     LOG_LEVEL,
+    MODEL_PATTERNS,
     NETWORKS,
     OLLAMA_URLS,
     ORIGINS,
@@ -51,6 +54,7 @@ from .upstreams.config import (
     UpstreamConfig,
     UpstreamsError,
     auth_headers,
+    provider_upstream,
     upstreams_from_file,
     upstreams_from_urls,
 )
@@ -60,6 +64,18 @@ AUTO = "auto"
 _HERE = Path(__file__).resolve().parent.parent
 PROJECT_DIR: Path | None = _HERE if (_HERE / "run.sh").is_file() else None
 DEFAULT_CURRENCY = "USD"
+# The models OPENAI_API_KEY's upstream serves by default: OpenAI's chat, reasoning and
+# embedding families, each by its own prefix rather than `gpt-*`, which would also take
+# `gpt-oss`, a model Ollama runs locally. Anthropic names every model `claude-...`.
+OPENAI_MODELS = (
+    "gpt-3.5*", "gpt-4*", "gpt-5*", "o1*", "o3*", "o4*", "chatgpt-*", "text-embedding-*",
+)  # fmt: skip
+ANTHROPIC_MODELS = ("claude-*",)
+# What OPENAI_API_KEY and ANTHROPIC_API_KEY bring along: kept out of the tests' environment.
+PROVIDER_VARIABLES = (
+    "OPENAI_API_KEY", "OPENAI_MODELS", "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY", "ANTHROPIC_MODELS", "ANTHROPIC_BASE_URL",
+)  # fmt: skip
 
 T = TypeVar("T")
 
@@ -160,6 +176,43 @@ class Settings:
         "ALLOW_CLOUD_MODELS", False, BOOLEAN, "Upstreams",
         "Relay Ollama's cloud models (`*-cloud`, `*:cloud`), which run on ollama.com under"
         " the GPU owner's account.",
+    )  # fmt: skip
+    openai_api_key: str | None = setting(
+        "OPENAI_API_KEY", None, API_KEY, "Upstreams",
+        "Without `UPSTREAMS_FILE`: adds an upstream `openai` (kind `openai`, at"
+        " `OPENAI_BASE_URL`) beside Ollama, which gets this key as `Authorization: Bearer`"
+        " and serves `OPENAI_MODELS` only to keys whose allow-list names them (see the"
+        " README's Several upstreams). With `UPSTREAMS_FILE`: ignored, with a warning, unless"
+        " an entry's `key_env` names it.",
+        secret=True,
+    )  # fmt: skip
+    openai_models: tuple[str, ...] = setting(
+        "OPENAI_MODELS", OPENAI_MODELS, MODEL_PATTERNS, "Upstreams",
+        "The models the `OPENAI_API_KEY` upstream serves. The default leaves out `gpt-oss`,"
+        " which Ollama runs.",
+    )  # fmt: skip
+    openai_base_url: str = setting(
+        "OPENAI_BASE_URL", "https://api.openai.com/v1", CLOUD_URL, "Upstreams",
+        "Where the `OPENAI_API_KEY` upstream is, as the OpenAI SDK reads this variable: an"
+        " OpenAI-compatible API's URL, ending in its version.",
+    )  # fmt: skip
+    anthropic_api_key: str | None = setting(
+        "ANTHROPIC_API_KEY", None, API_KEY, "Upstreams",
+        "Without `UPSTREAMS_FILE`: adds an upstream `anthropic` (kind `anthropic`, at"
+        " `ANTHROPIC_BASE_URL`) beside Ollama, which gets this key as `x-api-key` and serves"
+        " `ANTHROPIC_MODELS` only to keys whose allow-list names them. With `UPSTREAMS_FILE`:"
+        " ignored, with a warning, unless an entry's `key_env` names it.",
+        secret=True,
+    )  # fmt: skip
+    anthropic_models: tuple[str, ...] = setting(
+        "ANTHROPIC_MODELS", ANTHROPIC_MODELS, MODEL_PATTERNS, "Upstreams",
+        "The models the `ANTHROPIC_API_KEY` upstream serves.",
+    )  # fmt: skip
+    anthropic_base_url: str = setting(
+        "ANTHROPIC_BASE_URL", "https://api.anthropic.com", CLOUD_URL, "Upstreams",
+        "Where the `ANTHROPIC_API_KEY` upstream is, as the Anthropic SDK reads this variable:"
+        " without the `/v1`, which the gateway adds (a URL that ends in `/v1` is taken as"
+        " it is).",
     )  # fmt: skip
 
     host: str = setting(
@@ -381,8 +434,53 @@ class Settings:
 
     @property
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:
-        """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's."""
-        return self.upstreams or upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
+        """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's and those
+        OPENAI_API_KEY and ANTHROPIC_API_KEY add."""
+        if self.upstreams:
+            return self.upstreams
+        ollamas = upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
+        return ollamas + self.provider_upstreams
+
+    @property
+    def provider_upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The cloud upstreams OPENAI_API_KEY and ANTHROPIC_API_KEY add (none when
+        UPSTREAMS_FILE lists the upstreams)."""
+        if self.upstreams:
+            return ()
+        found: list[UpstreamConfig] = []
+        if self.openai_api_key:
+            found.append(
+                provider_upstream(
+                    "openai", self.openai_api_key, self.openai_base_url, self.openai_models
+                )
+            )
+        if self.anthropic_api_key:
+            found.append(
+                provider_upstream(
+                    "anthropic",
+                    self.anthropic_api_key,
+                    self.anthropic_base_url,
+                    self.anthropic_models,
+                )
+            )
+        return tuple(found)
+
+    @property
+    def ignored_provider_settings(self) -> tuple[str, ...]:
+        """The PROVIDER_VARIABLES set (to other than their defaults) that do nothing,
+        since UPSTREAMS_FILE lists the upstreams; a key an entry's key_env names is used
+        there, so it is not among them."""
+        if not self.upstreams:
+            return ()
+        named = {u.key_env for u in self.upstreams}
+        ignored: list[str] = []
+        for each in fields(self):
+            how = declaration_of(each)
+            if how is None or how.variable not in PROVIDER_VARIABLES or how.variable in named:
+                continue
+            if getattr(self, each.name) != each.default:
+                ignored.append(how.variable)
+        return tuple(ignored)
 
     @property
     def ollama_prefix(self) -> str:
