@@ -122,6 +122,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
                 "the key database has no keys yet: make one with"
                 " ./gen_api_key_cli.py -g USER KEY_NAME (or set GATEWAY_ADMIN_KEY)"
             )
+        _name_provider_upstreams(settings)
         _warn_of_unpriced_cloud_models(settings, table)
         stack.push_async_callback(flush_last_used, store, table)
         usage = UsageWriter(
@@ -206,6 +207,29 @@ def _in_background(
             await task
 
     stack.push_async_callback(stop)
+
+
+def _name_provider_upstreams(settings: Settings) -> None:
+    """Say at start-up which cloud APIs OPENAI_API_KEY and ANTHROPIC_API_KEY added (the
+    key itself never), or, with UPSTREAMS_FILE, that those settings do nothing."""
+    for upstream in settings.provider_upstreams:
+        log.info(
+            "upstream %s (kind %s, from %s) at %s serves %s to keys whose allow-list names"
+            " the model",
+            upstream.name,
+            upstream.kind,
+            upstream.key_env,
+            upstream.url,
+            ", ".join(upstream.models or ()),
+        )
+    ignored = settings.ignored_provider_settings
+    if ignored:
+        log.warning(
+            "UPSTREAMS_FILE lists the upstreams, so %s %s ignored (an entry's key_env may"
+            " name such a key)",
+            ", ".join(ignored),
+            "is" if len(ignored) == 1 else "are",
+        )
 
 
 def _warn_of_unpriced_cloud_models(settings: Settings, table: KeyTable) -> None:

@@ -142,7 +142,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
             runner.addresses[0][1],  # the port taken, which PORT=0 leaves to the system
             settings.base_path,
             ", ".join(f"{u.name} {u.url}" for u in settings.upstream_list)
-            if settings.upstreams or "," in settings.ollama_base_url
+            if settings.upstreams or len(settings.upstream_list) > 1
             else settings.upstream_list[0].url + "/api",
         )
         tune_garbage_collector()

@@ -7,28 +7,54 @@ The server reads them all (`Settings.from_env()`); a CLI reads only those it use
 does not stop it; `python -m aigateway.settings --markdown` writes docs/settings.md.
 
 Nothing here runs at import time. A bad value raises `SettingsError` whose message names
-the variable and what was expected, so start-up can stop with one clear line.
+the variable and what was expected, so start-up can stop with one clear line; what each
+kind of value may be is in setting_parsers.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
-from yarl import URL
 
+from .setting_parsers import (
+    API_KEY,
+    BOOLEAN,
+    CLOUD_URL,
+    CURRENCY,
+    DATABASE_URL,
+    FILE,
+    LOG_LEVEL,
+    MODEL_PATTERNS,
+    NETWORKS,
+    OLLAMA_URLS,
+    ORIGINS,
+    PATH,
+    RATE,
+    SECONDS,
+    SECRET,
+    SIZE,
+    UI_PATH,
+    Parser,
+    choice,
+    text,
+    whole,
+)
+
+# Part of what this module offers: imported from here by the rest of the package.
+from .setting_parsers import Network as Network
+from .setting_parsers import SettingsError as SettingsError
 from .upstreams.config import (
     UpstreamConfig,
     UpstreamsError,
     auth_headers,
+    provider_upstream,
     upstreams_from_file,
     upstreams_from_urls,
 )
@@ -37,242 +63,21 @@ from .upstreams.config import (
 AUTO = "auto"
 _HERE = Path(__file__).resolve().parent.parent
 PROJECT_DIR: Path | None = _HERE if (_HERE / "run.sh").is_file() else None
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:I?B)?\s*$", re.IGNORECASE)
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_CURRENCY = "USD"
+# The models OPENAI_API_KEY's upstream serves by default: OpenAI's chat, reasoning and
+# embedding families, each by its own prefix rather than `gpt-*`, which would also take
+# `gpt-oss`, a model Ollama runs locally. Anthropic names every model `claude-...`.
+OPENAI_MODELS = (
+    "gpt-3.5*", "gpt-4*", "gpt-5*", "o1*", "o3*", "o4*", "chatgpt-*", "text-embedding-*",
+)  # fmt: skip
+ANTHROPIC_MODELS = ("claude-*",)
+# What OPENAI_API_KEY and ANTHROPIC_API_KEY bring along: kept out of the tests' environment.
+PROVIDER_VARIABLES = (
+    "OPENAI_API_KEY", "OPENAI_MODELS", "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY", "ANTHROPIC_MODELS", "ANTHROPIC_BASE_URL",
+)  # fmt: skip
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-
-
-class SettingsError(ValueError):
-    """A setting has a value the gateway cannot use."""
-
-
-# --- parsers: text to value, or SettingsError naming the variable -------------------------
-
-
-def _shown(value: object) -> str:
-    """A default as the reference shows it."""
-    if value is None or value == ():
-        return "unset"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-class Parser(Generic[T_co]):
-    """Reads one variable's (stripped, non-empty) text; says what it accepts."""
-
-    def __init__(
-        self,
-        read: Callable[[str, str], T_co],
-        accepts: str,
-        show: Callable[[object], str] = _shown,
-    ) -> None:
-        self.read = read
-        self.accepts = accepts  # for the reference: what a value may be
-        self.show = show  # for the reference: a default as a person would write it
-
-    def __call__(self, name: str, raw: str) -> T_co:
-        return self.read(name, raw)
-
-
-def text(accepts: str) -> Parser[str]:
-    return Parser(lambda _name, raw: raw, accepts)
-
-
-def whole(low: int, high: int) -> Parser[int]:
-    def read(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name}: expected a number from {low} to {high}, got {value}")
-        return value
-
-    return Parser(read, f"a whole number from {low:,} to {high:,}")
-
-
-def _seconds(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise SettingsError(f"{name}: expected a number of seconds above 0, got {raw!r}")
-    return value
-
-
-def choice(*choices: str) -> Parser[str]:
-    def read(name: str, raw: str) -> str:
-        if raw.lower() not in choices:
-            raise SettingsError(f"{name}: expected {' or '.join(choices)}, got {raw!r}")
-        return raw.lower()
-
-    return Parser(read, ", ".join(f"`{c}`" for c in choices[:-1]) + f" or `{choices[-1]}`")
-
-
-def _boolean(name: str, raw: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
-
-
-def _bytes_shown(value: object) -> str:
-    """104857600 as `100M`: the largest unit that divides it."""
-    if not isinstance(value, int) or value == 0:
-        return _shown(value)
-    for unit in ("G", "M", "K"):
-        if value % _SIZE_UNITS[unit] == 0:
-            return f"{value // _SIZE_UNITS[unit]}{unit}"
-    return str(value)
-
-
-def _size(name: str, raw: str) -> int:
-    match = _SIZE_RE.match(raw)
-    if match is None or int(match.group(1)) == 0:
-        raise SettingsError(
-            f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
-        )
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
-
-
-def _rate(name: str, raw: str) -> int:
-    """Bytes a second, as a size (`16K`, `16KiB/s`); 0 turns the floor off."""
-    stripped = raw.strip()
-    if stripped.lower().endswith("/s"):
-        stripped = stripped[:-2]
-    if stripped.strip() == "0":
-        return 0
-    match = _SIZE_RE.match(stripped)
-    if match is None:
-        raise SettingsError(
-            f"{name}: expected bytes a second such as 16384, 16K or 16KiB/s (0: off), got {raw!r}"
-        )
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
-
-
-def _networks(name: str, raw: str) -> tuple[Network, ...]:
-    """Comma-separated addresses or CIDR networks: `127.0.0.1`, `10.0.0.0/8, ::1`."""
-    networks: list[Network] = []
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise SettingsError(
-                f"{name}: expected addresses or networks such as 127.0.0.1 or 10.0.0.0/8,"
-                f" separated by commas, got {part!r}"
-            ) from None
-    return tuple(networks)
-
-
-def _origins(name: str, raw: str) -> tuple[str, ...]:
-    """Comma-separated browser origins (`https://app.example.com`), or `*` for any."""
-    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    for origin in origins:
-        if origin == "*":
-            continue
-        url = URL(origin) if "://" in origin else None
-        if url is None or not url.scheme or not url.host or url.path not in ("", "/"):
-            raise SettingsError(
-                f"{name}: expected origins such as https://app.example.com (comma-separated)"
-                f" or *, got {origin!r}"
-            )
-    return origins
-
-
-def _secret(name: str, raw: str) -> str:
-    if len(raw) < 32 or not raw.isprintable() or " " in raw:
-        raise SettingsError(
-            f"{name}: expected at least 32 printable characters without spaces"
-            " (e.g. from: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
-    return raw
-
-
-def _log_level(name: str, raw: str) -> str:
-    level = raw.upper()
-    if level not in LOG_LEVELS:
-        raise SettingsError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
-    return level
-
-
-def _currency(name: str, raw: str) -> str:
-    if len(raw) != 3 or not raw.isascii() or not raw.isalpha():
-        raise SettingsError(
-            f"{name}: expected a three-letter currency code such as USD, got {raw!r}"
-        )
-    return raw.upper()
-
-
-def _ollama_urls(_name: str, raw: str) -> str:
-    """OLLAMA_BASE_URL: one URL or several separated by commas, each checked, joined
-    again without spaces or trailing slashes."""
-    try:
-        return ",".join(u.url for u in upstreams_from_urls(raw, None))
-    except UpstreamsError as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _database_url(_name: str, raw: str) -> str:
-    # Imported here: the SQL toolkit is heavy, and only a DATABASE_URL needs it.
-    from .db.url import DatabaseURLError, database_from
-
-    try:
-        database_from(raw)
-    except DatabaseURLError as exc:
-        raise SettingsError(str(exc)) from None
-    return raw
-
-
-def _base_path(name: str, raw: str) -> str:
-    if not raw.startswith("/") or raw.startswith("//"):
-        raise SettingsError(f"{name}: expected a path starting with a single '/', got {raw!r}")
-    if any(c in raw for c in "?#{} ") or "//" in raw:
-        raise SettingsError(
-            f"{name}: expected a plain path such as /api or /ollama/api, got {raw!r}"
-        )
-    path = raw.rstrip("/")
-    if not path:
-        raise SettingsError(f"{name}: expected a path below '/', such as /api, got {raw!r}")
-    return path
-
-
-def _ui_path(name: str, raw: str) -> str | None:
-    """UI_PATH: a path such as /ui, or off (no dashboard)."""
-    if raw.strip().lower() in ("off", "none", "false", "0"):
-        return None
-    return _base_path(name, raw)
-
-
-SECONDS = Parser(_seconds, "seconds above 0 (`2.5` too)")
-BOOLEAN = Parser(_boolean, "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)")
-SIZE = Parser(_size, "bytes above 0, or with `K`, `M` or `G` (`100M`)", _bytes_shown)
-RATE = Parser(_rate, "bytes a second (`16384`, `16K`, `16KiB/s`); `0`: off", _bytes_shown)
-NETWORKS = Parser(_networks, "addresses or networks, comma-separated (`10.0.0.0/8, ::1`)")
-ORIGINS = Parser(_origins, "origins, comma-separated (`https://app.example.com`), or `*`")
-SECRET = Parser(_secret, "32 or more printable characters, no spaces")
-LOG_LEVEL = Parser(_log_level, "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`")
-CURRENCY = Parser(_currency, "a three-letter currency code (`EUR`)")
-OLLAMA_URLS = Parser(_ollama_urls, "`http://` or `https://` URLs, comma-separated")
-DATABASE_URL = Parser(
-    _database_url, "`postgresql://user:password@host:5432/db` or `sqlite:///path`"
-)
-PATH = Parser(_base_path, "a path starting with `/`")
-UI_PATH = Parser(_ui_path, "a path starting with `/`, or `off`")
-FILE = text("a file path")
 
 
 # --- declarations ------------------------------------------------------------------------
@@ -308,11 +113,13 @@ def setting(
     help: str,
     *,
     shown_default: str | None = None,
+    secret: bool = False,
 ) -> T:
-    """A `Settings` field read from `variable` (unset or blank: `default`)."""
+    """A `Settings` field read from `variable` (unset or blank: `default`). A `secret`
+    one is left out of the settings' repr, so no log line or traceback shows it."""
     assert group in GROUPS, group
     declaration = Declared(variable, parse, group, help, shown_default)
-    return field(default=default, metadata={"setting": declaration})
+    return field(default=default, repr=not secret, metadata={"setting": declaration})
 
 
 def declaration_of(of: Field[Any]) -> Declared | None:
@@ -344,6 +151,7 @@ class Settings:
         "UPSTREAM_API_KEY", None, text("the upstream's key"), "Upstreams",
         "Sent to Ollama (every `OLLAMA_BASE_URL`) as `Authorization: Bearer ...` when the"
         " upstream itself wants a key. Client keys never reach Ollama.",
+        secret=True,
     )  # fmt: skip
     upstream_connect_timeout: float = setting(
         "UPSTREAM_CONNECT_TIMEOUT", 10.0, SECONDS, "Upstreams",
@@ -368,6 +176,43 @@ class Settings:
         "ALLOW_CLOUD_MODELS", False, BOOLEAN, "Upstreams",
         "Relay Ollama's cloud models (`*-cloud`, `*:cloud`), which run on ollama.com under"
         " the GPU owner's account.",
+    )  # fmt: skip
+    openai_api_key: str | None = setting(
+        "OPENAI_API_KEY", None, API_KEY, "Upstreams",
+        "Without `UPSTREAMS_FILE`: adds an upstream `openai` (kind `openai`, at"
+        " `OPENAI_BASE_URL`) beside Ollama, which gets this key as `Authorization: Bearer`"
+        " and serves `OPENAI_MODELS` only to keys whose allow-list names them (see the"
+        " README's Several upstreams). With `UPSTREAMS_FILE`: ignored, with a warning, unless"
+        " an entry's `key_env` names it.",
+        secret=True,
+    )  # fmt: skip
+    openai_models: tuple[str, ...] = setting(
+        "OPENAI_MODELS", OPENAI_MODELS, MODEL_PATTERNS, "Upstreams",
+        "The models the `OPENAI_API_KEY` upstream serves. The default leaves out `gpt-oss`,"
+        " which Ollama runs.",
+    )  # fmt: skip
+    openai_base_url: str = setting(
+        "OPENAI_BASE_URL", "https://api.openai.com/v1", CLOUD_URL, "Upstreams",
+        "Where the `OPENAI_API_KEY` upstream is, as the OpenAI SDK reads this variable: an"
+        " OpenAI-compatible API's URL, ending in its version.",
+    )  # fmt: skip
+    anthropic_api_key: str | None = setting(
+        "ANTHROPIC_API_KEY", None, API_KEY, "Upstreams",
+        "Without `UPSTREAMS_FILE`: adds an upstream `anthropic` (kind `anthropic`, at"
+        " `ANTHROPIC_BASE_URL`) beside Ollama, which gets this key as `x-api-key` and serves"
+        " `ANTHROPIC_MODELS` only to keys whose allow-list names them. With `UPSTREAMS_FILE`:"
+        " ignored, with a warning, unless an entry's `key_env` names it.",
+        secret=True,
+    )  # fmt: skip
+    anthropic_models: tuple[str, ...] = setting(
+        "ANTHROPIC_MODELS", ANTHROPIC_MODELS, MODEL_PATTERNS, "Upstreams",
+        "The models the `ANTHROPIC_API_KEY` upstream serves.",
+    )  # fmt: skip
+    anthropic_base_url: str = setting(
+        "ANTHROPIC_BASE_URL", "https://api.anthropic.com", CLOUD_URL, "Upstreams",
+        "Where the `ANTHROPIC_API_KEY` upstream is, as the Anthropic SDK reads this variable:"
+        " without the `/v1`, which the gateway adds (a URL that ends in `/v1` is taken as"
+        " it is).",
     )  # fmt: skip
 
     host: str = setting(
@@ -423,15 +268,18 @@ class Settings:
 
     token_db_path: str = setting(
         "TOKEN_DB_PATH", "tokens.db", FILE, "Database and usage",
-        "The SQLite key database (created with mode 0600, WAL). A relative path is relative"
-        " to the folder of the `.env` that sets it (from the environment: to the current"
-        " folder); the default is beside the `.env` in use, else in the project folder.",
+        "The SQLite key database (created with mode 0600, WAL; its missing folders with mode"
+        " 0700, each). A relative path is relative to the folder of the `.env` that sets it"
+        " (from the environment: to the current folder); the default is beside the `.env` in"
+        " use, else in the project folder.",
     )  # fmt: skip
     database_url: str | None = setting(
         "DATABASE_URL", None, DATABASE_URL, "Database and usage",
         "Keep keys and usage in PostgreSQL (see the README's Several gateways on PostgreSQL);"
-        " `sqlite:///path` is the same as `TOKEN_DB_PATH=path`. Unset: the `TOKEN_DB_PATH`"
-        " file. The password never appears in a log line, an error or `/health`.",
+        " `sqlite:///path` is the same as `TOKEN_DB_PATH=path` (a relative path too:"
+        " `sqlite:///./data/x.db` in a `.env` is in `data/` beside it). Unset: the"
+        " `TOKEN_DB_PATH` file. The password never appears in a log line, an error or"
+        " `/health`.",
     )  # fmt: skip
     limits_when_database_away: str = setting(
         "LIMITS_WHEN_DATABASE_AWAY", "local", choice("local", "refuse"), "Database and usage",
@@ -552,6 +400,7 @@ class Settings:
         "GATEWAY_ADMIN_KEY", None, SECRET, "Admin API and dashboard",
         "A bootstrap admin key, hashed at start-up, never logged; usage is recorded under"
         " key id 0.",
+        secret=True,
     )  # fmt: skip
     ui_path: str | None = setting(
         "UI_PATH", "/ui", UI_PATH, "Admin API and dashboard",
@@ -591,8 +440,53 @@ class Settings:
 
     @property
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:
-        """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's."""
-        return self.upstreams or upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
+        """Where requests go: UPSTREAMS_FILE's upstreams, else OLLAMA_BASE_URL's and those
+        OPENAI_API_KEY and ANTHROPIC_API_KEY add."""
+        if self.upstreams:
+            return self.upstreams
+        ollamas = upstreams_from_urls(self.ollama_base_url, self.upstream_api_key)
+        return ollamas + self.provider_upstreams
+
+    @property
+    def provider_upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The cloud upstreams OPENAI_API_KEY and ANTHROPIC_API_KEY add (none when
+        UPSTREAMS_FILE lists the upstreams)."""
+        if self.upstreams:
+            return ()
+        found: list[UpstreamConfig] = []
+        if self.openai_api_key:
+            found.append(
+                provider_upstream(
+                    "openai", self.openai_api_key, self.openai_base_url, self.openai_models
+                )
+            )
+        if self.anthropic_api_key:
+            found.append(
+                provider_upstream(
+                    "anthropic",
+                    self.anthropic_api_key,
+                    self.anthropic_base_url,
+                    self.anthropic_models,
+                )
+            )
+        return tuple(found)
+
+    @property
+    def ignored_provider_settings(self) -> tuple[str, ...]:
+        """The PROVIDER_VARIABLES set (to other than their defaults) that do nothing,
+        since UPSTREAMS_FILE lists the upstreams; a key an entry's key_env names is used
+        there, so it is not among them."""
+        if not self.upstreams:
+            return ()
+        named = {u.key_env for u in self.upstreams}
+        ignored: list[str] = []
+        for each in fields(self):
+            how = declaration_of(each)
+            if how is None or how.variable not in PROVIDER_VARIABLES or how.variable in named:
+                continue
+            if getattr(self, each.name) != each.default:
+                ignored.append(how.variable)
+        return tuple(ignored)
 
     @property
     def ollama_prefix(self) -> str:
@@ -724,18 +618,35 @@ def merged_environment(
     return merged
 
 
+def _folder_of(
+    variable: str, environ: Mapping[str, str] | None, env_path: str | Path | None
+) -> Path | None:
+    """The one rule for a relative path in a setting (TOKEN_DB_PATH, UPSTREAMS_FILE, a
+    SQLite DATABASE_URL): one set in a `.env` file is relative to that file's folder, so
+    the server and the CLIs find the same file wherever they start; one set in the
+    environment (None here) is relative to the current folder, as a shell user means it."""
+    environment = os.environ if environ is None else environ
+    if environment.get(variable, "").strip() or env_path is None:
+        return None
+    return Path(env_path).resolve().parent
+
+
 def _files_beside_env(
     merged: dict[str, str], environ: Mapping[str, str] | None, env_path: str | Path | None
 ) -> dict[str, str]:
-    """A relative UPSTREAMS_FILE from a `.env` file is relative to that file's folder (as
-    TOKEN_DB_PATH is); from the environment, to the current folder."""
-    environment = os.environ if environ is None else environ
+    """UPSTREAMS_FILE and a SQLite DATABASE_URL with relative paths, as `_folder_of` says."""
     value = merged.get("UPSTREAMS_FILE", "").strip()
-    if not value or environment.get("UPSTREAMS_FILE") or env_path is None:
-        return merged
-    if Path(value).is_absolute():
-        return merged
-    return {**merged, "UPSTREAMS_FILE": str(Path(env_path).resolve().parent / value)}
+    folder = _folder_of("UPSTREAMS_FILE", environ, env_path)
+    if value and folder is not None and not Path(value).is_absolute():
+        merged = {**merged, "UPSTREAMS_FILE": str(folder / value)}
+    value = merged.get("DATABASE_URL", "").strip()
+    folder = _folder_of("DATABASE_URL", environ, env_path)
+    if value and folder is not None:
+        # Imported here: the SQL toolkit is heavy, and only a DATABASE_URL needs it.
+        from .db.url import sqlite_in
+
+        merged = {**merged, "DATABASE_URL": sqlite_in(folder, value)}
+    return merged
 
 
 def _upstreams_file(path: str | None, values: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:
@@ -764,7 +675,7 @@ def token_db_path(
     if value:
         return value
     path = Path(str(read_one("TOKEN_DB_PATH", merged_environment({}, env_path))))
-    base = Path(env_path).resolve().parent if env_path is not None else PROJECT_DIR
+    base = _folder_of("TOKEN_DB_PATH", environ, env_path) or PROJECT_DIR
     if path.is_absolute() or base is None:
         return str(path)
     return str(base / path)
@@ -774,9 +685,11 @@ def database_target(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = AUTO
 ) -> str:
     """The database the server would open, for the CLIs: DATABASE_URL from the
-    environment or the `.env` file, else the TOKEN_DB_PATH file (see token_db_path)."""
+    environment or the `.env` file (a relative SQLite path read as the server reads it),
+    else the TOKEN_DB_PATH file (see token_db_path)."""
     env_path = find_env_file() if env_file == AUTO else env_file
-    url = read_one("DATABASE_URL", merged_environment(environ, env_path))
+    merged = _files_beside_env(merged_environment(environ, env_path), environ, env_path)
+    url = read_one("DATABASE_URL", merged)
     return str(url) if url is not None else token_db_path(environ, env_path)
 
 

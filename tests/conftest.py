@@ -14,6 +14,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
 from aigateway.records import KeyLimits, Role
+from aigateway.settings import PROVIDER_VARIABLES
 from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.pgserver import PostgresServer
 from aigateway.testing.ports import refusing_port
@@ -61,6 +62,8 @@ SLOW = frozenset(
         "test_cli_menu::test_usage_report_and_export",
         "test_cli_menu::test_users_are_listed_added_disabled_and_enabled",
         "test_dashboard::test_a_user_sees_its_own_pages_only_and_uses_the_playground",
+        "test_database_folder::test_the_flag_cli_makes_the_folder_of_a_relative_sqlite_url",
+        "test_database_folder::test_the_server_and_the_flag_cli_share_a_relative_sqlite_url_on_a_fresh_clone",
         "test_dashboard::test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it",
         "test_dashboard::test_the_api_docs_render_offline_under_their_policy",
         "test_dashboard::test_the_overview_shows_each_upstream_with_several",
@@ -86,6 +89,7 @@ SLOW = frozenset(
         "test_pg_outage::test_slots_held_across_an_outage_come_back_when_it_ends",
         "test_policy::test_concurrency_cap",
         "test_pricing::test_every_request_carries_its_cost_by_the_price_when_it_started",
+        "test_provider_keys::test_the_tests_run_without_the_developers_provider_settings",
         "test_relay::test_a_50_mb_embed_body_passes",
         "test_restart_counts::test_a_record_replayed_twice_counts_once_on_the_shared_rows",
         "test_restart_counts::test_a_restart_counts_spend_the_database_cannot_take_yet",
@@ -118,6 +122,16 @@ ALONE = frozenset(
         "test_stream_ends::test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout",
     )
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The gateway's tests run without the OpenAI and Anthropic settings a developer may
+    have exported (OPENAI_API_KEY would add an upstream to every gateway a test starts,
+    and send the key to it): removed for the whole session, before any test module is
+    imported, so the subprocesses tests start go without them too. A test that wants
+    one sets it itself."""
+    for variable in PROVIDER_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -110,8 +110,10 @@ def test_bad_input_is_one_line_exit_1_and_changes_nothing(
 
 
 def test_bad_database_paths(tmp_path: Path) -> None:
-    code, _, err = run("-g", "a", "k", "--db", str(tmp_path / "missing" / "t.db"))
-    assert code == 1 and "does not exist" in err
+    # listing a mistyped path makes nothing there (a new key would: test_database_folder)
+    code, _, err = run("-l", "--db", str(tmp_path / "missing" / "t.db"))
+    assert code == 1 and "no such database" in err
+    assert not (tmp_path / "missing").exists()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"definitely not sqlite")
     code, _, err = run("-g", "a", "k", "--db", str(junk))

@@ -150,3 +150,14 @@ def test_the_clis_and_the_server_find_one_database_from_any_folder(tmp_path: Pat
     )  # fmt: skip
     assert server.returncode == 0, server.stderr
     assert not list(elsewhere.iterdir())
+
+
+def test_secret_settings_stay_out_of_the_settings_repr() -> None:
+    """A repr reaches logs and tracebacks: the keys the gateway holds never do."""
+    admin, upstream = "a" * 40, "upstream-secret-123"
+    settings = Settings.from_env(
+        {"GATEWAY_ADMIN_KEY": admin, "UPSTREAM_API_KEY": upstream}, env_file=None
+    )
+    assert (settings.gateway_admin_key, settings.upstream_api_key) == (admin, upstream)
+    shown = repr(settings)
+    assert admin not in shown and upstream not in shown and "ollama_base_url" in shown

@@ -109,8 +109,8 @@ async def test_files_that_are_not_our_database_are_refused(tmp_path) -> None:  #
         db.execute("CREATE TABLE photos (id INTEGER)")
     with pytest.raises(StoreError, match="not an aigateway database"):
         await Store.open(str(other))
-    with pytest.raises(StoreError, match="does not exist"):
-        await Store.open(str(tmp_path / "missing" / "tokens.db"))
+    with pytest.raises(StoreError, match="is a folder, not a database file"):
+        await Store.open(str(tmp_path))
     assert text.read_text().startswith("hello")
 
 

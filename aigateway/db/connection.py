@@ -232,12 +232,30 @@ def _identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+def _make_folders(path: str, folder: Path) -> None:
+    """Create `folder` and each missing folder above it, each with mode 0700 (it will
+    hold the keys' hashes and the usage), as `sqlite:///./data/x.db` on a fresh clone
+    needs; a folder that exists is left as it is."""
+    missing = [f for f in (folder, *folder.parents) if not f.is_dir()]
+    for each in reversed(missing):
+        try:
+            os.mkdir(each, 0o700)
+        except FileExistsError:
+            if not each.is_dir():
+                raise StoreError(f"{path}: {str(each)!r} is not a folder") from None
+            continue  # another process made it meanwhile: theirs, left as it is
+        except OSError as exc:
+            raise StoreError(
+                f"{path}: cannot create the folder {str(each)!r}: {exc.strerror}"
+            ) from None
+        os.chmod(each, 0o700)  # whatever the umask took away
+
+
 def _check_or_create_file(path: str, create: bool) -> None:
     """Refuse what cannot be our database; create a missing one readable by its owner
-    only, before SQLite touches it (SQLite gives the -wal and -shm files the same mode)."""
+    only, before SQLite touches it (SQLite gives the -wal and -shm files the same mode),
+    and its missing folders too."""
     file = Path(path)
-    if not file.parent.is_dir():
-        raise StoreError(f"{path}: the folder {str(file.parent)!r} does not exist")
     if file.is_dir():
         raise StoreError(f"{path}: is a folder, not a database file")
     if not file.exists():
@@ -245,6 +263,7 @@ def _check_or_create_file(path: str, create: bool) -> None:
             raise StoreError(
                 f"{path}: no such database (the server or the first key made creates it)"
             )
+        _make_folders(path, file.parent)
         try:
             os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:

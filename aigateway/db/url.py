@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy.engine import URL, make_url
@@ -60,6 +61,22 @@ def database_from(target: str) -> Database:
         f"DATABASE_URL {_masked(text)!r}: use sqlite:///path or"
         " postgresql://user:password@host:port/database"
     )
+
+
+def sqlite_in(folder: Path, target: str) -> str:
+    """`target` with a relative SQLite path made relative to `folder` rather than the
+    current folder (`sqlite:///./data/x.db` -> `sqlite:////srv/gw/data/x.db`); any other
+    target, or one that is no URL at all (the setting's check says so), as it is."""
+    try:
+        database = database_from(target)
+    except DatabaseURLError:
+        return target
+    if database.backend != "sqlite" or Path(database.path).is_absolute():
+        return target
+    path = str(folder / database.path)
+    if "://" not in target:
+        return path
+    return make_url(target.strip()).set(database=path).render_as_string(hide_password=False)
 
 
 def _masked(text: str) -> str:

@@ -14,6 +14,9 @@ by commas), or a TOML file named by UPSTREAMS_FILE:
     pass_headers = ["anthropic-beta"]  # cloud kinds: client headers passed on besides
                                        # CLOUD_HEADERS (default: none)
 
+Without UPSTREAMS_FILE, OPENAI_API_KEY and ANTHROPIC_API_KEY each add a cloud upstream beside
+OLLAMA_BASE_URL's (provider_upstream), as such an entry with that key_env would.
+
 Every value is checked here; a bad file stops start-up with one line naming the entry.
 """
 
@@ -145,6 +148,22 @@ def upstreams_from_urls(raw: str, key: str | None) -> tuple[UpstreamConfig, ...]
     )
     _unique_urls("OLLAMA_BASE_URL", found)
     return found
+
+
+def provider_upstream(
+    kind: Literal["openai", "anthropic"], key: str, url: str, models: tuple[str, ...]
+) -> UpstreamConfig:
+    """The upstream OPENAI_API_KEY or ANTHROPIC_API_KEY adds, named after its kind and
+    closed as a file's entry is by default (only keys whose allow-list names its models
+    use it). `url` is read as the provider's own SDK reads its *_BASE_URL, so that a
+    value set for the SDK means the same here: OpenAI's ends in the API's version
+    (`https://api.openai.com/v1`), Anthropic's does not (`https://api.anthropic.com`; one
+    that ends in `/v1` all the same is taken as it is)."""
+    if kind == "anthropic" and not url.endswith("/v1"):
+        url += "/v1"
+    return UpstreamConfig(
+        name=kind, url=url, kind=kind, key=key, key_env=f"{kind.upper()}_API_KEY", models=models
+    )
 
 
 def upstreams_from_file(path: str, environ: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:
