@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -125,8 +126,9 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         _name_provider_upstreams(settings)
         _warn_of_unpriced_cloud_models(settings, table)
         stack.push_async_callback(flush_last_used, store, table)
+        journal = _journal(settings, store)
         usage = UsageWriter(
-            store, settings.usage_retention_days, _journal(settings), settings.usage_memory_records
+            store, settings.usage_retention_days, journal, settings.usage_memory_records
         )
         budgets = Budgets(settings.currency)
         await count_before_admitting(usage, store, table, limiter, budgets)
@@ -186,8 +188,24 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _journal(settings: Settings) -> Journal:
-    journal = Journal(settings.usage_journal_dir or settings.token_db_path + ".usage-journal")
+def _journal(settings: Settings, store: Store) -> Journal:
+    """USAGE_JOURNAL_DIR, else beside the SQLite file in use (on PostgreSQL: beside
+    TOKEN_DB_PATH's), so that two gateways with two SQLite files never share one."""
+    folder = settings.usage_journal_dir
+    if not folder:
+        folder = (store.database.path or settings.token_db_path) + ".usage-journal"
+        # Where it was before it followed DATABASE_URL:
+        earlier = settings.token_db_path + ".usage-journal"
+        if earlier != folder and os.path.isdir(earlier) and os.listdir(earlier):
+            log.warning(
+                "%s holds a usage journal of an earlier run with DATABASE_URL; the journal is"
+                " now beside the database (%s): to write what it holds, start once with"
+                " USAGE_JOURNAL_DIR=%s",
+                earlier,
+                folder,
+                earlier,
+            )
+    journal = Journal(folder)
     try:
         journal.open()
     except OSError as exc:

@@ -86,6 +86,9 @@ async def test_the_server_and_the_flag_cli_share_a_relative_sqlite_url_on_a_fres
         database = tmp_path / "data" / "x.db"
         assert database.is_file()
         assert (_mode(tmp_path / "data"), _mode(database)) == (0o700, 0o600)
+        # its usage journal beside it, not beside the TOKEN_DB_PATH it does not use
+        assert (tmp_path / "data" / "x.db.usage-journal").is_dir()
+        assert not (tmp_path / "unused.db.usage-journal").exists()
         # the flag CLI, started from the same folder, makes a key in the same database
         made = _cli(tmp_path, "-g", "alice", "laptop")
         assert made.returncode == 0, made.stderr
