@@ -232,12 +232,14 @@ async def test_ollama_python_on_every_native_route(
 
 
 def _node_client_ready() -> str | None:
-    """Why the node test cannot run, or None when it can."""
+    """Why the node tests cannot run, or None when they can (every package in
+    tests/node/package.json installed, by npm if need be)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         # .ci/run installs them: there, a missing node is a failure, not a skip.
         assert not os.environ.get("CI"), "node and npm are missing under CI"
         return "node and npm are not installed on this machine"
-    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if not all((NODE_DIR / "node_modules" / name).is_dir() for name in wanted):
         result = subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=NODE_DIR,
