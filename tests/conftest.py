@@ -60,6 +60,7 @@ SLOW = frozenset(
         "test_cli_menu::test_prices_are_set_listed_and_removed",
         "test_cli_menu::test_the_real_script_in_a_terminal",
         "test_cli_menu::test_usage_report_and_export",
+        "test_client_quirks::test_ai_sdk_retries_an_over_budget_429_unless_max_retries_is_0",
         "test_cli_menu::test_users_are_listed_added_disabled_and_enabled",
         "test_dashboard::test_a_user_sees_its_own_pages_only_and_uses_the_playground",
         "test_database_folder::test_the_flag_cli_makes_the_folder_of_a_relative_sqlite_url",

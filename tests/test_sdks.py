@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -232,20 +233,26 @@ async def test_ollama_python_on_every_native_route(
 
 
 def _node_client_ready() -> str | None:
-    """Why the node test cannot run, or None when it can."""
+    """Why the node tests cannot run, or None when they can (every package in
+    tests/node/package.json installed, by npm if need be)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         # .ci/run installs them: there, a missing node is a failure, not a skip.
         assert not os.environ.get("CI"), "node and npm are missing under CI"
         return "node and npm are not installed on this machine"
-    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
-        result = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"npm install failed: {result.stderr}"
+    with (NODE_DIR / "package.json").open() as manifest:
+        # Node tests on two pytest-xdist workers: one installs while the other waits,
+        # rather than two npm runs in one folder or one test on a half-made install.
+        fcntl.flock(manifest, fcntl.LOCK_EX)
+        wanted = json.load(manifest)["dependencies"]
+        if not all((NODE_DIR / "node_modules" / name).is_dir() for name in wanted):
+            result = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert result.returncode == 0, f"npm install failed: {result.stderr}"
     return None
 
 

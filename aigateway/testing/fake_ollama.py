@@ -16,7 +16,9 @@ away before it finished. The `model` in a request body picks a behaviour:
     anything else   the fixture for the route, streamed unless "stream": false
 
 Like Ollama, it generates at most `options.num_predict` tokens: the fixture's eval_count
-is lowered to it.
+is lowered to it. A non-streamed /v1/chat/completions that asks for JSON of a schema
+(response_format json_schema) or for a named function's call (tool_choice) gets one,
+filled in from the schema; one in JSON mode (json_object) gets {} (structured.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import orjson
 from aiohttp import web
 
 from . import go_json
+from .structured import structured_answer
 
 FIXTURES = Path(__file__).with_name("fixtures")
 NDJSON = "application/x-ndjson"
@@ -298,6 +301,8 @@ class FakeOllama:
             return _json(fixture("openai-error-404.json"), 404, "application/json")
         if not doc.get("stream"):
             body = fixture(whole) if whole else OPENAI_COMPLETION
+            if whole == "openai-chat.json":
+                body = _structured(body, request[BODY])
             return _json(body, content_type="application/json")
         chunks = fixture(events).split(b"\n\n")[:-1]
         options = doc.get("stream_options")
@@ -372,6 +377,18 @@ OPENAI_RESPONSE = (
     b'"role":"assistant","content":[{"type":"output_text","text":"Hello!","annotations":[]}]}],'
     b'"usage":{"input_tokens":9,"output_tokens":2,"total_tokens":11}}'
 )
+
+
+def _structured(whole: bytes, request_body: bytes) -> bytes:
+    """The chat fixture, its message JSON of the schema or the call of the function the
+    request asked for, if it asked for one (testing/structured.py)."""
+    message = structured_answer(request_body)
+    if message is None:
+        return whole
+    doc = orjson.loads(whole)
+    doc["choices"][0]["message"] = message
+    doc["choices"][0]["finish_reason"] = "tool_calls" if "tool_calls" in message else "stop"
+    return orjson.dumps(doc)
 
 
 def _plain(body: bytes) -> dict[str, object]:
