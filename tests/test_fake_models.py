@@ -1,0 +1,68 @@
+"""The fake Ollama given a catalog (the demo's models): described as Ollama describes its
+models; and given a pace, answering like a GPU, while the tests' fake stays fast."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+from pytest_aiohttp import AiohttpServer
+
+from aigateway.testing.fake_models import DEMO_MODELS, TOKENS, Pace
+from aigateway.testing.fake_ollama import FakeOllama
+
+
+async def test_the_catalog_is_described_as_ollama_does(aiohttp_server: AiohttpServer) -> None:
+    fake = FakeOllama(catalog=DEMO_MODELS)
+    server = await aiohttp_server(fake.app())
+    async with aiohttp.ClientSession(str(server.make_url(""))) as session:
+        async with session.get("/api/tags") as resp:
+            tags = await resp.json()
+        assert [m["name"] for m in tags["models"]] == [c.name for c in DEMO_MODELS]
+        assert tags["models"][1]["details"]["parameter_size"] == "30.5B"
+        async with session.post("/api/show", json={"model": "gemma3"}) as resp:
+            shown = await resp.json()
+        assert shown["model_info"]["gemma3.context_length"] == 131072
+        assert shown["capabilities"] == ["completion", "vision"]
+        async with session.get("/api/ps") as resp:
+            assert await resp.json() == {"models": []}  # nothing used yet
+        async with session.post(
+            "/api/embed", json={"model": "nomic-embed-text", "input": ["a", "b"]}
+        ) as resp:
+            vectors = (await resp.json())["embeddings"]
+        assert [len(v) for v in vectors] == [768, 768] and vectors[0] != vectors[1]
+        async with session.get("/api/ps") as resp:
+            (loaded,) = (await resp.json())["models"]
+        assert loaded["name"] == "nomic-embed-text:latest" and loaded["expires_at"].endswith("Z")
+        async with session.post("/api/chat", json={"model": "mistral"}) as resp:
+            assert resp.status == 404  # not in the catalog
+
+
+async def test_a_paced_stream_comes_at_a_gpus_pace(aiohttp_server: AiohttpServer) -> None:
+    pace = Pace(first_token_s=0.3, tokens_per_s=40.0)
+    server = await aiohttp_server(FakeOllama(catalog=DEMO_MODELS, pace=pace).app())
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        began = time.monotonic()
+        async with session.post(server.make_url("/api/chat"), json=chat) as resp:
+            first = await resp.content.readline()
+            first_at = time.monotonic() - began
+            lines = [first] + [line async for line in resp.content if line.strip()]
+        took = time.monotonic() - began
+    assert 0.3 <= first_at < 0.6, first_at
+    *tokens, final = map(orjson.loads, lines)
+    assert len(tokens) == len(TOKENS) and final["done"] is True
+    assert final["eval_count"] == len(TOKENS)
+    assert final["eval_duration"] == int(len(TOKENS) / 40 * 1e9)
+    expected = 0.3 + (len(TOKENS) - 1) / 40
+    assert expected <= took < expected + 0.5, took
+
+
+async def test_the_tests_fake_is_not_paced(aiohttp_server: AiohttpServer) -> None:
+    server = await aiohttp_server(FakeOllama(catalog=DEMO_MODELS).app())
+    async with aiohttp.ClientSession() as session:
+        began = time.monotonic()
+        async with session.post(server.make_url("/api/chat"), json={"model": "llama3.2"}) as resp:
+            await resp.read()
+        assert time.monotonic() - began < 0.25
