@@ -201,6 +201,27 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing made
 
 
+def test_a_missing_dependency_is_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked" / "aiohttp"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'aiohttp'\", name='aiohttp')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "aigateway.demo"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{blocked.parent}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "aigateway demo: the Python package 'aiohttp' is missing: start the demo with"
+        " ./run.sh demo, which installs what the gateway needs\n"
+    )
+
+
 def test_the_default_port_when_free_else_another() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

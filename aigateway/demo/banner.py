@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..records import money
+from ..records import MICRO
 from ..settings import Settings
 from ..testing.fake_models import DEMO_MODELS
 from .data import USER_BUDGET, DemoKeys
@@ -38,7 +38,7 @@ def banner(
     ollama_url: str,
 ) -> str:
     base = settings.local_url(port)
-    budget = f"{money(USER_BUDGET.amount)} {settings.currency}"
+    budget = f"{USER_BUDGET.amount / MICRO:.2f} {settings.currency}"
     models = ", ".join(card.name.removesuffix(":latest") for card in DEMO_MODELS)
     lines = [
         "",
