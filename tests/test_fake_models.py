@@ -66,3 +66,24 @@ async def test_the_tests_fake_is_not_paced(aiohttp_server: AiohttpServer) -> Non
         async with session.post(server.make_url("/api/chat"), json={"model": "llama3.2"}) as resp:
             await resp.read()
         assert time.monotonic() - began < 0.25
+
+
+async def test_openai_and_anthropic_answers_are_paced_too(aiohttp_server: AiohttpServer) -> None:
+    pace = Pace(first_token_s=0.3, tokens_per_s=40.0)
+    server = await aiohttp_server(FakeOllama(catalog=DEMO_MODELS, pace=pace).app())
+    chat = {"model": "qwen3-coder", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        for path in ("/v1/chat/completions", "/v1/messages"):  # whole answers
+            began = time.monotonic()
+            async with session.post(server.make_url(path), json=chat) as resp:
+                assert resp.status == 200
+                await resp.read()
+            assert 0.3 <= time.monotonic() - began < 0.6, path
+        began = time.monotonic()
+        async with session.post(
+            server.make_url("/v1/chat/completions"), json={**chat, "stream": True}
+        ) as resp:
+            events = (await resp.read()).split(b"\n\n")[:-1]
+        # the first event after the first token's wait, each further one a token later
+        expected = 0.3 + (len(events) - 1) / 40
+        assert expected <= time.monotonic() - began < expected + 0.4

@@ -346,6 +346,7 @@ class FakeOllama:
         if doc.get("model") == "llama9":
             return _json(fixture("openai-error-404.json"), 404, "application/json")
         if not doc.get("stream"):
+            await self._prompt_evaluation()
             body = fixture(whole) if whole else OPENAI_COMPLETION
             return _json(body, content_type="application/json")
         chunks = fixture(events).split(b"\n\n")[:-1]
@@ -383,10 +384,17 @@ class FakeOllama:
         if doc.get("model") == "llama9":
             return _json(fixture("anthropic-error-404.json"), 404, "application/json")
         if not doc.get("stream"):
+            await self._prompt_evaluation()
             return _json(fixture("anthropic-messages.json"), content_type="application/json")
         events = fixture("anthropic-messages-stream.sse").split(b"\n\n")[:-1]
         # A broken Anthropic stream breaks after its first text delta.
         return await self._sse(request, [e + b"\n\n" for e in events], doc.get("model"), 3)
+
+    async def _prompt_evaluation(self) -> None:
+        """A paced fake's wait before a whole answer to a fixture (a short one: the
+        first token's wait is most of it)."""
+        if self.pace is not None:
+            await asyncio.sleep(self.pace.first_token_s)
 
     async def _sse(
         self, request: web.Request, events: list[bytes], model: object, broken_after: int = 1
