@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from aigateway.demo.run import DemoError, choose_port
-from aigateway.testing.ports import free_port
+from aigateway.testing.ports import free_port, refusing_port
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "The gateway's log follows"
@@ -183,10 +183,7 @@ async def test_the_demo_serves_its_keys_and_ctrl_c_leaves_nothing_behind(
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with refusing_port() as port:  # (bound: taken)
         result = subprocess.run(
             [sys.executable, "-m", "aigateway.demo", "--port", str(port)],
             cwd=tmp_path,
@@ -223,10 +220,7 @@ def test_a_missing_dependency_is_one_line(tmp_path: Path) -> None:
 
 
 def test_the_default_port_when_free_else_another() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
+    with refusing_port() as taken:
         other = choose_port(None, default=taken)
         with pytest.raises(DemoError, match=f"port {taken} is in use"):
             choose_port(taken)

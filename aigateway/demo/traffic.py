@@ -48,12 +48,10 @@ def calls(keys: DemoKeys, api: str, v1: str) -> list[Call]:
     ]
 
 
-async def make_traffic(url: str, keys: DemoKeys, api: str, v1: str) -> int:
-    """Send every call at once to the gateway at `url`; how many were sent."""
-    todo = calls(keys, api, v1)
+async def make_traffic(url: str, keys: DemoKeys, api: str, v1: str) -> None:
+    """Send every call at once to the gateway at `url`."""
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(_send(session, url, call) for call in todo))
-    return len(todo)
+        await asyncio.gather(*(_send(session, url, call) for call in calls(keys, api, v1)))
 
 
 async def _send(session: aiohttp.ClientSession, url: str, call: Call) -> None:
