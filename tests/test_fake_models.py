@@ -10,7 +10,7 @@ import orjson
 from pytest_aiohttp import AiohttpServer
 
 from aigateway.testing.fake_models import DEMO_MODELS, TOKENS, Pace
-from aigateway.testing.fake_ollama import FakeOllama
+from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 
 async def test_the_catalog_is_described_as_ollama_does(aiohttp_server: AiohttpServer) -> None:
@@ -50,22 +50,24 @@ async def test_a_paced_stream_comes_at_a_gpus_pace(aiohttp_server: AiohttpServer
             first_at = time.monotonic() - began
             lines = [first] + [line async for line in resp.content if line.strip()]
         took = time.monotonic() - began
-    assert 0.3 <= first_at < 0.6, first_at
+    # (upper bounds with a second's room for a busy machine; the pace is the lower one)
+    assert 0.3 <= first_at < 1.3, first_at
     *tokens, final = map(orjson.loads, lines)
     assert len(tokens) == len(TOKENS) and final["done"] is True
     assert final["eval_count"] == len(TOKENS)
     assert final["eval_duration"] == int(len(TOKENS) / 40 * 1e9)
     expected = 0.3 + (len(TOKENS) - 1) / 40
-    assert expected <= took < expected + 0.5, took
+    assert expected <= took < expected + 1.0, took
 
 
 async def test_the_tests_fake_is_not_paced(aiohttp_server: AiohttpServer) -> None:
+    """Without a pace, a catalog model's answer is the fixture, as fast as ever."""
     server = await aiohttp_server(FakeOllama(catalog=DEMO_MODELS).app())
-    async with aiohttp.ClientSession() as session:
-        began = time.monotonic()
-        async with session.post(server.make_url("/api/chat"), json={"model": "llama3.2"}) as resp:
-            await resp.read()
-        assert time.monotonic() - began < 0.25
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.make_url("/api/chat"), json={"model": "llama3.2"}) as resp,
+    ):
+        assert await resp.read() == fixture("chat-stream.ndjson")
 
 
 async def test_openai_and_anthropic_answers_are_paced_too(aiohttp_server: AiohttpServer) -> None:
@@ -78,7 +80,7 @@ async def test_openai_and_anthropic_answers_are_paced_too(aiohttp_server: Aiohtt
             async with session.post(server.make_url(path), json=chat) as resp:
                 assert resp.status == 200
                 await resp.read()
-            assert 0.3 <= time.monotonic() - began < 0.6, path
+            assert 0.3 <= time.monotonic() - began < 1.3, path
         began = time.monotonic()
         async with session.post(
             server.make_url("/v1/chat/completions"), json={**chat, "stream": True}
@@ -86,4 +88,4 @@ async def test_openai_and_anthropic_answers_are_paced_too(aiohttp_server: Aiohtt
             events = (await resp.read()).split(b"\n\n")[:-1]
         # the first event after the first token's wait, each further one a token later
         expected = 0.3 + (len(events) - 1) / 40
-        assert expected <= time.monotonic() - began < expected + 0.4
+        assert expected <= time.monotonic() - began < expected + 1.0
