@@ -153,6 +153,11 @@ async def test_the_demo_serves_its_keys_and_ctrl_c_leaves_nothing_behind(
             assert time.monotonic() < deadline, seen
             await asyncio.sleep(0.1)
 
+    # The gateway's log follows the banner: its start-up line, and the traffic's refusal.
+    log = demo.text().partition(READY)[2]
+    assert f"; dashboard {dashboard}; API docs {swagger}" in log, log
+    assert re.search(r" user=bob key=phone .* status=403 .* reason=model_not_allowed ", log), log
+
     # The export block points the CLIs at the demo's database, over the project's .env.
     exports = demo.exports()
     assert exports["KEY"] == user and exports["ADMIN_KEY"] == exports["ADMIN"] == admin
