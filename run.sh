@@ -5,6 +5,9 @@
 #                     Chromium, nginx, node; otherwise it says what is missing)
 #                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
 # ./run.sh bench      run the benchmark (extra arguments go to it)
+# ./run.sh demo       the gateway on a simulated Ollama with throw-away data, keys and a
+#                     little traffic; Ctrl-C removes it all (extra arguments go to it:
+#                     --port N, --fast); neither .env nor the key database is touched
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -118,6 +121,12 @@ case "${1:-}" in
         ensure_venv
         install dev
         exec "$VENV/bin/python" -m aigateway.bench "$@"
+        ;;
+    demo)
+        shift
+        ensure_venv
+        install ""
+        exec "$VENV/bin/python" -m aigateway.demo "$@"
         ;;
     *)
         ensure_venv

@@ -102,6 +102,12 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def pages_to_open(settings: Settings, port: int) -> str:
+    """The start-up line's last part: where the dashboard and the API docs are."""
+    dashboard = settings.dashboard_url(port) or "off (UI_PATH=off)"
+    return f"dashboard {dashboard}; API docs {settings.docs_url(port)}"
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings)
     raise_open_file_limit()
@@ -134,16 +140,18 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
     await runner.setup()  # opens the key store: a bad database stops us here
     try:
         await web.TCPSite(runner, settings.host, settings.port, ssl_context=tls).start()
+        port = runner.addresses[0][1]  # the port taken, which PORT=0 leaves to the system
         log.info(
-            "aigateway %s listening on %s://%s:%d; %s/* -> %s",
+            "aigateway %s listening on %s://%s:%d; %s/* -> %s; %s",
             __version__,
             settings.scheme,
             settings.host,
-            runner.addresses[0][1],  # the port taken, which PORT=0 leaves to the system
+            port,
             settings.base_path,
             ", ".join(f"{u.name} {u.url}" for u in settings.upstream_list)
             if settings.upstreams or len(settings.upstream_list) > 1
             else settings.upstream_list[0].url + "/api",
+            pages_to_open(settings, port),
         )
         tune_garbage_collector()
         # Several upstreams are checked as the app starts (the pool warns of each one out);

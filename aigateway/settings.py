@@ -80,6 +80,10 @@ PROVIDER_VARIABLES = (
 T = TypeVar("T")
 
 
+# Where admin/docs.py serves the API's Swagger UI (beside /openapi.json and /redoc).
+DOCS_PATH = "/docs"
+
+
 # --- declarations ------------------------------------------------------------------------
 
 # The reference's sections, in order; every setting names one.
@@ -437,6 +441,20 @@ class Settings:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert_file else "http"
+
+    def local_url(self, port: int) -> str:
+        """Where this machine reaches the gateway listening on `port`: HOST, or 127.0.0.1
+        for a HOST that means every address (0.0.0.0, ::)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def dashboard_url(self, port: int) -> str | None:
+        """The dashboard's page, or None with `UI_PATH=off`."""
+        return None if self.ui_path is None else f"{self.local_url(port)}{self.ui_path}/"
+
+    def docs_url(self, port: int) -> str:
+        """The API's Swagger UI page."""
+        return self.local_url(port) + DOCS_PATH
 
     @property
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:

@@ -35,6 +35,7 @@ SLOW = frozenset(
         "test_admission::test_a_gzip_bomb_stops_at_max_body_size",
         "test_auth::test_expiry_applies_without_a_reload",
         "test_bench_paired::test_paired_comparison_against_head_prints_each_figure",
+        "test_demo::test_the_demo_serves_its_keys_and_ctrl_c_leaves_nothing_behind",
         "test_body_fairness::test_a_blob_upload_is_never_held_whole",
         "test_body_fairness::test_a_wait_for_memory_other_keys_hold_ends_within_2_s",
         "test_body_fairness::test_eleven_trickling_uploads_of_one_key_do_not_stall_another_key",

@@ -18,6 +18,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aigateway.db.store import Store
+from aigateway.server import pages_to_open
+from aigateway.settings import Settings
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .helpers import eventually
@@ -188,6 +190,10 @@ async def test_serves_streams_and_stops_cleanly_on_sigterm(
     assert access_line.search(log_text), log_text
     assert access_line.search(stderr), stderr  # the console at LOG_LEVEL INFO
     assert key not in log_text and key not in stderr
+    # The start-up line says where to open the dashboard and the API docs.
+    url = gateway_process.url
+    start_up = next(line for line in log_text.splitlines() if " listening on " in line)
+    assert start_up.endswith(f"; dashboard {url}/ui/; API docs {url}/docs"), start_up
 
 
 async def test_client_leaving_closes_upstream_in_the_real_server(
@@ -235,6 +241,22 @@ async def test_start_up_says_nothing_when_the_one_ollama_answers(
     await eventually(lambda: any(r.path_qs == "/api/version" for r in fake.requests), 10)
     await asyncio.sleep(0.2)
     assert "502" not in gateway_process.log_file.read_text()
+
+
+def test_the_pages_to_open_follow_the_settings() -> None:
+    def pages(**values: str) -> str:
+        return pages_to_open(Settings.from_mapping(values), 8000)
+
+    assert pages() == "dashboard http://127.0.0.1:8000/ui/; API docs http://127.0.0.1:8000/docs"
+    assert pages(HOST="0.0.0.0", UI_PATH="/dash/", BASE_PATH="/ollama/api") == (
+        "dashboard http://127.0.0.1:8000/dash/; API docs http://127.0.0.1:8000/docs"
+    )
+    assert pages(HOST="::1", UI_PATH="off") == (
+        "dashboard off (UI_PATH=off); API docs http://[::1]:8000/docs"
+    )
+    assert pages(HOST="gpu-box") == (
+        "dashboard http://gpu-box:8000/ui/; API docs http://gpu-box:8000/docs"
+    )
 
 
 def test_init_db_creates_the_database(tmp_path: Path) -> None:

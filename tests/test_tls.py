@@ -97,6 +97,10 @@ async def test_serves_https_to_clients_that_trust_its_certificate(
         output, _ = process.communicate(timeout=30)
     output = early + output
     assert f"listening on https://127.0.0.1:{port}" in output
+    assert (
+        f"; dashboard https://127.0.0.1:{port}/ui/; API docs https://127.0.0.1:{port}/docs"
+        in output
+    )
     assert process.returncode == 0, output
     gone = _healthcheck(tmp_path, tls_env)
     assert gone.returncode == 1 and f"https://127.0.0.1:{port}/health" in gone.stdout

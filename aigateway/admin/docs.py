@@ -11,7 +11,7 @@ from aiohttp import web
 from ..http.auth import public
 from ..http.expect import defer_continue
 from ..http.webfiles import BROWSER_HEADERS, files_handler, page_handler
-from ..settings import Settings
+from ..settings import DOCS_PATH, Settings
 from .openapi import openapi_document
 
 ASSETS = Path(__file__).parent / "docs_assets"
@@ -53,15 +53,15 @@ def add_docs_routes(app: web.Application, settings: Settings) -> None:
     document = orjson.dumps(openapi_document(settings))
     swagger = _PAGE.format(
         title="",
-        head='<link rel="stylesheet" href="/docs/static/swagger-ui.css">\n'
-        '<script src="/docs/static/swagger-ui-bundle.js" defer></script>\n'
-        '<script src="/docs/static/docs.js" defer></script>',
+        head=f'<link rel="stylesheet" href="{DOCS_PATH}/static/swagger-ui.css">\n'
+        f'<script src="{DOCS_PATH}/static/swagger-ui-bundle.js" defer></script>\n'
+        f'<script src="{DOCS_PATH}/static/docs.js" defer></script>',
         body='<div id="swagger"></div>',
     ).encode()
     redoc = _PAGE.format(
         title=" reference",
-        head='<script src="/docs/static/redoc.standalone.js" defer></script>\n'
-        '<script src="/docs/static/redoc.js" defer></script>',
+        head=f'<script src="{DOCS_PATH}/static/redoc.standalone.js" defer></script>\n'
+        f'<script src="{DOCS_PATH}/static/redoc.js" defer></script>',
         body='<div id="redoc"></div>',
     ).encode()
 
@@ -71,8 +71,8 @@ def add_docs_routes(app: web.Application, settings: Settings) -> None:
 
     for path, handler in (
         ("/openapi.json", spec),
-        ("/docs", page_handler(swagger, HEADERS)),
+        (DOCS_PATH, page_handler(swagger, HEADERS)),
         ("/redoc", page_handler(redoc, HEADERS)),
-        ("/docs/static/{name}", files_handler(ASSETS, FILES, CACHED)),
+        (DOCS_PATH + "/static/{name}", files_handler(ASSETS, FILES, CACHED)),
     ):
         app.router.add_route("GET", path, handler, expect_handler=defer_continue)

@@ -19,6 +19,12 @@ Like Ollama, it generates at most `options.num_predict` tokens: the fixture's ev
 is lowered to it. A non-streamed /v1/chat/completions that asks for JSON of a schema
 (response_format json_schema) or for a named function's call (tool_choice) gets one,
 filled in from the schema; one in JSON mode (json_object) gets {} (structured.py).
+
+Given a `catalog` (fake_models.DEMO_MODELS), it has exactly those models and describes
+each as Ollama would (/api/tags, /api/show, /api/ps with the models used in the last five
+minutes, embeddings of each model's length); given a `pace`, it answers like a GPU: the
+first token after `pace.first_token_s`, then `pace.tokens_per_s`, with final counts and
+durations to match (the demo's; the tests' fake stays fast).
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ import orjson
 from aiohttp import web
 
 from . import go_json
+from .fake_models import (
+    ModelCard,
+    Pace,
+    answer_tokens,
+    embedding,
+    estimated_prompt_tokens,
+    final_counts,
+    loaded_since,
+    now_rfc3339,
+)
 from .structured import structured_answer
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -84,6 +100,21 @@ class FakeOllama:
     fail_with: int | None = None
     # A model list's body exactly as given, by path (/api/tags, /api/ps, /v1/models).
     list_bodies: dict[str, bytes] = field(default_factory=dict)
+    # The models it has, described (then `models` is their names), and how fast it answers.
+    catalog: tuple[ModelCard, ...] = ()
+    pace: Pace | None = None
+    # When each catalog model last answered: /api/ps lists those still "loaded".
+    used_at: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.catalog and self.models is None:
+            self.models = [card.name for card in self.catalog]
+
+    def card(self, model: object) -> ModelCard | None:
+        """The catalog's model that `model` names (`llama3.2` is `llama3.2:latest`)."""
+        if not isinstance(model, str):
+            return None
+        return next((c for c in self.catalog if c.name == _tagged(model)), None)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=1024**3)
@@ -175,6 +206,8 @@ class FakeOllama:
     async def tags(self, request: web.Request) -> web.Response:
         if request.path in self.list_bodies:
             return _json(self.list_bodies[request.path])
+        if self.catalog:
+            return _json(orjson.dumps({"models": [c.tags_entry() for c in self.catalog]}))
         doc = orjson.loads(fixture("tags.json"))
         if self.models is not None:
             doc["models"] = [{**doc["models"][0], "name": m, "model": m} for m in self.models]
@@ -186,6 +219,10 @@ class FakeOllama:
     async def ps(self, request: web.Request) -> web.Response:
         if request.path in self.list_bodies:
             return _json(self.list_bodies[request.path])
+        if self.catalog:
+            loaded = [(self.card(name), self.used_at[name]) for name in loaded_since(self.used_at)]
+            models = [card.ps_entry(at) for card, at in loaded if card is not None]
+            return _json(orjson.dumps({"models": models}))
         if self.loaded is None:
             return _json(fixture("ps.json"))
         doc = orjson.loads(fixture("ps.json"))
@@ -211,6 +248,9 @@ class FakeOllama:
         doc = _body(request)
         if doc.get("model") == "llama9":
             return _error(404, "model 'llama9' not found")
+        card = self.card(doc.get("model"))
+        if card is not None:
+            return _json(orjson.dumps(card.show()))
         return _json(fixture("show.json"))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -228,6 +268,11 @@ class FakeOllama:
             await asyncio.sleep(60)
         if model == "short":
             return await _short_answer(request)
+        card = self.card(model)
+        if card is not None:
+            self.used_at[card.name] = time.time()
+            if self.pace is not None:
+                return await _paced_answer(request, kind, doc, self.pace)
         cap = _num_predict(doc)
         if doc.get("stream", True) is False:
             return _json(_capped(fixture(f"{kind}-nonstream.json"), cap))
@@ -255,6 +300,10 @@ class FakeOllama:
             return _error(404, 'model "llama9" not found, try pulling it first')
         if doc.get("model") == "silent":
             await asyncio.sleep(60)
+        card = self.card(doc.get("model"))
+        if card is not None:
+            self.used_at[card.name] = time.time()
+            return _json(orjson.dumps(_embeddings(request, card)))
         name = "embed.json" if request.path.endswith("/embed") else "embeddings-legacy.json"
         return _json(fixture(name))
 
@@ -300,6 +349,7 @@ class FakeOllama:
         if doc.get("model") == "llama9":
             return _json(fixture("openai-error-404.json"), 404, "application/json")
         if not doc.get("stream"):
+            await self._prompt_evaluation()
             body = fixture(whole) if whole else OPENAI_COMPLETION
             if whole == "openai-chat.json":
                 body = _structured(body, request[BODY])
@@ -339,10 +389,17 @@ class FakeOllama:
         if doc.get("model") == "llama9":
             return _json(fixture("anthropic-error-404.json"), 404, "application/json")
         if not doc.get("stream"):
+            await self._prompt_evaluation()
             return _json(fixture("anthropic-messages.json"), content_type="application/json")
         events = fixture("anthropic-messages-stream.sse").split(b"\n\n")[:-1]
         # A broken Anthropic stream breaks after its first text delta.
         return await self._sse(request, [e + b"\n\n" for e in events], doc.get("model"), 3)
+
+    async def _prompt_evaluation(self) -> None:
+        """A paced fake's wait before a whole answer to a fixture (a short one: the
+        first token's wait is most of it)."""
+        if self.pace is not None:
+            await asyncio.sleep(self.pace.first_token_s)
 
     async def _sse(
         self, request: web.Request, events: list[bytes], model: object, broken_after: int = 1
@@ -352,6 +409,10 @@ class FakeOllama:
         )
         await response.prepare(request)
         for number, event in enumerate(events):
+            if self.pace is not None:
+                await asyncio.sleep(
+                    self.pace.first_token_s if number == 0 else 1 / self.pace.tokens_per_s
+                )
             await response.write(event)
             if model == "stall":
                 await asyncio.sleep(3600)
@@ -415,6 +476,56 @@ def _capped(body: bytes, cap: int | None) -> bytes:
     if cap is None:
         return body
     return re.sub(rb'"eval_count":(\d+)', lambda m: b'"eval_count":%d' % min(int(m[1]), cap), body)
+
+
+async def _paced_answer(
+    request: web.Request, kind: str, doc: dict[str, object], pace: Pace
+) -> web.StreamResponse:
+    """A generated answer at a GPU's pace: streamed a token a line, or whole at the end."""
+    tokens = answer_tokens(_num_predict(doc))
+    final = final_counts(estimated_prompt_tokens(request[BODY]), len(tokens), pace)
+    text_field = "message" if kind == "chat" else "response"
+
+    def line(text: str, done: bool) -> dict[str, object]:
+        part = {"role": "assistant", "content": text} if kind == "chat" else text
+        return {
+            "model": doc.get("model"),
+            "created_at": now_rfc3339(),
+            text_field: part,
+            "done": done,
+        }
+
+    if doc.get("stream", True) is False:
+        await asyncio.sleep(pace.first_token_s + len(tokens) / pace.tokens_per_s)
+        return _json(orjson.dumps({**line("".join(tokens), True), **final}))
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for number, token in enumerate(tokens):
+        # On a schedule from the start, so that slow writes do not slow the pace further.
+        due = began + pace.first_token_s + number / pace.tokens_per_s
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        await response.write(orjson.dumps(line(token, False)) + b"\n")
+    await response.write(orjson.dumps({**line("", True), **final}) + b"\n")
+    await response.write_eof()
+    return response
+
+
+def _embeddings(request: web.Request, card: ModelCard) -> object:
+    """/api/embed's answer (one vector per input), or the legacy /api/embeddings' one."""
+    fields = _plain(request[BODY])  # (the Go decoder here keeps only the fields it knows)
+    if not request.path.endswith("/embed"):
+        return {"embedding": embedding(str(fields.get("prompt", "")), card.embedding_length)}
+    given = fields.get("input", "")
+    texts = [str(t) for t in given] if isinstance(given, list) else [str(given)]
+    return {
+        "model": fields.get("model"),
+        "embeddings": [embedding(text, card.embedding_length) for text in texts],
+        "total_duration": 14143917,
+        "load_duration": 1019500,
+        "prompt_eval_count": sum(estimated_prompt_tokens(t.encode()) for t in texts),
+    }
 
 
 async def _short_answer(request: web.Request) -> web.StreamResponse:
