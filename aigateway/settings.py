@@ -328,7 +328,7 @@ class Settings:
     ollama_base_url: str = setting(
         "OLLAMA_BASE_URL", "http://localhost:11434", OLLAMA_URLS, "Upstreams",
         "Where Ollama listens (`http://` or `https://`); several URLs separated by commas put"
-        " several Ollama servers behind the gateway (see the README's Several upstreams).",
+        " several Ollama servers behind the gateway (see [Several upstreams](upstreams.md)).",
     )  # fmt: skip
     upstreams_file: str | None = setting(
         "UPSTREAMS_FILE", None, FILE, "Upstreams",
@@ -408,7 +408,7 @@ class Settings:
     metrics: str = setting(
         "METRICS", "off", choice("off", "on", "admin"), "Listening",
         "`/metrics` in Prometheus's format: `on` for anyone who can reach the gateway,"
-        " `admin` for an admin key only (see the README's Metrics), `off` not served.",
+        " `admin` for an admin key only (see [Metrics](logs-metrics.md)), `off` not served.",
     )  # fmt: skip
     idle_timeout: float = setting(
         "IDLE_TIMEOUT", 30.0, SECONDS, "Listening",
@@ -429,15 +429,15 @@ class Settings:
     )  # fmt: skip
     database_url: str | None = setting(
         "DATABASE_URL", None, DATABASE_URL, "Database and usage",
-        "Keep keys and usage in PostgreSQL (see the README's Several gateways on PostgreSQL);"
+        "Keep keys and usage in PostgreSQL (see [Several gateways](postgresql.md));"
         " `sqlite:///path` is the same as `TOKEN_DB_PATH=path`. Unset: the `TOKEN_DB_PATH`"
         " file. The password never appears in a log line, an error or `/health`.",
     )  # fmt: skip
     limits_when_database_away: str = setting(
         "LIMITS_WHEN_DATABASE_AWAY", "local", choice("local", "refuse"), "Database and usage",
         "PostgreSQL only: while the database cannot be reached, `local` admits keys with"
-        " limits on this gateway's own counts, `refuse` answers them 503 (see the"
-        " README's Several gateways on PostgreSQL).",
+        " limits on this gateway's own counts, `refuse` answers them 503 (see"
+        " [Several gateways](postgresql.md)).",
     )  # fmt: skip
     heartbeat_interval: float = setting(
         "HEARTBEAT_INTERVAL", 2.0, SECONDS, "Database and usage",
@@ -452,7 +452,7 @@ class Settings:
     usage_journal_dir: str | None = setting(
         "USAGE_JOURNAL_DIR", None, text("a folder path"), "Database and usage",
         "Folder (mode 0700) of the usage journal: each finished usage record is written here"
-        " at once, before the database has it (see the README's limits and usage).",
+        " at once, before the database has it (see [Usage](keys-limits-usage.md#usage)).",
         shown_default="`TOKEN_DB_PATH` + `.usage-journal`",
     )  # fmt: skip
     usage_memory_records: int = setting(
@@ -525,7 +525,8 @@ class Settings:
     token_reserve: int = setting(
         "TOKEN_RESERVE", 2048, whole(1, 10**7), "Limits and budgets",
         "Output tokens reserved against a key's token quota by a request that sets no"
-        " `num_predict`/`max_tokens` of its own (see the README's limits and usage).",
+        " `num_predict`/`max_tokens` of its own (see"
+        " [Token quotas](keys-limits-usage.md#token-quotas)).",
     )  # fmt: skip
     budget_time_reserve: int = setting(
         "BUDGET_TIME_RESERVE", 60, whole(0, 86400), "Limits and budgets",
