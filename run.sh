@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ./run.sh            serve in the foreground (extra arguments go to the server)
-# ./run.sh test       lint, type-check and run the whole test suite on two workers
-#                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
+# ./run.sh test       lint, type-check, build the docs and run the whole test suite on two
+#                     workers (TEST_WORKERS=N for another number; extra arguments go to
+#                     pytest); as root, first installs what the tests need and is missing
 # ./run.sh bench      run the benchmark (extra arguments go to it)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -58,9 +59,34 @@ install() {
     echo "$want" >"$stamp"
 }
 
+# As root on Debian or Ubuntu (CI), install what the tests need and is missing: PostgreSQL
+# (the store's tests start a server of their own), Chromium (the dashboard's tests), nginx
+# and openssl (the reverse-proxy recipe of docs/deploying.md), node and npm (the ollama
+# JavaScript client, and the docs' JavaScript examples).
+install_test_tools() {
+    if [ "$(id -u 2>/dev/null)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        return 0
+    fi
+    local missing=""
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        missing="$missing postgresql"
+    fi
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+    command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+    { command -v node && command -v npm; } >/dev/null 2>&1 || missing="$missing nodejs npm"
+    if [ -n "$missing" ]; then
+        echo "run.sh: installing the tests' tools:$missing" >&2
+        apt-get update -qq
+        # shellcheck disable=SC2086  # one package name a word
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
+}
+
 case "${1:-}" in
     test)
         shift
+        install_test_tools
         ensure_venv
         install dev
         echo "run.sh: ruff" >&2
@@ -69,6 +95,10 @@ case "${1:-}" in
         "$VENV/bin/mypy"
         echo "run.sh: import layers" >&2
         "$VENV/bin/lint-imports" --no-cache
+        echo "run.sh: mkdocs build --strict" >&2
+        site=$(mktemp -d)  # built and thrown away: the gateway does not serve it
+        NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$site" || { rm -rf "$site"; exit 1; }
+        rm -rf "$site"
         echo "run.sh: pytest" >&2
         # Two workers (CI has two cores; most tests wait on servers more than they
         # compute), each given the next tests in order as it finishes some, so that the
