@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ./run.sh            serve in the foreground (extra arguments go to the server)
 # ./run.sh test       lint, type-check, build the docs and run the whole test suite on two
-#                     workers (TEST_WORKERS=N for another number; extra arguments go to
-#                     pytest); as root, first installs what the tests need and is missing
+#                     workers (as root, it first installs what the tests need: PostgreSQL,
+#                     Chromium, nginx, node; otherwise it says what is missing)
+#                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
 # ./run.sh bench      run the benchmark (extra arguments go to it)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,34 +60,44 @@ install() {
     echo "$want" >"$stamp"
 }
 
-# As root on Debian or Ubuntu (CI), install what the tests need and is missing: PostgreSQL
-# (the store's tests start a server of their own), Chromium (the dashboard's tests), nginx
-# and openssl (the reverse-proxy recipe of docs/deploying.md), node and npm (the ollama
-# JavaScript client, and the docs' JavaScript examples).
-install_test_tools() {
-    if [ "$(id -u 2>/dev/null)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        return 0
+# What the tests need besides Python: PostgreSQL (the store's tests start a server of their
+# own), Chromium (the dashboard's), nginx and openssl (the reverse-proxy recipe), node and
+# npm (the JavaScript clients). As root, install the missing ones with apt-get (as CI
+# does); otherwise stop at once with one line saying what to install.
+test_needs() {
+    local missing=() packages=()
+    if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        missing+=(PostgreSQL) packages+=(postgresql)
     fi
-    local missing=""
-    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-        missing="$missing postgresql"
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        missing+=(Chromium) packages+=(chromium)
     fi
-    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
-    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
-    command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
-    { command -v node && command -v npm; } >/dev/null 2>&1 || missing="$missing nodejs npm"
-    if [ -n "$missing" ]; then
-        echo "run.sh: installing the tests' tools:$missing" >&2
+    if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
+        missing+=(nginx) packages+=(nginx)
+    fi
+    if ! command -v openssl >/dev/null 2>&1; then
+        missing+=(openssl) packages+=(openssl)
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        missing+=(node) packages+=(nodejs npm)
+    fi
+    if [ ${#packages[@]} -eq 0 ]; then
+        return
+    fi
+    if [ "$EUID" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing what the tests need: ${packages[*]}" >&2
         apt-get update -qq
-        # shellcheck disable=SC2086  # one package name a word
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+        return
     fi
+    echo "run.sh: the tests need ${missing[*]}: install them (sudo apt-get install -y ${packages[*]}), or run ./run.sh test as root to have them installed" >&2
+    exit 1
 }
 
 case "${1:-}" in
     test)
         shift
-        install_test_tools
+        test_needs
         ensure_venv
         install dev
         echo "run.sh: ruff" >&2

@@ -17,6 +17,7 @@ from .access.keytable import KeyTable, flush_last_used, keep_fresh
 from .access.limits import Limiter, Limits
 from .access.limits_shared import SharedLimits
 from .admin.api import add_admin_routes
+from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
@@ -85,6 +86,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         page = metrics_page if settings.metrics == "on" else admin_metrics_page
         router.add_route("GET", "/metrics", page, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
+    add_compat_routes(app, settings)
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)
     for route in RELAY_ROUTES:

@@ -32,6 +32,10 @@ class KeyNotFoundError(StoreError):
     pass
 
 
+class AmbiguousKeyError(StoreError):
+    """What names a key (its display prefix) names several."""
+
+
 class InvalidInputError(StoreError):
     pass
 

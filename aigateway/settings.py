@@ -543,6 +543,12 @@ class Settings:
         "ADMIN_PATH", "/admin", PATH, "Admin API and dashboard",
         "Prefix of the admin HTTP API; must not overlap `BASE_PATH`.",
     )  # fmt: skip
+    seed_api: str = setting(
+        "SEED_API", "on", choice("on", "off"), "Admin API and dashboard",
+        "The API of the systems the gateway replaces (`/api/models`, `/api/stats`,"
+        " `/api/keys`, `/api/admin/stats` under `BASE_PATH`; see docs/compat-api.md):"
+        " `on` serves it, `off` answers 404.",
+    )  # fmt: skip
     gateway_admin_key: str | None = setting(
         "GATEWAY_ADMIN_KEY", None, SECRET, "Admin API and dashboard",
         "A bootstrap admin key, hashed at start-up, never logged; usage is recorded under"

@@ -53,8 +53,26 @@ def test_a_venv_made_by_an_old_python_is_made_again(tmp_path: Path) -> None:
     (venv_bin / "python").write_text(OLD_PYTHON)
     (venv_bin / "python").chmod(0o755)
     result = subprocess.run(
-        ["bash", "run.sh", "test"], cwd=project, env=env, capture_output=True, text=True
+        ["bash", "run.sh"], cwd=project, env=env, capture_output=True, text=True
     )
     assert ".venv was made by Python 3.9.18, not 3.11+; making it again" in result.stderr
     assert not (project / ".venv").exists()  # removed; no Python fit to make it again
     assert result.returncode == 1
+
+
+def test_the_tests_missing_tools_are_named_in_one_line_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    """Without Chromium and node on PATH (and no apt-get to install them, as for a user who
+    is not root), `./run.sh test` stops at once: one line naming what to install and how,
+    exit 1, no .venv made."""
+    project, env = _sandbox(tmp_path)
+    result = subprocess.run(
+        ["bash", "run.sh", "test"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("run.sh: the tests need ")
+    assert "Chromium" in line and "node" in line
+    assert "apt-get install -y" in line and "chromium" in line and "nodejs npm" in line
+    assert not (project / ".venv").exists()

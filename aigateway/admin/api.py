@@ -34,7 +34,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -53,6 +53,7 @@ from ..records import (
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
     PRICE_FIELDS,
+    AmbiguousKeyError,
     Budget,
     BudgetError,
     DuplicateKeyError,
@@ -60,6 +61,7 @@ from ..records import (
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
+    ModelInfo,
     Price,
     UsageQuery,
     check_budget,
@@ -73,6 +75,9 @@ from . import service
 from .exports import ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, utc_text
+
+if TYPE_CHECKING:
+    from ..db.store import Store
 
 EXPORTS = web.AppKey("exports", ExportSlots)  # the export slots of this app
 
@@ -127,7 +132,7 @@ def admin_only(handler: Handler) -> Handler:
             raise BadRequest(str(exc)) from None
         except KeyNotFoundError as exc:
             raise NotFound(str(exc)) from None
-        except DuplicateKeyError as exc:
+        except (DuplicateKeyError, AmbiguousKeyError) as exc:
             raise Conflict(str(exc)) from None
 
     guarded.__name__ = handler.__name__
@@ -170,16 +175,20 @@ async def me(request: web.Request) -> web.Response:
                 {"owner": line.owner.partition(":")[0], **relay_budgets.view(line, now)}
                 for line in caller.budgets
             ],
-            "usage": {
-                "last_24h": _totals_or_zeros(await store.usage_summary((), now - DAY, key_id=own)),
-                "last_7d": _totals_or_zeros(
-                    await store.usage_summary((), now - 7 * DAY, key_id=own)
-                ),
-                "all_time": _totals_or_zeros(await store.usage_summary((), key_id=own)),
-                "per_model_7d": await store.usage_summary(("model",), now - 7 * DAY, key_id=own),
-            },
+            "usage": await own_usage(store, own, now),
         }
     )
+
+
+async def own_usage(store: Store, key_id: int, now: float) -> dict[str, object]:
+    """One key's usage: the last 24 hours, 7 days, all time, and per model over 7 days
+    (/admin/me's usage, and the compatible /api/stats)."""
+    return {
+        "last_24h": _totals_or_zeros(await store.usage_summary((), now - DAY, key_id=key_id)),
+        "last_7d": _totals_or_zeros(await store.usage_summary((), now - 7 * DAY, key_id=key_id)),
+        "all_time": _totals_or_zeros(await store.usage_summary((), key_id=key_id)),
+        "per_model_7d": await store.usage_summary(("model",), now - 7 * DAY, key_id=key_id),
+    }
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -412,6 +421,33 @@ async def models(request: web.Request) -> web.Response:
     it, its context length as the last sync-models found it, and its price (micro-units
     of the currency; null: free). A cloud API's models (its /models, cut down to those it
     is configured to serve) come after the Ollamas', with nothing but their names."""
+    prices = request.app[KEY_TABLE].prices
+    synced = await synced_models(request.app[STORE])
+    shown = []
+    for entry in await usable_models(request):
+        name = entry["name"]
+        details = entry["details"] if isinstance(entry.get("details"), dict) else {}
+        price = prices.for_model(name)
+        info = synced.get(identity(name))
+        shown.append(
+            {
+                "name": name,
+                "family": details.get("family"),
+                "parameter_size": details.get("parameter_size"),
+                "quantization_level": details.get("quantization_level"),
+                "size": entry.get("size"),
+                "context_length": None if info is None else info.context_length,  # until sync
+                "price": None if price is None else price_view(price),
+            }
+        )
+    return _json({"currency": request.app[SETTINGS].currency, "models": shown})
+
+
+async def usable_models(request: web.Request) -> list[dict[str, Any]]:
+    """The entries of the upstreams' model lists (Ollama's /api/tags, every Ollama's when
+    there are several, then the cloud APIs' models) that the caller's key may use: cut
+    down by the one filter /api/tags itself goes through (filter_model_list). Each entry
+    is as its upstream listed it, with its `name` set."""
     caller = principal(request)
     settings = request.app[SETTINGS]
     pool = request.app[RELAY].pool
@@ -439,29 +475,18 @@ async def models(request: web.Request) -> web.Response:
     usable = filter_model_list(
         orjson.dumps({"models": found}), caller.models, settings.allow_cloud_models
     )
-    listed = orjson.loads(usable)["models"]
-    prices = request.app[KEY_TABLE].prices
-    synced, _ = await request.app[STORE].list_models()  # what sync-models found
-    context = {info.name: info.context_length for info in synced}
-    shown = []
-    for entry in listed:
+    entries = []
+    for entry in orjson.loads(usable)["models"]:
         name = entry.get("name") or entry.get("model")
-        if not isinstance(name, str):
-            continue
-        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
-        price = prices.for_model(name)
-        shown.append(
-            {
-                "name": name,
-                "family": details.get("family"),
-                "parameter_size": details.get("parameter_size"),
-                "quantization_level": details.get("quantization_level"),
-                "size": entry.get("size"),
-                "context_length": context.get(name),  # null until sync-models
-                "price": None if price is None else _price(price),
-            }
-        )
-    return _json({"currency": settings.currency, "models": shown})
+        if isinstance(name, str):
+            entries.append({**entry, "name": name})
+    return entries
+
+
+async def synced_models(store: Store) -> dict[str, ModelInfo]:
+    """What the last sync-models found of each model, by the model's one identity."""
+    synced, _ = await store.list_models()
+    return {identity(info.name): info for info in synced}
 
 
 async def upstreams(request: web.Request) -> web.Response:
@@ -502,7 +527,7 @@ async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
 async def list_prices(request: web.Request) -> web.Response:
     prices = await request.app[STORE].list_prices()
     return _json(
-        {"currency": request.app[SETTINGS].currency, "prices": [_price(p) for p in prices]}
+        {"currency": request.app[SETTINGS].currency, "prices": [price_view(p) for p in prices]}
     )
 
 
@@ -516,7 +541,7 @@ async def set_price(request: web.Request) -> web.Response:
     price = Price(body["pattern"], **{f: body.get(f, 0) for f in PRICE_FIELDS})
     stored = await request.app[STORE].set_price(price)
     await _reload(request)
-    return _json(_price(stored))
+    return _json(price_view(stored))
 
 
 async def remove_price(request: web.Request) -> web.Response:
@@ -528,7 +553,7 @@ async def remove_price(request: web.Request) -> web.Response:
     return _json({"removed": pattern})
 
 
-def _price(price: Price) -> dict[str, Any]:
+def price_view(price: Price) -> dict[str, Any]:
     return {"pattern": price.pattern, **{f: getattr(price, f) for f in PRICE_FIELDS}}
 
 
@@ -548,10 +573,18 @@ async def stats(request: web.Request) -> web.Response:
     """Usage statistics for since/until, the last 24 hours and 7 days, and each active
     key's use now; `parts` (comma-separated) computes only the sections named (each one
     costs a pass over the period's records)."""
-    store = request.app[STORE]
-    now = time.time()
     since, until = _time_param(request, "since"), _time_param(request, "until")
     wanted = _parts(request.query.get("parts"))
+    return _json(await stats_document(request, wanted, since, until))
+
+
+async def stats_document(
+    request: web.Request, wanted: Set[str], since: float | None, until: float | None
+) -> dict[str, object]:
+    """The sections of STATS_PARTS named in `wanted`, for since/until (/admin/stats, and
+    the compatible /api/admin/stats)."""
+    store = request.app[STORE]
+    now = time.time()
 
     async def summary(*group_by: str) -> list[dict[str, object]]:
         return await store.usage_summary(group_by, since=since, until=until)
@@ -582,7 +615,7 @@ async def stats(request: web.Request) -> web.Response:
     for part in STATS_PARTS:
         if part in wanted:
             document[part] = await sections[part]()
-    return _json(document)
+    return document
 
 
 def _parts(raw: str | None) -> set[str]:

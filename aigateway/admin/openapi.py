@@ -23,6 +23,11 @@ TAGS = [
     {"name": "OpenAI-compatible", "description": "Ollama's OpenAI-compatible /v1 routes."},
     {"name": "Anthropic-compatible", "description": "Ollama's Anthropic-compatible route."},
     {"name": "Admin", "description": "Keys, users, prices, usage (JSON; money in micro-units)."},
+    {
+        "name": "Compatible",
+        "description": "The API of the systems aigateway replaces, under BASE_PATH"
+        " (SEED_API=off turns it off): see docs/compat-api.md.",
+    },
     {"name": "Dashboard", "description": "The dashboard's page, files and sign-in."},
     {"name": "Health", "description": "Liveness and Ollama's health."},
     {"name": "Docs", "description": "This document and its viewers."},
@@ -118,6 +123,35 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["pattern"],
     },
+    "CompatKey": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "preview": {"type": "string", "description": "the key's first 12 characters"},
+            "name": {"type": "string"},
+            "user": {"type": "string"},
+            "role": {"enum": ["admin", "user"]},
+            "rate_limit": {
+                "type": ["integer", "null"],
+                "description": "requests per hour; null: DEFAULT_RPH; 0: no limit",
+            },
+            "active": {"type": "boolean"},
+            "status": {"type": "string"},
+            "created_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "CompatKeyCreate": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "role": {"enum": ["admin", "user"]},
+            "rate_limit": {"type": ["integer", "null"], "minimum": 0},
+            "user": {"type": "string", "description": "default: the name"},
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+    },
     "SignIn": {
         "type": "object",
         "properties": {"key": {"type": "string"}},
@@ -169,7 +203,7 @@ _ERROR_TEXT = {
     "402": "A budget is exhausted",
     "403": "Not allowed for this key",
     "404": "Not found",
-    "409": "Already exists",
+    "409": "Already exists, or names several",
     "413": "Body too large",
     "429": "A rate limit or quota is reached",
     "502": "Ollama failed",
@@ -363,6 +397,55 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
     return {prefix + path: operations for path, operations in paths.items()}
 
 
+def _compat_paths(prefix: str) -> dict[str, dict[str, Any]]:
+    """The API of the systems aigateway replaces (admin/compat.py), under BASE_PATH."""
+    c = "Compatible"
+    key_list = {
+        "type": "object",
+        "properties": {"keys": {"type": "array", "items": _ref("CompatKey")}},
+    }
+    paths = {
+        "/models": {
+            "get": _operation(
+                "The /api/tags entries the key may use, with context_length, description, price",
+                c,
+                KEY,
+                errors=(*_AUTH, "502"),
+            )
+        },
+        "/stats": {
+            "get": _operation("The calling key's own usage", c, KEY, errors=_AUTH),
+        },
+        "/keys": {
+            "get": _operation("Every key", c, KEY, ok=("200", "OK", key_list), errors=_ADMIN),
+            "post": _operation(
+                "Create a key; the key is in the answer, once",
+                c,
+                KEY,
+                body=_ref("CompatKeyCreate"),
+                ok=("201", "Created", _ref("CompatKey")),
+                errors=(*_ADMIN, "400", "409"),
+            ),
+        },
+        "/keys/{id}": {
+            "delete": _operation(
+                "Revoke a key named by its id or its 12-character preview",
+                c,
+                KEY,
+                params=[_in_path("id")],
+                ok=("200", "OK", _ref("CompatKey")),
+                errors=(*_ADMIN, "400", "404", "409"),
+            )
+        },
+        "/admin/stats": {
+            "get": _operation(
+                "Every key's usage: totals, last 24 h and 7 d, per user", c, KEY, errors=_ADMIN
+            )
+        },
+    }
+    return {prefix + path: operations for path, operations in paths.items()}
+
+
 def _relay_operation(route: RelayRoute, method: str, upstream: str) -> dict[str, Any]:
     tag = _DIALECT_TAGS[route.dialect]
     errors: tuple[str, ...] = ("400", "401", "403", "404", "413", "429", "502", "503")
@@ -406,6 +489,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     for path, operations in _admin_paths(settings.admin_path).items():
         for method, operation in operations.items():
             add(path, method, operation)
+    if settings.seed_api == "on":
+        for path, operations in _compat_paths(settings.client_prefix(native=True)).items():
+            for method, operation in operations.items():
+                add(path, method, operation)
     probes = ["/"]
     if settings.ollama_prefix:
         probes += [settings.ollama_prefix, settings.ollama_prefix + "/"]

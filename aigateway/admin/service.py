@@ -51,6 +51,12 @@ async def revoke_key(store: Store, key_id: int) -> KeyRecord:
     return await store.revoke_key_id(key_id)
 
 
+async def revoke_key_by_preview(store: Store, preview: str) -> KeyRecord:
+    """Revoke the key shown as `preview` (its display prefix, `aig_` and 8 characters);
+    AmbiguousKeyError when several keys not yet revoked show it."""
+    return await store.revoke_key_by_prefix(preview)
+
+
 async def revoke_active_key(store: Store, user: str, name: str) -> KeyRecord:
     return await store.revoke_key(user, name)
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..records import (
     LIMIT_FIELDS,
     ROLES,
+    AmbiguousKeyError,
     Budget,
     DuplicateKeyError,
     InvalidInputError,
@@ -151,6 +152,33 @@ class KeyQueries(Connector):
         if record.revoked:
             return record
         return await self.revoke_key(record.user, record.name)
+
+    async def revoke_key_by_prefix(self, prefix: str) -> KeyRecord:
+        """Revoke the key whose display prefix is `prefix`, in one transaction: of the
+        keys that show it, the one not revoked yet (revoking a revoked key is no change);
+        AmbiguousKeyError, naming their ids, when several could be meant."""
+        async with self._write() as conn:
+            rows = (
+                await conn.execute(_key_select().where(keys.c.prefix == prefix).order_by(keys.c.id))
+            ).all()
+            if not rows:
+                raise KeyNotFoundError(f"no key shows the preview {prefix!r}")
+            candidates = [row for row in rows if not row.revoked] or rows
+            if len(candidates) > 1:
+                ids = ", ".join(str(row.id) for row in candidates)
+                raise AmbiguousKeyError(
+                    f"the preview {prefix!r} is shared by keys {ids}: revoke one by its id"
+                )
+            row = candidates[0]
+            if row.revoked:
+                return _record(row)
+            await conn.execute(
+                update(keys).where(keys.c.id == row.id).values(revoked=1, revoked_at=time.time())
+            )
+            await end_sessions_of(conn, [row.id])
+            await keys_changed(conn)
+            row = (await conn.execute(_key_select().where(keys.c.id == row.id))).one()
+        return _record(row)
 
     async def revoke_key(self, user: str, name: str) -> KeyRecord:
         """Mark the active key `user`/`name` revoked; the row stays for history."""
