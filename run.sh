@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh            serve in the foreground (extra arguments go to the server)
-# ./run.sh test       lint, type-check and run the whole test suite on two workers
-#                     (as root, it first installs what the tests need: PostgreSQL,
+# ./run.sh test       lint, type-check, build the docs and run the whole test suite on two
+#                     workers (as root, it first installs what the tests need: PostgreSQL,
 #                     Chromium, nginx, node; otherwise it says what is missing)
 #                     (TEST_WORKERS=N for another number; extra arguments go to pytest)
 # ./run.sh bench      run the benchmark (extra arguments go to it)
@@ -109,6 +109,10 @@ case "${1:-}" in
         "$VENV/bin/mypy"
         echo "run.sh: import layers" >&2
         "$VENV/bin/lint-imports" --no-cache
+        echo "run.sh: mkdocs build --strict" >&2
+        site=$(mktemp -d)  # built and thrown away: the gateway does not serve it
+        NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$site" || { rm -rf "$site"; exit 1; }
+        rm -rf "$site"
         echo "run.sh: pytest" >&2
         # Two workers (CI has two cores; most tests wait on servers more than they
         # compute), each given the next tests in order as it finishes some, so that the

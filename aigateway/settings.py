@@ -139,7 +139,7 @@ class Settings:
     ollama_base_url: str = setting(
         "OLLAMA_BASE_URL", "http://localhost:11434", OLLAMA_URLS, "Upstreams",
         "Where Ollama listens (`http://` or `https://`); several URLs separated by commas put"
-        " several Ollama servers behind the gateway (see the README's Several upstreams).",
+        " several Ollama servers behind the gateway (see [Several upstreams](upstreams.md)).",
     )  # fmt: skip
     upstreams_file: str | None = setting(
         "UPSTREAMS_FILE", None, FILE, "Upstreams",
@@ -185,9 +185,9 @@ class Settings:
         "OPENAI_API_KEY", None, API_KEY, "Upstreams",
         "Without `UPSTREAMS_FILE`: adds an upstream `openai` (kind `openai`, at"
         " `OPENAI_BASE_URL`) beside Ollama, which gets this key as `Authorization: Bearer`"
-        " and serves `OPENAI_MODELS` only to keys whose allow-list names them (see the"
-        " README's Several upstreams). With `UPSTREAMS_FILE`: ignored, with a warning, unless"
-        " an entry's `key_env` names it.",
+        " and serves `OPENAI_MODELS` only to keys whose allow-list names them (see"
+        " [Cloud APIs](upstreams.md#cloud-apis)). With `UPSTREAMS_FILE`: ignored, with a"
+        " warning, unless an entry's `key_env` names it.",
         secret=True,
     )  # fmt: skip
     openai_models: tuple[str, ...] = setting(
@@ -257,7 +257,7 @@ class Settings:
     metrics: str = setting(
         "METRICS", "off", choice("off", "on", "admin"), "Listening",
         "`/metrics` in Prometheus's format: `on` for anyone who can reach the gateway,"
-        " `admin` for an admin key only (see the README's Metrics), `off` not served.",
+        " `admin` for an admin key only (see [Metrics](logs-metrics.md)), `off` not served.",
     )  # fmt: skip
     idle_timeout: float = setting(
         "IDLE_TIMEOUT", 30.0, SECONDS, "Listening",
@@ -279,7 +279,7 @@ class Settings:
     )  # fmt: skip
     database_url: str | None = setting(
         "DATABASE_URL", None, DATABASE_URL, "Database and usage",
-        "Keep keys and usage in PostgreSQL (see the README's Several gateways on PostgreSQL);"
+        "Keep keys and usage in PostgreSQL (see [Several gateways](postgresql.md));"
         " `sqlite:///path` is the same as `TOKEN_DB_PATH=path` (a relative path too:"
         " `sqlite:///./data/x.db` in a `.env` is in `data/` beside it). Unset: the"
         " `TOKEN_DB_PATH` file. The password never appears in a log line, an error or"
@@ -288,8 +288,8 @@ class Settings:
     limits_when_database_away: str = setting(
         "LIMITS_WHEN_DATABASE_AWAY", "local", choice("local", "refuse"), "Database and usage",
         "PostgreSQL only: while the database cannot be reached, `local` admits keys with"
-        " limits on this gateway's own counts, `refuse` answers them 503 (see the"
-        " README's Several gateways on PostgreSQL).",
+        " limits on this gateway's own counts, `refuse` answers them 503 (see"
+        " [Several gateways](postgresql.md)).",
     )  # fmt: skip
     heartbeat_interval: float = setting(
         "HEARTBEAT_INTERVAL", 2.0, SECONDS, "Database and usage",
@@ -304,7 +304,7 @@ class Settings:
     usage_journal_dir: str | None = setting(
         "USAGE_JOURNAL_DIR", None, text("a folder path"), "Database and usage",
         "Folder (mode 0700) of the usage journal: each finished usage record is written here"
-        " at once, before the database has it (see the README's limits and usage).",
+        " at once, before the database has it (see [Usage](keys-limits-usage.md#usage)).",
         shown_default="beside the SQLite database: its path + `.usage-journal`",
     )  # fmt: skip
     usage_memory_records: int = setting(
@@ -377,7 +377,8 @@ class Settings:
     token_reserve: int = setting(
         "TOKEN_RESERVE", 2048, whole(1, 10**7), "Limits and budgets",
         "Output tokens reserved against a key's token quota by a request that sets no"
-        " `num_predict`/`max_tokens` of its own (see the README's limits and usage).",
+        " `num_predict`/`max_tokens` of its own (see"
+        " [Token quotas](keys-limits-usage.md#token-quotas)).",
     )  # fmt: skip
     budget_time_reserve: int = setting(
         "BUDGET_TIME_RESERVE", 60, whole(0, 86400), "Limits and budgets",

@@ -175,7 +175,8 @@ async def test_parallel_requests_cannot_overrun_a_token_quota(
 ) -> None:
     """20 requests at once against 100 tokens a day, each using 32 (26 prompt + 6): before,
     all 20 were relayed (640 tokens); now each reserves its prompt estimate plus
-    TOKEN_RESERVE, so one runs at a time, and the day ends at the bound the README states."""
+    TOKEN_RESERVE, so one runs at a time, and the day ends at the bound the docs state
+    (docs/keys-limits-usage.md, Token quotas)."""
     await clock_room(DAY, 30)  # (the day's quota is counted within one day of the clock)
     secret = await make_key(db_path, "qin", "quota", limits=KeyLimits(tokens_per_day=100))
     await eventually(lambda: secret_known(gateway, secret))

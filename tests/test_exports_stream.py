@@ -295,7 +295,7 @@ async def test_the_cli_export_cut_midway_leaves_no_file(big: BigDatabase, tmp_pa
 
 
 # What a spreadsheet may run as a formula, and so what no CSV cell we write starts with
-# unquoted (README, security notes).
+# unquoted (docs/security.md).
 FORMULA_STARTS = {
     "equals": "=", "plus": "+", "minus": "-", "at": "@", "tab": "\t", "cr": "\r", "lf": "\n",
     "fullwidth-equals": "\uff1d", "fullwidth-plus": "\uff0b", "fullwidth-minus": "\uff0d",

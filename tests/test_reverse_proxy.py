@@ -1,8 +1,8 @@
-"""The README's nginx block, as it stands, in real nginx terminating TLS in front of a
-real gateway process: the dashboard can be signed into through it.
+"""The nginx block of docs/deploying.md, as it stands, in real nginx terminating TLS in
+front of a real gateway process: the dashboard can be signed into through it.
 
-The block is read out of README.md; only its upstream port is replaced (the gateway's
-free port for the README's 8000). Around it, what the README leaves to the reader's own
+The block is read out of docs/deploying.md; only its upstream port is replaced (the
+gateway's free port for the page's 8000). Around it, what the page leaves to the reader's own
 `server` block: a listening port, a self-signed certificate made here by openssl, and
 paths in a temporary prefix. The client connects from 127.0.0.2 so that it is not the
 trusted proxy (127.0.0.1) itself: what it writes in X-Forwarded-For is to the left of
@@ -35,16 +35,17 @@ from .test_server_process import Gateway, start_gateway
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
 OPENSSL = shutil.which("openssl")
-README_UPSTREAM = "http://127.0.0.1:8000;"
+PAGE = ROOT / "docs" / "deploying.md"
+PAGE_UPSTREAM = "http://127.0.0.1:8000;"
 CLIENT = "127.0.0.2"  # not a trusted proxy
 FORGED = "203.0.113.66"  # what the client claims to be
 
 
-def readme_nginx_block() -> str:
-    """The README's one fenced ```nginx block, verbatim."""
-    text = (ROOT / "README.md").read_text()
+def docs_nginx_block() -> str:
+    """docs/deploying.md's one fenced ```nginx block, verbatim."""
+    text = PAGE.read_text()
     blocks = re.findall(r"^```nginx\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 1, f"expected one ```nginx block in README.md, found {len(blocks)}"
+    assert len(blocks) == 1, f"expected one ```nginx block in {PAGE.name}, found {len(blocks)}"
     block: str = blocks[0]
     return block
 
@@ -73,9 +74,9 @@ def _certificate(openssl: str, folder: Path) -> tuple[Path, Path]:
 
 
 def _nginx_conf(prefix: Path, port: int, cert: Path, key: Path, upstream_port: int) -> str:
-    block = readme_nginx_block()
-    assert README_UPSTREAM in block, f"the README's block no longer proxies to {README_UPSTREAM}"
-    block = block.replace(README_UPSTREAM, f"http://127.0.0.1:{upstream_port};")
+    block = docs_nginx_block()
+    assert PAGE_UPSTREAM in block, f"the page's block no longer proxies to {PAGE_UPSTREAM}"
+    block = block.replace(PAGE_UPSTREAM, f"http://127.0.0.1:{upstream_port};")
     # Run as root (CI), nginx's workers would become "nobody" and could not reach the
     # temporary prefix: keep them as the user that runs the test.
     user = "user root root;\n" if os.geteuid() == 0 else ""
@@ -94,7 +95,7 @@ def _nginx_conf(prefix: Path, port: int, cert: Path, key: Path, upstream_port: i
         "        server_name localhost;\n"
         f"        ssl_certificate {cert};\n"
         f"        ssl_certificate_key {key};\n"
-        "        # ---- README.md's nginx block, verbatim but for its upstream port ----\n"
+        "        # ---- docs/deploying.md's nginx block, verbatim but for its upstream port ----\n"
         f"{block}"
         "    }\n"
         "}\n"
@@ -133,7 +134,7 @@ Nginx = Callable[[Gateway, Path], Awaitable[int]]
 
 @pytest.fixture
 async def nginx(tools: tuple[str, str]) -> AsyncIterator[Nginx]:
-    """Starts nginx with the README's block in front of a gateway; yields its port."""
+    """Starts nginx with the docs' block in front of a gateway; yields its port."""
     nginx_bin, openssl = tools
     started: list[subprocess.Popen[bytes]] = []
 
@@ -214,7 +215,7 @@ def _as_the_page(port: int) -> dict[str, str]:
     }
 
 
-async def test_the_readme_nginx_block_signs_into_the_dashboard_over_https(
+async def test_the_docs_nginx_block_signs_into_the_dashboard_over_https(
     nginx: Nginx,
     gateways: list[Gateway],
     upstream: TestServer,
@@ -223,15 +224,15 @@ async def test_the_readme_nginx_block_signs_into_the_dashboard_over_https(
     tmp_path: Path,
 ) -> None:
     """Before: the sign-in through nginx was refused 403 "from another site" (the gateway
-    compared https://localhost:PORT with http://127.0.0.1:PORT), and the README's block
+    compared https://localhost:PORT with http://127.0.0.1:PORT), and the README's block then
     sent no X-Forwarded-* at all."""
-    block = readme_nginx_block()
+    block = docs_nginx_block()
     for line in (
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_set_header X-Forwarded-Host $host:$server_port;",
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
     ):
-        assert line in block, f"the README's nginx block lacks {line}"
+        assert line in block, f"the docs' nginx block lacks {line}"
     (tmp_path / "gateway").mkdir()
     gateway = await start_gateway(
         upstream, db_path, tmp_path / "gateway", TRUSTED_PROXIES="127.0.0.1"

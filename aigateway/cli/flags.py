@@ -111,9 +111,9 @@ list-models = --list-models, sync-models = --sync-models.
 Revoking (-d) keeps the row, so usage history stays meaningful and the name can be
 reused. To delete revoked rows for good, use --purge USER KEY_NAME.
 
-The database is --db, else TOKEN_DB_PATH from the environment or .env (here,
-else in the project folder), else tokens.db beside that .env or in the project
-folder, exactly as the server finds it. A new key is printed once, alone on
+The database is --db, else DATABASE_URL, else TOKEN_DB_PATH, from the environment
+or .env (here, else in the project folder), else tokens.db beside that .env or in
+the project folder, exactly as the server finds it. A new key is printed once, alone on
 stdout; it cannot be shown again. Exports never contain keys or their hashes.
 """
 
@@ -164,7 +164,7 @@ def _clear_errors() -> Iterator[None]:
     "--add-user", metavar="USER", help="Create a user (customer) with no key yet (see --email)."
 )
 @click.option("--users", is_flag=True, help="List users, their status and keys (see --format).")
-@click.option("--set-user", metavar="USER", help="Change a user's --email or --note.")
+@click.option("--set-user", metavar="USER", help="Change a user's --email, --note or --budget.")
 @click.option("--disable-user", metavar="USER", help="Disable a user: all its keys stop working.")
 @click.option("--enable-user", metavar="USER", help="Enable a disabled user again.")
 @click.option(
