@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> float:
@@ -39,3 +45,22 @@ def seconds_left(end: float, before: float, after: float) -> range:
     """The whole seconds a server rounds up to (Retry-After, X-RateLimit-Reset) from a time
     between `before` and `after` until `end`."""
     return range(math.ceil(end - after), math.ceil(end - before) + 1)
+
+
+def node_client_ready() -> str | None:
+    """Why the ollama npm client cannot run here (node or npm missing), or None when it
+    can: then it is installed in tests/node first, if it is not yet."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        # .ci/run installs them: there, a missing node is a failure, not a skip.
+        assert not os.environ.get("CI"), "node and npm are missing under CI"
+        return "node and npm are not installed on this machine"
+    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
+        result = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"npm install failed: {result.stderr}"
+    return None

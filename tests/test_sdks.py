@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from aigateway.records import KeyLimits
 from aigateway.testing.fake_ollama import fixture
 
 from .conftest import make_key
-from .helpers import clock_room, eventually, minute_room, seconds_left
+from .helpers import clock_room, eventually, minute_room, node_client_ready, seconds_left
 from .test_policy import secret_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,26 +229,8 @@ async def test_ollama_python_on_every_native_route(
 # --- ollama (JavaScript, through node) -----------------------------------------------------
 
 
-def _node_client_ready() -> str | None:
-    """Why the node test cannot run, or None when it can."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        # .ci/run installs them: there, a missing node is a failure, not a skip.
-        assert not os.environ.get("CI"), "node and npm are missing under CI"
-        return "node and npm are not installed on this machine"
-    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
-        result = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"npm install failed: {result.stderr}"
-    return None
-
-
 async def test_ollama_js_streamed_chat(gateway: TestServer, key: str) -> None:
-    reason = _node_client_ready()
+    reason = node_client_ready()
     if reason:
         pytest.skip(reason)
     process = await asyncio.create_subprocess_exec(
