@@ -18,6 +18,9 @@ The rules, which the page writers follow:
   may not be empty, and the comment may stand nowhere else.
 - `localhost:8000` and `127.0.0.1:8000` in a block become the test gateway's host:port;
   nothing else is added: variables such as `$KEY` come from the page's own blocks.
+- The gateway runs with the default settings, but for those a page names on a line of its
+  own, `<!-- test gateway: METRICS=admin BASE_PATH=/ollama/api -->` (an example of a
+  setting the reader has just been told to put in `.env`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ KINDS = {
 }
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 NOT_RUN = re.compile(r"^\s*<!--\s*not run\b(?P<rest>.*?)-->\s*$")
+GATEWAY_SETTINGS = re.compile(r"^\s*<!--\s*test gateway:(?P<settings>.*?)-->\s*$")
 GATEWAY_HOST = re.compile(r"(?<![\w.-])(?:localhost|127\.0\.0\.1):8000(?!\d)")
 # What a page's blocks inherit from the test's own environment: what finds programs, the
 # user and the language. Nothing else, so that a variable a developer happens to have
@@ -162,6 +166,20 @@ def runnable_pages(root: Path) -> list[str]:
                     continue
             pages.append(path.relative_to(root).as_posix())
     return pages
+
+
+def gateway_settings(text: str, page: str) -> dict[str, str]:
+    """The settings a page asks its gateway for (`<!-- test gateway: NAME=value ... -->`)."""
+    known = {declared.variable for declared in declarations()}
+    asked: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        found = GATEWAY_SETTINGS.match(line)
+        for each in shlex.split(found["settings"]) if found else ():
+            name, equals, value = each.partition("=")
+            if not equals or name not in known:
+                raise PageError(f"{page}:{number}: {each!r} is no NAME=value of a setting")
+            asked[name] = value
+    return asked
 
 
 def with_gateway(text: str, host_port: str) -> str:

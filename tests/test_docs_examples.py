@@ -22,6 +22,7 @@ from .docs_examples import (
     ExampleFailed,
     PageError,
     PageRun,
+    gateway_settings,
     page_environment,
     parse_page,
     runnable_pages,
@@ -52,9 +53,9 @@ async def run_page(aiohttp_server: AiohttpServer, tmp_path: Path) -> AsyncIterat
         ollama = await aiohttp_server(fake.app())
         ollama_url = str(ollama.make_url("")).rstrip("/")
         db_path = str(work / "tokens.db")
-        gateway: TestServer = await aiohttp_server(
-            create_app(Settings(ollama_base_url=ollama_url, token_db_path=db_path))
-        )
+        asked = gateway_settings((root / page).read_text(), page)
+        settings = {**asked, "OLLAMA_BASE_URL": ollama_url, "TOKEN_DB_PATH": db_path}
+        gateway: TestServer = await aiohttp_server(create_app(Settings.from_mapping(settings)))
         env = page_environment(db_path, ollama_url, work)
         host_port = f"{gateway.host}:{gateway.port}"
         extra = {} if timeout is None else {"timeout": timeout}
@@ -167,6 +168,16 @@ def test_an_exemption_says_why_and_stands_right_before_its_fence() -> None:
     ]:
         with pytest.raises(PageError, match=problem):
             parse_page(page, "p.md")
+
+
+def test_a_page_names_the_settings_of_its_gateway() -> None:
+    page = "# A page\n<!-- test gateway: METRICS=admin CORS_ORIGINS='https://a.example' -->\n"
+    assert gateway_settings(page, "p.md") == {
+        "METRICS": "admin",
+        "CORS_ORIGINS": "https://a.example",
+    }
+    with pytest.raises(PageError, match=r"p\.md:1: 'METRIX=on' is no NAME=value of a setting"):
+        gateway_settings("<!-- test gateway: METRIX=on -->", "p.md")
 
 
 def test_only_the_runnable_kinds_run() -> None:
