@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import math
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> float:
@@ -39,3 +47,27 @@ def seconds_left(end: float, before: float, after: float) -> range:
     """The whole seconds a server rounds up to (Retry-After, X-RateLimit-Reset) from a time
     between `before` and `after` until `end`."""
     return range(math.ceil(end - after), math.ceil(end - before) + 1)
+
+
+def node_client_ready() -> str | None:
+    """Why the node tests cannot run, or None when they can (every package in
+    tests/node/package.json installed, by npm if need be)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        # .ci/run installs them: there, a missing node is a failure, not a skip.
+        assert not os.environ.get("CI"), "node and npm are missing under CI"
+        return "node and npm are not installed on this machine"
+    with (NODE_DIR / "package.json").open() as manifest:
+        # Node tests on two pytest-xdist workers: one installs while the other waits,
+        # rather than two npm runs in one folder or one test on a half-made install.
+        fcntl.flock(manifest, fcntl.LOCK_EX)
+        wanted = json.load(manifest)["dependencies"]
+        if not all((NODE_DIR / "node_modules" / name).is_dir() for name in wanted):
+            result = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert result.returncode == 0, f"npm install failed: {result.stderr}"
+    return None

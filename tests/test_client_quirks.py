@@ -37,7 +37,7 @@ from aigateway.testing.fake_ollama import FakeOllama
 from aigateway.testing.structured import sample
 
 from .conftest import make_key
-from .test_sdks import NODE_DIR, _node_client_ready
+from .helpers import NODE_DIR, node_client_ready
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ async def test_haystack_ollama_components_take_the_key_from_ollama_api_key(
 
 @pytest.fixture
 def node_ready() -> None:
-    reason = _node_client_ready()
+    reason = node_client_ready()
     if reason:
         pytest.skip(reason)
 

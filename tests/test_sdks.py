@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from aigateway.records import KeyLimits
 from aigateway.testing.fake_ollama import fixture
 
 from .conftest import make_key
-from .helpers import clock_room, eventually, minute_room, seconds_left
+from .helpers import clock_room, eventually, minute_room, node_client_ready, seconds_left
 from .test_policy import secret_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,32 +229,8 @@ async def test_ollama_python_on_every_native_route(
 # --- ollama (JavaScript, through node) -----------------------------------------------------
 
 
-def _node_client_ready() -> str | None:
-    """Why the node tests cannot run, or None when they can (every package in
-    tests/node/package.json installed, by npm if need be)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        # .ci/run installs them: there, a missing node is a failure, not a skip.
-        assert not os.environ.get("CI"), "node and npm are missing under CI"
-        return "node and npm are not installed on this machine"
-    with (NODE_DIR / "package.json").open() as manifest:
-        # Node tests on two pytest-xdist workers: one installs while the other waits,
-        # rather than two npm runs in one folder or one test on a half-made install.
-        fcntl.flock(manifest, fcntl.LOCK_EX)
-        wanted = json.load(manifest)["dependencies"]
-        if not all((NODE_DIR / "node_modules" / name).is_dir() for name in wanted):
-            result = subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=NODE_DIR,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert result.returncode == 0, f"npm install failed: {result.stderr}"
-    return None
-
-
 async def test_ollama_js_streamed_chat(gateway: TestServer, key: str) -> None:
-    reason = _node_client_ready()
+    reason = node_client_ready()
     if reason:
         pytest.skip(reason)
     process = await asyncio.create_subprocess_exec(

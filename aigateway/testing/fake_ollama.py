@@ -177,7 +177,7 @@ class FakeOllama:
             and request.path.rsplit("/", 1)[-1] not in ("pull", "push", "create", "copy")
             and _tagged(named) not in {_tagged(m) for m in self.models}
         ):
-            return _error(404, f"model '{named}' not found")
+            return _not_found(request.path, named)
         if not _local_host(request.host):
             return web.Response(status=403)
         origin = request.headers.get("Origin")
@@ -374,12 +374,10 @@ class FakeOllama:
     async def openai_model(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
         known = [m["id"] for m in orjson.loads(fixture("openai-models.json"))["data"]]
+        if self.models is not None:
+            known = [_tagged(m) for m in self.models]
         if model not in known and f"{model}:latest" not in known:
-            return _json(
-                fixture("openai-error-404.json").replace(b"llama9", model.encode()),
-                404,
-                "application/json",
-            )
+            return _not_found(request.path, model)
         doc = orjson.loads(fixture("openai-model.json"))
         doc["id"] = model
         return _json(orjson.dumps(doc), content_type="application/json")
@@ -545,6 +543,17 @@ def _json(body: bytes, status: int = 200, content_type: str = GIN_JSON) -> web.R
 
 def _error(status: int, message: str) -> web.Response:
     return _json(orjson.dumps({"error": message}), status)
+
+
+def _not_found(path: str, model: str) -> web.Response:
+    """Ollama's 404 for a model it does not have, in the words and shape of the route."""
+    if path.startswith("/v1/"):
+        name = "anthropic-error-404.json" if path == "/v1/messages" else "openai-error-404.json"
+        body = fixture(name).replace(b"llama9", orjson.dumps(model)[1:-1])
+        return _json(body, 404, "application/json")
+    if path in ("/api/embed", "/api/embeddings"):
+        return _error(404, f'model "{model}" not found, try pulling it first')
+    return _error(404, f"model '{model}' not found")
 
 
 async def _stream(request: web.Request, body: bytes) -> web.StreamResponse:
