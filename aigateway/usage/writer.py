@@ -423,9 +423,13 @@ class UsageWriter:
         return True
 
     def _database_refused(self, exc: StoreError) -> None:
-        if str(exc) != self._failing:
-            self._failing = str(exc)
+        """Said once an outage (an outage's errors vary in wording from try to try: a
+        refused connection, a timeout, a server shutting down); its end is said too."""
+        if not self._failing:
             log.error("usage records wait in the journal: %s", exc)
+        elif str(exc) != self._failing:
+            log.debug("the database still refuses usage records: %s", exc)
+        self._failing = str(exc)
 
     def _report_waiting(self) -> None:
         """Now and then while the database is away: how much waits in the journal, and
