@@ -305,7 +305,8 @@ class Settings:
         "USAGE_JOURNAL_DIR", None, text("a folder path"), "Database and usage",
         "Folder (mode 0700) of the usage journal: each finished usage record is written here"
         " at once, before the database has it (see [Usage](keys-limits-usage.md#usage)).",
-        shown_default="beside the SQLite database: its path + `.usage-journal`",
+        shown_default="beside the SQLite file in use (on PostgreSQL: `TOKEN_DB_PATH`'s):"
+        " its path + `.usage-journal`",
     )  # fmt: skip
     usage_memory_records: int = setting(
         "USAGE_MEMORY_RECORDS", 100_000, whole(0, 10**8), "Database and usage",

@@ -1,7 +1,7 @@
 """Client quirks the docs warn of, each shown with the real client library against a real
 gateway in front of the fake Ollama: what the client sent (the Authorization header and
 the status of every request that reached the gateway, the body that reached Ollama) and
-what the workaround changes. docs/_quirks-notes.md words them for users."""
+what the workaround changes. docs/clients.md ("Known client quirks") words them for users."""
 
 from __future__ import annotations
 
