@@ -21,6 +21,22 @@ _MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
+class RefusedKey(Unauthorized):
+    """A key the table holds that does not work now (revoked, expired, its user
+    disabled): its refusal is counted against that key and its user."""
+
+    def __init__(self, error: AuthError, key: KeyRecord) -> None:
+        super().__init__(str(error), reason=error.reason)
+        self.key = key
+
+
+def refused(error: AuthError) -> Unauthorized:
+    """The 401 an AuthError answers, naming the key when the table holds it."""
+    if error.key is not None:
+        return RefusedKey(error, error.key)
+    return Unauthorized(str(error), reason=error.reason)
+
+
 def public(handler: H) -> H:
     """Mark a handler as reachable without a key (health checks, the root probe)."""
     setattr(handler, _PUBLIC, True)
@@ -56,7 +72,7 @@ def authenticate(request: web.Request) -> KeyRecord:
     except UnknownKeyError:
         raise
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
 
 
 async def authenticate_after_a_look(request: web.Request) -> KeyRecord:
@@ -76,7 +92,7 @@ async def key_record(request: web.Request, token: str) -> KeyRecord:
     except UnknownKeyError:
         await table.look_again()
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
     return _checked(table, token)
 
 
@@ -84,7 +100,7 @@ def _checked(table: KeyTable, token: str) -> KeyRecord:
     try:
         return table.authenticate(token)
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
 
 
 def principal(request: web.Request) -> KeyRecord:
