@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import secrets
 import sqlite3
 import time
@@ -332,3 +333,32 @@ def test_counting_is_bounded_and_keeps_every_refusal() -> None:
     assert sum(r.requests for r in rows) == 10
     assert next(r for r in rows if r.key_id == NO_KEY).requests == 7
     assert all(isinstance(r, RefusalRow) for r in rows)
+
+
+APP_JS = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static" / "app.js"
+
+
+async def test_the_overview_reads_the_refused_counts_it_shows(
+    gateway: TestServer, admin: GatewayClient, key: str
+) -> None:
+    """Without a browser: the stats request the Overview makes (as app.js writes it)
+    answers the refused fields its tables read, exactly."""
+    found = re.search(r"/stats\?since=\$\{weekAgo\}&parts=([a-z_0-9,]+)`", APP_JS.read_text())
+    assert found is not None, "the Overview's stats request is not where this test looks"
+    assert "refused" in found.group(1).split(",")
+    await clock_room(3600, 20)
+    async with aiohttp.ClientSession() as session:
+        url = str(gateway.make_url("/api/pull"))
+        for headers in ({}, {}, {"Authorization": f"Bearer {key}"}):
+            async with session.post(url, json={}, headers=headers) as resp:
+                assert resp.status in (401, 403)
+    week_ago = int(time.time()) - 7 * 86400
+    query = f"/admin/stats?since={week_ago}&parts={found.group(1)}"
+    await settled(admin, 3)
+    doc = (await (await admin.get(query)).json())["refused"]
+    assert doc["requests"] == 3
+    assert doc["by_reason"] == {"admin_only": 1, "missing_key": 2}
+    assert [(u["user"], u["requests"], u["by_reason"]) for u in doc["per_user"]] == [
+        ("alice", 1, {"admin_only": 1})
+    ]
+    assert doc["without_key"] == tally(2, missing_key=2)
