@@ -16,11 +16,18 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from alembic import command
+from alembic.config import Config
 from pytest_aiohttp import AiohttpServer
+from sqlalchemy import Connection, insert
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
+from aigateway.db import schema
+from aigateway.db.migrate import APPLICATION_ID, HEAD, SCRIPTS
 from aigateway.db.refusals import NO_KEY, RefusalRow
 from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.errors import Refused
 from aigateway.records import KeyLimits, StoreError
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
@@ -362,3 +369,59 @@ async def test_the_overview_reads_the_refused_counts_it_shows(
         ("alice", 1, {"admin_only": 1})
     ]
     assert doc["without_key"] == tally(2, missing_key=2)
+
+
+def _at_revision_0017(connection: Connection) -> None:
+    """An empty database made the schema of revision 0017 (the release before)."""
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "0017")
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA user_version = 17")
+
+
+async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
+    """A database at revision 0017 with a key and a usage record opens at 0018 with both
+    as they were, and takes and adds refusal counts (an upsert that adds)."""
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_at_revision_0017)
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(schema.keys).values(
+                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
+                    role="user", created_at=1.0, revoked=0,
+                )
+            )  # fmt: skip
+            await conn.execute(
+                insert(schema.usage).values(
+                    ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
+                    route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
+                )
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        assert [r.key_name for r in await store.usage_rows()] == ["old"]
+        assert (await store.get_key(1)).name == "old"
+        hour = int(time.time()) // 3600 * 3600
+        row = RefusalRow(hour, "rate_limit", 1, "alice", "old", 2)
+        assert await store.add_refusals([row], "refusals-a-000001")
+        assert await store.add_refusals([row._replace(requests=3)], "refusals-b-000001")
+        assert not await store.add_refusals([row], "refusals-a-000001")  # once per name
+        doc = await store.refused_summary(since=hour)
+    finally:
+        await store.close()
+    assert doc["per_key"] == [
+        {"key_id": 1, "user": "alice", "key_name": "old", **tally(5, rate_limit=5)}
+    ]
+    async with engine.connect() as conn:
+        revision = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
+    await engine.dispose()
+    assert revision == [(HEAD,)] and HEAD == "0018"
