@@ -12,6 +12,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from ..access.keytable import AuthError, KeyTable, UnknownKeyError
+from ..db.keys import display_prefix
 from ..errors import Refused, Unauthorized
 from ..records import KeyRecord
 from .appkeys import CONTEXT, KEY_TABLE
@@ -62,6 +63,16 @@ def presented_key(request: web.Request) -> str:
     if api_key is not None and api_key.strip():
         return api_key.strip()
     raise Unauthorized(_MISSING_KEY, reason=Refused.MISSING_KEY)
+
+
+def presented_prefix(request: web.Request) -> str:
+    """The display prefix (`aig_` and 8 characters, what key listings show) of the key
+    the request presented: what the access line names an unknown key by, since refusal
+    counts lump every unknown key together."""
+    try:
+        return display_prefix(presented_key(request))
+    except Unauthorized:
+        return "-"
 
 
 def authenticate(request: web.Request) -> KeyRecord:
