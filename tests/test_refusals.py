@@ -425,3 +425,24 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
         revision = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
     await engine.dispose()
     assert revision == [(HEAD,)] and HEAD == "0018"
+
+
+async def test_a_session_whose_key_expired_counts_against_its_key(
+    gateway: TestServer, admin: GatewayClient, db_path: str
+) -> None:
+    await clock_room(3600, 20)
+    key = await make_key(db_path, "fay", "pc", expires_at=time.time() + 1.5)
+    url = str(gateway.make_url("")).rstrip("/")
+    same = {"X-Requested-With": "aigateway"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(url + "/ui/session", json={"key": key}, headers=same) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(1.6)
+        async with session.get(url + "/admin/me") as resp:
+            assert resp.status == 401
+            assert "expired: sign in again" in (await resp.json())["error"]
+    doc = await settled(admin, 1)
+    assert [(k["user"], k["key_name"], k["by_reason"]) for k in doc["per_key"]] == [
+        ("fay", "pc", {"revoked_or_expired": 1})
+    ]
+    assert doc["without_key"]["requests"] == 0
