@@ -23,6 +23,7 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
+from aigateway.access.keytable import bootstrap_record
 from aigateway.db import schema
 from aigateway.db.migrate import APPLICATION_ID, HEAD, SCRIPTS
 from aigateway.db.refusals import NO_KEY, RefusalRow
@@ -30,6 +31,7 @@ from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.errors import Refused
 from aigateway.records import KeyLimits, StoreError
+from aigateway.usage import refusals
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
 
 from .conftest import GatewayClient, make_key
@@ -323,23 +325,24 @@ async def test_two_gateways_on_one_postgresql_add_up(
 def test_counting_is_bounded_and_keeps_every_refusal() -> None:
     """Past MAX_ROWS rows, a known key's refusal counts under NO_KEY: rows stay bounded,
     the count by reason stays exact."""
-    from aigateway.usage import refusals
-
     counts = RefusalCounts()
     saved, refusals.MAX_ROWS = refusals.MAX_ROWS, 3
     try:
-        from aigateway.access.keytable import bootstrap_record
-
         base = bootstrap_record("aig_" + "a" * 43)
         for key_id in range(10):
             counts.count(Refused.RATE_LIMIT, dataclasses.replace(base, id=key_id + 1))
+        rows = counts.rows(counts.take())
+        assert len(rows) == 4
+        assert sum(r.requests for r in rows) == 10
+        assert next(r for r in rows if r.key_id == NO_KEY).requests == 7
+        # A batch waiting for the database is bounded the same way.
+        waiting = refusals._Batch("b", {})
+        waiting.merge(rows)
+        waiting.merge([r._replace(key_id=r.key_id + 100) for r in rows if r.key_id != NO_KEY])
+        assert len(waiting.rows) == 4
+        assert sum(r.requests for r in waiting.rows.values()) == 13
     finally:
         refusals.MAX_ROWS = saved
-    rows = counts.rows(counts.take())
-    assert len(rows) == 4
-    assert sum(r.requests for r in rows) == 10
-    assert next(r for r in rows if r.key_id == NO_KEY).requests == 7
-    assert all(isinstance(r, RefusalRow) for r in rows)
 
 
 APP_JS = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static" / "app.js"

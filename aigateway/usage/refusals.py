@@ -4,8 +4,9 @@ database with the usage writer's batches (db/refusals.py): never on the request 
 Counting is one dict update per refusal. Memory is bounded: a request refused before
 a key was known (no key, a malformed or unknown one) counts under one row per hour and
 reason (db/refusals.NO_KEY), whatever key was sent, so made-up keys cannot add rows;
-rows of known keys are at most the keys there are, and beyond MAX_ROWS a refusal counts
-under NO_KEY too (its reason still counted, its key no longer).
+rows of known keys are at most the keys there are, and beyond MAX_ROWS (in memory, or in
+a batch waiting for the database) a refusal counts under NO_KEY too (its reason still
+counted, its key no longer).
 
 What survives what: each flush (FLUSH_INTERVAL_S) writes the counts taken since the
 last one, in one transaction with a batch name the database notes, so no batch is
@@ -93,9 +94,15 @@ class _Batch:
         self.path: Path | None = None  # its file, once saved
 
     def merge(self, rows: list[RefusalRow]) -> None:
+        """Add `rows`; past MAX_ROWS (a long outage) a known key's new row is added to
+        its hour's NO_KEY row instead, so a waiting batch stays bounded too."""
         for row in rows:
             where = (row.hour, row.reason, row.key_id)
             held = self.rows.get(where)
+            if held is None and row.key_id != NO_KEY and len(self.rows) >= MAX_ROWS:
+                row = row._replace(key_id=NO_KEY, user="", key_name="")
+                where = (row.hour, row.reason, NO_KEY)
+                held = self.rows.get(where)
             self.rows[where] = (
                 row if held is None else row._replace(requests=held.requests + row.requests)
             )
