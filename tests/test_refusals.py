@@ -5,6 +5,7 @@ and /admin/usage."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import secrets
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp.test_utils import TestServer
 from alembic import command
 from alembic.config import Config
@@ -35,7 +37,8 @@ from aigateway.usage import refusals
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
 
 from .conftest import GatewayClient, make_key
-from .helpers import clock_room
+from .helpers import clock_room, eventually
+from .test_server_process import start_gateway
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -180,11 +183,15 @@ async def test_a_thousand_made_up_keys_make_one_row(
     hour_end = await clock_room(3600, 60)
     url = str(gateway.make_url("/api/tags"))
     async with aiohttp.ClientSession() as session:
-        for _ in range(1000):
-            headers = {"Authorization": f"Bearer {made_up_key()}"}
-            async with session.get(url, headers=headers) as resp:
-                assert resp.status == 401
-                assert (await resp.json())["reason"] == "unknown_key"
+
+        async def twenty() -> None:  # (misses that arrive together share one look)
+            for _ in range(20):
+                headers = {"Authorization": f"Bearer {made_up_key()}"}
+                async with session.get(url, headers=headers) as resp:
+                    assert resp.status == 401
+                    assert (await resp.json())["reason"] == "unknown_key"
+
+        await asyncio.gather(*(twenty() for _ in range(50)))
     doc = await settled(admin, 1000)
     assert doc["without_key"] == tally(1000, unknown_key=1000)
     assert doc["requests"] == 1000
@@ -449,3 +456,44 @@ async def test_a_session_whose_key_expired_counts_against_its_key(
         ("fay", "pc", {"revoked_or_expired": 1})
     ]
     assert doc["without_key"]["requests"] == 0
+
+
+async def test_counts_waiting_for_a_locked_database_outlive_a_sigkill(
+    upstream: TestServer, db_path: str, key: str, tmp_path: Path
+) -> None:
+    """The database locked by another writer: the counts wait in their file beside the
+    journal; the gateway is killed; the next start writes them, once."""
+    await clock_room(3600, 60)
+    gateway = await start_gateway(upstream, db_path, tmp_path)
+    folder = Path(db_path + ".usage-journal")
+    db = await asyncio.to_thread(sqlite3.connect, db_path, check_same_thread=False)
+    await asyncio.to_thread(db.execute, "BEGIN IMMEDIATE")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(40):
+                async with session.get(gateway.url + "/api/tags") as resp:
+                    assert resp.status == 401
+
+        def saved() -> int:
+            total = 0
+            for path in folder.glob("refusals-*.json"):
+                with contextlib.suppress(ValueError):  # (replaced whole, never torn)
+                    total += sum(row[-1] for row in orjson.loads(path.read_bytes())[1])
+            return total
+
+        await eventually(lambda: saved() == 40, timeout=20)
+        gateway.process.kill()
+        await asyncio.to_thread(gateway.process.wait, 10)
+    finally:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+        await asyncio.to_thread(db.rollback)
+        await asyncio.to_thread(db.close)
+    assert await asyncio.to_thread(_rows, db_path) == []
+    restarted = await start_gateway(upstream, db_path, tmp_path)
+    await restarted.stop()
+    again = await start_gateway(upstream, db_path, tmp_path)  # nothing left to add twice
+    await again.stop()
+    rows = await asyncio.to_thread(_rows, db_path)
+    assert [(r[1], r[2], r[5]) for r in rows] == [("missing_key", NO_KEY, 40)]
+    assert list(folder.glob("refusals-*")) == []
