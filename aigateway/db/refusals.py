@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .connection import Connector
+from .connection import Connector, driver_connection
 from .rollups import HOUR
 from .schema import refusals_hourly
 from .usage import _claim_segment
@@ -38,21 +37,15 @@ class RefusalQueries(Connector):
         (as a journal segment's name is noted): False, and nothing added, when a batch of
         that name was added before. Rows are added in key order, so gateways adding at
         once lock them in the same order."""
-        table = refusals_hourly
         async with self._write() as conn:
             if not await _claim_segment(conn, batch):
                 return False
-            if not rows:
-                return True
-            if conn.dialect.name == "postgresql":
-                statement: Any = pg_insert(table)
-            else:
-                statement = sqlite_insert(table)
-            statement = statement.on_conflict_do_update(
-                index_elements=[table.c.hour, table.c.reason, table.c.key_id],
-                set_={"requests": table.c.requests + statement.excluded.requests},
-            )
-            await conn.execute(statement, [row._asdict() for row in sorted(rows)])
+            if rows:
+                # On the driver's connection, one cached statement (as the rollups are
+                # added): SQLAlchemy compiling an upsert each flush cost more than it.
+                driver = await driver_connection(conn)
+                numbered = conn.dialect.paramstyle.startswith("numeric")
+                await driver.executemany(_upsert_sql(numbered), sorted(rows))
         return True
 
     async def refused_summary(
@@ -83,6 +76,18 @@ class RefusalQueries(Connector):
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
         return refused_document(rows)
+
+
+@cache
+def _upsert_sql(numbered: bool) -> str:
+    """Add a RefusalRow to its row, making it when it is not there yet (the same ON
+    CONFLICT on SQLite and PostgreSQL); placeholders `?` or asyncpg's `$1...`."""
+    places = ", ".join(f"${n}" for n in range(1, 7)) if numbered else "?, ?, ?, ?, ?, ?"
+    return (
+        'INSERT INTO refusals_hourly (hour, reason, key_id, "user", key_name, requests)'
+        f" VALUES ({places}) ON CONFLICT (hour, reason, key_id)"
+        " DO UPDATE SET requests = refusals_hourly.requests + excluded.requests"
+    )
 
 
 def refused_document(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
