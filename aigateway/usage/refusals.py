@@ -129,6 +129,8 @@ class RefusalWriter:
 
     async def replay(self, store: Store) -> None:
         """Write the files earlier runs left (those the database refuses wait)."""
+        for part in self._folder.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}.part"):
+            part.unlink(missing_ok=True)  # a save cut short: its file holds the one before
         for path in sorted(self._folder.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}")):
             if path.name == self._file_name():
                 continue
