@@ -25,7 +25,16 @@ from .admin.metrics import admin_metrics_page, metrics_page
 from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
-from .http.appkeys import KEY_TABLE, LIMITER, METRICS, SETTINGS, SIGN_IN_LIMITS, STARTED_AT, STORE
+from .http.appkeys import (
+    KEY_TABLE,
+    LIMITER,
+    METRICS,
+    REFUSALS,
+    SETTINGS,
+    SIGN_IN_LIMITS,
+    STARTED_AT,
+    STORE,
+)
 from .http.cors import add_cors_headers
 from .http.expect import defer_continue
 from .http.middleware import gateway_middleware
@@ -130,6 +139,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         usage = UsageWriter(
             store, settings.usage_retention_days, journal, settings.usage_memory_records
         )
+        app[REFUSALS] = usage.refusals.counts
         budgets = Budgets(settings.currency)
         await count_before_admitting(usage, store, table, limiter, budgets)
         stack.push_async_callback(usage.close)

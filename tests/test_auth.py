@@ -138,6 +138,9 @@ async def test_no_key_appears_in_logs_or_errors(
     assert key not in text
     assert unknown not in text
     assert key[:30] not in text
+    # An unknown key is named in its access line by its display prefix only (the
+    # refusal counts lump unknown keys together).
+    assert f'reason=unknown_key error="unknown API key ({unknown[:12]})"' in text
 
 
 async def test_last_used_is_recorded_when_the_gateway_stops(

@@ -38,9 +38,10 @@ LOOK_AGAIN_GAP_S = 0.02
 class AuthError(Exception):
     """Why a presented key was refused; the message never contains the key."""
 
-    def __init__(self, message: str, reason: Refused) -> None:
+    def __init__(self, message: str, reason: Refused, key: KeyRecord | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.key = key  # a key the table holds that does not work now (its refusals count)
 
 
 _MALFORMED = "malformed API key: expected aig_ followed by 43 characters"
@@ -128,12 +129,12 @@ class KeyTable:
     def _working(self, record: KeyRecord, count_use: bool = True) -> KeyRecord:
         """`record` if the key works now (not revoked, its user enabled, not expired)."""
         if record.revoked:
-            raise AuthError("this API key has been revoked", Refused.REVOKED_OR_EXPIRED)
+            raise AuthError("this API key has been revoked", Refused.REVOKED_OR_EXPIRED, record)
         if record.user_disabled:
-            raise AuthError("this API key's user is disabled", Refused.USER_DISABLED)
+            raise AuthError("this API key's user is disabled", Refused.USER_DISABLED, record)
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
-            raise AuthError("this API key has expired", Refused.REVOKED_OR_EXPIRED)
+            raise AuthError("this API key has expired", Refused.REVOKED_OR_EXPIRED, record)
         if count_use and record.id != BOOTSTRAP_KEY_ID:
             self._last_used[record.id] = now
         return record

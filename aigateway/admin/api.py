@@ -196,7 +196,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def get_key(request: web.Request) -> web.Response:
-    return _json(key_view(await request.app[STORE].get_key(_key_id(request))))
+    """The key, and its refusals (`refused`) since `since` (default: 7 days ago)."""
+    store = request.app[STORE]
+    record = await store.get_key(_key_id(request))
+    return _json({**key_view(record), "refused": await _refused(request, key_id=record.id)})
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -244,7 +247,21 @@ async def list_users(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    return _json(user_view(await request.app[STORE].get_user(request.match_info["name"])))
+    """The user, and its keys' refusals (`refused`) since `since` (default: 7 days ago)."""
+    user = await request.app[STORE].get_user(request.match_info["name"])
+    return _json({**user_view(user), "refused": await _refused(request, user=user.name)})
+
+
+async def _refused(
+    request: web.Request, key_id: int | None = None, user: str | None = None
+) -> dict[str, object]:
+    """Refusals of one key or user for the request's since/until, 7 days by default."""
+    since = _time_param(request, "since")
+    if since is None:
+        since = time.time() - 7 * DAY
+    until = _time_param(request, "until")
+    found = await request.app[STORE].refused_summary(since, until, key_id, user)
+    return {"since": since, "until": until, **found}
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -306,6 +323,11 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
     limit = _whole_number_param(q, "limit", 500) or 50
     offset = _whole_number_param(q, "offset", 10**9) or 0
     found = await store.usage_page(where, limit + 1, offset)
+    # Refusals have no model, route or status of their own: none match such a filter.
+    by_records_only = (where.model, where.route, where.status) != (None, None, None)
+    refused = None
+    if not by_records_only:
+        refused = await store.refused_summary(where.since, where.until, where.key_id, where.user)
     return _json(
         {
             "records": [
@@ -315,6 +337,7 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
             "limit": limit,
             "offset": offset,
             "more": len(found) > limit,
+            "refused": refused,
         }
     )
 
@@ -565,14 +588,14 @@ def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:
 
 STATS_PARTS = (
     "totals", "last_24h", "last_7d", "per_user", "per_key", "per_model", "per_route",
-    "rate_limits",
+    "rate_limits", "refused",
 )  # fmt: skip
 
 
 async def stats(request: web.Request) -> web.Response:
     """Usage statistics for since/until, the last 24 hours and 7 days, and each active
     key's use now; `parts` (comma-separated) computes only the sections named (each one
-    costs a pass over the period's records)."""
+    costs a pass over the period's records). `refused` follows user and key_id too."""
     since, until = _time_param(request, "since"), _time_param(request, "until")
     wanted = _parts(request.query.get("parts"))
     return _json(await stats_document(request, wanted, since, until))
@@ -606,6 +629,12 @@ async def stats_document(
         "per_model": lambda: summary("model"),
         "per_route": lambda: summary("route"),
         "rate_limits": rate_limits,
+        "refused": lambda: store.refused_summary(
+            since,
+            until,
+            _whole_number_param(request.query, "key_id", 10**18),
+            request.query.get("user") or None,
+        ),
     }
     document: dict[str, object] = {
         "since": since,

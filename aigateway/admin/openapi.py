@@ -68,6 +68,10 @@ SCHEMAS: dict[str, Any] = {
     "Key": {
         "type": "object",
         "properties": {
+            "refused": {
+                "description": "GET of one key only: its refusals for since/until",
+                "$ref": "#/components/schemas/RefusedOf",
+            },
             "id": {"type": "integer"},
             "user": {"type": "string"},
             "key_name": {"type": "string"},
@@ -92,6 +96,10 @@ SCHEMAS: dict[str, Any] = {
     "User": {
         "type": "object",
         "properties": {
+            "refused": {
+                "description": "GET of one user only: its keys' refusals for since/until",
+                "$ref": "#/components/schemas/RefusedOf",
+            },
             "id": {"type": "integer"},
             "user": {"type": "string"},
             "email": {"type": ["string", "null"]},
@@ -157,7 +165,75 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"key": {"type": "string"}},
         "required": ["key"],
     },
+    "RefusedCount": {
+        "type": "object",
+        "properties": {
+            "requests": {"type": "integer", "description": "requests refused"},
+            "by_reason": {
+                "type": "object",
+                "description": "requests refused per reason (errors.Refused: rate_limit,"
+                " over_budget, unknown_key, ...); reasons with none are left out",
+                "additionalProperties": {"type": "integer"},
+            },
+        },
+    },
+    "Refused": {
+        "description": "Requests the gateway refused itself (401, 402, 403, 408, 413, 429,"
+        " 503 with a `reason`), counted per whole hour: every hour that overlaps"
+        " since/until counts whole. Written by each gateway every flush interval.",
+        "allOf": [
+            {"$ref": "#/components/schemas/RefusedCount"},
+            {
+                "type": "object",
+                "properties": {
+                    "per_user": {
+                        "type": "array",
+                        "items": {
+                            "allOf": [
+                                {"$ref": "#/components/schemas/RefusedCount"},
+                                {"type": "object", "properties": {"user": {"type": "string"}}},
+                            ]
+                        },
+                    },
+                    "per_key": {
+                        "type": "array",
+                        "description": "keys the gateway holds, refused while they did not work"
+                        " (revoked, expired, user disabled) or over a limit",
+                        "items": {
+                            "allOf": [
+                                {"$ref": "#/components/schemas/RefusedCount"},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "key_id": {"type": "integer"},
+                                        "user": {"type": "string"},
+                                        "key_name": {"type": "string"},
+                                    },
+                                },
+                            ]
+                        },
+                    },
+                    "without_key": {
+                        "description": "refused before a key was known (none sent, a"
+                        " malformed or an unknown one): one count, never per key sent",
+                        "$ref": "#/components/schemas/RefusedCount",
+                    },
+                },
+            },
+        ],
+    },
 }
+# One key's or user's refusals for since/until (default: the last 7 days).
+SCHEMAS["RefusedOf"] = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Refused"},
+        {
+            "type": "object",
+            "properties": {"since": {"type": "number"}, "until": {"type": ["number", "null"]}},
+        },
+    ]
+}
+_REFUSED = {"$ref": "#/components/schemas/Refused"}
 
 
 def _operation(
@@ -249,13 +325,18 @@ def _collection(noun: str, item: str, change: str, listing: dict[str, Any]) -> d
 def _one(
     noun: str, item: str, change: str, params: list[dict[str, Any]], summary: str
 ) -> dict[str, Any]:
-    """GET and PATCH of one item of an admin collection."""
+    """GET and PATCH of one item of an admin collection (GET: with its refusals in
+    since/until)."""
+    period = [
+        _query("since", "number", "its refusals from this Unix time (default: 7 days ago)"),
+        _query("until", "number", "its refusals before this Unix time"),
+    ]
     return {
         "get": _operation(
-            f"One {noun}",
+            f"One {noun}, with its refusals",
             "Admin",
             KEY,
-            params=params,
+            params=[*params, *period],
             ok=("200", "OK", _ref(item)),
             errors=(*_ADMIN, "404"),
         ),
@@ -301,14 +382,21 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
         },
         "/stats": {
             "get": _operation(
-                "Usage statistics and each key's use now",
+                "Usage statistics, refusals and each key's use now",
                 a,
                 KEY,
                 params=[
                     since,
                     until,
                     _query("parts", "string", "comma-separated sections to compute (default all)"),
+                    _query("user", "string", "the refused section: this user's keys only"),
+                    _query("key_id", "integer", "the refused section: this key only"),
                 ],
+                ok=(
+                    "200",
+                    "OK",
+                    {"type": "object", "properties": {"refused": _REFUSED}},
+                ),
                 errors=(*_ADMIN, "400"),
             )
         },
@@ -342,6 +430,25 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                         "csv or json: a download, streamed (at most 2 at once per key: 429)",
                     ),
                 ],
+                ok=(
+                    "200",
+                    "OK",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "records": {"type": "array", "items": _OBJECT},
+                            "limit": {"type": "integer"},
+                            "offset": {"type": "integer"},
+                            "more": {"type": "boolean"},
+                            "refused": {
+                                "description": "the refusals of the filter's user or key"
+                                " and period (a key that is no admin: its own); null with"
+                                " a model, route or status filter, which refusals lack",
+                                "anyOf": [_REFUSED, {"type": "null"}],
+                            },
+                        },
+                    },
+                ),
                 errors=(*_AUTH, "400", "429"),
             )
         },

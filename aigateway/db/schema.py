@@ -148,6 +148,22 @@ usage_hourly = Table(
     Column("duration_sum", Double, nullable=False),
 )
 
+# Requests the gateway refused (errors.Refused), per hour, reason and key (revision
+# 0018): key_id -1 (user and key_name "") for those refused before a key was known, so
+# made-up keys add to one row per hour and reason. Written by the usage writer with its
+# batches (db/refusals.py), read by /admin/stats and the key and user views.
+refusals_hourly = Table(
+    "refusals_hourly",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),  # its start, seconds since the epoch
+    Column("reason", Text, primary_key=True),
+    Column("key_id", BigInteger, primary_key=True),
+    Column("user", Text, nullable=False),
+    Column("key_name", Text, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+)
+Index("refusals_hourly_user", refusals_hourly.c.user, refusals_hourly.c.hour)
+
 # The journal segments whose records are in `usage`: replaying one is then a no-op.
 usage_segments = Table(
     "usage_segments",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .keyrows import KeyQueries
 from .models import ModelQueries
 from .prices import PriceQueries
+from .refusals import RefusalQueries
 from .reports import ReportQueries
 from .sessions import SessionQueries
 from .usage import UsageQueries
@@ -24,5 +25,6 @@ class Store(
     ModelQueries,
     UsageQueries,
     ReportQueries,
+    RefusalQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

@@ -25,7 +25,7 @@ from ..records import (
 )
 from .connection import DRIVER_REFUSALS, Connector, driver_connection, first_line
 from .rollups import HOUR, rollup_rows, upsert_sql
-from .schema import keys, usage, usage_hourly, usage_segments
+from .schema import keys, refusals_hourly, usage, usage_hourly, usage_segments
 from .values import TOKENS, cost_sum
 
 
@@ -100,12 +100,13 @@ class UsageQueries(Connector):
         return {int(row[0]): int(row[1] or 0) for row in rows}
 
     async def prune_usage(self, before: float) -> int:
-        """Delete the records, and the rollup rows, of the hours before the one `before`
+        """Delete the records, and the rollup and refusal rows, of the hours before the one `before`
         falls in (whole hours, so that the rollups keep summing the records there are)."""
         cutoff = before // HOUR * HOUR
         async with self._write() as conn:
             result = await conn.execute(delete(usage).where(usage.c.ts < cutoff))
             await conn.execute(delete(usage_hourly).where(usage_hourly.c.hour < cutoff))
+            await conn.execute(delete(refusals_hourly).where(refusals_hourly.c.hour < cutoff))
             return result.rowcount
 
 

@@ -1,7 +1,7 @@
 """The typed application and request keys of what every layer from http/ up reads: the
-settings, the store, the key table, the limiter, sign-in limits, the metrics, and each
-request's context. (A key of a higher layer's object is defined beside its class:
-relaystate.RELAY, admin/api.EXPORTS.)"""
+settings, the store, the key table, the limiter, sign-in limits, the metrics, the refusal
+counts, and each request's context. (A key of a higher layer's object is defined beside
+its class: relaystate.RELAY, admin/api.EXPORTS.)"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..access.limits import Limiter
 from ..db.store import Store
 from ..settings import Settings
 from ..usage.metrics import Metrics
+from ..usage.refusals import RefusalCounts
 from .context import RequestContext
 from .signinlimit import SignInLimits
 
@@ -22,5 +23,6 @@ STARTED_AT = web.AppKey("started_at", float)
 LIMITER = web.AppKey("limiter", Limiter)
 SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
 METRICS = web.AppKey("metrics", Metrics)  # set only with METRICS on
+REFUSALS = web.AppKey("refusals", RefusalCounts)  # what the usage writer writes per hour
 
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -12,6 +12,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from ..access.keytable import AuthError, KeyTable, UnknownKeyError
+from ..db.keys import display_prefix
 from ..errors import Refused, Unauthorized
 from ..records import KeyRecord
 from .appkeys import CONTEXT, KEY_TABLE
@@ -19,6 +20,22 @@ from .appkeys import CONTEXT, KEY_TABLE
 _PUBLIC = "_aigateway_public"
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <API key>'"
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+class RefusedKey(Unauthorized):
+    """A key the table holds that does not work now (revoked, expired, its user
+    disabled): its refusal is counted against that key and its user."""
+
+    def __init__(self, error: AuthError, key: KeyRecord) -> None:
+        super().__init__(str(error), reason=error.reason)
+        self.key = key
+
+
+def refused(error: AuthError) -> Unauthorized:
+    """The 401 an AuthError answers, naming the key when the table holds it."""
+    if error.key is not None:
+        return RefusedKey(error, error.key)
+    return Unauthorized(str(error), reason=error.reason)
 
 
 def public(handler: H) -> H:
@@ -48,6 +65,16 @@ def presented_key(request: web.Request) -> str:
     raise Unauthorized(_MISSING_KEY, reason=Refused.MISSING_KEY)
 
 
+def presented_prefix(request: web.Request) -> str:
+    """The display prefix (`aig_` and 8 characters, what key listings show) of the key
+    the request presented: what the access line names an unknown key by, since refusal
+    counts lump every unknown key together."""
+    try:
+        return display_prefix(presented_key(request))
+    except Unauthorized:
+        return "-"
+
+
 def authenticate(request: web.Request) -> KeyRecord:
     """The record of the key the request presents, or Unauthorized saying why not;
     UnknownKeyError for a well-formed key the table does not hold (yet)."""
@@ -56,7 +83,7 @@ def authenticate(request: web.Request) -> KeyRecord:
     except UnknownKeyError:
         raise
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
 
 
 async def authenticate_after_a_look(request: web.Request) -> KeyRecord:
@@ -76,7 +103,7 @@ async def key_record(request: web.Request, token: str) -> KeyRecord:
     except UnknownKeyError:
         await table.look_again()
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
     return _checked(table, token)
 
 
@@ -84,7 +111,7 @@ def _checked(table: KeyTable, token: str) -> KeyRecord:
     try:
         return table.authenticate(token)
     except AuthError as exc:
-        raise Unauthorized(str(exc), reason=exc.reason) from None
+        raise refused(exc) from None
 
 
 def principal(request: web.Request) -> KeyRecord:

@@ -19,10 +19,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..access.keytable import UnknownKeyError
-from ..errors import GatewayError, Unauthorized, json_error
+from ..errors import GatewayError, Refused, Unauthorized, json_error
 from .accesslog import CLIENT_CLOSED, log_access
-from .appkeys import CONTEXT, METRICS, SETTINGS
-from .auth import authenticate, authenticate_after_a_look, is_public
+from .appkeys import CONTEXT, METRICS, REFUSALS, SETTINGS
+from .auth import (
+    RefusedKey,
+    authenticate,
+    authenticate_after_a_look,
+    is_public,
+    presented_prefix,
+)
 from .context import DIALECT, RequestContext
 from .cors import preflight_response
 from .sessions import session_principal, signed_in_browser
@@ -66,6 +72,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.refused(exc)
+        if reason is not None:
+            # Counted against the caller, or the key it sent that does not work now.
+            key = exc.key if isinstance(exc, RefusedKey) else context.principal
+            request.app[REFUSALS].count(reason, key)
+            if reason is Refused.UNKNOWN_KEY:  # (counted without it: the log names it)
+                error = f"{error} ({presented_prefix(request)})"
         dialect = _dialect(request)
         response = json_error(
             exc.status_in(dialect), exc.message, exc.headers, dialect, exc.billing, reason

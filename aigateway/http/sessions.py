@@ -33,6 +33,7 @@ from ..db.store import Store
 from ..errors import Forbidden, Refused, Unauthorized
 from ..records import KeyRecord, StoreError
 from .appkeys import KEY_TABLE, SETTINGS, STORE
+from .auth import refused
 from .clientaddress import client_view, peer_trusted
 
 log = logging.getLogger("aigateway.sessions")
@@ -114,8 +115,8 @@ async def session_principal(request: web.Request) -> KeyRecord:
         )
     try:
         record = request.app[KEY_TABLE].by_id(key_id)
-    except AuthError as exc:
-        raise Unauthorized(f"{exc}: sign in again", reason=exc.reason) from None
+    except AuthError as exc:  # (counted against the key, when the table holds it)
+        raise refused(AuthError(f"{exc}: sign in again", exc.reason, exc.key)) from None
     check_same_origin(request)
     if now - seen_at > TOUCH_EVERY_S:
         await store.touch_session(digest, now)

@@ -28,6 +28,7 @@ from ..db.store import Store
 from ..db.usage import UsageRejected
 from ..records import StoreError, UsageRecord, clean_usage_record
 from .journal import Journal, Segment, read_segment
+from .refusals import RefusalCounts, RefusalWriter
 
 log = logging.getLogger("aigateway.usage")
 
@@ -218,9 +219,12 @@ class UsageWriter:
         retention_days: int,
         journal: Journal,
         memory_records: int = 100_000,
+        refusals: RefusalCounts | None = None,
     ) -> None:
         self._store = store
         self._journal = journal
+        # Refused requests' counts, written at each flush beside the records.
+        self.refusals = RefusalWriter(refusals or RefusalCounts(), journal.folder, journal.run)
         self._retention_s = retention_days * 86400
         self._pending: list[UsageRecord] = []  # the records of the current segment
         self._sealed: list[tuple[Segment, list[UsageRecord] | None]] = []  # to write
@@ -305,6 +309,7 @@ class UsageWriter:
         if self._sealed:
             log.info("usage journal: %d segment(s) left by an earlier run", len(self._sealed))
             await self._write_sealed()
+        await self.refusals.replay(self._store)
 
     def start_writing(self) -> None:
         self._task = asyncio.create_task(self._run(), name="aigateway-usage")
@@ -322,7 +327,7 @@ class UsageWriter:
         self._stop.set()
         if self._task is not None:
             await self._task
-        if not await self.flush():
+        if not await self.flush(closing=True):
             waiting = len(self._sealed)
             log.error(
                 "usage records of %d journal segment(s) could not be written (%s); they stay"
@@ -342,14 +347,17 @@ class UsageWriter:
             )
         self._journal.close()
 
-    async def flush(self) -> bool:
+    async def flush(self, closing: bool = False) -> bool:
         """Seal the current segment and write every sealed one, oldest first, then the
-        records held in memory; False when the database refused (they stay for the next
+        records held in memory, then the refusals counted since the last flush
+        (refusals.py); False when the database refused records (they stay for the next
         try). While the database is away the current segment is not sealed each flush
         but grows (synced to disk each time) up to AWAY_SEGMENT_BYTES: a long outage
         makes a few files, not four a second, and holds no record in memory."""
         async with self._flushing:  # the task's flushes and close()'s never interleave
-            return await self._flush()
+            written = await self._flush()
+            await self.refusals.flush(self._store, closing)  # (what it cannot write waits)
+            return written
 
     async def _flush(self) -> bool:
         self._journal_again()

@@ -178,7 +178,7 @@ async function overview(view) {
   // Top users and models of the last 7 days: the page never reads the whole history.
   const weekAgo = Math.floor(Date.now() / 1000) - 7 * 86400;
   const [stats, day, week] = await Promise.all([
-    api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model`),
+    api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model,refused`),
     api("GET", `${PATHS.admin}/series?hours=24`),
     api("GET", `${PATHS.admin}/series?hours=168`),
   ]);
@@ -223,7 +223,37 @@ async function overview(view) {
       [...stats.per_model].sort((a, b) => b.requests - a.requests).slice(0, 10),
       "No usage yet.",
     ),
+    ...refusedTables(stats.refused, "last 7 days"),
   );
+}
+
+// Requests the gateway refused itself (no key, limits, budgets, allow-lists), by reason
+// and by user; those refused before a key was known count under "(no key)".
+function refusedTables(refused, span) {
+  const byUser = [...refused.per_user];
+  if (refused.without_key.requests) byUser.push({ user: "(no key)", ...refused.without_key });
+  const reasons = (r) => Object.entries(r.by_reason).map(([reason, n]) => `${reason} ${number(n)}`).join(", ");
+  return [
+    el("h2", {}, `Refused, ${span}: ${number(refused.requests)}`),
+    table(
+      [
+        { title: "Reason", cell: (r) => r[0] },
+        { title: "Requests", num: true, cell: (r) => number(r[1]) },
+      ],
+      Object.entries(refused.by_reason).sort((a, b) => b[1] - a[1]),
+      "Nothing refused.",
+    ),
+    el("h2", {}, `Refused per user, ${span}`),
+    table(
+      [
+        { title: "User", cell: (r) => r.user },
+        { title: "Requests", num: true, cell: (r) => number(r.requests) },
+        { title: "Reasons", cell: reasons },
+      ],
+      byUser.sort((a, b) => b.requests - a.requests).slice(0, 10),
+      "Nothing refused.",
+    ),
+  ];
 }
 
 // Several upstreams: each one's state (one upstream is never checked: nothing to show).
