@@ -69,6 +69,8 @@ SLOW = frozenset(
         "test_dashboard::test_the_api_docs_render_offline_under_their_policy",
         "test_dashboard::test_the_overview_shows_each_upstream_with_several",
         "test_dashboard::test_the_playground_shows_the_cost_the_gateway_charged",
+        "test_dashboard_fit::test_a_change_form_sends_only_what_changed_and_keeps_the_rest",
+        "test_dashboard_fit::test_every_page_fits_every_screen_in_both_themes",
         "test_exports_stream::test_a_key_runs_at_most_two_exports_and_gets_them_back",
         "test_exports_stream::test_twelve_exports_of_100k_records_keep_rss_and_health",
         "test_first_request::test_a_key_made_by_the_cli_works_on_its_first_request",

@@ -78,14 +78,13 @@ async function api(method, path, body) {
 // `open(row, tr)` is called with each row's <tr>, for its actions to open things below it.
 function table(columns, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
-  const head = el("tr", {}, columns.map((c) => el("th", { class: c.num ? "num" : null, scope: "col" }, c.title)));
+  const kind = (c) => (c.num ? "num" : c.title === "Actions" ? "act" : null);
+  const head = el("tr", {}, columns.map((c) => el("th", { class: kind(c), scope: "col" }, c.title)));
   const body = rows.map((row) =>
     el(
       "tr",
       {},
-      columns.map((c) =>
-        el("td", { class: c.num ? "num" : null, "data-label": c.title }, cellContent(c.cell(row), c)),
-      ),
+      columns.map((c) => el("td", { class: kind(c), "data-label": c.title }, cellContent(c.cell(row), c))),
     ),
   );
   const wrap = el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
@@ -98,6 +97,11 @@ function cellContent(value, column) {
   const text = value === null || value === undefined ? "" : String(value);
   if (column.num || column.wrap) return el("span", {}, text);
   return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
+}
+
+// A name in running text (a heading): cut as in a table when longer than the line.
+function named(text) {
+  return el("span", { class: "cut", title: text }, text);
 }
 
 // A cut value can be focused (to read it whole) only when it is cut: measured after layout.
@@ -116,6 +120,9 @@ function openBelow(tr, content) {
   for (const other of tr.parentElement.querySelectorAll("tr.below")) other.remove();
   const row = el("tr", { class: "below" }, el("td", { colspan: tr.children.length }, content));
   tr.after(row);
+  // In a table wider than its box (scrolled sideways), what opens stays within the box.
+  const box = tr.closest(".table-wrap");
+  if (box && box.scrollWidth > box.clientWidth) content.style.width = `${box.clientWidth - 16}px`;
   return row;
 }
 
@@ -401,7 +408,7 @@ async function keysView(view) {
         el(
           "div",
           { class: "card" },
-          el("h2", {}, `New key for ${made.user}/${made.key_name}`),
+          el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
           el("p", {}, "Store it now: it is shown this once and can never be shown again."),
           secret,
           el("div", { class: "row" }, copy, done),
@@ -560,10 +567,10 @@ function wholeNumber(what, empty) {
   };
 }
 
-// An ISO time from the API ("2099-01-31T13:45:00Z") as a datetime-local value, in UTC.
+// An ISO time from the API ("2099-01-31T13:45:00Z") as a datetime-local value, in UTC,
+// to the minute (left as it is, it is not sent, so its seconds stay).
 function utcInputValue(iso) {
-  if (!iso) return "";
-  return iso.endsWith(":00Z") ? iso.slice(0, 16) : iso.slice(0, 19);
+  return iso ? iso.slice(0, 16) : "";
 }
 
 function utcText(iso) {
@@ -657,7 +664,7 @@ function editKey(key, tr) {
       key: "expires_at",
       label: "Expires (UTC)",
       hint: "Date and time in UTC; empty: never",
-      input: el("input", { type: "datetime-local", step: key.expires && !key.expires.endsWith(":00Z") ? "1" : "60", value: utcInputValue(key.expires) }),
+      input: el("input", { type: "datetime-local", step: "60", value: utcInputValue(key.expires) }),
       parse: (text) => {
         if (text === "") return null;
         const when = Date.parse(`${text}Z`) / 1000;
@@ -669,7 +676,7 @@ function editKey(key, tr) {
     },
     ...budget.specs,
   ];
-  const form = changeForm("edit-key", `Change ${key.user}/${key.key_name}`, specs, { budget: budget.group }, (body) =>
+  const form = changeForm("edit-key", ["Change ", named(`${key.user}/${key.key_name}`)], specs, { budget: budget.group }, (body) =>
     api("PATCH", `${PATHS.admin}/keys/${key.id}`, body),
   );
   openBelow(tr, form);
@@ -731,7 +738,7 @@ async function usageView(view) {
     const exports = query();
     const links = ["csv", "json"].map((fmt) => {
       exports.set("format", fmt);
-      return el("a", { href: `${PATHS.admin}/usage?${exports}`, download: `usage.${fmt}` }, `Export ${fmt.toUpperCase()}`);
+      return el("a", { class: "button", href: `${PATHS.admin}/usage?${exports}`, download: `usage.${fmt}` }, `Export ${fmt.toUpperCase()}`);
     });
     const prev = el("button", { type: "button", class: "quiet", disabled: offset === 0 }, "Newer");
     prev.addEventListener("click", () => { offset = Math.max(0, offset - 50); load(); });
@@ -843,7 +850,7 @@ function priceForm(model, tr) {
   const form = el(
     "form",
     { class: "card", id: "price-form", novalidate: true },
-    el("h2", {}, `Price of ${model.name}`),
+    el("h2", {}, "Price of ", named(model.name)),
     el("div", { class: "row fields" }, pattern.box),
     el("div", { class: "row fields" }, amounts.map((f) => f.box)),
     el("div", { class: "row" }, el("button", { type: "submit" }, "Save")),
@@ -942,7 +949,7 @@ function editUser(user, tr) {
     },
     ...budget.specs,
   ];
-  const form = changeForm("edit-user", `Change ${user.user}`, specs, { budget: budget.group }, (body) =>
+  const form = changeForm("edit-user", ["Change ", named(user.user)], specs, { budget: budget.group }, (body) =>
     api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, body),
   );
   openBelow(tr, form);
@@ -1254,11 +1261,18 @@ document.addEventListener("DOMContentLoaded", () => {
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") showMenu(false);
   });
-  let resized = null;
-  window.addEventListener("resize", () => {
-    clearTimeout(resized);
-    resized = setTimeout(() => markCut(document.getElementById("view")), 150);
-  });
+  // Which values are cut changes with the page's width (a window resized, a scroll bar
+  // come) and with what is shown: measured again when the view's size changes.
+  const view = document.getElementById("view");
+  let pending = false;
+  new ResizeObserver(() => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      markCut(view);
+    });
+  }).observe(view);
   window.addEventListener("hashchange", route);
   start();
 });

@@ -1,0 +1,322 @@
+"""The dashboard fits every screen, measured in the browser, and its forms lose nothing.
+
+Every page at 1280, 1024 and 390 px, light and dark, with a 64-character user name, a
+1,000-character model name and key previews in its tables: no word is broken inside
+itself (each word's line boxes, from Range.getClientRects), the page never scrolls
+sideways, every row's buttons can be reached (on a phone without scrolling any box
+sideways), a cut value is whole in its title, on focus and when copied, and the phone's
+header stays one line. A screenshot of each page is saved (the folder is printed).
+
+A key's Change form sends only the field changed, and everything else about the key
+stays as it was, read back through the admin API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page
+from pytest_aiohttp import AiohttpServer
+
+from aigateway import Settings, create_app
+from aigateway.db.store import Store
+from aigateway.records import Budget, KeyLimits, UsageRecord
+from aigateway.relay.state import RELAY
+from aigateway.testing.fake_ollama import FakeOllama
+
+from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .conftest import make_key
+
+LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
+LONG_MODEL = "m" + "odel-with-a-very-long-name" * 38 + ":latest"
+PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
+SIZES: tuple[tuple[int, Theme], ...] = (
+    (1280, "light"),
+    (1280, "dark"),
+    (1024, "light"),
+    (1024, "dark"),
+    (390, "light"),
+    (390, "dark"),
+)
+CHAT = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}'
+
+# In the page: what does not fit. Words split over two line boxes in any table cell,
+# the page's and each table box's sideways scroll, and each row button that cannot be
+# reached (scrolled into view, the point at its centre is not the button).
+MEASURE = """
+() => {
+  const broken = [];
+  for (const cell of document.querySelectorAll("#view th, #view td")) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const lines = new Set(
+          [...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)),
+        );
+        if (lines.size > 1) broken.push(m[0].slice(0, 40));
+      }
+    }
+  }
+  const boxes = [...document.querySelectorAll("#view .table-wrap")]
+    .filter((b) => b.scrollWidth > b.clientWidth + 1).length;
+  const unreachable = [];
+  const offscreen = [];
+  for (const button of document.querySelectorAll("#view tbody button")) {
+    const before = button.getBoundingClientRect();
+    if (before.left < 0 || before.right > innerWidth) offscreen.push(button.textContent);
+    button.scrollIntoView({ block: "center", inline: "center" });
+    const r = button.getBoundingClientRect();
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    if (!hit || !(hit === button || button.contains(hit))) unreachable.push(button.textContent);
+  }
+  scrollTo(0, 0);
+  for (const box of document.querySelectorAll("#view .table-wrap")) box.scrollLeft = 0;
+  return {
+    broken,
+    pageWidth: document.scrollingElement.scrollWidth,
+    innerWidth,
+    boxes,
+    unreachable,
+    offscreen,
+    buttons: document.querySelectorAll("#view tbody button").length,
+    header: document.querySelector("header.bar").getBoundingClientRect().height,
+  };
+}
+"""
+
+# A cut value: shown with an ellipsis, whole in its title; focusable, and whole when
+# focused; whole when copied (a selection of it gives all of it).
+CUT = """
+(text) => {
+  const box = [...document.querySelectorAll("#view .cut")].find((b) => b.textContent === text);
+  if (!box) return null;
+  const style = getComputedStyle(box);
+  const result = {
+    cut: box.scrollWidth > box.clientWidth,
+    ellipsis: style.textOverflow === "ellipsis",
+    title: box.title === text,
+    focusable: box.tabIndex === 0,
+    oneLine: box.getBoundingClientRect().height < 2 * parseFloat(style.lineHeight || "20"),
+  };
+  const selection = getSelection();
+  selection.selectAllChildren(box);
+  result.copied = selection.toString() === text;
+  selection.removeAllRanges();
+  box.focus();
+  result.wholeOnFocus = document.activeElement === box && box.scrollWidth <= box.clientWidth + 1;
+  box.blur();
+  return result;
+}
+"""
+
+
+@pytest.fixture
+async def dashboard(
+    aiohttp_server: AiohttpServer, settings: Settings, fake: FakeOllama
+) -> TestServer:
+    fake.extra_models.append(LONG_MODEL)
+    server: TestServer = await aiohttp_server(create_app(settings))
+    return server
+
+
+async def _with_history(dashboard: TestServer, db_path: str) -> str:
+    """An admin key (returned), a user with a 64-character name whose key has every
+    limit, a budget with an alert and an allow-list, and usage of a 1,000-character
+    model (a record as the usage writer makes it) beside real requests."""
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    store = await Store.open(db_path)
+    try:
+        record, secret = await store.create_key(
+            LONG_USER,
+            "build-server-in-the-basement",
+            "user",
+            time.time() + 30 * 86400,
+            KeyLimits(rpm=60, rph=1000, tokens_per_day=100_000, max_concurrent=4),
+            ["llama3*", "qwen2.5:0.5b"],
+            Budget(25_000_000, "monthly", 80),
+        )
+        await store.update_user(LONG_USER, {"email": "ops@example.org"})
+        long_model_use = UsageRecord(
+            ts=time.time() - 60,
+            key_id=record.id,
+            user=LONG_USER,
+            key_name=record.name,
+            method="POST",
+            route="/api/chat",
+            model=LONG_MODEL,
+            status=200,
+            prompt_tokens=12,
+            completion_tokens=34,
+            duration_ms=120.0,
+            ttfb_ms=40.0,
+            bytes_in=100,
+            bytes_out=200,
+            client_gone=False,
+        )
+        await store.insert_usage([long_model_use])
+    finally:
+        await store.close()
+    url = str(dashboard.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        for key in (admin_key, secret):
+            async with session.post(
+                url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {key}"}
+            ) as resp:
+                assert resp.status == 200
+    usage = dashboard.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
+    return admin_key
+
+
+async def _show(page: Page, url: str, name: str) -> None:
+    await page.goto(f"{url}/ui/#/{name}")
+    await page.wait_for_selector(f"#view-{name} h1")
+    await page.wait_for_load_state("networkidle")
+    await page.evaluate("new Promise((done) => requestAnimationFrame(() => setTimeout(done)))")
+
+
+async def test_every_page_fits_every_screen_in_both_themes(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await _with_history(dashboard, db_path)
+    url = str(dashboard.make_url("")).rstrip("/")
+    cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
+    for width, theme in SIZES:
+        context, page = await signed_in(browser, url, admin_key, width, theme)
+        try:
+            for name in PAGES:
+                await _show(page, url, name)
+                if name == "keys":  # with a row's Change form open below it
+                    row = page.locator("tr", has_text=LONG_USER)
+                    await row.locator("button[data-action=edit]").click()
+                    await page.wait_for_selector("#edit-key")
+                where = f"{name} at {width} px, {theme}"
+                found = cast(dict[str, Any], await page.evaluate(MEASURE))
+                await shot(page, f"{name}-{width}-{theme}")
+                assert found["broken"] == [], f"words broken on {where}: {found['broken']}"
+                assert found["pageWidth"] <= found["innerWidth"], f"{where} scrolls sideways"
+                assert found["unreachable"] == [], f"buttons out of reach on {where}"
+                if width < 600:
+                    assert found["boxes"] == 0 and found["offscreen"] == [], where
+                    assert found["header"] <= 64, f"the header takes {found['header']} px"
+                if name in ("keys", "users", "models"):
+                    assert found["buttons"] > 0, where  # (the rows' actions were measured)
+                for text, widths in cut_seen.items():
+                    shown = await page.evaluate(CUT, text)
+                    if shown is None or not shown["cut"]:
+                        continue
+                    assert all(shown.values()), f"{text[:20]}… on {where}: {shown}"
+                    widths.append(width)
+        finally:
+            await context.close()
+    # Each long value was cut (and checked) somewhere at every width.
+    for text, widths in cut_seen.items():
+        assert set(widths) == {1280, 1024, 390}, (text[:20], widths)
+
+
+async def _api(url: str, key: str, method: str, path: str, body: object = None) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as resp,
+    ):
+        assert resp.status in (200, 201), await resp.text()
+        return await resp.json()
+
+
+async def test_a_change_form_sends_only_what_changed_and_keeps_the_rest(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    url = str(dashboard.make_url("")).rstrip("/")
+    made = await _api(
+        url,
+        admin_key,
+        "POST",
+        "/admin/keys",
+        {
+            "user": "ines",
+            "name": "ci",
+            "rpm": 30,
+            "rph": 500,
+            "tokens_per_day": 20_000,
+            "max_concurrent": 3,
+            "models": ["llama3*", "qwen2.5:0.5b"],
+            "expires_at": 4073500800 + 13 * 3600 + 45 * 60,  # 2099-01-31T13:45:00Z
+            "budget": {"amount": 7_500_000, "period": "weekly", "alert_percent": 75},
+        },
+    )
+    await _api(
+        url,
+        admin_key,
+        "PATCH",
+        "/admin/users/ines",
+        {
+            "email": "ines@example.org",
+            "budget": {"amount": 40_000_000, "period": "monthly", "alert_percent": 90},
+        },
+    )
+    before = await _api(url, admin_key, "GET", f"/admin/keys/{made['id']}")
+    user_before = await _api(url, admin_key, "GET", "/admin/users/ines")
+    context, page = await signed_in(browser, url, admin_key)
+    sent: list[Any] = []
+    page.on(
+        "request",
+        lambda r: sent.append(orjson.loads(r.post_data or "null")) if r.method == "PATCH" else None,
+    )
+    try:
+        await _show(page, url, "keys")
+        await page.locator("tr", has_text="ines").locator("button[data-action=edit]").click()
+        # The form shows each value as it is: the expiry with its time of day, in UTC.
+        assert await page.input_value("#edit-key-expires_at") == "2099-01-31T13:45"
+        assert await page.text_content("label[for=edit-key-expires_at]") == "Expires (UTC)"
+        assert await page.text_content("label[for=edit-key-rpm]") == "Requests per minute"
+        assert await page.input_value("#edit-key-budget_alert") == "75"
+        # A mistake is named under its field, in people's words, and nothing is sent.
+        await page.fill("#edit-key-rpm", "fast")
+        await page.click("#edit-key button[type=submit]")
+        error = page.locator("#edit-key-rpm-error")
+        assert "Requests per minute" in (await error.text_content() or "")
+        # One the API finds (beyond its bound) too: under the field, not as "rpm".
+        await page.fill("#edit-key-rpm", "999999999999999")
+        await page.click("#edit-key button[type=submit]")
+        await page.wait_for_selector("#edit-key-rpm-error:has-text('Requests per minute')")
+        assert "rpm" not in (await error.text_content() or "")
+        # Change only the rate limit.
+        await page.fill("#edit-key-rpm", "45")
+        await page.click("#edit-key button[type=submit]")
+        await page.wait_for_selector("tr:has-text('ines') td[data-label='Req/min']:has-text('45')")
+        after = await _api(url, admin_key, "GET", f"/admin/keys/{made['id']}")
+        assert after == {**before, "rpm": 45}
+        assert sent[-1] == {"rpm": 45}
+
+        # A user's email changed: its budget keeps its alert; then the alert alone.
+        await _show(page, url, "users")
+        await page.locator("tr", has_text="ines").locator("button[data-action=edit]").click()
+        assert await page.input_value("#edit-user-budget_alert") == "90"
+        await page.fill("#edit-user-email", "ines@example.net")
+        await page.click("#edit-user button[type=submit]")
+        await page.wait_for_selector("td:has-text('ines@example.net')")
+        assert sent[-1] == {"email": "ines@example.net"}
+        user_after = await _api(url, admin_key, "GET", "/admin/users/ines")
+        assert user_after == {**user_before, "email": "ines@example.net"}
+        await page.locator("tr", has_text="ines").locator("button[data-action=edit]").click()
+        await page.fill("#edit-user-budget_alert", "50")
+        await page.click("#edit-user button[type=submit]")
+        await page.wait_for_selector("td:has-text('alert at 50%')")
+        assert sent[-1] == {
+            "budget": {"amount": 40_000_000, "period": "monthly", "alert_percent": 50}
+        }
+        assert page.dialogs == []  # type: ignore[attr-defined]  # (no prompt, no confirm)
+        await shot(page, "users-changed")
+    finally:
+        await context.close()
