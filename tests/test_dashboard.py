@@ -83,9 +83,9 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     await page.click("#nav a[data-view=keys]")
     await page.wait_for_selector("#create-key")
     assert XSS in cast(str, await page.text_content("#view-keys"))
-    await page.fill("#new-user", "dora")
-    await page.fill("#new-name", "phone")
-    await page.fill("#new-rpm", "20")
+    await page.fill("#create-key-user", "dora")
+    await page.fill("#create-key-name", "phone")
+    await page.fill("#create-key-rpm", "20")
     await page.click("#create-key button[type=submit]")
     secret = (await page.text_content("#new-key-value")) or ""
     assert re.fullmatch(r"aig_[A-Za-z0-9_-]{43}", secret)

@@ -8,7 +8,8 @@ sideways), a cut value is whole in its title, on focus and when copied, and the 
 header stays one line. A screenshot of each page is saved (the folder is printed).
 
 A key's Change form sends only the field changed, and everything else about the key
-stays as it was, read back through the admin API."""
+stays as it was, read back through the admin API; so does a user's; a key is created
+with every field at once."""
 
 from __future__ import annotations
 
@@ -215,6 +216,17 @@ async def test_every_page_fits_every_screen_in_both_themes(
                         continue
                     assert all(shown.values()), f"{text[:20]}… on {where}: {shown}"
                     widths.append(width)
+            if width < 600:  # the pages behind the phone's Menu button, by keyboard too
+                await page.click("#menu")
+                await page.wait_for_selector("#nav a[data-view=usage]")
+                await shot(page, f"menu-{width}-{theme}")
+                await page.keyboard.press("Escape")
+                await page.wait_for_selector("#nav", state="hidden")
+                await page.focus("#menu")
+                await page.keyboard.press("Enter")
+                await page.click("#nav a[data-view=usage]")
+                await page.wait_for_selector("#view-usage h1")
+                await page.wait_for_selector("#nav", state="hidden")
         finally:
             await context.close()
     # Each long value was cut (and checked) somewhere at every width.
@@ -316,6 +328,24 @@ async def test_a_change_form_sends_only_what_changed_and_keeps_the_rest(
         assert sent[-1] == {
             "budget": {"amount": 40_000_000, "period": "monthly", "alert_percent": 50}
         }
+
+        # A key created with every field at once: its expiry keeps its time of day.
+        await _show(page, url, "keys")
+        await page.fill("#create-key-user", "ines")
+        await page.fill("#create-key-name", "laptop")
+        await page.click("#create-key summary")
+        await page.fill("#create-key-rph", "120")
+        await page.fill("#create-key-expires_at", "2099-02-28T08:30")
+        await page.fill("#create-key-budget_amount", "5")
+        await page.select_option("#create-key-budget_period", "daily")
+        await page.fill("#create-key-budget_alert", "70")
+        await page.click("#create-key button[type=submit]")
+        await page.wait_for_selector("#new-key-value")
+        keys = (await _api(url, admin_key, "GET", "/admin/keys"))["keys"]
+        (laptop,) = [k for k in keys if k["key_name"] == "laptop"]
+        assert laptop["rph"] == 120 and laptop["rpm"] is None
+        assert laptop["expires"] == "2099-02-28T08:30:00Z"
+        assert laptop["budget"] == {"amount": 5_000_000, "period": "daily", "alert_percent": 70}
         assert page.dialogs == []  # type: ignore[attr-defined]  # (no prompt, no confirm)
         await shot(page, "users-changed")
     finally:

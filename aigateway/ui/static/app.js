@@ -95,8 +95,15 @@ function table(columns, rows, empty) {
 function cellContent(value, column) {
   if (value instanceof Node) return value;
   const text = value === null || value === undefined ? "" : String(value);
-  if (column.num || column.wrap) return el("span", {}, text);
+  if (column.num) return el("span", {}, text);
+  if (column.wrap) return el("span", { class: "wrap" }, text);
   return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
+}
+
+// Two values in one cell, one above the other (the second muted), each cut alike.
+function stacked(first, second) {
+  const cut = (text, cls) => el("span", { class: cls, title: text }, text);
+  return el("div", { class: "stacked" }, cut(first, "cut"), cut(second, "cut muted"));
 }
 
 // A name in running text (a heading): cut as in a table when longer than the line.
@@ -321,7 +328,6 @@ async function keysView(view) {
   const use = new Map(stats.rate_limits.map((u) => [u.key_id, u]));
   const spend = new Map(stats.per_key.map((k) => [k.key_id, k.cost]));
   const secretBox = el("div", { id: "new-key", "aria-live": "polite" });
-  const error = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "key-search", type: "search", placeholder: "user or key name" });
   const statusFilter = el(
     "select",
@@ -342,8 +348,7 @@ async function keysView(view) {
       table(
         [
           { title: "ID", num: true, cell: (k) => k.id },
-          { title: "User", cell: (k) => k.user },
-          { title: "Key name", cell: (k) => k.key_name },
+          { title: "User / key", cell: (k) => stacked(k.user, k.key_name) },
           { title: "Starts with", cell: (k) => `${k.prefix}…` },
           { title: "Role", cell: (k) => k.role },
           { title: "Status", cell: (k) => k.status },
@@ -352,8 +357,7 @@ async function keysView(view) {
           { title: "Use now", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (k) => budgetText(k.budget, "") },
-          { title: "Expires (UTC)", cell: (k) => utcText(k.expires) || "never" },
-          { title: "Last used (UTC)", cell: (k) => utcText(k.last_used) || "never" },
+          { title: "Expires / last used (UTC)", cell: (k) => stacked(utcText(k.expires) || "never", utcText(k.last_used) || "never used") },
           { title: "Actions", cell: (k) => (k.status === "active" ? keyActions(k) : "") },
         ],
         rows,
@@ -364,63 +368,42 @@ async function keysView(view) {
   search.addEventListener("input", showList);
   statusFilter.addEventListener("change", showList);
   roleFilter.addEventListener("change", showList);
-  const form = el(
-    "form",
-    { id: "create-key", class: "card" },
-    el("h2", {}, "Create a key"),
-    el(
-      "div",
-      { class: "row" },
-      el("div", {}, el("label", { for: "new-user" }, "User"), el("input", { id: "new-user", required: true })),
-      el("div", {}, el("label", { for: "new-name" }, "Key name"), el("input", { id: "new-name", required: true })),
+  const fresh = keySpecs({}, true);
+  const created = (made, form) => {
+    const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
+    const copy = el("button", { type: "button", class: "quiet" }, "Copy");
+    copy.addEventListener("click", async () => {
+      await navigator.clipboard.writeText(made.key);
+      copy.textContent = "Copied";
+    });
+    const done = el("button", { type: "button" }, "I have stored it");
+    done.addEventListener("click", () => secretBox.replaceChildren());
+    secretBox.replaceChildren(
       el(
         "div",
-        {},
-        el("label", { for: "new-role" }, "Role"),
-        el("select", { id: "new-role" }, el("option", { value: "user" }, "user"), el("option", { value: "admin" }, "admin")),
+        { class: "card" },
+        el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
+        el("p", {}, "Store it now: it is shown this once and can never be shown again."),
+        secret,
+        el("div", { class: "row" }, copy, done),
       ),
-      el("div", {}, el("label", { for: "new-rpm" }, "Requests per minute (empty: default)"), el("input", { id: "new-rpm", inputmode: "numeric" })),
-      el("button", { type: "submit" }, "Create"),
-    ),
-    error,
+    );
+    doc.keys.push(made);
+    form.reset();
+    showList();
+  };
+  const form = changeForm(
+    "create-key",
+    "Create a key",
+    [
+      { key: "user", label: "User", hint: "A new name makes the user", input: el("input", { autocomplete: "off" }), parse: (t) => t, required: true, api: ["user"] },
+      { key: "name", label: "Key name", input: el("input", { autocomplete: "off" }), parse: (t) => t, required: true, api: ["name"] },
+      ...fresh.specs,
+    ],
+    fresh.groups,
+    (body) => api("POST", `${PATHS.admin}/keys`, body),
+    { saveLabel: "Create", done: created, cancel: false, more: "Limits, models, expiry and budget" },
   );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    const body = {
-      user: form.querySelector("#new-user").value.trim(),
-      name: form.querySelector("#new-name").value.trim(),
-      role: form.querySelector("#new-role").value,
-    };
-    const rpm = form.querySelector("#new-rpm").value.trim();
-    if (rpm) body.rpm = Number(rpm);
-    try {
-      const made = await api("POST", `${PATHS.admin}/keys`, body);
-      const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
-      const copy = el("button", { type: "button", class: "quiet" }, "Copy");
-      copy.addEventListener("click", async () => {
-        await navigator.clipboard.writeText(made.key);
-        copy.textContent = "Copied";
-      });
-      const done = el("button", { type: "button" }, "I have stored it");
-      done.addEventListener("click", () => secretBox.replaceChildren());
-      secretBox.replaceChildren(
-        el(
-          "div",
-          { class: "card" },
-          el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
-          el("p", {}, "Store it now: it is shown this once and can never be shown again."),
-          secret,
-          el("div", { class: "row" }, copy, done),
-        ),
-      );
-      doc.keys.push(made);
-      form.reset();
-      showList();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-  });
   view.append(
     el("h1", {}, "Keys"),
     form,
@@ -465,6 +448,7 @@ function field(id, label, input, hint) {
     box,
     input,
     fail(message) {
+      input.closest("details")?.setAttribute("open", "");
       error.textContent = message;
       input.setAttribute("aria-invalid", "true");
     },
@@ -476,25 +460,29 @@ function field(id, label, input, hint) {
 }
 
 // specs: [{ key, label, hint, input, parse(text) -> value, api: [words naming it in the
-// API's errors], group }]; groups: { name: { build(values) -> value, api } }.
-function changeForm(id, title, specs, groups, send) {
+// API's errors], group, required, more (folded under "More")}]; groups: { name: { legend,
+// build(values) -> value } }. A form that creates starts empty: what is filled in is sent.
+function changeForm(id, title, specs, groups, send, options = {}) {
+  const { saveLabel = "Save", done = () => route(), cancel: cancellable = true, more = "More" } = options;
   const fields = specs.map((spec) => {
     const f = field(`${id}-${spec.key}`, spec.label, spec.input, spec.hint);
     return { ...spec, ...f, initial: spec.input.value };
   });
   const formError = el("p", { class: "field-error", id: `${id}-error`, role: "alert" });
-  const save = el("button", { type: "submit" }, "Save");
-  const cancel = el("button", { type: "button", class: "quiet" }, "Cancel");
-  const plain = el("div", { class: "row fields" });
+  const save = el("button", { type: "submit" }, saveLabel);
+  const cancel = cancellable ? el("button", { type: "button", class: "quiet" }, "Cancel") : null;
+  const first = el("div", { class: "row fields" });
+  const rest = el("div", { class: "row fields" });
   const sets = {};
   for (const f of fields) {
     if (f.group) (sets[f.group] ||= el("div", { class: "row fields" })).append(f.box);
-    else plain.append(f.box);
+    else (f.more ? rest : first).append(f.box);
   }
-  const layout = [
-    plain,
-    ...Object.entries(sets).map(([name, row]) => el("fieldset", {}, el("legend", {}, groups[name].legend), row)),
-  ];
+  const groupSets = Object.entries(sets).map(([name, row]) => el("fieldset", {}, el("legend", {}, groups[name].legend), row));
+  const folded = fields.some((f) => f.more);
+  const layout = folded
+    ? [first, el("details", {}, el("summary", {}, more), rest, ...groupSets)]
+    : [first, ...groupSets];
   const form = el(
     "form",
     { class: "card", id, novalidate: true },
@@ -503,7 +491,7 @@ function changeForm(id, title, specs, groups, send) {
     el("div", { class: "row" }, save, cancel),
     formError,
   );
-  cancel.addEventListener("click", () => form.closest("tr.below")?.remove());
+  if (cancel) cancel.addEventListener("click", () => form.closest("tr.below")?.remove());
   const place = (message) => {
     // An error the API names a field in goes under that field, in the field's words.
     // (the longest name first: "a budget's alert" before "a budget")
@@ -521,6 +509,12 @@ function changeForm(id, title, specs, groups, send) {
     event.preventDefault();
     fields.forEach((f) => f.clear());
     formError.textContent = "";
+    const missing = fields.filter((f) => f.required && !f.input.value.trim());
+    missing.forEach((f) => f.fail(`${f.label}: required.`));
+    if (missing.length) {
+      missing[0].input.focus();
+      return;
+    }
     const changed = fields.filter((f) => f.input.value !== f.initial);
     if (!changed.length) {
       formError.textContent = "Nothing changed.";
@@ -548,8 +542,7 @@ function changeForm(id, title, specs, groups, send) {
     }
     save.disabled = true;
     try {
-      await send(body);
-      route();
+      done(await send(body), form);
     } catch (err) {
       place(err.message);
     } finally {
@@ -632,13 +625,14 @@ const LIMITS = [
   ["max_concurrent", "Requests at once"],
 ];
 
-function editKey(key, tr) {
+// The fields of a key, as they are (`key`), or empty for a new one (`more`: folded).
+function keySpecs(key, more = false) {
   const budget = budgetFields("budget_", key.budget);
   const specs = [
     {
       key: "role",
       label: "Role",
-      input: el("select", {}, ["user", "admin"].map((r) => el("option", { value: r, selected: r === key.role }, r))),
+      input: el("select", {}, ["user", "admin"].map((r) => el("option", { value: r, selected: r === (key.role || "user") }, r))),
       parse: (text) => text,
     },
     ...LIMITS.map(([name, label]) => ({
@@ -648,6 +642,7 @@ function editKey(key, tr) {
       input: el("input", { inputmode: "numeric", value: key[name] ?? "" }),
       parse: wholeNumber(label, null),
       api: [name],
+      more: more && name !== "rpm",
     })),
     {
       key: "models",
@@ -659,6 +654,7 @@ function editKey(key, tr) {
         return patterns.length ? patterns : null;
       },
       api: ["models", "model name or pattern", "model patterns"],
+      more,
     },
     {
       key: "expires_at",
@@ -673,10 +669,16 @@ function editKey(key, tr) {
         return when;
       },
       api: ["expires_at"],
+      more,
     },
     ...budget.specs,
   ];
-  const form = changeForm("edit-key", ["Change ", named(`${key.user}/${key.key_name}`)], specs, { budget: budget.group }, (body) =>
+  return { specs, groups: { budget: budget.group } };
+}
+
+function editKey(key, tr) {
+  const { specs, groups } = keySpecs(key);
+  const form = changeForm("edit-key", ["Change ", named(`${key.user}/${key.key_name}`)], specs, groups, (body) =>
     api("PATCH", `${PATHS.admin}/keys/${key.id}`, body),
   );
   openBelow(tr, form);
@@ -1181,6 +1183,7 @@ async function start() {
   const nav = document.getElementById("nav");
   const isAdmin = state.me.key.role === "admin";
   nav.replaceChildren(
+    el("span", { class: "nav-who" }, who.textContent),
     ...Object.entries(VIEWS)
       .filter(([, v]) => isAdmin || !v.admin)
       .map(([name, v]) => el("a", { href: `#/${name}`, "data-view": name }, v.title)),
