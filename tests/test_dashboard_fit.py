@@ -35,6 +35,7 @@ from .conftest import make_key
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
 LONG_MODEL = "m" + "odel-with-a-very-long-name" * 38 + ":latest"
 PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
+USER_PAGES = ("models", "usage", "me", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
     (1280, "light"),
     (1280, "dark"),
@@ -127,10 +128,10 @@ async def dashboard(
     return server
 
 
-async def _with_history(dashboard: TestServer, db_path: str) -> str:
-    """An admin key (returned), a user with a 64-character name whose key has every
+async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
+    """An admin key, a user with a 64-character name whose key has every
     limit, a budget with an alert and an allow-list, and usage of a 1,000-character
-    model (a record as the usage writer makes it) beside real requests."""
+    model (a record as the usage writer makes it) beside real requests. The two keys."""
     admin_key = await make_key(db_path, "root", "ops", "admin")
     store = await Store.open(db_path)
     try:
@@ -174,7 +175,7 @@ async def _with_history(dashboard: TestServer, db_path: str) -> str:
     usage = dashboard.app[RELAY].usage
     assert usage is not None
     await usage.flush()
-    return admin_key
+    return admin_key, secret
 
 
 async def _show(page: Page, url: str, name: str) -> None:
@@ -187,28 +188,32 @@ async def _show(page: Page, url: str, name: str) -> None:
 async def test_every_page_fits_every_screen_in_both_themes(
     browser: Browser, dashboard: TestServer, db_path: str
 ) -> None:
-    admin_key = await _with_history(dashboard, db_path)
+    admin_key, user_key = await _with_history(dashboard, db_path)
     url = str(dashboard.make_url("")).rstrip("/")
     cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
-    for width, theme in SIZES:
-        context, page = await signed_in(browser, url, admin_key, width, theme)
+    # Every page as an admin; a user's own pages (its name long) on a desktop and a phone.
+    runs = [(admin_key, "admin", width, theme, PAGES) for width, theme in SIZES] + [
+        (user_key, "user", width, theme, USER_PAGES) for width, theme in (SIZES[0], SIZES[5])
+    ]
+    for key, role, width, theme, pages in runs:
+        context, page = await signed_in(browser, url, key, width, theme)
         try:
-            for name in PAGES:
+            for name in pages:
                 await _show(page, url, name)
                 if name == "keys":  # with a row's Change form open below it
                     row = page.locator("tr", has_text=LONG_USER)
                     await row.locator("button[data-action=edit]").click()
                     await page.wait_for_selector("#edit-key")
-                where = f"{name} at {width} px, {theme}"
+                where = f"{name} at {width} px, {theme}, as {role}"
                 found = cast(dict[str, Any], await page.evaluate(MEASURE))
-                await shot(page, f"{name}-{width}-{theme}")
+                await shot(page, f"{name}-{width}-{theme}" + ("-user" if role == "user" else ""))
                 assert found["broken"] == [], f"words broken on {where}: {found['broken']}"
                 assert found["pageWidth"] <= found["innerWidth"], f"{where} scrolls sideways"
                 assert found["unreachable"] == [], f"buttons out of reach on {where}"
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
                     assert found["header"] <= 64, f"the header takes {found['header']} px"
-                if name in ("keys", "users", "models"):
+                if name in ("keys", "users", "models") and role == "admin":
                     assert found["buttons"] > 0, where  # (the rows' actions were measured)
                 for text, widths in cut_seen.items():
                     shown = await page.evaluate(CUT, text)
@@ -216,7 +221,9 @@ async def test_every_page_fits_every_screen_in_both_themes(
                         continue
                     assert all(shown.values()), f"{text[:20]}… on {where}: {shown}"
                     widths.append(width)
-            if width < 600:  # the pages behind the phone's Menu button, by keyboard too
+            if (
+                width < 600 and role == "admin"
+            ):  # the pages behind the phone's Menu button, by keyboard too
                 await page.click("#menu")
                 await page.wait_for_selector("#nav a[data-view=usage]")
                 await shot(page, f"menu-{width}-{theme}")

@@ -134,7 +134,7 @@ function openBelow(tr, content) {
 }
 
 function stat(label, value, hint) {
-  return el("div", { class: "stat" }, el("div", { class: "label", title: hint }, label), el("div", { class: "value" }, value));
+  return el("div", { class: "stat" }, el("div", { class: "label", title: hint }, label), el("div", { class: "value", title: value }, value));
 }
 
 // Percentiles here come from the hourly sums' histograms: each within a bucket (±19%).
@@ -1011,7 +1011,7 @@ async function myUsage(view) {
   ]);
   const limits = me.current.limits || {};
   view.append(
-    el("h1", {}, `${me.key.user} / ${me.key.key_name}`),
+    el("h1", {}, named(`${me.key.user} / ${me.key.key_name}`)),
     el("p", { class: "muted" }, `Role ${me.key.role}; key ${me.key.prefix}…; status ${me.key.status}`),
     el("h2", {}, "Limits and what is left"),
     el(
@@ -1031,7 +1031,7 @@ async function myUsage(view) {
             { title: `Amount (${me.currency})`, num: true, cell: (b) => money(b.amount) },
             { title: "Spent", num: true, cell: (b) => money(b.spent) },
             { title: "Remaining", num: true, cell: (b) => money(b.remaining) },
-            { title: "Resets", cell: (b) => (b.resets_at ? new Date(b.resets_at * 1000).toISOString() : "never") },
+            { title: "Resets (UTC)", cell: (b) => (b.resets_at ? utcText(new Date(b.resets_at * 1000).toISOString()) : "never") },
           ],
           me.budgets,
           "",
