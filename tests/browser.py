@@ -56,7 +56,12 @@ async def signed_in(
     return context, page
 
 
+SAVED: list[Path] = []  # (named at the end of the run by conftest's terminal summary)
+
+
 async def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    print(f"screenshot: {SCREENSHOTS / name}.png")
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    SAVED.append(path)
+    print(f"screenshot: {path}")

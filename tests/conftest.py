@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -169,6 +170,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Those that run alone last: on two workers, each such test idles one worker until
     # the other's test ends; at the end they follow one another with little idling.
     items.sort(key=lambda item: item.get_closest_marker("alone") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the dashboard tests saved their screenshots (tests/browser.py), for a person
+    to look at."""
+    browser = sys.modules.get(f"{__package__}.browser")
+    saved = getattr(browser, "SAVED", None)
+    if saved:
+        terminalreporter.write_line(f"{len(saved)} screenshots in {saved[0].parent}")
 
 
 @pytest.fixture(autouse=True)

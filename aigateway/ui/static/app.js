@@ -750,9 +750,8 @@ async function usageView(view) {
       el("div", { class: "row" }, ...links),
       table(
         [
-          { title: "Time (UTC)", cell: (r) => r.time },
-          { title: "User", cell: (r) => r.user },
-          { title: "Key", cell: (r) => r.key_name },
+          { title: "Time (UTC)", cell: (r) => `${r.time.slice(0, 10)} ${r.time.slice(11, 19)}` },
+          { title: "User / key", cell: (r) => stacked(r.user, r.key_name) },
           { title: "Route", cell: (r) => r.route },
           { title: "Model", cell: (r) => r.model ?? "" },
           { title: "Status", num: true, cell: (r) => r.status },
