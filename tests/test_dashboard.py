@@ -109,7 +109,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
         await page.locator("tr", has_text="dora").locator("button[data-action=edit]").click()
         await page.fill("#edit-key-rpm", "45")
         await page.click("#edit-key button[type=submit]")
-        await page.wait_for_selector("tr:has-text('dora') td[data-label='Req/min']:has-text('45')")
+        await page.wait_for_selector("tr:has-text('dora') td:has-text('/45 a minute')")
         assert (await store.get_key(made.id)).limits.rpm == 45
         # Allow-list, token quota, expiry (a time of day, in UTC), own budget and alert.
         await page.locator("tr", has_text="dora").locator("button[data-action=edit]").click()

@@ -315,7 +315,7 @@ async def test_a_change_form_sends_only_what_changed_and_keeps_the_rest(
         # Change only the rate limit.
         await page.fill("#edit-key-rpm", "45")
         await page.click("#edit-key button[type=submit]")
-        await page.wait_for_selector("tr:has-text('ines') td[data-label='Req/min']:has-text('45')")
+        await page.wait_for_selector("tr:has-text('ines') td:has-text('/45 a minute')")
         after = await _api(url, admin_key, "GET", f"/admin/keys/{made['id']}")
         assert after == {**before, "rpm": 45}
         assert sent[-1] == {"rpm": 45}

@@ -100,10 +100,10 @@ function cellContent(value, column) {
   return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
 }
 
-// Two values in one cell, one above the other (the second muted), each cut alike.
-function stacked(first, second) {
+// Values in one cell, one above the other (all but the first muted), each cut alike.
+function stacked(first, ...more) {
   const cut = (text, cls) => el("span", { class: cls, title: text }, text);
-  return el("div", { class: "stacked" }, cut(first, "cut"), cut(second, "cut muted"));
+  return el("div", { class: "stacked" }, cut(first, "cut"), more.map((text) => cut(text, "cut muted")));
 }
 
 // A name in running text (a heading): cut as in a table when longer than the line.
@@ -348,13 +348,10 @@ async function keysView(view) {
       table(
         [
           { title: "ID", num: true, cell: (k) => k.id },
-          { title: "User / key", cell: (k) => stacked(k.user, k.key_name) },
-          { title: "Starts with", cell: (k) => `${k.prefix}…` },
-          { title: "Role", cell: (k) => k.role },
-          { title: "Status", cell: (k) => k.status },
-          { title: "Req/min", num: true, cell: (k) => (k.rpm === null ? "default" : k.rpm === 0 ? "none" : k.rpm) },
+          { title: "User / key", cell: (k) => stacked(k.user, k.key_name, `${k.prefix}…`) },
+          { title: "Role / status", cell: (k) => stacked(k.role, k.status) },
           { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
-          { title: "Use now", wrap: true, cell: (k) => useText(use.get(k.id)) },
+          { title: "Use now of its limits", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (k) => budgetText(k.budget, "") },
           { title: "Expires / last used (UTC)", cell: (k) => stacked(utcText(k.expires) || "never", utcText(k.last_used) || "never used") },
@@ -428,6 +425,7 @@ function useText(u) {
   if (!u) return "";
   const l = u.limits || {};
   const parts = [`${u.requests_this_minute}/${l.rpm || "∞"} a minute`];
+  if (l.rph) parts.push(`${u.requests_this_hour}/${l.rph} an hour`);
   if (l.tokens_per_day) parts.push(`${number(u.tokens_today)}/${number(l.tokens_per_day)} tokens today`);
   if (l.max_concurrent) parts.push(`${u.in_flight}/${l.max_concurrent} at once`);
   return parts.join(", ");
