@@ -87,7 +87,9 @@ function table(columns, rows, empty) {
       columns.map((c) => el("td", { class: kind(c), "data-label": c.title }, cellContent(c.cell(row), c))),
     ),
   );
-  const wrap = el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
+  // (a table of few columns gives each value more room before cutting it)
+  const roomy = columns.length <= 6 ? "roomy" : null;
+  const wrap = el("div", { class: "table-wrap" }, el("table", { class: roomy }, el("thead", {}, head), el("tbody", {}, body)));
   requestAnimationFrame(() => markCut(wrap));
   return wrap;
 }
