@@ -1201,11 +1201,12 @@ async function route() {
     else link.removeAttribute("aria-current");
   }
   const chosen = VIEWS[name];
-  const fresh = el("div", { id: `view-${name}` });
+  const fresh = el("div", { id: `view-${name}`, "aria-busy": "true" });
   view.replaceChildren(fresh);
   showMenu(false);
   if (!chosen) {
     fresh.append(el("p", { class: "error" }, "No such page."));
+    fresh.setAttribute("aria-busy", "false");
     return;
   }
   try {
@@ -1214,6 +1215,7 @@ async function route() {
     if (err.status === 401) return showSignIn(err.message);
     fresh.replaceChildren(el("h1", {}, chosen.title), el("p", { class: "error", role: "alert" }, err.message));
   }
+  fresh.setAttribute("aria-busy", "false");
 }
 
 // On a phone the pages are behind the Menu button (the header stays one line).
@@ -1265,16 +1267,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   // Which values are cut changes with the page's width (a window resized, a scroll bar
   // come) and with what is shown: measured again when the view's size changes.
+  // (A ResizeObserver's callback runs after layout, when the widths are known.)
   const view = document.getElementById("view");
-  let pending = false;
-  new ResizeObserver(() => {
-    if (pending) return;
-    pending = true;
-    requestAnimationFrame(() => {
-      pending = false;
-      markCut(view);
-    });
-  }).observe(view);
+  new ResizeObserver(() => markCut(view)).observe(view);
   window.addEventListener("hashchange", route);
   start();
 });
