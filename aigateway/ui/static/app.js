@@ -74,11 +74,11 @@ async function api(method, path, body) {
 // A table of `rows`: each column a title and a cell(row) giving text or a node. Text is
 // shown in a box that cuts it with an ellipsis when longer than its column (whole in its
 // title, when focused, and when copied); `wrap: true` lets a column of several words wrap
-// between words instead. Each cell names its column (data-label) for the phone's cards.
-// `open(row, tr)` is called with each row's <tr>, for its actions to open things below it.
+// between words instead; `act: true` marks the row's buttons (kept in sight while a wide
+// table scrolls). Each cell names its column (data-label) for the phone's cards.
 function table(columns, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
-  const kind = (c) => (c.num ? "num" : c.title === "Actions" ? "act" : null);
+  const kind = (c) => (c.num ? "num" : c.act ? "act" : null);
   const head = el("tr", {}, columns.map((c) => el("th", { class: kind(c), scope: "col" }, c.title)));
   const body = rows.map((row) =>
     el(
@@ -357,7 +357,7 @@ async function keysView(view) {
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (k) => budgetText(k.budget, "") },
           { title: "Expires / last used (UTC)", cell: (k) => stacked(utcText(k.expires) || "never", utcText(k.last_used) || "never used") },
-          { title: "Actions", cell: (k) => (k.status === "active" ? keyActions(k) : "") },
+          { title: "Actions", act: true, cell: (k) => (k.status === "active" ? keyActions(k) : "") },
         ],
         rows,
         doc.keys.length ? "No key matches." : "No keys yet: create the first one above.",
@@ -913,7 +913,7 @@ async function usersView(view) {
           { title: "Status", cell: (u) => u.status },
           { title: "Active keys", num: true, cell: (u) => u.active_keys },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (u) => budgetText(u.budget) },
-          { title: "Actions", cell: (u) => userActions(u) },
+          { title: "Actions", act: true, cell: (u) => userActions(u) },
         ],
         rows,
         doc.users.length ? "No user matches." : "No users yet: creating a key makes its user.",
@@ -939,7 +939,7 @@ function editUser(user, tr) {
       hint: "Empty: none",
       input: el("input", { type: "email", value: user.email ?? "" }),
       parse: (text) => text || null,
-      api: ["email", "email address"],
+      api: ["email"],
     },
     {
       key: "note",
