@@ -209,6 +209,11 @@ async def test_every_page_fits_every_screen_in_both_themes(
     ]
     for key, role, width, theme, pages in runs:
         context, page = await signed_in(browser, url, key, width, theme)
+        refused: list[str] = []  # (what the page's policy stopped: nothing may be)
+        page.on(
+            "console",
+            lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         try:
             for name in pages:
                 await _show(page, url, name)
@@ -250,6 +255,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 await page.click("#nav a[data-view=usage]")
                 await page.wait_for_selector("#view-usage h1")
                 await page.wait_for_selector("#nav", state="hidden")
+            assert refused == [], refused
         finally:
             await context.close()
     # Each long value was cut (and checked) somewhere at every width.
