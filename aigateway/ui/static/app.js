@@ -460,7 +460,8 @@ function field(id, label, input, hint) {
 }
 
 // specs: [{ key, label, hint, input, parse(text) -> value, api: [words naming it in the
-// API's errors], group, required, more (folded under "More")}]; groups: { name: { legend,
+// API's errors; verbatim: shown as the API says it), group, required, more (folded under
+// "More")}]; groups: { name: { legend,
 // build(values) -> value } }. A form that creates starts empty: what is filled in is sent.
 function changeForm(id, title, specs, groups, send, options = {}) {
   const { saveLabel = "Save", done = () => route(), cancel: cancellable = true, more = "More" } = options;
@@ -498,7 +499,7 @@ function changeForm(id, title, specs, groups, send, options = {}) {
     const names = fields.flatMap((f) => (f.api || []).map((word) => [word, f])).sort((a, b) => b[0].length - a[0].length);
     for (const [word, f] of names) {
       if (new RegExp(`(^|\\W)${word.replace(/[^\w ]/g, "\\$&")}(\\W|$)`).test(message)) {
-        f.fail(message.replace(word, f.label));
+        f.fail(f.verbatim ? message : message.replace(word, f.label));
         f.input.focus();
         return;
       }
@@ -556,6 +557,7 @@ function wholeNumber(what, empty) {
   return (text) => {
     if (text === "") return empty;
     if (!/^\d{1,15}$/.test(text)) throw new Error(`${what}: a whole number, 0 or more.`);
+    if (Number(text) > 1e12) throw new Error(`${what}: at most 1,000,000,000,000.`);
     return Number(text);
   };
 }
@@ -654,6 +656,7 @@ function keySpecs(key, more = false) {
         return patterns.length ? patterns : null;
       },
       api: ["models", "model name or pattern", "model patterns"],
+      verbatim: true, // (its messages read well as they are)
       more,
     },
     {
