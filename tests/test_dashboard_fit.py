@@ -261,6 +261,12 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 await page.click("#nav a[data-view=usage]")
                 await page.wait_for_selector("#view-usage h1")
                 await page.wait_for_selector("#nav", state="hidden")
+            # The sign-in page, after signing out.
+            await page.click("#signout")
+            await page.wait_for_selector("#signin-key")
+            found = cast(dict[str, Any], await page.evaluate(MEASURE))
+            assert found["pageWidth"] <= found["innerWidth"] and found["header"] <= 64
+            await shot(page, f"signin-{width}-{theme}")
             assert refused == [], refused
         finally:
             await context.close()

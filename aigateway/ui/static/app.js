@@ -1158,12 +1158,14 @@ async function playground(view) {
 
 // --- shell: sign-in, navigation, theme --------------------------------------------------
 
-function showSignIn(message) {
+function showSignIn(message, failed = true) {
   state.me = null;
   for (const id of ["nav", "signout", "who", "menu"]) document.getElementById(id).hidden = true;
   document.getElementById("view").replaceChildren();
   document.getElementById("signin").hidden = false;
-  document.getElementById("signin-error").textContent = message || "";
+  const line = document.getElementById("signin-error");
+  line.textContent = message || "";
+  line.className = failed ? "error" : "muted"; // (signing out is no error)
   document.getElementById("signin-key").focus();
 }
 
@@ -1259,7 +1261,7 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("DELETE", `${PATHS.ui}/session`);
     } finally {
-      showSignIn("Signed out.");
+      showSignIn("Signed out.", false);
     }
   });
   document.getElementById("menu").addEventListener("click", () => {
