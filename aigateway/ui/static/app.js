@@ -74,8 +74,9 @@ async function api(method, path, body) {
 // A table of `rows`: each column a title and a cell(row) giving text or a node. Text is
 // shown in a box that cuts it with an ellipsis when longer than its column (whole in its
 // title, when focused, and when copied); `wrap: true` lets a column of several words wrap
-// between words instead; `act: true` marks the row's buttons (kept in sight while a wide
-// table scrolls). Each cell names its column (data-label) for the phone's cards.
+// between words instead, `keep: true` keeps a short one (a time) whole on one line;
+// `act: true` marks the row's buttons (kept in sight while a wide table scrolls). Each
+// cell names its column (data-label) for the phone's cards.
 function table(columns, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
   const kind = (c) => (c.num ? "num" : c.act ? "act" : null);
@@ -97,7 +98,7 @@ function table(columns, rows, empty) {
 function cellContent(value, column) {
   if (value instanceof Node) return value;
   const text = value === null || value === undefined ? "" : String(value);
-  if (column.num) return el("span", {}, text);
+  if (column.num || column.keep) return el("span", { class: "keep" }, text);
   if (column.wrap) return el("span", { class: "wrap" }, text);
   return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
 }
@@ -356,7 +357,10 @@ async function keysView(view) {
           { title: "Use now of its limits", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (k) => budgetText(k.budget, "") },
-          { title: "Expires / last used (UTC)", cell: (k) => stacked(utcText(k.expires) || "never", utcText(k.last_used) || "never used") },
+          {
+            title: "Expires / last used (UTC)",
+            cell: (k) => el("div", { class: "stacked" }, el("span", { class: "keep" }, utcText(k.expires) || "never"), el("span", { class: "keep muted" }, utcText(k.last_used) || "never used")),
+          },
           { title: "Actions", act: true, cell: (k) => (k.status === "active" ? keyActions(k) : "") },
         ],
         rows,
@@ -753,7 +757,7 @@ async function usageView(view) {
       el("div", { class: "row" }, ...links),
       table(
         [
-          { title: "Time (UTC)", cell: (r) => `${r.time.slice(0, 10)} ${r.time.slice(11, 19)}` },
+          { title: "Time (UTC)", keep: true, cell: (r) => `${r.time.slice(0, 10)} ${r.time.slice(11, 19)}` },
           { title: "User / key", cell: (r) => stacked(r.user, r.key_name) },
           { title: "Route", cell: (r) => r.route },
           { title: "Model", cell: (r) => r.model ?? "" },
