@@ -350,9 +350,8 @@ async function keysView(view) {
     listing.replaceChildren(
       table(
         [
-          { title: "ID", num: true, cell: (k) => k.id },
           { title: "User / key", cell: (k) => stacked(k.user, k.key_name, `${k.prefix}…`) },
-          { title: "Role / status", cell: (k) => stacked(k.role, k.status) },
+          { title: "Role / status", cell: (k) => stacked(k.role, k.status, `id ${k.id}`) },
           { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
           { title: "Use now of its limits", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
