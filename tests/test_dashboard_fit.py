@@ -33,7 +33,8 @@ from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: 
 from .conftest import make_key
 
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
-LONG_MODEL = "m" + "odel-with-a-very-long-name" * 38 + ":latest"
+LONG_MODEL = ("model-with-a-very-long-name-" * 36)[:993] + ":latest"
+assert len(LONG_USER) == 64 and len(LONG_MODEL) == 1000
 PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
 USER_PAGES = ("models", "usage", "me", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
