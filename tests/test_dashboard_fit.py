@@ -352,6 +352,11 @@ async def test_a_change_form_sends_only_what_changed_and_keeps_the_rest(
         await shot(page, "keys-field-error")
         assert sent == [{"models": ["llama3*", "not a pattern"]}]  # (the rest unchanged)
         await page.fill("#edit-key-models", "llama3*, qwen2.5:0.5b")
+        # Cancel closes the form, back to its button; nothing was saved.
+        await page.click("#edit-key button:has-text('Cancel')")
+        await page.wait_for_selector("#edit-key", state="detached")
+        assert await page.evaluate("document.activeElement.dataset.action") == "edit"
+        await page.locator("tr", has_text="ines").locator("button[data-action=edit]").click()
         # Change only the rate limit.
         await page.fill("#edit-key-rpm", "45")
         await page.click("#edit-key button[type=submit]")

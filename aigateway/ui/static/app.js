@@ -495,7 +495,14 @@ function changeForm(id, title, specs, groups, send, options = {}) {
     el("div", { class: "row" }, save, cancel),
     formError,
   );
-  if (cancel) cancel.addEventListener("click", () => form.closest("tr.below")?.remove());
+  if (cancel) {
+    cancel.addEventListener("click", () => {
+      // (back to the button that opened it, for a keyboard)
+      const below = form.closest("tr.below");
+      below?.previousElementSibling?.querySelector("[data-action=edit]")?.focus();
+      below?.remove();
+    });
+  }
   const place = (message) => {
     // An error the API names a field in goes under that field, in the field's words.
     // (the longest name first: "a budget's alert" before "a budget")
