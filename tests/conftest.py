@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -70,6 +71,8 @@ SLOW = frozenset(
         "test_dashboard::test_the_api_docs_render_offline_under_their_policy",
         "test_dashboard::test_the_overview_shows_each_upstream_with_several",
         "test_dashboard::test_the_playground_shows_the_cost_the_gateway_charged",
+        "test_dashboard_fit::test_a_change_form_sends_only_what_changed_and_keeps_the_rest",
+        "test_dashboard_fit::test_every_page_fits_every_screen_in_both_themes",
         "test_docs_examples::test_the_examples_of_a_page_run",
         "test_docs_examples::test_the_runner_keeps_every_rule_and_fails_a_failing_block",
         "test_exports_stream::test_a_key_runs_at_most_two_exports_and_gets_them_back",
@@ -173,6 +176,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Those that run alone last: on two workers, each such test idles one worker until
     # the other's test ends; at the end they follow one another with little idling.
     items.sort(key=lambda item: item.get_closest_marker("alone") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the dashboard tests saved their screenshots (tests/browser.py), for a person
+    to look at."""
+    browser = sys.modules.get(f"{__package__}.browser")
+    saved = getattr(browser, "SAVED", None)
+    if saved:
+        terminalreporter.write_line(f"{len(saved)} screenshots in {saved[0].parent}")
 
 
 @pytest.fixture(autouse=True)

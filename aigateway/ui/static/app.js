@@ -71,17 +71,73 @@ async function api(method, path, body) {
   return doc;
 }
 
+// A table of `rows`: each column a title and a cell(row) giving text or a node. Text is
+// shown in a box that cuts it with an ellipsis when longer than its column (whole in its
+// title, when focused, and when copied); `wrap: true` lets a column of several words wrap
+// between words instead, `keep: true` keeps a short one (a time) whole on one line;
+// `act: true` marks the row's buttons (kept in sight while a wide table scrolls). Each
+// cell names its column (data-label) for the phone's cards.
 function table(columns, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
-  const head = el("tr", {}, columns.map((c) => el("th", { class: c.num ? "num" : null, scope: "col" }, c.title)));
+  const kind = (c) => (c.num ? "num" : c.act ? "act" : null);
+  const head = el("tr", {}, columns.map((c) => el("th", { class: kind(c), scope: "col" }, c.title)));
   const body = rows.map((row) =>
-    el("tr", {}, columns.map((c) => el("td", { class: c.num ? "num" : null }, c.cell(row)))),
+    el(
+      "tr",
+      {},
+      columns.map((c) => el("td", { class: kind(c), "data-label": c.title }, cellContent(c.cell(row), c))),
+    ),
   );
-  return el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
+  // (a table of few columns gives each value more room before cutting it)
+  const roomy = columns.length <= 6 ? "roomy" : null;
+  const wrap = el("div", { class: "table-wrap" }, el("table", { class: roomy }, el("thead", {}, head), el("tbody", {}, body)));
+  requestAnimationFrame(() => markCut(wrap));
+  return wrap;
+}
+
+function cellContent(value, column) {
+  if (value instanceof Node) return value;
+  const text = value === null || value === undefined ? "" : String(value);
+  if (column.num || column.keep) return el("span", { class: "keep" }, text);
+  if (column.wrap) return el("span", { class: "wrap" }, text);
+  return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
+}
+
+// Values in one cell, one above the other (all but the first muted), each cut alike.
+function stacked(first, ...more) {
+  const cut = (text, cls) => el("span", { class: cls, title: text }, text);
+  return el("div", { class: "stacked" }, cut(first, "cut"), more.map((text) => cut(text, "cut muted")));
+}
+
+// A name in running text (a heading): cut as in a table when longer than the line.
+function named(text) {
+  return el("span", { class: "cut", title: text }, text);
+}
+
+// A cut value can be focused (to read it whole) only when it is cut: measured after layout.
+function markCut(scope) {
+  for (const box of scope.querySelectorAll(".cut")) {
+    if (box.scrollWidth > box.clientWidth + 1) box.setAttribute("tabindex", "0");
+    else if (box !== document.activeElement) box.removeAttribute("tabindex");
+  }
+}
+
+// Opens `content` in a row of its own right below the row `tr` (one at a time per
+// table), so a form or an error shows beside what it is about.
+function openBelow(tr, content) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains("below")) next.remove();
+  for (const other of tr.parentElement.querySelectorAll("tr.below")) other.remove();
+  const row = el("tr", { class: "below" }, el("td", { colspan: tr.children.length }, content));
+  tr.after(row);
+  // In a table wider than its box (scrolled sideways), what opens stays within the box.
+  const box = tr.closest(".table-wrap");
+  if (box && box.scrollWidth > box.clientWidth) content.style.width = `${box.clientWidth - 16}px`;
+  return row;
 }
 
 function stat(label, value, hint) {
-  return el("div", { class: "stat" }, el("div", { class: "label", title: hint }, label), el("div", { class: "value" }, value));
+  return el("div", { class: "stat" }, el("div", { class: "label", title: hint }, label), el("div", { class: "value", title: value }, value));
 }
 
 // Percentiles here come from the hourly sums' histograms: each within a bucket (±19%).
@@ -111,7 +167,7 @@ function usageStats(title, u) {
 // An SVG bar chart of requests per hour (errors on top), built with DOM calls.
 // One chart per measure, side by side; a period with no request says so instead.
 function charts(series, hours, title) {
-  if (!series.length) return el("p", { class: "empty" }, `No requests in the last ${hours} hours.`);
+  if (!series.length) return el("p", { class: "empty" }, `No requests in the ${title}.`);
   return el(
     "div",
     { class: "grid charts" },
@@ -305,7 +361,6 @@ async function keysView(view) {
   const use = new Map(stats.rate_limits.map((u) => [u.key_id, u]));
   const spend = new Map(stats.per_key.map((k) => [k.key_id, k.cost]));
   const secretBox = el("div", { id: "new-key", "aria-live": "polite" });
-  const error = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "key-search", type: "search", placeholder: "user or key name" });
   const statusFilter = el(
     "select",
@@ -325,18 +380,17 @@ async function keysView(view) {
     listing.replaceChildren(
       table(
         [
-          { title: "ID", num: true, cell: (k) => k.id },
-          { title: "User", cell: (k) => k.user },
-          { title: "Key name", cell: (k) => k.key_name },
-          { title: "Prefix", cell: (k) => k.prefix },
-          { title: "Role", cell: (k) => k.role },
-          { title: "Status", cell: (k) => k.status },
-          { title: "Req/min", num: true, cell: (k) => (k.rpm === null ? "default" : k.rpm === 0 ? "none" : k.rpm) },
+          { title: "User / key", cell: (k) => stacked(k.user, k.key_name, `${k.prefix}…`) },
+          { title: "Role / status", cell: (k) => stacked(k.role, k.status, `id ${k.id}`) },
           { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
-          { title: "Use now", cell: (k) => useText(use.get(k.id)) },
+          { title: "Use now of its limits", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },
-          { title: "Budget", cell: (k) => (k.budget ? `${money(k.budget.amount)} ${k.budget.period}` : "") },
-          { title: "", cell: (k) => (k.status === "active" ? keyActions(k, error) : "") },
+          { title: `Budget (${PATHS.currency})`, wrap: true, cell: (k) => budgetText(k.budget, "") },
+          {
+            title: "Expires / last used (UTC)",
+            cell: (k) => el("div", { class: "stacked" }, el("span", { class: "keep" }, utcText(k.expires) || "never"), el("span", { class: "keep muted" }, utcText(k.last_used) || "never used")),
+          },
+          { title: "Actions", act: true, cell: (k) => (k.status === "active" ? keyActions(k) : "") },
         ],
         rows,
         doc.keys.length ? "No key matches." : "No keys yet: create the first one above.",
@@ -346,68 +400,46 @@ async function keysView(view) {
   search.addEventListener("input", showList);
   statusFilter.addEventListener("change", showList);
   roleFilter.addEventListener("change", showList);
-  const form = el(
-    "form",
-    { id: "create-key", class: "card" },
-    el("h2", {}, "Create a key"),
-    el(
-      "div",
-      { class: "row" },
-      el("div", {}, el("label", { for: "new-user" }, "User"), el("input", { id: "new-user", required: true })),
-      el("div", {}, el("label", { for: "new-name" }, "Key name"), el("input", { id: "new-name", required: true })),
+  const fresh = keySpecs({}, true);
+  const created = (made, form) => {
+    const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
+    const copy = el("button", { type: "button", class: "quiet" }, "Copy");
+    copy.addEventListener("click", async () => {
+      await navigator.clipboard.writeText(made.key);
+      copy.textContent = "Copied";
+    });
+    const done = el("button", { type: "button" }, "I have stored it");
+    done.addEventListener("click", () => secretBox.replaceChildren());
+    secretBox.replaceChildren(
       el(
         "div",
-        {},
-        el("label", { for: "new-role" }, "Role"),
-        el("select", { id: "new-role" }, el("option", { value: "user" }, "user"), el("option", { value: "admin" }, "admin")),
+        { class: "card" },
+        el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
+        el("p", {}, "Store it now: it is shown this once and can never be shown again."),
+        secret,
+        el("div", { class: "row" }, copy, done),
       ),
-      el("div", {}, el("label", { for: "new-rpm" }, "Requests per minute (empty: default)"), el("input", { id: "new-rpm", inputmode: "numeric" })),
-      el("button", { type: "submit" }, "Create"),
-    ),
+    );
+    doc.keys.push(made);
+    form.reset();
+    showList();
+  };
+  const form = changeForm(
+    "create-key",
+    "Create a key",
+    [
+      { key: "user", label: "User", hint: "A new name makes the user", input: el("input", { autocomplete: "off" }), parse: (t) => t, required: true, api: ["user"] },
+      { key: "name", label: "Key name", input: el("input", { autocomplete: "off" }), parse: (t) => t, required: true, api: ["name"] },
+      ...fresh.specs,
+    ],
+    fresh.groups,
+    (body) => api("POST", `${PATHS.admin}/keys`, body),
+    { saveLabel: "Create", done: created, cancel: false, more: "Limits, models, expiry and budget" },
   );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    const body = {
-      user: form.querySelector("#new-user").value.trim(),
-      name: form.querySelector("#new-name").value.trim(),
-      role: form.querySelector("#new-role").value,
-    };
-    const rpm = form.querySelector("#new-rpm").value.trim();
-    if (rpm) body.rpm = Number(rpm);
-    try {
-      const made = await api("POST", `${PATHS.admin}/keys`, body);
-      const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
-      const copy = el("button", { type: "button", class: "quiet" }, "Copy");
-      copy.addEventListener("click", async () => {
-        await navigator.clipboard.writeText(made.key);
-        copy.textContent = "Copied";
-      });
-      const done = el("button", { type: "button" }, "I have stored it");
-      done.addEventListener("click", () => secretBox.replaceChildren());
-      secretBox.replaceChildren(
-        el(
-          "div",
-          { class: "card" },
-          el("h2", {}, `New key for ${made.user}/${made.key_name}`),
-          el("p", {}, "Store it now: it is shown this once and can never be shown again."),
-          secret,
-          el("div", { class: "row" }, copy, done),
-        ),
-      );
-      doc.keys.push(made);
-      form.reset();
-      showList();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-  });
   view.append(
     el("h1", {}, "Keys"),
     form,
     secretBox,
-    error,
-    el("div", { id: "key-form" }),
     el(
       "div",
       { class: "row" },
@@ -420,85 +452,285 @@ async function keysView(view) {
   showList();
 }
 
+function budgetText(b, none = "none") {
+  return b ? `${money(b.amount)} ${b.period}${b.alert_percent ? `, alert at ${b.alert_percent}%` : ""}` : none;
+}
+
 function useText(u) {
   if (!u) return "";
   const l = u.limits || {};
   const parts = [`${u.requests_this_minute}/${l.rpm || "∞"} a minute`];
+  if (l.rph) parts.push(`${u.requests_this_hour}/${l.rph} an hour`);
   if (l.tokens_per_day) parts.push(`${number(u.tokens_today)}/${number(l.tokens_per_day)} tokens today`);
   if (l.max_concurrent) parts.push(`${u.in_flight}/${l.max_concurrent} at once`);
   return parts.join(", ");
 }
 
-function editKey(key, error) {
-  const limitFields = [
-    ["rpm", "Requests per minute"],
-    ["rph", "Requests per hour"],
-    ["tokens_per_day", "Tokens per day"],
-    ["max_concurrent", "Requests at once"],
-  ];
-  const role = el("select", { id: "edit-role" }, ["user", "admin"].map((r) => el("option", { value: r, selected: r === key.role }, r)));
-  const limits = limitFields.map(([name]) => el("input", { id: `edit-${name}`, inputmode: "numeric", value: key[name] ?? "" }));
-  const models = el("input", { id: "edit-models", value: key.models ? key.models.join(", ") : "" });
-  const expires = el("input", { id: "edit-expires", type: "date", value: key.expires ? key.expires.slice(0, 10) : "" });
-  const budget = el("input", { id: "edit-budget", inputmode: "decimal", value: key.budget ? money(key.budget.amount) : "" });
-  const period = el("select", { id: "edit-period" }, ["total", "daily", "weekly", "monthly"].map((p) => el("option", { value: p, selected: key.budget ? key.budget.period === p : p === "monthly" }, p)));
-  const labelled = (id, title, input) => el("div", {}, el("label", { for: id }, title), input);
-  const form = el(
-    "form",
-    { class: "card", id: "edit-key" },
-    el("h2", {}, `Change ${key.user}/${key.key_name}`),
-    el(
-      "div",
-      { class: "row" },
-      labelled("edit-role", "Role", role),
-      ...limitFields.map(([name, title], i) => labelled(`edit-${name}`, `${title} (empty: default, 0: none)`, limits[i])),
-    ),
-    el(
-      "div",
-      { class: "row" },
-      labelled("edit-models", "Models (comma-separated patterns; empty: all)", models),
-      labelled("edit-expires", "Expires (UTC date; empty: never)", expires),
-      labelled("edit-budget", `Own budget (${PATHS.currency}; empty: none)`, budget),
-      labelled("edit-period", "Budget period", period),
-    ),
-    el("div", { class: "row" }, el("button", { type: "submit" }, "Save")),
-  );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    try {
-      const body = { role: role.value };
-      limitFields.forEach(([name], i) => {
-        const text = limits[i].value.trim();
-        body[name] = text === "" ? null : Number(text);
-      });
-      const patterns = models.value.split(",").map((p) => p.trim()).filter(Boolean);
-      body.models = patterns.length ? patterns : null;
-      body.expires_at = expires.value ? Date.parse(`${expires.value}T00:00:00Z`) / 1000 : null;
-      body.budget = budget.value.trim() ? { amount: toMicro(budget.value), period: period.value } : null;
-      await api("PATCH", `${PATHS.admin}/keys/${key.id}`, body);
-      route();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-  });
-  document.getElementById("key-form").replaceChildren(form);
-  role.focus();
+// --- change forms ----------------------------------------------------------------------
+// A form shows each value as it is; Save sends only what the person changed (a budget's
+// amount, period and alert go together, as the API takes a budget whole). Each field has
+// its label in people's words, a hint, and its own error line right under it.
+
+function field(id, label, input, hint) {
+  input.id = id;
+  const hintLine = hint ? el("p", { class: "hint", id: `${id}-hint` }, hint) : null;
+  const error = el("p", { class: "field-error", id: `${id}-error`, "aria-live": "polite" });
+  input.setAttribute("aria-describedby", hintLine ? `${id}-hint ${id}-error` : `${id}-error`);
+  const box = el("div", { class: "field" }, el("label", { for: id }, label), input, hintLine, error);
+  return {
+    box,
+    input,
+    fail(message) {
+      input.closest("details")?.setAttribute("open", "");
+      error.textContent = message;
+      input.setAttribute("aria-invalid", "true");
+    },
+    clear() {
+      error.textContent = "";
+      input.removeAttribute("aria-invalid");
+    },
+  };
 }
 
-function keyActions(key, error) {
-  const edit = el("button", { type: "button", class: "quiet", "data-action": "edit", "aria-label": `Change ${key.user}/${key.key_name}` }, "Change");
-  edit.addEventListener("click", () => editKey(key, error));
-  const rpm = el("button", { type: "button", class: "quiet", "data-action": "rpm", "aria-label": `Change the requests per minute of ${key.user}/${key.key_name}` }, "Limit");
-  rpm.addEventListener("click", async () => {
-    const answer = window.prompt(`Requests per minute for ${key.user}/${key.key_name} (0: none, empty: default)`, key.rpm ?? "");
-    if (answer === null) return;
+// specs: [{ key, label, hint, input, parse(text) -> value, api: [words naming it in the
+// API's errors; verbatim: shown as the API says it), group, required, more (folded under
+// "More")}]; groups: { name: { legend,
+// build(values) -> value } }. A form that creates starts empty: what is filled in is sent.
+function changeForm(id, title, specs, groups, send, options = {}) {
+  const { saveLabel = "Save", done = () => route(), cancel: cancellable = true, more = "More" } = options;
+  const fields = specs.map((spec) => {
+    const f = field(`${id}-${spec.key}`, spec.label, spec.input, spec.hint);
+    return { ...spec, ...f, initial: spec.input.value };
+  });
+  const formError = el("p", { class: "field-error", id: `${id}-error`, role: "alert" });
+  const save = el("button", { type: "submit" }, saveLabel);
+  const cancel = cancellable ? el("button", { type: "button", class: "quiet" }, "Cancel") : null;
+  const first = el("div", { class: "row fields" });
+  const rest = el("div", { class: "row fields" });
+  const sets = {};
+  for (const f of fields) {
+    if (f.group) (sets[f.group] ||= el("div", { class: "row fields" })).append(f.box);
+    else (f.more ? rest : first).append(f.box);
+  }
+  const groupSets = Object.entries(sets).map(([name, row]) => el("fieldset", {}, el("legend", {}, groups[name].legend), row));
+  const folded = fields.some((f) => f.more);
+  const layout = folded
+    ? [first, el("details", {}, el("summary", {}, more), rest, ...groupSets)]
+    : [first, ...groupSets];
+  const form = el(
+    "form",
+    { class: "card", id, novalidate: true },
+    el("h2", {}, title),
+    ...layout,
+    el("div", { class: "row" }, save, cancel),
+    formError,
+  );
+  if (cancel) {
+    cancel.addEventListener("click", () => {
+      // (back to the button that opened it, for a keyboard)
+      const below = form.closest("tr.below");
+      below?.previousElementSibling?.querySelector("[data-action=edit]")?.focus();
+      below?.remove();
+    });
+  }
+  const place = (message) => {
+    // An error the API names a field in goes under that field, in the field's words.
+    // (the longest name first: "a budget's alert" before "a budget")
+    const names = fields.flatMap((f) => (f.api || []).map((word) => [word, f])).sort((a, b) => b[0].length - a[0].length);
+    for (const [word, f] of names) {
+      if (new RegExp(`(^|\\W)${word.replace(/[^\w ]/g, "\\$&")}(\\W|$)`).test(message)) {
+        f.fail(f.verbatim ? message : message.replace(word, f.label));
+        f.input.focus();
+        return;
+      }
+    }
+    formError.textContent = message;
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    fields.forEach((f) => f.clear());
+    formError.textContent = "";
+    const missing = fields.filter((f) => f.required && !f.input.value.trim());
+    missing.forEach((f) => f.fail(`${f.label}: required.`));
+    if (missing.length) {
+      missing[0].input.focus();
+      return;
+    }
+    const changed = fields.filter((f) => f.input.value !== f.initial);
+    if (!changed.length) {
+      formError.textContent = "Nothing changed.";
+      return;
+    }
+    const body = {};
+    const failed = [];
+    const values = {};
+    for (const f of fields) {
+      if (f.input.value === f.initial && !(f.group && changed.some((c) => c.group === f.group))) continue;
+      try {
+        values[f.key] = f.parse(f.input.value.trim());
+        if (!f.group) body[f.key] = values[f.key];
+      } catch (err) {
+        f.fail(err.message);
+        failed.push(f);
+      }
+    }
+    if (failed.length) {
+      failed[0].input.focus();
+      return;
+    }
+    for (const [name, group] of Object.entries(groups)) {
+      if (changed.some((c) => c.group === name)) body[name] = group.build(values);
+    }
+    save.disabled = true;
     try {
-      await api("PATCH", `${PATHS.admin}/keys/${key.id}`, { rpm: answer.trim() === "" ? null : Number(answer) });
-      route();
+      done(await send(body), form);
     } catch (err) {
-      error.textContent = err.message;
+      place(err.message);
+    } finally {
+      save.disabled = false;
     }
   });
+  return form;
+}
+
+function wholeNumber(what, empty) {
+  return (text) => {
+    if (text === "") return empty;
+    if (!/^\d{1,15}$/.test(text)) throw new Error(`${what}: a whole number, 0 or more.`);
+    if (Number(text) > 1e12) throw new Error(`${what}: at most 1,000,000,000,000.`);
+    return Number(text);
+  };
+}
+
+// An ISO time from the API ("2099-01-31T13:45:00Z") as a datetime-local value, in UTC,
+// to the minute (left as it is, it is not sent, so its seconds stay).
+function utcInputValue(iso) {
+  return iso ? iso.slice(0, 16) : "";
+}
+
+function utcText(iso) {
+  return iso ? `${iso.slice(0, 10)} ${iso.slice(11, 16)}` : "";
+}
+
+function budgetFields(prefix, budget) {
+  const periods = ["total", "daily", "weekly", "monthly"];
+  return {
+    specs: [
+      {
+        key: `${prefix}amount`,
+        group: "budget",
+        label: `Amount (${PATHS.currency})`,
+        hint: "Empty: no budget",
+        input: el("input", { inputmode: "decimal", value: budget ? money(budget.amount) : "" }),
+        parse: (text) => (text === "" ? null : toMicro(text)),
+        api: ["a budget"],
+      },
+      {
+        key: `${prefix}period`,
+        group: "budget",
+        label: "Period",
+        input: el("select", {}, periods.map((p) => el("option", { value: p, selected: budget ? budget.period === p : p === "monthly" }, p))),
+        parse: (text) => text,
+        api: ["a budget's period"],
+      },
+      {
+        key: `${prefix}alert`,
+        group: "budget",
+        label: "Alert at (% spent)",
+        hint: "Empty: no alert",
+        input: el("input", { inputmode: "numeric", value: budget && budget.alert_percent ? budget.alert_percent : "" }),
+        parse: (text) => {
+          if (text === "") return null;
+          if (!/^\d{1,3}$/.test(text) || Number(text) < 1 || Number(text) > 100) throw new Error("A whole percentage from 1 to 100.");
+          return Number(text);
+        },
+        api: ["a budget's alert"],
+      },
+    ],
+    group: {
+      legend: "Budget",
+      build: (v) => {
+        const amount = v[`${prefix}amount`];
+        if (amount === null) return null;
+        const made = { amount, period: v[`${prefix}period`] };
+        if (v[`${prefix}alert`] !== null) made.alert_percent = v[`${prefix}alert`];
+        return made;
+      },
+    },
+  };
+}
+
+const LIMITS = [
+  ["rpm", "Requests per minute"],
+  ["rph", "Requests per hour"],
+  ["tokens_per_day", "Tokens per day"],
+  ["max_concurrent", "Requests at once"],
+];
+
+// The fields of a key, as they are (`key`), or empty for a new one (`more`: folded).
+function keySpecs(key, more = false) {
+  const budget = budgetFields("budget_", key.budget);
+  const specs = [
+    {
+      key: "role",
+      label: "Role",
+      input: el("select", {}, ["user", "admin"].map((r) => el("option", { value: r, selected: r === (key.role || "user") }, r))),
+      parse: (text) => text,
+    },
+    ...LIMITS.map(([name, label]) => ({
+      key: name,
+      label,
+      hint: "Empty: the gateway's default; 0: no limit",
+      input: el("input", { inputmode: "numeric", value: key[name] ?? "" }),
+      parse: wholeNumber(label, null),
+      api: [name],
+      more: more && name !== "rpm",
+    })),
+    {
+      key: "models",
+      label: "Models it may use",
+      hint: "Names or patterns such as llama3*, separated by commas; empty: all",
+      input: el("input", { value: key.models ? key.models.join(", ") : "" }),
+      parse: (text) => {
+        const patterns = text.split(",").map((p) => p.trim()).filter(Boolean);
+        return patterns.length ? patterns : null;
+      },
+      api: ["models", "model name or pattern", "model patterns"],
+      verbatim: true, // (its messages read well as they are)
+      more,
+    },
+    {
+      key: "expires_at",
+      label: "Expires (UTC)",
+      hint: "Date and time in UTC; empty: never",
+      input: el("input", { type: "datetime-local", step: "60", value: utcInputValue(key.expires) }),
+      parse: (text) => {
+        if (text === "") return null;
+        const when = Date.parse(`${text}Z`) / 1000;
+        if (Number.isNaN(when)) throw new Error("A date and time, such as 2030-01-31 13:45.");
+        if (when <= Date.now() / 1000) throw new Error("A time in the future (UTC).");
+        return when;
+      },
+      api: ["expires_at"],
+      more,
+    },
+    ...budget.specs,
+  ];
+  return { specs, groups: { budget: budget.group } };
+}
+
+function editKey(key, tr) {
+  const { specs, groups } = keySpecs(key);
+  const form = changeForm("edit-key", ["Change ", named(`${key.user}/${key.key_name}`)], specs, groups, (body) =>
+    api("PATCH", `${PATHS.admin}/keys/${key.id}`, body),
+  );
+  openBelow(tr, form);
+  form.querySelector("select, input").focus();
+}
+
+function keyActions(key) {
+  const edit = el("button", { type: "button", class: "quiet", "data-action": "edit", "aria-label": `Change ${key.user}/${key.key_name}` }, "Change");
+  edit.addEventListener("click", () => editKey(key, edit.closest("tr")));
   const revoke = el("button", { type: "button", class: "danger", "data-action": "revoke", "aria-label": `Revoke ${key.user}/${key.key_name}` }, "Revoke");
   revoke.addEventListener("click", async () => {
     if (!window.confirm(`Revoke ${key.user}/${key.key_name}? It stops working at once.`)) return;
@@ -506,10 +738,10 @@ function keyActions(key, error) {
       await api("DELETE", `${PATHS.admin}/keys/${key.id}`);
       route();
     } catch (err) {
-      error.textContent = err.message;
+      openBelow(revoke.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
     }
   });
-  return el("div", { class: "row" }, edit, rpm, revoke);
+  return el("div", { class: "actions" }, edit, revoke);
 }
 
 const FILTERS = [
@@ -551,7 +783,7 @@ async function usageView(view) {
     const exports = query();
     const links = ["csv", "json"].map((fmt) => {
       exports.set("format", fmt);
-      return el("a", { href: `${PATHS.admin}/usage?${exports}`, download: `usage.${fmt}` }, `Export ${fmt.toUpperCase()}`);
+      return el("a", { class: "button", href: `${PATHS.admin}/usage?${exports}`, download: `usage.${fmt}` }, `Export ${fmt.toUpperCase()}`);
     });
     const prev = el("button", { type: "button", class: "quiet", disabled: offset === 0 }, "Newer");
     prev.addEventListener("click", () => { offset = Math.max(0, offset - 50); load(); });
@@ -561,9 +793,8 @@ async function usageView(view) {
       el("div", { class: "row" }, ...links),
       table(
         [
-          { title: "Time (UTC)", cell: (r) => r.time },
-          { title: "User", cell: (r) => r.user },
-          { title: "Key", cell: (r) => r.key_name },
+          { title: "Time (UTC)", keep: true, cell: (r) => `${r.time.slice(0, 10)} ${r.time.slice(11, 19)}` },
+          { title: "User / key", cell: (r) => stacked(r.user, r.key_name) },
           { title: "Route", cell: (r) => r.route },
           { title: "Model", cell: (r) => r.model ?? "" },
           { title: "Status", num: true, cell: (r) => r.status },
@@ -611,31 +842,35 @@ async function usageView(view) {
 async function modelsView(view) {
   const isAdmin = state.me.key.role === "admin";
   const doc = await api("GET", `${PATHS.admin}/models`);
-  const error = el("p", { class: "error", role: "alert" });
   const priceCell = (m) => {
     const p = m.price;
-    const text = p
-      ? `${money(p.per_request)} /request, ${money(p.per_million_input)} /M in, ${money(p.per_million_output)} /M out, ${money(p.per_second)} /s`
-      : "free";
-    if (!isAdmin) return text;
+    // Only the parts that cost something; a price of nothing is "free".
+    const parts = p
+      ? [
+          [p.per_request, "a request"],
+          [p.per_million_input, "M in"],
+          [p.per_million_output, "M out"],
+          [p.per_second, "second"],
+        ].filter(([amount]) => amount).map(([amount, unit]) => `${money(amount)} /${unit}`)
+      : [];
+    const text = parts.length ? parts.join(", ") : "free";
+    if (!isAdmin) return el("span", {}, text);
     const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
-    edit.addEventListener("click", () => priceForm(m, error));
+    edit.addEventListener("click", () => priceForm(m, edit.closest("tr")));
     return el("div", {}, el("div", {}, p ? `${text} (${p.pattern})` : text), edit);
   };
   view.append(
     el("h1", {}, "Models"),
     el("p", { class: "muted" }, `Prices in ${doc.currency}. A model no price matches is free.`),
-    error,
-    el("div", { id: "price-form" }),
     table(
       [
-        { title: "Model", cell: (m) => m.name },
+        { title: "Model", wide: true, cell: (m) => m.name },
         { title: "Family", cell: (m) => m.family ?? "" },
         { title: "Parameters", cell: (m) => m.parameter_size ?? "" },
         { title: "Quantisation", cell: (m) => m.quantization_level ?? "" },
         { title: "Context", num: true, cell: (m) => (m.context_length ? number(m.context_length) : "") },
         { title: "Size GB", num: true, cell: (m) => (m.size ? (m.size / 1e9).toFixed(2) : "") },
-        { title: "Price", cell: priceCell },
+        { title: `Price (${doc.currency})`, cell: priceCell },
       ],
       doc.models,
       "Ollama has no model this key may use: pull one (ollama pull llama3.2).",
@@ -643,54 +878,69 @@ async function modelsView(view) {
   );
 }
 
-function priceForm(model, error) {
+function priceForm(model, tr) {
   const p = model.price || {};
-  const fields = [
+  const parts = [
     ["per_request", "Per request"],
     ["per_million_input", "Per million input tokens"],
     ["per_million_output", "Per million output tokens"],
     ["per_second", "Per second of model time"],
   ];
-  const pattern = el("input", { id: "price-pattern", value: p.pattern || model.name });
-  const inputs = fields.map(([name]) => el("input", { id: `price-${name}`, inputmode: "decimal", value: money(p[name] || 0) }));
+  const pattern = field("price-pattern", "Model or pattern", el("input", { value: p.pattern || model.name }), "Such as llama3*; * prices every model no other pattern matches");
+  const amounts = parts.map(([name, title]) =>
+    field(`price-${name}`, `${title} (${PATHS.currency})`, el("input", { inputmode: "decimal", value: money(p[name] || 0) })),
+  );
+  const formError = el("p", { class: "field-error", role: "alert" });
   const form = el(
     "form",
-    { class: "card" },
-    el("h2", {}, `Price of ${model.name}`),
-    el("label", { for: "price-pattern" }, "Model or pattern (llama3*, * for every other model)"),
-    pattern,
-    el("div", { class: "row" }, fields.map(([name, title], i) => el("div", {}, el("label", { for: `price-${name}` }, `${title} (${PATHS.currency})`), inputs[i]))),
+    { class: "card", id: "price-form", novalidate: true },
+    el("h2", {}, "Price of ", named(model.name)),
+    el("div", { class: "row fields" }, pattern.box),
+    el("div", { class: "row fields" }, amounts.map((f) => f.box)),
     el("div", { class: "row" }, el("button", { type: "submit" }, "Save")),
+    formError,
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = { pattern: pattern.value.trim() };
+    [pattern, ...amounts].forEach((f) => f.clear());
+    formError.textContent = "";
+    const body = { pattern: pattern.input.value.trim() };
+    let ok = true;
+    parts.forEach(([name], i) => {
+      try {
+        body[name] = toMicro(amounts[i].input.value);
+      } catch (err) {
+        amounts[i].fail(err.message);
+        ok = false;
+      }
+    });
+    if (!ok) return;
     try {
-      fields.forEach(([name], i) => { body[name] = toMicro(inputs[i].value); });
       await api("POST", `${PATHS.admin}/prices`, body);
       route();
     } catch (err) {
-      error.textContent = err.message;
+      const i = parts.findIndex(([name]) => err.message.includes(name));
+      if (i >= 0) amounts[i].fail(err.message.replace(parts[i][0], parts[i][1]));
+      else if (/pattern/.test(err.message)) pattern.fail(err.message);
+      else formError.textContent = err.message;
     }
   });
-  document.getElementById("price-form").replaceChildren(form);
-  pattern.focus();
+  openBelow(tr, form);
+  pattern.input.focus();
 }
 
 // An amount typed as 0.15 -> 150000 micro-units, exactly (no floating point).
 function toMicro(text) {
   const match = /^\s*(\d{1,9})(?:\.(\d{0,6}))?\s*$/.exec(text);
-  if (!match) throw new Error(`not an amount with at most six decimals: ${text}`);
+  if (!match) throw new Error(`An amount such as 12.50 (at most six decimals), not "${text.trim()}".`);
   return Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0"));
 }
 
 async function usersView(view) {
   const doc = await api("GET", `${PATHS.admin}/users`);
-  const error = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "user-search", type: "search", placeholder: "name or email" });
   const status = el("select", { id: "user-status" }, ["all", "active", "disabled"].map((v) => el("option", { value: v }, v)));
   const listing = el("div", {});
-  const budgetText = (b) => (b ? `${money(b.amount)} ${b.period}${b.alert_percent ? `, alert ${b.alert_percent}%` : ""}` : "none");
   const show = () => {
     const q = search.value.trim().toLowerCase();
     const rows = doc.users.filter(
@@ -705,8 +955,8 @@ async function usersView(view) {
           { title: "Email", cell: (u) => u.email ?? "" },
           { title: "Status", cell: (u) => u.status },
           { title: "Active keys", num: true, cell: (u) => u.active_keys },
-          { title: `Budget (${PATHS.currency})`, cell: (u) => budgetText(u.budget) },
-          { title: "", cell: (u) => userActions(u, error) },
+          { title: `Budget (${PATHS.currency})`, wrap: true, cell: (u) => budgetText(u.budget) },
+          { title: "Actions", act: true, cell: (u) => userActions(u) },
         ],
         rows,
         doc.users.length ? "No user matches." : "No users yet: creating a key makes its user.",
@@ -717,32 +967,43 @@ async function usersView(view) {
   status.addEventListener("change", show);
   view.append(
     el("h1", {}, "Users"),
-    error,
-    el("div", { id: "budget-report" }),
     el("div", { class: "row" }, el("div", {}, el("label", { for: "user-search" }, "Search"), search), el("div", {}, el("label", { for: "user-status" }, "Status"), status)),
     listing,
   );
   show();
 }
 
-function userActions(user, error) {
-  const budget = el("button", { type: "button", class: "quiet", "data-action": "budget", "aria-label": `Set the budget of ${user.user}` }, "Budget");
-  budget.addEventListener("click", async () => {
-    const current = user.budget ? `${money(user.budget.amount)} ${user.budget.period}` : "";
-    const answer = window.prompt(`Budget of ${user.user} in ${PATHS.currency}, and its period (for example: 50 monthly); empty: no budget`, current);
-    if (answer === null) return;
-    try {
-      let body = null;
-      if (answer.trim()) {
-        const [amount, period] = answer.trim().split(/\s+/);
-        body = { amount: toMicro(amount), period: period || "monthly" };
-      }
-      await api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, { budget: body });
-      route();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-  });
+function editUser(user, tr) {
+  const budget = budgetFields("budget_", user.budget);
+  const specs = [
+    {
+      key: "email",
+      label: "Email",
+      hint: "Empty: none",
+      input: el("input", { type: "email", value: user.email ?? "" }),
+      parse: (text) => text || null,
+      api: ["email"],
+    },
+    {
+      key: "note",
+      label: "Note",
+      input: el("input", { value: user.note ?? "" }),
+      parse: (text) => text || null,
+      api: ["note"],
+    },
+    ...budget.specs,
+  ];
+  const form = changeForm("edit-user", ["Change ", named(user.user)], specs, { budget: budget.group }, (body) =>
+    api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, body),
+  );
+  openBelow(tr, form);
+  form.querySelector("input").focus();
+}
+
+function userActions(user) {
+  const edit = el("button", { type: "button", class: "quiet", "data-action": "edit", "aria-label": `Change ${user.user}` }, "Change");
+  edit.addEventListener("click", () => editUser(user, edit.closest("tr")));
+  const failed = (button, err) => openBelow(button.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
   const check = el("button", { type: "button", class: "quiet", "data-action": "spend", "aria-label": `Spend of ${user.user}` }, "Spend");
   check.addEventListener("click", async () => {
     try {
@@ -750,10 +1011,11 @@ function userActions(user, error) {
       const head = r.budget
         ? `${r.user}: spent ${money(r.budget.spent)} of ${money(r.budget.amount)} ${r.currency} (${r.budget.period}); ${money(r.budget.remaining)} left; resets ${r.budget.resets_at || "never"}`
         : `${r.user}: no budget; spent ${money(r.spent)} ${r.currency} this month`;
-      document.getElementById("budget-report").replaceChildren(
+      openBelow(
+        check.closest("tr"),
         el(
           "div",
-          { class: "card" },
+          { class: "card", id: "budget-report" },
           el("p", {}, head),
           table(
             [
@@ -767,7 +1029,7 @@ function userActions(user, error) {
         ),
       );
     } catch (err) {
-      error.textContent = err.message;
+      failed(check, err);
     }
   });
   const toggle = el("button", { type: "button", class: user.status === "active" ? "danger" : "quiet", "data-action": "toggle" }, user.status === "active" ? "Disable" : "Enable");
@@ -778,10 +1040,10 @@ function userActions(user, error) {
       await api("PATCH", `${PATHS.admin}/users/${encodeURIComponent(user.user)}`, { disabled: disable });
       route();
     } catch (err) {
-      error.textContent = err.message;
+      failed(toggle, err);
     }
   });
-  return el("div", { class: "row" }, budget, check, toggle);
+  return el("div", { class: "actions" }, edit, check, toggle);
 }
 
 async function myUsage(view) {
@@ -791,7 +1053,7 @@ async function myUsage(view) {
   ]);
   const limits = me.current.limits || {};
   view.append(
-    el("h1", {}, `${me.key.user} / ${me.key.key_name}`),
+    el("h1", {}, named(`${me.key.user} / ${me.key.key_name}`)),
     el("p", { class: "muted" }, `Role ${me.key.role}; key ${me.key.prefix}…; status ${me.key.status}`),
     el("h2", {}, "Limits and what is left"),
     el(
@@ -811,7 +1073,7 @@ async function myUsage(view) {
             { title: `Amount (${me.currency})`, num: true, cell: (b) => money(b.amount) },
             { title: "Spent", num: true, cell: (b) => money(b.spent) },
             { title: "Remaining", num: true, cell: (b) => money(b.remaining) },
-            { title: "Resets", cell: (b) => (b.resets_at ? new Date(b.resets_at * 1000).toISOString() : "never") },
+            { title: "Resets (UTC)", cell: (b) => (b.resets_at ? utcText(new Date(b.resets_at * 1000).toISOString()) : "never") },
           ],
           me.budgets,
           "",
@@ -936,13 +1198,14 @@ async function playground(view) {
 
 // --- shell: sign-in, navigation, theme --------------------------------------------------
 
-function showSignIn(message) {
+function showSignIn(message, failed = true) {
   state.me = null;
-  document.getElementById("nav").hidden = true;
-  document.getElementById("signout").hidden = true;
+  for (const id of ["nav", "signout", "who", "menu"]) document.getElementById(id).hidden = true;
   document.getElementById("view").replaceChildren();
   document.getElementById("signin").hidden = false;
-  document.getElementById("signin-error").textContent = message || "";
+  const line = document.getElementById("signin-error");
+  line.textContent = message || "";
+  line.className = failed ? "error" : "muted"; // (signing out is no error)
   document.getElementById("signin-key").focus();
 }
 
@@ -955,9 +1218,16 @@ async function start() {
   }
   document.getElementById("signin").hidden = true;
   document.getElementById("signout").hidden = false;
+  const who = document.getElementById("who");
+  const { user, key_name: keyName, role } = state.me.key;
+  who.textContent = `${user} / ${keyName} (${role})`;
+  who.title = `Signed in as ${user}, key ${keyName}, role ${role}`;
+  who.hidden = false;
+  document.getElementById("menu").hidden = false;
   const nav = document.getElementById("nav");
   const isAdmin = state.me.key.role === "admin";
   nav.replaceChildren(
+    el("span", { class: "nav-who" }, who.textContent),
     ...Object.entries(VIEWS)
       .filter(([, v]) => isAdmin || !v.admin)
       .map(([name, v]) => el("a", { href: `#/${name}`, "data-view": name }, v.title)),
@@ -976,10 +1246,12 @@ async function route() {
     else link.removeAttribute("aria-current");
   }
   const chosen = VIEWS[name];
-  const fresh = el("div", { id: `view-${name}` });
+  const fresh = el("div", { id: `view-${name}`, "aria-busy": "true" });
   view.replaceChildren(fresh);
+  showMenu(false);
   if (!chosen) {
     fresh.append(el("p", { class: "error" }, "No such page."));
+    fresh.setAttribute("aria-busy", "false");
     return;
   }
   try {
@@ -988,6 +1260,13 @@ async function route() {
     if (err.status === 401) return showSignIn(err.message);
     fresh.replaceChildren(el("h1", {}, chosen.title), el("p", { class: "error", role: "alert" }, err.message));
   }
+  fresh.setAttribute("aria-busy", "false");
+}
+
+// On a phone the pages are behind the Menu button (the header stays one line).
+function showMenu(open) {
+  document.getElementById("nav").classList.toggle("open", open);
+  document.getElementById("menu").setAttribute("aria-expanded", String(open));
 }
 
 function applyTheme(theme) {
@@ -1022,9 +1301,20 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("DELETE", `${PATHS.ui}/session`);
     } finally {
-      showSignIn("Signed out.");
+      showSignIn("Signed out.", false);
     }
   });
+  document.getElementById("menu").addEventListener("click", () => {
+    showMenu(document.getElementById("menu").getAttribute("aria-expanded") !== "true");
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") showMenu(false);
+  });
+  // Which values are cut changes with the page's width (a window resized, a scroll bar
+  // come) and with what is shown: measured again when the view's size changes.
+  // (A ResizeObserver's callback runs after layout, when the widths are known.)
+  const view = document.getElementById("view");
+  new ResizeObserver(() => markCut(view)).observe(view);
   window.addEventListener("hashchange", route);
   start();
 });
