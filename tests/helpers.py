@@ -12,6 +12,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -71,3 +75,26 @@ def node_client_ready() -> str | None:
             )
             assert result.returncode == 0, f"npm install failed: {result.stderr}"
     return None
+
+
+def at_revision(revision: int) -> Callable[[Connection], None]:
+    """What makes an empty database the schema of an earlier revision (a release before),
+    for `run_sync` on a connection: the upgrade tests start from it."""
+
+    def migrate(connection: Connection) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        from aigateway.db.migrate import APPLICATION_ID, SCRIPTS
+
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+        config = Config()
+        config.set_main_option("script_location", str(SCRIPTS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, f"{revision:04d}")
+        if sqlite:
+            connection.exec_driver_sql(f"PRAGMA user_version = {revision}")
+
+    return migrate

@@ -4,24 +4,21 @@ sessions end when it is revoked or purged: a new key inherits nothing of an old 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Request
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway.db import schema
-from aigateway.db.migrate import APPLICATION_ID, SCRIPTS
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.records import UsageRecord
 
 from .conftest import make_key
+from .helpers import at_revision
 
 SAME = {"X-Requested-With": "aigateway"}
 
@@ -100,23 +97,6 @@ async def test_an_old_keys_session_never_signs_in_as_a_new_key(
         assert resp.status == 401, await resp.text()
 
 
-def _at_revision_0016(database: str) -> Callable[[Connection], None]:
-    """What makes an empty database the schema of revision 0016 (the release before)."""
-
-    def migrate(connection: Connection) -> None:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            connection.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
-        config = Config()
-        config.set_main_option("script_location", str(SCRIPTS))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0016")
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA user_version = 16")
-
-    return migrate
-
-
 def _key_row(key_id: int) -> dict[str, object]:
     return {
         "id": key_id, "user": "alice", "name": f"key{key_id}", "key_hash": f"{key_id:064d}",
@@ -164,7 +144,7 @@ async def test_an_upgraded_database_continues_after_every_key_id_it_holds(
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_at_revision_0016(database))
+            await conn.run_sync(at_revision(16))
         async with engine.begin() as conn:
             await conn.execute(insert(schema.keys), [_key_row(n) for n in (1, 2, 3)])
             await conn.execute(delete(schema.keys).where(schema.keys.c.id > 1))

@@ -18,16 +18,14 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
-from alembic import command
-from alembic.config import Config
 from pytest_aiohttp import AiohttpServer
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
 from aigateway.access.keytable import bootstrap_record
 from aigateway.db import schema
-from aigateway.db.migrate import APPLICATION_ID, HEAD, SCRIPTS
+from aigateway.db.migrate import HEAD
 from aigateway.db.refusals import NO_KEY, RefusalRow
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
@@ -37,7 +35,7 @@ from aigateway.usage import refusals
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
 
 from .conftest import GatewayClient, make_key
-from .helpers import clock_room, eventually
+from .helpers import at_revision, clock_room, eventually
 from .test_server_process import start_gateway
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -381,26 +379,13 @@ async def test_the_overview_reads_the_refused_counts_it_shows(
     assert doc["without_key"] == tally(2, missing_key=2)
 
 
-def _at_revision_0017(connection: Connection) -> None:
-    """An empty database made the schema of revision 0017 (the release before)."""
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        connection.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
-    config = Config()
-    config.set_main_option("script_location", str(SCRIPTS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "0017")
-    if sqlite:
-        connection.exec_driver_sql("PRAGMA user_version = 17")
-
-
 async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
     """A database at revision 0017 with a key and a usage record opens at 0018 with both
     as they were, and takes and adds refusal counts (an upsert that adds)."""
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_at_revision_0017)
+            await conn.run_sync(at_revision(17))
         async with engine.begin() as conn:
             await conn.execute(
                 insert(schema.keys).values(
