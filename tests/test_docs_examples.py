@@ -18,6 +18,7 @@ from aigateway.settings import database_target, token_db_path
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .docs_examples import (
+    KINDS,
     ROOT,
     ExampleFailed,
     PageError,
@@ -218,3 +219,13 @@ def test_a_developers_env_file_cannot_redirect_the_clis(tmp_path: Path) -> None:
     assert database_target(env, hostile) == str(tmp_path / "test.db")
     assert token_db_path(env, hostile) == str(tmp_path / "test.db")
     assert Settings.from_env(env, hostile).ollama_base_url == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize("page", [*runnable_pages(ROOT), FIXTURE_PAGE])
+def test_no_shell_block_ends_a_pipe_with_grep_q(page: str) -> None:
+    """Under `set -eo pipefail`, `... | grep -q X` fails now and then: grep stops reading at
+    its first match, and the command writing into the pipe fails on the closed pipe
+    (curl's status 23 on a long /metrics page). Pages filter with `grep X >/dev/null`."""
+    blocks = parse_page((ROOT / page).read_text(), page)
+    early = [b.number for b in blocks if KINDS.get(b.info) == "shell" and "| grep -q" in b.text]
+    assert early == [], f"{page}: blocks {early} end a pipe with grep -q"
