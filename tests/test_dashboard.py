@@ -422,6 +422,11 @@ async def test_the_overview_shows_each_upstream_with_several(
         rows = await page.locator("table").first.locator("tbody tr").all_inner_texts()
         assert any("ollama1" in r and "up" in r and "llama3.2" in r for r in rows), rows
         assert any("ollama2" in r and "out: cannot reach" in r for r in rows), rows
+        # The first line names each upstream, and each one's loaded models.
+        state = page.locator("#ollama .stat", has_text="Upstreams").locator(".value")
+        assert (await state.text_content() or "").startswith("ollama1 up, ollama2 out: cannot")
+        loaded = page.locator("#ollama .stat", has_text="Models loaded").locator(".value")
+        assert await loaded.text_content() == "ollama1: llama3.2:latest; ollama2: none"
         await shot(page, "overview-upstreams")
     finally:
         await context.close()

@@ -514,9 +514,11 @@ async def synced_models(store: Store) -> dict[str, ModelInfo]:
 
 async def upstreams(request: web.Request) -> web.Response:
     """Each upstream: up or out and why, its last check, requests in flight and waiting,
-    its models and those loaded (with one upstream, which is never checked: no models)."""
+    its models and those loaded (with one upstream, which is never checked: its probe's
+    answer and loaded models, asked at most once an interval, and no model list). What
+    the dashboard's Overview shows: no upstream call per viewer refresh."""
     pool = request.app[RELAY].pool
-    return _json({"checked": not pool.single, "upstreams": pool.views()})
+    return _json({"checked": not pool.single, "upstreams": await pool.states()})
 
 
 async def _cloud_api_models(pool: Pool, timeout: float) -> list[dict[str, str]]:

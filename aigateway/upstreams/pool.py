@@ -9,7 +9,8 @@ UPSTREAM_CHECK_INTERVAL seconds (an Ollama's /api/tags and /api/ps, a cloud API'
 /models) finds models and health; a failed check, a refused connection or a 502/503/504
 takes an upstream out for a cool-down that doubles while it keeps failing (2 s up to a
 minute), and a passing check brings it back. A gateway with one upstream checks nothing
-and always tries it, as it always did (/health/ollama asks it: probe.py).
+and always tries it, as it always did (/health/ollama asks it, and /admin/upstreams its
+loaded models, each at most once an interval: probe.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnav
 from ..protocol.body import first_text_field
 from ..protocol.routes import RelayRoute
 from .config import UpstreamConfig, auth_headers
-from .probe import CheckFailed, OneProbe
+from .probe import CheckFailed, OneProbe, Shared
 from .queue import FairQueue
 from .transport import ConnectFailed, TimedOut, Transport, UpstreamFailed
 
@@ -150,6 +151,10 @@ class Pool:
             self.probe = OneProbe(
                 only.config, lambda path, timeout: self.fetch(only, path, timeout), check_interval
             )
+        # ...and an admin's view of it (the dashboard's Overview) its /api/ps, alike.
+        self._loaded_of_one: Shared[None] | None = None
+        if self.single and self.upstreams[0].config.kind == "ollama":
+            self._loaded_of_one = Shared(lambda: self._read_loaded(only), check_interval)
         # Cloud APIs that only keys whose allow-list names their models may use.
         self.closed = any(u.config.closed for u in self.upstreams)
         self.check_interval = check_interval
@@ -273,6 +278,38 @@ class Pool:
         """Each upstream as an admin sees it, with the requests waiting for it."""
         waiting = self.queue.waiting()
         return [{**u.view(), "queued": waiting.get(u.name, 0)} for u in self.upstreams]
+
+    async def states(self) -> list[dict[str, object]]:
+        """Each upstream as an admin sees it now, and no upstream call per caller: with
+        several, from the last check (views()); with one, which is never checked, its
+        state from the probe /health/ollama shares and (an Ollama) its loaded models from
+        its /api/ps, each asked at most once a check interval."""
+        if not self.single:
+            return self.views()
+        assert self.probe is not None
+        probed = await self.probe.result()
+        if probed.up and self._loaded_of_one is not None:
+            await self._loaded_of_one.get()
+        elif not probed.up:
+            self.upstreams[0].loaded = frozenset()
+        (view,) = self.views()
+        error = probed.details.get("error")
+        view.update(
+            status="up" if probed.up else "out",
+            reason=error if isinstance(error, str) else None,
+            latency_ms=probed.details.get("rtt_ms"),
+            checked_at=round(time.time() - (time.monotonic() - probed.at), 3),
+        )
+        return [view]
+
+    async def _read_loaded(self, upstream: Upstream) -> None:
+        """An Ollama's loaded models by its /api/ps (none when it cannot be read)."""
+        try:
+            loaded = await self.names(upstream, "/api/ps", "models")
+        except CheckFailed as exc:
+            log.info("upstream %s: its loaded models are unknown: %s", upstream.name, exc)
+            loaded = []
+        upstream.loaded = frozenset(identity(n) for n in loaded)
 
     def failed(self, upstream: Upstream, reason: str) -> None:
         """It failed a check or a request: out for a cool-down (not with one upstream)."""

@@ -1,8 +1,9 @@
 """Whether the one upstream answers, asked at most once per check interval.
 
 With several upstreams the pool's background checks know each one's state; with one there
-are no checks (nothing to fail over to), so /health/ollama and the start-up warning ask it
-here. Callers share the last answer while it is younger than the interval, and a probe in
+are no checks (nothing to fail over to), so /health/ollama, /admin/upstreams and the
+start-up warning ask it here (and /admin/upstreams its loaded models, alike: Shared).
+Callers share the last answer while it is younger than the interval, and a probe in
 flight: a crowd of anonymous callers costs the upstream (a paid cloud API, with the
 server's key) one request per interval, not one each."""
 
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import orjson
 
@@ -22,6 +24,7 @@ from .transport import TimedOut, UpstreamFailed
 log = logging.getLogger("aigateway.upstreams")
 
 PROBE_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 # GET one of the upstream's own documents: status and body (Pool.fetch).
 Fetch = Callable[[str, float], Awaitable[tuple[int, bytes]]]
@@ -39,31 +42,57 @@ class ProbeResult:
         return self.code == 200
 
 
+class Shared(Generic[T]):
+    """An answer asked at most once per `max_age_s`: callers share the last one while it
+    is younger than that, and one ask in flight (shielded: one caller leaving does not
+    cancel what the others wait for)."""
+
+    def __init__(
+        self,
+        ask: Callable[[], Awaitable[T]],
+        max_age_s: float,
+        answered: Callable[[T], None] | None = None,
+    ) -> None:
+        self._ask = ask
+        self.max_age_s = max_age_s
+        self._answered = answered  # told each new answer, before it is shared
+        self._last: tuple[float, T] | None = None  # (time.monotonic() when asked, answer)
+        self._asking: asyncio.Future[T] | None = None
+
+    async def get(self, fresh: bool = False) -> T:
+        """The last answer while it is young enough (`fresh`: not older than now), else a
+        new ask shared with everyone asking meanwhile."""
+        last = self._last
+        if last is not None and not fresh and time.monotonic() - last[0] < self.max_age_s:
+            return last[1]
+        if self._asking is None:
+            started = time.monotonic()
+            self._asking = asyncio.ensure_future(self._ask())
+            self._asking.add_done_callback(lambda asking: self._asked(asking, started))
+        return await asyncio.shield(self._asking)
+
+    def _asked(self, asking: asyncio.Future[T], started: float) -> None:
+        self._asking = None
+        if asking.cancelled() or asking.exception() is not None:
+            return
+        if self._answered is not None:
+            self._answered(asking.result())
+        self._last = (started, asking.result())
+
+
 class OneProbe:
     def __init__(self, upstream: UpstreamConfig, fetch: Fetch, max_age_s: float) -> None:
         self.upstream = upstream
         self._fetch = fetch
-        self.max_age_s = max_age_s
         self._last: ProbeResult | None = None
-        self._asking: asyncio.Future[ProbeResult] | None = None
+        self._shared = Shared(self._ask, max_age_s, self._answered)
 
     async def result(self, fresh: bool = False) -> ProbeResult:
         """The last answer while it is young enough (`fresh`: not older than now, for an
         admin troubleshooting), else a new probe shared with everyone asking meanwhile."""
-        last = self._last
-        if last is not None and not fresh and time.monotonic() - last.at < self.max_age_s:
-            return last
-        if self._asking is None:
-            self._asking = asyncio.ensure_future(self._ask())
-            self._asking.add_done_callback(self._asked)
-        # Shielded: one caller leaving does not cancel the probe the others wait for.
-        return await asyncio.shield(self._asking)
+        return await self._shared.get(fresh)
 
-    def _asked(self, asking: asyncio.Future[ProbeResult]) -> None:
-        self._asking = None
-        if asking.cancelled() or asking.exception() is not None:
-            return
-        now = asking.result()
+    def _answered(self, now: ProbeResult) -> None:
         if self._last is not None and self._last.up != now.up:
             if now.up:
                 log.warning("upstream %s answers again", self.upstream.name)

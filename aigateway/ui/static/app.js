@@ -233,23 +233,23 @@ const VIEWS = {
 async function overview(view) {
   // Top users and models of the last 7 days: the page never reads the whole history.
   const weekAgo = Math.floor(Date.now() / 1000) - 7 * 86400;
-  const [stats, day, week] = await Promise.all([
+  // Each upstream's state and loaded models come from the gateway's own last look
+  // (/admin/upstreams), never a relayed call: that would be recorded as the admin's
+  // usage, and reach the upstream on every refresh.
+  const [stats, day, week, pool] = await Promise.all([
     api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model,refused`),
     api("GET", `${PATHS.admin}/series?hours=24`),
     api("GET", `${PATHS.admin}/series?hours=168`),
-  ]);
-  const [health, loaded, pool] = await Promise.all([
-    ollamaHealth(),
-    loadedModels(),
     api("GET", `${PATHS.admin}/upstreams`),
   ]);
+  const several = pool.upstreams.length > 1;
   view.append(
     el("h1", {}, "Overview"),
     el(
       "div",
       { class: "grid", id: "ollama" },
-      stat(pool.checked ? "Upstreams" : "Ollama", health),
-      stat("Models loaded", loaded),
+      stat(several ? "Upstreams" : "Upstream", upstreamStates(pool.upstreams)),
+      stat("Models loaded", loadedModels(pool.upstreams)),
       stat("In flight now", number(stats.in_flight)),
     ),
     ...upstreamTable(pool),
@@ -312,7 +312,7 @@ function refusedTables(refused, span) {
   ];
 }
 
-// Several upstreams: each one's state (one upstream is never checked: nothing to show).
+// Several upstreams: each one's state in a table (one's is in the Overview's first line).
 function upstreamTable(pool) {
   if (!pool.checked) return [];
   return [
@@ -333,24 +333,17 @@ function upstreamTable(pool) {
   ];
 }
 
-async function ollamaHealth() {
-  try {
-    const resp = await fetch("/health/ollama", { credentials: "same-origin" });
-    const doc = await resp.json();
-    return doc.status === "ok" ? "up" : `${doc.status}`;
-  } catch (_) {
-    return "cannot tell";
-  }
+// "ollama up", or with several "gpu1 up, gpu2 out: why": each upstream by its name.
+function upstreamStates(upstreams) {
+  const one = (u) => (u.status === "up" ? `${u.name} up` : `${u.name} out${u.reason ? `: ${u.reason}` : ""}`);
+  return upstreams.map(one).join(", ") || "none";
 }
 
-async function loadedModels() {
-  try {
-    const doc = await api("GET", `${PATHS.api}/ps`);
-    const names = (doc.models || []).map((m) => m.name).filter((n) => typeof n === "string");
-    return names.length ? names.join(", ") : "none";
-  } catch (err) {
-    return err.message;
-  }
+// The loaded models; with several upstreams, each one's by its name.
+function loadedModels(upstreams) {
+  const names = (u) => (u.loaded.length ? u.loaded.join(", ") : "none");
+  if (upstreams.length === 1) return names(upstreams[0]);
+  return upstreams.map((u) => `${u.name}: ${names(u)}`).join("; ") || "none";
 }
 
 async function keysView(view) {
