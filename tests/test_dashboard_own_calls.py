@@ -5,6 +5,7 @@ makes no usage record and no request to the upstream. The Playground stays usage
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -109,6 +110,51 @@ async def test_refreshing_the_overview_makes_no_usage_and_no_upstream_call(
             assert again["loaded"] == ["mistral:latest"] and again["status"] == "up"
         assert (asked("/api/ps"), asked("/api/version")) == (1, 1)
         assert await _usage_records(server, db_path) == records == 1
+
+
+async def test_one_upstreams_loaded_models_are_asked_again_after_an_interval(
+    aiohttp_server: AiohttpServer, settings: Settings, fake: FakeOllama, db_path: str
+) -> None:
+    """Once an interval, not once: a model loaded since shows after the interval."""
+    server = await aiohttp_server(create_app(replace(settings, upstream_check_interval=2.0)))
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    fake.loaded = ["llama3.2:latest"]
+
+    async def loaded_now() -> list[str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(str(server.make_url("/admin/upstreams")), headers=headers) as resp,
+        ):
+            (only,) = (await resp.json())["upstreams"]
+            return cast(list[str], only["loaded"])
+
+    assert [await loaded_now() for _ in range(5)] == [["llama3.2:latest"]] * 5
+    fake.loaded = ["llama3.2:latest", "qwen2.5:0.5b"]
+    assert await loaded_now() == ["llama3.2:latest"]  # the last answer, still young
+    await asyncio.sleep(2.1)
+    assert await loaded_now() == ["llama3.2:latest", "qwen2.5:0.5b"]
+    assert sum(r.path_qs == "/api/ps" for r in fake.requests) == 2
+
+
+async def test_one_upstream_that_does_not_answer_is_shown_out_and_why(
+    aiohttp_server: AiohttpServer, db_path: str, dead_port: int
+) -> None:
+    settings = Settings(ollama_base_url=f"http://127.0.0.1:{dead_port}", token_db_path=db_path)
+    server = await aiohttp_server(create_app(settings))
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            str(server.make_url("/admin/upstreams")),
+            headers={"Authorization": f"Bearer {admin_key}"},
+        ) as resp,
+    ):
+        doc = await resp.json()
+    assert resp.status == 200 and doc["checked"] is False, doc
+    (only,) = doc["upstreams"]
+    assert (only["name"], only["status"], only["loaded"]) == ("ollama", "out", []), only
+    assert only["reason"].startswith("Ollama did not answer"), only
 
 
 async def test_with_several_upstreams_the_overview_asks_none_of_them(

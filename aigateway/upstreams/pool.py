@@ -290,9 +290,9 @@ class Pool:
         probed = await self.probe.result()
         if probed.up and self._loaded_of_one is not None:
             await self._loaded_of_one.get()
-        elif not probed.up:
-            self.upstreams[0].loaded = frozenset()
         (view,) = self.views()
+        if not probed.up:
+            view["loaded"] = []  # (what it had loaded when it last answered is gone)
         error = probed.details.get("error")
         view.update(
             status="up" if probed.up else "out",
