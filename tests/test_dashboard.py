@@ -467,3 +467,56 @@ async def test_the_playground_shows_the_cost_the_gateway_charged(
         assert await page.evaluate("document.documentElement.scrollWidth") <= width
         await shot(page, f"playground-cost-{width}-{theme}")
         await context.close()
+
+
+async def test_refusals_show_on_the_usage_page_and_in_a_keys_and_users_details(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    eve_key = await make_key(db_path, "eve", "tablet", models=["qwen*"])
+    url = str(dashboard.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # a model eve's key may not use
+            async with session.post(
+                url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {eve_key}"}
+            ) as resp:
+                assert resp.status == 403
+        async with session.post(url + "/api/chat", data=CHAT) as resp:  # no key
+            assert resp.status == 401
+    usage = dashboard.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/usage")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    refused = page.locator("#usage-refused")
+    # (the sign-in page's own look for a session counts as a missing key too)
+    await expect(refused.locator("h2")).to_have_text(re.compile(r"Refused, for this filter: [45]"))
+    await expect(refused.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await expect(refused.locator("tr", has_text="missing_key")).to_have_count(1)
+    await page.fill("#f-user", "eve")  # the filter's user only
+    await page.click("#usage-filters button[type=submit]")
+    await expect(refused.locator("h2")).to_have_text("Refused, for this filter: 3")
+    await expect(refused.locator("tr", has_text="missing_key")).to_have_count(0)
+    await page.fill("#f-model", "llama3.2")  # refusals have no model: not counted by it
+    await page.click("#usage-filters button[type=submit]")
+    await expect(refused).to_contain_text("not counted by model, route or status")
+    await expect(refused.locator("table")).to_have_count(0)
+    await shot(page, "usage-refused")
+
+    await page.click("#nav a[data-view=keys]")
+    await page.click("button[aria-label='Details of eve/tablet']")
+    details = page.locator("#key-details")
+    await expect(details.locator("h2")).to_have_text("Refused, last 7 days: 3")
+    await expect(details.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await page.click("button[aria-label='Details of root/ops']")
+    await expect(page.locator("#key-details h2")).to_have_text("Refused, last 7 days: 0")
+    await expect(page.locator("#key-details")).to_contain_text("Nothing refused.")
+
+    await page.click("#nav a[data-view=users]")
+    await page.click("button[aria-label='Spend of eve']")
+    report = page.locator("#budget-report")
+    await expect(report.locator("h2")).to_have_text("Refused, last 7 days: 3")
+    await expect(report.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await context.close()

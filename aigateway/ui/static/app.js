@@ -312,6 +312,25 @@ function refusedTables(refused, span) {
   ];
 }
 
+// The refusals of one filter, key or user: a line with the total and a table by reason;
+// `null` (a filter by model, route or status: refusals have none) says so.
+function refusedBrief(refused, span) {
+  if (refused === null || refused === undefined) {
+    return [el("h2", {}, "Refused"), el("p", { class: "empty refused-none" }, "Refused requests are not counted by model, route or status.")];
+  }
+  return [
+    el("h2", {}, `Refused, ${span}: ${number(refused.requests)}`),
+    table(
+      [
+        { title: "Reason", cell: (r) => r[0] },
+        { title: "Requests", num: true, cell: (r) => number(r[1]) },
+      ],
+      Object.entries(refused.by_reason).sort((a, b) => b[1] - a[1]),
+      "Nothing refused.",
+    ),
+  ];
+}
+
 // Several upstreams: each one's state (one upstream is never checked: nothing to show).
 function upstreamTable(pool) {
   if (!pool.checked) return [];
@@ -741,7 +760,24 @@ function keyActions(key) {
       openBelow(revoke.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
     }
   });
-  return el("div", { class: "actions" }, edit, revoke);
+  const details = el("button", { type: "button", class: "quiet", "data-action": "details", "aria-label": `Details of ${key.user}/${key.key_name}` }, "Details");
+  details.addEventListener("click", async () => {
+    try {
+      const doc = await api("GET", `${PATHS.admin}/keys/${key.id}`);
+      openBelow(
+        details.closest("tr"),
+        el(
+          "div",
+          { class: "card", id: "key-details" },
+          el("p", {}, named(`${doc.user}/${doc.key_name}`), ` — last used ${utcText(doc.last_used) || "never"} (UTC)`),
+          ...refusedBrief(doc.refused, "last 7 days"),
+        ),
+      );
+    } catch (err) {
+      openBelow(details.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
+    }
+  });
+  return el("div", { class: "actions" }, edit, details, revoke);
 }
 
 const FILTERS = [
@@ -806,6 +842,7 @@ async function usageView(view) {
         "No request matches.",
       ),
       el("div", { class: "row" }, prev, next, el("span", { class: "muted" }, `from ${offset + 1}`)),
+      el("div", { id: "usage-refused" }, ...refusedBrief(page.refused, "for this filter")),
     );
     if (isAdmin) {
       const period = new URLSearchParams();
@@ -1007,7 +1044,11 @@ function userActions(user) {
   const check = el("button", { type: "button", class: "quiet", "data-action": "spend", "aria-label": `Spend of ${user.user}` }, "Spend");
   check.addEventListener("click", async () => {
     try {
-      const r = await api("GET", `${PATHS.admin}/users/${encodeURIComponent(user.user)}/budget`);
+      const name = encodeURIComponent(user.user);
+      const [r, doc] = await Promise.all([
+        api("GET", `${PATHS.admin}/users/${name}/budget`),
+        api("GET", `${PATHS.admin}/users/${name}`),
+      ]);
       const head = r.budget
         ? `${r.user}: spent ${money(r.budget.spent)} of ${money(r.budget.amount)} ${r.currency} (${r.budget.period}); ${money(r.budget.remaining)} left; resets ${r.budget.resets_at || "never"}`
         : `${r.user}: no budget; spent ${money(r.spent)} ${r.currency} this month`;
@@ -1026,6 +1067,7 @@ function userActions(user) {
             r.keys,
             "No active keys.",
           ),
+          ...refusedBrief(doc.refused, "last 7 days"),
         ),
       );
     } catch (err) {
