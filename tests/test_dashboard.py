@@ -520,3 +520,46 @@ async def test_refusals_show_on_the_usage_page_and_in_a_keys_and_users_details(
     await expect(report.locator("h2")).to_have_text("Refused, last 7 days: 3")
     await expect(report.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
     await context.close()
+
+
+async def test_prices_are_listed_with_their_parts_and_removed_after_a_yes(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    store = await Store.open(db_path)
+    try:
+        await store.set_price(Price("*", 1_000, 0, 0, 0))
+        await store.set_price(Price("llama3*", 0, 0, 400_000, 0))
+    finally:
+        await store.close()
+    url = str(dashboard.make_url("")).rstrip("/")
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/models")
+    await page.wait_for_selector("#view-models[aria-busy=false]")
+    rows = page.locator("#view-models h2#prices + .table-wrap tbody tr")
+    await expect(rows).to_have_count(2)
+    star = rows.filter(has=page.locator("td:first-child", has_text=re.compile(r"^\*$")))
+    llama = rows.filter(has_text="llama3*")
+    # Only the parts that cost something.
+    await expect(star.locator("td").nth(1)).to_have_text("0.001000 /a request")
+    await expect(llama.locator("td").nth(1)).to_have_text("0.400000 /M out")
+    # Remove asks inline; No keeps the price.
+    await llama.locator("button[data-action=remove-price]").click()
+    await expect(llama).to_contain_text("Remove?")
+    await llama.locator("button[data-action=cancel]").click()
+    await expect(llama.locator("button[data-action=remove-price]")).to_be_focused()
+    await expect(rows).to_have_count(2)
+    await shot(page, "prices")
+    await llama.locator("button[data-action=remove-price]").click()
+    await llama.locator("button[data-action=confirm]").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text("0.001000 /a request")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            url + "/admin/prices", headers={"Authorization": f"Bearer {admin_key}"}
+        ) as resp,
+    ):
+        assert [p["pattern"] for p in (await resp.json())["prices"]] == ["*"]
+    assert page.dialogs == []  # type: ignore[attr-defined]  # (no window.confirm)
+    await context.close()

@@ -881,20 +881,12 @@ async function modelsView(view) {
   const doc = await api("GET", `${PATHS.admin}/models`);
   const priceCell = (m) => {
     const p = m.price;
-    // Only the parts that cost something; a price of nothing is "free".
-    const parts = p
-      ? [
-          [p.per_request, "a request"],
-          [p.per_million_input, "M in"],
-          [p.per_million_output, "M out"],
-          [p.per_second, "second"],
-        ].filter(([amount]) => amount).map(([amount, unit]) => `${money(amount)} /${unit}`)
-      : [];
-    const text = parts.length ? parts.join(", ") : "free";
+    const text = priceText(p);
     if (!isAdmin) return el("span", {}, text);
     const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
     edit.addEventListener("click", () => priceForm(m, edit.closest("tr")));
-    return el("div", {}, el("div", {}, p ? `${text} (${p.pattern})` : text), edit);
+    // (the pattern that priced it, cut like any name when long)
+    return el("div", {}, el("span", { class: "wrap" }, text), p ? stacked(`by ${p.pattern}`) : null, edit);
   };
   view.append(
     el("h1", {}, "Models"),
@@ -913,6 +905,65 @@ async function modelsView(view) {
       "Ollama has no model this key may use: pull one (ollama pull llama3.2).",
     ),
   );
+  if (isAdmin) view.append(...(await pricesSection()));
+}
+
+// A price's parts that cost something ("0.400000 /M out"); a price of nothing is "free".
+function priceText(p) {
+  const parts = p
+    ? [
+        [p.per_request, "a request"],
+        [p.per_million_input, "M in"],
+        [p.per_million_output, "M out"],
+        [p.per_second, "second"],
+      ].filter(([amount]) => amount).map(([amount, unit]) => `${money(amount)} /${unit}`)
+    : [];
+  return parts.length ? parts.join(", ") : "free";
+}
+
+// Every price pattern (* prices what no other pattern matches), each removable after an
+// inline "Remove? Yes / No" beside it.
+async function pricesSection() {
+  const doc = await api("GET", `${PATHS.admin}/prices`);
+  const removeButton = (p) => {
+    const box = el("div", { class: "actions" });
+    const ask = el("button", { type: "button", class: "danger", "data-action": "remove-price", "aria-label": `Remove the price ${p.pattern}` }, "Remove");
+    const ready = () => box.replaceChildren(ask);
+    ask.addEventListener("click", () => {
+      const yes = el("button", { type: "button", class: "danger", "data-action": "confirm", "aria-label": `Yes, remove the price ${p.pattern}` }, "Yes");
+      const no = el("button", { type: "button", class: "quiet", "data-action": "cancel", "aria-label": "No, keep it" }, "No");
+      no.addEventListener("click", () => {
+        ready();
+        ask.focus();
+      });
+      yes.addEventListener("click", async () => {
+        yes.disabled = true;
+        try {
+          await api("DELETE", `${PATHS.admin}/prices?pattern=${encodeURIComponent(p.pattern)}`);
+          route();
+        } catch (err) {
+          openBelow(box.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
+          ready();
+        }
+      });
+      box.replaceChildren(el("span", { class: "keep" }, "Remove?"), yes, no);
+      no.focus();
+    });
+    ready();
+    return box;
+  };
+  return [
+    el("h2", { id: "prices" }, `Prices (${doc.currency})`),
+    table(
+      [
+        { title: "Pattern", cell: (p) => p.pattern },
+        { title: "Price", wrap: true, cell: (p) => priceText(p) },
+        { title: "Actions", act: true, cell: removeButton },
+      ],
+      doc.prices,
+      "No prices: every model is free.",
+    ),
+  ];
 }
 
 function priceForm(model, tr) {
