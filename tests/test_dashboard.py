@@ -563,3 +563,42 @@ async def test_prices_are_listed_with_their_parts_and_removed_after_a_yes(
         assert [p["pattern"] for p in (await resp.json())["prices"]] == ["*"]
     assert page.dialogs == []  # type: ignore[attr-defined]  # (no window.confirm)
     await context.close()
+
+
+async def test_each_role_lands_on_its_start_page_whoever_signed_out_before(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    user_key = await make_key(db_path, "carol", "laptop")
+    url = str(dashboard.make_url("")).rstrip("/")
+
+    async def sign_in_again(key: str) -> None:
+        await page.fill("#signin-key", key)
+        await page.click("#signin-form button[type=submit]")
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.wait_for_selector("#view-overview[aria-busy=false] h1")  # the admin's start
+    await page.click("#nav a[data-view=keys]")
+    await page.wait_for_selector("#view-keys[aria-busy=false]")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    assert "#/keys" not in page.url
+    await sign_in_again(user_key)  # the next person, a user: My usage, not the Keys page
+    await page.wait_for_selector("#view-me[aria-busy=false] h1")
+    await expect(page.locator("#view-me h1")).to_have_text("carol / laptop")
+    await expect(page.locator("#nav a[aria-current=page]")).to_have_text("My usage")
+    await page.click("#nav a[data-view=usage]")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    await sign_in_again(admin_key)  # and after a user, an admin lands on the Overview
+    await page.wait_for_selector("#view-overview[aria-busy=false] h1")
+    await expect(page.locator("#nav a[aria-current=page]")).to_have_text("Overview")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    # An admin's page in the address (a link, a bookmark): a user lands on its own page.
+    await page.goto(url + "/ui/#/keys")
+    await sign_in_again(user_key)
+    await page.wait_for_selector("#view-me[aria-busy=false] h1")
+    assert page.url.endswith("#/me")
+    await context.close()

@@ -1302,12 +1302,17 @@ function showSignIn(message, failed = true) {
   document.getElementById("signin-key").focus();
 }
 
-async function start() {
+async function start(signingIn = false) {
   try {
     state.me = await api("GET", `${PATHS.admin}/me`);
   } catch (err) {
     if (err.status === 401) return showSignIn("");
     return showSignIn(err.message);
+  }
+  const asked = VIEWS[location.hash.replace(/^#\//, "")];
+  if (signingIn && asked && asked.admin && state.me.key.role !== "admin") {
+    // (an admin's page in the address, a link or a bookmark: a user starts on its own)
+    history.replaceState(null, "", `#/${startPage()}`);
   }
   document.getElementById("signin").hidden = true;
   document.getElementById("signout").hidden = false;
@@ -1329,10 +1334,14 @@ async function start() {
   route();
 }
 
+// Each role's own start page: where it lands on signing in, and from a page not its own.
+function startPage() {
+  return state.me.key.role === "admin" ? "overview" : "me";
+}
+
 async function route() {
   if (!state.me) return;
-  const isAdmin = state.me.key.role === "admin";
-  const name = location.hash.replace(/^#\//, "") || (isAdmin ? "overview" : "me");
+  const name = location.hash.replace(/^#\//, "") || startPage();
   const view = document.getElementById("view");
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
@@ -1384,7 +1393,7 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("POST", `${PATHS.ui}/session`, { key: input.value });
       input.value = "";
-      await start();
+      await start(true);
     } catch (err) {
       input.value = "";
       document.getElementById("signin-error").textContent = err.message;
@@ -1394,6 +1403,8 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("DELETE", `${PATHS.ui}/session`);
     } finally {
+      // The next person to sign in starts on their role's start page, not this one's last.
+      history.replaceState(null, "", location.pathname + location.search);
       showSignIn("Signed out.", false);
     }
   });
