@@ -602,3 +602,48 @@ async def test_each_role_lands_on_its_start_page_whoever_signed_out_before(
     await page.wait_for_selector("#view-me[aria-busy=false] h1")
     assert page.url.endswith("#/me")
     await context.close()
+
+
+async def test_the_route_filter_takes_the_path_a_client_calls_as_its_example_says(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    url = str(dashboard.make_url("")).rstrip("/")
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    openai_chat = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'
+    async with aiohttp.ClientSession(headers=auth) as session:
+        for path, body in (
+            ("/api/chat", CHAT),
+            ("/api/chat", CHAT),
+            ("/v1/chat/completions", openai_chat),
+        ):
+            async with session.post(url + path, data=body) as resp:
+                assert resp.status == 200, path
+        async with session.get(url + "/api/tags") as resp:
+            assert resp.status == 200
+        usage = dashboard.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
+        # The API: a route as recorded or as called finds the same records.
+        found: dict[str, list[str]] = {}
+        for route in ("/chat", "/api/chat", "/v1/chat/completions", "/chat/completions"):
+            async with session.get(url + "/admin/usage", params={"route": route}) as resp:
+                found[route] = [r["route"] for r in (await resp.json())["records"]]
+    assert found["/api/chat"] == found["/chat"] == ["/chat", "/chat"]
+    assert found["/v1/chat/completions"] == found["/chat/completions"] == ["/chat/completions"]
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/usage")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    rows = page.locator("#usage-results tbody tr")
+    await rows.first.wait_for()
+    # Each example the field gives matches records.
+    examples = (await page.get_attribute("#f-route", "placeholder") or "").split(" or ")
+    assert examples == ["/api/chat", "/v1/chat/completions"]
+    for example, count, shown in ((examples[0], 2, "/chat"), (examples[1], 1, "/chat/completions")):
+        await page.fill("#f-route", example)
+        await page.click("#usage-filters button[type=submit]")
+        await expect(rows).to_have_count(count)
+        for cell in await rows.locator("td[data-label=Route]").all_text_contents():
+            assert cell == shown
+    await context.close()

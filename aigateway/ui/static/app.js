@@ -783,7 +783,7 @@ function keyActions(key) {
 const FILTERS = [
   ["user", "User", "text", true],
   ["model", "Model", "text", false],
-  ["route", "Route (/chat, /v1/chat/completions)", "text", false],
+  ["route", "Route", "text", false, "/api/chat or /v1/chat/completions"],
   ["status", "Status", "number", false],
   ["since", "From (UTC date)", "date", false],
   ["until", "Until (UTC date, exclusive)", "date", false],
@@ -793,9 +793,9 @@ async function usageView(view) {
   const isAdmin = state.me.key.role === "admin";
   const form = el("form", { class: "card", id: "usage-filters" }, el("h2", {}, "Filter"));
   const fields = el("div", { class: "row" });
-  for (const [name, title, type, adminOnly] of FILTERS) {
+  for (const [name, title, type, adminOnly, example] of FILTERS) {
     if (adminOnly && !isAdmin) continue;
-    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), el("input", { id: `f-${name}`, name, type })));
+    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), el("input", { id: `f-${name}`, name, type, placeholder: example })));
   }
   fields.append(el("button", { type: "submit" }, "Show"));
   form.append(fields);
