@@ -783,7 +783,7 @@ function keyActions(key) {
 const FILTERS = [
   ["user", "User", "text", true],
   ["model", "Model", "text", false],
-  ["route", "Route", "text", false, "/api/chat or /v1/chat/completions"],
+  ["route", "Route", "text", false, "/api/chat"], // (also /v1/chat/completions, or /chat as recorded)
   ["status", "Status", "number", false],
   ["since", "From (UTC date)", "date", false],
   ["until", "Until (UTC date, exclusive)", "date", false],
