@@ -472,3 +472,183 @@ async def test_the_playground_shows_the_cost_the_gateway_charged(
         assert await page.evaluate("document.documentElement.scrollWidth") <= width
         await shot(page, f"playground-cost-{width}-{theme}")
         await context.close()
+
+
+async def test_refusals_show_on_the_usage_page_and_in_a_keys_and_users_details(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    eve_key = await make_key(db_path, "eve", "tablet", models=["qwen*"])
+    url = str(dashboard.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # a model eve's key may not use
+            async with session.post(
+                url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {eve_key}"}
+            ) as resp:
+                assert resp.status == 403
+        async with session.post(url + "/api/chat", data=CHAT) as resp:  # no key
+            assert resp.status == 401
+    usage = dashboard.app[RELAY].usage
+    assert usage is not None
+    await usage.flush()
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/usage")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    refused = page.locator("#usage-refused")
+    # (the sign-in page's own look for a session counts as a missing key too)
+    await expect(refused.locator("h2")).to_have_text(re.compile(r"Refused, for this filter: [45]"))
+    await expect(refused.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await expect(refused.locator("tr", has_text="missing_key")).to_have_count(1)
+    await page.fill("#f-user", "eve")  # the filter's user only
+    await page.click("#usage-filters button[type=submit]")
+    await expect(refused.locator("h2")).to_have_text("Refused, for this filter: 3")
+    await expect(refused.locator("tr", has_text="missing_key")).to_have_count(0)
+    await page.fill("#f-model", "llama3.2")  # refusals have no model: not counted by it
+    await page.click("#usage-filters button[type=submit]")
+    await expect(refused).to_contain_text("not counted by model, route or status")
+    await expect(refused.locator("table")).to_have_count(0)
+    await shot(page, "usage-refused")
+
+    await page.click("#nav a[data-view=keys]")
+    await page.click("button[aria-label='Details of eve/tablet']")
+    details = page.locator("#key-details")
+    await expect(details.locator("h2")).to_have_text("Refused, last 7 days: 3")
+    await expect(details.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await page.click("button[aria-label='Details of root/ops']")
+    await expect(page.locator("#key-details h2")).to_have_text("Refused, last 7 days: 0")
+    await expect(page.locator("#key-details")).to_contain_text("Nothing refused.")
+
+    await page.click("#nav a[data-view=users]")
+    await page.click("button[aria-label='Spend of eve']")
+    report = page.locator("#budget-report")
+    await expect(report.locator("h2")).to_have_text("Refused, last 7 days: 3")
+    await expect(report.locator("tr", has_text="model_not_allowed")).to_contain_text("3")
+    await context.close()
+
+
+async def test_prices_are_listed_with_their_parts_and_removed_after_a_yes(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    store = await Store.open(db_path)
+    try:
+        await store.set_price(Price("*", 1_000, 0, 0, 0))
+        await store.set_price(Price("llama3*", 0, 0, 400_000, 0))
+    finally:
+        await store.close()
+    url = str(dashboard.make_url("")).rstrip("/")
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/models")
+    await page.wait_for_selector("#view-models[aria-busy=false]")
+    rows = page.locator("#view-models h2#prices + .table-wrap tbody tr")
+    await expect(rows).to_have_count(2)
+    star = rows.filter(has=page.locator("td:first-child", has_text=re.compile(r"^\*$")))
+    llama = rows.filter(has_text="llama3*")
+    # Only the parts that cost something.
+    await expect(star.locator("td").nth(1)).to_have_text("0.001000 /a request")
+    await expect(llama.locator("td").nth(1)).to_have_text("0.400000 /M out")
+    # Remove asks inline; No keeps the price.
+    await llama.locator("button[data-action=remove-price]").click()
+    await expect(llama).to_contain_text("Remove?")
+    await llama.locator("button[data-action=cancel]").click()
+    await expect(llama.locator("button[data-action=remove-price]")).to_be_focused()
+    await expect(rows).to_have_count(2)
+    await shot(page, "prices")
+    await llama.locator("button[data-action=remove-price]").click()
+    await llama.locator("button[data-action=confirm]").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text("0.001000 /a request")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            url + "/admin/prices", headers={"Authorization": f"Bearer {admin_key}"}
+        ) as resp,
+    ):
+        assert [p["pattern"] for p in (await resp.json())["prices"]] == ["*"]
+    assert page.dialogs == []  # type: ignore[attr-defined]  # (no window.confirm)
+    await context.close()
+
+
+async def test_each_role_lands_on_its_start_page_whoever_signed_out_before(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    user_key = await make_key(db_path, "carol", "laptop")
+    url = str(dashboard.make_url("")).rstrip("/")
+
+    async def sign_in_again(key: str) -> None:
+        await page.fill("#signin-key", key)
+        await page.click("#signin-form button[type=submit]")
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.wait_for_selector("#view-overview[aria-busy=false] h1")  # the admin's start
+    await page.click("#nav a[data-view=keys]")
+    await page.wait_for_selector("#view-keys[aria-busy=false]")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    assert "#/keys" not in page.url
+    await sign_in_again(user_key)  # the next person, a user: My usage, not the Keys page
+    await page.wait_for_selector("#view-me[aria-busy=false] h1")
+    await expect(page.locator("#view-me h1")).to_have_text("carol / laptop")
+    await expect(page.locator("#nav a[aria-current=page]")).to_have_text("My usage")
+    await page.click("#nav a[data-view=usage]")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    await sign_in_again(admin_key)  # and after a user, an admin lands on the Overview
+    await page.wait_for_selector("#view-overview[aria-busy=false] h1")
+    await expect(page.locator("#nav a[aria-current=page]")).to_have_text("Overview")
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-key")
+    # An admin's page in the address (a link, a bookmark): a user lands on its own page.
+    await page.goto(url + "/ui/#/keys")
+    await sign_in_again(user_key)
+    await page.wait_for_selector("#view-me[aria-busy=false] h1")
+    assert page.url.endswith("#/me")
+    await context.close()
+
+
+async def test_the_route_filter_takes_the_path_a_client_calls_as_its_example_says(
+    browser: Browser, dashboard: TestServer, db_path: str
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    url = str(dashboard.make_url("")).rstrip("/")
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    openai_chat = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'
+    async with aiohttp.ClientSession(headers=auth) as session:
+        for path, body in (
+            ("/api/chat", CHAT),
+            ("/api/chat", CHAT),
+            ("/v1/chat/completions", openai_chat),
+        ):
+            async with session.post(url + path, data=body) as resp:
+                assert resp.status == 200, path
+        async with session.get(url + "/api/tags") as resp:
+            assert resp.status == 200
+        usage = dashboard.app[RELAY].usage
+        assert usage is not None
+        await usage.flush()
+        # The API: a route as recorded or as called finds the same records.
+        found: dict[str, list[str]] = {}
+        for route in ("/chat", "/api/chat", "/v1/chat/completions", "/chat/completions"):
+            async with session.get(url + "/admin/usage", params={"route": route}) as resp:
+                found[route] = [r["route"] for r in (await resp.json())["records"]]
+    assert found["/api/chat"] == found["/chat"] == ["/chat", "/chat"]
+    assert found["/v1/chat/completions"] == found["/chat/completions"] == ["/chat/completions"]
+
+    context, page = await signed_in(browser, url, admin_key)
+    await page.goto(url + "/ui/#/usage")
+    await page.wait_for_selector("#view-usage[aria-busy=false]")
+    rows = page.locator("#usage-results tbody tr")
+    await rows.first.wait_for()
+    # The field's example matches records, and so does an OpenAI-compatible path.
+    examples = [await page.get_attribute("#f-route", "placeholder"), "/v1/chat/completions"]
+    assert examples[0] == "/api/chat"
+    for example, count, shown in ((examples[0], 2, "/chat"), (examples[1], 1, "/chat/completions")):
+        await page.fill("#f-route", example or "")
+        await page.click("#usage-filters button[type=submit]")
+        await expect(rows).to_have_count(count)
+        for cell in await rows.locator("td[data-label=Route]").all_text_contents():
+            assert cell == shown
+    await context.close()

@@ -25,7 +25,7 @@ from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
-from aigateway.records import Budget, KeyLimits, UsageRecord
+from aigateway.records import Budget, KeyLimits, Price, UsageRecord
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
@@ -142,7 +142,8 @@ async def dashboard(
 async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
     """An admin key, a user with a 64-character name whose key has every
     limit, a budget with an alert and an allow-list, and usage of a 1,000-character
-    model (a record as the usage writer makes it) beside real requests. The two keys."""
+    model (a record as the usage writer makes it, priced by a long pattern) beside real
+    requests. The two keys."""
     admin_key = await make_key(db_path, "root", "ops", "admin")
     store = await Store.open(db_path)
     try:
@@ -156,6 +157,8 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
             Budget(25_000_000, "monthly", 80),
         )
         await store.update_user(LONG_USER, {"email": "ops@example.org"})
+        # (the Models page's Prices table: a long pattern, every part priced)
+        await store.set_price(Price(LONG_MODEL[:199] + "*", 1_000, 150_000, 400_000, 25))
         long_model_use = UsageRecord(
             ts=time.time() - 60,
             key_id=record.id,

@@ -310,7 +310,9 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
         user=user,
         # (any spelling of a model finds its records: they hold its one identity)
         model=identity(q["model"]) if q.get("model") else None,
-        route=q.get("route") or None,
+        route=_recorded_route(q["route"], request.app[SETTINGS].base_path)
+        if q.get("route")
+        else None,
         status=_whole_number_param(q, "status", 999),
     )
     store = request.app[STORE]
@@ -340,6 +342,17 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
             "refused": refused,
         }
     )
+
+
+def _recorded_route(text: str, base_path: str) -> str:
+    """Records name a route by its path under Ollama's /api or /v1 (`/chat`,
+    `/chat/completions`); a filter may name it so or by the path a client calls
+    (`/api/chat`, `/v1/chat/completions`, under BASE_PATH), which is cut to that."""
+    v1 = base_path.rsplit("/", 1)[0] + "/v1"
+    for prefix in (base_path, v1):
+        if text.startswith(prefix + "/"):
+            return text[len(prefix) :]
+    return text
 
 
 async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.StreamResponse:

@@ -418,7 +418,11 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                     _query("user", "string", "admins only"),
                     _query("key_id", "integer", "admins only"),
                     _query("model", "string", ""),
-                    _query("route", "string", ""),
+                    _query(
+                        "route",
+                        "string",
+                        "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)",
+                    ),
                     _query("status", "integer", ""),
                     since,
                     until,

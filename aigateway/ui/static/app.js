@@ -312,6 +312,25 @@ function refusedTables(refused, span) {
   ];
 }
 
+// The refusals of one filter, key or user: a line with the total and a table by reason;
+// `null` (a filter by model, route or status: refusals have none) says so.
+function refusedBrief(refused, span) {
+  if (refused === null || refused === undefined) {
+    return [el("h2", {}, "Refused"), el("p", { class: "empty refused-none" }, "Refused requests are not counted by model, route or status.")];
+  }
+  return [
+    el("h2", {}, `Refused, ${span}: ${number(refused.requests)}`),
+    table(
+      [
+        { title: "Reason", cell: (r) => r[0] },
+        { title: "Requests", num: true, cell: (r) => number(r[1]) },
+      ],
+      Object.entries(refused.by_reason).sort((a, b) => b[1] - a[1]),
+      "Nothing refused.",
+    ),
+  ];
+}
+
 // Several upstreams: each one's state in a table (one's is in the Overview's first line).
 function upstreamTable(pool) {
   if (!pool.checked) return [];
@@ -734,13 +753,30 @@ function keyActions(key) {
       openBelow(revoke.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
     }
   });
-  return el("div", { class: "actions" }, edit, revoke);
+  const details = el("button", { type: "button", class: "quiet", "data-action": "details", "aria-label": `Details of ${key.user}/${key.key_name}` }, "Details");
+  details.addEventListener("click", async () => {
+    try {
+      const doc = await api("GET", `${PATHS.admin}/keys/${key.id}`);
+      openBelow(
+        details.closest("tr"),
+        el(
+          "div",
+          { class: "card", id: "key-details" },
+          el("p", {}, named(`${doc.user}/${doc.key_name}`), ` — last used ${utcText(doc.last_used) || "never"} (UTC)`),
+          ...refusedBrief(doc.refused, "last 7 days"),
+        ),
+      );
+    } catch (err) {
+      openBelow(details.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
+    }
+  });
+  return el("div", { class: "actions" }, edit, details, revoke);
 }
 
 const FILTERS = [
   ["user", "User", "text", true],
   ["model", "Model", "text", false],
-  ["route", "Route (/chat, /v1/chat/completions)", "text", false],
+  ["route", "Route", "text", false, "/api/chat"], // (also /v1/chat/completions, or /chat as recorded)
   ["status", "Status", "number", false],
   ["since", "From (UTC date)", "date", false],
   ["until", "Until (UTC date, exclusive)", "date", false],
@@ -750,9 +786,9 @@ async function usageView(view) {
   const isAdmin = state.me.key.role === "admin";
   const form = el("form", { class: "card", id: "usage-filters" }, el("h2", {}, "Filter"));
   const fields = el("div", { class: "row" });
-  for (const [name, title, type, adminOnly] of FILTERS) {
+  for (const [name, title, type, adminOnly, example] of FILTERS) {
     if (adminOnly && !isAdmin) continue;
-    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), el("input", { id: `f-${name}`, name, type })));
+    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), el("input", { id: `f-${name}`, name, type, placeholder: example })));
   }
   fields.append(el("button", { type: "submit" }, "Show"));
   form.append(fields);
@@ -799,6 +835,7 @@ async function usageView(view) {
         "No request matches.",
       ),
       el("div", { class: "row" }, prev, next, el("span", { class: "muted" }, `from ${offset + 1}`)),
+      el("div", { id: "usage-refused" }, ...refusedBrief(page.refused, "for this filter")),
     );
     if (isAdmin) {
       const period = new URLSearchParams();
@@ -837,20 +874,12 @@ async function modelsView(view) {
   const doc = await api("GET", `${PATHS.admin}/models`);
   const priceCell = (m) => {
     const p = m.price;
-    // Only the parts that cost something; a price of nothing is "free".
-    const parts = p
-      ? [
-          [p.per_request, "a request"],
-          [p.per_million_input, "M in"],
-          [p.per_million_output, "M out"],
-          [p.per_second, "second"],
-        ].filter(([amount]) => amount).map(([amount, unit]) => `${money(amount)} /${unit}`)
-      : [];
-    const text = parts.length ? parts.join(", ") : "free";
+    const text = priceText(p);
     if (!isAdmin) return el("span", {}, text);
     const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
     edit.addEventListener("click", () => priceForm(m, edit.closest("tr")));
-    return el("div", {}, el("div", {}, p ? `${text} (${p.pattern})` : text), edit);
+    // (the pattern that priced it, cut like any name when long)
+    return el("div", {}, el("span", { class: "wrap" }, text), p ? stacked(`by ${p.pattern}`) : null, edit);
   };
   view.append(
     el("h1", {}, "Models"),
@@ -869,6 +898,65 @@ async function modelsView(view) {
       "Ollama has no model this key may use: pull one (ollama pull llama3.2).",
     ),
   );
+  if (isAdmin) view.append(...(await pricesSection()));
+}
+
+// A price's parts that cost something ("0.400000 /M out"); a price of nothing is "free".
+function priceText(p) {
+  const parts = p
+    ? [
+        [p.per_request, "a request"],
+        [p.per_million_input, "M in"],
+        [p.per_million_output, "M out"],
+        [p.per_second, "second"],
+      ].filter(([amount]) => amount).map(([amount, unit]) => `${money(amount)} /${unit}`)
+    : [];
+  return parts.length ? parts.join(", ") : "free";
+}
+
+// Every price pattern (* prices what no other pattern matches), each removable after an
+// inline "Remove? Yes / No" beside it.
+async function pricesSection() {
+  const doc = await api("GET", `${PATHS.admin}/prices`);
+  const removeButton = (p) => {
+    const box = el("div", { class: "actions" });
+    const ask = el("button", { type: "button", class: "danger", "data-action": "remove-price", "aria-label": `Remove the price ${p.pattern}` }, "Remove");
+    const ready = () => box.replaceChildren(ask);
+    ask.addEventListener("click", () => {
+      const yes = el("button", { type: "button", class: "danger", "data-action": "confirm", "aria-label": `Yes, remove the price ${p.pattern}` }, "Yes");
+      const no = el("button", { type: "button", class: "quiet", "data-action": "cancel", "aria-label": "No, keep it" }, "No");
+      no.addEventListener("click", () => {
+        ready();
+        ask.focus();
+      });
+      yes.addEventListener("click", async () => {
+        yes.disabled = true;
+        try {
+          await api("DELETE", `${PATHS.admin}/prices?pattern=${encodeURIComponent(p.pattern)}`);
+          route();
+        } catch (err) {
+          openBelow(box.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
+          ready();
+        }
+      });
+      box.replaceChildren(el("span", { class: "keep" }, "Remove?"), yes, no);
+      no.focus();
+    });
+    ready();
+    return box;
+  };
+  return [
+    el("h2", { id: "prices" }, `Prices (${doc.currency})`),
+    table(
+      [
+        { title: "Pattern", cell: (p) => p.pattern },
+        { title: "Price", wrap: true, cell: (p) => priceText(p) },
+        { title: "Actions", act: true, cell: removeButton },
+      ],
+      doc.prices,
+      "No prices: every model is free.",
+    ),
+  ];
 }
 
 function priceForm(model, tr) {
@@ -1000,7 +1088,11 @@ function userActions(user) {
   const check = el("button", { type: "button", class: "quiet", "data-action": "spend", "aria-label": `Spend of ${user.user}` }, "Spend");
   check.addEventListener("click", async () => {
     try {
-      const r = await api("GET", `${PATHS.admin}/users/${encodeURIComponent(user.user)}/budget`);
+      const name = encodeURIComponent(user.user);
+      const [r, doc] = await Promise.all([
+        api("GET", `${PATHS.admin}/users/${name}/budget`),
+        api("GET", `${PATHS.admin}/users/${name}`),
+      ]);
       const head = r.budget
         ? `${r.user}: spent ${money(r.budget.spent)} of ${money(r.budget.amount)} ${r.currency} (${r.budget.period}); ${money(r.budget.remaining)} left; resets ${r.budget.resets_at || "never"}`
         : `${r.user}: no budget; spent ${money(r.spent)} ${r.currency} this month`;
@@ -1019,6 +1111,7 @@ function userActions(user) {
             r.keys,
             "No active keys.",
           ),
+          ...refusedBrief(doc.refused, "last 7 days"),
         ),
       );
     } catch (err) {
@@ -1202,12 +1295,17 @@ function showSignIn(message, failed = true) {
   document.getElementById("signin-key").focus();
 }
 
-async function start() {
+async function start(signingIn = false) {
   try {
     state.me = await api("GET", `${PATHS.admin}/me`);
   } catch (err) {
     if (err.status === 401) return showSignIn("");
     return showSignIn(err.message);
+  }
+  const asked = VIEWS[location.hash.replace(/^#\//, "")];
+  if (signingIn && asked && asked.admin && state.me.key.role !== "admin") {
+    // (an admin's page in the address, a link or a bookmark: a user starts on its own)
+    history.replaceState(null, "", `#/${startPage()}`);
   }
   document.getElementById("signin").hidden = true;
   document.getElementById("signout").hidden = false;
@@ -1229,10 +1327,14 @@ async function start() {
   route();
 }
 
+// Each role's own start page: where it lands on signing in, and from a page not its own.
+function startPage() {
+  return state.me.key.role === "admin" ? "overview" : "me";
+}
+
 async function route() {
   if (!state.me) return;
-  const isAdmin = state.me.key.role === "admin";
-  const name = location.hash.replace(/^#\//, "") || (isAdmin ? "overview" : "me");
+  const name = location.hash.replace(/^#\//, "") || startPage();
   const view = document.getElementById("view");
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
@@ -1284,7 +1386,7 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("POST", `${PATHS.ui}/session`, { key: input.value });
       input.value = "";
-      await start();
+      await start(true);
     } catch (err) {
       input.value = "";
       document.getElementById("signin-error").textContent = err.message;
@@ -1294,6 +1396,8 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       await api("DELETE", `${PATHS.ui}/session`);
     } finally {
+      // The next person to sign in starts on their role's start page, not this one's last.
+      history.replaceState(null, "", location.pathname + location.search);
       showSignIn("Signed out.", false);
     }
   });
