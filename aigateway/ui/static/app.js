@@ -290,15 +290,7 @@ function refusedTables(refused, span) {
   if (refused.without_key.requests) byUser.push({ user: "(no key)", ...refused.without_key });
   const reasons = (r) => Object.entries(r.by_reason).map(([reason, n]) => `${reason} ${number(n)}`).join(", ");
   return [
-    el("h2", {}, `Refused, ${span}: ${number(refused.requests)}`),
-    table(
-      [
-        { title: "Reason", cell: (r) => r[0] },
-        { title: "Requests", num: true, cell: (r) => number(r[1]) },
-      ],
-      Object.entries(refused.by_reason).sort((a, b) => b[1] - a[1]),
-      "Nothing refused.",
-    ),
+    ...refusedBrief(refused, span),
     el("h2", {}, `Refused per user, ${span}`),
     table(
       [
