@@ -24,9 +24,9 @@ from aigateway.testing.fake_ollama import FakeOllama
 from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 
-APP_JS = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static" / "app.js"
+STATIC = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static"
 SAME = {"X-Requested-With": "aigateway"}
-# What the Overview reads (checked against app.js below), the times a viewer refreshes.
+# What the Overview reads (checked against its module below), the times a viewer refreshes.
 OVERVIEW_READS = (
     "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model,refused",
     "/admin/series?hours=24",
@@ -36,8 +36,12 @@ OVERVIEW_READS = (
 REFRESHES = 8
 
 
+def _dashboard_source() -> str:
+    return "\n".join(path.read_text() for path in sorted(STATIC.glob("*.js")))
+
+
 def _function_source(opening: str) -> str:
-    source = APP_JS.read_text()
+    source = _dashboard_source()
     start = source.index(opening)
     return source[start : source.index("\n}\n", start)]
 
@@ -50,7 +54,7 @@ def test_the_overview_reads_the_admin_api_only() -> None:
     assert "fetch(" not in body
     # The one relayed call in the whole dashboard is the Playground's chat: a person's
     # use of a model, recorded as theirs.
-    source = APP_JS.read_text()
+    source = _dashboard_source()
     playground = _function_source("async function playground(view) {")
     assert source.count("PATHS.api}") == playground.count("PATHS.api}") == 1
     assert "/health/" not in source

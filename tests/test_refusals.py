@@ -350,15 +350,15 @@ def test_counting_is_bounded_and_keeps_every_refusal() -> None:
         refusals.MAX_ROWS = saved
 
 
-APP_JS = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static" / "app.js"
+OVERVIEW_JS = Path(__file__).resolve().parent.parent / "aigateway" / "ui" / "static" / "overview.js"
 
 
 async def test_the_overview_reads_the_refused_counts_it_shows(
     gateway: TestServer, admin: GatewayClient, key: str
 ) -> None:
-    """Without a browser: the stats request the Overview makes (as app.js writes it)
+    """Without a browser: the stats request the Overview makes (as overview.js writes it)
     answers the refused fields its tables read, exactly."""
-    found = re.search(r"/stats\?since=\$\{weekAgo\}&parts=([a-z_0-9,]+)`", APP_JS.read_text())
+    found = re.search(r"/stats\?since=\$\{weekAgo\}&parts=([a-z_0-9,]+)`", OVERVIEW_JS.read_text())
     assert found is not None, "the Overview's stats request is not where this test looks"
     assert "refused" in found.group(1).split(",")
     await clock_room(3600, 20)

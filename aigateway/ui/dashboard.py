@@ -1,8 +1,9 @@
 """The dashboard: a page and its script and styles, served by the gateway under UI_PATH.
 
 Nothing is built or installed: the files in `ui/static/` ship in the package and are read once
-at start. The page holds no data and no inline script; app.js asks the admin API (with
-the session cookie, see sessions.py) for everything and shows every string as text.
+at start. The page holds no data and no inline script; its modules (app.js first) ask the
+admin API (with the session cookie, see sessions.py) for everything and show every string as
+text.
 Every answer carries a Content-Security-Policy that allows only this origin's script and
 styles, and forbids framing.
 """
@@ -21,8 +22,9 @@ from ..settings import Settings
 from .signin import sign_in, sign_out
 
 UI_DIR = Path(__file__).parent / "static"
+# The script is ES modules, one a page (app.js the shell): each served by its name.
 STATIC = {
-    "app.js": "text/javascript",
+    **{path.name: "text/javascript" for path in sorted(UI_DIR.glob("*.js"))},
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
