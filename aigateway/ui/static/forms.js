@@ -1,4 +1,7 @@
 // Change forms shared by the pages: fields with their own errors, budgets, UTC times.
+// A form shows each value as it is; Save sends only what the person changed (a budget's
+// amount, period and alert go together, as the API takes a budget whole). Each field has
+// its label in people's words, a hint, and its own error line right under it.
 import { PATHS, api, el, money, number, refresh } from "./core.js";
 
 export function budgetText(b, none = "none") {

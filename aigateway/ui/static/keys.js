@@ -112,11 +112,7 @@ export function useText(u) {
   return parts.join(", ");
 }
 
-// --- change forms ----------------------------------------------------------------------
-// A form shows each value as it is; Save sends only what the person changed (a budget's
-// amount, period and alert go together, as the API takes a budget whole). Each field has
-// its label in people's words, a hint, and its own error line right under it.
-
+// The limits a key's form shows, by their API names, in people's words.
 export const LIMITS = [
   ["rpm", "Requests per minute"],
   ["rph", "Requests per hour"],
