@@ -35,6 +35,7 @@ from ..records import (
     check_limits,
     check_name,
     micro,
+    money,
 )
 
 if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
@@ -253,6 +254,10 @@ def own_key_terms(
     return terms
 
 
+def _amount(micro_units: int) -> str:
+    return f"{money(micro_units)} ({micro_units} micro-units)"
+
+
 def _own_key_budget(
     creator: KeyRecord, asked: Mapping[str, Any], remaining: int | None
 ) -> Budget | None:
@@ -265,12 +270,12 @@ def _own_key_budget(
     budget: Budget | None = asked.get("budget", Budget(remaining, mine.period, mine.alert))
     if budget is None:
         raise NotPermittedError(
-            f"budget must be set: this key has a budget, of which {remaining} micro-units remain"
+            f"a budget must be set: this key has one, of which {_amount(remaining)} remains"
         )
     if budget.amount > remaining:
         raise NotPermittedError(
-            f"budget must be at most what remains of this key's own, {remaining} micro-units"
+            f"a budget must be at most what remains of this key's own, {_amount(remaining)}"
         )
     if budget.period not in (mine.period, "total"):
-        raise NotPermittedError(f"budget's period must be {mine.period} (this key's) or total")
+        raise NotPermittedError(f"a budget's period must be {mine.period} (this key's) or total")
     return budget
