@@ -227,6 +227,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
     url = str(dashboard.make_url("")).rstrip("/")
     cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
     # Every page as an admin; a user's own pages (its name long) at each width.
+    runs: list[tuple[str, str, int, Theme, tuple[str, ...]]]
     runs = [(admin_key, "admin", width, theme, PAGES) for width, theme in SIZES] + [
         (user_key, "user", width, theme, USER_PAGES) for width, theme in SIZES[::2]
     ]
