@@ -278,6 +278,17 @@ async def test_off_unless_set(
     await _refused(client, 403, "SELF_SERVICE_KEYS=0")
     async with client.get("/admin/me/keys") as resp:
         assert resp.status == 403
+    # A key made while it was on can still be revoked by its maker.
+    store = await Store.open(settings.database)
+    try:
+        maker = next(k for k in await store.list_keys() if k.name == "laptop")
+        made, _ = await store.create_key(
+            "alice", "old", creator=Creator(maker.id, 1, lambda _now: None)
+        )
+    finally:
+        await store.close()
+    async with client.delete(f"/admin/me/keys/{made.id}") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "revoked"
 
 
 def test_wider_is_decided_by_the_matching_rules() -> None:

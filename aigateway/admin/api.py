@@ -302,8 +302,7 @@ async def create_own_key(request: web.Request) -> web.Response:
 
 
 async def revoke_own_key(request: web.Request) -> web.Response:
-    caller, cap = principal(request), request.app[SETTINGS].self_service_keys
-    record = await service.revoke_own_key(request.app[STORE], caller, cap, _key_id(request))
+    record = await service.revoke_own_key(request.app[STORE], principal(request), _key_id(request))
     await _reload(request)
     return _json(key_view(record))
 

@@ -166,10 +166,9 @@ async def create_own_key(
     return record, secret
 
 
-async def revoke_own_key(store: Store, creator: KeyRecord, cap: int, key_id: int) -> KeyRecord:
-    """Revoke a key `creator` made (and no other)."""
-    if not may_make_keys(creator, cap):
-        raise NotPermittedError(_why_not(creator, cap))
+async def revoke_own_key(store: Store, creator: KeyRecord, key_id: int) -> KeyRecord:
+    """Revoke a key `creator` made (and no other); also once the feature is off or the
+    creator may no longer make keys: taking a key away is always safe."""
     record = await store.revoke_key_made_by(creator.id, key_id)
     log.info(
         "self-service: key %d (%s...) of user %r revoked key %d (%s..., %r)",
