@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
@@ -329,3 +330,26 @@ async def test_a_database_of_the_release_before_keeps_its_keys(database: str) ->
         assert made.created_by == 7
     finally:
         await store.close()
+
+
+async def test_another_site_cannot_make_keys_with_a_signed_in_browser(
+    client: GatewayClient, key: str
+) -> None:
+    """By session cookie (the dashboard), a create needs the page's own header and origin:
+    a form or script on another site gets 403 and makes nothing."""
+    url = str(client.server.make_url("")).rstrip("/")
+    same = {"X-Requested-With": "aigateway"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(url + "/ui/session", json={"key": key}, headers=same) as resp:
+            assert resp.status == 200
+        for headers in ({}, {**same, "Origin": "https://evil.example"}):
+            async with session.post(
+                url + "/admin/me/keys", json={"name": "stolen"}, headers=headers
+            ) as resp:
+                assert resp.status == 403, headers
+        async with session.post(
+            url + "/admin/me/keys", json={"name": "mine"}, headers=same
+        ) as resp:
+            assert resp.status == 201
+    own = await (await client.get("/admin/me/keys")).json()
+    assert [k["key_name"] for k in own["keys"]] == ["mine"]
