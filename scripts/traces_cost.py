@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from aigateway.bench.harness import Target, load, started, wait_ready
-from aigateway.bench.paired import ROOT, checkout, database, tree_env
+from aigateway.bench.paired import ROOT, checkout, database, gateway_env, tree_env
 from aigateway.testing.ports import free_port
 
 SIDES = ("ref", "off", "traced")
@@ -59,14 +59,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             place.mkdir(exist_ok=True)
             db, key = database(tree, place, side)
             port = free_port()
-            env = {
-                **{k: v for k, v in tree_env(tree).items() if not k.startswith("OTEL_")},
-                "OLLAMA_BASE_URL": upstream_url,
-                "PORT": str(port),
-                "TOKEN_DB_PATH": str(db),
-                "LOG_LEVEL": "WARNING",
-                "LOG_FILE": "",
-            }
+            env = gateway_env(tree, upstream_url, port, db)
             if side == "traced":
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
                 env["OTEL_TRACES_SAMPLER"] = "traceidratio"

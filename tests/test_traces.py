@@ -62,6 +62,14 @@ async def _traced(
     return await aiohttp_client(app, headers={"Authorization": f"Bearer {key}"})
 
 
+@pytest.fixture
+async def traced(
+    aiohttp_client: AiohttpClient, settings: Settings, key: str, spans: InMemorySpanExporter
+) -> Client:
+    """A client of a gateway in front of the fake Ollama, its spans kept in `spans`."""
+    return await _traced(aiohttp_client, settings, key, spans)
+
+
 async def _requests(client: Client, spans: InMemorySpanExporter, count: int) -> list[ReadableSpan]:
     """The spans once `count` requests' spans have ended (a handler ends its request's
     span after its last byte went out: a moment after the client has it)."""
@@ -89,9 +97,9 @@ def _children(found: Sequence[ReadableSpan], parent: ReadableSpan) -> dict[str, 
 
 
 async def test_a_streamed_chat_has_a_span_with_its_steps_and_figures(
-    aiohttp_client: AiohttpClient, settings: Settings, key: str, spans: InMemorySpanExporter
+    traced: Client, spans: InMemorySpanExporter, key: str
 ) -> None:
-    client = await _traced(aiohttp_client, settings, key, spans)
+    client = traced
     resp = await client.post("/api/chat", json=CHAT)
     assert resp.status == 200
     lines = (await resp.read()).splitlines()
@@ -131,13 +139,11 @@ async def test_a_streamed_chat_has_a_span_with_its_steps_and_figures(
 
 
 async def test_a_client_s_traceparent_is_continued_and_passed_to_ollama(
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    key: str,
+    traced: Client,
     spans: InMemorySpanExporter,
     fake: FakeOllama,
 ) -> None:
-    client = await _traced(aiohttp_client, settings, key, spans)
+    client = traced
     headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=client"}
     resp = await client.post("/api/chat", json=CHAT, headers=headers)
     assert resp.status == 200
@@ -155,9 +161,9 @@ async def test_a_client_s_traceparent_is_continued_and_passed_to_ollama(
 
 
 async def test_a_malformed_traceparent_starts_a_new_trace(
-    aiohttp_client: AiohttpClient, settings: Settings, key: str, spans: InMemorySpanExporter
+    traced: Client, spans: InMemorySpanExporter
 ) -> None:
-    client = await _traced(aiohttp_client, settings, key, spans)
+    client = traced
     for bad in ("00-zz-yy-01", "x" * 5000, f"00-{'0' * 32}-{CLIENT_SPAN}-01"):
         resp = await client.post("/api/chat", json=CHAT, headers={"traceparent": bad})
         assert resp.status == 200
@@ -258,14 +264,12 @@ async def test_a_queued_request_has_a_queue_wait(
 
 
 async def test_a_client_that_leaves_mid_stream_ends_the_stream_span(
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    key: str,
+    traced: Client,
     spans: InMemorySpanExporter,
     fake: FakeOllama,
 ) -> None:
     fake.slow_interval = 0.5
-    client = await _traced(aiohttp_client, settings, key, spans)
+    client = traced
     resp = await client.post("/api/chat", json={**CHAT, "model": "slow"})
     await resp.content.readline()  # the first line came: the stream is under way
     resp.close()
@@ -302,7 +306,7 @@ async def test_the_otel_sampler_is_honoured(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     if argument:
         monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument)
-    client = await _traced(aiohttp_client, settings, key, spans)
+    client = await _traced(aiohttp_client, settings, key, spans)  # (made as the SDK reads them)
     headers = {"traceparent": traceparent} if traceparent else {}
     for _ in range(3):
         resp = await client.post("/api/chat", json=CHAT, headers=headers)

@@ -127,7 +127,7 @@ class Tracing:
     """The running gateway's tracer, made at start-up and shut down (its spans flushed)
     when the gateway stops (app.py)."""
 
-    __slots__ = ("_propagator", "provider", "tracer")
+    __slots__ = ("propagator", "provider", "tracer")
 
     def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -136,7 +136,7 @@ class Tracing:
 
         self.provider = provider
         self.tracer = provider.get_tracer("aigateway", __version__)
-        self._propagator: TraceContextTextMapPropagator = TraceContextTextMapPropagator()
+        self.propagator: TraceContextTextMapPropagator = TraceContextTextMapPropagator()
 
     def request(
         self,
@@ -146,7 +146,7 @@ class Tracing:
     ) -> RequestTrace:
         """The trace of one request that came in with `headers`: its span a child of the
         client's `traceparent` when it sent a valid one."""
-        parent = self._propagator.extract(headers) if "traceparent" in headers else None
+        parent = self.propagator.extract(headers) if "traceparent" in headers else None
         return RequestTrace(self, name, parent, attributes)
 
     def flush(self) -> bool:
@@ -165,7 +165,8 @@ class RequestTrace:
     written or the client left)."""
 
     __slots__ = (
-        "_context", "_open", "_root", "_tracing", "_upstream", "cut_by", "error", "status",
+        "_context", "_open", "_root", "_tracing", "_upstream",
+        "cut_by", "error", "recording", "status",
     )  # fmt: skip
 
     def __init__(
@@ -179,10 +180,15 @@ class RequestTrace:
 
         tracer = tracing.tracer
         self._tracing = tracing
-        self._root = tracer.start_span(name, parent, SpanKind.SERVER, attributes)
-        self._context = set_span_in_context(self._root)
+        root = self._root = tracer.start_span(name, parent, SpanKind.SERVER, attributes)
+        self._context = set_span_in_context(root)
+        # Children only for a request the sampler chose: one it did not costs its own
+        # span alone, and its trace (not sampled) still goes upstream with the root's id.
+        self.recording = root.is_recording()
         # The children still open, by name; the upstream being tried, apart.
-        self._open: dict[str, Span] = {"admission": tracer.start_span("admission", self._context)}
+        self._open: dict[str, Span] = {}
+        if self.recording:
+            self._open["admission"] = tracer.start_span("admission", self._context)
         self._upstream: Span | None = None
         self.status = 0  # the answer's status, once known
         self.cut_by: str | None = None  # why its upstream's stream was cut short
@@ -198,7 +204,8 @@ class RequestTrace:
 
     def queued(self) -> None:
         """The request waits for room on a busy upstream (MAX_CONCURRENT)."""
-        self._open["queue wait"] = self.tracer.start_span("queue wait", self._context)
+        if self.recording:
+            self._open["queue wait"] = self.tracer.start_span("queue wait", self._context)
 
     def dequeued(self) -> None:
         self._end("queue wait")
@@ -216,20 +223,23 @@ class RequestTrace:
         them (`allowed`: the client headers it gets; None: all)."""
         from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context
 
-        before = self._upstream
-        if before is not None:
-            before.set_status(StatusCode.ERROR, "failed over")
-            before.end()
-        span = self._upstream = self.tracer.start_span(
-            "upstream",
-            self._context,
-            SpanKind.CLIENT,
-            {"aigateway.upstream": name, "aigateway.upstream.kind": kind},
-        )
+        context = self._context
+        if self.recording:
+            before = self._upstream
+            if before is not None:
+                before.set_status(StatusCode.ERROR, "failed over")
+                before.end()
+            span = self._upstream = self.tracer.start_span(
+                "upstream",
+                context,
+                SpanKind.CLIENT,
+                {"aigateway.upstream": name, "aigateway.upstream.kind": kind},
+            )
+            context = set_span_in_context(span)
         headers[:] = [pair for pair in headers if pair[0].lower() not in PROPAGATED]
         if allowed is None or "traceparent" in allowed:
             carrier: dict[str, str] = {}
-            self._tracing._propagator.inject(carrier, set_span_in_context(span))
+            self._tracing.propagator.inject(carrier, context)
             headers.extend(
                 (name, value)
                 for name, value in carrier.items()
@@ -252,6 +262,8 @@ class RequestTrace:
         the upstream's span ends at the first byte (`first_byte_at`, perf_counter), where
         the stream's span starts."""
         self.status, self.cut_by = status, cut_by
+        if not self.recording:
+            return
         attributes: dict[str, str | int | float | bool] = {"aigateway.cost": cost / 1e9}
         if model is not None:
             attributes["gen_ai.request.model"] = model
