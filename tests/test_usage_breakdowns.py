@@ -130,20 +130,23 @@ async def test_breakdowns_follow_every_filter_of_the_records(
     for filter_ in filters:
         records = await _all_records(client, filter_)
         assert records or filter_ == {}, filter_
-        query = urlencode({**filter_, "parts": PARTS})
-        stats = await (await client.get(f"/admin/stats?{query}")).json()
-        _same(
-            _shown([stats["totals"]], ()), _expected(records, ()) or {(): [0, 0, 0, None]}, filter_
-        )
-        for part, label in (
-            ("per_user", ("user",)),
-            ("per_key", ("user", "key_name", "key_id")),
-            ("per_model", ("model",)),
-            ("per_route", ("route",)),
-        ):
-            _same(_shown(stats[part], label), _expected(records, label), (filter_, part))
+        for percentiles in ("true", "false"):  # (false: the Usage page's, none read)
+            query = urlencode({**filter_, "parts": PARTS, "percentiles": percentiles})
+            stats = await (await client.get(f"/admin/stats?{query}")).json()
+            totals = _expected(records, ()) or {(): [0, 0, 0, None]}
+            _same(_shown([stats["totals"]], ()), totals, filter_)
+            for part, label in (
+                ("per_user", ("user",)),
+                ("per_key", ("user", "key_name", "key_id")),
+                ("per_model", ("model",)),
+                ("per_route", ("route",)),
+            ):
+                _same(_shown(stats[part], label), _expected(records, label), (filter_, part))
+                p50s = {row["p50_ms"] is None for row in stats[part]}
+                assert p50s <= {percentiles == "false"}, (filter_, part, percentiles)
     # The records' own checks answer for the breakdowns too.
-    for bad in ("status=abc", "key_id=-1", "since=yesterday", "status=1000", "until=nan"):
+    bad_values = ("status=abc", "key_id=-1", "since=yesterday", "status=1000", "until=nan")
+    for bad in (*bad_values, "percentiles=no"):
         response = await client.get(f"/admin/stats?{bad}&parts=per_user")
         assert response.status == 400, bad
         assert set(await response.json()) == {"error"}, bad

@@ -634,13 +634,18 @@ async def stats(request: web.Request) -> web.Response:
     """Usage statistics of the records a filter picks (user, key_id, model, route,
     status, since, until: the filter of /admin/usage), of those of the last 24 hours and
     7 days, and each active key's use now; `parts` (comma-separated) computes only the
-    sections named."""
+    sections named; `percentiles=false` leaves out p50 and p95 (null), which cost most of
+    what a long period takes."""
     wanted = _parts(request.query.get("parts"))
-    return _json(await stats_document(request, wanted, usage_filter(request)))
+    raw = request.query.get("percentiles", "true")
+    if raw not in ("true", "false"):
+        raise BadRequest(f"percentiles must be true or false, not {raw[:20]!r}")
+    where = usage_filter(request)
+    return _json(await stats_document(request, wanted, where, percentiles=raw == "true"))
 
 
 async def stats_document(
-    request: web.Request, wanted: Set[str], where: UsageQuery
+    request: web.Request, wanted: Set[str], where: UsageQuery, percentiles: bool = True
 ) -> dict[str, object]:
     """The sections of STATS_PARTS named in `wanted`, of the records `where` picks
     (/admin/stats, and the compatible /api/admin/stats)."""
@@ -648,13 +653,12 @@ async def stats_document(
     now = time.time()
 
     async def summary(*group_by: str) -> list[dict[str, object]]:
-        return await store.usage_summary(group_by, where)
+        return await store.usage_summary(group_by, where, percentiles=percentiles)
 
     async def recent(seconds: float) -> dict[str, object]:
         """The filter's records of the last `seconds`, whatever its period."""
-        return _totals_or_zeros(
-            await store.usage_summary((), replace(where, since=now - seconds, until=None))
-        )
+        period = replace(where, since=now - seconds, until=None)
+        return _totals_or_zeros(await store.usage_summary((), period, percentiles=percentiles))
 
     async def rate_limits() -> list[dict[str, object]]:
         keys = [k for k in await store.list_keys() if k.status() == "active"]

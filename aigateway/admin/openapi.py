@@ -401,6 +401,11 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 params=[
                     *usage_filter,
                     _query("parts", "string", "comma-separated sections to compute (default all)"),
+                    _query(
+                        "percentiles",
+                        "boolean",
+                        "false: p50 and p95 left out (null), most of a long period's cost",
+                    ),
                 ],
                 ok=(
                     "200",

@@ -7,12 +7,12 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, or_, select
+from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
 from .connection import Connector
-from .rollups import BUCKETS, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
+from .rollups import BUCKETS, COUNTED, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
 from .schema import usage, usage_hourly
 from .values import TOKENS, cost_sum
 
@@ -145,13 +145,19 @@ class ReportQueries(Connector):
         ]
 
     async def usage_summary(
-        self, group_by: Sequence[str], where: UsageQuery = EVERY_RECORD, exact: bool = False
+        self,
+        group_by: Sequence[str],
+        where: UsageQuery = EVERY_RECORD,
+        exact: bool = False,
+        percentiles: bool = True,
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations of the records that match `where`, grouped by any
         of user, key_name, key_id, model, route. With `exact` (the CLIs' reports) every
         record is read and percentiles are exact; otherwise whole hours come from the
         hourly rollups when one of their dimensions holds every field the filter and the
-        groups name, and percentiles are estimated from their latency buckets."""
+        groups name, and percentiles are estimated from their latency buckets. Without
+        `percentiles` (None in each group) neither the buckets nor the durations are read:
+        most of what a long period costs."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
@@ -162,7 +168,8 @@ class ReportQueries(Connector):
         backend = self.database.backend
         async with self._read() as conn:
             if hours is None:
-                rows = await _raw_summary(conn, group_by, _usage_filter(where), backend)
+                clauses = _usage_filter(where)
+                rows = await _raw_summary(conn, group_by, clauses, backend, percentiles)
                 if exact:
                     summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
                     return _sorted(summary, group_by)
@@ -175,10 +182,11 @@ class ReportQueries(Connector):
                 for since, until in ((where.since, start), (end, where.until)):
                     if None not in (since, until) and since != until:
                         edge = _usage_filter(replace(where, since=since, until=until))
-                        edges.append(await _raw_summary(conn, group_by, edge, backend))
+                        edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
                 h = usage_hourly.c
                 labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
-                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in SUM_COLUMNS)
+                wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
+                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
                 statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, where))
                 if labels:
                     statement = statement.group_by(*labels)
@@ -245,13 +253,21 @@ _SERIES_FIELDS = ("requests", "tokens", "cost", "errors", "client_gone")
 
 
 async def _raw_summary(
-    conn: AsyncConnection, group_by: Sequence[str], clauses: list[Any], backend: str
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    clauses: list[Any],
+    backend: str,
+    percentiles: bool = True,
 ) -> Sequence[Sequence[Any]]:
     """Usage records summed per group, read from the records: the labels, then requests,
     prompt and completion tokens, duration sum, errors, early leaves, cost, records with a
     cost, and the durations and times to first byte joined by commas (for percentiles)."""
     labels = [usage.c[name] for name in group_by]
-    if backend == "sqlite":
+    durations: Any
+    ttfbs: Any
+    if not percentiles:
+        durations = ttfbs = null()
+    elif backend == "sqlite":
         durations = func.group_concat(usage.c.duration_ms)
         ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
     else:

@@ -71,6 +71,7 @@ export async function usageView(view) {
       // The breakdowns answer the records' own filter (the same query, one reading of it).
       const filtered = query();
       filtered.set("parts", "per_user,per_model");
+      filtered.set("percentiles", "false"); // (not shown here; most of a long period's cost)
       const stats = await api("GET", `${PATHS.admin}/stats?${filtered}`);
       const columns = (label, key) => [
         { title: label, cell: (r) => r[key] ?? "(none)" },
