@@ -359,6 +359,18 @@ def _one(
 def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
     since = _query("since", "number", "Unix time, inclusive")
     until = _query("until", "number", "Unix time, exclusive")
+    # Which records: the one filter of the records and of their statistics.
+    usage_filter = [
+        _query("user", "string", "admins only"),
+        _query("key_id", "integer", "admins only"),
+        _query("model", "string", "any spelling of the model"),
+        _query(
+            "route", "string", "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)"
+        ),
+        _query("status", "integer", ""),
+        since,
+        until,
+    ]
     key_id, name = [_in_path("id", "integer")], [_in_path("name")]
     keys_list = {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Key")}}}
     own_keys = {
@@ -422,30 +434,45 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
         },
         "/stats": {
             "get": _operation(
-                "Usage statistics, refusals and each key's use now",
+                "Usage statistics of the records a filter picks (the filter of /usage),"
+                " refusals and each key's use now",
                 a,
                 KEY,
                 params=[
-                    since,
-                    until,
+                    *usage_filter,
                     _query("parts", "string", "comma-separated sections to compute (default all)"),
-                    _query("user", "string", "the refused section: this user's keys only"),
-                    _query("key_id", "integer", "the refused section: this key only"),
+                    _query(
+                        "percentiles",
+                        "boolean",
+                        "false: p50 and p95 left out (null), most of a long period's cost",
+                    ),
                 ],
                 ok=(
                     "200",
                     "OK",
-                    {"type": "object", "properties": {"refused": _REFUSED}},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "refused": {
+                                "description": "as in /usage: null with a model, route or"
+                                " status filter",
+                                "anyOf": [_REFUSED, {"type": "null"}],
+                            }
+                        },
+                    },
                 ),
                 errors=(*_ADMIN, "400"),
             )
         },
         "/series": {
             "get": _operation(
-                "Usage per hour (an admin: every key's)",
+                "Usage per hour (an admin: every key's, or one key's)",
                 a,
                 KEY,
-                params=[_query("hours", "integer", "1 to 2160")],
+                params=[
+                    _query("hours", "integer", "1 to 2160"),
+                    _query("key_id", "integer", "admins only: this key's (any other key: its own)"),
+                ],
                 errors=(*_AUTH, "400"),
             )
         },
@@ -455,17 +482,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 a,
                 KEY,
                 params=[
-                    _query("user", "string", "admins only"),
-                    _query("key_id", "integer", "admins only"),
-                    _query("model", "string", ""),
-                    _query(
-                        "route",
-                        "string",
-                        "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)",
-                    ),
-                    _query("status", "integer", ""),
-                    since,
-                    until,
+                    *usage_filter,
                     _query("limit", "integer", "at most 500"),
                     _query("offset", "integer", ""),
                     _query(
