@@ -143,7 +143,10 @@ document.addEventListener("DOMContentLoaded", () => {
     showMenu(document.getElementById("menu").getAttribute("aria-expanded") !== "true");
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") showMenu(false);
+    if (event.key !== "Escape" || !document.getElementById("nav").classList.contains("open")) return;
+    showMenu(false);
+    // (the link that had the focus is hidden now: the focus goes back where it opened)
+    document.getElementById("menu").focus();
   });
   // Which values are cut changes with the page's width (a window resized, a scroll bar
   // come) and with what is shown: measured again when the view's size changes.
