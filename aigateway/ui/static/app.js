@@ -153,7 +153,15 @@ document.addEventListener("DOMContentLoaded", () => {
   // (A ResizeObserver's callback runs after layout, when the widths are known.)
   const view = document.getElementById("view");
   new ResizeObserver(() => markCut(view)).observe(view);
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", async () => {
+    await route();
+    // A page chosen from the nav: the focus goes to its heading, so a keyboard and a
+    // screen reader start there (the link that had it is hidden now in the phone's menu).
+    const heading = document.querySelector("#view h1");
+    if (!heading) return;
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
+  });
   onRefresh(route);
   start();
 });
