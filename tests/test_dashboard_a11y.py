@@ -321,7 +321,8 @@ async def test_the_keyboard_reaches_every_control_with_a_visible_focus(
 
 async def _menu_by_keyboard(page: Page, where: str, name: str) -> list[str]:
     """The phone's Menu: the first Tab stop; Enter opens it, Tab goes into it, Escape
-    closes it and gives the focus back to the Menu button."""
+    closes it and gives the focus back to the Menu button; a page chosen in it with Enter
+    takes the focus to its heading."""
     await page.reload()
     await page.wait_for_selector("#view [aria-busy=false] h1")
     await page.keyboard.press("Tab")
@@ -342,6 +343,23 @@ async def _menu_by_keyboard(page: Page, where: str, name: str) -> list[str]:
     assert await page.get_attribute("#menu", "aria-expanded") == "false"
     if await page.evaluate("document.activeElement.id") != "menu":
         faults.append(f"Menu {where}: Escape leaves the focus off the Menu button")
+    # A page chosen from the menu with Enter: the menu closes, the page's heading has the
+    # focus (not the hidden link), and the next Tab goes on from there.
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("#nav.open a", state="visible")
+    for _ in range(10):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.getAttribute('href')") == "#/usage":
+            break
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("#view-usage[aria-busy=false] h1")
+    await page.wait_for_selector("#nav", state="hidden")
+    if await page.evaluate("document.activeElement.closest('#view-usage h1')") is None:
+        faults.append(f"Menu {where}: the page chosen does not take the focus to its heading")
+    await page.keyboard.press("Tab")
+    first = "f-user" if "as admin" in where else "f-model"  # (the Usage page's first field)
+    if await page.evaluate("document.activeElement.id") != first:
+        faults.append(f"Menu {where}: Tab after choosing a page does not go on from its heading")
     return faults
 
 
