@@ -102,6 +102,14 @@ function showMenu(open) {
   document.getElementById("menu").setAttribute("aria-expanded", String(open));
 }
 
+// The focus to the page's heading (or, signed out, the sign-in form's place): the next Tab
+// goes on from there.
+function focusPage() {
+  const heading = document.querySelector("#view h1") || document.getElementById("main");
+  heading.tabIndex = -1;
+  heading.focus();
+}
+
 function applyTheme(theme) {
   if (theme === "light" || theme === "dark") root.dataset.theme = theme;
   else delete root.dataset.theme;
@@ -157,10 +165,11 @@ document.addEventListener("DOMContentLoaded", () => {
     await route();
     // A page chosen from the nav: the focus goes to its heading, so a keyboard and a
     // screen reader start there (the link that had it is hidden now in the phone's menu).
-    const heading = document.querySelector("#view h1");
-    if (!heading) return;
-    heading.tabIndex = -1;
-    heading.focus({ preventScroll: true });
+    if (document.querySelector("#view h1")) focusPage();
+  });
+  document.getElementById("skip").addEventListener("click", (event) => {
+    event.preventDefault(); // (#main is no page of the router's)
+    focusPage();
   });
   onRefresh(route);
   start();
