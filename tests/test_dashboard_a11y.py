@@ -12,8 +12,9 @@ Under CI=true a missing axe (no npm) fails; elsewhere the tests skip, saying why
 The keyboard: Tab goes round each page and reaches every link, button, field and cut
 value that can be seen, each with a focus ring of 2 px or more that nothing clips and
 that stands out 3:1 or more from what is behind it (WCAG's non-text contrast), in both
-themes; on a phone the Menu opens with Enter, Tab goes into it, and Escape closes it
-and gives the focus back to the Menu button.
+themes. The first Tab stop is a skip link, seen when focused, to the page's heading. On
+a phone the Menu opens with Enter, Tab goes into it, Escape closes it and gives the
+focus back to the Menu button, and a page chosen in it takes the focus to its heading.
 
 The API docs (/docs, /redoc: Swagger UI and ReDoc, third-party) are checked too, and
 what axe finds there is printed, not failed on."""
@@ -310,8 +311,10 @@ async def test_the_keyboard_reaches_every_control_with_a_visible_focus(
                     await page.wait_for_selector(opens)
                     faults += await _tab_round(page, f"{where}, {what} open")
                     rounds += 1
+            where = f"as {role} at {width} px, {theme}"
+            await _show(page, url, "usage")
+            faults += await _skip_by_keyboard(page, where, f"{width}-{theme}-{role}")
             if width < 760:
-                where = f"as {role} at {width} px, {theme}"
                 faults += await _menu_by_keyboard(page, where, f"{width}-{theme}-{role}")
         finally:
             await context.close()
@@ -319,12 +322,44 @@ async def test_the_keyboard_reaches_every_control_with_a_visible_focus(
     assert faults == [], "\n".join(faults)
 
 
+async def _first_field_next(page: Page, where: str) -> list[str]:
+    """Tab from the Usage page's heading: its first field has the focus."""
+    await page.keyboard.press("Tab")
+    first = "f-user" if "as admin" in where else "f-model"
+    if await page.evaluate("document.activeElement.id") != first:
+        return [f"{where}: Tab from the page's heading does not go to its first field"]
+    return []
+
+
+async def _skip_by_keyboard(page: Page, where: str, name: str) -> list[str]:
+    """The first Tab stop, seen when it has the focus, skips the header: Enter puts the
+    focus on the page's heading, and the next Tab on its first field."""
+    await page.reload()
+    await page.wait_for_selector("#view-usage[aria-busy=false] h1")
+    await page.keyboard.press("Tab")
+    faults = []
+    focused = cast(dict[str, Any], await page.evaluate(FOCUSED))
+    box = await page.locator("#skip").bounding_box()
+    if await page.evaluate("document.activeElement.id") != "skip":
+        faults.append(f"{where}: the first Tab stop is not the skip link but {focused}")
+    elif focused["width"] < 2 or focused["contrast"] < 3 or not box or box["width"] < 40:
+        faults.append(f"{where}: the skip link cannot be seen when focused ({focused}, {box})")
+    await shot(page, f"a11y-skip-{name}")
+    await page.keyboard.press("Enter")
+    if await page.evaluate("document.activeElement.closest('#view-usage h1')") is None:
+        faults.append(f"{where}: the skip link does not take the focus to the page's heading")
+    return faults + await _first_field_next(page, where)
+
+
 async def _menu_by_keyboard(page: Page, where: str, name: str) -> list[str]:
-    """The phone's Menu: the first Tab stop; Enter opens it, Tab goes into it, Escape
-    closes it and gives the focus back to the Menu button; a page chosen in it with Enter
-    takes the focus to its heading."""
+    """The phone's Menu, the Tab stop after the skip link: Enter opens it, Tab goes
+    into it, Escape closes it and gives the focus back to the Menu button; a page chosen
+    in it with Enter takes the focus to its heading."""
+    await page.evaluate("location.hash = '#/me'")  # (so that Usage can be chosen)
+    await page.wait_for_selector("#view-me[aria-busy=false] h1")
     await page.reload()
     await page.wait_for_selector("#view [aria-busy=false] h1")
+    await page.keyboard.press("Tab")  # (the skip link)
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.id") == "menu", where
     await page.keyboard.press("Enter")
@@ -356,11 +391,7 @@ async def _menu_by_keyboard(page: Page, where: str, name: str) -> list[str]:
     await page.wait_for_selector("#nav", state="hidden")
     if await page.evaluate("document.activeElement.closest('#view-usage h1')") is None:
         faults.append(f"Menu {where}: the page chosen does not take the focus to its heading")
-    await page.keyboard.press("Tab")
-    first = "f-user" if "as admin" in where else "f-model"  # (the Usage page's first field)
-    if await page.evaluate("document.activeElement.id") != first:
-        faults.append(f"Menu {where}: Tab after choosing a page does not go on from its heading")
-    return faults
+    return faults + await _first_field_next(page, f"Menu {where}")
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
