@@ -9,7 +9,7 @@ export async function modelsView(view) {
     const p = m.price;
     const text = priceText(p);
     if (!isAdmin) return el("span", {}, text);
-    const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
+    const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set price of ${m.name}` }, "Set price");
     edit.addEventListener("click", () => priceForm(m, edit.closest("tr")));
     // (the pattern that priced it, cut like any name when long)
     return el("div", {}, el("span", { class: "wrap" }, text), p ? stacked(`by ${p.pattern}`) : null, edit);
