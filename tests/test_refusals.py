@@ -380,7 +380,7 @@ async def test_the_overview_reads_the_refused_counts_it_shows(
 
 
 async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
-    """A database at revision 0017 with a key and a usage record opens at 0018 with both
+    """A database at revision 0017 with a key and a usage record opens at the head with both
     as they were, and takes and adds refusal counts (an upsert that adds)."""
     engine = create_async_engine(database_from(database).url)
     try:
@@ -419,7 +419,7 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
     async with engine.connect() as conn:
         revision = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
     await engine.dispose()
-    assert revision == [(HEAD,)] and HEAD == "0018"
+    assert revision == [(HEAD,)]
 
 
 async def test_a_session_whose_key_expired_counts_against_its_key(
