@@ -20,6 +20,8 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
 from aigateway.access.budgets import Budgets
@@ -28,14 +30,16 @@ from aigateway.alerts.outbox import AlertOutbox
 from aigateway.alerts.send import Poster, SendFailed
 from aigateway.alerts.watch import RefusalWatch, expiring_alerts
 from aigateway.alerts.webhook import EVENT_HEADER, SIGNATURE_HEADER
+from aigateway.db import schema
 from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.errors import Refused
 from aigateway.records import DAY, Alert, Budget, BudgetLine, KeyLimits, KeyRecord, Price
 from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import at_revision, eventually
 
 SECRET = "s" * 40
 BILLION = 10**9  # nano-units: 1 USD
@@ -498,3 +502,30 @@ def test_alert_settings() -> None:
         Settings.from_mapping({"ALERT_WEBHOOK_URL": "https://hooks.example.com/x"})
     slack = {"ALERT_WEBHOOK_URL": "https://hooks.example.com/x", "ALERT_WEBHOOK_FORMAT": "slack"}
     assert Settings.from_mapping(slack).alert_webhook_secret is None
+
+
+async def test_a_database_of_the_release_before_upgrades_in_place(
+    database: str, receiver: Receiver, poster: Poster
+) -> None:
+    """A database at revision 0018 with a key keeps it and gains the outbox."""
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_revision(18))
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(schema.keys).values(
+                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
+                    role="user", created_at=1.0, revoked=0,
+                )
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        assert (await store.get_key(1)).name == "old"
+        outbox = outbox_for(store, receiver, poster)
+        outbox.raise_alert(alert(1))
+        assert await outbox.round() == 1
+    finally:
+        await store.close()
