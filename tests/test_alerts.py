@@ -20,7 +20,6 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
@@ -30,7 +29,6 @@ from aigateway.alerts.outbox import AlertOutbox
 from aigateway.alerts.send import Poster, SendFailed
 from aigateway.alerts.watch import RefusalWatch, expiring_alerts
 from aigateway.alerts.webhook import EVENT_HEADER, SIGNATURE_HEADER
-from aigateway.db import schema
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.errors import Refused
@@ -39,7 +37,7 @@ from aigateway.settings import SettingsError
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key
-from .helpers import at_revision, eventually
+from .helpers import at_revision, eventually, old_key
 
 SECRET = "s" * 40
 BILLION = 10**9  # nano-units: 1 USD
@@ -433,20 +431,15 @@ async def test_a_gateway_raises_each_kind(
         await store.close()
     gateway = await aiohttp_server(create_app(settings))
     async with ClientSession() as session:
-        for _ in range(5):  # 3 of 0.01 USD spend the 0.03 budget; then 402
-            async with session.post(
-                str(gateway.make_url("/api/chat")),
-                data=CHAT,
-                headers={"Authorization": f"Bearer {key}"},
-            ) as resp:
-                await resp.read()
-        for _ in range(4):  # 1 a minute: 3 refused
-            async with session.post(
-                str(gateway.make_url("/api/chat")),
-                data=CHAT,
-                headers={"Authorization": f"Bearer {limited}"},
-            ) as resp:
-                await resp.read()
+        # 3 of 0.01 USD spend the 0.03 budget, then 402; 1 a minute: 3 refused.
+        for secret, times in ((key, 5), (limited, 4)):
+            for _ in range(times):
+                async with session.post(
+                    str(gateway.make_url("/api/chat")),
+                    data=CHAT,
+                    headers={"Authorization": f"Bearer {secret}"},
+                ) as resp:
+                    await resp.read()
 
     def kinds() -> list[str]:
         return sorted(str(d["kind"]) for d in receiver.documents())
@@ -513,12 +506,7 @@ async def test_a_database_of_the_release_before_upgrades_in_place(
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(18))
         async with engine.begin() as conn:
-            await conn.execute(
-                insert(schema.keys).values(
-                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
-                    role="user", created_at=1.0, revoked=0,
-                )
-            )  # fmt: skip
+            await conn.run_sync(old_key)
     finally:
         await engine.dispose()
     store = await Store.open(database)
