@@ -315,6 +315,20 @@ async def test_a_name_that_resolves_to_loopback_is_refused_after_dns(receiver: R
     assert receiver.posts == []
 
 
+async def test_an_alert_to_a_refused_address_is_tried_again_later(
+    store: Store, receiver: Receiver
+) -> None:
+    clock = Clock()
+    async with Poster.open(allow_private=False) as strict:
+        outbox = outbox_for(store, receiver, strict, clock=clock, jitter=lambda: 1.0)
+        outbox.raise_alert(alert(1))
+        assert await outbox.round() == 1  # tried, refused before any connection
+        clock.now += 10
+        assert await outbox.round() == 1  # the next try, 10 s later: refused again
+    assert receiver.posts == []
+    assert await store.alert_states() == {"due": 1}
+
+
 async def test_a_redirect_is_not_followed(receiver: Receiver, poster: Poster) -> None:
     with pytest.raises(SendFailed, match="answered 302, a redirect"):
         await poster.post(receiver.url("/moved"), b"{}", {})
@@ -463,6 +477,32 @@ async def test_a_gateway_raises_each_kind(
     await asyncio.sleep(0.5)
     await again.close()
     assert kinds() == wanted
+
+
+@pytest.mark.usefixtures("postgres")
+async def test_two_gateways_that_see_an_upstream_go_down_post_it_once(
+    aiohttp_server: AiohttpServer,
+    receiver: Receiver,
+    upstream: TestServer,
+    pg_url: str,
+    dead_port: int,
+) -> None:
+    url = str(upstream.make_url("")).rstrip("/")
+    settings = Settings(
+        ollama_base_url=f"{url},http://127.0.0.1:{dead_port}",
+        database_url=pg_url,
+        alert_webhook_url=receiver.url(),
+        alert_webhook_secret=SECRET,
+        alert_allow_private_urls=True,
+    )
+    await clock_room(UPSTREAM_ALERT_WINDOW_S, 30)
+    gateways = [await aiohttp_server(create_app(settings)) for _ in range(2)]
+    await eventually(lambda: len(receiver.posts) >= 1, timeout=10)
+    await asyncio.sleep(1.0)  # time for a second post, were there one
+    for gateway in gateways:
+        await gateway.close()
+    assert [d["kind"] for d in receiver.documents()] == ["upstream_down"]
+    assert all(verified(h, b) for h, b in receiver.posts)
 
 
 def test_alert_settings() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -45,7 +46,10 @@ def refusal(address: IPAddress, allow_private: bool) -> str | None:
     return None
 
 
-def guarded_socket(allow_private: bool) -> Any:
+SocketFactory = Callable[[tuple[Any, ...]], socket.socket]
+
+
+def guarded_socket(allow_private: bool) -> SocketFactory:
     """aiohttp's `socket_factory`: a socket for an address alerts may go to, else
     RefusedAddress (aiohttp then tries the name's next address, if any)."""
 
