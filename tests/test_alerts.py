@@ -155,10 +155,15 @@ async def test_an_alert_is_posted_signed_once_per_period(
 async def test_the_slack_form_is_text(store: Store, receiver: Receiver, poster: Poster) -> None:
     outbox = outbox_for(store, receiver, poster, form="slack", secret=None)
     outbox.raise_alert(alert(7))
-    assert await outbox.round() == 1
+    outbox.raise_alert(alert(8)._replace(text="upstream x is out: <!channel> & <http://a|b>"))
+    assert await outbox.round() == 2
     headers, body = receiver.posts[0]
     assert orjson.loads(body) == {"text": "aigateway: user 7 has spent a lot"}
     assert SIGNATURE_HEADER not in headers
+    # Slack's markup in a server string is shown, not followed (no ping, no link).
+    assert orjson.loads(receiver.posts[1][1]) == {
+        "text": "aigateway: upstream x is out: &lt;!channel&gt; &amp; &lt;http://a|b&gt;"
+    }
 
 
 # --- retries, restarts, several gateways --------------------------------------------------

@@ -34,8 +34,14 @@ def stored_body(alert: Alert, at: float) -> str:
 def webhook_body(stored: str, form: str) -> bytes:
     """The bytes posted: the stored JSON as it is, or Slack's form of its text."""
     if form == "slack":
-        return orjson.dumps({"text": "aigateway: " + orjson.loads(stored)["text"]})
+        return orjson.dumps({"text": "aigateway: " + slack_escaped(orjson.loads(stored)["text"])})
     return stored.encode()
+
+
+def slack_escaped(text: str) -> str:
+    """Text as Slack's markup shows it literally: a name or an upstream's error holding
+    `<!channel>` or `<https://...|click>` pings no one and links nowhere."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
