@@ -27,6 +27,7 @@ from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
 from .http.appkeys import (
+    ALERTS,
     KEY_TABLE,
     LIMITER,
     METRICS,
@@ -139,6 +140,8 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         _warn_of_unpriced_cloud_models(settings, table)
         stack.push_async_callback(flush_last_used, store, table)
         alerts = await stack.enter_async_context(running_alerts(settings, store, table))
+        if alerts.outbox is not None:
+            app[ALERTS] = alerts.outbox
         journal = _journal(settings, store)
         usage = UsageWriter(
             store,

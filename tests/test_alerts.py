@@ -443,6 +443,7 @@ async def test_a_gateway_raises_each_kind(
     )
     key = await make_key(db_path, "acme", "laptop", expires_at=time.time() + 3 * DAY)
     limited = await make_key(db_path, "acme", "batch", limits=KeyLimits(rpm=1))
+    admin = await make_key(db_path, "root", "ops", "admin")
     store = await Store.open(db_path)
     try:
         await store.set_user_budget("acme", Budget(30_000, "monthly", 50))
@@ -476,6 +477,14 @@ async def test_a_gateway_raises_each_kind(
     )
     assert texts["key_refusals"].startswith("key acme/batch was refused 3 times within 1 min")
     assert texts["upstream_down"].startswith("upstream ollama2 is out: cannot reach it")
+    async with (
+        ClientSession(headers={"Authorization": f"Bearer {admin}"}) as session,
+        session.get(str(gateway.make_url("/health"))) as resp,
+    ):
+        health = await resp.json()
+    assert health["alerts"] == {
+        "sent": 5, "given_up": 0, "waiting_in_memory": 0, "outbox": {"sent": 5}
+    }  # fmt: skip
     await gateway.close()
     # Started again: what it raises again was sent before, so nothing more is posted.
     again = await aiohttp_server(create_app(settings))

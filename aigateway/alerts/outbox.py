@@ -90,6 +90,20 @@ class AlertOutbox:
         self._raised.append(OutboxRow(alert.dedupe, alert.kind, stored_body(alert, now), now))
         self._wake.set()
 
+    async def state(self) -> dict[str, object]:
+        """For an admin's /health: what this gateway sent and gave up since it started,
+        what waits in its memory, and the outbox's alerts by state (all gateways')."""
+        try:
+            outbox: dict[str, int] | str = await self._store.alert_states()
+        except StoreError as exc:
+            outbox = str(exc)
+        return {
+            "sent": self.sent,
+            "given_up": self.given_up,
+            "waiting_in_memory": len(self._raised),
+            "outbox": outbox,
+        }
+
     async def run(self) -> None:
         """Post alerts until cancelled; never dies of a database or webhook failure."""
         while True:
