@@ -29,6 +29,7 @@ from aigateway.alerts.outbox import AlertOutbox
 from aigateway.alerts.send import Poster, SendFailed
 from aigateway.alerts.watch import RefusalWatch, expiring_alerts
 from aigateway.alerts.webhook import EVENT_HEADER, SIGNATURE_HEADER
+from aigateway.db.migrate import SCHEMA_VERSION
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.errors import Refused
@@ -558,11 +559,12 @@ def test_alert_settings() -> None:
 async def test_a_database_of_the_release_before_upgrades_in_place(
     database: str, receiver: Receiver, poster: Poster
 ) -> None:
-    """A database at revision 0018 with a key keeps it and gains the outbox."""
+    """A database at the revision before the outbox's with a key keeps it and gains the
+    outbox (the one before the head: the outbox's revision is the latest)."""
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(at_revision(18))
+            await conn.run_sync(at_revision(SCHEMA_VERSION - 1))
         async with engine.begin() as conn:
             await conn.run_sync(old_key)
     finally:
