@@ -22,10 +22,12 @@ from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
+from .alerts.running import running_alerts
 from .db.notify import ChangeListener
 from .db.store import Store
 from .http import httpguard
 from .http.appkeys import (
+    ALERTS,
     KEY_TABLE,
     LIMITER,
     METRICS,
@@ -52,6 +54,7 @@ from .upstreams.pool import Pool
 from .upstreams.transport import Transport
 from .usage.journal import Journal
 from .usage.metrics import Metrics
+from .usage.refusals import RefusalCounts
 from .usage.restart import count_before_admitting
 from .usage.traces import open_tracing
 from .usage.writer import UsageWriter
@@ -126,7 +129,8 @@ async def _finish_open_requests(app: web.Application) -> None:
 
 async def _running(app: web.Application) -> AsyncIterator[None]:
     """Everything the running gateway holds, made in order and closed in the reverse
-    order (also when start-up fails half-way): the store and the keys, the usage writer
+    order (also when start-up fails half-way): the store and the keys, the alerts (which
+    close last, so what was raised meanwhile reaches their outbox), the usage writer
     (after it counted what the journal holds), the limits and budgets shared with other
     gateways, the background tasks, the way out to upstreams and their checks, the tracer
     (its last spans exported when it closes); then the relay's state, built complete from
@@ -147,12 +151,19 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         _name_provider_upstreams(settings)
         _warn_of_unpriced_cloud_models(settings, table)
         stack.push_async_callback(flush_last_used, store, table)
+        alerts = await stack.enter_async_context(running_alerts(settings, store, table))
+        if alerts.outbox is not None:
+            app[ALERTS] = alerts.outbox
         journal = _journal(settings, store)
         usage = UsageWriter(
-            store, settings.usage_retention_days, journal, settings.usage_memory_records
+            store,
+            settings.usage_retention_days,
+            journal,
+            settings.usage_memory_records,
+            RefusalCounts(alerts.refused),
         )
         app[REFUSALS] = usage.refusals.counts
-        budgets = Budgets(settings.currency)
+        budgets = Budgets(settings.currency, alerts.sink)
         await count_before_admitting(usage, store, table, limiter, budgets)
         stack.push_async_callback(usage.close)
         listener = shared = shared_budgets = None
@@ -184,6 +195,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             settings.upstream_check_interval,
             settings.upstream_queue_timeout,
             transport,
+            alerts.sink,
         )
         in_flight = InFlight()
         observe = None

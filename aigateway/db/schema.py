@@ -175,6 +175,26 @@ usage_segments = Table(
     Column("written_at", Double, nullable=False),
 )
 
+# Alerts waiting for their webhook, and those sent or given up (see alerts/outbox.py).
+# `dedupe` (kind|subject|period) is unique: the same event raised twice, or by two
+# gateways, is one row. `due_at` is when a sender may next take it: a claim moves it a
+# lease ahead, so a row whose gateway died mid-send is taken again after the lease.
+alerts_outbox = Table(
+    "alerts_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("dedupe", Text, nullable=False, unique=True),
+    Column("kind", Text, nullable=False),
+    Column("body", Text, nullable=False),  # the alert as JSON (kind, subject, text, details)
+    Column("created_at", Double, nullable=False),
+    Column("state", Text, nullable=False),  # due, sent, dropped
+    Column("due_at", Double, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("done_at", Double),  # when sent or given up
+    Column("last_error", Text),
+)
+Index("alerts_outbox_due", alerts_outbox.c.state, alerts_outbox.c.due_at)
+
 # One row whose version goes up in the transaction of every change to `keys`: what
 # other gateways poll (PostgreSQL has no PRAGMA data_version).
 key_changes = Table(

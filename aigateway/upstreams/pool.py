@@ -28,8 +28,9 @@ from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
 from ..protocol.body import first_text_field
 from ..protocol.routes import RelayRoute
+from ..records import AlertSink
 from .config import UpstreamConfig, auth_headers
-from .probe import CheckFailed, OneProbe, Shared
+from .probe import CheckFailed, OneProbe, Shared, upstream_alert
 from .queue import FairQueue
 from .transport import ConnectFailed, TimedOut, Transport, UpstreamFailed
 
@@ -138,8 +139,10 @@ class Pool:
         check_interval: float,
         queue_timeout: float,
         transport: Transport,
+        alerts: AlertSink | None = None,
     ) -> None:
         self.upstreams = [Upstream(config) for config in configs]
+        self._alerts = alerts  # None: alerts are off
         self.queue: FairQueue[Upstream] = FairQueue(queue_timeout)
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
@@ -149,7 +152,10 @@ class Pool:
         if self.single:
             only = self.upstreams[0]
             self.probe = OneProbe(
-                only.config, lambda path, timeout: self.fetch(only, path, timeout), check_interval
+                only.config,
+                lambda path, timeout: self.fetch(only, path, timeout),
+                check_interval,
+                alerts,
             )
         # ...and an admin's view of it (the dashboard's Overview) its /api/ps, alike.
         self._loaded_of_one: Shared[None] | None = None
@@ -320,11 +326,15 @@ class Pool:
         upstream.out_until = time.monotonic() + cool
         if upstream.up:
             log.warning("upstream %s is out: %s", upstream.name, reason)
+            if self._alerts is not None:
+                self._alerts(upstream_alert(upstream.name, reason))
         upstream.reason = reason
 
     def passed(self, upstream: Upstream) -> None:
         if not upstream.up:
             log.warning("upstream %s is back", upstream.name)
+            if self._alerts is not None:
+                self._alerts(upstream_alert(upstream.name, None))
         upstream.reason = None
         upstream.failures = 0
 
