@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .keyrows import KeyQueries
 from .models import ModelQueries
+from .now import NowQueries
 from .prices import PriceQueries
 from .refusals import RefusalQueries
 from .reports import ReportQueries
@@ -26,5 +27,6 @@ class Store(
     UsageQueries,
     ReportQueries,
     RefusalQueries,
+    NowQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

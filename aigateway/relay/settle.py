@@ -105,6 +105,7 @@ def settle(
             cost,
             model_ns,
             context.model_sent,
+            exchange.in_flight.stopped_by,
         )
     )
 
