@@ -351,7 +351,7 @@ def test_loaded_models_are_read_as_hostile_input() -> None:
         }
     )
     assert loaded_models(body) == [
-        LoadedModel(**PS_FIXTURE),
+        LoadedModel("mistral:latest", 5137025024, "2024-06-04T14:38:31.83753-07:00"),
         LoadedModel("b", None, None),
         LoadedModel("c", None, None),
         LoadedModel("d", None, None),
