@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser
 from pytest_aiohttp import AiohttpServer
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -29,8 +30,10 @@ from aigateway.upstreams.config import upstreams_from_file
 from aigateway.upstreams.pool import LoadedModel, loaded_models
 from aigateway.usage.journal import Journal, read_segment
 
+from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 from .helpers import at_revision, eventually
+from .test_dashboard_fit import _policy_refusals
 
 STALL = {"model": "stall", "messages": [{"role": "user", "content": "hi"}]}
 PS_FIXTURE = {
@@ -154,11 +157,17 @@ async def test_a_stream_is_listed_and_stop_cuts_it_where_ollama_sees_it(
             assert (await gateway.now(session))["requests"] == []
             status, answer = await gateway.stop(session, row["id"])
             assert status == 404 and "it may have ended" in answer["error"]
-    record = await _record(database)
-    assert record.stopped_by == "root/ops"
-    # charged as a client that left: what the stream carried, counted, estimated
-    assert (record.status, record.completion_tokens, record.estimated) == (200, 1, True)
-    assert record.client_gone is False
+            record = await _record(database)
+            assert record.stopped_by == "root/ops"
+            # charged as a client that left: what the stream carried, counted, estimated
+            assert (record.status, record.completion_tokens, record.estimated) == (200, 1, True)
+            assert record.client_gone is False
+            # the export carries who stopped it
+            admin = {"Authorization": f"Bearer {gateway.admin}"}
+            export = gateway.url("/admin/usage?format=csv&since=0")
+            async with session.get(export, headers=admin) as resp:
+                head, line = (await resp.text()).splitlines()[:2]
+            assert head.endswith(",model_sent,stopped_by") and line.endswith(",root/ops")
 
 
 async def test_stop_refuses_unknown_ids_and_a_browser_without_the_pages_header(
@@ -404,3 +413,52 @@ async def test_a_database_at_0018_upgrades_keeping_its_records(database: str) ->
             assert await store.published_now(0) == []
     finally:
         await store.close()
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+async def test_the_page_lists_a_request_and_its_stop_button_ends_it(
+    aiohttp_server: AiohttpServer, browser: Browser, tmp_path: Path
+) -> None:
+    fake = FakeOllama()
+    upstream = await aiohttp_server(fake.app())
+    database = str(tmp_path / "tokens.db")
+    base = str(upstream.make_url("")).rstrip("/")
+    async for gateway in _gateway(aiohttp_server, _settings(database, base, tmp_path), database):
+        url = str(gateway.server.make_url("")).rstrip("/")
+        context, page = await signed_in(browser, url, gateway.admin)
+        refused = _policy_refusals(page)
+        try:
+            async with aiohttp.ClientSession() as session:
+                user = {"Authorization": f"Bearer {gateway.user}"}
+                async with session.post(gateway.url("/api/chat"), json=STALL, headers=user) as resp:
+                    await resp.content.readline()
+                    await page.goto(f"{url}/ui/#/now")
+                    row = page.locator("#view-now tbody tr", has_text="alice")
+                    await row.wait_for()
+                    assert "answering" in await row.inner_text()
+                    # refreshed on its own: the elapsed time moves
+                    before = await row.locator("td[data-label=Elapsed]").inner_text()
+                    await page.wait_for_function(
+                        "(t) => document.querySelector('#view-now td[data-label=Elapsed]')"
+                        "?.textContent !== t",
+                        arg=before,
+                        timeout=5000,
+                    )
+                    await shot(page, "now-stop-before")
+                    await row.get_by_role("button", name="Stop alice's request").click()
+                    await page.wait_for_selector("#now-status", state="attached")
+                    await page.wait_for_function(
+                        "() => document.querySelector('#now-status').textContent"
+                        ".startsWith('Stopped alice')"
+                    )
+                    rest = await resp.content.read()
+                assert b"an admin stopped this request" in rest
+                await page.wait_for_selector("#view-now p.empty")  # gone from the list
+                await shot(page, "now-stop-after")
+                record = await _record(database)
+                assert record.stopped_by == "root/ops"
+            assert refused == []
+        finally:
+            await context.close()
