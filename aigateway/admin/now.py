@@ -40,6 +40,7 @@ log = logging.getLogger("aigateway")
 PUBLISH_S = 2.0  # how often a watched gateway publishes, and the dashboard refreshes
 WATCHED_S = 10.0  # a gateway publishes until this long after the last view anywhere
 FRESH_S = 3 * PUBLISH_S  # an older snapshot is of a gateway gone or no longer watched
+READ_AGAIN_S = PUBLISH_S / 2  # views within this share one read of the others' snapshots
 WATCH = "watch"
 # A Now id: the gateway's id, a dot, the request id (middleware.py: prefix-counter).
 NOW_ID = re.compile(r"([0-9a-f]{8})\.([0-9a-f]{6}-[0-9a-f]{1,16})")
@@ -63,6 +64,7 @@ class Now:
         self.gateway = gateway or secrets.token_hex(4)
         self.watched_until = 0.0  # (time.monotonic()) when this gateway stops publishing
         self._told_at = -PUBLISH_S  # when this gateway last said "someone watches"
+        self._read: tuple[float, list[tuple[str, float, dict[str, Any]]]] | None = None
         self._wake = asyncio.Event()
 
     # --- this gateway's part -----------------------------------------------------------
@@ -126,8 +128,7 @@ class Now:
             {"gateway": self.gateway, "this": True, "requests": len(requests)}
         ]
         if self.shared:
-            await self._say_watched()
-            for gateway, at, theirs in await self._others():
+            for gateway, at, theirs in await self._others_lately():
                 requests.extend(theirs["requests"])
                 queued.update(theirs["queued"])
                 count = len(theirs["requests"])
@@ -166,21 +167,30 @@ class Now:
                     return {"stopping": now_id, "gateway": gateway}
         raise NotFound(f"no request {now_id} is in flight (it may have ended)")
 
-    async def _say_watched(self) -> None:
-        """Wake every gateway's publishing (this one's too): at most once a PUBLISH_S."""
+    async def _others_lately(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """The other gateways' snapshots as read at most READ_AGAIN_S ago (they change
+        every PUBLISH_S: several admins watching share one read), and, at most once a
+        PUBLISH_S, every gateway told that someone watches (in the same round trip)."""
         now = time.monotonic()
-        if now - self._told_at < PUBLISH_S:
-            return
-        self._told_at = now
+        if self._read is not None and now - self._read[0] < READ_AGAIN_S:
+            return self._read[1]
+        tell = now - self._told_at >= PUBLISH_S
         try:
-            await self.store.notify_now(WATCH)
+            others = await self._others(tell)
         except StoreError as exc:
-            log.warning("cannot tell the other gateways that Now is watched: %s", exc)
+            log.warning("cannot read the other gateways' requests for Now: %s", exc)
+            return []
+        if tell:
+            self._told_at = now
+        self._read = (now, others)
+        return others
 
-    async def _others(self) -> list[tuple[str, float, dict[str, Any]]]:
-        """The other gateways' fresh snapshots, each checked for its shape."""
+    async def _others(self, tell: bool = False) -> list[tuple[str, float, dict[str, Any]]]:
+        """The other gateways' fresh snapshots, each checked for its shape; with `tell`,
+        every gateway is told that someone watches."""
         found = []
-        for gateway, at, text in await self.store.published_now(time.time() - FRESH_S):
+        published = await self.store.published_now(time.time() - FRESH_S, WATCH if tell else None)
+        for gateway, at, text in published:
             if gateway == self.gateway:
                 continue
             try:
