@@ -98,3 +98,18 @@ def at_revision(revision: int) -> Callable[[Connection], None]:
             connection.exec_driver_sql(f"PRAGMA user_version = {revision}")
 
     return migrate
+
+
+def old_usage_record(conn: Connection) -> None:
+    """One usage record of alice's key "old" as a release before wrote it (only the
+    columns every release has), for `run_sync` after at_revision."""
+    from sqlalchemy import insert
+
+    from aigateway.db import schema
+
+    conn.execute(
+        insert(schema.usage).values(
+            ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
+            route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
+        )
+    )  # fmt: skip

@@ -16,11 +16,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser
 from pytest_aiohttp import AiohttpServer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
-from aigateway.db import schema
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.records import UsageRecord
@@ -32,7 +30,7 @@ from aigateway.usage.journal import Journal, read_segment
 
 from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
-from .helpers import at_revision, eventually
+from .helpers import at_revision, eventually, old_usage_record
 from .test_dashboard_fit import _policy_refusals
 
 STALL = {"model": "stall", "messages": [{"role": "user", "content": "hi"}]}
@@ -53,6 +51,14 @@ def _settings(database: str, base: str, tmp_path: Path, name: str = "g") -> Sett
             usage_journal_dir=str(tmp_path / f"journal-{name}"),
         )
     return Settings(ollama_base_url=base, token_db_path=database)
+
+
+@pytest.fixture
+async def ollama(aiohttp_server: AiohttpServer) -> tuple[FakeOllama, str]:
+    """A fake Ollama on loopback, and its URL."""
+    fake = FakeOllama()
+    upstream = await aiohttp_server(fake.app())
+    return fake, str(upstream.make_url("")).rstrip("/")
 
 
 class Gateway:
@@ -119,11 +125,9 @@ async def _listed(gateway: Gateway, session: aiohttp.ClientSession, state: str) 
 
 
 async def test_a_stream_is_listed_and_stop_cuts_it_where_ollama_sees_it(
-    aiohttp_server: AiohttpServer, database: str, tmp_path: Path
+    aiohttp_server: AiohttpServer, database: str, tmp_path: Path, ollama: tuple[FakeOllama, str]
 ) -> None:
-    fake = FakeOllama()
-    upstream = await aiohttp_server(fake.app())
-    base = str(upstream.make_url("")).rstrip("/")
+    fake, base = ollama
     async for gateway in _gateway(aiohttp_server, _settings(database, base, tmp_path), database):
         async with aiohttp.ClientSession() as session:
             user = {"Authorization": f"Bearer {gateway.user}"}
@@ -171,12 +175,10 @@ async def test_a_stream_is_listed_and_stop_cuts_it_where_ollama_sees_it(
 
 
 async def test_stop_refuses_unknown_ids_and_a_browser_without_the_pages_header(
-    aiohttp_server: AiohttpServer, tmp_path: Path
+    aiohttp_server: AiohttpServer, tmp_path: Path, ollama: tuple[FakeOllama, str]
 ) -> None:
-    fake = FakeOllama()
-    upstream = await aiohttp_server(fake.app())
+    _, base = ollama
     database = str(tmp_path / "tokens.db")
-    base = str(upstream.make_url("")).rstrip("/")
     async for gateway in _gateway(aiohttp_server, _settings(database, base, tmp_path), database):
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             this = (await gateway.now(session))["gateway"]
@@ -293,11 +295,9 @@ async def test_a_request_waiting_for_ollama_is_cut_and_charged_as_an_early_leave
 
 
 async def test_two_gateways_see_each_others_requests_and_stop_them(
-    aiohttp_server: AiohttpServer, pg_url: str, tmp_path: Path
+    aiohttp_server: AiohttpServer, pg_url: str, tmp_path: Path, ollama: tuple[FakeOllama, str]
 ) -> None:
-    fake = FakeOllama()
-    upstream = await aiohttp_server(fake.app())
-    base = str(upstream.make_url("")).rstrip("/")
+    fake, base = ollama
     admin = await make_key(pg_url, "root", "ops", "admin")
     user = await make_key(pg_url, "alice", "laptop")
     servers = [
@@ -393,12 +393,7 @@ async def test_a_database_at_0018_upgrades_keeping_its_records(database: str) ->
     try:
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(18))
-            await conn.execute(
-                insert(schema.usage).values(
-                    ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
-                    route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
-                )
-            )  # fmt: skip
+            await conn.run_sync(old_usage_record)
     finally:
         await engine.dispose()
     store = await Store.open(database)
@@ -419,12 +414,13 @@ async def test_a_database_at_0018_upgrades_keeping_its_records(database: str) ->
 
 
 async def test_the_page_lists_a_request_and_its_stop_button_ends_it(
-    aiohttp_server: AiohttpServer, browser: Browser, tmp_path: Path
+    aiohttp_server: AiohttpServer,
+    browser: Browser,
+    tmp_path: Path,
+    ollama: tuple[FakeOllama, str],
 ) -> None:
-    fake = FakeOllama()
-    upstream = await aiohttp_server(fake.app())
+    _, base = ollama
     database = str(tmp_path / "tokens.db")
-    base = str(upstream.make_url("")).rstrip("/")
     async for gateway in _gateway(aiohttp_server, _settings(database, base, tmp_path), database):
         url = str(gateway.server.make_url("")).rstrip("/")
         context, page = await signed_in(browser, url, gateway.admin)

@@ -35,7 +35,7 @@ from aigateway.usage import refusals
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
 
 from .conftest import GatewayClient, make_key
-from .helpers import at_revision, clock_room, eventually
+from .helpers import at_revision, clock_room, eventually, old_usage_record
 from .test_server_process import start_gateway
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -393,12 +393,7 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
                     role="user", created_at=1.0, revoked=0,
                 )
             )  # fmt: skip
-            await conn.execute(
-                insert(schema.usage).values(
-                    ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
-                    route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
-                )
-            )  # fmt: skip
+            await conn.run_sync(old_usage_record)
     finally:
         await engine.dispose()
     store = await Store.open(database)
