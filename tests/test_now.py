@@ -388,11 +388,11 @@ def test_the_journal_keeps_who_stopped_a_request_and_reads_the_release_before(
     assert type(read[2]).__name__ == "LocalUsageRecord" and read[2].stopped_by is None
 
 
-async def test_a_database_at_0018_upgrades_keeping_its_records(database: str) -> None:
+async def test_a_database_at_0019_upgrades_keeping_its_records(database: str) -> None:
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(at_revision(18))
+            await conn.run_sync(at_revision(19))
             await conn.run_sync(old_usage_record)
     finally:
         await engine.dispose()

@@ -6,7 +6,10 @@ Ollama keeps adding routes under /api. JSON in and out.
     POST   /admin/keys          admin: create a key; the key is in the answer, once
     GET    /admin/keys/{id}     admin: one key
     PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
-    DELETE /admin/keys/{id}     admin: revoke (the row stays)
+    DELETE /admin/keys/{id}     admin: revoke (the row stays; and the keys it made)
+    GET, POST /admin/me/keys, DELETE /admin/me/keys/{id}
+                                a user-role key, with SELF_SERVICE_KEYS on: the keys it
+                                made, make one (no more than itself), revoke one of them
     GET    /admin/stats         admin: usage statistics and current rate-limit use
     GET    /admin/series        any key: usage per hour (an admin: everyone's)
     GET    /admin/usage         any key: usage records, filtered, paged or downloaded
@@ -58,12 +61,14 @@ from ..records import (
     AmbiguousKeyError,
     Budget,
     BudgetError,
+    CapReachedError,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
     ModelInfo,
+    NotPermittedError,
     Price,
     UsageQuery,
     check_budget,
@@ -100,6 +105,9 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
     router = app.router
     routes = (
         ("GET", "/me", me),
+        ("GET", "/me/keys", self_service(list_own_keys)),
+        ("POST", "/me/keys", self_service(create_own_key)),
+        ("DELETE", "/me/keys/{id}", self_service(revoke_own_key)),
         ("GET", "/keys", admin_only(list_keys)),
         ("POST", "/keys", admin_only(create_key)),
         ("GET", "/keys/{id}", admin_only(get_key)),
@@ -128,20 +136,40 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
 
 
 def admin_only(handler: Handler) -> Handler:
+    translated = answering_store_errors(handler)
+
     async def guarded(request: web.Request) -> web.StreamResponse:
         if principal(request).role != "admin":
             raise Forbidden("this route needs an admin key")
+        return await translated(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def self_service(handler: Handler) -> Handler:
+    """A route of self-service keys: who may use it is the service's to say (a
+    NotPermittedError is 403), as it says it for every caller."""
+    return answering_store_errors(handler)
+
+
+def answering_store_errors(handler: Handler) -> Handler:
+    """The store's refusals as the API's statuses."""
+
+    async def translated(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except InvalidInputError as exc:
             raise BadRequest(str(exc)) from None
+        except NotPermittedError as exc:
+            raise Forbidden(str(exc)) from None
         except KeyNotFoundError as exc:
             raise NotFound(str(exc)) from None
-        except (DuplicateKeyError, AmbiguousKeyError) as exc:
+        except (DuplicateKeyError, AmbiguousKeyError, CapReachedError) as exc:
             raise Conflict(str(exc)) from None
 
-    guarded.__name__ = handler.__name__
-    return guarded
+    translated.__name__ = handler.__name__
+    return translated
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -170,6 +198,7 @@ async def me(request: web.Request) -> web.Response:
     store = request.app[STORE]
     own = caller.id
     relay_budgets = request.app[RELAY].budgets
+    cap = request.app[SETTINGS].self_service_keys
     return _json(
         {
             "key": key_view(caller),
@@ -181,6 +210,8 @@ async def me(request: web.Request) -> web.Response:
                 for line in caller.budgets
             ],
             "usage": await own_usage(store, own, now),
+            # How many keys it may make of its own (/admin/me/keys); null: none.
+            "self_service_keys": cap if service.may_make_keys(caller, cap) else None,
         }
     )
 
@@ -243,6 +274,40 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     record = await service.revoke_key(request.app[STORE], _key_id(request))
+    await _reload(request)
+    return _json(key_view(record))
+
+
+async def list_own_keys(request: web.Request) -> web.Response:
+    """The keys the calling key made (revoked ones too), and how many may be active."""
+    caller, cap = principal(request), request.app[SETTINGS].self_service_keys
+    made = await service.own_keys(request.app[STORE], caller, cap)
+    active = sum(1 for record in made if record.status() == "active")
+    return _json({"allowed": cap, "active": active, "keys": [key_view(r) for r in made]})
+
+
+async def create_own_key(request: web.Request) -> web.Response:
+    """A key of the caller's own user, no more than the caller (service.create_own_key)."""
+    body = await _body(request, CREATE_FIELDS, required=frozenset({"name"}))
+    _check_strings(body, ("user", "name", "role"))
+    asked = {f: body[f] for f in service.OWN_KEY_FIELDS - {"budget", "expires_at"} if f in body}
+    if "expires_at" in body or "expires_days" in body:
+        asked["expires_at"] = _expiry(body)
+    if "budget" in body:
+        asked["budget"] = _budget(body)
+    record, secret = await service.create_own_key(
+        request.app[STORE],
+        principal(request),
+        request.app[SETTINGS].self_service_keys,
+        request.app[LIMITER].defaults,
+        asked,
+    )
+    await _reload(request)
+    return _json({"key": secret, **key_view(record)}, status=201)
+
+
+async def revoke_own_key(request: web.Request) -> web.Response:
+    record = await service.revoke_own_key(request.app[STORE], principal(request), _key_id(request))
     await _reload(request)
     return _json(key_view(record))
 

@@ -78,6 +78,10 @@ SCHEMAS: dict[str, Any] = {
             "prefix": {"type": "string"},
             "role": {"enum": ["admin", "user"]},
             "status": {"type": "string"},
+            "created_by": {
+                "type": ["integer", "null"],
+                "description": "the key that made it by self-service; null: an admin",
+            },
             **_KEY_SETTINGS,
         },
     },
@@ -357,6 +361,14 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
     until = _query("until", "number", "Unix time, exclusive")
     key_id, name = [_in_path("id", "integer")], [_in_path("name")]
     keys_list = {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Key")}}}
+    own_keys = {
+        "type": "object",
+        "properties": {
+            "allowed": {"type": "integer", "description": "SELF_SERVICE_KEYS"},
+            "active": {"type": "integer"},
+            "keys": {"type": "array", "items": _ref("Key")},
+        },
+    }
     users_list = {
         "type": "object",
         "properties": {"users": {"type": "array", "items": _ref("User")}},
@@ -368,11 +380,39 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "The calling key, its limits, use, budgets and usage", a, KEY, errors=_AUTH
             )
         },
+        "/me/keys": {
+            "get": _operation(
+                "Self-service: the keys the calling key made, and how many may be active",
+                a,
+                KEY,
+                ok=("200", "OK", own_keys),
+                errors=_ADMIN,
+            ),
+            "post": _operation(
+                "Self-service: make a key of the caller's own user, no more than the caller"
+                " (expiry, models, limits, budget); the key is in the answer, once",
+                a,
+                KEY,
+                body=_ref("KeyChange"),
+                ok=("201", "Created", _ref("Key")),
+                errors=(*_ADMIN, "400", "409"),
+            ),
+        },
+        "/me/keys/{id}": {
+            "delete": _operation(
+                "Self-service: revoke a key the calling key made",
+                a,
+                KEY,
+                params=key_id,
+                ok=("200", "OK", _ref("Key")),
+                errors=(*_ADMIN, "400"),
+            ),
+        },
         "/keys": _collection("key", "Key", "KeyChange", keys_list),
         "/keys/{id}": {
             **_one("key", "Key", "KeyChange", key_id, "Change a key"),
             "delete": _operation(
-                "Revoke a key (the row stays)",
+                "Revoke a key (the row stays; and the keys it made by self-service)",
                 a,
                 KEY,
                 params=key_id,

@@ -71,13 +71,19 @@ async def forward(
 
 
 async def _wait_queued(exchange: Exchange, pool: Pool, candidates: list[Upstream]) -> Upstream:
-    """A slot when every candidate is busy, waiting in the queue (which Now shows)."""
-    in_flight = exchange.in_flight
+    """A slot when every candidate is busy, waiting in the queue (which Now shows, and
+    the request's trace times)."""
+    in_flight, trace = exchange.in_flight, exchange.trace
     in_flight.queued = True
+    if trace is not None:
+        trace.queued()
     try:
-        return await pool.wait_for_slot(candidates, exchange.principal.id)
+        upstream = await pool.wait_for_slot(candidates, exchange.principal.id)
     finally:
         in_flight.queued = False
+    if trace is not None:
+        trace.dequeued()
+    return upstream
 
 
 class _TryNext(Exception):
@@ -102,6 +108,8 @@ async def _forward_to(
     transport = relay.transport
     url = upstream_url(request, settings, route, config)
     headers = request_headers(request, config)
+    if exchange.trace is not None:
+        exchange.trace.upstream(config.name, config.kind, headers, config.client_headers)
     patterns = exchange.principal.models
     data = exchange.data
     exchange.upstream_name = config.name

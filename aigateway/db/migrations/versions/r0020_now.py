@@ -1,7 +1,7 @@
 """now: who stopped a request (usage.stopped_by), and the gateways' requests in flight
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 
 `usage.stopped_by` names the admin ("user/key name") who ended a request from the
 dashboard's Now; NULL for every earlier record, which nobody stopped. `now_gateways`
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
-down_revision = "0018"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
