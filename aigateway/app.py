@@ -22,8 +22,10 @@ from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
+from .admin.now import NOW, Now
 from .alerts.running import running_alerts
 from .db.notify import ChangeListener
+from .db.now import NOW_CHANNEL
 from .db.store import Store
 from .http import httpguard
 from .http.appkeys import (
@@ -166,25 +168,6 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         budgets = Budgets(settings.currency, alerts.sink)
         await count_before_admitting(usage, store, table, limiter, budgets)
         stack.push_async_callback(usage.close)
-        listener = shared = shared_budgets = None
-        if store.database.backend == "postgresql":
-            shared = SharedLimits(
-                store.database,
-                settings.limits_when_database_away,
-                settings.heartbeat_interval,
-                settings.dead_gateway_after,
-            )
-            await shared.start()
-            stack.push_async_callback(shared.close)
-            shared_budgets = SharedBudgets(shared, budgets)
-            shared_budgets.start()
-            stack.push_async_callback(shared_budgets.close)
-            listener = ChangeListener(store.database)
-            listener.start()
-            stack.push_async_callback(listener.close)
-        _in_background(stack, keep_fresh(store, table, listener), "aigateway-keys")
-        idle_s = settings.session_idle_minutes * 60.0
-        _in_background(stack, sweep_ended_sessions(store, idle_s), "aigateway-session-sweep")
         transport = Transport(
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
@@ -198,6 +181,29 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             alerts.sink,
         )
         in_flight = InFlight()
+        postgresql = store.database.backend == "postgresql"
+        now = app[NOW] = Now(store, in_flight, pool, shared=postgresql)
+        listener = shared = shared_budgets = None
+        if postgresql:
+            shared = SharedLimits(
+                store.database,
+                settings.limits_when_database_away,
+                settings.heartbeat_interval,
+                settings.dead_gateway_after,
+            )
+            await shared.start()
+            stack.push_async_callback(shared.close)
+            shared_budgets = SharedBudgets(shared, budgets)
+            shared_budgets.start()
+            stack.push_async_callback(shared_budgets.close)
+            listener = ChangeListener(store.database)
+            listener.also(NOW_CHANNEL, now.heard)
+            listener.start()
+            stack.push_async_callback(listener.close)
+            _in_background(stack, now.publishing(), "aigateway-now")
+        _in_background(stack, keep_fresh(store, table, listener), "aigateway-keys")
+        idle_s = settings.session_idle_minutes * 60.0
+        _in_background(stack, sweep_ended_sessions(store, idle_s), "aigateway-session-sweep")
         observe = None
         if settings.metrics != "off":
             metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)

@@ -403,6 +403,8 @@ class UsageRecord(NamedTuple):
     # The model as the request named it (`model` is its one identity, as Ollama resolves
     # the name: lower case, the default host and namespace left out, the tag written).
     model_sent: str | None = None
+    # Who ended it from the dashboard's Now (an admin's "user/key name"); None: nobody.
+    stopped_by: str | None = None
 
 
 class LocalUsageRecord(UsageRecord):
@@ -470,6 +472,7 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
         count(record.cost, optional=True),
         count(record.model_ns, optional=True),
         text(record.model_sent, optional=True),
+        text(record.stopped_by, optional=True),
     )
 
 

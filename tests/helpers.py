@@ -113,3 +113,18 @@ def old_key(connection: Connection) -> None:
             role="user", created_at=1.0, revoked=0,
         )
     )  # fmt: skip
+
+
+def old_usage_record(connection: Connection) -> None:
+    """One usage record of alice's key "old" as a release before wrote it (only the
+    columns every release has), for `run_sync` after at_revision."""
+    from sqlalchemy import insert
+
+    from aigateway.db import schema
+
+    connection.execute(
+        insert(schema.usage).values(
+            ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
+            route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
+        )
+    )  # fmt: skip

@@ -37,7 +37,7 @@ from .conftest import make_key
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
 LONG_MODEL = ("model-with-a-very-long-name-" * 36)[:993] + ":latest"
 assert len(LONG_USER) == 64 and len(LONG_MODEL) == 1000
-PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
+PAGES = ("overview", "now", "keys", "users", "models", "usage", "me", "playground")
 USER_PAGES = ("models", "usage", "me", "mykeys", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
     (1280, "light"),
@@ -220,12 +220,43 @@ async def _show(page: Page, url: str, name: str) -> None:
     )
 
 
+async def _held_in_flight(url: str, db_path: str) -> aiohttp.ClientSession:
+    """A request of another user with a 64-character name, by a key with a long name,
+    held in flight (Now lists it) until the returned session closes."""
+    key = await make_key(db_path, LONG_USER[:-1] + "N", "now-" + "x" * 40)
+    session = aiohttp.ClientSession()
+    body = {"model": "stall", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        resp = await session.post(
+            url + "/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert resp.status == 200, await resp.text()
+        await resp.content.readline()  # (answering: its tokens so far are counted)
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
 async def test_every_page_fits_every_screen_in_both_themes(
     browser: Browser, dashboard: TestServer, db_path: str
 ) -> None:
     admin_key, user_key = await _with_history(dashboard, db_path)
     url = str(dashboard.make_url("")).rstrip("/")
+    held = await _held_in_flight(url, db_path)
     cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
+    try:
+        await _every_page_fits(browser, url, admin_key, user_key, cut_seen)
+    finally:
+        await held.close()
+    # Each long value was cut (and checked) somewhere at every width.
+    for text, widths in cut_seen.items():
+        assert set(widths) == {1280, 1024, 390}, (text[:20], widths)
+
+
+async def _every_page_fits(
+    browser: Browser, url: str, admin_key: str, user_key: str, cut_seen: dict[str, list[int]]
+) -> None:
     # Every page as an admin; a user's own pages (its name long) at each width.
     runs: list[tuple[str, str, int, Theme, tuple[str, ...]]]
     runs = [(admin_key, "admin", width, theme, PAGES) for width, theme in SIZES] + [
@@ -257,7 +288,9 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
-                if (name in ("keys", "users", "models") and role == "admin") or name == "mykeys":
+                if (name in ("keys", "users", "models", "now") and role == "admin") or (
+                    name == "mykeys"
+                ):
                     assert found["buttons"] > 0, where  # (the rows' actions were measured)
                 for text, widths in cut_seen.items():
                     shown = await page.evaluate(CUT, text)
@@ -287,9 +320,6 @@ async def test_every_page_fits_every_screen_in_both_themes(
             assert refused == [], refused
         finally:
             await context.close()
-    # Each long value was cut (and checked) somewhere at every width.
-    for text, widths in cut_seen.items():
-        assert set(widths) == {1280, 1024, 390}, (text[:20], widths)
 
 
 async def _api(url: str, key: str, method: str, path: str, body: object = None) -> Any:

@@ -22,6 +22,8 @@ Ollama keeps adding routes under /api. JSON in and out.
     GET    /admin/models        any key: the models it may use, with their prices
     GET, POST, DELETE /admin/prices
                                 admin: prices per model pattern
+    GET    /admin/now           admin: requests in flight on every gateway, the upstreams
+    POST   /admin/now/{id}/stop admin: end a request in flight, on whichever gateway
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A
@@ -79,6 +81,7 @@ from ..upstreams.transport import UpstreamFailed
 from ..upstreams.union import TAGS, union_of_lists
 from . import service
 from .exports import ExportSlots, UsageText
+from .now import now_stop, now_view
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, utc_text
 
@@ -122,6 +125,8 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/users/{name}/invoice", admin_only(invoice)),
         ("GET", "/models", models),
         ("GET", "/upstreams", admin_only(upstreams)),
+        ("GET", "/now", admin_only(now_view)),
+        ("POST", "/now/{id}/stop", admin_only(now_stop)),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),

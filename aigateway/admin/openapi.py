@@ -548,6 +548,24 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "Each upstream's state: up or out and why, load, models", a, KEY, errors=_ADMIN
             )
         },
+        "/now": {
+            "get": _operation(
+                "Requests in flight on every gateway, each upstream's queue and loaded models",
+                a,
+                KEY,
+                errors=_ADMIN,
+            )
+        },
+        "/now/{id}/stop": {
+            "post": _operation(
+                "Stop a request in flight, on whichever gateway holds it",
+                a,
+                KEY,
+                params=[_in_path("id")],
+                ok=("202", "Accepted: the request is being stopped", _OBJECT),
+                errors=(*_ADMIN, "404"),
+            )
+        },
         "/prices": {
             "get": _operation("Prices per model pattern", a, KEY, errors=_ADMIN),
             "post": _operation(

@@ -132,6 +132,8 @@ usage = Table(
     Column("model_ns", BigInteger),
     # The model as the request named it; `model` is its one identity (protocol/names.py).
     Column("model_sent", Text),
+    # Who stopped it from the dashboard's Now ("user/key name" of an admin); NULL: nobody.
+    Column("stopped_by", Text),
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)
@@ -194,6 +196,16 @@ alerts_outbox = Table(
     Column("last_error", Text),
 )
 Index("alerts_outbox_due", alerts_outbox.c.state, alerts_outbox.c.due_at)
+
+# Each gateway's requests in flight as it last published them (PostgreSQL, several
+# gateways, only while an admin watches Now: now.py): one row a gateway, replaced.
+now_gateways = Table(
+    "now_gateways",
+    metadata,
+    Column("gateway", Text, primary_key=True),
+    Column("published_at", Double, nullable=False),  # Unix time
+    Column("snapshot", Text, nullable=False),  # JSON: {"requests": [...], "queued": {...}}
+)
 
 # One row whose version goes up in the transaction of every change to `keys`: what
 # other gateways poll (PostgreSQL has no PRAGMA data_version).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .alerts import AlertQueries
 from .keyrows import KeyQueries
 from .models import ModelQueries
+from .now import NowQueries
 from .prices import PriceQueries
 from .refusals import RefusalQueries
 from .reports import ReportQueries
@@ -28,5 +29,6 @@ class Store(
     ReportQueries,
     RefusalQueries,
     AlertQueries,
+    NowQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

@@ -116,8 +116,8 @@ async def _end_cut_stream(
     by Content-Length, or an SSE stream read by a client that ignores error events, is
     seen as incomplete at once instead of waited on."""
     upstream.close()
-    if isinstance(exc, GatewayStopping):
-        reason, message = "gateway stopping", "aigateway: the gateway is shutting down"
+    if isinstance(exc, GatewayStopping):  # (or StoppedByAdmin)
+        reason, message = exc.reason, exc.message
     else:
         reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
         message = f"aigateway: the Ollama stream broke ({reason})"

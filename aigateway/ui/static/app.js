@@ -5,6 +5,7 @@ import { keysView } from "./keys.js";
 import { myUsage } from "./me.js";
 import { myKeys } from "./mykeys.js";
 import { modelsView } from "./models.js";
+import { nowView } from "./now.js";
 import { overview } from "./overview.js";
 import { playground } from "./playground.js";
 import { usageView } from "./usage.js";
@@ -12,6 +13,7 @@ import { usersView } from "./users.js";
 
 const VIEWS = {
   overview: { title: "Overview", admin: true, render: overview },
+  now: { title: "Now", admin: true, render: nowView },
   keys: { title: "Keys", admin: true, render: keysView },
   users: { title: "Users", admin: true, render: usersView },
   models: { title: "Models", admin: false, render: modelsView },
