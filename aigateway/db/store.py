@@ -7,6 +7,7 @@ module; callers see one object and need not know which module holds a query.
 
 from __future__ import annotations
 
+from .aliases import AliasQueries
 from .keyrows import KeyQueries
 from .models import ModelQueries
 from .prices import PriceQueries
@@ -26,5 +27,6 @@ class Store(
     UsageQueries,
     ReportQueries,
     RefusalQueries,
+    AliasQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

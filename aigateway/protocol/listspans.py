@@ -141,3 +141,56 @@ def cut(text: str, arrays: list[Array], keep: Callable[[Array, Entry], bool]) ->
         return None
     pieces.append(text[at:])
     return "".join(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    key: str  # as decoded
+    start: int  # the value is text[start:end]
+    end: int
+    value: object  # as decoded
+
+
+def top_level_members(text: str) -> list[Member] | None:
+    """Every member of the JSON object `text`, in text order (a key spelled twice: both);
+    None when `text` is not one JSON object."""
+    value_at = json.JSONDecoder(parse_constant=_refuse).raw_decode
+    found: list[Member] = []
+    try:
+        i = _skip(text, 0)
+        if text[i] != "{":
+            return None
+        i = _skip(text, i + 1)
+        if text[i] == "}":
+            return found if _skip(text, i + 1) == len(text) else None
+        while True:
+            if text[i] != '"':
+                return None
+            key, i = value_at(text, i)
+            i = _skip(text, i)
+            if text[i] != ":":
+                return None
+            start = _skip(text, i + 1)
+            value, end = value_at(text, start)
+            found.append(Member(key, start, end, value))
+            i = _skip(text, end)
+            if text[i] == "}":
+                return found if _skip(text, i + 1) == len(text) else None
+            if text[i] != ",":
+                return None
+            i = _skip(text, i + 1)
+    except (ValueError, IndexError, RecursionError):
+        return None
+
+
+def replaced(text: str, members: list[Member], value: str) -> str:
+    """`text` with each of `members` (from top_level_members) holding `value` instead,
+    written as the JSON string `value` (which must need no escape: see its callers)."""
+    pieces: list[str] = []
+    at = 0
+    for member in members:
+        pieces.append(text[at : member.start])
+        pieces.append(f'"{value}"')
+        at = member.end
+    pieces.append(text[at:])
+    return "".join(pieces)
