@@ -256,7 +256,9 @@ async def test_allow_lists_see_the_target_and_lists_show_what_a_key_may_use(
     qwen = await make_key(db_path, "quinn", "qwen", models=["qwen*"])
     await eventually(lambda: secret_known(gateway, llama) and secret_known(gateway, qwen))
     for secret, status in ((llama, 200), (qwen, 403)):
-        held = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+        held: GatewayClient = await aiohttp_client(
+            gateway, headers={"Authorization": f"Bearer {secret}"}
+        )
         chat = {"model": "gpt-4o-mini", "messages": [], "stream": False}
         assert (await held.post("/v1/chat/completions", json=chat)).status == status
         tags = await (await held.get("/api/tags")).json()
@@ -361,3 +363,79 @@ async def test_anthropic_sdk_asks_for_a_claude_model(
     assert {(r.model, r.model_sent) for r in records} == {
         ("qwen3-coder:latest", "claude-3-5-haiku-latest")
     }
+
+
+# --- the admin API ------------------------------------------------------------------------
+
+
+async def test_the_admin_api_sets_lists_and_removes_aliases(
+    admin: GatewayClient, client: GatewayClient, fake: FakeOllama, db_path: str
+) -> None:
+    made = await admin.post("/admin/aliases", json={"name": "gpt-4o-mini", "target": "llama3.2"})
+    assert made.status == 200, await made.text()
+    assert await made.json() == {
+        "name": "gpt-4o-mini",
+        "target": "llama3.2:latest",
+        "scope": "global",
+        "user": None,
+        "key_id": None,
+        "created_at": (await made.json())["created_at"],
+    }
+    # The admin API's own write is in force for the next request (no reload wait).
+    chat = {"model": "gpt-4o-mini", "messages": [], "stream": False}
+    assert (await client.post("/api/chat", json=chat)).status == 200
+    assert fake.requests[-1].model == "llama3.2:latest"
+    mine = await admin.post(
+        "/admin/aliases", json={"name": "gpt-4o-mini", "target": "qwen3:8b", "user": "alice"}
+    )
+    assert mine.status == 200 and (await mine.json())["scope"] == "user"
+    assert (await client.post("/api/chat", json=chat)).status == 200
+    assert fake.requests[-1].model == "qwen3:8b"
+    listed = (await (await admin.get("/admin/aliases")).json())["aliases"]
+    assert [(a["scope"], a["user"], a["target"]) for a in listed] == [
+        ("global", None, "llama3.2:latest"),
+        ("user", "alice", "qwen3:8b"),
+    ]
+    # A key sees its own aliases of the models it may use on its Models page.
+    models = await (await client.get("/admin/models")).json()
+    assert models["aliases"] == []  # (qwen3:8b is not in the fake's list)
+    gone = await admin.delete("/admin/aliases?name=GPT-4o-mini&user=alice")
+    assert gone.status == 200 and (await gone.json())["removed"]["target"] == "qwen3:8b"
+    models = await (await client.get("/admin/models")).json()
+    assert models["aliases"] == [{"name": "gpt-4o-mini", "target": "llama3.2:latest"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"[]", 400, "must be a JSON object"),
+        (b'{"name":"gpt-4o"}', 400, "missing field(s): target"),
+        (b'{"name":"gpt-4o","target":"llama3.2","x":1}', 400, "unknown field(s): x"),
+        (b'{"name":7,"target":"llama3.2"}', 400, "name must be a string"),
+        (b'{"name":null,"target":"llama3.2"}', 400, "must be model names"),
+        (b'{"name":"gpt-4o","target":"llama3.2","key_id":true}', 400, "key_id must be"),
+        (b'{"name":"gpt-4o","target":"llama3.2","key_id":-1}', 400, "key_id must be"),
+        (b'{"name":"gpt-4o","target":"llama3.2","key_id":1,"user":"alice"}', 400, "not both"),
+        (b'{"name":"gpt-4o","target":"llama3.2","user":"nobody"}', 404, "no user"),
+        (b'{"name":"' + b"x" * 5000 + b'","target":"llama3.2"}', 400, "not a model name"),
+        (b'{"name":"<b>x</b>","target":"llama3.2"}', 400, "not a model name"),
+    ],
+)
+async def test_the_admin_api_refuses_bad_aliases_in_json(
+    admin: GatewayClient, body: bytes, status: int, error: str
+) -> None:
+    resp = await admin.post("/admin/aliases", data=body)
+    assert resp.status == status
+    assert error in (await resp.json())["error"]
+    assert (await (await admin.get("/admin/aliases")).json())["aliases"] == []
+
+
+async def test_only_admins_manage_aliases(client: GatewayClient, admin: GatewayClient) -> None:
+    assert (await client.get("/admin/aliases")).status == 403
+    made = await client.post("/admin/aliases", json={"name": "a", "target": "llama3.2"})
+    assert made.status == 403
+    assert (await client.delete("/admin/aliases?name=a")).status == 403
+    assert (await admin.delete("/admin/aliases")).status == 400
+    assert (await admin.delete("/admin/aliases?name=a&key_id=x")).status == 400
+    missing = await admin.delete("/admin/aliases?name=a")
+    assert missing.status == 404 and "no alias 'a'" in (await missing.json())["error"]

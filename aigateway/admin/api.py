@@ -19,6 +19,8 @@ Ollama keeps adding routes under /api. JSON in and out.
     GET    /admin/models        any key: the models it may use, with their prices
     GET, POST, DELETE /admin/prices
                                 admin: prices per model pattern
+    GET, POST, DELETE /admin/aliases
+                                admin: model aliases (global, per user, per key)
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A
@@ -53,6 +55,7 @@ from ..records import (
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
     PRICE_FIELDS,
+    Alias,
     AmbiguousKeyError,
     Budget,
     BudgetError,
@@ -116,6 +119,9 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
+        ("GET", "/aliases", admin_only(list_aliases)),
+        ("POST", "/aliases", admin_only(set_alias)),
+        ("DELETE", "/aliases", admin_only(remove_alias)),
     )
     app[EXPORTS] = ExportSlots()
     for method, path, handler in routes:
@@ -456,7 +462,8 @@ async def models(request: web.Request) -> web.Response:
     and Ollama's cloud models only where they are allowed), each with what Ollama says of
     it, its context length as the last sync-models found it, and its price (micro-units
     of the currency; null: free). A cloud API's models (its /models, cut down to those it
-    is configured to serve) come after the Ollamas', with nothing but their names."""
+    is configured to serve) come after the Ollamas', with nothing but their names. Then
+    the key's aliases of those models (`aliases`: name and target)."""
     prices = request.app[KEY_TABLE].prices
     synced = await synced_models(request.app[STORE])
     shown = []
@@ -476,7 +483,14 @@ async def models(request: web.Request) -> web.Response:
                 "price": None if price is None else price_view(price),
             }
         )
-    return _json({"currency": request.app[SETTINGS].currency, "models": shown})
+    usable = {identity(entry["name"]) for entry in shown}
+    aliases = [
+        {"name": alias.name, "target": alias.target}
+        for alias in request.app[KEY_TABLE].aliases.for_caller(principal(request))
+        if alias.target in usable  # (as /api/tags shows them)
+    ]
+    currency = request.app[SETTINGS].currency
+    return _json({"currency": currency, "models": shown, "aliases": aliases})
 
 
 async def usable_models(request: web.Request) -> list[dict[str, Any]]:
@@ -593,6 +607,61 @@ async def remove_price(request: web.Request) -> web.Response:
 
 def price_view(price: Price) -> dict[str, Any]:
     return {"pattern": price.pattern, **{f: getattr(price, f) for f in PRICE_FIELDS}}
+
+
+async def list_aliases(request: web.Request) -> web.Response:
+    aliases = await service.list_aliases(request.app[STORE])
+    return _json({"aliases": [alias_view(a) for a in aliases]})
+
+
+async def set_alias(request: web.Request) -> web.Response:
+    """Make `name` run the model `target`: for everyone, or only for `user`'s keys, or
+    only for key `key_id` (the narrowest wins). The same name and owner again: its target
+    changes. (Names go in the body: model names may hold slashes.)"""
+    body = await _body(request, ALIAS_FIELDS, required=frozenset({"name", "target"}))
+    _check_strings(body, ("name", "target", "user"))
+    if body["name"] is None or body["target"] is None:
+        raise BadRequest("name and target must be model names")
+    stored = await service.set_alias(
+        request.app[STORE], body["name"], body["target"], body.get("user"), _alias_key(body)
+    )
+    await _reload(request)
+    return _json(alias_view(stored))
+
+
+async def remove_alias(request: web.Request) -> web.Response:
+    """?name=gpt-4o-mini, with &user= or &key_id= for a user's or a key's."""
+    query = request.query
+    name = query.get("name")
+    if not name:
+        raise BadRequest("name the alias to remove: DELETE /admin/aliases?name=gpt-4o-mini")
+    key_id = _whole_number_param(query, "key_id", 10**18)
+    gone = await service.remove_alias(request.app[STORE], name, query.get("user"), key_id)
+    await _reload(request)
+    return _json({"removed": alias_view(gone)})
+
+
+ALIAS_FIELDS = frozenset({"name", "target", "user", "key_id"})
+
+
+def _alias_key(body: dict[str, Any]) -> int | None:
+    key_id = body.get("key_id")
+    if key_id is None:
+        return None
+    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 < key_id < 10**18:
+        raise BadRequest("key_id must be a key's id")
+    return key_id
+
+
+def alias_view(alias: Alias) -> dict[str, Any]:
+    return {
+        "name": alias.name,
+        "target": alias.target,
+        "scope": alias.scope,
+        "user": alias.owner if alias.scope == "user" else None,
+        "key_id": int(alias.owner) if alias.scope == "key" else None,
+        "created_at": alias.created_at,
+    }
 
 
 def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:

@@ -1,6 +1,6 @@
 """Every admin action, once, for the admin HTTP API (and so the dashboard, which calls
 it) and both CLIs: create, change, revoke and purge keys; create and change users;
-set and remove prices.
+set and remove prices; set and remove model aliases.
 
 Each action is one transaction in the store: its input is checked whole before anything
 is written, and a change refused in any part (a bad flag beside a good email, a budget
@@ -13,7 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ..records import Budget, KeyLimits, KeyRecord, Price, Role, UserRecord
+from ..records import (
+    Alias,
+    AliasScope,
+    Budget,
+    InvalidInputError,
+    KeyLimits,
+    KeyRecord,
+    Price,
+    Role,
+    UserRecord,
+)
 
 if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
     from ..db.store import Store
@@ -88,3 +98,32 @@ async def set_price(store: Store, price: Price) -> Price:
 
 async def remove_price(store: Store, pattern: str) -> None:
     await store.remove_price(pattern)
+
+
+def alias_owner(user: str | None = None, key_id: int | None = None) -> tuple[AliasScope, str]:
+    """Whose an alias is: one user's keys, one key, or (neither named) everyone's."""
+    if user is not None and key_id is not None:
+        raise InvalidInputError("an alias is for a user or for a key, not both")
+    if key_id is not None:
+        return "key", str(key_id)
+    if user is not None:
+        return "user", user
+    return "global", ""
+
+
+async def list_aliases(store: Store) -> list[Alias]:
+    return await store.list_aliases()
+
+
+async def set_alias(
+    store: Store, name: str, target: str, user: str | None = None, key_id: int | None = None
+) -> Alias:
+    """Make `name` run `target` for everyone, `user`'s keys or key `key_id` (the
+    narrowest wins); the same name and owner again points it at another model."""
+    return await store.set_alias(name, target, *alias_owner(user, key_id))
+
+
+async def remove_alias(
+    store: Store, name: str, user: str | None = None, key_id: int | None = None
+) -> Alias:
+    return await store.remove_alias(name, *alias_owner(user, key_id))
