@@ -5,6 +5,7 @@ lists showing them, and the official SDKs asking for their own model names."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,8 @@ from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.upstreams.union import go_escaped
 
 from .conftest import make_key
+from .test_cli_flags import keys_in, run
+from .test_cli_menu import BACKSPACE, DOWN, ENTER, TO_EXIT, TO_PRICES, menu
 from .helpers import eventually
 from .test_policy import _usage, secret_known
 
@@ -204,6 +207,11 @@ def test_lists_show_an_alias_beside_its_target_in_go_bytes() -> None:
 # --- through the gateway -----------------------------------------------------------------
 
 
+def _ran(fake: FakeOllama) -> object:
+    """The model the upstream was asked to run last."""
+    return fake.requests[-1].model
+
+
 async def _set(db_path: str, *args: str) -> Alias:
     store = await Store.open(db_path)
     try:
@@ -285,7 +293,7 @@ async def test_an_alias_set_elsewhere_works_within_a_second_and_the_narrowest_wi
     async def runs() -> object:
         body = {"model": "gpt-4o-mini", "prompt": "hi", "stream": False}
         assert (await client.post("/api/generate", json=body)).status == 200
-        return fake.requests[-1].model
+        return _ran(fake)
 
     async def becomes(model: str) -> None:
         for _ in range(40):
@@ -324,7 +332,7 @@ async def test_openai_sdk_asks_for_gpt_4o_mini(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
         assert chat.choices[0].message.content
-        assert fake.requests[-1].model == "llama3.2:latest"
+        assert _ran(fake) == "llama3.2:latest"
         stream = await client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
         )
@@ -352,7 +360,7 @@ async def test_anthropic_sdk_asks_for_a_claude_model(
             model="claude-3-5-haiku-latest", max_tokens=10, messages=messages
         )
         assert message.content[0].text == "Hello!"  # type: ignore[union-attr]
-        assert fake.requests[-1].model == "qwen3-coder:latest"
+        assert _ran(fake) == "qwen3-coder:latest"
         async with claude.messages.stream(
             model="claude-3-5-haiku-latest", max_tokens=10, messages=messages
         ) as stream:
@@ -384,13 +392,13 @@ async def test_the_admin_api_sets_lists_and_removes_aliases(
     # The admin API's own write is in force for the next request (no reload wait).
     chat = {"model": "gpt-4o-mini", "messages": [], "stream": False}
     assert (await client.post("/api/chat", json=chat)).status == 200
-    assert fake.requests[-1].model == "llama3.2:latest"
+    assert _ran(fake) == "llama3.2:latest"
     mine = await admin.post(
         "/admin/aliases", json={"name": "gpt-4o-mini", "target": "qwen3:8b", "user": "alice"}
     )
     assert mine.status == 200 and (await mine.json())["scope"] == "user"
     assert (await client.post("/api/chat", json=chat)).status == 200
-    assert fake.requests[-1].model == "qwen3:8b"
+    assert _ran(fake) == "qwen3:8b"
     listed = (await (await admin.get("/admin/aliases")).json())["aliases"]
     assert [(a["scope"], a["user"], a["target"]) for a in listed] == [
         ("global", None, "llama3.2:latest"),
@@ -439,3 +447,64 @@ async def test_only_admins_manage_aliases(client: GatewayClient, admin: GatewayC
     assert (await admin.delete("/admin/aliases?name=a&key_id=x")).status == 400
     missing = await admin.delete("/admin/aliases?name=a")
     assert missing.status == 404 and "no alias 'a'" in (await missing.json())["error"]
+
+
+# --- the CLIs ------------------------------------------------------------------------------
+
+
+def test_the_flags_cli_sets_lists_and_removes_aliases(db_path: str) -> None:
+    assert run("-g", "alice", "laptop", "--db", db_path)[0] == 0
+    (key,) = keys_in(db_path)
+    code, out, err = run("--set-alias", "gpt-4o-mini", "llama3.2", "--db", db_path)
+    assert code == 0 and "gpt-4o-mini" in out and "llama3.2:latest" in out
+    assert "run llama3.2:latest on every gateway within a second" in err
+    assert run("--set-alias", "gpt-4o", "qwen3", "--user", "alice", "--db", db_path)[0] == 0
+    assert run("--set-alias", "o1", "deepseek-r1", "--key-id", str(key.id), "--db", db_path)[0] == 0
+    code, out, _ = run("--aliases", "--format", "json", "--db", db_path)
+    assert code == 0
+    assert [(a["name"], a["scope"], a["owner"]) for a in json.loads(out)] == [
+        ("gpt-4o-mini", "global", None),
+        ("o1", "key", str(key.id)),
+        ("gpt-4o", "user", "alice"),
+    ]
+    # Mistakes: one line, nothing changed.
+    code, _, err = run("--set-alias", "gpt-4", "GPT-4o", "--db", db_path)
+    assert (
+        code == 1
+        and err.strip()
+        == "Error: 'gpt-4o' is an alias; an alias may not point to an alias (name its model)"
+    )
+    code, _, err = run("--set-alias", "x", "y", "--user", "a", "--key-id", "1", "--db", db_path)
+    assert code == 1 and "not both" in err
+    code, _, err = run("--aliases", "--key-id", "1", "--db", db_path)
+    assert code == 1 and "--key-id goes with --set-alias or --remove-alias" in err
+    code, _, err = run("--remove-alias", "gpt-4o", "--db", db_path)
+    assert code == 1 and err.strip() == "Error: no alias 'gpt-4o'"
+    code, _, err = run("--remove-alias", "GPT-4O", "--user", "alice", "--db", db_path)
+    assert code == 0 and "Removed the alias gpt-4o (it ran qwen3:latest)" in err
+    assert len(json.loads(run("--aliases", "--format", "json", "--db", db_path)[1])) == 2
+
+
+def test_the_menu_sets_lists_and_removes_aliases(db_path: str) -> None:
+    assert run("-g", "alice", "laptop", "--db", db_path)[0] == 0
+    to_aliases = [*TO_PRICES, ENTER, *[DOWN] * 5]
+    with menu(db_path) as session:
+        # Set for everyone; a bad name is refused as typed, then fixed.
+        session.type(*to_aliases, DOWN, ENTER, "gpt 4o", ENTER)
+        session.type(*[BACKSPACE] * 6, "gpt-4o-mini", ENTER, "llama3.2", ENTER, ENTER)
+        # For one user's keys (alice), then for one key (alice/laptop).
+        session.type(*to_aliases, DOWN, ENTER, "gpt-4o", ENTER, "qwen3", ENTER, DOWN, ENTER)
+        session.type(ENTER)
+        session.type(*to_aliases, DOWN, ENTER, "o1", ENTER, "deepseek-r1", ENTER)
+        session.type(DOWN, DOWN, ENTER, ENTER)
+        session.type(*to_aliases, ENTER)  # list
+        session.type(*to_aliases, DOWN, DOWN, ENTER, ENTER)  # remove the first listed
+        session.type(*TO_EXIT)
+    said = session.output()
+    assert "deepseek-r1:latest" in said and "Removed the alias gpt-4o-mini." in said
+    listed = json.loads(run("--aliases", "--format", "json", "--db", db_path)[1])
+    (key,) = keys_in(db_path)
+    assert [(a["name"], a["target"], a["scope"], a["owner"]) for a in listed] == [
+        ("o1", "deepseek-r1:latest", "key", str(key.id)),
+        ("gpt-4o", "qwen3:latest", "user", "alice"),
+    ]
