@@ -9,12 +9,14 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Request
+from playwright.async_api import Browser, expect
 from pytest_aiohttp import AiohttpClient
 
 from aigateway.access.aliases import AliasTable, with_aliases
@@ -27,10 +29,11 @@ from aigateway.testing import go_json
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.upstreams.union import go_escaped
 
+from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
+from .helpers import eventually
 from .test_cli_flags import keys_in, run
 from .test_cli_menu import BACKSPACE, DOWN, ENTER, TO_EXIT, TO_PRICES, menu
-from .helpers import eventually
 from .test_policy import _usage, secret_known
 
 GatewayClient = TestClient[Request, None]
@@ -508,3 +511,75 @@ def test_the_menu_sets_lists_and_removes_aliases(db_path: str) -> None:
         ("o1", "deepseek-r1:latest", "key", str(key.id)),
         ("gpt-4o", "qwen3:latest", "user", "alice"),
     ]
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+async def test_the_models_page_adds_shows_and_removes_aliases(
+    browser: Browser, gateway: TestServer, db_path: str, admin_key: str, key: str
+) -> None:
+    url = str(gateway.make_url("")).rstrip("/")
+    context, page = await signed_in(browser, url, admin_key)
+    try:
+        await page.goto(url + "/ui/#/models")
+        await page.wait_for_selector("#view-models[aria-busy=false]")
+        form = page.locator("#alias-form")
+        # A name Ollama would refuse: the API's words under the field, nothing stored.
+        await form.locator("#alias-form-name").fill("gpt 4o")
+        await form.locator("#alias-form-target").fill("llama3.2")
+        await form.locator("button[type=submit]").click()
+        await expect(form.locator("#alias-form-name-error")).to_contain_text(
+            "not a model name Ollama would take"
+        )
+        # A target that is itself an alias: said under the target.
+        await _set(db_path, "claude-3-5-haiku-latest", "qwen3")
+        await form.locator("#alias-form-name").fill("gpt-4o-mini")
+        await form.locator("#alias-form-target").fill("Claude-3-5-Haiku-Latest")
+        await form.locator("button[type=submit]").click()
+        await expect(form.locator("#alias-form-target-error")).to_contain_text("is an alias")
+        await form.locator("#alias-form-target").fill("llama3.2")
+        await form.locator("#alias-form-user").fill("alice")
+        await form.locator("button[type=submit]").click()
+        rows = page.locator("#view-models h2#aliases ~ .table-wrap tbody tr")
+        await expect(rows).to_have_count(2)
+        mine = rows.filter(has_text="gpt-4o-mini")
+        await expect(mine.locator("td").nth(1)).to_have_text("llama3.2:latest")
+        await expect(mine.locator("td").nth(2)).to_have_text("user alice")
+        await shot(page, "aliases")
+        # What the API holds after the form was saved.
+        held = await _admin_get(url, admin_key, "/admin/aliases")
+        assert [(a["name"], a["target"], a["user"]) for a in held["aliases"]] == [
+            ("claude-3-5-haiku-latest", "qwen3:latest", None),
+            ("gpt-4o-mini", "llama3.2:latest", "alice"),
+        ]
+        # Remove asks inline first.
+        await mine.locator("button[data-action=remove-alias]").click()
+        await mine.locator("button[data-action=confirm]").click()
+        await expect(rows).to_have_count(1)
+        held = await _admin_get(url, admin_key, "/admin/aliases")
+        assert [a["name"] for a in held["aliases"]] == ["claude-3-5-haiku-latest"]
+    finally:
+        await context.close()
+    # A user's key sees its own aliases of the models it may use, nothing to change.
+    await _set(db_path, "gpt-4o-mini", "llama3.2", "user", "alice")
+    context, page = await signed_in(browser, url, key)
+    try:
+        await page.goto(url + "/ui/#/models")
+        await page.wait_for_selector("#view-models[aria-busy=false]")
+        rows = page.locator("#view-models h2#aliases ~ .table-wrap tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator("td").nth(0)).to_have_text("gpt-4o-mini")
+        await expect(page.locator("#alias-form")).to_have_count(0)
+        await shot(page, "aliases-user")
+    finally:
+        await context.close()
+
+
+async def _admin_get(url: str, key: str, path: str) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + path, headers={"Authorization": f"Bearer {key}"}) as resp,
+    ):
+        assert resp.status == 200
+        return await resp.json()

@@ -14,15 +14,17 @@ def alias_identity(name: str) -> tuple[str, str]:
     HTML and a terminal show it as it is.)"""
     written = name.strip(GO_SPACE) if isinstance(name, str) else ""
     if "://" in written:
-        raise InvalidInputError(f"an alias is a model name, without a scheme: {name!r}")
+        raise InvalidInputError(f"alias name: a model name, without a scheme: {name!r}")
     try:
         literal = resolve_literal(written)
         ref = resolve(written)
     except InvalidModelName:
-        raise InvalidInputError(f"not a model name Ollama would take: {name!r}") from None
+        raise InvalidInputError(
+            f"alias name: not a model name Ollama would take: {name!r}"
+        ) from None
     if literal.cloud or ref.cloud or literal.canonical != ref.canonical:
         raise InvalidInputError(
-            f"an alias is a plain model name, not a cloud model nor :local: {name!r}"
+            f"alias name: a plain model name, not a cloud model nor :local: {name!r}"
         )
     return written, ref.canonical
 
@@ -33,4 +35,4 @@ def target_identity(target: str) -> str:
     try:
         return resolve(target if isinstance(target, str) else "").canonical
     except InvalidModelName:
-        raise InvalidInputError(f"not a model name Ollama would take: {target!r}") from None
+        raise InvalidInputError(f"target: not a model name Ollama would take: {target!r}") from None
