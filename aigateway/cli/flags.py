@@ -306,7 +306,9 @@ def cli(**options: Any) -> None:
     if action not in ("--usage", "--usage-export", "--invoice") and (o["since"] or o["until"]):
         raise click.UsageError("--since and --until go with --usage, --usage-export or --invoice")
     if action not in ("--usage", "--usage-export", "--set-alias", "--remove-alias") and o["user"]:
-        raise click.UsageError("--user goes with --usage, --usage-export or an alias")
+        raise click.UsageError(
+            "--user goes with --usage or --usage-export (or --set-alias, --remove-alias)"
+        )
     if action not in ("--set-alias", "--remove-alias") and o["key_id"] is not None:
         raise click.UsageError("--key-id goes with --set-alias or --remove-alias")
     path = o["db_path"] or database_target()
