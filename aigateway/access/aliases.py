@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..protocol.body import first_text_field
-from ..protocol.listspans import Array, replaced, top_level_arrays, top_level_members
+from ..protocol.listspans import Array, replaced, top_level_members
 from ..protocol.names import InvalidModelName, ModelRef, resolve
 from ..records import Alias, KeyRecord
-from .allowlist import ENTRY_NAMES, identity
-
-_LIST_KEYS = frozenset(ENTRY_NAMES)
+from .allowlist import ENTRY_NAMES, identity, model_list_arrays
 
 
 class AliasTable:
@@ -74,13 +72,10 @@ def with_aliases(body: bytes, aliases: list[Alias]) -> bytes:
     ASCII letters, digits and `_.:-/`: Go's encoding/json writes it as it is.)"""
     if not aliases:
         return body
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
+    found = model_list_arrays(body)
+    if found is None:
         return body
-    arrays = top_level_arrays(text, _LIST_KEYS)
-    if not arrays:
-        return body
+    text, arrays = found
     by_target: dict[str, list[Alias]] = {}
     for alias in aliases:
         by_target.setdefault(alias.target, []).append(alias)

@@ -9,6 +9,7 @@ no model the last sync found (an alias would hide it), and no alias points to an
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -80,11 +81,7 @@ class AliasQueries(Connector):
             await _check_owner(conn, kind, owner)
             await _check_no_chain(conn, canonical, aimed)
             await _check_no_model(conn, canonical, written)
-            where = (
-                model_aliases.c.scope == kind,
-                model_aliases.c.owner == owner,
-                model_aliases.c.canonical == canonical,
-            )
+            where = _the_alias(kind, owner, canonical)
             now = time.time()
             found = await conn.execute(
                 update(model_aliases).where(*where).values(name=written, target=aimed)
@@ -104,11 +101,7 @@ class AliasQueries(Connector):
         """Remove the alias `name` of that owner (matched as requests match it)."""
         written, canonical = alias_identity(name)
         kind, owner = check_scope(scope, owner)
-        where = (
-            model_aliases.c.scope == kind,
-            model_aliases.c.owner == owner,
-            model_aliases.c.canonical == canonical,
-        )
+        where = _the_alias(kind, owner, canonical)
         async with self._write() as conn:
             row = (await conn.execute(select(*_COLUMNS).where(*where))).first()
             if row is None:
@@ -135,20 +128,25 @@ async def _check_owner(conn: AsyncConnection, scope: AliasScope, owner: str) -> 
 async def _check_no_chain(conn: AsyncConnection, canonical: str, target: str) -> None:
     """No alias points to an alias, whatever the scopes: a target is no alias's name,
     a name no other alias's target."""
-    named = (
-        await conn.execute(select(model_aliases.c.name).where(model_aliases.c.canonical == target))
-    ).first()
-    if named is not None:
-        raise InvalidInputError(
-            f"{named.name!r} is an alias; an alias may not point to an alias (name its model)"
-        )
-    aiming = (
-        await conn.execute(select(model_aliases.c.name).where(model_aliases.c.target == canonical))
-    ).first()
-    if aiming is not None:
-        raise InvalidInputError(
-            f"the alias {aiming.name!r} points to this name; an alias may not point to an alias"
-        )
+    checks = (
+        (model_aliases.c.canonical == target, "{} is an alias; an alias may not point to"
+         " an alias (name its model)"),
+        (model_aliases.c.target == canonical, "the alias {} points to this name; an alias"
+         " may not point to an alias"),
+    )  # fmt: skip
+    for where, message in checks:
+        found = (await conn.execute(select(model_aliases.c.name).where(where))).first()
+        if found is not None:
+            raise InvalidInputError(message.format(repr(found.name)))
+
+
+def _the_alias(scope: AliasScope, owner: str, canonical: str) -> tuple[Any, ...]:
+    """Where the alias `canonical` of that owner is."""
+    return (
+        model_aliases.c.scope == scope,
+        model_aliases.c.owner == owner,
+        model_aliases.c.canonical == canonical,
+    )
 
 
 async def _check_no_model(conn: AsyncConnection, canonical: str, written: str) -> None:
