@@ -15,13 +15,18 @@ import openai
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiohttp.web import Request
+from aiohttp.web import Application, Request
 from playwright.async_api import Browser, expect
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from aigateway import Settings, create_app
 from aigateway.access.aliases import AliasTable, with_aliases
 from aigateway.access.keytable import bootstrap_record
+from aigateway.db import schema
 from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.protocol.body import with_model
 from aigateway.protocol.names import ModelRef, resolve
 from aigateway.records import Alias, InvalidInputError, KeyNotFoundError, ModelInfo
@@ -31,10 +36,11 @@ from aigateway.upstreams.union import go_escaped
 
 from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import at_revision, eventually
 from .test_cli_flags import keys_in, run
 from .test_cli_menu import BACKSPACE, DOWN, ENTER, TO_EXIT, TO_PRICES, menu
 from .test_policy import _usage, secret_known
+from .test_upstreams import Three, _models
 
 GatewayClient = TestClient[Request, None]
 
@@ -583,3 +589,62 @@ async def _admin_get(url: str, key: str, path: str) -> Any:
     ):
         assert resp.status == 200
         return await resp.json()
+
+
+# --- several upstreams, show, and the upgrade ----------------------------------------------
+
+
+async def test_with_several_upstreams_the_target_picks_the_upstream_and_the_union_lists_it(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str, key: str
+) -> None:
+    three = Three()
+    urls = [str((await aiohttp_server(f.app())).make_url("")).rstrip("/") for f in three.fakes]
+    settings = Settings(ollama_base_url=",".join(urls), token_db_path=db_path)
+    user: TestClient[Request, Application] = await aiohttp_client(
+        create_app(settings), headers={"Authorization": f"Bearer {key}"}
+    )
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    admin: GatewayClient = await aiohttp_client(
+        user.server, headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    made = await admin.post("/admin/aliases", json={"name": "gpt-4o-mini", "target": "phi4"})
+    assert made.status == 200
+    three.forget()
+    chat = {"model": "gpt-4o-mini", "messages": [], "stream": False}
+    assert (await user.post("/api/chat", json=chat)).status == 200
+    assert _models(three.c) == ["phi4:latest"] and _models(three.a) == _models(three.b) == []
+    names = [m["name"] for m in (await (await user.get("/api/tags")).json())["models"]]
+    assert names[names.index("phi4:latest") + 1] == "gpt-4o-mini"
+    ids = [m["id"] for m in (await (await user.get("/v1/models")).json())["data"]]
+    assert ids[ids.index("phi4:latest") + 1] == "gpt-4o-mini"
+
+
+async def test_show_takes_an_alias(mini: Alias, client: GatewayClient, fake: FakeOllama) -> None:
+    resp = await client.post("/api/show", json={"model": "GPT-4o-mini"})
+    assert resp.status == 200
+    assert fake.requests[-1].body == b'{"model": "llama3.2:latest"}'  # (aiohttp's spacing)
+
+
+async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
+    """A database at revision 0018 with a key opens with the key as it was, and takes
+    aliases."""
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_revision(18))
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(schema.keys).values(
+                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
+                    role="user", created_at=1.0, revoked=0,
+                )
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        assert (await store.get_key(1)).name == "old"
+        await store.set_alias("gpt-4o-mini", "llama3.2", "key", "1")
+        assert [(a.scope, a.owner) for a in await store.list_aliases()] == [("key", "1")]
+    finally:
+        await store.close()
