@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,7 +41,9 @@ from .conftest import make_key
 from .helpers import at_revision, eventually
 from .test_cli_flags import keys_in, run
 from .test_cli_menu import BACKSPACE, DOWN, ENTER, TO_EXIT, TO_PRICES, menu
+from .test_instances import cli
 from .test_policy import _usage, secret_known
+from .test_server_process import start_gateways
 from .test_upstreams import Three, _models
 
 GatewayClient = TestClient[Request, None]
@@ -648,3 +652,40 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
         assert [(a.scope, a.owner) for a in await store.list_aliases()] == [("key", "1")]
     finally:
         await store.close()
+
+
+async def test_gateways_sharing_postgresql_take_an_alias_within_a_second(
+    upstream: TestServer, fake: FakeOllama, pg_url: str, tmp_path: Path
+) -> None:
+    """Set by the CLI on one database, an alias is in force on every gateway within a
+    second (the key table's change feed, LISTEN/NOTIFY), and gone again as fast."""
+    gateways = await start_gateways(upstream, tmp_path, *[{"DATABASE_URL": pg_url}] * 2)
+    try:
+        key = cli("-g", "carol", "laptop", "--db", pg_url).stdout.strip()
+        body = b'{"model":"gpt-4o-mini","stream":false,"messages":[]}'
+
+        async def ran_everywhere(session: aiohttp.ClientSession) -> list[object]:
+            models = []
+            for gw in gateways:
+                async with session.post(
+                    gw.url + "/api/chat", data=body, headers={"Authorization": f"Bearer {key}"}
+                ) as resp:
+                    await resp.read()
+                    models.append(_ran(fake) if resp.status == 200 else resp.status)
+            return models
+
+        async def within_a_second(expected: list[object]) -> None:
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as session:
+                while (found := await ran_everywhere(session)) != expected:
+                    assert time.monotonic() - started < 1.0, found
+                    await asyncio.sleep(0.05)
+
+        made = cli("--set-alias", "gpt-4o-mini", "llama3.2", "--db", pg_url)
+        assert made.returncode == 0, made.stderr
+        await within_a_second(["llama3.2:latest"] * 2)
+        assert cli("--remove-alias", "gpt-4o-mini", "--db", pg_url).returncode == 0
+        await within_a_second(["gpt-4o-mini"] * 2)  # (the fake runs any name)
+    finally:
+        for gw in gateways:
+            await gw.stop()
