@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -53,15 +53,26 @@ from .upstreams.transport import Transport
 from .usage.journal import Journal
 from .usage.metrics import Metrics
 from .usage.restart import count_before_admitting
+from .usage.traces import open_tracing
 from .usage.writer import UsageWriter
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("aigateway")
 
+# Where traces go instead of where OTEL_* says (the tests' in-memory exporter).
+_SPAN_EXPORTER: web.AppKey[SpanExporter] = web.AppKey("span_exporter")
 
-def create_app(settings: Settings) -> web.Application:
+
+def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None) -> web.Application:
+    """The gateway; `span_exporter` turns traces on and sends them there (tests), else
+    the OTEL_* environment decides (usage/traces.py)."""
     httpguard.install()
     app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    if span_exporter is not None:
+        app[_SPAN_EXPORTER] = span_exporter
     app[KEY_TABLE] = KeyTable(settings.gateway_admin_key)
     app[LIMITER] = Limiter(
         Limits(
@@ -117,8 +128,9 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     """Everything the running gateway holds, made in order and closed in the reverse
     order (also when start-up fails half-way): the store and the keys, the usage writer
     (after it counted what the journal holds), the limits and budgets shared with other
-    gateways, the background tasks, the way out to upstreams and their checks; then the
-    relay's state, built complete from them. Closing runs after the server stopped
+    gateways, the background tasks, the way out to upstreams and their checks, the tracer
+    (its last spans exported when it closes); then the relay's state, built complete from
+    them. Closing runs after the server stopped
     taking requests and finished (or cancelled) the open ones, so every usage record is
     queued by then."""
     settings = app[SETTINGS]
@@ -179,6 +191,9 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
             observe = metrics.observe
         await stack.enter_async_context(pool.checking())
+        tracing = open_tracing(exporter=app.get(_SPAN_EXPORTER))
+        if tracing is not None:
+            stack.push_async_callback(asyncio.to_thread, tracing.close)  # (spans flushed)
         relay = app[RELAY] = RelayState(
             settings,
             pool=pool,
@@ -193,6 +208,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             usage=usage,
             observe=observe,
             loop=asyncio.get_running_loop(),
+            tracing=tracing,
         )
         stack.push_async_callback(relay.body_pace.close)
         yield

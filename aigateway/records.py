@@ -40,6 +40,14 @@ class InvalidInputError(StoreError):
     pass
 
 
+class NotPermittedError(StoreError):
+    """The caller may not do this to this key (self-service: a key not its own)."""
+
+
+class CapReachedError(StoreError):
+    """A key already has as many active keys of its own making as it may."""
+
+
 # --- Money: micro-units as entered and shown, nano-units as costs are counted -----------
 
 MICRO = 1_000_000
@@ -308,6 +316,7 @@ class KeyRecord:
     budget: Budget | None = None  # the key's own budget
     user_budget: Budget | None = None  # its user's, for all the user's keys together
     budgets: tuple[BudgetLine, ...] = ()  # the two above, as admission checks them
+    created_by: int | None = None  # the key that made it (self-service); None: an admin
 
     def status(self, now: float | None = None) -> str:
         if self.revoked:

@@ -402,6 +402,12 @@ class Settings:
         " `/api/keys`, `/api/admin/stats` under `BASE_PATH`; see docs/compat-api.md):"
         " `on` serves it, `off` answers 404.",
     )  # fmt: skip
+    self_service_keys: int = setting(
+        "SELF_SERVICE_KEYS", 0, whole(0, 1000), "Admin API and dashboard",
+        "How many active keys a user-role key may make of its own user (`/admin/me/keys`,"
+        " the dashboard's My keys), each no more than its maker may do; `0`: none, the"
+        " feature is off (see [Self-service keys](keys-limits-usage.md#self-service-keys)).",
+    )  # fmt: skip
     gateway_admin_key: str | None = setting(
         "GATEWAY_ADMIN_KEY", None, SECRET, "Admin API and dashboard",
         "A bootstrap admin key, hashed at start-up, never logged; usage is recorded under"

@@ -630,12 +630,12 @@ async def test_show_takes_an_alias(mini: Alias, client: GatewayClient, fake: Fak
 
 
 async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
-    """A database at revision 0018 with a key opens with the key as it was, and takes
+    """A database at revision 0019 with a key opens with the key as it was, and takes
     aliases."""
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(at_revision(18))
+            await conn.run_sync(at_revision(19))
         async with engine.begin() as conn:
             await conn.execute(
                 insert(schema.keys).values(

@@ -13,6 +13,7 @@ with every field at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from playwright.async_api import Browser, Page
 from pytest_aiohttp import AiohttpServer
 
 from aigateway import Settings, create_app
+from aigateway.db.keyrows import Creator
 from aigateway.db.store import Store
 from aigateway.records import Budget, KeyLimits, Price, UsageRecord
 from aigateway.relay.state import RELAY
@@ -38,7 +40,7 @@ assert len(LONG_USER) == 64 and len(LONG_MODEL) == 1000
 # The longest alias name a namespace and a model allow (80 characters each).
 LONG_ALIAS = ("alias-namespace-" * 5)[:80] + "/" + ("gpt-4o-mini-compatible-" * 4)[:80]
 PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
-USER_PAGES = ("models", "usage", "me", "playground")
+USER_PAGES = ("models", "usage", "me", "mykeys", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
     (1280, "light"),
     (1280, "dark"),
@@ -137,7 +139,9 @@ async def dashboard(
     aiohttp_server: AiohttpServer, settings: Settings, fake: FakeOllama
 ) -> TestServer:
     fake.extra_models.append(LONG_MODEL)
-    server: TestServer = await aiohttp_server(create_app(settings))
+    # (self-service on: a user's My keys is measured too)
+    on = dataclasses.replace(settings, self_service_keys=3)
+    server: TestServer = await aiohttp_server(create_app(on))
     return server
 
 
@@ -179,6 +183,11 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
             client_gone=False,
         )
         await store.insert_usage([long_model_use])
+        # (a key it made itself, for its My keys: a name as long as a name may be)
+        await store.create_key(
+            LONG_USER, "k" * 64, "user", record.expires_at, record.limits, ["llama3.1*"],
+            Budget(1_000_000, "total"), creator=Creator(record.id, 3, lambda _now: None),
+        )  # fmt: skip
         # (the Models page's Aliases: everyone's with a long name, the long user's own)
         await store.set_alias(LONG_ALIAS, "llama3.2")
         await store.set_alias("gpt-4o-mini", "llama3.2", "user", LONG_USER)
@@ -224,9 +233,12 @@ async def test_every_page_fits_every_screen_in_both_themes(
     url = str(dashboard.make_url("")).rstrip("/")
     cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
     # Every page as an admin; a user's own pages (its name long) at each width.
+    runs: list[tuple[str, str, int, Theme, tuple[str, ...]]]
     runs = [(admin_key, "admin", width, theme, PAGES) for width, theme in SIZES] + [
         (user_key, "user", width, theme, USER_PAGES) for width, theme in SIZES[::2]
     ]
+    # (a user's own pages in the other theme: My keys, which only a user has)
+    runs += [(user_key, "user", width, theme, ("mykeys",)) for width, theme in SIZES[1::2]]
     for key, role, width, theme, pages in runs:
         context, page = await signed_in(browser, url, key, width, theme)
         refused = _policy_refusals(page)
@@ -234,7 +246,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
             for name in pages:
                 await _show(page, url, name)
                 if name == "keys":  # with a row's Change form open below it
-                    row = page.locator("tr", has_text=LONG_USER)
+                    row = page.locator("tr", has_text="build-server-in-the-basement")
                     await row.locator("button[data-action=edit]").click()
                     await page.wait_for_selector("#edit-key")
                 where = f"{name} at {width} px, {theme}, as {role}"
@@ -251,7 +263,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
-                if name in ("keys", "users", "models") and role == "admin":
+                if (name in ("keys", "users", "models") and role == "admin") or name == "mykeys":
                     assert found["buttons"] > 0, where  # (the rows' actions were measured)
                 for text, widths in cut_seen.items():
                     shown = await page.evaluate(CUT, text)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from aigateway.db import schema
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
-from aigateway.records import UsageRecord
+from aigateway.records import UsageQuery, UsageRecord
 
 from .conftest import make_key
 from .helpers import at_revision
@@ -47,7 +47,7 @@ async def test_a_purged_keys_id_is_never_given_again(database: str) -> None:
         assert await store.usage_rows(key_id=new.id) == []
         assert await store.spend_since(f"key:{new.id}", 0) == 0
         assert new.id not in await store.tokens_since(0)
-        assert await store.usage_summary(["key_id"], key_id=new.id) == []
+        assert await store.usage_summary(["key_id"], UsageQuery(key_id=new.id)) == []
     finally:
         await store.close()
 

@@ -1,5 +1,5 @@
 """The hourly rollups agree with the records they sum, on both databases: every count,
-token and cost over any period, percentiles within a bucket, after replays and pruning,
+token and cost over any period and filter, percentiles within a bucket, after replays and pruning,
 and when a migration makes them from records written before they existed."""
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ from sqlalchemy import delete, select
 from aigateway.db.rollups import HOUR
 from aigateway.db.schema import usage_hourly
 from aigateway.db.store import Store
-from aigateway.records import UsageRecord
+from aigateway.records import UsageQuery, UsageRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATION = ROOT / "aigateway/db/migrations/versions/r0011_usage_hourly.py"
 GROUPINGS = [(), ("user",), ("user", "key_name", "key_id"), ("model",), ("route",), ("key_id",)]
+# Filters the rollups answer (each with a grouping of its own dimension) and those only
+# the records can (a status; two dimensions at once).
+FILTERS: list[dict[str, object]] = [
+    {}, {"key_id": 2}, {"user": "alice"}, {"model": "llama3.2"}, {"route": "/api/chat"},
+    {"status": 502}, {"user": "alice", "model": "qwen3:8b"},
+    {"key_id": 1, "route": "/api/generate"},
+]  # fmt: skip
 EXACT_FIELDS = (
     "requests", "prompt_tokens", "completion_tokens", "total_tokens", "avg_ms", "errors",
     "cost", "client_gone",
@@ -90,12 +97,10 @@ async def test_rollups_answer_like_the_records_over_any_period(database: str) ->
         ] + [(now - rng.random() * 4 * 86400, now - rng.random() * 86400) for _ in range(6)]
         for since, until in periods:
             for group_by in GROUPINGS:
-                for key_id, user in ((None, None), (2, None), (None, "alice")):
-                    rolled = await store.usage_summary(group_by, since, until, key_id, user)
-                    exact = await store.usage_summary(
-                        group_by, since, until, key_id, user, exact=True
-                    )
-                    where = (since, until, group_by, key_id, user)
+                for picked in FILTERS:
+                    where = UsageQuery(since, until, **picked)  # type: ignore[arg-type]
+                    rolled = await store.usage_summary(group_by, where)
+                    exact = await store.usage_summary(group_by, where, exact=True)
                     assert [{f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in rolled] == [
                         {f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in exact
                     ], where

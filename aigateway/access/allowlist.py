@@ -51,6 +51,43 @@ def matches(model: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, pattern_form(p)) for name in names for p in patterns)
 
 
+def uncovered(patterns: Iterable[str], by: Iterable[str]) -> list[str]:
+    """Those of `patterns` (a new allow-list) that could allow a model `by` (its maker's)
+    does not: what makes an allow-list wider. Decided by the matching rules above, and
+    on the safe side where patterns meet patterns:
+
+    - a name (no `*`, `?` or `[`) is covered when `by` allows that model (model_allowed:
+      its one identity, and a cloud model only by a cloud pattern);
+    - a pattern is covered by the same pattern (as written in pattern_form), or by a
+      pattern that is a literal text and one final `*` (`llama3*`, `*`) when the
+      pattern's own literal start begins with that text (`llama3.1*`, `llama3:8b-q?`):
+      every name it matches then begins so. A cloud pattern (`*-cloud`) needs a cloud
+      pattern to cover it, as `*` never allows a cloud model.
+
+    Anything else (`*:8b` under `llama*`, say) is refused though it may be narrower:
+    proving one pattern inside another in general is not worth the risk of a mistake."""
+    covering = [pattern_form(p) for p in by]
+    return [p for p in patterns if not _covered(p, covering)]
+
+
+def _covered(pattern: str, covering: list[str]) -> bool:
+    form = pattern_form(pattern)
+    if not any(c in form for c in "*?["):
+        return model_allowed(form, covering)
+    cloud = is_cloud(form)
+    for wider in covering:
+        if cloud and not is_cloud(wider):
+            continue
+        if form == wider:
+            return True
+        stem = wider[:-1]
+        if wider.endswith("*") and not any(c in stem for c in "*?["):
+            first_wildcard = min(i for i, c in enumerate(form) if c in "*?[")
+            if form[:first_wildcard].startswith(stem):
+                return True
+    return False
+
+
 def identity(name: str) -> str:
     """A model's canonical name (protocol/names.py); a name Ollama would refuse (one an
     upstream lists, say) is only lower-cased, so that it matches nothing it should not."""

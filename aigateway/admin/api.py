@@ -6,7 +6,10 @@ Ollama keeps adding routes under /api. JSON in and out.
     POST   /admin/keys          admin: create a key; the key is in the answer, once
     GET    /admin/keys/{id}     admin: one key
     PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
-    DELETE /admin/keys/{id}     admin: revoke (the row stays)
+    DELETE /admin/keys/{id}     admin: revoke (the row stays; and the keys it made)
+    GET, POST /admin/me/keys, DELETE /admin/me/keys/{id}
+                                a user-role key, with SELF_SERVICE_KEYS on: the keys it
+                                made, make one (no more than itself), revoke one of them
     GET    /admin/stats         admin: usage statistics and current rate-limit use
     GET    /admin/series        any key: usage per hour (an admin: everyone's)
     GET    /admin/usage         any key: usage records, filtered, paged or downloaded
@@ -36,6 +39,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -59,12 +63,14 @@ from ..records import (
     AmbiguousKeyError,
     Budget,
     BudgetError,
+    CapReachedError,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
     ModelInfo,
+    NotPermittedError,
     Price,
     UsageQuery,
     check_budget,
@@ -100,6 +106,9 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
     router = app.router
     routes = (
         ("GET", "/me", me),
+        ("GET", "/me/keys", self_service(list_own_keys)),
+        ("POST", "/me/keys", self_service(create_own_key)),
+        ("DELETE", "/me/keys/{id}", self_service(revoke_own_key)),
         ("GET", "/keys", admin_only(list_keys)),
         ("POST", "/keys", admin_only(create_key)),
         ("GET", "/keys/{id}", admin_only(get_key)),
@@ -129,20 +138,40 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
 
 
 def admin_only(handler: Handler) -> Handler:
+    translated = answering_store_errors(handler)
+
     async def guarded(request: web.Request) -> web.StreamResponse:
         if principal(request).role != "admin":
             raise Forbidden("this route needs an admin key")
+        return await translated(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def self_service(handler: Handler) -> Handler:
+    """A route of self-service keys: who may use it is the service's to say (a
+    NotPermittedError is 403), as it says it for every caller."""
+    return answering_store_errors(handler)
+
+
+def answering_store_errors(handler: Handler) -> Handler:
+    """The store's refusals as the API's statuses."""
+
+    async def translated(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except InvalidInputError as exc:
             raise BadRequest(str(exc)) from None
+        except NotPermittedError as exc:
+            raise Forbidden(str(exc)) from None
         except KeyNotFoundError as exc:
             raise NotFound(str(exc)) from None
-        except (DuplicateKeyError, AmbiguousKeyError) as exc:
+        except (DuplicateKeyError, AmbiguousKeyError, CapReachedError) as exc:
             raise Conflict(str(exc)) from None
 
-    guarded.__name__ = handler.__name__
-    return guarded
+    translated.__name__ = handler.__name__
+    return translated
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -171,6 +200,7 @@ async def me(request: web.Request) -> web.Response:
     store = request.app[STORE]
     own = caller.id
     relay_budgets = request.app[RELAY].budgets
+    cap = request.app[SETTINGS].self_service_keys
     return _json(
         {
             "key": key_view(caller),
@@ -182,6 +212,8 @@ async def me(request: web.Request) -> web.Response:
                 for line in caller.budgets
             ],
             "usage": await own_usage(store, own, now),
+            # How many keys it may make of its own (/admin/me/keys); null: none.
+            "self_service_keys": cap if service.may_make_keys(caller, cap) else None,
         }
     )
 
@@ -190,10 +222,16 @@ async def own_usage(store: Store, key_id: int, now: float) -> dict[str, object]:
     """One key's usage: the last 24 hours, 7 days, all time, and per model over 7 days
     (/admin/me's usage, and the compatible /api/stats)."""
     return {
-        "last_24h": _totals_or_zeros(await store.usage_summary((), now - DAY, key_id=key_id)),
-        "last_7d": _totals_or_zeros(await store.usage_summary((), now - 7 * DAY, key_id=key_id)),
-        "all_time": _totals_or_zeros(await store.usage_summary((), key_id=key_id)),
-        "per_model_7d": await store.usage_summary(("model",), now - 7 * DAY, key_id=key_id),
+        "last_24h": _totals_or_zeros(
+            await store.usage_summary((), UsageQuery(now - DAY, key_id=key_id))
+        ),
+        "last_7d": _totals_or_zeros(
+            await store.usage_summary((), UsageQuery(now - 7 * DAY, key_id=key_id))
+        ),
+        "all_time": _totals_or_zeros(await store.usage_summary((), UsageQuery(key_id=key_id))),
+        "per_model_7d": await store.usage_summary(
+            ("model",), UsageQuery(now - 7 * DAY, key_id=key_id)
+        ),
     }
 
 
@@ -244,6 +282,40 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     record = await service.revoke_key(request.app[STORE], _key_id(request))
+    await _reload(request)
+    return _json(key_view(record))
+
+
+async def list_own_keys(request: web.Request) -> web.Response:
+    """The keys the calling key made (revoked ones too), and how many may be active."""
+    caller, cap = principal(request), request.app[SETTINGS].self_service_keys
+    made = await service.own_keys(request.app[STORE], caller, cap)
+    active = sum(1 for record in made if record.status() == "active")
+    return _json({"allowed": cap, "active": active, "keys": [key_view(r) for r in made]})
+
+
+async def create_own_key(request: web.Request) -> web.Response:
+    """A key of the caller's own user, no more than the caller (service.create_own_key)."""
+    body = await _body(request, CREATE_FIELDS, required=frozenset({"name"}))
+    _check_strings(body, ("user", "name", "role"))
+    asked = {f: body[f] for f in service.OWN_KEY_FIELDS - {"budget", "expires_at"} if f in body}
+    if "expires_at" in body or "expires_days" in body:
+        asked["expires_at"] = _expiry(body)
+    if "budget" in body:
+        asked["budget"] = _budget(body)
+    record, secret = await service.create_own_key(
+        request.app[STORE],
+        principal(request),
+        request.app[SETTINGS].self_service_keys,
+        request.app[LIMITER].defaults,
+        asked,
+    )
+    await _reload(request)
+    return _json({"key": secret, **key_view(record)}, status=201)
+
+
+async def revoke_own_key(request: web.Request) -> web.Response:
+    record = await service.revoke_own_key(request.app[STORE], principal(request), _key_id(request))
     await _reload(request)
     return _json(key_view(record))
 
@@ -305,22 +377,7 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
     every key's records, any other key its own."""
     q = request.query
     caller = principal(request)
-    key_id = _whole_number_param(q, "key_id", 10**18)
-    user = q.get("user") or None
-    if caller.role != "admin":
-        key_id, user = caller.id, None
-    where = UsageQuery(
-        since=_time_param(request, "since"),
-        until=_time_param(request, "until"),
-        key_id=key_id,
-        user=user,
-        # (any spelling of a model finds its records: they hold its one identity)
-        model=identity(q["model"]) if q.get("model") else None,
-        route=_recorded_route(q["route"], request.app[SETTINGS].base_path)
-        if q.get("route")
-        else None,
-        status=_whole_number_param(q, "status", 999),
-    )
+    where = usage_filter(request)
     store = request.app[STORE]
     fmt = q.get("format")
     if fmt is not None:
@@ -331,11 +388,7 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
     limit = _whole_number_param(q, "limit", 500) or 50
     offset = _whole_number_param(q, "offset", 10**9) or 0
     found = await store.usage_page(where, limit + 1, offset)
-    # Refusals have no model, route or status of their own: none match such a filter.
-    by_records_only = (where.model, where.route, where.status) != (None, None, None)
-    refused = None
-    if not by_records_only:
-        refused = await store.refused_summary(where.since, where.until, where.key_id, where.user)
+    refused = await _refused_of(store, where)
     return _json(
         {
             "records": [
@@ -348,6 +401,38 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
             "refused": refused,
         }
     )
+
+
+def usage_filter(request: web.Request) -> UsageQuery:
+    """The records a request's query picks: by user, key_id, model, route, status, since
+    and until (Unix times). The one reading of a usage filter, for the records and their
+    breakdowns alike; a key that is not an admin's picks its own records only."""
+    q = request.query
+    caller = principal(request)
+    key_id = _whole_number_param(q, "key_id", 10**18)
+    user = q.get("user") or None
+    if caller.role != "admin":
+        key_id, user = caller.id, None
+    return UsageQuery(
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
+        key_id=key_id,
+        user=user,
+        # (any spelling of a model finds its records: they hold its one identity)
+        model=identity(q["model"]) if q.get("model") else None,
+        route=_recorded_route(q["route"], request.app[SETTINGS].base_path)
+        if q.get("route")
+        else None,
+        status=_whole_number_param(q, "status", 999),
+    )
+
+
+async def _refused_of(store: Store, where: UsageQuery) -> dict[str, Any] | None:
+    """The refusals of a filter's period, key and user; None when it picks by model,
+    route or status: refusals have none of their own, so none match such a filter."""
+    if (where.model, where.route, where.status) != (None, None, None):
+        return None
+    return await store.refused_summary(where.since, where.until, where.key_id, where.user)
 
 
 def _recorded_route(text: str, base_path: str) -> str:
@@ -422,12 +507,15 @@ def _whole_number_param(query: Mapping[str, str], name: str, most: int) -> int |
 
 async def series(request: web.Request) -> web.Response:
     """Requests, tokens, cost, errors and early leaves per hour over the last `hours`
-    (default 24, at most 2160): an admin sees every key's, any other key its own."""
+    (default 24, at most 2160): an admin sees every key's, or one key's with `key_id`
+    (My usage: the admin's own); any other key its own."""
     raw = request.query.get("hours", "24")
     if not raw.isdigit() or not 1 <= int(raw) <= 2160:
         raise BadRequest(f"hours must be a whole number from 1 to 2160, not {raw[:20]!r}")
     caller = principal(request)
-    key_id = None if caller.role == "admin" else caller.id
+    key_id = _whole_number_param(request.query, "key_id", 10**18)
+    if caller.role != "admin":
+        key_id = caller.id
     since = time.time() - int(raw) * 3600
     rows = await request.app[STORE].usage_series(since, 3600, key_id)
     return _json({"bucket_seconds": 3600, "since": since, "series": rows})
@@ -677,24 +765,34 @@ STATS_PARTS = (
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Usage statistics for since/until, the last 24 hours and 7 days, and each active
-    key's use now; `parts` (comma-separated) computes only the sections named (each one
-    costs a pass over the period's records). `refused` follows user and key_id too."""
-    since, until = _time_param(request, "since"), _time_param(request, "until")
+    """Usage statistics of the records a filter picks (user, key_id, model, route,
+    status, since, until: the filter of /admin/usage), of those of the last 24 hours and
+    7 days, and each active key's use now; `parts` (comma-separated) computes only the
+    sections named; `percentiles=false` leaves out p50 and p95 (null), which cost most of
+    what a long period takes."""
     wanted = _parts(request.query.get("parts"))
-    return _json(await stats_document(request, wanted, since, until))
+    raw = request.query.get("percentiles", "true")
+    if raw not in ("true", "false"):
+        raise BadRequest(f"percentiles must be true or false, not {raw[:20]!r}")
+    where = usage_filter(request)
+    return _json(await stats_document(request, wanted, where, percentiles=raw == "true"))
 
 
 async def stats_document(
-    request: web.Request, wanted: Set[str], since: float | None, until: float | None
+    request: web.Request, wanted: Set[str], where: UsageQuery, percentiles: bool = True
 ) -> dict[str, object]:
-    """The sections of STATS_PARTS named in `wanted`, for since/until (/admin/stats, and
-    the compatible /api/admin/stats)."""
+    """The sections of STATS_PARTS named in `wanted`, of the records `where` picks
+    (/admin/stats, and the compatible /api/admin/stats)."""
     store = request.app[STORE]
     now = time.time()
 
     async def summary(*group_by: str) -> list[dict[str, object]]:
-        return await store.usage_summary(group_by, since=since, until=until)
+        return await store.usage_summary(group_by, where, percentiles=percentiles)
+
+    async def recent(seconds: float) -> dict[str, object]:
+        """The filter's records of the last `seconds`, whatever its period."""
+        period = replace(where, since=now - seconds, until=None)
+        return _totals_or_zeros(await store.usage_summary((), period, percentiles=percentiles))
 
     async def rate_limits() -> list[dict[str, object]]:
         keys = [k for k in await store.list_keys() if k.status() == "active"]
@@ -706,23 +804,18 @@ async def stats_document(
 
     sections: dict[str, Callable[[], Awaitable[object]]] = {
         "totals": lambda: _totals_of(summary()),
-        "last_24h": lambda: _totals_of(store.usage_summary((), since=now - DAY)),
-        "last_7d": lambda: _totals_of(store.usage_summary((), since=now - 7 * DAY)),
+        "last_24h": lambda: recent(DAY),
+        "last_7d": lambda: recent(7 * DAY),
         "per_user": lambda: summary("user"),
         "per_key": lambda: summary("user", "key_name", "key_id"),
         "per_model": lambda: summary("model"),
         "per_route": lambda: summary("route"),
         "rate_limits": rate_limits,
-        "refused": lambda: store.refused_summary(
-            since,
-            until,
-            _whole_number_param(request.query, "key_id", 10**18),
-            request.query.get("user") or None,
-        ),
+        "refused": lambda: _refused_of(store, where),
     }
     document: dict[str, object] = {
-        "since": since,
-        "until": until,
+        "since": where.since,
+        "until": where.until,
         "in_flight": len(request.app[RELAY].in_flight),  # on this gateway, now
     }
     for part in STATS_PARTS:

@@ -28,7 +28,7 @@ from ..http.appkeys import KEY_TABLE, SETTINGS, STORE
 from ..http.auth import principal
 from ..http.expect import defer_continue
 from ..protocol.routes import RELAY_ROUTES
-from ..records import MAX_LIMIT, ROLES, KeyLimits, KeyRecord, ModelInfo
+from ..records import MAX_LIMIT, ROLES, KeyLimits, KeyRecord, ModelInfo, UsageQuery
 from ..settings import Settings
 from . import service
 from .api import (
@@ -141,7 +141,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def all_stats(request: web.Request) -> web.Response:
     """Every key's usage: totals, the last 24 hours and 7 days, per user (the sections
     of /admin/stats), and how many keys are active."""
-    document = await stats_document(request, ADMIN_STATS_PARTS, None, None)
+    document = await stats_document(request, ADMIN_STATS_PARTS, UsageQuery())
     active = sum(1 for r in await request.app[STORE].list_keys() if r.status() == "active")
     return _json({"active_keys": active, **document})
 

@@ -78,6 +78,10 @@ SCHEMAS: dict[str, Any] = {
             "prefix": {"type": "string"},
             "role": {"enum": ["admin", "user"]},
             "status": {"type": "string"},
+            "created_by": {
+                "type": ["integer", "null"],
+                "description": "the key that made it by self-service; null: an admin",
+            },
             **_KEY_SETTINGS,
         },
     },
@@ -366,8 +370,28 @@ def _one(
 def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
     since = _query("since", "number", "Unix time, inclusive")
     until = _query("until", "number", "Unix time, exclusive")
+    # Which records: the one filter of the records and of their statistics.
+    usage_filter = [
+        _query("user", "string", "admins only"),
+        _query("key_id", "integer", "admins only"),
+        _query("model", "string", "any spelling of the model"),
+        _query(
+            "route", "string", "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)"
+        ),
+        _query("status", "integer", ""),
+        since,
+        until,
+    ]
     key_id, name = [_in_path("id", "integer")], [_in_path("name")]
     keys_list = {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Key")}}}
+    own_keys = {
+        "type": "object",
+        "properties": {
+            "allowed": {"type": "integer", "description": "SELF_SERVICE_KEYS"},
+            "active": {"type": "integer"},
+            "keys": {"type": "array", "items": _ref("Key")},
+        },
+    }
     users_list = {
         "type": "object",
         "properties": {"users": {"type": "array", "items": _ref("User")}},
@@ -379,11 +403,39 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "The calling key, its limits, use, budgets and usage", a, KEY, errors=_AUTH
             )
         },
+        "/me/keys": {
+            "get": _operation(
+                "Self-service: the keys the calling key made, and how many may be active",
+                a,
+                KEY,
+                ok=("200", "OK", own_keys),
+                errors=_ADMIN,
+            ),
+            "post": _operation(
+                "Self-service: make a key of the caller's own user, no more than the caller"
+                " (expiry, models, limits, budget); the key is in the answer, once",
+                a,
+                KEY,
+                body=_ref("KeyChange"),
+                ok=("201", "Created", _ref("Key")),
+                errors=(*_ADMIN, "400", "409"),
+            ),
+        },
+        "/me/keys/{id}": {
+            "delete": _operation(
+                "Self-service: revoke a key the calling key made",
+                a,
+                KEY,
+                params=key_id,
+                ok=("200", "OK", _ref("Key")),
+                errors=(*_ADMIN, "400"),
+            ),
+        },
         "/keys": _collection("key", "Key", "KeyChange", keys_list),
         "/keys/{id}": {
             **_one("key", "Key", "KeyChange", key_id, "Change a key"),
             "delete": _operation(
-                "Revoke a key (the row stays)",
+                "Revoke a key (the row stays; and the keys it made by self-service)",
                 a,
                 KEY,
                 params=key_id,
@@ -393,30 +445,45 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
         },
         "/stats": {
             "get": _operation(
-                "Usage statistics, refusals and each key's use now",
+                "Usage statistics of the records a filter picks (the filter of /usage),"
+                " refusals and each key's use now",
                 a,
                 KEY,
                 params=[
-                    since,
-                    until,
+                    *usage_filter,
                     _query("parts", "string", "comma-separated sections to compute (default all)"),
-                    _query("user", "string", "the refused section: this user's keys only"),
-                    _query("key_id", "integer", "the refused section: this key only"),
+                    _query(
+                        "percentiles",
+                        "boolean",
+                        "false: p50 and p95 left out (null), most of a long period's cost",
+                    ),
                 ],
                 ok=(
                     "200",
                     "OK",
-                    {"type": "object", "properties": {"refused": _REFUSED}},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "refused": {
+                                "description": "as in /usage: null with a model, route or"
+                                " status filter",
+                                "anyOf": [_REFUSED, {"type": "null"}],
+                            }
+                        },
+                    },
                 ),
                 errors=(*_ADMIN, "400"),
             )
         },
         "/series": {
             "get": _operation(
-                "Usage per hour (an admin: every key's)",
+                "Usage per hour (an admin: every key's, or one key's)",
                 a,
                 KEY,
-                params=[_query("hours", "integer", "1 to 2160")],
+                params=[
+                    _query("hours", "integer", "1 to 2160"),
+                    _query("key_id", "integer", "admins only: this key's (any other key: its own)"),
+                ],
                 errors=(*_AUTH, "400"),
             )
         },
@@ -426,17 +493,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 a,
                 KEY,
                 params=[
-                    _query("user", "string", "admins only"),
-                    _query("key_id", "integer", "admins only"),
-                    _query("model", "string", ""),
-                    _query(
-                        "route",
-                        "string",
-                        "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)",
-                    ),
-                    _query("status", "integer", ""),
-                    since,
-                    until,
+                    *usage_filter,
                     _query("limit", "integer", "at most 500"),
                     _query("offset", "integer", ""),
                     _query(

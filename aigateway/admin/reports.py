@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..access.budgets import budget_view, period_start
-from ..records import BudgetLine, micro
+from ..records import BudgetLine, UsageQuery, micro
 from .views import utc_text
 
 if TYPE_CHECKING:  # (the CLIs import this module; the store is loaded when used)
@@ -73,8 +73,9 @@ async def user_invoice(
     existed have no cost: their lines say null and the total counts them as
     `unpriced_requests`."""
     user = await store.get_user(name)
-    rows = await store.usage_summary(("model",), since, until, user=name)
-    whole = await store.usage_summary((), since, until, user=name)
+    where = UsageQuery(since=since, until=until, user=name)
+    rows = await store.usage_summary(("model",), where)
+    whole = await store.usage_summary((), where)
     lines = [
         {
             "model": row["model"],

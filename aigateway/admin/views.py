@@ -36,6 +36,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         **{field: getattr(record.limits, field) for field in LIMIT_FIELDS},
         "models": list(record.models) if record.models is not None else None,
         "budget": budget_json(record.budget),  # the key's own; its user's is on the user
+        "created_by": record.created_by,  # the key that made it (self-service); null: an admin
     }
 
 

@@ -55,6 +55,19 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
 
 
+def gateway_env(tree: Path, upstream_url: str, port: int, db: Path) -> dict[str, str]:
+    """The environment of `tree`'s gateway on `port` in front of `upstream_url`, with the
+    key database `db`, logging only warnings (and no OTEL_* of the caller's: no traces)."""
+    return {
+        **{k: v for k, v in tree_env(tree).items() if not k.startswith("OTEL_")},
+        "OLLAMA_BASE_URL": upstream_url,
+        "PORT": str(port),
+        "TOKEN_DB_PATH": str(db),
+        "LOG_LEVEL": "WARNING",
+        "LOG_FILE": "",
+    }
+
+
 def database(tree: Path, work: Path, config: str) -> tuple[Path, str]:
     """A key database for one tree and configuration, made by that tree's own CLI (its
     schema is the one its gateway expects); the key."""
@@ -90,15 +103,9 @@ async def compare(args: argparse.Namespace, work: Path) -> int:
                 place.mkdir(parents=True)
                 db, key = database(tree, place, config)
                 port = free_port()
-                env = {
-                    **tree_env(tree),
-                    "OLLAMA_BASE_URL": upstream_url,
-                    "PORT": str(port),
-                    "TOKEN_DB_PATH": str(db),
-                    "LOG_LEVEL": "WARNING",
-                    "LOG_FILE": "",
-                    **(LIMITS if config == "limits" else {}),
-                }
+                env = gateway_env(tree, upstream_url, port, db)
+                if config == "limits":
+                    env.update(LIMITS)
                 cmd = [sys.executable, "-m", "aigateway", "--env-file", str(work / "none.env")]
                 process = stack.enter_context(started(cmd, env, place / "gateway.log"))
                 auth = {"Authorization": f"Bearer {key}"}

@@ -27,6 +27,7 @@ from ..records import (
     Price,
     PriceError,
     Role,
+    UsageQuery,
     UserRecord,
     check_budget,
     parse_money,
@@ -335,7 +336,7 @@ def cli(**options: Any) -> None:
             rows = with_store(
                 path,
                 lambda store: store.usage_summary(
-                    USAGE_GROUPS[o["by"]], since, until, user=o["user"], exact=True
+                    USAGE_GROUPS[o["by"]], UsageQuery(since, until, user=o["user"]), exact=True
                 ),
             )
             click.echo(render_usage(rows, o["by"], o["fmt"] or "table", currency_setting()))

@@ -30,6 +30,7 @@ from ..records import (
     KeyRecord,
     Price,
     PriceError,
+    UsageQuery,
     UserRecord,
     check_allow_list,
     check_budget,
@@ -267,7 +268,9 @@ class Menu:
         since, until = self._ask_period()
         rows = with_store(
             self.db_path,
-            lambda store: store.usage_summary(USAGE_GROUPS[group], since, until, exact=True),
+            lambda store: store.usage_summary(
+                USAGE_GROUPS[group], UsageQuery(since, until), exact=True
+            ),
         )
         self.echo(render_usage(rows, group, "table", currency_setting()))
 

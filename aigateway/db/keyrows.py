@@ -5,10 +5,11 @@ database.)"""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,11 +18,13 @@ from ..records import (
     ROLES,
     AmbiguousKeyError,
     Budget,
+    CapReachedError,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
     KeyRecord,
+    NotPermittedError,
     Role,
     budget_lines,
     check_allow_list,
@@ -66,7 +69,9 @@ _KEY_COLUMNS = (
     keys.c.budget,
     keys.c.budget_period,
     keys.c.budget_alert,
+    keys.c.created_by,
 )
+_JOINED_AT = len(_KEY_COLUMNS)  # where a joined row's user columns begin
 
 
 class KeyQueries(Connector):
@@ -81,9 +86,14 @@ class KeyQueries(Connector):
         limits: KeyLimits = KeyLimits(),
         models: Sequence[str] | None = None,
         budget: Budget | None = None,
+        creator: Creator | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key, with its own budget if given, in one transaction; return its
-        record and the secret (shown once, never stored)."""
+        record and the secret (shown once, never stored). With a `creator` (self-service)
+        the creator's row is locked, checked by `creator.check` as it is now, and its
+        active keys counted against `creator.cap` in the same transaction, so that
+        simultaneous creates cannot pass the cap (SQLite: one writer; PostgreSQL: the
+        row lock)."""
         check_name("user", user)
         check_name("key name", name)
         if role not in ROLES:
@@ -108,6 +118,8 @@ class KeyQueries(Connector):
             **(budget_values(checked_budget(budget)) if budget is not None else {}),
         }
         async with self._write() as conn:
+            if creator is not None:
+                values["created_by"] = await _admit_creator(conn, creator)
             values["user_id"] = await user_for_new_key(conn, user)
             try:
                 statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
@@ -131,6 +143,8 @@ class KeyQueries(Connector):
             row = await _active_row(conn, key)
             if values:
                 await conn.execute(update(keys).where(keys.c.id == row.id).values(values))
+                if values.get("expires_at") is not None:
+                    await _clamp_expiry_of_children(conn, row.id, values["expires_at"])
                 await keys_changed(conn)
                 row = (await conn.execute(_key_select().where(keys.c.id == row.id))).one()
         return _record(row)
@@ -175,7 +189,7 @@ class KeyQueries(Connector):
             await conn.execute(
                 update(keys).where(keys.c.id == row.id).values(revoked=1, revoked_at=time.time())
             )
-            await end_sessions_of(conn, [row.id])
+            await end_sessions_of(conn, [row.id, *await _revoke_children(conn, row.id)])
             await keys_changed(conn)
             row = (await conn.execute(_key_select().where(keys.c.id == row.id))).one()
         return _record(row)
@@ -193,8 +207,35 @@ class KeyQueries(Connector):
             ).first()
             if row is None:
                 raise await _no_active_key(conn, user, name)
-            await end_sessions_of(conn, [row.id])
+            await end_sessions_of(conn, [row.id, *await _revoke_children(conn, row.id)])
             await keys_changed(conn)
+        return _record(row)
+
+    async def keys_made_by(self, creator_id: int) -> list[KeyRecord]:
+        """The keys `creator_id` made by self-service, revoked ones too, oldest first."""
+        async with self._read() as conn:
+            found = _key_select().where(keys.c.created_by == creator_id).order_by(keys.c.id)
+            rows = (await conn.execute(found)).all()
+        return [_record(row) for row in rows]
+
+    async def revoke_key_made_by(self, creator_id: int, key_id: int) -> KeyRecord:
+        """Revoke key `key_id` if `creator_id` made it (checked in the same transaction);
+        NotPermittedError otherwise, alike for a key of another and for no key at all (the
+        answer tells nothing of keys not one's own). Revoking a revoked key is no change."""
+        async with self._write() as conn:
+            mine = _key_select().where(keys.c.id == key_id, keys.c.created_by == creator_id)
+            row = (await conn.execute(mine)).first()
+            if row is None:
+                raise NotPermittedError(f"this key may revoke only keys it made; {key_id} is not")
+            if not row.revoked:
+                await conn.execute(
+                    update(keys)
+                    .where(keys.c.id == key_id)
+                    .values(revoked=1, revoked_at=time.time())
+                )
+                await end_sessions_of(conn, [key_id])
+                await keys_changed(conn)
+                row = (await conn.execute(_key_select().where(keys.c.id == key_id))).one()
         return _record(row)
 
     async def purge_revoked(self, user: str, name: str) -> int:
@@ -248,6 +289,68 @@ class KeyQueries(Connector):
             await conn.execute(
                 statement, [{"b_id": key_id, "b_when": when} for key_id, when in used.items()]
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Creator:
+    """The key making a key by self-service: its id, how many active keys of its making
+    it may have, and the check of the new key against the creator as it is in the
+    transaction (raising to refuse)."""
+
+    key_id: int
+    cap: int
+    check: Callable[[KeyRecord], None]
+
+
+def _active_children() -> Any:
+    """The condition of a key made by self-service that still works (or may again)."""
+    return (keys.c.revoked == 0) & (keys.c.expires_at.is_(None) | (keys.c.expires_at > time.time()))
+
+
+async def _admit_creator(conn: AsyncConnection, creator: Creator) -> int:
+    """Lock the creator's row, check the new key against it, and count its active keys
+    against its cap; the creator's id."""
+    locked = _key_select().where(keys.c.id == creator.key_id).with_for_update(of=keys)
+    row = (await conn.execute(locked)).first()
+    if row is None:
+        raise KeyNotFoundError(f"no key with id {creator.key_id}")
+    record = _record(row)
+    if record.status() != "active":
+        raise NotPermittedError(f"this key is {record.status()}: it cannot make keys")
+    creator.check(record)
+    count = select(func.count()).where(keys.c.created_by == creator.key_id, _active_children())
+    made = (await conn.execute(count)).scalar_one()
+    if made >= creator.cap:
+        raise CapReachedError(
+            f"this key already has {made} active keys of its making, as many as it may"
+            f" (SELF_SERVICE_KEYS={creator.cap}): revoke one first"
+        )
+    return creator.key_id
+
+
+async def _revoke_children(conn: AsyncConnection, creator_id: int) -> list[int]:
+    """Revoke with its creator every key it made that is not revoked yet (a take and its
+    release together: a child never outlives its maker); their ids."""
+    result = await conn.execute(
+        update(keys)
+        .where(keys.c.created_by == creator_id, keys.c.revoked == 0)
+        .values(revoked=1, revoked_at=time.time())
+        .returning(keys.c.id)
+    )
+    return [row[0] for row in result.all()]
+
+
+async def _clamp_expiry_of_children(conn: AsyncConnection, creator_id: int, until: object) -> None:
+    """A creator given an earlier expiry takes its keys' expiries with it."""
+    await conn.execute(
+        update(keys)
+        .where(
+            keys.c.created_by == creator_id,
+            keys.c.revoked == 0,
+            keys.c.expires_at.is_(None) | (keys.c.expires_at > until),
+        )
+        .values(expires_at=until)
+    )
 
 
 def _key_changes(changes: Mapping[str, object]) -> dict[str, object]:
@@ -314,11 +417,11 @@ def _record(row: Sequence[Any]) -> KeyRecord:
     value that cannot be what its column means is read as the safest thing it could be
     (no time, no limit of its own, no model allowed), never as an error for the listing.
     The user's columns are there when the row was read with _key_select."""
-    joined = len(row) > 20
+    joined = len(row) > _JOINED_AT
     user, name = str(row[1]), str(row[2])
     user_id = row[16] if isinstance(row[16], int) else None
     budget = read_budget(row[17:20])
-    user_budget = read_budget(row[21:24]) if joined else None
+    user_budget = read_budget(row[_JOINED_AT + 1 : _JOINED_AT + 4]) if joined else None
     return KeyRecord(
         id=row[0],
         user=user,
@@ -333,9 +436,10 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         revoked_at=read_time(row[10]),
         limits=KeyLimits(*(read_limit(value) for value in row[11:15])),
         models=read_models(row[15]),
-        user_disabled=joined and bool(row[20]),
+        user_disabled=joined and bool(row[_JOINED_AT]),
         user_id=user_id,
         budget=budget,
         user_budget=user_budget,
         budgets=budget_lines(row[0], user, name, user_id, budget, user_budget),
+        created_by=row[20] if isinstance(row[20], int) else None,
     )

@@ -4,18 +4,20 @@ summaries (whole hours from the hourly rollups where they can answer)."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, or_, select
+from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
 from .connection import Connector
-from .rollups import BUCKETS, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
+from .rollups import BUCKETS, COUNTED, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
 from .schema import usage, usage_hourly
 from .values import TOKENS, cost_sum
 
 USAGE_CHUNK = 500  # records an export reads, and writes, at a time
+EVERY_RECORD = UsageQuery()
 
 
 class ReportQueries(Connector):
@@ -29,12 +31,11 @@ class ReportQueries(Connector):
         user: str | None = None,
     ) -> list[UsageRecord]:
         columns = [usage.c[name] for name in USAGE_COLUMNS]
+        where = UsageQuery(since, until, key_id, user)
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    select(*columns)
-                    .where(*_usage_filter(since, until, key_id, user))
-                    .order_by(usage.c.ts, usage.c.id)
+                    select(*columns).where(*_usage_filter(where)).order_by(usage.c.ts, usage.c.id)
                 )
             ).all()
         return [_usage_record(row) for row in rows]
@@ -47,7 +48,7 @@ class ReportQueries(Connector):
         columns = [usage.c[name] for name in USAGE_COLUMNS]
         statement = (
             select(usage.c.id, *columns)
-            .where(*_usage_query_filter(where))
+            .where(*_usage_filter(where))
             .order_by(usage.c.ts.desc(), usage.c.id.desc())
             .limit(limit)
             .offset(offset)
@@ -71,7 +72,7 @@ class ReportQueries(Connector):
         columns = [usage.c[name] for name in USAGE_COLUMNS]
         ts, rid = usage.c.ts, usage.c.id
         order = (ts.desc(), rid.desc()) if newest_first else (ts, rid)
-        clauses = _usage_query_filter(where)
+        clauses = _usage_filter(where)
         after: tuple[float, int] | None = None
         left = most
         while left is None or left > 0:
@@ -98,6 +99,7 @@ class ReportQueries(Connector):
         whole hours from the rollups."""
         hours = whole_hours(since, None) if bucket_s == HOUR else None
         dim = "all" if key_id is None else "key"
+        where = UsageQuery(since=since, key_id=key_id)
         if self.database.backend == "sqlite":
             bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
         else:
@@ -113,7 +115,7 @@ class ReportQueries(Connector):
         found: dict[int, list[int]] = {}
         async with self._read() as conn:
             if hours is None:
-                parts = [raw.where(*_usage_filter(since, None, key_id))]
+                parts = [raw.where(*_usage_filter(where))]
             else:
                 h = usage_hourly.c
                 rolled = (
@@ -125,10 +127,11 @@ class ReportQueries(Connector):
                         func.sum(h.errors),
                         func.sum(h.client_gone),
                     )
-                    .where(*_rollup_filter(dim, hours, key_id, None))
+                    .where(*_rollup_filter(dim, hours, where))
                     .group_by(h.hour)
                 )
-                parts = [rolled, raw.where(*_usage_filter(since, hours[0], key_id))]
+                edge = replace(where, until=hours[0])
+                parts = [rolled, raw.where(*_usage_filter(edge))]
             for statement in parts:
                 for row in (await conn.execute(statement)).all():
                     sums = found.setdefault(int(row[0]), [0] * 5)
@@ -144,28 +147,29 @@ class ReportQueries(Connector):
     async def usage_summary(
         self,
         group_by: Sequence[str],
-        since: float | None = None,
-        until: float | None = None,
-        key_id: int | None = None,
-        user: str | None = None,
+        where: UsageQuery = EVERY_RECORD,
         exact: bool = False,
+        percentiles: bool = True,
     ) -> list[dict[str, object]]:
-        """Requests, tokens and durations grouped by any of user, key_name, key_id, model,
-        route (of one user's records, with `user`). With `exact` (the CLIs' reports) every
+        """Requests, tokens and durations of the records that match `where`, grouped by any
+        of user, key_name, key_id, model, route. With `exact` (the CLIs' reports) every
         record is read and percentiles are exact; otherwise whole hours come from the
-        hourly rollups and percentiles are estimated from their latency buckets."""
+        hourly rollups when one of their dimensions holds every field the filter and the
+        groups name, and percentiles are estimated from their latency buckets. Without
+        `percentiles` (None in each group) neither the buckets nor the durations are read:
+        most of what a long period costs."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
-        dim = _rollup_dim(group_by, key_id, user)
-        hours = None if exact or dim is None else whole_hours(since, until)
-        clauses = _usage_filter(since, until, key_id, user)
+        dim = _rollup_dim(group_by, where)
+        hours = None if exact or dim is None else whole_hours(where.since, where.until)
         groups: dict[tuple[Any, ...], Totals] = {}
         edges: list[Sequence[Sequence[Any]]]
         backend = self.database.backend
         async with self._read() as conn:
             if hours is None:
-                rows = await _raw_summary(conn, group_by, clauses, backend)
+                clauses = _usage_filter(where)
+                rows = await _raw_summary(conn, group_by, clauses, backend, percentiles)
                 if exact:
                     summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
                     return _sorted(summary, group_by)
@@ -175,14 +179,15 @@ class ReportQueries(Connector):
                 start, end = hours
                 edges = []
                 # the records of the partial hours at either end
-                for edge in ((since, start), (end, until)):
-                    if None not in edge and edge[0] != edge[1]:
-                        where = _usage_filter(*edge, key_id, user)
-                        edges.append(await _raw_summary(conn, group_by, where, backend))
+                for since, until in ((where.since, start), (end, where.until)):
+                    if None not in (since, until) and since != until:
+                        edge = _usage_filter(replace(where, since=since, until=until))
+                        edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
                 h = usage_hourly.c
                 labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
-                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in SUM_COLUMNS)
-                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, key_id, user))
+                wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
+                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
+                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, where))
                 if labels:
                     statement = statement.group_by(*labels)
                 for summed in (await conn.execute(statement)).all():
@@ -202,29 +207,22 @@ class ReportQueries(Connector):
         )
 
 
-def _usage_filter(
-    since: float | None, until: float | None, key_id: int | None, user: str | None = None
-) -> list[Any]:
-    clauses = []
-    if user is not None:
-        clauses.append(usage.c.user == user)
-    if since is not None:
-        clauses.append(usage.c.ts >= since)
-    if until is not None:
-        clauses.append(usage.c.ts < until)
-    if key_id is not None:
-        clauses.append(usage.c.key_id == key_id)
-    return clauses
+# The fields of a UsageQuery that pick records by value (besides their time).
+_PICKED = ("key_id", "user", "model", "route", "status")
 
 
-def _usage_query_filter(where: UsageQuery) -> list[Any]:
-    clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
-    if where.model is not None:
-        clauses.append(usage.c.model == where.model)
-    if where.route is not None:
-        clauses.append(usage.c.route == where.route)
-    if where.status is not None:
-        clauses.append(usage.c.status == where.status)
+def _picked(where: UsageQuery) -> dict[str, object]:
+    """The fields `where` picks records by, with their values."""
+    return {name: getattr(where, name) for name in _PICKED if getattr(where, name) is not None}
+
+
+def _usage_filter(where: UsageQuery) -> list[Any]:
+    """The one translation of a UsageQuery into conditions on the records."""
+    clauses = [usage.c[name] == value for name, value in _picked(where).items()]
+    if where.since is not None:
+        clauses.append(usage.c.ts >= where.since)
+    if where.until is not None:
+        clauses.append(usage.c.ts < where.until)
     return clauses
 
 
@@ -255,13 +253,21 @@ _SERIES_FIELDS = ("requests", "tokens", "cost", "errors", "client_gone")
 
 
 async def _raw_summary(
-    conn: AsyncConnection, group_by: Sequence[str], clauses: list[Any], backend: str
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    clauses: list[Any],
+    backend: str,
+    percentiles: bool = True,
 ) -> Sequence[Sequence[Any]]:
     """Usage records summed per group, read from the records: the labels, then requests,
     prompt and completion tokens, duration sum, errors, early leaves, cost, records with a
     cost, and the durations and times to first byte joined by commas (for percentiles)."""
     labels = [usage.c[name] for name in group_by]
-    if backend == "sqlite":
+    durations: Any
+    ttfbs: Any
+    if not percentiles:
+        durations = ttfbs = null()
+    elif backend == "sqlite":
         durations = func.group_concat(usage.c.duration_ms)
         ttfbs = func.group_concat(usage.c.ttfb_ms)  # (NULLs are left out)
     else:
@@ -320,18 +326,13 @@ def _raw_sums(measures: Sequence[Any]) -> list[float]:
     return sums
 
 
-def _rollup_dim(group_by: Sequence[str], key_id: int | None, user: str | None) -> str | None:
-    """The rollup rows that can answer a summary, if any."""
-    if key_id is not None:
-        return "key" if set(group_by) <= {"user", "key_name", "key_id"} else None
-    if not group_by:
-        return "all" if user is None else "user"
-    if tuple(group_by) == ("user",):
-        return "user"
-    if set(group_by) <= {"user", "key_name", "key_id"}:
-        return "key"
-    if len(group_by) == 1 and user is None:
-        return group_by[0]  # model or route
+def _rollup_dim(group_by: Sequence[str], where: UsageQuery) -> str | None:
+    """The rollup rows that can answer a summary, if any: the first dimension whose rows
+    hold every field the groups name and the filter picks by (none holds a status)."""
+    named = set(group_by) | set(_picked(where))
+    for dim, labels in _ROLLUP_LABELS.items():
+        if named <= set(labels):
+            return dim
     return None
 
 
@@ -349,10 +350,10 @@ _ROLLUP_LABELS = {
 
 
 def _rollup_filter(
-    dim: str, hours: tuple[float | None, float | None], key_id: int | None, user: str | None
+    dim: str, hours: tuple[float | None, float | None], where: UsageQuery
 ) -> list[Any]:
-    """The rollup rows of dimension `dim` in `hours`, of one key or user when given (the
-    key's rows name its user; the user's rows are the user)."""
+    """The rollup rows of dimension `dim` in `hours` that hold the records `where` picks
+    (a key's rows name its user; a user's, model's or route's rows are that value)."""
     h = usage_hourly.c
     start, end = hours
     clauses = [h.dim == dim]
@@ -360,10 +361,8 @@ def _rollup_filter(
         clauses.append(h.hour >= start)
     if end is not None:
         clauses.append(h.hour < end)
-    if key_id is not None:
-        clauses.append(h.value == str(key_id))
-    if user is not None:
-        clauses.append(h.value == user if dim == "user" else h.user == user)
+    for name, value in _picked(where).items():
+        clauses.append(_ROLLUP_LABELS[dim][name] == str(value))
     return clauses
 
 

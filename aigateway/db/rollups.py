@@ -38,6 +38,7 @@ SUM_COLUMNS = (
     *DURATION_COLUMNS, *TTFB_COLUMNS,
 )  # fmt: skip
 _D0 = SUM_COLUMNS.index("d00")
+COUNTED = _D0  # the sums before the latency buckets
 _T0 = SUM_COLUMNS.index("t00")
 
 

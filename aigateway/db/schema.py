@@ -85,11 +85,14 @@ keys = Table(
     # The user's record (its name is also in `user`, which usage records and queries use).
     Column("user_id", BigInteger),
     *budget_columns(),  # the key's own budget, besides its user's
+    # The key that made this one by self-service (revision 0019); NULL: an admin did.
+    Column("created_by", BigInteger),
     # An id is never given out twice, even after a purge (revision 0017): a new key must
     # not inherit an old one's usage, spend, counters or sessions.
     sqlite_autoincrement=True,
 )
 Index("keys_user_id", keys.c.user_id)
+Index("keys_created_by", keys.c.created_by)
 # Revoked rows stay for history, so only one *active* key may carry a user + name.
 Index(
     "keys_active_user_name",

@@ -14,6 +14,7 @@ from ..errors import RequestTimeout
 from ..http.context import RequestContext
 from ..protocol.streams import UsageStripper
 from ..records import KeyRecord, Price
+from ..usage.traces import RequestTrace
 from ..usage.writer import UsageTap
 from .bodypace import BodyPace, SlowBody
 from .inflight import InFlightRequest
@@ -77,6 +78,7 @@ class Exchange:
     response: web.StreamResponse | None = None
     upstream_name = ""  # the upstream that answered (metrics)
     cut_by: str | None = None  # why the stream was cut short (Ollama's side broke, a stop)
+    trace: RequestTrace | None = None  # its spans, with traces on
 
     def __init__(
         self,

@@ -52,8 +52,15 @@ async def forward(
     )
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
     key_id = exchange.principal.id
+    trace = exchange.trace
     while True:
-        upstream = pool.try_acquire(candidates) or await pool.wait_for_slot(candidates, key_id)
+        upstream = pool.try_acquire(candidates)
+        if upstream is None:
+            if trace is not None:
+                trace.queued()
+            upstream = await pool.wait_for_slot(candidates, key_id)
+            if trace is not None:
+                trace.dequeued()
         slot = ledger.take(UpstreamSlot(pool, upstream))
         if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
@@ -93,6 +100,8 @@ async def _forward_to(
     transport = relay.transport
     url = upstream_url(request, settings, route, config)
     headers = request_headers(request, config)
+    if exchange.trace is not None:
+        exchange.trace.upstream(config.name, config.kind, headers, config.client_headers)
     patterns = exchange.principal.models
     data = exchange.data
     exchange.upstream_name = config.name

@@ -6,7 +6,8 @@ reservations it asks for), forward (forward.py: an upstream chosen, failing over
 (pump.py: every chunk as it arrives), settle (settle.py: what it used, the ledger
 unwound once) and finish (pump.py: the bytes that complete the answer, after the
 record). Bodies and responses pass unchanged; only headers are touched
-(upstreamhttp.py). Answers for several upstreams at once are fanout.py's.
+(upstreamhttp.py). Answers for several upstreams at once are fanout.py's. With traces on
+(usage/traces.py), _traced wraps the walk in the request's spans.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ServiceUnavailable
+from ..errors import GatewayError, ServiceUnavailable
 from ..http.appkeys import CONTEXT
 from ..http.context import DIALECT
 from ..protocol.routes import RelayRoute
+from ..usage.traces import RequestTrace, Tracing
 from .admit import admit, check_content_encoding, check_path, prepare, storage_full
 from .exchange import Exchange
 from .forward import forward
@@ -38,14 +40,53 @@ def relay_handler(route: RelayRoute, app: web.Application) -> Handler:
     state, which exists only while the app runs."""
 
     async def relay(request: web.Request) -> web.StreamResponse:
-        return await _relay(request, route, app[RELAY])
+        state = app[RELAY]
+        tracing = state.tracing
+        if tracing is None:  # (traces off: this check is all they cost)
+            return await _relay(request, route, state, None)
+        return await _traced(request, route, state, tracing)
 
     relay.__name__ = f"relay_{route.path.strip('/').split('/')[0]}"
     setattr(relay, DIALECT, route.dialect)
     return relay
 
 
-async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> web.StreamResponse:
+async def _traced(
+    request: web.Request, route: RelayRoute, relay: RelayState, tracing: Tracing
+) -> web.StreamResponse:
+    """_relay inside the request's span, which ends once its last byte is written, or
+    the client left, or it failed (with the status its error is answered with)."""
+    context = request[CONTEXT]
+    principal = context.principal
+    assert principal is not None
+    path = relay.settings.client_prefix(route.native) + route.path
+    method = request.method
+    attributes = {
+        "http.request.method": method,
+        "http.route": path,
+        "aigateway.request_id": context.request_id,
+        "aigateway.key.prefix": principal.prefix,  # (never the key)
+        "aigateway.user": principal.user,
+    }
+    trace = tracing.request(f"{method} {path}", request.headers, attributes)
+    try:
+        return await _relay(request, route, relay, trace)
+    except GatewayError as exc:
+        trace.failed(exc.status_in(route.dialect), exc.message)
+        raise
+    except web.HTTPException as exc:
+        trace.failed(exc.status, exc.reason)
+        raise
+    except Exception as exc:
+        trace.failed(500, type(exc).__name__)
+        raise
+    finally:
+        trace.end(context.client_gone)
+
+
+async def _relay(
+    request: web.Request, route: RelayRoute, relay: RelayState, trace: RequestTrace | None
+) -> web.StreamResponse:
     """Admit, read the body, forward and pump, settle: in that order, so that a key over
     its limits is refused before a byte of its body is read (and held). Every take goes
     into the request's one ledger as it is taken; the `finally` settles the request once,
@@ -68,6 +109,9 @@ async def _relay(request: web.Request, route: RelayRoute, relay: RelayState) -> 
         exchange = await prepare(
             request, route, context, admitted, in_flight, relay, coding, ledger
         )
+        if trace is not None:
+            trace.admitted()
+            exchange.trace = trace
         response, end = await forward(request, route, exchange, relay, ledger)
     except asyncio.CancelledError as cancelled:
         if cancelled.args[:1] != (STOPPING,):

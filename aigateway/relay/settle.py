@@ -82,6 +82,19 @@ def settle(
             completion,
             cost,
         )
+    trace = exchange.trace
+    if trace is not None:
+        trace.settled(
+            exchange.status,
+            context.model,
+            exchange.upstream_name,
+            prompt,
+            completion,
+            estimated,
+            cost,
+            first_byte_at,
+            exchange.cut_by,
+        )
     # Positional, in UsageRecord's field order: keywords cost twice as much on every request.
     usage = relay.usage
     usage.record(

@@ -16,6 +16,7 @@ from ..protocol.routes import RelayRoute
 from ..settings import Settings
 from ..upstreams.pool import Pool
 from ..upstreams.transport import Transport
+from ..usage.traces import Tracing
 from ..usage.writer import UsageWriter
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
@@ -33,7 +34,7 @@ class RelayState:
     """What every relayed request uses, in one object, built complete when the app starts
     (app.py) from what the running gateway holds: the upstreams and the way out to them,
     the limits and budgets (this gateway's, and those shared with other gateways on
-    PostgreSQL), the body memory, the requests in flight, and the usage writer."""
+    PostgreSQL), the body memory, the requests in flight, the usage writer and the tracer."""
 
     __slots__ = (
         "body_budget",
@@ -48,6 +49,7 @@ class RelayState:
         "settings",
         "shared",
         "shared_budgets",
+        "tracing",
         "transport",
         "usage",
     )  # fmt: skip
@@ -68,6 +70,7 @@ class RelayState:
         usage: UsageWriter,
         observe: Observe | None,
         loop: asyncio.AbstractEventLoop,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool  # the upstreams: which serves a request, and whether each is up
@@ -87,6 +90,7 @@ class RelayState:
         # The event loop, to ask for the current task without asyncio.get_running_loop(),
         # which makes a getpid system call each time (a check for a forked process).
         self.loop = loop
+        self.tracing = tracing  # None: traces are off (usage/traces.py)
 
 
 RELAY = web.AppKey("relay", RelayState)

@@ -54,10 +54,9 @@ MAX_PASS_HEADERS = 32
 ANTHROPIC_VERSION = "2023-06-01"
 # The client headers a cloud API gets. It is paid with the gateway's key, so nothing that
 # picks the account or its features (OpenAI-Organization, OpenAI-Project, anthropic-beta,
-# anthropic-version, ...) goes on unless the upstream's pass_headers names it.
-CLOUD_HEADERS = frozenset(
-    {"content-type", "accept", "accept-encoding", "user-agent", "traceparent"}
-)
+# anthropic-version, ...) goes on unless the upstream's pass_headers names it; nor does a
+# trace's traceparent (which tells a third party how requests relate), traced or not.
+CLOUD_HEADERS = frozenset({"content-type", "accept", "accept-encoding", "user-agent"})
 # Never passed on, whatever pass_headers says: credentials, hop-by-hop headers, and what
 # the gateway or aiohttp sets itself.
 _NEVER_PASSED = frozenset(

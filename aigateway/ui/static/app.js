@@ -3,6 +3,7 @@
 import { PATHS, api, el, markCut, onRefresh, root, state } from "./core.js";
 import { keysView } from "./keys.js";
 import { myUsage } from "./me.js";
+import { myKeys } from "./mykeys.js";
 import { modelsView } from "./models.js";
 import { overview } from "./overview.js";
 import { playground } from "./playground.js";
@@ -16,6 +17,8 @@ const VIEWS = {
   models: { title: "Models", admin: false, render: modelsView },
   usage: { title: "Usage", admin: false, render: usageView },
   me: { title: "My usage", admin: false, render: myUsage },
+  // (shown only to a key that may make keys: SELF_SERVICE_KEYS on, a user key an admin made)
+  mykeys: { title: "My keys", admin: false, render: myKeys, shown: (me) => me.self_service_keys !== null },
   playground: { title: "Playground", admin: false, render: playground },
 };
 
@@ -55,7 +58,7 @@ async function start(signingIn = false) {
   nav.replaceChildren(
     el("span", { class: "nav-who" }, who.textContent),
     ...Object.entries(VIEWS)
-      .filter(([, v]) => isAdmin || !v.admin)
+      .filter(([, v]) => (isAdmin || !v.admin) && (!v.shown || v.shown(state.me)))
       .map(([name, v]) => el("a", { href: `#/${name}`, "data-view": name }, v.title)),
   );
   nav.hidden = false;

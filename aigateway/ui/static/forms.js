@@ -1,5 +1,8 @@
 // Change forms shared by the pages: fields with their own errors, budgets, UTC times.
-import { PATHS, api, el, money, number, refresh } from "./core.js";
+// A form shows each value as it is; Save sends only what the person changed (a budget's
+// amount, period and alert go together, as the API takes a budget whole). Each field has
+// its label in people's words, a hint, and its own error line right under it.
+import { PATHS, api, el, money, named, number, refresh } from "./core.js";
 
 export function budgetText(b, none = "none") {
   return b ? `${money(b.amount)} ${b.period}${b.alert_percent ? `, alert at ${b.alert_percent}%` : ""}` : none;
@@ -199,4 +202,26 @@ export function toMicro(text) {
   const match = /^\s*(\d{1,9})(?:\.(\d{0,6}))?\s*$/.exec(text);
   if (!match) throw new Error(`An amount such as 12.50 (at most six decimals), not "${text.trim()}".`);
   return Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0"));
+}
+
+// A new key's secret in `box`, this once: to copy, and to put away when stored.
+export function showSecret(box, made) {
+  const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
+  const copy = el("button", { type: "button", class: "quiet" }, "Copy");
+  copy.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(made.key);
+    copy.textContent = "Copied";
+  });
+  const done = el("button", { type: "button" }, "I have stored it");
+  done.addEventListener("click", () => box.replaceChildren());
+  box.replaceChildren(
+    el(
+      "div",
+      { class: "card" },
+      el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
+      el("p", {}, "Store it now: it is shown this once and can never be shown again."),
+      secret,
+      el("div", { class: "row" }, copy, done),
+    ),
+  );
 }

@@ -1,6 +1,6 @@
 // The Keys page (admins): create, find, change and revoke keys.
 import { PATHS, api, el, money, named, number, openBelow, stacked, table, refresh } from "./core.js";
-import { budgetFields, budgetText, changeForm, utcInputValue, utcText, wholeNumber } from "./forms.js";
+import { budgetFields, budgetText, changeForm, showSecret, utcInputValue, utcText, wholeNumber } from "./forms.js";
 import { refusedBrief } from "./refusals.js";
 
 export async function keysView(view) {
@@ -52,24 +52,7 @@ export async function keysView(view) {
   roleFilter.addEventListener("change", showList);
   const fresh = keySpecs({}, true);
   const created = (made, form) => {
-    const secret = el("div", { class: "secret", id: "new-key-value" }, made.key);
-    const copy = el("button", { type: "button", class: "quiet" }, "Copy");
-    copy.addEventListener("click", async () => {
-      await navigator.clipboard.writeText(made.key);
-      copy.textContent = "Copied";
-    });
-    const done = el("button", { type: "button" }, "I have stored it");
-    done.addEventListener("click", () => secretBox.replaceChildren());
-    secretBox.replaceChildren(
-      el(
-        "div",
-        { class: "card" },
-        el("h2", {}, "New key for ", named(`${made.user}/${made.key_name}`)),
-        el("p", {}, "Store it now: it is shown this once and can never be shown again."),
-        secret,
-        el("div", { class: "row" }, copy, done),
-      ),
-    );
+    showSecret(secretBox, made);
     doc.keys.push(made);
     form.reset();
     showList();
@@ -112,11 +95,7 @@ export function useText(u) {
   return parts.join(", ");
 }
 
-// --- change forms ----------------------------------------------------------------------
-// A form shows each value as it is; Save sends only what the person changed (a budget's
-// amount, period and alert go together, as the API takes a budget whole). Each field has
-// its label in people's words, a hint, and its own error line right under it.
-
+// The limits a key's form shows, by their API names, in people's words.
 export const LIMITS = [
   ["rpm", "Requests per minute"],
   ["rph", "Requests per hour"],

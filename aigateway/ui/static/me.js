@@ -1,12 +1,14 @@
 // My usage: the signed-in key's limits, budgets and usage.
 import { charts } from "./charts.js";
-import { PATHS, api, el, money, named, number, stat, table, usageStats } from "./core.js";
+import { PATHS, api, el, money, named, number, stat, state, table, usageStats } from "./core.js";
 import { utcText } from "./forms.js";
 
 export async function myUsage(view) {
+  // The key's own figures, in the cards and the charts alike (an admin's series would
+  // otherwise be the whole gateway's).
   const [me, day] = await Promise.all([
     api("GET", `${PATHS.admin}/me`),
-    api("GET", `${PATHS.admin}/series?hours=24`),
+    api("GET", `${PATHS.admin}/series?hours=24&key_id=${state.me.key.id}`),
   ]);
   const limits = me.current.limits || {};
   view.append(
@@ -36,8 +38,8 @@ export async function myUsage(view) {
           "",
         )
       : el("p", { class: "empty" }, "No budget: spending is not capped."),
-    ...usageStats("Last 24 hours", me.usage.last_24h),
-    charts(day.series, 24, "last 24 hours"),
-    ...usageStats("Last 7 days", me.usage.last_7d),
+    ...usageStats("This key, last 24 hours", me.usage.last_24h),
+    charts(day.series, 24, "this key, last 24 hours"),
+    ...usageStats("This key, last 7 days", me.usage.last_7d),
   );
 }

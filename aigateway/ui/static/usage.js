@@ -4,6 +4,7 @@ import { refusedBrief } from "./refusals.js";
 
 export const FILTERS = [
   ["user", "User", "text", true],
+  ["key_id", "Key id", "number", true],
   ["model", "Model", "text", false],
   ["route", "Route", "text", false, "/api/chat"], // (also /v1/chat/completions, or /chat as recorded)
   ["status", "Status", "number", false],
@@ -67,13 +68,11 @@ export async function usageView(view) {
       el("div", { id: "usage-refused" }, ...refusedBrief(page.refused, "for this filter")),
     );
     if (isAdmin) {
-      const period = new URLSearchParams();
-      for (const name of ["since", "until"]) if (params.get(name)) period.set(name, params.get(name));
-      // Without a start, the breakdowns cover the last 7 days (never the whole history).
-      const span = period.get("since") ? "in the period" : "in the last 7 days";
-      if (!period.get("since")) period.set("since", String(Math.floor(Date.now() / 1000) - 7 * 86400));
-      period.set("parts", "per_user,per_model");
-      const stats = await api("GET", `${PATHS.admin}/stats?${period}`);
+      // The breakdowns answer the records' own filter (the same query, one reading of it).
+      const filtered = query();
+      filtered.set("parts", "per_user,per_model");
+      filtered.set("percentiles", "false"); // (not shown here; most of a long period's cost)
+      const stats = await api("GET", `${PATHS.admin}/stats?${filtered}`);
       const columns = (label, key) => [
         { title: label, cell: (r) => r[key] ?? "(none)" },
         { title: "Requests", num: true, cell: (r) => number(r.requests) },
@@ -82,10 +81,10 @@ export async function usageView(view) {
         { title: "Errors", num: true, cell: (r) => number(r.errors) },
       ];
       breakdown.replaceChildren(
-        el("h2", {}, `Per user, ${span}`),
-        table(columns("User", "user"), stats.per_user, "No usage in this period."),
-        el("h2", {}, `Per model, ${span}`),
-        table(columns("Model", "model"), stats.per_model, "No usage in this period."),
+        el("h2", {}, "Per user, for this filter"),
+        table(columns("User", "user"), stats.per_user, "No request matches."),
+        el("h2", {}, "Per model, for this filter"),
+        table(columns("Model", "model"), stats.per_model, "No request matches."),
       );
     }
   };

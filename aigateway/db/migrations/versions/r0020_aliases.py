@@ -1,7 +1,7 @@
 """aliases: model names that stand for other models (global, per user, per key)
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 
 New: nothing to fill from earlier releases, which had no aliases.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
-down_revision = "0018"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
