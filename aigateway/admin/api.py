@@ -59,7 +59,6 @@ from ..records import (
     LIMIT_FIELDS,
     MAX_EXPIRES_AT,
     PRICE_FIELDS,
-    Alias,
     AmbiguousKeyError,
     Budget,
     BudgetError,
@@ -128,9 +127,6 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
-        ("GET", "/aliases", admin_only(list_aliases)),
-        ("POST", "/aliases", admin_only(set_alias)),
-        ("DELETE", "/aliases", admin_only(remove_alias)),
     )
     app[EXPORTS] = ExportSlots()
     for method, path, handler in routes:
@@ -695,61 +691,6 @@ async def remove_price(request: web.Request) -> web.Response:
 
 def price_view(price: Price) -> dict[str, Any]:
     return {"pattern": price.pattern, **{f: getattr(price, f) for f in PRICE_FIELDS}}
-
-
-async def list_aliases(request: web.Request) -> web.Response:
-    aliases = await service.list_aliases(request.app[STORE])
-    return _json({"aliases": [alias_view(a) for a in aliases]})
-
-
-async def set_alias(request: web.Request) -> web.Response:
-    """Make `name` run the model `target`: for everyone, or only for `user`'s keys, or
-    only for key `key_id` (the narrowest wins). The same name and owner again: its target
-    changes. (Names go in the body: model names may hold slashes.)"""
-    body = await _body(request, ALIAS_FIELDS, required=frozenset({"name", "target"}))
-    _check_strings(body, ("name", "target", "user"))
-    if body["name"] is None or body["target"] is None:
-        raise BadRequest("name and target must be model names")
-    stored = await service.set_alias(
-        request.app[STORE], body["name"], body["target"], body.get("user"), _alias_key(body)
-    )
-    await _reload(request)
-    return _json(alias_view(stored))
-
-
-async def remove_alias(request: web.Request) -> web.Response:
-    """?name=gpt-4o-mini, with &user= or &key_id= for a user's or a key's."""
-    query = request.query
-    name = query.get("name")
-    if not name:
-        raise BadRequest("name the alias to remove: DELETE /admin/aliases?name=gpt-4o-mini")
-    key_id = _whole_number_param(query, "key_id", 10**18)
-    gone = await service.remove_alias(request.app[STORE], name, query.get("user"), key_id)
-    await _reload(request)
-    return _json({"removed": alias_view(gone)})
-
-
-ALIAS_FIELDS = frozenset({"name", "target", "user", "key_id"})
-
-
-def _alias_key(body: dict[str, Any]) -> int | None:
-    key_id = body.get("key_id")
-    if key_id is None:
-        return None
-    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 < key_id < 10**18:
-        raise BadRequest("key_id must be a key's id")
-    return key_id
-
-
-def alias_view(alias: Alias) -> dict[str, Any]:
-    return {
-        "name": alias.name,
-        "target": alias.target,
-        "scope": alias.scope,
-        "user": alias.owner if alias.scope == "user" else None,
-        "key_id": int(alias.owner) if alias.scope == "key" else None,
-        "created_at": alias.created_at,
-    }
 
 
 def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:
