@@ -17,6 +17,7 @@ from .access.budgets_shared import SharedBudgets
 from .access.keytable import KeyTable, flush_last_used, keep_fresh
 from .access.limits import Limiter, Limits
 from .access.limits_shared import SharedLimits
+from .admin.aliasroutes import add_alias_routes
 from .admin.api import add_admin_routes
 from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
@@ -112,6 +113,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         page = metrics_page if settings.metrics == "on" else admin_metrics_page
         router.add_route("GET", "/metrics", page, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
+    add_alias_routes(app, settings.admin_path)
     add_compat_routes(app, settings)
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)

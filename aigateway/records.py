@@ -536,3 +536,25 @@ class Alert(NamedTuple):
 
 # What an event's source is given to raise one: it must not block or fail (it queues).
 AlertSink = Callable[[Alert], None]
+
+
+# --- Aliases --------------------------------------------------------------------------
+
+AliasScope = Literal["global", "user", "key"]
+ALIAS_SCOPES: tuple[AliasScope, ...] = ("global", "user", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A model name that stands for another (`gpt-4o-mini` -> `llama3.2:latest`), for
+    everyone, one user's keys or one key. `name` is as the admin wrote it (model lists show
+    it so), `canonical` its identity (requests match it whatever their case or tag
+    spelling), `target` the identity of the model it runs. `owner` is "" (global), the
+    user's name or the key's id as text."""
+
+    name: str
+    canonical: str
+    target: str
+    scope: AliasScope = "global"
+    owner: str = ""
+    created_at: float = 0.0

@@ -37,6 +37,8 @@ from .conftest import make_key
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
 LONG_MODEL = ("model-with-a-very-long-name-" * 36)[:993] + ":latest"
 assert len(LONG_USER) == 64 and len(LONG_MODEL) == 1000
+# The longest alias name a namespace and a model allow (80 characters each).
+LONG_ALIAS = ("alias-namespace-" * 5)[:80] + "/" + ("gpt-4o-mini-compatible-" * 4)[:80]
 PAGES = ("overview", "now", "keys", "users", "models", "usage", "me", "playground")
 USER_PAGES = ("models", "usage", "me", "mykeys", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
@@ -186,6 +188,10 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
             LONG_USER, "k" * 64, "user", record.expires_at, record.limits, ["llama3.1*"],
             Budget(1_000_000, "total"), creator=Creator(record.id, 3, lambda _now: None),
         )  # fmt: skip
+        # (the Models page's Aliases: everyone's with a long name, the long user's own)
+        await store.set_alias(LONG_ALIAS, "llama3.2")
+        await store.set_alias("gpt-4o-mini", "llama3.2", "user", LONG_USER)
+        await store.set_alias("o1", "llama3.2", "key", str(record.id))
     finally:
         await store.close()
     url = str(dashboard.make_url("")).rstrip("/")

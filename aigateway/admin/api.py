@@ -24,6 +24,8 @@ Ollama keeps adding routes under /api. JSON in and out.
                                 admin: prices per model pattern
     GET    /admin/now           admin: requests in flight on every gateway, the upstreams
     POST   /admin/now/{id}/stop admin: end a request in flight, on whichever gateway
+    GET, POST, DELETE /admin/aliases
+                                admin: model aliases (global, per user, per key)
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A
@@ -549,7 +551,8 @@ async def models(request: web.Request) -> web.Response:
     and Ollama's cloud models only where they are allowed), each with what Ollama says of
     it, its context length as the last sync-models found it, and its price (micro-units
     of the currency; null: free). A cloud API's models (its /models, cut down to those it
-    is configured to serve) come after the Ollamas', with nothing but their names."""
+    is configured to serve) come after the Ollamas', with nothing but their names. Then
+    the key's aliases of those models (`aliases`: name and target)."""
     prices = request.app[KEY_TABLE].prices
     synced = await synced_models(request.app[STORE])
     shown = []
@@ -569,7 +572,14 @@ async def models(request: web.Request) -> web.Response:
                 "price": None if price is None else price_view(price),
             }
         )
-    return _json({"currency": request.app[SETTINGS].currency, "models": shown})
+    usable = {identity(entry["name"]) for entry in shown}
+    aliases = [
+        {"name": alias.name, "target": alias.target}
+        for alias in request.app[KEY_TABLE].aliases.for_caller(principal(request))
+        if alias.target in usable  # (as /api/tags shows them)
+    ]
+    currency = request.app[SETTINGS].currency
+    return _json({"currency": currency, "models": shown, "aliases": aliases})
 
 
 async def usable_models(request: web.Request) -> list[dict[str, Any]]:

@@ -135,6 +135,17 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["pattern"],
     },
+    "Alias": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "the name clients ask for: gpt-4o-mini"},
+            "target": {"type": "string", "description": "the model it runs: llama3.2"},
+            "user": {"type": ["string", "null"], "description": "only this user's keys"},
+            "key_id": {"type": ["integer", "null"], "description": "only this key"},
+        },
+        "required": ["name", "target"],
+        "additionalProperties": False,
+    },
     "CompatKey": {
         "type": "object",
         "properties": {
@@ -576,6 +587,27 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 a,
                 KEY,
                 params=[_query("pattern", "string", "required")],
+                errors=(*_ADMIN, "400", "404"),
+            ),
+        },
+        "/aliases": {
+            "get": _operation("Model aliases", a, KEY, errors=_ADMIN),
+            "post": _operation(
+                "Add an alias, or point one at another model",
+                a,
+                KEY,
+                body=_ref("Alias"),
+                errors=(*_ADMIN, "400", "404"),
+            ),
+            "delete": _operation(
+                "Remove an alias",
+                a,
+                KEY,
+                params=[
+                    _query("name", "string", "required"),
+                    _query("user", "string", "a user's alias"),
+                    _query("key_id", "integer", "a key's alias"),
+                ],
                 errors=(*_ADMIN, "400", "404"),
             ),
         },

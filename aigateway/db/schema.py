@@ -298,6 +298,23 @@ models = Table(
     Column("synced_at", Double, nullable=False),
 )
 
+# Model aliases (records.Alias): a name that runs another model, for everyone (scope
+# "global", owner ""), a user's keys ("user", the user's name) or one key ("key", its id
+# as text); the narrowest wins. `canonical` is the name's identity, unique per owner.
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("canonical", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("scope", Text, CheckConstraint("scope IN ('global', 'user', 'key')"), nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+Index("model_aliases_owner", model_aliases.c.scope, model_aliases.c.owner,
+      model_aliases.c.canonical, unique=True)  # fmt: skip
+
 # Dashboard sessions: a key exchanged once for a random id, which the browser holds in an
 # HttpOnly cookie; only its SHA-256 is stored. A session ends idle (seen_at), at
 # expires_at, at sign-out, and when its key stops working.

@@ -8,6 +8,7 @@ module; callers see one object and need not know which module holds a query.
 from __future__ import annotations
 
 from .alerts import AlertQueries
+from .aliases import AliasQueries
 from .keyrows import KeyQueries
 from .models import ModelQueries
 from .now import NowQueries
@@ -30,5 +31,6 @@ class Store(
     RefusalQueries,
     AlertQueries,
     NowQueries,
+    AliasQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

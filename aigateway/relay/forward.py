@@ -136,12 +136,14 @@ async def _forward_to(
             exchange.status = upstream.status
             response = exchange.response = response_for(upstream, request, exchange)
             try:
-                if (
-                    route.lists_models
-                    and request.method == "GET"
-                    and (patterns is not None or not settings.allow_cloud_models)
-                ):
-                    return response, await send_filtered(upstream, exchange, relay)
+                if route.lists_models and request.method == "GET":
+                    aliases = (
+                        relay.key_table.aliases.for_caller(exchange.principal)
+                        if route.lists_aliases
+                        else []
+                    )
+                    if patterns is not None or not settings.allow_cloud_models or aliases:
+                        return response, await send_filtered(upstream, exchange, relay, aliases)
                 await response.prepare(request)
                 return response, await pump(upstream, response, request, exchange, route)
             except ConnectionResetError:
