@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from ..access.allowlist import uncovered
 from ..access.budgets import period_start
 from ..access.limits import Limits
-from ..db.keyrows import Creator
 from ..records import (
     LIMIT_FIELDS,
     Alias,
@@ -141,6 +140,8 @@ async def create_own_key(
     creator's). NotPermittedError when the key would be more than its creator: another
     user, an admin, a later expiry, a wider allow-list, a higher limit, a budget beyond
     the creator's remaining one; CapReachedError past `cap` active keys of its making."""
+    from ..db.keyrows import Creator  # (here: the CLIs import this module, without the store)
+
     if not may_make_keys(creator, cap):
         raise NotPermittedError(_why_not(creator, cap))
     asked = _checked(asked)

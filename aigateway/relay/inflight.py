@@ -10,10 +10,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from ..http.context import RequestContext
     from ..protocol.routes import RelayRoute
     from ..upstreams.transport import Response
-    from .exchange import Exchange
+    from ..usage.writer import UsageTap
     from .ledger import Outcome
 
 log = logging.getLogger("aigateway")
@@ -22,6 +24,15 @@ log = logging.getLogger("aigateway")
 STOPPING = "aigateway: the gateway is stopping"
 # The message an admin's Stop cancels one not answering yet with (InFlightRequest.stop_by).
 STOPPED = "aigateway: an admin stopped this request"
+
+
+class Progress(Protocol):
+    """What Now reads of a request's exchange (exchange.py), once its body is read."""
+
+    first_byte_at: float | None
+    response: web.StreamResponse | None
+    upstream_name: str
+    tap: UsageTap
 
 
 class Stoppable(Protocol):
@@ -96,7 +107,7 @@ class InFlightRequest:
         self.task = task  # the handler's
         self.context = context
         self.route = route
-        self.exchange: Exchange | None = None  # set by the Exchange, once the body is read
+        self.exchange: Progress | None = None  # set by the Exchange, once the body is read
         self.upstream: Response | None = None  # once an upstream answers
         self.queued = False  # waiting in the upstreams' queue (forward.py)
         self.stopped_by: str | None = None  # the admin who stopped it ("user/key name")
