@@ -8,7 +8,8 @@ Ollama keeps adding routes under /api. JSON in and out.
     PATCH  /admin/keys/{id}     admin: change role, expiry, limits or allow-list
     DELETE /admin/keys/{id}     admin: revoke (the row stays)
     GET    /admin/stats         admin: usage statistics and current rate-limit use
-    GET    /admin/series        any key: usage per hour (an admin: everyone's)
+    GET    /admin/series        any key: usage per hour or day, in total or by model or
+                                user (an admin: everyone's, or its own; others their own)
     GET    /admin/usage         any key: usage records, filtered, paged or downloaded
     GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
                                 admin: users (customers), their budgets, disabling
@@ -72,6 +73,7 @@ from ..upstreams.probe import CheckFailed
 from ..upstreams.transport import UpstreamFailed
 from ..upstreams.union import TAGS, union_of_lists
 from . import service
+from .charts import CHART_PARAMS, chart_series
 from .exports import ExportSlots, UsageText
 from .reports import user_budget_report, user_invoice
 from .views import key_view, user_view, utc_text
@@ -416,7 +418,12 @@ def _whole_number_param(query: Mapping[str, str], name: str, most: int) -> int |
 
 async def series(request: web.Request) -> web.Response:
     """Requests, tokens, cost, errors and early leaves per hour over the last `hours`
-    (default 24, at most 2160): an admin sees every key's, any other key its own."""
+    (default 24, at most 2160): an admin sees every key's, any other key its own. With
+    `range` (or `split`, `scope`, `top`): the charts' buckets, see charts.py."""
+    if not CHART_PARAMS.isdisjoint(request.query):
+        if "hours" in request.query:
+            raise BadRequest("hours or range, not both")
+        return await chart_series(request)
     raw = request.query.get("hours", "24")
     if not raw.isdigit() or not 1 <= int(raw) <= 2160:
         raise BadRequest(f"hours must be a whole number from 1 to 2160, not {raw[:20]!r}")

@@ -33,7 +33,7 @@ class ReportQueries(Connector):
             rows = (
                 await conn.execute(
                     select(*columns)
-                    .where(*_usage_filter(since, until, key_id, user))
+                    .where(*usage_filter(since, until, key_id, user))
                     .order_by(usage.c.ts, usage.c.id)
                 )
             ).all()
@@ -98,12 +98,9 @@ class ReportQueries(Connector):
         whole hours from the rollups."""
         hours = whole_hours(since, None) if bucket_s == HOUR else None
         dim = "all" if key_id is None else "key"
-        if self.database.backend == "sqlite":
-            bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
-        else:
-            bucket = cast(func.floor(usage.c.ts / bucket_s), BigInteger)
+        bucket = time_bucket(self.database.backend, bucket_s)
         raw = select(
-            bucket * bucket_s,
+            bucket,
             func.count(),
             func.sum(TOKENS),
             cost_sum(usage.c.cost),
@@ -113,7 +110,7 @@ class ReportQueries(Connector):
         found: dict[int, list[int]] = {}
         async with self._read() as conn:
             if hours is None:
-                parts = [raw.where(*_usage_filter(since, None, key_id))]
+                parts = [raw.where(*usage_filter(since, None, key_id))]
             else:
                 h = usage_hourly.c
                 rolled = (
@@ -125,10 +122,10 @@ class ReportQueries(Connector):
                         func.sum(h.errors),
                         func.sum(h.client_gone),
                     )
-                    .where(*_rollup_filter(dim, hours, key_id, None))
+                    .where(*rollup_filter(dim, hours, key_id, None))
                     .group_by(h.hour)
                 )
-                parts = [rolled, raw.where(*_usage_filter(since, hours[0], key_id))]
+                parts = [rolled, raw.where(*usage_filter(since, hours[0], key_id))]
             for statement in parts:
                 for row in (await conn.execute(statement)).all():
                     sums = found.setdefault(int(row[0]), [0] * 5)
@@ -159,7 +156,7 @@ class ReportQueries(Connector):
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
         dim = _rollup_dim(group_by, key_id, user)
         hours = None if exact or dim is None else whole_hours(since, until)
-        clauses = _usage_filter(since, until, key_id, user)
+        clauses = usage_filter(since, until, key_id, user)
         groups: dict[tuple[Any, ...], Totals] = {}
         edges: list[Sequence[Sequence[Any]]]
         backend = self.database.backend
@@ -177,12 +174,12 @@ class ReportQueries(Connector):
                 # the records of the partial hours at either end
                 for edge in ((since, start), (end, until)):
                     if None not in edge and edge[0] != edge[1]:
-                        where = _usage_filter(*edge, key_id, user)
+                        where = usage_filter(*edge, key_id, user)
                         edges.append(await _raw_summary(conn, group_by, where, backend))
                 h = usage_hourly.c
                 labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
                 sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in SUM_COLUMNS)
-                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, key_id, user))
+                statement = select(*labels, *sums).where(*rollup_filter(dim, hours, key_id, user))
                 if labels:
                     statement = statement.group_by(*labels)
                 for summed in (await conn.execute(statement)).all():
@@ -202,7 +199,17 @@ class ReportQueries(Connector):
         )
 
 
-def _usage_filter(
+def time_bucket(backend: str, seconds: int) -> Any:
+    """The start of the `seconds`-long bucket (aligned on the epoch, so on UTC days) that
+    a usage record's time falls in."""
+    if backend == "sqlite":
+        index = cast(usage.c.ts / seconds, Integer)  # truncates: ts is positive
+    else:
+        index = cast(func.floor(usage.c.ts / seconds), BigInteger)
+    return index * seconds
+
+
+def usage_filter(
     since: float | None, until: float | None, key_id: int | None, user: str | None = None
 ) -> list[Any]:
     clauses = []
@@ -218,7 +225,7 @@ def _usage_filter(
 
 
 def _usage_query_filter(where: UsageQuery) -> list[Any]:
-    clauses = _usage_filter(where.since, where.until, where.key_id, where.user)
+    clauses = usage_filter(where.since, where.until, where.key_id, where.user)
     if where.model is not None:
         clauses.append(usage.c.model == where.model)
     if where.route is not None:
@@ -348,7 +355,7 @@ _ROLLUP_LABELS = {
 }
 
 
-def _rollup_filter(
+def rollup_filter(
     dim: str, hours: tuple[float | None, float | None], key_id: int | None, user: str | None
 ) -> list[Any]:
     """The rollup rows of dimension `dim` in `hours`, of one key or user when given (the

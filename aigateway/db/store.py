@@ -12,6 +12,7 @@ from .models import ModelQueries
 from .prices import PriceQueries
 from .refusals import RefusalQueries
 from .reports import ReportQueries
+from .series import SeriesQueries
 from .sessions import SessionQueries
 from .usage import UsageQueries
 from .users import UserQueries
@@ -25,6 +26,7 @@ class Store(
     ModelQueries,
     UsageQueries,
     ReportQueries,
+    SeriesQueries,
     RefusalQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""
