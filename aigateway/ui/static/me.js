@@ -1,13 +1,11 @@
 // My usage: the signed-in key's limits, budgets and usage.
-import { charts } from "./charts.js";
+import { usageCharts } from "./charts.js";
 import { PATHS, api, el, money, named, number, stat, table, usageStats } from "./core.js";
 import { utcText } from "./forms.js";
 
 export async function myUsage(view) {
-  const [me, day] = await Promise.all([
-    api("GET", `${PATHS.admin}/me`),
-    api("GET", `${PATHS.admin}/series?hours=24`),
-  ]);
+  // (the charts are this key's, an admin's too: the gateway's are on the Overview)
+  const [me, charts] = await Promise.all([api("GET", `${PATHS.admin}/me`), usageCharts("me", ["total", "model"])]);
   const limits = me.current.limits || {};
   view.append(
     el("h1", {}, named(`${me.key.user} / ${me.key.key_name}`)),
@@ -37,7 +35,8 @@ export async function myUsage(view) {
         )
       : el("p", { class: "empty" }, "No budget: spending is not capped."),
     ...usageStats("Last 24 hours", me.usage.last_24h),
-    charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", me.usage.last_7d),
+    el("h2", {}, "Usage over time"),
+    charts,
   );
 }
