@@ -5,7 +5,8 @@ Every page at 1280, 1024 and 390 px, light and dark, with a 64-character user na
 itself (each word's line boxes, from Range.getClientRects), the page never scrolls
 sideways, every row's buttons can be reached (on a phone without scrolling any box
 sideways), a cut value is whole in its title, on focus and when copied, and the phone's
-header stays one line. A screenshot of each page is saved (the folder is printed).
+header stays one line; the charts (by model, the long name in the legend) fit their
+cards and the screen. A screenshot of each page is saved (the folder is printed).
 
 A key's Change form sends only the field changed, and everything else about the key
 stays as it was, read back through the admin API; so does a user's; a key is created
@@ -99,9 +100,25 @@ MEASURE = """
     unreachable,
     offscreen,
     buttons: document.querySelectorAll("#view tbody button").length,
+    // each chart's canvas within its card, each legend entry within the screen
+    charts: [...document.querySelectorAll("#view .chart-card")].map((card) => {
+      const canvas = card.querySelector(".chart-box[data-drawn] canvas");
+      if (!canvas) return "not drawn";
+      const c = card.getBoundingClientRect();
+      const r = canvas.getBoundingClientRect();
+      return r.left >= c.left - 1 && r.right <= c.right + 1 ? "fits" : "overflows";
+    }),
+    legendOut: [...document.querySelectorAll("#view .chart-legend button")]
+      .filter((b) => b.getBoundingClientRect().right > innerWidth).map((b) => b.title.slice(0, 40)),
     header: document.querySelector("header.bar").getBoundingClientRect().height,
   };
 }
+"""
+
+# The page's charts drawn, none of them loading.
+DRAWN = """
+() => !document.querySelector("#view .usage-charts[aria-busy]")
+  && document.querySelectorAll("#view .chart-box[data-drawn] canvas").length === 3
 """
 
 # A cut value: shown with an ellipsis, whole in its title; focusable, and whole when
@@ -231,6 +248,13 @@ async def test_every_page_fits_every_screen_in_both_themes(
                     row = page.locator("tr", has_text=LONG_USER)
                     await row.locator("button[data-action=edit]").click()
                     await page.wait_for_selector("#edit-key")
+                if name == "overview":  # the charts by model: the long name in the legend
+                    await page.click("button[data-split='model']")
+                    await page.wait_for_selector(
+                        f".chart-legend button[title='{LONG_MODEL}']", state="attached"
+                    )
+                if name in ("overview", "me"):
+                    await page.wait_for_function(DRAWN)
                 where = f"{name} at {width} px, {theme}, as {role}"
                 found = cast(dict[str, Any], await page.evaluate(MEASURE))
                 await shot(page, f"{name}-{width}-{theme}" + ("-user" if role == "user" else ""))
@@ -243,6 +267,9 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 )
                 # (one line at every width, even with the user's long name in it)
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
+                if name in ("overview", "me"):
+                    assert found["charts"] == ["fits"] * 3, (where, found["charts"])
+                    assert found["legendOut"] == [], (where, found["legendOut"])
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
                 if name in ("keys", "users", "models") and role == "admin":

@@ -2,7 +2,7 @@
 // model or user, drawn by uPlot (vendor/, loaded once, when a page first shows a chart).
 // Every name is set as text (the legend, the tooltip and the table are built with el());
 // styles are set through the CSSOM only, as the page's policy requires.
-import { PATHS, api, el, money, named, number, root, table } from "./core.js";
+import { PATHS, api, el, money, number, root, table } from "./core.js";
 
 const RANGES = {
   "24h": { text: "Last 24 hours", per: "hour" },
@@ -221,6 +221,8 @@ function chartHeight() {
 function makePlot(uPlot, doc, shown, values, measure, box, width) {
   const scale = measure.scale || 1;
   const bars = doc.starts.length <= BARS_UP_TO;
+  // (the total and the errors as bars; a split's groups as lines, easier told apart)
+  const barred = (line) => bars && (doc.split === "total" || line.errors);
   const pad = bars ? doc.bucket_seconds / 2 : 0;
   const muted = colour("--muted");
   // (an hour's count holds for the hour: a step, not a slope to the next one)
@@ -229,15 +231,17 @@ function makePlot(uPlot, doc, shown, values, measure, box, width) {
   const series = shown.map((line) => {
     const stroke = colour(line.colour);
     const one = { label: line.name, stroke, width: 2, points: { show: false } };
-    if (doc.split === "total" || line.errors) {
-      if (bars) Object.assign(one, { fill: stroke, paths: uPlot.paths.bars({ size: [line.errors ? 0.5 : 0.8, 48] }) });
-      else if (!line.errors) Object.assign(one, { fill: translucent(stroke), paths: steps });
+    if (barred(line)) {
+      one.fill = stroke;
+      one.paths = uPlot.paths.bars({ size: [line.errors ? 0.5 : 0.8, 48] });
+    } else if (line.errors) {
+      one.dash = [4, 3]; // (a line of errors, dashed, over the lines of requests)
     } else if (bars) {
-      one.points = { show: true, size: 5, fill: stroke };
+      one.points = { show: true, size: 5, fill: stroke }; // (a point a day: each one seen)
     } else {
       one.paths = steps;
+      if (doc.split === "total") one.fill = translucent(stroke);
     }
-    if (line.errors) one.dash = bars ? undefined : [4, 3];
     return one;
   });
   const opts = {
@@ -259,8 +263,10 @@ function makePlot(uPlot, doc, shown, values, measure, box, width) {
     plugins: [tooltip(doc, shown, values, measure)],
   };
   // (a bar of nothing is left out, rather than drawn as a line along the axis)
-  const empty = bars ? null : 0;
-  const data = [doc.starts, ...values.map((column) => column.map((v) => (v ? v * scale : empty)))];
+  const data = [
+    doc.starts,
+    ...values.map((column, n) => column.map((v) => (v ? v * scale : barred(shown[n]) ? null : 0))),
+  ];
   return new uPlot(opts, data, box);
 }
 
@@ -307,7 +313,7 @@ function figureTable(doc, shown, values, measure) {
   const columns = [
     { title: "Time (UTC)", keep: true, cell: (r) => when(r.start, doc.bucket_seconds) },
     ...shown.map((line, n) => ({
-      title: named(line.name),
+      title: el("span", { class: "clip", title: line.name }, line.name),
       num: true,
       cell: (r) => (measure.field === "requests" || line.errors ? number(values[n][r.i]) : measure.show(values[n][r.i])),
     })),
