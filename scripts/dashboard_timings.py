@@ -34,15 +34,20 @@ VIEWS = {
     "series, 7 days": ["/admin/series?hours=168"],
     "overview": [
         "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model",
-        "/admin/series?hours=24",
-        "/admin/series?hours=168",
+        "/admin/series?range=24h&split=total&scope=gateway",
     ],
+    # the charts' other ranges and splits, each one click on the Overview
+    "chart, 7 d by user": ["/admin/series?range=7d&split=user&scope=gateway"],
+    "chart, 30 d total": ["/admin/series?range=30d&split=total&scope=gateway"],
+    "chart, 30 d by model": ["/admin/series?range=30d&split=model&scope=gateway"],
+    "chart, 30 d by user": ["/admin/series?range=30d&split=user&scope=gateway"],
     "keys": ["/admin/keys", "/admin/stats?since={day_ago}&parts=per_key,rate_limits"],
     "users": ["/admin/users"],
     "usage": ["/admin/usage?limit=50", "/admin/stats?since={week_ago}&parts=per_user,per_model"],
     "usage, one user": ["/admin/usage?limit=50&user=user7"],
     "usage, one model": ["/admin/usage?limit=50&model=model3"],
-    "my usage": ["/admin/me", "/admin/series?hours=24"],
+    "my usage": ["/admin/me", "/admin/series?range=24h&split=total&scope=me"],
+    "my chart, 30 d by model": ["/admin/series?range=30d&split=model&scope=me"],
 }
 
 
