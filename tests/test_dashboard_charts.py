@@ -20,7 +20,7 @@ from aigateway import Settings, create_app
 from aigateway.db.store import Store
 from aigateway.records import DAY, KeyLimits, UsageRecord
 
-from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -84,15 +84,6 @@ async def _api(url: str, key: str, path: str) -> Any:
         return await resp.json()
 
 
-def _policy_refusals(page: Page) -> list[str]:
-    refused: list[str] = []
-    page.on(
-        "console",
-        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return refused
-
-
 async def _drawn(page: Page, view: str) -> None:
     """The view's three charts drawn (after the answer and the library are in)."""
     await page.wait_for_function(
@@ -152,7 +143,7 @@ async def test_the_charts_show_what_the_api_holds_by_range_and_split(
     admin_key, alice_key = await _history(db_path)
     url = str(dashboard.make_url("")).rstrip("/")
     context, page = await signed_in(browser, url, admin_key)
-    refused = _policy_refusals(page)
+    refused = policy_refusals(page)
     asked: list[str] = []
     page.on("request", lambda r: asked.append(r.url) if "/admin/series" in r.url else None)
     try:
@@ -234,7 +225,7 @@ async def test_the_charts_show_what_the_api_holds_by_range_and_split(
     # A user's key, on a phone: its own usage only, never split by user; every chart fits.
     for theme in ("light", "dark"):
         context, page = await signed_in(browser, url, alice_key, 390, theme)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         asked.clear()
         page.on("request", lambda r: asked.append(r.url) if "/admin/series" in r.url else None)
         try:

@@ -30,7 +30,7 @@ from aigateway.records import Budget, KeyLimits, Price, UsageRecord
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
-from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import Theme, chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
@@ -209,16 +209,6 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
     return admin_key, secret
 
 
-def _policy_refusals(page: Page) -> list[str]:
-    """What the page's Content-Security-Policy stops from now on (nothing may be)."""
-    refused: list[str] = []
-    page.on(
-        "console",
-        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return refused
-
-
 async def _show(page: Page, url: str, name: str) -> None:
     await page.goto(f"{url}/ui/#/{name}")
     # (the page's own answers all in: a hash change starts no navigation to wait for)
@@ -240,7 +230,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
     ]
     for key, role, width, theme, pages in runs:
         context, page = await signed_in(browser, url, key, width, theme)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         try:
             for name in pages:
                 await _show(page, url, name)
