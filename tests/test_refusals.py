@@ -419,7 +419,7 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
     async with engine.connect() as conn:
         revision = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
     await engine.dispose()
-    assert revision == [(HEAD,)] and HEAD == "0018"
+    assert revision == [(HEAD,)]  # (the latest: 0018 or after)
 
 
 async def test_a_session_whose_key_expired_counts_against_its_key(

@@ -12,9 +12,13 @@ from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway.db.rollups import HOUR
+from aigateway.db.schema import usage_hourly
 from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.records import DAY, UsageRecord
 from aigateway.relay.state import RELAY
 
@@ -115,6 +119,44 @@ async def test_every_range_and_split_sums_what_the_records_hold(database: str) -
             await store.usage_chart(since + 1, DAY, 30)  # not on the hour
     finally:
         await store.close()
+
+
+async def test_the_upgrade_sums_each_keys_models_as_the_writer_does(database: str) -> None:
+    """Revision 0019 makes the key_model rows of the records already there: the same rows
+    (counts, cost, histograms) the writer makes for them."""
+    records = _records(random.Random(19), time.time(), 800)
+    rows = select(usage_hourly).where(usage_hourly.c.dim.like("key_model:%"))
+    rows = rows.order_by(usage_hourly.c.dim, usage_hourly.c.hour, usage_hourly.c.value)
+    store = await Store.open(database)
+    try:
+        await store.insert_usage(records)
+        async with store._read() as conn:
+            written = (await conn.execute(rows)).all()
+    finally:
+        await store.close()
+    assert len({row.dim for row in written}) == 4  # (the four keys)
+    # The database as the release before left it: no such rows, at revision 0018.
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(usage_hourly).where(usage_hourly.c.dim.like("key_model:%")))
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0018'"))
+            if engine.dialect.name == "sqlite":
+                await conn.execute(text("PRAGMA user_version = 18"))
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        async with store._read() as conn:
+            made = (await conn.execute(rows)).all()
+    finally:
+        await store.close()
+    duration = list(usage_hourly.c.keys()).index("duration_sum")
+    assert [r[:duration] for r in made] == [r[:duration] for r in written]
+    assert all(
+        abs(m[duration] - w[duration]) < 1e-6 * max(1.0, w[duration])
+        for m, w in zip(made, written, strict=True)
+    )
 
 
 async def _flushed(client: GatewayClient, count: int) -> None:

@@ -1,9 +1,7 @@
 """Usage over time for the dashboard's charts: requests, tokens, cost, errors and early
 leaves per hour or per UTC day, in total or split by model or user (the top few, the rest
-as one "other"), read from the hourly rollups (a day sums its hours in SQL).
-
-One key split by model is the exception: the rollups keep no key-and-model rows, so that
-one reads the key's records (by the usage_key_ts index).
+as one "other"), of the gateway or one key, read from the hourly rollups (a day sums its
+hours in SQL): never the records themselves.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from sqlalchemy import case, func, literal, select
 
 from ..records import micro, saturated
 from .connection import Connector
-from .reports import rollup_filter, time_bucket, usage_filter
-from .rollups import HOUR
-from .schema import usage, usage_hourly
-from .values import TOKENS, cost_sum
+from .reports import rollup_filter
+from .rollups import HOUR, key_model_dim
+from .schema import usage_hourly
+from .values import cost_sum
 
 Split = Literal["total", "model", "user"]
 MEASURES = ("requests", "tokens", "cost", "errors", "client_gone")
@@ -59,31 +57,23 @@ class SeriesQueries(Connector):
         if key_id is not None and split == "user":
             raise ValueError("a key's usage has one user")
         until = since + buckets * bucket_s
-        label: Any
-        if key_id is not None and split == "model":
-            start = time_bucket(self.database.backend, bucket_s)
-            label = func.coalesce(usage.c.model, "")  # (no model: "", as in the rollups)
-            where = usage_filter(since, until, key_id)
-            values = [
-                literal(1),
-                TOKENS,
-                usage.c.cost,
-                case((usage.c.status >= 400, 1), else_=0),
-                usage.c.client_gone,
-            ]
+        h = usage_hourly.c
+        start = h.hour if bucket_s == HOUR else h.hour - h.hour % bucket_s
+        if split == "model" and key_id is not None:
+            dim, key_id = key_model_dim(key_id), None  # (the key is in the dimension)
+        elif split == "total":
+            dim = "all" if key_id is None else "key"
         else:
-            h = usage_hourly.c
-            start = h.hour if bucket_s == HOUR else h.hour - h.hour % bucket_s
-            dim = {"total": "all" if key_id is None else "key", "model": "model", "user": "user"}
-            label = h.value
-            where = rollup_filter(dim[split], (since, until), key_id, None)
-            values = [
-                h.requests,
-                h.prompt_tokens + h.completion_tokens,
-                h.cost,
-                h.errors,
-                h.client_gone,
-            ]
+            dim = split
+        label = h.value
+        where = rollup_filter(dim, (since, until), key_id, None)
+        values = [
+            h.requests,
+            h.prompt_tokens + h.completion_tokens,
+            h.cost,
+            h.errors,
+            h.client_gone,
+        ]
         async with self._read() as conn:
             names: list[str] = []
             if split != "total":
