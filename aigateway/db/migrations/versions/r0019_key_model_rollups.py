@@ -47,9 +47,7 @@ def upgrade() -> None:
     first = sa.text("SELECT MIN(ts) FROM usage WHERE ts >= :start")
     records = bind.execute(sa.text("SELECT COUNT(*) FROM usage")).scalar() or 0
     if records > 100_000:
-        log.warning(
-            "summing %d usage records per key and model, once (about 30 s a million)", records
-        )
+        log.warning("summing %d usage records per key and model, once, an hour at a time", records)
     found = bind.execute(first, {"start": 0}).scalar()
     while found is not None:
         hour = int(found // 3600) * 3600
