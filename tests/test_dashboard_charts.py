@@ -218,6 +218,11 @@ async def test_the_charts_show_what_the_api_holds_by_range_and_split(
         await page.click("button[data-range='7d']")
         alert = page.locator(".usage-charts [role=alert]")
         await alert.filter(has_text="the database is away").wait_for()
+        assert await page.locator(".chart-card").count() == 0  # (none of the range before)
+        await page.unroute("**/admin/series?range=7d*", away)
+        await page.click("button[data-range='30d']")  # and the next answer shows again
+        await _drawn(page, "overview")
+        assert await alert.text_content() == ""
         assert refused == []
     finally:
         await context.close()

@@ -94,20 +94,28 @@ async function choose(panel, name, value, button) {
 
 async function load(panel) {
   const { range, split } = panel.pick;
+  const asked = (panel.asked = (panel.asked || 0) + 1); // (only the last click's answer shows)
   panel.section?.setAttribute("aria-busy", "true");
   try {
     const [doc, uPlot] = await Promise.all([
       api("GET", `${PATHS.admin}/series?range=${range}&split=${split}&scope=${panel.scope}`),
       library(),
     ]);
+    if (asked !== panel.asked) return;
     panel.doc = doc;
     panel.uPlot = uPlot;
     panel.error.textContent = "";
     show(panel);
   } catch (err) {
+    if (asked !== panel.asked) return;
+    // (no charts of another range or split under buttons that name this one)
+    for (const plot of panel.plots) plot.destroy();
+    panel.plots = [];
+    panel.doc = null;
+    panel.body.replaceChildren();
     panel.error.textContent = `Could not show the charts: ${err.message}`;
   } finally {
-    panel.section?.removeAttribute("aria-busy");
+    if (asked === panel.asked) panel.section?.removeAttribute("aria-busy");
   }
 }
 
@@ -127,7 +135,7 @@ function show(panel) {
     "ul",
     { class: "chart-legend", "aria-label": "Series (a button shows or hides one)" },
     lines.map((line, i) => {
-      const swatch = el("span", { class: line.errors ? "swatch errors" : "swatch" });
+      const swatch = el("span", { class: "swatch" });
       swatch.style.background = colour(line.colour);
       return el(
         "li",
