@@ -29,9 +29,9 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page
 
 from . import test_dashboard_fit
-from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import Theme, chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .helpers import NODE_DIR, node_client_ready
-from .test_dashboard_fit import _policy_refusals, _show, _with_history
+from .test_dashboard_fit import _show, _with_history
 
 # The fit tests' gateway, its tables holding a 64-character user name, a 1,000-character
 # model name and key previews, self-service keys on (a fixture: found by this name).
@@ -217,7 +217,7 @@ async def test_axe_finds_nothing_serious_on_any_page(
     checked: list[str] = []
     for key, role in ((admin_key, "admin"), (user_key, "user")):
         context, page = await signed_in(browser, url, key, width, theme)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         try:
             await _with_axe(page, url, axe)
             pages = await _nav(page)

@@ -5,7 +5,8 @@ Every page at 1280, 1024 and 390 px, light and dark, with a 64-character user na
 itself (each word's line boxes, from Range.getClientRects), the page never scrolls
 sideways, every row's buttons can be reached (on a phone without scrolling any box
 sideways), a cut value is whole in its title, on focus and when copied, and the phone's
-header stays one line. A screenshot of each page is saved (the folder is printed).
+header stays one line; the charts (by model, the long name in the legend) fit their
+cards and the screen. A screenshot of each page is saved (the folder is printed).
 
 A key's Change form sends only the field changed, and everything else about the key
 stays as it was, read back through the admin API; so does a user's; a key is created
@@ -31,7 +32,7 @@ from aigateway.records import Budget, KeyLimits, Price, UsageRecord
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
-from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import Theme, chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
@@ -103,9 +104,25 @@ MEASURE = """
     unreachable,
     offscreen,
     buttons: document.querySelectorAll("#view tbody button").length,
+    // each chart's canvas within its card, each legend entry within the screen
+    charts: [...document.querySelectorAll("#view .chart-card")].map((card) => {
+      const canvas = card.querySelector(".chart-box[data-drawn] canvas");
+      if (!canvas) return "not drawn";
+      const c = card.getBoundingClientRect();
+      const r = canvas.getBoundingClientRect();
+      return r.left >= c.left - 1 && r.right <= c.right + 1 ? "fits" : "overflows";
+    }),
+    legendOut: [...document.querySelectorAll("#view .chart-legend button")]
+      .filter((b) => b.getBoundingClientRect().right > innerWidth).map((b) => b.title.slice(0, 40)),
     header: document.querySelector("header.bar").getBoundingClientRect().height,
   };
 }
+"""
+
+# The page's charts drawn, none of them loading.
+DRAWN = """
+() => !document.querySelector("#view .usage-charts[aria-busy]")
+  && document.querySelectorAll("#view .chart-box[data-drawn] canvas").length === 3
 """
 
 # A cut value: shown with an ellipsis, whole in its title; focusable, and whole when
@@ -207,16 +224,6 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
     return admin_key, secret
 
 
-def _policy_refusals(page: Page) -> list[str]:
-    """What the page's Content-Security-Policy stops from now on (nothing may be)."""
-    refused: list[str] = []
-    page.on(
-        "console",
-        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return refused
-
-
 async def _show(page: Page, url: str, name: str) -> None:
     await page.goto(f"{url}/ui/#/{name}")
     # (the page's own answers all in: a hash change starts no navigation to wait for)
@@ -272,7 +279,7 @@ async def _every_page_fits(
     runs += [(user_key, "user", width, theme, ("mykeys",)) for width, theme in SIZES[1::2]]
     for key, role, width, theme, pages in runs:
         context, page = await signed_in(browser, url, key, width, theme)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         try:
             for name in pages:
                 await _show(page, url, name)
@@ -280,6 +287,13 @@ async def _every_page_fits(
                     row = page.locator("tr", has_text="build-server-in-the-basement")
                     await row.locator("button[data-action=edit]").click()
                     await page.wait_for_selector("#edit-key")
+                if name == "overview":  # the charts by model: the long name in the legend
+                    await page.click("button[data-split='model']")
+                    await page.wait_for_selector(
+                        f".chart-legend button[title='{LONG_MODEL}']", state="attached"
+                    )
+                if name in ("overview", "me"):
+                    await page.wait_for_function(DRAWN)
                 where = f"{name} at {width} px, {theme}, as {role}"
                 found = cast(dict[str, Any], await page.evaluate(MEASURE))
                 await shot(page, f"{name}-{width}-{theme}" + ("-user" if role == "user" else ""))
@@ -292,6 +306,9 @@ async def _every_page_fits(
                 )
                 # (one line at every width, even with the user's long name in it)
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
+                if name in ("overview", "me"):
+                    assert found["charts"] == ["fits"] * 3, (where, found["charts"])
+                    assert found["legendOut"] == [], (where, found["legendOut"])
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
                 if (name in ("keys", "users", "models", "now") and role == "admin") or (

@@ -28,10 +28,9 @@ from aigateway.upstreams.config import upstreams_from_file
 from aigateway.upstreams.pool import LoadedModel, loaded_models
 from aigateway.usage.journal import Journal, read_segment
 
-from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 from .helpers import at_revision, eventually, old_usage_record
-from .test_dashboard_fit import _policy_refusals
 
 STALL = {"model": "stall", "messages": [{"role": "user", "content": "hi"}]}
 PS_FIXTURE = {
@@ -424,7 +423,7 @@ async def test_the_page_lists_a_request_and_its_stop_button_ends_it(
     async for gateway in _gateway(aiohttp_server, _settings(database, base, tmp_path), database):
         url = str(gateway.server.make_url("")).rstrip("/")
         context, page = await signed_in(browser, url, gateway.admin)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         try:
             async with aiohttp.ClientSession() as session:
                 user = {"Authorization": f"Bearer {gateway.user}"}

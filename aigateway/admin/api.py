@@ -11,7 +11,8 @@ Ollama keeps adding routes under /api. JSON in and out.
                                 a user-role key, with SELF_SERVICE_KEYS on: the keys it
                                 made, make one (no more than itself), revoke one of them
     GET    /admin/stats         admin: usage statistics and current rate-limit use
-    GET    /admin/series        any key: usage per hour (an admin: everyone's)
+    GET    /admin/series        any key: usage per hour or day, in total or by model or
+                                user (an admin: everyone's, or its own; others their own)
     GET    /admin/usage         any key: usage records, filtered, paged or downloaded
     GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
                                 admin: users (customers), their budgets, disabling
@@ -82,6 +83,7 @@ from ..upstreams.probe import CheckFailed
 from ..upstreams.transport import UpstreamFailed
 from ..upstreams.union import TAGS, union_of_lists
 from . import service
+from .charts import CHART_PARAMS, chart_series
 from .exports import ExportSlots, UsageText
 from .now import now_stop, now_view
 from .reports import user_budget_report, user_invoice
@@ -509,7 +511,12 @@ def _whole_number_param(query: Mapping[str, str], name: str, most: int) -> int |
 async def series(request: web.Request) -> web.Response:
     """Requests, tokens, cost, errors and early leaves per hour over the last `hours`
     (default 24, at most 2160): an admin sees every key's, or one key's with `key_id`
-    (My usage: the admin's own); any other key its own."""
+    (its own); any other key its own. With `range` (or `split`, `scope`, `top`): the
+    charts' buckets, see charts.py."""
+    if not CHART_PARAMS.isdisjoint(request.query):
+        if "hours" in request.query:
+            raise BadRequest("hours or range, not both")
+        return await chart_series(request)
     raw = request.query.get("hours", "24")
     if not raw.isdigit() or not 1 <= int(raw) <= 2160:
         raise BadRequest(f"hours must be a whole number from 1 to 2160, not {raw[:20]!r}")

@@ -143,11 +143,12 @@ Index("usage_key_ts", usage.c.key_id, usage.c.ts)
 usage_hourly = Table(
     "usage_hourly",
     metadata,
-    Column("dim", Text, primary_key=True),  # all, user, key, model or route
+    # all, user, key, model, route, or key_model:ID (one key's per model, revision 0019)
+    Column("dim", Text, primary_key=True),
     Column("hour", BigInteger, primary_key=True),  # its start, seconds since the epoch
-    # "" (all), the user, the key's id, the model ("": none) or the route
+    # "" (all), the user, the key's id, the model ("": none; key_model too) or the route
     Column("value", Text, primary_key=True),
-    Column("user", Text),  # of the key (dim key only), as its records name it
+    Column("user", Text),  # of the key (dims key and key_model only), as its records name it
     Column("key_name", Text),
     *(Column(name, BigInteger, nullable=False) for name in rollup_counts()),
     Column("duration_sum", Double, nullable=False),

@@ -15,6 +15,7 @@ from .now import NowQueries
 from .prices import PriceQueries
 from .refusals import RefusalQueries
 from .reports import ReportQueries
+from .series import SeriesQueries
 from .sessions import SessionQueries
 from .usage import UsageQueries
 from .users import UserQueries
@@ -28,6 +29,7 @@ class Store(
     ModelQueries,
     UsageQueries,
     ReportQueries,
+    SeriesQueries,
     RefusalQueries,
     AlertQueries,
     NowQueries,
