@@ -12,7 +12,8 @@ from ..http.appkeys import STORE
 from ..http.expect import defer_continue
 from ..records import Alias
 from . import service
-from .api import _body, _check_strings, _json, _reload, _whole_number_param, admin_only
+from .api import admin_only
+from .requests import check_strings, json_response, read_body, reload_keys, whole_number_param
 
 
 def add_alias_routes(app: web.Application, prefix: str) -> None:
@@ -23,22 +24,22 @@ def add_alias_routes(app: web.Application, prefix: str) -> None:
 
 async def list_aliases(request: web.Request) -> web.Response:
     aliases = await service.list_aliases(request.app[STORE])
-    return _json({"aliases": [alias_view(a) for a in aliases]})
+    return json_response({"aliases": [alias_view(a) for a in aliases]})
 
 
 async def set_alias(request: web.Request) -> web.Response:
     """Make `name` run the model `target`: for everyone, or only for `user`'s keys, or
     only for key `key_id` (the narrowest wins). The same name and owner again: its target
     changes. (Names go in the body: model names may hold slashes.)"""
-    body = await _body(request, ALIAS_FIELDS, required=frozenset({"name", "target"}))
-    _check_strings(body, ("name", "target", "user"))
+    body = await read_body(request, ALIAS_FIELDS, required=frozenset({"name", "target"}))
+    check_strings(body, ("name", "target", "user"))
     if body["name"] is None or body["target"] is None:
         raise BadRequest("name and target must be model names")
     stored = await service.set_alias(
         request.app[STORE], body["name"], body["target"], body.get("user"), _alias_key(body)
     )
-    await _reload(request)
-    return _json(alias_view(stored))
+    await reload_keys(request)
+    return json_response(alias_view(stored))
 
 
 async def remove_alias(request: web.Request) -> web.Response:
@@ -47,10 +48,10 @@ async def remove_alias(request: web.Request) -> web.Response:
     name = query.get("name")
     if not name:
         raise BadRequest("name the alias to remove: DELETE /admin/aliases?name=gpt-4o-mini")
-    key_id = _whole_number_param(query, "key_id", 10**18)
+    key_id = whole_number_param(query, "key_id", 10**18)
     gone = await service.remove_alias(request.app[STORE], name, query.get("user"), key_id)
-    await _reload(request)
-    return _json({"removed": alias_view(gone)})
+    await reload_keys(request)
+    return json_response({"removed": alias_view(gone)})
 
 
 ALIAS_FIELDS = frozenset({"name", "target", "user", "key_id"})
