@@ -310,9 +310,11 @@ def test_the_migration_turns_stored_costs_into_nano_units(tmp_path: Path) -> Non
     )  # fmt: skip
     with contextlib.closing(sqlite3.connect(path)) as db:
         # (as the release at 0013 wrote it: without model_sent, added by 0016)
-        old_columns = ", ".join(f'"{name}"' for name in USAGE_COLUMNS[:-1])
+        old_columns = USAGE_COLUMNS[: USAGE_COLUMNS.index("model_sent")]
+        listed = ", ".join(f'"{name}"' for name in old_columns)
         db.execute(
-            f"INSERT INTO usage ({old_columns}) VALUES ({', '.join('?' * 18)})", list(record)[:18]
+            f"INSERT INTO usage ({listed}) VALUES ({', '.join('?' * len(old_columns))})",
+            list(record)[: len(old_columns)],
         )
         db.executemany(upsert_sql(False), rollup_rows([record]))
         db.commit()
