@@ -27,9 +27,9 @@ _MASK_64 = (1 << 64) - 1
 _TIMES = struct.Struct("<BQBQ")  # Span's start_time_unix_nano (7) and end (8): fixed64
 _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
 _SPAN_ATTRIBUTE = b"\x4a"  # Span.attributes (9)
-_RESOURCE_ATTRIBUTE = b"\x0a"  # Resource.attributes (1), InstrumentationScope's (3): 0x1a
-_SCOPE_ATTRIBUTE = b"\x1a"
-_KEY_CACHE: dict[str, bytes] = {}  # attribute keys are the code's own: a few dozen at most
+# Spans' encoded attributes by (key, value): bounded, cleared when full.
+_PAIRS: dict[tuple[str, AttributeValue], bytes] = {}
+_PAIRS_MAX = 4096
 _RETRY_STATUSES = frozenset((429, 502, 503, 504))
 _ATTEMPTS = 3
 
@@ -63,25 +63,39 @@ def _any_value(value: AttributeValue) -> bytes:
     return _any_value(str(value))  # (a subclass: as its text)
 
 
-def _attributes(tag: bytes, attributes: Mapping[str, AttributeValue]) -> bytes:
-    """Repeated KeyValue under `tag` (one byte: fields 1 to 15)."""
-    out = bytearray()
+def _key_value(key: str, value: AttributeValue) -> bytes:
+    """One KeyValue message, without its tag."""
+    encoded_key = key.encode()
+    any_value = _any_value(value)
+    return (
+        b"\x0a" + _varint(len(encoded_key)) + encoded_key
+        + b"\x12" + _varint(len(any_value)) + any_value
+    )  # fmt: skip
+
+
+def _span_attributes(attributes: Mapping[str, AttributeValue]) -> bytes:
+    """Span's repeated KeyValue attributes (field 9). A request's attributes
+    mostly repeat (its route, user, model, status), so a pair's encoding is kept, as
+    long as it is text or a whole number (True == 1 must not meet 1)."""
+    cache, tag = _PAIRS, _SPAN_ATTRIBUTE
+    parts = []
     for key, value in attributes.items():
-        encoded_key = _KEY_CACHE.get(key)
-        if encoded_key is None:
-            encoded_key = _delimited(b"\x0a", key.encode())
-            if len(_KEY_CACHE) < 256:
-                _KEY_CACHE[key] = encoded_key
-        any_value = _any_value(value)
-        length = len(any_value)
-        size = len(encoded_key) + length + (2 if length < 0x80 else 1 + len(_varint(length)))
-        out += tag
-        out += _varint(size)
-        out += encoded_key
-        out += b"\x12"
-        out += _varint(length)
-        out += any_value
-    return bytes(out)
+        kind = type(value)
+        if kind is str or kind is int:
+            pair = (key, value)
+            encoded = cache.get(pair)
+            if encoded is None:
+                if len(cache) >= _PAIRS_MAX:
+                    cache.clear()  # (unique values, a request id, fill it at last)
+                encoded = cache[pair] = tag + _delimited_length(_key_value(key, value))
+            parts.append(encoded)
+        else:
+            parts.append(tag + _delimited_length(_key_value(key, value)))
+    return b"".join(parts)
+
+
+def _delimited_length(payload: bytes) -> bytes:
+    return _varint(len(payload)) + payload
 
 
 def encode_span(span: Span) -> bytes:
@@ -102,7 +116,7 @@ def encode_span(span: Span) -> bytes:
         _TIMES.pack(0x39, span.start, 0x41, span.end),
     )
     if span.attributes:
-        parts.append(_attributes(_SPAN_ATTRIBUTE, span.attributes))
+        parts.append(_span_attributes(span.attributes))
     if span.status == ERROR:
         message = _delimited(b"\x12", span.message.encode()) if span.message else b""
         parts.append(_delimited(b"\x7a", message + b"\x18\x02"))  # Status: message, code
@@ -121,7 +135,8 @@ def encode_head(
     resource: Mapping[str, AttributeValue], scope: str, version: str
 ) -> tuple[bytes, bytes]:
     """ResourceSpans' resource (field 1) and ScopeSpans' scope (field 1), encoded."""
-    encoded_resource = _delimited(b"\x0a", _attributes(_RESOURCE_ATTRIBUTE, resource))
+    attributes = b"".join(_delimited(b"\x0a", _key_value(k, v)) for k, v in resource.items())
+    encoded_resource = _delimited(b"\x0a", attributes)  # (Resource.attributes: field 1)
     scope_body = _delimited(b"\x0a", scope.encode()) + _delimited(b"\x12", version.encode())
     return encoded_resource, _delimited(b"\x0a", scope_body)
 
