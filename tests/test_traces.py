@@ -87,11 +87,7 @@ def _named(found: Sequence[Span], name: str) -> list[Span]:
 
 
 def _children(found: Sequence[Span], parent: Span) -> dict[str, Span]:
-    return {
-        span.name: span
-        for span in found
-        if span.parent_id == parent.span_id
-    }
+    return {span.name: span for span in found if span.parent_id == parent.span_id}
 
 
 async def test_a_streamed_chat_has_a_span_with_its_steps_and_figures(
@@ -105,7 +101,7 @@ async def test_a_streamed_chat_has_a_span_with_its_steps_and_figures(
     found = await _requests(client, spans, 1)
     [root] = _named(found, "POST /api/chat")
     assert root.kind == SERVER and root.parent_id == 0
-    attributes = (root.attributes or {})
+    attributes = root.attributes or {}
     assert attributes["http.request.method"] == "POST"
     assert attributes["http.route"] == "/api/chat"
     assert attributes["http.response.status_code"] == 200
@@ -193,9 +189,7 @@ async def test_a_cloud_upstream_gets_a_traceparent_only_when_pass_headers_names_
         resp = await client.post("/v1/chat/completions", json=body, headers=headers)
         assert resp.status == 200, await resp.text()
     found = await _requests(client, spans, 2)
-    by_upstream = {
-        (s.attributes or {})["aigateway.upstream"]: s for s in _named(found, "upstream")
-    }
+    by_upstream = {(s.attributes or {})["aigateway.upstream"]: s for s in _named(found, "upstream")}
     named = {k.lower(): v for k, v in fakes["named"].requests[-1].headers.items()}
     silent = {k.lower(): v for k, v in fakes["silent"].requests[-1].headers.items()}
     assert named["traceparent"] == f"00-{TRACE_ID}-{by_upstream['named'].span_id:016x}-01"
@@ -489,7 +483,9 @@ async def test_spans_reach_a_real_otlp_receiver(
     assert by_name["upstream"].kind == root.SPAN_KIND_CLIENT
     assert len({span.span_id for _, span in spans}) == 4
     assert all(
-        root.start_time_unix_nano <= span.start_time_unix_nano <= span.end_time_unix_nano
+        root.start_time_unix_nano
+        <= span.start_time_unix_nano
+        <= span.end_time_unix_nano
         <= root.end_time_unix_nano
         for _, span in spans
     )

@@ -16,11 +16,18 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
 from pytest_aiohttp import AiohttpServer
 
 from aigateway.usage.otlp import encode_head, encode_request, exporter_from
 from aigateway.usage.spans import CLIENT, SERVER, Batcher, MemoryExporter, Span
-from aigateway.usage.traceparent import SAMPLERS, Parent, parse_traceparent, sampler_from
+from aigateway.usage.traceparent import (
+    SAMPLERS,
+    Parent,
+    clean_tracestate,
+    parse_traceparent,
+    sampler_from,
+)
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 HEAD = encode_head({"service.name": "gw", "deployment": "test"}, "aigateway", "1.2.3")
@@ -82,6 +89,28 @@ def test_traceparent_is_read_as_the_sdk_s_propagator_reads_it(value: str) -> Non
         assert ours is None
     else:
         assert ours == Parent(theirs.trace_id, theirs.span_id, theirs.trace_flags.sampled)
+
+
+TRACESTATES = [
+    "vendor=client",
+    "a=1, b@tenant=2,c=x y",
+    "a=1,a=2",
+    "A=1",
+    "a=",
+    "=1",
+    "a=1,,b=2",
+    "a=b=c",
+    "a=\u00e9",
+    ",".join(f"k{n}=v" for n in range(33)),
+    "k=" + "v" * 600,
+    "",
+]
+
+
+@pytest.mark.parametrize("value", TRACESTATES)
+def test_tracestate_is_kept_or_dropped_as_the_sdk_does(value: str) -> None:
+    theirs = TraceState.from_header([value])
+    assert clean_tracestate(value) == ",".join(f"{k}={v}" for k, v in theirs.items())
 
 
 def _span(name: str, span_id: int, parent_id: int = 0, kind: int = SERVER) -> Span:

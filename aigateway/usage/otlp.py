@@ -50,17 +50,14 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
 
 
 def _any_value(value: AttributeValue) -> bytes:
-    kind = type(value)
-    if kind is str:
-        encoded = value.encode()  # type: ignore[union-attr]
+    if isinstance(value, str):
+        encoded = value.encode()
         return b"\x0a" + _varint(len(encoded)) + encoded
-    if kind is bool:
+    if isinstance(value, bool):  # (before int: a bool is one)
         return b"\x10\x01" if value else b"\x10\x00"
-    if kind is int:
-        return b"\x18" + _varint(value & _MASK_64)  # type: ignore[operator]  # (int64: a negative is 10 bytes)
-    if kind is float:
-        return _DOUBLE.pack(0x21, value)
-    return _any_value(str(value))  # (a subclass: as its text)
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & _MASK_64)  # (int64: a negative takes 10 bytes)
+    return _DOUBLE.pack(0x21, value)
 
 
 def _key_value(key: str, value: AttributeValue) -> bytes:
@@ -76,7 +73,7 @@ def _key_value(key: str, value: AttributeValue) -> bytes:
 def _span_attributes(attributes: Mapping[str, AttributeValue]) -> bytes:
     """Span's repeated KeyValue attributes (field 9). A request's attributes
     mostly repeat (its route, user, model, status), so a pair's encoding is kept, as
-    long as it is text or a whole number (True == 1 must not meet 1)."""
+    long as it is text or a whole number (a bool or float never looks: True == 1.0 == 1)."""
     cache, tag = _PAIRS, _SPAN_ATTRIBUTE
     parts = []
     for key, value in attributes.items():
@@ -87,15 +84,11 @@ def _span_attributes(attributes: Mapping[str, AttributeValue]) -> bytes:
             if encoded is None:
                 if len(cache) >= _PAIRS_MAX:
                     cache.clear()  # (unique values, a request id, fill it at last)
-                encoded = cache[pair] = tag + _delimited_length(_key_value(key, value))
+                encoded = cache[pair] = _delimited(tag, _key_value(key, value))
             parts.append(encoded)
         else:
-            parts.append(tag + _delimited_length(_key_value(key, value)))
+            parts.append(_delimited(tag, _key_value(key, value)))
     return b"".join(parts)
-
-
-def _delimited_length(payload: bytes) -> bytes:
-    return _varint(len(payload)) + payload
 
 
 def encode_span(span: Span) -> bytes:
@@ -251,7 +244,9 @@ def headers_from(environ: Mapping[str, str]) -> dict[str, str]:
         name, equals, value = pair.partition("=")
         name, value = name.strip(), unquote(value.strip())
         if not equals or not name or not name.isascii() or not _token(name):
-            raise SettingsError(f"OTEL_EXPORTER_OTLP_HEADERS: expected name=value pairs, got {pair!r}")
+            raise SettingsError(
+                f"OTEL_EXPORTER_OTLP_HEADERS: expected name=value pairs, got {pair!r}"
+            )
         if any(c in value for c in "\r\n\0"):
             raise SettingsError(f"OTEL_EXPORTER_OTLP_HEADERS: {name}'s value holds a line break")
         headers[name] = value

@@ -105,7 +105,9 @@ def sampler_from(environ: Mapping[str, str]) -> Sampler:
     (the SDK would warn and trace everything)."""
     name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
     if name not in SAMPLERS:
-        raise SettingsError(f"OTEL_TRACES_SAMPLER: expected one of {', '.join(SAMPLERS)}, got {name!r}")
+        raise SettingsError(
+            f"OTEL_TRACES_SAMPLER: expected one of {', '.join(SAMPLERS)}, got {name!r}"
+        )
     parent_based = name.startswith("parentbased_")
     root = name.removeprefix("parentbased_")
     if root != "traceidratio":

@@ -96,8 +96,7 @@ def open_tracing(
     else:
         head = encode_head(resource_from(environ), "aigateway", _version())
         exporters = [
-            exporter_from(environ, head) if name == "otlp" else ConsoleExporter()
-            for name in names
+            exporter_from(environ, head) if name == "otlp" else ConsoleExporter() for name in names
         ]
     return Tracing(sampler, batcher_from(environ, exporters))
 
