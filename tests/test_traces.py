@@ -363,8 +363,10 @@ def test_traces_need_no_opentelemetry_package(monkeypatch: pytest.MonkeyPatch) -
     trace = tracing.request("GET /api/tags", {"traceparent": TRACEPARENT}, {"k": "v"})
     trace.end(False)
     tracing.close()
-    [span] = exporter.spans
-    assert f"{span.trace_id:032x}" == TRACE_ID and span.attributes == {"k": "v"}
+    root, admission = exporter.spans  # (admission: ended with the request, never admitted)
+    assert (root.name, admission.name) == ("GET /api/tags", "admission")
+    assert f"{root.trace_id:032x}" == TRACE_ID and root.attributes == {"k": "v"}
+    assert admission.parent_id == root.span_id and admission.end == root.end
 
 
 def _gateway_env(tmp_path: Path, ollama: str, **extra: str) -> dict[str, str]:

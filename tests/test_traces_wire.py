@@ -58,7 +58,8 @@ def test_the_samplers_decide_as_the_sdk_s(
                 span = trace.SpanContext(trace_id, 7, is_remote=True, trace_flags=flags)
                 context = trace.set_span_in_context(trace.NonRecordingSpan(span))
             decision = theirs.should_sample(context, trace_id, "x").decision
-            assert ours.sampled(trace_id, parent) == decision.is_sampled(), (trace_id, parent)
+            sampled = decision is sampling.Decision.RECORD_AND_SAMPLE
+            assert ours.sampled(trace_id, parent) == sampled, (trace_id, parent)
 
 
 TRACEPARENTS = [
