@@ -3,7 +3,7 @@ few messages of opentelemetry/proto/trace/v1/trace.proto a span needs) and poste
 the batch thread (spans.py), as OTEL_EXPORTER_OTLP_* say.
 
 Hand-written because the official SDK's encoding cost a traced request as much CPU again
-as the request itself (docs/traces.md); tests/test_traces.py decodes what this writes
+as the request itself (docs/traces.md); tests/test_traces*.py decode what this writes
 with the official opentelemetry-proto.
 """
 
