@@ -63,7 +63,7 @@ from .usage.traces import open_tracing
 from .usage.writer import UsageWriter
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExporter
+    from .usage.spans import SpanExporter
 
 log = logging.getLogger("aigateway")
 

@@ -3,41 +3,52 @@
 stream), for operations teams that follow a slow request through their stack.
 
 Off unless the environment asks for them with OpenTelemetry's own variables
-(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER);
-only then is opentelemetry imported (the `otel` extra), so that a gateway without traces
-pays one attribute check a request. The SDK reads the rest of its variables itself
-(the sampler, the exporter's headers and timeouts, the batch sizes, the resource).
+(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER),
+so that a gateway without traces pays one attribute check a request. No OpenTelemetry
+package is used: the SDK's span machinery cost a traced request nearly its own CPU again,
+so spans are plain objects (spans.py), traceparent and the samplers are read by hand
+(traceparent.py), and the batch is encoded and posted by otlp.py, all as the OTEL_*
+variables say (docs/traces.md names those honoured).
 
 A span is a take: each request's spans are started and ended by its one RequestTrace,
-and `end` (from the handler's `finally`) ends whatever is still open, so no path can
-leave a span open. A client's W3C `traceparent` is continued; the upstream span's goes
-to the upstream instead of the client's, where the upstream may get client headers.
+and `end` (from the handler's `finally`) ends whatever is still open and hands the
+spans to the batch thread, so no path can leave a span open. A client's W3C
+`traceparent` is continued; the upstream span's goes to the upstream instead of the
+client's, where the upstream may get client headers.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from random import getrandbits
 
 from ..setting_parsers import SettingsError
-
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-log = logging.getLogger("aigateway.traces")
+from .otlp import encode_head, exporter_from
+from .spans import (
+    CLIENT,
+    INTERNAL,
+    SERVER,
+    AttributeValue,
+    Batcher,
+    ConsoleExporter,
+    Span,
+    SpanExporter,
+    batcher_from,
+)
+from .traceparent import (
+    Parent,
+    Sampler,
+    clean_tracestate,
+    format_traceparent,
+    parse_traceparent,
+    sampler_from,
+)
 
 # The W3C Trace Context headers: a client's are continued, and replaced by ours upstream.
 PROPAGATED = ("traceparent", "tracestate")
 EXPORTERS = ("otlp", "console", "none")
-INSTALL = "pip install 'aigateway[otel]'"
 
 
 def wanted(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -65,9 +76,9 @@ def open_tracing(
     environ: Mapping[str, str] | None = None, exporter: SpanExporter | None = None
 ) -> Tracing | None:
     """The gateway's tracing as the environment (default os.environ) asks for it, or None
-    when it is off or the SDK is not installed (said once, in the log). `exporter` (the
-    tests' in-memory one) turns traces on whatever the environment says, with the
-    sampler and resource it names: the same provider as a real exporter would get."""
+    when it is off. `exporter` (the tests' in-memory one) turns traces on whatever the
+    environment says, with the sampler and batching it names: the same as a real
+    exporter would get. A variable it cannot use stops start-up (SettingsError)."""
     environ = os.environ if environ is None else environ
     names = wanted(environ)
     if exporter is None and not names:
@@ -77,66 +88,63 @@ def open_tracing(
     ).strip()
     if exporter is None and "otlp" in names and protocol not in ("", "http/protobuf"):
         raise SettingsError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf (the otel extra's exporter),"
-            f" got {protocol!r}"
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf, got {protocol!r}"
         )
-    try:
-        from opentelemetry.sdk.trace import TracerProvider
-    except ImportError:
-        log.warning("traces are asked for but opentelemetry-sdk is missing: %s", INSTALL)
-        return None
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    exporters = [exporter] if exporter is not None else [_exporter(name) for name in names]
-    if None in exporters:
-        return None
-    provider = TracerProvider(resource=_resource())  # (the sampler: OTEL_TRACES_SAMPLER)
-    for chosen in exporters:
-        assert chosen is not None
-        provider.add_span_processor(BatchSpanProcessor(chosen))
-    return Tracing(provider)
+    sampler = sampler_from(environ)
+    if exporter is not None:
+        exporters: list[SpanExporter] = [exporter]
+    else:
+        head = encode_head(resource_from(environ), "aigateway", _version())
+        exporters = [
+            exporter_from(environ, head) if name == "otlp" else ConsoleExporter() for name in names
+        ]
+    return Tracing(sampler, batcher_from(environ, exporters))
 
 
-def _exporter(name: str) -> SpanExporter | None:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        log.warning("traces are asked for but the OTLP exporter is missing: %s", INSTALL)
-        return None
-    return OTLPSpanExporter()  # (its endpoint, headers, timeout: OTEL_EXPORTER_OTLP_*)
-
-
-def _resource() -> Resource:
-    """The SDK's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), named aigateway
-    unless they name it."""
-    from opentelemetry.sdk.resources import Resource
-
+def _version() -> str:
     from .. import __version__
 
-    resource = Resource.create({"service.version": __version__})
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": "aigateway"}))
+    return __version__
+
+
+def resource_from(environ: Mapping[str, str]) -> dict[str, AttributeValue]:
+    """The resource every span comes from: OTEL_RESOURCE_ATTRIBUTES (key=value pairs,
+    comma-separated, values percent-encoded), its service.name replaced by
+    OTEL_SERVICE_NAME, and named aigateway unless either names it."""
+    from urllib.parse import unquote
+
+    resource: dict[str, AttributeValue] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "aigateway",
+        "telemetry.sdk.version": _version(),
+        "service.version": _version(),
+    }
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        if not pair.strip():
+            continue
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError(
+                f"OTEL_RESOURCE_ATTRIBUTES: expected key=value pairs, got {pair.strip()!r}"
+            )
+        resource[key.strip()] = unquote(value.strip())
+    service = environ.get("OTEL_SERVICE_NAME", "").strip()
+    if service:
+        resource["service.name"] = service
+    resource.setdefault("service.name", "aigateway")
     return resource
 
 
 class Tracing:
-    """The running gateway's tracer, made at start-up and shut down (its spans flushed)
-    when the gateway stops (app.py)."""
+    """The running gateway's tracing: the sampler and the batch thread its requests'
+    spans go to; made at start-up and closed (its spans exported) when the gateway
+    stops (app.py)."""
 
-    __slots__ = ("propagator", "provider", "tracer")
+    __slots__ = ("batcher", "sampler")
 
-    def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        from .. import __version__
-
-        self.provider = provider
-        self.tracer = provider.get_tracer("aigateway", __version__)
-        self.propagator: TraceContextTextMapPropagator = TraceContextTextMapPropagator()
+    def __init__(self, sampler: Sampler, batcher: Batcher) -> None:
+        self.sampler = sampler
+        self.batcher = batcher
 
     def request(
         self,
@@ -145,16 +153,24 @@ class Tracing:
         attributes: Mapping[str, str | int],
     ) -> RequestTrace:
         """The trace of one request that came in with `headers`: its span a child of the
-        client's `traceparent` when it sent a valid one."""
-        parent = self.propagator.extract(headers) if "traceparent" in headers else None
-        return RequestTrace(self, name, parent, attributes)
+        client's `traceparent` when it sent a valid one (its tracestate carried on);
+        `attributes` start its span's."""
+        parent, state = None, ""
+        traceparent = headers.get("traceparent")
+        if traceparent is not None:
+            parent = parse_traceparent(traceparent)
+            if parent is not None:
+                state = clean_tracestate(headers.get("tracestate", ""))
+        return RequestTrace(self, name, parent, state, attributes)
 
     def flush(self) -> bool:
-        return self.provider.force_flush()
+        """Export every span ended so far (blocking)."""
+        self.batcher.flush()
+        return True
 
     def close(self) -> None:
         """Export what is left and stop (blocking: run it in a thread)."""
-        self.provider.shutdown()
+        self.batcher.close()
 
 
 class RequestTrace:
@@ -162,53 +178,78 @@ class RequestTrace:
     the handler's start to its end; its children follow the relay's steps: admission
     (limits, body, reservations), a queue wait (only when it waited), each upstream
     tried (until its first byte) and the stream (from the first byte until the last is
-    written or the client left)."""
+    written or the client left). A request the sampler did not choose records nothing:
+    it keeps only the ids that go upstream."""
 
     __slots__ = (
-        "_context", "_open", "_root", "_tracing", "_upstream",
-        "cut_by", "error", "recording", "status",
+        "_admission", "_queue", "_root", "_span_id", "_spans", "_state", "_stream",
+        "_trace_id", "_tracing", "_upstream", "cut_by", "error", "recording", "status",
     )  # fmt: skip
 
     def __init__(
         self,
         tracing: Tracing,
         name: str,
-        parent: Context | None,
+        parent: Parent | None,
+        state: str,
         attributes: Mapping[str, str | int],
     ) -> None:
-        from opentelemetry.trace import SpanKind, set_span_in_context
-
-        tracer = tracing.tracer
+        trace_id = parent.trace_id if parent is not None else getrandbits(128) or 1
         self._tracing = tracing
-        root = self._root = tracer.start_span(name, parent, SpanKind.SERVER, attributes)
-        self._context = set_span_in_context(root)
-        # Children only for a request the sampler chose: one it did not costs its own
-        # span alone, and its trace (not sampled) still goes upstream with the root's id.
-        self.recording = root.is_recording()
-        # The children still open, by name; the upstream being tried, apart.
-        self._open: dict[str, Span] = {}
-        if self.recording:
-            self._open["admission"] = tracer.start_span("admission", self._context)
+        self._trace_id = trace_id
+        self._span_id = getrandbits(64) or 1  # the request's span's (sent upstream unsampled)
+        self._state = state
+        self.recording = tracing.sampler.sampled(trace_id, parent)
+        self._root: Span | None = None
+        self._admission: Span | None = None
+        self._queue: Span | None = None
         self._upstream: Span | None = None
+        self._stream: Span | None = None
+        self._spans: list[Span] = []
+        if self.recording:
+            now = time.time_ns()
+            root = self._root = Span(
+                name,
+                trace_id,
+                self._span_id,
+                parent.span_id if parent is not None else 0,
+                SERVER,
+                now,
+                state,
+                dict(attributes),
+            )
+            self._admission = Span(
+                "admission", trace_id, getrandbits(64) or 1, root.span_id, INTERNAL, now, state
+            )
+            self._spans += (root, self._admission)
         self.status = 0  # the answer's status, once known
         self.cut_by: str | None = None  # why its upstream's stream was cut short
         self.error = ""  # the gateway's own error it was answered with
 
-    @property
-    def tracer(self) -> Tracer:
-        return self._tracing.tracer
+    def _child(self, name: str, kind: int, start: int) -> Span:
+        span = Span(
+            name, self._trace_id, getrandbits(64) or 1, self._span_id, kind, start, self._state
+        )
+        self._spans.append(span)
+        return span
 
     def admitted(self) -> None:
         """Admission is done: the request is about to be sent on."""
-        self._end("admission")
+        span = self._admission
+        if span is not None:
+            span.end = time.time_ns()
+            self._admission = None
 
     def queued(self) -> None:
         """The request waits for room on a busy upstream (MAX_CONCURRENT)."""
         if self.recording:
-            self._open["queue wait"] = self.tracer.start_span("queue wait", self._context)
+            self._queue = self._child("queue wait", INTERNAL, time.time_ns())
 
     def dequeued(self) -> None:
-        self._end("queue wait")
+        span = self._queue
+        if span is not None:
+            span.end = time.time_ns()
+            self._queue = None
 
     def upstream(
         self,
@@ -221,30 +262,23 @@ class RequestTrace:
         before it, which failed), and `headers`, the request's to it, carry the span's
         traceparent and tracestate instead of the client's, where the upstream may get
         them (`allowed`: the client headers it gets; None: all)."""
-        from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context
-
-        context = self._context
+        span_id = self._span_id
         if self.recording:
+            now = time.time_ns()
             before = self._upstream
             if before is not None:
-                before.set_status(StatusCode.ERROR, "failed over")
-                before.end()
-            span = self._upstream = self.tracer.start_span(
-                "upstream",
-                context,
-                SpanKind.CLIENT,
-                {"aigateway.upstream": name, "aigateway.upstream.kind": kind},
-            )
-            context = set_span_in_context(span)
+                before.fail("failed over")
+                before.end = now
+            span = self._upstream = self._child("upstream", CLIENT, now)
+            span.attributes = {"aigateway.upstream": name, "aigateway.upstream.kind": kind}
+            span_id = span.span_id
         headers[:] = [pair for pair in headers if pair[0].lower() not in PROPAGATED]
         if allowed is None or "traceparent" in allowed:
-            carrier: dict[str, str] = {}
-            self._tracing.propagator.inject(carrier, context)
-            headers.extend(
-                (name, value)
-                for name, value in carrier.items()
-                if allowed is None or name in allowed
+            headers.append(
+                ("traceparent", format_traceparent(self._trace_id, span_id, self.recording))
             )
+            if self._state and (allowed is None or "tracestate" in allowed):
+                headers.append(("tracestate", self._state))
 
     def settled(
         self,
@@ -262,9 +296,12 @@ class RequestTrace:
         the upstream's span ends at the first byte (`first_byte_at`, perf_counter), where
         the stream's span starts."""
         self.status, self.cut_by = status, cut_by
-        if not self.recording:
+        root = self._root
+        if root is None:
             return
-        attributes: dict[str, str | int | float | bool] = {"aigateway.cost": cost / 1e9}
+        attributes = root.attributes
+        assert attributes is not None
+        attributes["aigateway.cost"] = cost / 1e9
         if model is not None:
             attributes["gen_ai.request.model"] = model
         if upstream:
@@ -275,13 +312,12 @@ class RequestTrace:
             attributes["gen_ai.usage.output_tokens"] = completion
         if estimated:
             attributes["aigateway.tokens_estimated"] = True
-        self._root.set_attributes(attributes)
         span = self._upstream
         if first_byte_at is not None and span is not None:
             self._upstream = None
             at = time.time_ns() - int((time.perf_counter() - first_byte_at) * 1e9)
-            span.end(at)
-            self._open["stream"] = self.tracer.start_span("stream", self._context, start_time=at)
+            span.end = at
+            self._stream = self._child("stream", INTERNAL, at)
 
     def failed(self, status: int, message: str) -> None:
         """The request ended with the gateway's own error (a refusal, an upstream away)."""
@@ -289,33 +325,28 @@ class RequestTrace:
 
     def end(self, client_gone: bool) -> None:
         """End every span still open: the stream's, now that its last byte is written or
-        the client left, and any that a failure left open; the request's last. How it
-        ended (complete, client left, or why its upstream cut it) is the stream's and the
-        request's `aigateway.end`."""
-        from opentelemetry.trace import StatusCode
-
-        ended = "client left" if client_gone else self.cut_by or "complete"
-        stream = self._open.pop("stream", None)
-        if stream is not None:
-            stream.set_attribute("aigateway.end", ended)
-            stream.end()
-        for span in self._open.values():  # (a step a failure or a cancellation cut short)
-            span.end()
-        self._open.clear()
-        if self._upstream is not None:
-            self._upstream.end()
-            self._upstream = None
+        the client left, and any that a failure left open; the request's last, and hand
+        them to the batch thread. How it ended (complete, client left, or why its
+        upstream cut it) is the stream's and the request's `aigateway.end`."""
         root = self._root
+        if root is None:
+            return
+        self._root = None  # (ended once, whatever calls again)
+        ended = "client left" if client_gone else self.cut_by or "complete"
+        now = time.time_ns()
+        stream = self._stream
+        if stream is not None:
+            stream.attributes = {"aigateway.end": ended}
+        for span in self._spans:  # (the stream, and a step a failure or cancellation cut short)
+            if not span.end:
+                span.end = now
+        attributes = root.attributes
+        assert attributes is not None
         if ended != "complete":
-            root.set_attribute("aigateway.end", ended)
+            attributes["aigateway.end"] = ended
         status = self.status
         if status:
-            root.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
             if status >= 500 and not client_gone:  # (a 4xx is the client's, not ours)
-                root.set_status(StatusCode.ERROR, self.error or None)
-        root.end()
-
-    def _end(self, name: str) -> None:
-        span = self._open.pop(name, None)
-        if span is not None:
-            span.end()
+                root.fail(self.error)
+        self._tracing.batcher.add(self._spans)
