@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
 from .connection import Connector
+from .daily import DAILY_SUMS, whole_days
 from .rollups import BUCKETS, COUNTED, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
-from .schema import usage, usage_hourly
+from .schema import usage, usage_daily, usage_hourly
 from .values import TOKENS, cost_sum
 
 USAGE_CHUNK = 500  # records an export reads, and writes, at a time
@@ -153,50 +154,37 @@ class ReportQueries(Connector):
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations of the records that match `where`, grouped by any
         of user, key_name, key_id, model, route. With `exact` (the CLIs' reports) every
-        record is read and percentiles are exact; otherwise whole hours come from the
-        hourly rollups when one of their dimensions holds every field the filter and the
-        groups name, and percentiles are estimated from their latency buckets. Without
-        `percentiles` (None in each group) neither the buckets nor the durations are read:
-        most of what a long period costs."""
+        record is read and percentiles are exact. Otherwise counts and sums are exact too,
+        read from what sums them: whole UTC days from the daily sums (any filter), the hours
+        at either end from the hourly rollups when one of their dimensions holds every field
+        the filter and the groups name, and the rest from the records. Percentiles are then
+        estimated from the hourly latency buckets, read hour by hour for the whole period,
+        which only a one-dimension filter has; with another filter, or without
+        `percentiles`, they are None and nothing of them is read."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
         dim = _rollup_dim(group_by, where)
-        hours = None if exact or dim is None else whole_hours(where.since, where.until)
-        groups: dict[tuple[Any, ...], Totals] = {}
-        edges: list[Sequence[Sequence[Any]]]
+        percentiles = percentiles and dim is not None
         backend = self.database.backend
         async with self._read() as conn:
-            if hours is None:
-                clauses = _usage_filter(where)
-                rows = await _raw_summary(conn, group_by, clauses, backend, percentiles)
-                if exact:
-                    summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
-                    return _sorted(summary, group_by)
-                edges = [rows]
+            if exact:
+                rows = await _raw_summary(conn, group_by, _usage_filter(where), backend)
+                summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
+                return _sorted(summary, group_by)
+            days = None
+            if not percentiles and dim != "all":  # (a row an hour of all records: few)
+                days = whole_days(where.since, where.until)
+            if days is None:
+                groups = await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
             else:
-                assert dim is not None
-                start, end = hours
-                edges = []
-                # the records of the partial hours at either end
-                for since, until in ((where.since, start), (end, where.until)):
+                groups = await _daily_summary(conn, group_by, where, days)
+                for since, until in ((where.since, days[0]), (days[1], where.until)):
                     if None not in (since, until) and since != until:
-                        edge = _usage_filter(replace(where, since=since, until=until))
-                        edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
-                h = usage_hourly.c
-                labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
-                wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
-                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
-                statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, where))
-                if labels:
-                    statement = statement.group_by(*labels)
-                for summed in (await conn.execute(statement)).all():
-                    names = _rollup_names(dim, group_by, summed[: len(group_by)])
-                    groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
-        for rows in edges:
-            for row in rows:
-                names = tuple(row[: len(group_by)])
-                groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+                        edge = replace(where, since=since, until=until)
+                        found = await _hourly_summary(conn, group_by, edge, dim, backend, False)
+                        for names, totals in found.items():
+                            groups.setdefault(names, Totals()).add(totals)
         return _sorted(
             [
                 {**dict(zip(group_by, names, strict=True)), **totals.summary()}
@@ -205,6 +193,80 @@ class ReportQueries(Connector):
             ],
             group_by,
         )
+
+
+Groups = dict[tuple[Any, ...], Totals]  # a summary's groups: their labels, their sums
+
+
+async def _hourly_summary(
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    where: UsageQuery,
+    dim: str | None,
+    backend: str,
+    percentiles: bool,
+) -> Groups:
+    """The groups of the records `where` picks, whole hours from the hourly rollups of
+    dimension `dim` (when there is one) and the rest from the records."""
+    hours = None if dim is None else whole_hours(where.since, where.until)
+    groups: Groups = {}
+    edges: list[Sequence[Sequence[Any]]] = []
+    if hours is None:
+        clauses = _usage_filter(where)
+        edges.append(await _raw_summary(conn, group_by, clauses, backend, percentiles))
+    else:
+        assert dim is not None
+        start, end = hours
+        # the records of the partial hours at either end
+        for since, until in ((where.since, start), (end, where.until)):
+            if None not in (since, until) and since != until:
+                edge = _usage_filter(replace(where, since=since, until=until))
+                edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
+        h = usage_hourly.c
+        labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
+        wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
+        sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
+        statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, where))
+        if labels:
+            statement = statement.group_by(*labels)
+        for summed in (await conn.execute(statement)).all():
+            names = _rollup_names(dim, group_by, summed[: len(group_by)])
+            groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+    for rows in edges:
+        for row in rows:
+            names = tuple(row[: len(group_by)])
+            groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+    return groups
+
+
+async def _daily_summary(
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    where: UsageQuery,
+    days: tuple[float | None, float | None],
+) -> Groups:
+    """The groups of the records `where` picks in the whole days `days`, from the daily
+    sums (counts and sums only)."""
+    d = usage_daily.c
+    labels = [d[name] for name in group_by]
+    clauses = [d[name] == value for name, value in _picked(where).items()]
+    start, end = days
+    if start is not None:
+        clauses.append(d.day >= start)
+    if end is not None:
+        clauses.append(d.day < end)
+    sums = (cost_sum(d[c]) if c == "cost" else func.sum(d[c]) for c in DAILY_SUMS)
+    statement = select(*labels, *sums).where(*clauses)
+    if labels:
+        statement = statement.group_by(*labels)
+    groups: Groups = {}
+    for summed in (await conn.execute(statement)).all():
+        names = tuple(
+            None if name == "model" and value == "" else value  # ("": no model)
+            for name, value in zip(group_by, summed[: len(group_by)], strict=True)
+        )
+        groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+    return groups
 
 
 # The fields of a UsageQuery that pick records by value (besides their time).
