@@ -86,7 +86,7 @@ USAGE_FILTERS: dict[str, str] = {
 for _name, _filter in USAGE_FILTERS.items():
     VIEWS[f"Usage, {_name}"] = [
         f"/admin/usage?{_filter}&limit=50&offset=0",
-        f"/admin/stats?{_filter}&parts=per_user,per_model",
+        f"/admin/stats?{_filter}&parts=per_user,per_model&percentiles=false",
     ]
 
 # A realistic share of refusals an hour: made-up and missing keys, and some keys over

@@ -107,11 +107,11 @@ async def test_rollups_answer_like_the_records_over_any_period(database: str) ->
                     # (whole days from the daily sums, for any filter)
                     counted = await store.usage_summary(group_by, where, percentiles=False)
                     exact = await store.usage_summary(group_by, where, exact=True)
-                    expected = [{f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in exact]
+                    summed = [{f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in exact]
                     for found in (rolled, counted):
                         assert [
                             {f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in found
-                        ] == expected, where
+                        ] == summed, where
                     named = {*group_by, *picked}
                     one_dimension = any(named <= dim for dim in HOURLY_DIMENSIONS)
                     for r, c, e in zip(rolled, counted, exact, strict=True):

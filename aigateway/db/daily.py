@@ -32,10 +32,10 @@ def daily_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
     """What `records` add to the cube: rows of (*DAILY_LABELS, *DAILY_SUMS), sorted, so
     that two gateways adding to the same rows lock them in the same order. A batch holds
     a handful of combinations, so one dict step per record is all this costs."""
-    groups: dict[tuple[object, ...], list[float]] = {}
+    groups: dict[tuple[int, int, str, str, str, str, int], list[float]] = {}
     for r in records:
-        label: tuple[object, ...] = (int(r.ts // DAY) * DAY, r.key_id, r.user, r.key_name, r.model or "", r.route,
-                 r.status)  # fmt: skip
+        day = int(r.ts // DAY) * DAY
+        label = (day, r.key_id, r.user, r.key_name, r.model or "", r.route, r.status)
         sums = groups.get(label)
         if sums is None:
             sums = groups[label] = [0, 0, 0, 0, 0, 0, 0, 0.0]

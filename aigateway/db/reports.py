@@ -10,7 +10,15 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
+from ..records import (
+    DAY,
+    USAGE_COLUMNS,
+    InvalidInputError,
+    UsageQuery,
+    UsageRecord,
+    micro,
+    saturated,
+)
 from .connection import Connector
 from .daily import DAILY_SUMS, whole_days
 from .rollups import BUCKETS, COUNTED, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
@@ -47,6 +55,12 @@ class ReportQueries(Connector):
         """Records that match `where`, newest first, `limit` from `offset`, each with its
         id (for paging and reference)."""
         columns = [usage.c[name] for name in USAGE_COLUMNS]
+        async with self._read() as conn:
+            oldest = await _oldest_day_needed(conn, where, offset + limit)
+        if oldest is None:
+            return []  # the daily sums know no record the filter picks
+        if oldest > (where.since or 0):
+            where = replace(where, since=oldest)
         statement = (
             select(usage.c.id, *columns)
             .where(*_usage_filter(where))
@@ -155,12 +169,12 @@ class ReportQueries(Connector):
         """Requests, tokens and durations of the records that match `where`, grouped by any
         of user, key_name, key_id, model, route. With `exact` (the CLIs' reports) every
         record is read and percentiles are exact. Otherwise counts and sums are exact too,
-        read from what sums them: whole UTC days from the daily sums (any filter), the hours
-        at either end from the hourly rollups when one of their dimensions holds every field
-        the filter and the groups name, and the rest from the records. Percentiles are then
-        estimated from the hourly latency buckets, read hour by hour for the whole period,
-        which only a one-dimension filter has; with another filter, or without
-        `percentiles`, they are None and nothing of them is read."""
+        read from what sums them: whole hours from the hourly rollups when one of their
+        dimensions holds every field the filter and the groups name (percentiles then
+        estimated from their latency buckets), else whole UTC days from the daily sums
+        (which hold any filter; no percentiles: None); the rest from the records. Without
+        `percentiles` (None in each group) neither buckets nor durations are read: most of
+        what a long period costs."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
@@ -172,9 +186,8 @@ class ReportQueries(Connector):
                 rows = await _raw_summary(conn, group_by, _usage_filter(where), backend)
                 summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
                 return _sorted(summary, group_by)
-            days = None
-            if not percentiles and dim != "all":  # (a row an hour of all records: few)
-                days = whole_days(where.since, where.until)
+            # (one dimension's hourly rows are fewer than the cube's combinations a day)
+            days = None if dim is not None else whole_days(where.since, where.until)
             if days is None:
                 groups = await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
             else:
@@ -267,6 +280,33 @@ async def _daily_summary(
         )
         groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
     return groups
+
+
+async def _oldest_day_needed(conn: AsyncConnection, where: UsageQuery, most: int) -> float | None:
+    """The start of the oldest day a page of the `most` newest records `where` picks may
+    reach back to (0: any), from the daily sums; None when they hold none of them. A
+    filter the ts index cannot serve (a model or route no record has, or a rare status)
+    then reads the days that hold its records, not all history backwards."""
+    picked = _picked(where)
+    if not picked or set(picked) == {"key_id"}:  # (an index serves these)
+        return 0
+    d = usage_daily.c
+    clauses = [d[name] == value for name, value in picked.items()]
+    if where.since is not None:
+        clauses.append(d.day >= where.since // DAY * DAY)
+    if where.until is not None:
+        clauses.append(d.day < where.until)
+    statement = (
+        select(d.day, func.sum(d.requests)).where(*clauses).group_by(d.day).order_by(d.day.desc())
+    )
+    seen, found = 0, False
+    for day, requests in await conn.execute(statement):
+        found = True
+        if where.until is None or day + DAY <= where.until:  # (a day cut by `until`: maybe
+            seen += requests  # none of its records is in the period)
+        if seen >= most:
+            return float(day)
+    return 0 if found else None
 
 
 # The fields of a UsageQuery that pick records by value (besides their time).
