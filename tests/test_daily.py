@@ -35,8 +35,10 @@ def _summed(records: list[UsageRecord]) -> list[tuple[object, ...]]:
     return [tuple(row) for row in daily_rows(records)]
 
 
-async def _agrees(store: Store, where: UsageQuery = UsageQuery()) -> None:
-    for group_by in GROUPINGS:
+async def _agrees(
+    store: Store, where: UsageQuery = UsageQuery(), groupings: list[tuple[str, ...]] = GROUPINGS
+) -> None:
+    for group_by in groupings:
         counted = await store.usage_summary(group_by, where, percentiles=False)
         exact = await store.usage_summary(group_by, where, exact=True)
         assert [{f: r[f] for f in (*group_by, *EXACT_FIELDS)} for r in counted] == [
@@ -160,8 +162,9 @@ async def test_revision_0020_sums_the_records_of_an_older_database(database: str
     store = await Store.open(database)
     try:
         assert _merged(await _cube(store)) == _merged(_summed(records))
-        await _agrees(store)
-        await _agrees(store, UsageQuery(status=502, since=time.time() - 2 * DAY))
+        # (filters no hourly rollup holds: these records were put in without them)
+        for where in (UsageQuery(status=502), UsageQuery(user="alice", model="qwen3:8b")):
+            await _agrees(store, where, [("key_id",), ("model",)])
     finally:
         await store.close()
 
