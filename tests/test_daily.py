@@ -20,6 +20,7 @@ from aigateway.records import DAY, UsageQuery, UsageRecord
 from tests.helpers import at_revision
 from tests.test_rollups import EXACT_FIELDS, FILTERS, _records
 
+EVERY_RECORD = UsageQuery()
 GROUPINGS = [(), ("user",), ("model",), ("key_id",), ("route",)]
 
 
@@ -36,7 +37,7 @@ def _summed(records: list[UsageRecord]) -> list[tuple[object, ...]]:
 
 
 async def _agrees(
-    store: Store, where: UsageQuery = UsageQuery(), groupings: list[tuple[str, ...]] = GROUPINGS
+    store: Store, where: UsageQuery = EVERY_RECORD, groupings: list[tuple[str, ...]] = GROUPINGS
 ) -> None:
     for group_by in groupings:
         counted = await store.usage_summary(group_by, where, percentiles=False)
@@ -101,8 +102,9 @@ async def test_pages_bounded_by_the_daily_sums_lose_nothing(database: str) -> No
     try:
         await store.insert_usage(records)
         periods = [(None, None), (now - 2 * DAY + 77, None), (now - 2.5 * DAY, now - 0.7 * DAY)]
+        filters: list[dict[str, object]] = [*FILTERS, {"route": "/api/nothing"}, {"status": 400}]
         for since, until in periods:
-            for picked in [*FILTERS, {"route": "/api/nothing"}, {"status": 400}]:
+            for picked in filters:
                 where = UsageQuery(since, until, **picked)  # type: ignore[arg-type]
                 matching = sorted(
                     (

@@ -16,7 +16,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from ..records import DAY, MAX_SUM_NANO, saturated
-from .rollups import COUNTED, SUM_COLUMNS
+from .rollups import COUNTED, SUM_COLUMNS, placeholders
 
 if TYPE_CHECKING:
     from ..records import UsageRecord
@@ -74,10 +74,7 @@ def _columns(names: Sequence[str]) -> str:
 def daily_upsert_sql(numbered: bool) -> str:
     """Add a row of daily_rows() to its cube row, making it when it is not there yet."""
     names = (*DAILY_LABELS, *DAILY_SUMS)
-    if numbered:
-        places = ", ".join(f"${n}" for n in range(1, len(names) + 1))
-    else:
-        places = ", ".join("?" * len(names))
+    places = placeholders(numbered, len(names))
     added = ", ".join(
         f"{c} = {_COST_ADDED}" if c == "cost" else f"{c} = usage_daily.{c} + excluded.{c}"
         for c in DAILY_SUMS

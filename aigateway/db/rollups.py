@@ -208,15 +208,19 @@ _COST_ADDED = (
 )
 
 
+def placeholders(numbered: bool, count: int) -> str:
+    """`count` parameters of a row: `$1, $2...` (asyncpg) or `?, ?...` (SQLite)."""
+    if numbered:
+        return ", ".join(f"${n}" for n in range(1, count + 1))
+    return ", ".join("?" * count)
+
+
 @cache
 def upsert_sql(numbered: bool) -> str:
     """Add a row of rollup_rows() to its rollup row, making it when it is not there yet
     (SQLite and PostgreSQL speak the same ON CONFLICT)."""
     names = ("dim", "hour", "value", "user", "key_name", *SUM_COLUMNS)
-    if numbered:
-        places = ", ".join(f"${n}" for n in range(1, len(names) + 1))
-    else:
-        places = ", ".join("?" * len(names))
+    places = placeholders(numbered, len(names))
     columns = ", ".join(f'"{name}"' for name in names)
     added = ", ".join(
         f"{c} = {_COST_ADDED}" if c == "cost" else f"{c} = usage_hourly.{c} + excluded.{c}"
