@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aigateway.db import schema
+from aigateway.db import reports, schema
 from aigateway.db.daily import DAILY_LABELS, DAILY_SUMS, daily_rows
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
@@ -95,7 +96,12 @@ async def test_pruning_into_a_day_sums_it_again_from_the_records_left(database: 
         await store.close()
 
 
-async def test_pages_bounded_by_the_daily_sums_lose_nothing(database: str) -> None:
+@pytest.mark.parametrize("first_days", [7, 1])
+async def test_pages_bounded_by_the_daily_sums_lose_nothing(
+    database: str, first_days: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(With 1, the newest day first and then the rest: both reads of the days.)"""
+    monkeypatch.setattr(reports, "_FIRST_DAYS", first_days)
     now = time.time()
     records = _records(random.Random(23), now, 1500)
     store = await Store.open(database)

@@ -296,17 +296,26 @@ async def _oldest_day_needed(conn: AsyncConnection, where: UsageQuery, most: int
         clauses.append(d.day >= where.since // DAY * DAY)
     if where.until is not None:
         clauses.append(d.day < where.until)
-    statement = (
-        select(d.day, func.sum(d.requests)).where(*clauses).group_by(d.day).order_by(d.day.desc())
-    )
-    seen, found = 0, False
-    for day, requests in await conn.execute(statement):
-        found = True
-        if where.until is None or day + DAY <= where.until:  # (a day cut by `until`: maybe
-            seen += requests  # none of its records is in the period)
-        if seen >= most:
-            return float(day)
+    per_day = select(d.day, func.sum(d.requests)).group_by(d.day).order_by(d.day.desc())
+    seen, found, last = 0, False, None
+    # the newest few days first (the days' index in order, stopping there): a page
+    # is most often in them; then the rest
+    for statement in (per_day.where(*clauses).limit(_FIRST_DAYS), per_day):
+        if last is not None:
+            statement = statement.where(*clauses, d.day < last)
+        rows = (await conn.execute(statement)).all()
+        for day, requests in rows:
+            found, last = True, day
+            if where.until is None or day + DAY <= where.until:  # (a day cut by `until`:
+                seen += requests  # maybe none of its records is in the period)
+            if seen >= most:
+                return float(day)
+        if len(rows) < _FIRST_DAYS:
+            break
     return 0 if found else None
+
+
+_FIRST_DAYS = 7
 
 
 # The fields of a UsageQuery that pick records by value (besides their time).
