@@ -17,15 +17,20 @@ from .access.budgets_shared import SharedBudgets
 from .access.keytable import KeyTable, flush_last_used, keep_fresh
 from .access.limits import Limiter, Limits
 from .access.limits_shared import SharedLimits
+from .admin.aliasroutes import add_alias_routes
 from .admin.api import add_admin_routes
 from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
 from .admin.metrics import admin_metrics_page, metrics_page
+from .admin.now import NOW, Now
+from .alerts.running import running_alerts
 from .db.notify import ChangeListener
+from .db.now import NOW_CHANNEL
 from .db.store import Store
 from .http import httpguard
 from .http.appkeys import (
+    ALERTS,
     KEY_TABLE,
     LIMITER,
     METRICS,
@@ -52,6 +57,7 @@ from .upstreams.pool import Pool
 from .upstreams.transport import Transport
 from .usage.journal import Journal
 from .usage.metrics import Metrics
+from .usage.refusals import RefusalCounts
 from .usage.restart import count_before_admitting
 from .usage.traces import open_tracing
 from .usage.writer import UsageWriter
@@ -107,6 +113,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         page = metrics_page if settings.metrics == "on" else admin_metrics_page
         router.add_route("GET", "/metrics", page, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
+    add_alias_routes(app, settings.admin_path)
     add_compat_routes(app, settings)
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)
@@ -126,7 +133,8 @@ async def _finish_open_requests(app: web.Application) -> None:
 
 async def _running(app: web.Application) -> AsyncIterator[None]:
     """Everything the running gateway holds, made in order and closed in the reverse
-    order (also when start-up fails half-way): the store and the keys, the usage writer
+    order (also when start-up fails half-way): the store and the keys, the alerts (which
+    close last, so what was raised meanwhile reaches their outbox), the usage writer
     (after it counted what the journal holds), the limits and budgets shared with other
     gateways, the background tasks, the way out to upstreams and their checks, the tracer
     (its last spans exported when it closes); then the relay's state, built complete from
@@ -147,16 +155,38 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         _name_provider_upstreams(settings)
         _warn_of_unpriced_cloud_models(settings, table)
         stack.push_async_callback(flush_last_used, store, table)
+        alerts = await stack.enter_async_context(running_alerts(settings, store, table))
+        if alerts.outbox is not None:
+            app[ALERTS] = alerts.outbox
         journal = _journal(settings, store)
         usage = UsageWriter(
-            store, settings.usage_retention_days, journal, settings.usage_memory_records
+            store,
+            settings.usage_retention_days,
+            journal,
+            settings.usage_memory_records,
+            RefusalCounts(alerts.refused),
         )
         app[REFUSALS] = usage.refusals.counts
-        budgets = Budgets(settings.currency)
+        budgets = Budgets(settings.currency, alerts.sink)
         await count_before_admitting(usage, store, table, limiter, budgets)
         stack.push_async_callback(usage.close)
+        transport = Transport(
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        stack.push_async_callback(transport.close)
+        pool = Pool(
+            settings.upstream_list,
+            settings.upstream_check_interval,
+            settings.upstream_queue_timeout,
+            transport,
+            alerts.sink,
+        )
+        in_flight = InFlight()
+        postgresql = store.database.backend == "postgresql"
+        now = app[NOW] = Now(store, in_flight, pool, shared=postgresql)
         listener = shared = shared_budgets = None
-        if store.database.backend == "postgresql":
+        if postgresql:
             shared = SharedLimits(
                 store.database,
                 settings.limits_when_database_away,
@@ -169,23 +199,13 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             shared_budgets.start()
             stack.push_async_callback(shared_budgets.close)
             listener = ChangeListener(store.database)
+            listener.also(NOW_CHANNEL, now.heard)
             listener.start()
             stack.push_async_callback(listener.close)
+            _in_background(stack, now.publishing(), "aigateway-now")
         _in_background(stack, keep_fresh(store, table, listener), "aigateway-keys")
         idle_s = settings.session_idle_minutes * 60.0
         _in_background(stack, sweep_ended_sessions(store, idle_s), "aigateway-session-sweep")
-        transport = Transport(
-            connect_timeout=settings.upstream_connect_timeout,
-            read_timeout=settings.upstream_read_timeout,
-        )
-        stack.push_async_callback(transport.close)
-        pool = Pool(
-            settings.upstream_list,
-            settings.upstream_check_interval,
-            settings.upstream_queue_timeout,
-            transport,
-        )
-        in_flight = InFlight()
         observe = None
         if settings.metrics != "off":
             metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)

@@ -9,7 +9,7 @@ tests). A check raises the error named beside it, with one line a person can act
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Literal, NamedTuple
@@ -403,6 +403,8 @@ class UsageRecord(NamedTuple):
     # The model as the request named it (`model` is its one identity, as Ollama resolves
     # the name: lower case, the default host and namespace left out, the tag written).
     model_sent: str | None = None
+    # Who ended it from the dashboard's Now (an admin's "user/key name"); None: nobody.
+    stopped_by: str | None = None
 
 
 class LocalUsageRecord(UsageRecord):
@@ -470,6 +472,7 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
         count(record.cost, optional=True),
         count(record.model_ns, optional=True),
         text(record.model_sent, optional=True),
+        text(record.stopped_by, optional=True),
     )
 
 
@@ -501,3 +504,57 @@ class ModelInfo:
 
 
 MODEL_FIELDS = tuple(f.name for f in fields(ModelInfo))
+
+
+# --- Alerts: what an event tells the webhooks (alerts/ sends them) -----------------------
+
+# The kinds, as the webhook body and the per-kind URL settings name them.
+ALERT_KINDS = (
+    "budget_alert",  # a budget's alert percentage was reached in its period
+    "budget_exhausted",  # a budget was used up in its period
+    "upstream_down",
+    "upstream_up",
+    "key_expiring",  # a working key expires within ALERT_KEY_EXPIRY_DAYS
+    "key_refusals",  # ALERT_REFUSALS: N refusals of one key within M minutes
+)
+
+
+class Alert(NamedTuple):
+    """One event for the webhooks. The same kind, subject and period is one alert, however
+    often and on however many gateways it is raised (the outbox's `dedupe` column)."""
+
+    kind: str  # one of ALERT_KINDS
+    subject: str  # what it is about: "key:12", "user:3", "upstream:gpu1"
+    period: str  # what repeats it: a budget's period start, an expiry date, a time window
+    text: str  # one line for people (the Slack form's whole message)
+    details: Mapping[str, object]  # plain JSON values for programs
+
+    @property
+    def dedupe(self) -> str:
+        return f"{self.kind}|{self.subject}|{self.period}"
+
+
+# What an event's source is given to raise one: it must not block or fail (it queues).
+AlertSink = Callable[[Alert], None]
+
+
+# --- Aliases --------------------------------------------------------------------------
+
+AliasScope = Literal["global", "user", "key"]
+ALIAS_SCOPES: tuple[AliasScope, ...] = ("global", "user", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A model name that stands for another (`gpt-4o-mini` -> `llama3.2:latest`), for
+    everyone, one user's keys or one key. `name` is as the admin wrote it (model lists show
+    it so), `canonical` its identity (requests match it whatever their case or tag
+    spelling), `target` the identity of the model it runs. `owner` is "" (global), the
+    user's name or the key's id as text."""
+
+    name: str
+    canonical: str
+    target: str
+    scope: AliasScope = "global"
+    owner: str = ""
+    created_at: float = 0.0

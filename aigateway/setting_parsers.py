@@ -18,6 +18,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:I?B)?\s*$", re.IGNORECASE)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+OFF = "off"
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -246,6 +247,46 @@ def _database_url(_name: str, raw: str) -> str:
     return raw
 
 
+def _webhook_url(name: str, raw: str) -> str:
+    """Where alerts are posted: an http(s) URL (a query too: some receivers put their
+    token there). It is a secret (a Slack webhook URL is its own key): never shown."""
+    try:
+        url = URL(raw)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise SettingsError(f"{name}: expected an http:// or https:// URL")
+    if url.fragment or not raw.isprintable() or " " in raw:
+        raise SettingsError(f"{name}: expected a URL without a fragment or spaces")
+    return raw
+
+
+def _kind_url(name: str, raw: str) -> str:
+    """A per-kind alert URL, or `off`: that kind is not sent even with ALERT_WEBHOOK_URL."""
+    return OFF if raw.lower() == OFF else _webhook_url(name, raw)
+
+
+def _refusal_rule(name: str, raw: str) -> tuple[int, int] | None:
+    """ALERT_REFUSALS: `N/M` (N refusals of one key within M minutes), or `off`."""
+    if raw.lower() == OFF:
+        return None
+    count, slash, minutes = raw.partition("/")
+    try:
+        rule = (int(count), int(minutes)) if slash else None
+    except ValueError:
+        rule = None
+    if rule is None or not 1 <= rule[0] <= 100_000 or not 1 <= rule[1] <= 1440:
+        raise SettingsError(
+            f"{name}: expected N/M (N refusals from 1 to 100000 within M minutes from 1 to"
+            f" 1440, such as 20/5) or off, got {raw!r}"
+        )
+    return rule
+
+
+def _rule_shown(value: object) -> str:
+    return f"{value[0]}/{value[1]}" if isinstance(value, tuple) else OFF
+
+
 def _base_path(name: str, raw: str) -> str:
     if not raw.startswith("/") or raw.startswith("//"):
         raise SettingsError(f"{name}: expected a path starting with a single '/', got {raw!r}")
@@ -287,3 +328,8 @@ MODEL_PATTERNS = Parser(
     _model_patterns, "model name patterns (`*`, `?`), comma-separated", _patterns_shown
 )
 CLOUD_URL = Parser(_cloud_url, "an `http://` or `https://` URL")
+WEBHOOK_URL = Parser(_webhook_url, "an `http://` or `https://` URL (never shown)")
+KIND_URL = Parser(_kind_url, "an `http://` or `https://` URL (never shown), or `off`")
+REFUSAL_RULE = Parser(
+    _refusal_rule, "`N/M`: N refusals within M minutes (`20/5`), or `off`", _rule_shown
+)

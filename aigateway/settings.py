@@ -30,17 +30,21 @@ from .setting_parsers import (
     CURRENCY,
     DATABASE_URL,
     FILE,
+    KIND_URL,
     LOG_LEVEL,
     MODEL_PATTERNS,
     NETWORKS,
+    OFF,
     OLLAMA_URLS,
     ORIGINS,
     PATH,
     RATE,
+    REFUSAL_RULE,
     SECONDS,
     SECRET,
     SIZE,
     UI_PATH,
+    WEBHOOK_URL,
     Parser,
     choice,
     text,
@@ -95,6 +99,7 @@ GROUPS = (
     "Request bodies",
     "Limits and budgets",
     "Admin API and dashboard",
+    "Alerts",
 )
 
 
@@ -435,11 +440,85 @@ class Settings:
         " `true` always; `false` never.",
     )  # fmt: skip
 
+    alert_webhook_url: str | None = setting(
+        "ALERT_WEBHOOK_URL", None, WEBHOOK_URL, "Alerts",
+        "Where alerts are posted (see [Alerts](alerts.md)): every kind not given a URL of its"
+        " own below. Unset, with none of those: no alerts, and nothing is spent on them.",
+        secret=True,
+    )  # fmt: skip
+    alert_budget_url: str | None = setting(
+        "ALERT_BUDGET_URL", None, KIND_URL, "Alerts",
+        "Where `budget_alert` (a budget's alert percentage reached) and `budget_exhausted`"
+        " go; `off`: not sent.",
+        shown_default="`ALERT_WEBHOOK_URL`",
+        secret=True,
+    )  # fmt: skip
+    alert_upstream_url: str | None = setting(
+        "ALERT_UPSTREAM_URL", None, KIND_URL, "Alerts",
+        "Where `upstream_down` and `upstream_up` go; `off`: not sent.",
+        shown_default="`ALERT_WEBHOOK_URL`",
+        secret=True,
+    )  # fmt: skip
+    alert_key_expiry_url: str | None = setting(
+        "ALERT_KEY_EXPIRY_URL", None, KIND_URL, "Alerts",
+        "Where `key_expiring` goes; `off`: not sent.",
+        shown_default="`ALERT_WEBHOOK_URL`",
+        secret=True,
+    )  # fmt: skip
+    alert_refusals_url: str | None = setting(
+        "ALERT_REFUSALS_URL", None, KIND_URL, "Alerts",
+        "Where `key_refusals` goes; `off`: not sent.",
+        shown_default="`ALERT_WEBHOOK_URL`",
+        secret=True,
+    )  # fmt: skip
+    alert_webhook_format: str = setting(
+        "ALERT_WEBHOOK_FORMAT", "json", choice("json", "slack"), "Alerts",
+        "`json`: the alert as a JSON object; `slack`: `{\"text\": ...}`, what Slack's (and"
+        " Mattermost's, Rocket.Chat's) incoming webhooks take.",
+    )  # fmt: skip
+    alert_webhook_secret: str | None = setting(
+        "ALERT_WEBHOOK_SECRET", None, SECRET, "Alerts",
+        "Signs every alert: `X-Aigateway-Signature: t=TIME,v1=HEX`, the HMAC-SHA256 of"
+        " `TIME.BODY` with this secret. Required with `ALERT_WEBHOOK_FORMAT=json`.",
+        secret=True,
+    )  # fmt: skip
+    alert_key_expiry_days: int = setting(
+        "ALERT_KEY_EXPIRY_DAYS", 7, whole(0, 3650), "Alerts",
+        "A working key that expires within this many days raises `key_expiring` (once per"
+        " key and expiry date); `0`: never.",
+    )  # fmt: skip
+    alert_refusals: tuple[int, int] | None = setting(
+        "ALERT_REFUSALS", (20, 5), REFUSAL_RULE, "Alerts",
+        "`N/M`: N refusals of one key within M minutes, counted by each gateway on its own,"
+        " raise `key_refusals` (once per key and M-minute window).",
+    )  # fmt: skip
+    alert_allow_private_urls: bool = setting(
+        "ALERT_ALLOW_PRIVATE_URLS", False, BOOLEAN, "Alerts",
+        "Post alerts to loopback, private and link-local addresses too (a receiver inside"
+        " your network). Off: such a URL is refused when it is sent, after its name is"
+        " resolved. Cloud metadata addresses are refused either way.",
+    )  # fmt: skip
+
     @property
     def body_memory_per_key(self) -> int:
         if self.max_body_memory_per_key is not None:
             return self.max_body_memory_per_key
         return max(self.max_body_memory // 4, self.max_body_bytes)
+
+    @property
+    def alert_urls(self) -> dict[str, str]:
+        """Where each kind of alert goes (a kind left out is not sent): empty with alerts
+        off."""
+        kinds = {
+            "budget_alert": self.alert_budget_url,
+            "budget_exhausted": self.alert_budget_url,
+            "upstream_down": self.alert_upstream_url,
+            "upstream_up": self.alert_upstream_url,
+            "key_expiring": self.alert_key_expiry_url if self.alert_key_expiry_days else OFF,
+            "key_refusals": self.alert_refusals_url if self.alert_refusals else OFF,
+        }
+        urls = {kind: url or self.alert_webhook_url for kind, url in kinds.items()}
+        return {kind: url for kind, url in urls.items() if url is not None and url != OFF}
 
     @property
     def database(self) -> str:
@@ -600,6 +679,12 @@ def _check_together(settings: Settings) -> None:
             "MAX_BODY_MEMORY_PER_KEY: expected between MAX_BODY_SIZE"
             f" ({settings.max_body_bytes} bytes) and MAX_BODY_MEMORY"
             f" ({settings.max_body_memory} bytes), got {per_key}"
+        )
+    json_alerts = settings.alert_webhook_format == "json" and settings.alert_urls
+    if json_alerts and settings.alert_webhook_secret is None:
+        raise SettingsError(
+            "ALERT_WEBHOOK_SECRET: expected a secret to sign the JSON alerts with"
+            " (or ALERT_WEBHOOK_FORMAT=slack for a receiver that checks none)"
         )
     _apart("ADMIN_PATH", settings.admin_path, ("BASE_PATH", settings.base_path))
     if settings.ui_path is not None:

@@ -52,22 +52,26 @@ TARGET_MS = 200
 # The admin API calls each dashboard view makes, as its page's script makes them (read
 # aigateway/ui/static/<page>.js). Add a view, or a call to one, here: placeholders are
 # {day_ago} and {week_ago} (Unix times), {admin_id} (the signed-in admin key), {key_id},
-# {user} and {model} (one of the filled ones). Still to come: the "Now" view and 30-day
-# charts (/admin/series?hours=720, and per day).
+# {user} and {model} (one of the filled ones).
 VIEWS: dict[str, list[str]] = {
     "Overview": [
         "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model,refused",
-        "/admin/series?hours=24",
-        "/admin/series?hours=168",
+        "/admin/series?range=24h&split=total&scope=gateway",
         "/admin/upstreams",
     ],
+    # The charts' other ranges and splits, each one click on the Overview or My usage.
+    "Chart, 7 days by user": ["/admin/series?range=7d&split=user&scope=gateway"],
+    "Chart, 30 days": ["/admin/series?range=30d&split=total&scope=gateway"],
+    "Chart, 30 days by model": ["/admin/series?range=30d&split=model&scope=gateway"],
+    "Chart, 30 days by user": ["/admin/series?range=30d&split=user&scope=gateway"],
+    "Now": ["/admin/now"],
     "Keys": ["/admin/keys", "/admin/stats?since={day_ago}&parts=per_key,rate_limits"],
     "Keys, one key's details": ["/admin/keys/{key_id}"],
     "Users": ["/admin/users"],
     "Users, one user's details": ["/admin/users/{user}/budget", "/admin/users/{user}"],
     "Models": ["/admin/models", "/admin/prices"],
-    "My usage": ["/admin/me", "/admin/series?hours=24&key_id={admin_id}"],
-    "a 7-day chart alone": ["/admin/series?hours=168"],
+    "My usage": ["/admin/me", "/admin/series?range=24h&split=total&scope=me"],
+    "My usage, 30 days by model": ["/admin/series?range=30d&split=model&scope=me"],
 }
 # The Usage page: a page of records and its breakdowns (usage.js), for each filter it
 # offers, alone and together (the page adds each filter to both calls).

@@ -56,6 +56,16 @@ async def signed_in(
     return context, page
 
 
+def policy_refusals(page: Page) -> list[str]:
+    """What the page's Content-Security-Policy stops from now on (nothing may be)."""
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return refused
+
+
 SAVED: list[Path] = []  # (named at the end of the run by conftest's terminal summary)
 
 

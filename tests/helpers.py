@@ -98,3 +98,33 @@ def at_revision(revision: int) -> Callable[[Connection], None]:
             connection.exec_driver_sql(f"PRAGMA user_version = {revision}")
 
     return migrate
+
+
+def old_key(connection: Connection) -> None:
+    """A key (id 1, alice/old) written as a release before wrote it, for `run_sync`
+    after `at_revision`: what an upgrade test checks is still there."""
+    from sqlalchemy import insert
+
+    from aigateway.db import schema
+
+    connection.execute(
+        insert(schema.keys).values(
+            id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
+            role="user", created_at=1.0, revoked=0,
+        )
+    )  # fmt: skip
+
+
+def old_usage_record(connection: Connection) -> None:
+    """One usage record of alice's key "old" as a release before wrote it (only the
+    columns every release has), for `run_sync` after at_revision."""
+    from sqlalchemy import insert
+
+    from aigateway.db import schema
+
+    connection.execute(
+        insert(schema.usage).values(
+            ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
+            route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
+        )
+    )  # fmt: skip

@@ -1,5 +1,5 @@
 """The daily sums (usage_daily) agree with the records they sum, on both databases: after
-a replay, after pruning cuts into a day, when revision 0020 makes them from the records of
+a replay, after pruning cuts into a day, when revision 0024 makes them from the records of
 an older database; pages of filtered records bounded by them lose nothing; budget spend
 read from them is the records' spend. (Summaries over any period and filter are checked
 against the records in test_rollups.py.)"""
@@ -155,14 +155,14 @@ async def test_budget_spend_reads_whole_days_from_the_daily_sums(database: str) 
         await store.close()
 
 
-async def test_revision_0020_sums_the_records_of_an_older_database(database: str) -> None:
-    """A database at revision 0019 with records opens with daily sums equal to what the
+async def test_revision_0024_sums_the_records_of_an_older_database(database: str) -> None:
+    """A database at revision 0023 with records opens with daily sums equal to what the
     writer would have made of them."""
     records = _records(random.Random(25), time.time(), 800)
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(at_revision(19))
+            await conn.run_sync(at_revision(23))
         async with engine.begin() as conn:
             await conn.execute(insert(schema.usage), [r._asdict() for r in records])
     finally:

@@ -70,8 +70,8 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
     assert cookie["sameSite"] == "Strict"
     stored = await page.evaluate("JSON.stringify(localStorage) + document.cookie")
     assert admin_key not in stored and "aigateway_session" not in stored
-    # Overview: figures and a chart with bars for the requests just made.
-    await page.wait_for_selector("#view-overview svg.chart rect.bar")
+    # Overview: figures and charts of the requests just made (drawn on canvases).
+    await page.wait_for_selector("#view-overview .chart-box[data-drawn] canvas")
     assert "Last 24 hours" in cast(str, await page.text_content("#view-overview"))
     assert XSS in cast(str, await page.text_content("#view-overview"))  # shown as text
     # Percentiles from the hourly sums are marked as estimates, and say how close.

@@ -5,7 +5,8 @@ Every page at 1280, 1024 and 390 px, light and dark, with a 64-character user na
 itself (each word's line boxes, from Range.getClientRects), the page never scrolls
 sideways, every row's buttons can be reached (on a phone without scrolling any box
 sideways), a cut value is whole in its title, on focus and when copied, and the phone's
-header stays one line. A screenshot of each page is saved (the folder is printed).
+header stays one line; the charts (by model, the long name in the legend) fit their
+cards and the screen. A screenshot of each page is saved (the folder is printed).
 
 A key's Change form sends only the field changed, and everything else about the key
 stays as it was, read back through the admin API; so does a user's; a key is created
@@ -31,13 +32,15 @@ from aigateway.records import Budget, KeyLimits, Price, UsageRecord
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama
 
-from .browser import Theme, chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .browser import Theme, chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
 
 LONG_USER = "Maximiliana-Alexandrina-Konstantinopolitanische-Verwaltungsamt-X"
 LONG_MODEL = ("model-with-a-very-long-name-" * 36)[:993] + ":latest"
 assert len(LONG_USER) == 64 and len(LONG_MODEL) == 1000
-PAGES = ("overview", "keys", "users", "models", "usage", "me", "playground")
+# The longest alias name a namespace and a model allow (80 characters each).
+LONG_ALIAS = ("alias-namespace-" * 5)[:80] + "/" + ("gpt-4o-mini-compatible-" * 4)[:80]
+PAGES = ("overview", "now", "keys", "users", "models", "usage", "me", "playground")
 USER_PAGES = ("models", "usage", "me", "mykeys", "playground")
 SIZES: tuple[tuple[int, Theme], ...] = (
     (1280, "light"),
@@ -101,9 +104,25 @@ MEASURE = """
     unreachable,
     offscreen,
     buttons: document.querySelectorAll("#view tbody button").length,
+    // each chart's canvas within its card, each legend entry within the screen
+    charts: [...document.querySelectorAll("#view .chart-card")].map((card) => {
+      const canvas = card.querySelector(".chart-box[data-drawn] canvas");
+      if (!canvas) return "not drawn";
+      const c = card.getBoundingClientRect();
+      const r = canvas.getBoundingClientRect();
+      return r.left >= c.left - 1 && r.right <= c.right + 1 ? "fits" : "overflows";
+    }),
+    legendOut: [...document.querySelectorAll("#view .chart-legend button")]
+      .filter((b) => b.getBoundingClientRect().right > innerWidth).map((b) => b.title.slice(0, 40)),
     header: document.querySelector("header.bar").getBoundingClientRect().height,
   };
 }
+"""
+
+# The page's charts drawn, none of them loading.
+DRAWN = """
+() => !document.querySelector("#view .usage-charts[aria-busy]")
+  && document.querySelectorAll("#view .chart-box[data-drawn] canvas").length === 3
 """
 
 # A cut value: shown with an ellipsis, whole in its title; focusable, and whole when
@@ -186,6 +205,10 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
             LONG_USER, "k" * 64, "user", record.expires_at, record.limits, ["llama3.1*"],
             Budget(1_000_000, "total"), creator=Creator(record.id, 3, lambda _now: None),
         )  # fmt: skip
+        # (the Models page's Aliases: everyone's with a long name, the long user's own)
+        await store.set_alias(LONG_ALIAS, "llama3.2")
+        await store.set_alias("gpt-4o-mini", "llama3.2", "user", LONG_USER)
+        await store.set_alias("o1", "llama3.2", "key", str(record.id))
     finally:
         await store.close()
     url = str(dashboard.make_url("")).rstrip("/")
@@ -201,16 +224,6 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
     return admin_key, secret
 
 
-def _policy_refusals(page: Page) -> list[str]:
-    """What the page's Content-Security-Policy stops from now on (nothing may be)."""
-    refused: list[str] = []
-    page.on(
-        "console",
-        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return refused
-
-
 async def _show(page: Page, url: str, name: str) -> None:
     await page.goto(f"{url}/ui/#/{name}")
     # (the page's own answers all in: a hash change starts no navigation to wait for)
@@ -220,12 +233,43 @@ async def _show(page: Page, url: str, name: str) -> None:
     )
 
 
+async def _held_in_flight(url: str, db_path: str) -> aiohttp.ClientSession:
+    """A request of another user with a 64-character name, by a key with a long name,
+    held in flight (Now lists it) until the returned session closes."""
+    key = await make_key(db_path, LONG_USER[:-1] + "N", "now-" + "x" * 40)
+    session = aiohttp.ClientSession()
+    body = {"model": "stall", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        resp = await session.post(
+            url + "/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert resp.status == 200, await resp.text()
+        await resp.content.readline()  # (answering: its tokens so far are counted)
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
 async def test_every_page_fits_every_screen_in_both_themes(
     browser: Browser, dashboard: TestServer, db_path: str
 ) -> None:
     admin_key, user_key = await _with_history(dashboard, db_path)
     url = str(dashboard.make_url("")).rstrip("/")
+    held = await _held_in_flight(url, db_path)
     cut_seen: dict[str, list[int]] = {LONG_USER: [], LONG_MODEL: []}
+    try:
+        await _every_page_fits(browser, url, admin_key, user_key, cut_seen)
+    finally:
+        await held.close()
+    # Each long value was cut (and checked) somewhere at every width.
+    for text, widths in cut_seen.items():
+        assert set(widths) == {1280, 1024, 390}, (text[:20], widths)
+
+
+async def _every_page_fits(
+    browser: Browser, url: str, admin_key: str, user_key: str, cut_seen: dict[str, list[int]]
+) -> None:
     # Every page as an admin; a user's own pages (its name long) at each width.
     runs: list[tuple[str, str, int, Theme, tuple[str, ...]]]
     runs = [(admin_key, "admin", width, theme, PAGES) for width, theme in SIZES] + [
@@ -235,7 +279,7 @@ async def test_every_page_fits_every_screen_in_both_themes(
     runs += [(user_key, "user", width, theme, ("mykeys",)) for width, theme in SIZES[1::2]]
     for key, role, width, theme, pages in runs:
         context, page = await signed_in(browser, url, key, width, theme)
-        refused = _policy_refusals(page)
+        refused = policy_refusals(page)
         try:
             for name in pages:
                 await _show(page, url, name)
@@ -243,6 +287,13 @@ async def test_every_page_fits_every_screen_in_both_themes(
                     row = page.locator("tr", has_text="build-server-in-the-basement")
                     await row.locator("button[data-action=edit]").click()
                     await page.wait_for_selector("#edit-key")
+                if name == "overview":  # the charts by model: the long name in the legend
+                    await page.click("button[data-split='model']")
+                    await page.wait_for_selector(
+                        f".chart-legend button[title='{LONG_MODEL}']", state="attached"
+                    )
+                if name in ("overview", "me"):
+                    await page.wait_for_function(DRAWN)
                 where = f"{name} at {width} px, {theme}, as {role}"
                 found = cast(dict[str, Any], await page.evaluate(MEASURE))
                 await shot(page, f"{name}-{width}-{theme}" + ("-user" if role == "user" else ""))
@@ -255,9 +306,14 @@ async def test_every_page_fits_every_screen_in_both_themes(
                 )
                 # (one line at every width, even with the user's long name in it)
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
+                if name in ("overview", "me"):
+                    assert found["charts"] == ["fits"] * 3, (where, found["charts"])
+                    assert found["legendOut"] == [], (where, found["legendOut"])
                 if width < 600:
                     assert found["boxes"] == 0 and found["offscreen"] == [], where
-                if (name in ("keys", "users", "models") and role == "admin") or name == "mykeys":
+                if (name in ("keys", "users", "models", "now") and role == "admin") or (
+                    name == "mykeys"
+                ):
                     assert found["buttons"] > 0, where  # (the rows' actions were measured)
                 for text, widths in cut_seen.items():
                     shown = await page.evaluate(CUT, text)
@@ -287,9 +343,6 @@ async def test_every_page_fits_every_screen_in_both_themes(
             assert refused == [], refused
         finally:
             await context.close()
-    # Each long value was cut (and checked) somewhere at every width.
-    for text, widths in cut_seen.items():
-        assert set(widths) == {1280, 1024, 390}, (text[:20], widths)
 
 
 async def _api(url: str, key: str, method: str, path: str, body: object = None) -> Any:

@@ -29,8 +29,7 @@ SAME = {"X-Requested-With": "aigateway"}
 # What the Overview reads (checked against its module below), the times a viewer refreshes.
 OVERVIEW_READS = (
     "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model,refused",
-    "/admin/series?hours=24",
-    "/admin/series?hours=168",
+    "/admin/series?range=24h&split=total&scope=gateway",  # (its charts' first view)
     "/admin/upstreams",
 )
 REFRESHES = 8
@@ -49,8 +48,13 @@ def _function_source(opening: str) -> str:
 def test_the_overview_reads_the_admin_api_only() -> None:
     """The list the test below loads is what the Overview reads, and none of it relayed."""
     body = _function_source("async function overview(view) {")
-    read = re.findall(r'api\("GET", `\$\{PATHS\.admin\}([^`]*)`\)', body)
-    assert ["/admin" + r.replace("${weekAgo}", "{week_ago}") for r in read] == list(OVERVIEW_READS)
+    reads = r'api\("GET", `\$\{PATHS\.admin\}([^`]*)`\)'
+    read = ["/admin" + r.replace("${weekAgo}", "{week_ago}") for r in re.findall(reads, body)]
+    # (its charts read the series of the range and split chosen, the gateway's)
+    assert 'usageCharts("gateway"' in body
+    (series,) = re.findall(reads, _function_source("async function load(panel) {"))
+    assert series == "/series?range=${range}&split=${split}&scope=${panel.scope}"
+    assert sorted([*read, OVERVIEW_READS[1]]) == sorted(OVERVIEW_READS)
     assert "fetch(" not in body
     # The one relayed call in the whole dashboard is the Playground's chat: a person's
     # use of a model, recorded as theirs.

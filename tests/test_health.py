@@ -28,6 +28,7 @@ async def test_anonymous_health_says_only_ok(
         await anon.get("/health", headers={"Authorization": f"Bearer {admin_key}"})
     ).json()
     assert detail["keys_loaded"] == 2 and "version" in detail
+    assert detail["alerts"] is None  # off by default
 
 
 async def test_anonymous_ollama_health_names_no_url(

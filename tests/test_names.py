@@ -510,10 +510,6 @@ def test_the_cache_is_bounded_and_keyed_by_the_sent_name() -> None:
     assert resolve("model3") == ModelRef("model3", "model3:latest", False)
 
 
-def test_caller_is_accepted_and_unused() -> None:
-    assert resolve("llama3.2", caller=object()) == resolve("llama3.2")
-
-
 # create's model, copy and push: model.ParseName alone (literal values from Go's ParseName).
 @pytest.mark.parametrize(
     ("sent", "expected", "cloud"),

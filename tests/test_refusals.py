@@ -19,12 +19,10 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
 from aigateway.access.keytable import bootstrap_record
-from aigateway.db import schema
 from aigateway.db.migrate import HEAD
 from aigateway.db.refusals import NO_KEY, RefusalRow
 from aigateway.db.store import Store
@@ -35,7 +33,7 @@ from aigateway.usage import refusals
 from aigateway.usage.refusals import RefusalCounts, RefusalWriter
 
 from .conftest import GatewayClient, make_key
-from .helpers import at_revision, clock_room, eventually
+from .helpers import at_revision, clock_room, eventually, old_key, old_usage_record
 from .test_server_process import start_gateway
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -380,25 +378,15 @@ async def test_the_overview_reads_the_refused_counts_it_shows(
 
 
 async def test_a_database_of_the_release_before_upgrades_in_place(database: str) -> None:
-    """A database at revision 0017 with a key and a usage record opens at 0018 with both
+    """A database at revision 0017 with a key and a usage record opens at the head with both
     as they were, and takes and adds refusal counts (an upsert that adds)."""
     engine = create_async_engine(database_from(database).url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(17))
         async with engine.begin() as conn:
-            await conn.execute(
-                insert(schema.keys).values(
-                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
-                    role="user", created_at=1.0, revoked=0,
-                )
-            )  # fmt: skip
-            await conn.execute(
-                insert(schema.usage).values(
-                    ts=time.time(), key_id=1, user="alice", key_name="old", method="POST",
-                    route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
-                )
-            )  # fmt: skip
+            await conn.run_sync(old_key)
+            await conn.run_sync(old_usage_record)
     finally:
         await engine.dispose()
     store = await Store.open(database)

@@ -155,7 +155,7 @@ async def test_prepare_reads_the_body_names_the_model_and_reserves_its_tokens() 
     admitted = await admit(_request(), CHAT, principal, state, ledger)
     body = b'{"model":"llama3.2","messages":[],"options":{"num_predict":50}}'
     context = _context(principal)
-    in_flight = InFlightRequest(state.in_flight, None)
+    in_flight = InFlightRequest(state.in_flight, None, context, CHAT)
     prepared = await prepare(
         _request(body), CHAT, context, admitted, in_flight, state, None, ledger
     )
@@ -187,7 +187,7 @@ async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledge
     ledger = Ledger()
     admitted = await admit(_request(), CHAT, principal, state, ledger)
     body = b'{"model":"llama3.2","messages":[]}'
-    in_flight = InFlightRequest(state.in_flight, None)
+    in_flight = InFlightRequest(state.in_flight, None, _context(principal), CHAT)
     with pytest.raises(BudgetExhausted):
         await prepare(
             _request(body), CHAT, _context(principal), admitted, in_flight, state, None, ledger
@@ -243,8 +243,9 @@ class Response:
 def _exchange(principal: KeyRecord | None = None, price: Price | None = None) -> Exchange:
     principal = principal or _key()
     admitted = Admitted((), False, None)
-    in_flight = InFlightRequest(InFlight(), None)
-    return Exchange(_context(principal), principal, admitted, in_flight, b"{}", 2, None, price, 10)
+    context = _context(principal)
+    in_flight = InFlightRequest(InFlight(), None, context, CHAT)
+    return Exchange(context, principal, admitted, in_flight, b"{}", 2, None, price, 10)
 
 
 async def _pump(upstream: Upstream, exchange: Exchange, response: Response) -> bytes | None:

@@ -170,13 +170,10 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
     The answer is Ollama's bytes: `body` itself when nothing goes, else `body` with the
     refused entries cut out of its text (listspans.py). Anything that is not a JSON
     object is returned as it is."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
+    found = model_list_arrays(body)
+    if found is None:
         return body
-    arrays = top_level_arrays(text, _LIST_KEYS)
-    if not arrays:
-        return body
+    text, arrays = found
 
     def usable(name: str) -> bool:
         if not cloud and is_cloud(name):
@@ -193,6 +190,17 @@ def filter_model_list(body: bytes, patterns: tuple[str, ...] | None, cloud: bool
 
     kept = cut(text, arrays, keep)
     return body if kept is None else kept.encode("utf-8")
+
+
+def model_list_arrays(body: bytes) -> tuple[str, list[Array]] | None:
+    """A model list's text and its arrays of entries (Ollama's `models`, OpenAI's
+    `data`); None for anything else, which callers pass on as it is."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    arrays = top_level_arrays(text, _LIST_KEYS)
+    return (text, arrays) if arrays else None
 
 
 # A model list's field, and what its entries are named by: Ollama's {"models": [{"name"|

@@ -2,7 +2,8 @@
 
 A budget is an amount in micro-units of CURRENCY (the admin's unit), a period (`total`,
 `daily`, `weekly`, `monthly`; each begins at 00:00 UTC: of the day, of Monday, of the 1st)
-and an optional alert threshold in percent, logged once per period. What has been spent is
+and an optional alert threshold in percent, logged (and raised as an alert, see
+alerts/) once per period, as is a budget used up. What has been spent is
 held in memory in nano-units (the unit of costs, see pricing.py) per owner and period (no
 disk I/O per request), loaded from the usage table when a budget appears or changes its
 period, and set to 0 when a new period begins.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from ..records import DAY, Budget, BudgetLine, add_saturated, micro, money
+from ..records import DAY, Alert, AlertSink, Budget, BudgetLine, add_saturated, micro, money
 
 log = logging.getLogger("aigateway.budgets")
 
@@ -144,6 +145,7 @@ class _Spend:
     spent: int = 0  # nano-units
     reserved: int = 0  # reserved costs of requests still running (nano-units)
     alerted: int = -1  # the period start whose alert was logged
+    exhausted: int = -1  # the period start whose exhaustion was raised
 
 
 def _new_spend(period: str, now: float) -> _Spend:
@@ -158,9 +160,10 @@ class Budgets:
     """Spend per owner for the current period, held in memory (this gateway's own view;
     with shared budgets, the view the database last gave plus what ran here since)."""
 
-    def __init__(self, currency: str) -> None:
+    def __init__(self, currency: str, alerts: AlertSink | None = None) -> None:
         self.currency = currency
         self._spend: dict[str, _Spend] = {}
+        self._alerts = alerts  # None: alerts are off
 
     async def prepare(self, lines: Iterable[BudgetLine], load: SpendLoader) -> None:
         """Before a key table with these budgets is used: load what each owner whose
@@ -235,9 +238,11 @@ class Budgets:
 
     def _maybe_alert(self, line: BudgetLine, spend: _Spend) -> None:
         budget = line.budget
-        if budget.alert is None or spend.alerted == spend.start:
-            return
-        if spend.spent * 100 >= budget.nano * budget.alert:
+        if (
+            budget.alert is not None
+            and spend.alerted != spend.start
+            and spend.spent * 100 >= budget.nano * budget.alert
+        ):
             spend.alerted = spend.start
             log.warning(
                 "budget alert: %s has spent %s of its %s budget of %s %s (alert at %d%%)",
@@ -248,6 +253,36 @@ class Budgets:
                 self.currency,
                 budget.alert,
             )
+            if self._alerts is not None:
+                self._alerts(self._alert("budget_alert", line, spend))
+        if (
+            self._alerts is not None
+            and spend.exhausted != spend.start
+            and spend.spent >= budget.nano
+        ):
+            spend.exhausted = spend.start
+            self._alerts(self._alert("budget_exhausted", line, spend))
+
+    def _alert(self, kind: str, line: BudgetLine, spend: _Spend) -> Alert:
+        budget = line.budget
+        spent, amount = money(micro(spend.spent)), money(budget.amount)
+        what = f"has reached {budget.alert}% of" if kind == "budget_alert" else "has used up"
+        return Alert(
+            kind,
+            line.owner,
+            f"{budget.period}@{spend.start}",
+            f"{line.label} {what} its {budget.period} budget: {spent} of {amount} {self.currency}",
+            {
+                "owner": line.owner,
+                "label": line.label,
+                "period": budget.period,
+                "period_start": spend.start,
+                "amount": budget.amount,
+                "spent": micro(spend.spent),
+                "alert_percent": budget.alert,
+                "currency": self.currency,
+            },
+        )
 
     def view(self, line: BudgetLine, now: float) -> dict[str, object]:
         spend = self._current(line, now)

@@ -21,6 +21,7 @@ from ..db.notify import ChangeListener
 from ..db.store import Store
 from ..errors import Refused
 from ..records import KeyRecord, StoreError
+from .aliases import AliasTable
 from .pricing import PriceList
 
 log = logging.getLogger("aigateway.keys")
@@ -85,6 +86,8 @@ class KeyTable:
         # The prices in force, loaded with the keys (a price change moves the same
         # version): what a request starting now will pay.
         self.prices = PriceList()
+        # The model aliases in force, loaded with the keys as prices are.
+        self.aliases = AliasTable()
         # Run with each loaded table before it is used (budgets load their spend).
         self.before_use: Callable[[list[KeyRecord]], Awaitable[None]] | None = None
 
@@ -174,13 +177,15 @@ class KeyTable:
         return list(self._by_hash.values())
 
     async def load(self, store: Store) -> None:
-        """Load every key and price now (the admin API's own writes do not change
+        """Load every key, price and alias now (the admin API's own writes do not change
         data_version, so it loads after each)."""
         records, price_list = await store.list_keys(), await store.list_prices()
+        aliases = await store.list_aliases()
         if self.before_use is not None:
             await self.before_use(records)
         self.replace(records)
         self.prices = PriceList(price_list)
+        self.aliases = AliasTable(aliases)
 
     def take_last_used(self) -> dict[int, float]:
         used, self._last_used = self._last_used, {}

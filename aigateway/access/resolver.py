@@ -21,6 +21,7 @@ from .allowlist import check_cloud, require_allowed
 
 if TYPE_CHECKING:
     from ..records import KeyRecord
+    from .aliases import AliasTable
 
 NO_FIELDS = BodyFields()
 # Model management that names a new model: read field by field (_by_field).
@@ -51,11 +52,13 @@ def named_models(
     cloud: bool,
     content_type: str,
     query: str,
+    aliases: AliasTable,
 ) -> Named:
     """The models `body` names for `route`, resolved and checked: refused (400, in
     Ollama's words) when Ollama would refuse the name or the gateway cannot read the
     body as Ollama will; cloud models unless `cloud`; with an allow-list, every model
-    the body names (403). Names resolve for `caller` (where aliases will)."""
+    the body names (403). A name that is one of `caller`'s aliases resolves to its
+    target before any check (on the routes that take aliases)."""
     patterns = caller.models
     if not route.model_fields:
         return NOTHING_NAMED
@@ -69,9 +72,11 @@ def named_models(
         except UndecidableBody as exc:
             raise _undecidable(str(exc)) from None
     if route.path in _BY_FIELD:  # (model management, admins only: read once per field)
-        refs = tuple(_by_field(body, route, caller))
+        refs = tuple(_by_field(body, route))
     else:
-        refs = tuple(_resolved(name, route, caller) for name in fields.models)
+        refs = tuple(_resolved(name, route) for name in fields.models)
+        if route.takes_aliases and not aliases.empty:
+            refs = tuple(aliases.apply(ref, caller) for ref in refs)
     if not refs and route.kind == "inference":
         raise _refused_name(InvalidModelName("model is required", "required"), "", route)
     if not cloud:
@@ -90,14 +95,14 @@ def _form_fields(body: bytes, content_type: str, query: str) -> BodyFields:
     return BodyFields((model,), model) if model else NO_FIELDS
 
 
-def _resolved(name: str, route: RelayRoute, caller: KeyRecord) -> ModelRef:
+def _resolved(name: str, route: RelayRoute) -> ModelRef:
     try:
-        return resolve_literal(name) if route.path == "/push" else resolve(name, caller)
+        return resolve_literal(name) if route.path == "/push" else resolve(name)
     except InvalidModelName as exc:
         raise _refused_name(exc, name, route) from None
 
 
-def _by_field(body: bytes, route: RelayRoute, caller: KeyRecord) -> Iterator[ModelRef]:
+def _by_field(body: bytes, route: RelayRoute) -> Iterator[ModelRef]:
     """/create and /copy, whose fields Ollama reads each its own way: the new model's
     name (create's model, copy's source and destination) with model.ParseName alone,
     create's base model (`from`) as a model to run."""
@@ -106,7 +111,7 @@ def _by_field(body: bytes, route: RelayRoute, caller: KeyRecord) -> Iterator[Mod
         if name is None:
             continue
         try:
-            yield resolve(name, caller) if field == "from" else resolve_literal(name)
+            yield resolve(name) if field == "from" else resolve_literal(name)
         except InvalidModelName as exc:
             if route.path == "/copy":
                 raise BadRequest(

@@ -11,7 +11,8 @@ Ollama keeps adding routes under /api. JSON in and out.
                                 a user-role key, with SELF_SERVICE_KEYS on: the keys it
                                 made, make one (no more than itself), revoke one of them
     GET    /admin/stats         admin: usage statistics and current rate-limit use
-    GET    /admin/series        any key: usage per hour (an admin: everyone's)
+    GET    /admin/series        any key: usage per hour or day, in total or by model or
+                                user (an admin: everyone's, or its own; others their own)
     GET    /admin/usage         any key: usage records, filtered, paged or downloaded
     GET    /admin/users, POST /admin/users, GET and PATCH /admin/users/{name}
                                 admin: users (customers), their budgets, disabling
@@ -22,6 +23,10 @@ Ollama keeps adding routes under /api. JSON in and out.
     GET    /admin/models        any key: the models it may use, with their prices
     GET, POST, DELETE /admin/prices
                                 admin: prices per model pattern
+    GET    /admin/now           admin: requests in flight on every gateway, the upstreams
+    POST   /admin/now/{id}/stop admin: end a request in flight, on whichever gateway
+    GET, POST, DELETE /admin/aliases
+                                admin: model aliases (global, per user, per key)
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A
@@ -33,10 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +48,11 @@ from aiohttp import web
 
 from ..access.allowlist import filter_model_list, identity
 from ..access.budgets import period_start
-from ..access.keytable import BOOTSTRAP_KEY_ID
 from ..access.limits_shared import DATABASE_AWAY as SHARED_LIMITS_AWAY
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnreachable
 from ..http.appkeys import CONTEXT, KEY_TABLE, LIMITER, SETTINGS, STORE
 from ..http.auth import principal
-from ..http.expect import defer_continue, send_continue
+from ..http.expect import defer_continue
 from ..protocol.body import first_text_field
 from ..records import (
     DAY,
@@ -78,8 +80,19 @@ from ..upstreams.probe import CheckFailed
 from ..upstreams.transport import UpstreamFailed
 from ..upstreams.union import TAGS, union_of_lists
 from . import service
+from .charts import CHART_PARAMS, chart_series
 from .exports import ExportSlots, UsageText
+from .now import now_stop, now_view
 from .reports import user_budget_report, user_invoice
+from .requests import (
+    check_strings,
+    json_response,
+    key_id_param,
+    read_body,
+    reload_keys,
+    time_param,
+    whole_number_param,
+)
 from .views import key_view, user_view, utc_text
 
 if TYPE_CHECKING:
@@ -88,7 +101,6 @@ if TYPE_CHECKING:
 EXPORTS = web.AppKey("exports", ExportSlots)  # the export slots of this app
 
 log = logging.getLogger("aigateway")
-_KEY_ID = re.compile(r"[0-9]{1,18}")
 CREATE_FIELDS = {
     "user", "name", "role", "expires_at", "expires_days", "models", "budget", *LIMIT_FIELDS,
 }  # fmt: skip
@@ -122,6 +134,8 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
         ("GET", "/users/{name}/invoice", admin_only(invoice)),
         ("GET", "/models", models),
         ("GET", "/upstreams", admin_only(upstreams)),
+        ("GET", "/now", admin_only(now_view)),
+        ("POST", "/now/{id}/stop", admin_only(now_stop)),
         ("GET", "/prices", admin_only(list_prices)),
         ("POST", "/prices", admin_only(set_price)),
         ("DELETE", "/prices", admin_only(remove_price)),
@@ -195,7 +209,7 @@ async def me(request: web.Request) -> web.Response:
     own = caller.id
     relay_budgets = request.app[RELAY].budgets
     cap = request.app[SETTINGS].self_service_keys
-    return _json(
+    return json_response(
         {
             "key": key_view(caller),
             "current": (await _current_use(request, [caller], now))[0],
@@ -230,18 +244,18 @@ async def own_usage(store: Store, key_id: int, now: float) -> dict[str, object]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    return _json({"keys": [key_view(r) for r in await request.app[STORE].list_keys()]})
+    return json_response({"keys": [key_view(r) for r in await request.app[STORE].list_keys()]})
 
 
 async def get_key(request: web.Request) -> web.Response:
     """The key, and its refusals (`refused`) since `since` (default: 7 days ago)."""
     store = request.app[STORE]
-    record = await store.get_key(_key_id(request))
-    return _json({**key_view(record), "refused": await _refused(request, key_id=record.id)})
+    record = await store.get_key(key_id_param(request))
+    return json_response({**key_view(record), "refused": await _refused(request, key_id=record.id)})
 
 
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request, CREATE_FIELDS, required=frozenset({"user", "name"}))
+    body = await read_body(request, CREATE_FIELDS, required=frozenset({"user", "name"}))
     for field in ("user", "name", "role"):
         if field in body and not isinstance(body[field], str):
             raise BadRequest(f"{field} must be a string")
@@ -257,27 +271,27 @@ async def create_key(request: web.Request) -> web.Response:
         body.get("models"),
         _budget(body),
     )
-    await _reload(request)
-    return _json({"key": secret, **key_view(record)}, status=201)
+    await reload_keys(request)
+    return json_response({"key": secret, **key_view(record)}, status=201)
 
 
 async def update_key(request: web.Request) -> web.Response:
-    key_id = _key_id(request)
-    body = await _body(request, UPDATE_FIELDS | {"expires_days", "budget"})
+    key_id = key_id_param(request)
+    body = await read_body(request, UPDATE_FIELDS | {"expires_days", "budget"})
     changes = {field: body[field] for field in UPDATE_FIELDS if field in body}
     if "expires_at" in body or "expires_days" in body:
         changes["expires_at"] = _expiry(body)
     if "budget" in body:
         changes["budget"] = _budget(body)
     record = await service.change_key(request.app[STORE], key_id, changes)
-    await _reload(request)
-    return _json(key_view(record))
+    await reload_keys(request)
+    return json_response(key_view(record))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    record = await service.revoke_key(request.app[STORE], _key_id(request))
-    await _reload(request)
-    return _json(key_view(record))
+    record = await service.revoke_key(request.app[STORE], key_id_param(request))
+    await reload_keys(request)
+    return json_response(key_view(record))
 
 
 async def list_own_keys(request: web.Request) -> web.Response:
@@ -285,13 +299,13 @@ async def list_own_keys(request: web.Request) -> web.Response:
     caller, cap = principal(request), request.app[SETTINGS].self_service_keys
     made = await service.own_keys(request.app[STORE], caller, cap)
     active = sum(1 for record in made if record.status() == "active")
-    return _json({"allowed": cap, "active": active, "keys": [key_view(r) for r in made]})
+    return json_response({"allowed": cap, "active": active, "keys": [key_view(r) for r in made]})
 
 
 async def create_own_key(request: web.Request) -> web.Response:
     """A key of the caller's own user, no more than the caller (service.create_own_key)."""
-    body = await _body(request, CREATE_FIELDS, required=frozenset({"name"}))
-    _check_strings(body, ("user", "name", "role"))
+    body = await read_body(request, CREATE_FIELDS, required=frozenset({"name"}))
+    check_strings(body, ("user", "name", "role"))
     asked = {f: body[f] for f in service.OWN_KEY_FIELDS - {"budget", "expires_at"} if f in body}
     if "expires_at" in body or "expires_days" in body:
         asked["expires_at"] = _expiry(body)
@@ -304,64 +318,66 @@ async def create_own_key(request: web.Request) -> web.Response:
         request.app[LIMITER].defaults,
         asked,
     )
-    await _reload(request)
-    return _json({"key": secret, **key_view(record)}, status=201)
+    await reload_keys(request)
+    return json_response({"key": secret, **key_view(record)}, status=201)
 
 
 async def revoke_own_key(request: web.Request) -> web.Response:
-    record = await service.revoke_own_key(request.app[STORE], principal(request), _key_id(request))
-    await _reload(request)
-    return _json(key_view(record))
+    record = await service.revoke_own_key(
+        request.app[STORE], principal(request), key_id_param(request)
+    )
+    await reload_keys(request)
+    return json_response(key_view(record))
 
 
 async def list_users(request: web.Request) -> web.Response:
-    return _json({"users": [user_view(u) for u in await request.app[STORE].list_users()]})
+    return json_response({"users": [user_view(u) for u in await request.app[STORE].list_users()]})
 
 
 async def get_user(request: web.Request) -> web.Response:
     """The user, and its keys' refusals (`refused`) since `since` (default: 7 days ago)."""
     user = await request.app[STORE].get_user(request.match_info["name"])
-    return _json({**user_view(user), "refused": await _refused(request, user=user.name)})
+    return json_response({**user_view(user), "refused": await _refused(request, user=user.name)})
 
 
 async def _refused(
     request: web.Request, key_id: int | None = None, user: str | None = None
 ) -> dict[str, object]:
     """Refusals of one key or user for the request's since/until, 7 days by default."""
-    since = _time_param(request, "since")
+    since = time_param(request, "since")
     if since is None:
         since = time.time() - 7 * DAY
-    until = _time_param(request, "until")
+    until = time_param(request, "until")
     found = await request.app[STORE].refused_summary(since, until, key_id, user)
     return {"since": since, "until": until, **found}
 
 
 async def create_user(request: web.Request) -> web.Response:
-    body = await _body(request, USER_FIELDS - {"disabled"}, required=frozenset({"user"}))
-    _check_strings(body, ("user", "email", "note"))
+    body = await read_body(request, USER_FIELDS - {"disabled"}, required=frozenset({"user"}))
+    check_strings(body, ("user", "email", "note"))
     budget = _budget(body)
     store = request.app[STORE]
     user = await service.create_user(
         store, body["user"], body.get("email"), body.get("note"), budget
     )
     if budget is not None:
-        await _reload(request)
-    return _json(user_view(user), status=201)
+        await reload_keys(request)
+    return json_response(user_view(user), status=201)
 
 
 async def update_user(request: web.Request) -> web.Response:
     """Change email or note, and disable (`"disabled": true`: every key of the user stops
     working, on every gateway within a second) or enable the user."""
     name = request.match_info["name"]
-    body = await _body(request, USER_FIELDS - {"user"})
-    _check_strings(body, ("email", "note"))
+    body = await read_body(request, USER_FIELDS - {"user"})
+    check_strings(body, ("email", "note"))
     changes: dict[str, object] = {f: body[f] for f in ("email", "note", "disabled") if f in body}
     if "budget" in body:
         changes["budget"] = _budget(body)
     user = await service.change_user(request.app[STORE], name, changes)
     if "budget" in body or "disabled" in body:
-        await _reload(request)
-    return _json(user_view(user))
+        await reload_keys(request)
+    return json_response(user_view(user))
 
 
 async def usage_records(request: web.Request) -> web.StreamResponse:
@@ -379,11 +395,11 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
             raise BadRequest("format must be csv or json")
         with request.app[EXPORTS].slot(caller.id):
             return await _download(request, where, fmt)
-    limit = _whole_number_param(q, "limit", 500) or 50
-    offset = _whole_number_param(q, "offset", 10**9) or 0
+    limit = whole_number_param(q, "limit", 500) or 50
+    offset = whole_number_param(q, "offset", 10**9) or 0
     found = await store.usage_page(where, limit + 1, offset)
     refused = await _refused_of(store, where)
-    return _json(
+    return json_response(
         {
             "records": [
                 {"id": record_id, "time": utc_text(record.ts), **record._asdict()}
@@ -403,13 +419,13 @@ def usage_filter(request: web.Request) -> UsageQuery:
     breakdowns alike; a key that is not an admin's picks its own records only."""
     q = request.query
     caller = principal(request)
-    key_id = _whole_number_param(q, "key_id", 10**18)
+    key_id = whole_number_param(q, "key_id", 10**18)
     user = q.get("user") or None
     if caller.role != "admin":
         key_id, user = caller.id, None
     return UsageQuery(
-        since=_time_param(request, "since"),
-        until=_time_param(request, "until"),
+        since=time_param(request, "since"),
+        until=time_param(request, "until"),
         key_id=key_id,
         user=user,
         # (any spelling of a model finds its records: they hold its one identity)
@@ -417,7 +433,7 @@ def usage_filter(request: web.Request) -> UsageQuery:
         route=_recorded_route(q["route"], request.app[SETTINGS].base_path)
         if q.get("route")
         else None,
-        status=_whole_number_param(q, "status", 999),
+        status=whole_number_param(q, "status", 999),
     )
 
 
@@ -490,29 +506,25 @@ async def _download(request: web.Request, where: UsageQuery, fmt: str) -> web.St
         await chunks.aclose()
 
 
-def _whole_number_param(query: Mapping[str, str], name: str, most: int) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
-    if not raw.isascii() or not raw.isdigit() or int(raw) > most:
-        raise BadRequest(f"{name} must be a whole number up to {most}, not {raw[:20]!r}")
-    return int(raw)
-
-
 async def series(request: web.Request) -> web.Response:
     """Requests, tokens, cost, errors and early leaves per hour over the last `hours`
     (default 24, at most 2160): an admin sees every key's, or one key's with `key_id`
-    (My usage: the admin's own); any other key its own."""
+    (its own); any other key its own. With `range` (or `split`, `scope`, `top`): the
+    charts' buckets, see charts.py."""
+    if not CHART_PARAMS.isdisjoint(request.query):
+        if "hours" in request.query:
+            raise BadRequest("hours or range, not both")
+        return await chart_series(request)
     raw = request.query.get("hours", "24")
     if not raw.isdigit() or not 1 <= int(raw) <= 2160:
         raise BadRequest(f"hours must be a whole number from 1 to 2160, not {raw[:20]!r}")
     caller = principal(request)
-    key_id = _whole_number_param(request.query, "key_id", 10**18)
+    key_id = whole_number_param(request.query, "key_id", 10**18)
     if caller.role != "admin":
         key_id = caller.id
     since = time.time() - int(raw) * 3600
     rows = await request.app[STORE].usage_series(since, 3600, key_id)
-    return _json({"bucket_seconds": 3600, "since": since, "series": rows})
+    return json_response({"bucket_seconds": 3600, "since": since, "series": rows})
 
 
 async def user_budget(request: web.Request) -> web.Response:
@@ -521,14 +533,14 @@ async def user_budget(request: web.Request) -> web.Response:
     report = await user_budget_report(
         request.app[STORE], request.match_info["name"], request.app[SETTINGS].currency
     )
-    return _json(report)
+    return json_response(report)
 
 
 async def invoice(request: web.Request) -> web.Response:
     """A user's usage per model and its total cost from `since` (default: the start of
     this month, UTC) until `until` (default: now), Unix times."""
-    until = _time_param(request, "until")
-    since = _time_param(request, "since")
+    until = time_param(request, "until")
+    since = time_param(request, "since")
     if since is None:
         since = float(period_start("monthly", until or time.time()))
     if until is not None and until <= since:
@@ -536,7 +548,7 @@ async def invoice(request: web.Request) -> web.Response:
     document = await user_invoice(
         request.app[STORE], request.match_info["name"], request.app[SETTINGS].currency, since, until
     )
-    return _json(document)
+    return json_response(document)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -544,7 +556,8 @@ async def models(request: web.Request) -> web.Response:
     and Ollama's cloud models only where they are allowed), each with what Ollama says of
     it, its context length as the last sync-models found it, and its price (micro-units
     of the currency; null: free). A cloud API's models (its /models, cut down to those it
-    is configured to serve) come after the Ollamas', with nothing but their names."""
+    is configured to serve) come after the Ollamas', with nothing but their names. Then
+    the key's aliases of those models (`aliases`: name and target)."""
     prices = request.app[KEY_TABLE].prices
     synced = await synced_models(request.app[STORE])
     shown = []
@@ -564,7 +577,14 @@ async def models(request: web.Request) -> web.Response:
                 "price": None if price is None else price_view(price),
             }
         )
-    return _json({"currency": request.app[SETTINGS].currency, "models": shown})
+    usable = {identity(entry["name"]) for entry in shown}
+    aliases = [
+        {"name": alias.name, "target": alias.target}
+        for alias in request.app[KEY_TABLE].aliases.for_caller(principal(request))
+        if alias.target in usable  # (as /api/tags shows them)
+    ]
+    currency = request.app[SETTINGS].currency
+    return json_response({"currency": currency, "models": shown, "aliases": aliases})
 
 
 async def usable_models(request: web.Request) -> list[dict[str, Any]]:
@@ -619,7 +639,7 @@ async def upstreams(request: web.Request) -> web.Response:
     answer and loaded models, asked at most once an interval, and no model list). What
     the dashboard's Overview shows: no upstream call per viewer refresh."""
     pool = request.app[RELAY].pool
-    return _json({"checked": not pool.single, "upstreams": await pool.states()})
+    return json_response({"checked": not pool.single, "upstreams": await pool.states()})
 
 
 async def _cloud_api_models(pool: Pool, timeout: float) -> list[dict[str, str]]:
@@ -652,7 +672,7 @@ async def _ollama_tags(request: web.Request) -> tuple[bytes, int]:
 
 async def list_prices(request: web.Request) -> web.Response:
     prices = await request.app[STORE].list_prices()
-    return _json(
+    return json_response(
         {"currency": request.app[SETTINGS].currency, "prices": [price_view(p) for p in prices]}
     )
 
@@ -660,14 +680,14 @@ async def list_prices(request: web.Request) -> web.Response:
 async def set_price(request: web.Request) -> web.Response:
     """Add or replace a pattern's price; amounts are whole micro-units (1.5 USD is
     1500000), absent ones 0. (Patterns go in the body: model names may hold slashes.)"""
-    body = await _body(request, {"pattern", *PRICE_FIELDS}, required=frozenset({"pattern"}))
-    _check_strings(body, ("pattern",))
+    body = await read_body(request, {"pattern", *PRICE_FIELDS}, required=frozenset({"pattern"}))
+    check_strings(body, ("pattern",))
     if body["pattern"] is None:
         raise BadRequest("pattern must be a string")
     price = Price(body["pattern"], **{f: body.get(f, 0) for f in PRICE_FIELDS})
     stored = await request.app[STORE].set_price(price)
-    await _reload(request)
-    return _json(price_view(stored))
+    await reload_keys(request)
+    return json_response(price_view(stored))
 
 
 async def remove_price(request: web.Request) -> web.Response:
@@ -675,18 +695,12 @@ async def remove_price(request: web.Request) -> web.Response:
     if not pattern:
         raise BadRequest("name the price to remove: DELETE /admin/prices?pattern=llama3*")
     await request.app[STORE].remove_price(pattern)
-    await _reload(request)
-    return _json({"removed": pattern})
+    await reload_keys(request)
+    return json_response({"removed": pattern})
 
 
 def price_view(price: Price) -> dict[str, Any]:
     return {"pattern": price.pattern, **{f: getattr(price, f) for f in PRICE_FIELDS}}
-
-
-def _check_strings(body: dict[str, Any], fields: tuple[str, ...]) -> None:
-    for field in fields:
-        if body.get(field) is not None and not isinstance(body[field], str):
-            raise BadRequest(f"{field} must be a string")
 
 
 STATS_PARTS = (
@@ -706,7 +720,7 @@ async def stats(request: web.Request) -> web.Response:
     if raw not in ("true", "false"):
         raise BadRequest(f"percentiles must be true or false, not {raw[:20]!r}")
     where = usage_filter(request)
-    return _json(await stats_document(request, wanted, where, percentiles=raw == "true"))
+    return json_response(await stats_document(request, wanted, where, percentiles=raw == "true"))
 
 
 async def stats_document(
@@ -772,28 +786,6 @@ async def _totals_of(rows: Awaitable[list[dict[str, object]]]) -> dict[str, obje
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _body(
-    request: web.Request, allowed: Set[str], required: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    await send_continue(request)
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise BadRequest(
-            f"unknown field(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
-        )
-    missing = required - set(body)
-    if missing:
-        raise BadRequest(f"missing field(s): {', '.join(sorted(missing))}")
-    return body
-
-
 def _budget(body: dict[str, Any]) -> Budget | None:
     """The body's `budget`: null (none), or an object of amount, period, alert_percent."""
     value = body.get("budget")
@@ -832,33 +824,6 @@ def _expiry(body: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _key_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not _KEY_ID.fullmatch(raw):  # ASCII digits only, and within SQLite's integers
-        raise BadRequest(f"a key id is a whole number of 1 to 18 digits, not {raw[:40]!r}")
-    if int(raw) == BOOTSTRAP_KEY_ID:
-        raise BadRequest("key 0 is GATEWAY_ADMIN_KEY; change it in the settings")
-    return int(raw)
-
-
-def _time_param(request: web.Request, name: str) -> float | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < MAX_EXPIRES_AT:  # (also refuses nan and inf)
-        raise BadRequest(f"{name} must be a Unix time, not {raw[:40]!r}")
-    return value
-
-
-async def _reload(request: web.Request) -> None:
-    # Our own writes do not change PRAGMA data_version for our connection: reload now.
-    await request.app[KEY_TABLE].load(request.app[STORE])
-
-
 def _totals_or_zeros(rows: list[dict[str, object]]) -> dict[str, object]:
     return (
         rows[0]
@@ -878,7 +843,3 @@ def _totals_or_zeros(rows: list[dict[str, object]]) -> dict[str, object]:
             "client_gone": 0,
         }
     )
-
-
-def _json(doc: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")

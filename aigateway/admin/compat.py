@@ -31,18 +31,8 @@ from ..protocol.routes import RELAY_ROUTES
 from ..records import MAX_LIMIT, ROLES, KeyLimits, KeyRecord, ModelInfo, UsageQuery
 from ..settings import Settings
 from . import service
-from .api import (
-    _body,
-    _json,
-    _key_id,
-    _reload,
-    admin_only,
-    own_usage,
-    price_view,
-    stats_document,
-    synced_models,
-    usable_models,
-)
+from .api import admin_only, own_usage, price_view, stats_document, synced_models, usable_models
+from .requests import json_response, key_id_param, read_body, reload_keys
 from .views import utc_text
 
 CREATE_FIELDS = frozenset({"name", "role", "rate_limit", "user"})
@@ -67,7 +57,7 @@ async def models(request: web.Request) -> web.Response:
                 "price": None if price is None else price_view(price),
             }
         )
-    return _json({"models": shown, "currency": request.app[SETTINGS].currency})
+    return json_response({"models": shown, "currency": request.app[SETTINGS].currency})
 
 
 def description(info: ModelInfo) -> str | None:
@@ -87,18 +77,18 @@ async def own_stats(request: web.Request) -> web.Response:
     """The calling key, and its usage as /admin/me shows it."""
     caller = principal(request)
     usage = await own_usage(request.app[STORE], caller.id, time.time())
-    return _json({"key": key_view(caller), "usage": usage})
+    return json_response({"key": key_view(caller), "usage": usage})
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    return _json({"keys": [key_view(r) for r in await request.app[STORE].list_keys()]})
+    return json_response({"keys": [key_view(r) for r in await request.app[STORE].list_keys()]})
 
 
 async def create_key(request: web.Request) -> web.Response:
     """A new key: `name` (required), `role` (user or admin), `rate_limit` (requests per
     hour; null or absent: the gateway's DEFAULT_RPH; 0: none), `user` (default: the
     name). The key is in the answer, once."""
-    body = await _body(request, CREATE_FIELDS, required=frozenset({"name"}))
+    body = await read_body(request, CREATE_FIELDS, required=frozenset({"name"}))
     for field in ("name", "user", "role"):
         if field in body and not isinstance(body[field], str):
             raise BadRequest(f"{field} must be a string")
@@ -122,8 +112,8 @@ async def create_key(request: web.Request) -> web.Response:
         role,
         limits=KeyLimits(rph=rate_limit),
     )
-    await _reload(request)
-    return _json({"key": secret, **key_view(record)}, status=201)
+    await reload_keys(request)
+    return json_response({"key": secret, **key_view(record)}, status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -131,11 +121,11 @@ async def revoke_key(request: web.Request) -> web.Response:
     named = request.match_info["id"]
     store = request.app[STORE]
     if named.isascii() and named.isdigit():
-        record = await service.revoke_key(store, _key_id(request))
+        record = await service.revoke_key(store, key_id_param(request))
     else:
         record = await service.revoke_key_by_preview(store, named)
-    await _reload(request)
-    return _json(key_view(record))
+    await reload_keys(request)
+    return json_response(key_view(record))
 
 
 async def all_stats(request: web.Request) -> web.Response:
@@ -143,7 +133,7 @@ async def all_stats(request: web.Request) -> web.Response:
     of /admin/stats), and how many keys are active."""
     document = await stats_document(request, ADMIN_STATS_PARTS, UsageQuery())
     active = sum(1 for r in await request.app[STORE].list_keys() if r.status() == "active")
-    return _json({"active_keys": active, **document})
+    return json_response({"active_keys": active, **document})
 
 
 def key_view(record: KeyRecord) -> dict[str, Any]:

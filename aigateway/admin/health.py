@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import __version__
 from ..access.keytable import AuthError, UnknownKeyError
 from ..errors import GatewayError
-from ..http.appkeys import KEY_TABLE, STARTED_AT
+from ..http.appkeys import ALERTS, KEY_TABLE, STARTED_AT
 from ..http.auth import authenticate, authenticate_after_a_look, public
 from ..relay.state import RELAY
 
@@ -49,8 +49,15 @@ async def health(request: web.Request) -> web.Response:
             "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
             "keys_loaded": len(request.app[KEY_TABLE]),
             "usage": _usage_state(request),
+            "alerts": await _alerts_state(request),
         }
     )
+
+
+async def _alerts_state(request: web.Request) -> dict[str, object] | None:
+    """None with alerts off."""
+    outbox = request.app.get(ALERTS)
+    return None if outbox is None else await outbox.state()
 
 
 def _usage_state(request: web.Request) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..db.series import MEASURES
 from ..protocol.routes import RELAY_ROUTES, RelayRoute
 from ..records import LIMIT_FIELDS
 from ..settings import Settings
@@ -135,6 +136,17 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["pattern"],
     },
+    "Alias": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "the name clients ask for: gpt-4o-mini"},
+            "target": {"type": "string", "description": "the model it runs: llama3.2"},
+            "user": {"type": ["string", "null"], "description": "only this user's keys"},
+            "key_id": {"type": ["integer", "null"], "description": "only this key"},
+        },
+        "required": ["name", "target"],
+        "additionalProperties": False,
+    },
     "CompatKey": {
         "type": "object",
         "properties": {
@@ -238,6 +250,37 @@ SCHEMAS["RefusedOf"] = {
     ]
 }
 _REFUSED = {"$ref": "#/components/schemas/Refused"}
+_PER_BUCKET = {"type": "array", "items": {"type": "integer"}}
+# What GET /admin/series?range= answers (with ?hours= alone: {bucket_seconds, since,
+# series: [{start, requests, ...}]}, the hours with a request only).
+SCHEMAS["Series"] = {
+    "type": "object",
+    "description": "Every bucket of the range, oldest first: `starts` holds each one's"
+    " start (Unix time; hours on the hour, days at 00:00 UTC) and each group a list of the"
+    " same length per measure (cost in micro-units). Groups: one (`name` null) for the"
+    " total, or the `top` models or users with the most requests in the range (a record"
+    ' without a model: `name` ""), most first, then one with `other` true for the'
+    " rest; a group with no request is left out.",
+    "properties": {
+        "range": {"type": "string", "enum": ["24h", "7d", "30d"]},
+        "split": {"type": "string", "enum": ["total", "model", "user"]},
+        "scope": {"type": "string", "enum": ["gateway", "me"]},
+        "bucket_seconds": {"type": "integer", "enum": [3600, 86400]},
+        "starts": _PER_BUCKET,
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": ["string", "null"]},
+                    "other": {"type": "boolean"},
+                    **{m: _PER_BUCKET for m in MEASURES},
+                },
+            },
+        },
+    },
+}
+_SERIES = {"$ref": "#/components/schemas/Series"}
 
 
 def _operation(
@@ -469,13 +512,31 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
         },
         "/series": {
             "get": _operation(
-                "Usage per hour (an admin: every key's, or one key's)",
+                "Usage per hour or UTC day, in total or by model or user, for charts",
                 a,
                 KEY,
                 params=[
-                    _query("hours", "integer", "1 to 2160"),
-                    _query("key_id", "integer", "admins only: this key's (any other key: its own)"),
+                    _query(
+                        "range",
+                        "string",
+                        "24h or 7d (per hour) or 30d (per UTC day): every bucket, the"
+                        " current one last, in `starts` and `groups`",
+                    ),
+                    _query("split", "string", "total (default), model or user (admins)"),
+                    _query(
+                        "scope",
+                        "string",
+                        "gateway (admins; their default) or me (the key's own; others' only)",
+                    ),
+                    _query("top", "integer", "groups named, 1 to 20 (default 5); the rest: other"),
+                    _query("hours", "integer", "without range: per hour, 1 to 2160 (sparse)"),
+                    _query(
+                        "key_id",
+                        "integer",
+                        "with hours, admins only: this key's (any other key: its own)",
+                    ),
                 ],
+                ok=("200", "OK", _SERIES),
                 errors=(*_AUTH, "400"),
             )
         },
@@ -551,6 +612,24 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "Each upstream's state: up or out and why, load, models", a, KEY, errors=_ADMIN
             )
         },
+        "/now": {
+            "get": _operation(
+                "Requests in flight on every gateway, each upstream's queue and loaded models",
+                a,
+                KEY,
+                errors=_ADMIN,
+            )
+        },
+        "/now/{id}/stop": {
+            "post": _operation(
+                "Stop a request in flight, on whichever gateway holds it",
+                a,
+                KEY,
+                params=[_in_path("id")],
+                ok=("202", "Accepted: the request is being stopped", _OBJECT),
+                errors=(*_ADMIN, "404"),
+            )
+        },
         "/prices": {
             "get": _operation("Prices per model pattern", a, KEY, errors=_ADMIN),
             "post": _operation(
@@ -561,6 +640,27 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 a,
                 KEY,
                 params=[_query("pattern", "string", "required")],
+                errors=(*_ADMIN, "400", "404"),
+            ),
+        },
+        "/aliases": {
+            "get": _operation("Model aliases", a, KEY, errors=_ADMIN),
+            "post": _operation(
+                "Add an alias, or point one at another model",
+                a,
+                KEY,
+                body=_ref("Alias"),
+                errors=(*_ADMIN, "400", "404"),
+            ),
+            "delete": _operation(
+                "Remove an alias",
+                a,
+                KEY,
+                params=[
+                    _query("name", "string", "required"),
+                    _query("user", "string", "a user's alias"),
+                    _query("key_id", "integer", "a key's alias"),
+                ],
                 errors=(*_ADMIN, "400", "404"),
             ),
         },
@@ -741,20 +841,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "GET",
             _operation("The dashboard", "Dashboard", NONE, content="text/html", ok=html),
         )
-        add(
-            ui + "/static/{name}",
-            "GET",
-            {
-                **_operation(
-                    "The dashboard's files",
-                    "Dashboard",
-                    NONE,
-                    content="application/octet-stream",
-                    ok=("200", "A file", {"type": "string"}),
-                ),
-                "parameters": [_in_path("name")],
-            },
-        )
+        for folder, files in (
+            ("/static/", "The dashboard's files"),
+            (
+                "/static/vendor/",
+                "The dashboard's vendored files (uPlot, its stylesheet and licence)",
+            ),
+        ):
+            add(
+                ui + folder + "{name}",
+                "GET",
+                {
+                    **_operation(
+                        files,
+                        "Dashboard",
+                        NONE,
+                        content="application/octet-stream",
+                        ok=("200", "A file", {"type": "string"}),
+                    ),
+                    "parameters": [_in_path("name")],
+                },
+            )
         add(
             ui + "/session",
             "POST",

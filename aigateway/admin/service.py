@@ -1,7 +1,8 @@
 """Every admin action, once, for the admin HTTP API (and so the dashboard, which calls
 it) and both CLIs: create, change, revoke and purge keys; create and change users;
-set and remove prices; and self-service, a user-role key making and revoking keys of
-its own (SELF_SERVICE_KEYS), with the rules of what it may make.
+set and remove prices; set and remove model aliases; and self-service, a user-role
+key making and revoking keys of its own (SELF_SERVICE_KEYS), with the rules of what it
+may make.
 
 Each action is one transaction in the store: its input is checked whole before anything
 is written, and a change refused in any part (a bad flag beside a good email, a budget
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from ..access.allowlist import uncovered
 from ..access.budgets import period_start
 from ..access.limits import Limits
-from ..db.keyrows import Creator
 from ..records import (
     LIMIT_FIELDS,
+    Alias,
+    AliasScope,
     Budget,
     InvalidInputError,
     KeyLimits,
@@ -138,6 +140,8 @@ async def create_own_key(
     creator's). NotPermittedError when the key would be more than its creator: another
     user, an admin, a later expiry, a wider allow-list, a higher limit, a budget beyond
     the creator's remaining one; CapReachedError past `cap` active keys of its making."""
+    from ..db.keyrows import Creator  # (here: the CLIs import this module, without the store)
+
     if not may_make_keys(creator, cap):
         raise NotPermittedError(_why_not(creator, cap))
     asked = _checked(asked)
@@ -278,3 +282,32 @@ def _own_key_budget(
     if budget.period not in (mine.period, "total"):
         raise NotPermittedError(f"a budget's period must be {mine.period} (this key's) or total")
     return budget
+
+
+def alias_owner(user: str | None = None, key_id: int | None = None) -> tuple[AliasScope, str]:
+    """Whose an alias is: one user's keys, one key, or (neither named) everyone's."""
+    if user is not None and key_id is not None:
+        raise InvalidInputError("an alias is for a user or for a key, not both")
+    if key_id is not None:
+        return "key", str(key_id)
+    if user is not None:
+        return "user", user
+    return "global", ""
+
+
+async def list_aliases(store: Store) -> list[Alias]:
+    return await store.list_aliases()
+
+
+async def set_alias(
+    store: Store, name: str, target: str, user: str | None = None, key_id: int | None = None
+) -> Alias:
+    """Make `name` run `target` for everyone, `user`'s keys or key `key_id` (the
+    narrowest wins); the same name and owner again points it at another model."""
+    return await store.set_alias(name, target, *alias_owner(user, key_id))
+
+
+async def remove_alias(
+    store: Store, name: str, user: str | None = None, key_id: int | None = None
+) -> Alias:
+    return await store.remove_alias(name, *alias_owner(user, key_id))

@@ -27,6 +27,7 @@ from ..records import (
     LIMIT_FIELDS,
     MODEL_FIELDS,
     PRICE_FIELDS,
+    Alias,
     Budget,
     KeyRecord,
     ModelInfo,
@@ -223,6 +224,19 @@ def render_prices(prices: Sequence[Price], fmt: Format, currency: str) -> str:
     ]
     empty = "No prices: every model is free. Set one with --set-price PATTERN --per-request ..."
     return render_rows(rows, PRICE_COLUMNS, fmt, empty)
+
+
+ALIAS_COLUMNS = ("name", "target", "scope", "owner")
+
+
+def render_aliases(aliases: Sequence[Alias], fmt: Format) -> str:
+    """Aliases: the name clients ask for, the model it runs, and whose it is."""
+    rows = [
+        {"name": a.name, "target": a.target, "scope": a.scope, "owner": a.owner or None}
+        for a in aliases
+    ]
+    empty = "No aliases. Set one with --set-alias gpt-4o-mini llama3.2"
+    return render_rows(rows, ALIAS_COLUMNS, fmt, empty)
 
 
 def render_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: Format, empty: str) -> str:

@@ -44,6 +44,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_aliases,
     render_budget_report,
     render_invoice,
     render_models,
@@ -83,6 +84,9 @@ Examples:
   gen_api_key_cli.py --set-price 'llama3*' --per-million-input 0.10 --per-million-output 0.40
   gen_api_key_cli.py --set-price '*' --per-second 0.0005      a GPU's time, for every model
   gen_api_key_cli.py --prices                         prices in CURRENCY (default USD)
+  gen_api_key_cli.py --set-alias gpt-4o-mini llama3.2  clients asking gpt-4o-mini run llama3.2
+  gen_api_key_cli.py --set-alias gpt-4o qwen3:8b --user bob   only for bob's keys
+  gen_api_key_cli.py --aliases                        aliases: name, target, whose
   gen_api_key_cli.py --set-user acme --budget 50 --period monthly --alert 80
   gen_api_key_cli.py --set bob phone --budget 2.50 --period daily   a key's own budget
   gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
@@ -96,6 +100,11 @@ Examples:
 Limits (--rpm, --rph, --tokens-per-day, --max-concurrent) take a number, 'none'
 (or 0) for no limit, or 'default' to follow the gateway's DEFAULT_* settings.
 --models takes comma-separated patterns ('llama3*'); 'all' lifts the allow-list.
+
+\b
+Aliases (--set-alias NAME MODEL, --remove-alias NAME) are for everyone, or with --user
+USER for one user's keys, or with --key-id ID for one key; the narrowest wins. Names
+match without regard to case; an alias may not point to an alias.
 
 \b
 Budgets (--budget AMOUNT in CURRENCY, or 'none') go on a user (--add-user, --set-user:
@@ -127,7 +136,9 @@ ACTIONS = {
     "--set-price": "set_price", "--prices": "prices", "--remove-price": "remove_price",
     "--check-budget": "check_budget", "--sync-models": "sync_models",
     "--list-models": "list_models", "--invoice": "invoice",
+    "--set-alias": "set_alias", "--aliases": "aliases", "--remove-alias": "remove_alias",
 }  # fmt: skip
+_ALIAS_ACTIONS = ("--set-alias", "--aliases", "--remove-alias")
 
 
 @contextmanager
@@ -175,6 +186,17 @@ def _clear_errors() -> Iterator[None]:
 )
 @click.option("--prices", is_flag=True, help="List prices (see --format).")
 @click.option("--remove-price", metavar="PATTERN", help="Remove a price.")
+@click.option(
+    "--set-alias",
+    nargs=2,
+    metavar="NAME MODEL",
+    help="Make requests for NAME run MODEL (see --user, --key-id).",
+)
+@click.option("--aliases", is_flag=True, help="List model aliases (see --format).")
+@click.option("--remove-alias", metavar="NAME", help="Remove an alias (see --user, --key-id).")
+@click.option(
+    "--key-id", metavar="ID", type=int, help="With --set-alias or --remove-alias: one key's."
+)
 @click.option("--per-request", metavar="AMOUNT", help="With --set-price: per request.")
 @click.option(
     "--per-million-input", metavar="AMOUNT", help="With --set-price: per 1M prompt tokens."
@@ -227,7 +249,11 @@ def _clear_errors() -> Iterator[None]:
     show_default=True,
     help="Grouping of --usage.",
 )
-@click.option("--user", metavar="USER", help="With --usage or --usage-export: one user's usage.")
+@click.option(
+    "--user",
+    metavar="USER",
+    help="With --usage or --usage-export: one user's usage; with an alias: one user's alias.",
+)
 @click.option("--since", metavar="DATE", help="Usage from this UTC date or time.")
 @click.option("--until", metavar="DATE", help="Usage before this UTC date or time.")
 @click.option(
@@ -280,8 +306,12 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--no-expiry goes with --set")
     if action not in ("--usage", "--usage-export", "--invoice") and (o["since"] or o["until"]):
         raise click.UsageError("--since and --until go with --usage, --usage-export or --invoice")
-    if action not in ("--usage", "--usage-export") and o["user"]:
-        raise click.UsageError("--user goes with --usage or --usage-export")
+    if action not in ("--usage", "--usage-export", "--set-alias", "--remove-alias") and o["user"]:
+        raise click.UsageError(
+            "--user goes with --usage or --usage-export (or --set-alias, --remove-alias)"
+        )
+    if action not in ("--set-alias", "--remove-alias") and o["key_id"] is not None:
+        raise click.UsageError("--key-id goes with --set-alias or --remove-alias")
     path = o["db_path"] or database_target()
     with _clear_errors():
         if action == "-g":
@@ -327,6 +357,8 @@ def cli(**options: Any) -> None:
             _users(path, action, o)
         elif action in ("--set-price", "--prices", "--remove-price"):
             _prices(path, action, o)
+        elif action in _ALIAS_ACTIONS:
+            _aliases(path, action, o)
         elif action in ("--sync-models", "--list-models"):
             _models(path, action, o)
         elif action == "--invoice":
@@ -433,6 +465,28 @@ def _prices(path: str, action: str, o: dict[str, Any]) -> None:
     click.echo(
         f"Requests to models matching {price.pattern} that start from now on pay this;"
         " what was recorded keeps its cost.",
+        err=True,
+    )
+
+
+def _aliases(path: str, action: str, o: dict[str, Any]) -> None:
+    if action == "--aliases":
+        aliases = with_store(path, service.list_aliases)
+        click.echo(render_aliases(aliases, o["fmt"] or "table"))
+        return
+    user, key_id = o["user"], o["key_id"]
+    if action == "--remove-alias":
+        name = o["remove_alias"]
+        gone = with_store(path, lambda store: service.remove_alias(store, name, user, key_id))
+        click.echo(f"Removed the alias {gone.name} (it ran {gone.target}).", err=True)
+        return
+    name, target = o["set_alias"]
+    alias = with_store(
+        path, lambda store: service.set_alias(store, name, target, user, key_id), create=True
+    )
+    click.echo(render_aliases([alias], "table"))
+    click.echo(
+        f"Requests for {alias.name} run {alias.target} on every gateway within a second.",
         err=True,
     )
 

@@ -20,8 +20,10 @@ from prompt_toolkit.output import Output
 from ..access.budgets import describe, period_start
 from ..admin import service
 from ..admin.reports import user_budget_report, user_invoice
+from ..protocol.aliasnames import alias_identity, target_identity
 from ..records import (
     PERIODS,
+    Alias,
     BudgetError,
     InvalidInputError,
     KeyLimits,
@@ -50,6 +52,7 @@ from .admin import (
     parse_models,
     parse_moment,
     render,
+    render_aliases,
     render_budget_report,
     render_invoice,
     render_models,
@@ -72,7 +75,7 @@ GENERATE, LIST, CHANGE, REVOKE, EXPORT, USAGE, USAGE_EXPORT, USERS, PRICES, EXIT
     "Usage report",
     "Export usage to file",
     "Users: list, add, change, disable, enable, budgets",
-    "Prices and models: list, set, remove; models from Ollama",
+    "Prices, models and aliases: list, set, remove; models from Ollama",
     "Exit",
 )
 LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS = (
@@ -82,6 +85,12 @@ LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS = (
     "List models with their prices",
     "Sync models from Ollama (family, size, context length)",
 )
+LIST_ALIASES, SET_ALIAS, REMOVE_ALIAS = (
+    "List model aliases",
+    "Set an alias (a name that runs another model)",
+    "Remove an alias",
+)
+ALIAS_OWNERS = ("Everyone", "One user's keys", "One key")
 PRICE_PROMPTS = (
     ("per_request", "Per request"),
     ("per_million_input", "Per million input (prompt) tokens"),
@@ -429,8 +438,14 @@ class Menu:
         choice = self._ask(
             questionary.select,
             "Prices:",
-            choices=[LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS],
-        )
+            choices=[
+                LIST_PRICES, SET_PRICE, REMOVE_PRICE, LIST_MODELS, SYNC_MODELS,
+                LIST_ALIASES, SET_ALIAS, REMOVE_ALIAS,
+            ],
+        )  # fmt: skip
+        if choice in (LIST_ALIASES, SET_ALIAS, REMOVE_ALIAS):
+            self._aliases(choice)
+            return
         known = with_store(self.db_path, lambda store: store.list_prices())
         if choice in (LIST_MODELS, SYNC_MODELS):
             self._models(choice == SYNC_MODELS, known, currency)
@@ -467,6 +482,55 @@ class Menu:
             pattern = self._ask(questionary.select, "Remove which price?", choices=choices)
             with_store(self.db_path, lambda store: service.remove_price(store, pattern))
             self.echo(f"Removed the price of {pattern}.")
+
+    def _aliases(self, choice: str) -> None:
+        known = with_store(self.db_path, service.list_aliases)
+        if choice == LIST_ALIASES:
+            self.echo(render_aliases(known, "table"))
+        elif choice == SET_ALIAS:
+            name = self._ask(
+                questionary.text,
+                "Name clients ask for (gpt-4o-mini):",
+                validate=_valid(alias_identity),
+            )
+            target = self._ask(
+                questionary.text, "Model it runs (llama3.2):", validate=_valid(target_identity)
+            )
+            owner = self._ask(questionary.select, "For:", choices=list(ALIAS_OWNERS))
+            user, key_id = None, None
+            if owner == ALIAS_OWNERS[1]:
+                picked = self._pick_user(None)
+                if picked is None:
+                    return
+                user = picked.name
+            elif owner == ALIAS_OWNERS[2]:
+                key = self._pick_active("For which key?")
+                if key is None:
+                    return
+                key_id = key.id
+            alias = with_store(
+                self.db_path,
+                lambda store: service.set_alias(store, name, target, user, key_id),
+            )
+            self.echo(render_aliases([alias], "table"))
+        elif not known:
+            self.echo("No aliases.")
+        else:
+            choices = [
+                questionary.Choice(
+                    f"{a.name} -> {a.target}  ({a.scope}{' ' + a.owner if a.owner else ''})",
+                    value=a,
+                )
+                for a in known
+            ]
+            gone: Alias = self._ask(questionary.select, "Remove which alias?", choices=choices)
+            owner_user = gone.owner if gone.scope == "user" else None
+            owner_key = int(gone.owner) if gone.scope == "key" else None
+            with_store(
+                self.db_path,
+                lambda store: service.remove_alias(store, gone.name, owner_user, owner_key),
+            )
+            self.echo(f"Removed the alias {gone.name}.")
 
     def _pick_user(self, disabled: bool | None) -> UserRecord | None:
         """A user to act on: any (None), or only enabled (False) or disabled (True) ones."""

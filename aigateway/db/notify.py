@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -50,6 +51,12 @@ class ChangeListener:
         self.changed = asyncio.Event()
         self.listening = False
         self._task: asyncio.Task[None] | None = None
+        # Other channels on the same connection, each with what its payloads go to.
+        self._also: dict[str, Callable[[str], None]] = {}
+
+    def also(self, channel: str, heard: Callable[[str], None]) -> None:
+        """Listen on `channel` too (before start()): `heard` gets each payload."""
+        self._also[channel] = heard
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="aigateway-listen")
@@ -82,6 +89,8 @@ class ChangeListener:
             try:
                 conn.add_termination_listener(lambda _conn, ended=lost: ended.set())
                 await conn.add_listener(CHANNEL, self._notified)
+                for channel, heard in self._also.items():
+                    await conn.add_listener(channel, _payload_to(heard))
                 if failures:
                     log.info("listening for key changes again")
                 failures = 0
@@ -98,6 +107,18 @@ class ChangeListener:
                 log.warning("lost the key-change connection; polling until it is back")
             failures += 1
             await asyncio.sleep(RETRY_S[0])
+
+
+def _payload_to(heard: Callable[[str], None]) -> Callable[..., None]:
+    """An asyncpg listener (connection, pid, channel, payload) that hands on the payload."""
+
+    def listener(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            heard(payload)
+        except Exception:  # a bad payload must not end the listening
+            log.exception("a notification could not be handled")
+
+    return listener
 
 
 async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:

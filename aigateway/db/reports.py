@@ -115,12 +115,9 @@ class ReportQueries(Connector):
         hours = whole_hours(since, None) if bucket_s == HOUR else None
         dim = "all" if key_id is None else "key"
         where = UsageQuery(since=since, key_id=key_id)
-        if self.database.backend == "sqlite":
-            bucket = cast(usage.c.ts / bucket_s, Integer)  # truncates: ts is positive
-        else:
-            bucket = cast(func.floor(usage.c.ts / bucket_s), BigInteger)
+        bucket = time_bucket(self.database.backend, bucket_s)
         raw = select(
-            bucket * bucket_s,
+            bucket,
             func.count(),
             func.sum(TOKENS),
             cost_sum(usage.c.cost),
@@ -142,7 +139,7 @@ class ReportQueries(Connector):
                         func.sum(h.errors),
                         func.sum(h.client_gone),
                     )
-                    .where(*_rollup_filter(dim, hours, where))
+                    .where(*rollup_filter(dim, hours, where))
                     .group_by(h.hour)
                 )
                 edge = replace(where, until=hours[0])
@@ -239,7 +236,7 @@ async def _hourly_summary(
         labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
         wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
         sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
-        statement = select(*labels, *sums).where(*_rollup_filter(dim, hours, where))
+        statement = select(*labels, *sums).where(*rollup_filter(dim, hours, where))
         if labels:
             statement = statement.group_by(*labels)
         for summed in (await conn.execute(statement)).all():
@@ -316,6 +313,16 @@ async def _oldest_day_needed(conn: AsyncConnection, where: UsageQuery, most: int
 
 
 _FIRST_DAYS = 7
+
+
+def time_bucket(backend: str, seconds: int) -> Any:
+    """The start of the `seconds`-long bucket (aligned on the epoch, so on UTC days) that
+    a usage record's time falls in."""
+    if backend == "sqlite":
+        index = cast(usage.c.ts / seconds, Integer)  # truncates: ts is positive
+    else:
+        index = cast(func.floor(usage.c.ts / seconds), BigInteger)
+    return index * seconds
 
 
 # The fields of a UsageQuery that pick records by value (besides their time).
@@ -460,7 +467,7 @@ _ROLLUP_LABELS = {
 }
 
 
-def _rollup_filter(
+def rollup_filter(
     dim: str, hours: tuple[float | None, float | None], where: UsageQuery
 ) -> list[Any]:
     """The rollup rows of dimension `dim` in `hours` that hold the records `where` picks

@@ -1,11 +1,13 @@
 """Hourly rollups of the usage records: what the dashboard and the admin API read instead
 of millions of rows.
 
-For each hour, one row for all records, and one per user, key, model and route hold the
-hour's counts and sums and two latency histograms (duration and time to first byte) of
-BUCKETS buckets, each √2 wide. The store writes them in the same transaction as the records they
-sum, so counts, tokens and cost read from them are exact (a journal replay writes neither
-twice); percentiles read from them are estimates, within a bucket's width (±19%).
+For each hour, one row for all records, and one per user, key, model, route and each
+key's model (dim `key_model:ID`, so that one key's rows are one range of the primary key,
+for its charts by model) hold the hour's counts and sums and two latency histograms
+(duration and time to first byte) of BUCKETS buckets, each √2 wide. The store writes them
+in the same transaction as the records they sum, so counts, tokens and cost read from them
+are exact (a journal replay writes neither twice); percentiles read from them are
+estimates, within a bucket's width (±19%).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def rollup_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
             ("key", str(key_id), (user, key_name)),
             ("model", model or "", (None, None)),  # (no model: counted under "")
             ("route", route, (None, None)),
+            (key_model_dim(key_id), model or "", (user, key_name)),
         ):
             row = rows.get((dim, hour, value))
             if row is None:
@@ -150,6 +153,11 @@ def rollup_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
     return [
         (*where, user, key_name, *sums) for where, (user, key_name, sums) in sorted(rows.items())
     ]
+
+
+def key_model_dim(key_id: int) -> str:
+    """The rollup dimension of one key's usage per model (revision 0019)."""
+    return f"key_model:{key_id}"
 
 
 Columns = dict[str, Any]  # a field's name: its values, one per record

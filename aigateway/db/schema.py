@@ -133,6 +133,8 @@ usage = Table(
     Column("model_ns", BigInteger),
     # The model as the request named it; `model` is its one identity (protocol/names.py).
     Column("model_sent", Text),
+    # Who stopped it from the dashboard's Now ("user/key name" of an admin); NULL: nobody.
+    Column("stopped_by", Text),
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)
@@ -142,18 +144,19 @@ Index("usage_key_ts", usage.c.key_id, usage.c.ts)
 usage_hourly = Table(
     "usage_hourly",
     metadata,
-    Column("dim", Text, primary_key=True),  # all, user, key, model or route
+    # all, user, key, model, route, or key_model:ID (one key's per model, revision 0019)
+    Column("dim", Text, primary_key=True),
     Column("hour", BigInteger, primary_key=True),  # its start, seconds since the epoch
-    # "" (all), the user, the key's id, the model ("": none) or the route
+    # "" (all), the user, the key's id, the model ("": none; key_model too) or the route
     Column("value", Text, primary_key=True),
-    Column("user", Text),  # of the key (dim key only), as its records name it
+    Column("user", Text),  # of the key (dims key and key_model only), as its records name it
     Column("key_name", Text),
     *(Column(name, BigInteger, nullable=False) for name in rollup_counts()),
     Column("duration_sum", Double, nullable=False),
 )
 
 # The records summed per UTC day and combination of key, model, route and status (see
-# daily.py; revision 0020), written with them: what summaries of long periods read, for
+# daily.py; revision 0024), written with them: what summaries of long periods read, for
 # any filter. `model` is "" for records without one; no histograms (no percentiles).
 usage_daily = Table(
     "usage_daily",
@@ -191,6 +194,36 @@ usage_segments = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("written_at", Double, nullable=False),
+)
+
+# Alerts waiting for their webhook, and those sent or given up (see alerts/outbox.py).
+# `dedupe` (kind|subject|period) is unique: the same event raised twice, or by two
+# gateways, is one row. `due_at` is when a sender may next take it: a claim moves it a
+# lease ahead, so a row whose gateway died mid-send is taken again after the lease.
+alerts_outbox = Table(
+    "alerts_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("dedupe", Text, nullable=False, unique=True),
+    Column("kind", Text, nullable=False),
+    Column("body", Text, nullable=False),  # the alert as JSON (kind, subject, text, details)
+    Column("created_at", Double, nullable=False),
+    Column("state", Text, nullable=False),  # due, sent, dropped
+    Column("due_at", Double, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("done_at", Double),  # when sent or given up
+    Column("last_error", Text),
+)
+Index("alerts_outbox_due", alerts_outbox.c.state, alerts_outbox.c.due_at)
+
+# Each gateway's requests in flight as it last published them (PostgreSQL, several
+# gateways, only while an admin watches Now: now.py): one row a gateway, replaced.
+now_gateways = Table(
+    "now_gateways",
+    metadata,
+    Column("gateway", Text, primary_key=True),
+    Column("published_at", Double, nullable=False),  # Unix time
+    Column("snapshot", Text, nullable=False),  # JSON: {"requests": [...], "queued": {...}}
 )
 
 # One row whose version goes up in the transaction of every change to `keys`: what
@@ -283,6 +316,23 @@ models = Table(
     Column("digest", Text),
     Column("synced_at", Double, nullable=False),
 )
+
+# Model aliases (records.Alias): a name that runs another model, for everyone (scope
+# "global", owner ""), a user's keys ("user", the user's name) or one key ("key", its id
+# as text); the narrowest wins. `canonical` is the name's identity, unique per owner.
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("canonical", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("scope", Text, CheckConstraint("scope IN ('global', 'user', 'key')"), nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+Index("model_aliases_owner", model_aliases.c.scope, model_aliases.c.owner,
+      model_aliases.c.canonical, unique=True)  # fmt: skip
 
 # Dashboard sessions: a key exchanged once for a random id, which the browser holds in an
 # HttpOnly cookie; only its SHA-256 is stored. A session ends idle (seen_at), at

@@ -7,11 +7,15 @@ module; callers see one object and need not know which module holds a query.
 
 from __future__ import annotations
 
+from .alerts import AlertQueries
+from .aliases import AliasQueries
 from .keyrows import KeyQueries
 from .models import ModelQueries
+from .now import NowQueries
 from .prices import PriceQueries
 from .refusals import RefusalQueries
 from .reports import ReportQueries
+from .series import SeriesQueries
 from .sessions import SessionQueries
 from .usage import UsageQueries
 from .users import UserQueries
@@ -25,6 +29,10 @@ class Store(
     ModelQueries,
     UsageQueries,
     ReportQueries,
+    SeriesQueries,
     RefusalQueries,
+    AlertQueries,
+    NowQueries,
+    AliasQueries,
 ):
     """An open database and every query on it: `await Store.open(path or URL)`."""

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..access.keytable import KeyTable
 from ..access.limits import Limiter
+from ..alerts.outbox import AlertOutbox
 from ..db.store import Store
 from ..settings import Settings
 from ..usage.metrics import Metrics
@@ -24,5 +25,6 @@ LIMITER = web.AppKey("limiter", Limiter)
 SIGN_IN_LIMITS = web.AppKey("sign_in_limits", SignInLimits)
 METRICS = web.AppKey("metrics", Metrics)  # set only with METRICS on
 REFUSALS = web.AppKey("refusals", RefusalCounts)  # what the usage writer writes per hour
+ALERTS = web.AppKey("alerts", AlertOutbox)  # set only with alerts on
 
 CONTEXT = web.RequestKey("context", RequestContext)

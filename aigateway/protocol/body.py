@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from .listspans import replaced, top_level_members
+
 # Bodies bigger than this are read off the event loop (large embed batches).
 FULL_PARSE_LIMIT = 1024 * 1024
 
@@ -277,3 +279,18 @@ def first_text_field(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def with_model(body: bytes, fields: tuple[str, ...], sent: str, model: str) -> bytes:
+    """`body` with `model` in place of `sent` in every top-level member Go would read as
+    one of `fields` (keys folded as Go folds them) that holds the string `sent`; every
+    other byte as it was. (An alias's target: the upstream runs what the name stands
+    for.) `model` is a canonical name (names.py: ASCII letters, digits and `_.:-/`),
+    which JSON writes without an escape, as Go does."""
+    text = body.decode("utf-8", "surrogateescape")  # (any byte goes back as it came)
+    members = top_level_members(text)
+    if members is None:  # (read_body read it as one object: cannot happen)
+        raise UndecidableBody("the request body is not a JSON object")
+    folded = {go_fold(field) for field in fields}
+    hits = [m for m in members if m.value == sent and go_fold(m.key) in folded]
+    return replaced(text, hits, model).encode("utf-8", "surrogateescape")

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, and only it
 
@@ -44,6 +45,17 @@ def _refuse(constant: str) -> object:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _key(text: str, i: int, value_at: Callable[[str, int], tuple[Any, int]]) -> tuple[str, int]:
+    """The member key at `i`, and where its value starts; ValueError when none is there."""
+    if text[i] != '"':
+        raise ValueError("a key was expected")
+    key, i = value_at(text, i)
+    i = _skip(text, i)
+    if text[i] != ":":
+        raise ValueError("a colon was expected")
+    return key, _skip(text, i + 1)
+
+
 def top_level_arrays(text: str, keys: frozenset[str]) -> list[Array] | None:
     """Every member of the top-level object whose key, case-folded, is in `keys` (Go's
     decoder matches field names without case) and whose value is an array, in text order
@@ -72,13 +84,7 @@ def _walk(text: str, keys: frozenset[str]) -> list[Array] | None:
     if not more:
         i += 1
     while more:
-        if text[i] != '"':
-            return None
-        key, i = value_at(text, i)
-        i = _skip(text, i)
-        if text[i] != ":":
-            return None
-        i = _skip(text, i + 1)
+        key, i = _key(text, i, value_at)
         if text[i] == "[" and key.casefold() in keys:
             array = Array(key, i, i)
             i = _skip(text, i + 1)
@@ -139,5 +145,55 @@ def cut(text: str, arrays: list[Array], keep: Callable[[Array, Entry], bool]) ->
         at = array.close
     if not pieces:
         return None
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    key: str  # as decoded
+    start: int  # the value is text[start:end]
+    end: int
+    value: object  # as decoded
+
+
+_VALUE_AT = json.JSONDecoder(parse_constant=_refuse).raw_decode  # (made once: it costs)
+
+
+def top_level_members(text: str) -> list[Member] | None:
+    """Every member of the JSON object `text`, in text order (a key spelled twice: both);
+    None when `text` is not one JSON object."""
+    value_at = _VALUE_AT
+    found: list[Member] = []
+    try:
+        i = _skip(text, 0)
+        if text[i] != "{":
+            return None
+        i = _skip(text, i + 1)
+        if text[i] == "}":
+            return found if _skip(text, i + 1) == len(text) else None
+        while True:
+            key, start = _key(text, i, value_at)
+            value, end = value_at(text, start)
+            found.append(Member(key, start, end, value))
+            i = _skip(text, end)
+            if text[i] == "}":
+                return found if _skip(text, i + 1) == len(text) else None
+            if text[i] != ",":
+                return None
+            i = _skip(text, i + 1)
+    except (ValueError, IndexError, RecursionError):
+        return None
+
+
+def replaced(text: str, members: list[Member], value: str) -> str:
+    """`text` with each of `members` (from top_level_members) holding `value` instead,
+    written as the JSON string `value` (which must need no escape: see its callers)."""
+    pieces: list[str] = []
+    at = 0
+    for member in members:
+        pieces.append(text[at : member.start])
+        pieces.append(f'"{value}"')
+        at = member.end
     pieces.append(text[at:])
     return "".join(pieces)

@@ -76,6 +76,9 @@ class ModelRef(NamedTuple):
     sent: str  # the name exactly as the request sent it
     canonical: str  # one string per model Ollama would run (see the module docstring)
     cloud: bool  # an Ollama cloud model: proxied to ollama.com
+    # The alias `sent` matched (its identity), "" when none: `canonical` and `cloud` are
+    # then the target's (access/aliases.py), and the body is sent naming the target.
+    alias: str = ""
 
 
 class InvalidModelName(ValueError):
@@ -221,11 +224,10 @@ CACHE_SIZE: Final = 4096
 _cache: dict[str, ModelRef] = {}
 
 
-def resolve(name: str, caller: object | None = None) -> ModelRef:
+def resolve(name: str) -> ModelRef:
     """The model a request's model field names, as the inference routes, show, pull and
     delete resolve it; raises InvalidModelName where Ollama answers with an error.
-
-    `caller` is unused for now: aliases will resolve here, and the cache key with them."""
+    (Aliases apply after this, per caller: access/resolver.py.)"""
     ref = _cache.get(name)
     if ref is None:
         ref = _resolve(name)

@@ -54,6 +54,12 @@ class RelayRoute:
     # Whether the path or the key's role needs a look before admission: path parameters,
     # a model in the path, model management.
     checks_path: bool = field(init=False)
+    # Whether a model alias applies to the body's model: running a model or reading its
+    # details, never managing models (pull, delete... would act on the target).
+    takes_aliases: bool = field(init=False)
+    # Model lists that show aliases beside their targets (tags, /v1/models; not ps: an
+    # alias is never loaded as itself).
+    lists_aliases: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "native", self.dialect == "ollama")
@@ -61,6 +67,9 @@ class RelayRoute:
         object.__setattr__(self, "ollama_path", self.ollama_prefix + self.path)
         checks = "{" in self.path or self.model_in_path or self.kind == "manage"
         object.__setattr__(self, "checks_path", checks)
+        aliased = self.json_body and (self.kind == "inference" or self.path == "/show")
+        object.__setattr__(self, "takes_aliases", aliased)
+        object.__setattr__(self, "lists_aliases", self.lists_models and self.path != "/ps")
 
 
 RELAY_ROUTES: tuple[RelayRoute, ...] = (

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..access.aliases import AliasTable
 from ..access.allowlist import is_cloud, model_allowed
 from ..access.budgets import Refusal, iso
 from ..access.budgets_shared import TopUp
@@ -29,7 +30,8 @@ from ..errors import (
 )
 from ..http.context import RequestContext
 from ..http.expect import send_continue
-from ..protocol.body import FULL_PARSE_LIMIT
+from ..protocol.body import FULL_PARSE_LIMIT, with_model
+from ..protocol.names import ModelRef
 from ..protocol.routes import RelayRoute
 from ..protocol.streams import UsageStripper, with_usage_requested
 from ..records import KeyRecord, Price
@@ -225,16 +227,23 @@ async def prepare(
     body = await read_body(request, settings.max_body_bytes, relay.body_pace, hold, coding)
     bytes_in = len(body)
     cloud = settings.allow_cloud_models
+    aliases = relay.key_table.aliases
     named = (
         # (big embed batches: read them off the event loop)
-        await asyncio.to_thread(_named_models, request, body, route, principal, cloud)
+        await asyncio.to_thread(_named_models, request, body, route, principal, cloud, aliases)
         if len(body) > FULL_PARSE_LIMIT
-        else _named_models(request, body, route, principal, cloud)
+        else _named_models(request, body, route, principal, cloud, aliases)
     )
     fields, model = named.fields, named.model
     if model is not None:  # the model's one identity from here on; the record keeps both
         context.model = model.canonical
         context.model_sent = model.sent
+        if model.alias:  # the upstream is asked for the model the alias stands for
+            body = (
+                await asyncio.to_thread(_aliased, body, route, model)
+                if len(body) > FULL_PARSE_LIMIT
+                else _aliased(body, route, model)
+            )
     price = None
     prompt_estimate = 0
     stripper = None
@@ -348,7 +357,12 @@ async def _reserve_budget(
 
 
 def _named_models(
-    request: web.Request, body: bytes, route: RelayRoute, caller: KeyRecord, cloud: bool
+    request: web.Request,
+    body: bytes,
+    route: RelayRoute,
+    caller: KeyRecord,
+    cloud: bool,
+    aliases: AliasTable,
 ) -> Named:
     return named_models(
         body,
@@ -357,4 +371,9 @@ def _named_models(
         cloud,
         request.headers.get("Content-Type", ""),
         request.rel_url.raw_query_string,
+        aliases,
     )
+
+
+def _aliased(body: bytes, route: RelayRoute, model: ModelRef) -> bytes:
+    return with_model(body, route.model_fields, model.sent, model.canonical)

@@ -97,6 +97,7 @@ class Exchange:
         self.principal = principal
         self.rate_headers = admitted.rate_headers
         self.in_flight = in_flight  # its place among the requests in flight
+        in_flight.exchange = self  # (what Now reads of it: its upstream, its tokens so far)
         self.data: bytes | io.BytesIO | CountedUpload | None = data  # None once sent
         self.upload = data if isinstance(data, CountedUpload) else None
         self.bytes_in = bytes_in  # the body's bytes (an upload counts its own)

@@ -8,6 +8,7 @@ import time
 import orjson
 from aiohttp import web
 
+from ..access.aliases import with_aliases
 from ..access.allowlist import filter_model_list
 from ..errors import ServiceUnavailable, UpstreamUnreachable
 from ..protocol.routes import RelayRoute
@@ -127,7 +128,10 @@ async def send_union(
     exchange.upstream_name = "all"
     exchange.first_byte_at = time.perf_counter()
     exchange.status = 200
-    body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
+    principal = exchange.principal
+    body = filter_model_list(body, principal.models, relay.settings.allow_cloud_models)
+    if route.lists_aliases:
+        body = with_aliases(body, relay.key_table.aliases.for_caller(principal))
     exchange.tap.feed(body)  # (settled as the handler returns, before the body is sent)
     response = exchange.response = web.Response(
         body=body,

@@ -12,7 +12,7 @@ from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..protocol.routes import RelayRoute
 from ..upstreams.config import UpstreamConfig
 from ..upstreams.http import own_headers_missing, request_headers, upstream_url
-from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Upstream
+from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Pool, Upstream
 from ..upstreams.transport import ConnectFailed, TimedOut, UpstreamFailed
 from .exchange import Exchange
 from .fanout import pull_everywhere, send_union
@@ -51,16 +51,8 @@ async def forward(
         route, _model_of(request, route, exchange), _named(request, route), closed_ok
     )
     replayable = isinstance(exchange.data, bytes | io.BytesIO)
-    key_id = exchange.principal.id
-    trace = exchange.trace
     while True:
-        upstream = pool.try_acquire(candidates)
-        if upstream is None:
-            if trace is not None:
-                trace.queued()
-            upstream = await pool.wait_for_slot(candidates, key_id)
-            if trace is not None:
-                trace.dequeued()
+        upstream = pool.try_acquire(candidates) or await _wait_queued(exchange, pool, candidates)
         slot = ledger.take(UpstreamSlot(pool, upstream))
         if isinstance(exchange.data, io.BytesIO):
             exchange.data.seek(0)
@@ -76,6 +68,22 @@ async def forward(
                 pool.failed(upstream, exc.message)
             raise
         candidates = [c for c in candidates if c is not upstream]  # (after a _TryNext)
+
+
+async def _wait_queued(exchange: Exchange, pool: Pool, candidates: list[Upstream]) -> Upstream:
+    """A slot when every candidate is busy, waiting in the queue (which Now shows, and
+    the request's trace times)."""
+    in_flight, trace = exchange.in_flight, exchange.trace
+    in_flight.queued = True
+    if trace is not None:
+        trace.queued()
+    try:
+        upstream = await pool.wait_for_slot(candidates, exchange.principal.id)
+    finally:
+        in_flight.queued = False
+    if trace is not None:
+        trace.dequeued()
+    return upstream
 
 
 class _TryNext(Exception):
@@ -128,12 +136,14 @@ async def _forward_to(
             exchange.status = upstream.status
             response = exchange.response = response_for(upstream, request, exchange)
             try:
-                if (
-                    route.lists_models
-                    and request.method == "GET"
-                    and (patterns is not None or not settings.allow_cloud_models)
-                ):
-                    return response, await send_filtered(upstream, exchange, relay)
+                if route.lists_models and request.method == "GET":
+                    aliases = (
+                        relay.key_table.aliases.for_caller(exchange.principal)
+                        if route.lists_aliases
+                        else []
+                    )
+                    if patterns is not None or not settings.allow_cloud_models or aliases:
+                        return response, await send_filtered(upstream, exchange, relay, aliases)
                 await response.prepare(request)
                 return response, await pump(upstream, response, request, exchange, route)
             except ConnectionResetError:

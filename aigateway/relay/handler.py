@@ -26,7 +26,7 @@ from ..usage.traces import RequestTrace, Tracing
 from .admit import admit, check_content_encoding, check_path, prepare, storage_full
 from .exchange import Exchange
 from .forward import forward
-from .inflight import STOPPING, InFlightRequest
+from .inflight import STOPPED, STOPPING, InFlightRequest, StoppedByAdmin
 from .ledger import Ledger
 from .pump import finish
 from .settle import settle
@@ -103,7 +103,9 @@ async def _relay(
         raise storage_full()
     ledger = Ledger()
     admitted = await admit(request, route, principal, relay, ledger)
-    in_flight = ledger.take(InFlightRequest(relay.in_flight, asyncio.current_task(relay.loop)))
+    in_flight = ledger.take(
+        InFlightRequest(relay.in_flight, asyncio.current_task(relay.loop), context, route)
+    )
     exchange: Exchange | None = None  # made once the request is sent on
     try:
         exchange = await prepare(
@@ -114,19 +116,33 @@ async def _relay(
             exchange.trace = trace
         response, end = await forward(request, route, exchange, relay, ledger)
     except asyncio.CancelledError as cancelled:
-        if cancelled.args[:1] != (STOPPING,):
+        why = cancelled.args[:1]
+        if why != (STOPPING,) and why != (STOPPED,):
             context.client_gone = True  # (the server cancels a handler whose client left)
             raise
-        # A graceful stop ended a request still reading its body or waiting for Ollama's
-        # first byte: answer it, rather than drop the connection.
+        # A graceful stop or an admin's Stop ended a request still reading its body,
+        # waiting in an upstream's queue or for Ollama's first byte: answer it, rather
+        # than drop the connection.
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
         if exchange is not None:
             exchange.status = 503
+        if why == (STOPPED,):
+            if exchange is not None:
+                exchange.cut_by = StoppedByAdmin.reason  # (charged as an early leave)
+            raise _stopped() from None
         raise ServiceUnavailable("the gateway is shutting down", {"Retry-After": "5"}) from None
     finally:
         settle(request, route, relay, ledger, exchange)
     if end is not None:
         await finish(request, response, end, admitted.ticket_hold)
     return response
+
+
+def _stopped() -> ServiceUnavailable:
+    """The answer to a request an admin stopped before it was answered: not to be tried
+    again by an SDK that retries a 503 on its own."""
+    return ServiceUnavailable(
+        "an admin of the gateway stopped this request", {"x-should-retry": "false"}
+    )

@@ -10,10 +10,12 @@ import time
 
 from aiohttp import web
 
+from ..access.aliases import with_aliases
 from ..access.allowlist import filter_model_list
 from ..http.appkeys import CONTEXT
 from ..protocol.routes import RelayRoute
 from ..protocol.streams import NDJSON, STREAM_TYPES, broken_stream_tail
+from ..records import Alias
 from ..upstreams.http import response_headers
 from ..upstreams.transport import READ_FAILURES, Response
 from .exchange import Exchange
@@ -27,13 +29,16 @@ log = logging.getLogger("aigateway.proxy")
 _CUT_SHORT: tuple[type[BaseException], ...] = (*READ_FAILURES, GatewayStopping)
 
 
-async def send_filtered(upstream: Response, exchange: Exchange, relay: RelayState) -> bytes:
-    """A model list (tags, ps, /v1/models) cut down to what the key may use: the body,
-    sent once the request is settled."""
+async def send_filtered(
+    upstream: Response, exchange: Exchange, relay: RelayState, aliases: list[Alias]
+) -> bytes:
+    """A model list (tags, ps, /v1/models) cut down to what the key may use, with the
+    key's `aliases` of the models it lists: the body, sent once the request is settled."""
     body = await upstream.read()
     exchange.first_byte_at = time.perf_counter()
     if upstream.status == 200:
         body = filter_model_list(body, exchange.principal.models, relay.settings.allow_cloud_models)
+        body = with_aliases(body, aliases)
     exchange.tap.feed(body)
     response = exchange.response
     assert response is not None
@@ -116,8 +121,8 @@ async def _end_cut_stream(
     by Content-Length, or an SSE stream read by a client that ignores error events, is
     seen as incomplete at once instead of waited on."""
     upstream.close()
-    if isinstance(exc, GatewayStopping):
-        reason, message = "gateway stopping", "aigateway: the gateway is shutting down"
+    if isinstance(exc, GatewayStopping):  # (or StoppedByAdmin)
+        reason, message = exc.reason, exc.message
     else:
         reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
         message = f"aigateway: the Ollama stream broke ({reason})"

@@ -118,6 +118,7 @@ def settle(
             cost,
             model_ns,
             context.model_sent,
+            exchange.in_flight.stopped_by,
         )
     )
 

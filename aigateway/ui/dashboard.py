@@ -28,6 +28,14 @@ STATIC = {
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
+# Third-party files, unchanged (vendor/README.md names each, its version and checksum);
+# its README is not served, the licence is.
+VENDOR_DIR = UI_DIR / "vendor"
+VENDOR = {
+    "uPlot.iife.min.js": "text/javascript",
+    "uPlot.min.css": "text/css",
+    "uPlot.LICENSE": "text/plain",
+}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -52,6 +60,7 @@ def add_dashboard_routes(app: web.Application, settings: Settings) -> None:
         ("GET", ui, to_index),
         ("GET", ui + "/", page_handler(_page(settings), SECURITY_HEADERS)),
         ("GET", ui + "/static/{name}", files_handler(UI_DIR, STATIC, SECURITY_HEADERS)),
+        ("GET", ui + "/static/vendor/{name}", files_handler(VENDOR_DIR, VENDOR, SECURITY_HEADERS)),
         ("POST", ui + "/session", public(sign_in)),
         ("DELETE", ui + "/session", public(sign_out)),
     ):

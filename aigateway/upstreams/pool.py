@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 import orjson
 
@@ -28,8 +30,9 @@ from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
 from ..protocol.body import first_text_field
 from ..protocol.routes import RelayRoute
+from ..records import AlertSink
 from .config import UpstreamConfig, auth_headers
-from .probe import CheckFailed, OneProbe, Shared
+from .probe import CheckFailed, OneProbe, Shared, upstream_alert
 from .queue import FairQueue
 from .transport import ConnectFailed, TimedOut, Transport, UpstreamFailed
 
@@ -58,7 +61,7 @@ class Upstream:
 
     __slots__ = (
         "checked_at", "config", "failures", "in_flight", "latency_ms", "loaded", "models",
-        "out_until", "picked", "reason",
+        "out_until", "picked", "reason", "running",
     )  # fmt: skip
 
     def __init__(self, config: UpstreamConfig) -> None:
@@ -68,6 +71,7 @@ class Upstream:
         # An Ollama's models by its /api/tags (canonical names); None until first listed.
         self.models: frozenset[str] | None = None
         self.loaded: frozenset[str] = frozenset()  # by its /api/ps
+        self.running: tuple[LoadedModel, ...] = ()  # the same, as /api/ps describes them
         self.failures = 0  # in a row
         self.reason: str | None = None  # why it is out; None: up
         self.out_until = 0.0  # monotonic time its cool-down ends
@@ -128,6 +132,9 @@ class Upstream:
                 else sorted(self.models)
             ),
             "loaded": sorted(self.loaded),
+            # Each loaded model's memory on the GPU (bytes) and when it unloads (RFC 3339,
+            # as Ollama said it), from the last check.
+            "loaded_models": [m._asdict() for m in self.running],
         }
 
 
@@ -138,8 +145,10 @@ class Pool:
         check_interval: float,
         queue_timeout: float,
         transport: Transport,
+        alerts: AlertSink | None = None,
     ) -> None:
         self.upstreams = [Upstream(config) for config in configs]
+        self._alerts = alerts  # None: alerts are off
         self.queue: FairQueue[Upstream] = FairQueue(queue_timeout)
         self.by_name = {u.name: u for u in self.upstreams}
         # One upstream: no checks, never out (there is nothing to fail over to).
@@ -149,7 +158,10 @@ class Pool:
         if self.single:
             only = self.upstreams[0]
             self.probe = OneProbe(
-                only.config, lambda path, timeout: self.fetch(only, path, timeout), check_interval
+                only.config,
+                lambda path, timeout: self.fetch(only, path, timeout),
+                check_interval,
+                alerts,
             )
         # ...and an admin's view of it (the dashboard's Overview) its /api/ps, alike.
         self._loaded_of_one: Shared[None] | None = None
@@ -292,7 +304,7 @@ class Pool:
             await self._loaded_of_one.get()
         (view,) = self.views()
         if not probed.up:
-            view["loaded"] = []  # (what it had loaded when it last answered is gone)
+            view["loaded"] = view["loaded_models"] = []  # (gone with the upstream)
         error = probed.details.get("error")
         view.update(
             status="up" if probed.up else "out",
@@ -305,11 +317,10 @@ class Pool:
     async def _read_loaded(self, upstream: Upstream) -> None:
         """An Ollama's loaded models by its /api/ps (none when it cannot be read)."""
         try:
-            loaded = await self.names(upstream, "/api/ps", "models")
+            await self._read_ps(upstream)
         except CheckFailed as exc:
             log.info("upstream %s: its loaded models are unknown: %s", upstream.name, exc)
-            loaded = []
-        upstream.loaded = frozenset(identity(n) for n in loaded)
+            upstream.loaded, upstream.running = frozenset(), ()
 
     def failed(self, upstream: Upstream, reason: str) -> None:
         """It failed a check or a request: out for a cool-down (not with one upstream)."""
@@ -320,11 +331,15 @@ class Pool:
         upstream.out_until = time.monotonic() + cool
         if upstream.up:
             log.warning("upstream %s is out: %s", upstream.name, reason)
+            if self._alerts is not None:
+                self._alerts(upstream_alert(upstream.name, reason))
         upstream.reason = reason
 
     def passed(self, upstream: Upstream) -> None:
         if not upstream.up:
             log.warning("upstream %s is back", upstream.name)
+            if self._alerts is not None:
+                self._alerts(upstream_alert(upstream.name, None))
         upstream.reason = None
         upstream.failures = 0
 
@@ -375,8 +390,7 @@ class Pool:
         try:
             await self._list(upstream)
             if upstream.config.kind == "ollama":
-                loaded = await self.names(upstream, "/api/ps", "models")
-                upstream.loaded = frozenset(identity(n) for n in loaded)
+                await self._read_ps(upstream)
         except CheckFailed as exc:
             self.failed(upstream, str(exc))
             return
@@ -422,6 +436,18 @@ class Pool:
     ) -> list[str]:
         """The names in an upstream's model list (checked as hostile input); CheckFailed
         saying why when there are none to read."""
+        return model_names(await self._document(upstream, path, timeout), field)
+
+    async def _read_ps(self, upstream: Upstream) -> None:
+        """An Ollama's loaded models by its /api/ps: their names (routing prefers them)
+        and, for an admin's view, each one's memory on the GPU and when it unloads."""
+        running = loaded_models(await self._document(upstream, "/api/ps", CHECK_TIMEOUT_S))
+        upstream.loaded = frozenset(identity(m.name) for m in running)
+        upstream.running = tuple(running)
+
+    async def _document(self, upstream: Upstream, path: str, timeout: float) -> bytes:
+        """The body of an upstream's document that answered 200; CheckFailed saying why
+        when it did not."""
         try:
             status, body = await self.fetch(upstream, path, timeout)
         except TimedOut:
@@ -432,7 +458,7 @@ class Pool:
             raise CheckFailed(f"{path}: {exc.cause}: {exc}"[:300]) from None
         if status != 200:
             raise CheckFailed(f"{path} answered {status}")
-        return model_names(body, field)
+        return body
 
     async def fetch(
         self, upstream: Upstream, path: str, timeout: float = CHECK_TIMEOUT_S
@@ -452,6 +478,46 @@ class Pool:
                 if len(body) > MAX_LIST_BYTES:
                     raise CheckFailed(f"{path} is larger than {MAX_LIST_BYTES} bytes")
             return response.status, bytes(body)
+
+
+class LoadedModel(NamedTuple):
+    """A model an Ollama holds in memory, as its /api/ps says (checked as hostile)."""
+
+    name: str
+    size_vram: int | None  # bytes on the GPU
+    expires_at: str | None  # when it unloads, RFC 3339 as Ollama wrote it
+
+
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,20}(Z|[+-][0-9]{2}:[0-9]{2})")
+
+
+def loaded_models(body: bytes) -> list[LoadedModel]:
+    """The entries of an Ollama's /api/ps: each one's name, and its size on the GPU and
+    expiry where they are what they should be (else None)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise CheckFailed("its model list is not JSON") from None
+    entries = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise CheckFailed("its model list has no 'models' list")
+    found = []
+    for entry in entries[:MAX_LISTED]:
+        if not isinstance(entry, dict):
+            continue
+        name = first_text_field(entry, ENTRY_NAMES["models"])
+        if not isinstance(name, str) or not 0 < len(name) <= 500:
+            continue
+        size = entry.get("size_vram")
+        expires = entry.get("expires_at")
+        found.append(
+            LoadedModel(
+                name,
+                size if type(size) is int and 0 <= size < 2**63 else None,
+                expires if isinstance(expires, str) and _RFC3339.fullmatch(expires) else None,
+            )
+        )
+    return found
 
 
 def model_names(body: bytes, field: str) -> list[str]:

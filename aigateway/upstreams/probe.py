@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 
 import orjson
 
+from ..records import Alert, AlertSink
 from .config import UpstreamConfig
 from .transport import TimedOut, UpstreamFailed
 
@@ -81,8 +82,15 @@ class Shared(Generic[T]):
 
 
 class OneProbe:
-    def __init__(self, upstream: UpstreamConfig, fetch: Fetch, max_age_s: float) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamConfig,
+        fetch: Fetch,
+        max_age_s: float,
+        alerts: AlertSink | None = None,
+    ) -> None:
         self.upstream = upstream
+        self._alerts = alerts
         self._fetch = fetch
         self._last: ProbeResult | None = None
         self._shared = Shared(self._ask, max_age_s, self._answered)
@@ -94,10 +102,13 @@ class OneProbe:
 
     def _answered(self, now: ProbeResult) -> None:
         if self._last is not None and self._last.up != now.up:
-            if now.up:
+            reason = None if now.up else str(now.details["error"])
+            if reason is None:
                 log.warning("upstream %s answers again", self.upstream.name)
             else:
-                log.warning("upstream %s is out: %s", self.upstream.name, now.details["error"])
+                log.warning("upstream %s is out: %s", self.upstream.name, reason)
+            if self._alerts is not None:
+                self._alerts(upstream_alert(self.upstream.name, reason))
         self._last = now
 
     async def _ask(self) -> ProbeResult:
@@ -140,3 +151,28 @@ def _version(body: bytes) -> str | None:
         return None
     version = doc.get("version") if isinstance(doc, dict) else None
     return version if isinstance(version, str) else None
+
+
+# An upstream's alerts are de-duplicated per this long: gateways that each see it go
+# down raise one alert, and one that flaps raises one "down" and one "up" a window.
+UPSTREAM_ALERT_WINDOW_S = 600
+
+
+def upstream_alert(name: str, reason: str | None) -> Alert:
+    """`upstream_down` (with why) or, for `reason` None, `upstream_up`."""
+    window = str(int(time.time() // UPSTREAM_ALERT_WINDOW_S))
+    if reason is None:
+        return Alert(
+            "upstream_up",
+            f"upstream:{name}",
+            window,
+            f"upstream {name} is back",
+            {"upstream": name},
+        )
+    return Alert(
+        "upstream_down",
+        f"upstream:{name}",
+        window,
+        f"upstream {name} is out: {reason}",
+        {"upstream": name, "reason": reason},
+    )

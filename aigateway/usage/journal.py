@@ -146,8 +146,10 @@ def _cut_torn_line(segment: Segment, written: int) -> None:
 
 
 # Journal lines are UsageRecord's fields in order; records of a release before nano-unit
-# costs have fewer than this many (model_sent came with them).
-_FIELDS_SINCE_NANO = len(UsageRecord._fields)
+# costs have fewer than this many (model_sent came with them), and those of a release
+# before Now's Stop (stopped_by) this many exactly, followed by LOCAL_MARK when marked.
+_FIELDS_SINCE_NANO = UsageRecord._fields.index("model_sent") + 1
+_FIELDS = len(UsageRecord._fields)
 
 
 def read_segment(path: Path) -> list[UsageRecord]:
@@ -159,8 +161,10 @@ def read_segment(path: Path) -> list[UsageRecord]:
             continue
         try:
             fields = orjson.loads(line)
+            # (A stopped_by is "user/key name", never LOCAL_MARK: a line of the release
+            # before it, marked, has as many fields as an unmarked one of this release.)
             marked = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
-            if marked and fields[-1] == LOCAL_MARK:
+            if marked and len(fields) <= _FIELDS + 1 and fields[-1] == LOCAL_MARK:
                 record: UsageRecord = LocalUsageRecord(*fields[:-1])
             else:
                 record = UsageRecord(*fields)

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -45,19 +46,23 @@ RETRY_FIRST_S, RETRY_MOST_S = 1.0, 30.0
 FILE_PREFIX, FILE_SUFFIX = "refusals-", ".json"
 
 _Row = tuple[int, str, int]  # hour, reason, key id
+RefusalWatcher = Callable[[Refused, KeyRecord], None]
 
 
 class RefusalCounts:
     """The counts since the writer last took them: what the middleware adds to."""
 
-    __slots__ = ("_counts", "_names")
+    __slots__ = ("_counts", "_names", "_watch")
 
-    def __init__(self) -> None:
+    def __init__(self, watch: RefusalWatcher | None = None) -> None:
         self._counts: dict[_Row, int] = {}
         self._names: dict[int, tuple[str, str]] = {}  # key id -> (user, key name)
+        self._watch = watch  # also told of each refusal of a known key (alerts)
 
     def count(self, reason: Refused, key: KeyRecord | None) -> None:
         """One refusal; `key` is the key it is counted against (None: none known)."""
+        if key is not None and self._watch is not None:
+            self._watch(reason, key)
         row = (int(time.time()) // HOUR * HOUR, reason, NO_KEY if key is None else key.id)
         counts = self._counts
         n = counts.get(row)

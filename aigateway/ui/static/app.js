@@ -5,6 +5,7 @@ import { keysView } from "./keys.js";
 import { myUsage } from "./me.js";
 import { myKeys } from "./mykeys.js";
 import { modelsView } from "./models.js";
+import { nowView } from "./now.js";
 import { overview } from "./overview.js";
 import { playground } from "./playground.js";
 import { usageView } from "./usage.js";
@@ -12,6 +13,7 @@ import { usersView } from "./users.js";
 
 const VIEWS = {
   overview: { title: "Overview", admin: true, render: overview },
+  now: { title: "Now", admin: true, render: nowView },
   keys: { title: "Keys", admin: true, render: keysView },
   users: { title: "Users", admin: true, render: usersView },
   models: { title: "Models", admin: false, render: modelsView },
@@ -102,6 +104,14 @@ function showMenu(open) {
   document.getElementById("menu").setAttribute("aria-expanded", String(open));
 }
 
+// The focus to the page's heading (or, signed out, the sign-in form's place): the next Tab
+// goes on from there.
+function focusPage() {
+  const heading = document.querySelector("#view h1") || document.getElementById("main");
+  heading.tabIndex = -1;
+  heading.focus();
+}
+
 function applyTheme(theme) {
   if (theme === "light" || theme === "dark") root.dataset.theme = theme;
   else delete root.dataset.theme;
@@ -143,14 +153,26 @@ document.addEventListener("DOMContentLoaded", () => {
     showMenu(document.getElementById("menu").getAttribute("aria-expanded") !== "true");
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") showMenu(false);
+    if (event.key !== "Escape" || !document.getElementById("nav").classList.contains("open")) return;
+    showMenu(false);
+    // (the link that had the focus is hidden now: the focus goes back where it opened)
+    document.getElementById("menu").focus();
   });
   // Which values are cut changes with the page's width (a window resized, a scroll bar
   // come) and with what is shown: measured again when the view's size changes.
   // (A ResizeObserver's callback runs after layout, when the widths are known.)
   const view = document.getElementById("view");
   new ResizeObserver(() => markCut(view)).observe(view);
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", async () => {
+    await route();
+    // A page chosen from the nav: the focus goes to its heading, so a keyboard and a
+    // screen reader start there (the link that had it is hidden now in the phone's menu).
+    if (document.querySelector("#view h1")) focusPage();
+  });
+  document.getElementById("skip").addEventListener("click", (event) => {
+    event.preventDefault(); // (#main is no page of the router's)
+    focusPage();
+  });
   onRefresh(route);
   start();
 });

@@ -1,15 +1,12 @@
 // My usage: the signed-in key's limits, budgets and usage.
-import { charts } from "./charts.js";
-import { PATHS, api, el, money, named, number, stat, state, table, usageStats } from "./core.js";
+import { usageCharts } from "./charts.js";
+import { PATHS, api, el, money, named, number, stat, table, usageStats } from "./core.js";
 import { utcText } from "./forms.js";
 
 export async function myUsage(view) {
-  // The key's own figures, in the cards and the charts alike (an admin's series would
-  // otherwise be the whole gateway's).
-  const [me, day] = await Promise.all([
-    api("GET", `${PATHS.admin}/me`),
-    api("GET", `${PATHS.admin}/series?hours=24&key_id=${state.me.key.id}`),
-  ]);
+  // The key's own figures, in the cards and the charts alike (an admin's too: the
+  // gateway's are on the Overview).
+  const [me, charts] = await Promise.all([api("GET", `${PATHS.admin}/me`), usageCharts("me", ["total", "model"])]);
   const limits = me.current.limits || {};
   view.append(
     el("h1", {}, named(`${me.key.user} / ${me.key.key_name}`)),
@@ -39,7 +36,8 @@ export async function myUsage(view) {
         )
       : el("p", { class: "empty" }, "No budget: spending is not capped."),
     ...usageStats("This key, last 24 hours", me.usage.last_24h),
-    charts(day.series, 24, "this key, last 24 hours"),
     ...usageStats("This key, last 7 days", me.usage.last_7d),
+    el("h2", {}, "This key over time"),
+    charts,
   );
 }

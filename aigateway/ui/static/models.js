@@ -1,6 +1,7 @@
-// The Models page: the models a key may use with their prices; admins set and remove prices.
+// The Models page: the models a key may use with their prices and its aliases of them;
+// admins set and remove prices and aliases.
 import { PATHS, api, el, money, named, number, openBelow, stacked, state, table, refresh } from "./core.js";
-import { field, toMicro } from "./forms.js";
+import { changeForm, field, toMicro, wholeNumber } from "./forms.js";
 
 export async function modelsView(view) {
   const isAdmin = state.me.key.role === "admin";
@@ -9,7 +10,7 @@ export async function modelsView(view) {
     const p = m.price;
     const text = priceText(p);
     if (!isAdmin) return el("span", {}, text);
-    const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set the price of ${m.name}` }, "Set price");
+    const edit = el("button", { type: "button", class: "quiet", "data-action": "price", "aria-label": `Set price of ${m.name}` }, "Set price");
     edit.addEventListener("click", () => priceForm(m, edit.closest("tr")));
     // (the pattern that priced it, cut like any name when long)
     return el("div", {}, el("span", { class: "wrap" }, text), p ? stacked(`by ${p.pattern}`) : null, edit);
@@ -31,7 +32,24 @@ export async function modelsView(view) {
       "Ollama has no model this key may use: pull one (ollama pull llama3.2).",
     ),
   );
-  if (isAdmin) view.append(...(await pricesSection()));
+  if (isAdmin) view.append(...(await pricesSection()), ...(await aliasesSection()));
+  else if (doc.aliases.length) view.append(...ownAliases(doc.aliases));
+}
+
+// The key's aliases of the models it may use: what it may ask for, and what runs.
+function ownAliases(aliases) {
+  return [
+    el("h2", { id: "aliases" }, "Aliases"),
+    el("p", { class: "muted" }, "Ask for the name; the model beside it runs."),
+    table(
+      [
+        { title: "Name", wide: true, cell: (a) => a.name },
+        { title: "Runs", wide: true, cell: (a) => a.target },
+      ],
+      aliases,
+      "",
+    ),
+  ];
 }
 
 // A price's parts that cost something ("0.400000 /M out"); a price of nothing is "free".
@@ -51,33 +69,7 @@ export function priceText(p) {
 // inline "Remove? Yes / No" beside it.
 export async function pricesSection() {
   const doc = await api("GET", `${PATHS.admin}/prices`);
-  const removeButton = (p) => {
-    const box = el("div", { class: "actions" });
-    const ask = el("button", { type: "button", class: "danger", "data-action": "remove-price", "aria-label": `Remove the price ${p.pattern}` }, "Remove");
-    const ready = () => box.replaceChildren(ask);
-    ask.addEventListener("click", () => {
-      const yes = el("button", { type: "button", class: "danger", "data-action": "confirm", "aria-label": `Yes, remove the price ${p.pattern}` }, "Yes");
-      const no = el("button", { type: "button", class: "quiet", "data-action": "cancel", "aria-label": "No, keep it" }, "No");
-      no.addEventListener("click", () => {
-        ready();
-        ask.focus();
-      });
-      yes.addEventListener("click", async () => {
-        yes.disabled = true;
-        try {
-          await api("DELETE", `${PATHS.admin}/prices?pattern=${encodeURIComponent(p.pattern)}`);
-          refresh();
-        } catch (err) {
-          openBelow(box.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
-          ready();
-        }
-      });
-      box.replaceChildren(el("span", { class: "keep" }, "Remove?"), yes, no);
-      no.focus();
-    });
-    ready();
-    return box;
-  };
+  const removeButton = (p) => removeAfterYes("price", p.pattern, `prices?pattern=${encodeURIComponent(p.pattern)}`);
   return [
     el("h2", { id: "prices" }, `Prices (${doc.currency})`),
     table(
@@ -141,4 +133,71 @@ export function priceForm(model, tr) {
   });
   openBelow(tr, form);
   pattern.input.focus();
+}
+
+// A Remove button that asks "Remove? Yes / No" in its place, then deletes `path` (under
+// the admin API) and shows the page again; `what` names the kind in its data-action.
+function removeAfterYes(what, name, path) {
+  const box = el("div", { class: "actions" });
+  const ask = el("button", { type: "button", class: "danger", "data-action": `remove-${what}`, "aria-label": `Remove the ${what} ${name}` }, "Remove");
+  const ready = () => box.replaceChildren(ask);
+  ask.addEventListener("click", () => {
+    const yes = el("button", { type: "button", class: "danger", "data-action": "confirm", "aria-label": `Yes, remove the ${what} ${name}` }, "Yes");
+    const no = el("button", { type: "button", class: "quiet", "data-action": "cancel", "aria-label": "No, keep it" }, "No");
+    no.addEventListener("click", () => {
+      ready();
+      ask.focus();
+    });
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      try {
+        await api("DELETE", `${PATHS.admin}/${path}`);
+        refresh();
+      } catch (err) {
+        openBelow(box.closest("tr"), el("p", { class: "error", role: "alert" }, err.message));
+        ready();
+      }
+    });
+    box.replaceChildren(el("span", { class: "keep" }, "Remove?"), yes, no);
+    no.focus();
+  });
+  ready();
+  return box;
+}
+
+// Every alias (a name clients ask for that runs another model: for everyone, one user's
+// keys or one key, the narrowest winning), removable; and a form that adds one.
+export async function aliasesSection() {
+  const doc = await api("GET", `${PATHS.admin}/aliases`);
+  const whose = (a) => (a.scope === "global" ? "everyone" : a.scope === "user" ? named(`user ${a.user}`) : `key #${a.key_id}`);
+  const owner = (a) => (a.scope === "user" ? `&user=${encodeURIComponent(a.user)}` : a.scope === "key" ? `&key_id=${a.key_id}` : "");
+  const text = (t) => t;
+  const form = changeForm(
+    "alias-form",
+    "Add an alias",
+    [
+      { key: "name", label: "Name clients ask for", hint: "Such as gpt-4o-mini; any case matches", input: el("input", { autocomplete: "off" }), parse: text, required: true, api: ["alias name", "alias", "a model the upstreams serve"], verbatim: true },
+      { key: "target", label: "Model it runs", hint: "Such as llama3.2", input: el("input", { autocomplete: "off" }), parse: text, required: true, api: ["target", "is an alias"], verbatim: true },
+      { key: "user", label: "Only for user", hint: "Empty: everyone", input: el("input", { autocomplete: "off" }), parse: text, api: ["user", "not both"], verbatim: true },
+      { key: "key_id", label: "Only for key id", hint: "Empty: every key", input: el("input", { inputmode: "numeric" }), parse: wholeNumber("Key id", null), api: ["key_id", "key"], verbatim: true },
+    ],
+    {},
+    (body) => api("POST", `${PATHS.admin}/aliases`, body),
+    { saveLabel: "Add", cancel: false },
+  );
+  return [
+    el("h2", { id: "aliases" }, "Aliases"),
+    el("p", { class: "muted" }, "A name that runs another model (clients that only know OpenAI's or Anthropic's names). A key's alias wins over its user's, and a user's over everyone's."),
+    table(
+      [
+        { title: "Name", wide: true, cell: (a) => a.name },
+        { title: "Runs", wide: true, cell: (a) => a.target },
+        { title: "For", cell: whose },
+        { title: "Actions", act: true, cell: (a) => removeAfterYes("alias", a.name, `aliases?name=${encodeURIComponent(a.name)}${owner(a)}`) },
+      ],
+      doc.aliases,
+      "No aliases: a model is asked for by its own name.",
+    ),
+    form,
+  ];
 }

@@ -1,5 +1,6 @@
-// The Overview (admins): upstreams, the last day and week, top users and models, refusals.
-import { charts } from "./charts.js";
+// The Overview (admins): upstreams, the last day and week, charts over 24 hours to 30
+// days, top users and models, refusals.
+import { usageCharts } from "./charts.js";
 import { PATHS, api, el, money, number, stat, table, usageStats } from "./core.js";
 import { refusedTables } from "./refusals.js";
 
@@ -9,11 +10,10 @@ export async function overview(view) {
   // Each upstream's state and loaded models come from the gateway's own last look
   // (/admin/upstreams), never a relayed call: that would be recorded as the admin's
   // usage, and reach the upstream on every refresh.
-  const [stats, day, week, pool] = await Promise.all([
+  const [stats, pool, charts] = await Promise.all([
     api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model,refused`),
-    api("GET", `${PATHS.admin}/series?hours=24`),
-    api("GET", `${PATHS.admin}/series?hours=168`),
     api("GET", `${PATHS.admin}/upstreams`),
+    usageCharts("gateway", ["total", "model", "user"]),
   ]);
   const several = pool.upstreams.length > 1;
   view.append(
@@ -27,9 +27,9 @@ export async function overview(view) {
     ),
     ...upstreamTable(pool),
     ...usageStats("Last 24 hours", stats.last_24h),
-    charts(day.series, 24, "last 24 hours"),
     ...usageStats("Last 7 days", stats.last_7d),
-    charts(week.series, 168, "last 7 days"),
+    el("h2", {}, "Usage over time"),
+    charts,
     el("h2", {}, "Top users, last 7 days"),
     table(
       [

@@ -1,7 +1,7 @@
 """usage_daily: the usage records summed per UTC day, key, model, route and status
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0024
+Revises: 0023
 
 Summaries of long periods with any filter read it instead of every record. Made from the
 records there are, in one statement (a few seconds a million), as aigateway/db/daily.py
@@ -15,8 +15,8 @@ import logging
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0020"
-down_revision = "0019"
+revision = "0024"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 log = logging.getLogger("aigateway")
