@@ -4,7 +4,7 @@ Revision ID: 0024
 Revises: 0023
 
 Summaries of long periods with any filter read it instead of every record. Made from the
-records there are, in one statement (a few seconds a million), as aigateway/db/daily.py
+records there are, in one GROUP BY statement, as aigateway/db/daily.py
 sums them when this revision was written.
 """
 
