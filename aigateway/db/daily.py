@@ -16,7 +16,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from ..records import DAY, MAX_SUM_NANO, saturated
-from .rollups import COUNTED, SUM_COLUMNS, placeholders
+from .rollups import COUNTED, SUM_COLUMNS, added_sql, placeholders
 
 if TYPE_CHECKING:
     from ..records import UsageRecord
@@ -59,13 +59,6 @@ def daily_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
     return rows
 
 
-# A day's cost (nano-units) stops at MAX_SUM_NANO rather than overflow a database integer.
-_COST_ADDED = (
-    f"CASE WHEN usage_daily.cost > {MAX_SUM_NANO} - excluded.cost THEN {MAX_SUM_NANO}"
-    " ELSE usage_daily.cost + excluded.cost END"
-)
-
-
 def _columns(names: Sequence[str]) -> str:
     return ", ".join(f'"{name}"' for name in names)  # ("user" is a keyword)
 
@@ -75,13 +68,10 @@ def daily_upsert_sql(numbered: bool) -> str:
     """Add a row of daily_rows() to its cube row, making it when it is not there yet."""
     names = (*DAILY_LABELS, *DAILY_SUMS)
     places = placeholders(numbered, len(names))
-    added = ", ".join(
-        f"{c} = {_COST_ADDED}" if c == "cost" else f"{c} = usage_daily.{c} + excluded.{c}"
-        for c in DAILY_SUMS
-    )
     return (
         f"INSERT INTO usage_daily ({_columns(names)}) VALUES ({places})"
-        f" ON CONFLICT ({_columns(DAILY_LABELS)}) DO UPDATE SET {added}"
+        f" ON CONFLICT ({_columns(DAILY_LABELS)})"
+        f" DO UPDATE SET {added_sql('usage_daily', DAILY_SUMS)}"
     )
 
 
