@@ -36,10 +36,12 @@ import asyncpg  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from aigateway import Settings, create_app  # noqa: E402
+from aigateway.db.daily import resum_sql  # noqa: E402
 from aigateway.db.refusals import NO_KEY, RefusalRow  # noqa: E402
 from aigateway.db.rollups import BOUNDS, BUCKETS, HOUR, SUM_COLUMNS  # noqa: E402
 from aigateway.db.store import Store  # noqa: E402
 from aigateway.errors import Refused  # noqa: E402
+from aigateway.records import UsageQuery  # noqa: E402
 from aigateway.testing.fake_ollama import FakeOllama  # noqa: E402
 from aigateway.testing.pgserver import PostgresServer  # noqa: E402
 
@@ -88,7 +90,7 @@ USAGE_FILTERS: dict[str, str] = {
 for _name, _filter in USAGE_FILTERS.items():
     VIEWS[f"Usage, {_name}"] = [
         f"/admin/usage?{_filter}&limit=50&offset=0",
-        f"/admin/stats?{_filter}&parts=per_user,per_model",
+        f"/admin/stats?{_filter}&parts=per_user,per_model&percentiles=false",
     ]
 
 # A realistic share of refusals an hour: made-up and missing keys, and some keys over
@@ -164,6 +166,12 @@ _COPY_TO_USAGE = (
 )
 
 
+def _daily_sql(dialect: str) -> str:
+    """Every filled record summed into the daily sums, as the migration that made them
+    does."""
+    return resum_sql(dialect).replace(":start", "0").replace(":end", str(10**12))
+
+
 def _temp_table() -> str:
     columns = ", ".join(f'"{c}" {t}' for c, t in zip(_FILL_COLUMNS, _FILL_TYPES, strict=True))
     return f"CREATE TEMP TABLE fill ({columns})"
@@ -177,6 +185,7 @@ def _bulk_sqlite(path: str, rows: Iterator[tuple[Any, ...]]) -> None:
         conn.execute(_COPY_TO_USAGE)
         for statement in _rollup_sql():
             conn.execute(statement)
+        conn.execute(_daily_sql("sqlite"))
     conn.close()
 
 
@@ -189,6 +198,7 @@ async def _bulk_postgres(url: str, rows: Iterator[tuple[Any, ...]]) -> None:
             await conn.execute(_COPY_TO_USAGE)
             for statement in _rollup_sql():
                 await conn.execute(statement)
+            await conn.execute(_daily_sql("postgresql"))
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -230,6 +240,13 @@ async def fill(database: str, records: int) -> dict[str, Any]:
         await store.add_refusals(refusals, "timings-fill")
         summed = await store.usage_summary(())  # (read from the sums)
         assert summed[0]["requests"] == records, (summed, records)
+        ok = UsageQuery(status=200)  # (read from the daily sums)
+        fields = ("model", "requests", "total_tokens", "errors", "cost")
+        daily, exact = [
+            [[row[f] for f in fields] for row in await store.usage_summary(("model",), ok, exact=e)]
+            for e in (False, True)
+        ]
+        assert daily == exact, (daily, exact)
         print(f"  {len(refusals):,} refusal rows", file=sys.stderr)
     finally:
         await store.close()

@@ -140,6 +140,7 @@ async def test_the_upgrade_sums_each_keys_models_as_the_writer_does(database: st
     try:
         async with engine.begin() as conn:
             await conn.execute(delete(usage_hourly).where(usage_hourly.c.dim.like("key_model:%")))
+            await conn.execute(text("DROP TABLE usage_daily"))  # (revision 0024's, later)
             await conn.execute(text("UPDATE alembic_version SET version_num = '0022'"))
             if engine.dialect.name == "sqlite":
                 await conn.execute(text("PRAGMA user_version = 22"))

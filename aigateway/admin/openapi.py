@@ -487,7 +487,10 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                     _query(
                         "percentiles",
                         "boolean",
-                        "false: p50 and p95 left out (null), most of a long period's cost",
+                        "false: p50 and p95 left out (null), most of a long period's cost."
+                        " They are null too in a section whose filter and grouping no one"
+                        " hourly dimension holds (a status; a user's records per model):"
+                        " those are read from daily sums, which keep no latencies",
                     ),
                 ],
                 ok=(

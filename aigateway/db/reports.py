@@ -10,10 +10,19 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Text, and_, case, cast, func, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..records import USAGE_COLUMNS, InvalidInputError, UsageQuery, UsageRecord, micro, saturated
+from ..records import (
+    DAY,
+    USAGE_COLUMNS,
+    InvalidInputError,
+    UsageQuery,
+    UsageRecord,
+    micro,
+    saturated,
+)
 from .connection import Connector
+from .daily import DAILY_SUMS, whole_days
 from .rollups import BUCKETS, COUNTED, HOUR, SUM_COLUMNS, Totals, bucket, whole_hours
-from .schema import usage, usage_hourly
+from .schema import usage, usage_daily, usage_hourly
 from .values import TOKENS, cost_sum
 
 USAGE_CHUNK = 500  # records an export reads, and writes, at a time
@@ -46,6 +55,12 @@ class ReportQueries(Connector):
         """Records that match `where`, newest first, `limit` from `offset`, each with its
         id (for paging and reference)."""
         columns = [usage.c[name] for name in USAGE_COLUMNS]
+        async with self._read() as conn:
+            oldest = await _oldest_day_needed(conn, where, offset + limit)
+        if oldest is None:
+            return []  # the daily sums know no record the filter picks
+        if oldest > (where.since or 0):
+            where = replace(where, since=oldest)
         statement = (
             select(usage.c.id, *columns)
             .where(*_usage_filter(where))
@@ -150,50 +165,36 @@ class ReportQueries(Connector):
     ) -> list[dict[str, object]]:
         """Requests, tokens and durations of the records that match `where`, grouped by any
         of user, key_name, key_id, model, route. With `exact` (the CLIs' reports) every
-        record is read and percentiles are exact; otherwise whole hours come from the
-        hourly rollups when one of their dimensions holds every field the filter and the
-        groups name, and percentiles are estimated from their latency buckets. Without
-        `percentiles` (None in each group) neither the buckets nor the durations are read:
-        most of what a long period costs."""
+        record is read and percentiles are exact. Otherwise counts and sums are exact too,
+        read from what sums them: whole hours from the hourly rollups when one of their
+        dimensions holds every field the filter and the groups name (percentiles then
+        estimated from their latency buckets), else whole UTC days from the daily sums
+        (which hold any filter; no percentiles: None); the rest from the records. Without
+        `percentiles` (None in each group) neither buckets nor durations are read: most of
+        what a long period costs."""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
         dim = _rollup_dim(group_by, where)
-        hours = None if exact or dim is None else whole_hours(where.since, where.until)
-        groups: dict[tuple[Any, ...], Totals] = {}
-        edges: list[Sequence[Sequence[Any]]]
+        percentiles = percentiles and dim is not None
         backend = self.database.backend
         async with self._read() as conn:
-            if hours is None:
-                clauses = _usage_filter(where)
-                rows = await _raw_summary(conn, group_by, clauses, backend, percentiles)
-                if exact:
-                    summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
-                    return _sorted(summary, group_by)
-                edges = [rows]
+            if exact:
+                rows = await _raw_summary(conn, group_by, _usage_filter(where), backend)
+                summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
+                return _sorted(summary, group_by)
+            # (one dimension's hourly rows are fewer than the cube's combinations a day)
+            days = None if dim is not None else whole_days(where.since, where.until)
+            if days is None:
+                groups = await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
             else:
-                assert dim is not None
-                start, end = hours
-                edges = []
-                # the records of the partial hours at either end
-                for since, until in ((where.since, start), (end, where.until)):
+                groups = await _daily_summary(conn, group_by, where, days)
+                for since, until in ((where.since, days[0]), (days[1], where.until)):
                     if None not in (since, until) and since != until:
-                        edge = _usage_filter(replace(where, since=since, until=until))
-                        edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
-                h = usage_hourly.c
-                labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
-                wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
-                sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
-                statement = select(*labels, *sums).where(*rollup_filter(dim, hours, where))
-                if labels:
-                    statement = statement.group_by(*labels)
-                for summed in (await conn.execute(statement)).all():
-                    names = _rollup_names(dim, group_by, summed[: len(group_by)])
-                    groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
-        for rows in edges:
-            for row in rows:
-                names = tuple(row[: len(group_by)])
-                groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+                        edge = replace(where, since=since, until=until)
+                        found = await _hourly_summary(conn, group_by, edge, dim, backend, False)
+                        for names, totals in found.items():
+                            groups.setdefault(names, Totals()).add(totals)
         return _sorted(
             [
                 {**dict(zip(group_by, names, strict=True)), **totals.summary()}
@@ -202,6 +203,116 @@ class ReportQueries(Connector):
             ],
             group_by,
         )
+
+
+Groups = dict[tuple[Any, ...], Totals]  # a summary's groups: their labels, their sums
+
+
+async def _hourly_summary(
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    where: UsageQuery,
+    dim: str | None,
+    backend: str,
+    percentiles: bool,
+) -> Groups:
+    """The groups of the records `where` picks, whole hours from the hourly rollups of
+    dimension `dim` (when there is one) and the rest from the records."""
+    hours = None if dim is None else whole_hours(where.since, where.until)
+    groups: Groups = {}
+    edges: list[Sequence[Sequence[Any]]] = []
+    if hours is None:
+        clauses = _usage_filter(where)
+        edges.append(await _raw_summary(conn, group_by, clauses, backend, percentiles))
+    else:
+        assert dim is not None
+        start, end = hours
+        # the records of the partial hours at either end
+        for since, until in ((where.since, start), (end, where.until)):
+            if None not in (since, until) and since != until:
+                edge = _usage_filter(replace(where, since=since, until=until))
+                edges.append(await _raw_summary(conn, group_by, edge, backend, percentiles))
+        h = usage_hourly.c
+        labels = [_ROLLUP_LABELS[dim][name] for name in group_by]
+        wanted = SUM_COLUMNS if percentiles else SUM_COLUMNS[:COUNTED]
+        sums = (cost_sum(h[c]) if c == "cost" else func.sum(h[c]) for c in wanted)
+        statement = select(*labels, *sums).where(*rollup_filter(dim, hours, where))
+        if labels:
+            statement = statement.group_by(*labels)
+        for summed in (await conn.execute(statement)).all():
+            names = _rollup_names(dim, group_by, summed[: len(group_by)])
+            groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+    for rows in edges:
+        for row in rows:
+            names = tuple(row[: len(group_by)])
+            groups.setdefault(names, Totals()).add_sums(_raw_sums(row[len(group_by) :]))
+    return groups
+
+
+async def _daily_summary(
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    where: UsageQuery,
+    days: tuple[float | None, float | None],
+) -> Groups:
+    """The groups of the records `where` picks in the whole days `days`, from the daily
+    sums (counts and sums only)."""
+    d = usage_daily.c
+    labels = [d[name] for name in group_by]
+    clauses = [d[name] == value for name, value in _picked(where).items()]
+    start, end = days
+    if start is not None:
+        clauses.append(d.day >= start)
+    if end is not None:
+        clauses.append(d.day < end)
+    sums = (cost_sum(d[c]) if c == "cost" else func.sum(d[c]) for c in DAILY_SUMS)
+    statement = select(*labels, *sums).where(*clauses)
+    if labels:
+        statement = statement.group_by(*labels)
+    groups: Groups = {}
+    for summed in (await conn.execute(statement)).all():
+        names = tuple(
+            None if name == "model" and value == "" else value  # ("": no model)
+            for name, value in zip(group_by, summed[: len(group_by)], strict=True)
+        )
+        groups.setdefault(names, Totals()).add_sums(summed[len(group_by) :])
+    return groups
+
+
+async def _oldest_day_needed(conn: AsyncConnection, where: UsageQuery, most: int) -> float | None:
+    """The start of the oldest day a page of the `most` newest records `where` picks may
+    reach back to (0: any), from the daily sums; None when they hold none of them. A
+    filter the ts index cannot serve (a model or route no record has, or a rare status)
+    then reads the days that hold its records, not all history backwards."""
+    picked = _picked(where)
+    if not picked or set(picked) == {"key_id"}:  # (an index serves these)
+        return 0
+    d = usage_daily.c
+    clauses = [d[name] == value for name, value in picked.items()]
+    if where.since is not None:
+        clauses.append(d.day >= where.since // DAY * DAY)
+    if where.until is not None:
+        clauses.append(d.day < where.until)
+    per_day = select(d.day, func.sum(d.requests)).group_by(d.day).order_by(d.day.desc())
+    seen, found, last = 0, False, None
+    # the newest few days first (the days' index in order, stopping there): a page
+    # is most often in them; then the rest
+    for statement in (per_day.where(*clauses).limit(_FIRST_DAYS), per_day):
+        if last is not None:
+            statement = statement.where(*clauses, d.day < last)
+        rows = (await conn.execute(statement)).all()
+        for day, requests in rows:
+            found, last = True, day
+            if where.until is None or day + DAY <= where.until:  # (a day cut by `until`:
+                seen += requests  # maybe none of its records is in the period)
+            if seen >= most:
+                return float(day)
+        if len(rows) < _FIRST_DAYS:
+            break
+    return 0 if found else None
+
+
+_FIRST_DAYS = 7
 
 
 def time_bucket(backend: str, seconds: int) -> Any:

@@ -209,11 +209,11 @@ def _sums(column: Columns) -> list[float]:
     return sums
 
 
-# An hour's cost (nano-units) stops at MAX_SUM_NANO rather than overflow a database integer.
-_COST_ADDED = (
-    f"CASE WHEN usage_hourly.cost > {MAX_SUM_NANO} - excluded.cost THEN {MAX_SUM_NANO}"
-    " ELSE usage_hourly.cost + excluded.cost END"
-)
+def placeholders(numbered: bool, count: int) -> str:
+    """`count` parameters of a row: `$1, $2...` (asyncpg) or `?, ?...` (SQLite)."""
+    if numbered:
+        return ", ".join(f"${n}" for n in range(1, count + 1))
+    return ", ".join("?" * count)
 
 
 @cache
@@ -221,18 +221,23 @@ def upsert_sql(numbered: bool) -> str:
     """Add a row of rollup_rows() to its rollup row, making it when it is not there yet
     (SQLite and PostgreSQL speak the same ON CONFLICT)."""
     names = ("dim", "hour", "value", "user", "key_name", *SUM_COLUMNS)
-    if numbered:
-        places = ", ".join(f"${n}" for n in range(1, len(names) + 1))
-    else:
-        places = ", ".join("?" * len(names))
+    places = placeholders(numbered, len(names))
     columns = ", ".join(f'"{name}"' for name in names)
-    added = ", ".join(
-        f"{c} = {_COST_ADDED}" if c == "cost" else f"{c} = usage_hourly.{c} + excluded.{c}"
-        for c in SUM_COLUMNS
-    )
     return (
         f"INSERT INTO usage_hourly ({columns}) VALUES ({places})"
-        f" ON CONFLICT (dim, hour, value) DO UPDATE SET {added}"
+        f" ON CONFLICT (dim, hour, value) DO UPDATE SET {added_sql('usage_hourly', SUM_COLUMNS)}"
+    )
+
+
+def added_sql(table: str, sums: Sequence[str]) -> str:
+    """The SET of an upsert that adds a row's `sums` to the row there is: a cost stops at
+    MAX_SUM_NANO rather than overflow a database integer."""
+    return ", ".join(
+        f"cost = CASE WHEN {table}.cost > {MAX_SUM_NANO} - excluded.cost THEN {MAX_SUM_NANO}"
+        f" ELSE {table}.cost + excluded.cost END"
+        if c == "cost"
+        else f"{c} = {table}.{c} + excluded.{c}"
+        for c in sums
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     text,
 )
 
+from .daily import DAILY_SUMS
 from .rollups import SUM_COLUMNS
 
 metadata = MetaData()
@@ -151,6 +152,23 @@ usage_hourly = Table(
     Column("user", Text),  # of the key (dims key and key_model only), as its records name it
     Column("key_name", Text),
     *(Column(name, BigInteger, nullable=False) for name in rollup_counts()),
+    Column("duration_sum", Double, nullable=False),
+)
+
+# The records summed per UTC day and combination of key, model, route and status (see
+# daily.py; revision 0024), written with them: what summaries of long periods read, for
+# any filter. `model` is "" for records without one; no histograms (no percentiles).
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", BigInteger, primary_key=True),  # its start, seconds since the epoch
+    Column("key_id", BigInteger, primary_key=True),
+    Column("user", Text, primary_key=True),
+    Column("key_name", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("route", Text, primary_key=True),
+    Column("status", Integer, primary_key=True),
+    *(Column(name, BigInteger, nullable=False) for name in DAILY_SUMS[:-1]),
     Column("duration_sum", Double, nullable=False),
 )
 

@@ -8,8 +8,9 @@ import functools
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,8 +25,9 @@ from ..records import (
     saturated,
 )
 from .connection import DRIVER_REFUSALS, Connector, driver_connection, first_line
+from .daily import daily_rows, daily_upsert_sql, resum_sql
 from .rollups import HOUR, rollup_rows, upsert_sql
-from .schema import keys, refusals_hourly, usage, usage_hourly, usage_segments
+from .schema import keys, refusals_hourly, usage, usage_daily, usage_hourly, usage_segments
 from .values import TOKENS, cost_sum
 
 
@@ -43,14 +45,19 @@ class UsageQueries(Connector):
         kind, _, number = owner.partition(":")
         owner_id = int(number)
         if kind == "key":
-            which = usage.c.key_id == owner_id
+            key_ids: object = owner_id
         else:
-            which = usage.c.key_id.in_(select(keys.c.id).where(keys.c.user_id == owner_id))
+            key_ids = select(keys.c.id).where(keys.c.user_id == owner_id).scalar_subquery()
+        # whole days from the daily sums, the hours before the first from the records
+        first_day = -(-since // DAY) * DAY
+        d = usage_daily.c
+        days = select(cost_sum(d.cost)).where(_one_of(d.key_id, key_ids), d.day >= first_day)
+        before = select(cost_sum(usage.c.cost)).where(
+            _one_of(usage.c.key_id, key_ids), usage.c.ts >= since, usage.c.ts < first_day
+        )
         async with self._read() as conn:
-            spent = (
-                await conn.execute(select(cost_sum(usage.c.cost)).where(which, usage.c.ts >= since))
-            ).scalar()
-        return saturated(spent)
+            spent = [(await conn.execute(part)).scalar() for part in (days, before)]
+        return saturated(sum(part or 0 for part in spent))
 
     async def insert_usage(
         self, records: Sequence[UsageRecord], segment: str | None = None
@@ -101,13 +108,30 @@ class UsageQueries(Connector):
 
     async def prune_usage(self, before: float) -> int:
         """Delete the records, and the rollup and refusal rows, of the hours before the one `before`
-        falls in (whole hours, so that the rollups keep summing the records there are)."""
+        falls in (whole hours, so that the rollups keep summing the records there are). The
+        daily sums of the day the cut falls in are summed again from the records left."""
         cutoff = before // HOUR * HOUR
+        first_day = cutoff // DAY * DAY
         async with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # A writer adding to the cut day waits (or is waited for): its records
+                # are then either summed here or added by it, never both or neither.
+                await conn.execute(text("LOCK TABLE usage_daily IN SHARE ROW EXCLUSIVE MODE"))
             result = await conn.execute(delete(usage).where(usage.c.ts < cutoff))
             await conn.execute(delete(usage_hourly).where(usage_hourly.c.hour < cutoff))
             await conn.execute(delete(refusals_hourly).where(refusals_hourly.c.hour < cutoff))
+            cut = first_day if cutoff == first_day else first_day + DAY
+            await conn.execute(delete(usage_daily).where(usage_daily.c.day < cut))
+            if cut != first_day:
+                await conn.execute(
+                    text(resum_sql(conn.dialect.name)), {"start": cutoff, "end": cut}
+                )
             return result.rowcount
+
+
+def _one_of(column: Any, key_ids: Any) -> Any:
+    """`column` is the key id `key_ids` (a number), or one of them (a subquery)."""
+    return column == key_ids if isinstance(key_ids, int) else column.in_(key_ids)
 
 
 # Rows per INSERT statement: 1,600 parameters, well inside SQLite's limit of 32,766 and
@@ -157,13 +181,15 @@ async def _insert_usage_rows(conn: AsyncConnection, records: Sequence[UsageRecor
 
 
 async def _add_to_rollups(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
-    """Add the records to their hourly rollup rows, in the transaction that writes them."""
+    """Add the records to their hourly rollup rows and their daily sums, in the
+    transaction that writes them."""
     rows = rollup_rows(records)
     if not rows:
         return
     driver = await driver_connection(conn)
     numbered = conn.dialect.paramstyle.startswith("numeric")
     await driver.executemany(upsert_sql(numbered), rows)
+    await driver.executemany(daily_upsert_sql(numbered), daily_rows(records))
 
 
 # Tokens of records decided locally (LocalUsageRecord) onto their keys' day counts, one
