@@ -367,7 +367,9 @@ class Pool:
                 await task
 
     async def _check_forever(self) -> None:
-        last: dict[str, float] = {}
+        # (each was checked just now, at start: the next check is an interval away)
+        started = time.monotonic()
+        last = {u.name: started for u in self.upstreams}
         while True:
             await asyncio.sleep(min(1.0, self.check_interval))
             now = time.monotonic()
