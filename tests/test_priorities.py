@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from aigateway import Settings, create_app
+from aigateway.db import schema
+from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.errors import ServiceUnavailable
 from aigateway.records import PRIORITIES
+from aigateway.relay.state import RELAY
+from aigateway.testing.fake_ollama import FakeOllama
+from aigateway.upstreams.config import upstreams_from_file
 from aigateway.upstreams.queue import AGE_BOOST_S, FairQueue
+
+from .conftest import make_key
+from .helpers import at_revision, eventually, old_key
 
 HIGH, NORMAL, LOW = PRIORITIES["high"], PRIORITIES["normal"], PRIORITIES["low"]
 
@@ -146,3 +162,119 @@ async def test_a_waiter_of_any_class_times_out() -> None:
     with pytest.raises(ServiceUnavailable, match="UPSTREAM_QUEUE_TIMEOUT"):
         await q.enqueue("never", 1, HIGH)
     assert len(q.queue) == 0 and not q.queue.hand_over(GPU)
+
+
+# --- through a gateway -----------------------------------------------------------------
+
+
+async def test_a_high_key_is_served_before_earlier_queued_low_ones(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, db_path: str
+) -> None:
+    """One Ollama that takes one request at a time: a batch user made low and an
+    interactive key made high through the admin API; the high request, queued last, is
+    served next, and the API shows each key's class."""
+    fake = FakeOllama(slow_interval=0.05)
+    server = await aiohttp_server(fake.app())
+    path = Path(db_path).with_name("upstreams.toml")
+    url = str(server.make_url("")).rstrip("/")
+    path.write_text(f'[[upstream]]\nname = "gpu"\nurl = "{url}"\nmax_concurrent = 1\n')
+    settings = Settings(token_db_path=db_path, upstreams=upstreams_from_file(str(path), {}))
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    client = await aiohttp_client(create_app(settings))
+    as_admin = {"Authorization": f"Bearer {admin_key}"}
+
+    async def admin(method: str, url: str, body: dict[str, Any]) -> Any:
+        resp = await client.request(method, f"/admin{url}", json=body, headers=as_admin)
+        assert resp.status in (200, 201), await resp.text()
+        return await resp.json()
+
+    user = await admin("POST", "/users", {"user": "batch", "priority": "low"})
+    assert user["priority"] == "low"
+    batch = await admin("POST", "/keys", {"user": "batch", "name": "embedder"})
+    assert (batch["priority"], batch["queue_class"]) == (None, "low")  # its user's
+    chat = await admin("POST", "/keys", {"user": "ann", "name": "chat"})
+    assert chat["queue_class"] == "normal"  # nobody said: normal
+    chat_key = chat["key"]
+    chat = await admin("PATCH", f"/keys/{chat['id']}", {"priority": "high"})
+    assert (chat["priority"], chat["queue_class"]) == ("high", "high")
+
+    async def run(key: str, label: str) -> int:
+        body = {"model": "slow", "messages": [{"role": "user", "content": label}]}
+        auth = {"Authorization": f"Bearer {key}"}
+        async with client.post("/api/chat", json=body, headers=auth) as resp:
+            await resp.read()
+            return resp.status
+
+    pool = client.app[RELAY].pool
+    first = asyncio.create_task(run(batch["key"], "b0"))
+    await eventually(lambda: len(fake.requests) == 1)
+    rest = [asyncio.create_task(run(batch["key"], f"b{n}")) for n in range(1, 5)]
+    await eventually(lambda: len(pool.queue) == 4)
+    interactive = asyncio.create_task(run(chat_key, "chat"))
+    await eventually(lambda: len(pool.queue) == 5)
+    assert await asyncio.gather(first, *rest, interactive) == [200] * 6
+    order = [orjson.loads(r.body)["messages"][0]["content"] for r in fake.requests]
+    assert order == ["b0", "chat", "b1", "b2", "b3", "b4"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"priority": "urgent"}, {"priority": 2}, {"priority": ["high"]}, {"priority": {}}],
+)
+async def test_a_bad_priority_is_refused_with_an_error(
+    aiohttp_client: AiohttpClient, db_path: str, body: dict[str, Any]
+) -> None:
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    client = await aiohttp_client(create_app(Settings(token_db_path=db_path)))
+    as_admin = {"Authorization": f"Bearer {admin_key}"}
+    for method, url in (
+        ("POST", "/admin/users"),
+        ("PATCH", "/admin/users/root"),
+        ("POST", "/admin/keys"),
+        ("PATCH", "/admin/keys/1"),
+    ):
+        named = {"user": "x", "name": "y"} if url.endswith("keys") else {"user": "x"}
+        sent = {**body, **named} if method == "POST" else body
+        resp = await client.request(method, url, json=sent, headers=as_admin)
+        assert resp.status == 400, (method, url, await resp.text())
+        assert "priority must be one of high, normal, low" in (await resp.json())["error"]
+
+
+async def test_the_store_keeps_classes_and_a_key_takes_its_users(database: str) -> None:
+    store = await Store.open(database)
+    try:
+        await store.create_user("team", priority="high")
+        record, _ = await store.create_key("team", "k")
+        assert (record.priority, record.queue_class) == (None, PRIORITIES["high"])
+        record = await store.update_key(record.id, {"priority": "low"})
+        assert (record.priority, record.queue_class) == (LOW, LOW)
+        await store.update_user("team", {"priority": None})
+        (listed,) = [k for k in await store.list_keys() if k.id == record.id]
+        assert listed.queue_class == LOW  # its own wins
+        record = await store.update_key(record.id, {"priority": None})
+        assert (record.priority, record.queue_class) == (None, NORMAL)
+        assert (await store.get_user("team")).priority is None
+    finally:
+        await store.close()
+
+
+async def test_a_database_of_the_release_before_upgrades_keeping_its_keys(database: str) -> None:
+    """A database at revision 0023 with a user and a key opens with both as they were,
+    queueing as normal, and takes classes."""
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_revision(23))
+            await conn.execute(insert(schema.users).values(id=7, name="alice", created_at=1.0))
+            await conn.run_sync(old_key)
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        old = await store.get_key(1)
+        assert (old.user, old.name, old.key_hash, old.priority) == ("alice", "old", "1" * 64, None)
+        assert old.queue_class == NORMAL
+        assert (await store.get_user("alice")).priority is None
+        assert (await store.update_key(1, {"priority": "high"})).queue_class == HIGH
+    finally:
+        await store.close()

@@ -128,13 +128,15 @@ class KeyQueries(Connector):
                 values["created_by"] = await _admit_creator(conn, creator)
             values["user_id"] = await user_for_new_key(conn, user)
             try:
-                statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
-                row = (await conn.execute(statement)).one()
+                statement = insert(keys).values(values).returning(keys.c.id)
+                key_id = (await conn.execute(statement)).scalar_one()
             except sa_exc.IntegrityError:  # the one active key per user and name
                 raise DuplicateKeyError(
                     f"user {user!r} already has an active key named {name!r}"
                 ) from None
             await keys_changed(conn)
+            # read back with its user's columns (the class it takes from its user)
+            row = (await conn.execute(_key_select().where(keys.c.id == key_id))).one()
         return _record(row), new.secret
 
     async def update_key(
