@@ -4,7 +4,8 @@ class, the age boost on an injected clock, leaving, timeout), and the class a ke
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from aigateway.upstreams.queue import AGE_BOOST_S, FairQueue
 
 from .conftest import make_key
 from .helpers import at_revision, eventually, old_key
+from .test_cli_flags import keys_in, run
+from .test_cli_menu import DOWN, ENTER, TO_CHANGE, TO_EXIT, UP, menu
 
 HIGH, NORMAL, LOW = PRIORITIES["high"], PRIORITIES["normal"], PRIORITIES["low"]
 
@@ -278,3 +281,40 @@ async def test_a_database_of_the_release_before_upgrades_keeping_its_keys(databa
         assert (await store.update_key(1, {"priority": "high"})).queue_class == HIGH
     finally:
         await store.close()
+
+
+# --- the CLIs ----------------------------------------------------------------------------
+
+
+def test_the_flag_cli_sets_classes_on_keys_and_users(db_path: str) -> None:
+    assert run("--add-user", "batch", "--priority", "low", "--db", db_path)[0] == 0
+    assert run("-g", "batch", "embedder", "--db", db_path)[0] == 0
+    assert run("-g", "ann", "chat", "--priority", "high", "--db", db_path)[0] == 0
+    by_name = {k.name: k for k in keys_in(db_path)}
+    assert (by_name["embedder"].priority, by_name["embedder"].queue_class) == (None, LOW)
+    assert by_name["chat"].queue_class == HIGH
+    code, out, _ = run("--set", "ann", "chat", "--priority", "none", "--db", db_path)
+    assert code == 0 and "Priority" in out and "normal" in out
+    assert run("--set-user", "batch", "--priority", "normal", "--db", db_path)[0] == 0
+    assert {k.name: k.queue_class for k in keys_in(db_path)} == {"embedder": NORMAL, "chat": NORMAL}
+    code, _, err = run("--set-user", "batch", "--priority", "urgent", "--db", db_path)
+    assert code != 0 and "urgent" in err
+    code, _, err = run("-l", "--priority", "high", "--db", db_path)
+    assert code != 0 and "--priority goes with" in err
+    _, out, _ = run("--users", "--format", "json", "--db", db_path)
+    assert {u["user"]: u["priority"] for u in json.loads(out)} == {
+        "ann": "normal",
+        "batch": "normal",
+    }
+
+
+def test_the_menu_changes_only_a_keys_class(db_path: str) -> None:
+    assert run("-g", "alice", "laptop", "--rpm", "7", "--db", db_path)[0] == 0
+    (before,) = keys_in(db_path)
+    with menu(db_path) as session:
+        # Change, the one key, "Priority" (the fifth), then up from "none" to low
+        session.type(*TO_CHANGE, ENTER, ENTER, *[DOWN] * 4, ENTER, UP, ENTER)
+        session.type(*TO_EXIT)
+    (after,) = keys_in(db_path)
+    assert (after.priority, after.queue_class) == (LOW, LOW)
+    assert replace(after, priority=None, queue_class=NORMAL) == before
