@@ -82,8 +82,10 @@ class FairQueue(Generic[Upstream]):
         self.timeout = timeout
         self.age_boost = age_boost
         self._clock = clock
-        # By class, lowest first (the index is the stored priority).
+        # By class, lowest first (the index is the stored priority), and highest first.
         self._classes: tuple[_Class[Upstream], ...] = tuple(_Class() for _ in PRIORITY_NAMES)
+        self._highest_first = self._classes[::-1]
+        self._busy = 0  # classes with a waiter: with one, the age boost has nothing to do
 
     def __len__(self) -> int:
         return sum(len(w) for cls in self._classes for w in cls.keys.values())
@@ -109,6 +111,8 @@ class FairQueue(Generic[Upstream]):
         the timeout. A slot handed over just as the caller stops waiting is released."""
         waiter = _Waiter(key_id, candidates, self._clock())
         cls = self._classes[priority]
+        if not cls.keys:
+            self._busy += 1
         cls.keys.setdefault(key_id, deque()).append(waiter)
         cls.arrivals.append(waiter)
         try:
@@ -132,6 +136,8 @@ class FairQueue(Generic[Upstream]):
             waiters.remove(waiter)
             if not waiters:
                 del cls.keys[waiter.key_id]
+                if not cls.keys:
+                    self._busy -= 1
         if not waiter.future.done():
             waiter.future.cancel()
         cls.oldest()  # drops the waiters that left from the head (amortised O(1))
@@ -140,9 +146,9 @@ class FairQueue(Generic[Upstream]):
         """Give a slot that just freed on `upstream` to the next waiting request that can
         use it (the oldest past the age boost, else by class, keys in turn); whether one
         took it. Costs O(classes) beyond the search within a class."""
-        waiter = self._overdue(upstream)
+        waiter = self._overdue(upstream) if self._busy > 1 else None
         if waiter is None:
-            for cls in reversed(self._classes):
+            for cls in self._highest_first:
                 if cls.keys and (waiter := cls.next_for(upstream)) is not None:
                     break
             else:
@@ -152,12 +158,8 @@ class FairQueue(Generic[Upstream]):
 
     def _overdue(self, upstream: Upstream) -> _Waiter[Upstream] | None:
         """The oldest waiter that has waited the age boost and can use `upstream`, taken
-        from the head of each class; None when there is none (or one class waits)."""
-        busy = 0
-        for cls in self._classes:
-            busy += bool(cls.keys)
-        if busy < 2:
-            return None  # one class: its own order is the order (and costs no clock)
+        from the head of each class; None when there is none. (Asked only when several
+        classes wait: within one, its own order is the order, and costs no clock.)"""
         due = self._clock() - self.age_boost
         chosen: tuple[_Class[Upstream], _Waiter[Upstream]] | None = None
         for cls in self._classes:
