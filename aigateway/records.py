@@ -217,6 +217,33 @@ def budget_lines(
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
 LIMIT_FIELDS = ("rpm", "rph", "tokens_per_day", "max_concurrent")
+
+# Priority classes where the gateway queues (an upstream at its max_concurrent), stored
+# as small ints, higher served first. Three because three answers cover what people ask
+# for: "someone is waiting for this" (high), "as usual" (normal) and "batch work, when
+# there is room" (low); and the queue's hand-over looks at each class, so few stay cheap.
+PRIORITIES: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+PRIORITY_NAMES: tuple[str, ...] = ("low", "normal", "high")  # by stored int
+NORMAL_PRIORITY = PRIORITIES["normal"]
+
+
+def check_priority(value: object) -> int | None:
+    """A priority class given by name ("high", "normal", "low"), as its stored int;
+    None or "" for none of its own (a key then takes its user's; a user is normal)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value in PRIORITIES:
+        return PRIORITIES[value]
+    raise InvalidInputError(f"priority must be one of high, normal, low, not {value!r}")
+
+
+def priority_name(value: int | None) -> str | None:
+    """A stored priority as its name; None for none (or a value no release wrote)."""
+    if isinstance(value, int) and 0 <= value < len(PRIORITY_NAMES):
+        return PRIORITY_NAMES[value]
+    return None
+
+
 MAX_LIMIT = 10**12
 MAX_MODEL_PATTERNS = 100
 
@@ -317,6 +344,10 @@ class KeyRecord:
     user_budget: Budget | None = None  # its user's, for all the user's keys together
     budgets: tuple[BudgetLine, ...] = ()  # the two above, as admission checks them
     created_by: int | None = None  # the key that made it (self-service); None: an admin
+    priority: int | None = None  # its own priority class; None: its user's
+    # The class its requests queue in (its own, else its user's, else normal): decided
+    # once, when the record is read, so the relay does no lookup per request.
+    queue_class: int = NORMAL_PRIORITY
 
     def status(self, now: float | None = None) -> str:
         if self.revoked:
@@ -339,6 +370,7 @@ class UserRecord:
     disabled_at: float | None
     active_keys: int = 0
     budget: Budget | None = None
+    priority: int | None = None  # the class of its keys that have none; None: normal
 
 
 MAX_EMAIL_CHARS = 254

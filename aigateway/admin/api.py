@@ -102,10 +102,11 @@ EXPORTS = web.AppKey("exports", ExportSlots)  # the export slots of this app
 
 log = logging.getLogger("aigateway")
 CREATE_FIELDS = {
-    "user", "name", "role", "expires_at", "expires_days", "models", "budget", *LIMIT_FIELDS,
+    "user", "name", "role", "expires_at", "expires_days", "models", "budget", "priority",
+    *LIMIT_FIELDS,
 }  # fmt: skip
-UPDATE_FIELDS = {"role", "expires_at", "models", *LIMIT_FIELDS}
-USER_FIELDS = frozenset({"user", "email", "note", "disabled", "budget"})
+UPDATE_FIELDS = {"role", "expires_at", "models", "priority", *LIMIT_FIELDS}
+USER_FIELDS = frozenset({"user", "email", "note", "disabled", "budget", "priority"})
 MODELS_TIMEOUT_S = 10.0
 EXPORT_MAX = 100_000  # records in one download
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -270,6 +271,7 @@ async def create_key(request: web.Request) -> web.Response:
         limits,
         body.get("models"),
         _budget(body),
+        body.get("priority"),
     )
     await reload_keys(request)
     return json_response({"key": secret, **key_view(record)}, status=201)
@@ -357,10 +359,11 @@ async def create_user(request: web.Request) -> web.Response:
     check_strings(body, ("user", "email", "note"))
     budget = _budget(body)
     store = request.app[STORE]
+    priority = body.get("priority")
     user = await service.create_user(
-        store, body["user"], body.get("email"), body.get("note"), budget
+        store, body["user"], body.get("email"), body.get("note"), budget, priority
     )
-    if budget is not None:
+    if budget is not None or priority:
         await reload_keys(request)
     return json_response(user_view(user), status=201)
 
@@ -371,11 +374,12 @@ async def update_user(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await read_body(request, USER_FIELDS - {"user"})
     check_strings(body, ("email", "note"))
-    changes: dict[str, object] = {f: body[f] for f in ("email", "note", "disabled") if f in body}
+    fields = ("email", "note", "disabled", "priority")
+    changes: dict[str, object] = {f: body[f] for f in fields if f in body}
     if "budget" in body:
         changes["budget"] = _budget(body)
     user = await service.change_user(request.app[STORE], name, changes)
-    if "budget" in body or "disabled" in body:
+    if body.keys() & {"budget", "disabled", "priority"}:
         await reload_keys(request)
     return json_response(user_view(user))
 

@@ -48,6 +48,14 @@ _KEY_SETTINGS = {
     **{name: {"type": ["integer", "null"]} for name in LIMIT_FIELDS},
     "models": {"type": ["array", "null"], "items": {"type": "string"}},
     "budget": _BUDGET,
+    "priority": {
+        "enum": ["high", "normal", "low", None],
+        "description": "its class where the gateway queues; null: its user's",
+    },
+}
+_USER_PRIORITY = {
+    "enum": ["high", "normal", "low"],
+    "description": "the class of its keys that have none of their own (default normal)",
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -84,6 +92,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "the key that made it by self-service; null: an admin",
             },
             **_KEY_SETTINGS,
+            "queue_class": {
+                "enum": ["high", "normal", "low"],
+                "description": "the class it queues in: its own, else its user's",
+            },
         },
     },
     "KeyChange": {
@@ -112,6 +124,7 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["active", "disabled"]},
             "active_keys": {"type": "integer"},
             "budget": _BUDGET,
+            "priority": _USER_PRIORITY,
         },
     },
     "UserChange": {
@@ -122,6 +135,7 @@ SCHEMAS: dict[str, Any] = {
             "note": {"type": ["string", "null"]},
             "disabled": {"type": "boolean"},
             "budget": _BUDGET,
+            "priority": _USER_PRIORITY,
         },
         "additionalProperties": False,
     },

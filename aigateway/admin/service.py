@@ -55,13 +55,17 @@ async def create_key(
     limits: KeyLimits = KeyLimits(),
     models: Sequence[str] | None = None,
     budget: Budget | None = None,
+    priority: str | None = None,
 ) -> tuple[KeyRecord, str]:
-    """A new key of `user` (made when missing) and its secret, shown once."""
-    return await store.create_key(user, name, role, expires_at, limits, models, budget)
+    """A new key of `user` (made when missing) and its secret, shown once; `priority`
+    its class where the gateway queues (None: its user's)."""
+    return await store.create_key(
+        user, name, role, expires_at, limits, models, budget, priority=priority
+    )
 
 
 async def change_key(store: Store, key_id: int, changes: Mapping[str, object]) -> KeyRecord:
-    """Change an active key's role, expiry, limits, allow-list or budget (`budget`: a
+    """Change an active key's role, expiry, limits, allow-list, priority or budget (`budget`: a
     Budget, or None to remove it); the fields not named keep their values."""
     return await store.update_key(key_id, changes)
 
@@ -99,12 +103,13 @@ async def create_user(
     email: str | None = None,
     note: str | None = None,
     budget: Budget | None = None,
+    priority: str | None = None,
 ) -> UserRecord:
-    return await store.create_user(name, email, note, budget)
+    return await store.create_user(name, email, note, budget, priority)
 
 
 async def change_user(store: Store, name: str, changes: Mapping[str, object]) -> UserRecord:
-    """Change a user's email, note, budget (a Budget or None) or `disabled` (every key
+    """Change a user's email, note, budget (a Budget or None), priority or `disabled` (every key
     of a disabled user stops working, its sessions end)."""
     return await store.update_user(name, changes)
 

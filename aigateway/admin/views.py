@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from ..access.budgets import budget_json
-from ..records import LIMIT_FIELDS, KeyRecord, UserRecord
+from ..records import LIMIT_FIELDS, PRIORITY_NAMES, KeyRecord, UserRecord, priority_name
 
 
 def utc_text(timestamp: float | None, iso: bool = True) -> str | None:
@@ -37,6 +37,8 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "models": list(record.models) if record.models is not None else None,
         "budget": budget_json(record.budget),  # the key's own; its user's is on the user
         "created_by": record.created_by,  # the key that made it (self-service); null: an admin
+        "priority": priority_name(record.priority),  # its own class; null: its user's
+        "queue_class": PRIORITY_NAMES[record.queue_class],  # the class it queues in
     }
 
 
@@ -51,4 +53,5 @@ def user_view(record: UserRecord) -> dict[str, Any]:
         "disabled": utc_text(record.disabled_at),
         "active_keys": record.active_keys,
         "budget": budget_json(record.budget),
+        "priority": priority_name(record.priority) or "normal",
     }

@@ -62,6 +62,7 @@ COLUMNS = (
     ("max_concurrent", "Parallel"),
     ("models", "Models"),
     ("budget", "Budget"),
+    ("queue_class", "Priority"),  # the class it queues in (its own, else its user's)
 )
 
 
@@ -337,6 +338,7 @@ def render(records: Sequence[KeyRecord], fmt: Format) -> str:
 
 USER_COLUMNS = (
     "user", "email", "note", "status", "created", "disabled", "active_keys", "budget",
+    "priority",
 )  # fmt: skip
 
 

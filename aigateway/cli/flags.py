@@ -90,6 +90,8 @@ Examples:
   gen_api_key_cli.py --set-user acme --budget 50 --period monthly --alert 80
   gen_api_key_cli.py --set bob phone --budget 2.50 --period daily   a key's own budget
   gen_api_key_cli.py --check-budget acme              spent, remaining, reset, per key
+  gen_api_key_cli.py --set-user batch --priority low  batch's keys queue behind others
+  gen_api_key_cli.py --set ann chat --priority high   this key's requests queue first
   gen_api_key_cli.py --sync-models                    store what Ollama says of its models
   gen_api_key_cli.py --list-models                    those models, with their prices
   gen_api_key_cli.py --invoice acme --since 2026-11-01 --until 2026-12-01 --format csv
@@ -110,6 +112,12 @@ match without regard to case; an alias may not point to an alias.
 Budgets (--budget AMOUNT in CURRENCY, or 'none') go on a user (--add-user, --set-user:
 all its keys together) or on one key (-g, --set). --period is total, daily, weekly or
 monthly (default), starting at 00:00 UTC; --alert PCT logs a warning once per period.
+
+\b
+Priorities (--priority high, normal or low) order the requests that wait for a busy
+upstream (one at its max_concurrent): higher first, keys in turn within a class, and
+none waits more than 30 s behind others. On a user (--add-user, --set-user) for its keys;
+on a key (-g, --set) for it alone ('none': its user's).
 
 \b
 The billing seed's commands: create-customer = --add-user, list-customers = --users,
@@ -234,6 +242,11 @@ def _clear_errors() -> Iterator[None]:
 @click.option("--email", metavar="ADDRESS", help="With --add-user or --set-user ('' clears).")
 @click.option("--note", metavar="TEXT", help="With --add-user or --set-user ('' clears).")
 @click.option("--role", type=click.Choice(["user", "admin"]), help="Role (new keys: user).")
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low", "none"]),
+    help="Queue class, where upstreams are full (key: none = its user's; user: default normal).",
+)
 @click.option("--expires-days", metavar="N", help="Expires after N days.")
 @click.option("--expires", metavar="YYYY-MM-DD", help="Stops working at 00:00 UTC on this day.")
 @click.option("--no-expiry", is_flag=True, help="With --set: never expires.")
@@ -300,6 +313,8 @@ def cli(**options: Any) -> None:
         raise click.UsageError("--period and --alert go with --budget")
     if o["budget"] is not None and action not in ("-g", "--set", "--add-user", "--set-user"):
         raise click.UsageError("--budget goes with -g, --set, --add-user or --set-user")
+    if o["priority"] is not None and action not in ("-g", "--set", "--add-user", "--set-user"):
+        raise click.UsageError("--priority goes with -g, --set, --add-user or --set-user")
     if o["ollama"] is not None and action != "--sync-models":
         raise click.UsageError("--ollama goes with --sync-models")
     if o["no_expiry"] and action != "--set":
@@ -392,7 +407,9 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
         given = budget.value if budget is not None else None
 
         async def add(store: Store) -> UserRecord:
-            return await service.create_user(store, name, o["email"], o["note"], given)
+            return await service.create_user(
+                store, name, o["email"], o["note"], given, _priority(o)
+            )
 
         user = with_store(path, add, create=True)
         click.echo(f"Created user {user.name} in {shown(path)}.", err=True)
@@ -401,8 +418,12 @@ def _users(path: str, action: str, o: dict[str, Any]) -> None:
         changes: dict[str, object] = {k: o[k] for k in ("email", "note") if o[k] is not None}
         if budget is not None:
             changes["budget"] = budget.value
+        if o["priority"] is not None:
+            changes["priority"] = _priority(o)
         if not changes:
-            raise AdminError("--set-user needs something to change: --email, --note or --budget")
+            raise AdminError(
+                "--set-user needs something to change: --email, --note, --budget or --priority"
+            )
         user = with_store(path, lambda store: service.change_user(store, name, changes))
     else:
         disable = action == "--disable-user"
@@ -563,7 +584,9 @@ def _generate(path: str, user: str, name: str, o: dict[str, Any]) -> None:
 
     async def make(store: Store) -> tuple[KeyRecord, str]:
         role: Role = o["role"] or "user"
-        return await service.create_key(store, user, name, role, expires_at, limits, models, given)
+        return await service.create_key(
+            store, user, name, role, expires_at, limits, models, given, _priority(o)
+        )
 
     record, secret = with_store(path, make, create=True)
     click.echo(secret)
@@ -589,12 +612,21 @@ def _set(path: str, user: str, name: str, o: dict[str, Any]) -> None:
     budget = _budget(o)
     if budget is not None:
         changes["budget"] = budget.value
+    if o["priority"] is not None:
+        changes["priority"] = _priority(o)
     if not changes:
         raise AdminError(
-            "--set needs something to change: --role, limits, --models, expiry or --budget"
+            "--set needs something to change: --role, limits, --models, expiry, --budget"
+            " or --priority"
         )
     record = with_store(path, lambda store: service.change_active_key(store, user, name, changes))
     click.echo(render([record], "table"))
+
+
+def _priority(o: dict[str, Any]) -> str | None:
+    """--priority as the store takes it: a class's name, or None ('none', or not given)."""
+    given: str | None = o["priority"]
+    return None if given == "none" else given
 
 
 def main() -> None:

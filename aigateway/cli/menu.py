@@ -23,6 +23,7 @@ from ..admin.reports import user_budget_report, user_invoice
 from ..protocol.aliasnames import alias_identity, target_identity
 from ..records import (
     PERIODS,
+    PRIORITY_NAMES,
     Alias,
     BudgetError,
     InvalidInputError,
@@ -40,6 +41,7 @@ from ..records import (
     check_price,
     money,
     parse_money,
+    priority_name,
 )
 from ..settings import currency_setting, database_target, ollama_setting
 from .admin import (
@@ -219,7 +221,9 @@ class Menu:
         if key is None:
             return
         what = self._ask(
-            questionary.select, "Change what?", choices=["Role", "Limits", "Models", "Expiry"]
+            questionary.select,
+            "Change what?",
+            choices=["Role", "Limits", "Models", "Expiry", "Priority"],
         )
         changes: dict[str, object] = {}
         if what == "Role":
@@ -230,6 +234,8 @@ class Menu:
             changes.update(self._ask_limits(key.limits))
         elif what == "Models":
             changes["models"] = self._ask_models(key.models)
+        elif what == "Priority":
+            changes["priority"] = self._ask_priority(priority_name(key.priority), "its user's")
         else:
             text = self._ask(
                 questionary.text,
@@ -239,6 +245,17 @@ class Menu:
             changes["expires_at"] = parse_expiry(text)
         record = with_store(self.db_path, lambda store: service.change_key(store, key.id, changes))
         self.echo(render([record], "table"))
+
+    def _ask_priority(self, current: str | None, unset: str) -> str | None:
+        """A queue class (high, normal, low), or None: `unset` says what that means."""
+        none = f"none ({unset})"
+        picked = self._ask(
+            questionary.select,
+            "Priority, where upstreams are full:",
+            choices=[*PRIORITY_NAMES[::-1], none],
+            default=current or none,
+        )
+        return None if picked == none else str(picked)
 
     def _ask_limits(self, current: KeyLimits) -> dict[str, int | None]:
         """Each limit, offering the current one; None follows the DEFAULT_* setting."""
@@ -362,6 +379,7 @@ class Menu:
                         default=user.note or "",
                         validate=_valid(check_note),
                     ),
+                    "priority": self._ask_priority(priority_name(user.priority), "normal"),
                 }
                 with_store(
                     self.db_path, lambda store: service.change_user(store, user.name, changes)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..records import (
     LIMIT_FIELDS,
+    NORMAL_PRIORITY,
     ROLES,
     AmbiguousKeyError,
     Budget,
@@ -31,6 +32,8 @@ from ..records import (
     check_expiry,
     check_limits,
     check_name,
+    check_priority,
+    priority_name,
 )
 from .connection import Connector
 from .keys import generate_key
@@ -70,6 +73,7 @@ _KEY_COLUMNS = (
     keys.c.budget_period,
     keys.c.budget_alert,
     keys.c.created_by,
+    keys.c.priority,
 )
 _JOINED_AT = len(_KEY_COLUMNS)  # where a joined row's user columns begin
 
@@ -87,6 +91,7 @@ class KeyQueries(Connector):
         models: Sequence[str] | None = None,
         budget: Budget | None = None,
         creator: Creator | None = None,
+        priority: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key, with its own budget if given, in one transaction; return its
         record and the secret (shown once, never stored). With a `creator` (self-service)
@@ -115,6 +120,7 @@ class KeyQueries(Connector):
             "tokens_per_day": limits.tokens_per_day,
             "max_concurrent": limits.max_concurrent,
             "models": models_json(patterns),
+            "priority": check_priority(priority),
             **(budget_values(checked_budget(budget)) if budget is not None else {}),
         }
         async with self._write() as conn:
@@ -122,22 +128,25 @@ class KeyQueries(Connector):
                 values["created_by"] = await _admit_creator(conn, creator)
             values["user_id"] = await user_for_new_key(conn, user)
             try:
-                statement = insert(keys).values(values).returning(*_KEY_COLUMNS)
-                row = (await conn.execute(statement)).one()
+                statement = insert(keys).values(values).returning(keys.c.id)
+                key_id = (await conn.execute(statement)).scalar_one()
             except sa_exc.IntegrityError:  # the one active key per user and name
                 raise DuplicateKeyError(
                     f"user {user!r} already has an active key named {name!r}"
                 ) from None
             await keys_changed(conn)
+            # read back with its user's columns (the class it takes from its user)
+            row = (await conn.execute(_key_select().where(keys.c.id == key_id))).one()
         return _record(row), new.secret
 
     async def update_key(
         self, key: int | tuple[str, str], changes: Mapping[str, object]
     ) -> KeyRecord:
         """Change role, expires_at, limits (rpm, rph, tokens_per_day, max_concurrent),
-        models or budget (a Budget, or None to remove it) of an active key, by id or as
-        (user, name). Values are checked as in create_key, all of them before anything
-        is written; the change is one transaction."""
+        models, priority (a class's name, or None for its user's) or budget (a Budget,
+        or None to remove it) of an active key, by id or as (user, name). Values are
+        checked as in create_key, all of them before anything is written; the change is
+        one transaction."""
         values = _key_changes(changes)
         async with self._write() as conn:
             row = await _active_row(conn, key)
@@ -356,7 +365,7 @@ async def _clamp_expiry_of_children(conn: AsyncConnection, creator_id: int, unti
 def _key_changes(changes: Mapping[str, object]) -> dict[str, object]:
     """The columns `changes` set, every value checked (InvalidInputError names the first
     that is not right)."""
-    allowed = {"role", "expires_at", "models", "budget", *LIMIT_FIELDS}
+    allowed = {"role", "expires_at", "models", "budget", "priority", *LIMIT_FIELDS}
     unknown = set(changes) - allowed
     if unknown:
         raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))}")
@@ -372,6 +381,8 @@ def _key_changes(changes: Mapping[str, object]) -> dict[str, object]:
             values[field] = check_expiry(value)
         elif field == "budget":
             values.update(budget_values(checked_budget(value)))
+        elif field == "priority":
+            values[field] = check_priority(value)
         else:
             check_limits(KeyLimits(**{field: value}))  # type: ignore[arg-type]
             values[field] = value
@@ -399,9 +410,8 @@ async def _active_row(conn: AsyncConnection, key: int | tuple[str, str]) -> Any:
 def _key_select() -> Any:
     """Keys with their user's disabled flag (a key row written before users existed, or
     by hand, may have no user record: it counts as not disabled)."""
-    return select(*_KEY_COLUMNS, users.c.disabled, *USER_BUDGET_COLUMNS).select_from(
-        keys.outerjoin(users, users.c.id == keys.c.user_id)
-    )
+    columns = (*_KEY_COLUMNS, users.c.disabled, *USER_BUDGET_COLUMNS, users.c.priority)
+    return select(*columns).select_from(keys.outerjoin(users, users.c.id == keys.c.user_id))
 
 
 async def _no_active_key(conn: AsyncConnection, user: str, name: str) -> KeyNotFoundError:
@@ -422,6 +432,8 @@ def _record(row: Sequence[Any]) -> KeyRecord:
     user_id = row[16] if isinstance(row[16], int) else None
     budget = read_budget(row[17:20])
     user_budget = read_budget(row[_JOINED_AT + 1 : _JOINED_AT + 4]) if joined else None
+    priority = _read_priority(row[21])
+    user_priority = _read_priority(row[_JOINED_AT + 4]) if joined else None
     return KeyRecord(
         id=row[0],
         user=user,
@@ -442,4 +454,11 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         user_budget=user_budget,
         budgets=budget_lines(row[0], user, name, user_id, budget, user_budget),
         created_by=row[20] if isinstance(row[20], int) else None,
+        priority=priority,
+        queue_class=next((p for p in (priority, user_priority) if p is not None), NORMAL_PRIORITY),
     )
+
+
+def _read_priority(value: object) -> int | None:
+    """A stored priority class, or None for one no release wrote (read as none)."""
+    return value if isinstance(value, int) and priority_name(value) is not None else None

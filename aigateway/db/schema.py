@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     text,
@@ -59,6 +60,9 @@ users = Table(
     Column("created_at", Double, nullable=False),
     Column("disabled_at", Double),
     *budget_columns(),
+    # The priority class of its keys that have none (revision 0024): records.PRIORITIES;
+    # NULL: normal.
+    Column("priority", SmallInteger),
 )
 
 keys = Table(
@@ -88,6 +92,8 @@ keys = Table(
     *budget_columns(),  # the key's own budget, besides its user's
     # The key that made this one by self-service (revision 0019); NULL: an admin did.
     Column("created_by", BigInteger),
+    # Its priority class where the gateway queues (revision 0024); NULL: its user's.
+    Column("priority", SmallInteger),
     # An id is never given out twice, even after a purge (revision 0017): a new key must
     # not inherit an old one's usage, spend, counters or sessions.
     sqlite_autoincrement=True,

@@ -19,6 +19,8 @@ from ..records import (
     check_email,
     check_name,
     check_note,
+    check_priority,
+    priority_name,
 )
 from .connection import Connector
 from .notify import keys_changed
@@ -37,14 +39,16 @@ class UserQueries(Connector):
         email: str | None = None,
         note: str | None = None,
         budget: Budget | None = None,
+        priority: str | None = None,
     ) -> UserRecord:
-        """A new user, with its budget if given, in one transaction."""
+        """A new user, with its budget and priority class if given, in one transaction."""
         check_name("user", name)
         values = {
             "name": name,
             "email": check_email(email),
             "note": check_note(note),
             "created_at": time.time(),
+            "priority": check_priority(priority),
             **(budget_values(checked_budget(budget)) if budget is not None else {}),
         }
         async with self._write() as conn:
@@ -52,8 +56,8 @@ class UserQueries(Connector):
                 await conn.execute(insert(users).values(values))
             except sa_exc.IntegrityError:
                 raise DuplicateKeyError(f"user {name!r} exists already") from None
-            if budget is not None:
-                await keys_changed(conn)  # gateways reload budgets with keys
+            if budget is not None or priority:
+                await keys_changed(conn)  # gateways reload budgets and classes with keys
         return await self.get_user(name)
 
     async def get_user(self, name: str) -> UserRecord:
@@ -70,10 +74,11 @@ class UserQueries(Connector):
 
     async def update_user(self, name: str, changes: Mapping[str, object]) -> UserRecord:
         """Change a user's email or note ("" or None clears one), budget (a Budget, or
-        None to remove it) or `disabled` (True: all its keys stop working, on every
-        gateway within a second, and their dashboard sessions end). Every value is
-        checked before anything is written; the change is one transaction."""
-        unknown = set(changes) - {"email", "note", "budget", "disabled"}
+        None to remove it), priority (a class's name; None: normal) or `disabled` (True:
+        all its keys stop working, on every gateway within a second, and their dashboard
+        sessions end). Every value is checked before anything is written; the change is
+        one transaction."""
+        unknown = set(changes) - {"email", "note", "budget", "priority", "disabled"}
         if unknown:
             raise InvalidInputError(f"cannot change {', '.join(sorted(unknown))} of a user")
         values: dict[str, object] = {}
@@ -83,6 +88,8 @@ class UserQueries(Connector):
             values["note"] = check_note(_text_or_none("note", changes["note"]))
         if "budget" in changes:
             values.update(budget_values(checked_budget(changes["budget"])))
+        if "priority" in changes:
+            values["priority"] = check_priority(changes["priority"])
         disabled = changes.get("disabled")
         if "disabled" in changes:
             if not isinstance(disabled, bool):
@@ -100,8 +107,8 @@ class UserQueries(Connector):
                     user_id = select(users.c.id).where(users.c.name == name).scalar_subquery()
                     its_keys = select(keys.c.id).where(keys.c.user_id == user_id)
                     await conn.execute(delete(sessions).where(sessions.c.key_id.in_(its_keys)))
-                if "budget" in changes or "disabled" in changes:
-                    await keys_changed(conn)  # gateways reload keys, and budgets with them
+                if changes.keys() & {"budget", "priority", "disabled"}:
+                    await keys_changed(conn)  # gateways reload keys (budgets, classes)
         return await self.get_user(name)
 
     async def set_user_disabled(self, name: str, disabled: bool) -> UserRecord:
@@ -135,6 +142,7 @@ def _user_select() -> Any:
         users.c.disabled_at,
         active,
         *USER_BUDGET_COLUMNS,
+        users.c.priority,
     )
 
 
@@ -149,6 +157,7 @@ def _user(row: Sequence[Any]) -> UserRecord:
         disabled_at=read_time(row[6]),
         active_keys=int(row[7] or 0),
         budget=read_budget(row[8:11]),
+        priority=row[11] if priority_name(row[11]) is not None else None,
     )
 
 

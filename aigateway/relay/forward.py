@@ -78,7 +78,8 @@ async def _wait_queued(exchange: Exchange, pool: Pool, candidates: list[Upstream
     if trace is not None:
         trace.queued()
     try:
-        upstream = await pool.wait_for_slot(candidates, exchange.principal.id)
+        principal = exchange.principal
+        upstream = await pool.wait_for_slot(candidates, principal.id, principal.queue_class)
     finally:
         in_flight.queued = False
     if trace is not None:

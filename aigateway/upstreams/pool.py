@@ -30,7 +30,7 @@ from ..access.allowlist import ENTRY_NAMES, identity, model_allowed
 from ..errors import BadRequest, ModelNotAllowed, NotFound, Refused, ServiceUnavailable
 from ..protocol.body import first_text_field
 from ..protocol.routes import RelayRoute
-from ..records import AlertSink
+from ..records import NORMAL_PRIORITY, AlertSink
 from .config import UpstreamConfig, auth_headers
 from .probe import CheckFailed, OneProbe, Shared, upstream_alert
 from .queue import FairQueue
@@ -275,10 +275,12 @@ class Pool:
                 return upstream
         return None
 
-    async def wait_for_slot(self, candidates: Sequence[Upstream], key_id: int) -> Upstream:
+    async def wait_for_slot(
+        self, candidates: Sequence[Upstream], key_id: int, priority: int = NORMAL_PRIORITY
+    ) -> Upstream:
         """When all of `candidates` are at their max_concurrent (try_acquire found none):
-        a slot on the first that frees one, waiting in the fair queue."""
-        return await self.queue.wait(key_id, candidates, self.release)
+        a slot on the first that frees one, waiting in the fair queue in the key's class."""
+        return await self.queue.wait(key_id, candidates, self.release, priority)
 
     def release(self, upstream: Upstream) -> None:
         """A request is done with its slot: the next waiting request takes it, if any."""

@@ -8,6 +8,23 @@ export function budgetText(b, none = "none") {
   return b ? `${money(b.amount)} ${b.period}${b.alert_percent ? `, alert at ${b.alert_percent}%` : ""}` : none;
 }
 
+// The priority class a key or user queues in where upstreams are full. `unset`: the
+// label of "none of its own" (a key: its user's), or null where there is no such choice.
+export function prioritySpec(current, unset, more = false) {
+  const choices = [...(unset ? [["", unset]] : []), ["high", "high"], ["normal", "normal"], ["low", "low"]];
+  const now = current ?? (unset ? "" : "normal");
+  return {
+    key: "priority",
+    label: "Priority",
+    hint: "Who is served first when upstreams are busy",
+    input: el("select", {}, choices.map(([value, text]) => el("option", { value, selected: value === now }, text))),
+    parse: (text) => text || null,
+    api: ["priority"],
+    verbatim: true,
+    more,
+  };
+}
+
 export function field(id, label, input, hint) {
   input.id = id;
   const hintLine = hint ? el("p", { class: "hint", id: `${id}-hint` }, hint) : null;

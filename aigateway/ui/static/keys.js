@@ -1,6 +1,6 @@
 // The Keys page (admins): create, find, change and revoke keys.
 import { PATHS, api, el, money, named, number, openBelow, stacked, table, refresh } from "./core.js";
-import { budgetFields, budgetText, changeForm, showSecret, utcInputValue, utcText, wholeNumber } from "./forms.js";
+import { budgetFields, budgetText, changeForm, prioritySpec, showSecret, utcInputValue, utcText, wholeNumber } from "./forms.js";
 import { refusedBrief } from "./refusals.js";
 
 export async function keysView(view) {
@@ -150,6 +150,7 @@ export function keySpecs(key, more = false) {
       api: ["expires_at"],
       more,
     },
+    prioritySpec(key.priority, "its user's", more),
     ...budget.specs,
   ];
   return { specs, groups: { budget: budget.group } };

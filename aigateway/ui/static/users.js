@@ -1,6 +1,6 @@
 // The Users page (admins): budgets, notes, emails, spend, disable and enable.
 import { PATHS, api, el, money, named, openBelow, table, refresh } from "./core.js";
-import { budgetFields, budgetText, changeForm } from "./forms.js";
+import { budgetFields, budgetText, changeForm, prioritySpec } from "./forms.js";
 import { refusedBrief } from "./refusals.js";
 
 export async function usersView(view) {
@@ -58,6 +58,7 @@ export function editUser(user, tr) {
       parse: (text) => text || null,
       api: ["note"],
     },
+    prioritySpec(user.priority, null),
     ...budget.specs,
   ];
   const form = changeForm("edit-user", ["Change ", named(user.user)], specs, { budget: budget.group }, (body) =>
