@@ -12,17 +12,18 @@ from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway.db.rollups import HOUR
-from aigateway.db.schema import usage_hourly
+from aigateway.db.schema import usage, usage_hourly
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
-from aigateway.records import DAY, UsageRecord
+from aigateway.records import DAY, USAGE_COLUMNS, UsageRecord
 from aigateway.relay.state import RELAY
 
 from .conftest import GatewayClient
+from .helpers import at_revision
 from .test_rollups import _records
 
 MEASURES = ("requests", "tokens", "cost", "errors", "client_gone")
@@ -127,31 +128,30 @@ async def test_the_upgrade_sums_each_keys_models_as_the_writer_does(database: st
     records = _records(random.Random(19), time.time(), 800)
     rows = select(usage_hourly).where(usage_hourly.c.dim.like("key_model:%"))
     rows = rows.order_by(usage_hourly.c.dim, usage_hourly.c.hour, usage_hourly.c.value)
-    store = await Store.open(database)
+    # The records as the release before (revision 0022) wrote them, without such rows.
+    engine = create_async_engine(database_from(database).url)
     try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_revision(22))
+            await conn.execute(
+                insert(usage), [dict(zip(USAGE_COLUMNS, r, strict=True)) for r in records]
+            )
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)  # (upgraded: 0023 sums them)
+    try:
+        async with store._read() as conn:
+            made = (await conn.execute(rows)).all()
+        # The same records written by this release's writer, into emptied tables.
+        async with store._write() as conn:
+            await conn.execute(delete(usage))
+            await conn.execute(delete(usage_hourly))
         await store.insert_usage(records)
         async with store._read() as conn:
             written = (await conn.execute(rows)).all()
     finally:
         await store.close()
     assert len({row.dim for row in written}) == 4  # (the four keys)
-    # The database as the release before left it: no such rows, at revision 0022.
-    engine = create_async_engine(database_from(database).url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(delete(usage_hourly).where(usage_hourly.c.dim.like("key_model:%")))
-            await conn.execute(text("DROP TABLE usage_daily"))  # (revision 0024's, later)
-            await conn.execute(text("UPDATE alembic_version SET version_num = '0022'"))
-            if engine.dialect.name == "sqlite":
-                await conn.execute(text("PRAGMA user_version = 22"))
-    finally:
-        await engine.dispose()
-    store = await Store.open(database)
-    try:
-        async with store._read() as conn:
-            made = (await conn.execute(rows)).all()
-    finally:
-        await store.close()
     duration = list(usage_hourly.c.keys()).index("duration_sum")
     assert [r[:duration] for r in made] == [r[:duration] for r in written]
     assert all(

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..db.series import MEASURES
 from ..protocol.routes import RELAY_ROUTES, RelayRoute
-from ..records import LIMIT_FIELDS
 from ..settings import Settings
+from .openapi_schemas import ERROR, OBJECT, REFUSED, SCHEMAS, SERIES
 
 KEY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}, {"sessionCookie": []}]
 NONE: list[dict[str, list[str]]] = []
@@ -39,263 +38,6 @@ _DIALECT_TAGS = {
     "anthropic": "Anthropic-compatible",
 }
 
-_OBJECT = {"type": "object"}
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_BUDGET = {"$ref": "#/components/schemas/Budget"}
-
-# What a key carries besides its identity: limits (null: the default), allow-list, budget.
-_KEY_SETTINGS = {
-    **{name: {"type": ["integer", "null"]} for name in LIMIT_FIELDS},
-    "models": {"type": ["array", "null"], "items": {"type": "string"}},
-    "budget": _BUDGET,
-    "priority": {
-        "enum": ["high", "normal", "low", None],
-        "description": "its class where the gateway queues; null: its user's",
-    },
-}
-_USER_PRIORITY = {
-    "enum": ["high", "normal", "low"],
-    "description": "the class of its keys that have none of their own (default normal)",
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "description": "Ollama's shape; on /v1 OpenAI's or Anthropic's own error shape.",
-        "type": "object",
-        "properties": {"error": {}},
-        "required": ["error"],
-    },
-    "Budget": {
-        "type": ["object", "null"],
-        "properties": {
-            "amount": {"type": "integer", "minimum": 0, "description": "micro-units"},
-            "period": {"enum": ["total", "daily", "weekly", "monthly"]},
-            "alert_percent": {"type": ["integer", "null"], "minimum": 1, "maximum": 100},
-        },
-        "required": ["amount"],
-    },
-    "Key": {
-        "type": "object",
-        "properties": {
-            "refused": {
-                "description": "GET of one key only: its refusals for since/until",
-                "$ref": "#/components/schemas/RefusedOf",
-            },
-            "id": {"type": "integer"},
-            "user": {"type": "string"},
-            "key_name": {"type": "string"},
-            "prefix": {"type": "string"},
-            "role": {"enum": ["admin", "user"]},
-            "status": {"type": "string"},
-            "created_by": {
-                "type": ["integer", "null"],
-                "description": "the key that made it by self-service; null: an admin",
-            },
-            **_KEY_SETTINGS,
-            "queue_class": {
-                "enum": ["high", "normal", "low"],
-                "description": "the class it queues in: its own, else its user's",
-            },
-        },
-    },
-    "KeyChange": {
-        "type": "object",
-        "properties": {
-            "user": {"type": "string"},
-            "name": {"type": "string"},
-            "role": {"enum": ["admin", "user"]},
-            "expires_at": {"type": ["number", "null"]},
-            "expires_days": {"type": "integer"},
-            **_KEY_SETTINGS,
-        },
-        "additionalProperties": False,
-    },
-    "User": {
-        "type": "object",
-        "properties": {
-            "refused": {
-                "description": "GET of one user only: its keys' refusals for since/until",
-                "$ref": "#/components/schemas/RefusedOf",
-            },
-            "id": {"type": "integer"},
-            "user": {"type": "string"},
-            "email": {"type": ["string", "null"]},
-            "note": {"type": ["string", "null"]},
-            "status": {"enum": ["active", "disabled"]},
-            "active_keys": {"type": "integer"},
-            "budget": _BUDGET,
-            "priority": _USER_PRIORITY,
-        },
-    },
-    "UserChange": {
-        "type": "object",
-        "properties": {
-            "user": {"type": "string"},
-            "email": {"type": ["string", "null"]},
-            "note": {"type": ["string", "null"]},
-            "disabled": {"type": "boolean"},
-            "budget": _BUDGET,
-            "priority": _USER_PRIORITY,
-        },
-        "additionalProperties": False,
-    },
-    "Price": {
-        "type": "object",
-        "properties": {
-            "pattern": {"type": "string"},
-            "per_request": {"type": "integer", "minimum": 0},
-            "per_million_input": {"type": "integer", "minimum": 0},
-            "per_million_output": {"type": "integer", "minimum": 0},
-            "per_second": {"type": "integer", "minimum": 0},
-        },
-        "required": ["pattern"],
-    },
-    "Alias": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "description": "the name clients ask for: gpt-4o-mini"},
-            "target": {"type": "string", "description": "the model it runs: llama3.2"},
-            "user": {"type": ["string", "null"], "description": "only this user's keys"},
-            "key_id": {"type": ["integer", "null"], "description": "only this key"},
-        },
-        "required": ["name", "target"],
-        "additionalProperties": False,
-    },
-    "CompatKey": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "integer"},
-            "preview": {"type": "string", "description": "the key's first 12 characters"},
-            "name": {"type": "string"},
-            "user": {"type": "string"},
-            "role": {"enum": ["admin", "user"]},
-            "rate_limit": {
-                "type": ["integer", "null"],
-                "description": "requests per hour; null: DEFAULT_RPH; 0: no limit",
-            },
-            "active": {"type": "boolean"},
-            "status": {"type": "string"},
-            "created_at": {"type": ["string", "null"], "format": "date-time"},
-            "last_used_at": {"type": ["string", "null"], "format": "date-time"},
-        },
-    },
-    "CompatKeyCreate": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "role": {"enum": ["admin", "user"]},
-            "rate_limit": {"type": ["integer", "null"], "minimum": 0},
-            "user": {"type": "string", "description": "default: the name"},
-        },
-        "required": ["name"],
-        "additionalProperties": False,
-    },
-    "SignIn": {
-        "type": "object",
-        "properties": {"key": {"type": "string"}},
-        "required": ["key"],
-    },
-    "RefusedCount": {
-        "type": "object",
-        "properties": {
-            "requests": {"type": "integer", "description": "requests refused"},
-            "by_reason": {
-                "type": "object",
-                "description": "requests refused per reason (errors.Refused: rate_limit,"
-                " over_budget, unknown_key, ...); reasons with none are left out",
-                "additionalProperties": {"type": "integer"},
-            },
-        },
-    },
-    "Refused": {
-        "description": "Requests the gateway refused itself (401, 402, 403, 408, 413, 429,"
-        " 503 with a `reason`), counted per whole hour: every hour that overlaps"
-        " since/until counts whole. Written by each gateway every flush interval.",
-        "allOf": [
-            {"$ref": "#/components/schemas/RefusedCount"},
-            {
-                "type": "object",
-                "properties": {
-                    "per_user": {
-                        "type": "array",
-                        "items": {
-                            "allOf": [
-                                {"$ref": "#/components/schemas/RefusedCount"},
-                                {"type": "object", "properties": {"user": {"type": "string"}}},
-                            ]
-                        },
-                    },
-                    "per_key": {
-                        "type": "array",
-                        "description": "keys the gateway holds, refused while they did not work"
-                        " (revoked, expired, user disabled) or over a limit",
-                        "items": {
-                            "allOf": [
-                                {"$ref": "#/components/schemas/RefusedCount"},
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "key_id": {"type": "integer"},
-                                        "user": {"type": "string"},
-                                        "key_name": {"type": "string"},
-                                    },
-                                },
-                            ]
-                        },
-                    },
-                    "without_key": {
-                        "description": "refused before a key was known (none sent, a"
-                        " malformed or an unknown one): one count, never per key sent",
-                        "$ref": "#/components/schemas/RefusedCount",
-                    },
-                },
-            },
-        ],
-    },
-}
-# One key's or user's refusals for since/until (default: the last 7 days).
-SCHEMAS["RefusedOf"] = {
-    "allOf": [
-        {"$ref": "#/components/schemas/Refused"},
-        {
-            "type": "object",
-            "properties": {"since": {"type": "number"}, "until": {"type": ["number", "null"]}},
-        },
-    ]
-}
-_REFUSED = {"$ref": "#/components/schemas/Refused"}
-_PER_BUCKET = {"type": "array", "items": {"type": "integer"}}
-# What GET /admin/series?range= answers (with ?hours= alone: {bucket_seconds, since,
-# series: [{start, requests, ...}]}, the hours with a request only).
-SCHEMAS["Series"] = {
-    "type": "object",
-    "description": "Every bucket of the range, oldest first: `starts` holds each one's"
-    " start (Unix time; hours on the hour, days at 00:00 UTC) and each group a list of the"
-    " same length per measure (cost in micro-units). Groups: one (`name` null) for the"
-    " total, or the `top` models or users with the most requests in the range (a record"
-    ' without a model: `name` ""), most first, then one with `other` true for the'
-    " rest; a group with no request is left out.",
-    "properties": {
-        "range": {"type": "string", "enum": ["24h", "7d", "30d"]},
-        "split": {"type": "string", "enum": ["total", "model", "user"]},
-        "scope": {"type": "string", "enum": ["gateway", "me"]},
-        "bucket_seconds": {"type": "integer", "enum": [3600, 86400]},
-        "starts": _PER_BUCKET,
-        "groups": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": ["string", "null"]},
-                    "other": {"type": "boolean"},
-                    **{m: _PER_BUCKET for m in MEASURES},
-                },
-            },
-        },
-    },
-}
-_SERIES = {"$ref": "#/components/schemas/Series"}
-
 
 def _operation(
     summary: str,
@@ -305,7 +47,7 @@ def _operation(
     params: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     content: str = "application/json",
-    ok: tuple[str, str, dict[str, Any] | None] = ("200", "OK", _OBJECT),
+    ok: tuple[str, str, dict[str, Any] | None] = ("200", "OK", OBJECT),
     errors: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     code, description, schema = ok
@@ -316,7 +58,7 @@ def _operation(
     for status in errors:
         responses[status] = {
             "description": _ERROR_TEXT[status],
-            "content": {"application/json": {"schema": _ERROR}},
+            "content": {"application/json": {"schema": ERROR}},
         }
     operation: dict[str, Any] = {
         "summary": summary,
@@ -516,7 +258,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                             "refused": {
                                 "description": "as in /usage: null with a model, route or"
                                 " status filter",
-                                "anyOf": [_REFUSED, {"type": "null"}],
+                                "anyOf": [REFUSED, {"type": "null"}],
                             }
                         },
                     },
@@ -550,7 +292,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                         "with hours, admins only: this key's (any other key: its own)",
                     ),
                 ],
-                ok=("200", "OK", _SERIES),
+                ok=("200", "OK", SERIES),
                 errors=(*_AUTH, "400"),
             )
         },
@@ -575,7 +317,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                     {
                         "type": "object",
                         "properties": {
-                            "records": {"type": "array", "items": _OBJECT},
+                            "records": {"type": "array", "items": OBJECT},
                             "limit": {"type": "integer"},
                             "offset": {"type": "integer"},
                             "more": {"type": "boolean"},
@@ -583,7 +325,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                                 "description": "the refusals of the filter's user or key"
                                 " and period (a key that is no admin: its own); null with"
                                 " a model, route or status filter, which refusals lack",
-                                "anyOf": [_REFUSED, {"type": "null"}],
+                                "anyOf": [REFUSED, {"type": "null"}],
                             },
                         },
                     },
@@ -640,7 +382,7 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 a,
                 KEY,
                 params=[_in_path("id")],
-                ok=("202", "Accepted: the request is being stopped", _OBJECT),
+                ok=("202", "Accepted: the request is being stopped", OBJECT),
                 errors=(*_ADMIN, "404"),
             )
         },
@@ -740,7 +482,7 @@ def _relay_operation(route: RelayRoute, method: str, upstream: str) -> dict[str,
         f"Relayed to Ollama's {upstream}",
         tag,
         KEY,
-        ok=("200", "Ollama's answer, passed on as it comes (JSON, NDJSON or SSE)", _OBJECT),
+        ok=("200", "Ollama's answer, passed on as it comes (JSON, NDJSON or SSE)", OBJECT),
         errors=errors,
     )
     if "{" in route.path:
@@ -750,9 +492,9 @@ def _relay_operation(route: RelayRoute, method: str, upstream: str) -> dict[str,
         if route.stream_request_body:
             content = {"application/octet-stream": {"schema": {"type": "string"}}}
         elif not route.json_body:
-            content = {"multipart/form-data": {"schema": _OBJECT}}
+            content = {"multipart/form-data": {"schema": OBJECT}}
         else:
-            content = {"application/json": {"schema": _OBJECT}}
+            content = {"application/json": {"schema": OBJECT}}
         operation["requestBody"] = {"required": method == "POST", "content": content}
     return operation
 
