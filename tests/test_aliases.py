@@ -20,13 +20,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 from playwright.async_api import Browser, expect
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
 from aigateway.access.aliases import AliasTable, with_aliases
 from aigateway.access.keytable import bootstrap_record
-from aigateway.db import schema
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.protocol.body import with_model
@@ -38,7 +36,7 @@ from aigateway.upstreams.union import go_escaped
 
 from .browser import chromium, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
 from .conftest import make_key
-from .helpers import at_revision, eventually
+from .helpers import at_revision, eventually, old_key
 from .test_cli_flags import keys_in, run
 from .test_cli_menu import BACKSPACE, DOWN, ENTER, TO_EXIT, TO_PRICES, menu
 from .test_instances import cli
@@ -636,13 +634,7 @@ async def test_a_database_of_the_release_before_upgrades_in_place(database: str)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(21))
-        async with engine.begin() as conn:
-            await conn.execute(
-                insert(schema.keys).values(
-                    id=1, user="alice", name="old", key_hash="1" * 64, prefix="aig_x",
-                    role="user", created_at=1.0, revoked=0,
-                )
-            )  # fmt: skip
+            await conn.run_sync(old_key)
     finally:
         await engine.dispose()
     store = await Store.open(database)
