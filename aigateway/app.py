@@ -48,11 +48,13 @@ from .http.signinlimit import SignInLimits
 from .protocol.routes import RELAY_ROUTES
 from .records import StoreError
 from .relay.bodybudget import BodyBudget
+from .relay.cachekeys import RelayCache
 from .relay.handler import relay_handler
 from .relay.inflight import InFlight
 from .relay.state import RELAY, RelayState
 from .settings import Settings
 from .ui.dashboard import add_dashboard_routes
+from .upstreams.cache import ResponseCache
 from .upstreams.pool import Pool
 from .upstreams.transport import Transport
 from .usage.journal import Journal
@@ -206,9 +208,14 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         _in_background(stack, keep_fresh(store, table, listener), "aigateway-keys")
         idle_s = settings.session_idle_minutes * 60.0
         _in_background(stack, sweep_ended_sessions(store, idle_s), "aigateway-session-sweep")
+        cache = None
+        if settings.cache_bytes:
+            cache = RelayCache(settings, ResponseCache(settings.cache_bytes, settings.cache_ttl))
+            pool.wants_lists = True  # (the models' digests key the answers)
         observe = None
         if settings.metrics != "off":
-            metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency)
+            answers = None if cache is None else cache.answers
+            metrics = app[METRICS] = Metrics(pool, in_flight, settings.currency, answers)
             observe = metrics.observe
         await stack.enter_async_context(pool.checking())
         tracing = open_tracing(exporter=app.get(_SPAN_EXPORTER))
@@ -229,6 +236,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             observe=observe,
             loop=asyncio.get_running_loop(),
             tracing=tracing,
+            cache=cache,
         )
         stack.push_async_callback(relay.body_pace.close)
         yield

@@ -437,6 +437,8 @@ class UsageRecord(NamedTuple):
     model_sent: str | None = None
     # Who ended it from the dashboard's Now (an admin's "user/key name"); None: nobody.
     stopped_by: str | None = None
+    # Answered from the response cache (CACHE_SIZE), not by an upstream.
+    cached: bool = False
 
 
 class LocalUsageRecord(UsageRecord):
@@ -505,6 +507,7 @@ def clean_usage_record(record: UsageRecord) -> UsageRecord:
         count(record.model_ns, optional=True),
         text(record.model_sent, optional=True),
         text(record.stopped_by, optional=True),
+        bool(record.cached),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 
 from yarl import URL
 
+from .protocol.routes import CACHEABLE_PATHS, EMBEDDING_PATHS
 from .upstreams.config import MAX_PATTERNS, UpstreamsError, check_url, upstreams_from_urls
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -116,6 +117,32 @@ def _size(name: str, raw: str) -> int:
             f"{name}: expected a size such as 104857600, 100M or 1G (above 0), got {raw!r}"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _size_or_off(name: str, raw: str) -> int:
+    """A size, or `0`/`off`: the feature is off."""
+    if raw.strip().lower() in ("0", "off"):
+        return 0
+    return _size(name, raw)
+
+
+def _cache_routes(name: str, raw: str) -> tuple[str, ...]:
+    """Ollama paths whose answers the cache may keep, comma-separated; `embeddings` is
+    short for the three embedding routes."""
+    paths: list[str] = []
+    for part in (p.strip() for p in raw.split(",")):
+        found = EMBEDDING_PATHS if part == "embeddings" else (part,) if part else ()
+        for path in found:
+            if path not in CACHEABLE_PATHS:
+                raise SettingsError(
+                    f"{name}: expected Ollama paths among {', '.join(CACHEABLE_PATHS)}"
+                    f" (or `embeddings`), comma-separated, got {part!r}"
+                )
+            if path not in paths:
+                paths.append(path)
+    if not paths:
+        raise SettingsError(f"{name}: expected at least one path, got {raw!r}")
+    return tuple(paths)
 
 
 def _rate(name: str, raw: str) -> int:
@@ -310,6 +337,14 @@ def _ui_path(name: str, raw: str) -> str | None:
 SECONDS = Parser(_seconds, "seconds above 0 (`2.5` too)")
 BOOLEAN = Parser(_boolean, "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)")
 SIZE = Parser(_size, "bytes above 0, or with `K`, `M` or `G` (`100M`)", _bytes_shown)
+SIZE_OR_OFF = Parser(
+    _size_or_off, "bytes, or with `K`, `M` or `G` (`256M`); `0` or `off`: off", _bytes_shown
+)
+CACHE_ROUTES = Parser(
+    _cache_routes,
+    "Ollama paths, comma-separated, among " + ", ".join(f"`{p}`" for p in CACHEABLE_PATHS),
+    _patterns_shown,
+)
 RATE = Parser(_rate, "bytes a second (`16384`, `16K`, `16KiB/s`); `0`: off", _bytes_shown)
 NETWORKS = Parser(_networks, "addresses or networks, comma-separated (`10.0.0.0/8, ::1`)")
 ORIGINS = Parser(_origins, "origins, comma-separated (`https://app.example.com`), or `*`")

@@ -4,7 +4,8 @@ Each setting is declared once, as a field of `Settings` made by `setting(...)`: 
 variable, default, parser (what it accepts, with its bounds), group and one line of help.
 The server reads them all (`Settings.from_env()`); a CLI reads only those it uses
 (`currency_setting`, `database_target`, `ollama_setting`), so a bad server-only setting
-does not stop it; `python -m aigateway.settings --markdown` writes docs/settings.md.
+does not stop it; `python -m aigateway.settings_reference --markdown` writes
+docs/settings.md.
 
 Nothing here runs at import time. A bad value raises `SettingsError` whose message names
 the variable and what was expected, so start-up can stop with one clear line; what each
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,9 +23,11 @@ from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 
+from .protocol.routes import EMBEDDING_PATHS
 from .setting_parsers import (
     API_KEY,
     BOOLEAN,
+    CACHE_ROUTES,
     CLOUD_URL,
     CURRENCY,
     DATABASE_URL,
@@ -43,6 +45,7 @@ from .setting_parsers import (
     SECONDS,
     SECRET,
     SIZE,
+    SIZE_OR_OFF,
     UI_PATH,
     WEBHOOK_URL,
     Parser,
@@ -99,6 +102,7 @@ GROUPS = (
     "Request bodies",
     "Limits and budgets",
     "Admin API and dashboard",
+    "Response cache",
     "Alerts",
 )
 
@@ -438,6 +442,35 @@ class Settings:
         "Mark the session cookie `Secure`: `auto` when the gateway itself serves HTTPS or,"
         " behind a proxy in `TRUSTED_PROXIES`, when its `X-Forwarded-Proto` says `https`;"
         " `true` always; `false` never.",
+    )  # fmt: skip
+
+    cache_bytes: int = setting(
+        "CACHE_SIZE", 0, SIZE_OR_OFF, "Response cache",
+        "Memory for answers kept to repeat (see [Response cache](cache.md)); `0`: off. The"
+        " least recently used go first; an answer larger than an eighth of it is not kept.",
+    )  # fmt: skip
+    cache_ttl: float = setting(
+        "CACHE_TTL", 3600.0, SECONDS, "Response cache", "Seconds a kept answer is repeated."
+    )
+    cache_routes: tuple[str, ...] = setting(
+        "CACHE_ROUTES", EMBEDDING_PATHS, CACHE_ROUTES, "Response cache",
+        "The routes whose answers are kept (`embeddings`: the three embedding routes); the"
+        " generation routes only for a request with temperature 0 and a seed.",
+    )  # fmt: skip
+    cache_models: tuple[str, ...] = setting(
+        "CACHE_MODELS", ("*",), MODEL_PATTERNS, "Response cache",
+        "The models whose answers are kept, as an allow-list names them.",
+    )  # fmt: skip
+    cache_scope: str = setting(
+        "CACHE_SCOPE", "user", choice("user", "key", "global"), "Response cache",
+        "Who shares kept answers: a user's keys (a key without a user: itself), each key"
+        " alone, or everyone (`global`: one tenant could tell by the timing what another"
+        " sent).",
+    )  # fmt: skip
+    cache_hit_price: str = setting(
+        "CACHE_HIT_PRICE", "free", choice("free", "full"), "Response cache",
+        "What an answer from the cache costs: nothing, or (`full`) what the request it"
+        " repeats cost by the model's prices now.",
     )  # fmt: skip
 
     alert_webhook_url: str | None = setting(
@@ -830,56 +863,3 @@ def ollama_setting(
 
 def log_level_number(level: str) -> int:
     return logging.getLevelNamesMapping()[level]
-
-
-# --- the reference: docs/settings.md -----------------------------------------------------
-
-REFERENCE_COMMAND = "python -m aigateway.settings --markdown > docs/settings.md"
-
-_ABOUT = """\
-Read from the environment, then `.env` (created from `.env.example` by `./run.sh`), then
-the defaults. A bad value stops start-up with one line naming the variable and what was
-expected. The `.env` read is the one in the current folder, else the one in the project
-folder (where `run.sh` is), so the server and both CLIs find the same settings and
-database wherever they are started from; a CLI reads only the settings it uses, so a bad
-server setting does not stop it. A blank value is the same as unset.
-
-The server also takes `--host`, `--port`, `--env-file FILE` and `--init-db` (create and
-migrate the database, then exit)."""
-
-
-def markdown_reference() -> str:
-    """docs/settings.md, from the declarations."""
-    lines = [
-        "# Settings reference",
-        "",
-        f"<!-- Generated from aigateway/settings.py by `{REFERENCE_COMMAND}`;",
-        "     edit the declarations there, not this page (a test fails when it is stale). -->",
-        "",
-        _ABOUT,
-    ]
-    for group in GROUPS:
-        lines += ["", f"## {group}", "", "| Variable | Default | Accepts | Meaning |"]
-        lines.append("|---|---|---|---|")
-        for each in fields(Settings):
-            how = declaration_of(each)
-            if how is None or how.group != group:
-                continue
-            shown = how.shown_default or f"`{how.parse.show(each.default)}`"
-            if shown == "`unset`":
-                shown = "unset"
-            cells = (f"`{how.variable}`", shown, how.parse.accepts, how.help)
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str]) -> int:
-    if argv != ["--markdown"]:
-        sys.stderr.write(f"usage: {REFERENCE_COMMAND}\n")
-        return 2
-    sys.stdout.write(markdown_reference())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

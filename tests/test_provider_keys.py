@@ -17,7 +17,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.access.allowlist import model_allowed
-from aigateway.settings import PROVIDER_VARIABLES, SettingsError, markdown_reference
+from aigateway.settings import PROVIDER_VARIABLES, SettingsError
+from aigateway.settings_reference import markdown_reference
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .conftest import make_key

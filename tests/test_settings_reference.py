@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from aigateway.settings import (
-    REFERENCE_COMMAND,
-    Declared,
-    Settings,
-    declaration_of,
-    declarations,
-    markdown_reference,
-)
+from aigateway.settings import Declared, Settings, declaration_of, declarations
+from aigateway.settings_reference import REFERENCE_COMMAND, markdown_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 

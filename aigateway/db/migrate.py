@@ -103,7 +103,7 @@ def _pragma(connection: Connection, name: str) -> int:
 
 
 # The head revision as a number: PRAGMA user_version, and the JSON export's schema_version.
-SCHEMA_VERSION = 25
+SCHEMA_VERSION = 26
 HEAD = f"{SCHEMA_VERSION:04d}"  # tests check that this is Alembic's head
 
 

@@ -364,6 +364,7 @@ def _usage_record(row: Sequence[Any]) -> UsageRecord:
         ttfb_ms=None if record.ttfb_ms is None else round(record.ttfb_ms, 3),
         client_gone=bool(record.client_gone),
         estimated=bool(record.estimated),
+        cached=bool(record.cached),
     )
 
 

@@ -141,6 +141,8 @@ usage = Table(
     Column("model_sent", Text),
     # Who stopped it from the dashboard's Now ("user/key name" of an admin); NULL: nobody.
     Column("stopped_by", Text),
+    # 1 when it was answered from the response cache, not by an upstream.
+    Column("cached", Integer, nullable=False, server_default="0"),
 )
 Index("usage_ts", usage.c.ts)
 Index("usage_key_ts", usage.c.key_id, usage.c.ts)

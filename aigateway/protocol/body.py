@@ -294,3 +294,36 @@ def with_model(body: bytes, fields: tuple[str, ...], sent: str, model: str) -> b
     folded = {go_fold(field) for field in fields}
     hits = [m for m in members if m.value == sent and go_fold(m.key) in folded]
     return replaced(text, hits, model).encode("utf-8", "surrogateescape")
+
+
+def fixed_sampling(body: bytes, native: bool) -> bool:
+    """Whether the request itself fixes how Ollama samples its answer: temperature 0 and
+    a seed, in `options` on Ollama's own routes (a map: exact keys, merged across repeated
+    `options` members, the last value winning), top-level on the OpenAI-compatible ones
+    (Go's folded keys, the last winning, `null` unsetting). What a model's own parameters
+    set cannot be seen here, so it does not count. (The response cache repeats only such
+    answers of the generation routes.)"""
+    try:
+        pairs = _ordered_pairs(body)
+    except UndecidableBody:
+        return False
+    temperature: Any = None
+    seed: Any = None
+    if native:
+        options: dict[str, Any] = {}
+        for key, value in pairs:
+            if go_fold(key) == "OPTIONS":
+                if isinstance(value, _Pairs):
+                    options.update(value)
+                elif value is None:
+                    options = {}
+        temperature, seed = options.get("temperature"), options.get("seed")
+    else:
+        for key, value in pairs:
+            folded = go_fold(key)
+            if folded == "TEMPERATURE":
+                temperature = value
+            elif folded == "SEED":
+                seed = value
+    numbers = (int, float)
+    return temperature.__class__ in numbers and temperature == 0 and seed.__class__ in numbers

@@ -72,6 +72,14 @@ class RelayRoute:
         object.__setattr__(self, "lists_aliases", self.lists_models and self.path != "/ps")
 
 
+# The routes whose answers the response cache may keep (CACHE_ROUTES), by Ollama's path:
+# embeddings, whose answer follows from the body alone, and generation, kept only when its
+# request fixes the sampling (temperature 0 and a seed: protocol/body.py `fixed_sampling`).
+# Anthropic's messages and OpenAI's responses have no seed, so they are never kept.
+EMBEDDING_PATHS = ("/api/embed", "/api/embeddings", "/v1/embeddings")
+GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions")
+CACHEABLE_PATHS = EMBEDDING_PATHS + GENERATION_PATHS
+
 RELAY_ROUTES: tuple[RelayRoute, ...] = (
     RelayRoute(("POST",), "/generate", "inference"),
     RelayRoute(("POST",), "/chat", "inference"),

@@ -287,9 +287,13 @@ async def prepare(
         assert price is not None
         reserve = price.reserve(prompt_estimate, output, settings.budget_time_reserve)
         await _reserve_budget(principal, price, reserve, admitted, relay, top_up, ledger)
+    cache, cache_key = relay.cache, None
+    if cache is not None and cache.covers(route, context.model):
+        assert context.model is not None
+        cache_key = await cache.key_for(request, route, principal, context.model, body, relay.pool)
     # aiohttp writes a BytesIO in slices, yielding to the loop between them.
     data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-    return Exchange(
+    exchange = Exchange(
         context,
         principal,
         admitted,
@@ -301,6 +305,9 @@ async def prepare(
         prompt_estimate,
         stripper,
     )
+    if cache_key is not None:
+        exchange.cache_key = cache_key
+    return exchange
 
 
 async def _reserve_budget(

@@ -14,6 +14,7 @@ from ..errors import RequestTimeout
 from ..http.context import RequestContext
 from ..protocol.streams import UsageStripper
 from ..records import KeyRecord, Price
+from ..upstreams.cache import Keeper
 from ..usage.traces import RequestTrace
 from ..usage.writer import UsageTap
 from .bodypace import BodyPace, SlowBody
@@ -79,6 +80,11 @@ class Exchange:
     upstream_name = ""  # the upstream that answered (metrics)
     cut_by: str | None = None  # why the stream was cut short (Ollama's side broke, a stop)
     trace: RequestTrace | None = None  # its spans, with traces on
+    # The response cache (cached.py): the key its answer is kept under (None: it may not
+    # be), the keeper of an answer looked for and not found, and whether it was found.
+    cache_key: bytes | None = None
+    keeper: Keeper | None = None
+    cached = False
 
     def __init__(
         self,

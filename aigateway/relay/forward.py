@@ -10,10 +10,12 @@ from aiohttp import web
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..protocol.routes import RelayRoute
+from ..upstreams.cache import Keeper
 from ..upstreams.config import UpstreamConfig
 from ..upstreams.http import own_headers_missing, request_headers, upstream_url
 from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Pool, Upstream
 from ..upstreams.transport import ConnectFailed, TimedOut, UpstreamFailed
+from .cached import replayed
 from .exchange import Exchange
 from .fanout import pull_everywhere, send_union
 from .ledger import Ledger, UpstreamSlot
@@ -30,7 +32,16 @@ async def forward(
     the connection, fails or answers 502/503/504 before anything reached the client (a
     body read into memory can be sent again; an upload streamed through cannot). The
     response, and the bytes that complete it once the request is settled (None: it is
-    complete, or was cut)."""
+    complete, or was cut). A request the response cache holds the answer to is answered
+    from it, and reaches no upstream."""
+    key = exchange.cache_key
+    if key is not None:
+        cache = relay.cache
+        assert cache is not None  # (a key is made only with the cache on)
+        answer = cache.answers.get(key)
+        if answer is not None:
+            return await replayed(answer, request, route, exchange)
+        exchange.keeper = Keeper(cache.answers, key)  # (kept once it came whole)
     pool = relay.pool
     if pool.single:
         only = pool.upstreams[0]

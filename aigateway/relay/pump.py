@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
 from aiohttp import web
 
@@ -23,10 +25,37 @@ from .inflight import GatewayStopping
 from .ledger import TicketHold
 from .state import RelayState
 
+# The answer's header that says it came from the response cache (hit) or was looked for
+# there (miss); absent when the request could not be answered from it.
+CACHE_HEADER = "X-Aigateway-Cache"
+
 log = logging.getLogger("aigateway.proxy")
 
 # What ends a stream short: the upstream failing midway, or a graceful stop.
 _CUT_SHORT: tuple[type[BaseException], ...] = (*READ_FAILURES, GatewayStopping)
+
+
+class _Chunks(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class Answer(Protocol):
+    """What the pump reads of an answer: an upstream's response, or one the response
+    cache kept (cached.py)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content(self) -> _Chunks: ...
+    def close(self) -> None: ...
 
 
 async def send_filtered(
@@ -46,10 +75,10 @@ async def send_filtered(
     return body
 
 
-def response_for(
-    upstream: Response, request: web.Request, exchange: Exchange
-) -> web.StreamResponse:
+def response_for(upstream: Answer, request: web.Request, exchange: Exchange) -> web.StreamResponse:
     headers = response_headers(upstream.headers, exchange.context.request_id, exchange.rate_headers)
+    if exchange.keeper is not None:  # looked for in the response cache, not found there
+        headers[CACHE_HEADER] = "miss"
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.content_length  # (parsed from the header at each reading)
     if length is not None:
@@ -58,7 +87,7 @@ def response_for(
 
 
 async def pump(
-    upstream: Response,
+    upstream: Answer,
     response: web.StreamResponse,
     request: web.Request,
     exchange: Exchange,
@@ -69,8 +98,9 @@ async def pump(
     (a body's last chunk when it has a length; else only its chunked ending) are kept
     back and returned, to go out once the request is settled, so that no client holds a
     whole answer whose record a killed process could lose. None: the stream was cut, and
-    ended here the way its dialect signals it."""
-    tap, stripper = exchange.tap, exchange.stripper
+    ended here the way its dialect signals it. A response cache miss (its `keeper`) keeps
+    the chunks as they pass, for the cache to have once the answer came whole."""
+    tap, stripper, keeper = exchange.tap, exchange.stripper, exchange.keeper
     length = upstream.content_length
     # Lines are what a stream cut before its final counts is charged by: counted in
     # streams, which come without a length from Ollama, or (through something that
@@ -82,6 +112,8 @@ async def pump(
             if exchange.first_byte_at is None:
                 exchange.first_byte_at = time.perf_counter()
             tap.feed(chunk)
+            if keeper is not None:
+                keeper.add(chunk)
             if stripper is not None:
                 chunk = stripper.feed(chunk)
                 if not chunk:
@@ -90,6 +122,8 @@ async def pump(
                 end = chunk
                 continue
             await response.write(chunk)
+        if keeper is not None:
+            keeper.complete(upstream.status, upstream.reason, upstream.headers, length)
         if stripper is not None and (rest := stripper.flush()):
             if length is None:
                 await response.write(rest)
@@ -108,7 +142,7 @@ async def pump(
 
 
 async def _end_cut_stream(
-    upstream: Response,
+    upstream: Answer,
     response: web.StreamResponse,
     request: web.Request,
     exchange: Exchange,

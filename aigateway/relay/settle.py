@@ -35,7 +35,8 @@ def settle(
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
     estimated = False
-    billable = exchange.status < 400  # an error Ollama answered costs nothing
+    # An error Ollama answered costs nothing, nor (CACHE_HIT_PRICE=free) a repeated answer.
+    billable = exchange.status < 400 and not (exchange.cached and relay.free_hits)
     if route.kind == "inference" and (context.client_gone or exchange.cut_by is not None):
         if exchange.first_byte_at is not None:
             if completion is None or _without_final_anthropic_counts(route, tap):
@@ -119,8 +120,12 @@ def settle(
             model_ns,
             context.model_sent,
             exchange.in_flight.stopped_by,
+            exchange.cached,
         )
     )
+    if route.kind == "manage" and relay.cache is not None and exchange.status < 400:
+        # A model pulled, made, copied or deleted: the cache's digests, read again now.
+        relay.pool.relist_soon(changed=True)
 
 
 def _cost(

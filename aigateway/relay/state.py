@@ -20,6 +20,7 @@ from ..usage.traces import Tracing
 from ..usage.writer import UsageWriter
 from .bodybudget import BodyBudget
 from .bodypace import BodyPace
+from .cachekeys import RelayCache
 from .inflight import InFlight
 
 # What a settled request tells the metrics (Metrics.observe, with METRICS on or admin):
@@ -40,6 +41,8 @@ class RelayState:
         "body_budget",
         "body_pace",
         "budgets",
+        "cache",
+        "free_hits",
         "in_flight",
         "key_table",
         "limiter",
@@ -71,6 +74,7 @@ class RelayState:
         observe: Observe | None,
         loop: asyncio.AbstractEventLoop,
         tracing: Tracing | None = None,
+        cache: RelayCache | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool  # the upstreams: which serves a request, and whether each is up
@@ -91,6 +95,9 @@ class RelayState:
         # which makes a getpid system call each time (a check for a forked process).
         self.loop = loop
         self.tracing = tracing  # None: traces are off (usage/traces.py)
+        self.cache = cache  # None: the response cache is off (CACHE_SIZE)
+        # Whether an answer from the cache costs nothing (CACHE_HIT_PRICE), read by settle.
+        self.free_hits = cache is not None and cache.free_hits
 
 
 RELAY = web.AppKey("relay", RelayState)

@@ -60,8 +60,8 @@ class Upstream:
     """One upstream: its configuration, and what the gateway knows of it now."""
 
     __slots__ = (
-        "checked_at", "config", "failures", "in_flight", "latency_ms", "loaded", "models",
-        "out_until", "picked", "reason", "running",
+        "checked_at", "config", "digests", "failures", "in_flight", "latency_ms", "loaded",
+        "models", "out_until", "picked", "reason", "running",
     )  # fmt: skip
 
     def __init__(self, config: UpstreamConfig) -> None:
@@ -70,6 +70,7 @@ class Upstream:
         self.picked = 0  # requests sent to it so far (for the weighted order)
         # An Ollama's models by its /api/tags (canonical names); None until first listed.
         self.models: frozenset[str] | None = None
+        self.digests: dict[str, str] = {}  # each listed model's digest, by canonical name
         self.loaded: frozenset[str] = frozenset()  # by its /api/ps
         self.running: tuple[LoadedModel, ...] = ()  # the same, as /api/ps describes them
         self.failures = 0  # in a row
@@ -176,7 +177,8 @@ class Pool:
         self._lists: dict[str, frozenset[str]] = {}
         self.listed: frozenset[str] = frozenset()
         self._relisted_at = -math.inf
-        # Whether anything uses `listed` (/metrics): else one upstream's list is not read.
+        # Whether anything uses the lists (/metrics, the response cache): else one upstream's
+        # list is not read.
         self.wants_lists = False
         self._relisting: asyncio.Task[None] | None = None
         # The upstreams that answer each route (by its Ollama path), which never changes.
@@ -407,8 +409,11 @@ class Pool:
         """Read an upstream's model list: an Ollama's /api/tags (the models it serves),
         a cloud API's /models (cut down to its patterns); its names join `listed`."""
         if upstream.config.kind == "ollama":
-            names = [identity(n) for n in await self.names(upstream, "/api/tags", "models")]
+            body = await self._document(upstream, "/api/tags", CHECK_TIMEOUT_S)
+            entries = [(identity(n), digest) for n, digest in model_entries(body, "models")]
+            names = [name for name, _ in entries]
             upstream.models = frozenset(names)
+            upstream.digests = {name: digest for name, digest in entries if digest is not None}
         else:
             patterns = upstream.config.models or ()
             names = [
@@ -419,12 +424,35 @@ class Pool:
         self._lists[upstream.name] = frozenset(names)
         self.listed = frozenset().union(*self._lists.values())
 
-    def relist_soon(self) -> None:
-        """Read the model lists again in the background (at most every RELIST_GAP_S):
-        what a model seen for the first time asks for, with one upstream (which is not
-        checked) or between checks."""
+    def digest_of(self, model: str) -> str | None:
+        """The digest of `model` (a canonical name) that every Ollama listing it agrees
+        on, by the lists last read (one upstream, which is never checked, has its list
+        read again once it is older than a check interval); None when no Ollama lists it,
+        two list different ones, or a cloud API or an Ollama whose list is unknown could
+        answer it. The response cache keys answers by it: a model replaced under the same
+        name is a different model."""
+        if self.single and time.monotonic() - self._relisted_at > self.check_interval:
+            self.relist_soon(changed=True)  # (a check interval since the last read)
+        found = None
+        for upstream in self.upstreams:
+            if upstream.config.kind != "ollama" or upstream.models is None:
+                if upstream.serves(model):
+                    return None
+                continue
+            digest = upstream.digests.get(model)
+            if digest is not None:
+                if found is not None and digest != found:
+                    return None
+                found = digest
+        return found
+
+    def relist_soon(self, changed: bool = False) -> None:
+        """Read the model lists again in the background (at most every RELIST_GAP_S,
+        unless models were `changed` through the gateway: pulled, created, copied or
+        deleted): what a model seen for the first time asks for, with one upstream
+        (which is not checked) or between checks."""
         now = time.monotonic()
-        if now - self._relisted_at < RELIST_GAP_S:
+        if now - self._relisted_at < RELIST_GAP_S and not changed:
             return
         self._relisted_at = now
 
@@ -526,6 +554,12 @@ def loaded_models(body: bytes) -> list[LoadedModel]:
 
 def model_names(body: bytes, field: str) -> list[str]:
     """The names in a model list whose entries are in `field` (see ENTRY_NAMES)."""
+    return [name for name, _ in model_entries(body, field)]
+
+
+def model_entries(body: bytes, field: str) -> list[tuple[str, str | None]]:
+    """The names in a model list whose entries are in `field` (see ENTRY_NAMES), each
+    with its digest where it has one that is printable text."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -536,7 +570,11 @@ def model_names(body: bytes, field: str) -> list[str]:
     keys = ENTRY_NAMES[field]
     names = []
     for entry in entries[:MAX_LISTED]:
-        name = first_text_field(entry, keys) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            continue
+        name = first_text_field(entry, keys)
         if isinstance(name, str) and 0 < len(name) <= 500:
-            names.append(name)
+            digest = entry.get("digest")
+            usable = isinstance(digest, str) and 0 < len(digest) <= 200 and digest.isprintable()
+            names.append((name, digest if usable else None))
     return names

@@ -146,8 +146,9 @@ def _cut_torn_line(segment: Segment, written: int) -> None:
 
 
 # Journal lines are UsageRecord's fields in order; records of a release before nano-unit
-# costs have fewer than this many (model_sent came with them), and those of a release
-# before Now's Stop (stopped_by) this many exactly, followed by LOCAL_MARK when marked.
+# costs have fewer than this many (model_sent came with them), those of a release before
+# Now's Stop (stopped_by) this many exactly and those of one before the response cache
+# (cached) one more, each followed by LOCAL_MARK when marked.
 _FIELDS_SINCE_NANO = UsageRecord._fields.index("model_sent") + 1
 _FIELDS = len(UsageRecord._fields)
 
@@ -161,8 +162,9 @@ def read_segment(path: Path) -> list[UsageRecord]:
             continue
         try:
             fields = orjson.loads(line)
-            # (A stopped_by is "user/key name", never LOCAL_MARK: a line of the release
-            # before it, marked, has as many fields as an unmarked one of this release.)
+            # (A stopped_by is "user/key name" and cached a boolean, never LOCAL_MARK: a
+            # marked line of an earlier release has as many fields as an unmarked one of
+            # a later release.)
             marked = isinstance(fields, list) and len(fields) > _FIELDS_SINCE_NANO
             if marked and len(fields) <= _FIELDS + 1 and fields[-1] == LOCAL_MARK:
                 record: UsageRecord = LocalUsageRecord(*fields[:-1])

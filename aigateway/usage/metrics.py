@@ -21,11 +21,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..errors import GatewayError, Refused
 from ..protocol.routes import RelayRoute
+from ..upstreams.cache import ResponseCache
 from ..upstreams.pool import Pool
 
 # Seconds: from a 5 ms answer to a 10-minute generation.
@@ -39,7 +40,13 @@ _Children = tuple[Counter, Histogram, Histogram, Counter, Counter, Counter]
 class Metrics:
     # in_flight: the relay's InFlight, of which only the count is read (usage sits below the
     # relay and does not import it).
-    def __init__(self, pool: Pool, in_flight: Sized, currency: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        in_flight: Sized,
+        currency: str,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -83,6 +90,8 @@ class Metrics:
         self.pool = pool
         pool.wants_lists = True  # model labels are the models the upstreams list
         r.register(_Gauges(pool, in_flight))
+        if cache is not None:
+            r.register(_CacheMetrics(cache))
         # Each kind of request's series, found once (labels() costs more than inc()).
         self._children: dict[tuple[RelayRoute, int, str, str], _Children] = {}
 
@@ -179,3 +188,36 @@ class _Gauges(Collector):
             if u.latency_ms is not None:
                 latency.add_metric([u.name], u.latency_ms / 1000)
         yield from (up, busy, queued, latency)
+
+
+class _CacheMetrics(Collector):
+    """The response cache (CACHE_SIZE), read when scraped: what it did since start and
+    what it holds. Its hit rate is hits / (hits + misses)."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        yield CounterMetricFamily(
+            "aigateway_cache_hits", "Requests answered from the response cache", cache.hits
+        )
+        yield CounterMetricFamily(
+            "aigateway_cache_misses",
+            "Requests looked for in the response cache and not found there",
+            cache.misses,
+        )
+        yield CounterMetricFamily(
+            "aigateway_cache_stored", "Answers the response cache kept", cache.stored
+        )
+        yield CounterMetricFamily(
+            "aigateway_cache_evicted",
+            "Answers the response cache dropped to make room",
+            cache.evicted,
+        )
+        yield GaugeMetricFamily(
+            "aigateway_cache_bytes", "Bytes the response cache holds now", cache.size
+        )
+        yield GaugeMetricFamily(
+            "aigateway_cache_entries", "Answers the response cache holds now", len(cache)
+        )

@@ -1,0 +1,181 @@
+"""The response cache: complete 200 answers this gateway may repeat instead of asking an
+upstream again (CACHE_SIZE, off by default; docs/cache.md).
+
+It stands in for an upstream, so it lives beside them: a kept answer is what an upstream
+sent (its headers but the date, each chunk as it came), found by a key the relay makes
+(relay/cached.py: the scope, the route, the model's one identity and its digest, the
+exact body). Bounded in bytes, the least recently used answer goes first; an answer older
+than CACHE_TTL is never repeated. Each gateway keeps its own, in memory: sharing one
+through the database would cost every lookup a round trip and every answer its bytes in
+the database, for hits a second gateway would soon have of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from .http import RESPONSE_DROP
+
+# What keeping an answer costs beyond its bytes (the entry, its key, the list), and each
+# chunk beyond its bytes: counted, so that many small answers cannot exceed the bound.
+ENTRY_OVERHEAD = 400
+CHUNK_OVERHEAD = 40
+# No answer takes more than this share of the cache (one would empty it for itself).
+LARGEST_SHARE = 8
+
+
+class CachedAnswer:
+    """A complete 200 answer as its upstream sent it: its headers (less the date and
+    what is hop-by-hop) and its body's chunks, to be sent again as they came."""
+
+    __slots__ = ("chunks", "expires", "headers", "length", "reason", "size")
+
+    def __init__(
+        self,
+        headers: tuple[tuple[str, str], ...],
+        reason: str,
+        chunks: tuple[bytes, ...],
+        length: int | None,
+        expires: float,
+    ) -> None:
+        self.headers = headers
+        self.reason = reason
+        self.chunks = chunks
+        self.length = length  # its Content-Length (None: it was chunked, a stream)
+        self.expires = expires  # (monotonic)
+        self.size = (
+            ENTRY_OVERHEAD
+            + sum(len(c) + CHUNK_OVERHEAD for c in chunks)
+            + sum(len(k) + len(v) for k, v in headers)
+        )
+
+    @property
+    def body_bytes(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+class ResponseCache:
+    """Answers by key, at most `capacity` bytes of them, each repeated for `ttl` seconds;
+    what it did since start (hits, misses, answers kept and evicted) for /metrics and
+    the dashboard."""
+
+    def __init__(
+        self, capacity: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.capacity = capacity
+        self.ttl = ttl
+        self.largest = capacity // LARGEST_SHARE  # an answer's most, in bytes
+        self._clock = clock
+        self._answers: OrderedDict[bytes, CachedAnswer] = OrderedDict()
+        self.size = 0  # bytes held, overheads counted
+        self.hits = 0
+        self.misses = 0
+        self.stored = 0
+        self.evicted = 0  # for room (an expired answer dropped is not counted)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: bytes) -> CachedAnswer | None:
+        """The answer kept under `key`, now the most recently used; None (a miss) when
+        there is none, or it is older than the TTL (then dropped)."""
+        answer = self._answers.get(key)
+        if answer is not None:
+            if answer.expires > self._clock():
+                self._answers.move_to_end(key)
+                self.hits += 1
+                return answer
+            self._drop(key)
+        self.misses += 1
+        return None
+
+    def put(
+        self,
+        key: bytes,
+        headers: tuple[tuple[str, str], ...],
+        reason: str,
+        chunks: tuple[bytes, ...],
+        length: int | None,
+    ) -> bool:
+        """Keep an answer under `key` (replacing any), making room by dropping the least
+        recently used; False when it is larger than an answer may be."""
+        answer = CachedAnswer(headers, reason, chunks, length, self._clock() + self.ttl)
+        if answer.size > self.largest:
+            return False
+        if key in self._answers:
+            self._drop(key)
+        answers = self._answers
+        while answers and self.size + answer.size > self.capacity:
+            _, oldest = answers.popitem(last=False)
+            self.size -= oldest.size
+            self.evicted += 1
+        answers[key] = answer
+        self.size += answer.size
+        self.stored += 1
+        return True
+
+    def clear(self) -> int:
+        """Drop every answer (an admin's choice: after replacing a model by hand, say);
+        how many there were."""
+        dropped = len(self._answers)
+        self._answers.clear()
+        self.size = 0
+        return dropped
+
+    def _drop(self, key: bytes) -> None:
+        self.size -= self._answers.pop(key).size
+
+    def stats(self) -> dict[str, int | float | None]:
+        """What the cache holds and did since the gateway started."""
+        lookups = self.hits + self.misses
+        return {
+            "capacity_bytes": self.capacity,
+            "bytes": self.size,
+            "entries": len(self._answers),
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+            "stored": self.stored,
+            "evicted": self.evicted,
+            "ttl_seconds": self.ttl,
+        }
+
+
+class Keeper:
+    """A looked-for answer on its way from its upstream (a miss), its chunks kept as they
+    pass, and handed to the cache once it came complete; a 200 only, and only while it
+    is no larger than an answer may be (then nothing more is held)."""
+
+    __slots__ = ("_cache", "_chunks", "_key", "_size")
+
+    def __init__(self, cache: ResponseCache, key: bytes) -> None:
+        self._cache = cache
+        self._key = key
+        self._chunks: list[bytes] | None = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        chunks = self._chunks
+        if chunks is not None:
+            self._size += len(chunk)
+            if self._size > self._cache.largest:
+                self._chunks = None
+            else:
+                chunks.append(chunk)
+
+    def complete(
+        self, status: int, reason: str | None, headers: Mapping[str, str], length: int | None
+    ) -> bool:
+        """The answer came whole: keep it (its headers less the date, a repeat gets its
+        own, and those no answer passes on); whether it was kept."""
+        chunks = self._chunks
+        if chunks is None or status != 200:
+            return False
+        kept = tuple(
+            (name, value)
+            for name, value in headers.items()
+            if name.lower() not in RESPONSE_DROP and name.lower() != "date"
+        )
+        return self._cache.put(self._key, kept, reason or "OK", tuple(chunks), length)
