@@ -197,7 +197,7 @@ async def test_scopes_keep_users_apart_and_share_between_a_users_keys(
     await _listed(gateway)
     seen = []
     for secret in (alice, alice_too, alice):
-        client: GatewayClient = await aiohttp_client(
+        client = await aiohttp_client(
             gateway, headers={"Authorization": f"Bearer {secret}"}
         )
         seen.append((await client.post("/api/embed", data=EMBED)).headers[HEADER])
