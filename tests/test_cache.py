@@ -197,9 +197,7 @@ async def test_scopes_keep_users_apart_and_share_between_a_users_keys(
     await _listed(gateway)
     seen = []
     for secret in (alice, alice_too, alice):
-        client = await aiohttp_client(
-            gateway, headers={"Authorization": f"Bearer {secret}"}
-        )
+        client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
         seen.append((await client.post("/api/embed", data=EMBED)).headers[HEADER])
     assert seen == ["miss", "miss", "hit"]
 
@@ -234,6 +232,36 @@ async def test_a_model_replaced_under_its_name_is_not_answered_from_the_cache(
         assert asyncio.get_running_loop().time() < deadline, "the new digest was never read"
         await asyncio.sleep(0.2)
     assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "hit"
+
+
+async def test_a_stream_the_client_left_is_not_kept_and_holds_nothing(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    fake.extra_models.append("slow")  # (one line every 0.1 s)
+    gateway = await aiohttp_server(create_app(settings))
+    await _listed(gateway)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
+    client: GatewayClient = await aiohttp_client(
+        gateway, headers={"Authorization": f"Bearer {key}"}
+    )
+    body = CHAT.replace(b"llama3.2", b"slow")
+    resp = await client.post("/api/chat", data=body)
+    assert resp.headers[HEADER] == "miss"
+    await resp.content.readline()
+    resp.close()  # the client leaves mid-stream
+    answers = gateway.app[RELAY].cache
+    assert answers is not None
+    await eventually(lambda: len(gateway.app[RELAY].in_flight) == 0)
+    assert (len(answers.answers), answers.answers.pending) == (0, 0)
+    whole = await client.post("/api/chat", data=body)
+    assert whole.headers[HEADER] == "miss"
+    await whole.read()
+    assert (len(answers.answers), answers.answers.pending) == (1, 0)
+    assert (await client.post("/api/chat", data=body)).headers[HEADER] == "hit"
 
 
 async def test_only_a_complete_200_is_kept(client: GatewayClient, fake: FakeOllama) -> None:
@@ -376,6 +404,20 @@ def test_an_answer_is_repeated_for_its_ttl_only() -> None:
     assert cache.get(b"k") is None
     assert (len(cache), cache.size) == (0, 0)
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_answers_on_their_way_hold_at_most_the_capacity_together() -> None:
+    cache = ResponseCache(8 * 3000, 60)
+    keepers = [Keeper(cache, bytes([n])) for n in range(13)]
+    for keeper in keepers:
+        keeper.add(b"x" * 2000)
+    assert cache.pending == 12 * 2000  # the thirteenth would go over: it holds nothing
+    kept = [k.complete(200, "OK", {}, 2000) for k in keepers]
+    assert kept.count(True) == 12 and not kept[-1]
+    assert cache.size <= cache.capacity and cache.evicted > 0
+    for keeper in keepers:
+        keeper.release(None)
+    assert cache.pending == 0
 
 
 def test_too_large_an_answer_or_not_a_200_is_not_kept() -> None:

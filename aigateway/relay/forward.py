@@ -41,7 +41,7 @@ async def forward(
         answer = cache.answers.get(key)
         if answer is not None:
             return await replayed(answer, request, route, exchange)
-        exchange.keeper = Keeper(cache.answers, key)  # (kept once it came whole)
+        exchange.keeper = ledger.take(Keeper(cache.answers, key))  # (kept once whole)
     pool = relay.pool
     if pool.single:
         only = pool.upstreams[0]

@@ -70,6 +70,7 @@ class ResponseCache:
         self._clock = clock
         self._answers: OrderedDict[bytes, CachedAnswer] = OrderedDict()
         self.size = 0  # bytes held, overheads counted
+        self.pending = 0  # bytes held by answers on their way (Keeper), not yet kept
         self.hits = 0
         self.misses = 0
         self.stored = 0
@@ -145,23 +146,31 @@ class ResponseCache:
 
 class Keeper:
     """A looked-for answer on its way from its upstream (a miss), its chunks kept as they
-    pass, and handed to the cache once it came complete; a 200 only, and only while it
-    is no larger than an answer may be (then nothing more is held)."""
+    pass, and handed to the cache once it came complete; a 200 only, and only while it is
+    no larger than an answer may be. The bytes answers on their way hold, all together,
+    are bounded by the cache's capacity (beyond it, an answer is not kept and holds
+    nothing more). A take of the request's ledger: its release lets go of what it holds,
+    however the request ended."""
 
     __slots__ = ("_cache", "_chunks", "_key", "_size")
+
+    by_record = False  # (a ledger take's: never decided on a gateway's own reckoning)
 
     def __init__(self, cache: ResponseCache, key: bytes) -> None:
         self._cache = cache
         self._key = key
         self._chunks: list[bytes] | None = []
-        self._size = 0
+        self._size = 0  # bytes held, counted in the cache's `pending`
 
     def add(self, chunk: bytes) -> None:
         chunks = self._chunks
         if chunks is not None:
-            self._size += len(chunk)
-            if self._size > self._cache.largest:
-                self._chunks = None
+            cache = self._cache
+            size = len(chunk)
+            self._size += size
+            cache.pending += size
+            if self._size > cache.largest or cache.pending > cache.capacity:
+                self._let_go()
             else:
                 chunks.append(chunk)
 
@@ -171,6 +180,7 @@ class Keeper:
         """The answer came whole: keep it (its headers less the date, a repeat gets its
         own, and those no answer passes on); whether it was kept."""
         chunks = self._chunks
+        self._let_go()
         if chunks is None or status != 200:
             return False
         kept = tuple(
@@ -179,3 +189,11 @@ class Keeper:
             if name.lower() not in RESPONSE_DROP and name.lower() != "date"
         )
         return self._cache.put(self._key, kept, reason or "OK", tuple(chunks), length)
+
+    def release(self, _outcome: object) -> None:
+        self._let_go()
+
+    def _let_go(self) -> None:
+        self._chunks = None
+        self._cache.pending -= self._size
+        self._size = 0
