@@ -6,8 +6,10 @@ only complete 200s kept; bounded in bytes (least recently used out first) and in
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import ollama
 import orjson
@@ -15,17 +17,20 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Request
 from pytest_aiohttp import AiohttpClient, AiohttpServer
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
+from aigateway.db.url import database_from
 from aigateway.protocol.body import fixed_sampling
-from aigateway.records import KeyLimits, Price
+from aigateway.records import KeyLimits, LocalUsageRecord, Price, UsageRecord
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.upstreams.cache import ENTRY_OVERHEAD, Keeper, ResponseCache
+from aigateway.usage.journal import Journal, read_segment
 
 from .conftest import make_key
-from .helpers import eventually
+from .helpers import at_revision, eventually, old_usage_record
 from .test_policy import _usage
 
 GatewayClient = TestClient[Request, None]
@@ -67,12 +72,15 @@ def _at_upstream(fake: FakeOllama, path: str) -> int:
     return sum(1 for r in fake.requests if r.path_qs == path)
 
 
-async def _twice(client: GatewayClient, path: str, body: bytes) -> tuple[bytes, bytes]:
-    first = await client.post(path, data=body)
+async def _twice(
+    client: GatewayClient, path: str, body: bytes, large: bool = False
+) -> tuple[bytes, bytes]:
+    """The answers to `body` asked twice: the first looked for and kept, the second kept."""
+    first = await client.post(path, data=io.BytesIO(body) if large else body)
     assert first.status == 200, await first.text()
     assert first.headers[HEADER] == "miss"
     once = await first.read()
-    second = await client.post(path, data=body)
+    second = await client.post(path, data=io.BytesIO(body) if large else body)
     assert second.status == 200
     assert second.headers[HEADER] == "hit"
     return once, await second.read()
@@ -333,8 +341,11 @@ async def test_the_official_ollama_client_gets_the_same_embeddings_again(
     client = ollama.AsyncClient(
         host=str(gateway.make_url("")).rstrip("/"), headers={"Authorization": f"Bearer {key}"}
     )
-    first = await client.embed(model="llama3.2", input=["a chunk", "another"])
-    second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    try:
+        first = await client.embed(model="llama3.2", input=["a chunk", "another"])
+        second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    finally:
+        await client.close()  # type: ignore[no-untyped-call]
     assert second.embeddings == first.embeddings
     assert _at_upstream(fake, "/api/embed") == 1
     assert [r.cached for r in await _usage(db_path, 2)] == [False, True]
@@ -361,6 +372,52 @@ async def test_off_by_default_the_answer_carries_no_mark(
         resp = await client.post("/api/embed", data=EMBED)
         assert resp.status == 200 and HEADER not in resp.headers
     assert _at_upstream(fake, "/api/embed") == 2
+
+
+async def test_a_large_body_is_keyed_off_the_event_loop_alike(
+    client: GatewayClient, fake: FakeOllama
+) -> None:
+    body = orjson.dumps({"model": "llama3.2", "input": ["x" * (1024 * 1024 + 1)]})
+    once, again = await _twice(client, "/api/embed", body, large=True)
+    assert again == once
+    assert _at_upstream(fake, "/api/embed") == 1
+
+
+def test_the_journal_reads_records_of_the_release_before_the_cache(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path / "journal"))
+    journal.open()
+    record = UsageRecord(
+        1.0, 1, "alice", "laptop", "POST", "/api/embed", "m", 200, 1, 0, 3.0, 1.0, 4, 5,
+        False, False, 0, None, "m", None, True,
+    )  # fmt: skip
+    journal.append(record)
+    before = [*record[:-1]]  # no `cached`; and one marked local
+    assert journal.current is not None
+    with open(journal.current.path, "ab") as file:
+        file.write(orjson.dumps(before) + b"\n")
+        file.write(orjson.dumps([*before, "local"]) + b"\n")
+    read = read_segment(journal.current.path)
+    assert read[0] == record
+    assert read[1] == record._replace(cached=False)
+    assert type(read[2]) is LocalUsageRecord and read[2].cached is False
+
+
+async def test_a_database_of_the_release_before_upgrades_keeping_its_records(
+    database: str,
+) -> None:
+    engine = create_async_engine(database_from(database).url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_revision(25))  # (the revision before the cache's, 0026)
+            await conn.run_sync(old_usage_record)
+    finally:
+        await engine.dispose()
+    store = await Store.open(database)
+    try:
+        (record,) = await store.usage_rows()
+        assert (record.key_name, record.cached) == ("old", False)
+    finally:
+        await store.close()
 
 
 # --- the store alone ---------------------------------------------------------------------
