@@ -219,9 +219,7 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
                 url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {key}"}
             ) as resp:
                 assert resp.status == 200
-    usage = dashboard.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await dashboard.app[RELAY].usage.flush()
     return admin_key, secret
 
 
