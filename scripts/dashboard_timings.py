@@ -41,7 +41,7 @@ from aigateway.db.refusals import NO_KEY, RefusalRow  # noqa: E402
 from aigateway.db.rollups import BOUNDS, BUCKETS, HOUR, SUM_COLUMNS  # noqa: E402
 from aigateway.db.store import Store  # noqa: E402
 from aigateway.errors import Refused  # noqa: E402
-from aigateway.records import UsageQuery  # noqa: E402
+from aigateway.records import DAY, UsageQuery  # noqa: E402
 from aigateway.testing.fake_ollama import FakeOllama  # noqa: E402
 from aigateway.testing.pgserver import PostgresServer  # noqa: E402
 
@@ -142,16 +142,20 @@ def _rollup_sql() -> list[str]:
         f'"{c}"' for c in ("dim", "hour", "value", "user", "key_name", *SUM_COLUMNS)
     )
     statements = []
+    key_model = "'key_model:' || CAST(key_id AS TEXT)"  # (rollups.key_model_dim)
     for dim, value, names in (
-        ("all", "''", "NULL, NULL"),
-        ("user", '"user"', "NULL, NULL"),
-        ("key", "CAST(key_id AS TEXT)", 'MIN("user"), MIN(key_name)'),
-        ("model", "model", "NULL, NULL"),
-        ("route", "route", "NULL, NULL"),
+        ("'all'", "''", "NULL, NULL"),
+        ("'user'", '"user"', "NULL, NULL"),
+        ("'key'", "CAST(key_id AS TEXT)", 'MIN("user"), MIN(key_name)'),
+        ("'model'", "model", "NULL, NULL"),
+        ("'route'", "route", "NULL, NULL"),
+        (key_model, "model", 'MIN("user"), MIN(key_name)'),  # (a key's charts by model)
     ):
-        group = "hour" if dim == "all" else f"hour, {value}"
+        group = "hour" if dim == "'all'" else f"hour, {value}"
+        if dim == key_model:
+            group += ", key_id"
         statements.append(
-            f"INSERT INTO usage_hourly ({columns}) SELECT '{dim}', hour, {value}, {names},"
+            f"INSERT INTO usage_hourly ({columns}) SELECT {dim}, hour, {value}, {names},"
             f" {', '.join(sums)} FROM fill GROUP BY {group}"
         )
     return statements
@@ -247,6 +251,12 @@ async def fill(database: str, records: int) -> dict[str, Any]:
             for e in (False, True)
         ]
         assert daily == exact, (daily, exact)
+        # (a key's charts by model read its own rollup rows: they hold its records)
+        month = (int(now) // DAY - 29) * DAY
+        charted = await store.usage_chart(month, DAY, 30, "model", keys[7][0], top=MODELS)
+        (key_sum,) = await store.usage_summary((), UsageQuery(key_id=keys[7][0], since=month))
+        charted_requests = sum(sum(g.sums["requests"]) for g in charted)
+        assert charted_requests == key_sum["requests"] and charted_requests > 0, key_sum
         print(f"  {len(refusals):,} refusal rows", file=sys.stderr)
     finally:
         await store.close()

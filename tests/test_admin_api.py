@@ -168,9 +168,7 @@ async def test_usage_records_filtered_paged_and_downloaded(
     for model in ("llama3.2", formula, "llama3.2"):
         assert (await client.post("/api/chat", json={**chat, "model": model})).status == 200
     await admin.get("/api/tags")
-    usage = gateway.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await gateway.app[RELAY].usage.flush()
     everything = await (await admin.get("/admin/usage")).json()
     assert len(everything["records"]) == 4 and not everything["more"]
     page = await (await admin.get("/admin/usage?limit=2")).json()

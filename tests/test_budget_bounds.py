@@ -98,9 +98,7 @@ async def test_fifty_streams_at_once_stay_within_the_budget_on_sqlite(
     try:
         async with ClientSession() as session:
             statuses, refusals = await _fifty_at_once(session, [str(gateway.make_url(""))], key)
-        usage = gateway.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        assert await gateway.app[RELAY].usage.flush()
         costs = [r.cost for r in await store.usage_rows()]
         _within_the_bound(kind, statuses, costs)  # type: ignore[arg-type]
         # The refusal names the reserved cost and how to lower it.
@@ -277,9 +275,7 @@ async def test_a_thousand_embeddings_of_0_4_micro_units_cost_400(
 
             for _ in range(10):
                 assert await asyncio.gather(*(one() for _ in range(100))) == [200] * 100
-        usage = gateway.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        assert await gateway.app[RELAY].usage.flush()
         (total,) = await store.usage_summary(())
         assert total["requests"] == 1000 and total["cost"] == 400
         invoice = await user_invoice(store, "acme", "USD", 0, None)
@@ -369,9 +365,7 @@ async def test_an_extreme_price_saturates_and_every_report_answers(
             ) as resp:
                 statuses.append(resp.status)
         assert statuses == [200, 402] + [200] * 12
-        usage = gateway.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        assert await gateway.app[RELAY].usage.flush()
         costs = {r.cost for r in await store.usage_rows()}
         assert costs == {MAX_COST_NANO // 1000}  # each request saturated, shown in micro
         for path in (

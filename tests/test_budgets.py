@@ -158,9 +158,7 @@ async def test_simultaneous_requests_against_a_budget_of_fifty_relay_exactly_fif
         free = CHAT.replace(b"llama3.2", b"qwen3")
         async with session.post(url, data=free, headers=headers) as resp:
             assert resp.status == 200
-    usage = gateway.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await gateway.app[RELAY].usage.flush()
     made = cli("--check-budget", "acme", "--format", "json", "--db", db_path)
     assert made.returncode == 0, made.stderr
     assert '"spent": 500000' in made.stdout and '"exhausted": true' in made.stdout
@@ -263,9 +261,8 @@ async def test_token_costs_from_sdk_streams_are_charged_and_the_next_request_ref
         assert len(sent) == 1
         await claude.close()
     finally:
-        usage = gateway.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        written = await gateway.app[RELAY].usage.flush()
+    assert written  # (after the finally: an error above is not hidden by this one)
     # What each key spent is what its usage record costs, to the micro-unit, by hand.
     rows = [r for r in await store.usage_rows() if r.status == 200]
     assert len(rows) == 4
@@ -324,9 +321,7 @@ async def test_budgets_through_the_admin_api(
     assert me["currency"] == "USD"
     (mine,) = me["budgets"]
     assert mine["owner"] == "user" and mine["spent"] == 3 * PRICE and mine["exhausted"]
-    usage = gateway.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await gateway.app[RELAY].usage.flush()
     report = await (await admin.get("/admin/users/alice/budget")).json()
     assert report["budget"]["spent"] == 3 * PRICE and report["budget"]["remaining"] == 0
     assert report["keys"][0]["spent"] == 3 * PRICE
@@ -351,9 +346,7 @@ async def test_an_invoice_per_user_and_period(
     for model in ("llama3.2", "llama3.2", "qwen3"):
         body = CHAT.replace(b"llama3.2", model.encode())
         assert (await client.post("/api/chat", data=body)).status == 200
-    usage = gateway.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await gateway.app[RELAY].usage.flush()
     document = await (await admin.get("/admin/users/alice/invoice")).json()
     lines = {line["model"]: line for line in document["lines"]}  # (by their one identity)
     llama = lines["llama3.2:latest"]

@@ -59,9 +59,7 @@ async def test_an_admin_signs_in_creates_a_key_once_changes_and_revokes_it(
                 url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {key}"}
             ) as resp:
                 assert resp.status == 200
-    usage = dashboard.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await dashboard.app[RELAY].usage.flush()
 
     context, page = await signed_in(browser, url, admin_key)
     # The session is a cookie the page's script cannot read; the key is nowhere.
@@ -458,9 +456,7 @@ async def test_the_playground_shows_the_cost_the_gateway_charged(
         await page.wait_for_selector("#pg-figures:has-text('cost')")
         shown = re.search(r"cost ([0-9.]+) USD", await page.text_content("#pg-figures") or "")
         assert shown is not None
-        usage = dashboard.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        assert await dashboard.app[RELAY].usage.flush()
         cookies = {c["name"]: c["value"] for c in await context.cookies()}
         async with (
             aiohttp.ClientSession(cookies=cookies) as session,
@@ -488,9 +484,7 @@ async def test_refusals_show_on_the_usage_page_and_in_a_keys_and_users_details(
                 assert resp.status == 403
         async with session.post(url + "/api/chat", data=CHAT) as resp:  # no key
             assert resp.status == 401
-    usage = dashboard.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await dashboard.app[RELAY].usage.flush()
 
     context, page = await signed_in(browser, url, admin_key)
     await page.goto(url + "/ui/#/usage")
@@ -626,9 +620,7 @@ async def test_the_route_filter_takes_the_path_a_client_calls_as_its_example_say
                 assert resp.status == 200, path
         async with session.get(url + "/api/tags") as resp:
             assert resp.status == 200
-        usage = dashboard.app[RELAY].usage
-        assert usage is not None
-        await usage.flush()
+        assert await dashboard.app[RELAY].usage.flush()
         # The API: a route as recorded or as called finds the same records.
         found: dict[str, list[str]] = {}
         for route in ("/chat", "/api/chat", "/v1/chat/completions", "/chat/completions"):

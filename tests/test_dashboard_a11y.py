@@ -16,6 +16,10 @@ themes. The first Tab stop is a skip link, seen when focused, to the page's head
 a phone the Menu opens with Enter, Tab goes into it, Escape closes it and gives the
 focus back to the Menu button, and a page chosen in it takes the focus to its heading.
 
+The theme button is a toggle named "Dark theme", pressed exactly while the page is dark:
+as it loads in either system theme, when the system's changes, after each click, after
+a reload; axe finds nothing serious on it after a click.
+
 The API docs (/docs, /redoc: Swagger UI and ReDoc, third-party) are checked too, and
 what axe finds there is printed, not failed on."""
 
@@ -30,6 +34,7 @@ from playwright.async_api import Browser, Page
 
 from . import test_dashboard_fit
 from .browser import Theme, chromium, policy_refusals, shot, signed_in  # noqa: F401  (chromium: the browser fixture)
+from .conftest import make_key
 from .helpers import NODE_DIR, node_client_ready
 from .test_dashboard_fit import _show, _with_history
 
@@ -401,6 +406,58 @@ async def _menu_by_keyboard(page: Page, where: str, name: str) -> list[str]:
     if await page.evaluate("document.activeElement.closest('#view-usage h1')") is None:
         faults.append(f"Menu {where}: the page chosen does not take the focus to its heading")
     return faults + await _first_field_next(page, f"Menu {where}")
+
+
+# In the page: whether it is shown dark (the dark theme's background, app.css's --bg)
+# and the theme button says so.
+THEME_SHOWN = """
+(dark) => (getComputedStyle(document.body).backgroundColor === "rgb(21, 24, 27)") === dark
+  && document.getElementById("theme").getAttribute("aria-pressed") === String(dark)
+"""
+
+
+@pytest.mark.parametrize("system", ["light", "dark"])
+async def test_the_theme_button_states_the_theme_shown(
+    browser: Browser, dashboard: TestServer, db_path: str, system: Theme
+) -> None:
+    axe = axe_file()
+    admin_key = await make_key(db_path, "root", "ops", "admin")
+    url = str(dashboard.make_url("")).rstrip("/")
+    context, page = await signed_in(browser, url, admin_key, 1280, system)
+
+    async def states(dark: bool, where: str) -> None:
+        """The page is dark exactly when the button says so, to a screen reader too."""
+        # (the system's theme: the page's style changes first, its change event after)
+        await page.wait_for_function(THEME_SHOWN, arg=dark)
+        toggle = page.get_by_role("button", name="Dark theme", exact=True, pressed=dark)
+        assert await toggle.count() == 1, where
+        assert await page.get_attribute("#theme", "aria-pressed") == str(dark).lower(), where
+
+    try:
+        await _with_axe(page, url, axe)
+        dark = system == "dark"
+        await states(dark, "as loaded")
+        # None chosen yet: the system's theme changing is followed, and said.
+        other: Theme = "light" if dark else "dark"
+        await page.emulate_media(color_scheme=other)
+        await states(not dark, f"the system's theme turned {other}")
+        await page.emulate_media(color_scheme=system)
+        await states(dark, f"the system's theme back to {system}")
+        for click in (1, 2, 3):
+            await page.click("#theme")
+            dark = not dark
+            await states(dark, f"after click {click}")
+            found = await _audit(page, url, f"after click {click} on the theme button")
+            assert found == [], found
+        await page.reload()
+        await page.wait_for_selector("#nav a", state="attached")
+        await states(dark, "the choice remembered across a reload")
+        # (a choice made: the system's theme changing no longer changes the page)
+        await page.emulate_media(color_scheme="light" if dark else "dark")
+        await page.wait_for_timeout(200)  # (its change event, if it changed anything)
+        await states(dark, "a choice made, the system's theme changed")
+    finally:
+        await context.close()
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])

@@ -179,7 +179,8 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
             ["llama3*", "qwen2.5:0.5b"],
             Budget(25_000_000, "monthly", 80),
         )
-        await store.update_user(LONG_USER, {"email": "ops@example.org"})
+        # (a class not normal: the Keys and Users lists mark it)
+        await store.update_user(LONG_USER, {"email": "ops@example.org", "priority": "low"})
         # (the Models page's Prices table: a long pattern, every part priced)
         await store.set_price(Price(LONG_MODEL[:199] + "*", 1_000, 150_000, 400_000, 25))
         long_model_use = UsageRecord(
@@ -218,9 +219,7 @@ async def _with_history(dashboard: TestServer, db_path: str) -> tuple[str, str]:
                 url + "/api/chat", data=CHAT, headers={"Authorization": f"Bearer {key}"}
             ) as resp:
                 assert resp.status == 200
-    usage = dashboard.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await dashboard.app[RELAY].usage.flush()
     return admin_key, secret
 
 

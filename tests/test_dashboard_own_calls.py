@@ -65,9 +65,7 @@ def test_the_overview_reads_the_admin_api_only() -> None:
 
 
 async def _usage_records(server: TestServer, db_path: str) -> int:
-    usage = server.app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await server.app[RELAY].usage.flush()
     store = await Store.open(db_path)
     try:
         return len(await store.usage_rows())

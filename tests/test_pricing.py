@@ -150,9 +150,7 @@ async def test_every_request_carries_its_cost_by_the_price_when_it_started(
     finally:
         await client._client.aclose()
 
-    usage = gateway.app[_relay()].usage
-    assert usage is not None
-    await usage.flush()
+    assert await gateway.app[_relay()].usage.flush()
     rows = await store.usage_rows()
     await store.close()
     costs = [(r.model, r.status, r.cost, r.model_ns) for r in rows]

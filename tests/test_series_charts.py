@@ -171,9 +171,7 @@ async def _flushed(client: GatewayClient, count: int) -> None:
             },
         )
         assert resp.status == 200
-    usage = cast(TestServer, client.server).app[RELAY].usage
-    assert usage is not None
-    await usage.flush()
+    assert await cast(TestServer, client.server).app[RELAY].usage.flush()
 
 
 async def test_each_key_sees_what_it_may_and_bad_input_is_refused(

@@ -112,19 +112,30 @@ function focusPage() {
   heading.focus();
 }
 
+const systemDark = window.matchMedia("(prefers-color-scheme: dark)");
+
+// The theme shown: the one chosen, else the system's.
+function isDark() {
+  return root.dataset.theme ? root.dataset.theme === "dark" : systemDark.matches;
+}
+
+// The theme button is a toggle, "Dark theme", pressed while the page is dark: a screen
+// reader says which theme is on (its label stays, as a toggle's should).
 function applyTheme(theme) {
   if (theme === "light" || theme === "dark") root.dataset.theme = theme;
   else delete root.dataset.theme;
+  const button = document.getElementById("theme");
+  button.setAttribute("aria-pressed", String(isDark()));
+  button.title = `Dark theme: ${isDark() ? "on" : "off"}`;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   // Only the theme is remembered in the browser; never a key.
   applyTheme(localStorage.getItem("aigateway-theme"));
+  // (none chosen: the system's theme changing changes the page's, and the button's state)
+  systemDark.addEventListener("change", () => applyTheme(root.dataset.theme));
   document.getElementById("theme").addEventListener("click", () => {
-    const dark = root.dataset.theme
-      ? root.dataset.theme === "dark"
-      : window.matchMedia("(prefers-color-scheme: dark)").matches;
-    const next = dark ? "light" : "dark";
+    const next = isDark() ? "light" : "dark";
     localStorage.setItem("aigateway-theme", next);
     applyTheme(next);
   });

@@ -102,10 +102,11 @@ export function cellContent(value, column) {
   return el("span", { class: column.wide ? "cut wide" : "cut", title: text }, text);
 }
 
-// Values in one cell, one above the other (all but the first muted), each cut alike.
+// Values in one cell, one above the other (all but the first muted), each text cut alike;
+// a node is shown as it is.
 export function stacked(first, ...more) {
   const cut = (text, cls) => el("span", { class: cls, title: text }, text);
-  return el("div", { class: "stacked" }, cut(first, "cut"), more.map((text) => cut(text, "cut muted")));
+  return el("div", { class: "stacked" }, cut(first, "cut"), more.map((v) => (v instanceof Node ? v : cut(v, "cut muted"))));
 }
 
 // A name in running text (a heading): cut as in a table when longer than the line.

@@ -25,6 +25,14 @@ export function prioritySpec(current, unset, more = false) {
   };
 }
 
+// A class's mark in a list, where it is not the usual one: "high priority" ("(its
+// user's)" when a key has none of its own), wrapped rather than cut; normal: none, so
+// the usual rows stay short.
+export function priorityMark(queueClass, inherited = false) {
+  if (!queueClass || queueClass === "normal") return [];
+  return [el("span", { class: "wrap muted" }, `${queueClass} priority${inherited ? " (its user's)" : ""}`)];
+}
+
 export function field(id, label, input, hint) {
   input.id = id;
   const hintLine = hint ? el("p", { class: "hint", id: `${id}-hint` }, hint) : null;

@@ -1,6 +1,6 @@
 // The Keys page (admins): create, find, change and revoke keys.
 import { PATHS, api, el, money, named, number, openBelow, stacked, table, refresh } from "./core.js";
-import { budgetFields, budgetText, changeForm, prioritySpec, showSecret, utcInputValue, utcText, wholeNumber } from "./forms.js";
+import { budgetFields, budgetText, changeForm, priorityMark, prioritySpec, showSecret, utcInputValue, utcText, wholeNumber } from "./forms.js";
 import { refusedBrief } from "./refusals.js";
 
 export async function keysView(view) {
@@ -31,7 +31,10 @@ export async function keysView(view) {
       table(
         [
           { title: "User / key", cell: (k) => stacked(k.user, k.key_name, `${k.prefix}…`) },
-          { title: "Role / status", cell: (k) => stacked(k.role, k.status, `id ${k.id}`) },
+          {
+            title: "Role / status",
+            cell: (k) => stacked(k.role, k.status, ...priorityMark(k.queue_class, !k.priority), `id ${k.id}`),
+          },
           { title: "Models", cell: (k) => (k.models ? k.models.join(", ") : "all") },
           { title: "Use now of its limits", wrap: true, cell: (k) => useText(use.get(k.id)) },
           { title: `Spent 24 h (${PATHS.currency})`, num: true, cell: (k) => money(spend.get(k.id) ?? 0) },

@@ -1,6 +1,6 @@
 // The Users page (admins): budgets, notes, emails, spend, disable and enable.
-import { PATHS, api, el, money, named, openBelow, table, refresh } from "./core.js";
-import { budgetFields, budgetText, changeForm, prioritySpec } from "./forms.js";
+import { PATHS, api, el, money, named, openBelow, stacked, table, refresh } from "./core.js";
+import { budgetFields, budgetText, changeForm, priorityMark, prioritySpec } from "./forms.js";
 import { refusedBrief } from "./refusals.js";
 
 export async function usersView(view) {
@@ -20,7 +20,7 @@ export async function usersView(view) {
         [
           { title: "User", cell: (u) => u.user },
           { title: "Email", cell: (u) => u.email ?? "" },
-          { title: "Status", cell: (u) => u.status },
+          { title: "Status", cell: (u) => stacked(u.status, ...priorityMark(u.priority)) },
           { title: "Active keys", num: true, cell: (u) => u.active_keys },
           { title: `Budget (${PATHS.currency})`, wrap: true, cell: (u) => budgetText(u.budget) },
           { title: "Actions", act: true, cell: (u) => userActions(u) },
