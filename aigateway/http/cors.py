@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import json_error
+from ..upstreams.cache import CACHE_HEADER
 from .appkeys import SETTINGS
 
 ALLOWED_HEADERS = frozenset(
@@ -32,7 +33,8 @@ ALLOWED_HEADERS = frozenset(
 )
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 EXPOSED_HEADERS = (
-    "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+    "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+    + CACHE_HEADER
 )
 MAX_AGE_S = "43200"  # 12 h, as Ollama's own CORS answers
 

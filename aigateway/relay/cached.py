@@ -15,9 +15,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..protocol.routes import RelayRoute
-from ..upstreams.cache import CachedAnswer
+from ..upstreams.cache import CACHE_HEADER, CachedAnswer
 from .exchange import Exchange
-from .pump import CACHE_HEADER, pump, response_for
+from .pump import pump, response_for
 
 # The upstream a hit names in metrics and traces.
 FROM_CACHE = "(cache)"

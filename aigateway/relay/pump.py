@@ -18,16 +18,13 @@ from ..http.appkeys import CONTEXT
 from ..protocol.routes import RelayRoute
 from ..protocol.streams import NDJSON, STREAM_TYPES, broken_stream_tail
 from ..records import Alias
+from ..upstreams.cache import CACHE_HEADER
 from ..upstreams.http import response_headers
 from ..upstreams.transport import READ_FAILURES, Response
 from .exchange import Exchange
 from .inflight import GatewayStopping
 from .ledger import TicketHold
 from .state import RelayState
-
-# The answer's header that says it came from the response cache (hit) or was looked for
-# there (miss); absent when the request could not be answered from it.
-CACHE_HEADER = "X-Aigateway-Cache"
 
 log = logging.getLogger("aigateway.proxy")
 

@@ -18,6 +18,10 @@ from collections.abc import Callable, Mapping
 
 from .http import RESPONSE_DROP
 
+# The answer's header that says it came from the cache (hit) or was looked for there
+# (miss); absent when the request could not be answered from it.
+CACHE_HEADER = "X-Aigateway-Cache"
+
 # What keeping an answer costs beyond its bytes (the entry, its key, the list), and each
 # chunk beyond its bytes: counted, so that many small answers cannot exceed the bound.
 ENTRY_OVERHEAD = 400
