@@ -197,9 +197,7 @@ async def test_scopes_keep_users_apart_and_share_between_a_users_keys(
     await _listed(gateway)
     seen = []
     for secret in (alice, alice_too, alice):
-        client = await aiohttp_client(
-            gateway, headers={"Authorization": f"Bearer {secret}"}
-        )
+        client = await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
         seen.append((await client.post("/api/embed", data=EMBED)).headers[HEADER])
     assert seen == ["miss", "miss", "hit"]
 
@@ -305,8 +303,11 @@ async def test_the_official_ollama_client_gets_the_same_embeddings_again(
     client = ollama.AsyncClient(
         host=str(gateway.make_url("")).rstrip("/"), headers={"Authorization": f"Bearer {key}"}
     )
-    first = await client.embed(model="llama3.2", input=["a chunk", "another"])
-    second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    try:
+        first = await client.embed(model="llama3.2", input=["a chunk", "another"])
+        second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    finally:
+        await client.close()  # type: ignore[no-untyped-call]  # (else a later test warns of its socket)
     assert second.embeddings == first.embeddings
     assert _at_upstream(fake, "/api/embed") == 1
     assert [r.cached for r in await _usage(db_path, 2)] == [False, True]
