@@ -27,6 +27,7 @@ Ollama keeps adding routes under /api. JSON in and out.
     POST   /admin/now/{id}/stop admin: end a request in flight, on whichever gateway
     GET, POST, DELETE /admin/aliases
                                 admin: model aliases (global, per user, per key)
+    GET, DELETE /admin/cache    admin: this gateway's response cache; empty it
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A

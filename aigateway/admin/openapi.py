@@ -399,6 +399,23 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 errors=(*_ADMIN, "400", "404"),
             ),
         },
+        "/cache": {
+            "get": _operation(
+                "This gateway's response cache: on or off, its settings, what it holds and"
+                " did since start (each gateway keeps its own)",
+                a,
+                KEY,
+                ok=("200", "OK", _ref("Cache")),
+                errors=_ADMIN,
+            ),
+            "delete": _operation(
+                "Empty this gateway's response cache; 409 when it is off",
+                a,
+                KEY,
+                ok=("200", "OK", _ref("CacheCleared")),
+                errors=(*_ADMIN, "409"),
+            ),
+        },
         "/aliases": {
             "get": _operation("Model aliases", a, KEY, errors=_ADMIN),
             "post": _operation(
