@@ -2,11 +2,16 @@
 whether it is on, its settings and this gateway's counts, as the OpenAPI document
 describes them; DELETE empties it (logged, who and how many), after which the same
 request goes to the upstream again; with the cache off GET says so and DELETE is 409;
-a key that is not an admin's gets 403 on both."""
+a key that is not an admin's gets 403 on both. Usage records carry their `cached` mark in
+the listing and both downloads, and `cached=true|false` picks them for the records and
+their statistics alike (read from the records: no sums hold the mark)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +26,7 @@ from aigateway.admin.openapi import openapi_document
 from aigateway.testing.fake_ollama import FakeOllama
 
 from .test_cache import EMBED, HEADER, GatewayClient, _at_upstream, _listed, _twice, settings
+from .test_policy import _usage
 
 __all__ = ["settings"]  # (test_cache's gateway settings: the cache on, 1 MiB)
 
@@ -124,3 +130,52 @@ async def test_with_the_cache_off_get_says_so_and_delete_is_a_conflict(
     resp = await admin.delete("/admin/cache")
     assert resp.status == 409
     assert "CACHE_SIZE=0" in (await resp.json())["error"]
+
+
+async def test_usage_records_carry_their_cached_mark_and_are_filtered_by_it(
+    admin: GatewayClient, client: GatewayClient, db_path: str
+) -> None:
+    await _twice(client, "/api/embed", EMBED)  # a miss, then a hit
+    await _usage(db_path, 2)
+
+    async def listed(query: str) -> list[bool]:
+        resp = await admin.get(f"/admin/usage?{query}")
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        assert page["refused"] is None or "cached" not in query  # (refusals hold no mark)
+        return [record["cached"] for record in page["records"]]
+
+    assert await listed("") == [True, False]  # newest first
+    assert await listed("cached=true") == [True]
+    assert await listed("cached=false") == [False]
+    assert await listed("cached=true&model=llama3.2&route=/api/embed") == [True]
+    assert await listed("cached=true&status=500") == []
+
+    # The statistics of the same filter: over whole days (which the daily sums would
+    # answer, both records in one) and over the last hour (the hourly sums' path).
+    later = int(time.time()) + 2 * 86400
+    for period in (f"since=0&until={later}", f"since={int(time.time()) - 3600}"):
+        for mark, requests in (("&cached=true", 1), ("&cached=false", 1), ("", 2)):
+            resp = await admin.get(f"/admin/stats?{period}{mark}&parts=totals,per_model,refused")
+            assert resp.status == 200, await resp.text()
+            stats = await resp.json()
+            assert stats["totals"]["requests"] == requests, (period, mark)
+            assert [row["requests"] for row in stats["per_model"]] == [requests], (period, mark)
+            assert (stats["refused"] is None) == bool(mark)
+            if mark:  # (read from the records: their durations' percentiles too)
+                assert stats["totals"]["p50_ms"] is not None
+
+    # Both downloads carry the mark, the CSV in a column of its own.
+    text = await (await admin.get("/admin/usage?format=csv")).text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [row["cached"] for row in rows] == ["True", "False"]
+    text = await (await admin.get("/admin/usage?format=csv&cached=true")).text()
+    assert [row["cached"] for row in csv.DictReader(io.StringIO(text))] == ["True"]
+    records = await (await admin.get("/admin/usage?format=json&cached=false")).json()
+    assert [record["cached"] for record in records] == [False]
+
+    for bad in ("yes", "1", "True"):
+        resp = await admin.get(f"/admin/usage?cached={bad}")
+        assert resp.status == 400
+        assert "cached must be true or false" in (await resp.json())["error"]
+        assert (await admin.get(f"/admin/stats?cached={bad}")).status == 400

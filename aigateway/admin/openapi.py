@@ -167,6 +167,12 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
             "route", "string", "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)"
         ),
         _query("status", "integer", ""),
+        _query(
+            "cached",
+            "boolean",
+            "true: answered from the response cache; false: by an upstream. Statistics"
+            " with it are read from the records (no sums hold it)",
+        ),
         since,
         until,
     ]
@@ -256,8 +262,8 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                         "type": "object",
                         "properties": {
                             "refused": {
-                                "description": "as in /usage: null with a model, route or"
-                                " status filter",
+                                "description": "as in /usage: null with a model, route,"
+                                " status or cached filter",
                                 "anyOf": [REFUSED, {"type": "null"}],
                             }
                         },
@@ -324,7 +330,8 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                             "refused": {
                                 "description": "the refusals of the filter's user or key"
                                 " and period (a key that is no admin: its own); null with"
-                                " a model, route or status filter, which refusals lack",
+                                " a model, route, status or cached filter, which refusals"
+                                " lack",
                                 "anyOf": [REFUSED, {"type": "null"}],
                             },
                         },
