@@ -56,7 +56,7 @@ export async function usageView(view) {
           { title: "User / key", cell: (r) => stacked(r.user, r.key_name) },
           { title: "Route", cell: (r) => r.route },
           { title: "Model", cell: (r) => r.model ?? "" },
-          { title: "Status", num: true, cell: (r) => r.status },
+          { title: "Status", num: true, cell: (r) => (r.cached ? el("span", {}, `${r.status} `, el("span", { class: "tag" }, "cached")) : r.status) },
           { title: "Tokens in / out", num: true, cell: (r) => `${r.prompt_tokens ?? "-"} / ${r.completion_tokens ?? "-"}` },
           { title: "ms", num: true, cell: (r) => r.duration_ms },
           { title: `Cost (${PATHS.currency})`, num: true, cell: (r) => money(r.cost) },
