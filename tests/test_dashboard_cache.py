@@ -2,7 +2,8 @@
 gateway's hit rate, hits, misses, answers and bytes held (the figures GET /admin/cache
 holds, after a miss and a hit), fits a phone in both themes, and Clear (after a confirm;
 a No keeps everything) empties the cache and shows it emptied; with the cache off the
-Overview shows none of it. The Usage page marks the record a hit answered, in words."""
+Overview shows none of it. The Usage page marks the record a hit answered, in words, and
+its filter picks the records by it."""
 
 from __future__ import annotations
 
@@ -119,6 +120,20 @@ async def test_the_overview_shows_this_gateways_cache_and_clears_it(
                     "#usage-results td[data-label=Status]"
                 ).all_inner_texts()
                 assert [s.split() for s in statuses] == [["200", "cached"], ["200"]]
+                # Its filter: the records an upstream answered, and their breakdown.
+                await page.select_option("#f-cached", "false")
+                await page.click("#usage-filters button[type=submit]")
+                await page.wait_for_function(
+                    "() => document.querySelectorAll('#usage-results tbody tr').length === 1"
+                )
+                status = page.locator("#usage-results td[data-label=Status]")
+                assert (await status.all_inner_texts()) == ["200"]
+                requests = page.locator("#usage-breakdown td[data-label=Requests]").first
+                await page.wait_for_function(
+                    "() => document.querySelector('#usage-breakdown td[data-label=Requests]')"
+                    "?.textContent === '1'"
+                )
+                assert await requests.inner_text() == "1"
                 await shot(page, f"usage-cached-{width}-{theme}")
             assert refused == [], refused
         finally:
