@@ -134,6 +134,8 @@ async def test_the_overview_shows_this_gateways_cache_and_clears_it(
                     "?.textContent === '1'"
                 )
                 assert await requests.inner_text() == "1"
+                none = "Refused requests are not counted by model, route, status or response cache."
+                assert await page.inner_text("#usage-refused .refused-none") == none
                 await shot(page, f"usage-cached-{width}-{theme}")
             assert refused == [], refused
         finally:
