@@ -307,7 +307,7 @@ async def test_the_official_ollama_client_gets_the_same_embeddings_again(
         first = await client.embed(model="llama3.2", input=["a chunk", "another"])
         second = await client.embed(model="llama3.2", input=["a chunk", "another"])
     finally:
-        await client.close()  # type: ignore[no-untyped-call]  # (else a later test warns of its socket)
+        await client.close()  # type: ignore[no-untyped-call]
     assert second.embeddings == first.embeddings
     assert _at_upstream(fake, "/api/embed") == 1
     assert [r.cached for r in await _usage(db_path, 2)] == [False, True]
