@@ -19,6 +19,7 @@ from .access.limits import Limiter, Limits
 from .access.limits_shared import SharedLimits
 from .admin.aliasroutes import add_alias_routes
 from .admin.api import add_admin_routes
+from .admin.cacheroutes import add_cache_routes
 from .admin.compat import add_compat_routes
 from .admin.docs import add_docs_routes
 from .admin.health import health, health_ollama, root
@@ -116,6 +117,7 @@ def _add_routes(app: web.Application, settings: Settings) -> None:
         router.add_route("GET", "/metrics", page, expect_handler=defer_continue)
     add_admin_routes(app, settings.admin_path)
     add_alias_routes(app, settings.admin_path)
+    add_cache_routes(app, settings.admin_path)
     add_compat_routes(app, settings)
     add_dashboard_routes(app, settings)
     add_docs_routes(app, settings)

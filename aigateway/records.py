@@ -522,6 +522,7 @@ class UsageQuery:
     model: str | None = None
     route: str | None = None
     status: int | None = None
+    cached: bool | None = None  # answered from the response cache (True) or not
 
 
 # --- Models ---------------------------------------------------------------------------

@@ -500,7 +500,7 @@ async def test_refusals_show_on_the_usage_page_and_in_a_keys_and_users_details(
     await expect(refused.locator("tr", has_text="missing_key")).to_have_count(0)
     await page.fill("#f-model", "llama3.2")  # refusals have no model: not counted by it
     await page.click("#usage-filters button[type=submit]")
-    await expect(refused).to_contain_text("not counted by model, route or status")
+    await expect(refused).to_contain_text("not counted by model, route, status")
     await expect(refused.locator("table")).to_have_count(0)
     await shot(page, "usage-refused")
 

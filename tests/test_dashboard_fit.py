@@ -156,8 +156,9 @@ async def dashboard(
     aiohttp_server: AiohttpServer, settings: Settings, fake: FakeOllama
 ) -> TestServer:
     fake.extra_models.append(LONG_MODEL)
-    # (self-service on: a user's My keys is measured too)
-    on = dataclasses.replace(settings, self_service_keys=3)
+    # (self-service on: a user's My keys is measured too; the response cache on: the
+    # Overview's cache figures and its Clear button too)
+    on = dataclasses.replace(settings, self_service_keys=3, cache_bytes=1024**2)
     server: TestServer = await aiohttp_server(create_app(on))
     return server
 
@@ -305,6 +306,8 @@ async def _every_page_fits(
                 )
                 # (one line at every width, even with the user's long name in it)
                 assert found["header"] <= 64, f"the header takes {found['header']} px, {where}"
+                if name == "overview":  # (its cache figures were measured with the rest)
+                    assert await page.locator("#cache .stat, #cache-clear").count() == 6, where
                 if name in ("overview", "me"):
                     assert found["charts"] == ["fits"] * 3, (where, found["charts"])
                     assert found["legendOut"] == [], (where, found["legendOut"])

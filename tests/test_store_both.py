@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from aigateway.db.store import Store
 from aigateway.db.usage import UsageRejected
 from aigateway.records import (
+    DAY,
     DuplicateKeyError,
     InvalidInputError,
     KeyLimits,
     KeyNotFoundError,
     StoreError,
+    UsageQuery,
     UsageRecord,
 )
 from aigateway.testing.pgserver import PASSWORD, PostgresServer
@@ -96,6 +99,29 @@ async def test_usage_lands_once_and_reads_back_the_same(database: str) -> None:
         hour_start = (now - 100) // 3600 * 3600  # pruning goes by whole hours
         assert await store.prune_usage(now - 100) == sum(r.ts < hour_start for r in records)
         await store.record_last_used({1: now})
+    finally:
+        await store.close()
+
+
+async def test_the_cached_mark_reads_back_and_picks_records(database: str) -> None:
+    """`cached`, which no sums hold: the records, a page of them and every kind of
+    summary pick by it alike, over whole days (the daily sums' period) too."""
+    store = await Store.open(database)
+    try:
+        now = time.time()
+        records = [_record(now - i, key_id=1)._replace(cached=i % 4 == 0) for i in range(40)]
+        await store.insert_usage(records)
+        page = await store.usage_page(UsageQuery(cached=True, model="llama3.2"), 50)
+        assert [r.cached for _, r in page] == [True] * 10
+        assert len(await store.usage_page(UsageQuery(cached=False), 50)) == 30
+        for period in (UsageQuery(), UsageQuery(since=0, until=now + 2 * DAY)):
+            for cached, requests in ((True, 10), (False, 30), (None, 40)):
+                where = replace(period, cached=cached)
+                for group_by in ((), ("model",), ("user", "key_name", "key_id")):
+                    found = await store.usage_summary(group_by, where)
+                    assert [row["requests"] for row in found] == [requests], (where, group_by)
+        exact = await store.usage_summary((), UsageQuery(cached=True), exact=True)
+        assert exact[0]["requests"] == 10
     finally:
         await store.close()
 

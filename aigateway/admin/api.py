@@ -27,6 +27,7 @@ Ollama keeps adding routes under /api. JSON in and out.
     POST   /admin/now/{id}/stop admin: end a request in flight, on whichever gateway
     GET, POST, DELETE /admin/aliases
                                 admin: model aliases (global, per user, per key)
+    GET, DELETE /admin/cache    admin: this gateway's response cache; empty it
 
 Money is in micro-units of CURRENCY (1.5 USD is 1500000) everywhere in this API (costs
 are kept in nano-units; each amount shown is rounded half up once, from its sum). A
@@ -85,6 +86,7 @@ from .exports import ExportSlots, UsageText
 from .now import now_stop, now_view
 from .reports import user_budget_report, user_invoice
 from .requests import (
+    boolean_param,
     check_strings,
     json_response,
     key_id_param,
@@ -385,8 +387,8 @@ async def update_user(request: web.Request) -> web.Response:
 
 
 async def usage_records(request: web.Request) -> web.StreamResponse:
-    """Usage records, newest first, filtered by user, key_id, model, route, status, since
-    and until (Unix times), a page at a time (limit, at most 500; offset), or with
+    """Usage records, newest first, filtered by user, key_id, model, route, status,
+    cached, since and until (Unix times), a page at a time (limit, at most 500; offset), or with
     format=csv or json all of them (at most EXPORT_MAX) as a download. An admin sees
     every key's records, any other key its own."""
     q = request.query
@@ -418,9 +420,10 @@ async def usage_records(request: web.Request) -> web.StreamResponse:
 
 
 def usage_filter(request: web.Request) -> UsageQuery:
-    """The records a request's query picks: by user, key_id, model, route, status, since
-    and until (Unix times). The one reading of a usage filter, for the records and their
-    breakdowns alike; a key that is not an admin's picks its own records only."""
+    """The records a request's query picks: by user, key_id, model, route, status, cached
+    (true or false), since and until (Unix times). The one reading of a usage filter, for
+    the records and their breakdowns alike; a key that is not an admin's picks its own
+    records only."""
     q = request.query
     caller = principal(request)
     key_id = whole_number_param(q, "key_id", 10**18)
@@ -438,13 +441,15 @@ def usage_filter(request: web.Request) -> UsageQuery:
         if q.get("route")
         else None,
         status=whole_number_param(q, "status", 999),
+        cached=boolean_param(q, "cached"),
     )
 
 
 async def _refused_of(store: Store, where: UsageQuery) -> dict[str, Any] | None:
     """The refusals of a filter's period, key and user; None when it picks by model,
-    route or status: refusals have none of their own, so none match such a filter."""
-    if (where.model, where.route, where.status) != (None, None, None):
+    route, status or cached: refusals have none of their own, so none match such a
+    filter."""
+    if (where.model, where.route, where.status, where.cached) != (None, None, None, None):
         return None
     return await store.refused_summary(where.since, where.until, where.key_id, where.user)
 

@@ -167,6 +167,12 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
             "route", "string", "as recorded (/chat) or as called (/api/chat, /v1/chat/completions)"
         ),
         _query("status", "integer", ""),
+        _query(
+            "cached",
+            "boolean",
+            "true: answered from the response cache; false: by an upstream. Statistics"
+            " with it are read from the records (no sums hold it)",
+        ),
         since,
         until,
     ]
@@ -256,8 +262,8 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                         "type": "object",
                         "properties": {
                             "refused": {
-                                "description": "as in /usage: null with a model, route or"
-                                " status filter",
+                                "description": "as in /usage: null with a model, route,"
+                                " status or cached filter",
                                 "anyOf": [REFUSED, {"type": "null"}],
                             }
                         },
@@ -324,7 +330,8 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                             "refused": {
                                 "description": "the refusals of the filter's user or key"
                                 " and period (a key that is no admin: its own); null with"
-                                " a model, route or status filter, which refusals lack",
+                                " a model, route, status or cached filter, which refusals"
+                                " lack",
                                 "anyOf": [REFUSED, {"type": "null"}],
                             },
                         },
@@ -397,6 +404,23 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
                 KEY,
                 params=[_query("pattern", "string", "required")],
                 errors=(*_ADMIN, "400", "404"),
+            ),
+        },
+        "/cache": {
+            "get": _operation(
+                "This gateway's response cache: on or off, its settings, what it holds and"
+                " did since start (each gateway keeps its own)",
+                a,
+                KEY,
+                ok=("200", "OK", _ref("Cache")),
+                errors=_ADMIN,
+            ),
+            "delete": _operation(
+                "Empty this gateway's response cache; 409 when it is off",
+                a,
+                KEY,
+                ok=("200", "OK", _ref("CacheCleared")),
+                errors=(*_ADMIN, "409"),
             ),
         },
         "/aliases": {

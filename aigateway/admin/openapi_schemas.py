@@ -264,3 +264,52 @@ SCHEMAS["Series"] = {
     },
 }
 SERIES = {"$ref": "#/components/schemas/Series"}
+# What GET and DELETE /admin/cache answer (admin/cacheroutes.py).
+SCHEMAS["Cache"] = {
+    "type": "object",
+    "description": "Each gateway keeps its own response cache in memory: its stats are"
+    " those of the gateway that answered (`gateway`: its id, as Now shows it).",
+    "properties": {
+        "enabled": {"type": "boolean", "description": "false: CACHE_SIZE is 0"},
+        "gateway": {"type": "string"},
+        "per_gateway": {"type": "string", "description": "says the above, in the answer"},
+        "settings": {
+            "type": "object",
+            "properties": {
+                "size": {"type": "integer", "description": "CACHE_SIZE in bytes; 0: off"},
+                "ttl_seconds": {"type": "number"},
+                "routes": {"type": "array", "items": {"type": "string"}},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "scope": {"enum": ["user", "key", "global"]},
+                "hit_price": {"enum": ["free", "full"]},
+            },
+        },
+        "stats": {
+            "type": ["object", "null"],
+            "description": "since the gateway started; null when the cache is off",
+            "properties": {
+                "capacity_bytes": {"type": "integer"},
+                "bytes": {"type": "integer", "description": "held, overheads counted"},
+                "entries": {"type": "integer", "description": "answers held"},
+                "hits": {"type": "integer"},
+                "misses": {"type": "integer"},
+                "hit_rate": {
+                    "type": ["number", "null"],
+                    "description": "hits / (hits + misses), 0 to 1; null before a lookup",
+                },
+                "stored": {"type": "integer"},
+                "evicted": {"type": "integer", "description": "dropped for room"},
+                "ttl_seconds": {"type": "number"},
+            },
+        },
+    },
+    "required": ["enabled", "gateway", "settings", "stats"],
+}
+SCHEMAS["CacheCleared"] = {
+    "type": "object",
+    "properties": {
+        "dropped": {"type": "integer", "description": "answers dropped"},
+        "gateway": {"type": "string"},
+    },
+    "required": ["dropped", "gateway"],
+}

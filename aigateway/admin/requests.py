@@ -68,6 +68,16 @@ def whole_number_param(query: Mapping[str, str], name: str, most: int) -> int | 
     return int(raw)
 
 
+def boolean_param(query: Mapping[str, str], name: str) -> bool | None:
+    """A query's `true` or `false`; None when it is absent or empty."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false, not {raw[:20]!r}")
+    return raw == "true"
+
+
 def time_param(request: web.Request, name: str) -> float | None:
     raw = request.query.get(name)
     if raw is None:

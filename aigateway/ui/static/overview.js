@@ -1,5 +1,6 @@
 // The Overview (admins): upstreams, the last day and week, charts over 24 hours to 30
 // days, top users and models, refusals.
+import { cacheStats } from "./cache.js";
 import { usageCharts } from "./charts.js";
 import { PATHS, api, el, money, number, stat, table, usageStats } from "./core.js";
 import { refusedTables } from "./refusals.js";
@@ -10,10 +11,11 @@ export async function overview(view) {
   // Each upstream's state and loaded models come from the gateway's own last look
   // (/admin/upstreams), never a relayed call: that would be recorded as the admin's
   // usage, and reach the upstream on every refresh.
-  const [stats, pool, charts] = await Promise.all([
+  const [stats, pool, charts, cache] = await Promise.all([
     api("GET", `${PATHS.admin}/stats?since=${weekAgo}&parts=last_24h,last_7d,per_user,per_model,refused`),
     api("GET", `${PATHS.admin}/upstreams`),
     usageCharts("gateway", ["total", "model", "user"]),
+    api("GET", `${PATHS.admin}/cache`),
   ]);
   const several = pool.upstreams.length > 1;
   view.append(
@@ -26,6 +28,7 @@ export async function overview(view) {
       stat("In flight now", number(stats.in_flight)),
     ),
     ...upstreamTable(pool),
+    ...cacheStats(cache),
     ...usageStats("Last 24 hours", stats.last_24h),
     ...usageStats("Last 7 days", stats.last_7d),
     el("h2", {}, "Usage over time"),

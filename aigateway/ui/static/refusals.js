@@ -23,10 +23,10 @@ export function refusedTables(refused, span) {
 }
 
 // The refusals of one filter, key or user: a line with the total and a table by reason;
-// `null` (a filter by model, route or status: refusals have none) says so.
+// `null` (a filter by model, route, status or cached: refusals have none) says so.
 export function refusedBrief(refused, span) {
   if (refused === null || refused === undefined) {
-    return [el("h2", {}, "Refused"), el("p", { class: "empty refused-none" }, "Refused requests are not counted by model, route or status.")];
+    return [el("h2", {}, "Refused"), el("p", { class: "empty refused-none" }, "Refused requests are not counted by model, route, status or response cache.")];
   }
   return [
     el("h2", {}, `Refused, ${span}: ${number(refused.requests)}`),

@@ -8,6 +8,7 @@ export const FILTERS = [
   ["model", "Model", "text", false],
   ["route", "Route", "text", false, "/api/chat"], // (also /v1/chat/completions, or /chat as recorded)
   ["status", "Status", "number", false],
+  ["cached", "Response cache", "select", false, [["", "Any"], ["true", "Cached only"], ["false", "Not cached"]]],
   ["since", "From (UTC date)", "date", false],
   ["until", "Until (UTC date, exclusive)", "date", false],
 ];
@@ -18,7 +19,11 @@ export async function usageView(view) {
   const fields = el("div", { class: "row" });
   for (const [name, title, type, adminOnly, example] of FILTERS) {
     if (adminOnly && !isAdmin) continue;
-    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), el("input", { id: `f-${name}`, name, type, placeholder: example })));
+    const control =
+      type === "select"
+        ? el("select", { id: `f-${name}`, name }, example.map(([value, text]) => el("option", { value }, text)))
+        : el("input", { id: `f-${name}`, name, type, placeholder: example });
+    fields.append(el("div", {}, el("label", { for: `f-${name}` }, title), control));
   }
   fields.append(el("button", { type: "submit" }, "Show"));
   form.append(fields);
@@ -56,7 +61,7 @@ export async function usageView(view) {
           { title: "User / key", cell: (r) => stacked(r.user, r.key_name) },
           { title: "Route", cell: (r) => r.route },
           { title: "Model", cell: (r) => r.model ?? "" },
-          { title: "Status", num: true, cell: (r) => r.status },
+          { title: "Status", num: true, cell: (r) => (r.cached ? el("span", {}, `${r.status} `, el("span", { class: "tag" }, "cached")) : r.status) },
           { title: "Tokens in / out", num: true, cell: (r) => `${r.prompt_tokens ?? "-"} / ${r.completion_tokens ?? "-"}` },
           { title: "ms", num: true, cell: (r) => r.duration_ms },
           { title: `Cost (${PATHS.currency})`, num: true, cell: (r) => money(r.cost) },
