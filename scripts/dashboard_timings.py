@@ -86,6 +86,8 @@ USAGE_FILTERS: dict[str, str] = {
     "model, 7 days": "model={model}&since={week_ago}",
     "user and model": "user={user}&model={model}",
     "model and status": "model={model}&status=500",
+    "cached only": "cached=true",
+    "not cached": "cached=false",
 }
 for _name, _filter in USAGE_FILTERS.items():
     VIEWS[f"Usage, {_name}"] = [

@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
+
+    from aigateway.records import UsageRecord
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -128,3 +130,16 @@ def old_usage_record(connection: Connection) -> None:
             route="/api/chat", status=200, duration_ms=1.0, bytes_in=1, bytes_out=1,
         )
     )  # fmt: skip
+
+
+# The usage columns later revisions added, by the revision that added them.
+_USAGE_COLUMN_SINCE = {"cached": 26}
+
+
+def usage_rows_at(revision: int, records: Sequence[UsageRecord]) -> list[dict[str, object]]:
+    """`records` as rows of the usage table at `revision` (a release before): without the
+    columns a later revision added."""
+    return [
+        {k: v for k, v in r._asdict().items() if _USAGE_COLUMN_SINCE.get(k, 0) <= revision}
+        for r in records
+    ]

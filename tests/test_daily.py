@@ -18,7 +18,7 @@ from aigateway.db.daily import DAILY_LABELS, DAILY_SUMS, daily_rows
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
 from aigateway.records import DAY, UsageQuery, UsageRecord
-from tests.helpers import at_revision
+from tests.helpers import at_revision, usage_rows_at
 from tests.test_rollups import EXACT_FIELDS, FILTERS, _records
 
 EVERY_RECORD = UsageQuery()
@@ -164,9 +164,7 @@ async def test_revision_0024_sums_the_records_of_an_older_database(database: str
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(23))
         async with engine.begin() as conn:
-            # (without `cached`, a column of revision 0026)
-            rows = [{k: v for k, v in r._asdict().items() if k != "cached"} for r in records]
-            await conn.execute(insert(schema.usage), rows)
+            await conn.execute(insert(schema.usage), usage_rows_at(23, records))
     finally:
         await engine.dispose()
     store = await Store.open(database)

@@ -19,11 +19,11 @@ from aigateway.db.rollups import HOUR
 from aigateway.db.schema import usage, usage_hourly
 from aigateway.db.store import Store
 from aigateway.db.url import database_from
-from aigateway.records import DAY, USAGE_COLUMNS, UsageRecord
+from aigateway.records import DAY, UsageRecord
 from aigateway.relay.state import RELAY
 
 from .conftest import GatewayClient
-from .helpers import at_revision
+from .helpers import at_revision, usage_rows_at
 from .test_rollups import _records
 
 MEASURES = ("requests", "tokens", "cost", "errors", "client_gone")
@@ -133,9 +133,7 @@ async def test_the_upgrade_sums_each_keys_models_as_the_writer_does(database: st
     try:
         async with engine.begin() as conn:
             await conn.run_sync(at_revision(22))
-            await conn.execute(
-                insert(usage), [dict(zip(USAGE_COLUMNS, r, strict=True)) for r in records]
-            )
+            await conn.execute(insert(usage), usage_rows_at(22, records))
     finally:
         await engine.dispose()
     store = await Store.open(database)  # (upgraded: 0023 sums them)

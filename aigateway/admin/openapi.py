@@ -170,8 +170,8 @@ def _admin_paths(prefix: str) -> dict[str, dict[str, Any]]:
         _query(
             "cached",
             "boolean",
-            "true: answered from the response cache; false: by an upstream. Statistics"
-            " with it are read from the records (no sums hold it)",
+            "true: answered from the response cache; false: by an upstream (statistics"
+            " with it are read from the daily sums, with no p50 or p95)",
         ),
         since,
         until,

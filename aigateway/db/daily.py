@@ -1,7 +1,9 @@
 """The daily cube: the usage records summed per UTC day, key (with its user and name as
-the records have them), model, route and status; counts and sums only, no histograms.
+the records have them), model, route, status and cached mark; counts and sums only, no
+histograms.
 
-Any filter the Usage page offers (user, key, model, route, status, and any mix of them)
+Any filter the Usage page offers (user, key, model, route, status, the response cache's
+mark, and any mix of them)
 is a condition on the cube's columns, so a summary of a long period reads a row per day
 and combination instead of every record. Written by the store in the same transaction
 as the records and usage_hourly (a journal replay writes neither twice), so the sums are
@@ -25,17 +27,17 @@ if TYPE_CHECKING:
 # before their latency buckets), so that rollups.Totals adds them up alike.
 DAILY_SUMS = SUM_COLUMNS[:COUNTED]
 # The combination a row sums (its primary key); a record without a model is under "".
-DAILY_LABELS = ("day", "key_id", "user", "key_name", "model", "route", "status")
+DAILY_LABELS = ("day", "key_id", "user", "key_name", "model", "route", "status", "cached")
 
 
 def daily_rows(records: Sequence[UsageRecord]) -> list[tuple[object, ...]]:
     """What `records` add to the cube: rows of (*DAILY_LABELS, *DAILY_SUMS), sorted, so
     that two gateways adding to the same rows lock them in the same order. A batch holds
     a handful of combinations, so one dict step per record is all this costs."""
-    groups: dict[tuple[int, int, str, str, str, str, int], list[float]] = {}
+    groups: dict[tuple[int, int, str, str, str, str, int, int], list[float]] = {}
     for r in records:
         day = int(r.ts // DAY) * DAY
-        label = (day, r.key_id, r.user, r.key_name, r.model or "", r.route, r.status)
+        label = (day, r.key_id, r.user, r.key_name, r.model or "", r.route, r.status, int(r.cached))
         sums = groups.get(label)
         if sums is None:
             sums = groups[label] = [0, 0, 0, 0, 0, 0, 0, 0.0]
@@ -87,7 +89,9 @@ def resum_sql(dialect: str) -> str:
     least = "MIN" if dialect == "sqlite" else "LEAST"  # (of two values)
     # summed in two parts, as values.cost_sum does: SQLite's SUM raises past 2^63
     cost = "COALESCE(SUM(cost / 1000000000), 0) * 1000000000 + COALESCE(SUM(cost % 1000000000), 0)"
-    labels = (day, "key_id", '"user"', "key_name", "COALESCE(model, '')", "route", "status")
+    labels = (
+        day, "key_id", '"user"', "key_name", "COALESCE(model, '')", "route", "status", "cached"
+    )  # fmt: skip
     sums = (
         "COUNT(*)", "SUM(COALESCE(prompt_tokens, 0))", "SUM(COALESCE(completion_tokens, 0))",
         "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)", "SUM(client_gone)",

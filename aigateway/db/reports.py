@@ -171,14 +171,13 @@ class ReportQueries(Connector):
         estimated from their latency buckets), else whole UTC days from the daily sums
         (which hold any filter; no percentiles: None); the rest from the records. Without
         `percentiles` (None in each group) neither buckets nor durations are read: most of
-        what a long period costs. A filter on `cached`, which no sums hold, reads the
-        records (percentiles then estimated from their durations' buckets)."""
+        what a long period costs. (A filter on the response cache's mark, which only the
+        daily sums hold, reads them.)"""
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
-        by_records = where.cached is not None
-        dim = None if by_records else _rollup_dim(group_by, where)
-        percentiles = percentiles and (dim is not None or by_records)
+        dim = _rollup_dim(group_by, where)
+        percentiles = percentiles and dim is not None
         backend = self.database.backend
         async with self._read() as conn:
             if exact:
@@ -186,7 +185,7 @@ class ReportQueries(Connector):
                 summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
                 return _sorted(summary, group_by)
             # (one dimension's hourly rows are fewer than the cube's combinations a day)
-            days = None if dim is not None or by_records else whole_days(where.since, where.until)
+            days = None if dim is not None else whole_days(where.since, where.until)
             if days is None:
                 groups = await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
             else:
@@ -289,8 +288,6 @@ async def _oldest_day_needed(conn: AsyncConnection, where: UsageQuery, most: int
     picked = _picked(where)
     if not picked or set(picked) == {"key_id"}:  # (an index serves these)
         return 0
-    if where.cached is not None:  # (the sums count records of both kinds: no bound)
-        return 0
     d = usage_daily.c
     clauses = [d[name] == value for name, value in picked.items()]
     if where.since is not None:
@@ -329,21 +326,25 @@ def time_bucket(backend: str, seconds: int) -> Any:
     return index * seconds
 
 
-# The fields of a UsageQuery that pick records by value (besides their time) and that the
-# sums hold too (`cached` they do not).
-_PICKED = ("key_id", "user", "model", "route", "status")
+# The fields of a UsageQuery that pick records by value (besides their time), each a
+# column of the records and of the daily sums (the hourly sums hold some of them).
+_PICKED = ("key_id", "user", "model", "route", "status", "cached")
 
 
 def _picked(where: UsageQuery) -> dict[str, object]:
-    """The fields `where` picks records by, with their values."""
-    return {name: getattr(where, name) for name in _PICKED if getattr(where, name) is not None}
+    """The fields `where` picks records by, with their values as the columns hold them
+    (the cached mark as 0 or 1)."""
+    picked: dict[str, object] = {}
+    for name in _PICKED:
+        value = getattr(where, name)
+        if value is not None:
+            picked[name] = int(value) if isinstance(value, bool) else value
+    return picked
 
 
 def _usage_filter(where: UsageQuery) -> list[Any]:
     """The one translation of a UsageQuery into conditions on the records."""
     clauses = [usage.c[name] == value for name, value in _picked(where).items()]
-    if where.cached is not None:
-        clauses.append(usage.c.cached == int(where.cached))
     if where.since is not None:
         clauses.append(usage.c.ts >= where.since)
     if where.until is not None:

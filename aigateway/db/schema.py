@@ -176,6 +176,7 @@ usage_daily = Table(
     Column("model", Text, primary_key=True),
     Column("route", Text, primary_key=True),
     Column("status", Integer, primary_key=True),
+    Column("cached", Integer, primary_key=True),  # 1: answered from the response cache
     *(Column(name, BigInteger, nullable=False) for name in DAILY_SUMS[:-1]),
     Column("duration_sum", Double, nullable=False),
 )
