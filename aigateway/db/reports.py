@@ -176,37 +176,59 @@ class ReportQueries(Connector):
         allowed = {"user", "key_name", "key_id", "model", "route"}
         if not set(group_by) <= allowed:
             raise InvalidInputError(f"can group by {', '.join(sorted(allowed))}")
-        dim = _rollup_dim(group_by, where)
-        percentiles = percentiles and dim is not None
         backend = self.database.backend
         async with self._read() as conn:
             if exact:
                 rows = await _raw_summary(conn, group_by, _usage_filter(where), backend)
                 summary = [_exact_summary(group_by, row) for row in rows if row[-10]]
                 return _sorted(summary, group_by)
-            # (one dimension's hourly rows are fewer than the cube's combinations a day)
-            days = None if dim is not None else whole_days(where.since, where.until)
-            if days is None:
-                groups = await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
+            if where.cached is False:
+                # What the upstreams answered is everything less what the cache did: two
+                # summaries the sums answer at once, where the daily sums of nearly every
+                # combination would be read. (No percentiles: they do not subtract.)
+                groups = await _summed(conn, group_by, replace(where, cached=None), backend)
+                hits = await _summed(conn, group_by, replace(where, cached=True), backend)
+                # (A hit written between the two reads, which PostgreSQL's statements may
+                # each see or not, takes at most its own request from its group.)
+                for names, totals in hits.items():
+                    groups.setdefault(names, Totals()).subtract(totals)
             else:
-                groups = await _daily_summary(conn, group_by, where, days)
-                for since, until in ((where.since, days[0]), (days[1], where.until)):
-                    if None not in (since, until) and since != until:
-                        edge = replace(where, since=since, until=until)
-                        found = await _hourly_summary(conn, group_by, edge, dim, backend, False)
-                        for names, totals in found.items():
-                            groups.setdefault(names, Totals()).add(totals)
+                groups = await _summed(conn, group_by, where, backend, percentiles)
         return _sorted(
             [
                 {**dict(zip(group_by, names, strict=True)), **totals.summary()}
                 for names, totals in groups.items()
-                if totals.values[0]
+                if totals.values[0] > 0
             ],
             group_by,
         )
 
 
 Groups = dict[tuple[Any, ...], Totals]  # a summary's groups: their labels, their sums
+
+
+async def _summed(
+    conn: AsyncConnection,
+    group_by: Sequence[str],
+    where: UsageQuery,
+    backend: str,
+    percentiles: bool = False,
+) -> Groups:
+    """The groups of the records `where` picks, from what sums them (see usage_summary)."""
+    dim = _rollup_dim(group_by, where)
+    percentiles = percentiles and dim is not None
+    # (one dimension's hourly rows are fewer than the cube's combinations a day)
+    days = None if dim is not None else whole_days(where.since, where.until)
+    if days is None:
+        return await _hourly_summary(conn, group_by, where, dim, backend, percentiles)
+    groups = await _daily_summary(conn, group_by, where, days)
+    for since, until in ((where.since, days[0]), (days[1], where.until)):
+        if None not in (since, until) and since != until:
+            edge = replace(where, since=since, until=until)
+            found = await _hourly_summary(conn, group_by, edge, dim, backend, False)
+            for names, totals in found.items():
+                groups.setdefault(names, Totals()).add(totals)
+    return groups
 
 
 async def _hourly_summary(

@@ -67,6 +67,12 @@ class Totals:
     def add(self, other: Totals) -> None:
         self.add_sums(other.values)
 
+    def subtract(self, other: Totals) -> None:
+        """Take away the sums of records among these (the histograms too)."""
+        v = self.values
+        for i, value in enumerate(other.values):
+            v[i] -= value
+
     def summary(
         self, exact: tuple[float | None, float | None, float | None, float | None] | None = None
     ) -> dict[str, object]:
