@@ -175,8 +175,8 @@ async def test_prepare_reads_the_body_names_the_model_and_reserves_its_tokens() 
 async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledger(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Refused by the budget after the token reservation: both are in the ledger, so the
-    handler's settle gives both back."""
+    """Refused by the budget after the token reservation: the reservation is in the
+    ledger (with the admission it joins), so the handler's settle gives it back."""
     state = _state()
     price = Price("*", per_request=10**9)
     monkeypatch.setattr(state.key_table.prices, "for_model", lambda model: price)
@@ -192,7 +192,8 @@ async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledge
         await prepare(
             _request(body), CHAT, _context(principal), admitted, in_flight, state, None, ledger
         )
-    assert len(ledger) == 3  # admission, body memory, tokens (no budget hold: refused)
+    assert len(ledger) == 2  # admission with its tokens, body memory (no budget: refused)
+    assert state.limiter.usage_of(principal, 0)["tokens_reserved"] != 0
     ledger.unwind(Outcome(False, 0, 0, 0.0))
     assert state.limiter.usage_of(principal, 0)["tokens_reserved"] == 0
 
@@ -242,7 +243,7 @@ class Response:
 
 def _exchange(principal: KeyRecord | None = None, price: Price | None = None) -> Exchange:
     principal = principal or _key()
-    admitted = Admitted((), False, None)
+    admitted = Admitted((), False, AdmissionHold(Limiter(Limits()), principal.id), None)
     context = _context(principal)
     in_flight = InFlightRequest(InFlight(), None, context, CHAT)
     return Exchange(context, principal, admitted, in_flight, b"{}", 2, None, price, 10)
