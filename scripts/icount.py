@@ -39,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aigateway.bench.harness import CHAT, LIMITS, started  # noqa: E402
-from aigateway.bench.paired import CONFIGS, checkout, database, gateway_env, tree_env  # noqa: E402
+from aigateway.bench.paired import (  # noqa: E402
+    CONFIGS,
+    PYTHON,
+    checkout,
+    database,
+    gateway_env,
+    tree_env,
+)
 from aigateway.testing.ports import free_port  # noqa: E402
 
 # Run in the gateway's process: the clock-driven timers stretched (see above), then the
@@ -133,7 +140,7 @@ def measure(
     out = place / "callgrind.out"
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, "-c", STRETCHED, "--env-file", str(place / "none.env"),
+        *PYTHON, "-c", STRETCHED, "--env-file", str(place / "none.env"),
     ]  # fmt: skip
     with started(cmd, env, place / "gateway.log") as process:
         wait_ready(port, process)
