@@ -305,8 +305,11 @@ async def test_the_official_ollama_client_gets_the_same_embeddings_again(
     client = ollama.AsyncClient(
         host=str(gateway.make_url("")).rstrip("/"), headers={"Authorization": f"Bearer {key}"}
     )
-    first = await client.embed(model="llama3.2", input=["a chunk", "another"])
-    second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    try:
+        first = await client.embed(model="llama3.2", input=["a chunk", "another"])
+        second = await client.embed(model="llama3.2", input=["a chunk", "another"])
+    finally:
+        await client.close()  # (else its socket is left to the collector, which warns)
     assert second.embeddings == first.embeddings
     assert _at_upstream(fake, "/api/embed") == 1
     assert [r.cached for r in await _usage(db_path, 2)] == [False, True]
