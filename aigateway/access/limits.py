@@ -63,11 +63,16 @@ def refusal_reasons(limits: Limits) -> dict[str, str]:
     }
 
 
+# The headers every answer to a key with limits carries (of its tightest limit).
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
 def rate_limit_headers(limit: int, remaining: int, reset_in: int) -> tuple[tuple[str, str], ...]:
+    name_limit, name_remaining, name_reset = RATE_LIMIT_HEADERS
     return (
-        ("X-RateLimit-Limit", str(limit)),
-        ("X-RateLimit-Remaining", str(remaining)),
-        ("X-RateLimit-Reset", str(reset_in)),
+        (name_limit, str(limit)),
+        (name_remaining, str(remaining)),
+        (name_reset, str(reset_in)),
     )
 
 
