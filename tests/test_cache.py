@@ -309,7 +309,7 @@ async def test_the_official_ollama_client_gets_the_same_embeddings_again(
         first = await client.embed(model="llama3.2", input=["a chunk", "another"])
         second = await client.embed(model="llama3.2", input=["a chunk", "another"])
     finally:
-        await client.close()  # (else its socket is left to the collector, which warns)
+        await client.close()  # type: ignore[no-untyped-call]  # (else a socket is left over)
     assert second.embeddings == first.embeddings
     assert _at_upstream(fake, "/api/embed") == 1
     assert [r.cached for r in await _usage(db_path, 2)] == [False, True]
