@@ -17,7 +17,7 @@ from aigateway import Settings
 from aigateway.access.budgets import Budgets
 from aigateway.access.keytable import KeyTable
 from aigateway.access.limits import Limiter, Limits
-from aigateway.errors import BudgetExhausted, TooManyRequests, UnsupportedMediaType
+from aigateway.errors import BadRequest, BudgetExhausted, TooManyRequests, UnsupportedMediaType
 from aigateway.http.context import DIALECT, RequestContext
 from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.records import KeyLimits, KeyRecord, LocalUsageRecord, Price, UsageRecord
@@ -30,10 +30,11 @@ from aigateway.relay.admit import (
     too_many,
 )
 from aigateway.relay.bodybudget import BodyBudget
+from aigateway.relay.bodyread import read_body
 from aigateway.relay.exchange import Admitted, Exchange
 from aigateway.relay.handler import relay_handler
 from aigateway.relay.inflight import GatewayStopping, InFlight, InFlightRequest
-from aigateway.relay.ledger import AdmissionHold, BudgetHold, Ledger, Outcome
+from aigateway.relay.ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome
 from aigateway.relay.pump import finish, pump
 from aigateway.relay.settle import settle
 from aigateway.relay.state import RelayState
@@ -170,6 +171,21 @@ async def test_prepare_reads_the_body_names_the_model_and_reserves_its_tokens() 
     assert state.body_budget.held == 0
     use = state.limiter.usage_of(principal, 0)
     assert use["tokens_reserved"] == 0 and use["in_flight"] == 0
+
+
+async def test_a_body_here_whole_is_taken_at_once_and_one_short_of_its_length_refused() -> None:
+    state = _state()
+    body = b'{"model":"llama3.2","messages":[]}'
+    hold = BodyHold(state.body_budget, 7)
+    assert await read_body(_request(body + body), 1 << 20, state.body_pace, hold, None) == (
+        body + body
+    )
+    assert hold.held == hold.committed == 2 * len(body)
+    hold.give_back_now()
+    # Its head said more than came before the body ended.
+    short = _request(body, **{"Content-Length": str(len(body) + 5)})
+    with pytest.raises(BadRequest, match="ended before its Content-Length"):
+        await read_body(short, 1 << 20, state.body_pace, BodyHold(state.body_budget, 7), None)
 
 
 async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledger(
