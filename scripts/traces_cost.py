@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from aigateway.bench.harness import Target, load, started, wait_ready
-from aigateway.bench.paired import ROOT, checkout, database, gateway_env, tree_env
+from aigateway.bench.paired import PYTHON, ROOT, checkout, database, gateway_env, tree_env
 from aigateway.testing.ports import free_port
 
 SIDES = ("ref", "off", "traced")
@@ -64,7 +64,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
                 env["OTEL_TRACES_SAMPLER"] = "traceidratio"
                 env["OTEL_TRACES_SAMPLER_ARG"] = str(args.ratio)
-            cmd = [sys.executable, "-m", "aigateway", "--env-file", str(work / "none.env")]
+            cmd = [*PYTHON, "-m", "aigateway", "--env-file", str(work / "none.env")]
             process = stack.enter_context(started(cmd, env, place / "gateway.log"))
             headers = {"Authorization": f"Bearer {key}"}
             targets[side] = Target(side, f"http://127.0.0.1:{port}", process, headers)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aigateway.bench.paired import PYTHON, checkout, tree_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,3 +43,15 @@ def test_an_unknown_ref_is_one_line() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "'no-such-ref-xyz' is not a commit" in result.stderr
+
+
+def test_each_side_runs_its_own_tree_even_from_this_one(tmp_path: Path) -> None:
+    """From this repository's root (where ./run.sh runs it), `python -m` would put the
+    current folder first: REF's side must still import REF's package."""
+    ref = tmp_path / "ref"
+    checkout("HEAD", ref)
+    result = subprocess.run(
+        [*PYTHON, "-c", "import aigateway; print(aigateway.__file__)"],
+        cwd=ROOT, env=tree_env(ref), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert Path(result.stdout.strip()).is_relative_to(ref)

@@ -43,8 +43,7 @@ def test_token_quota_and_concurrency() -> None:
     assert limiter.admit(key, T0).allowed
     busy = limiter.admit(key, T0)
     assert not busy.allowed and busy.retry_after == 1
-    limiter.release(key.id)
-    limiter.charge_tokens(key.id, 150, T0 + 5)
+    limiter.ended(key.id, True, 150, 0, T0 + 5)  # its slot back, its tokens charged
     over = limiter.admit(key, T0 + 6)
     assert not over.allowed and "100 tokens per day" in over.reason
     assert over.retry_after == 86400 - 6
@@ -63,3 +62,20 @@ def test_defaults_apply_where_a_key_has_none_and_zero_means_no_limit() -> None:
     default, unlimited = _key(1), _key(2, rpm=0)
     assert limiter.admit(default, T0).allowed and not limiter.admit(default, T0).allowed
     assert all(limiter.admit(unlimited, T0).allowed for _ in range(100))
+
+
+def test_a_request_ended_gives_back_its_slot_and_reservation_and_charges_its_use() -> None:
+    limiter, key = Limiter(Limits()), _key(rpm=10, tokens_per_day=1000, max_concurrent=5)
+    for _ in range(2):
+        assert limiter.admit(key, T0).allowed
+        assert limiter.reserve_tokens(key, 300, T0) == 300
+    limiter.ended(key.id, True, 120, 300, T0 + 1)  # relayed: counts stand, use charged
+    limiter.ended(key.id, False, 0, 300, T0 + 1)  # refused for its body: counts back
+    use = limiter.usage_of(key, T0 + 2)
+    assert use["in_flight"] == 0 and use["tokens_reserved"] == 0
+    assert use["requests_this_minute"] == 1 and use["requests_this_hour"] == 1
+    assert use["tokens_today"] == 120
+    limiter.ended(key.id, False, 0, 5000, T0 + 3)  # nothing goes below zero
+    use = limiter.usage_of(key, T0 + 3)
+    assert use["in_flight"] == 0 and use["tokens_reserved"] == 0
+    assert use["requests_this_minute"] == 0

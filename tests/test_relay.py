@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import itertools
@@ -20,6 +21,8 @@ from yarl import URL
 
 from aigateway import Settings, create_app
 from aigateway.protocol.routes import RELAY_ROUTES
+from aigateway.relay.exchange import Exchange
+from aigateway.relay.inflight import InFlightRequest
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 
 from .helpers import eventually
@@ -130,6 +133,28 @@ async def test_streams_and_errors_are_byte_identical(
     client = admin
     want, got = await _direct_and_relayed(upstream, client, "POST", path, body)
     assert got == want
+
+
+async def test_a_relayed_request_is_freed_as_it_ends_not_left_to_the_collector(
+    client: TestClient[Request, None],
+) -> None:
+    """What a request made goes by reference counting once it ends: no cycle (its place
+    in flight and its exchange point at each other) left for the garbage collector, whose
+    passes over every request's objects cost about 2% of the relay's instructions."""
+    await (await client.post("/api/chat", data=BODIES["/chat"])).read()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            resp = await client.post("/api/chat", data=BODIES["/chat"])
+            assert resp.status == 200
+            await resp.read()
+        for _ in range(5):  # (the handler's last steps after the client has the answer)
+            await asyncio.sleep(0)
+        left = [o for o in gc.get_objects() if isinstance(o, Exchange | InFlightRequest)]
+    finally:
+        gc.enable()
+    assert left == []
 
 
 async def test_ollama_error_bodies_pass_through(client: TestClient[Request, None]) -> None:

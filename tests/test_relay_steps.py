@@ -17,7 +17,7 @@ from aigateway import Settings
 from aigateway.access.budgets import Budgets
 from aigateway.access.keytable import KeyTable
 from aigateway.access.limits import Limiter, Limits
-from aigateway.errors import BudgetExhausted, TooManyRequests, UnsupportedMediaType
+from aigateway.errors import BadRequest, BudgetExhausted, TooManyRequests, UnsupportedMediaType
 from aigateway.http.context import DIALECT, RequestContext
 from aigateway.protocol.routes import RELAY_ROUTES
 from aigateway.records import KeyLimits, KeyRecord, LocalUsageRecord, Price, UsageRecord
@@ -30,10 +30,11 @@ from aigateway.relay.admit import (
     too_many,
 )
 from aigateway.relay.bodybudget import BodyBudget
+from aigateway.relay.bodyread import read_body
 from aigateway.relay.exchange import Admitted, Exchange
 from aigateway.relay.handler import relay_handler
 from aigateway.relay.inflight import GatewayStopping, InFlight, InFlightRequest
-from aigateway.relay.ledger import AdmissionHold, BudgetHold, Ledger, Outcome
+from aigateway.relay.ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, Outcome
 from aigateway.relay.pump import finish, pump
 from aigateway.relay.settle import settle
 from aigateway.relay.state import RelayState
@@ -172,11 +173,26 @@ async def test_prepare_reads_the_body_names_the_model_and_reserves_its_tokens() 
     assert use["tokens_reserved"] == 0 and use["in_flight"] == 0
 
 
+async def test_a_body_here_whole_is_taken_at_once_and_one_short_of_its_length_refused() -> None:
+    state = _state()
+    body = b'{"model":"llama3.2","messages":[]}'
+    hold = BodyHold(state.body_budget, 7)
+    assert await read_body(_request(body + body), 1 << 20, state.body_pace, hold, None) == (
+        body + body
+    )
+    assert hold.held == hold.committed == 2 * len(body)
+    hold.give_back_now()
+    # Its head said more than came before the body ended.
+    short = _request(body, **{"Content-Length": str(len(body) + 5)})
+    with pytest.raises(BadRequest, match="ended before its Content-Length"):
+        await read_body(short, 1 << 20, state.body_pace, BodyHold(state.body_budget, 7), None)
+
+
 async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledger(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Refused by the budget after the token reservation: both are in the ledger, so the
-    handler's settle gives both back."""
+    """Refused by the budget after the token reservation: the reservation is in the
+    ledger (with the admission it joins), so the handler's settle gives it back."""
     state = _state()
     price = Price("*", per_request=10**9)
     monkeypatch.setattr(state.key_table.prices, "for_model", lambda model: price)
@@ -192,7 +208,8 @@ async def test_a_budget_refusal_in_prepare_leaves_its_earlier_takes_in_the_ledge
         await prepare(
             _request(body), CHAT, _context(principal), admitted, in_flight, state, None, ledger
         )
-    assert len(ledger) == 3  # admission, body memory, tokens (no budget hold: refused)
+    assert len(ledger) == 2  # admission with its tokens, body memory (no budget: refused)
+    assert state.limiter.usage_of(principal, 0)["tokens_reserved"] != 0
     ledger.unwind(Outcome(False, 0, 0, 0.0))
     assert state.limiter.usage_of(principal, 0)["tokens_reserved"] == 0
 
@@ -242,7 +259,7 @@ class Response:
 
 def _exchange(principal: KeyRecord | None = None, price: Price | None = None) -> Exchange:
     principal = principal or _key()
-    admitted = Admitted((), False, None)
+    admitted = Admitted((), False, AdmissionHold(Limiter(Limits()), principal.id), None)
     context = _context(principal)
     in_flight = InFlightRequest(InFlight(), None, context, CHAT)
     return Exchange(context, principal, admitted, in_flight, b"{}", 2, None, price, 10)

@@ -15,10 +15,12 @@ import pytest
 from aiohttp import web
 from aiohttp.client import _RequestContextManager
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
+from aigateway.access.limits import rate_limit_headers
 from aigateway.errors import Refused
 from aigateway.records import KeyLimits
 from aigateway.relay.state import RELAY
@@ -30,7 +32,7 @@ from aigateway.upstreams.config import (
     UpstreamsError,
     upstreams_from_file,
 )
-from aigateway.upstreams.http import request_headers
+from aigateway.upstreams.http import request_headers, response_headers
 
 from .conftest import make_key
 from .helpers import eventually
@@ -911,3 +913,20 @@ async def test_a_hostile_upstreams_lists_are_read_as_hostile_input(
     assert names == ["good:latest", "llama3.2:latest"]
     resp = await client.post("/api/chat", json={"model": "llama3.2", **CHAT})
     assert resp.status == 200 and _models(honest) == ["llama3.2"]
+
+
+def test_an_answer_carries_our_request_id_and_rate_limits_in_place_of_the_upstreams() -> None:
+    theirs = CIMultiDict(
+        [("Content-Type", "application/json"), ("X-Request-Id", "theirs"),
+         ("x-ratelimit-limit", "5"), ("Connection", "close"), ("Content-Length", "3"),
+         ("X-Other", "kept")]
+    )  # fmt: skip
+    rated = CIMultiDict(response_headers(theirs, "ours", rate_limit_headers(10, 9, 60)))
+    assert rated.getall("X-Request-Id") == ["ours"]
+    assert rated.getall("X-RateLimit-Limit") == ["10"] and rated["X-RateLimit-Reset"] == "60"
+    assert "Content-Length" not in rated and "Connection" not in rated
+    assert rated["X-Other"] == "kept" and rated["Content-Type"] == "application/json"
+    # A key without limits: none of ours, so the upstream's pass as they came.
+    unrated = CIMultiDict(response_headers(theirs, "ours", ()))
+    assert unrated.getall("X-RateLimit-Limit") == ["5"]
+    assert unrated.getall("X-Request-Id") == ["ours"]

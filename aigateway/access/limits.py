@@ -9,9 +9,10 @@ its response ends. So a request to a key with a quota reserves an estimate once 
 is read (`reserve_tokens`: its own output cap, else a setting, plus its prompt guessed
 from its size), and is admitted only while the tokens settled today plus those reserved
 by requests still running are below the quota; when it ends, its reservation is replaced
-by what it really used (relay/ledger.py). Parallel requests therefore cannot overrun a quota
-many times over: the day's tokens end below the quota plus what the requests admitted last
-used beyond their reservations. Today's tokens are reloaded from the usage table at start-up.
+by what it really used (`ended`, from relay/ledger.py). Parallel requests therefore
+cannot overrun a quota many times over: the day's tokens end below the quota plus what
+the requests admitted last used beyond their reservations. Today's tokens are reloaded
+from the usage table at start-up.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def refusal_reasons(limits: Limits) -> dict[str, str]:
     }
 
 
+# The headers every answer to a key with limits carries (of its tightest limit).
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
 def rate_limit_headers(limit: int, remaining: int, reset_in: int) -> tuple[tuple[str, str], ...]:
+    name_limit, name_remaining, name_reset = RATE_LIMIT_HEADERS
     return (
-        ("X-RateLimit-Limit", str(limit)),
-        ("X-RateLimit-Remaining", str(remaining)),
-        ("X-RateLimit-Reset", str(reset_in)),
+        (name_limit, str(limit)),
+        (name_remaining, str(remaining)),
+        (name_reset, str(reset_in)),
     )
 
 
@@ -201,19 +207,29 @@ class Limiter:
                 )
         return None
 
-    def refund(self, key_id: int) -> None:
-        """Take back the count of an admitted request that was then refused for its body
-        (a model not allowed, too large, over the token quota): limits count requests
-        relayed, and admission had to come before the body was read."""
-        state = self._state.get(key_id)
-        if state is not None:
-            state.minute.used = max(0, state.minute.used - 1)
-            state.hour.used = max(0, state.hour.used - 1)
-
-    def release(self, key_id: int) -> None:
-        state = self._state.get(key_id)
-        if state is not None and state.in_flight > 0:
+    def ended(self, key_id: int, relayed: bool, tokens: int, reserved: int, now: float) -> None:
+        """An admitted request ended: its slot is given back and the tokens it reserved
+        (`reserved`) go; what it used is charged to the day. One that was not relayed
+        (refused for its body: a model not allowed, too large, over the token quota) has
+        its counts taken back too: limits count requests relayed, and admission had to
+        come before the body was read. (One call, one look-up of the key's state: this
+        runs for every request.)"""
+        state = self._state_for(key_id)
+        if state.in_flight > 0:
             state.in_flight -= 1
+        day = state.day_tokens
+        if reserved:
+            left = day.reserved - reserved
+            day.reserved = left if left > 0 else 0  # (max() costs five times this)
+        if not relayed:
+            minute, hour = state.minute, state.hour
+            if minute.used > 0:
+                minute.used -= 1
+            if hour.used > 0:
+                hour.used -= 1
+        elif tokens:
+            day.roll(now)
+            day.used += tokens
 
     def reserve_tokens(self, record: KeyRecord, estimate: int, now: float) -> int | Verdict:
         """Reserve `estimate` tokens for an admitted request of a key with a token quota,
@@ -235,12 +251,6 @@ class Limiter:
             )
         window.reserved += estimate
         return estimate
-
-    def drop_reservation(self, key_id: int, reserved: int) -> None:
-        """A request ended: its reservation goes (what it used is charged apart)."""
-        window = self._state_for(key_id).day_tokens
-        left = window.reserved - reserved
-        window.reserved = left if left > 0 else 0  # (max() costs five times this)
 
     def charge_tokens(self, key_id: int, tokens: int, now: float) -> None:
         window = self._state_for(key_id).day_tokens

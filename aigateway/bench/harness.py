@@ -139,9 +139,9 @@ async def load(target: Target, connections: int, seconds: float, path: str) -> R
 
 def make_key(db: Path | str, *limits: str, env: Mapping[str, str] | None = None) -> str:
     """A key made by the CLI in `db` (a SQLite path or a DATABASE_URL); `env` chooses
-    whose CLI (a PYTHONPATH)."""
+    whose CLI (a PYTHONPATH; -P keeps the current folder's package from going first)."""
     return subprocess.run(
-        [sys.executable, "-m", "aigateway.cli.flags", "-g", "bench", f"load{len(limits)}",
+        [sys.executable, "-P", "-m", "aigateway.cli.flags", "-g", "bench", f"load{len(limits)}",
          *limits, "--db", str(db)],
         check=True,
         capture_output=True,

@@ -30,6 +30,9 @@ from .harness import BILLING_SETUP, LIMITS, Run, Target, load, make_key, started
 ROOT = Path(__file__).resolve().parents[2]  # this tree (a checkout, not an installed copy)
 CONFIGS = ("core", "limits", "billing")
 WITHIN = 0.03  # the bar: throughput and CPU per request within 3%
+# How to run a tree's package: the one on PYTHONPATH (tree_env). Without -P, `-m` puts the
+# current folder first, and from this repository's root both sides would run this tree.
+PYTHON = (sys.executable, "-P")
 
 
 def checkout(ref: str, into: Path) -> str:
@@ -77,7 +80,7 @@ def database(tree: Path, work: Path, config: str) -> tuple[Path, str]:
     if config == "billing":
         for setup in BILLING_SETUP:
             subprocess.run(
-                [sys.executable, "-m", "aigateway.cli.flags", *setup, "--db", str(db)],
+                [*PYTHON, "-m", "aigateway.cli.flags", *setup, "--db", str(db)],
                 check=True, capture_output=True, env=env,
             )  # fmt: skip
     return db, key
@@ -106,7 +109,7 @@ async def compare(args: argparse.Namespace, work: Path) -> int:
                 env = gateway_env(tree, upstream_url, port, db)
                 if config == "limits":
                     env.update(LIMITS)
-                cmd = [sys.executable, "-m", "aigateway", "--env-file", str(work / "none.env")]
+                cmd = [*PYTHON, "-m", "aigateway", "--env-file", str(work / "none.env")]
                 process = stack.enter_context(started(cmd, env, place / "gateway.log"))
                 auth = {"Authorization": f"Bearer {key}"}
                 url = f"http://127.0.0.1:{port}"

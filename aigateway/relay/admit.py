@@ -39,7 +39,7 @@ from ..settings import Settings
 from .bodyread import read_body
 from .exchange import Admitted, CountedUpload, Exchange
 from .inflight import InFlightRequest
-from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, TicketHold, TokenHold
+from .ledger import AdmissionHold, BodyHold, BudgetHold, Ledger, TicketHold
 from .state import RelayState
 
 # The request codings aiohttp's server decodes (identity: none to decode).
@@ -127,12 +127,12 @@ async def admit(
         verdict = limiter.admit(principal, time.time())
     if not verdict.allowed:
         raise too_many(verdict)
-    ledger.take(AdmissionHold(limiter, principal.id, decided_here))
+    hold = ledger.take(AdmissionHold(limiter, principal.id, decided_here))
     ticket_hold = None
     if ticket is not None:
         assert relay.shared is not None
         ticket_hold = ledger.take(TicketHold(relay.shared, ticket))
-    return Admitted(verdict.headers, verdict is not ADMITTED, ticket_hold)
+    return Admitted(verdict.headers, verdict is not ADMITTED, hold, ticket_hold)
 
 
 async def _admit_shared(
@@ -278,11 +278,9 @@ async def prepare(
                     raise too_many(more)
                 held.ticket = more
         else:
-            reserved = relay.limiter.reserve_tokens(principal, estimate, time.time())
-            if not isinstance(reserved, int):
-                raise too_many(reserved)
-            if reserved:
-                ledger.take(TokenHold(relay.limiter, principal.id, reserved))
+            refused = admitted.hold.reserve_tokens(principal, estimate, time.time())
+            if refused is not None:
+                raise too_many(refused)
     if budgeted:
         assert price is not None
         reserve = price.reserve(prompt_estimate, output, settings.budget_time_reserve)

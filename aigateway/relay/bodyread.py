@@ -35,7 +35,12 @@ async def read_body(
                 if not budget.try_take(hold.key, declared, declared):
                     await budget.take(hold.key, declared, declared, _deadline(hold))
                 hold.held = hold.committed = declared
-                return await content.readexactly(declared) if declared else b""
+                # (Read as it lies in the buffer: readexactly() would make two coroutines
+                # on every request to find it there.)
+                body = content.read_nowait(declared) if declared else b""
+                if len(body) < declared:
+                    raise asyncio.IncompleteReadError(body, declared)
+                return body
             if not budget.try_take(hold.key, 0, declared):
                 await budget.take(hold.key, 0, declared, _deadline(hold))
             hold.committed = declared

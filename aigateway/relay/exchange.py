@@ -19,7 +19,7 @@ from ..usage.traces import RequestTrace
 from ..usage.writer import UsageTap
 from .bodypace import BodyPace, SlowBody
 from .inflight import InFlightRequest
-from .ledger import BodyHold, TicketHold
+from .ledger import AdmissionHold, BodyHold, TicketHold
 
 
 class CountedUpload:
@@ -53,18 +53,21 @@ class CountedUpload:
 
 class Admitted:
     """What admission decided: the rate-limit headers every answer carries, whether the
-    key has limits (else no tokens to reserve), and the shared limits' ticket."""
+    key has limits (else no tokens to reserve), its hold on the key's limits (which the
+    tokens reserved join), and the shared limits' ticket."""
 
-    __slots__ = ("limited", "rate_headers", "ticket_hold")
+    __slots__ = ("hold", "limited", "rate_headers", "ticket_hold")
 
     def __init__(
         self,
         rate_headers: tuple[tuple[str, str], ...],
         limited: bool,
+        hold: AdmissionHold,
         ticket_hold: TicketHold | None,
     ) -> None:
         self.rate_headers = rate_headers
         self.limited = limited
+        self.hold = hold
         self.ticket_hold = ticket_hold  # admitted by the limits gateways share
 
 

@@ -132,3 +132,8 @@ class InFlightRequest:
 
     def release(self, outcome: Outcome) -> None:
         self.in_flight.discard(self)
+        # Out of the set, it is read no more: let go of what it points to. The exchange
+        # points back here, and that cycle would keep the request's objects (its
+        # response, its upstream's, its task) for the garbage collector to find, about
+        # 2% of a request's instructions, instead of freeing them as the request ends.
+        self.exchange = self.upstream = self.task = None

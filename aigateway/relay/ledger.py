@@ -4,7 +4,8 @@ A request takes things at different moments: its admission (a rate-limit count a
 slot of the key's requests at once) and its place among the requests in flight before
 its body is read, body memory while reading it, token and budget reservations once its
 body says what it asks for, an upstream's slot when it is sent on. Each is registered
-here, with how to give it back, at the moment it is taken; the ledger is unwound once,
+here, with how to give it back, at the moment it is taken (or added to the take it
+belongs with: the tokens to the admission's hold); the ledger is unwound once,
 in reverse order, from the handler's `finally` (settle.py): with what the request used,
 or with nothing used when it was refused after admission. So no path can take without
 giving back, or give back twice: a refusal raised between two takes unwinds the first,
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 if TYPE_CHECKING:
     from ..access.budgets import Budgets
     from ..access.budgets_shared import SharedBudgets
-    from ..access.limits import Limiter
+    from ..access.limits import Limiter, Verdict
     from ..access.limits_shared import SharedLimits, Ticket
-    from ..records import BudgetLine
+    from ..records import BudgetLine, KeyRecord
     from ..upstreams.pool import Pool, Upstream
     from .bodybudget import BodyBudget
 
@@ -86,41 +87,33 @@ class Ledger:
 
 
 class AdmissionHold:
-    """A request admitted by the key's limits: one count in its rate windows and one of
-    its requests at once (on this gateway's limiter, also when the shared limits
-    decided). Given back: the slot always; the counts when it was not sent on (limits
-    count requests relayed); what it used is charged to the key's day."""
+    """A request admitted by the key's limits: one count in its rate windows, one of its
+    requests at once and, once its body says what it asks for, the tokens it reserves
+    against the key's daily quota (on this gateway's limiter, also when the shared
+    limits decided). Given back together, in one call to the limiter: the slot and the
+    reservation always; the counts when it was not sent on (limits count requests
+    relayed); what it used is charged to the key's day."""
 
-    __slots__ = ("by_record", "key_id", "limiter")
+    __slots__ = ("by_record", "key_id", "limiter", "reserved")
 
     def __init__(self, limiter: Limiter, key_id: int, by_record: bool = False) -> None:
         self.limiter = limiter
         self.key_id = key_id
         # Admitted here by the key's limits although they are shared: PostgreSQL is away.
         self.by_record = by_record
+        self.reserved = 0  # tokens reserved against the key's daily quota
+
+    def reserve_tokens(self, record: KeyRecord, estimate: int, now: float) -> Verdict | None:
+        """Reserve `estimate` tokens against the key's daily quota (none reserved for a
+        key without one), given back with the rest; the refusal when the quota is spent."""
+        reserved = self.limiter.reserve_tokens(record, estimate, now)
+        if isinstance(reserved, int):
+            self.reserved = reserved
+            return None
+        return reserved
 
     def release(self, outcome: Outcome) -> None:
-        limiter = self.limiter
-        limiter.release(self.key_id)
-        if not outcome.sent:
-            limiter.refund(self.key_id)
-        elif outcome.tokens:
-            limiter.charge_tokens(self.key_id, outcome.tokens, outcome.now)
-
-
-class TokenHold:
-    """Tokens reserved against the key's daily quota on this gateway's limiter."""
-
-    __slots__ = ("key_id", "limiter", "reserved")
-    by_record = False
-
-    def __init__(self, limiter: Limiter, key_id: int, reserved: int) -> None:
-        self.limiter = limiter
-        self.key_id = key_id
-        self.reserved = reserved
-
-    def release(self, outcome: Outcome) -> None:
-        self.limiter.drop_reservation(self.key_id, self.reserved)
+        self.limiter.ended(self.key_id, outcome.sent, outcome.tokens, self.reserved, outcome.now)
 
 
 class TicketHold:

@@ -75,7 +75,7 @@ async def send_filtered(
 def response_for(upstream: Answer, request: web.Request, exchange: Exchange) -> web.StreamResponse:
     headers = response_headers(upstream.headers, exchange.context.request_id, exchange.rate_headers)
     if exchange.keeper is not None:  # looked for in the response cache, not found there
-        headers[CACHE_HEADER] = "miss"
+        headers.append((CACHE_HEADER, "miss"))
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.content_length  # (parsed from the header at each reading)
     if length is not None:

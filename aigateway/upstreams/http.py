@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
+from ..access.limits import RATE_LIMIT_HEADERS
 from ..protocol.routes import RelayRoute
 from ..settings import Settings
 from .config import UpstreamConfig, auth_headers
@@ -53,6 +53,10 @@ REQUEST_DROP = HOP_BY_HOP | {
     UPSTREAM_HEADER.lower(),
 }
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+# Besides those, what the gateway answers with its own (response_headers): the request's
+# id always, and the X-RateLimit-* for a key with limits.
+_REPLACED = RESPONSE_DROP | {"x-request-id"}
+_REPLACED_AND_RATED = _REPLACED | {name.lower() for name in RATE_LIMIT_HEADERS}
 
 
 # URL objects for the paths clients send, which are few (/api/chat, /v1/models, ...):
@@ -132,12 +136,12 @@ def own_headers_missing(request: web.Request) -> tuple[str, ...] | None:
 
 def response_headers(
     upstream: Mapping[str, str], request_id: str, rate_headers: tuple[tuple[str, str], ...]
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """What a client gets with an upstream's answer: its headers less hop-by-hop ones and
     Content-Length (aiohttp sets the length it sends), with the request's id and the
-    key's X-RateLimit-* (ours, replacing any the upstream sent)."""
-    headers = CIMultiDict(without(upstream, RESPONSE_DROP))
-    headers["X-Request-Id"] = request_id
-    if rate_headers:
-        headers.update(rate_headers)
+    key's X-RateLimit-* (ours, replacing any the upstream sent). (Pairs: the response
+    makes its own multidict of them, and would copy one made here.)"""
+    headers = without(upstream, _REPLACED_AND_RATED if rate_headers else _REPLACED)
+    headers.append(("X-Request-Id", request_id))
+    headers.extend(rate_headers)
     return headers
