@@ -197,33 +197,38 @@ async def test_ollama_python_on_every_native_route(
         host=str(gateway.make_url("")).rstrip("/"),
         headers={"Authorization": f"Bearer {admin_key}"},
     )
-    messages: Any = [{"role": "user", "content": "hi"}]
-    assert (await client.chat(model="llama3.2", messages=messages)).message.content == (
-        "Hello! How can I help?"
-    )
-    parts = [p async for p in await client.chat(model="llama3.2", messages=messages, stream=True)]
-    assert "".join(p.message.content or "" for p in parts) == "Hello! How can I help?"
-    assert (await client.generate(model="llama3.2", prompt="Why?")).response == "The sky is blue."
-    assert len((await client.embed(model="all-minilm", input=["a", "b"])).embeddings) == 2
-    assert (await client.embeddings(model="all-minilm", prompt="a")).embedding[0] == (
-        _doc("embeddings-legacy.json")["embedding"][0]
-    )
-    assert len((await client.list()).models) == 2
-    assert (await client.show("llama3.2")).capabilities == ["completion", "tools"]
-    assert (await client.ps()).models[0].name == "mistral:latest"
-    assert (await client.pull("llama3.2")).status == "success"
-    assert [p.status async for p in await client.pull("llama3.2", stream=True)][-1] == "success"
-    assert (await client.push("me/llama3.2")).status == "success"
-    assert [p.status async for p in await client.create("mine", from_="llama3.2", stream=True)][
-        -1
-    ] == "success"
-    assert (await client.copy("llama3.2", "mine")).status == "success"
-    assert (await client.delete("mine")).status == "success"
-    blob = tmp_path / "model.gguf"
-    blob.write_bytes(b"GGUF not really a model")
-    digest = await client.create_blob(blob)
-    assert digest.startswith("sha256:")
-    await client.close()  # type: ignore[no-untyped-call]
+    try:
+        messages: Any = [{"role": "user", "content": "hi"}]
+        assert (await client.chat(model="llama3.2", messages=messages)).message.content == (
+            "Hello! How can I help?"
+        )
+        parts = [
+            p async for p in await client.chat(model="llama3.2", messages=messages, stream=True)
+        ]
+        assert "".join(p.message.content or "" for p in parts) == "Hello! How can I help?"
+        assert (
+            await client.generate(model="llama3.2", prompt="Why?")
+        ).response == "The sky is blue."
+        assert len((await client.embed(model="all-minilm", input=["a", "b"])).embeddings) == 2
+        assert (await client.embeddings(model="all-minilm", prompt="a")).embedding[0] == (
+            _doc("embeddings-legacy.json")["embedding"][0]
+        )
+        assert len((await client.list()).models) == 2
+        assert (await client.show("llama3.2")).capabilities == ["completion", "tools"]
+        assert (await client.ps()).models[0].name == "mistral:latest"
+        assert (await client.pull("llama3.2")).status == "success"
+        assert [p.status async for p in await client.pull("llama3.2", stream=True)][-1] == "success"
+        assert (await client.push("me/llama3.2")).status == "success"
+        made = [p.status async for p in await client.create("mine", from_="llama3.2", stream=True)]
+        assert made[-1] == "success"
+        assert (await client.copy("llama3.2", "mine")).status == "success"
+        assert (await client.delete("mine")).status == "success"
+        blob = tmp_path / "model.gguf"
+        blob.write_bytes(b"GGUF not really a model")
+        digest = await client.create_blob(blob)
+        assert digest.startswith("sha256:")
+    finally:
+        await client.close()  # type: ignore[no-untyped-call]
 
 
 # --- ollama (JavaScript, through node) -----------------------------------------------------

@@ -147,9 +147,12 @@ async def test_the_ollama_client_raises_on_a_cut_stream(gateway: TestServer, key
     client = ollama.AsyncClient(
         host=str(gateway.make_url("")), headers={"Authorization": f"Bearer {key}"}
     )
-    with pytest.raises(ollama.ResponseError, match="the Ollama stream broke"):
-        async for _ in await client.chat(model="broken", messages=MESSAGES, stream=True):
-            pass
+    try:
+        with pytest.raises(ollama.ResponseError, match="the Ollama stream broke"):
+            async for _ in await client.chat(model="broken", messages=MESSAGES, stream=True):
+                pass
+    finally:
+        await client.close()  # type: ignore[no-untyped-call]
 
 
 async def test_a_short_upstream_body_ends_the_clients_at_once(
@@ -179,8 +182,11 @@ async def test_sigterm_ends_open_streams_in_their_dialects_within_the_timeout(
 
     async def native() -> None:
         client = ollama.AsyncClient(host=gateway.url, headers={"Authorization": f"Bearer {key}"})
-        async for _ in await client.chat(model="stall", messages=MESSAGES, stream=True):
-            started.append("ollama")
+        try:
+            async for _ in await client.chat(model="stall", messages=MESSAGES, stream=True):
+                started.append("ollama")
+        finally:
+            await client.close()  # type: ignore[no-untyped-call]
 
     async def chat_completions() -> None:
         client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
