@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from ..protocol.streams import ended_whole
 from .http import RESPONSE_DROP
 
 # The answer's header that says it came from the cache (hit) or was looked for there
@@ -150,11 +151,11 @@ class ResponseCache:
 
 class Keeper:
     """A looked-for answer on its way from its upstream (a miss), its chunks kept as they
-    pass, and handed to the cache once it came complete; a 200 only, and only while it is
-    no larger than an answer may be. The bytes answers on their way hold, all together,
-    are bounded by the cache's capacity (beyond it, an answer is not kept and holds
-    nothing more). A take of the request's ledger: its release lets go of what it holds,
-    however the request ended."""
+    pass, and handed to the cache once it came complete (a stream ended as its dialect
+    ends a whole answer); a 200 only, and only while it is no larger than an answer may
+    be. The bytes answers on their way hold, all together, are bounded by the cache's
+    capacity (beyond it, an answer is not kept and holds nothing more). A take of the
+    request's ledger: its release lets go of what it holds, however the request ended."""
 
     __slots__ = ("_cache", "_chunks", "_key", "_size")
 
@@ -182,10 +183,13 @@ class Keeper:
         self, status: int, reason: str | None, headers: Mapping[str, str], length: int | None
     ) -> bool:
         """The answer came whole: keep it (its headers less the date, a repeat gets its
-        own, and those no answer passes on); whether it was kept."""
+        own, and those no answer passes on); whether it was kept. A 200 stream that
+        ended with Ollama's error instead of its last message is a failure: not kept."""
         chunks = self._chunks
         self._let_go()
         if chunks is None or status != 200:
+            return False
+        if not ended_whole(chunks, headers.get("Content-Type", "")):
             return False
         kept = tuple(
             (name, value)

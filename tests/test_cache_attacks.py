@@ -1,0 +1,182 @@
+"""The response cache attacked (issue 29): a hostile key holder trying to read another's
+answers or to have a wrong answer repeated, a careless operator changing what a key may
+do, and the bounds and counts a replay or a miss must keep. Each test is one attack on a
+real gateway in front of the fake Ollama on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Request
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from aigateway import Settings, create_app
+from aigateway.db.store import Store
+from aigateway.protocol.streams import NDJSON, SSE, ended_whole
+from aigateway.relay.state import RELAY
+from aigateway.testing.fake_ollama import FakeOllama, fixture
+
+from .conftest import make_key
+from .helpers import eventually
+from .test_cache import CHAT, EMBED, HEADER, _at_upstream, _listed
+
+GatewayClient = TestClient[Request, None]
+
+
+@pytest.fixture
+def settings(upstream: TestServer, db_path: str) -> Settings:
+    return Settings(
+        ollama_base_url=str(upstream.make_url("")).rstrip("/"),
+        token_db_path=db_path,
+        cache_bytes=1024**2,
+        cache_routes=("/api/embed", "/api/embeddings", "/v1/embeddings", "/api/chat",
+                      "/api/generate", "/v1/chat/completions"),
+    )  # fmt: skip
+
+
+async def _client(aiohttp_client: AiohttpClient, gateway: TestServer, secret: str) -> GatewayClient:
+    return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+
+
+async def _started(aiohttp_server: AiohttpServer, settings: Settings) -> TestServer:
+    gateway = await aiohttp_server(create_app(settings))
+    await _listed(gateway)
+    return gateway
+
+
+# --- poisoning: an answer that is not what Ollama would answer again ---------------------
+
+
+async def test_a_stream_that_ends_with_ollamas_error_line_is_not_repeated(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    """Ollama answers a generation that failed midway with a 200 whose last line is
+    {"error": ...}: a failure (the runner crashed, memory ran out), not the answer. Kept,
+    every later asker would get the failure again until the TTL, without Ollama asked."""
+    fake.extra_models.append("midway-error")
+    gateway = await _started(aiohttp_server, settings)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("midway-error:latest") is not None)
+    client = await _client(aiohttp_client, gateway, key)
+    body = CHAT.replace(b"llama3.2", b"midway-error")
+    for _ in range(2):
+        resp = await client.post("/api/chat", data=body)
+        assert resp.status == 200
+        assert await resp.read() == fixture("stream-error-midway.ndjson")
+        assert resp.headers[HEADER] == "miss"
+    assert _at_upstream(fake, "/api/chat") == 2
+    cache = gateway.app[RELAY].cache
+    assert cache is not None
+    assert (len(cache.answers), cache.answers.pending) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "content_type", "whole"),
+    [
+        ([b'{"done":false}\n', b'{"done":true}\n'], NDJSON, True),
+        ([b'{"done":false}\n{"do', b'ne":true}', b"\n"], NDJSON, True),  # split anywhere
+        ([b'{"done":false}\n{"error":"boom"}\n'], NDJSON, False),
+        ([b'{"done":true,"error":"boom"}\n'], NDJSON, False),
+        ([b'{"done":false}\n'], NDJSON, False),
+        ([b'{"done":"true"}\n'], NDJSON, False),
+        ([b'{"done":true}\n'], "application/x-ndjson; charset=utf-8", True),
+        ([b"data: {}\n\n", b"data: [DONE]\n\n"], SSE, True),
+        ([b"data: {}\n\n", b'data: {"error":{"message":"x"}}\n\n'], SSE, False),
+        ([b'{"embeddings":[[0.1]]}'], "application/json; charset=utf-8", True),
+    ],
+)
+def test_only_a_stream_ended_as_its_dialect_ends_a_whole_answer_is_whole(
+    chunks: list[bytes], content_type: str, whole: bool
+) -> None:
+    assert ended_whole(chunks, content_type) is whole
+
+
+# --- one tenant, another's answers --------------------------------------------------------
+
+
+async def test_a_key_whose_allow_list_lost_the_model_is_refused_as_a_live_request_is(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    db_path: str,
+) -> None:
+    """An operator narrows a key's allow-list after its answer was kept: the hit is
+    refused exactly as the request would be without the cache (the same status and
+    body as a key made with that allow-list), and nothing is replayed."""
+    secret = await make_key(db_path, "dave", "laptop")
+    narrow = await make_key(db_path, "erin", "laptop", models=["qwen*"])
+    gateway = await _started(aiohttp_server, settings)
+    client = await _client(aiohttp_client, gateway, secret)
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "miss"
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "hit"
+    live = await (await _client(aiohttp_client, gateway, narrow)).post("/api/embed", data=EMBED)
+    store = await Store.open(db_path)
+    try:
+        await store.update_key(("dave", "laptop"), {"models": ["qwen*"]})
+    finally:
+        await store.close()
+
+    async def refused() -> bool:
+        return (await client.post("/api/embed", data=EMBED)).status != 200
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await refused():
+        assert asyncio.get_running_loop().time() < deadline, "the change was never read"
+        await asyncio.sleep(0.1)
+    hit = await client.post("/api/embed", data=EMBED)
+    assert (hit.status, await hit.read()) == (live.status, await live.read())
+    assert HEADER not in hit.headers
+
+
+async def test_a_revoked_key_gets_no_answer_it_was_given(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    db_path: str,
+) -> None:
+    secret = await make_key(db_path, "frank", "laptop")
+    gateway = await _started(aiohttp_server, settings)
+    client = await _client(aiohttp_client, gateway, secret)
+    await client.post("/api/embed", data=EMBED)
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "hit"
+    store = await Store.open(db_path)
+    try:
+        await store.revoke_key("frank", "laptop")
+    finally:
+        await store.close()
+
+    async def refused() -> bool:
+        return (await client.post("/api/embed", data=EMBED)).status == 401
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await refused():
+        assert asyncio.get_running_loop().time() < deadline, "the revocation was never read"
+        await asyncio.sleep(0.1)
+
+
+# --- protocol faithfulness ------------------------------------------------------------------
+
+
+async def test_a_replayed_whole_answer_has_the_first_ones_framing_and_type(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+) -> None:
+    gateway = await _started(aiohttp_server, settings)
+    client = await _client(aiohttp_client, gateway, key)
+    first = await client.post("/api/embed", data=EMBED)
+    once = await first.read()
+    second = await client.post("/api/embed", data=EMBED)
+    assert await second.read() == once
+    assert second.headers[HEADER] == "hit"
+    for name in ("Content-Type", "Content-Length"):
+        assert second.headers.get(name) == first.headers.get(name), name
+    assert "Transfer-Encoding" not in second.headers
+    assert "Date" in second.headers
+    assert second.headers["X-Request-Id"] != first.headers["X-Request-Id"]
