@@ -6,7 +6,9 @@ real gateway in front of the fake Ollama on loopback."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Request
@@ -17,6 +19,7 @@ from aigateway.db.store import Store
 from aigateway.protocol.streams import NDJSON, SSE, ended_whole
 from aigateway.relay.state import RELAY
 from aigateway.testing.fake_ollama import FakeOllama, fixture
+from aigateway.upstreams.config import UpstreamConfig
 
 from .conftest import make_key
 from .helpers import eventually
@@ -94,6 +97,37 @@ def test_only_a_stream_ended_as_its_dialect_ends_a_whole_answer_is_whole(
     chunks: list[bytes], content_type: str, whole: bool
 ) -> None:
     assert ended_whole(chunks, content_type) is whole
+
+
+async def test_an_upstream_listing_the_model_without_a_digest_keeps_it_out(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+) -> None:
+    """Two Ollamas serve the model; one lists it without a digest (an older Ollama, a
+    proxy in front of one): which model it has is unknown, so an answer it gives cannot
+    be known to be the other's. The model's digest is then unknown: nothing is kept."""
+    plain, bare = FakeOllama(), FakeOllama()
+    tags = orjson.loads(fixture("tags.json"))
+    for model in tags["models"]:
+        del model["digest"]
+    bare.list_bodies["/api/tags"] = orjson.dumps(tags)
+    servers = [await aiohttp_server(fake.app()) for fake in (plain, bare)]
+    upstreams = tuple(
+        UpstreamConfig(name=f"gpu{n}", url=str(server.make_url("")).rstrip("/"))
+        for n, server in enumerate(servers)
+    )
+    gateway = await aiohttp_server(create_app(replace(settings, upstreams=upstreams)))
+    pool = gateway.app[RELAY].pool
+    await eventually(lambda: all(u.models is not None for u in pool.upstreams))
+    assert pool.digest_of("llama3.2:latest") is None
+    client = await _client(aiohttp_client, gateway, key)
+    for _ in range(2):
+        resp = await client.post("/api/embed", data=EMBED)
+        assert resp.status == 200
+        assert HEADER not in resp.headers
+        await resp.read()
 
 
 # --- one tenant, another's answers --------------------------------------------------------

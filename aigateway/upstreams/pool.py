@@ -428,9 +428,9 @@ class Pool:
         """The digest of `model` (a canonical name) that every Ollama listing it agrees
         on, by the lists last read (one upstream, which is never checked, has its list
         read again once it is older than a check interval); None when no Ollama lists it,
-        two list different ones, or a cloud API or an Ollama whose list is unknown could
-        answer it. The response cache keys answers by it: a model replaced under the same
-        name is a different model."""
+        two list different ones, one lists it without a digest, or a cloud API or an
+        Ollama whose list is unknown could answer it. The response cache keys answers by
+        it: a model replaced under the same name is a different model."""
         if self.single and time.monotonic() - self._relisted_at > self.check_interval:
             self.relist_soon(changed=True)  # (a check interval since the last read)
         found = None
@@ -440,10 +440,13 @@ class Pool:
                     return None
                 continue
             digest = upstream.digests.get(model)
-            if digest is not None:
-                if found is not None and digest != found:
+            if digest is None:
+                if model in upstream.models:  # (listed without one: which model is unknown)
                     return None
-                found = digest
+                continue
+            if found is not None and digest != found:
+                return None
+            found = digest
         return found
 
     def relist_soon(self, changed: bool = False) -> None:
