@@ -165,13 +165,13 @@ class Keeper:
         self._cache = cache
         self._key = key
         self._chunks: list[bytes] | None = []
-        self._size = 0  # bytes held, counted in the cache's `pending`
+        self._size = 0  # bytes held, overheads counted, in the cache's `pending` too
 
     def add(self, chunk: bytes) -> None:
         chunks = self._chunks
         if chunks is not None:
             cache = self._cache
-            size = len(chunk)
+            size = len(chunk) + CHUNK_OVERHEAD  # (counted as the cache will count it)
             self._size += size
             cache.pending += size
             if self._size > cache.largest or cache.pending > cache.capacity:
