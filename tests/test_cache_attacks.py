@@ -217,6 +217,34 @@ async def test_a_replayed_whole_answer_has_the_first_ones_framing_and_type(
     assert second.headers["X-Request-Id"] != first.headers["X-Request-Id"]
 
 
+async def test_a_model_replaced_behind_the_gateways_back_is_not_answered_after_a_quiet_while(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    """One upstream's list is read again only when a request comes a check interval
+    after the last read: the request that comes first after a quiet hour must not be
+    answered by the digest of an hour ago (the model may have been replaced meanwhile)."""
+    gateway = await _started(aiohttp_server, replace(settings, upstream_check_interval=1.0))
+    client = await _client(aiohttp_client, gateway, key)
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "miss"
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "hit"
+    tags = orjson.loads(fixture("tags.json"))
+    for model in tags["models"]:
+        model["digest"] = "f" * 64
+    fake.list_bodies["/api/tags"] = orjson.dumps(tags)  # re-pulled, not through the gateway
+    await asyncio.sleep(1.1)  # (quiet for more than a check interval)
+    resp = await client.post("/api/embed", data=EMBED)
+    assert resp.status == 200
+    assert resp.headers.get(HEADER) != "hit"
+    assert _at_upstream(fake, "/api/embed") == 2
+    pool = gateway.app[RELAY].pool
+    await eventually(lambda: pool.digest_of("llama3.2:latest") == "f" * 64)
+    assert (await client.post("/api/embed", data=EMBED)).headers[HEADER] == "miss"
+
+
 async def test_an_alias_pointed_elsewhere_is_not_answered_by_its_old_target(
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
