@@ -437,8 +437,10 @@ class Pool:
         it: a model replaced under the same name is a different model."""
         if self.single:
             now = time.monotonic()
-            if now - self._relisted_at > self.check_interval:
-                self.relist_soon(changed=True)  # (a check interval since the last read)
+            # Read again half an interval on, so that under steady requests a fresh list
+            # is in before this one is too old.
+            if now - self._relisted_at > self.check_interval / 2:
+                self.relist_soon(changed=True)
             if now - self.upstreams[0].listed_at > self.check_interval:
                 return None  # (read longer ago: the model may have been replaced since)
         found = None
