@@ -6,6 +6,8 @@ real gateway in front of the fake Ollama on loopback."""
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from dataclasses import replace
 
 import orjson
@@ -17,7 +19,9 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
 from aigateway.protocol.streams import NDJSON, SSE, ended_whole
+from aigateway.relay.inflight import InFlightRequest
 from aigateway.relay.state import RELAY
+from aigateway.testing.fake_models import DEMO_MODELS
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.upstreams.cache import CHUNK_OVERHEAD, Keeper, ResponseCache
 from aigateway.upstreams.config import UpstreamConfig
@@ -25,6 +29,7 @@ from aigateway.upstreams.config import UpstreamConfig
 from .conftest import make_key
 from .helpers import eventually
 from .test_cache import CHAT, EMBED, HEADER, _at_upstream, _listed
+from .test_policy import _usage
 
 GatewayClient = TestClient[Request, None]
 
@@ -334,3 +339,77 @@ async def test_concurrent_misses_of_one_key_ask_the_upstream_once(
     answers = await asyncio.gather(*(ask() for _ in range(4)))
     assert len(set(answers)) == 1
     assert _at_upstream(fake, "/api/chat") == 1
+
+
+async def _stalled_hit(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, settings: Settings, key: str
+) -> tuple[TestServer, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A gateway sending a large kept answer (its embeddings, some megabytes) to a
+    client that reads nothing: the replay waits on the socket, midway."""
+    fake = FakeOllama(catalog=DEMO_MODELS)
+    upstream = await aiohttp_server(fake.app())
+    url = str(upstream.make_url("")).rstrip("/")
+    gateway = await _started(
+        aiohttp_server, replace(settings, ollama_base_url=url, cache_bytes=128 * 1024**2)
+    )
+    body = orjson.dumps({"model": "llama3.2", "input": [f"chunk {n}" for n in range(300)]})
+    first = await (await _client(aiohttp_client, gateway, key)).post("/api/embed", data=body)
+    assert first.headers[HEADER] == "miss" and len(await first.read()) > 8 * 1024**2
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert gateway.port is not None
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gateway.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        b"POST /api/embed HTTP/1.1\r\nHost: gw\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    relay = gateway.app[RELAY]
+
+    def replaying() -> bool:
+        (request,) = relay.in_flight.requests or (None,)
+        return (
+            isinstance(request, InFlightRequest)
+            and request.exchange is not None
+            and (request.exchange.first_byte_at is not None)
+        )
+
+    await eventually(replaying)
+    await asyncio.sleep(0.2)  # (stuck on the socket by now)
+    return gateway, reader, writer
+
+
+@pytest.mark.parametrize("stop", ["graceful", "admin"])
+async def test_a_stop_ends_a_hit_midway_as_it_ends_an_upstreams_answer(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+    db_path: str,
+    stop: str,
+) -> None:
+    """A stop (the gateway's graceful one, or an admin's from Now) cancels a request not
+    answering yet (503) and cuts one whose answer is on its way where its upstream's bytes
+    come in. A hit has no upstream: cancelled midway like one not answering yet, it was
+    given a second response, a 503's head and body, written into the first one's body."""
+    gateway, reader, writer = await _stalled_hit(aiohttp_server, aiohttp_client, settings, key)
+    in_flight = gateway.app[RELAY].in_flight
+    if stop == "graceful":
+        await in_flight.drain(0)
+    else:
+        (request,) = in_flight.requests
+        assert isinstance(request, InFlightRequest)
+        request.stop_by("root/ops")
+    received = await reader.read()  # (to the end: the connection closed)
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert b"HTTP/1.1 503" not in received
+    assert b"shutting down" not in received  # (a body with a length: only cut, not added to)
+    head, _, sent = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+    assert len(sent) < length  # seen as cut short
+    (record,) = [r for r in await _usage(db_path, 2) if r.cached]
+    assert record.status == 200 and not record.client_gone
+    assert record.stopped_by == (None if stop == "graceful" else "root/ops")
