@@ -6,8 +6,11 @@ real gateway in front of the fake Ollama on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import orjson
@@ -18,9 +21,11 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from aigateway import Settings, create_app
 from aigateway.db.store import Store
+from aigateway.protocol.body import FULL_PARSE_LIMIT, _fixed_in_order, fixed_sampling
 from aigateway.protocol.streams import NDJSON, SSE, ended_whole
 from aigateway.relay.inflight import InFlightRequest
 from aigateway.relay.state import RELAY
+from aigateway.testing import go_json
 from aigateway.testing.fake_models import DEMO_MODELS
 from aigateway.testing.fake_ollama import FakeOllama, fixture
 from aigateway.upstreams.cache import CHUNK_OVERHEAD, Keeper, ResponseCache
@@ -32,6 +37,7 @@ from .test_cache import CHAT, EMBED, HEADER, _at_upstream, _listed
 from .test_policy import _usage
 
 GatewayClient = TestClient[Request, None]
+CHAT_OPTIONS = {"temperature": 0, "seed": 42}
 
 
 @pytest.fixture
@@ -413,3 +419,87 @@ async def test_a_stop_ends_a_hit_midway_as_it_ends_an_upstreams_answer(
     (record,) = [r for r in await _usage(db_path, 2) if r.cached]
     assert record.status == 200 and not record.client_gone
     assert record.stopped_by == (None if stop == "graceful" else "root/ops")
+
+
+# --- determinism: which generations are kept, as Go reads their bodies ----------------
+
+_SPELLINGS = ("options", "Options", "OPTIONS", "option\u017f")  # (the long s folds to S)
+_OPTIONS: tuple[object, ...] = (
+    {"temperature": 0, "seed": 1},
+    {"temperature": 0.0, "seed": -1},
+    {"temperature": -0.0, "seed": 1e30},
+    {"temperature": 0},
+    {"seed": 1},
+    {"temperature": 0.5, "seed": 1},
+    {"Temperature": 0, "seed": 1},
+    {"temperature": None, "seed": 1},
+    {"temperature": False, "seed": 1},
+    {"temperature": "0", "seed": 1},
+    None,
+)
+
+
+def _native_bodies() -> list[bytes]:
+    members = [(key, value) for key in _SPELLINGS for value in _OPTIONS]
+    bodies = []
+    for first in members:
+        for second in [None, *members]:
+            chosen = [first] if second is None else [first, second]
+            text = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in chosen)
+            bodies.append(('{"model":"llama3.2","messages":[],' + text + "}").encode())
+    bodies.append(b'{"model":"llama3.2","options":{"temperature":1e-400,"seed":7}}')
+    bodies.append(b'{"model":"llama3.2","options":{"temperature":0,"seed":7}} ')
+    bodies.append(b'{"model":"llama3.2","opt\\u0069ons":{"temperature":0,"seed":7}}')
+    return bodies
+
+
+def test_a_native_generation_is_kept_exactly_when_go_reads_fixed_sampling() -> None:
+    """Against the fake's own Go decoder (testing/go_json.py, written apart): folded
+    member names, maps merged across repeated members, null, types. (A body Go refuses
+    is answered 400 and never kept.)"""
+    for body in _native_bodies():
+        try:
+            options = go_json.decode(body).get("options") or {}
+        except go_json.GoDecodeError:
+            continue
+        numbers = (int, float)
+        temperature, seed = options.get("temperature"), options.get("seed")
+        fixed = type(temperature) in numbers and temperature == 0 and type(seed) in numbers
+        assert fixed_sampling(body, True) is fixed, body
+
+
+def test_an_openai_generation_is_read_alike_fast_or_in_order() -> None:
+    """The quick read (orjson) decides the OpenAI dialect's top-level temperature and
+    seed as the ordered read does, on every mix of spellings, repeats and nulls."""
+    spellings = ("temperature", "Temperature", "seed", "SEED", "\u017feed")
+    values: tuple[object, ...] = (0, 0.0, -0.0, 1, None, "0", True, 1e30)
+    members = [(key, value) for key in spellings for value in values]
+    for first in members:
+        for second in members:
+            for third in (None, ("seed", 3), ("temperature", 0)):
+                chosen = [first, second] if third is None else [first, second, third]
+                text = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in chosen)
+                body = ('{"model":"llama3.2",' + text + "}").encode()
+                assert fixed_sampling(body, False) is _fixed_in_order(body, False), body
+
+
+def test_deciding_whether_a_generation_is_kept_costs_about_a_parse() -> None:
+    """Every generation the cache could answer is read for its sampling on the event
+    loop (up to FULL_PARSE_LIMIT): the ordered read of a chat of many small messages
+    held the loop several times as long as parsing it, a stall any key could cause at
+    will. Measured against orjson's parse of the same body, the best of three."""
+    messages = [{"role": "user", "content": "x"} for _ in range(20_000)]
+    body = orjson.dumps({"model": "llama3.2", "messages": messages, "options": CHAT_OPTIONS})
+    assert len(body) < FULL_PARSE_LIMIT
+
+    def best(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    parse = best(lambda: orjson.loads(body))
+    assert fixed_sampling(body, True)
+    assert best(lambda: fixed_sampling(body, True)) < 1.5 * parse  # (it was 2.5 to 8 times)
