@@ -503,3 +503,105 @@ def test_deciding_whether_a_generation_is_kept_costs_about_a_parse() -> None:
     parse = best(lambda: orjson.loads(body))
     assert fixed_sampling(body, True)
     assert best(lambda: fixed_sampling(body, True)) < 1.5 * parse  # (it was 2.5 to 8 times)
+
+
+# --- the Keeper released on every path ---------------------------------------------------
+
+
+async def test_an_answer_kept_after_failing_over_is_the_second_upstreams_whole_answer(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+) -> None:
+    busy, able = FakeOllama(), FakeOllama()
+    servers = [await aiohttp_server(fake.app()) for fake in (busy, able)]
+    upstreams = tuple(
+        UpstreamConfig(name=f"gpu{n}", url=str(server.make_url("")).rstrip("/"))
+        for n, server in enumerate(servers)
+    )
+    gateway = await aiohttp_server(create_app(replace(settings, upstreams=upstreams)))
+    await _listed(gateway)
+    busy.fail_with = 503  # (after its list was read: it answers 503, and the next is tried)
+    client = await _client(aiohttp_client, gateway, key)
+    first = await client.post("/api/embed", data=EMBED)
+    assert (first.status, first.headers[HEADER]) == (200, "miss")
+    once = await first.read()
+    cache = gateway.app[RELAY].cache
+    assert cache is not None
+    assert (len(cache.answers), cache.answers.pending) == (1, 0)
+    again = await client.post("/api/embed", data=EMBED)
+    assert again.headers[HEADER] == "hit" and await again.read() == once
+    assert _at_upstream(able, "/api/embed") == 1
+
+
+async def test_a_graceful_stop_midway_through_a_miss_keeps_nothing_and_holds_nothing(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    fake.extra_models.append("slow")
+    gateway = await _started(aiohttp_server, settings)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
+    client = await _client(aiohttp_client, gateway, key)
+    resp = await client.post("/api/chat", data=CHAT.replace(b"llama3.2", b"slow"))
+    assert resp.headers[HEADER] == "miss"
+    await resp.content.readline()
+    relay = gateway.app[RELAY]
+    await relay.in_flight.drain(0)
+    assert b"shutting down" in await resp.read()
+    cache = relay.cache
+    assert cache is not None
+    await eventually(lambda: len(relay.in_flight) == 0)
+    assert (len(cache.answers), cache.answers.pending) == (0, 0)
+
+
+async def test_a_client_leaving_midway_through_a_hit_is_recorded_as_such(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    key: str,
+    db_path: str,
+) -> None:
+    gateway, _, writer = await _stalled_hit(aiohttp_server, aiohttp_client, settings, key)
+    writer.transport.abort()
+    relay = gateway.app[RELAY]
+    await eventually(lambda: len(relay.in_flight) == 0)
+    (record,) = [r for r in await _usage(db_path, 2) if r.cached]
+    assert record.client_gone and record.cost == 0
+    cache = relay.cache
+    assert cache is not None
+    assert (cache.answers.hits, cache.answers.misses, len(cache.answers)) == (1, 1, 1)
+
+
+# --- protocol: usage the relay asked for, on a hit ----------------------------------------
+
+
+async def test_a_hit_gives_the_usage_chunk_to_the_client_that_asked_for_it_only(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    """The relay asks Ollama for the usage of a stream whose client did not (and takes it
+    out again): such a body, as sent upstream, is the body of a client that asked. One
+    kept answer serves both, each as it asked, whichever came first."""
+    gateway = await _started(aiohttp_server, settings)
+    client = await _client(aiohttp_client, gateway, key)
+    plain = (
+        b'{"model":"llama3.2","stream":true,"temperature":0,"seed":7,'
+        b'"messages":[{"role":"user","content":"hi"}]}'
+    )
+    asking = plain[:-1] + b',"stream_options":{"include_usage":true}}'
+    seen = []
+    for body in (asking, plain, asking):
+        resp = await client.post("/v1/chat/completions", data=body)
+        answer = await resp.read()
+        seen.append(resp.headers[HEADER])
+        assert (b'"usage"' in answer) is (body == asking), body
+        assert answer.rstrip().endswith(b"data: [DONE]")
+    assert seen == ["miss", "hit", "hit"]
+    assert _at_upstream(fake, "/v1/chat/completions") == 1
