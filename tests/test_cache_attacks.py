@@ -605,3 +605,32 @@ async def test_a_hit_gives_the_usage_chunk_to_the_client_that_asked_for_it_only(
         assert answer.rstrip().endswith(b"data: [DONE]")
     assert seen == ["miss", "hit", "hit"]
     assert _at_upstream(fake, "/v1/chat/completions") == 1
+
+
+async def test_an_answer_asked_before_the_cache_was_emptied_is_not_kept(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    """An admin empties the cache after replacing a model by hand (DELETE /admin/cache):
+    an answer asked before, still on its way from the replaced model, must not be kept
+    after it, to be repeated for the TTL as if the emptying had not been."""
+    fake.extra_models.append("slow")
+    gateway = await _started(aiohttp_server, settings)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
+    client = await _client(aiohttp_client, gateway, key)
+    body = CHAT.replace(b"llama3.2", b"slow")
+    resp = await client.post("/api/chat", data=body)
+    assert resp.headers[HEADER] == "miss"
+    await resp.content.readline()
+    cache = gateway.app[RELAY].cache
+    assert cache is not None
+    cache.answers.clear()  # (what DELETE /admin/cache does)
+    await resp.read()
+    assert (len(cache.answers), cache.answers.pending) == (0, 0)
+    again = await client.post("/api/chat", data=body)
+    assert again.headers[HEADER] == "miss"
+    await again.read()
+    assert (await client.post("/api/chat", data=body)).headers[HEADER] == "hit"

@@ -80,6 +80,8 @@ class ResponseCache:
         self.misses = 0
         self.stored = 0
         self.evicted = 0  # for room (an expired answer dropped is not counted)
+        # How many times it was emptied: an answer on its way since before is not kept.
+        self.clears = 0
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -124,10 +126,12 @@ class ResponseCache:
 
     def clear(self) -> int:
         """Drop every answer (an admin's choice: after replacing a model by hand, say);
-        how many there were."""
+        how many there were. Answers on their way, asked before, are not kept when they
+        come: they may be the replaced model's."""
         dropped = len(self._answers)
         self._answers.clear()
         self.size = 0
+        self.clears += 1
         return dropped
 
     def _drop(self, key: bytes) -> None:
@@ -157,7 +161,7 @@ class Keeper:
     capacity (beyond it, an answer is not kept and holds nothing more). A take of the
     request's ledger: its release lets go of what it holds, however the request ended."""
 
-    __slots__ = ("_cache", "_chunks", "_key", "_size")
+    __slots__ = ("_cache", "_chunks", "_clears", "_key", "_size")
 
     by_record = False  # (a ledger take's: never decided on a gateway's own reckoning)
 
@@ -166,6 +170,7 @@ class Keeper:
         self._key = key
         self._chunks: list[bytes] | None = []
         self._size = 0  # bytes held, overheads counted, in the cache's `pending` too
+        self._clears = cache.clears  # (emptied since: this answer is not kept)
 
     def add(self, chunk: bytes) -> None:
         chunks = self._chunks
@@ -187,7 +192,7 @@ class Keeper:
         ended with Ollama's error instead of its last message is a failure: not kept."""
         chunks = self._chunks
         self._let_go()
-        if chunks is None or status != 200:
+        if chunks is None or status != 200 or self._clears != self._cache.clears:
             return False
         if not ended_whole(chunks, headers.get("Content-Type", "")):
             return False
