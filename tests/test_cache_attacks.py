@@ -25,6 +25,7 @@ from aigateway.protocol.body import FULL_PARSE_LIMIT, _fixed_in_order, fixed_sam
 from aigateway.protocol.streams import NDJSON, SSE, ended_whole
 from aigateway.relay.inflight import InFlightRequest
 from aigateway.relay.state import RELAY
+from aigateway.settings import SettingsError
 from aigateway.testing import go_json
 from aigateway.testing.fake_models import DEMO_MODELS
 from aigateway.testing.fake_ollama import FakeOllama, fixture
@@ -634,3 +635,18 @@ async def test_an_answer_asked_before_the_cache_was_emptied_is_not_kept(
     assert again.headers[HEADER] == "miss"
     await again.read()
     assert (await client.post("/api/chat", data=body)).headers[HEADER] == "hit"
+
+
+# --- a careless operator -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["256", "64K", "1000000"])
+def test_a_cache_too_small_to_keep_anything_stops_start_up(raw: str) -> None:
+    """`CACHE_SIZE=256` (the M forgotten) turned on a cache of 256 bytes: an eighth of it
+    holds no answer, so every request said "miss", held its answer on the way, and kept
+    nothing, silently."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"CACHE_SIZE": raw}, env_file=None)
+    assert str(info.value).startswith("CACHE_SIZE: expected 0 (off) or at least 1M")
+    assert Settings.from_env({"CACHE_SIZE": "1M"}, env_file=None).cache_bytes == 1024**2
+    assert Settings.from_env({"CACHE_SIZE": "off"}, env_file=None).cache_bytes == 0
