@@ -614,6 +614,7 @@ async def test_an_answer_asked_before_the_cache_was_emptied_is_not_kept(
     settings: Settings,
     fake: FakeOllama,
     key: str,
+    admin_key: str,
 ) -> None:
     """An admin empties the cache after replacing a model by hand (DELETE /admin/cache):
     an answer asked before, still on its way from the replaced model, must not be kept
@@ -628,7 +629,8 @@ async def test_an_answer_asked_before_the_cache_was_emptied_is_not_kept(
     await resp.content.readline()
     cache = gateway.app[RELAY].cache
     assert cache is not None
-    cache.answers.clear()  # (what DELETE /admin/cache does)
+    admin = await _client(aiohttp_client, gateway, admin_key)
+    assert (await admin.delete("/admin/cache")).status == 200
     await resp.read()
     assert (len(cache.answers), cache.answers.pending) == (0, 0)
     again = await client.post("/api/chat", data=body)
