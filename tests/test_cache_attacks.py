@@ -361,7 +361,8 @@ async def _stalled_hit(
     )
     body = orjson.dumps({"model": "llama3.2", "input": [f"chunk {n}" for n in range(300)]})
     first = await (await _client(aiohttp_client, gateway, key)).post("/api/embed", data=body)
-    assert first.headers[HEADER] == "miss" and len(await first.read()) > 8 * 1024**2
+    whole = len(await first.read())
+    assert first.headers[HEADER] == "miss" and whole > 8 * 1024**2  # (> a socket's buffers)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     assert gateway.port is not None
@@ -385,6 +386,9 @@ async def _stalled_hit(
 
     await eventually(replaying)
     await asyncio.sleep(0.2)  # (stuck on the socket by now)
+    (request,) = relay.in_flight.requests
+    assert isinstance(request, InFlightRequest) and request.exchange is not None
+    assert request.exchange.tap.total < whole, "the replay was not held midway"
     return gateway, reader, writer
 
 
