@@ -119,11 +119,22 @@ def _size(name: str, raw: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
 
 
+# The least memory a cache that is on may have: below it, an eighth (its largest answer)
+# holds too few embeddings to be worth keeping, and `CACHE_SIZE=256` (256 bytes, the M
+# forgotten) would turn on a cache that keeps nothing and says "miss" to every request.
+CACHE_SIZE_LEAST = 1024**2
+
+
 def _size_or_off(name: str, raw: str) -> int:
-    """A size, or `0`/`off`: the feature is off."""
+    """A size of at least CACHE_SIZE_LEAST, or `0`/`off`: the feature is off."""
     if raw.strip().lower() in ("0", "off"):
         return 0
-    return _size(name, raw)
+    size = _size(name, raw)
+    if size < CACHE_SIZE_LEAST:
+        raise SettingsError(
+            f"{name}: expected 0 (off) or at least 1M, with its unit (`256M`), got {raw!r}"
+        )
+    return size
 
 
 def _cache_routes(name: str, raw: str) -> tuple[str, ...]:
@@ -338,7 +349,9 @@ SECONDS = Parser(_seconds, "seconds above 0 (`2.5` too)")
 BOOLEAN = Parser(_boolean, "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)")
 SIZE = Parser(_size, "bytes above 0, or with `K`, `M` or `G` (`100M`)", _bytes_shown)
 SIZE_OR_OFF = Parser(
-    _size_or_off, "bytes, or with `K`, `M` or `G` (`256M`); `0` or `off`: off", _bytes_shown
+    _size_or_off,
+    "bytes, or with `K`, `M` or `G` (`256M`), at least `1M`; `0` or `off`: off",
+    _bytes_shown,
 )
 CACHE_ROUTES = Parser(
     _cache_routes,

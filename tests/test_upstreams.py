@@ -307,6 +307,27 @@ async def test_a_pull_without_a_named_upstream_pulls_everywhere(
     assert resp.status == 500
 
 
+async def test_a_stop_midway_through_a_pull_everywhere_ends_its_stream_with_an_error_line(
+    several: Several, three: Three
+) -> None:
+    """A graceful stop cuts an answer on its way at its upstream's response. A pull on
+    every Ollama had none registered: its task was cancelled like one not answering yet,
+    and a 503's head and body were written into the 200 stream it had begun."""
+    user, admin = several
+    for fake in three.fakes:
+        fake.slow_interval = 0.2
+    resp = await admin.post("/api/pull", json={"model": "slow"})
+    assert resp.status == 200
+    first = await resp.content.readline()
+    assert orjson.loads(first)["status"]
+    await user.app[RELAY].in_flight.drain(0)  # (one app serves both clients)
+    # (a second response inside would break the chunked body, or hang it)
+    rest = await asyncio.wait_for(resp.read(), 10)
+    lines = [orjson.loads(line) for line in rest.splitlines()]
+    assert lines[-1] == {"error": "aigateway: the gateway is shutting down"}
+    assert not any(line.get("status") == "success" for line in lines)
+
+
 async def test_answers_from_every_upstream_carry_the_keys_rate_headers(
     aiohttp_client: AiohttpClient, three: Three, db_path: str
 ) -> None:

@@ -296,13 +296,45 @@ def with_model(body: bytes, fields: tuple[str, ...], sent: str, model: str) -> b
     return replaced(text, hits, model).encode("utf-8", "surrogateescape")
 
 
+# The top-level fields fixed_sampling reads, as Go folds them: the options map on Ollama's
+# own routes, temperature and seed on the OpenAI-compatible ones.
+_SAMPLING_NATIVE = frozenset(("OPTIONS",))
+_SAMPLING_OPENAI = frozenset(("TEMPERATURE", "SEED"))
+
+
 def fixed_sampling(body: bytes, native: bool) -> bool:
     """Whether the request itself fixes how Ollama samples its answer: temperature 0 and
     a seed, in `options` on Ollama's own routes (a map: exact keys, merged across repeated
     `options` members, the last value winning), top-level on the OpenAI-compatible ones
     (Go's folded keys, the last winning, `null` unsetting). What a model's own parameters
     set cannot be seen here, so it does not count. (The response cache repeats only such
-    answers of the generation routes.)"""
+    answers of the generation routes.)
+
+    Read with orjson when its dict is what Go reads (no other spelling of a field read;
+    on Ollama's routes, one `options` member, or orjson's last one fixing it already,
+    which the members before it cannot undo): the ordered read costs several times as much,
+    and this runs on the event loop for every generation the cache could answer."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if doc.__class__ is dict:
+        read = _SAMPLING_NATIVE if native else _SAMPLING_OPENAI
+        if all(key in _ORDINARY or go_fold(key) not in read for key in doc):
+            if not native:
+                return _fixed(doc.get("temperature"), doc.get("seed"))
+            options = doc.get("options")
+            if options.__class__ is dict and _fixed(
+                options.get("temperature"), options.get("seed")
+            ):
+                return True
+            if body.count(b'"options"') < 2:  # (else members Go merges may fix it)
+                return False
+    return _fixed_in_order(body, native)
+
+
+def _fixed_in_order(body: bytes, native: bool) -> bool:
+    """fixed_sampling by the ordered read, as Go decodes each member in turn."""
     try:
         pairs = _ordered_pairs(body)
     except UndecidableBody:
@@ -310,14 +342,14 @@ def fixed_sampling(body: bytes, native: bool) -> bool:
     temperature: Any = None
     seed: Any = None
     if native:
-        options: dict[str, Any] = {}
+        options_map: dict[str, Any] = {}
         for key, value in pairs:
             if go_fold(key) == "OPTIONS":
                 if isinstance(value, _Pairs):
-                    options.update(value)
+                    options_map.update(value)
                 elif value is None:
-                    options = {}
-        temperature, seed = options.get("temperature"), options.get("seed")
+                    options_map = {}
+        temperature, seed = options_map.get("temperature"), options_map.get("seed")
     else:
         for key, value in pairs:
             folded = go_fold(key)
@@ -325,5 +357,9 @@ def fixed_sampling(body: bytes, native: bool) -> bool:
                 temperature = value
             elif folded == "SEED":
                 seed = value
-    numbers = (int, float)
+    return _fixed(temperature, seed)
+
+
+def _fixed(temperature: Any, seed: Any) -> bool:
+    numbers = (int, float)  # (exact classes: a bool is no number to Go)
     return temperature.__class__ in numbers and temperature == 0 and seed.__class__ in numbers

@@ -5,11 +5,15 @@
   them anyway (`with_usage_requested`) and `UsageStripper` takes out of the stream what
   that added, so the client receives exactly the bytes it would have received without
   the gateway while the usage tap still sees the counts.
+- A 200 stream may still carry a failure at its end: `ended_whole` tells a complete
+  answer (one the response cache may repeat) from one that is not.
 - A stream cut short (Ollama's side broke, or the gateway is stopping) must not look
   complete to the client: `broken_stream_tail` is the error each dialect's SDK raises on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import orjson
 
@@ -99,3 +103,34 @@ def counted_tokens(newlines: int, content_type: str, dialect: str) -> int:
     if dialect == "anthropic":
         return max(0, newlines // 3 - 2)
     return newlines // 2
+
+
+def ended_whole(chunks: Sequence[bytes], content_type: str) -> bool:
+    """Whether a 200 answer's body, as these chunks, ended the way its dialect ends a
+    complete answer. Ollama answers a generation that fails midway (the runner died,
+    memory ran out) with a 200 whose stream ends with an `{"error": ...}` line instead of
+    its `"done": true` one, and an OpenAI stream so broken lacks its `data: [DONE]`; a
+    body that is no stream is whole when it came whole."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in STREAM_TYPES:
+        return True
+    last = _last_line(chunks)
+    if media == SSE:
+        return last == b"data: [DONE]"
+    try:
+        doc = orjson.loads(last)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("done") is True and "error" not in doc
+
+
+def _last_line(chunks: Sequence[bytes]) -> bytes:
+    """The last non-empty line of a body given as chunks, read from the end (joining only
+    the chunks it spans)."""
+    parts: list[bytes] = []
+    for chunk in reversed(chunks):
+        parts.append(chunk)
+        if b"\n" in chunk.rstrip(b"\r\n" if len(parts) == 1 else b""):
+            break
+    tail = b"".join(reversed(parts)).rstrip(b"\r\n")
+    return tail[tail.rfind(b"\n") + 1 :].rstrip(b"\r")

@@ -24,12 +24,14 @@ FROM_CACHE = "(cache)"
 
 
 class Replay:
-    """A kept answer, read as its upstream's was (what the pump reads of a response)."""
+    """A kept answer, read as its upstream's was (what the pump reads of a response), and
+    cut as its upstream's would be by a graceful stop or an admin's Stop (set_exception)."""
 
     status = 200
 
     def __init__(self, answer: CachedAnswer) -> None:
         self._answer = answer
+        self._cut: BaseException | None = None
         self.reason = answer.reason
         self.headers = CIMultiDict(answer.headers)
         self.content_length = answer.length
@@ -41,7 +43,14 @@ class Replay:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._answer.chunks:
+            if self._cut is not None:
+                raise self._cut
             yield chunk
+
+    def set_exception(self, exc: BaseException) -> None:
+        """End the replay at its next chunk with `exc` (GatewayStopping, StoppedByAdmin),
+        as an upstream's stream ends."""
+        self._cut = exc
 
     def close(self) -> None:
         """Nothing to close: no connection was opened."""
@@ -56,6 +65,9 @@ async def replayed(
     exchange.status = 200
     exchange.cached = True
     exchange.upstream_name = FROM_CACHE
+    # A stop cuts it where an upstream's answer is cut: a task cancelled midway would be
+    # answered 503 after its 200 had begun.
+    exchange.in_flight.upstream = replay
     response = exchange.response = response_for(replay, request, exchange)
     response.headers[CACHE_HEADER] = "hit"
     try:

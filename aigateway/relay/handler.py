@@ -26,9 +26,9 @@ from ..usage.traces import RequestTrace, Tracing
 from .admit import admit, check_content_encoding, check_path, prepare, storage_full
 from .exchange import Exchange
 from .forward import forward
-from .inflight import STOPPED, STOPPING, InFlightRequest, StoppedByAdmin
+from .inflight import STOPPED, STOPPING, GatewayStopping, InFlightRequest, StoppedByAdmin
 from .ledger import Ledger
-from .pump import finish
+from .pump import end_cut, finish
 from .settle import settle
 from .state import RELAY, RelayState
 
@@ -126,6 +126,13 @@ async def _relay(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        begun = exchange.response if exchange is not None else None
+        if exchange is not None and begun is not None and begun.prepared:
+            # Its answer had begun without an upstream's response to cut it at (a pull on
+            # every Ollama, between two): ended as a cut stream is, not answered again.
+            stop = StoppedByAdmin() if why == (STOPPED,) else GatewayStopping()
+            await end_cut(begun, request, exchange, route, stop)
+            return begun
         if exchange is not None:
             exchange.status = 503
         if why == (STOPPED,):

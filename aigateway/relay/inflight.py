@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
     from ..http.context import RequestContext
     from ..protocol.routes import RelayRoute
-    from ..upstreams.transport import Response
     from ..usage.writer import UsageTap
     from .ledger import Outcome
 
@@ -33,6 +32,18 @@ class Progress(Protocol):
     response: web.StreamResponse | None
     upstream_name: str
     tap: UsageTap
+
+
+class _Cuttable(Protocol):
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+class Answering(Protocol):
+    """An answer on its way, which a stop cuts: an upstream's response, or one the
+    response cache kept, replayed."""
+
+    @property
+    def content(self) -> _Cuttable: ...
 
 
 class Stoppable(Protocol):
@@ -108,7 +119,7 @@ class InFlightRequest:
         self.context = context
         self.route = route
         self.exchange: Progress | None = None  # set by the Exchange, once the body is read
-        self.upstream: Response | None = None  # once an upstream answers
+        self.upstream: Answering | None = None  # once an upstream (or the cache) answers
         self.queued = False  # waiting in the upstreams' queue (forward.py)
         self.stopped_by: str | None = None  # the admin who stopped it ("user/key name")
         in_flight.requests.add(self)  # (an attribute, not a call: the hot path)

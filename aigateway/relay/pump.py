@@ -152,6 +152,18 @@ async def _end_cut_stream(
     by Content-Length, or an SSE stream read by a client that ignores error events, is
     seen as incomplete at once instead of waited on."""
     upstream.close()
+    await end_cut(response, request, exchange, route, exc)
+
+
+async def end_cut(
+    response: web.StreamResponse,
+    request: web.Request,
+    exchange: Exchange,
+    route: RelayRoute,
+    exc: BaseException,
+) -> None:
+    """End a response that had begun and was cut (its upstream, if any, closed already):
+    the dialect's error in a stream, then a clean end (NDJSON) or a closed connection."""
     if isinstance(exc, GatewayStopping):  # (or StoppedByAdmin)
         reason, message = exc.reason, exc.message
     else:

@@ -7,7 +7,8 @@ away before it finished. The `model` in a request body picks a behaviour:
 
     llama9          404 "model not found", in Ollama's words for that route
     midway-error    a stream that ends with an {"error": ...} line
-    slow            a stream with one line every `slow_interval` seconds
+    slow            a stream (a generation's, a pull's) with one line every
+                    `slow_interval` seconds
     silent          no byte at all for a minute (a long prompt evaluation)
     stall           one stream line, then nothing until the client leaves
     broken          one stream line or OpenAI event (Anthropic: three events), then the
@@ -308,9 +309,11 @@ class FakeOllama:
         return _json(fixture(name))
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
-        if _body(request).get("stream", True) is False:
+        doc = _body(request)
+        if doc.get("stream", True) is False:
             return _json(fixture("pull-nonstream.json"))
-        return await _stream(request, fixture("pull-stream.ndjson"))
+        interval = self.slow_interval if doc.get("model") == "slow" else 0.0
+        return await _stream(request, fixture("pull-stream.ndjson"), interval)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         return await _stream(request, fixture("create-stream.ndjson"))
@@ -556,11 +559,14 @@ def _not_found(path: str, model: str) -> web.Response:
     return _error(404, f"model '{model}' not found")
 
 
-async def _stream(request: web.Request, body: bytes) -> web.StreamResponse:
+async def _stream(request: web.Request, body: bytes, interval: float = 0.0) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
-    for line in body.splitlines(keepends=True):
+    lines = body.splitlines(keepends=True)
+    for number, line in enumerate(lines):
         await response.write(line)
+        if interval and number < len(lines) - 1:
+            await asyncio.sleep(interval)
     await response.write_eof()
     return response
 

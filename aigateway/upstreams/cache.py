@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from ..protocol.streams import ended_whole
 from .http import RESPONSE_DROP
 
 # The answer's header that says it came from the cache (hit) or was looked for there
@@ -79,6 +80,8 @@ class ResponseCache:
         self.misses = 0
         self.stored = 0
         self.evicted = 0  # for room (an expired answer dropped is not counted)
+        # How many times it was emptied: an answer on its way since before is not kept.
+        self.clears = 0
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -123,10 +126,12 @@ class ResponseCache:
 
     def clear(self) -> int:
         """Drop every answer (an admin's choice: after replacing a model by hand, say);
-        how many there were."""
+        how many there were. Answers on their way, asked before, are not kept when they
+        come: they may be the replaced model's."""
         dropped = len(self._answers)
         self._answers.clear()
         self.size = 0
+        self.clears += 1
         return dropped
 
     def _drop(self, key: bytes) -> None:
@@ -150,13 +155,13 @@ class ResponseCache:
 
 class Keeper:
     """A looked-for answer on its way from its upstream (a miss), its chunks kept as they
-    pass, and handed to the cache once it came complete; a 200 only, and only while it is
-    no larger than an answer may be. The bytes answers on their way hold, all together,
-    are bounded by the cache's capacity (beyond it, an answer is not kept and holds
-    nothing more). A take of the request's ledger: its release lets go of what it holds,
-    however the request ended."""
+    pass, and handed to the cache once it came complete (a stream ended as its dialect
+    ends a whole answer); a 200 only, and only while it is no larger than an answer may
+    be. The bytes answers on their way hold, all together, are bounded by the cache's
+    capacity (beyond it, an answer is not kept and holds nothing more). A take of the
+    request's ledger: its release lets go of what it holds, however the request ended."""
 
-    __slots__ = ("_cache", "_chunks", "_key", "_size")
+    __slots__ = ("_cache", "_chunks", "_clears", "_key", "_size")
 
     by_record = False  # (a ledger take's: never decided on a gateway's own reckoning)
 
@@ -164,13 +169,14 @@ class Keeper:
         self._cache = cache
         self._key = key
         self._chunks: list[bytes] | None = []
-        self._size = 0  # bytes held, counted in the cache's `pending`
+        self._size = 0  # bytes held, overheads counted, in the cache's `pending` too
+        self._clears = cache.clears  # (emptied since: this answer is not kept)
 
     def add(self, chunk: bytes) -> None:
         chunks = self._chunks
         if chunks is not None:
             cache = self._cache
-            size = len(chunk)
+            size = len(chunk) + CHUNK_OVERHEAD  # (counted as the cache will count it)
             self._size += size
             cache.pending += size
             if self._size > cache.largest or cache.pending > cache.capacity:
@@ -182,10 +188,13 @@ class Keeper:
         self, status: int, reason: str | None, headers: Mapping[str, str], length: int | None
     ) -> bool:
         """The answer came whole: keep it (its headers less the date, a repeat gets its
-        own, and those no answer passes on); whether it was kept."""
+        own, and those no answer passes on); whether it was kept. A 200 stream that
+        ended with Ollama's error instead of its last message is a failure: not kept."""
         chunks = self._chunks
         self._let_go()
-        if chunks is None or status != 200:
+        if chunks is None or status != 200 or self._clears != self._cache.clears:
+            return False
+        if not ended_whole(chunks, headers.get("Content-Type", "")):
             return False
         kept = tuple(
             (name, value)

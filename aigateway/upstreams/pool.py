@@ -60,8 +60,8 @@ class Upstream:
     """One upstream: its configuration, and what the gateway knows of it now."""
 
     __slots__ = (
-        "checked_at", "config", "digests", "failures", "in_flight", "latency_ms", "loaded",
-        "models", "out_until", "picked", "reason", "running",
+        "checked_at", "config", "digests", "failures", "in_flight", "latency_ms", "listed_at",
+        "loaded", "models", "out_until", "picked", "reason", "running",
     )  # fmt: skip
 
     def __init__(self, config: UpstreamConfig) -> None:
@@ -71,6 +71,7 @@ class Upstream:
         # An Ollama's models by its /api/tags (canonical names); None until first listed.
         self.models: frozenset[str] | None = None
         self.digests: dict[str, str] = {}  # each listed model's digest, by canonical name
+        self.listed_at = -math.inf  # (monotonic) when its list was last read
         self.loaded: frozenset[str] = frozenset()  # by its /api/ps
         self.running: tuple[LoadedModel, ...] = ()  # the same, as /api/ps describes them
         self.failures = 0  # in a row
@@ -414,6 +415,7 @@ class Pool:
             names = [name for name, _ in entries]
             upstream.models = frozenset(names)
             upstream.digests = {name: digest for name, digest in entries if digest is not None}
+            upstream.listed_at = time.monotonic()
         else:
             patterns = upstream.config.models or ()
             names = [
@@ -427,12 +429,20 @@ class Pool:
     def digest_of(self, model: str) -> str | None:
         """The digest of `model` (a canonical name) that every Ollama listing it agrees
         on, by the lists last read (one upstream, which is never checked, has its list
-        read again once it is older than a check interval); None when no Ollama lists it,
-        two list different ones, or a cloud API or an Ollama whose list is unknown could
-        answer it. The response cache keys answers by it: a model replaced under the same
-        name is a different model."""
-        if self.single and time.monotonic() - self._relisted_at > self.check_interval:
-            self.relist_soon(changed=True)  # (a check interval since the last read)
+        read again once it is older than a check interval, and none until then: after a
+        quiet while the first request would otherwise be answered by a list of long ago,
+        the model replaced since); None when no Ollama lists it,
+        two list different ones, one lists it without a digest, or a cloud API or an
+        Ollama whose list is unknown could answer it. The response cache keys answers by
+        it: a model replaced under the same name is a different model."""
+        if self.single:
+            now = time.monotonic()
+            # Read again half an interval on, so that under steady requests a fresh list
+            # is in before this one is too old.
+            if now - self._relisted_at > self.check_interval / 2:
+                self.relist_soon(changed=True)
+            if now - self.upstreams[0].listed_at > self.check_interval:
+                return None  # (read longer ago: the model may have been replaced since)
         found = None
         for upstream in self.upstreams:
             if upstream.config.kind != "ollama" or upstream.models is None:
@@ -440,10 +450,13 @@ class Pool:
                     return None
                 continue
             digest = upstream.digests.get(model)
-            if digest is not None:
-                if found is not None and digest != found:
+            if digest is None:
+                if model in upstream.models:  # (listed without one: which model is unknown)
                     return None
-                found = digest
+                continue
+            if found is not None and digest != found:
+                return None
+            found = digest
         return found
 
     def relist_soon(self, changed: bool = False) -> None:
