@@ -320,11 +320,6 @@ def test_an_answer_on_its_way_is_counted_as_the_cache_counts_it() -> None:
     assert cache.pending == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: concurrent misses of one key are not coalesced; each asks the GPU"
-    " (a waiter would share the first miss's Keeper and answer from it once whole)",
-)
 async def test_concurrent_misses_of_one_key_ask_the_upstream_once(
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
@@ -346,6 +341,42 @@ async def test_concurrent_misses_of_one_key_ask_the_upstream_once(
     answers = await asyncio.gather(*(ask() for _ in range(4)))
     assert len(set(answers)) == 1
     assert _at_upstream(fake, "/api/chat") == 1
+    cache = gateway.app[RELAY].cache
+    assert cache is not None
+    assert (cache.answers.hits, cache.answers.misses, cache.answers.pending) == (3, 1, 0)
+
+
+async def test_requests_waiting_for_an_answer_not_kept_ask_the_upstream_themselves(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> None:
+    """The first of a burst leaves mid-stream: nothing is kept, and those that waited for
+    it go on to the upstream (and get their whole answers)."""
+    fake.extra_models.append("slow")
+    gateway = await _started(aiohttp_server, settings)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
+    client = await _client(aiohttp_client, gateway, key)
+    body = CHAT.replace(b"llama3.2", b"slow")
+    first = await client.post("/api/chat", data=body)
+    await first.content.readline()
+
+    async def ask() -> bytes:
+        resp = await client.post("/api/chat", data=body)
+        assert resp.status == 200
+        return await resp.read()
+
+    waiting = [asyncio.ensure_future(ask()) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    assert not any(w.done() for w in waiting)
+    first.close()  # the leader's client leaves: its answer is not kept
+    answers = await asyncio.gather(*waiting)
+    assert answers[0] == answers[1]
+    assert json.loads(answers[0].splitlines()[-1])["done"] is True
+    # (the first to go on leads again; the other waited for it)
+    assert _at_upstream(fake, "/api/chat") == 2
 
 
 async def _stalled_hit(

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..protocol.routes import RelayRoute
-from ..upstreams.cache import CACHE_HEADER, CachedAnswer
+from ..upstreams.cache import CACHE_HEADER, CachedAnswer, ResponseCache
 from .exchange import Exchange
 from .pump import pump, response_for
 
@@ -54,6 +54,22 @@ class Replay:
 
     def close(self) -> None:
         """Nothing to close: no connection was opened."""
+
+
+async def kept_answer(answers: ResponseCache, key: bytes) -> CachedAnswer | None:
+    """The answer kept under `key`; while an identical request's answer is on its way,
+    that one once it came (None when none is on its way, or it was not kept and none is on
+    its way since: this request then asks the upstream itself, and those still waiting
+    wait for its answer). A burst of identical requests asks the upstream once; those
+    that wait get the answer, a stream too, only once it came whole."""
+    answer = answers.get(key)
+    while answer is None:
+        on_way = answers.on_way(key)
+        if on_way is None:
+            break
+        await on_way.wait()
+        answer = answers.after_waiting(key)
+    return answer
 
 
 async def replayed(

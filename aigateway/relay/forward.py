@@ -15,7 +15,7 @@ from ..upstreams.config import UpstreamConfig
 from ..upstreams.http import own_headers_missing, request_headers, upstream_url
 from ..upstreams.pool import FAILOVER_STATUSES, UPSTREAM_HEADER, Pool, Upstream
 from ..upstreams.transport import ConnectFailed, TimedOut, UpstreamFailed
-from .cached import replayed
+from .cached import kept_answer, replayed
 from .exchange import Exchange
 from .fanout import pull_everywhere, send_union
 from .ledger import Ledger, UpstreamSlot
@@ -38,7 +38,7 @@ async def forward(
     if key is not None:
         cache = relay.cache
         assert cache is not None  # (a key is made only with the cache on)
-        answer = cache.answers.get(key)
+        answer = await kept_answer(cache.answers, key)
         if answer is not None:
             return await replayed(answer, request, route, exchange)
         exchange.keeper = ledger.take(Keeper(cache.answers, key))  # (kept once whole)

@@ -12,6 +12,7 @@ the database, for hits a second gateway would soon have of its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -82,6 +83,9 @@ class ResponseCache:
         self.evicted = 0  # for room (an expired answer dropped is not counted)
         # How many times it was emptied: an answer on its way since before is not kept.
         self.clears = 0
+        # The keys of answers on their way (a Keeper leading), each with what is set when
+        # it came, so that identical requests meanwhile wait for it, not ask again.
+        self._on_way: dict[bytes, asyncio.Event] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -98,6 +102,23 @@ class ResponseCache:
             self._drop(key)
         self.misses += 1
         return None
+
+    def on_way(self, key: bytes) -> asyncio.Event | None:
+        """What is set once the answer on its way under `key` came (kept or not); None
+        when none is on its way."""
+        return self._on_way.get(key)
+
+    def after_waiting(self, key: bytes) -> CachedAnswer | None:
+        """The answer a request that waited for an identical one on its way finds now: a
+        hit after all (the miss it was first counted as becomes one), or None when that
+        answer was not kept (then it asks the upstream itself)."""
+        answer = self._answers.get(key)
+        if answer is None or answer.expires <= self._clock():
+            return None
+        self._answers.move_to_end(key)
+        self.misses -= 1
+        self.hits += 1
+        return answer
 
     def put(
         self,
@@ -161,7 +182,7 @@ class Keeper:
     capacity (beyond it, an answer is not kept and holds nothing more). A take of the
     request's ledger: its release lets go of what it holds, however the request ended."""
 
-    __slots__ = ("_cache", "_chunks", "_clears", "_key", "_size")
+    __slots__ = ("_cache", "_chunks", "_clears", "_key", "_leads", "_size")
 
     by_record = False  # (a ledger take's: never decided on a gateway's own reckoning)
 
@@ -171,6 +192,10 @@ class Keeper:
         self._chunks: list[bytes] | None = []
         self._size = 0  # bytes held, overheads counted, in the cache's `pending` too
         self._clears = cache.clears  # (emptied since: this answer is not kept)
+        # The first on its way under its key: identical requests wait for it meanwhile.
+        self._leads = key not in cache._on_way
+        if self._leads:
+            cache._on_way[key] = asyncio.Event()
 
     def add(self, chunk: bytes) -> None:
         chunks = self._chunks
@@ -191,22 +216,30 @@ class Keeper:
         own, and those no answer passes on); whether it was kept. A 200 stream that
         ended with Ollama's error instead of its last message is a failure: not kept."""
         chunks = self._chunks
-        self._let_go()
-        if chunks is None or status != 200 or self._clears != self._cache.clears:
-            return False
-        if not ended_whole(chunks, headers.get("Content-Type", "")):
-            return False
-        kept = tuple(
-            (name, value)
-            for name, value in headers.items()
-            if name.lower() not in RESPONSE_DROP and name.lower() != "date"
-        )
-        return self._cache.put(self._key, kept, reason or "OK", tuple(chunks), length)
+        try:  # (kept before the requests waiting for it are woken)
+            if chunks is None or status != 200 or self._clears != self._cache.clears:
+                return False
+            if not ended_whole(chunks, headers.get("Content-Type", "")):
+                return False
+            kept = tuple(
+                (name, value)
+                for name, value in headers.items()
+                if name.lower() not in RESPONSE_DROP and name.lower() != "date"
+            )
+            return self._cache.put(self._key, kept, reason or "OK", tuple(chunks), length)
+        finally:
+            self._let_go()
 
     def release(self, _outcome: object) -> None:
         self._let_go()
 
     def _let_go(self) -> None:
+        """Hold nothing more; as the leader, wake the requests waiting for this answer
+        (which find it kept, or ask the upstream themselves)."""
         self._chunks = None
-        self._cache.pending -= self._size
+        cache = self._cache
+        cache.pending -= self._size
         self._size = 0
+        if self._leads:
+            self._leads = False
+            cache._on_way.pop(self._key).set()
