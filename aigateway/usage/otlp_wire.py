@@ -79,8 +79,12 @@ def _attribute(start: bytes, value: AttributeValue) -> bytes:
         encoded = value.encode()  # type: ignore[union-attr]
         size = len(encoded)
         any_value = b"\x0a" + (one_byte[size] if size < 0x80 else _varint(size)) + encoded
-    elif kind is int and 0 <= value < 0x80:  # type: ignore[operator]
-        any_value = b"\x18" + one_byte[value]  # type: ignore[index]
+    elif kind is int and 0 <= value < 0x4000:  # type: ignore[operator]
+        any_value = (
+            b"\x18" + one_byte[value]  # type: ignore[index]
+            if value < 0x80  # type: ignore[operator]
+            else bytes((0x18, value & 0x7F | 0x80, value >> 7))  # type: ignore[operator]
+        )
     else:
         any_value = _any_value(value)
     size = len(any_value)
@@ -117,8 +121,6 @@ class AttributeGroup:
     def encode(self, values: tuple[AttributeValue | None, ...]) -> bytes:
         """The attributes (Span's field 9, each tagged) of these values."""
         if not self.cached:
-            if len(values) == 1:  # (a request id)
-                return b"" if values[0] is None else _attribute(self._starts[0], values[0])
             return self._encode(values)
         cache = self._cache
         encoded = cache.get(values)
@@ -127,6 +129,10 @@ class AttributeGroup:
                 cache.clear()
             encoded = cache[values] = self._encode(values)
         return encoded
+
+    def encode_one(self, value: AttributeValue | None) -> bytes:
+        """The one attribute of a group of one, not cached (a request id, a count)."""
+        return b"" if value is None else _attribute(self._starts[0], value)
 
     def _encode(self, values: tuple[AttributeValue | None, ...]) -> bytes:
         pairs = zip(self._starts, values, strict=True)
