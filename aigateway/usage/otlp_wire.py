@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from .spans import ERROR, AttributeValue, Span
 
 _MASK_64 = (1 << 64) - 1
-_TIMES = struct.Struct("<BQBQ")  # Span's start_time_unix_nano (7) and end (8): fixed64
+# Span's start_time_unix_nano (7) and end (8): fixed64
+_times = struct.Struct("<BQBQ").pack
 _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
 _ONE_BYTE = tuple(bytes((n,)) for n in range(128))  # the varints of 0 to 127
 _KINDS = tuple(bytes((0x30, kind)) for kind in range(6))  # Span.kind (6), each SpanKind
@@ -189,7 +190,7 @@ def span_message(
     span = b"".join(
         (
             ids, span_id.to_bytes(8, "big"), after_id, name_and_kind,
-            _TIMES.pack(0x39, start, 0x41, end), attributes, status,
+            _times(0x39, start, 0x41, end), attributes, status,
         )
     )  # fmt: skip
     size = len(span)

@@ -11,7 +11,6 @@ go upstream), and one small tuple a step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from random import getrandbits
 
 from .otlp_wire import AttributeGroup, error_status, name_kind, span_message, trace_fields
@@ -309,15 +308,19 @@ class RequestTrace:
         parts.append(_ENDING.encode((estimated, ending, self.status or None)))
         return b"".join(parts)
 
-    def _step_spans(self) -> Iterator[tuple[int, int, int, str, str, bool]]:
+    def _step_spans(self) -> list[tuple[int, int, int, str, str, bool]]:
         """The spans of its steps, in the order they started: span id, start, end, the
         upstream and its kind ("": a queue wait), and whether it failed over. An upstream's
         span ends where the next one starts (it failed), at the first byte, or with the
         request."""
         steps, end = self._steps, self._end
+        if len(steps) == 1 and steps[0][0] == _UPSTREAM_TRIED:  # (the usual: one try)
+            _, at, _, span_id, name, kind = steps[0]
+            return [(span_id, at, self._first_byte or end, name, kind, False)]
+        spans = []
         for index, (what, at, until, span_id, name, kind) in enumerate(steps):
             if what == _QUEUED:
-                yield span_id, at, until or end, "", "", False
+                spans.append((span_id, at, until or end, "", "", False))
                 continue
             failed_over_at = 0
             for later in steps[index + 1 :]:
@@ -325,4 +328,5 @@ class RequestTrace:
                     failed_over_at = later[1]
                     break
             until = failed_over_at or self._first_byte or end
-            yield span_id, at, until, name, kind, bool(failed_over_at)
+            spans.append((span_id, at, until, name, kind, bool(failed_over_at)))
+        return spans
