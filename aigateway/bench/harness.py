@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -80,13 +79,8 @@ def rss_mb(pid: int) -> float:
 
 @contextmanager
 def started(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`cmd` running, its output to `log`, from `log`'s folder: `python -m` puts the
-    working folder first on sys.path, so that started from a checkout it would import that
-    checkout whatever PYTHONPATH names (a paired run would measure one tree twice)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
-        )
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
@@ -153,5 +147,4 @@ def make_key(db: Path | str, *limits: str, env: Mapping[str, str] | None = None)
         capture_output=True,
         text=True,
         env=env,
-        cwd=tempfile.gettempdir(),  # (not a checkout: PYTHONPATH decides, as in started)
     ).stdout.strip()  # fmt: skip

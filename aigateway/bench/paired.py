@@ -78,7 +78,7 @@ def database(tree: Path, work: Path, config: str) -> tuple[Path, str]:
         for setup in BILLING_SETUP:
             subprocess.run(
                 [sys.executable, "-m", "aigateway.cli.flags", *setup, "--db", str(db)],
-                check=True, capture_output=True, env=env, cwd=work,
+                check=True, capture_output=True, env=env,
             )  # fmt: skip
     return db, key
 
