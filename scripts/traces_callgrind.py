@@ -11,7 +11,8 @@ starts and warms up (`--warmup` requests); then counting starts, a fixed number 
 `POST /api/chat` requests is sent by a small client (`--connections` at a time), the
 batch thread is given a moment to export, and the counts are dumped. Instruction counts
 do not depend on what else the machine runs, unlike CPU time (scripts/traces_cost.py).
-The batch size is set so that the traced requests' spans make whole batches.
+The batch size is set so that the traced requests' spans make whole batches. (`-P`: the
+gateway imports its tree from PYTHONPATH, not from the folder this runs in.)
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ async def measure_one(
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
         f"--callgrind-out-file={out}",
-        sys.executable, "-m", "aigateway", "--env-file", str(place / "none.env"),
+        sys.executable, "-P", "-m", "aigateway", "--env-file", str(place / "none.env"),
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with started(cmd, env, place / "gateway.log") as process:
