@@ -360,12 +360,19 @@ def test_traces_need_no_opentelemetry_package(monkeypatch: pytest.MonkeyPatch) -
     exporter = MemoryExporter()
     tracing = open_tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, exporter)
     assert tracing is not None
-    trace = tracing.request("GET /api/tags", {"traceparent": TRACEPARENT}, {"k": "v"})
+    trace = tracing.request({"traceparent": TRACEPARENT}, "GET", "/api/tags", "r1", "k1", "u")
     trace.end(False)
     tracing.close()
     root, admission = exporter.spans  # (admission: ended with the request, never admitted)
     assert (root.name, admission.name) == ("GET /api/tags", "admission")
-    assert f"{root.trace_id:032x}" == TRACE_ID and root.attributes == {"k": "v"}
+    assert f"{root.trace_id:032x}" == TRACE_ID
+    assert root.attributes == {
+        "http.request.method": "GET",
+        "http.route": "/api/tags",
+        "aigateway.request_id": "r1",
+        "aigateway.key.prefix": "k1",
+        "aigateway.user": "u",
+    }
     assert admission.parent_id == root.span_id and admission.end == root.end
 
 

@@ -59,16 +59,14 @@ async def _traced(
     context = request[CONTEXT]
     principal = context.principal
     assert principal is not None
-    path = relay.settings.client_prefix(route.native) + route.path
-    method = request.method
-    attributes = {
-        "http.request.method": method,
-        "http.route": path,
-        "aigateway.request_id": context.request_id,
-        "aigateway.key.prefix": principal.prefix,  # (never the key)
-        "aigateway.user": principal.user,
-    }
-    trace = tracing.request(f"{method} {path}", request.headers, attributes)
+    trace = tracing.request(
+        request.headers,
+        request.method,
+        relay.settings.client_prefix(route.native) + route.path,
+        context.request_id,
+        principal.prefix,  # (never the key)
+        principal.user,
+    )
     try:
         return await _relay(request, route, relay, trace)
     except GatewayError as exc:

@@ -1,10 +1,8 @@
-"""Spans to an OpenTelemetry collector over OTLP/HTTP: encoded as protobuf by hand (the
-few messages of opentelemetry/proto/trace/v1/trace.proto a span needs) and posted from
-the batch thread (spans.py), as OTEL_EXPORTER_OTLP_* say.
+"""Spans to an OpenTelemetry collector over OTLP/HTTP: encoded as protobuf by hand
+(otlp_wire.py) and posted from the batch thread (spans.py), as OTEL_EXPORTER_OTLP_* say.
 
 Hand-written because the official SDK's encoding cost a traced request as much CPU again
-as the request itself (docs/traces.md); tests/test_traces*.py decode what this writes
-with the official opentelemetry-proto.
+as the request itself (docs/traces.md).
 """
 
 from __future__ import annotations
@@ -13,125 +11,20 @@ import gzip
 import http.client
 import logging
 import ssl
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from ..setting_parsers import SettingsError
-from .spans import ERROR, AttributeValue, Span
+from .otlp_wire import encode_export, encode_head, encode_request, encode_spans
+from .spans import Recorded, Span
+
+__all__ = ["OtlpExporter", "encode_head", "encode_request", "exporter_from"]
 
 log = logging.getLogger("aigateway.traces")
 
-_MASK_64 = (1 << 64) - 1
-_TIMES = struct.Struct("<BQBQ")  # Span's start_time_unix_nano (7) and end (8): fixed64
-_DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
-_SPAN_ATTRIBUTE = b"\x4a"  # Span.attributes (9)
-# Spans' encoded attributes by (key, value): bounded, cleared when full.
-_PAIRS: dict[tuple[str, AttributeValue], bytes] = {}
-_PAIRS_MAX = 4096
 _RETRY_STATUSES = frozenset((429, 502, 503, 504))
 _ATTEMPTS = 3
-
-
-def _varint(number: int) -> bytes:
-    if number < 0x80:
-        return bytes((number,))
-    out = bytearray()
-    while number > 0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-def _delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
-def _any_value(value: AttributeValue) -> bytes:
-    if isinstance(value, str):
-        encoded = value.encode()
-        return b"\x0a" + _varint(len(encoded)) + encoded
-    if isinstance(value, bool):  # (before int: a bool is one)
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
-        return b"\x18" + _varint(value & _MASK_64)  # (int64: a negative takes 10 bytes)
-    return _DOUBLE.pack(0x21, value)
-
-
-def _key_value(key: str, value: AttributeValue) -> bytes:
-    """One KeyValue message, without its tag."""
-    encoded_key = key.encode()
-    any_value = _any_value(value)
-    return (
-        b"\x0a" + _varint(len(encoded_key)) + encoded_key
-        + b"\x12" + _varint(len(any_value)) + any_value
-    )  # fmt: skip
-
-
-def _span_attributes(attributes: Mapping[str, AttributeValue]) -> bytes:
-    """Span's repeated KeyValue attributes (field 9). A request's attributes
-    mostly repeat (its route, user, model, status), so a pair's encoding is kept, as
-    long as it is text or a whole number (a bool or float never looks: True == 1.0 == 1)."""
-    cache, tag = _PAIRS, _SPAN_ATTRIBUTE
-    parts = []
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str or kind is int:
-            pair = (key, value)
-            encoded = cache.get(pair)
-            if encoded is None:
-                if len(cache) >= _PAIRS_MAX:
-                    cache.clear()  # (unique values, a request id, fill it at last)
-                encoded = cache[pair] = _delimited(tag, _key_value(key, value))
-            parts.append(encoded)
-        else:
-            parts.append(_delimited(tag, _key_value(key, value)))
-    return b"".join(parts)
-
-
-def encode_span(span: Span) -> bytes:
-    """One Span message (trace.proto), without its tag."""
-    parts = [
-        b"\x0a\x10",
-        span.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        span.span_id.to_bytes(8, "big"),
-    ]
-    if span.trace_state:
-        parts.append(_delimited(b"\x1a", span.trace_state.encode()))
-    if span.parent_id:
-        parts += (b"\x22\x08", span.parent_id.to_bytes(8, "big"))
-    parts += (
-        _delimited(b"\x2a", span.name.encode()),
-        bytes((0x30, span.kind)),
-        _TIMES.pack(0x39, span.start, 0x41, span.end),
-    )
-    if span.attributes:
-        parts.append(_span_attributes(span.attributes))
-    if span.status == ERROR:
-        message = _delimited(b"\x12", span.message.encode()) if span.message else b""
-        parts.append(_delimited(b"\x7a", message + b"\x18\x02"))  # Status: message, code
-    return b"".join(parts)
-
-
-def encode_request(head: tuple[bytes, bytes], spans: Sequence[Span]) -> bytes:
-    """An ExportTraceServiceRequest of one ResourceSpans with one ScopeSpans holding
-    `spans`; `head` is encode_head's (the resource and scope, the same every batch)."""
-    resource, scope = head
-    body = b"".join([_delimited(b"\x12", encode_span(span)) for span in spans])
-    return _delimited(b"\x0a", resource + _delimited(b"\x12", scope + body))
-
-
-def encode_head(
-    resource: Mapping[str, AttributeValue], scope: str, version: str
-) -> tuple[bytes, bytes]:
-    """ResourceSpans' resource (field 1) and ScopeSpans' scope (field 1), encoded."""
-    attributes = b"".join(_delimited(b"\x0a", _key_value(k, v)) for k, v in resource.items())
-    encoded_resource = _delimited(b"\x0a", attributes)  # (Resource.attributes: field 1)
-    scope_body = _delimited(b"\x0a", scope.encode()) + _delimited(b"\x12", version.encode())
-    return encoded_resource, _delimited(b"\x0a", scope_body)
 
 
 class OtlpExporter:
@@ -167,7 +60,17 @@ class OtlpExporter:
         self.endpoint = endpoint
 
     def export(self, spans: Sequence[Span]) -> None:
-        body = encode_request(self._head, spans)
+        self._send(encode_request(self._head, spans), len(spans))
+
+    def export_recorded(self, batch: Sequence[Recorded]) -> None:
+        """A batch of requests' spans, each encoded by the request itself when it can."""
+        out: list[bytes] = []
+        for recorded in batch:
+            if not recorded.encode_otlp(out):
+                encode_spans(out, recorded.spans())
+        self._send(encode_export(self._head, out), len(out) // 2)  # (two parts a span)
+
+    def _send(self, body: bytes, count: int) -> None:
         if self._compress:
             body = gzip.compress(body)
         for attempt in range(_ATTEMPTS):
@@ -184,7 +87,7 @@ class OtlpExporter:
             why = f"{status} {answer[:200]!r}"
             if status not in _RETRY_STATUSES:
                 break
-        log.warning("%d spans not exported to %s: %s", len(spans), self.endpoint, why)
+        log.warning("%d spans not exported to %s: %s", count, self.endpoint, why)
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
         connection = self._connection

@@ -2,9 +2,11 @@
 off the request path: a bounded queue that a background thread drains in batches into
 the exporters (OTLP/HTTP in otlp.py, the console, the tests' memory).
 
-A request hands its finished spans over in one call that never blocks: when the queue is
-full they are dropped and counted (said in the log by the thread), as OpenTelemetry's
-batch span processor does.
+A request hands over what it recorded (a few times and values, not spans: see
+traces.RequestTrace) in one call that never blocks; the thread makes the spans from it
+while exporting, so that the event loop pays for no span object. When the queue is full
+they are dropped and counted (said in the log by the thread), as OpenTelemetry's batch
+span processor does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
 from ..setting_parsers import SettingsError
 
@@ -67,12 +69,46 @@ class Span:
         return f"Span({self.name!r}, {self.trace_id:032x}/{self.span_id:016x}, {self.attributes})"
 
 
+class Recorded(Protocol):
+    """What a request recorded, made into its spans only when exported (batch thread)."""
+
+    def spans(self) -> list[Span]: ...
+
+    def encode_otlp(self, out: list[bytes]) -> bool:
+        """Append its spans to `out` as OTLP encodes them (otlp_wire.py), made straight
+        from what it recorded; False: it cannot, encode its spans()."""
+        ...
+
+
+class _Made:
+    """Spans made already (Batcher.add's)."""
+
+    __slots__ = ("made",)
+
+    def __init__(self, made: list[Span]) -> None:
+        self.made = made
+
+    def spans(self) -> list[Span]:
+        return self.made
+
+    def encode_otlp(self, out: list[bytes]) -> bool:
+        return False
+
+
 class SpanExporter(Protocol):
     """Where batches of finished spans go, from the exporting thread."""
 
     def export(self, spans: Sequence[Span]) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RecordedExporter(SpanExporter, Protocol):
+    """An exporter that takes what requests recorded rather than their spans (OTLP's:
+    it encodes them without making a span object)."""
+
+    def export_recorded(self, batch: Sequence[Recorded]) -> None: ...
 
 
 class MemoryExporter:
@@ -131,7 +167,12 @@ class Batcher:
         delay: float = 5.0,
     ) -> None:
         self._exporters = tuple(exporters)
-        self._queue: deque[Span] = deque()
+        # What requests recorded, each with how many spans it makes. The spans queued are
+        # those added less those taken: each count written by one thread (add: the event
+        # loop's; take: the drain's, under _exporting), so that neither loses the other's.
+        self._queue: deque[tuple[Recorded, int]] = deque()
+        self._added = 0
+        self._taken = 0
         self._max_queue = max_queue
         self._batch = min(batch, max_queue)
         self._delay = delay
@@ -144,13 +185,19 @@ class Batcher:
         self._thread.start()
 
     def add(self, spans: list[Span]) -> None:
-        """A request's finished spans (the event loop's thread: never blocks)."""
-        queue = self._queue
-        if len(queue) + len(spans) > self._max_queue:
-            self.dropped += len(spans)
+        """Finished spans (never blocks)."""
+        self.add_recorded(_Made(spans), len(spans))
+
+    def add_recorded(self, recorded: Recorded, count: int) -> None:
+        """What a request recorded, making `count` spans (the event loop's thread: never
+        blocks)."""
+        queued = self._added - self._taken + count
+        if queued > self._max_queue:
+            self.dropped += count
             return
-        queue.extend(spans)
-        if len(queue) >= self._batch:
+        self._queue.append((recorded, count))
+        self._added += count
+        if queued >= self._batch:
             self._wake.set()
 
     def flush(self) -> None:
@@ -166,24 +213,45 @@ class Batcher:
         for exporter in self._exporters:
             exporter.close()
 
+    def _export(self, batch: list[Recorded]) -> None:
+        """One batch to every exporter: what was recorded to those that take it, spans
+        (made once) to the others. An exporter's failure loses its batch, not the thread."""
+        spans: list[Span] | None = None
+        for exporter in self._exporters:
+            try:
+                if isinstance(exporter, RecordedExporter):
+                    exporter.export_recorded(batch)
+                    continue
+                if spans is None:
+                    spans = [span for recorded in batch for span in recorded.spans()]
+                exporter.export(spans)
+            except Exception:
+                log.exception("exporting %d requests' spans failed", len(batch))
+
     def _run(self) -> None:
         while not self._closing:
-            self._wake.wait(self._delay)
+            woken = self._wake.wait(self._delay)
             self._wake.clear()
             with self._exporting:
-                self._drain()
+                # Woken by a full batch, only full batches go: the rest waits for the next
+                # (a post a few spans would cost more than the spans); at the delay's end,
+                # everything.
+                self._drain(whole=woken and not self._closing)
         with self._exporting:
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, whole: bool = False) -> None:
+        """Export what is queued, in batches (`whole`: only full ones)."""
         queue, size = self._queue, self._batch
-        while queue:
-            batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-            for exporter in self._exporters:
-                try:
-                    exporter.export(batch)
-                except Exception:  # (an exporter's failure loses its batch, not the thread)
-                    log.exception("exporting %d spans failed", len(batch))
+        while queue and (not whole or self._added - self._taken >= size):
+            batch: list[Recorded] = []
+            taken = 0
+            while queue and (not taken or taken + queue[0][1] <= size):
+                recorded, count = queue.popleft()
+                batch.append(recorded)
+                taken += count
+            self._taken += taken
+            self._export(batch)
         dropped = self.dropped
         if dropped > self._told:
             log.warning("%d spans dropped: the export queue was full", dropped - self._told)
