@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -54,6 +55,29 @@ def settings(upstream: TestServer, db_path: str) -> Settings:
 
 async def _client(aiohttp_client: AiohttpClient, gateway: TestServer, secret: str) -> GatewayClient:
     return await aiohttp_client(gateway, headers={"Authorization": f"Bearer {secret}"})
+
+
+class Slow(NamedTuple):
+    gateway: TestServer
+    client: GatewayClient
+    body: bytes  # a chat with fixed sampling of the model `slow`
+
+
+@pytest.fixture
+async def slow(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    fake: FakeOllama,
+    key: str,
+) -> Slow:
+    """A gateway whose upstream also lists `slow` (its streams one line every 0.1 s), once
+    it knows the model's digest, and a key's client."""
+    fake.extra_models.append("slow")
+    gateway = await _started(aiohttp_server, settings)
+    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
+    client = await _client(aiohttp_client, gateway, key)
+    return Slow(gateway, client, CHAT.replace(b"llama3.2", b"slow"))
 
 
 async def _started(aiohttp_server: AiohttpServer, settings: Settings) -> TestServer:
@@ -321,17 +345,9 @@ def test_an_answer_on_its_way_is_counted_as_the_cache_counts_it() -> None:
 
 
 async def test_concurrent_misses_of_one_key_ask_the_upstream_once(
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    fake: FakeOllama,
-    key: str,
+    slow: Slow, fake: FakeOllama
 ) -> None:
-    fake.extra_models.append("slow")
-    gateway = await _started(aiohttp_server, settings)
-    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
-    client = await _client(aiohttp_client, gateway, key)
-    body = CHAT.replace(b"llama3.2", b"slow")
+    gateway, client, body = slow
 
     async def ask() -> bytes:
         resp = await client.post("/api/chat", data=body)
@@ -347,19 +363,11 @@ async def test_concurrent_misses_of_one_key_ask_the_upstream_once(
 
 
 async def test_requests_waiting_for_an_answer_not_kept_ask_the_upstream_themselves(
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    fake: FakeOllama,
-    key: str,
+    slow: Slow, fake: FakeOllama
 ) -> None:
     """The first of a burst leaves mid-stream: nothing is kept, and those that waited for
     it go on to the upstream (and get their whole answers)."""
-    fake.extra_models.append("slow")
-    gateway = await _started(aiohttp_server, settings)
-    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
-    client = await _client(aiohttp_client, gateway, key)
-    body = CHAT.replace(b"llama3.2", b"slow")
+    _, client, body = slow
     first = await client.post("/api/chat", data=body)
     await first.content.readline()
 
@@ -572,17 +580,10 @@ async def test_an_answer_kept_after_failing_over_is_the_second_upstreams_whole_a
 
 
 async def test_a_graceful_stop_midway_through_a_miss_keeps_nothing_and_holds_nothing(
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    fake: FakeOllama,
-    key: str,
+    slow: Slow,
 ) -> None:
-    fake.extra_models.append("slow")
-    gateway = await _started(aiohttp_server, settings)
-    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
-    client = await _client(aiohttp_client, gateway, key)
-    resp = await client.post("/api/chat", data=CHAT.replace(b"llama3.2", b"slow"))
+    gateway, client, body = slow
+    resp = await client.post("/api/chat", data=body)
     assert resp.headers[HEADER] == "miss"
     await resp.content.readline()
     relay = gateway.app[RELAY]
@@ -644,21 +645,12 @@ async def test_a_hit_gives_the_usage_chunk_to_the_client_that_asked_for_it_only(
 
 
 async def test_an_answer_asked_before_the_cache_was_emptied_is_not_kept(
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    fake: FakeOllama,
-    key: str,
-    admin_key: str,
+    slow: Slow, aiohttp_client: AiohttpClient, admin_key: str
 ) -> None:
     """An admin empties the cache after replacing a model by hand (DELETE /admin/cache):
     an answer asked before, still on its way from the replaced model, must not be kept
     after it, to be repeated for the TTL as if the emptying had not been."""
-    fake.extra_models.append("slow")
-    gateway = await _started(aiohttp_server, settings)
-    await eventually(lambda: gateway.app[RELAY].pool.digest_of("slow:latest") is not None)
-    client = await _client(aiohttp_client, gateway, key)
-    body = CHAT.replace(b"llama3.2", b"slow")
+    gateway, client, body = slow
     resp = await client.post("/api/chat", data=body)
     assert resp.headers[HEADER] == "miss"
     await resp.content.readline()
