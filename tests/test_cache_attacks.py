@@ -679,3 +679,17 @@ def test_a_cache_too_small_to_keep_anything_stops_start_up(raw: str) -> None:
     assert str(info.value).startswith("CACHE_SIZE: expected 0 (off) or at least 1M")
     assert Settings.from_env({"CACHE_SIZE": "1M"}, env_file=None).cache_bytes == 1024**2
     assert Settings.from_env({"CACHE_SIZE": "off"}, env_file=None).cache_bytes == 0
+
+
+async def test_an_answer_that_only_loaded_the_model_is_not_repeated(
+    slow: Slow, fake: FakeOllama
+) -> None:
+    """A generation without a prompt only loads the model (Ollama answers `done_reason`
+    load): answered from the cache, the model would not be loaded."""
+    _, client, _ = slow
+    body = b'{"model":"llama3.2","prompt":"","options":{"temperature":0,"seed":1}}'
+    for _ in range(2):
+        resp = await client.post("/api/generate", data=body)
+        assert resp.status == 200 and resp.headers[HEADER] == "miss"
+        assert (await resp.json())["done_reason"] == "load"
+    assert _at_upstream(fake, "/api/generate") == 2

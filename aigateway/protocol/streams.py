@@ -124,6 +124,21 @@ def ended_whole(chunks: Sequence[bytes], content_type: str) -> bool:
     return isinstance(doc, dict) and doc.get("done") is True and "error" not in doc
 
 
+# How Ollama ends its answer to a generation that only loads or unloads its model (no
+# prompt, or keep_alive 0): a few dozen bytes, its reason written as Go writes it.
+_MODEL_ONLY = (b'"done_reason":"load"', b'"done_reason":"unload"')
+_MODEL_ONLY_MOST = 1024
+
+
+def loads_model_only(chunks: Sequence[bytes]) -> bool:
+    """Whether an answer is Ollama's to a request that only loaded or unloaded its model:
+    repeated from a cache it would do neither."""
+    if sum(len(c) for c in chunks) > _MODEL_ONLY_MOST:
+        return False
+    body = b"".join(chunks)
+    return any(mark in body for mark in _MODEL_ONLY)
+
+
 def _last_line(chunks: Sequence[bytes]) -> bytes:
     """The last non-empty line of a body given as chunks, read from the end (joining only
     the chunks it spans)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import re
@@ -274,6 +275,17 @@ class FakeOllama:
             self.used_at[card.name] = time.time()
             if self.pace is not None:
                 return await _paced_answer(request, kind, doc, self.pace)
+        plain: dict[str, object] = {}
+        if kind == "generate":
+            with contextlib.suppress(go_json.GoDecodeError):  # (Go read it; orjson may not)
+                plain = _plain(request[BODY])
+        if plain.get("prompt") == "":
+            # Only the model loaded (or, with keep_alive 0, unloaded): one object, stream
+            # or not. (An explicit empty prompt: tests that send none get an answer.)
+            loaded = orjson.loads(fixture("generate-load.json"))
+            if plain.get("keep_alive") in (0, "0", "0s"):
+                loaded["done_reason"] = "unload"
+            return _json(orjson.dumps(loaded))
         cap = _num_predict(doc)
         if doc.get("stream", True) is False:
             return _json(_capped(fixture(f"{kind}-nonstream.json"), cap))

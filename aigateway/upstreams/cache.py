@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from ..protocol.streams import ended_whole
+from ..protocol.streams import ended_whole, loads_model_only
 from .http import RESPONSE_DROP
 
 # The answer's header that says it came from the cache (hit) or was looked for there
@@ -220,6 +220,8 @@ class Keeper:
             if chunks is None or status != 200 or self._clears != self._cache.clears:
                 return False
             if not ended_whole(chunks, headers.get("Content-Type", "")):
+                return False
+            if loads_model_only(chunks):  # (a repeat would not load the model)
                 return False
             kept = tuple(
                 (name, value)
