@@ -57,6 +57,7 @@ VIEWS: dict[str, list[str]] = {
     "Overview": [
         "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model,refused",
         "/admin/series?range=24h&split=total&scope=gateway",
+        "/admin/cache",
         "/admin/upstreams",
     ],
     # The charts' other ranges and splits, each one click on the Overview or My usage.

@@ -30,6 +30,7 @@ SAME = {"X-Requested-With": "aigateway"}
 OVERVIEW_READS = (
     "/admin/stats?since={week_ago}&parts=last_24h,last_7d,per_user,per_model,refused",
     "/admin/series?range=24h&split=total&scope=gateway",  # (its charts' first view)
+    "/admin/cache",  # (this gateway's response cache: its card when it is on)
     "/admin/upstreams",
 )
 REFRESHES = 8
