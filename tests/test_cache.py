@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,6 +102,18 @@ async def test_an_embedding_asked_again_is_the_same_bytes_from_the_cache(
     third = await client.post("/api/embed", data=EMBED[:-1] + b" }")
     assert third.headers[HEADER] == "miss"
     assert _at_upstream(fake, "/api/embed") == 2
+
+
+async def test_the_access_line_names_the_cache_for_a_hit(
+    client: GatewayClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="aigateway.access"):
+        await _twice(client, "/api/embed", EMBED)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aigateway.access"]
+    embeds = [line for line in lines if "path=/api/embed" in line]
+    assert len(embeds) == 2
+    assert "upstream=" not in embeds[0]  # (one upstream: the line as it always was)
+    assert "upstream=(cache)" in embeds[1]
 
 
 async def test_a_stream_is_replayed_chunked_as_it_came(

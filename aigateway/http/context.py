@@ -38,4 +38,5 @@ class RequestContext:
         self.bytes_out: int | None = None  # response body bytes, counted by the relay
         self.client_gone = False  # the client left before the response was complete
         self.continue_sent = False  # 100 Continue answered (expect.py)
-        self.upstream: str | None = None  # the one that answered, with several (access line)
+        # the one that answered, with several, or the response cache (access line)
+        self.upstream: str | None = None

@@ -19,7 +19,7 @@ from ..upstreams.cache import CACHE_HEADER, CachedAnswer, ResponseCache
 from .exchange import Exchange
 from .pump import pump, response_for
 
-# The upstream a hit names in metrics and traces.
+# The upstream a hit names in metrics, traces and the access line.
 FROM_CACHE = "(cache)"
 
 
@@ -81,6 +81,7 @@ async def replayed(
     exchange.status = 200
     exchange.cached = True
     exchange.upstream_name = FROM_CACHE
+    exchange.context.upstream = FROM_CACHE  # (the access line says so, even with one)
     # A stop cuts it where an upstream's answer is cut: a task cancelled midway would be
     # answered 503 after its 200 had begun.
     exchange.in_flight.upstream = replay
