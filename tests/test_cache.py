@@ -51,7 +51,7 @@ def settings(upstream: TestServer, db_path: str) -> Settings:
         token_db_path=db_path,
         cache_bytes=1024**2,
         cache_routes=("/api/embed", "/api/embeddings", "/v1/embeddings", "/api/chat",
-                      "/v1/chat/completions"),
+                      "/api/generate", "/v1/chat/completions"),
         metrics="on",
     )  # fmt: skip
 

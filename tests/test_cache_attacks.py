@@ -36,21 +36,11 @@ from aigateway.upstreams.config import UpstreamConfig
 from .conftest import make_key
 from .helpers import eventually
 from .test_cache import CHAT, EMBED, HEADER, _at_upstream, _listed
+from .test_cache import settings as settings  # (the fixture: the cache on, 1 MiB)
 from .test_policy import _usage
 
 GatewayClient = TestClient[Request, None]
 CHAT_OPTIONS = {"temperature": 0, "seed": 42}
-
-
-@pytest.fixture
-def settings(upstream: TestServer, db_path: str) -> Settings:
-    return Settings(
-        ollama_base_url=str(upstream.make_url("")).rstrip("/"),
-        token_db_path=db_path,
-        cache_bytes=1024**2,
-        cache_routes=("/api/embed", "/api/embeddings", "/v1/embeddings", "/api/chat",
-                      "/api/generate", "/v1/chat/completions"),
-    )  # fmt: skip
 
 
 async def _client(aiohttp_client: AiohttpClient, gateway: TestServer, secret: str) -> GatewayClient:
