@@ -61,7 +61,7 @@ async def test_the_cache_shows_this_gateways_counts_and_is_emptied(
         "size": 1024**2,
         "ttl_seconds": 3600.0,
         "routes": ["/api/embed", "/api/embeddings", "/v1/embeddings", "/api/chat",
-                   "/v1/chat/completions"],
+                   "/api/generate", "/v1/chat/completions"],
         "models": ["*"],
         "scope": "user",
         "hit_price": "free",
