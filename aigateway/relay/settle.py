@@ -35,8 +35,9 @@ def settle(
     context, principal, tap = exchange.context, exchange.principal, exchange.tap
     prompt, completion = tap.counts()
     estimated = False
-    # An error Ollama answered costs nothing, nor (CACHE_HIT_PRICE=free) a repeated answer.
-    billable = exchange.status < 400 and not (exchange.cached and relay.free_hits)
+    # An error Ollama answered costs nothing, nor (CACHE_HIT_PRICE=free) a repeated answer
+    # (read only for one: `cached` is false on every other request).
+    billable = exchange.status < 400 and not (exchange.cached and _free_hit(relay))
     if route.kind == "inference" and (context.client_gone or exchange.cut_by is not None):
         if exchange.first_byte_at is not None:
             if completion is None or _without_final_anthropic_counts(route, tap):
@@ -126,6 +127,11 @@ def settle(
     if route.kind == "manage" and relay.cache is not None and exchange.status < 400:
         # A model pulled, made, copied or deleted: the cache's digests, read again now.
         relay.pool.relist_soon(changed=True)
+
+
+def _free_hit(relay: RelayState) -> bool:
+    """Whether an answer the response cache gave costs nothing (CACHE_HIT_PRICE=free)."""
+    return relay.cache is not None and relay.cache.free_hits
 
 
 def _cost(

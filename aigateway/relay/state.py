@@ -42,7 +42,6 @@ class RelayState:
         "body_pace",
         "budgets",
         "cache",
-        "free_hits",
         "in_flight",
         "key_table",
         "limiter",
@@ -96,8 +95,6 @@ class RelayState:
         self.loop = loop
         self.tracing = tracing  # None: traces are off (usage/traces.py)
         self.cache = cache  # None: the response cache is off (CACHE_SIZE)
-        # Whether an answer from the cache costs nothing (CACHE_HIT_PRICE), read by settle.
-        self.free_hits = cache is not None and cache.free_hits
 
 
 RELAY = web.AppKey("relay", RelayState)

@@ -57,10 +57,6 @@ class CachedAnswer:
             + sum(len(k) + len(v) for k, v in headers)
         )
 
-    @property
-    def body_bytes(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
 
 class ResponseCache:
     """Answers by key, at most `capacity` bytes of them, each repeated for `ttl` seconds;
